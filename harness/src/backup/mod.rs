@@ -1,0 +1,1 @@
+//! Backup engine: every artifact the runbook names, from one consistent snapshot.

@@ -1,0 +1,13 @@
+//! The rehearsal harness: cluster and PostgreSQL providers, the Titanium dataset, backup,
+//! restore, verification gates, the load gate and reports.
+//!
+//! Scenarios compose these parts; the CLI only parses arguments and prints.
+
+pub mod backup;
+pub mod cluster;
+pub mod data;
+pub mod keep;
+pub mod load;
+pub mod pg;
+pub mod restore;
+pub mod verify;

@@ -1,0 +1,1 @@
+//! Restore engine: ordered, idempotent restore of a backup into a rebuilt cluster.

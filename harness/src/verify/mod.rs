@@ -1,0 +1,1 @@
+//! Verification gates: pure functions from observed data to a verdict with findings.
