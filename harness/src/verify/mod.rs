@@ -1,1 +1,166 @@
 //! Verification gates: pure functions from observed data to a verdict with findings.
+//!
+//! Every gate takes facts that something else observed (the backup's recorded facts, the
+//! restored database's facts, Redis and Kubernetes observations) and returns a [`Verdict`]:
+//! whether it passed, and one [`Finding`] per defect, naming the table or object and both
+//! values. Gates do no I/O, never panic, and never return `Err`: a failed check is a verdict,
+//! not an error. [`decide`] turns verdicts and run observations into the runbook's rollback
+//! decision ("롤백 결정 기준") with configurable thresholds.
+//!
+//! Verdicts, findings and decisions are `serde`-serialisable so reports can render them as
+//! JSON, JUnit or HTML.
+
+mod data;
+mod integrity;
+mod kubernetes;
+mod redis;
+mod rollback;
+mod schema;
+
+use serde::{Deserialize, Serialize};
+
+pub use data::{digests, marker_absent, row_counts, sequences};
+pub use integrity::{AmcheckReport, referential_integrity};
+pub use kubernetes::{kubernetes_objects, normalise_object};
+pub use redis::{RedisFacts, redis};
+pub use rollback::{
+    Action, Criterion, Decision, HealthSample, PodObservation, RollbackInputs, RollbackReason, RollbackThresholds, decide,
+};
+pub use schema::{schema, unified_diff};
+
+/// Which gate produced a verdict.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Gate {
+    /// Exact row count per table.
+    RowCounts,
+    /// Content digest per table.
+    Digests,
+    /// Normalised schema rendering.
+    Schema,
+    /// Sequences ahead of the columns they feed, and at the backed-up position.
+    Sequences,
+    /// Foreign keys hold; pg_amcheck finds no corruption.
+    ReferentialIntegrity,
+    /// Redis key count and digest.
+    Redis,
+    /// Restored Kubernetes objects equal the backed-up cleaned objects.
+    KubernetesObjects,
+    /// The marker row written after the backup is absent after restore.
+    MarkerAbsent,
+}
+
+impl Gate {
+    /// A short, stable name for reports (`row_counts`, `schema`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Gate::RowCounts => "row_counts",
+            Gate::Digests => "digests",
+            Gate::Schema => "schema",
+            Gate::Sequences => "sequences",
+            Gate::ReferentialIntegrity => "referential_integrity",
+            Gate::Redis => "redis",
+            Gate::KubernetesObjects => "kubernetes_objects",
+            Gate::MarkerAbsent => "marker_absent",
+        }
+    }
+}
+
+impl std::fmt::Display for Gate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// What kind of defect a finding reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FindingKind {
+    /// Present in the backup, absent after restore (a table, an object, a sequence).
+    Missing,
+    /// Present after restore, absent from the backup.
+    Unexpected,
+    /// Present in both with different values.
+    Mismatch,
+    /// The schema renderings differ.
+    Drift,
+    /// A constraint or structure is broken (orphan rows, corruption, a sequence behind its column).
+    Broken,
+    /// Input that the gate cannot judge (for example digests computed with different orderings).
+    Incomparable,
+}
+
+/// One defect, with the subject it concerns and both values where there are two.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// What the finding is about: `public.users`, `ConfigMap titanium-prod/app-config`, ...
+    pub subject: String,
+    /// The kind of defect.
+    pub kind: FindingKind,
+    /// The value the backup recorded (or the limit), when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub expected: Option<String>,
+    /// The value observed after restore, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub actual: Option<String>,
+    /// A readable explanation; for drift, a unified diff.
+    pub detail: String,
+}
+
+impl Finding {
+    pub(crate) fn new(subject: impl Into<String>, kind: FindingKind, detail: impl Into<String>) -> Self {
+        Self { subject: subject.into(), kind, expected: None, actual: None, detail: detail.into() }
+    }
+
+    pub(crate) fn values(mut self, expected: impl ToString, actual: impl ToString) -> Self {
+        self.expected = Some(expected.to_string());
+        self.actual = Some(actual.to_string());
+        self
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.subject, self.detail)?;
+        if let (Some(expected), Some(actual)) = (&self.expected, &self.actual) {
+            write!(f, " (expected {expected}, got {actual})")?;
+        }
+        Ok(())
+    }
+}
+
+/// The outcome of one gate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Verdict {
+    /// The gate.
+    pub gate: Gate,
+    /// True exactly when there are no findings.
+    pub passed: bool,
+    /// Every defect found, in a stable order.
+    pub findings: Vec<Finding>,
+}
+
+impl Verdict {
+    /// A verdict from findings: passed when there are none.
+    pub fn from_findings(gate: Gate, findings: Vec<Finding>) -> Self {
+        Self { gate, passed: findings.is_empty(), findings }
+    }
+
+    /// Findings of one kind.
+    pub fn findings_of(&self, kind: FindingKind) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(move |f| f.kind == kind)
+    }
+}
+
+impl std::fmt::Display for Verdict {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.passed {
+            return write!(f, "{}: passed", self.gate);
+        }
+        write!(f, "{}: failed with {} finding(s)", self.gate, self.findings.len())?;
+        for finding in &self.findings {
+            write!(f, "\n  - {finding}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,458 @@
+//! The rollback decision: the runbook's criteria ("롤백 결정 기준") applied to gate verdicts and
+//! run observations, with configurable thresholds. Proceed, or roll back with every reason.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{FindingKind, Gate, Verdict};
+
+/// Durations as fractional seconds in JSON, so reports and config files read naturally.
+mod secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_f64(d.as_secs_f64())
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let secs = f64::deserialize(d)?;
+        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
+    }
+}
+
+mod opt_secs {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match d {
+            Some(d) => s.serialize_some(&d.as_secs_f64()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        Option::<f64>::deserialize(d)?
+            .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}
+
+/// The limits beyond which a restore is rolled back. [`Default`] is the runbook's limits with
+/// exact data equality; [`RollbackThresholds::runbook`] also takes the runbook's 10 % row-count
+/// tolerance.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollbackThresholds {
+    /// Largest tolerated relative row-count difference per table (0.0: exact).
+    pub max_count_difference: f64,
+    /// Largest tolerated health-check failure rate (runbook: 5 %).
+    pub max_health_failure_rate: f64,
+    /// Largest tolerated API response time (runbook: 5 s).
+    #[serde(with = "secs")]
+    pub max_response_time: Duration,
+    /// A pod restarted this many times or more triggers a rollback (runbook: 3).
+    pub max_pod_restarts: u32,
+    /// Longest tolerated database restore (runbook: 2 h).
+    #[serde(with = "secs")]
+    pub max_db_restore: Duration,
+    /// Longest tolerated whole procedure (runbook: 6 h).
+    #[serde(with = "secs")]
+    pub max_total: Duration,
+    /// Longest tolerated wait for every pod to become Ready (runbook: 30 min).
+    #[serde(with = "secs")]
+    pub max_pods_ready: Duration,
+}
+
+impl Default for RollbackThresholds {
+    fn default() -> Self {
+        Self {
+            max_count_difference: 0.0,
+            max_health_failure_rate: 0.05,
+            max_response_time: Duration::from_secs(5),
+            max_pod_restarts: 3,
+            max_db_restore: Duration::from_secs(2 * 3600),
+            max_total: Duration::from_secs(6 * 3600),
+            max_pods_ready: Duration::from_secs(30 * 60),
+        }
+    }
+}
+
+impl RollbackThresholds {
+    /// The runbook's thresholds exactly as written, including its 10 % count tolerance.
+    pub fn runbook() -> Self {
+        Self { max_count_difference: 0.10, ..Self::default() }
+    }
+}
+
+/// Health checks made after the restore (the runbook: 10 tries of `/api/users/health`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HealthSample {
+    /// Checks made.
+    pub attempts: u32,
+    /// Checks that failed.
+    pub failures: u32,
+}
+
+/// One pod as observed at decision time.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PodObservation {
+    /// `namespace/name`.
+    pub name: String,
+    /// Restart count summed over its containers.
+    pub restarts: u32,
+    /// A container's waiting reason, such as `CrashLoopBackOff`.
+    pub waiting_reason: Option<String>,
+    /// Whether the pod is Ready.
+    pub ready: bool,
+}
+
+/// Everything the decision looks at. Unset observations are reported as not assessed.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RollbackInputs {
+    /// Verdicts of the gates that ran.
+    pub verdicts: Vec<Verdict>,
+    /// Health checks, if made.
+    pub health: Option<HealthSample>,
+    /// Worst observed API response time, if measured.
+    #[serde(with = "opt_secs")]
+    pub max_response_time: Option<Duration>,
+    /// Pods at decision time, if observed.
+    pub pods: Option<Vec<PodObservation>>,
+    /// How long the database restore took.
+    #[serde(with = "opt_secs")]
+    pub db_restore: Option<Duration>,
+    /// How long the whole procedure took so far.
+    #[serde(with = "opt_secs")]
+    pub total: Option<Duration>,
+    /// How long the wait for all pods to become Ready took (or had taken when it gave up).
+    #[serde(with = "opt_secs")]
+    pub pods_ready_wait: Option<Duration>,
+}
+
+/// One rollback criterion of the runbook (plus failed gates it does not name).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Criterion {
+    /// Row counts or contents differ from the backup.
+    DataMismatch,
+    /// A main table does not exist.
+    MissingTable,
+    /// Foreign keys are broken (or pg_amcheck found corruption).
+    BrokenForeignKeys,
+    /// Another gate failed (schema, sequences, Redis, Kubernetes objects, marker row).
+    GateFailed,
+    /// Health-check failure rate above the limit.
+    HealthCheckFailures,
+    /// API response time above the limit.
+    ResponseTime,
+    /// A pod restarted too often (CrashLoopBackOff).
+    PodRestarts,
+    /// Database restore took too long.
+    DbRestoreDuration,
+    /// The whole procedure took too long.
+    TotalDuration,
+    /// Pods did not become Ready in time.
+    PodsNotReady,
+}
+
+/// Why a rollback is needed: the criterion, what was observed, and the limit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackReason {
+    /// The criterion.
+    pub criterion: Criterion,
+    /// What was observed, naming tables, pods or gates.
+    pub observed: String,
+    /// The limit that was crossed.
+    pub limit: String,
+}
+
+/// Proceed, or roll back.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    /// Every assessed criterion is within its limit.
+    Proceed,
+    /// At least one criterion is crossed.
+    RollBack,
+}
+
+/// The decision with every reason, and the criteria that could not be assessed for lack of
+/// an observation (a proceed with unassessed criteria is weaker than a full one).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Decision {
+    /// What to do.
+    pub action: Action,
+    /// Every crossed criterion (empty exactly when proceeding).
+    pub reasons: Vec<RollbackReason>,
+    /// Criteria without an observation.
+    pub not_assessed: Vec<Criterion>,
+}
+
+impl Decision {
+    /// True when the decision is to proceed.
+    pub fn proceed(&self) -> bool {
+        self.action == Action::Proceed
+    }
+}
+
+fn fmt_duration(d: Duration) -> String {
+    let secs = d.as_secs_f64();
+    if secs >= 3600.0 {
+        format!("{:.2} h", secs / 3600.0)
+    } else if secs >= 60.0 {
+        format!("{:.1} min", secs / 60.0)
+    } else {
+        format!("{secs:.3} s")
+    }
+}
+
+/// Applies the rollback criteria. Pure: the caller observes, this only judges.
+pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decision {
+    let mut reasons = Vec::new();
+    let mut not_assessed = Vec::new();
+    let mut reason = |criterion, observed: String, limit: String| reasons.push(RollbackReason { criterion, observed, limit });
+
+    // Data criteria from the gates.
+    let data_gates = [Gate::RowCounts, Gate::Digests];
+    if !inputs.verdicts.iter().any(|v| data_gates.contains(&v.gate)) {
+        not_assessed.push(Criterion::DataMismatch);
+    }
+    if !inputs.verdicts.iter().any(|v| v.gate == Gate::ReferentialIntegrity) {
+        not_assessed.push(Criterion::BrokenForeignKeys);
+    }
+    for verdict in inputs.verdicts.iter().filter(|v| !v.passed) {
+        for finding in &verdict.findings {
+            let shown = finding.to_string();
+            match verdict.gate {
+                Gate::RowCounts if finding.kind == FindingKind::Missing => {
+                    reason(Criterion::MissingTable, shown, "every backed-up table exists".into());
+                }
+                Gate::RowCounts if finding.kind == FindingKind::Mismatch => {
+                    let parse = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<f64>().ok());
+                    let relative = match (parse(&finding.expected), parse(&finding.actual)) {
+                        (Some(want), Some(got)) if want > 0.0 => (got - want).abs() / want,
+                        (Some(want), Some(got)) if want == got => 0.0,
+                        _ => f64::INFINITY,
+                    };
+                    if relative > thresholds.max_count_difference {
+                        reason(
+                            Criterion::DataMismatch,
+                            format!("{shown}; {:.2} % difference", relative * 100.0),
+                            format!("at most {:.2} % difference", thresholds.max_count_difference * 100.0),
+                        );
+                    }
+                }
+                Gate::RowCounts | Gate::Digests => {
+                    reason(Criterion::DataMismatch, format!("{}: {shown}", verdict.gate), "equal to the backup".into());
+                }
+                Gate::ReferentialIntegrity => {
+                    reason(Criterion::BrokenForeignKeys, shown, "no orphan rows, no corruption".into());
+                }
+                gate => reason(Criterion::GateFailed, format!("{gate}: {shown}"), format!("gate {gate} passes")),
+            }
+        }
+    }
+
+    match inputs.health {
+        Some(h) if h.attempts > 0 => {
+            let rate = f64::from(h.failures) / f64::from(h.attempts);
+            if rate > thresholds.max_health_failure_rate {
+                reason(
+                    Criterion::HealthCheckFailures,
+                    format!("{} of {} health checks failed ({:.1} %)", h.failures, h.attempts, rate * 100.0),
+                    format!("at most {:.1} %", thresholds.max_health_failure_rate * 100.0),
+                );
+            }
+        }
+        _ => not_assessed.push(Criterion::HealthCheckFailures),
+    }
+
+    match inputs.max_response_time {
+        Some(t) if t > thresholds.max_response_time => reason(
+            Criterion::ResponseTime,
+            format!("slowest response took {}", fmt_duration(t)),
+            format!("at most {}", fmt_duration(thresholds.max_response_time)),
+        ),
+        Some(_) => {}
+        None => not_assessed.push(Criterion::ResponseTime),
+    }
+
+    match &inputs.pods {
+        Some(pods) => {
+            for pod in pods.iter().filter(|p| p.restarts >= thresholds.max_pod_restarts) {
+                let state = pod.waiting_reason.as_deref().map(|r| format!(", {r}")).unwrap_or_default();
+                reason(
+                    Criterion::PodRestarts,
+                    format!("pod {} restarted {} times{state}", pod.name, pod.restarts),
+                    format!("fewer than {} restarts", thresholds.max_pod_restarts),
+                );
+            }
+            let not_ready: Vec<&str> = pods.iter().filter(|p| !p.ready).map(|p| p.name.as_str()).collect();
+            if !not_ready.is_empty() {
+                let waited = inputs.pods_ready_wait.map(|d| format!(" after {}", fmt_duration(d))).unwrap_or_default();
+                reason(
+                    Criterion::PodsNotReady,
+                    format!("pods not Ready{waited}: {}", not_ready.join(", ")),
+                    format!("every pod Ready within {}", fmt_duration(thresholds.max_pods_ready)),
+                );
+            }
+        }
+        None => not_assessed.push(Criterion::PodRestarts),
+    }
+
+    let mut timed = |criterion, observed: Option<Duration>, limit: Duration, what: &str| match observed {
+        Some(d) if d > limit => reason(
+            criterion,
+            format!("{what} took {}", fmt_duration(d)),
+            format!("at most {}", fmt_duration(limit)),
+        ),
+        Some(_) => {}
+        None => not_assessed.push(criterion),
+    };
+    timed(Criterion::DbRestoreDuration, inputs.db_restore, thresholds.max_db_restore, "database restore");
+    timed(Criterion::TotalDuration, inputs.total, thresholds.max_total, "whole procedure");
+    let already_not_ready = reasons.iter().any(|r| r.criterion == Criterion::PodsNotReady);
+    match inputs.pods_ready_wait {
+        Some(d) if d > thresholds.max_pods_ready && !already_not_ready => reasons.push(RollbackReason {
+            criterion: Criterion::PodsNotReady,
+            observed: format!("pods became Ready only after {}", fmt_duration(d)),
+            limit: format!("at most {}", fmt_duration(thresholds.max_pods_ready)),
+        }),
+        Some(_) => {}
+        None => not_assessed.push(Criterion::PodsNotReady),
+    }
+
+    let action = if reasons.is_empty() { Action::Proceed } else { Action::RollBack };
+    Decision { action, reasons, not_assessed }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Finding, FindingKind};
+    use super::*;
+
+    fn h(secs: u64) -> Duration {
+        Duration::from_secs(secs * 3600)
+    }
+
+    fn clean() -> RollbackInputs {
+        RollbackInputs {
+            verdicts: vec![
+                Verdict::from_findings(Gate::RowCounts, vec![]),
+                Verdict::from_findings(Gate::Digests, vec![]),
+                Verdict::from_findings(Gate::ReferentialIntegrity, vec![]),
+            ],
+            health: Some(HealthSample { attempts: 10, failures: 0 }),
+            max_response_time: Some(Duration::from_millis(80)),
+            pods: Some(vec![PodObservation { name: "titanium-prod/api-0".into(), restarts: 0, waiting_reason: None, ready: true }]),
+            db_restore: Some(Duration::from_secs(40 * 60)),
+            total: Some(h(2)),
+            pods_ready_wait: Some(Duration::from_secs(5 * 60)),
+        }
+    }
+
+    fn check(inputs: RollbackInputs, expected: &[Criterion]) -> Decision {
+        let decision = decide(&inputs, &RollbackThresholds::default());
+        let got: Vec<Criterion> = decision.reasons.iter().map(|r| r.criterion).collect();
+        assert_eq!(got, expected, "{decision:#?}");
+        assert_eq!(decision.proceed(), expected.is_empty());
+        decision
+    }
+
+    #[test]
+    fn clean_run_proceeds_with_everything_assessed() {
+        let decision = check(clean(), &[]);
+        assert!(decision.not_assessed.is_empty(), "{:?}", decision.not_assessed);
+    }
+
+    #[test]
+    fn every_criterion_rolls_back_with_its_reason() {
+        let mut inputs = clean();
+        inputs.verdicts = vec![
+            Verdict::from_findings(
+                Gate::RowCounts,
+                vec![
+                    Finding::new("public.posts", FindingKind::Missing, "table is missing after restore"),
+                    Finding::new("public.users", FindingKind::Mismatch, "row count differs").values(1000, 999),
+                ],
+            ),
+            Verdict::from_findings(
+                Gate::ReferentialIntegrity,
+                vec![Finding::new("public.posts constraint posts_author_fkey", FindingKind::Broken, "orphans")],
+            ),
+            Verdict::from_findings(Gate::Schema, vec![Finding::new("index public.idx", FindingKind::Missing, "diff")]),
+        ];
+        inputs.health = Some(HealthSample { attempts: 10, failures: 1 });
+        inputs.max_response_time = Some(Duration::from_millis(5001));
+        inputs.pods = Some(vec![PodObservation {
+            name: "titanium-prod/auth-1".into(),
+            restarts: 3,
+            waiting_reason: Some("CrashLoopBackOff".into()),
+            ready: false,
+        }]);
+        inputs.db_restore = Some(h(2) + Duration::from_secs(1));
+        inputs.total = Some(h(6) + Duration::from_secs(1));
+        inputs.pods_ready_wait = Some(Duration::from_secs(31 * 60));
+        let decision = check(
+            inputs,
+            &[
+                Criterion::MissingTable,
+                Criterion::DataMismatch,
+                Criterion::BrokenForeignKeys,
+                Criterion::GateFailed,
+                Criterion::HealthCheckFailures,
+                Criterion::ResponseTime,
+                Criterion::PodRestarts,
+                Criterion::PodsNotReady,
+                Criterion::DbRestoreDuration,
+                Criterion::TotalDuration,
+            ],
+        );
+        let text = serde_json::to_string(&decision).unwrap();
+        assert!(text.contains("\"action\":\"roll_back\""), "{text}");
+        assert!(decision.reasons[6].observed.contains("CrashLoopBackOff"));
+        assert!(decision.reasons[7].observed.contains("titanium-prod/auth-1"));
+    }
+
+    #[test]
+    fn limits_are_inclusive_as_the_runbook_writes_them() {
+        let mut inputs = clean();
+        inputs.max_response_time = Some(Duration::from_secs(5));
+        inputs.db_restore = Some(h(2));
+        inputs.total = Some(h(6));
+        inputs.pods_ready_wait = Some(Duration::from_secs(30 * 60));
+        inputs.pods.as_mut().unwrap()[0].restarts = 2;
+        check(inputs, &[]);
+    }
+
+    #[test]
+    fn count_tolerance_is_configurable() {
+        let mut inputs = clean();
+        inputs.verdicts =
+            vec![Verdict::from_findings(Gate::RowCounts, vec![Finding::new("public.users", FindingKind::Mismatch, "x").values(1000, 950)])];
+        assert!(!decide(&inputs, &RollbackThresholds::default()).proceed());
+        assert!(decide(&inputs, &RollbackThresholds::runbook()).proceed());
+    }
+
+    #[test]
+    fn missing_observations_are_reported_not_assumed() {
+        let decision = decide(&RollbackInputs::default(), &RollbackThresholds::default());
+        assert!(decision.proceed());
+        assert_eq!(decision.not_assessed.len(), 8, "{:?}", decision.not_assessed);
+    }
+
+    #[test]
+    fn thresholds_round_trip_as_seconds() {
+        let json = serde_json::to_value(RollbackThresholds::default()).unwrap();
+        assert_eq!(json["max_db_restore"], serde_json::json!(7200.0));
+        let back: RollbackThresholds = serde_json::from_value(serde_json::json!({"max_response_time": 2.5})).unwrap();
+        assert_eq!(back.max_response_time, Duration::from_millis(2500));
+        assert_eq!(back.max_pod_restarts, 3);
+    }
+}
