@@ -6,8 +6,11 @@
 pub mod backup;
 pub mod cluster;
 pub mod data;
+pub mod facts;
 pub mod keep;
 pub mod load;
 pub mod pg;
+pub mod preflight;
+pub mod report;
 pub mod restore;
 pub mod verify;

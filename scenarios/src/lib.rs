@@ -1,1 +1,7 @@
-//! Placeholder crate root, filled in by the crate's first module.
+//! The rehearsals: each scenario is a list of named phases over the harness's `Cluster` and
+//! `PostgresProvider` traits. A scenario never reaches into a provider's internals, so the same
+//! scenario runs on the simulated cluster, kind, or an existing cluster.
+
+pub mod run;
+
+pub use run::{Observer, PhaseFailed, Quiet, Run};

@@ -1,0 +1,14 @@
+//! The exit codes of `rehearsal`, defined once. Scripts and CI rely on them.
+
+/// Every gate passed (or the command did what was asked).
+pub(crate) const OK: i32 = 0;
+
+/// The command ran, and a gate failed: the verdict is "roll back" (or, for `preflight`, NO-GO).
+pub(crate) const GATE_FAILED: i32 = 3;
+
+/// The command could not run: a setup error, bad input, an unreachable cluster or server.
+pub(crate) const COULD_NOT_RUN: i32 = 4;
+
+/// Command-line usage errors (clap's own code).
+#[expect(dead_code, reason = "documents clap's code alongside ours")]
+pub(crate) const USAGE: i32 = 2;

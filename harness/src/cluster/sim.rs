@@ -1,0 +1,1 @@
+//! The simulated cluster provider (filled in when simcluster exposes its library API).

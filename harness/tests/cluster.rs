@@ -1,0 +1,203 @@
+//! Cluster providers short of a real cluster: the kind command lines, kind's error paths with a
+//! missing or failing `kind`, kubeconfig parsing and contexts, and the destroy gate.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use harness::cluster::kind::{self, KindCluster, KindOptions};
+use harness::cluster::kubeconfig::{self, KubeconfigCluster};
+use harness::cluster::{Cluster, ClusterError, DestroyGate};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// A fake `kind` that records its arguments, one invocation per line, and exits with `code`.
+fn fake_kind(dir: &Path, code: i32, output: &str) -> (PathBuf, PathBuf) {
+    let log = dir.join("calls.log");
+    let bin = dir.join("kind");
+    std::fs::write(
+        &bin,
+        format!("#!/bin/sh\necho \"$*\" >> '{}'\necho '{output}'\nexit {code}\n", log.display()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
+    (bin, log)
+}
+
+fn options(bin: &Path, config: &Path) -> KindOptions {
+    KindOptions { kind_bin: bin.to_path_buf(), ..KindOptions::new(config) }
+}
+
+fn calls(log: &Path) -> Vec<String> {
+    std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
+}
+
+#[test]
+fn unique_names_do_not_collide_and_are_dns_safe() {
+    let a = kind::unique_name("rehearsal");
+    let b = kind::unique_name("rehearsal");
+    assert_ne!(a, b);
+    assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{a}");
+}
+
+#[test]
+fn command_lines_are_exactly_what_kind_expects() {
+    let mut opts = KindOptions::new("kind-config/single-node.yaml");
+    opts.name = "rehearsal-a".into();
+    let kc = Path::new("/tmp/kc");
+    assert_eq!(
+        kind::create_args(&opts, kc).join(" "),
+        "create cluster --name rehearsal-a --config kind-config/single-node.yaml --kubeconfig /tmp/kc --wait 300s"
+    );
+    assert_eq!(kind::load_args("rehearsal-a", "titanium:dev").join(" "), "load docker-image titanium:dev --name rehearsal-a");
+    assert_eq!(kind::delete_args("rehearsal-a", kc).join(" "), "delete cluster --name rehearsal-a --kubeconfig /tmp/kc");
+}
+
+#[tokio::test]
+async fn create_load_and_destroy_run_kind_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, log) = fake_kind(dir.path(), 0, "ok");
+    let config = repo().join("kind-config/single-node.yaml");
+    let mut cluster = match KindCluster::create(options(&bin, &config)).await {
+        Err(ClusterError::DockerUnavailable { .. }) if std::env::var("CI").is_err() => {
+            eprintln!("skipping: Docker is not running (kind needs it; CI starts it)");
+            return;
+        }
+        other => other.expect("create"),
+    };
+    let name = cluster.name().to_owned();
+    assert_eq!(cluster.context(), format!("kind-{name}"));
+    cluster.load_images(&["titanium:dev".to_owned()]).await.unwrap();
+    cluster.destroy().await.unwrap();
+    cluster.destroy().await.unwrap(); // a second destroy is a no-op
+    let kc = cluster.kubeconfig().display().to_string();
+    drop(cluster); // already destroyed: no second delete
+    assert_eq!(
+        calls(&log),
+        [
+            format!("create cluster --name {name} --config {} --kubeconfig {kc} --wait 300s", config.display()),
+            format!("load docker-image titanium:dev --name {name}"),
+            format!("delete cluster --name {name} --kubeconfig {kc}"),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn drop_deletes_a_cluster_that_was_not_destroyed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, log) = fake_kind(dir.path(), 0, "ok");
+    let cluster = match KindCluster::create(options(&bin, &repo().join("kind-config/single-node.yaml"))).await {
+        Err(ClusterError::DockerUnavailable { .. }) if std::env::var("CI").is_err() => return,
+        other => other.expect("create"),
+    };
+    let name = cluster.name().to_owned();
+    let kubeconfig_dir = cluster.dir().to_path_buf();
+    drop(cluster);
+    assert!(calls(&log).last().unwrap().starts_with(&format!("delete cluster --name {name}")));
+    assert!(!kubeconfig_dir.exists(), "the kubeconfig directory must be removed");
+}
+
+#[tokio::test]
+async fn a_failing_create_shows_kinds_own_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, _) = fake_kind(dir.path(), 1, "ERROR: failed to create cluster: node(s) already exist");
+    match KindCluster::create(options(&bin, &repo().join("kind-config/single-node.yaml"))).await {
+        Err(ClusterError::Command { output, command, .. }) => {
+            assert!(output.contains("node(s) already exist"), "{output}");
+            assert!(command.contains("create cluster"), "{command}");
+        }
+        Err(ClusterError::DockerUnavailable { .. }) if std::env::var("CI").is_err() => {}
+        other => panic!("expected kind's failure, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_missing_kind_names_what_to_install() {
+    let mut opts = KindOptions::new(repo().join("kind-config/single-node.yaml"));
+    opts.kind_bin = PathBuf::from("kind-not-installed-here");
+    let err = KindCluster::create(opts).await.unwrap_err();
+    assert!(matches!(err, ClusterError::ProgramMissing { .. }), "{err:?}");
+    assert!(err.to_string().contains("install kind"), "{err}");
+}
+
+#[tokio::test]
+async fn a_missing_docker_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let (bin, log) = fake_kind(dir.path(), 0, "ok");
+    let mut opts = options(&bin, &repo().join("kind-config/single-node.yaml"));
+    opts.docker_host = format!("unix://{}/no-docker.sock", dir.path().display());
+    let err = KindCluster::create(opts).await.unwrap_err();
+    assert!(err.to_string().contains("Docker is not reachable"), "{err}");
+    assert!(calls(&log).is_empty(), "kind must not run without Docker");
+}
+
+#[test]
+fn kind_configs_in_the_repo_are_valid_and_bad_ones_are_named() {
+    for file in ["single-node.yaml", "prod-3-node.yaml"] {
+        kind::check_config(&repo().join("kind-config").join(file)).unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(&bad, "kind: Pod\napiVersion: v1\n").unwrap();
+    assert!(kind::check_config(&bad).unwrap_err().to_string().contains("expected kind: Cluster"));
+    std::fs::write(&bad, "kind: [unclosed\n").unwrap();
+    assert!(kind::check_config(&bad).unwrap_err().to_string().contains("not valid YAML"));
+    assert!(kind::check_config(&dir.path().join("missing.yaml")).is_err());
+}
+
+const KUBECONFIG: &str = r#"
+apiVersion: v1
+kind: Config
+current-context: solid
+clusters:
+- name: solid
+  cluster: { server: "http://127.0.0.1:1" }
+- name: other
+  cluster: { server: "http://127.0.0.1:2" }
+contexts:
+- name: solid
+  context: { cluster: solid, user: admin }
+- name: other
+  context: { cluster: other, user: admin }
+users:
+- name: admin
+  user: { token: not-a-real-token }
+"#;
+
+#[test]
+fn kubeconfig_contexts_resolve_or_are_listed() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config");
+    std::fs::write(&path, KUBECONFIG).unwrap();
+    let current = KubeconfigCluster::attach(Some(path.clone()), None, vec!["titanium-prod".into()], DestroyGate::Refuse).unwrap();
+    assert_eq!(current.name(), "solid");
+    let other = KubeconfigCluster::attach(Some(path.clone()), Some("other"), vec![], DestroyGate::Refuse).unwrap();
+    assert_eq!(other.context(), "other");
+    let err = KubeconfigCluster::attach(Some(path.clone()), Some("prod"), vec![], DestroyGate::Refuse).unwrap_err();
+    assert!(err.to_string().contains("`prod` not found") && err.to_string().contains("solid, other"), "{err}");
+}
+
+#[test]
+fn malformed_and_missing_kubeconfigs_name_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config");
+    std::fs::write(&path, "apiVersion: v1\nclusters: [unclosed\n").unwrap();
+    let err = kubeconfig::read(&path).unwrap_err();
+    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    let missing = dir.path().join("nope");
+    assert!(kubeconfig::read(&missing).unwrap_err().to_string().contains("nope"));
+}
+
+#[tokio::test]
+async fn an_unconfirmed_destroy_of_an_existing_cluster_is_refused_before_any_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("config");
+    std::fs::write(&path, KUBECONFIG).unwrap();
+    let mut cluster = KubeconfigCluster::attach(Some(path.clone()), None, vec!["titanium-prod".into()], DestroyGate::Refuse).unwrap();
+    let err = cluster.destroy().await.unwrap_err();
+    assert!(matches!(err, ClusterError::DestroyRefused { .. }), "{err:?}");
+    let wrong = DestroyGate::Confirmed { cluster: "other".into() };
+    let mut cluster = KubeconfigCluster::attach(Some(path), None, vec!["titanium-prod".into()], wrong).unwrap();
+    assert!(matches!(cluster.destroy().await.unwrap_err(), ClusterError::DestroyRefused { .. }));
+}
