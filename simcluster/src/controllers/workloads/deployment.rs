@@ -1,0 +1,120 @@
+//! The Deployment controller: one ReplicaSet per pod template (named and labelled with the
+//! template's `pod-template-hash`), scaled to `spec.replicas`; older ReplicaSets are scaled
+//! to zero once the new one is fully available. Status and conditions are the ones
+//! `kubectl rollout status` and kube-rs `is_deployment_completed` read.
+
+use serde_json::{Value, json};
+
+use super::events::{EventKind, record};
+use super::{Ctx, create, deleting, meta, modify, now, owned_by, owner_ref, short_hash, write_status};
+
+fn int(v: &Value, p: &str) -> i64 {
+    v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
+}
+
+pub(crate) fn reconcile(ctx: &Ctx) {
+    let store = &ctx.store;
+    let (deps, _) = store.list("apps/deployments", None);
+    if deps.is_empty() {
+        return;
+    }
+    let (sets, _) = store.list("apps/replicasets", None);
+    for d in deps {
+        if deleting(&d) {
+            continue;
+        }
+        let ns = meta(&d, "namespace");
+        let name = meta(&d, "name");
+        let want = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0);
+        let template = d.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+        let hash = short_hash(&template);
+        let mine: Vec<_> = sets.iter().filter(|rs| owned_by(rs, &d) && !deleting(rs)).cloned().collect();
+        let new_rs = mine.iter().find(|rs| rs.pointer("/metadata/labels/pod-template-hash").and_then(Value::as_str) == Some(hash.as_str()));
+        let new_rs = match new_rs {
+            Some(rs) => {
+                if int(rs, "/spec/replicas") != want {
+                    modify(store, "apps/replicasets", rs, |o| o["spec"]["replicas"] = json!(want));
+                    record(store, &d, EventKind::Normal, "ScalingReplicaSet", &format!("Scaled replica set {} to {want}", meta(rs, "name")), "deployment-controller");
+                }
+                Some(rs.clone())
+            }
+            None => {
+                let mut tpl = template.clone();
+                tpl["metadata"]["labels"]["pod-template-hash"] = json!(hash);
+                let mut selector = d.pointer("/spec/selector").cloned().unwrap_or_else(|| json!({}));
+                selector["matchLabels"]["pod-template-hash"] = json!(hash);
+                let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({}));
+                labels["pod-template-hash"] = json!(hash);
+                let rs_name = format!("{name}-{hash}");
+                let rs = json!({
+                    "apiVersion": "apps/v1",
+                    "kind": "ReplicaSet",
+                    "metadata": {
+                        "name": rs_name,
+                        "namespace": ns,
+                        "labels": labels,
+                        "annotations": {"deployment.kubernetes.io/desired-replicas": want.to_string(), "deployment.kubernetes.io/revision": (mine.len() + 1).to_string()},
+                        "ownerReferences": [owner_ref(&d)],
+                    },
+                    "spec": {"replicas": want, "selector": selector, "template": tpl},
+                });
+                let created = create(store, "apps/replicasets", ns, rs);
+                if created.is_some() {
+                    record(store, &d, EventKind::Normal, "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} to {want}"), "deployment-controller");
+                }
+                created.map(std::sync::Arc::new)
+            }
+        };
+        let new_available = new_rs.as_ref().map_or(0, |rs| int(rs, "/status/availableReplicas"));
+        let new_replicas = new_rs.as_ref().map_or(0, |rs| int(rs, "/status/replicas"));
+        let new_uid = new_rs.as_ref().map(|rs| meta(rs, "uid").to_owned()).unwrap_or_default();
+        // Old ReplicaSets go to zero once the new one carries the load.
+        if new_available >= want {
+            for rs in mine.iter().filter(|rs| meta(rs, "uid") != new_uid) {
+                if int(rs, "/spec/replicas") != 0 {
+                    modify(store, "apps/replicasets", rs, |o| o["spec"]["replicas"] = json!(0));
+                    record(store, &d, EventKind::Normal, "ScalingReplicaSet", &format!("Scaled down replica set {} to 0", meta(rs, "name")), "deployment-controller");
+                }
+            }
+        }
+        let all: Vec<_> = store.list("apps/replicasets", Some(ns)).0.into_iter().filter(|rs| owned_by(rs, &d)).collect();
+        let replicas: i64 = all.iter().map(|rs| int(rs, "/status/replicas")).sum();
+        let ready: i64 = all.iter().map(|rs| int(rs, "/status/readyReplicas")).sum();
+        let available: i64 = all.iter().map(|rs| int(rs, "/status/availableReplicas")).sum();
+        let complete = new_replicas == want && new_available >= want && replicas == want;
+        let old = d.get("status").cloned().unwrap_or_else(|| json!({}));
+        let cond = |ty: &str, status: bool, reason: &str, message: String| {
+            let s = if status { "True" } else { "False" };
+            let prev = old.get("conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == ty)).cloned();
+            let (trans, upd) = match &prev {
+                Some(p) if p["status"] == s && p["reason"] == reason => (p["lastTransitionTime"].clone(), p["lastUpdateTime"].clone()),
+                Some(p) if p["status"] == s => (p["lastTransitionTime"].clone(), json!(now())),
+                _ => (json!(now()), json!(now())),
+            };
+            json!({"type": ty, "status": s, "reason": reason, "message": message, "lastTransitionTime": trans, "lastUpdateTime": upd})
+        };
+        let rs_name = new_rs.as_ref().map(|rs| meta(rs, "name").to_owned()).unwrap_or_default();
+        let available_cond = if available >= want {
+            cond("Available", true, "MinimumReplicasAvailable", "Deployment has minimum availability.".into())
+        } else {
+            cond("Available", false, "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into())
+        };
+        let progressing = if complete {
+            cond("Progressing", true, "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed."))
+        } else {
+            cond("Progressing", true, "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."))
+        };
+        let mut status = json!({
+            "observedGeneration": d.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
+            "replicas": replicas,
+            "updatedReplicas": new_replicas,
+            "readyReplicas": ready,
+            "availableReplicas": available,
+            "conditions": [available_cond, progressing],
+        });
+        if replicas - available > 0 {
+            status["unavailableReplicas"] = json!(replicas - available);
+        }
+        write_status(store, "apps/deployments", &d, status);
+    }
+}

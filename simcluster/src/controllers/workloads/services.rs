@@ -1,0 +1,251 @@
+//! Services: Endpoints that follow pod readiness, and the loopback proxy that plays
+//! kube-proxy. Every TCP port of a Service with a clusterIP listens on `clusterIP:port` (the
+//! clusterIPs are loopback addresses, 127.1.x.y, and Linux routes all of 127/8 to `lo`) and
+//! forwards each connection to a ready endpoint, round robin. A LoadBalancer Service reports
+//! its clusterIP as `status.loadBalancer.ingress[0].ip`; a node port listed in the kind
+//! config's `extraPortMappings` also listens on that mapping's host port.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use serde_json::{Value, json};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use super::events::{EventKind, record};
+use super::{Ctx, create, deleting, meta, modify, pod_ready, write_status};
+use crate::selector::LabelSelector;
+
+type Backends = Arc<RwLock<Vec<SocketAddr>>>;
+
+struct Listener {
+    backends: Backends,
+    task: JoinHandle<()>,
+}
+
+/// The proxy listeners of all Services.
+pub(crate) struct Proxies {
+    listeners: Mutex<HashMap<SocketAddr, Listener>>,
+    mappings: Vec<crate::config::PortMapping>,
+}
+
+impl Proxies {
+    pub(crate) fn new(mappings: Vec<crate::config::PortMapping>) -> Self {
+        Proxies { listeners: Mutex::new(HashMap::new()), mappings }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Listener>> {
+        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Close every listener.
+    pub(crate) fn close_all(&self) {
+        for (_, l) in self.lock().drain() {
+            l.task.abort();
+        }
+    }
+
+    /// Make the set of listeners equal to `want` (address to backends). Returns addresses
+    /// that could not be bound, with the reason.
+    fn sync(&self, want: BTreeMap<SocketAddr, Vec<SocketAddr>>) -> Vec<(SocketAddr, String)> {
+        let mut failed = Vec::new();
+        let mut map = self.lock();
+        map.retain(|addr, l| {
+            let keep = want.contains_key(addr);
+            if !keep {
+                l.task.abort();
+            }
+            keep
+        });
+        for (addr, backends) in want {
+            if let Some(l) = map.get(&addr) {
+                let mut b = l.backends.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                if *b != backends {
+                    *b = backends;
+                }
+                continue;
+            }
+            let std_listener = match std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+                Ok(l) => l,
+                Err(e) => {
+                    failed.push((addr, e.to_string()));
+                    continue;
+                }
+            };
+            let listener = match TcpListener::from_std(std_listener) {
+                Ok(l) => l,
+                Err(e) => {
+                    failed.push((addr, e.to_string()));
+                    continue;
+                }
+            };
+            let backends: Backends = Arc::new(RwLock::new(backends));
+            let task = tokio::spawn(accept_loop(listener, backends.clone()));
+            map.insert(addr, Listener { backends, task });
+        }
+        failed
+    }
+}
+
+async fn accept_loop(listener: TcpListener, backends: Backends) {
+    let next = AtomicUsize::new(0);
+    loop {
+        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        let target = {
+            let b = backends.read().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if b.is_empty() { None } else { Some(b[next.fetch_add(1, Ordering::Relaxed) % b.len()]) }
+        };
+        // No ready endpoint: the connection is refused, as kube-proxy's reject rule does.
+        let Some(target) = target else { continue };
+        tokio::spawn(async move {
+            let _ = inbound.set_nodelay(true);
+            if let Ok(mut outbound) = TcpStream::connect(target).await {
+                let _ = outbound.set_nodelay(true);
+                // Either side closing ends the relay; errors are the peers' business.
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// Resolve a Service port's `targetPort` against one pod: a number, or a container port name.
+pub(crate) fn target_port(port: &Value, pod: &Value) -> Option<u16> {
+    let tp = port.get("targetPort").or_else(|| port.get("port"))?;
+    if let Some(n) = tp.as_u64() {
+        return u16::try_from(n).ok();
+    }
+    let name = tp.as_str()?;
+    if let Ok(n) = name.parse::<u16>() {
+        return Some(n);
+    }
+    pod.pointer("/spec/containers")?.as_array()?.iter().flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten()).find_map(|p| {
+        (p.get("name").and_then(Value::as_str) == Some(name)).then(|| p.get("containerPort").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok())).flatten()
+    })
+}
+
+pub(crate) fn reconcile(ctx: &Ctx) {
+    let store = &ctx.store;
+    let (services, _) = store.list("/services", None);
+    let (pods, _) = store.list("/pods", None);
+    let mut want: BTreeMap<SocketAddr, Vec<SocketAddr>> = BTreeMap::new();
+    let mut owners: HashMap<SocketAddr, Arc<Value>> = HashMap::new();
+    for svc in &services {
+        if deleting(svc) {
+            continue;
+        }
+        let ns = meta(svc, "namespace");
+        let Some(sel) = svc.pointer("/spec/selector").filter(|s| s.as_object().is_some_and(|m| !m.is_empty())) else { continue };
+        let selector = LabelSelector::from_object(&json!({"matchLabels": sel}));
+        let members: Vec<_> = pods
+            .iter()
+            .filter(|p| meta(p, "namespace") == ns && selector.matches(p) && !deleting(p))
+            .filter(|p| p.pointer("/status/podIP").and_then(Value::as_str).is_some_and(|ip| !ip.is_empty()))
+            .collect();
+        let ports: Vec<Value> = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        // Endpoints: one subset per distinct resolved port list.
+        let mut subsets: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+        for p in &members {
+            let ip = p.pointer("/status/podIP").and_then(Value::as_str).unwrap_or_default();
+            let eports: Vec<Value> = ports
+                .iter()
+                .filter_map(|sp| {
+                    let n = target_port(sp, p)?;
+                    let mut e = json!({"port": n, "protocol": sp.get("protocol").cloned().unwrap_or(json!("TCP"))});
+                    if let Some(name) = sp.get("name") {
+                        e["name"] = name.clone();
+                    }
+                    Some(e)
+                })
+                .collect();
+            let key = serde_json::to_string(&eports).unwrap_or_default();
+            let addr = json!({
+                "ip": ip,
+                "nodeName": p.pointer("/spec/nodeName").cloned().unwrap_or(Value::Null),
+                "targetRef": {"kind": "Pod", "namespace": ns, "name": meta(p, "name"), "uid": meta(p, "uid")},
+            });
+            let entry = subsets.entry(key).or_insert_with(|| (Vec::new(), Vec::new(), eports));
+            if pod_ready(p) { entry.0.push(addr) } else { entry.1.push(addr) }
+        }
+        let subsets: Vec<Value> = subsets
+            .into_values()
+            .map(|(ready, not_ready, ports)| {
+                let mut s = json!({"ports": ports});
+                if !ready.is_empty() {
+                    s["addresses"] = Value::Array(ready);
+                }
+                if !not_ready.is_empty() {
+                    s["notReadyAddresses"] = Value::Array(not_ready);
+                }
+                s
+            })
+            .collect();
+        let name = meta(svc, "name");
+        match store.get("/endpoints", ns, name) {
+            None => {
+                let mut ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": svc.pointer("/metadata/labels").cloned().unwrap_or(json!({}))}});
+                if !subsets.is_empty() {
+                    ep["subsets"] = Value::Array(subsets);
+                }
+                create(store, "/endpoints", ns, ep);
+            }
+            Some(ep) => {
+                let cur = ep.get("subsets").cloned().unwrap_or(json!([]));
+                if cur != Value::Array(subsets.clone()) {
+                    modify(store, "/endpoints", &ep, |o| {
+                        if subsets.is_empty() {
+                            if let Some(m) = o.as_object_mut() {
+                                m.remove("subsets");
+                            }
+                        } else {
+                            o["subsets"] = Value::Array(subsets);
+                        }
+                    });
+                }
+            }
+        }
+
+        // Proxy listeners.
+        let Some(cluster_ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) else { continue };
+        let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+        for sp in &ports {
+            if sp.get("protocol").and_then(Value::as_str).is_some_and(|p| p != "TCP") {
+                continue;
+            }
+            let Some(port) = sp.get("port").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()) else { continue };
+            let backends: Vec<SocketAddr> = members
+                .iter()
+                .filter(|p| pod_ready(p))
+                .filter_map(|p| {
+                    let ip = p.pointer("/status/podIP")?.as_str()?.parse().ok()?;
+                    Some(SocketAddr::new(ip, target_port(sp, p)?))
+                })
+                .collect();
+            let addr = SocketAddr::new(cluster_ip, port);
+            want.insert(addr, backends.clone());
+            owners.insert(addr, svc.clone());
+            if ty == "NodePort" || ty == "LoadBalancer" {
+                let node_port = sp.get("nodePort").and_then(Value::as_u64).unwrap_or(0);
+                for m in ctx.proxies.mappings.iter().filter(|m| u64::from(m.container_port) == node_port && m.protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("tcp"))) {
+                    // kind's default listen address is 0.0.0.0; the simulator stays on loopback.
+                    let ip = m.listen_address.as_deref().filter(|a| *a != "0.0.0.0").unwrap_or("127.0.0.1").parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+                    let host = SocketAddr::new(ip, m.host_port);
+                    want.insert(host, backends.clone());
+                    owners.insert(host, svc.clone());
+                }
+            }
+        }
+        if ty == "LoadBalancer" {
+            let status = json!({"loadBalancer": {"ingress": [{"ip": cluster_ip.to_string(), "ipMode": "VIP"}]}});
+            if svc.get("status") != Some(&status) {
+                write_status(store, "/services", svc, status);
+            }
+        }
+    }
+    for (addr, why) in ctx.proxies.sync(want) {
+        if let Some(svc) = owners.get(&addr) {
+            record(store, svc, EventKind::Warning, "ProxyFailed", &format!("cannot listen on {addr}: {why}"), "kube-proxy");
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! Dynamic provisioning: the default StorageClasses `local-path` (the default class, as on
+//! kind) and `standard`, each claim bound to a PersistentVolume backed by a directory under
+//! `<state_dir>/volumes/`, and that directory removed with the volume when its claim goes
+//! (reclaim policy `Delete`). A claim naming a missing class stays Pending with a Warning
+//! Event, as on a real cluster.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::events::{EventKind, record};
+use super::{Ctx, create, deleting, meta, modify, write_status};
+use crate::store::Store;
+
+/// The provisioner name written on the default classes.
+pub(crate) const PROVISIONER: &str = "rancher.io/local-path";
+
+/// Create `local-path` and `standard` unless they exist; `local-path` is the default class
+/// unless another class already is.
+pub(crate) fn default_storage_classes(store: &Store) {
+    for name in ["local-path", "standard"] {
+        if store.get("storage.k8s.io/storageclasses", "", name).is_some() {
+            continue;
+        }
+        let default = default_class(store).is_none();
+        let sc = json!({
+            "apiVersion": "storage.k8s.io/v1",
+            "kind": "StorageClass",
+            "metadata": {
+                "name": name,
+                "annotations": {"storageclass.kubernetes.io/is-default-class": default.to_string()},
+            },
+            "provisioner": PROVISIONER,
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "Immediate",
+        });
+        create(store, "storage.k8s.io/storageclasses", "", sc);
+    }
+}
+
+/// The host directory of a bound claim, if it is bound to a volume of ours.
+pub(crate) fn claim_dir(store: &Store, ns: &str, claim: &str) -> Option<PathBuf> {
+    let pvc = store.get("/persistentvolumeclaims", ns, claim)?;
+    if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+        return None;
+    }
+    let pv = store.get("/persistentvolumes", "", pvc.pointer("/spec/volumeName")?.as_str()?)?;
+    pv.pointer("/spec/hostPath/path").or_else(|| pv.pointer("/spec/local/path")).and_then(Value::as_str).map(PathBuf::from)
+}
+
+fn default_class(store: &Store) -> Option<String> {
+    let (classes, _) = store.list("storage.k8s.io/storageclasses", None);
+    classes
+        .iter()
+        .find(|c| c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true"))
+        .map(|c| meta(c, "name").to_owned())
+}
+
+pub(crate) fn reconcile(ctx: &Ctx) {
+    let store = &ctx.store;
+    let (claims, _) = store.list("/persistentvolumeclaims", None);
+    let (volumes, _) = store.list("/persistentvolumes", None);
+    for pvc in &claims {
+        if deleting(pvc) || pvc.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
+            continue;
+        }
+        let ns = meta(pvc, "namespace");
+        let name = meta(pvc, "name");
+        // A claim naming an existing volume binds to it when that volume is free.
+        if let Some(vol) = pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+            if let Some(pv) = volumes.iter().find(|v| meta(v, "name") == vol) {
+                bind(store, pvc, pv);
+            }
+            continue;
+        }
+        let class = match pvc.pointer("/spec/storageClassName").and_then(Value::as_str) {
+            Some(c) => Some(c.to_owned()),
+            None => default_class(store),
+        };
+        let Some(class) = class.filter(|c| !c.is_empty()) else {
+            record(store, pvc, EventKind::Normal, "FailedBinding", "no persistent volumes available for this claim and no storage class is set", "persistentvolume-controller");
+            continue;
+        };
+        let Some(sc) = store.get("storage.k8s.io/storageclasses", "", &class) else {
+            record(store, pvc, EventKind::Warning, "ProvisioningFailed", &format!("storageclass.storage.k8s.io \"{class}\" not found"), "persistentvolume-controller");
+            continue;
+        };
+        if sc.get("provisioner").and_then(Value::as_str) != Some(PROVISIONER) {
+            record(store, pvc, EventKind::Normal, "ExternalProvisioning", &format!("Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator", sc.get("provisioner").and_then(Value::as_str).unwrap_or_default()), "persistentvolume-controller");
+            continue;
+        }
+        if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer") && !has_consumer(store, ns, name) {
+            record(store, pvc, EventKind::Normal, "WaitForFirstConsumer", "waiting for first consumer to be created before binding", "persistentvolume-controller");
+            continue;
+        }
+        let pv_name = format!("pvc-{}", meta(pvc, "uid"));
+        let dir = ctx.cfg.state_dir.join("volumes").join(format!("{ns}_{name}_{pv_name}"));
+        if let Err(e) = std::fs::create_dir_all(&dir) {
+            record(store, pvc, EventKind::Warning, "ProvisioningFailed", &format!("cannot create {}: {e}", dir.display()), "persistentvolume-controller");
+            continue;
+        }
+        let pv = json!({
+            "apiVersion": "v1",
+            "kind": "PersistentVolume",
+            "metadata": {
+                "name": pv_name,
+                "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+            },
+            "spec": {
+                "capacity": {"storage": pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
+                "accessModes": pvc.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
+                "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy").cloned().unwrap_or(json!("Delete")),
+                "storageClassName": class,
+                "volumeMode": "Filesystem",
+                "hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"},
+                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": meta(pvc, "uid")},
+            },
+        });
+        let pv = match store.get("/persistentvolumes", "", &pv_name) {
+            Some(pv) => Some(pv),
+            None => create(store, "/persistentvolumes", "", pv).map(std::sync::Arc::new),
+        };
+        if let Some(pv) = pv {
+            record(store, pvc, EventKind::Normal, "ProvisioningSucceeded", &format!("Successfully provisioned volume {pv_name}"), PROVISIONER);
+            bind(store, pvc, &pv);
+        }
+    }
+    // Volumes whose claim is gone: delete them (and their directory) or mark them Released.
+    for pv in &volumes {
+        if deleting(pv) {
+            continue;
+        }
+        let Some(claim_ns) = pv.pointer("/spec/claimRef/namespace").and_then(Value::as_str) else { continue };
+        let claim_name = pv.pointer("/spec/claimRef/name").and_then(Value::as_str).unwrap_or_default();
+        let claim_uid = pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).unwrap_or_default();
+        let alive = claims.iter().any(|c| meta(c, "namespace") == claim_ns && meta(c, "name") == claim_name && (claim_uid.is_empty() || meta(c, "uid") == claim_uid));
+        if alive {
+            continue;
+        }
+        let policy = pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str).unwrap_or("Retain");
+        let ours = pv.pointer("/metadata/annotations/pv.kubernetes.io~1provisioned-by").and_then(Value::as_str) == Some(PROVISIONER);
+        if policy == "Delete" && ours {
+            if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
+                let path = PathBuf::from(path);
+                // Only ever remove directories this provisioner created.
+                if path.starts_with(ctx.cfg.state_dir.join("volumes")) {
+                    if let Err(e) = std::fs::remove_dir_all(&path) {
+                        if e.kind() != std::io::ErrorKind::NotFound {
+                            tracing::warn!(path = %path.display(), error = %e, "removing a released volume failed");
+                        }
+                    }
+                }
+            }
+            super::delete(store, "/persistentvolumes", "", meta(pv, "name"));
+        } else if pv.pointer("/status/phase").and_then(Value::as_str) != Some("Released") {
+            write_status(store, "/persistentvolumes", pv, json!({"phase": "Released"}));
+        }
+    }
+}
+
+fn has_consumer(store: &Store, ns: &str, claim: &str) -> bool {
+    store.list("/pods", Some(ns)).0.iter().any(|p| {
+        !deleting(p)
+            && p.pointer("/spec/volumes").and_then(Value::as_array).is_some_and(|vs| {
+                vs.iter().any(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) == Some(claim))
+            })
+    })
+}
+
+fn bind(store: &Store, pvc: &Value, pv: &Value) {
+    let pv_name = meta(pv, "name").to_owned();
+    modify(store, "/persistentvolumes", pv, |o| {
+        o["spec"]["claimRef"] = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": meta(pvc, "namespace"), "name": meta(pvc, "name"), "uid": meta(pvc, "uid")});
+        o["status"] = json!({"phase": "Bound"});
+    });
+    let capacity = pv.pointer("/spec/capacity").cloned().unwrap_or(json!({}));
+    let modes = pv.pointer("/spec/accessModes").cloned().unwrap_or(json!([]));
+    modify(store, "/persistentvolumeclaims", pvc, |o| {
+        o["spec"]["volumeName"] = json!(pv_name);
+        if o.pointer("/spec/storageClassName").is_none() {
+            if let Some(c) = pv.pointer("/spec/storageClassName") {
+                o["spec"]["storageClassName"] = c.clone();
+            }
+        }
+        o["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] = json!("yes");
+        o["status"] = json!({"phase": "Bound", "accessModes": modes, "capacity": capacity});
+    });
+}

@@ -1,0 +1,244 @@
+//! The simulated kubelet: pods run as local processes.
+//!
+//! [`Kubelet`] watches the store for pods, schedules unscheduled ones onto a node, and runs
+//! each pod in a task (`pod`): it allocates a loopback pod IP (127.2.x.y), waits for its
+//! claims and config, materialises its volumes as host directories, and runs each container
+//! (`container`) as a process group with the environment Kubernetes would build (`env`),
+//! probes (`probe`) driving readiness and restarts, and the pod status clients read. Images
+//! map to programs through [`ImageMap`]; PostgreSQL gets the official image's entrypoint
+//! behaviour (`postgres`). The subresources `pods/exec`, `pods/log` and `pods/portforward`
+//! are served by [`Kubelet::handlers`].
+//!
+//! Invariants: only `process` spawns processes, and every process group it starts is known to
+//! the reaper, so nothing outlives the simulator. The kubelet never writes a pod's spec apart
+//! from scheduling (`spec.nodeName`); it owns `status`.
+
+mod container;
+mod env;
+mod exec;
+mod images;
+mod logs;
+mod pod;
+mod portforward;
+mod postgres;
+mod probe;
+mod process;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde_json::Value;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+pub use images::{ImageMap, ImageMapError, ImageProgram};
+
+use crate::server::SubresourceHandler;
+use crate::store::{EventType, Store};
+
+/// How the kubelet runs.
+#[derive(Debug, Clone)]
+pub struct KubeletConfig {
+    /// The cluster's state directory; pods live under `pods/`.
+    pub state_dir: PathBuf,
+    /// Which program runs for which image.
+    pub images: ImageMap,
+    /// Factor applied to probe delays and periods and to restart back-off (1.0 runs them as
+    /// declared; the default 0.1 runs them ten times faster). `SIMCLUSTER_TIME_SCALE`
+    /// overrides the default.
+    pub time_scale: f64,
+}
+
+impl KubeletConfig {
+    /// The defaults for a cluster in `state_dir`: the workspace's image map.
+    ///
+    /// # Errors
+    /// An image map that exists but is invalid.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, ImageMapError> {
+        let time_scale = std::env::var("SIMCLUSTER_TIME_SCALE").ok().and_then(|s| s.parse::<f64>().ok()).filter(|f| *f > 0.0).unwrap_or(0.1);
+        Ok(KubeletConfig { state_dir: state_dir.into(), images: ImageMap::default_map()?, time_scale })
+    }
+
+    pub(crate) fn scaled(&self, seconds: f64) -> Duration {
+        Duration::from_secs_f64((seconds * self.time_scale).max(0.0))
+    }
+}
+
+/// Why the kubelet could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum KubeletError {
+    /// A directory under the state dir could not be prepared.
+    #[error("cannot prepare {path}")]
+    StateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The process reaper could not be started.
+    #[error("cannot start the process reaper")]
+    Reaper(#[source] std::io::Error),
+}
+
+struct PodEntry {
+    tx: watch::Sender<Option<Arc<Value>>>,
+    runtime: Arc<pod::PodRuntime>,
+    task: JoinHandle<()>,
+}
+
+/// What the kubelet's tasks share.
+pub(crate) struct Shared {
+    pub(crate) store: Arc<Store>,
+    pub(crate) cfg: KubeletConfig,
+    pub(crate) reaper: process::Reaper,
+    pods: Mutex<HashMap<String, PodEntry>>,
+    ips: Mutex<BTreeSet<u32>>,
+}
+
+impl Shared {
+    /// The running pod with this namespace and name.
+    pub(crate) fn runtime(&self, ns: &str, name: &str) -> Option<Arc<pod::PodRuntime>> {
+        let pods = self.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        pods.values().find(|e| e.runtime.namespace == ns && e.runtime.name == name).map(|e| e.runtime.clone())
+    }
+
+    fn allocate_ip(&self) -> Ipv4Addr {
+        let mut ips = self.ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = (2u32..65_000).find(|n| !ips.contains(n)).unwrap_or(65_000);
+        ips.insert(n);
+        Ipv4Addr::new(127, 2, (n / 256) as u8, (n % 256) as u8)
+    }
+
+    pub(crate) fn release_ip(&self, ip: Ipv4Addr) {
+        let o = ip.octets();
+        self.ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&(u32::from(o[2]) * 256 + u32::from(o[3])));
+    }
+
+    pub(crate) fn forget(&self, uid: &str) {
+        self.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
+    }
+}
+
+/// The running kubelet.
+pub struct Kubelet {
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+    task: Option<JoinHandle<()>>,
+}
+
+impl Kubelet {
+    /// Start the kubelet on `store`.
+    ///
+    /// The state directory becomes traversable by others (mode 0711, no listing) because
+    /// PostgreSQL runs as the `postgres` user and must reach its data directory below it.
+    ///
+    /// # Errors
+    /// The state directory cannot be prepared or the reaper cannot start.
+    pub fn start(store: Arc<Store>, cfg: KubeletConfig) -> Result<Kubelet, KubeletError> {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = cfg.state_dir.join("kubelet");
+        for d in [&cfg.state_dir, &dir, &cfg.state_dir.join("pods"), &cfg.state_dir.join("volumes")] {
+            std::fs::create_dir_all(d).map_err(|source| KubeletError::StateDir { path: d.clone(), source })?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).map_err(|source| KubeletError::StateDir { path: d.clone(), source })?;
+        }
+        let reaper = process::Reaper::start(&dir.join("process-groups")).map_err(KubeletError::Reaper)?;
+        let shared = Arc::new(Shared { store, cfg, reaper, pods: Mutex::new(HashMap::new()), ips: Mutex::new(BTreeSet::new()) });
+        let stop = CancellationToken::new();
+        let task = tokio::spawn(run(shared.clone(), stop.clone()));
+        Ok(Kubelet { shared, stop, task: Some(task) })
+    }
+
+    /// The subresource handlers to register: (`group/plural`, subresource, handler) for
+    /// `pods/exec`, `pods/log` and `pods/portforward`.
+    pub fn handlers(&self) -> Vec<(&'static str, &'static str, Arc<dyn SubresourceHandler>)> {
+        vec![
+            ("/pods", "exec", Arc::new(exec::ExecHandler(self.shared.clone())) as Arc<dyn SubresourceHandler>),
+            ("/pods", "log", Arc::new(logs::LogHandler(self.shared.clone()))),
+            ("/pods", "portforward", Arc::new(portforward::PortForwardHandler(self.shared.clone()))),
+        ]
+    }
+
+    /// Stop every pod (SIGTERM, then SIGKILL after at most `grace`) and every process the
+    /// kubelet started, then stop watching.
+    pub async fn shutdown(&mut self, grace: Duration) {
+        self.stop.cancel();
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+        let entries: Vec<PodEntry> = self.shared.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, e)| e).collect();
+        for e in &entries {
+            e.runtime.shutdown(grace);
+        }
+        let all = futures::future::join_all(entries.into_iter().map(|e| e.task));
+        // Pods have `grace` to stop; the reaper kills whatever is left.
+        let _ = tokio::time::timeout(grace + Duration::from_secs(2), all).await;
+        self.shared.reaper.kill_all_and_stop();
+    }
+}
+
+impl Drop for Kubelet {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        for (_, e) in self.shared.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
+            e.task.abort();
+        }
+        self.shared.reaper.kill_all_and_stop();
+    }
+}
+
+fn handle_pod(shared: &Arc<Shared>, kind: EventType, pod: &Arc<Value>) {
+    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let mut pods = shared.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if let Some(e) = pods.get(&uid) {
+        let _ = e.tx.send(if kind == EventType::Deleted { None } else { Some(pod.clone()) });
+        return;
+    }
+    if kind == EventType::Deleted {
+        return;
+    }
+    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+    if pod.pointer("/metadata/deletionTimestamp").is_some() {
+        // Nothing of it runs here (any more): it can go at once.
+        drop(pods);
+        pod::remove_pod_object(&shared.store, pod);
+        return;
+    }
+    if matches!(phase, "Succeeded" | "Failed") || pod.pointer("/status/podIP").is_some() {
+        // Finished, or run by an earlier kubelet of this store: nothing to start.
+        return;
+    }
+    let ip = shared.allocate_ip();
+    let (tx, rx) = watch::channel(Some(pod.clone()));
+    let runtime = Arc::new(pod::PodRuntime::new(&shared.cfg.state_dir, pod, ip));
+    let task = tokio::spawn(pod::run_pod(shared.clone(), runtime.clone(), rx));
+    pods.insert(uid, PodEntry { tx, runtime, task });
+}
+
+async fn run(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut rx = shared.store.subscribe();
+    let (pods, _) = shared.store.list("/pods", None);
+    for p in &pods {
+        handle_pod(&shared, EventType::Added, p);
+    }
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            r = rx.recv() => match r {
+                Ok(ev) if ev.key == "/pods" => handle_pod(&shared, ev.kind, &ev.object),
+                Ok(_) => {}
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                    let (pods, _) = shared.store.list("/pods", None);
+                    for p in &pods {
+                        handle_pod(&shared, EventType::Modified, p);
+                    }
+                }
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+            },
+        }
+    }
+}

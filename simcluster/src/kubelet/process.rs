@@ -1,0 +1,154 @@
+//! The only place the kubelet spawns processes. Every container process (and every exec
+//! session) leads its own process group, so stopping it stops everything it started; and
+//! every group is recorded for the reaper.
+//!
+//! The reaper is a tiny `sh` process started with the cluster. Its stdin is a pipe whose
+//! write end only the simulator holds (close-on-exec, so no child inherits it). When the
+//! simulator goes away in any manner, even SIGKILL, the pipe closes, `read` returns, and the
+//! reaper SIGKILLs every process group listed in its file. A clean shutdown empties the
+//! file first. This needs no `unsafe` (no `pre_exec`/`PR_SET_PDEATHSIG`) and also catches
+//! grandchildren, which a parent-death signal would not.
+
+use std::collections::BTreeSet;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+
+const REAPER_SCRIPT: &str = r#"f=$1
+while read -r _; do :; done
+if [ -f "$f" ]; then
+  while read -r g; do kill -9 -"$g" 2>/dev/null; done < "$f"
+  rm -f "$f"
+fi
+"#;
+
+/// The cluster's process-group reaper.
+pub(crate) struct Reaper {
+    file: PathBuf,
+    groups: Mutex<BTreeSet<i32>>,
+    child: Mutex<Option<std::process::Child>>,
+}
+
+impl Reaper {
+    /// Start the reaper, recording groups in `file`.
+    pub(crate) fn start(file: &Path) -> std::io::Result<Reaper> {
+        use std::os::unix::process::CommandExt as _;
+        let child = std::process::Command::new("/bin/sh")
+            .arg("-c")
+            .arg(REAPER_SCRIPT)
+            .arg("simcluster-reaper")
+            .arg(file)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Its own group: a Ctrl-C in the terminal must not take the reaper down first.
+            .process_group(0)
+            .spawn()?;
+        let r = Reaper { file: file.to_owned(), groups: Mutex::new(BTreeSet::new()), child: Mutex::new(Some(child)) };
+        r.write(&BTreeSet::new())?;
+        Ok(r)
+    }
+
+    fn write(&self, groups: &BTreeSet<i32>) -> std::io::Result<()> {
+        let tmp = self.file.with_extension("tmp");
+        let mut f = std::fs::File::create(&tmp)?;
+        for g in groups {
+            writeln!(f, "{g}")?;
+        }
+        f.flush()?;
+        std::fs::rename(&tmp, &self.file)
+    }
+
+    fn update(&self, f: impl FnOnce(&mut BTreeSet<i32>)) {
+        let mut groups = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        f(&mut groups);
+        if let Err(e) = self.write(&groups) {
+            tracing::warn!(file = %self.file.display(), error = %e, "cannot record process groups for the reaper");
+        }
+    }
+
+    /// Record a process group.
+    pub(crate) fn track(&self, pgid: i32) {
+        self.update(|g| {
+            g.insert(pgid);
+        });
+    }
+
+    /// Forget a process group that has ended.
+    pub(crate) fn untrack(&self, pgid: i32) {
+        self.update(|g| {
+            g.remove(&pgid);
+        });
+    }
+
+    /// Kill every recorded group now and stop the reaper.
+    pub(crate) fn kill_all_and_stop(&self) {
+        let groups: Vec<i32> = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect();
+        for g in groups {
+            let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
+        }
+        self.update(BTreeSet::clear);
+        if let Some(mut child) = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+            // Closing stdin makes the reaper read EOF, find an empty file and exit.
+            drop(child.stdin.take());
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(&self.file);
+    }
+}
+
+impl Drop for Reaper {
+    fn drop(&mut self) {
+        self.kill_all_and_stop();
+    }
+}
+
+/// How to start one process.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Spawn {
+    /// The program: a path, or a name looked up in the `PATH` of `env`.
+    pub(crate) program: String,
+    /// Its arguments.
+    pub(crate) args: Vec<String>,
+    /// The whole environment (nothing is inherited from the simulator).
+    pub(crate) env: Vec<(String, String)>,
+    /// Working directory.
+    pub(crate) cwd: PathBuf,
+    /// Run as this uid/gid (PostgreSQL refuses to run as root).
+    pub(crate) run_as: Option<(u32, u32)>,
+}
+
+/// Find `program` in the `PATH` of `env`.
+pub(crate) fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf> {
+    if program.contains('/') {
+        let p = PathBuf::from(program);
+        return p.is_file().then_some(p);
+    }
+    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or("/usr/bin:/bin", |(_, v)| v.as_str());
+    path.split(':').map(|d| Path::new(d).join(program)).find(|p| {
+        use std::os::unix::fs::PermissionsExt as _;
+        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    })
+}
+
+/// Build the command: own process group, the given identity, environment and directory.
+pub(crate) fn command(spec: &Spawn) -> std::io::Result<tokio::process::Command> {
+    let program = resolve(&spec.program, &spec.env).ok_or_else(|| {
+        std::io::Error::new(std::io::ErrorKind::NotFound, format!("exec: \"{}\": executable file not found in $PATH", spec.program))
+    })?;
+    let mut cmd = tokio::process::Command::new(program);
+    cmd.args(&spec.args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(&spec.cwd).process_group(0).kill_on_drop(false);
+    if let Some((uid, gid)) = spec.run_as {
+        cmd.uid(uid).gid(gid);
+    }
+    Ok(cmd)
+}
+
+/// Signal a whole process group, ignoring groups that are already gone.
+pub(crate) fn signal_group(pgid: i32, sig: Signal) {
+    let _ = killpg(Pid::from_raw(pgid), sig);
+}
