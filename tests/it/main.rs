@@ -1,1 +1,3 @@
+//! Cross-crate integration tests: the CI workflows, and the `rehearsal` binary as a user runs it.
 
+mod workflows;
