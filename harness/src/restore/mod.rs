@@ -1,1 +1,28 @@
 //! Restore engine: ordered, idempotent restore of a backup into a rebuilt cluster.
+//!
+//! - [`restore_database`] loads a database from a custom archive (pg_restore, parallel) or a
+//!   plain SQL dump (psql, one transaction), idempotently: over an init script's empty
+//!   tables, twice, or after an interrupted run. It refuses a database holding data unless
+//!   forced, and `dry_run` returns the [`DbRestorePlan`] without changing anything.
+//! - [`MarkerRow`] is the negative control: written after the backup, absent after restore.
+//! - [`KubeRestorePlan`] orders backed-up Kubernetes objects the way Velero does (namespace,
+//!   CRDs, RBAC, Secrets, ConfigMaps, PVCs, the PostgreSQL StatefulSet, then the data, Redis,
+//!   the remaining workloads and custom resources), and [`restore_kubernetes`] applies it with
+//!   server-side apply, waiting on each readiness condition with a deadline.
+//!
+//! The restore's inputs are explicit structs (paths and facts), not a backup directory, so
+//! it does not depend on how a backup lays out its files.
+
+mod database;
+mod error;
+mod kubernetes;
+
+pub use database::{
+    DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState,
+    plan_database_restore, restore_database,
+};
+pub use error::RestoreError;
+pub use kubernetes::{
+    DataRestorer, KubeRestoreOptions, KubeRestorePlan, KubeRestoreReport, PlanRoles, PlanStep, RESTORE_ANNOTATION, StepKind,
+    Waits, restore_kubernetes,
+};

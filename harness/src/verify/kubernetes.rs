@@ -21,7 +21,9 @@ const SERVER_METADATA: [&str; 9] = [
 ];
 
 /// Annotations that tools and controllers write; they are not part of what was backed up.
-const VOLATILE_ANNOTATION_PREFIXES: [&str; 6] = [
+const VOLATILE_ANNOTATION_PREFIXES: [&str; 7] = [
+    // The restore's own record of which backup it restored (see `restore::RESTORE_ANNOTATION`).
+    "rebuild-rehearsal/",
     "kubectl.kubernetes.io/last-applied-configuration",
     "deployment.kubernetes.io/revision",
     "pv.kubernetes.io/",

@@ -1,0 +1,621 @@
+//! Database restore: idempotent, refusing to overwrite data unless forced, with a dry run.
+//!
+//! # How a restore stays idempotent
+//! - The target's user objects (what an init script created, or an earlier partial restore
+//!   left) are dropped first, in one transaction, then the backup is loaded: the result is the
+//!   backup, not a merge, however often it runs.
+//! - Before anything is dropped the database is marked `rebuild-rehearsal: restoring <id>`
+//!   (its comment; pg_dump without `--create` never dumps it), and marked
+//!   `rebuild-rehearsal: restored <id>` at the end. A target still marked "restoring" holds
+//!   only what an interrupted restore wrote, so it is restored again without `force`; a target
+//!   marked "restored" from the same backup is left alone unless `force` is given (running the
+//!   whole restore again changes nothing); any other target holding rows is refused unless
+//!   `force` is given.
+//! - The plain-SQL path (`--from-sql`, the runbook's way) runs the drops, the file and the
+//!   final mark in one psql `--single-transaction`: an interrupted run changes nothing.
+//! - The custom archive is restored with `pg_restore -j` (parallel data load and index builds)
+//!   when it is a regular file; from a pipe, with one job. Sequences come back at the values
+//!   the archive recorded (`setval` entries).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use tokio_postgres::Client;
+
+use super::RestoreError;
+use crate::pg::{ConnParams, PgTools, quote_ident};
+
+const MARK_PREFIX: &str = "rebuild-rehearsal: ";
+const RESTORING: &str = "restoring ";
+const RESTORED: &str = "restored ";
+
+/// The database part of a backup, as a restore needs it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DbArchive {
+    /// A `pg_dump -Fc` archive, restored with pg_restore.
+    Custom(PathBuf),
+    /// A plain SQL dump, run with psql (the runbook's "방법 A").
+    PlainSql(PathBuf),
+}
+
+impl DbArchive {
+    /// The file.
+    pub fn path(&self) -> &Path {
+        match self {
+            DbArchive::Custom(p) | DbArchive::PlainSql(p) => p,
+        }
+    }
+
+    fn format(&self) -> &'static str {
+        match self {
+            DbArchive::Custom(_) => "custom archive",
+            DbArchive::PlainSql(_) => "plain SQL dump",
+        }
+    }
+}
+
+/// What to restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbRestoreInput {
+    /// The archive.
+    pub archive: DbArchive,
+    /// Identifies the backup (its name or id); recorded on the database so that a second
+    /// restore of the same backup is recognised.
+    pub backup_id: String,
+}
+
+/// How to restore.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbRestoreOptions {
+    /// Replace a database that holds data.
+    pub force: bool,
+    /// Only plan: change nothing.
+    pub dry_run: bool,
+    /// pg_restore jobs; `None`: the number of CPUs, at most 4 (1 for a non-regular file).
+    pub jobs: Option<u32>,
+    /// Do not restore object ownership (`--no-owner`), for targets without the backed-up roles.
+    pub no_owner: bool,
+}
+
+/// What the target database holds before the restore.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "snake_case")]
+pub enum TargetState {
+    /// No user objects at all.
+    Empty,
+    /// Tables without rows (an init script's).
+    EmptyTables {
+        /// `schema.table`.
+        tables: Vec<String>,
+    },
+    /// An earlier restore of `backup_id` was interrupted.
+    Interrupted {
+        /// The backup it was restoring.
+        backup_id: String,
+    },
+    /// Restored from `backup_id`, and possibly written since.
+    Restored {
+        /// The backup.
+        backup_id: String,
+        /// Tables that hold rows.
+        tables_with_rows: Vec<String>,
+    },
+    /// Holds data of unknown origin.
+    HasData {
+        /// Tables that hold rows.
+        tables_with_rows: Vec<String>,
+    },
+}
+
+/// What a restore will do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PlannedAction {
+    /// Drop the target's objects and load the backup.
+    Restore,
+    /// Nothing: the target was already restored from this backup (use `force` to redo).
+    AlreadyRestored,
+    /// Refuse: the target holds data (use `force`).
+    Refuse,
+}
+
+/// The plan of a database restore: what is there, what is replaced, what runs.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DbRestorePlan {
+    /// host:port/dbname.
+    pub target: String,
+    /// The archive and its format.
+    pub archive: DbArchive,
+    /// The backup id.
+    pub backup_id: String,
+    /// What the target holds.
+    pub state: TargetState,
+    /// What will happen.
+    pub action: PlannedAction,
+    /// Objects that would be dropped and replaced (`table public.users`, ...).
+    pub replaces: Vec<String>,
+    /// The command that loads the backup (no secrets: they travel in the environment).
+    pub command: Vec<String>,
+    /// The archive's table of contents (custom archives), without OIDs.
+    pub archive_entries: Vec<String>,
+}
+
+impl fmt::Display for DbRestorePlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(f, "database restore into {} from {} ({})", self.target, self.archive.path().display(), self.archive.format())?;
+        writeln!(f, "  backup: {}", self.backup_id)?;
+        writeln!(f, "  target state: {}", serde_json::to_string(&self.state).unwrap_or_default())?;
+        let action = match self.action {
+            PlannedAction::Restore => "restore",
+            PlannedAction::AlreadyRestored => "nothing to do: already restored from this backup (use --force to redo)",
+            PlannedAction::Refuse => "refuse: the database holds data (use --force to replace it)",
+        };
+        writeln!(f, "  action: {action}")?;
+        if self.replaces.is_empty() {
+            writeln!(f, "  replaces: nothing")?;
+        } else {
+            writeln!(f, "  replaces ({}):", self.replaces.len())?;
+            for object in &self.replaces {
+                writeln!(f, "    - {object}")?;
+            }
+        }
+        writeln!(f, "  runs: {}", self.command.join(" "))?;
+        if !self.archive_entries.is_empty() {
+            writeln!(f, "  restores ({} entries, in order):", self.archive_entries.len())?;
+            for entry in &self.archive_entries {
+                writeln!(f, "    - {entry}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What a database restore did.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DbRestoreReport {
+    /// The plan it followed.
+    pub plan: DbRestorePlan,
+    /// Whether data was loaded (false for a dry run or an already restored target).
+    pub restored: bool,
+    /// Time spent dropping the target's objects.
+    pub drop_seconds: f64,
+    /// Time spent loading the backup.
+    pub load_seconds: f64,
+    /// Total time.
+    pub seconds: f64,
+}
+
+impl DbRestoreReport {
+    /// Total time as a duration.
+    pub fn elapsed(&self) -> Duration {
+        Duration::from_secs_f64(self.seconds)
+    }
+}
+
+fn quote_literal(value: &str) -> String {
+    format!("'{}'", value.replace('\'', "''"))
+}
+
+/// The number of pg_restore jobs to use.
+fn jobs_for(archive: &DbArchive, requested: Option<u32>) -> u32 {
+    let regular = std::fs::metadata(archive.path()).map(|m| m.is_file()).unwrap_or(false);
+    if !regular {
+        return 1;
+    }
+    requested.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4)).max(1)
+}
+
+/// Checks the archive without changing anything, and lists a custom archive's entries.
+async fn check_archive(tools: &PgTools, archive: &DbArchive) -> Result<Vec<String>, RestoreError> {
+    let path = archive.path();
+    let unreadable = |source| RestoreError::ArchiveUnreadable { path: path.to_path_buf(), source };
+    let meta = std::fs::metadata(path).map_err(unreadable)?;
+    let bad = |detail: String| RestoreError::BadArchive { path: path.to_path_buf(), format: archive.format(), detail };
+    match archive {
+        DbArchive::Custom(_) => {
+            if meta.is_dir() {
+                return Err(bad("it is a directory".to_owned()));
+            }
+            let program = tools.tool("pg_restore").map_err(RestoreError::pg("find pg_restore"))?;
+            let out = tokio::process::Command::new(&program)
+                .arg("-l")
+                .arg(path)
+                .stdin(Stdio::null())
+                .kill_on_drop(true)
+                .output()
+                .await
+                .map_err(|source| RestoreError::ArchiveUnreadable { path: program.clone(), source })?;
+            if !out.status.success() {
+                return Err(bad(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+            }
+            Ok(String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+                // `<dump id>; <table oid> <oid> <desc> <schema> <name> <owner>`: drop the ids.
+                .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
+                .collect())
+        }
+        DbArchive::PlainSql(_) => {
+            use std::io::Read;
+            if !meta.is_file() {
+                return Err(bad("it is not a regular file".to_owned()));
+            }
+            let mut head = vec![0u8; 4096];
+            let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(unreadable)?;
+            let head = String::from_utf8_lossy(&head[..n]);
+            if head.starts_with("PGDMP") {
+                return Err(bad("it is a custom-format archive; restore it as one, not with --from-sql".to_owned()));
+            }
+            if !head.contains("PostgreSQL database dump") {
+                return Err(bad("it does not start like pg_dump's plain output (no \"PostgreSQL database dump\" header)".to_owned()));
+            }
+            Ok(Vec::new())
+        }
+    }
+}
+
+/// A user object of the target and the statement that drops it.
+struct TargetObject {
+    label: String,
+    drop: String,
+}
+
+async fn target_objects(client: &Client) -> Result<Vec<TargetObject>, RestoreError> {
+    const USER: &str = "n.nspname NOT IN ('pg_catalog', 'information_schema') \
+                        AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%'";
+    let ext = |catalog: &str, oid: &str| {
+        format!(
+            "NOT EXISTS (SELECT 1 FROM pg_depend e WHERE e.classid = '{catalog}'::regclass AND e.objid = {oid} \
+             AND e.deptype = 'e')"
+        )
+    };
+    let sql = format!(
+        "SELECT 1 AS ord, 'schema' AS kind, NULL::text AS schema, n.nspname::text AS name, '' AS args \
+           FROM pg_namespace n WHERE {USER} AND n.nspname <> 'public' AND {ns_ext} \
+         UNION ALL \
+         SELECT 2, CASE c.relkind WHEN 'v' THEN 'view' WHEN 'm' THEN 'materialized view' \
+                    WHEN 'f' THEN 'foreign table' WHEN 'S' THEN 'sequence' ELSE 'table' END, \
+                n.nspname::text, c.relname::text, '' \
+           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+          WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p', 'v', 'm', 'f', 'S') AND NOT c.relispartition AND {rel_ext} \
+         UNION ALL \
+         SELECT 3, CASE p.prokind WHEN 'a' THEN 'aggregate' ELSE 'routine' END, n.nspname::text, p.proname::text, \
+                pg_get_function_identity_arguments(p.oid) \
+           FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'public' AND {proc_ext} \
+         UNION ALL \
+         SELECT 4, CASE t.typtype WHEN 'd' THEN 'domain' ELSE 'type' END, n.nspname::text, t.typname::text, '' \
+           FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
+          WHERE n.nspname = 'public' AND (t.typtype IN ('e', 'd', 'r') \
+                OR (t.typtype = 'c' AND (SELECT relkind FROM pg_class WHERE oid = t.typrelid) = 'c')) AND {type_ext} \
+         UNION ALL \
+         SELECT 5, 'extension', NULL, x.extname::text, '' FROM pg_extension x WHERE x.extname <> 'plpgsql' \
+         ORDER BY 1, 2, 3, 4, 5",
+        ns_ext = ext("pg_namespace", "n.oid"),
+        rel_ext = ext("pg_class", "c.oid"),
+        proc_ext = ext("pg_proc", "p.oid"),
+        type_ext = ext("pg_type", "t.oid"),
+    );
+    let rows = client.query(&sql, &[]).await.map_err(RestoreError::query("list the target's objects"))?;
+    Ok(rows
+        .iter()
+        .map(|row| {
+            let kind: String = row.get(1);
+            let schema: Option<String> = row.get(2);
+            let name: String = row.get(3);
+            let args: String = row.get(4);
+            let (label, qualified) = match &schema {
+                Some(s) => (format!("{s}.{name}"), format!("{}.{}", quote_ident(s), quote_ident(&name))),
+                None => (name.clone(), quote_ident(&name)),
+            };
+            let (label, qualified) = if kind == "routine" || kind == "aggregate" {
+                (format!("{label}({args})"), format!("{qualified}({args})"))
+            } else {
+                (label, qualified)
+            };
+            let keyword = kind.to_uppercase();
+            TargetObject { label: format!("{kind} {label}"), drop: format!("DROP {keyword} IF EXISTS {qualified} CASCADE") }
+        })
+        .collect())
+}
+
+async fn tables_with_rows(client: &Client) -> Result<(Vec<String>, Vec<String>), RestoreError> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE c.relkind = 'r' AND n.nspname NOT IN ('pg_catalog', 'information_schema') \
+               AND n.nspname NOT LIKE 'pg\\_toast%' AND n.nspname NOT LIKE 'pg\\_temp%' \
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await
+        .map_err(RestoreError::query("list the target's tables"))?;
+    let mut all = Vec::new();
+    let mut filled = Vec::new();
+    for row in rows {
+        let (schema, name): (String, String) = (row.get(0), row.get(1));
+        let sql = format!("SELECT EXISTS (SELECT 1 FROM {}.{})", quote_ident(&schema), quote_ident(&name));
+        let has_rows: bool = client
+            .query_one(&sql, &[])
+            .await
+            .map_err(RestoreError::query(format!("look into {schema}.{name}")))?
+            .get(0);
+        let label = format!("{schema}.{name}");
+        if has_rows {
+            filled.push(label.clone());
+        }
+        all.push(label);
+    }
+    Ok((all, filled))
+}
+
+async fn database_mark(client: &Client) -> Result<Option<String>, RestoreError> {
+    let row = client
+        .query_one("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()", &[])
+        .await
+        .map_err(RestoreError::query("read the database comment"))?;
+    Ok(row.get::<_, Option<String>>(0).and_then(|c| c.strip_prefix(MARK_PREFIX).map(str::to_owned)))
+}
+
+fn mark_sql(dbname: &str, state: &str, backup_id: &str) -> String {
+    format!("COMMENT ON DATABASE {} IS {}", quote_ident(dbname), quote_literal(&format!("{MARK_PREFIX}{state}{backup_id}")))
+}
+
+fn load_command(tools: &PgTools, params: &ConnParams, input: &DbRestoreInput, options: &DbRestoreOptions) -> Result<Vec<String>, RestoreError> {
+    Ok(match &input.archive {
+        DbArchive::Custom(path) => {
+            let program = tools.tool("pg_restore").map_err(RestoreError::pg("find pg_restore"))?;
+            let mut cmd = vec![
+                program.display().to_string(),
+                "--exit-on-error".to_owned(),
+                "--no-password".to_owned(),
+                "-j".to_owned(),
+                jobs_for(&input.archive, options.jobs).to_string(),
+                "-d".to_owned(),
+                params.dbname.clone(),
+            ];
+            if options.no_owner {
+                cmd.push("--no-owner".to_owned());
+            }
+            cmd.push(path.display().to_string());
+            cmd
+        }
+        DbArchive::PlainSql(path) => {
+            let program = tools.tool("psql").map_err(RestoreError::pg("find psql"))?;
+            vec![
+                program.display().to_string(),
+                "-X".to_owned(),
+                "-q".to_owned(),
+                "--no-password".to_owned(),
+                "-v".to_owned(),
+                "ON_ERROR_STOP=1".to_owned(),
+                "--single-transaction".to_owned(),
+                "-c".to_owned(),
+                "<drop the target's objects>".to_owned(),
+                "-f".to_owned(),
+                path.display().to_string(),
+                "-c".to_owned(),
+                "<mark restored>".to_owned(),
+            ]
+        }
+    })
+}
+
+/// Plans a database restore: checks the archive, looks at the target, and says what would be
+/// replaced and what would run. Changes nothing.
+///
+/// # Errors
+/// [`RestoreError::BadArchive`]/[`RestoreError::ArchiveUnreadable`] for an unusable archive,
+/// [`RestoreError::Postgres`] when the target cannot be reached.
+pub async fn plan_database_restore(
+    tools: &PgTools,
+    params: &ConnParams,
+    input: &DbRestoreInput,
+    options: &DbRestoreOptions,
+) -> Result<DbRestorePlan, RestoreError> {
+    let archive_entries = check_archive(tools, &input.archive).await?;
+    let client = params.connect().await.map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
+    let (tables, filled) = tables_with_rows(&client).await?;
+    let objects = target_objects(&client).await?;
+    let mark = database_mark(&client).await?;
+    let state = match mark.as_deref() {
+        Some(m) if m.starts_with(RESTORING) => TargetState::Interrupted { backup_id: m[RESTORING.len()..].to_owned() },
+        Some(m) if m.starts_with(RESTORED) => {
+            TargetState::Restored { backup_id: m[RESTORED.len()..].to_owned(), tables_with_rows: filled.clone() }
+        }
+        _ if !filled.is_empty() => TargetState::HasData { tables_with_rows: filled.clone() },
+        _ if objects.is_empty() => TargetState::Empty,
+        _ => TargetState::EmptyTables { tables },
+    };
+    let action = match &state {
+        _ if options.force => PlannedAction::Restore,
+        TargetState::Restored { backup_id, .. } if *backup_id == input.backup_id => PlannedAction::AlreadyRestored,
+        TargetState::Restored { tables_with_rows, .. } if tables_with_rows.is_empty() => PlannedAction::Restore,
+        TargetState::Restored { .. } | TargetState::HasData { .. } => PlannedAction::Refuse,
+        TargetState::Empty | TargetState::EmptyTables { .. } | TargetState::Interrupted { .. } => PlannedAction::Restore,
+    };
+    Ok(DbRestorePlan {
+        target: params.target(),
+        archive: input.archive.clone(),
+        backup_id: input.backup_id.clone(),
+        state,
+        action,
+        replaces: objects.into_iter().map(|o| o.label).collect(),
+        command: load_command(tools, params, input, options)?,
+        archive_entries,
+    })
+}
+
+/// Restores the database behind `params` from `input` (see the module docs for the rules).
+/// With `options.dry_run`, returns the plan and changes nothing.
+///
+/// # Errors
+/// [`RestoreError::NotEmpty`] when the target holds data and `force` is not set (nothing is
+/// changed); [`RestoreError::Tool`] when pg_restore or psql fails (run again to retry);
+/// archive and connection errors as for [`plan_database_restore`].
+pub async fn restore_database(
+    tools: &PgTools,
+    params: &ConnParams,
+    input: &DbRestoreInput,
+    options: &DbRestoreOptions,
+) -> Result<DbRestoreReport, RestoreError> {
+    let started = Instant::now();
+    let span = tracing::info_span!("restore_database", target = %params.target(), backup = %input.backup_id);
+    let _guard = span.enter();
+    let plan = plan_database_restore(tools, params, input, options).await?;
+    let report = |plan, restored, drop: f64, load: f64| DbRestoreReport {
+        plan,
+        restored,
+        drop_seconds: drop,
+        load_seconds: load,
+        seconds: started.elapsed().as_secs_f64(),
+    };
+    if options.dry_run {
+        return Ok(report(plan, false, 0.0, 0.0));
+    }
+    match plan.action {
+        PlannedAction::Refuse => {
+            let detail = match &plan.state {
+                TargetState::HasData { tables_with_rows } => format!("tables with rows: {}", tables_with_rows.join(", ")),
+                TargetState::Restored { backup_id, tables_with_rows } => {
+                    format!("restored earlier from backup {backup_id}; tables with rows: {}", tables_with_rows.join(", "))
+                }
+                other => format!("{other:?}"),
+            };
+            return Err(RestoreError::NotEmpty { target: plan.target, detail });
+        }
+        PlannedAction::AlreadyRestored => {
+            tracing::info!("already restored from this backup; nothing to do");
+            return Ok(report(plan, false, 0.0, 0.0));
+        }
+        PlannedAction::Restore => {}
+    }
+
+    let client = params.connect().await.map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
+    let objects = target_objects(&client).await?;
+    let mut drops: Vec<String> = objects.iter().map(|o| o.drop.clone()).collect();
+    let dbname = &params.dbname;
+    match &input.archive {
+        DbArchive::Custom(path) => {
+            let drop_started = Instant::now();
+            drops.insert(0, mark_sql(dbname, RESTORING, &input.backup_id));
+            client
+                .batch_execute(&format!("BEGIN; {}; COMMIT", drops.join("; ")))
+                .await
+                .map_err(RestoreError::query("drop the target's objects"))?;
+            let drop_seconds = drop_started.elapsed().as_secs_f64();
+            let load_started = Instant::now();
+            run_tool(&plan.command, params, path).await?;
+            client
+                .batch_execute(&mark_sql(dbname, RESTORED, &input.backup_id))
+                .await
+                .map_err(RestoreError::query("mark the database restored"))?;
+            Ok(report(plan, true, drop_seconds, load_started.elapsed().as_secs_f64()))
+        }
+        DbArchive::PlainSql(path) => {
+            // One transaction: the drops, the dump, the mark. An interruption changes nothing.
+            let load_started = Instant::now();
+            let mut command = plan.command.clone();
+            let drop_sql = if drops.is_empty() { "SELECT 1".to_owned() } else { drops.join("; ") };
+            for (slot, sql) in [("<drop the target's objects>", drop_sql), ("<mark restored>", mark_sql(dbname, RESTORED, &input.backup_id))] {
+                if let Some(arg) = command.iter_mut().find(|a| *a == slot) {
+                    *arg = sql;
+                }
+            }
+            run_tool(&command, params, path).await?;
+            Ok(report(plan, true, 0.0, load_started.elapsed().as_secs_f64()))
+        }
+    }
+}
+
+async fn run_tool(command: &[String], params: &ConnParams, archive: &Path) -> Result<(), RestoreError> {
+    let (program, args) = command.split_first().expect("a command has a program");
+    let tool = Path::new(program).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| program.clone());
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .envs(params.libpq_env())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|source| RestoreError::ArchiveUnreadable { path: PathBuf::from(program), source })?;
+    if out.status.success() {
+        return Ok(());
+    }
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().collect();
+    Err(RestoreError::Tool {
+        tool,
+        path: archive.to_path_buf(),
+        status: out.status.to_string(),
+        stderr: lines[lines.len().saturating_sub(20)..].join("\n"),
+    })
+}
+
+/// The marker row of the negative control: a `users` row written into the source database
+/// after the backup. A restore that really came from the backup does not contain it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MarkerRow {
+    /// The run id it carries.
+    pub run_id: String,
+}
+
+impl MarkerRow {
+    /// A marker for `run_id`.
+    pub fn new(run_id: impl Into<String>) -> Self {
+        Self { run_id: run_id.into() }
+    }
+
+    /// The username the marker row has.
+    pub fn username(&self) -> String {
+        format!("rehearsal-marker-{}", self.run_id)
+    }
+
+    /// How the marker is named in a verdict.
+    pub fn subject(&self) -> String {
+        format!("public.users username={}", self.username())
+    }
+
+    /// Writes the marker row.
+    ///
+    /// # Errors
+    /// [`RestoreError::Postgres`] when the insert fails.
+    pub async fn write(&self, client: &Client) -> Result<(), RestoreError> {
+        let name = self.username();
+        client
+            .execute(
+                "INSERT INTO public.users (username, email, password_hash) VALUES ($1, $1 || '@marker.invalid', 'rehearsal-marker')",
+                &[&name],
+            )
+            .await
+            .map_err(RestoreError::query(format!("write marker row {name}")))?;
+        Ok(())
+    }
+
+    /// How many marker rows the database holds (0 after a good restore). A database without a
+    /// `users` table holds none.
+    ///
+    /// # Errors
+    /// [`RestoreError::Postgres`] when the query fails.
+    pub async fn count(&self, client: &Client) -> Result<u64, RestoreError> {
+        let exists: bool = client
+            .query_one("SELECT to_regclass('public.users') IS NOT NULL", &[])
+            .await
+            .map_err(RestoreError::query("look for the users table"))?
+            .get(0);
+        if !exists {
+            return Ok(0);
+        }
+        let name = self.username();
+        let count: i64 = client
+            .query_one("SELECT count(*) FROM public.users WHERE username = $1", &[&name])
+            .await
+            .map_err(RestoreError::query(format!("look for marker row {name}")))?
+            .get(0);
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+}

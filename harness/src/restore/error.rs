@@ -1,0 +1,127 @@
+//! Errors of the restore engine: why a restore could not run, named with where it happened.
+//!
+//! A refusal (a non-empty target without `force`) is an error too: nothing was changed.
+
+use std::path::PathBuf;
+
+use crate::pg::PgError;
+
+/// Why a restore could not run or did not finish.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// The archive or SQL file cannot be read.
+    #[error("cannot read backup file {}", path.display())]
+    ArchiveUnreadable {
+        /// The file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The archive or SQL file is not what it claims to be; nothing was changed.
+    #[error("{} is not a usable {format}: {detail}; nothing was changed", path.display())]
+    BadArchive {
+        /// The file.
+        path: PathBuf,
+        /// `custom archive` or `plain SQL dump`.
+        format: &'static str,
+        /// What was wrong.
+        detail: String,
+    },
+
+    /// The target database holds data and `force` was not given; nothing was changed.
+    #[error(
+        "refusing to restore over {target}: it is not empty ({detail}); restore into an empty database, \
+         or pass --force to replace its contents"
+    )]
+    NotEmpty {
+        /// host:port/dbname.
+        target: String,
+        /// What it holds (tables with rows, or an earlier restore).
+        detail: String,
+    },
+
+    /// A connection or a query failed.
+    #[error("postgres: {what}")]
+    Postgres {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: PgError,
+    },
+
+    /// A restore tool (pg_restore, psql) ran and failed.
+    #[error("{tool} failed ({status}) restoring {}: {stderr}; run the restore again to retry from the start", path.display())]
+    Tool {
+        /// The tool.
+        tool: String,
+        /// The archive.
+        path: PathBuf,
+        /// Its exit status.
+        status: String,
+        /// The end of its standard error.
+        stderr: String,
+    },
+
+    /// The Kubernetes API refused or failed.
+    #[error("kubernetes: {what}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// A backed-up object cannot be applied as it is.
+    #[error("backed-up object {object} is invalid: {detail}")]
+    InvalidObject {
+        /// What is known of it (kind and name).
+        object: String,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// Something did not become ready before its deadline.
+    #[error("{what} not ready after {seconds} s: {detail}")]
+    NotReady {
+        /// What was waited for.
+        what: String,
+        /// The deadline.
+        seconds: u64,
+        /// Why, as far as the cluster tells (conditions, events, last log lines).
+        detail: String,
+    },
+
+    /// A data-restore step (database, Redis) supplied by the caller failed.
+    #[error("{step} failed")]
+    Step {
+        /// The step.
+        step: String,
+        /// The cause.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+impl RestoreError {
+    pub(crate) fn pg(what: impl Into<String>) -> impl FnOnce(PgError) -> Self {
+        let what = what.into();
+        move |source| RestoreError::Postgres { what, source }
+    }
+
+    pub(crate) fn query(what: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> Self {
+        let what = what.into();
+        move |source| RestoreError::Postgres {
+            what: what.clone(),
+            source: PgError::Query { what, source },
+        }
+    }
+
+    pub(crate) fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let what = what.into();
+        move |source| RestoreError::Kube { what, source }
+    }
+}
