@@ -1,1 +1,119 @@
 //! Backup engine: every artifact the runbook names, from one consistent snapshot.
+//!
+//! This is the runbook's Phase 1 and 2 (`backup-solid-cloud.sh`) as a library. [`backup`]
+//! takes, as [`BackupOptions`] say:
+//! - PostgreSQL ([`PgSource`]: direct, or through a pod with exec and port-forward): a session
+//!   exports a snapshot and holds it; `pg_dump -Fc --snapshot` dumps in it; the row counts and
+//!   digests of every table ([`crate::facts::tables`]) are read in it by the same session; plain,
+//!   schema-only, data-only and per-table SQL are derived from the custom archive here (or, with
+//!   [`PlainFrom::Database`], dumped in the same snapshot); roles come from
+//!   `pg_dumpall --globals-only`.
+//! - Redis ([`RedisSource`]): an RDB, and the key count and digest of exactly that RDB.
+//! - Kubernetes ([`KubeSource`]): every namespaced resource found through discovery, raw and
+//!   cleaned ([`clean`]); optionally the namespace's Deployments quiesced first.
+//! - Terraform: `state pull`, `state list`, `output -json`.
+//! - `MANIFEST.json`, `BACKUP_MANIFEST.txt`, a `.tar.gz` (optionally age-encrypted) and
+//!   checked off-site copies ([`OffsiteTarget`]).
+//!
+//! Everything is written under `<name>.partial` and renamed when complete; directories are
+//! 0700 and files 0600; passwords reach child processes only through their environment (or,
+//! in a pod, from the container's own environment). [`verify_backup`] is `rehearsal verify`.
+//!
+//! Invariants: only `files.rs` and `terraform.rs` start local processes (and `redis.rs` its
+//! scratch redis-server); only `exec.rs` talks to pods; `clean.rs` does no I/O.
+
+mod archive;
+pub mod clean;
+mod engine;
+mod error;
+mod exec;
+mod files;
+mod kubernetes;
+mod manifest;
+mod offsite;
+mod postgres;
+mod redis;
+mod terraform;
+mod verify;
+
+use std::path::PathBuf;
+
+pub use archive::{ArchiveInfo, DecryptionKey, EncryptionKey};
+pub use engine::{BackupReport, backup};
+pub use error::BackupError;
+pub use exec::PodRef;
+pub use kubernetes::{KubeManifest, KubeSource, QuiesceOptions, QuiesceRecord, quiesce, resume};
+pub use manifest::{FileEntry, MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming};
+pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
+pub use postgres::{KubePostgres, PgManifest, PgSource};
+pub use redis::{RedisFacts, RedisManifest, RedisSource, dataset_facts, rdb_facts};
+pub use terraform::TerraformManifest;
+pub use verify::{Finding, VerifyOptions, VerifyReport, restore_into, verify_backup};
+
+use crate::pg::PgTools;
+
+/// How the plain, schema-only, data-only and per-table SQL files are made.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum PlainFrom {
+    /// With `pg_restore -f` from the custom archive, on this machine: the database is read
+    /// once. The default.
+    #[default]
+    Archive,
+    /// With one `pg_dump --snapshot` per file, against the database, in the same snapshot.
+    Database,
+}
+
+/// What to back up, and where to.
+#[derive(Clone, Debug)]
+pub struct BackupOptions {
+    /// The directory the backup directory (and archive) is created in.
+    pub destination: PathBuf,
+    /// Backup name; default `<database>-YYYYmmdd-HHMMSS`.
+    pub name: Option<String>,
+    /// A label for the manifest (`solid-cloud`, `sim`, a kube context).
+    pub cluster: Option<String>,
+    /// PostgreSQL.
+    pub postgres: Option<PgSource>,
+    /// Redis.
+    pub redis: Option<RedisSource>,
+    /// The namespace's resources.
+    pub kubernetes: Option<KubeSource>,
+    /// Scale the namespace's Deployments to zero first (needs `kubernetes`).
+    pub quiesce: Option<QuiesceOptions>,
+    /// A Terraform configuration directory.
+    pub terraform_dir: Option<PathBuf>,
+    /// How plain SQL is made.
+    pub plain_from: PlainFrom,
+    /// Local PostgreSQL tools for deriving files (pg_restore); discovered when `None`.
+    pub local_tools: Option<PgTools>,
+    /// Write `<name>.tar.gz` (or `.tar.gz.age`).
+    pub archive: bool,
+    /// gzip level of the archive, 0-9.
+    pub compression_level: u32,
+    /// Encrypt the archive with age.
+    pub encryption: Option<EncryptionKey>,
+    /// Copy the archive to these targets.
+    pub offsite: Vec<OffsiteTarget>,
+}
+
+impl BackupOptions {
+    /// A backup into `destination` of nothing yet: set the parts to take.
+    pub fn new(destination: impl Into<PathBuf>) -> Self {
+        Self {
+            destination: destination.into(),
+            name: None,
+            cluster: None,
+            postgres: None,
+            redis: None,
+            kubernetes: None,
+            quiesce: None,
+            terraform_dir: None,
+            plain_from: PlainFrom::Archive,
+            local_tools: None,
+            archive: true,
+            compression_level: 1,
+            encryption: None,
+            offsite: Vec::new(),
+        }
+    }
+}

@@ -1,0 +1,236 @@
+//! `backup()`: runs every configured part into `<name>.partial`, writes the manifest, renames
+//! the directory when complete, archives it and makes the off-site copies.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use tracing::Instrument;
+
+use super::archive::{ArchiveInfo, write_archive};
+use super::files::{create_private_dir, write_private};
+use super::kubernetes::{backup_namespace, quiesce};
+use super::manifest::{Manifest, StepTiming, write_manifest};
+use super::offsite::{OffsiteCopy, copy_offsite};
+use super::postgres::backup_postgres;
+use super::redis::backup_redis;
+use super::terraform::backup_terraform;
+use super::{BackupError, BackupOptions};
+use crate::pg::PgTools;
+
+/// What a finished backup produced.
+#[derive(Clone, Debug)]
+pub struct BackupReport {
+    /// The backup directory (complete: no `.partial`).
+    pub dir: PathBuf,
+    /// The archive, when one was made.
+    pub archive: Option<ArchiveInfo>,
+    /// Checked off-site copies, in the order of the options.
+    pub offsite: Vec<OffsiteCopy>,
+    /// The manifest as written.
+    pub manifest: Manifest,
+    /// Steps after the manifest was written (archive, off-site copies).
+    pub after_manifest: Vec<StepTiming>,
+    /// Wall-clock time of the whole backup.
+    pub seconds: f64,
+}
+
+/// The default backup name, the runbook's `$BACKUP_DATE`: `<database or namespace>-YYYYmmdd-HHMMSS`.
+fn default_name(options: &BackupOptions, now: chrono::DateTime<chrono::Utc>) -> String {
+    let stem = options
+        .postgres
+        .as_ref()
+        .map(|p| p.dbname().to_owned())
+        .or_else(|| options.kubernetes.as_ref().map(|k| k.namespace.clone()))
+        .unwrap_or_else(|| "backup".to_owned());
+    format!("{}-{}", super::postgres::sanitize(&stem), now.format("%Y%m%d-%H%M%S"))
+}
+
+/// Takes a backup as `options` say.
+///
+/// The data is written into `<destination>/<name>.partial/` (0700; files 0600). Only when
+/// every part succeeded and the manifest is written is it renamed to `<destination>/<name>/`;
+/// then the archive `<name>.tar.gz[.age]` is written (again through a `.partial` name) and
+/// copied off-site. On failure the `.partial` directory stays, with `FAILED.txt` saying why.
+///
+/// # Errors
+/// [`BackupError`] naming the part and what went wrong.
+pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError> {
+    if options.postgres.is_none()
+        && options.redis.is_none()
+        && options.kubernetes.is_none()
+        && options.terraform_dir.is_none()
+    {
+        return Err(BackupError::NothingToBackUp);
+    }
+    let origin = Instant::now();
+    let started_at = chrono::Utc::now();
+    let name = options.name.clone().unwrap_or_else(|| default_name(options, started_at));
+    let final_dir = options.destination.join(&name);
+    if final_dir.exists() {
+        return Err(BackupError::Exists { path: final_dir });
+    }
+    let partial = options.destination.join(format!("{name}.partial"));
+    create_private_dir(&partial)?;
+    let span = tracing::info_span!("backup", name = %name, dir = %partial.display());
+    let result = collect(options, &name, &partial, started_at, origin).instrument(span.clone()).await;
+    let mut after_manifest = Vec::new();
+    let manifest = match result {
+        Ok(manifest) => manifest,
+        Err(err) => {
+            let mut text = format!("backup {name} failed: {err}\n");
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                text.push_str(&format!("  caused by: {cause}\n"));
+                source = cause.source();
+            }
+            let _ = write_private(&partial.join("FAILED.txt"), text.as_bytes());
+            tracing::error!(parent: &span, error = %err, "backup failed; left as .partial");
+            return Err(err);
+        }
+    };
+    std::fs::rename(&partial, &final_dir).map_err(BackupError::io("rename", &partial))?;
+
+    let mut archive = None;
+    if options.archive {
+        let started = Instant::now();
+        let suffix = if options.encryption.is_some() { ".tar.gz.age" } else { ".tar.gz" };
+        let out = options.destination.join(format!("{name}{suffix}"));
+        let (dir, n, level, key) = (final_dir.clone(), name.clone(), options.compression_level, options.encryption.clone());
+        let info = tokio::task::spawn_blocking(move || write_archive(&dir, &n, &out, level, key.as_ref()))
+            .await
+            .expect("archive task does not panic")?;
+        after_manifest.push(timing("archive", started, origin));
+        archive = Some(info);
+    }
+    let mut offsite = Vec::new();
+    if let Some(info) = &archive {
+        for target in &options.offsite {
+            let started = Instant::now();
+            offsite.push(copy_offsite(info, target).instrument(span.clone()).await?);
+            after_manifest.push(timing(&format!("off-site copy to {}", target.describe()), started, origin));
+        }
+    }
+    tracing::info!(parent: &span, seconds = origin.elapsed().as_secs_f64(), "backup complete");
+    Ok(BackupReport { dir: final_dir, archive, offsite, manifest, after_manifest, seconds: origin.elapsed().as_secs_f64() })
+}
+
+async fn collect(
+    options: &BackupOptions,
+    name: &str,
+    dir: &Path,
+    started_at: chrono::DateTime<chrono::Utc>,
+    origin: Instant,
+) -> Result<Manifest, BackupError> {
+    let mut steps = Vec::new();
+    let mut tools = BTreeMap::new();
+    tools.insert("rebuild-rehearsal harness".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+
+    let mut quiesce_record = None;
+    if let (Some(q), Some(k)) = (&options.quiesce, &options.kubernetes) {
+        let started = Instant::now();
+        let record = quiesce(k, q).instrument(tracing::info_span!("quiesce")).await?;
+        write_private(
+            &super::files::ensure_parent(dir, "kubernetes/quiesce.json")?,
+            &serde_json::to_vec_pretty(&record).map_err(|source| BackupError::Json { what: "quiesce record".into(), source })?,
+        )?;
+        steps.push(timing("quiesce writers", started, origin));
+        quiesce_record = Some(record);
+    }
+
+    let local_tools = match (&options.local_tools, &options.postgres) {
+        (Some(t), _) => Some(t.clone()),
+        (None, Some(_)) => Some(PgTools::discover().map_err(BackupError::pg("find local pg_restore"))?),
+        (None, None) => None,
+    };
+    let postgres = async {
+        match (&options.postgres, &local_tools) {
+            (Some(source), Some(local)) => backup_postgres(source, local, options.plain_from, dir, origin)
+                .instrument(tracing::info_span!("postgres", source = %source.describe()))
+                .await
+                .map(Some),
+            _ => Ok(None),
+        }
+    };
+    let redis = async {
+        match &options.redis {
+            Some(source) => {
+                let started = Instant::now();
+                let m = backup_redis(source, dir).instrument(tracing::info_span!("redis")).await?;
+                Ok::<_, BackupError>(Some((m, timing("redis: RDB, key count and digest", started, origin))))
+            }
+            None => Ok(None),
+        }
+    };
+    let kube = async {
+        match &options.kubernetes {
+            Some(source) => {
+                let started = Instant::now();
+                let m = backup_namespace(source, dir).instrument(tracing::info_span!("kubernetes")).await?;
+                Ok::<_, BackupError>(Some((m, timing("kubernetes: namespace resources", started, origin))))
+            }
+            None => Ok(None),
+        }
+    };
+    let terraform = async {
+        match &options.terraform_dir {
+            Some(config) => {
+                let started = Instant::now();
+                let (m, version) = backup_terraform(config, dir).instrument(tracing::info_span!("terraform")).await?;
+                Ok::<_, BackupError>(Some((m, version, timing("terraform: state, resources, outputs", started, origin))))
+            }
+            None => Ok(None),
+        }
+    };
+    let (pg, redis, kube, terraform) = tokio::try_join!(postgres, redis, kube, terraform)?;
+
+    let mut manifest = Manifest {
+        format: super::manifest::FORMAT,
+        name: name.to_owned(),
+        started_at: started_at.to_rfc3339(),
+        finished_at: String::new(),
+        cluster: options.cluster.clone(),
+        namespace: options.kubernetes.as_ref().map(|k| k.namespace.clone()),
+        postgres: None,
+        redis: None,
+        kubernetes: None,
+        quiesce: quiesce_record,
+        terraform: None,
+        files: Vec::new(),
+        tools,
+        steps,
+    };
+    if let Some(pg) = pg {
+        manifest.postgres = Some(pg.manifest);
+        manifest.steps.extend(pg.steps);
+        manifest.tools.extend(pg.tools);
+    }
+    if let Some((m, step)) = redis {
+        manifest.redis = Some(m);
+        manifest.steps.push(step);
+        if let Ok(path) = which::which("redis-server") {
+            manifest.tools.insert("redis-server (scratch)".into(), super::files::tool_version("redis-server", &path, "--version").await);
+        }
+    }
+    if let Some((m, step)) = kube {
+        manifest.kubernetes = Some(m);
+        manifest.steps.push(step);
+    }
+    if let Some((m, version, step)) = terraform {
+        manifest.terraform = Some(m);
+        manifest.steps.push(step);
+        manifest.tools.insert("terraform".into(), version);
+    }
+    manifest.steps.sort_by(|a, b| a.started_after_seconds.total_cmp(&b.started_after_seconds));
+    manifest.finished_at = chrono::Utc::now().to_rfc3339();
+    write_manifest(dir, &mut manifest).await?;
+    Ok(manifest)
+}
+
+fn timing(name: &str, started: Instant, origin: Instant) -> StepTiming {
+    StepTiming {
+        name: name.to_owned(),
+        started_after_seconds: started.duration_since(origin).as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}

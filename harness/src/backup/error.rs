@@ -1,0 +1,214 @@
+//! Errors of the backup engine: what could not run, named with where it happened.
+
+use std::path::PathBuf;
+
+use crate::facts::TablesError;
+use crate::pg::PgError;
+
+/// Why a backup, an off-site copy or a verification could not run. A backup that fails with
+/// any of these is left under its `.partial` name, with `FAILED.txt` saying why.
+#[derive(Debug, thiserror::Error)]
+pub enum BackupError {
+    /// A file system operation failed (disk full, permission denied, ...).
+    #[error("could not {action} {}", path.display())]
+    Io {
+        /// What was being done.
+        action: &'static str,
+        /// The path it was done to.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// The destination already holds a backup or a failed attempt of this name.
+    #[error("{} already exists; choose another backup name or move it away", path.display())]
+    Exists {
+        /// The existing path.
+        path: PathBuf,
+    },
+
+    /// Nothing was configured to back up.
+    #[error("nothing to back up: configure at least one of postgres, redis, kubernetes or terraform")]
+    NothingToBackUp,
+
+    /// A PostgreSQL connection or query failed (unreachable, authentication failed, ...).
+    #[error("postgres: {what}")]
+    Postgres {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: PgError,
+    },
+
+    /// Counting or digesting tables failed.
+    #[error("table facts")]
+    Facts(#[from] TablesError),
+
+    /// A tool (pg_dump, redis-cli, terraform, ...) could not be started.
+    #[error("could not run {tool}")]
+    Spawn {
+        /// The tool.
+        tool: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A tool ran and failed.
+    #[error("{tool} failed ({status}) while {what}: {stderr}")]
+    Tool {
+        /// The tool.
+        tool: String,
+        /// What it was run for.
+        what: String,
+        /// Its exit status.
+        status: String,
+        /// The end of its standard error (never holds a password: none is ever passed to it).
+        stderr: String,
+    },
+
+    /// A pod named in the options does not exist.
+    #[error("pod {namespace}/{name} not found")]
+    PodNotFound {
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+
+    /// A Kubernetes API call failed.
+    #[error("kubernetes: {what}")]
+    Kube {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: kube::Error,
+    },
+
+    /// A port-forward gave no usable stream.
+    #[error("port-forward to {target}: {detail}")]
+    PortForward {
+        /// The pod and port.
+        target: String,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// The exec stream into a pod ended without the command's exit status.
+    #[error("exec stream of `{command}` in pod {namespace}/{pod} was cut off after {bytes} bytes")]
+    ExecCutOff {
+        /// Namespace.
+        namespace: String,
+        /// Pod.
+        pod: String,
+        /// The program run.
+        command: String,
+        /// Bytes received before the cut.
+        bytes: u64,
+    },
+
+    /// Redis could not be reached or answered with an error.
+    #[error("redis: {what}")]
+    Redis {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// A scratch process (redis-server) did not become ready.
+    #[error("{what} did not become ready within {seconds} s: {detail}")]
+    NotReady {
+        /// The process.
+        what: String,
+        /// The deadline.
+        seconds: u64,
+        /// Its last output.
+        detail: String,
+    },
+
+    /// A deployment did not scale down in time.
+    #[error("deployment {namespace}/{name} still has {replicas} replicas after {seconds} s")]
+    QuiesceTimeout {
+        /// Namespace.
+        namespace: String,
+        /// Deployment.
+        name: String,
+        /// Replicas still running.
+        replicas: i32,
+        /// The deadline.
+        seconds: u64,
+    },
+
+    /// Encryption or decryption failed (wrong passphrase or identity, corrupt file).
+    #[error("age: {what}: {detail}")]
+    Age {
+        /// What was being done.
+        what: String,
+        /// What age said.
+        detail: String,
+    },
+
+    /// A configured secret (passphrase file, environment variable) could not be read.
+    #[error("secret {name} is not available: {detail}")]
+    SecretMissing {
+        /// The file or variable.
+        name: String,
+        /// Why.
+        detail: String,
+    },
+
+    /// An off-site copy failed.
+    #[error("off-site copy to {target} failed: {detail}")]
+    Offsite {
+        /// The target (never with credentials).
+        target: String,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// A backup could not be read for verification (no manifest, unreadable manifest).
+    #[error("{} is not a readable backup: {detail}", path.display())]
+    NotABackup {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        detail: String,
+    },
+
+    /// JSON could not be written or read.
+    #[error("json {what}")]
+    Json {
+        /// What was being serialised.
+        what: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl BackupError {
+    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { action, path, source }
+    }
+
+    pub(crate) fn pg(what: impl Into<String>) -> impl FnOnce(PgError) -> Self {
+        let what = what.into();
+        move |source| Self::Postgres { what, source }
+    }
+
+    pub(crate) fn kube(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Kube { what, source }
+    }
+
+    pub(crate) fn redis(what: impl Into<String>) -> impl FnOnce(redis::RedisError) -> Self {
+        let what = what.into();
+        move |source| Self::Redis { what, source }
+    }
+}

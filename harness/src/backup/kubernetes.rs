@@ -1,0 +1,214 @@
+//! The Kubernetes part of a backup: every namespaced resource of the namespace found through
+//! discovery (custom resources included), raw and cleaned; and the optional quiesce of the
+//! namespace's writers.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use k8s_openapi::api::apps::v1::Deployment;
+use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::discovery::{Discovery, Scope, verbs};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use super::BackupError;
+use super::clean::clean_objects;
+use super::files::{create_private_file, ensure_parent};
+
+/// The namespace to back up and the client to reach it.
+#[derive(Clone)]
+pub struct KubeSource {
+    /// The client.
+    pub client: kube::Client,
+    /// The namespace (`titanium-prod`).
+    pub namespace: String,
+}
+
+impl std::fmt::Debug for KubeSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KubeSource").field("namespace", &self.namespace).finish_non_exhaustive()
+    }
+}
+
+/// What the manifest records of the Kubernetes part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KubeManifest {
+    /// Namespace.
+    pub namespace: String,
+    /// Every object as the API returned it (a `v1` `List`, JSON).
+    pub raw: String,
+    /// Cleaned for re-apply (a `v1` `List`, JSON).
+    pub clean_json: String,
+    /// Cleaned for re-apply, multi-document YAML for `kubectl apply -f`.
+    pub clean_yaml: String,
+    /// Objects per `group/version/Kind` in the raw set.
+    pub counts: BTreeMap<String, u64>,
+    /// Objects left out of the cleaned set, with why.
+    pub skipped: Vec<String>,
+    /// Resources that could not be listed (a verdict, not a failure: the API may forbid some).
+    pub unlisted: Vec<String>,
+}
+
+pub(crate) async fn backup_namespace(source: &KubeSource, dir: &Path) -> Result<KubeManifest, BackupError> {
+    let ns = &source.namespace;
+    let discovery = Discovery::new(source.client.clone())
+        .run()
+        .await
+        .map_err(BackupError::kube("discover the API resources"))?;
+    let mut objects: Vec<Value> = Vec::new();
+    let mut counts = BTreeMap::new();
+    let mut unlisted = Vec::new();
+    for group in discovery.groups() {
+        for (resource, caps) in group.recommended_resources() {
+            if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) {
+                continue;
+            }
+            let api: Api<DynamicObject> = Api::namespaced_with(source.client.clone(), ns, &resource);
+            let list = match api.list(&ListParams::default()).await {
+                Ok(list) => list,
+                Err(err) => {
+                    unlisted.push(format!("{}/{}: {err}", resource.api_version, resource.plural));
+                    continue;
+                }
+            };
+            for mut item in list.items {
+                // List items come without type information: put it back.
+                item.types = Some(kube::api::TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() });
+                let value = serde_json::to_value(&item).map_err(|source| BackupError::Json {
+                    what: format!("encode {}", resource.kind),
+                    source,
+                })?;
+                *counts.entry(format!("{}/{}", resource.api_version, resource.kind)).or_insert(0) += 1;
+                objects.push(value);
+            }
+        }
+    }
+    objects.sort_by(|a, b| {
+        let key = |o: &Value| {
+            (
+                o.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_owned(),
+                o.get("kind").and_then(Value::as_str).unwrap_or("").to_owned(),
+                o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
+            )
+        };
+        key(a).cmp(&key(b))
+    });
+    let (clean, skipped) = clean_objects(&objects);
+
+    let raw = "kubernetes/resources-raw.json".to_owned();
+    let clean_json = "kubernetes/resources-clean.json".to_owned();
+    let clean_yaml = "kubernetes/resources-clean.yaml".to_owned();
+    write_list(&ensure_parent(dir, &raw)?, &objects)?;
+    write_list(&dir.join(&clean_json), &clean)?;
+    let path = dir.join(&clean_yaml);
+    let mut file = std::io::BufWriter::new(create_private_file(&path)?);
+    for obj in &clean {
+        let yaml = serde_saphyr::to_string(obj).map_err(|err| BackupError::Io {
+            action: "encode YAML for",
+            path: path.clone(),
+            source: std::io::Error::other(err.to_string()),
+        })?;
+        write!(file, "---\n{yaml}").map_err(BackupError::io("write", &path))?;
+    }
+    file.flush().map_err(BackupError::io("write", &path))?;
+    Ok(KubeManifest { namespace: ns.clone(), raw, clean_json, clean_yaml, counts, skipped, unlisted })
+}
+
+fn write_list(path: &Path, items: &[Value]) -> Result<(), BackupError> {
+    let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items });
+    let file = std::io::BufWriter::new(create_private_file(path)?);
+    serde_json::to_writer_pretty(file, &list).map_err(|source| BackupError::Json { what: format!("write {}", path.display()), source })
+}
+
+/// Which Deployments to scale to zero before the snapshot.
+#[derive(Clone, Debug)]
+pub struct QuiesceOptions {
+    /// Deployments left running (for example the Redis deployment, which is backed up).
+    pub keep: Vec<String>,
+    /// How long to wait for each to reach zero replicas.
+    pub timeout: Duration,
+}
+
+impl Default for QuiesceOptions {
+    fn default() -> Self {
+        Self { keep: Vec::new(), timeout: Duration::from_secs(120) }
+    }
+}
+
+/// The replica counts a quiesce changed, so a restore can bring them back, and when writes
+/// stopped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QuiesceRecord {
+    /// Namespace.
+    pub namespace: String,
+    /// Deployment name to the replicas it had.
+    pub replicas: BTreeMap<String, i32>,
+    /// When the last of them reached zero (RFC 3339): no writer ran after this.
+    pub writes_stopped_at: String,
+}
+
+/// Scales every Deployment of the namespace except `options.keep` to zero and waits until no
+/// pod of theirs is left.
+///
+/// # Errors
+/// When the API refuses, or a deployment does not scale down in time.
+pub async fn quiesce(source: &KubeSource, options: &QuiesceOptions) -> Result<QuiesceRecord, BackupError> {
+    let ns = &source.namespace;
+    let api: Api<Deployment> = Api::namespaced(source.client.clone(), ns);
+    let list = api.list(&ListParams::default()).await.map_err(BackupError::kube(format!("list deployments in {ns}")))?;
+    let mut replicas = BTreeMap::new();
+    for d in &list.items {
+        let name = d.metadata.name.clone().unwrap_or_default();
+        if options.keep.contains(&name) {
+            continue;
+        }
+        let count = d.spec.replicas.unwrap_or(1);
+        replicas.insert(name, count);
+    }
+    for name in replicas.keys() {
+        scale(&api, ns, name, 0).await?;
+    }
+    for name in replicas.keys() {
+        let deadline = Instant::now() + options.timeout;
+        let name: &String = name;
+        loop {
+            let d = api.get(name).await.map_err(BackupError::kube(format!("get deployment {ns}/{name}")))?;
+            let running = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
+            if running == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                return Err(BackupError::QuiesceTimeout {
+                    namespace: ns.clone(),
+                    name: name.clone(),
+                    replicas: running,
+                    seconds: options.timeout.as_secs(),
+                });
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    Ok(QuiesceRecord { namespace: ns.clone(), replicas, writes_stopped_at: chrono::Utc::now().to_rfc3339() })
+}
+
+/// Scales the Deployments of a [`QuiesceRecord`] back to their recorded replicas.
+///
+/// # Errors
+/// When the API refuses.
+pub async fn resume(client: &kube::Client, record: &QuiesceRecord) -> Result<(), BackupError> {
+    let api: Api<Deployment> = Api::namespaced(client.clone(), &record.namespace);
+    for (name, count) in &record.replicas {
+        scale(&api, &record.namespace, name, *count).await?;
+    }
+    Ok(())
+}
+
+async fn scale(api: &Api<Deployment>, ns: &str, name: &str, replicas: i32) -> Result<(), BackupError> {
+    let patch = serde_json::json!({ "spec": { "replicas": replicas } });
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .map_err(BackupError::kube(format!("scale deployment {ns}/{name} to {replicas}")))?;
+    Ok(())
+}

@@ -1,0 +1,528 @@
+//! The PostgreSQL part of a backup: one exported snapshot, every dump taken in it, and the
+//! row counts and digests read in it too.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Instant;
+
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+
+use super::exec::PodRef;
+use super::files::{ToolRun, ensure_parent, tool_version};
+use super::manifest::StepTiming;
+use super::{BackupError, PlainFrom};
+use crate::facts::{SequenceFacts, TableFacts, sequence_facts, table_facts};
+use crate::pg::{ConnParams, PgTools, Secret};
+
+/// Where the PostgreSQL to back up is, and how it is reached.
+#[derive(Clone, Debug)]
+pub enum PgSource {
+    /// Reached directly: the session connects to `params`, and pg_dump/pg_dumpall from
+    /// `tools` run on this machine with the password in `PGPASSWORD`.
+    Direct {
+        /// Server, user, password and database.
+        params: ConnParams,
+        /// The client tools (same major version as the server or newer).
+        tools: PgTools,
+    },
+    /// Reached through Kubernetes, as the runbook does: pg_dump runs inside the pod (`exec`),
+    /// its output streamed here; the snapshot session goes through a port-forward.
+    Kube(KubePostgres),
+}
+
+/// A PostgreSQL server in a pod.
+#[derive(Clone, Debug)]
+pub struct KubePostgres {
+    /// The pod (`postgresql-0`) and container.
+    pub pod: PodRef,
+    /// The server's port inside the pod.
+    pub port: u16,
+    /// User for both the session and the dumps.
+    pub user: String,
+    /// Database name.
+    pub dbname: String,
+    /// Password for the port-forwarded session, if the server asks for one.
+    pub password: Option<Secret>,
+    /// Name of an environment variable *inside the container* that holds the password
+    /// (`POSTGRES_PASSWORD` in the official image), handed to pg_dump as `PGPASSWORD` by a
+    /// shell in the pod. The password never appears in any command line.
+    pub password_env: Option<String>,
+}
+
+impl PgSource {
+    /// The database being backed up.
+    pub fn dbname(&self) -> &str {
+        match self {
+            PgSource::Direct { params, .. } => &params.dbname,
+            PgSource::Kube(k) => &k.dbname,
+        }
+    }
+
+    /// Where it is, for messages and the manifest (never a password).
+    pub fn describe(&self) -> String {
+        match self {
+            PgSource::Direct { params, .. } => params.target(),
+            PgSource::Kube(k) => format!("pod {}/{}:{}/{}", k.pod.namespace, k.pod.pod, k.port, k.dbname),
+        }
+    }
+
+    async fn session(&self) -> Result<tokio_postgres::Client, BackupError> {
+        match self {
+            PgSource::Direct { params, .. } => {
+                params.connect().await.map_err(BackupError::pg("open the snapshot session"))
+            }
+            PgSource::Kube(k) => {
+                let mut config = tokio_postgres::Config::new();
+                config.user(&k.user).dbname(&k.dbname).application_name("rebuild-rehearsal");
+                if let Some(password) = &k.password {
+                    config.password(password.expose());
+                }
+                k.pod.connect_postgres(k.port, &config, &k.user).await
+            }
+        }
+    }
+
+    /// Runs `program` (pg_dump, pg_dumpall) against the source with `args` (no connection
+    /// options: they are added here) and streams its output into `out`.
+    async fn dump(&self, program: &str, args: Vec<String>, what: &str, out: &Path) -> Result<(), BackupError> {
+        match self {
+            PgSource::Direct { params, tools } => {
+                let path = tools.tool(program).map_err(BackupError::pg(format!("find {program}")))?;
+                ToolRun::new(program, path, what).args(args).envs(params.libpq_env()).to_file(out).await
+            }
+            PgSource::Kube(k) => {
+                let mut command = in_pod_with_password(k.password_env.as_deref(), "PGPASSWORD")?;
+                command.push(program.to_owned());
+                command.extend(["-U".to_owned(), k.user.clone()]);
+                if program == "pg_dump" {
+                    command.extend(["-d".to_owned(), k.dbname.clone()]);
+                }
+                command.extend(args);
+                k.pod.exec_to_file(command, what, out).await.map(|_| ())
+            }
+        }
+    }
+
+    async fn tool_version(&self, program: &str) -> String {
+        match self {
+            PgSource::Direct { tools, .. } => match tools.tool(program) {
+                Ok(path) => tool_version(program, &path, "--version").await,
+                Err(err) => format!("unknown ({err})"),
+            },
+            PgSource::Kube(k) => match k.pod.exec_output(vec![program.to_owned(), "--version".to_owned()], "version").await {
+                Ok(out) => format!("{} (in pod {})", out.trim(), k.pod.pod),
+                Err(err) => format!("unknown ({err})"),
+            },
+        }
+    }
+}
+
+/// A command prefix that runs the rest of the command in the pod with `target_var` set from
+/// the container's own `source_var`, when that is set. The value stays inside the pod.
+pub(crate) fn in_pod_with_password(source_var: Option<&str>, target_var: &str) -> Result<Vec<String>, BackupError> {
+    let Some(var) = source_var else { return Ok(Vec::new()) };
+    let valid = !var.is_empty()
+        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && !var.starts_with(|c: char| c.is_ascii_digit());
+    if !valid {
+        return Err(BackupError::SecretMissing {
+            name: var.to_owned(),
+            detail: "not a valid environment variable name".to_owned(),
+        });
+    }
+    let script = format!("if [ -n \"${{{var}:-}}\" ]; then {target_var}=\"${var}\"; export {target_var}; fi; exec \"$@\"");
+    Ok(vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned()])
+}
+
+/// What the manifest records of the PostgreSQL part.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PgManifest {
+    /// Where it came from (no password).
+    pub source: String,
+    /// Database name.
+    pub database: String,
+    /// `server_version`.
+    pub server_version: String,
+    /// `version()`.
+    pub server_version_full: String,
+    /// The exported snapshot every dump used.
+    pub snapshot_id: String,
+    /// The server's clock when the snapshot was taken (RFC 3339, UTC): the backup's RPO point.
+    pub snapshot_at: String,
+    /// Row counts and digests per table, read in the snapshot.
+    pub tables: Vec<TableFacts>,
+    /// Sequences (read at dump time, like pg_dump does: not transactional).
+    pub sequences: Vec<SequenceFacts>,
+    /// The custom-format archive (`pg_restore` input).
+    pub custom_dump: String,
+    /// Plain SQL of the whole database.
+    pub plain: String,
+    /// Schema only.
+    pub schema_only: String,
+    /// Data only.
+    pub data_only: String,
+    /// One file per table, keyed `schema.table`.
+    pub table_files: BTreeMap<String, String>,
+    /// Roles and tablespaces (`pg_dumpall --globals-only`).
+    pub globals: String,
+    /// How the plain, schema, data and per-table files were made.
+    pub derived_from: String,
+}
+
+pub(crate) struct PgOutcome {
+    pub(crate) manifest: PgManifest,
+    pub(crate) steps: Vec<StepTiming>,
+    pub(crate) tools: BTreeMap<String, String>,
+}
+
+fn step(name: &str, started: Instant, origin: Instant) -> StepTiming {
+    StepTiming {
+        name: name.to_owned(),
+        started_after_seconds: started.duration_since(origin).as_secs_f64(),
+        seconds: started.elapsed().as_secs_f64(),
+    }
+}
+
+/// Backs up the database into `dir/postgres/`.
+pub(crate) async fn backup_postgres(
+    source: &PgSource,
+    local: &PgTools,
+    plain_from: PlainFrom,
+    dir: &Path,
+    origin: Instant,
+) -> Result<PgOutcome, BackupError> {
+    let db = source.dbname().to_owned();
+    let file_name = sanitize(&db);
+    let custom_rel = format!("postgres/{file_name}.dump");
+    let custom_path = ensure_parent(dir, &custom_rel)?;
+    let mut steps = Vec::new();
+
+    // The session that exports the snapshot, held open until every reader has imported it.
+    let started = Instant::now();
+    let session = source.session().await?;
+    let row = session
+        .query_one("SELECT current_setting('server_version'), version()", &[])
+        .await
+        .map_err(|e| query_err("read the server version", e))?;
+    let (server_version, server_version_full): (String, String) = (row.get(0), row.get(1));
+    session
+        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .await
+        .map_err(|e| query_err("begin the snapshot transaction", e))?;
+    let row = session
+        .query_one(
+            "SELECT pg_export_snapshot(), \
+                    to_char(now() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .map_err(|e| query_err("export a snapshot", e))?;
+    let (snapshot_id, snapshot_at): (String, String) = (row.get(0), row.get(1));
+    steps.push(step("postgres: export snapshot", started, origin));
+    tracing::info!(snapshot = %snapshot_id, database = %db, "snapshot exported");
+
+    let snapshot_arg = format!("--snapshot={snapshot_id}");
+    let dump = async {
+        let started = Instant::now();
+        source
+            .dump("pg_dump", vec![snapshot_arg.clone(), "-Fc".to_owned()], "dumping (custom format)", &custom_path)
+            .await?;
+        Ok::<_, BackupError>(step("postgres: pg_dump -Fc", started, origin))
+    };
+    let facts = async {
+        let started = Instant::now();
+        let tables = table_facts(&session).await?;
+        let sequences = sequence_facts(&session).await?;
+        let indexes: Vec<(String, String, String)> = session
+            .query(
+                "SELECT schemaname::text, tablename::text, indexname::text FROM pg_indexes \
+                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                &[],
+            )
+            .await
+            .map_err(|e| query_err("list the indexes", e))?
+            .into_iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect();
+        Ok::<_, BackupError>((tables, sequences, indexes, step("postgres: row counts and digests", started, origin)))
+    };
+    let globals_rel = "postgres/globals.sql".to_owned();
+    let globals_path = dir.join(&globals_rel);
+    let globals = async {
+        let started = Instant::now();
+        source
+            .dump("pg_dumpall", vec!["--globals-only".to_owned()], "dumping roles (globals only)", &globals_path)
+            .await?;
+        Ok::<_, BackupError>(step("postgres: pg_dumpall --globals-only", started, origin))
+    };
+    let (dump_step, (tables, sequences, indexes, facts_step), globals_step) = tokio::try_join!(dump, facts, globals)?;
+    steps.extend([dump_step, facts_step, globals_step]);
+
+    let plain_rel = format!("postgres/{file_name}-full.sql");
+    let schema_rel = format!("postgres/{file_name}-schema.sql");
+    let data_rel = format!("postgres/{file_name}-data.sql");
+    let table_files: BTreeMap<String, String> = tables
+        .iter()
+        .map(|t| {
+            let key = format!("{}.{}", t.schema, t.name);
+            let rel = format!("postgres/tables/{}.sql", sanitize(&key));
+            (key, rel)
+        })
+        .collect();
+    if !table_files.is_empty() {
+        ensure_parent(dir, "postgres/tables/x")?;
+    }
+    // Each derived file: its path and the selection arguments shared by pg_dump and pg_restore.
+    let mut derived: Vec<(String, &'static str, Vec<String>)> = vec![
+        (plain_rel.clone(), "plain SQL", vec![]),
+        (schema_rel.clone(), "schema only", vec!["--schema-only".to_owned()]),
+        // With triggers (foreign keys) disabled while loading, as pg_dump recommends for a
+        // data-only file: otherwise its alphabetical table order breaks the references.
+        (data_rel.clone(), "data only", vec!["--data-only".to_owned(), "--disable-triggers".to_owned()]),
+    ];
+    let per_table: Vec<(&TableFacts, String)> = tables
+        .iter()
+        .map(|t| (t, table_files[&format!("{}.{}", t.schema, t.name)].clone()))
+        .collect();
+
+    if plain_from == PlainFrom::Archive {
+        // pg_dump has its own copy of the snapshot: release the server's.
+        session.batch_execute("COMMIT").await.map_err(|e| query_err("end the snapshot transaction", e))?;
+    }
+    let started = Instant::now();
+    let derived_from = match plain_from {
+        PlainFrom::Database => {
+            // Every file is its own pg_dump, all in the snapshot the session still holds.
+            for (rel, what, args) in &derived {
+                let mut all = vec![snapshot_arg.clone()];
+                all.extend(args.iter().cloned());
+                source.dump("pg_dump", all, &format!("dumping {what}"), &dir.join(rel)).await?;
+            }
+            for (t, rel) in &per_table {
+                let args = vec![snapshot_arg.clone(), format!("--table={}", qualified_pattern(&t.schema, &t.name))];
+                source.dump("pg_dump", args, "dumping one table", &dir.join(rel)).await?;
+            }
+            format!("pg_dump {snapshot_arg} against the database, one run per file")
+        }
+        PlainFrom::Archive => {
+            // The database is read once; the rest comes from the archive, here.
+            let pg_restore = local.tool("pg_restore").map_err(BackupError::pg("find pg_restore"))?;
+            // Per-table files hold what `pg_dump -t` would: the table, its data, sequences,
+            // defaults, constraints, indexes and triggers. `pg_restore -t` alone gives only
+            // the table and its data, so select the archive's entries with a list file.
+            let toc = ToolRun::new("pg_restore", pg_restore.clone(), format!("listing {custom_rel}"))
+                .args(["-l".to_owned(), custom_path.display().to_string()])
+                .output()
+                .await?;
+            let lists = crate::keep::ScratchDir::new("harness-backup-toc-", "pg_restore list files")
+                .map_err(BackupError::io("create a scratch directory in", std::env::temp_dir()))?;
+            for (i, (t, rel)) in per_table.iter().enumerate() {
+                let list = lists.path().join(format!("{i}.list"));
+                super::files::write_private(&list, table_toc(&toc, t, &sequences, &indexes).as_bytes())?;
+                derived.push((rel.clone(), "one table", vec![format!("--use-list={}", list.display())]));
+            }
+            let runs = derived.iter().map(|(rel, what, args)| {
+                let mut all = args.clone();
+                all.extend(["-f".to_owned(), "-".to_owned(), custom_path.display().to_string()]);
+                let run = ToolRun::new("pg_restore", pg_restore.clone(), format!("writing {what} from {custom_rel}"))
+                    .args(all);
+                let out = dir.join(rel);
+                async move { run.to_file(&out).await }
+            });
+            let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
+            results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            format!("pg_restore of {custom_rel} on this machine (the database was read once, by pg_dump {snapshot_arg})")
+        }
+    };
+    steps.push(step("postgres: plain, schema, data and per-table SQL", started, origin));
+    if plain_from == PlainFrom::Database {
+        // Every reader has finished: release the snapshot.
+        session.batch_execute("COMMIT").await.map_err(|e| query_err("end the snapshot transaction", e))?;
+    }
+    drop(session);
+
+    let mut tools = BTreeMap::new();
+    tools.insert("pg_dump".to_owned(), source.tool_version("pg_dump").await);
+    tools.insert("pg_dumpall".to_owned(), source.tool_version("pg_dumpall").await);
+    if let Ok(path) = local.tool("pg_restore") {
+        tools.insert("pg_restore".to_owned(), tool_version("pg_restore", &path, "--version").await);
+    }
+
+    Ok(PgOutcome {
+        manifest: PgManifest {
+            source: source.describe(),
+            database: db,
+            server_version,
+            server_version_full,
+            snapshot_id,
+            snapshot_at,
+            tables,
+            sequences,
+            custom_dump: custom_rel,
+            plain: plain_rel,
+            schema_only: schema_rel,
+            data_only: data_rel,
+            table_files,
+            globals: globals_rel,
+            derived_from,
+        },
+        steps,
+        tools,
+    })
+}
+
+/// A `pg_dump --table` pattern matching exactly one table (quoted, so case and dots are kept).
+fn qualified_pattern(schema: &str, name: &str) -> String {
+    format!("{}.{}", crate::pg::quote_ident(schema), crate::pg::quote_ident(name))
+}
+
+/// The entries of a `pg_restore -l` listing that belong to `table`, as `pg_dump -t` would
+/// select them: the table and its data, its owned sequences (with their values), column
+/// defaults, constraints, foreign keys, indexes and triggers. Other lines become comments.
+pub(crate) fn table_toc(
+    toc: &str,
+    table: &TableFacts,
+    sequences: &[SequenceFacts],
+    indexes: &[(String, String, String)],
+) -> String {
+    // Entry types, longest first so that "TABLE DATA" is not read as "TABLE".
+    const TYPES: [&str; 9] = [
+        "SEQUENCE OWNED BY",
+        "SEQUENCE SET",
+        "FK CONSTRAINT",
+        "TABLE DATA",
+        "CONSTRAINT",
+        "SEQUENCE",
+        "DEFAULT",
+        "TRIGGER",
+        "INDEX",
+    ];
+    let owned: Vec<&str> = sequences
+        .iter()
+        .filter(|s| s.schema == table.schema && s.owned_by.as_deref().is_some_and(|o| o.split('.').next() == Some(&table.name)))
+        .map(|s| s.name.as_str())
+        .collect();
+    let own_indexes: Vec<&str> = indexes
+        .iter()
+        .filter(|(s, t, _)| *s == table.schema && *t == table.name)
+        .map(|(_, _, i)| i.as_str())
+        .collect();
+    let mut out = String::new();
+    for line in toc.lines() {
+        let keep = (|| -> Option<bool> {
+            if line.starts_with(';') {
+                return Some(false);
+            }
+            // "<dump id>; <catalog oid> <object oid> <TYPE> <schema> <name...> <owner>"
+            let rest = line.split_once("; ")?.1.splitn(3, ' ').nth(2)?;
+            let (kind, rest) = TYPES.into_iter().chain(std::iter::once("TABLE")).find_map(|k| {
+                let r = rest.strip_prefix(k)?.strip_prefix(' ')?;
+                Some((k, r))
+            })?;
+            let words: Vec<&str> = rest.split(' ').collect();
+            if words.first() != Some(&table.schema.as_str()) {
+                return Some(false);
+            }
+            let first = words.get(1).copied().unwrap_or("");
+            Some(match kind {
+                "TABLE" | "TABLE DATA" | "CONSTRAINT" | "FK CONSTRAINT" | "TRIGGER" | "DEFAULT" => first == table.name,
+                "SEQUENCE" | "SEQUENCE OWNED BY" | "SEQUENCE SET" => owned.contains(&first),
+                "INDEX" => own_indexes.contains(&first),
+                _ => false,
+            })
+        })()
+        .unwrap_or(false);
+        if !keep {
+            out.push(';');
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    out
+}
+
+fn query_err(what: &str, source: tokio_postgres::Error) -> BackupError {
+    BackupError::Facts(crate::facts::TablesError::Query { what: what.to_owned(), source })
+}
+
+/// A file-name-safe form of a database or table name.
+pub(crate) fn sanitize(name: &str) -> String {
+    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TOC: &str = ";\n; Archive created at 2026-01-01\n;\n\
+215; 1259 16386 TABLE public users postgres
+214; 1259 16385 SEQUENCE public users_id_seq postgres
+3366; 0 0 SEQUENCE OWNED BY public users_id_seq postgres
+217; 1259 16396 TABLE public posts postgres
+216; 1259 16395 SEQUENCE public posts_id_seq postgres
+3203; 2604 16389 DEFAULT public users id postgres
+3204; 2604 16399 DEFAULT public posts id postgres
+3359; 0 16386 TABLE DATA public users postgres
+3360; 0 16396 TABLE DATA public posts postgres
+3367; 0 0 SEQUENCE SET public users_id_seq postgres
+3205; 2606 16393 CONSTRAINT public users users_pkey postgres
+3209; 1259 16412 INDEX public idx_users_username postgres
+3210; 1259 16414 INDEX public idx_posts_author postgres
+3213; 2606 16413 FK CONSTRAINT public posts posts_author_fkey postgres
+3212; 2620 16420 TRIGGER public posts posts_set_updated_at postgres
+";
+
+    fn kept(table: &str) -> Vec<String> {
+        let t = TableFacts { schema: "public".into(), name: table.into(), rows: 0, digest: String::new(), ordered_by: vec![] };
+        let seqs: Vec<SequenceFacts> = ["users", "posts"]
+            .map(|t| SequenceFacts {
+                schema: "public".into(),
+                name: format!("{t}_id_seq"),
+                last_value: 1,
+                is_called: true,
+                owned_by: Some(format!("{t}.id")),
+                column_max: Some(1),
+            })
+            .into();
+        let idx = vec![
+            ("public".to_owned(), "users".to_owned(), "idx_users_username".to_owned()),
+            ("public".to_owned(), "posts".to_owned(), "idx_posts_author".to_owned()),
+        ];
+        table_toc(TOC, &t, &seqs, &idx)
+            .lines()
+            .filter(|l| !l.starts_with(';'))
+            .map(|l| l.split_once(' ').map(|x| x.1).unwrap_or("").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_table_list_holds_what_pg_dump_t_would() {
+        assert_eq!(
+            kept("users"),
+            [
+                "1259 16386 TABLE public users postgres",
+                "1259 16385 SEQUENCE public users_id_seq postgres",
+                "0 0 SEQUENCE OWNED BY public users_id_seq postgres",
+                "2604 16389 DEFAULT public users id postgres",
+                "0 16386 TABLE DATA public users postgres",
+                "0 0 SEQUENCE SET public users_id_seq postgres",
+                "2606 16393 CONSTRAINT public users users_pkey postgres",
+                "1259 16412 INDEX public idx_users_username postgres",
+            ]
+        );
+        let posts = kept("posts");
+        assert!(posts.iter().any(|l| l.contains("FK CONSTRAINT public posts posts_author_fkey")));
+        assert!(posts.iter().any(|l| l.contains("TRIGGER public posts posts_set_updated_at")));
+        assert!(!posts.iter().any(|l| l.contains("users")));
+    }
+
+    #[test]
+    fn passwords_come_from_the_pods_environment_not_argv() {
+        let cmd = in_pod_with_password(Some("POSTGRES_PASSWORD"), "PGPASSWORD").expect("valid name");
+        assert_eq!(cmd[0..2], ["sh", "-c"]);
+        assert!(cmd[2].contains("PGPASSWORD=\"$POSTGRES_PASSWORD\""));
+        assert!(in_pod_with_password(Some("X; rm -rf /"), "PGPASSWORD").is_err());
+        assert!(in_pod_with_password(None, "PGPASSWORD").expect("none").is_empty());
+    }
+}

@@ -1,0 +1,263 @@
+//! `verify_backup()`: the checks behind `rehearsal verify BACKUP`. A failed check is a finding
+//! in the returned verdict; `Err` only means the verification itself could not run.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::BackupError;
+use super::archive::{DecryptionKey, unpack_archive};
+use super::files::{ToolRun, sha256_file, tail};
+use super::manifest::{MANIFEST_JSON, MANIFEST_SHA256, Manifest, list_files};
+use super::redis::{rdb_facts, rdb_path};
+use crate::facts::{TableFacts, table_facts};
+use crate::keep::ScratchDir;
+use crate::pg::{ConnParams, PgTools, quote_ident};
+
+/// Where `verify` restores, and how to open an encrypted archive.
+#[derive(Clone, Debug)]
+pub struct VerifyOptions {
+    /// A scratch PostgreSQL server (superuser): a database is created there and dropped after.
+    pub scratch: ConnParams,
+    /// pg_restore of the scratch server's version.
+    pub tools: PgTools,
+    /// For `.age` archives.
+    pub decryption: Option<DecryptionKey>,
+}
+
+/// One check that did not hold.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// What was checked (`file postgres/titanium.dump`, `table public.users rows`).
+    pub check: String,
+    /// What the manifest (or the archive's checksum) says.
+    pub expected: String,
+    /// What was found.
+    pub found: String,
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: expected {}, found {}", self.check, self.expected, self.found)
+    }
+}
+
+/// The verdict of a verification.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VerifyReport {
+    /// What was verified.
+    pub backup: PathBuf,
+    /// True only when every check held.
+    pub passed: bool,
+    /// The checks that did not hold, in the order they were made.
+    pub findings: Vec<Finding>,
+    /// Files whose size and SHA-256 were checked.
+    pub files_checked: usize,
+    /// Tables whose count and digest were compared after the restore.
+    pub tables_checked: usize,
+    /// Whether the Redis RDB was loaded and compared.
+    pub redis_checked: bool,
+}
+
+impl VerifyReport {
+    /// The first mismatch, the one to name.
+    pub fn first_mismatch(&self) -> Option<&Finding> {
+        self.findings.first()
+    }
+}
+
+fn finding(check: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> Finding {
+    Finding { check: check.into(), expected: expected.into(), found: found.into() }
+}
+
+/// Verifies a backup directory or archive (`.tar.gz`, `.tar.gz.age`): the archive's checksum
+/// when its `.sha256` is beside it; the manifest's own checksum; every file's size and SHA-256;
+/// no file missing or extra; the custom dump restored into a fresh database on the scratch
+/// server, with every table's row count and digest equal to the manifest's; the Redis RDB's key
+/// count and digest.
+///
+/// # Errors
+/// Only when the verification cannot run (scratch server unreachable, no temp directory).
+pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, BackupError> {
+    let mut report = VerifyReport {
+        backup: path.to_path_buf(),
+        passed: false,
+        findings: Vec::new(),
+        files_checked: 0,
+        tables_checked: 0,
+        redis_checked: false,
+    };
+    let _unpacked: Option<ScratchDir>;
+    let dir = if path.is_dir() {
+        _unpacked = None;
+        path.to_path_buf()
+    } else if path.is_file() {
+        let sidecar = PathBuf::from(format!("{}.sha256", path.display()));
+        if let Ok(text) = std::fs::read_to_string(&sidecar) {
+            let expected = text.split_whitespace().next().unwrap_or("").to_owned();
+            let (_, found) = sha256_file(path).await?;
+            if found != expected {
+                report.findings.push(finding(format!("archive {} sha256", path.display()), expected, found));
+            }
+        }
+        let scratch = ScratchDir::new("harness-verify-", "unpacked backup")
+            .map_err(BackupError::io("create a scratch directory in", std::env::temp_dir()))?;
+        let (archive, into, key) = (path.to_path_buf(), scratch.path().to_path_buf(), options.decryption.clone());
+        let unpacked = tokio::task::spawn_blocking(move || unpack_archive(&archive, &into, key.as_ref()))
+            .await
+            .expect("unpack task does not panic");
+        match unpacked {
+            Ok(top) => {
+                _unpacked = Some(scratch);
+                top
+            }
+            Err(detail) => {
+                report.findings.push(finding(format!("archive {}", path.display()), "a complete archive", detail));
+                return Ok(report);
+            }
+        }
+    } else {
+        return Err(BackupError::NotABackup { path: path.to_path_buf(), detail: "no such file or directory".to_owned() });
+    };
+
+    if dir.extension().is_some_and(|e| e == "partial") || dir.join("FAILED.txt").exists() {
+        report.findings.push(finding("backup state", "a completed backup", "an incomplete .partial backup"));
+    }
+    // The manifest itself.
+    match (std::fs::read_to_string(dir.join(MANIFEST_SHA256)), std::fs::read(dir.join(MANIFEST_JSON))) {
+        (Ok(text), Ok(json)) => {
+            let expected = text.split_whitespace().next().unwrap_or("").to_owned();
+            let found = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
+            if expected != found {
+                report.findings.push(finding(format!("{MANIFEST_JSON} sha256 (edited manifest)"), expected, found));
+            }
+        }
+        (Err(err), _) => report.findings.push(finding(MANIFEST_SHA256, "present", err.to_string())),
+        (_, Err(err)) => report.findings.push(finding(MANIFEST_JSON, "present", err.to_string())),
+    }
+    let manifest = match Manifest::read(&dir) {
+        Ok(m) => m,
+        Err(err) => {
+            report.findings.push(finding(MANIFEST_JSON, "a readable manifest", err.to_string()));
+            return Ok(report);
+        }
+    };
+
+    // Every file.
+    let mut listed = std::collections::BTreeSet::new();
+    for entry in &manifest.files {
+        listed.insert(entry.path.clone());
+        let file = dir.join(&entry.path);
+        if !file.is_file() {
+            report.findings.push(finding(format!("file {}", entry.path), "present", "missing"));
+            continue;
+        }
+        let (size, sha256) = sha256_file(&file).await?;
+        report.files_checked += 1;
+        if size != entry.size {
+            report.findings.push(finding(format!("file {} size", entry.path), entry.size.to_string(), size.to_string()));
+        } else if sha256 != entry.sha256 {
+            report.findings.push(finding(format!("file {} sha256", entry.path), entry.sha256.clone(), sha256));
+        }
+    }
+    for rel in list_files(&dir)? {
+        if !listed.contains(&rel) && rel != "FAILED.txt" {
+            report.findings.push(finding(format!("file {rel}"), "not in the backup", "present"));
+        }
+    }
+
+    // The restore.
+    if let Some(pg) = &manifest.postgres {
+        let restored = restore_and_observe(&dir.join(&pg.custom_dump), options).await?;
+        match restored {
+            Err(detail) => report.findings.push(finding(format!("restore of {}", pg.custom_dump), "pg_restore succeeds", detail)),
+            Ok(found) => {
+                report.tables_checked = compare_tables(&pg.tables, &found, &mut report.findings);
+            }
+        }
+    }
+    if let Some(redis) = &manifest.redis {
+        let rdb = rdb_path(&dir, redis);
+        match rdb_facts(&rdb).await {
+            Ok(facts) => {
+                report.redis_checked = true;
+                if facts.keys != redis.keys {
+                    report.findings.push(finding("redis key count", redis.keys.to_string(), facts.keys.to_string()));
+                } else if facts.digest != redis.digest {
+                    report.findings.push(finding("redis digest", redis.digest.clone(), facts.digest));
+                }
+            }
+            Err(err) => report.findings.push(finding(format!("redis {}", redis.rdb), "a loadable RDB", err.to_string())),
+        }
+    }
+    report.passed = report.findings.is_empty();
+    Ok(report)
+}
+
+/// Compares the manifest's tables with the restored ones; returns how many were compared.
+pub(crate) fn compare_tables(expected: &[TableFacts], found: &[TableFacts], findings: &mut Vec<Finding>) -> usize {
+    let mut compared = 0;
+    for want in expected {
+        let label = format!("{}.{}", want.schema, want.name);
+        match found.iter().find(|t| t.schema == want.schema && t.name == want.name) {
+            None => findings.push(finding(format!("table {label}"), "restored", "missing")),
+            Some(got) => {
+                compared += 1;
+                if got.rows != want.rows {
+                    findings.push(finding(format!("table {label} rows"), want.rows.to_string(), got.rows.to_string()));
+                } else if got.digest != want.digest {
+                    findings.push(finding(format!("table {label} digest"), want.digest.clone(), got.digest.clone()));
+                }
+            }
+        }
+    }
+    for got in found {
+        if !expected.iter().any(|t| t.schema == got.schema && t.name == got.name) {
+            findings.push(finding(format!("table {}.{}", got.schema, got.name), "not in the backup", "present"));
+        }
+    }
+    compared
+}
+
+static SCRATCH_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+/// Restores a custom dump into a new database on the scratch server and reads its table
+/// facts; the database is dropped afterwards. `Ok(Err(..))` is a failed restore (a finding).
+async fn restore_and_observe(dump: &Path, options: &VerifyOptions) -> Result<Result<Vec<TableFacts>, String>, BackupError> {
+    let n = SCRATCH_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let db = format!("rr_verify_{}_{n}", std::process::id());
+    crate::pg::create_database(&options.scratch, &db).await.map_err(BackupError::pg("create the scratch database"))?;
+    let result = restore_into(dump, &options.scratch.with_dbname(&db), &options.tools).await;
+    let admin = options.scratch.connect().await.map_err(BackupError::pg("connect to the scratch server"))?;
+    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&db))).await;
+    result
+}
+
+/// Restores `dump` into the (empty) database of `target` with pg_restore and reads every
+/// table's facts.
+///
+/// # Errors
+/// `Err` when the server cannot be reached; `Ok(Err(..))` when pg_restore fails.
+pub async fn restore_into(
+    dump: &Path,
+    target: &ConnParams,
+    tools: &PgTools,
+) -> Result<Result<Vec<TableFacts>, String>, BackupError> {
+    let pg_restore = tools.tool("pg_restore").map_err(BackupError::pg("find pg_restore"))?;
+    let run = ToolRun::new("pg_restore", pg_restore, format!("restoring {}", dump.display()))
+        .args([
+            "--exit-on-error".to_owned(),
+            "--no-owner".to_owned(),
+            "--no-privileges".to_owned(),
+            "--jobs=2".to_owned(),
+            "-d".to_owned(),
+            target.dbname.clone(),
+            dump.display().to_string(),
+        ])
+        .envs(target.libpq_env());
+    if let Err(err) = run.output().await {
+        return Ok(Err(tail(&err.to_string(), 6)));
+    }
+    let client = target.connect().await.map_err(BackupError::pg("connect to the restored database"))?;
+    Ok(Ok(table_facts(&client).await?))
+}

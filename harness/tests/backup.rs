@@ -1,0 +1,752 @@
+//! The backup engine against real things: a private PostgreSQL with a writer running, a real
+//! redis-server, the real terraform binary, moto's S3 server; then `verify_backup` against each
+//! kind of corruption.
+
+use std::io::Write as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use harness::backup::{
+    BackupError, BackupOptions, DecryptionKey, EncryptionKey, OffsiteTarget, PgSource, RedisSource, S3Target, VerifyOptions,
+    VerifyReport, backup, restore_into, verify_backup,
+};
+use harness::data::{DatasetSpec, load_dataset};
+use harness::facts::table_facts;
+use harness::keep::ScratchDir;
+use harness::pg::{LocalOptions, LocalPostgres, PgError, PostgresProvider, Secret, create_database};
+
+/// A password nobody would write by accident: if it shows up anywhere, it leaked.
+const PASSWORD: &str = "Zq8-titanium-SECRET-4417-backup";
+const REDIS_PASSWORD: &str = "Rd5-redis-SECRET-9921-backup";
+const AGE_PASSPHRASE: &str = "Ag3-age-SECRET-passphrase-5150";
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+
+/// Everything any test logs, at every level, to check that no secret is in it.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buf = Arc::new(Mutex::new(Vec::new()));
+        let writer = buf.clone();
+        let _ = tracing_subscriber::fmt()
+            .with_max_level(tracing::Level::TRACE)
+            .with_ansi(false)
+            .with_writer(move || LogWriter(writer.clone()))
+            .try_init();
+        buf
+    })
+    .clone()
+}
+
+struct LogWriter(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("log buffer").extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Under `CI=true` a missing prerequisite fails; elsewhere the test prints why and skips.
+fn prerequisite(tool: &str, why: &str) -> Result<bool> {
+    if which::which(tool).is_ok() {
+        return Ok(true);
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        bail!("{tool} is required under CI=true ({why})");
+    }
+    eprintln!("SKIPPED: {tool} is not installed ({why})");
+    Ok(false)
+}
+
+async fn source_db(spec: DatasetSpec) -> Result<LocalPostgres> {
+    let pg = LocalPostgres::start(LocalOptions { password: Some(Secret::new(PASSWORD)), ..LocalOptions::titanium() })
+        .await
+        .context("start source postgres")?;
+    let client = pg.socket_params().connect().await?;
+    load_dataset(&client, &spec).await?;
+    Ok(pg)
+}
+
+fn pg_source(pg: &LocalPostgres) -> PgSource {
+    PgSource::Direct { params: pg.params(), tools: pg.tools().clone() }
+}
+
+fn options(dest: &Path, name: &str, pg: &LocalPostgres) -> BackupOptions {
+    let mut o = BackupOptions::new(dest);
+    o.name = Some(name.to_owned());
+    o.cluster = Some("test".to_owned());
+    o.postgres = Some(pg_source(pg));
+    o.local_tools = Some(pg.tools().clone());
+    o
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// A real redis-server on loopback, password from a private config file (not argv).
+struct Redis {
+    child: std::process::Child,
+    port: u16,
+    _dir: ScratchDir,
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_redis() -> Result<Redis> {
+    let dir = ScratchDir::new("backup-test-redis-", "test redis")?;
+    let port = free_port();
+    let conf = dir.path().join("redis.conf");
+    harness::keep::write_private(
+        &conf,
+        format!(
+            "port {port}\nbind 127.0.0.1\ndir {}\nsave \"\"\nappendonly no\nrequirepass {REDIS_PASSWORD}\n",
+            dir.path().display()
+        )
+        .as_bytes(),
+    )?;
+    let child = std::process::Command::new("redis-server")
+        .arg(&conf)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start redis-server")?;
+    let redis = Redis { child, port, _dir: dir };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(mut conn) = redis_conn(port).await
+            && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+        {
+            return Ok(redis);
+        }
+        ensure!(Instant::now() < deadline, "redis-server on port {port} did not answer within 20 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+async fn redis_conn(port: u16) -> Result<redis::aio::MultiplexedConnection> {
+    let client = redis::Client::open(format!("redis://:{REDIS_PASSWORD}@127.0.0.1:{port}/"))?;
+    Ok(client.get_multiplexed_async_connection().await?)
+}
+
+/// Fills Redis with every value type; returns the number of keys.
+async fn fill_redis(port: u16) -> Result<u64> {
+    let mut conn = redis_conn(port).await?;
+    for i in 0..50 {
+        redis::cmd("SET").arg(format!("session:{i}")).arg(format!("user-{i}\x00\u{fffd}")).query_async::<()>(&mut conn).await?;
+    }
+    redis::cmd("RPUSH").arg("queue").arg(&["a", "b", "c"]).query_async::<()>(&mut conn).await?;
+    redis::cmd("SADD").arg("tags").arg(&["x", "y"]).query_async::<()>(&mut conn).await?;
+    redis::cmd("HSET").arg("user:1").arg(&["name", "amber", "role", "admin"]).query_async::<()>(&mut conn).await?;
+    redis::cmd("ZADD").arg("board").arg(&["1.5", "a", "2", "b"]).query_async::<()>(&mut conn).await?;
+    redis::cmd("SELECT").arg(3).query_async::<()>(&mut conn).await?;
+    redis::cmd("SET").arg("other-db").arg("1").query_async::<()>(&mut conn).await?;
+    Ok(55)
+}
+
+/// Inserts users and posts until stopped; counts what it inserted.
+struct Writer {
+    stop: Arc<AtomicBool>,
+    inserted: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<Result<()>>,
+}
+
+fn start_writer(pg: &LocalPostgres) -> Writer {
+    let params = pg.params();
+    let stop = Arc::new(AtomicBool::new(false));
+    let inserted = Arc::new(AtomicU64::new(0));
+    let (s, n) = (stop.clone(), inserted.clone());
+    let task = tokio::spawn(async move {
+        let client = params.connect().await?;
+        let mut i = 0u64;
+        while !s.load(Ordering::Relaxed) {
+            i += 1;
+            let name = format!("writer_{i}");
+            client
+                .execute(
+                    "WITH u AS (INSERT INTO users (username, email, password_hash) VALUES ($1::text, $1::text || '@w.example', 'x') \
+                     RETURNING username) INSERT INTO posts (title, content, author) SELECT 'during backup', 'tab\there', username FROM u",
+                    &[&name],
+                )
+                .await?;
+            n.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    });
+    Writer { stop, inserted, task }
+}
+
+impl Writer {
+    async fn wait_for(&self, rows: u64) -> Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while self.inserted.load(Ordering::Relaxed) < rows {
+            ensure!(!self.task.is_finished(), "the writer stopped early (its error is returned by stop)");
+            ensure!(Instant::now() < deadline, "the writer did not insert {rows} rows in 30 s");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        Ok(())
+    }
+
+    async fn stop(self) -> Result<u64> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.task.await??;
+        Ok(self.inserted.load(Ordering::Relaxed))
+    }
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![dir.to_path_buf()];
+    let mut i = 0;
+    while i < out.len() {
+        if out[i].is_dir() {
+            let mut children: Vec<PathBuf> =
+                std::fs::read_dir(&out[i]).expect("readable").map(|e| e.expect("entry").path()).collect();
+            children.sort();
+            out.extend(children);
+        }
+        i += 1;
+    }
+    out
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).expect("stat").permissions().mode() & 0o777
+}
+
+fn assert_private(path: &Path) {
+    for p in walk(path) {
+        let want = if p.is_dir() { 0o700 } else { 0o600 };
+        assert_eq!(mode(&p), want, "{} has mode {:o}", p.display(), mode(&p));
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) -> Result<()> {
+    for p in walk(from) {
+        let rel = p.strip_prefix(from)?;
+        let dest = to.join(rel);
+        if p.is_dir() {
+            std::fs::create_dir_all(&dest)?;
+        } else {
+            std::fs::copy(&p, &dest)?;
+        }
+    }
+    Ok(())
+}
+
+fn flip_byte(path: &Path, offset_fraction: f64) -> Result<()> {
+    let mut bytes = std::fs::read(path)?;
+    let at = ((bytes.len() as f64) * offset_fraction) as usize;
+    bytes[at] ^= 0x01;
+    std::fs::write(path, bytes)?;
+    Ok(())
+}
+
+/// A scratch PostgreSQL for restores and `verify`.
+async fn scratch_pg() -> Result<LocalPostgres> {
+    LocalPostgres::start(LocalOptions::default()).await.context("start scratch postgres")
+}
+
+fn verify_options(scratch: &LocalPostgres) -> VerifyOptions {
+    VerifyOptions { scratch: scratch.socket_params(), tools: scratch.tools().clone(), decryption: None }
+}
+
+fn first(report: &VerifyReport) -> String {
+    report.first_mismatch().map(ToString::to_string).unwrap_or_else(|| "<no mismatch>".to_owned())
+}
+
+fn secret_free(what: &str, text: &[u8]) {
+    for secret in [PASSWORD, REDIS_PASSWORD, AGE_PASSPHRASE] {
+        assert!(
+            !text.windows(secret.len()).any(|w| w == secret.as_bytes()),
+            "the secret {secret:?} appears in {what}"
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Result<()> {
+    let logs = logs();
+    let pg = source_db(DatasetSpec::new(11, 300, 2_000)).await?;
+    let have_redis = prerequisite("redis-server", "Redis backup")?;
+    let have_terraform = prerequisite("terraform", "Terraform state backup")?;
+    let redis = if have_redis { Some(start_redis().await?) } else { None };
+    let redis_keys = match &redis {
+        Some(r) => fill_redis(r.port).await?,
+        None => 0,
+    };
+    let tf = ScratchDir::new("backup-test-tf-", "terraform configuration")?;
+    if have_terraform {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/terraform/main.tf"),
+            tf.path().join("main.tf"),
+        )?;
+        for args in [&["init", "-input=false"][..], &["apply", "-auto-approve", "-input=false"][..]] {
+            let out = duct::cmd("terraform", args).dir(tf.path()).stdout_capture().stderr_capture().unchecked().run()?;
+            ensure!(out.status.success(), "terraform {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+    }
+
+    let dest = ScratchDir::new("backup-test-dest-", "backup destination")?;
+    let offsite = ScratchDir::new("backup-test-offsite-", "off-site directory")?;
+    let mut opts = options(dest.path(), "titanium-consistency", &pg);
+    if let Some(r) = &redis {
+        opts.redis = Some(RedisSource::Direct {
+            host: "127.0.0.1".to_owned(),
+            port: r.port,
+            password: Some(Secret::new(REDIS_PASSWORD)),
+        });
+    }
+    if have_terraform {
+        opts.terraform_dir = Some(tf.path().to_path_buf());
+    }
+    opts.offsite = vec![OffsiteTarget::Directory(offsite.path().to_path_buf())];
+    secret_free("the options' Debug output", format!("{opts:?}").as_bytes());
+
+    // A writer inserts throughout the backup.
+    let writer = start_writer(&pg);
+    if let Err(err) = writer.wait_for(20).await {
+        return Err(writer.stop().await.err().unwrap_or(err));
+    }
+    let report = backup(&opts).await.context("backup")?;
+    let before_stop = writer.inserted.load(Ordering::Relaxed);
+    let written = writer.stop().await?;
+    ensure!(written > before_stop || written >= 20, "the writer wrote during the backup");
+
+    let manifest = &report.manifest;
+    let pgm = manifest.postgres.as_ref().context("postgres part")?;
+    let users = pgm.tables.iter().find(|t| t.name == "users").context("users facts")?;
+    let posts = pgm.tables.iter().find(|t| t.name == "posts").context("posts facts")?;
+    // The snapshot fell inside the writer's run: some of its rows are in, later ones are not.
+    assert!(users.rows > 300, "the snapshot includes rows written before it ({})", users.rows);
+    assert_eq!(users.rows - 300, posts.rows - 2_000, "each writer transaction adds one user and one post");
+    let live = pg.socket_params().connect().await?;
+    let live_users: i64 = live.query_one("SELECT count(*) FROM users", &[]).await?.get(0);
+    assert!(live_users as u64 > users.rows, "rows written after the snapshot are not in it ({live_users} live)");
+
+    // Every artifact is there, private, and listed with the right checksum.
+    assert!(report.dir.ends_with("titanium-consistency"));
+    assert!(!dest.path().join("titanium-consistency.partial").exists());
+    for rel in [
+        "postgres/titanium.dump",
+        "postgres/titanium-full.sql",
+        "postgres/titanium-schema.sql",
+        "postgres/titanium-data.sql",
+        "postgres/tables/public.users.sql",
+        "postgres/tables/public.posts.sql",
+        "postgres/globals.sql",
+        "MANIFEST.json",
+        "MANIFEST.json.sha256",
+        "BACKUP_MANIFEST.txt",
+    ] {
+        assert!(report.dir.join(rel).is_file(), "{rel} is missing");
+    }
+    assert_private(&report.dir);
+    let archive = report.archive.as_ref().context("archive")?;
+    assert_eq!(mode(&archive.path), 0o600);
+    assert_eq!(mode(Path::new(&format!("{}.sha256", archive.path.display()))), 0o600);
+    assert_eq!(report.offsite.len(), 1);
+    assert_eq!(report.offsite[0].sha256, archive.sha256);
+    assert_eq!(mode(Path::new(&report.offsite[0].location)), 0o600);
+    assert!(!manifest.steps.is_empty() && manifest.tools.contains_key("pg_dump"));
+    let txt = std::fs::read_to_string(report.dir.join("BACKUP_MANIFEST.txt"))?;
+    assert!(txt.contains(&pgm.snapshot_id) && txt.contains(&users.digest), "the human manifest names snapshot and digests");
+
+    // The custom dump restores to exactly the manifest's counts and digests.
+    let target = scratch_pg().await?;
+    let admin = target.socket_params();
+    create_database(&admin, "from_custom").await?;
+    let restored = restore_into(&report.dir.join(&pgm.custom_dump), &admin.with_dbname("from_custom"), target.tools())
+        .await?
+        .map_err(anyhow::Error::msg)?;
+    assert_eq!(restored, pgm.tables, "restored custom dump = manifest, exactly");
+
+    // The plain SQL restores to the same facts; so do schema-only + data-only.
+    let psql = |db: &'static str, files: Vec<PathBuf>| {
+        let (admin, params) = (admin.clone(), admin.with_dbname(db));
+        let tools = target.tools().clone();
+        async move {
+            create_database(&admin, db).await?;
+            for f in files {
+                tools.psql_file(&params, &f).await?;
+            }
+            let client = params.connect().await?;
+            Ok::<_, anyhow::Error>(table_facts(&client).await?)
+        }
+    };
+    assert_eq!(psql("from_plain", vec![report.dir.join(&pgm.plain)]).await?, pgm.tables, "plain SQL");
+    assert_eq!(
+        psql("from_split", vec![report.dir.join(&pgm.schema_only), report.dir.join(&pgm.data_only)]).await?,
+        pgm.tables,
+        "schema-only then data-only"
+    );
+    let users_only = psql("from_table", vec![report.dir.join(&pgm.table_files["public.users"])]).await?;
+    assert_eq!(users_only, vec![users.clone()], "the users file holds exactly the users table");
+    let globals = std::fs::read_to_string(report.dir.join(&pgm.globals))?;
+    assert!(globals.contains("CREATE ROLE postgres"), "globals hold the roles");
+
+    if redis.is_some() {
+        let r = manifest.redis.as_ref().context("redis part")?;
+        assert_eq!(r.keys, redis_keys);
+        assert!(report.dir.join("redis/dump.rdb").is_file());
+    }
+    if have_terraform {
+        let t = manifest.terraform.as_ref().context("terraform part")?;
+        assert_eq!(t.resource_count, 5);
+        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(report.dir.join(&t.state))?)?;
+        assert_eq!(state["resources"].as_array().map(Vec::len), Some(3), "state pull holds the three resource blocks");
+        let outputs: serde_json::Value = serde_json::from_slice(&std::fs::read(report.dir.join(&t.outputs))?)?;
+        assert_eq!(outputs["cluster_name"]["value"], "solid-cloud-titanium");
+    }
+
+    // verify: the directory and the archive both pass (the negative control for the next test).
+    let v = verify_backup(&report.dir, &verify_options(&target)).await?;
+    assert!(v.passed, "verify of the directory: {}", first(&v));
+    assert_eq!(v.tables_checked, 2);
+    assert_eq!(v.redis_checked, redis.is_some());
+    let v = verify_backup(&archive.path, &verify_options(&target)).await?;
+    assert!(v.passed, "verify of the archive: {}", first(&v));
+
+    // No secret in any backup file, the manifest, the report or the logs.
+    for p in walk(&report.dir) {
+        if p.is_file() {
+            secret_free(&p.display().to_string(), &std::fs::read(&p)?);
+        }
+    }
+    secret_free("the report", format!("{report:?}").as_bytes());
+    secret_free("the logs", &logs.lock().expect("logs"));
+    Ok(())
+}
+
+/// A small backup (PostgreSQL only) for the corruption and error tests.
+async fn small_backup(dest: &Path, name: &str) -> Result<(LocalPostgres, harness::backup::BackupReport)> {
+    let pg = source_db(DatasetSpec::new(5, 40, 120)).await?;
+    let report = backup(&options(dest, name, &pg)).await?;
+    Ok((pg, report))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_names_the_first_mismatch_of_each_corruption() -> Result<()> {
+    let dest = ScratchDir::new("backup-test-verify-", "backup destination")?;
+    let (_pg, report) = small_backup(dest.path(), "titanium-verify").await?;
+    let scratch = scratch_pg().await?;
+    let vo = verify_options(&scratch);
+    let v = verify_backup(&report.dir, &vo).await?;
+    assert!(v.passed, "the untouched backup passes: {}", first(&v));
+
+    // One flipped byte in the custom dump.
+    let work = ScratchDir::new("backup-test-corrupt-", "corrupted copies")?;
+    let flipped = work.path().join("flipped");
+    copy_dir(&report.dir, &flipped)?;
+    flip_byte(&flipped.join("postgres/titanium.dump"), 0.5)?;
+    let v = verify_backup(&flipped, &vo).await?;
+    assert!(!v.passed);
+    assert_eq!(v.findings[0].check, "file postgres/titanium.dump sha256", "{}", first(&v));
+
+    // An edited manifest: a row count changed.
+    let edited = work.path().join("edited");
+    copy_dir(&report.dir, &edited)?;
+    let path = edited.join("MANIFEST.json");
+    let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
+    let rows = m["postgres"]["tables"][1]["rows"].as_u64().context("users rows")?;
+    ensure!(m["postgres"]["tables"][1]["name"] == "users");
+    m["postgres"]["tables"][1]["rows"] = (rows + 1).into();
+    let json = serde_json::to_vec_pretty(&m)?;
+    std::fs::write(&path, &json)?;
+    let v = verify_backup(&edited, &vo).await?;
+    assert!(!v.passed);
+    assert_eq!(v.findings[0].check, "MANIFEST.json sha256 (edited manifest)", "{}", first(&v));
+    // Edited with its checksum updated too: the restore still disagrees, and says where.
+    let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
+    std::fs::write(edited.join("MANIFEST.json.sha256"), format!("{digest}  MANIFEST.json\n"))?;
+    let v = verify_backup(&edited, &vo).await?;
+    assert!(!v.passed);
+    assert_eq!(v.findings[0].check, "table public.users rows", "{}", first(&v));
+    assert_eq!(v.findings[0].expected, (rows + 1).to_string());
+    assert_eq!(v.findings[0].found, rows.to_string());
+
+    // A truncated archive (no checksum beside it: the archive itself must give it away).
+    let archive = report.archive.as_ref().context("archive")?;
+    let truncated = work.path().join("truncated.tar.gz");
+    let bytes = std::fs::read(&archive.path)?;
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2])?;
+    let v = verify_backup(&truncated, &vo).await?;
+    assert!(!v.passed);
+    assert!(v.findings[0].check.starts_with("archive "), "{}", first(&v));
+
+    // One flipped byte in the archive, with and without its checksum file.
+    let flipped_archive = work.path().join("flipped.tar.gz");
+    std::fs::copy(&archive.path, &flipped_archive)?;
+    flip_byte(&flipped_archive, 0.6)?;
+    let v = verify_backup(&flipped_archive, &vo).await?;
+    assert!(!v.passed, "a flipped byte inside the compressed stream is caught");
+    std::fs::copy(format!("{}.sha256", archive.path.display()), work.path().join("flipped.tar.gz.sha256"))?;
+    let v = verify_backup(&flipped_archive, &vo).await?;
+    assert!(!v.passed);
+    assert!(v.findings[0].check.ends_with("flipped.tar.gz sha256"), "{}", first(&v));
+
+    // A file added after the fact.
+    let extra = work.path().join("extra");
+    copy_dir(&report.dir, &extra)?;
+    std::fs::write(extra.join("postgres/notes.txt"), "hello")?;
+    let v = verify_backup(&extra, &vo).await?;
+    assert_eq!(v.findings.first().map(|f| f.check.as_str()), Some("file postgres/notes.txt"));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn encrypted_archive_round_trips_and_refuses_a_wrong_key() -> Result<()> {
+    let dest = ScratchDir::new("backup-test-age-", "backup destination")?;
+    let pg = source_db(DatasetSpec::new(9, 30, 60)).await?;
+    let pass_file = dest.path().join("passphrase");
+    harness::keep::write_private(&pass_file, format!("{AGE_PASSPHRASE}\n").as_bytes())?;
+    let mut opts = options(dest.path(), "titanium-age", &pg);
+    opts.encryption = Some(EncryptionKey::PassphraseFile(pass_file.clone()));
+    let report = backup(&opts).await?;
+    let archive = report.archive.clone().context("archive")?;
+    assert!(archive.encrypted && archive.path.to_string_lossy().ends_with(".tar.gz.age"));
+    let head = std::fs::read(&archive.path)?;
+    assert!(head.starts_with(b"age-encryption.org/v1"), "the archive is an age file");
+    secret_free("the encrypted archive", &head);
+
+    let scratch = scratch_pg().await?;
+    let mut vo = verify_options(&scratch);
+    vo.decryption = Some(DecryptionKey::PassphraseFile(pass_file));
+    let v = verify_backup(&archive.path, &vo).await?;
+    assert!(v.passed, "decrypts and verifies: {}", first(&v));
+
+    vo.decryption = Some(DecryptionKey::Passphrase(Secret::new("not the passphrase")));
+    let v = verify_backup(&archive.path, &vo).await?;
+    assert!(!v.passed);
+    assert!(v.findings[0].found.contains("cannot decrypt"), "{}", first(&v));
+    vo.decryption = None;
+    let v = verify_backup(&archive.path, &vo).await?;
+    assert!(v.findings[0].found.contains("no decryption key"), "{}", first(&v));
+
+    // An X25519 recipient and its identity file.
+    let identity = age::x25519::Identity::generate();
+    let id_file = dest.path().join("identity.txt");
+    {
+        use age::secrecy::ExposeSecret;
+        harness::keep::write_private(&id_file, format!("{}\n", identity.to_string().expose_secret()).as_bytes())?;
+    }
+    let mut opts = options(dest.path(), "titanium-age-x25519", &pg);
+    opts.encryption = Some(EncryptionKey::Recipient(identity.to_public().to_string()));
+    let report = backup(&opts).await?;
+    vo.decryption = Some(DecryptionKey::IdentityFile(id_file));
+    let v = verify_backup(&report.archive.context("archive")?.path, &vo).await?;
+    assert!(v.passed, "x25519 round trip: {}", first(&v));
+
+    // A passphrase variable that is not set is named, and nothing is mistaken for a backup.
+    let mut opts = options(dest.path(), "titanium-age-env", &pg);
+    opts.encryption = Some(EncryptionKey::PassphraseEnv("RR_TEST_SURELY_UNSET_PASSPHRASE".to_owned()));
+    let err = backup(&opts).await.expect_err("no passphrase");
+    assert!(matches!(err, BackupError::SecretMissing { .. }), "{err}");
+    assert!(err.to_string().contains("RR_TEST_SURELY_UNSET_PASSPHRASE"));
+    assert!(!dest.path().join("titanium-age-env.tar.gz.age").exists());
+    Ok(())
+}
+
+/// moto's S3 server on loopback, stopped on drop.
+struct Moto {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_moto() -> Result<Moto> {
+    let port = free_port();
+    let child = std::process::Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("start moto_server")?;
+    let moto = Moto { child, port };
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http.get(format!("http://127.0.0.1:{port}/")).send().await.is_err() {
+        ensure!(Instant::now() < deadline, "moto_server did not answer on port {port} within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(moto)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offsite_copy_to_s3_is_checked_by_reading_it_back() -> Result<()> {
+    if !prerequisite("moto_server", "S3 off-site copy; pip install 'moto[server]'")? {
+        return Ok(());
+    }
+    let moto = start_moto().await?;
+    let endpoint = format!("http://127.0.0.1:{}", moto.port);
+    let s3 = S3Target {
+        endpoint: endpoint.clone(),
+        bucket: "titanium-backups".to_owned(),
+        region: "us-east-1".to_owned(),
+        prefix: "rehearsal/".to_owned(),
+        access_key: "testing".to_owned(),
+        secret_key: Secret::new("testing-secret"),
+        path_style: true,
+    };
+    // Create the bucket.
+    let bucket = rusty_s3::Bucket::new(endpoint.parse()?, rusty_s3::UrlStyle::Path, "titanium-backups", "us-east-1")?;
+    let creds = rusty_s3::Credentials::new("testing", "testing-secret");
+    let create = bucket.create_bucket(&creds);
+    let url = rusty_s3::S3Action::sign(&create, Duration::from_secs(60));
+    let body = create.body();
+    let resp = reqwest::Client::new()
+        .put(url)
+        .header(reqwest::header::CONTENT_LENGTH, body.len())
+        .body(body)
+        .send()
+        .await?;
+    ensure!(resp.status().is_success(), "create bucket: {}", resp.status());
+
+    let dest = ScratchDir::new("backup-test-s3-", "backup destination")?;
+    let pg = source_db(DatasetSpec::new(3, 30, 90)).await?;
+    let mut opts = options(dest.path(), "titanium-s3", &pg);
+    opts.offsite = vec![OffsiteTarget::S3(s3.clone())];
+    let report = backup(&opts).await?;
+    let archive = report.archive.context("archive")?;
+    assert_eq!(report.offsite.len(), 1);
+    assert_eq!(report.offsite[0].location, "s3://titanium-backups/rehearsal/titanium-s3.tar.gz");
+    assert_eq!(report.offsite[0].sha256, archive.sha256);
+
+    // Independently of the engine: the object's bytes are the archive's bytes.
+    let get = bucket.get_object(Some(&creds), "rehearsal/titanium-s3.tar.gz");
+    let body = reqwest::Client::new().get(rusty_s3::S3Action::sign(&get, Duration::from_secs(60))).send().await?.bytes().await?;
+    assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)), archive.sha256);
+
+    // A bucket that does not exist is a named error.
+    let mut missing = s3;
+    missing.bucket = "no-such-bucket".to_owned();
+    let err = harness::backup::copy_offsite(&archive, &OffsiteTarget::S3(missing)).await.expect_err("no bucket");
+    assert!(err.to_string().contains("no-such-bucket"), "{err}");
+    secret_free("the error", err.to_string().as_bytes());
+    drop(moto);
+    Ok(())
+}
+
+/// The destination holds exactly `<name>.partial` with `FAILED.txt`, nothing else.
+fn only_partial(dest: &Path, name: &str) -> Result<String> {
+    let entries: Vec<String> =
+        std::fs::read_dir(dest)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<Result<_, _>>()?;
+    assert_eq!(entries, vec![format!("{name}.partial")], "only the .partial is left");
+    let failed = std::fs::read_to_string(dest.join(format!("{name}.partial/FAILED.txt")))?;
+    secret_free("FAILED.txt", failed.as_bytes());
+    Ok(failed)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn clear_errors_leave_only_a_partial_backup() -> Result<()> {
+    let pg = source_db(DatasetSpec::new(1, 5, 5)).await?;
+
+    // Unreachable server.
+    let dest = ScratchDir::new("backup-test-err-", "backup destination")?;
+    let mut opts = options(dest.path(), "unreachable", &pg);
+    let mut params = pg.params();
+    params.port = free_port();
+    opts.postgres = Some(PgSource::Direct { params, tools: pg.tools().clone() });
+    let err = backup(&opts).await.expect_err("unreachable");
+    assert!(matches!(&err, BackupError::Postgres { source: PgError::Connect { .. }, .. }), "{err:?}");
+    let failed = only_partial(dest.path(), "unreachable")?;
+    assert!(failed.contains("could not connect to PostgreSQL at 127.0.0.1"), "{failed}");
+
+    // Wrong password.
+    let dest = ScratchDir::new("backup-test-err-", "backup destination")?;
+    let mut opts = options(dest.path(), "wrong-password", &pg);
+    let mut params = pg.params();
+    params.password = Some(Secret::new("not-the-password"));
+    opts.postgres = Some(PgSource::Direct { params, tools: pg.tools().clone() });
+    let err = backup(&opts).await.expect_err("wrong password");
+    assert!(matches!(&err, BackupError::Postgres { source: PgError::AuthFailed { .. }, .. }), "{err:?}");
+    only_partial(dest.path(), "wrong-password")?;
+
+    // Destination not writable (its parent is a regular file).
+    let dest = ScratchDir::new("backup-test-err-", "backup destination")?;
+    let file = dest.path().join("a-file");
+    std::fs::File::create(&file)?.write_all(b"x")?;
+    let opts = options(&file, "nowhere", &pg);
+    let err = backup(&opts).await.expect_err("not writable");
+    assert!(matches!(&err, BackupError::Io { .. }), "{err:?}");
+    assert!(err.to_string().contains("a-file/nowhere.partial"), "{err}");
+
+    // A name already used is refused, and the existing backup is untouched.
+    let dest = ScratchDir::new("backup-test-err-", "backup destination")?;
+    let opts = options(dest.path(), "twice", &pg);
+    let first_report = backup(&opts).await?;
+    let err = backup(&opts).await.expect_err("exists");
+    assert!(matches!(&err, BackupError::Exists { .. }), "{err:?}");
+    let scratch = scratch_pg().await?;
+    assert!(verify_backup(&first_report.dir, &verify_options(&scratch)).await?.passed);
+
+    // A .partial is never taken for a backup.
+    let partial = dest.path().join("unreachable.partial");
+    std::fs::create_dir(&partial)?;
+    copy_dir(&first_report.dir, &partial)?;
+    std::fs::write(partial.join("FAILED.txt"), "interrupted")?;
+    let v = verify_backup(&partial, &verify_options(&scratch)).await?;
+    assert!(!v.passed && v.findings[0].check == "backup state", "{}", first(&v));
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unordered_digest_survives_a_restore_in_another_physical_order() -> Result<()> {
+    // A table without a primary key, restored elsewhere: same digest; one changed row: another.
+    let pg = scratch_pg().await?;
+    let admin = pg.socket_params();
+    create_database(&admin, "a").await?;
+    let a = admin.with_dbname("a").connect().await?;
+    a.batch_execute(
+        "CREATE TABLE audit (at timestamptz, who text, note text); \
+         INSERT INTO audit SELECT timestamptz '2025-01-01 00:00+09' + g * interval '1 minute', 'u' || (g % 7), \
+             E'line\\nbreak ' || g FROM generate_series(1, 500) g; \
+         INSERT INTO audit SELECT * FROM audit WHERE who = 'u1'; \
+         DELETE FROM audit WHERE who = 'u2';",
+    )
+    .await?;
+    a.batch_execute("VACUUM audit").await?;
+    let before = table_facts(&a).await?;
+    assert!(before[0].ordered_by.is_empty());
+    create_database(&admin, "b").await?;
+    let b = admin.with_dbname("b").connect().await?;
+    b.batch_execute(
+        "SET TimeZone = 'America/New_York'; CREATE TABLE audit (at timestamptz, who text, note text);",
+    )
+    .await?;
+    // Copy the rows over in reverse order.
+    let rows = a.query("SELECT at, who, note FROM audit ORDER BY at DESC, who DESC", &[]).await?;
+    for r in rows {
+        let (at, who, note): (chrono::DateTime<chrono::Utc>, String, String) = (r.get(0), r.get(1), r.get(2));
+        b.execute("INSERT INTO audit VALUES ($1, $2, $3)", &[&at, &who, &note]).await?;
+    }
+    assert_eq!(table_facts(&b).await?, before, "same rows, other order and session time zone");
+    b.execute("UPDATE audit SET note = note || '!' WHERE ctid = (SELECT min(ctid) FROM audit)", &[]).await?;
+    let after = table_facts(&b).await?;
+    assert_eq!(after[0].rows, before[0].rows);
+    assert_ne!(after[0].digest, before[0].digest, "one changed row changes the digest");
+    Ok(())
+}
