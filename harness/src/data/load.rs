@@ -53,15 +53,75 @@ pub async fn load_dataset(client: &tokio_postgres::Client, spec: &DatasetSpec) -
 /// Loads the given rows with binary COPY, then moves both id sequences past the largest id
 /// and refreshes planner statistics.
 ///
+/// Rows are produced on a separate thread while COPY streams, so generation and ingestion
+/// overlap. As a superuser the load runs with `session_replication_role = replica`, which skips
+/// the per-row foreign-key triggers the way `pg_restore --disable-triggers` does; the rows'
+/// referential consistency is the generator's (and its tests') guarantee, and the setting is
+/// restored before returning.
+///
 /// # Errors
 /// [`LoadError`] naming the table that failed.
-pub async fn load_rows(
-    client: &tokio_postgres::Client,
-    users: impl IntoIterator<Item = User>,
-    posts: impl IntoIterator<Item = Post>,
-) -> Result<LoadStats, LoadError> {
+pub async fn load_rows<U, P>(client: &tokio_postgres::Client, users: U, posts: P) -> Result<LoadStats, LoadError>
+where
+    U: IntoIterator<Item = User> + Send + 'static,
+    U::IntoIter: Send,
+    P: IntoIterator<Item = Post> + Send + 'static,
+    P::IntoIter: Send,
+{
     let started = Instant::now();
     let err = |table| move |source| LoadError::Postgres { table, source };
+    let superuser: String = client
+        .query_one("SELECT current_setting('is_superuser')", &[])
+        .await
+        .map_err(err("users"))?
+        .get(0);
+    let skip_triggers = superuser == "on";
+    if skip_triggers {
+        client.batch_execute("SET session_replication_role = replica").await.map_err(err("users"))?;
+    }
+    let result = copy_tables(client, users, posts).await;
+    if skip_triggers {
+        client.batch_execute("RESET session_replication_role").await.map_err(err("posts"))?;
+    }
+    let (user_rows, post_rows) = result?;
+    for table in super::TABLES {
+        let sql = format!(
+            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
+             COALESCE((SELECT max(id) FROM {table}), 1), (SELECT count(*) > 0 FROM {table})); ANALYZE {table}"
+        );
+        client.batch_execute(&sql).await.map_err(err(table))?;
+    }
+    Ok(LoadStats { users: user_rows, posts: post_rows, elapsed: started.elapsed() })
+}
+
+/// Rows are handed from the generator thread in batches of this many.
+const BATCH: usize = 2048;
+
+/// Runs `rows` on a blocking thread, sending batches through a bounded channel.
+fn produce<T: Send + 'static>(rows: impl IntoIterator<Item = T, IntoIter: Send> + Send + 'static) -> tokio::sync::mpsc::Receiver<Vec<T>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(8);
+    let iter = rows.into_iter();
+    tokio::task::spawn_blocking(move || {
+        let mut iter = iter;
+        loop {
+            let batch: Vec<T> = iter.by_ref().take(BATCH).collect();
+            if batch.is_empty() || tx.blocking_send(batch).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+async fn copy_tables<U, P>(client: &tokio_postgres::Client, users: U, posts: P) -> Result<(u64, u64), LoadError>
+where
+    U: IntoIterator<Item = User> + Send + 'static,
+    U::IntoIter: Send,
+    P: IntoIterator<Item = Post> + Send + 'static,
+    P::IntoIter: Send,
+{
+    let err = |table| move |source| LoadError::Postgres { table, source };
+    let mut users = produce(users);
 
     let sink = client
         .copy_in("COPY users (id, username, email, password_hash, created_at) FROM STDIN (FORMAT binary)")
@@ -69,11 +129,14 @@ pub async fn load_rows(
         .map_err(err("users"))?;
     let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::VARCHAR, Type::VARCHAR, Type::VARCHAR, Type::TIMESTAMP]);
     pin_mut!(writer);
-    for u in users {
-        let row: [&(dyn ToSql + Sync); 5] = [&u.id, &u.username, &u.email, &u.password_hash, &u.created_at];
-        writer.as_mut().write(&row).await.map_err(err("users"))?;
+    while let Some(batch) = users.recv().await {
+        for u in batch {
+            let row: [&(dyn ToSql + Sync); 5] = [&u.id, &u.username, &u.email, &u.password_hash, &u.created_at];
+            writer.as_mut().write(&row).await.map_err(err("users"))?;
+        }
     }
     let user_rows = writer.finish().await.map_err(err("users"))?;
+    let mut posts = produce(posts);
 
     let sink = client
         .copy_in("COPY posts (id, title, content, author, created_at, updated_at) FROM STDIN (FORMAT binary)")
@@ -84,18 +147,12 @@ pub async fn load_rows(
         &[Type::INT4, Type::VARCHAR, Type::TEXT, Type::VARCHAR, Type::TIMESTAMP, Type::TIMESTAMP],
     );
     pin_mut!(writer);
-    for p in posts {
-        let row: [&(dyn ToSql + Sync); 6] = [&p.id, &p.title, &p.content, &p.author, &p.created_at, &p.updated_at];
-        writer.as_mut().write(&row).await.map_err(err("posts"))?;
+    while let Some(batch) = posts.recv().await {
+        for p in batch {
+            let row: [&(dyn ToSql + Sync); 6] = [&p.id, &p.title, &p.content, &p.author, &p.created_at, &p.updated_at];
+            writer.as_mut().write(&row).await.map_err(err("posts"))?;
+        }
     }
     let post_rows = writer.finish().await.map_err(err("posts"))?;
-
-    for table in super::TABLES {
-        let sql = format!(
-            "SELECT setval(pg_get_serial_sequence('{table}', 'id'), \
-             COALESCE((SELECT max(id) FROM {table}), 1), (SELECT count(*) > 0 FROM {table})); ANALYZE {table}"
-        );
-        client.batch_execute(&sql).await.map_err(err(table))?;
-    }
-    Ok(LoadStats { users: user_rows, posts: post_rows, elapsed: started.elapsed() })
+    Ok((user_rows, post_rows))
 }
