@@ -246,6 +246,25 @@ fn allocate_service_fields(view: &View<'_>, obj: &mut Value) {
     }
 }
 
+/// The DefaultStorageClass admission step: a claim that names no class (the field is absent,
+/// not `""`) gets the class annotated as the default.
+fn default_storage_class(view: &View<'_>, obj: &mut Value) {
+    if obj.pointer("/spec/storageClassName").is_some_and(|v| !v.is_null()) {
+        return;
+    }
+    let default = view
+        .list("storage.k8s.io/storageclasses", None)
+        .into_iter()
+        .filter(|sc| {
+            sc.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true")
+        })
+        .max_by_key(|sc| sc.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned())
+        .and_then(|sc| meta(sc, "name").map(str::to_owned));
+    if let (Some(name), Some(spec)) = (default, obj.get_mut("spec").and_then(Value::as_object_mut)) {
+        spec.insert("storageClassName".into(), Value::String(name));
+    }
+}
+
 fn crd_status(obj: &mut Value) {
     let names = obj.pointer("/spec/names").cloned().unwrap_or(json!({}));
     let stored: Vec<Value> = obj
@@ -316,6 +335,7 @@ fn prepare_create(view: &View<'_>, rt: &ResourceType, ns: &str, mut obj: Value) 
         }
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "PersistentVolumeClaim") => default_storage_class(view, &mut obj),
         ("", "Service") => allocate_service_fields(view, &mut obj),
         ("", "Pod") => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
@@ -714,6 +734,10 @@ pub fn patch(
         ));
     }
     let p = decode_body(body, ptype == PatchType::Apply)?;
+    if ptype == PatchType::Json {
+        serde_json::from_value::<json_patch::Patch>(p.clone())
+            .map_err(|e| ApiError::bad_request(format!("invalid JSON patch: {e}")))?;
+    }
     let manager = opts.field_manager.clone().unwrap_or_default();
     if ptype == PatchType::Apply {
         if manager.is_empty() {

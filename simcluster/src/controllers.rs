@@ -116,6 +116,7 @@ fn garbage_collect(store: &Store) {
         let mut keep = Vec::new();
         let mut foreground_owner = false;
         let mut alive = 0;
+        let mut orphaning = 0;
         for r in refs {
             let uid = r.get("uid").and_then(Value::as_str).unwrap_or_default();
             match by_uid.get(uid) {
@@ -123,6 +124,7 @@ fn garbage_collect(store: &Store) {
                     let fins = api::finalizers(owner);
                     let deleting = owner.pointer("/metadata/deletionTimestamp").is_some();
                     if deleting && fins.iter().any(|f| f == "orphan") {
+                        orphaning += 1;
                         continue;
                     }
                     if deleting && fins.iter().any(|f| f == "foregroundDeletion") {
@@ -139,7 +141,7 @@ fn garbage_collect(store: &Store) {
             by_uid.get(r.get("uid").and_then(Value::as_str).unwrap_or_default()).is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some())
         }) {
             delete_obj(store, key, obj, Propagation::Foreground);
-        } else if alive == 0 {
+        } else if alive == 0 && orphaning == 0 {
             delete_obj(store, key, obj, Propagation::Background);
         } else if keep.len() != refs.len() {
             let ns = meta(obj, "namespace").to_owned();

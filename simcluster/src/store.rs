@@ -117,6 +117,7 @@ struct Inner {
 /// The in-memory object store shared by the API server and the controllers.
 pub struct Store {
     inner: Mutex<Inner>,
+    history: usize,
     registry: RwLock<Registry>,
     tx: broadcast::Sender<Arc<WatchEvent>>,
 }
@@ -144,8 +145,14 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 impl Store {
     /// An empty store with the built-in kinds registered.
     pub fn new() -> Self {
+        Self::with_history(HISTORY)
+    }
+
+    /// A store that keeps only the last `history` events for watches to resume from.
+    pub fn with_history(history: usize) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST);
         Store {
+            history: history.max(1),
             inner: Mutex::new(Inner { rv: 1, objects: HashMap::new(), history: VecDeque::new(), floor: 1 }),
             registry: RwLock::new(Registry::default()),
             tx,
@@ -277,7 +284,7 @@ impl Store {
     fn emit(&self, inner: &mut Inner, ev: WatchEvent) {
         let ev = Arc::new(ev);
         inner.history.push_back(ev.clone());
-        while inner.history.len() > HISTORY {
+        while inner.history.len() > self.history {
             if let Some(old) = inner.history.pop_front() {
                 inner.floor = old.rv;
             }
@@ -366,5 +373,18 @@ mod tests {
         let w = store.watch("/configmaps", None, None).expect("watch");
         assert_eq!(w.initial.len(), 1);
         assert!(store.watch("/configmaps", None, Some(0)).is_err());
+    }
+
+    #[test]
+    fn watch_from_compacted_history_is_gone() {
+        let store = Store::with_history(2);
+        let start = store.resource_version();
+        for name in ["a", "b", "c"] {
+            put(&store, name, "1");
+        }
+        let err = store.watch("/configmaps", None, Some(start)).err().expect("gone");
+        assert_eq!((err.code, err.reason), (410, "Expired"));
+        let w = store.watch("/configmaps", None, Some(start + 1)).expect("still retained");
+        assert_eq!(w.initial.len(), 2);
     }
 }

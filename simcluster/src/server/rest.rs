@@ -196,6 +196,10 @@ pub(super) async fn handle(
                     "the body of the request was in an unknown format ({ct}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
                 ))
             })?;
+            if ptype == PatchType::Apply && store.get(&rt.key(), &ns_str, &name).is_none() {
+                // An apply that creates the object also needs the create permission.
+                check_access(st, &rt, &ns_str, "create", None)?;
+            }
             let body = read_body(req).await?;
             let (obj, created) = api::patch(store, &rt, &ns_str, &name, ptype, &body, None, &write_options(&q))?;
             let code = if created { StatusCode::CREATED } else { StatusCode::OK };
