@@ -201,3 +201,115 @@ async fn an_unconfirmed_destroy_of_an_existing_cluster_is_refused_before_any_cal
     let mut cluster = KubeconfigCluster::attach(Some(path), None, vec!["titanium-prod".into()], wrong).unwrap();
     assert!(matches!(cluster.destroy().await.unwrap_err(), ClusterError::DestroyRefused { .. }));
 }
+
+mod against_the_simulator {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use harness::cluster::sim::{SimOptions, SimProvider};
+    use harness::preflight::{CheckStatus, Permission, PreflightOptions};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, ListParams};
+
+    use super::*;
+
+    /// The `simcluster` binary, built on demand when this test runs on its own.
+    fn simcluster_bin() -> PathBuf {
+        let bin = repo().join("target/debug/simcluster");
+        if !bin.is_file() {
+            let status = Command::new(env!("CARGO")).args(["build", "-q", "-p", "simcluster", "--bin", "simcluster"]).current_dir(repo()).status().unwrap();
+            assert!(status.success(), "could not build simcluster");
+        }
+        bin
+    }
+
+    /// `simcluster serve` as a separate process, as if it were a remote cluster.
+    struct Served {
+        child: Child,
+        kubeconfig: PathBuf,
+        _dir: tempfile::TempDir,
+    }
+
+    impl Served {
+        fn start(extra: &[&str]) -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            let kubeconfig = dir.path().join("kubeconfig");
+            let child = Command::new(simcluster_bin())
+                .args(["serve", "--name", "remote-solid", "--state-dir"])
+                .arg(dir.path().join("state"))
+                .arg("--kubeconfig")
+                .arg(&kubeconfig)
+                .args(extra)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while !kubeconfig.exists() {
+                assert!(Instant::now() < deadline, "simcluster serve wrote no kubeconfig");
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Self { child, kubeconfig, _dir: dir }
+        }
+    }
+
+    impl Drop for Served {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = self.child.wait();
+        }
+    }
+
+    #[tokio::test]
+    async fn the_sim_provider_serves_a_cluster_and_destroy_leaves_nothing() {
+        let mut cluster = SimProvider::create(SimOptions { kind_config: Some(repo().join("kind-config/prod-3-node.yaml")), ..SimOptions::default() })
+            .await
+            .expect("start the simulator");
+        let client = cluster.client().await.unwrap();
+        let namespaces = Api::<Namespace>::all(client).list(&ListParams::default()).await.unwrap();
+        assert!(namespaces.items.iter().any(|n| n.metadata.name.as_deref() == Some("default")));
+        let state = cluster.state_dir().to_path_buf();
+        assert!(state.exists());
+        cluster.destroy().await.expect("destroy");
+        assert!(!state.exists(), "state directory survived destroy");
+        assert!(cluster.client().await.is_err() || {
+            let client = cluster.client().await.unwrap();
+            Api::<Namespace>::all(client).list(&ListParams::default()).await.is_err()
+        }, "the API still answers after destroy");
+    }
+
+    #[tokio::test]
+    async fn kubeconfig_provider_attaches_to_a_served_cluster_and_never_destroys_unconfirmed() {
+        let served = Served::start(&[]);
+        let mut cluster = KubeconfigCluster::attach(Some(served.kubeconfig.clone()), None, vec!["default".into()], DestroyGate::Refuse).unwrap();
+        assert_eq!(cluster.name(), "remote-solid");
+        let client = cluster.client().await.unwrap();
+        let api = Api::<Namespace>::all(client);
+        assert!(api.get_opt("default").await.unwrap().is_some());
+        assert!(matches!(cluster.destroy().await, Err(ClusterError::DestroyRefused { .. })));
+        assert!(api.get_opt("default").await.unwrap().is_some(), "a refused destroy must not delete anything");
+    }
+
+    fn permission_statuses(report: &harness::preflight::PreflightReport) -> Vec<(String, CheckStatus)> {
+        report.checks.iter().filter(|c| c.name.starts_with("permission:")).map(|c| (c.name.clone(), c.status)).collect()
+    }
+
+    #[tokio::test]
+    async fn preflight_permissions_are_green_when_allowed_and_red_when_one_is_denied() {
+        for (deny, expect_denied) in [(None, None), (Some("create:statefulsets.apps:titanium-prod"), Some("create statefulsets.apps -n titanium-prod"))] {
+            let args: Vec<&str> = deny.map(|d| vec!["--deny", d]).unwrap_or_default();
+            let served = Served::start(&args);
+            let cluster = KubeconfigCluster::attach(Some(served.kubeconfig.clone()), None, vec![], DestroyGate::Refuse).unwrap();
+            let mut options = PreflightOptions::runbook("titanium-prod", std::env::temp_dir());
+            options.permissions = Permission::runbook("titanium-prod");
+            let report = harness::preflight::run(cluster.client().await.unwrap(), &options).await;
+            for (name, status) in permission_statuses(&report) {
+                let denied = expect_denied.is_some_and(|d| name.ends_with(d));
+                assert_eq!(status, if denied { CheckStatus::Fail } else { CheckStatus::Pass }, "{name}");
+            }
+            if expect_denied.is_some() {
+                assert!(!report.go(), "a denied permission must be NO-GO:\n{report}");
+            }
+        }
+    }
+}
