@@ -53,11 +53,11 @@ pub async fn load_dataset(client: &tokio_postgres::Client, spec: &DatasetSpec) -
 /// Loads the given rows with binary COPY, then moves both id sequences past the largest id
 /// and refreshes planner statistics.
 ///
-/// Rows are produced on a separate thread while COPY streams, so generation and ingestion
-/// overlap. As a superuser the load runs with `session_replication_role = replica`, which skips
-/// the per-row foreign-key triggers the way `pg_restore --disable-triggers` does; the rows'
-/// referential consistency is the generator's (and its tests') guarantee, and the setting is
-/// restored before returning.
+/// Everything happens in one transaction. Rows are produced on a separate thread while COPY
+/// streams, so generation and ingestion overlap. As a superuser the load runs with
+/// `session_replication_role = replica` (transaction-local), which skips the per-row
+/// foreign-key triggers the way `pg_restore --disable-triggers` does; the rows' referential
+/// consistency is the generator's (and its tests') guarantee.
 ///
 /// # Errors
 /// [`LoadError`] naming the table that failed.
@@ -75,14 +75,28 @@ where
         .await
         .map_err(err("users"))?
         .get(0);
-    let skip_triggers = superuser == "on";
-    if skip_triggers {
-        client.batch_execute("SET session_replication_role = replica").await.map_err(err("users"))?;
+    client.batch_execute("BEGIN").await.map_err(err("users"))?;
+    let result = async {
+        // Into empty tables, TRUNCATE first: the load then writes new files that need no WAL
+        // under wal_level=minimal, and COPY FREEZE spares a later rewrite of every row.
+        // Tables that hold rows are never truncated.
+        client.batch_execute("LOCK TABLE users, posts IN ACCESS EXCLUSIVE MODE").await.map_err(err("users"))?;
+        let empty: bool = client
+            .query_one("SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM posts)", &[])
+            .await
+            .map_err(err("users"))?
+            .get(0);
+        if empty {
+            client.batch_execute("TRUNCATE posts, users").await.map_err(err("posts"))?;
+        }
+        if superuser == "on" {
+            client.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(err("users"))?;
+        }
+        copy_tables(client, users, posts, empty).await
     }
-    let result = copy_tables(client, users, posts).await;
-    if skip_triggers {
-        client.batch_execute("RESET session_replication_role").await.map_err(err("posts"))?;
-    }
+    .await;
+    let finish = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+    client.batch_execute(finish).await.map_err(err("posts"))?;
     let (user_rows, post_rows) = result?;
     for table in super::TABLES {
         let sql = format!(
@@ -113,7 +127,7 @@ fn produce<T: Send + 'static>(rows: impl IntoIterator<Item = T, IntoIter: Send> 
     rx
 }
 
-async fn copy_tables<U, P>(client: &tokio_postgres::Client, users: U, posts: P) -> Result<(u64, u64), LoadError>
+async fn copy_tables<U, P>(client: &tokio_postgres::Client, users: U, posts: P, freeze: bool) -> Result<(u64, u64), LoadError>
 where
     U: IntoIterator<Item = User> + Send + 'static,
     U::IntoIter: Send,
@@ -121,10 +135,11 @@ where
     P::IntoIter: Send,
 {
     let err = |table| move |source| LoadError::Postgres { table, source };
+    let options = if freeze { "FORMAT binary, FREEZE" } else { "FORMAT binary" };
     let mut users = produce(users);
 
     let sink = client
-        .copy_in("COPY users (id, username, email, password_hash, created_at) FROM STDIN (FORMAT binary)")
+        .copy_in(&format!("COPY users (id, username, email, password_hash, created_at) FROM STDIN ({options})"))
         .await
         .map_err(err("users"))?;
     let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::VARCHAR, Type::VARCHAR, Type::VARCHAR, Type::TIMESTAMP]);
@@ -139,7 +154,7 @@ where
     let mut posts = produce(posts);
 
     let sink = client
-        .copy_in("COPY posts (id, title, content, author, created_at, updated_at) FROM STDIN (FORMAT binary)")
+        .copy_in(&format!("COPY posts (id, title, content, author, created_at, updated_at) FROM STDIN ({options})"))
         .await
         .map_err(err("posts"))?;
     let writer = BinaryCopyInWriter::new(

@@ -187,7 +187,9 @@ impl LocalPostgres {
             .arg(&self.socket_dir)
             .args(["-c", "listen_addresses=127.0.0.1"]);
         if !options.durable {
+            // wal_level=minimal lets bulk loads into fresh tables skip WAL entirely.
             cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            cmd.args(["-c", "wal_level=minimal", "-c", "max_wal_senders=0"]);
         }
         for (name, value) in &options.settings {
             cmd.arg("-c").arg(format!("{name}={value}"));
