@@ -6,6 +6,7 @@
 
 mod confirm;
 mod error;
+pub mod forward;
 pub mod kind;
 pub mod kubeconfig;
 pub mod sim;
