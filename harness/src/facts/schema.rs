@@ -4,7 +4,7 @@
 //! two databases holding the same schema render byte for byte the same, whatever their
 //! history (dropped columns, object creation order, OIDs). It is a list of blocks, each a
 //! header line naming one object (`table public.users`) followed by indented lines, sorted by
-//! object kind and name with `COLLATE "C"`, so `verify::schema` can name the object that
+//! object kind and name byte by byte, so `verify::schema` can name the object that
 //! drifted and insta snapshots diff readably.
 //!
 //! Definitions come from PostgreSQL's own deparsers (`format_type`, `pg_get_expr`,
@@ -73,9 +73,14 @@ fn not_in_extension(catalog: &str, oid: &str) -> String {
     )
 }
 
-async fn text_rows(client: &Client, sql: &str, what: &'static str) -> Result<Vec<Vec<Option<String>>>, SchemaError> {
+/// Runs `sql` and returns its rows as text, stably sorted by their first `keys` fields byte by
+/// byte (so the order depends neither on the database's collation nor on OIDs).
+async fn text_rows(client: &Client, sql: &str, keys: usize, what: &'static str) -> Result<Vec<Vec<Option<String>>>, SchemaError> {
     let rows = client.query(sql, &[]).await.map_err(|source| SchemaError::Query { what, source })?;
-    Ok(rows.iter().map(|row| (0..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect()).collect())
+    let mut rows: Vec<Vec<Option<String>>> =
+        rows.iter().map(|row| (0..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect()).collect();
+    rows.sort_by(|a, b| a[..keys.min(a.len())].cmp(&b[..keys.min(b.len())]));
+    Ok(rows)
 }
 
 fn field(row: &[Option<String>], i: usize) -> &str {
@@ -100,9 +105,10 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
         client,
         &format!(
             "SELECT n.nspname::text, pg_get_userbyid(n.nspowner)::text FROM pg_namespace n \
-             WHERE {USER_SCHEMA} AND {} ORDER BY 1 COLLATE \"C\"",
+             WHERE {USER_SCHEMA} AND {}",
             not_in_extension("pg_namespace", "n.oid")
         ),
+        1,
         "schemas",
     )
     .await?;
@@ -113,7 +119,8 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
     let extensions = text_rows(
         client,
         "SELECT x.extname::text, x.extversion, n.nspname::text FROM pg_extension x \
-         JOIN pg_namespace n ON n.oid = x.extnamespace ORDER BY 1 COLLATE \"C\"",
+         JOIN pg_namespace n ON n.oid = x.extnamespace",
+        1,
         "extensions",
     )
     .await?;
@@ -138,9 +145,10 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
              FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace \
              LEFT JOIN pg_range r ON r.rngtypid = t.oid \
              WHERE {USER_SCHEMA} AND t.typtype IN ('e', 'd', 'r') AND {} \
-             ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\"",
+            ",
             not_in_extension("pg_type", "t.oid")
         ),
+        2,
         "types",
     )
     .await?;
@@ -163,9 +171,10 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
                     CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
              WHERE {USER_SCHEMA} AND c.relkind IN ('r', 'p', 'f') AND {} \
-             ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\"",
+            ",
             not_in_extension("pg_class", "c.oid")
         ),
+        2,
         "tables",
     )
     .await?;
@@ -181,8 +190,9 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
              LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum \
              LEFT JOIN pg_collation co ON co.oid = a.attcollation \
              WHERE {USER_SCHEMA} AND c.relkind IN ('r', 'p', 'f', 'v', 'm') AND a.attnum > 0 AND NOT a.attisdropped \
-             ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\", a.attnum"
+             ORDER BY a.attnum"
         ),
+        2,
         "columns",
     )
     .await?;
@@ -193,8 +203,9 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
                     (NOT k.convalidated)::text \
              FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE {USER_SCHEMA} ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\", 3 COLLATE \"C\""
+             WHERE {USER_SCHEMA}"
         ),
+        3,
         "constraints",
     )
     .await?;
@@ -204,8 +215,9 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             "SELECT n.nspname::text, c.relname::text, g.tgname::text, pg_get_triggerdef(g.oid), g.tgenabled::text \
              FROM pg_trigger g JOIN pg_class c ON c.oid = g.tgrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE {USER_SCHEMA} AND NOT g.tgisinternal ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\", 3 COLLATE \"C\""
+             WHERE {USER_SCHEMA} AND NOT g.tgisinternal"
         ),
+        3,
         "triggers",
     )
     .await?;
@@ -277,9 +289,10 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
                     i.indisclustered::text \
              FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid \
              JOIN pg_namespace n ON n.oid = ic.relnamespace \
-             WHERE {USER_SCHEMA} AND {} ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\"",
+             WHERE {USER_SCHEMA} AND {}",
             not_in_extension("pg_class", "i.indrelid")
         ),
+        2,
         "indexes",
     )
     .await?;
@@ -308,9 +321,10 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
                        AND d.refclassid = 'pg_class'::regclass AND d.deptype IN ('a', 'i')) \
              FROM pg_sequence s JOIN pg_class c ON c.oid = s.seqrelid \
              JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE {USER_SCHEMA} AND {} ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\"",
+             WHERE {USER_SCHEMA} AND {}",
             not_in_extension("pg_class", "c.oid")
         ),
+        2,
         "sequences",
     )
     .await?;
@@ -344,9 +358,10 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             "SELECT n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text, \
                     pg_get_viewdef(c.oid, true) \
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE {USER_SCHEMA} AND c.relkind IN ('v', 'm') AND {} ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\"",
+             WHERE {USER_SCHEMA} AND c.relkind IN ('v', 'm') AND {}",
             not_in_extension("pg_class", "c.oid")
         ),
+        2,
         "views",
     )
     .await?;
@@ -366,9 +381,10 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
                     CASE WHEN p.prokind IN ('f', 'p', 'w') THEN pg_get_functiondef(p.oid) \
                          ELSE 'aggregate ' || format_type(p.prorettype, NULL) END \
              FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace \
-             WHERE {USER_SCHEMA} AND {} ORDER BY 1 COLLATE \"C\", 2 COLLATE \"C\", 3 COLLATE \"C\"",
+             WHERE {USER_SCHEMA} AND {}",
             not_in_extension("pg_proc", "p.oid")
         ),
+        3,
         "functions",
     )
     .await?;
@@ -419,12 +435,14 @@ pub async fn foreign_key_checks(client: &Client) -> Result<Vec<ForeignKeyCheck>,
                  JOIN pg_namespace n ON n.oid = c.relnamespace \
                  JOIN pg_class f ON f.oid = k.confrelid JOIN pg_namespace fn ON fn.oid = f.relnamespace \
                  WHERE k.contype = 'f' AND {USER_SCHEMA} \
-                 ORDER BY 2 COLLATE \"C\", 3 COLLATE \"C\", 1 COLLATE \"C\""
+                "
             ),
             &[],
         )
         .await
         .map_err(|source| SchemaError::Query { what: "foreign keys", source })?;
+    let mut rows = rows;
+    rows.sort_by_key(|r| (r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(0)));
     let mut out = Vec::new();
     for row in rows {
         let constraint: String = row.get(0);
@@ -490,7 +508,7 @@ pub async fn run_amcheck(tools: &PgTools, params: &ConnParams) -> Result<Amcheck
         .get(0);
     let program = tools.tool("pg_amcheck").map_err(amcheck_err)?;
     let mut cmd = tokio::process::Command::new(&program);
-    cmd.args(["--heapallindexed", "--parent-check", "--no-progress", "-d"])
+    cmd.args(["--heapallindexed", "--parent-check", "-d"])
         .arg(&params.dbname)
         .envs(params.libpq_env())
         .stdin(Stdio::null())

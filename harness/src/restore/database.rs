@@ -588,7 +588,7 @@ impl MarkerRow {
         let name = self.username();
         client
             .execute(
-                "INSERT INTO public.users (username, email, password_hash) VALUES ($1, $1 || '@marker.invalid', 'rehearsal-marker')",
+                "INSERT INTO public.users (username, email, password_hash) VALUES ($1::text, $1::text || '@marker.invalid', 'rehearsal-marker')",
                 &[&name],
             )
             .await

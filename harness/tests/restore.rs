@@ -1,0 +1,283 @@
+//! Restore and verification against real PostgreSQL: idempotent restores, refusals, the
+//! negative control, the dry run, and every database gate fed the defect it exists for.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, ensure};
+use harness::data::{DatasetSpec, load_dataset, schema_sql_path};
+use harness::facts::{SequenceFacts, TableFacts, foreign_key_checks, render_schema, run_amcheck, sequence_facts, table_facts};
+use harness::keep::ScratchDir;
+use harness::pg::{ConnParams, LocalOptions, LocalPostgres, PostgresProvider, create_database};
+use harness::restore::{
+    DbArchive, DbRestoreInput, DbRestoreOptions, MarkerRow, PlannedAction, RestoreError, TargetState, plan_database_restore,
+    restore_database,
+};
+use harness::verify::{self, FindingKind, Gate, Verdict};
+
+const SPEC: DatasetSpec = DatasetSpec { seed: 7, users: 300, posts: 3000 };
+
+/// A source database with the Titanium dataset, its dumps and the facts recorded with them.
+struct Fixture {
+    pg: LocalPostgres,
+    custom: PathBuf,
+    plain: PathBuf,
+    tables: Vec<TableFacts>,
+    sequences: Vec<SequenceFacts>,
+    schema: String,
+    // Last, so the files outlive nothing that needs them.
+    dir: ScratchDir,
+}
+
+async fn pg_dump(pg: &LocalPostgres, params: &ConnParams, args: &[&str], out: &Path) -> Result<()> {
+    let status = tokio::process::Command::new(pg.tools().tool("pg_dump")?)
+        .args(args)
+        .arg("-f")
+        .arg(out)
+        .envs(params.libpq_env())
+        .status()
+        .await?;
+    ensure!(status.success(), "pg_dump {args:?} failed: {status}");
+    Ok(())
+}
+
+async fn fixture() -> Result<Fixture> {
+    let pg = LocalPostgres::start(LocalOptions::titanium()).await.context("start postgres")?;
+    let params = pg.params();
+    let client = params.connect().await?;
+    load_dataset(&client, &SPEC).await?;
+    let dir = ScratchDir::new("restore-test-", "restore test backup")?;
+    let custom = dir.path().join("titanium.dump");
+    let plain = dir.path().join("titanium.sql");
+    pg_dump(&pg, &params, &["-Fc"], &custom).await?;
+    pg_dump(&pg, &params, &[], &plain).await?;
+    let tables = table_facts(&client).await?;
+    let sequences = sequence_facts(&client).await?;
+    let schema = render_schema(&client).await?;
+    Ok(Fixture { pg, custom, plain, tables, sequences, schema, dir })
+}
+
+impl Fixture {
+    fn input(&self) -> DbRestoreInput {
+        DbRestoreInput { archive: DbArchive::Custom(self.custom.clone()), backup_id: "backup-1".to_owned() }
+    }
+
+    /// A new database on the same server; with `init`, the StatefulSet's init script has run in it.
+    async fn target(&self, name: &str, init: bool) -> Result<ConnParams> {
+        create_database(&self.pg.params(), name).await?;
+        let params = self.pg.params().with_dbname(name);
+        if init {
+            self.pg.tools().psql_file(&params, &schema_sql_path()).await?;
+        }
+        Ok(params)
+    }
+
+    async fn restore(&self, params: &ConnParams, input: &DbRestoreInput, options: &DbRestoreOptions) -> Result<harness::restore::DbRestoreReport, RestoreError> {
+        restore_database(self.pg.tools(), params, input, options).await
+    }
+
+    /// Every database gate, comparing `params`' database with the backup's facts.
+    async fn gates(&self, params: &ConnParams) -> Result<Vec<Verdict>> {
+        let client = params.connect().await?;
+        let tables = table_facts(&client).await?;
+        let sequences = sequence_facts(&client).await?;
+        let schema = render_schema(&client).await?;
+        let fks = foreign_key_checks(&client).await?;
+        Ok(vec![
+            verify::row_counts(&self.tables, &tables),
+            verify::digests(&self.tables, &tables),
+            verify::schema(&self.schema, &schema),
+            verify::sequences(&self.sequences, &sequences),
+            verify::referential_integrity(&fks, None),
+        ])
+    }
+}
+
+fn failed(verdicts: &[Verdict]) -> Vec<Gate> {
+    verdicts.iter().filter(|v| !v.passed).map(|v| v.gate).collect()
+}
+
+fn all_passed(verdicts: &[Verdict]) -> Result<()> {
+    let failures: Vec<String> = verdicts.iter().filter(|v| !v.passed).map(ToString::to_string).collect();
+    ensure!(failures.is_empty(), "gates failed:\n{}", failures.join("\n"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn titanium_schema_rendering_is_stable_and_snapshotted() -> Result<()> {
+    let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
+    let client = pg.params().connect().await?;
+    let first = render_schema(&client).await?;
+    // Running the (idempotent) init script again, and adding then dropping a column, change
+    // attribute numbers and OIDs but not the schema: the rendering must not move.
+    pg.tools().psql_file(&pg.params(), &schema_sql_path()).await?;
+    client.batch_execute("ALTER TABLE users ADD COLUMN scratch int; ALTER TABLE users DROP COLUMN scratch").await?;
+    let second = render_schema(&client).await?;
+    assert_eq!(first, second);
+    insta::assert_snapshot!("titanium_schema", first);
+    Ok(())
+}
+
+#[tokio::test]
+async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Result<()> {
+    let fx = fixture().await?;
+    let target = fx.target("rebuilt", true).await?;
+    let options = DbRestoreOptions::default();
+
+    // Over the init script's empty tables: no force needed, the tables are replaced.
+    let plan = plan_database_restore(fx.pg.tools(), &target, &fx.input(), &options).await?;
+    assert_eq!(plan.action, PlannedAction::Restore);
+    assert!(matches!(plan.state, TargetState::EmptyTables { .. }), "{plan}");
+    assert!(plan.replaces.contains(&"table public.users".to_owned()), "{plan}");
+    let report = fx.restore(&target, &fx.input(), &options).await?;
+    assert!(report.restored);
+    all_passed(&fx.gates(&target).await?)?;
+    let client = target.connect().await?;
+    assert_eq!(sequence_facts(&client).await?, fx.sequences, "sequences end at the backed-up values");
+
+    // Twice: the second run recognises the backup and changes nothing; forced, it restores
+    // again to the same result.
+    let again = fx.restore(&target, &fx.input(), &options).await?;
+    assert!(!again.restored);
+    assert_eq!(again.plan.action, PlannedAction::AlreadyRestored);
+    let forced = fx.restore(&target, &fx.input(), &DbRestoreOptions { force: true, ..options.clone() }).await?;
+    assert!(forced.restored);
+    all_passed(&fx.gates(&target).await?)?;
+
+    // Interrupted: an archive cut short fails half-way (tables created, some data loaded).
+    let cut = fx.dir.path().join("cut.dump");
+    let bytes = std::fs::read(&fx.custom)?;
+    std::fs::write(&cut, &bytes[..bytes.len() * 3 / 5])?;
+    let second = fx.target("interrupted", true).await?;
+    let cut_input = DbRestoreInput { archive: DbArchive::Custom(cut), backup_id: "backup-1".to_owned() };
+    let err = fx.restore(&second, &cut_input, &options).await.expect_err("a truncated archive cannot restore");
+    assert!(matches!(err, RestoreError::Tool { .. }), "{err}");
+    let plan = plan_database_restore(fx.pg.tools(), &second, &fx.input(), &options).await?;
+    assert_eq!(plan.state, TargetState::Interrupted { backup_id: "backup-1".to_owned() });
+    assert_eq!(plan.action, PlannedAction::Restore, "an interrupted restore is simply run again");
+    fx.restore(&second, &fx.input(), &options).await?;
+    all_passed(&fx.gates(&second).await?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn plain_sql_restore_the_runbook_way_and_bad_archives_cost_nothing() -> Result<()> {
+    let fx = fixture().await?;
+    let target = fx.target("from_sql", true).await?;
+    let sql = DbRestoreInput { archive: DbArchive::PlainSql(fx.plain.clone()), backup_id: "backup-1".to_owned() };
+    let report = fx.restore(&target, &sql, &DbRestoreOptions::default()).await?;
+    assert!(report.restored);
+    all_passed(&fx.gates(&target).await?)?;
+
+    // Wrong inputs are refused before anything changes.
+    let wrong = DbRestoreInput { archive: DbArchive::PlainSql(fx.custom.clone()), backup_id: "x".to_owned() };
+    let err = fx.restore(&target, &wrong, &DbRestoreOptions { force: true, ..Default::default() }).await.unwrap_err();
+    assert!(err.to_string().contains("custom-format archive"), "{err}");
+    let junk = fx.dir.path().join("junk.dump");
+    std::fs::write(&junk, b"not an archive")?;
+    let junk_input = DbRestoreInput { archive: DbArchive::Custom(junk), backup_id: "x".to_owned() };
+    let err = fx.restore(&target, &junk_input, &DbRestoreOptions { force: true, ..Default::default() }).await.unwrap_err();
+    assert!(matches!(err, RestoreError::BadArchive { .. }), "{err}");
+    let missing = DbRestoreInput { archive: DbArchive::Custom(fx.dir.path().join("nope.dump")), backup_id: "x".to_owned() };
+    let err = fx.restore(&target, &missing, &DbRestoreOptions { force: true, ..Default::default() }).await.unwrap_err();
+    assert!(err.to_string().contains("nope.dump"), "{err}");
+    all_passed(&fx.gates(&target).await?)?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn refusal_dry_run_and_the_marker_row_negative_control() -> Result<()> {
+    let fx = fixture().await?;
+    let source = fx.pg.params();
+    let client = source.connect().await?;
+    // The rehearsal writes a marker after the backup.
+    let marker = MarkerRow::new("run-42");
+    marker.write(&client).await?;
+    assert_eq!(marker.count(&client).await?, 1);
+
+    // A database holding data is refused without force, and left as it was.
+    let err = fx.restore(&source, &fx.input(), &DbRestoreOptions::default()).await.unwrap_err();
+    assert!(matches!(err, RestoreError::NotEmpty { .. }), "{err}");
+    assert!(err.to_string().contains("public.users"), "{err}");
+    assert_eq!(marker.count(&client).await?, 1);
+
+    // A dry run, even forced, returns the plan and changes nothing.
+    let before = (table_facts(&client).await?, render_schema(&client).await?);
+    let dry = fx.restore(&source, &fx.input(), &DbRestoreOptions { force: true, dry_run: true, ..Default::default() }).await?;
+    assert!(!dry.restored);
+    assert_eq!(dry.plan.action, PlannedAction::Restore);
+    let text = dry.plan.to_string();
+    for expected in ["table public.posts", "routine public.set_updated_at()", "TABLE DATA public users", "pg_restore"] {
+        assert!(text.contains(expected), "plan lacks {expected}:\n{text}");
+    }
+    assert_eq!((table_facts(&client).await?, render_schema(&client).await?), before);
+
+    // Forced, the restore replaces the data; the marker is gone.
+    fx.restore(&source, &fx.input(), &DbRestoreOptions { force: true, ..Default::default() }).await?;
+    let verdict = verify::marker_absent(&marker.subject(), marker.count(&client).await?);
+    assert!(verdict.passed, "{verdict}");
+    all_passed(&fx.gates(&source).await?)?;
+    // And the negative control does fail when the marker survives.
+    marker.write(&client).await?;
+    assert!(!verify::marker_absent(&marker.subject(), marker.count(&client).await?).passed);
+    Ok(())
+}
+
+/// Restores into a fresh database, injects `defect`, and checks that exactly `gates` fail, with
+/// a finding about `subject` of `kind`.
+async fn check_defect(fx: &Fixture, db: &str, defect: &str, gates: &[Gate], subject: &str, kind: FindingKind) -> Result<()> {
+    let target = fx.target(db, false).await?;
+    fx.restore(&target, &fx.input(), &DbRestoreOptions::default()).await?;
+    target.connect().await?.batch_execute(defect).await.with_context(|| format!("inject {defect}"))?;
+    let verdicts = fx.gates(&target).await?;
+    assert_eq!(failed(&verdicts), gates, "defect {defect}: {verdicts:#?}");
+    let first = verdicts.iter().find(|v| v.gate == gates[0]).expect("the first expected gate ran");
+    assert!(
+        first.findings.iter().any(|f| f.subject.contains(subject) && f.kind == kind),
+        "defect {defect}: no {kind:?} finding about {subject}: {first}"
+    );
+    Ok(())
+}
+
+#[tokio::test]
+async fn every_database_gate_catches_its_defect() -> Result<()> {
+    let fx = fixture().await?;
+    // The clean pass, with pg_amcheck on top.
+    let clean = fx.target("clean", false).await?;
+    fx.restore(&clean, &fx.input(), &DbRestoreOptions::default()).await?;
+    all_passed(&fx.gates(&clean).await?)?;
+    let amcheck = run_amcheck(fx.pg.tools(), &clean).await?;
+    let verdict = verify::referential_integrity(&foreign_key_checks(&clean.connect().await?).await?, Some(&amcheck));
+    assert!(verdict.passed, "{verdict}\n{}", amcheck.output);
+    assert_eq!(render_schema(&clean.connect().await?).await?, fx.schema, "amcheck leaves the schema as it was");
+
+    check_defect(&fx, "d_index", "DROP INDEX idx_posts_author", &[Gate::Schema], "index public.idx_posts_author", FindingKind::Missing).await?;
+    check_defect(&fx, "d_type", "ALTER TABLE users ALTER COLUMN email TYPE text", &[Gate::Schema], "table public.users", FindingKind::Drift).await?;
+    check_defect(&fx, "d_seq", "SELECT setval('users_id_seq', 1, false)", &[Gate::Sequences], "public.users_id_seq", FindingKind::Broken).await?;
+    check_defect(
+        &fx,
+        "d_fk",
+        "SET session_replication_role = replica; UPDATE posts SET author = 'ghost' WHERE id = 5; SET session_replication_role = DEFAULT",
+        &[Gate::Digests, Gate::ReferentialIntegrity],
+        "public.posts",
+        FindingKind::Mismatch,
+    )
+    .await?;
+    check_defect(&fx, "d_row", "DELETE FROM posts WHERE id = 7", &[Gate::RowCounts, Gate::Digests], "public.posts", FindingKind::Mismatch).await?;
+    check_defect(
+        &fx,
+        "d_byte",
+        "UPDATE users SET email = 'X' || substr(email, 2) WHERE id = 3",
+        &[Gate::Digests],
+        "public.users",
+        FindingKind::Mismatch,
+    )
+    .await?;
+
+    // The broken foreign key, named with its orphan value.
+    let fk_db = fx.pg.params().with_dbname("d_fk");
+    let fks = foreign_key_checks(&fk_db.connect().await?).await?;
+    let verdict = verify::referential_integrity(&fks, None);
+    assert!(verdict.findings[0].detail.contains("(ghost)"), "{verdict}");
+    fx.pg.stop().await?;
+    Ok(())
+}
