@@ -209,9 +209,12 @@ impl LoadGate {
         config.timeout = Some(format!("{:.3}", self.request_timeout.as_secs_f64()));
         config.quiet = 1;
         config.no_print_metrics = true;
+        // No controller ports: telnet is on by default; the WebSocket controller is off by
+        // default in goose 0.19 (its `no_websocket` only prints a deprecation warning).
         config.no_telnet = true;
-        config.no_websocket = true;
-        config.no_autostart = false;
+        // Count every request, ramp-up and on-start ones (sign up) included, as k6 does;
+        // goose otherwise resets its metrics once all users are running.
+        config.no_reset_metrics = true;
         if let Some(path) = &report {
             config.report_file = vec![path.to_string_lossy().into_owned()];
         }
