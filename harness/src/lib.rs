@@ -6,6 +6,7 @@
 pub mod backup;
 pub mod cluster;
 pub mod data;
+pub mod deploy;
 pub mod facts;
 pub mod keep;
 pub mod load;

@@ -313,3 +313,52 @@ mod against_the_simulator {
         }
     }
 }
+
+mod deploy_on_the_simulator {
+    use harness::cluster::sim::{SimOptions, SimProvider};
+    use harness::deploy::{apply_kustomize, overlay};
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::batch::v1::CronJob;
+    use k8s_openapi::api::core::v1::Service;
+    use kube::api::{Api, ListParams};
+
+    use super::*;
+
+    #[tokio::test]
+    async fn the_titanium_manifests_apply_server_side_with_the_real_kubectl() {
+        let mut cluster = SimProvider::create(SimOptions::default()).await.unwrap();
+        apply_kustomize(&cluster, &overlay("sim")).await.expect("kubectl apply --server-side");
+        let client = cluster.client().await.unwrap();
+        let ns = "titanium-prod";
+        let mut deployments: Vec<String> = Api::<Deployment>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .map(|d| format!("{}={}", d.metadata.name.unwrap_or_default(), d.spec.replicas.unwrap_or(1)))
+            .collect();
+        deployments.sort();
+        assert_eq!(
+            deployments,
+            [
+                "load-generator=2",
+                "prod-api-gateway-deployment=2",
+                "prod-auth-service-deployment=2",
+                "prod-blog-service-deployment=2",
+                "prod-redis-deployment=1",
+                "prod-user-service-deployment=2",
+            ]
+        );
+        assert!(Api::<StatefulSet>::namespaced(client.clone(), ns).get_opt("postgresql").await.unwrap().is_some());
+        assert!(Api::<CronJob>::namespaced(client.clone(), ns).get_opt("postgresql-backup").await.unwrap().is_some());
+        let services: Vec<String> =
+            Api::<Service>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|s| s.metadata.name).collect();
+        for svc in ["postgresql-service", "prod-api-gateway-service", "prod-user-service", "prod-auth-service", "prod-blog-service", "prod-redis-service"] {
+            assert!(services.iter().any(|s| s == svc), "{svc} missing from {services:?}");
+        }
+        // Applying again is a no-op, as server-side apply should be.
+        apply_kustomize(&cluster, &overlay("sim")).await.expect("second apply");
+        cluster.destroy().await.unwrap();
+    }
+}
