@@ -68,6 +68,7 @@ fn columns(rt: &ResourceType) -> Vec<Col> {
         ("batch", "Job") => &[("Status", "string"), ("Completions", "string")],
         ("batch", "CronJob") => &[("Schedule", "string"), ("Suspend", "boolean"), ("Active", "integer"), ("Last Schedule", "string")],
         ("storage.k8s.io", "StorageClass") => &[("Provisioner", "string"), ("ReclaimPolicy", "string"), ("VolumeBindingMode", "string")],
+        ("", "Event") => &[("Last Seen", "string"), ("Type", "string"), ("Reason", "string"), ("Object", "string"), ("Message", "string")],
         _ => &[],
     };
     cols.extend_from_slice(extra);
@@ -248,6 +249,15 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             }),
         ],
         ("storage.k8s.io", "StorageClass") => vec![json!(s(o, "/provisioner")), json!(s(o, "/reclaimPolicy")), json!(s(o, "/volumeBindingMode"))],
+        ("", "Event") => {
+            let last = ["/lastTimestamp", "/eventTime", "/metadata/creationTimestamp"]
+                .iter()
+                .find_map(|p| o.pointer(p).and_then(Value::as_str))
+                .map(|t| human_age(Some(t)))
+                .unwrap_or_else(|| "<unknown>".into());
+            let object = format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"));
+            vec![json!(last), json!(s(o, "/type")), json!(s(o, "/reason")), json!(object), json!(s(o, "/message"))]
+        }
         _ => Vec::new(),
     };
     c.extend(extra);

@@ -2,6 +2,7 @@
 //! against an in-process server on a free loopback port.
 
 mod bad_input;
+mod binary;
 mod common;
 mod kube_client;
 mod kubectl;
