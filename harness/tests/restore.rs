@@ -281,3 +281,185 @@ async fn every_database_gate_catches_its_defect() -> Result<()> {
     fx.pg.stop().await?;
     Ok(())
 }
+
+mod kubernetes {
+    //! The Kubernetes restore against the simulated cluster: order, replicas, refusal, dry run,
+    //! idempotence and the message of a wait that runs out.
+
+    use std::collections::BTreeMap;
+    use std::time::Duration;
+
+    use anyhow::{Result, ensure};
+    use harness::cluster::Cluster;
+    use harness::cluster::sim::{SimOptions, SimProvider};
+    use harness::restore::{
+        DataRestorer, KubeRestoreOptions, KubeRestorePlan, PlanRoles, RestoreError, Waits, restore_kubernetes,
+    };
+    use harness::verify;
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::Namespace;
+    use kube::api::{Api, DynamicObject, PostParams};
+    use kube::core::GroupVersionKind;
+    use serde_json::{Value, json};
+
+    /// Records the data steps, and checks at the database step that PostgreSQL is Ready.
+    struct Recorder {
+        client: kube::Client,
+        namespace: String,
+        calls: Vec<String>,
+    }
+
+    impl DataRestorer for Recorder {
+        fn restore_database(&mut self) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send {
+            async move {
+                let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
+                let ready = sts.get("postgresql").await?.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+                self.calls.push(format!("database (postgresql ready replicas: {ready})"));
+                Ok(())
+            }
+        }
+
+        fn restore_redis(&mut self) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send {
+            async move {
+                self.calls.push("redis".to_owned());
+                Ok(())
+            }
+        }
+    }
+
+    fn workload(kind: &str, name: &str, app: &str, replicas: i32) -> Value {
+        json!({"apiVersion": "apps/v1", "kind": kind, "metadata": {"name": name, "labels": {"app": app}},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": app}},
+                "template": {"metadata": {"labels": {"app": app}},
+                    "spec": {"containers": [{"name": "main", "image": format!("rehearsal/stand-in-{app}:1")}]}}}})
+    }
+
+    /// A backup of the namespace, taken after the quiesce (user-service at 0 replicas).
+    fn backup() -> Vec<Value> {
+        let mut sts = workload("StatefulSet", "postgresql", "postgresql", 1);
+        sts["spec"]["serviceName"] = json!("postgresql-service");
+        sts["spec"]["template"]["spec"]["volumes"] =
+            json!([{"name": "data", "persistentVolumeClaim": {"claimName": "postgresql-pvc"}}]);
+        vec![
+            workload("Deployment", "prod-user-service-deployment", "user-service", 0),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "prod-user-service"},
+                "spec": {"selector": {"app": "user-service"}, "ports": [{"port": 8001}]}}),
+            workload("Deployment", "prod-redis-deployment", "redis", 1),
+            json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "postgresql-service"},
+                "spec": {"selector": {"app": "postgresql"}, "ports": [{"port": 5432}]}}),
+            sts,
+            json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "postgresql-pvc"},
+                "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}),
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "app-config"}, "data": {"LOG_LEVEL": "info"}}),
+            json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "postgresql-secret"}, "type": "Opaque",
+                "data": {"password": "cmVoZWFyc2Fs"}}),
+        ]
+    }
+
+    fn options() -> KubeRestoreOptions {
+        let waits = Waits {
+            pvc_bound: Duration::from_secs(30),
+            workload_ready: Duration::from_secs(60),
+            pods_ready: Duration::from_secs(60),
+            crd_established: Duration::from_secs(10),
+            poll: Duration::from_millis(100),
+        };
+        KubeRestoreOptions { waits, ..KubeRestoreOptions::default() }
+    }
+
+    async fn observed(client: &kube::Client, plan: &KubeRestorePlan) -> Result<(Vec<Value>, Vec<Value>)> {
+        let mut applied = Vec::new();
+        let mut restored = Vec::new();
+        for object in plan.steps.iter().flat_map(|s| &s.manifests).filter(|o| o["kind"] != "Namespace") {
+            let api_version = object["apiVersion"].as_str().unwrap_or_default();
+            let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+            let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap_or_default());
+            let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &plan.namespace, &resource);
+            let live = api.get(object["metadata"]["name"].as_str().unwrap_or_default()).await?;
+            restored.push(serde_json::to_value(live)?);
+            applied.push(object.clone());
+        }
+        Ok((applied, restored))
+    }
+
+    #[tokio::test]
+    async fn restores_into_the_simulated_cluster_in_order() -> Result<()> {
+        let cluster = SimProvider::create(SimOptions::default()).await?;
+        let client = cluster.client().await?;
+        let ns = "titanium-prod";
+        let replicas = BTreeMap::from([("prod-user-service-deployment".to_owned(), 2)]);
+        let plan = KubeRestorePlan::new(&backup(), ns, "backup-1", &replicas, &PlanRoles::default())?;
+
+        // A dry run changes nothing: not even the namespace appears.
+        let mut data = Recorder { client: client.clone(), namespace: ns.to_owned(), calls: Vec::new() };
+        let dry = restore_kubernetes(&client, &plan, &mut data, &KubeRestoreOptions { dry_run: true, ..options() }).await?;
+        ensure!(dry.created.len() == 9 && dry.replaced.is_empty(), "{dry:?}");
+        ensure!(data.calls.is_empty());
+        ensure!(Api::<Namespace>::all(client.clone()).get_opt(ns).await?.is_none(), "a dry run created the namespace");
+
+        let report = restore_kubernetes(&client, &plan, &mut data, &options()).await?;
+        ensure!(data.calls == ["database (postgresql ready replicas: 1)", "redis"], "{:?}", data.calls);
+        ensure!(report.pods_ready_seconds.is_some() && report.db_restore_seconds.is_some(), "{report:?}");
+        ensure!(report.unconsumed_claims.is_empty(), "postgresql-pvc is mounted, so it must be Bound: {report:?}");
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
+        let phase = claims.get("postgresql-pvc").await?.status.and_then(|s| s.phase);
+        ensure!(phase.as_deref() == Some("Bound"), "postgresql-pvc is {phase:?}");
+        let users: Api<Deployment> = Api::namespaced(client.clone(), ns);
+        let user = users.get("prod-user-service-deployment").await?;
+        ensure!(user.spec.replicas == Some(2), "recorded replicas come back: {:?}", user.spec.replicas);
+        ensure!(user.status.and_then(|s| s.ready_replicas) == Some(2), "both user-service replicas Ready");
+
+        // What is in the cluster equals what was applied (the backup with its recorded replicas).
+        let (applied, restored) = observed(&client, &plan).await?;
+        let verdict = verify::kubernetes_objects(&applied, &restored);
+        ensure!(verdict.passed, "{verdict}");
+
+        // Again, from the same backup: allowed, everything replaced, same result.
+        let again = restore_kubernetes(&client, &plan, &mut data, &options()).await?;
+        ensure!(again.created.is_empty() && again.replaced.len() == 9, "{again:?}");
+        let (_, restored) = observed(&client, &plan).await?;
+        ensure!(verify::kubernetes_objects(&applied, &restored).passed);
+
+        // Another backup over this namespace is refused without force, and nothing changes.
+        let other = KubeRestorePlan::new(&backup(), ns, "backup-2", &BTreeMap::new(), &PlanRoles::default())?;
+        let err = restore_kubernetes(&client, &other, &mut data, &options()).await.unwrap_err();
+        ensure!(matches!(err, RestoreError::NotEmpty { .. }), "{err}");
+        ensure!(err.to_string().contains("backup-1") && err.to_string().contains("Deployment prod-user-service-deployment"), "{err}");
+        ensure!(users.get("prod-user-service-deployment").await?.spec.replicas == Some(2));
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_wait_that_runs_out_names_what_and_why() -> Result<()> {
+        let cluster = SimProvider::create(SimOptions::default()).await?;
+        let client = cluster.client().await?;
+        let stuck = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "stuck"},
+            "spec": {"storageClassName": "no-such-class", "accessModes": ["ReadWriteOnce"],
+                "resources": {"requests": {"storage": "1Gi"}}}});
+        let plan = KubeRestorePlan::new(&[stuck], "waits", "b", &BTreeMap::new(), &PlanRoles::default())?;
+        let mut data = Recorder { client: client.clone(), namespace: "waits".to_owned(), calls: Vec::new() };
+        let mut opts = options();
+        opts.waits.pvc_bound = Duration::from_secs(2);
+        let err = restore_kubernetes(&client, &plan, &mut data, &opts).await.unwrap_err();
+        let text = err.to_string();
+        ensure!(matches!(err, RestoreError::NotReady { .. }), "{text}");
+        ensure!(text.contains("PersistentVolumeClaim waits/stuck") && text.contains("phase Pending"), "{text}");
+        ensure!(data.calls.is_empty(), "the database step must not run before its volume is bound");
+
+        // A namespace holding workloads of unknown origin is refused.
+        let deployments: Api<Deployment> = Api::namespaced(client.clone(), "waits");
+        let foreign: Deployment = serde_json::from_value(workload("Deployment", "foreign", "foreign", 1))?;
+        deployments.create(&PostParams::default(), &foreign).await?;
+        let ns: Api<Namespace> = Api::all(client.clone());
+        ns.patch(
+            "waits",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {harness::restore::RESTORE_ANNOTATION: null}}})),
+        )
+        .await?;
+        let err = restore_kubernetes(&client, &plan, &mut data, &opts).await.unwrap_err();
+        ensure!(matches!(err, RestoreError::NotEmpty { .. }) && err.to_string().contains("Deployment foreign"), "{err}");
+        Ok(())
+    }
+}

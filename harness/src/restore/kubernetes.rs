@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Namespace, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DynamicObject, ListParams, LogParams, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use kube::discovery::{ApiCapabilities, ApiResource, Scope};
@@ -359,6 +360,21 @@ pub struct KubeRestoreReport {
     pub seconds: f64,
     /// Whether this was a dry run.
     pub dry_run: bool,
+    /// Claims left Pending because their storage class binds on first consumer and no pod
+    /// uses them (as on a real cluster).
+    pub unconsumed_claims: Vec<String>,
+}
+
+/// The claims that pods of the namespace mount.
+async fn claims_in_use(client: &kube::Client, namespace: &str) -> Result<std::collections::BTreeSet<String>, RestoreError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = api.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
+    Ok(pods
+        .items
+        .iter()
+        .flat_map(|p| p.spec.iter().flat_map(|s| s.volumes.iter().flatten()))
+        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+        .collect())
 }
 
 /// Resolves the API resource of a kind, caching by group/version/kind.
@@ -461,6 +477,9 @@ pub async fn restore_kubernetes(
     let mut resolver = Resolver { client: client.clone(), cache: HashMap::new() };
     let waits = &options.waits;
     let params = PatchParams::apply(&options.field_manager).force();
+    // Claims whose storage class binds on first consumer (kind's local-path does): they cannot
+    // be Bound before their pod exists, so they are checked once the pods are Ready.
+    let mut deferred: Vec<String> = Vec::new();
     for step in &plan.steps {
         let step_started = Instant::now();
         let span = tracing::info_span!("restore_step", phase = %step.phase, kind = ?step.kind);
@@ -484,7 +503,10 @@ pub async fn restore_kubernetes(
             StepKind::WaitBound => {
                 for object in &step.objects {
                     let name = object.rsplit('/').next().unwrap_or_default();
-                    wait_pvc_bound(client, &plan.namespace, name, waits).await?;
+                    if !wait_pvc_bound(client, &plan.namespace, name, waits, true).await? {
+                        tracing::info!(pvc = name, "storage class binds on first consumer; checking Bound after the pods");
+                        deferred.push(name.to_owned());
+                    }
                 }
             }
             StepKind::WaitReady => {
@@ -503,6 +525,15 @@ pub async fn restore_kubernetes(
             }
             StepKind::WaitAllPodsReady => {
                 wait_pods_ready(client, &plan.namespace, waits).await?;
+                let consumed = claims_in_use(client, &plan.namespace).await?;
+                for name in &deferred {
+                    if consumed.contains(name) {
+                        wait_pvc_bound(client, &plan.namespace, name, waits, false).await?;
+                    } else {
+                        tracing::warn!(pvc = %name, "no pod uses this claim, so its storage class has not bound it");
+                        report.unconsumed_claims.push(name.clone());
+                    }
+                }
                 report.pods_ready_seconds = Some(step_started.elapsed().as_secs_f64());
             }
         }
@@ -571,14 +602,30 @@ fn pod_ready(pod: &Pod) -> bool {
             .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn wait_pvc_bound(client: &kube::Client, namespace: &str, name: &str, waits: &Waits) -> Result<(), RestoreError> {
+/// Waits until the claim is Bound: `Ok(true)`. With `may_defer`, a claim whose storage class
+/// binds on first consumer returns `Ok(false)` at once instead.
+async fn wait_pvc_bound(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    waits: &Waits,
+    may_defer: bool,
+) -> Result<bool, RestoreError> {
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     loop {
         let pvc = api.get(name).await.map_err(RestoreError::kube(format!("get PersistentVolumeClaim {namespace}/{name}")))?;
+        let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone());
         let phase = pvc.status.and_then(|s| s.phase).unwrap_or_else(|| "Pending".to_owned());
         if phase == "Bound" {
-            return Ok(());
+            return Ok(true);
+        }
+        if may_defer && let Some(class) = class {
+            let classes: Api<StorageClass> = Api::all(client.clone());
+            let mode = classes.get_opt(&class).await.ok().flatten().and_then(|c| c.volume_binding_mode);
+            if mode.as_deref() == Some("WaitForFirstConsumer") {
+                return Ok(false);
+            }
         }
         if started.elapsed() >= waits.pvc_bound {
             let events = events_for(client, namespace, name).await;

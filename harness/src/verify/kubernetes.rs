@@ -111,6 +111,9 @@ fn diff_values(path: &str, want: Option<&Value>, got: Option<&Value>, redact: bo
                 diff_values(&format!("{path}[{i}]"), Some(x), Some(y), redact, out);
             }
         }
+        // A field the backup does not declare under `spec` (or a top-level `type`) is one the
+        // API server defaulted on apply (`imagePullPolicy`, `strategy`, a PVC's class): not drift.
+        (None, Some(_)) if path.starts_with(".spec.") || path == ".spec" || path == ".type" => {}
         (a, b) if a != b => {
             let show = |v: Option<&Value>| match v {
                 None => "<absent>".to_owned(),
@@ -124,8 +127,11 @@ fn diff_values(path: &str, want: Option<&Value>, got: Option<&Value>, redact: bo
 }
 
 /// Kubernetes objects: every backed-up (cleaned) object exists after restore and is equal to
-/// it after normalisation; restored objects absent from the backup are findings too. Secret
-/// values never appear in findings.
+/// it after normalisation; restored objects absent from the backup are findings too. Fields
+/// absent from the backup but present after restore are tolerated under `spec` and as a
+/// top-level `type` only, where the API server defaults them; everything the backup declares
+/// must be equal, and extra data, labels or annotations are findings. Secret values never
+/// appear in findings.
 pub fn kubernetes_objects(backed_up: &[Value], restored: &[Value]) -> Verdict {
     let index = |objects: &[Value]| -> BTreeMap<String, Value> {
         objects.iter().map(|o| (object_key(o), normalise_object(o))).collect()
@@ -136,10 +142,13 @@ pub fn kubernetes_objects(backed_up: &[Value], restored: &[Value]) -> Verdict {
     for (key, expected) in &want {
         match got.get(key) {
             None => findings.push(Finding::new(key, FindingKind::Missing, "object is missing after restore")),
-            Some(actual) if actual != expected => {
+            Some(actual) => {
                 let redact = expected.get("kind").and_then(Value::as_str) == Some("Secret");
                 let mut paths = Vec::new();
                 diff_values("", Some(expected), Some(actual), redact, &mut paths);
+                if paths.is_empty() {
+                    continue;
+                }
                 const SHOWN: usize = 20;
                 let more = paths.len().saturating_sub(SHOWN);
                 let mut detail = format!("object differs at {} path(s): {}", paths.len(), paths[..paths.len().min(SHOWN)].join("; "));
@@ -148,7 +157,6 @@ pub fn kubernetes_objects(backed_up: &[Value], restored: &[Value]) -> Verdict {
                 }
                 findings.push(Finding::new(key, FindingKind::Mismatch, detail));
             }
-            Some(_) => {}
         }
     }
     for key in got.keys().filter(|k| !want.contains_key(*k)) {
@@ -227,6 +235,21 @@ mod tests {
         assert!(!verdict.passed);
         assert!(!text.contains("c2VjcmV0"), "{text}");
         assert!(text.contains("<redacted>"), "{text}");
+    }
+
+    #[test]
+    fn server_defaults_in_spec_are_tolerated_but_extra_data_is_not() {
+        let mut defaulted = config_map("info");
+        defaulted["spec"] = json!({"replicas": 1});
+        let mut restored = defaulted.clone();
+        restored["spec"]["revisionHistoryLimit"] = json!(10);
+        assert!(kubernetes_objects(&[defaulted.clone()], &[restored.clone()]).passed);
+        restored["spec"]["replicas"] = json!(0);
+        assert!(!kubernetes_objects(&[defaulted.clone()], &[restored]).passed, "declared fields must match");
+        let mut extra = defaulted.clone();
+        extra["data"]["EXTRA"] = json!("1");
+        let verdict = kubernetes_objects(&[defaulted], &[extra]);
+        assert!(verdict.findings[0].detail.contains(".data.EXTRA: backup <absent>"), "{verdict}");
     }
 
     #[test]
