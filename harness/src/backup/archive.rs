@@ -123,51 +123,305 @@ pub struct ArchiveInfo {
     pub encrypted: bool,
 }
 
-/// Archives `dir` (as `<name>/...`) into `out` (written as `out.partial`, then renamed), with
-/// gzip `level` (0-9) and optional age encryption; writes `<out>.sha256` beside it.
-pub(crate) fn write_archive(
+/// What the archive thread is asked to do.
+enum Msg {
+    /// Append this completed file (relative to the backup directory).
+    File(String),
+    /// Reply with the size and SHA-256 of every file appended so far.
+    Hashes(tokio::sync::oneshot::Sender<Hashes>),
+    /// Append these last files, then close the archive.
+    Finish(Vec<String>),
+}
+
+/// Size and hex SHA-256 per relative path.
+pub(crate) type Hashes = std::collections::BTreeMap<String, (u64, String)>;
+
+/// The bottom of the archive's writer chain: the file, hashed as it is written.
+type HashingFile = Hashing<std::io::BufWriter<std::fs::File>>;
+
+/// The encryption layer, when there is one.
+enum Sink {
+    Plain(HashingFile),
+    Age(age::stream::StreamWriter<HashingFile>),
+}
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        match self {
+            Sink::Plain(w) => w.write(buf),
+            Sink::Age(w) => w.write(buf),
+        }
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        match self {
+            Sink::Plain(w) => w.flush(),
+            Sink::Age(w) => w.flush(),
+        }
+    }
+}
+
+impl Sink {
+    fn finish(self) -> std::io::Result<HashingFile> {
+        match self {
+            Sink::Plain(w) => Ok(w),
+            Sink::Age(w) => w.finish(),
+        }
+    }
+}
+
+/// A reader that hashes and counts what passes through.
+struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+    bytes: u64,
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.bytes += n as u64;
+        Ok(n)
+    }
+}
+
+/// The archive, written while the backup runs: each file is appended (compressed, encrypted)
+/// as soon as it is complete, and hashed in the same read, so the manifest needs no second
+/// pass over the data. The archive is `<out>.partial` until the caller renames it.
+pub(crate) struct ArchiveFeed {
+    tx: std::sync::mpsc::Sender<Msg>,
+    thread: std::thread::JoinHandle<Result<ArchiveInfo, BackupError>>,
+}
+
+impl ArchiveFeed {
+    /// Creates `<out>.partial` and starts the archive thread. Entries are named `<name>/<rel>`
+    /// and read from `dir`.
+    pub(crate) fn start(
+        dir: PathBuf,
+        name: String,
+        out: &Path,
+        level: u32,
+        key: Option<&EncryptionKey>,
+    ) -> Result<Self, BackupError> {
+        if out.exists() {
+            return Err(BackupError::Exists { path: out.to_path_buf() });
+        }
+        let partial = PathBuf::from(format!("{}.partial", out.display()));
+        let file = create_private_file(&partial)?;
+        let bottom = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+        let sink = match key {
+            Some(key) => Sink::Age(key.encryptor()?.wrap_output(bottom).map_err(BackupError::io("encrypt into", &partial))?),
+            None => Sink::Plain(bottom),
+        };
+        let encrypted = key.is_some();
+        let (tx, rx) = std::sync::mpsc::channel::<Msg>();
+        let thread = std::thread::Builder::new()
+            .name("backup-archive".to_owned())
+            .spawn(move || run_feed(rx, &dir, &name, sink, level, partial, encrypted))
+            .map_err(BackupError::io("start the archive thread for", out))?;
+        Ok(Self { tx, thread })
+    }
+
+    /// Appends a completed file.
+    pub(crate) fn add(&self, rel: &str) {
+        // A send fails only when the thread has stopped on an error, which `finish` reports.
+        let _ = self.tx.send(Msg::File(rel.to_owned()));
+    }
+
+    /// Sizes and SHA-256 of every file appended so far (waits for the queue to drain).
+    pub(crate) async fn hashes(&self) -> Hashes {
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Hashes(reply)).is_err() {
+            return Hashes::new();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Appends the last files and closes the archive (still under its `.partial` name).
+    pub(crate) async fn finish(self, last: Vec<String>) -> Result<ArchiveInfo, BackupError> {
+        let _ = self.tx.send(Msg::Finish(last));
+        drop(self.tx);
+        let thread = self.thread;
+        tokio::task::spawn_blocking(move || thread.join())
+            .await
+            .expect("join task does not panic")
+            .unwrap_or_else(|_| Err(BackupError::Io {
+                action: "write the archive (its thread panicked)",
+                path: PathBuf::new(),
+                source: std::io::Error::other("panic"),
+            }))
+    }
+}
+
+fn run_feed(
+    rx: std::sync::mpsc::Receiver<Msg>,
     dir: &Path,
     name: &str,
-    out: &Path,
+    sink: Sink,
     level: u32,
-    key: Option<&EncryptionKey>,
+    partial: PathBuf,
+    encrypted: bool,
 ) -> Result<ArchiveInfo, BackupError> {
-    let partial = PathBuf::from(format!("{}.partial", out.display()));
-    if out.exists() {
-        return Err(BackupError::Exists { path: out.to_path_buf() });
-    }
-    let file = create_private_file(&partial)?;
-    let hashing = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
-    let io = BackupError::io("write", &partial);
-    let hashing = match key {
-        Some(key) => {
-            let encryptor = key.encryptor()?;
-            let writer = encryptor.wrap_output(hashing).map_err(BackupError::io("encrypt into", &partial))?;
-            let writer = tar_gz(dir, name, writer, level, &partial)?;
-            writer.finish().map_err(BackupError::io("finish encrypting", &partial))?
+    let mut tar = tar::Builder::new(ParallelGz::new(sink, level));
+    let mut hashes = Hashes::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    let mut append = |tar: &mut tar::Builder<ParallelGz<Sink>>, rel: &str, hashes: &mut Hashes| -> Result<(), BackupError> {
+        // Directory entries first (mode 0700 kept), once each.
+        let mut prefix = PathBuf::from(name);
+        let mut parents = vec![prefix.clone()];
+        if let Some(parent) = Path::new(rel).parent() {
+            for part in parent.components() {
+                prefix.push(part);
+                parents.push(prefix.clone());
+            }
         }
-        None => tar_gz(dir, name, hashing, level, &partial)?,
+        for d in parents {
+            if dirs.insert(d.clone()) {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o700);
+                header.set_size(0);
+                header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+                tar.append_data(&mut header, &d, std::io::empty()).map_err(BackupError::io("write", &partial))?;
+            }
+        }
+        let path = dir.join(rel);
+        let file = std::fs::File::open(&path).map_err(BackupError::io("open", &path))?;
+        let meta = file.metadata().map_err(BackupError::io("stat", &path))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata(&meta);
+        header.set_mode(0o600);
+        let mut reader = HashingReader { inner: std::io::BufReader::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+        tar.append_data(&mut header, Path::new(name).join(rel), &mut reader).map_err(BackupError::io("archive", &path))?;
+        if reader.bytes != meta.len() {
+            return Err(BackupError::Io {
+                action: "archive (it changed while being read)",
+                path,
+                source: std::io::Error::other(format!("{} bytes read, {} expected", reader.bytes, meta.len())),
+            });
+        }
+        hashes.insert(rel.to_owned(), (reader.bytes, hex::encode(reader.hasher.finalize())));
+        Ok(())
     };
-    let Hashing { inner, hasher, bytes } = hashing;
-    let file = inner.into_inner().map_err(|e| io(e.into_error()))?;
+    let mut finished = false;
+    while let Ok(msg) = rx.recv() {
+        match msg {
+            Msg::File(rel) => append(&mut tar, &rel, &mut hashes)?,
+            Msg::Hashes(reply) => {
+                let _ = reply.send(hashes.clone());
+            }
+            Msg::Finish(last) => {
+                for rel in last {
+                    append(&mut tar, &rel, &mut hashes)?;
+                }
+                finished = true;
+                break;
+            }
+        }
+    }
+    if !finished {
+        // The backup failed: leave the `.partial` archive as it is.
+        return Err(BackupError::Io {
+            action: "finish the archive (the backup stopped)",
+            path: partial,
+            source: std::io::Error::other("aborted"),
+        });
+    }
+    let gz = tar.into_inner().map_err(BackupError::io("write", &partial))?;
+    let sink = gz.finish().map_err(BackupError::io("compress into", &partial))?;
+    let Hashing { inner, hasher, bytes } = sink.finish().map_err(BackupError::io("finish encrypting", &partial))?;
+    let file = inner.into_inner().map_err(|e| BackupError::Io { action: "write", path: partial.clone(), source: e.into_error() })?;
     file.sync_all().map_err(BackupError::io("sync", &partial))?;
-    let sha256 = hex::encode(hasher.finalize());
+    Ok(ArchiveInfo { path: partial, size: bytes, sha256: hex::encode(hasher.finalize()), encrypted })
+}
+
+/// Renames a finished archive from `<out>.partial` to `out` and writes `<out>.sha256`.
+pub(crate) fn publish_archive(mut info: ArchiveInfo, out: &Path) -> Result<ArchiveInfo, BackupError> {
     let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     super::files::write_private(
         &PathBuf::from(format!("{}.sha256", out.display())),
-        format!("{sha256}  {file_name}\n").as_bytes(),
+        format!("{}  {file_name}\n", info.sha256).as_bytes(),
     )?;
-    std::fs::rename(&partial, out).map_err(BackupError::io("rename", &partial))?;
-    Ok(ArchiveInfo { path: out.to_path_buf(), size: bytes, sha256, encrypted: key.is_some() })
+    std::fs::rename(&info.path, out).map_err(BackupError::io("rename", &info.path))?;
+    info.path = out.to_path_buf();
+    Ok(info)
 }
 
-fn tar_gz<W: Write>(dir: &Path, name: &str, writer: W, level: u32, partial: &Path) -> Result<W, BackupError> {
-    let gz = flate2::write::GzEncoder::new(writer, flate2::Compression::new(level));
-    let mut tar = tar::Builder::new(gz);
-    tar.follow_symlinks(false);
-    tar.append_dir_all(name, dir).map_err(BackupError::io("archive", dir))?;
-    let gz = tar.into_inner().map_err(BackupError::io("write", partial))?;
-    gz.finish().map_err(BackupError::io("compress into", partial))
+/// Input bytes per gzip member.
+const MEMBER: usize = 4 << 20;
+
+/// gzip on every core, as pigz does: the stream is cut into 4 MiB pieces, each compressed on
+/// its own thread into a complete gzip member, and the members are written in order. A
+/// concatenation of members is one valid gzip file (RFC 1952; `gzip -d`, `tar -xz` and
+/// `MultiGzDecoder` read it). At most one piece per core is in flight, so memory stays bounded.
+struct ParallelGz<W: Write> {
+    inner: W,
+    level: flate2::Compression,
+    buf: Vec<u8>,
+    in_flight: std::collections::VecDeque<std::thread::JoinHandle<std::io::Result<Vec<u8>>>>,
+    max_in_flight: usize,
+}
+
+impl<W: Write> ParallelGz<W> {
+    fn new(inner: W, level: u32) -> Self {
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        Self {
+            inner,
+            level: flate2::Compression::new(level),
+            buf: Vec::with_capacity(MEMBER),
+            in_flight: std::collections::VecDeque::new(),
+            max_in_flight: cores.max(1),
+        }
+    }
+
+    fn ship(&mut self) -> std::io::Result<()> {
+        if self.buf.is_empty() {
+            return Ok(());
+        }
+        while self.in_flight.len() >= self.max_in_flight {
+            self.write_oldest()?;
+        }
+        let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(MEMBER));
+        let level = self.level;
+        self.in_flight.push_back(std::thread::spawn(move || {
+            let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(piece.len() / 2), level);
+            gz.write_all(&piece)?;
+            gz.finish()
+        }));
+        Ok(())
+    }
+
+    fn write_oldest(&mut self) -> std::io::Result<()> {
+        if let Some(handle) = self.in_flight.pop_front() {
+            let member = handle.join().map_err(|_| std::io::Error::other("a compression thread panicked"))??;
+            self.inner.write_all(&member)?;
+        }
+        Ok(())
+    }
+
+    fn finish(mut self) -> std::io::Result<W> {
+        self.ship()?;
+        while !self.in_flight.is_empty() {
+            self.write_oldest()?;
+        }
+        self.inner.flush()?;
+        Ok(self.inner)
+    }
+}
+
+impl<W: Write> Write for ParallelGz<W> {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        let n = data.len().min(MEMBER - self.buf.len());
+        self.buf.extend_from_slice(&data[..n]);
+        if self.buf.len() == MEMBER {
+            self.ship()?;
+        }
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// Unpacks an archive (`.tar.gz`, or `.tar.gz.age` with `key`) into `into`, reading it to the
@@ -188,7 +442,7 @@ pub(crate) fn unpack_archive(archive: &Path, into: &Path, key: Option<&Decryptio
     } else {
         Box::new(reader)
     };
-    let gz = flate2::read::GzDecoder::new(source);
+    let gz = flate2::read::MultiGzDecoder::new(source);
     let mut tar = tar::Archive::new(gz);
     tar.set_preserve_permissions(true);
     tar.unpack(into).map_err(|e| format!("cannot unpack: {e}"))?;

@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use tracing::Instrument;
 
-use super::archive::{ArchiveInfo, write_archive};
+use super::archive::{ArchiveFeed, ArchiveInfo, publish_archive};
 use super::files::{create_private_dir, write_private};
 use super::kubernetes::{backup_namespace, quiesce};
-use super::manifest::{Manifest, StepTiming, write_manifest};
+use super::manifest::{MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming, write_manifest};
 use super::offsite::{OffsiteCopy, copy_offsite};
 use super::postgres::backup_postgres;
 use super::redis::backup_redis;
@@ -73,10 +73,40 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
     let partial = options.destination.join(format!("{name}.partial"));
     create_private_dir(&partial)?;
     let span = tracing::info_span!("backup", name = %name, dir = %partial.display());
-    let result = collect(options, &name, &partial, started_at, origin).instrument(span.clone()).await;
+    let archive_out = options.archive.then(|| {
+        let suffix = if options.encryption.is_some() { ".tar.gz.age" } else { ".tar.gz" };
+        options.destination.join(format!("{name}{suffix}"))
+    });
     let mut after_manifest = Vec::new();
-    let manifest = match result {
-        Ok(manifest) => manifest,
+    let result = async {
+        // The archive is written while the backup runs: each file goes in once it is complete.
+        let feed = match &archive_out {
+            Some(out) => Some(ArchiveFeed::start(
+                partial.clone(),
+                name.clone(),
+                out,
+                options.compression_level,
+                options.encryption.as_ref(),
+            )?),
+            None => None,
+        };
+        let manifest = collect(options, &name, &partial, started_at, origin, feed.as_ref()).await?;
+        let archive = match feed {
+            Some(feed) => {
+                let started = Instant::now();
+                let last = vec![MANIFEST_TXT.to_owned(), MANIFEST_JSON.to_owned(), MANIFEST_SHA256.to_owned()];
+                let info = feed.finish(last).await?;
+                after_manifest.push(timing("archive (the rest after the manifest)", started, origin));
+                Some(info)
+            }
+            None => None,
+        };
+        Ok::<_, BackupError>((manifest, archive))
+    }
+    .instrument(span.clone())
+    .await;
+    let (manifest, archive) = match result {
+        Ok(done) => done,
         Err(err) => {
             let mut text = format!("backup {name} failed: {err}\n");
             let mut source = std::error::Error::source(&err);
@@ -85,24 +115,20 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
                 source = cause.source();
             }
             let _ = write_private(&partial.join("FAILED.txt"), text.as_bytes());
+            // An incomplete archive is worth nothing: only the `.partial` directory stays, and
+            // it says why.
+            if let Some(out) = &archive_out {
+                let _ = std::fs::remove_file(format!("{}.partial", out.display()));
+            }
             tracing::error!(parent: &span, error = %err, "backup failed; left as .partial");
             return Err(err);
         }
     };
     std::fs::rename(&partial, &final_dir).map_err(BackupError::io("rename", &partial))?;
-
-    let mut archive = None;
-    if options.archive {
-        let started = Instant::now();
-        let suffix = if options.encryption.is_some() { ".tar.gz.age" } else { ".tar.gz" };
-        let out = options.destination.join(format!("{name}{suffix}"));
-        let (dir, n, level, key) = (final_dir.clone(), name.clone(), options.compression_level, options.encryption.clone());
-        let info = tokio::task::spawn_blocking(move || write_archive(&dir, &n, &out, level, key.as_ref()))
-            .await
-            .expect("archive task does not panic")?;
-        after_manifest.push(timing("archive", started, origin));
-        archive = Some(info);
-    }
+    let archive = match (archive, &archive_out) {
+        (Some(info), Some(out)) => Some(publish_archive(info, out)?),
+        _ => None,
+    };
     let mut offsite = Vec::new();
     if let Some(info) = &archive {
         for target in &options.offsite {
@@ -121,7 +147,13 @@ async fn collect(
     dir: &Path,
     started_at: chrono::DateTime<chrono::Utc>,
     origin: Instant,
+    feed: Option<&ArchiveFeed>,
 ) -> Result<Manifest, BackupError> {
+    let done = |rel: &str| {
+        if let Some(feed) = feed {
+            feed.add(rel);
+        }
+    };
     let mut steps = Vec::new();
     let mut tools = BTreeMap::new();
     tools.insert("rebuild-rehearsal harness".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
@@ -145,7 +177,7 @@ async fn collect(
     };
     let postgres = async {
         match (&options.postgres, &local_tools) {
-            (Some(source), Some(local)) => backup_postgres(source, local, options.plain_from, dir, origin)
+            (Some(source), Some(local)) => backup_postgres(source, local, options.plain_from, dir, origin, feed)
                 .instrument(tracing::info_span!("postgres", source = %source.describe()))
                 .await
                 .map(Some),
@@ -157,6 +189,7 @@ async fn collect(
             Some(source) => {
                 let started = Instant::now();
                 let m = backup_redis(source, dir).instrument(tracing::info_span!("redis")).await?;
+                done(&m.rdb);
                 Ok::<_, BackupError>(Some((m, timing("redis: RDB, key count and digest", started, origin))))
             }
             None => Ok(None),
@@ -167,6 +200,9 @@ async fn collect(
             Some(source) => {
                 let started = Instant::now();
                 let m = backup_namespace(source, dir).instrument(tracing::info_span!("kubernetes")).await?;
+                for rel in [&m.raw, &m.clean_json, &m.clean_yaml] {
+                    done(rel);
+                }
                 Ok::<_, BackupError>(Some((m, timing("kubernetes: namespace resources", started, origin))))
             }
             None => Ok(None),
@@ -177,6 +213,9 @@ async fn collect(
             Some(config) => {
                 let started = Instant::now();
                 let (m, version) = backup_terraform(config, dir).instrument(tracing::info_span!("terraform")).await?;
+                for rel in [&m.state, &m.resources, &m.outputs] {
+                    done(rel);
+                }
                 Ok::<_, BackupError>(Some((m, version, timing("terraform: state, resources, outputs", started, origin))))
             }
             None => Ok(None),
@@ -223,7 +262,7 @@ async fn collect(
     }
     manifest.steps.sort_by(|a, b| a.started_after_seconds.total_cmp(&b.started_after_seconds));
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
-    write_manifest(dir, &mut manifest).await?;
+    write_manifest(dir, &mut manifest, feed).await?;
     Ok(manifest)
 }
 

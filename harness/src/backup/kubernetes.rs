@@ -51,7 +51,24 @@ pub struct KubeManifest {
     pub unlisted: Vec<String>,
 }
 
-pub(crate) async fn backup_namespace(source: &KubeSource, dir: &Path) -> Result<KubeManifest, BackupError> {
+/// Every object of every namespaced resource in a namespace, found through discovery (custom
+/// resources included), sorted by apiVersion, kind and name.
+#[derive(Clone, Debug, Default)]
+pub struct NamespaceObjects {
+    /// The objects, with `apiVersion` and `kind` set.
+    pub objects: Vec<Value>,
+    /// Objects per `group/version/Kind`.
+    pub counts: BTreeMap<String, u64>,
+    /// Resources that could not be listed, with why.
+    pub unlisted: Vec<String>,
+}
+
+/// Lists everything in `source`'s namespace through discovery. Read-only.
+///
+/// # Errors
+/// [`BackupError::Kube`] when discovery fails (a resource that cannot be listed is recorded in
+/// `unlisted` instead).
+pub async fn list_namespace(source: &KubeSource) -> Result<NamespaceObjects, BackupError> {
     let ns = &source.namespace;
     let discovery = Discovery::new(source.client.clone())
         .run()
@@ -95,6 +112,12 @@ pub(crate) async fn backup_namespace(source: &KubeSource, dir: &Path) -> Result<
         };
         key(a).cmp(&key(b))
     });
+    Ok(NamespaceObjects { objects, counts, unlisted })
+}
+
+pub(crate) async fn backup_namespace(source: &KubeSource, dir: &Path) -> Result<KubeManifest, BackupError> {
+    let ns = &source.namespace;
+    let NamespaceObjects { objects, counts, unlisted } = list_namespace(source).await?;
     let (clean, skipped) = clean_objects(&objects);
 
     let raw = "kubernetes/resources-raw.json".to_owned();

@@ -8,6 +8,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use super::BackupError;
+use super::archive::ArchiveFeed;
 use super::files::{sha256_file, write_private};
 use super::kubernetes::{KubeManifest, QuiesceRecord};
 use super::postgres::PgManifest;
@@ -181,15 +182,24 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>, BackupError> {
     Ok(out)
 }
 
-/// Hashes every file, writes `BACKUP_MANIFEST.txt` (listed), then `MANIFEST.json` and its
-/// checksum.
-pub(crate) async fn write_manifest(dir: &Path, manifest: &mut Manifest) -> Result<(), BackupError> {
-    let mut files = Vec::new();
-    for rel in list_files(dir)? {
-        if rel == MANIFEST_TXT {
-            continue;
+/// Hashes every file (taking the hashes the archive computed while reading them, when there
+/// is an archive), writes `BACKUP_MANIFEST.txt` (listed), then `MANIFEST.json` and its checksum.
+pub(crate) async fn write_manifest(dir: &Path, manifest: &mut Manifest, feed: Option<&ArchiveFeed>) -> Result<(), BackupError> {
+    let rels: Vec<String> = list_files(dir)?.into_iter().filter(|r| r != MANIFEST_TXT).collect();
+    let mut known = super::archive::Hashes::new();
+    if let Some(feed) = feed {
+        let appended = feed.hashes().await;
+        for rel in rels.iter().filter(|r| !appended.contains_key(*r)) {
+            feed.add(rel);
         }
-        let (size, sha256) = sha256_file(&dir.join(&rel)).await?;
+        known = feed.hashes().await;
+    }
+    let mut files = Vec::new();
+    for rel in rels {
+        let (size, sha256) = match known.remove(&rel) {
+            Some(v) => v,
+            None => sha256_file(&dir.join(&rel)).await?,
+        };
         files.push(FileEntry { path: rel, size, sha256 });
     }
     manifest.files = files;

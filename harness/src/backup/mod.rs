@@ -5,8 +5,8 @@
 //! - PostgreSQL ([`PgSource`]: direct, or through a pod with exec and port-forward): a session
 //!   exports a snapshot and holds it; `pg_dump -Fc --snapshot` dumps in it; the row counts and
 //!   digests of every table ([`crate::facts::tables`]) are read in it by the same session; plain,
-//!   schema-only, data-only and per-table SQL are derived from the custom archive here (or, with
-//!   [`PlainFrom::Database`], dumped in the same snapshot); roles come from
+//!   schema-only, data-only and per-table SQL are dumped in the same snapshot beside it (or,
+//!   with [`PlainFrom::Archive`], derived from the custom archive here); roles come from
 //!   `pg_dumpall --globals-only`.
 //! - Redis ([`RedisSource`]): an RDB, and the key count and digest of exactly that RDB.
 //! - Kubernetes ([`KubeSource`]): every namespaced resource found through discovery, raw and
@@ -42,25 +42,28 @@ pub use archive::{ArchiveInfo, DecryptionKey, EncryptionKey};
 pub use engine::{BackupReport, backup};
 pub use error::BackupError;
 pub use exec::PodRef;
-pub use kubernetes::{KubeManifest, KubeSource, QuiesceOptions, QuiesceRecord, quiesce, resume};
+pub use kubernetes::{KubeManifest, KubeSource, NamespaceObjects, QuiesceOptions, QuiesceRecord, list_namespace, quiesce, resume};
 pub use manifest::{FileEntry, MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming};
 pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
 pub use postgres::{KubePostgres, PgManifest, PgSource};
-pub use redis::{RedisFacts, RedisManifest, RedisSource, dataset_facts, rdb_facts};
+pub use redis::{RedisManifest, RedisSource, dataset_facts, rdb_facts};
 pub use terraform::TerraformManifest;
 pub use verify::{Finding, VerifyOptions, VerifyReport, restore_into, verify_backup};
 
 use crate::pg::PgTools;
 
-/// How the plain, schema-only, data-only and per-table SQL files are made.
+/// How the plain, schema-only, data-only and per-table SQL files are made. Either way they hold
+/// exactly the snapshot's data; the manifest says which was used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum PlainFrom {
-    /// With `pg_restore -f` from the custom archive, on this machine: the database is read
-    /// once. The default.
+    /// With one `pg_dump --snapshot` per file, against the database, running beside the custom
+    /// dump (two at a time). The default: the custom dump is bound by its compression, so the
+    /// server has time to spare, and the backup ends when the custom dump does.
     #[default]
-    Archive,
-    /// With one `pg_dump --snapshot` per file, against the database, in the same snapshot.
     Database,
+    /// With `pg_restore -f` from the custom archive, on this machine, after the dump: the
+    /// database is read once, for a longer backup. For a server that must not be read twice.
+    Archive,
 }
 
 /// What to back up, and where to.
@@ -108,7 +111,7 @@ impl BackupOptions {
             kubernetes: None,
             quiesce: None,
             terraform_dir: None,
-            plain_from: PlainFrom::Archive,
+            plain_from: PlainFrom::Database,
             local_tools: None,
             archive: true,
             compression_level: 1,

@@ -8,11 +8,12 @@ use std::time::Instant;
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
+use super::archive::ArchiveFeed;
 use super::exec::PodRef;
 use super::files::{ToolRun, ensure_parent, tool_version};
 use super::manifest::StepTiming;
 use super::{BackupError, PlainFrom};
-use crate::facts::{SequenceFacts, TableFacts, sequence_facts, table_facts};
+use crate::facts::{SequenceFacts, TableFacts, TableRef, list_tables, sequence_facts, table_facts};
 use crate::pg::{ConnParams, PgTools, Secret};
 
 /// Where the PostgreSQL to back up is, and how it is reached.
@@ -191,7 +192,14 @@ pub(crate) async fn backup_postgres(
     plain_from: PlainFrom,
     dir: &Path,
     origin: Instant,
+    feed: Option<&ArchiveFeed>,
 ) -> Result<PgOutcome, BackupError> {
+    // Hands each finished file to the archive, which compresses it while the rest runs.
+    let done = |rel: &str| {
+        if let Some(feed) = feed {
+            feed.add(rel);
+        }
+    };
     let db = source.dbname().to_owned();
     let file_name = sanitize(&db);
     let custom_rel = format!("postgres/{file_name}.dump");
@@ -223,11 +231,39 @@ pub(crate) async fn backup_postgres(
     tracing::info!(snapshot = %snapshot_id, database = %db, "snapshot exported");
 
     let snapshot_arg = format!("--snapshot={snapshot_id}");
+    // The tables, as the snapshot sees them: the per-table files are named after them.
+    let table_refs = list_tables(&session).await?;
+    let plain_rel = format!("postgres/{file_name}-full.sql");
+    let schema_rel = format!("postgres/{file_name}-schema.sql");
+    let data_rel = format!("postgres/{file_name}-data.sql");
+    let table_files: BTreeMap<String, String> = table_refs
+        .iter()
+        .map(|t| {
+            let key = format!("{}.{}", t.schema, t.name);
+            let rel = format!("postgres/tables/{}.sql", sanitize(&key));
+            (key, rel)
+        })
+        .collect();
+    if !table_files.is_empty() {
+        ensure_parent(dir, "postgres/tables/x")?;
+    }
+    // Each derived file: its path and the selection arguments shared by pg_dump and pg_restore.
+    let mut derived: Vec<(String, &'static str, Vec<String>)> = vec![
+        (plain_rel.clone(), "plain SQL", vec![]),
+        (schema_rel.clone(), "schema only", vec!["--schema-only".to_owned()]),
+        // With triggers (foreign keys) disabled while loading, as pg_dump recommends for a
+        // data-only file: otherwise its alphabetical table order breaks the references.
+        (data_rel.clone(), "data only", vec!["--data-only".to_owned(), "--disable-triggers".to_owned()]),
+    ];
+    let per_table: Vec<(&TableRef, String)> =
+        table_refs.iter().map(|t| (t, table_files[&format!("{}.{}", t.schema, t.name)].clone())).collect();
+
     let dump = async {
         let started = Instant::now();
         source
             .dump("pg_dump", vec![snapshot_arg.clone(), "-Fc".to_owned()], "dumping (custom format)", &custom_path)
             .await?;
+        done(&custom_rel);
         Ok::<_, BackupError>(step("postgres: pg_dump -Fc", started, origin))
     };
     let facts = async {
@@ -254,58 +290,53 @@ pub(crate) async fn backup_postgres(
         source
             .dump("pg_dumpall", vec!["--globals-only".to_owned()], "dumping roles (globals only)", &globals_path)
             .await?;
+        done(&globals_rel);
         Ok::<_, BackupError>(step("postgres: pg_dumpall --globals-only", started, origin))
     };
-    let (dump_step, (tables, sequences, indexes, facts_step), globals_step) = tokio::try_join!(dump, facts, globals)?;
+    // From the database: every file is its own pg_dump in the snapshot the session holds,
+    // running beside the custom dump (which is bound by its compression, not the server).
+    let from_database = async {
+        if plain_from != PlainFrom::Database {
+            return Ok::<_, BackupError>(None);
+        }
+        let started = Instant::now();
+        let mut runs: Vec<(String, String, Vec<String>)> = derived
+            .iter()
+            .map(|(rel, what, args)| (rel.clone(), format!("dumping {what}"), args.clone()))
+            .collect();
+        for (t, rel) in &per_table {
+            let args = vec![format!("--table={}", qualified_pattern(&t.schema, &t.name))];
+            runs.push((rel.clone(), "dumping one table".to_owned(), args));
+        }
+        let runs = runs.into_iter().map(|(rel, what, args)| {
+            let mut all = vec![snapshot_arg.clone()];
+            all.extend(args);
+            let out = dir.join(&rel);
+            let done = &done;
+            async move {
+                source.dump("pg_dump", all, &what, &out).await?;
+                done(&rel);
+                Ok::<_, BackupError>(())
+            }
+        });
+        let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
+        results.into_iter().collect::<Result<Vec<()>, _>>()?;
+        Ok(Some(step("postgres: plain, schema, data and per-table SQL (pg_dump)", started, origin)))
+    };
+    let (dump_step, (tables, sequences, indexes, facts_step), globals_step, derived_step) =
+        tokio::try_join!(dump, facts, globals, from_database)?;
     steps.extend([dump_step, facts_step, globals_step]);
+    // pg_dump has its own copy of the snapshot: release the server's.
+    session.batch_execute("COMMIT").await.map_err(|e| query_err("end the snapshot transaction", e))?;
+    drop(session);
 
-    let plain_rel = format!("postgres/{file_name}-full.sql");
-    let schema_rel = format!("postgres/{file_name}-schema.sql");
-    let data_rel = format!("postgres/{file_name}-data.sql");
-    let table_files: BTreeMap<String, String> = tables
-        .iter()
-        .map(|t| {
-            let key = format!("{}.{}", t.schema, t.name);
-            let rel = format!("postgres/tables/{}.sql", sanitize(&key));
-            (key, rel)
-        })
-        .collect();
-    if !table_files.is_empty() {
-        ensure_parent(dir, "postgres/tables/x")?;
-    }
-    // Each derived file: its path and the selection arguments shared by pg_dump and pg_restore.
-    let mut derived: Vec<(String, &'static str, Vec<String>)> = vec![
-        (plain_rel.clone(), "plain SQL", vec![]),
-        (schema_rel.clone(), "schema only", vec!["--schema-only".to_owned()]),
-        // With triggers (foreign keys) disabled while loading, as pg_dump recommends for a
-        // data-only file: otherwise its alphabetical table order breaks the references.
-        (data_rel.clone(), "data only", vec!["--data-only".to_owned(), "--disable-triggers".to_owned()]),
-    ];
-    let per_table: Vec<(&TableFacts, String)> = tables
-        .iter()
-        .map(|t| (t, table_files[&format!("{}.{}", t.schema, t.name)].clone()))
-        .collect();
-
-    if plain_from == PlainFrom::Archive {
-        // pg_dump has its own copy of the snapshot: release the server's.
-        session.batch_execute("COMMIT").await.map_err(|e| query_err("end the snapshot transaction", e))?;
-    }
-    let started = Instant::now();
     let derived_from = match plain_from {
         PlainFrom::Database => {
-            // Every file is its own pg_dump, all in the snapshot the session still holds.
-            for (rel, what, args) in &derived {
-                let mut all = vec![snapshot_arg.clone()];
-                all.extend(args.iter().cloned());
-                source.dump("pg_dump", all, &format!("dumping {what}"), &dir.join(rel)).await?;
-            }
-            for (t, rel) in &per_table {
-                let args = vec![snapshot_arg.clone(), format!("--table={}", qualified_pattern(&t.schema, &t.name))];
-                source.dump("pg_dump", args, "dumping one table", &dir.join(rel)).await?;
-            }
-            format!("pg_dump {snapshot_arg} against the database, one run per file")
+            steps.extend(derived_step);
+            format!("pg_dump {snapshot_arg} against the database, one run per file, beside the custom dump")
         }
         PlainFrom::Archive => {
+            let started = Instant::now();
             // The database is read once; the rest comes from the archive, here.
             let pg_restore = local.tool("pg_restore").map_err(BackupError::pg("find pg_restore"))?;
             // Per-table files hold what `pg_dump -t` would: the table, its data, sequences,
@@ -328,19 +359,19 @@ pub(crate) async fn backup_postgres(
                 let run = ToolRun::new("pg_restore", pg_restore.clone(), format!("writing {what} from {custom_rel}"))
                     .args(all);
                 let out = dir.join(rel);
-                async move { run.to_file(&out).await }
+                let done = &done;
+                async move {
+                    run.to_file(&out).await?;
+                    done(rel);
+                    Ok::<_, BackupError>(())
+                }
             });
             let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
+            steps.push(step("postgres: plain, schema, data and per-table SQL (pg_restore)", started, origin));
             format!("pg_restore of {custom_rel} on this machine (the database was read once, by pg_dump {snapshot_arg})")
         }
     };
-    steps.push(step("postgres: plain, schema, data and per-table SQL", started, origin));
-    if plain_from == PlainFrom::Database {
-        // Every reader has finished: release the snapshot.
-        session.batch_execute("COMMIT").await.map_err(|e| query_err("end the snapshot transaction", e))?;
-    }
-    drop(session);
 
     let mut tools = BTreeMap::new();
     tools.insert("pg_dump".to_owned(), source.tool_version("pg_dump").await);
@@ -382,7 +413,7 @@ fn qualified_pattern(schema: &str, name: &str) -> String {
 /// defaults, constraints, foreign keys, indexes and triggers. Other lines become comments.
 pub(crate) fn table_toc(
     toc: &str,
-    table: &TableFacts,
+    table: &TableRef,
     sequences: &[SequenceFacts],
     indexes: &[(String, String, String)],
 ) -> String {
@@ -474,7 +505,7 @@ mod tests {
 ";
 
     fn kept(table: &str) -> Vec<String> {
-        let t = TableFacts { schema: "public".into(), name: table.into(), rows: 0, digest: String::new(), ordered_by: vec![] };
+        let t = TableRef { schema: "public".into(), name: table.into(), key: vec![] };
         let seqs: Vec<SequenceFacts> = ["users", "posts"]
             .map(|t| SequenceFacts {
                 schema: "public".into(),

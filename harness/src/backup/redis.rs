@@ -25,6 +25,7 @@ use super::exec::PodRef;
 use super::files::{ToolRun, create_private_dir, tail};
 use super::postgres::in_pod_with_password;
 use crate::pg::Secret;
+use crate::verify::RedisFacts;
 
 /// Where the Redis to back up is.
 #[derive(Clone, Debug)]
@@ -70,14 +71,6 @@ pub struct RedisManifest {
     pub digest: String,
 }
 
-/// Key count and digest of a Redis dataset.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct RedisFacts {
-    /// Keys, all databases.
-    pub keys: u64,
-    /// Digest (see the module docs).
-    pub digest: String,
-}
 
 pub(crate) async fn backup_redis(source: &RedisSource, dir: &Path) -> Result<RedisManifest, BackupError> {
     let rel = "redis/dump.rdb".to_owned();
@@ -119,11 +112,11 @@ pub(crate) async fn backup_redis(source: &RedisSource, dir: &Path) -> Result<Red
         }
     }
     let facts = rdb_facts(&out).await?;
-    Ok(RedisManifest { source: source.describe(), rdb: rel, keys: facts.keys, digest: facts.digest })
+    Ok(RedisManifest { source: source.describe(), rdb: rel, keys: facts.key_count, digest: facts.digest })
 }
 
 /// Loads an RDB file into a private scratch `redis-server` (Unix socket only, no TCP) and
-/// reads its key count and digest.
+/// reads its key count and digest (as [`crate::verify::RedisFacts`], for the Redis gate).
 ///
 /// # Errors
 /// When redis-server is missing, refuses the file (corrupt RDB), or does not start in time.
@@ -233,7 +226,7 @@ pub async fn dataset_facts(conn: &mut redis::aio::MultiplexedConnection) -> Resu
     for limb in sum {
         hasher.update(limb.to_be_bytes());
     }
-    Ok(RedisFacts { keys, digest: hex::encode(hasher.finalize()) })
+    Ok(RedisFacts { key_count: keys, digest: hex::encode(hasher.finalize()), keys: Default::default() })
 }
 
 async fn key_hash(conn: &mut redis::aio::MultiplexedConnection, db: u32, key: &[u8]) -> Result<Vec<u8>, BackupError> {

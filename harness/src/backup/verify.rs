@@ -181,10 +181,17 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
         match rdb_facts(&rdb).await {
             Ok(facts) => {
                 report.redis_checked = true;
-                if facts.keys != redis.keys {
-                    report.findings.push(finding("redis key count", redis.keys.to_string(), facts.keys.to_string()));
-                } else if facts.digest != redis.digest {
-                    report.findings.push(finding("redis digest", redis.digest.clone(), facts.digest));
+                let expected = crate::verify::RedisFacts {
+                    key_count: redis.keys,
+                    digest: redis.digest.clone(),
+                    keys: Default::default(),
+                };
+                for f in crate::verify::redis(&expected, &facts).findings {
+                    report.findings.push(finding(
+                        format!("{}: {}", f.subject, f.detail),
+                        f.expected.unwrap_or_default(),
+                        f.actual.unwrap_or_default(),
+                    ));
                 }
             }
             Err(err) => report.findings.push(finding(format!("redis {}", redis.rdb), "a loadable RDB", err.to_string())),
@@ -194,27 +201,30 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
     Ok(report)
 }
 
-/// Compares the manifest's tables with the restored ones; returns how many were compared.
+/// Compares the manifest's tables with the restored ones through the row-count and digest
+/// gates of [`crate::verify`]; returns how many tables were compared.
 pub(crate) fn compare_tables(expected: &[TableFacts], found: &[TableFacts], findings: &mut Vec<Finding>) -> usize {
-    let mut compared = 0;
-    for want in expected {
-        let label = format!("{}.{}", want.schema, want.name);
-        match found.iter().find(|t| t.schema == want.schema && t.name == want.name) {
-            None => findings.push(finding(format!("table {label}"), "restored", "missing")),
-            Some(got) => {
-                compared += 1;
-                if got.rows != want.rows {
-                    findings.push(finding(format!("table {label} rows"), want.rows.to_string(), got.rows.to_string()));
-                } else if got.digest != want.digest {
-                    findings.push(finding(format!("table {label} digest"), want.digest.clone(), got.digest.clone()));
-                }
-            }
-        }
-    }
-    for got in found {
-        if !expected.iter().any(|t| t.schema == got.schema && t.name == got.name) {
-            findings.push(finding(format!("table {}.{}", got.schema, got.name), "not in the backup", "present"));
-        }
+    use crate::verify::FindingKind;
+    let compared = expected.iter().filter(|t| found.iter().any(|f| f.schema == t.schema && f.name == t.name)).count();
+    let counts = crate::verify::row_counts(expected, found);
+    let digests = crate::verify::digests(expected, found);
+    let structural = |kind: FindingKind| matches!(kind, FindingKind::Missing | FindingKind::Unexpected);
+    for (what, f) in counts
+        .findings
+        .iter()
+        .map(|f| ("rows", f))
+        .chain(digests.findings.iter().filter(|f| !structural(f.kind)).map(|f| ("digest", f)))
+    {
+        let (check, expected, found) = match f.kind {
+            FindingKind::Missing => (format!("table {}", f.subject), "restored".to_owned(), "missing".to_owned()),
+            FindingKind::Unexpected => (format!("table {}", f.subject), "not in the backup".to_owned(), "present".to_owned()),
+            _ => (
+                format!("table {} {what}", f.subject),
+                f.expected.clone().unwrap_or_default(),
+                f.actual.clone().map(|a| format!("{a} ({})", f.detail)).unwrap_or_else(|| f.detail.clone()),
+            ),
+        };
+        findings.push(finding(check, expected, found));
     }
     compared
 }

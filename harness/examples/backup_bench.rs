@@ -1,0 +1,120 @@
+//! Benchmark of `harness::backup`: a full backup (custom dump, digests of every table in the
+//! snapshot, plain/schema/data/per-table SQL, globals, manifest, archive) against a bare
+//! `pg_dump -Fc` of the same database, in the same run. Target: at most 1.3x.
+//!
+//! `cargo run --release -p harness --example backup_bench -- --users 100000 --posts 1000000`
+//!
+//! It also prints peak memory: this process's (`VmHWM`, reset before the backup) and the
+//! largest child's (pg_dump, pg_restore: `getrusage(RUSAGE_CHILDREN)`). Target: under 200 MB.
+
+use std::time::Instant;
+
+use anyhow::{Context, bail};
+use harness::backup::{BackupOptions, PgSource, backup};
+use harness::data::{DatasetSpec, load_dataset};
+use harness::keep::ScratchDir;
+use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
+
+struct Args {
+    users: u32,
+    posts: u32,
+    seed: u64,
+}
+
+fn parse() -> anyhow::Result<Args> {
+    let mut a = Args { users: 100_000, posts: 1_000_000, seed: 1 };
+    let mut it = std::env::args().skip(1);
+    while let Some(flag) = it.next() {
+        let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--users" => a.users = value()?.parse()?,
+            "--posts" => a.posts = value()?.parse()?,
+            "--seed" => a.seed = value()?.parse()?,
+            other => bail!("unknown argument {other}; use --users N --posts N [--seed N]"),
+        }
+    }
+    Ok(a)
+}
+
+/// Peak resident set of this process, in KiB.
+fn vm_hwm_kib() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+}
+
+/// Resets this process's peak RSS (Linux: `echo 5 > /proc/self/clear_refs`).
+fn reset_hwm() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+async fn bare_pg_dump(pg: &LocalPostgres, out: &std::path::Path) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let status = tokio::process::Command::new(pg.tools().tool("pg_dump")?)
+        .args(["-Fc", "-f"])
+        .arg(out)
+        .envs(pg.params().libpq_env())
+        .status()
+        .await?;
+    anyhow::ensure!(status.success(), "bare pg_dump failed: {status}");
+    Ok(started.elapsed().as_secs_f64())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse()?;
+    let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
+    let client = pg.params().connect().await?;
+    let stats = load_dataset(&client, &DatasetSpec::new(args.seed, args.users, args.posts)).await?;
+    client.batch_execute("VACUUM ANALYZE").await?;
+    let size: i64 = client.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+    println!(
+        "dataset: {} users, {} posts, database {:.0} MB (loaded in {:.1} s)",
+        stats.users,
+        stats.posts,
+        size as f64 / 1e6,
+        stats.elapsed.as_secs_f64()
+    );
+
+    let scratch = ScratchDir::new("backup-bench-", "benchmark output")?;
+    let bare1 = bare_pg_dump(&pg, &scratch.path().join("bare1.dump")).await?;
+    let bare_size = std::fs::metadata(scratch.path().join("bare1.dump"))?.len();
+    println!("bare pg_dump -Fc:        {bare1:>7.2} s ({:.0} MB)", bare_size as f64 / 1e6);
+
+    let mut options = BackupOptions::new(scratch.path());
+    options.name = Some("bench".to_owned());
+    options.postgres = Some(PgSource::Direct { params: pg.params(), tools: pg.tools().clone() });
+    options.local_tools = Some(pg.tools().clone());
+    let hwm_reset = reset_hwm();
+    let started = Instant::now();
+    let report = backup(&options).await?;
+    let full = started.elapsed().as_secs_f64();
+    let self_peak = vm_hwm_kib();
+    let children_peak = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+        .map(|u| u.max_rss())
+        .ok();
+    let archive = report.archive.as_ref().map(|a| a.size).unwrap_or(0);
+    println!("backup (everything):     {full:>7.2} s (archive {:.0} MB)", archive as f64 / 1e6);
+    for step in report.manifest.steps.iter().chain(&report.after_manifest) {
+        println!("  {:>7.2} s  at {:>6.2} s  {}", step.seconds, step.started_after_seconds, step.name);
+    }
+
+    let bare2 = bare_pg_dump(&pg, &scratch.path().join("bare2.dump")).await?;
+    println!("bare pg_dump -Fc again:  {bare2:>7.2} s");
+    let bare = (bare1 + bare2) / 2.0;
+    let ratio = full / bare;
+    println!(
+        "ratio backup / bare pg_dump (mean of both bare runs {bare:.2} s): {ratio:.2}x (target <= 1.30x) {}",
+        if ratio <= 1.3 { "OK" } else { "OVER TARGET" }
+    );
+    match (self_peak, hwm_reset) {
+        (Some(kib), true) => println!("peak RSS of this process during the backup: {:.1} MB (target < 200 MB)", kib as f64 / 1024.0),
+        (Some(kib), false) => println!("peak RSS of this process (whole run, reset unsupported): {:.1} MB", kib as f64 / 1024.0),
+        (None, _) => println!("peak RSS of this process: unavailable (/proc/self/status)"),
+    }
+    if let Some(kib) = children_peak {
+        println!("peak RSS of the largest child (pg_dump / pg_restore): {:.1} MB", kib as f64 / 1024.0);
+    }
+    drop(client);
+    pg.stop().await?;
+    Ok(())
+}
