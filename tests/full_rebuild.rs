@@ -1,1 +1,108 @@
-fn main() {}
+//! `cargo test --test full_rebuild`: one trial per scenario and provider (libtest-mimic).
+//!
+//! The simulator trials always run. kind, kubeconfig and container trials are listed and
+//! ignored, with the reason, unless `HARNESS_PROVIDERS` enables them (for example
+//! `HARNESS_PROVIDERS=kind,container`), so `--include-ignored` and name filters behave as with
+//! cargo test. Each trial prints its phase timings and writes its report under
+//! `target/rehearsal/test-<trial>/`.
+
+use std::path::PathBuf;
+
+use harness::cluster::{DestroyGate, ProviderSpec};
+use harness::report::{Outcome, PhaseStatus, Report};
+use libtest_mimic::{Arguments, Failed, Trial};
+use scenarios::full_rebuild::{self, Config};
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn enabled(provider: &str) -> bool {
+    std::env::var("HARNESS_PROVIDERS").unwrap_or_default().split(',').any(|p| p.trim() == provider)
+}
+
+fn print_phases(report: &Report) {
+    for p in &report.phases {
+        let status = match p.status {
+            PhaseStatus::Passed => "ok",
+            PhaseStatus::Failed => "FAILED",
+            PhaseStatus::Skipped => "skipped",
+        };
+        println!("    {:<20} {:>8} ms  {status}{}", p.name, p.duration_ms, p.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default());
+    }
+    println!("    rto {:?} ms, rpo {:?} ms, verdict {:?}", report.rto_ms, report.rpo_ms, report.verdict);
+}
+
+/// Runs full_rebuild and fails the trial unless the verdict is pass.
+fn full_rebuild_trial(name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
+    let report_dir = repo().join("target/rehearsal").join(format!("test-{}", name.replace("::", "-")));
+    let _ = std::fs::remove_dir_all(&report_dir);
+    let config = Config::modest(provider, harness::deploy::overlay(overlay), report_dir.clone());
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
+    let report = runtime.block_on(full_rebuild::run(&config, &scenarios::Quiet));
+    print_phases(&report);
+    let _ = std::fs::write(report_dir.join("report.json"), report.to_json());
+    if report.verdict == Outcome::Pass {
+        // The backup held production-like data: it is removed once the trial passed.
+        let _ = std::fs::remove_dir_all(config.backup_dir());
+        return Ok(());
+    }
+    let failed: Vec<String> = report
+        .phases
+        .iter()
+        .filter(|p| p.status == PhaseStatus::Failed)
+        .map(|p| format!("phase {}: {}", p.name, p.detail.clone().unwrap_or_default()))
+        .chain(report.gates.iter().filter(|g| !g.passed).map(|g| format!("gate {}: {}", g.name, g.findings.join("; "))))
+        .chain(report.rollback_reasons.iter().map(|r| format!("roll back: {r}")))
+        .collect();
+    Err(format!("verdict fail (report in {}):\n{}", report_dir.display(), failed.join("\n")).into())
+}
+
+fn main() {
+    let mut args = Arguments::from_args();
+    // Whole clusters per trial: one at a time unless asked otherwise.
+    if args.test_threads.is_none() {
+        args.test_threads = Some(1);
+    }
+    let single = repo().join("kind-config/single-node.yaml");
+    let mut trials = vec![Trial::test("sim::full_rebuild", {
+        let single = single.clone();
+        move || full_rebuild_trial("sim::full_rebuild", ProviderSpec::Sim { kind_config: Some(single) }, "sim")
+    })];
+
+    let kind_trial = Trial::test("kind::full_rebuild", {
+        let single = single.clone();
+        move || {
+            let images = ["api-gateway", "user-service", "auth-service", "blog-service", "load-generator"]
+                .iter()
+                .map(|s| format!("titanium/{s}:rehearsal"))
+                .collect();
+            full_rebuild_trial("kind::full_rebuild", ProviderSpec::Kind { kind_config: single, images }, "kind")
+        }
+    });
+    trials.push(if enabled("kind") { kind_trial } else { kind_trial.with_ignored_flag(true) });
+
+    let kubeconfig_trial = Trial::test("kubeconfig::full_rebuild", || {
+        // The person who set HARNESS_PROVIDERS=kubeconfig and HARNESS_CONTEXT chose this
+        // cluster for destruction of titanium-prod; the test is their confirmation.
+        let context = std::env::var("HARNESS_CONTEXT").map_err(|_| Failed::from("set HARNESS_CONTEXT to the context to rehearse on"))?;
+        let provider = ProviderSpec::Kubeconfig {
+            path: std::env::var_os("HARNESS_KUBECONFIG").map(PathBuf::from),
+            context: Some(context.clone()),
+            namespaces: vec![scenarios::titanium::NAMESPACE.to_owned()],
+            gate: DestroyGate::Confirmed { cluster: context },
+        };
+        full_rebuild_trial("kubeconfig::full_rebuild", provider, "sim")
+    });
+    trials.push(if enabled("kubeconfig") { kubeconfig_trial } else { kubeconfig_trial.with_ignored_flag(true) });
+
+    for trial in &trials {
+        if trial.name().starts_with("kind::") && !enabled("kind") {
+            println!("note: {} is ignored: needs Docker, kind and HARNESS_PROVIDERS=kind", trial.name());
+        }
+        if trial.name().starts_with("kubeconfig::") && !enabled("kubeconfig") {
+            println!("note: {} is ignored: needs HARNESS_PROVIDERS=kubeconfig and HARNESS_CONTEXT", trial.name());
+        }
+    }
+    libtest_mimic::run(&args, trials).exit();
+}

@@ -48,7 +48,7 @@ pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
 pub use postgres::{KubePostgres, PgManifest, PgSource};
 pub use redis::{RedisManifest, RedisSource, dataset_facts, rdb_facts};
 pub use terraform::TerraformManifest;
-pub use verify::{Finding, VerifyOptions, VerifyReport, restore_into, verify_backup};
+pub use verify::{Finding, Restored, VerifyOptions, VerifyReport, restore_into, verify_backup};
 
 use crate::pg::PgTools;
 

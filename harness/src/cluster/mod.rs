@@ -4,6 +4,7 @@
 //! Code above this boundary (scenarios, backup, restore) sees a [`Cluster`]: a name, a
 //! kubeconfig, a kube-rs client, and `destroy`. It never knows which provider runs.
 
+pub mod any;
 mod confirm;
 mod error;
 pub mod forward;
@@ -13,6 +14,7 @@ pub mod sim;
 
 use std::path::Path;
 
+pub use any::{AnyCluster, ProviderSpec};
 pub use confirm::{DestroyGate, confirm_destroy};
 pub use error::ClusterError;
 
