@@ -19,6 +19,15 @@ pub enum RestoreError {
         source: std::io::Error,
     },
 
+    /// The directory is not a readable backup.
+    #[error("{} is not a usable backup: {detail}", path.display())]
+    NotABackup {
+        /// The directory.
+        path: PathBuf,
+        /// What was wrong.
+        detail: String,
+    },
+
     /// The archive or SQL file is not what it claims to be; nothing was changed.
     #[error("{} is not a usable {format}: {detail}; nothing was changed", path.display())]
     BadArchive {

@@ -11,10 +11,12 @@
 //!   server-side apply, waiting on each readiness condition with a deadline.
 //!
 //! The restore's inputs are explicit structs (paths and facts), not a backup directory, so
-//! it does not depend on how a backup lays out its files.
+//! it does not depend on how a backup lays out its files; [`RestoreInputs::from_backup`] is
+//! the one place that reads a backup's manifest to fill them.
 
 mod database;
 mod error;
+mod inputs;
 mod kubernetes;
 
 pub use database::{
@@ -22,6 +24,7 @@ pub use database::{
     plan_database_restore, restore_database,
 };
 pub use error::RestoreError;
+pub use inputs::RestoreInputs;
 pub use kubernetes::{
     DataRestorer, KubeRestoreOptions, KubeRestorePlan, KubeRestoreReport, PlanRoles, PlanStep, RESTORE_ANNOTATION, StepKind,
     Waits, restore_kubernetes,
