@@ -5,6 +5,7 @@
 
 mod commands;
 mod exit_codes;
+mod progress;
 
 use std::path::PathBuf;
 
@@ -21,8 +22,51 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Rehearse the whole rebuild (default: full_rebuild on the simulated cluster) and write
+    /// the reports.
+    Run(RunArgs),
     /// Read-only checks against a cluster before the maintenance window (go / no-go).
     Preflight(PreflightArgs),
+}
+
+/// Arguments of `rehearsal run`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The scenario.
+    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild"])]
+    scenario: String,
+    /// Where clusters come from: sim (built in), kind (needs Docker and kind), kubeconfig (an
+    /// existing cluster; destroying titanium-prod there needs --allow-destroy and the
+    /// cluster's name typed at the prompt).
+    #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "kubeconfig"])]
+    provider: String,
+    /// kind configuration for sim and kind clusters.
+    #[arg(long, default_value = "kind-config/single-node.yaml")]
+    kind_config: PathBuf,
+    /// Kubeconfig for --provider kubeconfig (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Context for --provider kubeconfig (default: the current one).
+    #[arg(long)]
+    context: Option<String>,
+    /// Allow destroying the rehearsal namespace on an existing cluster (asks for its name).
+    #[arg(long)]
+    allow_destroy: bool,
+    /// Users to seed.
+    #[arg(long, default_value_t = 200)]
+    users: u32,
+    /// Posts to seed.
+    #[arg(long, default_value_t = 2000)]
+    posts: u32,
+    /// Seconds the load gate runs.
+    #[arg(long, default_value_t = 3)]
+    load_seconds: u64,
+    /// Report directory (default: target/rehearsal/<timestamp>/).
+    #[arg(long)]
+    report: Option<PathBuf>,
+    /// Keep clusters, servers and directories for debugging (like HARNESS_KEEP=1).
+    #[arg(long)]
+    keep: bool,
 }
 
 /// Arguments of `rehearsal preflight`.
@@ -71,6 +115,7 @@ fn main() {
     };
     let code = runtime.block_on(async {
         let result = match cli.command {
+            Command::Run(args) => commands::run(args).await,
             Command::Preflight(args) => commands::preflight(args).await,
         };
         match result {

@@ -6,11 +6,20 @@ use std::path::{Path, PathBuf};
 /// The environment variable that keeps resources after a test or rehearsal.
 pub const KEEP_ENV: &str = "HARNESS_KEEP";
 
-/// True when the user asked to keep resources (`HARNESS_KEEP=1`, `true` or `yes`).
+static KEEP_FLAG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// True when the user asked to keep resources (`HARNESS_KEEP=1`, `true` or `yes`, or a
+/// command-line `--keep` through [`request_keep`]).
 pub fn keep_requested() -> bool {
-    std::env::var(KEEP_ENV)
-        .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
-        .unwrap_or(false)
+    KEEP_FLAG.load(std::sync::atomic::Ordering::Relaxed)
+        || std::env::var(KEEP_ENV)
+            .map(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true" | "yes"))
+            .unwrap_or(false)
+}
+
+/// Keeps resources for the rest of this process, as `HARNESS_KEEP=1` does (the CLI's `--keep`).
+pub fn request_keep() {
+    KEEP_FLAG.store(true, std::sync::atomic::Ordering::Relaxed);
 }
 
 /// A private temporary directory (mode 0700) that is removed on drop unless
