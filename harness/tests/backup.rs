@@ -388,7 +388,9 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
     let restored = restore_into(&report.dir.join(&pgm.custom_dump), &admin.with_dbname("from_custom"), target.tools())
         .await?
         .map_err(anyhow::Error::msg)?;
-    assert_eq!(restored, pgm.tables, "restored custom dump = manifest, exactly");
+    assert_eq!(restored.tables, pgm.tables, "restored custom dump = manifest, exactly");
+    assert_eq!(restored.schema, pgm.schema, "same schema rendering");
+    assert!(pgm.schema.contains("users") && pgm.schema.contains("posts"));
 
     // The plain SQL restores to the same facts; so do schema-only + data-only.
     let psql = |db: &'static str, files: Vec<PathBuf>| {

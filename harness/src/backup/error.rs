@@ -46,6 +46,10 @@ pub enum BackupError {
     #[error("table facts")]
     Facts(#[from] TablesError),
 
+    /// Rendering the schema failed.
+    #[error("schema rendering")]
+    Schema(#[from] crate::facts::SchemaError),
+
     /// A tool (pg_dump, redis-cli, terraform, ...) could not be started.
     #[error("could not run {tool}")]
     Spawn {

@@ -153,8 +153,11 @@ pub struct PgManifest {
     pub snapshot_at: String,
     /// Row counts and digests per table, read in the snapshot.
     pub tables: Vec<TableFacts>,
-    /// Sequences (read at dump time, like pg_dump does: not transactional).
+    /// Sequences (read just before the dumps start: sequences are not transactional).
     pub sequences: Vec<SequenceFacts>,
+    /// The normalised schema rendering ([`crate::facts::schema`]), read in the snapshot.
+    #[serde(default)]
+    pub schema: String,
     /// The custom-format archive (`pg_restore` input).
     pub custom_dump: String,
     /// Plain SQL of the whole database.
@@ -266,10 +269,13 @@ pub(crate) async fn backup_postgres(
         done(&custom_rel);
         Ok::<_, BackupError>(step("postgres: pg_dump -Fc", started, origin))
     };
+    // Sequences are not transactional: read them before pg_dump starts, so that what the
+    // dump records (read a moment later) is never behind what the manifest says.
+    let sequences = sequence_facts(&session).await?;
     let facts = async {
         let started = Instant::now();
         let tables = table_facts(&session).await?;
-        let sequences = sequence_facts(&session).await?;
+        let schema = crate::facts::render_schema(&session).await?;
         let indexes: Vec<(String, String, String)> = session
             .query(
                 "SELECT schemaname::text, tablename::text, indexname::text FROM pg_indexes \
@@ -281,7 +287,7 @@ pub(crate) async fn backup_postgres(
             .into_iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect();
-        Ok::<_, BackupError>((tables, sequences, indexes, step("postgres: row counts and digests", started, origin)))
+        Ok::<_, BackupError>((tables, schema, indexes, step("postgres: row counts, digests and schema", started, origin)))
     };
     let globals_rel = "postgres/globals.sql".to_owned();
     let globals_path = dir.join(&globals_rel);
@@ -323,7 +329,7 @@ pub(crate) async fn backup_postgres(
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         Ok(Some(step("postgres: plain, schema, data and per-table SQL (pg_dump)", started, origin)))
     };
-    let (dump_step, (tables, sequences, indexes, facts_step), globals_step, derived_step) =
+    let (dump_step, (tables, schema, indexes, facts_step), globals_step, derived_step) =
         tokio::try_join!(dump, facts, globals, from_database)?;
     steps.extend([dump_step, facts_step, globals_step]);
     // pg_dump has its own copy of the snapshot: release the server's.
@@ -390,6 +396,7 @@ pub(crate) async fn backup_postgres(
             snapshot_at,
             tables,
             sequences,
+            schema,
             custom_dump: custom_rel,
             plain: plain_rel,
             schema_only: schema_rel,

@@ -172,7 +172,20 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
         match restored {
             Err(detail) => report.findings.push(finding(format!("restore of {}", pg.custom_dump), "pg_restore succeeds", detail)),
             Ok(found) => {
-                report.tables_checked = compare_tables(&pg.tables, &found, &mut report.findings);
+                report.tables_checked = compare_tables(&pg.tables, &found.tables, &mut report.findings);
+                let mut gates = vec![crate::verify::sequences(&pg.sequences, &found.sequences)];
+                if !pg.schema.is_empty() {
+                    gates.push(crate::verify::schema(&pg.schema, &found.schema));
+                }
+                for verdict in gates {
+                    for f in verdict.findings {
+                        report.findings.push(finding(
+                            format!("{} {}: {}", verdict.gate.name(), f.subject, f.detail),
+                            f.expected.unwrap_or_default(),
+                            f.actual.unwrap_or_default(),
+                        ));
+                    }
+                }
             }
         }
     }
@@ -233,7 +246,7 @@ static SCRATCH_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomic
 
 /// Restores a custom dump into a new database on the scratch server and reads its table
 /// facts; the database is dropped afterwards. `Ok(Err(..))` is a failed restore (a finding).
-async fn restore_and_observe(dump: &Path, options: &VerifyOptions) -> Result<Result<Vec<TableFacts>, String>, BackupError> {
+async fn restore_and_observe(dump: &Path, options: &VerifyOptions) -> Result<Result<Restored, String>, BackupError> {
     let n = SCRATCH_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let db = format!("rr_verify_{}_{n}", std::process::id());
     crate::pg::create_database(&options.scratch, &db).await.map_err(BackupError::pg("create the scratch database"))?;
@@ -243,8 +256,19 @@ async fn restore_and_observe(dump: &Path, options: &VerifyOptions) -> Result<Res
     result
 }
 
-/// Restores `dump` into the (empty) database of `target` with pg_restore and reads every
-/// table's facts.
+/// What a restored database holds, observed as the backup observed its source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Restored {
+    /// Row counts and digests.
+    pub tables: Vec<TableFacts>,
+    /// Sequences.
+    pub sequences: Vec<crate::facts::SequenceFacts>,
+    /// The normalised schema rendering.
+    pub schema: String,
+}
+
+/// Restores `dump` into the (empty) database of `target` with pg_restore and observes its
+/// tables, sequences and schema.
 ///
 /// # Errors
 /// `Err` when the server cannot be reached; `Ok(Err(..))` when pg_restore fails.
@@ -252,7 +276,7 @@ pub async fn restore_into(
     dump: &Path,
     target: &ConnParams,
     tools: &PgTools,
-) -> Result<Result<Vec<TableFacts>, String>, BackupError> {
+) -> Result<Result<Restored, String>, BackupError> {
     let pg_restore = tools.tool("pg_restore").map_err(BackupError::pg("find pg_restore"))?;
     let run = ToolRun::new("pg_restore", pg_restore, format!("restoring {}", dump.display()))
         .args([
@@ -269,5 +293,8 @@ pub async fn restore_into(
         return Ok(Err(tail(&err.to_string(), 6)));
     }
     let client = target.connect().await.map_err(BackupError::pg("connect to the restored database"))?;
-    Ok(Ok(table_facts(&client).await?))
+    let tables = table_facts(&client).await?;
+    let sequences = crate::facts::sequence_facts(&client).await?;
+    let schema = crate::facts::render_schema(&client).await?;
+    Ok(Ok(Restored { tables, sequences, schema }))
 }
