@@ -137,3 +137,183 @@ fn print_summary(report: &harness::report::Report) {
         report.rpo_ms.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into()),
     );
 }
+
+fn libpq_password() -> Option<harness::pg::Secret> {
+    std::env::var("PGPASSWORD").ok().map(harness::pg::Secret::new)
+}
+
+/// `rehearsal backup`.
+pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
+    use harness::backup::{self, BackupOptions, EncryptionKey, KubePostgres, KubeSource, OffsiteTarget, PgSource, PodRef, QuiesceOptions, RedisSource};
+
+    let mut options = BackupOptions::new(&args.out);
+    options.name = args.name.clone();
+    options.terraform_dir = args.terraform_dir.clone();
+    options.offsite = args.offsite_dir.iter().cloned().map(OffsiteTarget::Directory).collect();
+    options.encryption = match (&args.passphrase_file, &args.recipient) {
+        (Some(file), _) => Some(EncryptionKey::PassphraseFile(file.clone())),
+        (_, Some(recipient)) => Some(EncryptionKey::Recipient(recipient.clone())),
+        _ => None,
+    };
+    let needs_cluster = args.direct.pg_host.is_none() || args.redis_app.is_some() || args.kubernetes || args.quiesce;
+    let cluster = if needs_cluster {
+        Some(KubeconfigCluster::attach(args.cluster.kubeconfig.clone(), args.cluster.context.as_deref(), vec![], Default::default())?)
+    } else {
+        None
+    };
+    let client = match &cluster {
+        Some(c) => Some(c.client().await?),
+        None => None,
+    };
+    let pod = |name: String| PodRef {
+        client: client.clone().expect("a cluster is attached when pods are used"),
+        namespace: args.cluster.namespace.clone(),
+        pod: name,
+        container: None,
+    };
+    options.cluster = cluster.as_ref().map(|c| c.context().to_owned());
+    options.postgres = Some(match &args.direct.pg_host {
+        Some(host) => PgSource::Direct {
+            params: harness::pg::ConnParams {
+                host: host.clone(),
+                port: args.direct.pg_port,
+                user: args.direct.pg_user.clone(),
+                password: libpq_password(),
+                dbname: args.database.clone(),
+            },
+            tools: harness::pg::PgTools::discover()?,
+        },
+        None => PgSource::Kube(KubePostgres {
+            pod: pod(args.cluster.pg_pod.clone()),
+            port: 5432,
+            user: args.direct.pg_user.clone(),
+            dbname: args.database.clone(),
+            password: libpq_password(),
+            password_env: Some("POSTGRES_PASSWORD".into()),
+        }),
+    });
+    if let (Some(app), Some(client)) = (&args.redis_app, &client) {
+        let name = first_ready_pod(client, &args.cluster.namespace, app).await?;
+        options.redis = Some(RedisSource::Kube { pod: pod(name), password_env: None });
+    }
+    if let Some(client) = &client {
+        if args.kubernetes || args.quiesce {
+            options.kubernetes = Some(KubeSource { client: client.clone(), namespace: args.cluster.namespace.clone() });
+        }
+        if args.quiesce {
+            options.quiesce = Some(QuiesceOptions { keep: args.keep_running.clone(), ..QuiesceOptions::default() });
+        }
+    }
+    let report = backup::backup(&options).await?;
+    println!("backup written to {}", report.dir.display());
+    if let Some(archive) = &report.archive {
+        println!("archive {} ({} bytes, sha256 {})", archive.path.display(), archive.size, archive.sha256);
+    }
+    for copy in &report.offsite {
+        println!("off-site copy: {copy:?}");
+    }
+    if let Some(pg) = &report.manifest.postgres {
+        for t in &pg.tables {
+            println!("  {:<12} {:>10} rows  sha256 {}", t.name, t.rows, t.digest);
+        }
+    }
+    println!("took {:.1} s", report.seconds);
+    Ok(exit_codes::OK)
+}
+
+async fn first_ready_pod(client: &kube::Client, namespace: &str, app: &str) -> anyhow::Result<String> {
+    use k8s_openapi::api::core::v1::Pod;
+    let pods = kube::Api::<Pod>::namespaced(client.clone(), namespace)
+        .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
+        .await
+        .with_context(|| format!("list pods app={app} in {namespace}"))?;
+    pods.items
+        .into_iter()
+        .find(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
+        .and_then(|p| p.metadata.name)
+        .with_context(|| format!("no Ready pod with app={app} in {namespace}"))
+}
+
+/// `rehearsal verify`.
+pub(crate) async fn verify(args: crate::VerifyArgs) -> anyhow::Result<i32> {
+    use harness::backup::{DecryptionKey, VerifyOptions};
+    use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
+
+    let decryption = match (&args.passphrase_file, &args.identity) {
+        (Some(f), _) => Some(DecryptionKey::PassphraseFile(f.clone())),
+        (_, Some(f)) => Some(DecryptionKey::IdentityFile(f.clone())),
+        _ => None,
+    };
+    let scratch = LocalPostgres::start(LocalOptions::default()).await.context("start a scratch PostgreSQL")?;
+    let options = VerifyOptions { scratch: scratch.params(), tools: scratch.tools().clone(), decryption };
+    let report = harness::backup::verify_backup(&args.backup, &options).await?;
+    scratch.stop().await?;
+    println!(
+        "{}: {} files, {} tables checked{}",
+        report.backup.display(),
+        report.files_checked,
+        report.tables_checked,
+        if report.redis_checked { ", redis checked" } else { "" }
+    );
+    if report.passed {
+        println!("verdict: OK");
+        Ok(exit_codes::OK)
+    } else {
+        for f in &report.findings {
+            println!("MISMATCH {}: expected {}, found {}", f.check, f.expected, f.found);
+        }
+        println!("verdict: FAILED (first mismatch: {})", report.findings.first().map(|f| f.check.as_str()).unwrap_or("?"));
+        Ok(exit_codes::GATE_FAILED)
+    }
+}
+
+/// `rehearsal restore`.
+pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
+    use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_database};
+
+    let manifest = harness::backup::Manifest::read(&args.backup)?;
+    let pg = manifest.postgres.as_ref().context("the backup has no PostgreSQL part")?;
+    let archive = if args.from_sql {
+        DbArchive::PlainSql(args.backup.join(&pg.plain))
+    } else {
+        DbArchive::Custom(args.backup.join(&pg.custom_dump))
+    };
+    let input = DbRestoreInput { archive, backup_id: manifest.name.clone() };
+    let options = DbRestoreOptions { force: args.force, dry_run: args.dry_run, ..DbRestoreOptions::default() };
+    let tools = harness::pg::PgTools::discover()?;
+    // Reach the database directly, or through a local port-forward to the pod.
+    let (params, _forward) = match &args.direct.pg_host {
+        Some(host) => (
+            harness::pg::ConnParams {
+                host: host.clone(),
+                port: args.direct.pg_port,
+                user: args.direct.pg_user.clone(),
+                password: libpq_password(),
+                dbname: args.database.clone(),
+            },
+            None,
+        ),
+        None => {
+            let cluster = KubeconfigCluster::attach(args.cluster.kubeconfig.clone(), args.cluster.context.as_deref(), vec![], Default::default())?;
+            let forward = harness::cluster::forward::PortForward::start(cluster.client().await?, &args.cluster.namespace, &args.cluster.pg_pod, 5432).await?;
+            (
+                harness::pg::ConnParams {
+                    host: "127.0.0.1".into(),
+                    port: forward.port(),
+                    user: args.direct.pg_user.clone(),
+                    password: libpq_password(),
+                    dbname: args.database.clone(),
+                },
+                Some(forward),
+            )
+        }
+    };
+    let report = restore_database(&tools, &params, &input, &options).await?;
+    println!("{:#?}", report.plan);
+    if args.dry_run {
+        println!("dry run: nothing was changed");
+    } else {
+        println!("restored: {} in {:.1} s", report.restored, report.seconds);
+    }
+    Ok(exit_codes::OK)
+}

@@ -27,6 +27,14 @@ enum Command {
     Run(RunArgs),
     /// Read-only checks against a cluster before the maintenance window (go / no-go).
     Preflight(PreflightArgs),
+    /// Back up titanium-prod from a cluster (or PostgreSQL directly): every artifact the runbook
+    /// names, from one snapshot, with a manifest.
+    Backup(BackupArgs),
+    /// Verify a backup: checksums against its manifest, then a restore into a scratch
+    /// PostgreSQL compared with the manifest's counts and digests.
+    Verify(VerifyArgs),
+    /// Restore a backup's database into PostgreSQL reached directly or in a cluster's pod.
+    Restore(RestoreArgs),
 }
 
 /// Arguments of `rehearsal run`.
@@ -67,6 +75,115 @@ struct RunArgs {
     /// Keep clusters, servers and directories for debugging (like HARNESS_KEEP=1).
     #[arg(long)]
     keep: bool,
+}
+
+/// Where the cluster is (for backup, restore and preflight).
+#[derive(Debug, clap::Args)]
+struct ClusterArgs {
+    /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Context in the kubeconfig (default: its current context).
+    #[arg(long)]
+    context: Option<String>,
+    /// The application namespace.
+    #[arg(long, short = 'n', default_value = "titanium-prod")]
+    namespace: String,
+    /// The PostgreSQL pod.
+    #[arg(long, default_value = "postgresql-0")]
+    pg_pod: String,
+}
+
+/// PostgreSQL reached directly instead of through a pod. The password comes from PGPASSWORD.
+#[derive(Debug, clap::Args)]
+struct DirectPgArgs {
+    /// Host of a PostgreSQL reached directly (instead of the pod).
+    #[arg(long)]
+    pg_host: Option<String>,
+    /// Its port.
+    #[arg(long, default_value_t = 5432)]
+    pg_port: u16,
+    /// Its user.
+    #[arg(long, default_value = "postgres")]
+    pg_user: String,
+}
+
+/// Arguments of `rehearsal backup`.
+#[derive(Debug, clap::Args)]
+struct BackupArgs {
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    direct: DirectPgArgs,
+    /// The database.
+    #[arg(long, default_value = "titanium")]
+    database: String,
+    /// Directory the backup is written into (as <name>/ and <name>.tar.gz).
+    #[arg(long, short = 'o')]
+    out: PathBuf,
+    /// Backup name (default: <database>-<timestamp>).
+    #[arg(long)]
+    name: Option<String>,
+    /// Also back up Redis from the pod with this label value of `app` (e.g. redis).
+    #[arg(long)]
+    redis_app: Option<String>,
+    /// Also back up every namespaced resource of the namespace.
+    #[arg(long)]
+    kubernetes: bool,
+    /// Scale the namespace's Deployments (except --keep-running) to zero before the snapshot.
+    #[arg(long)]
+    quiesce: bool,
+    /// Deployments left running by --quiesce.
+    #[arg(long, default_value = "prod-redis-deployment")]
+    keep_running: Vec<String>,
+    /// Terraform working directory whose state is backed up.
+    #[arg(long)]
+    terraform_dir: Option<PathBuf>,
+    /// Encrypt the archive with age, with the passphrase in the first line of this file.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// Encrypt the archive with age for this recipient (age1...).
+    #[arg(long, conflicts_with = "passphrase_file")]
+    recipient: Option<String>,
+    /// Copy the archive to this directory (another disk), checked by checksum.
+    #[arg(long)]
+    offsite_dir: Vec<PathBuf>,
+}
+
+/// Arguments of `rehearsal verify`.
+#[derive(Debug, clap::Args)]
+struct VerifyArgs {
+    /// The backup: its directory, or its .tar.gz / .tar.gz.age archive.
+    backup: PathBuf,
+    /// Passphrase file for an encrypted archive.
+    #[arg(long)]
+    passphrase_file: Option<PathBuf>,
+    /// age identity file for an encrypted archive.
+    #[arg(long, conflicts_with = "passphrase_file")]
+    identity: Option<PathBuf>,
+}
+
+/// Arguments of `rehearsal restore`.
+#[derive(Debug, clap::Args)]
+struct RestoreArgs {
+    /// The backup directory.
+    backup: PathBuf,
+    #[command(flatten)]
+    cluster: ClusterArgs,
+    #[command(flatten)]
+    direct: DirectPgArgs,
+    /// The database restored into.
+    #[arg(long, default_value = "titanium")]
+    database: String,
+    /// Restore the plain SQL file with psql (the runbook's way) instead of the custom archive.
+    #[arg(long)]
+    from_sql: bool,
+    /// Restore over a database that holds data.
+    #[arg(long)]
+    force: bool,
+    /// Print the plan and change nothing.
+    #[arg(long)]
+    dry_run: bool,
 }
 
 /// Arguments of `rehearsal preflight`.
@@ -117,6 +234,9 @@ fn main() {
         let result = match cli.command {
             Command::Run(args) => commands::run(args).await,
             Command::Preflight(args) => commands::preflight(args).await,
+            Command::Backup(args) => commands::backup(args).await,
+            Command::Verify(args) => commands::verify(args).await,
+            Command::Restore(args) => commands::restore(args).await,
         };
         match result {
             Ok(code) => code,

@@ -1,0 +1,92 @@
+//! The `rehearsal` binary as a user runs it: backup, verify (and its failures), restore with
+//! --dry-run and for real, against real PostgreSQL servers; exit codes as documented.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use harness::data::{DatasetSpec, load_dataset};
+use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider, Secret};
+
+const PASSWORD: &str = "cli-Test-pw-7Q";
+
+fn rehearsal(args: &[&str], pg: Option<&LocalPostgres>) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearsal"));
+    cmd.args(args).env_remove("PGPASSWORD");
+    if pg.is_some() {
+        cmd.env("PGPASSWORD", PASSWORD);
+    }
+    cmd.output().expect("run rehearsal")
+}
+
+fn text(out: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+}
+
+async fn server() -> LocalPostgres {
+    LocalPostgres::start(LocalOptions { password: Some(Secret::new(PASSWORD)), ..LocalOptions::titanium() }).await.unwrap()
+}
+
+fn archive_in(dir: &Path) -> PathBuf {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with(".tar.gz"))
+        .expect("an archive")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_verify_and_restore_through_the_cli() {
+    let source = server().await;
+    let client = source.params().connect().await.unwrap();
+    load_dataset(&client, &DatasetSpec::new(5, 50, 300)).await.unwrap();
+    let out_dir = tempfile::tempdir().unwrap();
+    let port = source.params().port.to_string();
+    let out = out_dir.path().to_str().unwrap();
+
+    let backup = rehearsal(&["backup", "--pg-host", "127.0.0.1", "--pg-port", &port, "--out", out, "--name", "cli-test"], Some(&source));
+    assert!(backup.status.success(), "{}", text(&backup));
+    assert!(!text(&backup).contains(PASSWORD), "the password leaked into the output");
+    let dir = out_dir.path().join("cli-test");
+    let archive = archive_in(out_dir.path());
+
+    let verified = rehearsal(&["verify", archive.to_str().unwrap()], None);
+    assert_eq!(verified.status.code(), Some(0), "{}", text(&verified));
+
+    // One flipped byte in the archive: verify must fail with the gate code and say where.
+    let corrupt = out_dir.path().join("corrupt.tar.gz");
+    let mut bytes = std::fs::read(&archive).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x01;
+    std::fs::write(&corrupt, bytes).unwrap();
+    let failed = rehearsal(&["verify", corrupt.to_str().unwrap()], None);
+    assert_eq!(failed.status.code(), Some(3), "{}", text(&failed));
+
+    let target = server().await;
+    let tport = target.params().port.to_string();
+    let args = ["restore", dir.to_str().unwrap(), "--pg-host", "127.0.0.1", "--pg-port", &tport];
+    let dry = rehearsal(&[&args[..], &["--dry-run"]].concat(), Some(&target));
+    assert!(dry.status.success(), "{}", text(&dry));
+    let tclient = target.params().connect().await.unwrap();
+    let posts: i64 = tclient.query_one("SELECT count(*) FROM posts", &[]).await.unwrap().get(0);
+    assert_eq!(posts, 0, "--dry-run must change nothing");
+
+    let restored = rehearsal(&args, Some(&target));
+    assert!(restored.status.success(), "{}", text(&restored));
+    let posts: i64 = tclient.query_one("SELECT count(*) FROM posts", &[]).await.unwrap().get(0);
+    assert_eq!(posts, 300);
+
+    // Restoring over data is refused without --force, and says so.
+    let refused = rehearsal(&args, Some(&target));
+    assert_eq!(refused.status.code(), Some(0), "a second restore of the same backup is a no-op: {}", text(&refused));
+}
+
+#[test]
+fn unreachable_cluster_is_a_could_not_run_exit() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("config");
+    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n").unwrap();
+    let out = rehearsal(&["preflight", "--kubeconfig", kubeconfig.to_str().unwrap()], None);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(text(&out).contains("no current-context"), "{}", text(&out));
+}
