@@ -317,3 +317,107 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
     }
     Ok(exit_codes::OK)
 }
+
+/// Where `rehearsal sim` keeps a background cluster: `$XDG_STATE_HOME/rebuild-rehearsal/sim/NAME`
+/// (else `~/.local/state/...`).
+fn sim_home(name: &str) -> std::path::PathBuf {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".local/state"));
+    base.join("rebuild-rehearsal/sim").join(name)
+}
+
+/// A workspace binary next to this one (target/<profile>/), else on PATH.
+fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
+    let exe = std::env::current_exe().context("locate the rehearsal binary")?;
+    let sibling = exe.with_file_name(name);
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    which::which(name).with_context(|| format!("`{name}` not found next to {} or on PATH; build it with `cargo build -p {name}`", exe.display()))
+}
+
+/// `rehearsal sim up`.
+pub(crate) async fn sim_up(name: &str, kind_config: &std::path::Path, users: u32, posts: u32) -> anyhow::Result<i32> {
+    use std::os::unix::process::CommandExt;
+    let home = sim_home(name);
+    let pid_file = home.join("pid");
+    if pid_file.exists() {
+        anyhow::bail!("a simulated cluster `{name}` is already up ({}); run `rehearsal sim down --name {name}` first", home.display());
+    }
+    std::fs::create_dir_all(&home).with_context(|| format!("create {}", home.display()))?;
+    harness::keep::set_private_dir(&home)?;
+    let kubeconfig = home.join("kubeconfig");
+    let log = std::fs::File::create(home.join("simcluster.log"))?;
+    let child = std::process::Command::new(sibling_binary("simcluster")?)
+        .args(["serve", "--name", name, "--state-dir"])
+        .arg(home.join("state"))
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .arg("--config")
+        .arg(kind_config)
+        .stdin(std::process::Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        // Its own process group: it outlives this command, and Ctrl-C here does not reach it.
+        .process_group(0)
+        .spawn()
+        .context("start simcluster serve")?;
+    std::fs::write(&pid_file, child.id().to_string())?;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !kubeconfig.exists() {
+        anyhow::ensure!(std::time::Instant::now() < deadline, "simcluster wrote no kubeconfig in 30 s; see {}", home.join("simcluster.log").display());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let cluster = KubeconfigCluster::attach(Some(kubeconfig.clone()), None, vec![], Default::default())?;
+    eprintln!("deploying titanium-prod ...");
+    harness::deploy::apply_kustomize(&cluster, &harness::deploy::overlay("sim")).await?;
+    let client = cluster.client().await?;
+    harness::deploy::wait_ready(&client, scenarios::titanium::NAMESPACE, std::time::Duration::from_secs(180)).await?;
+    if users > 0 {
+        let password = scenarios::titanium::db_password(&client).await?;
+        let forward = harness::cluster::forward::PortForward::start(client.clone(), scenarios::titanium::NAMESPACE, scenarios::titanium::PG_POD, 5432).await?;
+        let params = harness::pg::ConnParams {
+            host: "127.0.0.1".into(),
+            port: forward.port(),
+            user: "postgres".into(),
+            password: Some(password),
+            dbname: scenarios::titanium::DATABASE.into(),
+        };
+        let pg = params.connect().await?;
+        let count: i64 = pg.query_one("SELECT count(*) FROM users", &[]).await?.get(0);
+        if count == 0 {
+            harness::data::load_dataset(&pg, &harness::data::DatasetSpec::new(1, users, posts)).await?;
+        }
+    }
+    println!("simulated cluster `{name}` is up with titanium-prod. Try the runbook's commands:");
+    println!("  export KUBECONFIG={}", kubeconfig.display());
+    println!("  kubectl get pods -n titanium-prod");
+    println!("  kubectl exec -n titanium-prod postgresql-0 -- psql -U postgres -d titanium -c '\\dt'");
+    println!("Stop it with: rehearsal sim down --name {name}");
+    Ok(exit_codes::OK)
+}
+
+/// `rehearsal sim down`.
+pub(crate) fn sim_down(name: &str) -> anyhow::Result<i32> {
+    let home = sim_home(name);
+    let pid_file = home.join("pid");
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .with_context(|| format!("no simulated cluster `{name}` is up ({} missing)", pid_file.display()))?
+        .trim()
+        .parse()
+        .context("the pid file is corrupt")?;
+    let pid = nix::unistd::Pid::from_raw(pid);
+    if nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).is_ok() {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while nix::sys::signal::kill(pid, None).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        if nix::sys::signal::kill(pid, None).is_ok() {
+            let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+    std::fs::remove_dir_all(&home).with_context(|| format!("remove {}", home.display()))?;
+    println!("simulated cluster `{name}` is down");
+    Ok(exit_codes::OK)
+}

@@ -35,6 +35,10 @@ enum Command {
     Verify(VerifyArgs),
     /// Restore a backup's database into PostgreSQL reached directly or in a cluster's pod.
     Restore(RestoreArgs),
+    /// Start or stop a simulated cluster running the Titanium stack, to try the runbook's
+    /// kubectl commands on.
+    #[command(subcommand)]
+    Sim(SimCommand),
 }
 
 /// Arguments of `rehearsal run`.
@@ -75,6 +79,32 @@ struct RunArgs {
     /// Keep clusters, servers and directories for debugging (like HARNESS_KEEP=1).
     #[arg(long)]
     keep: bool,
+}
+
+/// `rehearsal sim up|down`.
+#[derive(Debug, Subcommand)]
+enum SimCommand {
+    /// Start a simulated cluster in the background, deploy titanium-prod, print the KUBECONFIG.
+    Up {
+        /// Cluster name.
+        #[arg(long, default_value = "titanium-sim")]
+        name: String,
+        /// kind configuration describing the nodes.
+        #[arg(long, default_value = "kind-config/single-node.yaml")]
+        kind_config: PathBuf,
+        /// Users to seed (0: none).
+        #[arg(long, default_value_t = 100)]
+        users: u32,
+        /// Posts to seed.
+        #[arg(long, default_value_t = 1000)]
+        posts: u32,
+    },
+    /// Stop the simulated cluster and remove its state.
+    Down {
+        /// Cluster name.
+        #[arg(long, default_value = "titanium-sim")]
+        name: String,
+    },
 }
 
 /// Where the cluster is (for backup, restore and preflight).
@@ -237,6 +267,8 @@ fn main() {
             Command::Backup(args) => commands::backup(args).await,
             Command::Verify(args) => commands::verify(args).await,
             Command::Restore(args) => commands::restore(args).await,
+            Command::Sim(SimCommand::Up { name, kind_config, users, posts }) => commands::sim_up(&name, &kind_config, users, posts).await,
+            Command::Sim(SimCommand::Down { name }) => commands::sim_down(&name),
         };
         match result {
             Ok(code) => code,
