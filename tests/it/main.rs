@@ -1,3 +1,4 @@
 //! Cross-crate integration tests: the CI workflows, and the `rehearsal` binary as a user runs it.
 
+mod report_html;
 mod workflows;
