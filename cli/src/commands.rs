@@ -364,6 +364,18 @@ pub(crate) async fn sim_up(name: &str, kind_config: &std::path::Path, users: u32
         .spawn()
         .context("start simcluster serve")?;
     std::fs::write(&pid_file, child.id().to_string())?;
+    match sim_deploy(name, &home, users, posts).await {
+        Ok(code) => Ok(code),
+        Err(err) => {
+            // Leave nothing behind: a half-started cluster is stopped and removed.
+            let _ = sim_down(name);
+            Err(err)
+        }
+    }
+}
+
+async fn sim_deploy(name: &str, home: &std::path::Path, users: u32, posts: u32) -> anyhow::Result<i32> {
+    let kubeconfig = home.join("kubeconfig");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !kubeconfig.exists() {
         anyhow::ensure!(std::time::Instant::now() < deadline, "simcluster wrote no kubeconfig in 30 s; see {}", home.join("simcluster.log").display());
