@@ -7,6 +7,7 @@
 //! - bare: `pg_restore -d <empty database> archive`, the runbook's command;
 //! - ours: `restore::restore_database` into a database the init script already filled with
 //!   empty tables (the rebuilt StatefulSet's state), default options;
+//! - ours with one job, to show our overhead apart from pg_restore's parallelism;
 //! - gates: table facts (counts and digests), sequence facts and the schema rendering of the
 //!   restored database, and the gates comparing them with the backup's.
 //!
@@ -80,6 +81,14 @@ async fn main() -> Result<ExitCode> {
     ensure!(report.restored, "restore did not run: {}", report.plan);
     let jobs = report.plan.command.iter().skip_while(|a| *a != "-j").nth(1).cloned().unwrap_or_default();
 
+    // Ours with one job, to separate our own overhead from pg_restore's parallelism.
+    create_database(&params, "ours_one_job").await?;
+    let one = params.with_dbname("ours_one_job");
+    pg.tools().psql_file(&one, &schema_sql_path()).await?;
+    let t = Instant::now();
+    restore_database(pg.tools(), &one, &input, &DbRestoreOptions { jobs: Some(1), ..DbRestoreOptions::default() }).await?;
+    let one_job_time = t.elapsed();
+
     // Gates on the restored database.
     let t = Instant::now();
     let restored = ours.connect().await?;
@@ -105,6 +114,11 @@ async fn main() -> Result<ExitCode> {
         report.drop_seconds,
         report.load_seconds,
         secs(ours_time)
+    );
+    println!(
+        "our restore with 1 job (same work as bare, plus planning and the drops): {:.2} s ({:.2}x bare)",
+        secs(one_job_time),
+        secs(one_job_time) / secs(bare_time)
     );
     println!("restore ratio: {restore_ratio:.2}x (target <= 1.20x): {}", if restore_ratio <= 1.2 { "met" } else { "MISSED" });
     println!("gate evaluation (counts, digests, sequences, schema): {:.2} s", secs(gates_time));
