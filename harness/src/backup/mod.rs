@@ -33,6 +33,7 @@ mod manifest;
 mod offsite;
 mod postgres;
 mod redis;
+mod split;
 mod terraform;
 mod verify;
 

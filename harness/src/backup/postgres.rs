@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::archive::ArchiveFeed;
 use super::exec::PodRef;
 use super::files::{ToolRun, ensure_parent, tool_version};
+use super::split::{TableOut, split_plain};
 use super::manifest::StepTiming;
 use super::{BackupError, PlainFrom};
 use crate::facts::{SequenceFacts, TableFacts, TableRef, list_tables, sequence_facts, table_facts};
@@ -250,16 +251,49 @@ pub(crate) async fn backup_postgres(
     if !table_files.is_empty() {
         ensure_parent(dir, "postgres/tables/x")?;
     }
-    // Each derived file: its path and the selection arguments shared by pg_dump and pg_restore.
-    let mut derived: Vec<(String, &'static str, Vec<String>)> = vec![
+    // Plain and schema-only SQL come from pg_dump (or pg_restore); the data-only and per-table
+    // files are split out of the plain SQL here, in one pass (see `split.rs`).
+    let derived: Vec<(String, &'static str, Vec<String>)> = vec![
         (plain_rel.clone(), "plain SQL", vec![]),
         (schema_rel.clone(), "schema only", vec!["--schema-only".to_owned()]),
-        // With triggers (foreign keys) disabled while loading, as pg_dump recommends for a
-        // data-only file: otherwise its alphabetical table order breaks the references.
-        (data_rel.clone(), "data only", vec!["--data-only".to_owned(), "--disable-triggers".to_owned()]),
     ];
-    let per_table: Vec<(&TableRef, String)> =
-        table_refs.iter().map(|t| (t, table_files[&format!("{}.{}", t.schema, t.name)].clone())).collect();
+    let per_table: Vec<(TableRef, String)> =
+        table_refs.iter().map(|t| (t.clone(), table_files[&format!("{}.{}", t.schema, t.name)].clone())).collect();
+
+    // Sequences are not transactional: read them before pg_dump starts, so that what the
+    // dump records (read a moment later) is never behind what the manifest says.
+    let sequences = sequence_facts(&session).await?;
+    let indexes: Vec<(String, String, String)> = session
+        .query(
+            "SELECT schemaname::text, tablename::text, indexname::text FROM pg_indexes \
+             WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+            &[],
+        )
+        .await
+        .map_err(|e| query_err("list the indexes", e))?
+        .into_iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    let split = || {
+        let (plain, data) = (dir.join(&plain_rel), dir.join(&data_rel));
+        let (per_table, sequences, indexes, dir) = (per_table.clone(), sequences.clone(), indexes.clone(), dir.to_path_buf());
+        let done = &done;
+        let (data_rel, rels): (String, Vec<String>) = (data_rel.clone(), per_table.iter().map(|(_, r)| r.clone()).collect());
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let outs: Vec<TableOut<'_>> =
+                    per_table.iter().map(|(t, rel)| TableOut { table: t, path: dir.join(rel) }).collect();
+                split_plain(&plain, &data, &outs, &sequences, &indexes)
+            })
+            .await
+            .expect("split task does not panic")?;
+            done(&data_rel);
+            for rel in &rels {
+                done(rel);
+            }
+            Ok::<_, BackupError>(())
+        }
+    };
 
     let dump = async {
         let started = Instant::now();
@@ -269,25 +303,11 @@ pub(crate) async fn backup_postgres(
         done(&custom_rel);
         Ok::<_, BackupError>(step("postgres: pg_dump -Fc", started, origin))
     };
-    // Sequences are not transactional: read them before pg_dump starts, so that what the
-    // dump records (read a moment later) is never behind what the manifest says.
-    let sequences = sequence_facts(&session).await?;
     let facts = async {
         let started = Instant::now();
         let tables = table_facts(&session).await?;
         let schema = crate::facts::render_schema(&session).await?;
-        let indexes: Vec<(String, String, String)> = session
-            .query(
-                "SELECT schemaname::text, tablename::text, indexname::text FROM pg_indexes \
-                 WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
-                &[],
-            )
-            .await
-            .map_err(|e| query_err("list the indexes", e))?
-            .into_iter()
-            .map(|r| (r.get(0), r.get(1), r.get(2)))
-            .collect();
-        Ok::<_, BackupError>((tables, schema, indexes, step("postgres: row counts, digests and schema", started, origin)))
+        Ok::<_, BackupError>((tables, schema, step("postgres: row counts, digests and schema", started, origin)))
     };
     let globals_rel = "postgres/globals.sql".to_owned();
     let globals_path = dir.join(&globals_rel);
@@ -299,37 +319,30 @@ pub(crate) async fn backup_postgres(
         done(&globals_rel);
         Ok::<_, BackupError>(step("postgres: pg_dumpall --globals-only", started, origin))
     };
-    // From the database: every file is its own pg_dump in the snapshot the session holds,
+    // From the database: plain and schema-only are pg_dumps in the snapshot the session holds,
     // running beside the custom dump (which is bound by its compression, not the server).
     let from_database = async {
         if plain_from != PlainFrom::Database {
             return Ok::<_, BackupError>(None);
         }
         let started = Instant::now();
-        let mut runs: Vec<(String, String, Vec<String>)> = derived
-            .iter()
-            .map(|(rel, what, args)| (rel.clone(), format!("dumping {what}"), args.clone()))
-            .collect();
-        for (t, rel) in &per_table {
-            let args = vec![format!("--table={}", qualified_pattern(&t.schema, &t.name))];
-            runs.push((rel.clone(), "dumping one table".to_owned(), args));
-        }
-        let runs = runs.into_iter().map(|(rel, what, args)| {
+        let runs = derived.iter().map(|(rel, what, args)| {
             let mut all = vec![snapshot_arg.clone()];
-            all.extend(args);
-            let out = dir.join(&rel);
+            all.extend(args.iter().cloned());
+            let out = dir.join(rel);
             let done = &done;
             async move {
-                source.dump("pg_dump", all, &what, &out).await?;
-                done(&rel);
+                source.dump("pg_dump", all, &format!("dumping {what}"), &out).await?;
+                done(rel);
                 Ok::<_, BackupError>(())
             }
         });
         let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
-        Ok(Some(step("postgres: plain, schema, data and per-table SQL (pg_dump)", started, origin)))
+        split().await?;
+        Ok(Some(step("postgres: plain and schema SQL (pg_dump), data and per-table (split)", started, origin)))
     };
-    let (dump_step, (tables, schema, indexes, facts_step), globals_step, derived_step) =
+    let (dump_step, (tables, schema, facts_step), globals_step, derived_step) =
         tokio::try_join!(dump, facts, globals, from_database)?;
     steps.extend([dump_step, facts_step, globals_step]);
     // pg_dump has its own copy of the snapshot: release the server's.
@@ -339,26 +352,15 @@ pub(crate) async fn backup_postgres(
     let derived_from = match plain_from {
         PlainFrom::Database => {
             steps.extend(derived_step);
-            format!("pg_dump {snapshot_arg} against the database, one run per file, beside the custom dump")
+            format!(
+                "plain and schema-only SQL: pg_dump {snapshot_arg} against the database, beside the custom dump; \
+                 data-only and per-table SQL: split from the plain SQL"
+            )
         }
         PlainFrom::Archive => {
             let started = Instant::now();
             // The database is read once; the rest comes from the archive, here.
             let pg_restore = local.tool("pg_restore").map_err(BackupError::pg("find pg_restore"))?;
-            // Per-table files hold what `pg_dump -t` would: the table, its data, sequences,
-            // defaults, constraints, indexes and triggers. `pg_restore -t` alone gives only
-            // the table and its data, so select the archive's entries with a list file.
-            let toc = ToolRun::new("pg_restore", pg_restore.clone(), format!("listing {custom_rel}"))
-                .args(["-l".to_owned(), custom_path.display().to_string()])
-                .output()
-                .await?;
-            let lists = crate::keep::ScratchDir::new("harness-backup-toc-", "pg_restore list files")
-                .map_err(BackupError::io("create a scratch directory in", std::env::temp_dir()))?;
-            for (i, (t, rel)) in per_table.iter().enumerate() {
-                let list = lists.path().join(format!("{i}.list"));
-                super::files::write_private(&list, table_toc(&toc, t, &sequences, &indexes).as_bytes())?;
-                derived.push((rel.clone(), "one table", vec![format!("--use-list={}", list.display())]));
-            }
             let runs = derived.iter().map(|(rel, what, args)| {
                 let mut all = args.clone();
                 all.extend(["-f".to_owned(), "-".to_owned(), custom_path.display().to_string()]);
@@ -374,8 +376,12 @@ pub(crate) async fn backup_postgres(
             });
             let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
-            steps.push(step("postgres: plain, schema, data and per-table SQL (pg_restore)", started, origin));
-            format!("pg_restore of {custom_rel} on this machine (the database was read once, by pg_dump {snapshot_arg})")
+            split().await?;
+            steps.push(step("postgres: plain and schema SQL (pg_restore), data and per-table (split)", started, origin));
+            format!(
+                "plain and schema-only SQL: pg_restore of {custom_rel} on this machine (the database was read once, \
+                 by pg_dump {snapshot_arg}); data-only and per-table SQL: split from the plain SQL"
+            )
         }
     };
 
@@ -410,74 +416,27 @@ pub(crate) async fn backup_postgres(
     })
 }
 
-/// A `pg_dump --table` pattern matching exactly one table (quoted, so case and dots are kept).
-fn qualified_pattern(schema: &str, name: &str) -> String {
-    format!("{}.{}", crate::pg::quote_ident(schema), crate::pg::quote_ident(name))
-}
-
-/// The entries of a `pg_restore -l` listing that belong to `table`, as `pg_dump -t` would
-/// select them: the table and its data, its owned sequences (with their values), column
-/// defaults, constraints, foreign keys, indexes and triggers. Other lines become comments.
-pub(crate) fn table_toc(
-    toc: &str,
+/// Whether a dump entry (its type, schema and the first word of its tag, as in pg_restore's
+/// listing and pg_dump's section headers) belongs in `table`'s own file, as `pg_dump -t` would
+/// select it: the table and its data, its owned sequences (with their values), column defaults,
+/// constraints, foreign keys, indexes and triggers.
+pub(crate) fn entry_belongs(
+    kind: &str,
+    schema: &str,
+    first: &str,
     table: &TableRef,
-    sequences: &[SequenceFacts],
-    indexes: &[(String, String, String)],
-) -> String {
-    // Entry types, longest first so that "TABLE DATA" is not read as "TABLE".
-    const TYPES: [&str; 9] = [
-        "SEQUENCE OWNED BY",
-        "SEQUENCE SET",
-        "FK CONSTRAINT",
-        "TABLE DATA",
-        "CONSTRAINT",
-        "SEQUENCE",
-        "DEFAULT",
-        "TRIGGER",
-        "INDEX",
-    ];
-    let owned: Vec<&str> = sequences
-        .iter()
-        .filter(|s| s.schema == table.schema && s.owned_by.as_deref().is_some_and(|o| o.split('.').next() == Some(&table.name)))
-        .map(|s| s.name.as_str())
-        .collect();
-    let own_indexes: Vec<&str> = indexes
-        .iter()
-        .filter(|(s, t, _)| *s == table.schema && *t == table.name)
-        .map(|(_, _, i)| i.as_str())
-        .collect();
-    let mut out = String::new();
-    for line in toc.lines() {
-        let keep = (|| -> Option<bool> {
-            if line.starts_with(';') {
-                return Some(false);
-            }
-            // "<dump id>; <catalog oid> <object oid> <TYPE> <schema> <name...> <owner>"
-            let rest = line.split_once("; ")?.1.splitn(3, ' ').nth(2)?;
-            let (kind, rest) = TYPES.into_iter().chain(std::iter::once("TABLE")).find_map(|k| {
-                let r = rest.strip_prefix(k)?.strip_prefix(' ')?;
-                Some((k, r))
-            })?;
-            let words: Vec<&str> = rest.split(' ').collect();
-            if words.first() != Some(&table.schema.as_str()) {
-                return Some(false);
-            }
-            let first = words.get(1).copied().unwrap_or("");
-            Some(match kind {
-                "TABLE" | "TABLE DATA" | "CONSTRAINT" | "FK CONSTRAINT" | "TRIGGER" | "DEFAULT" => first == table.name,
-                "SEQUENCE" | "SEQUENCE OWNED BY" | "SEQUENCE SET" => owned.contains(&first),
-                "INDEX" => own_indexes.contains(&first),
-                _ => false,
-            })
-        })()
-        .unwrap_or(false);
-        if !keep {
-            out.push(';');
-        }
-        out.push_str(line);
-        out.push('\n');
+    owned_sequences: &[&str],
+    own_indexes: &[&str],
+) -> bool {
+    if schema != table.schema {
+        return false;
     }
-    out
+    match kind {
+        "TABLE" | "TABLE DATA" | "CONSTRAINT" | "FK CONSTRAINT" | "TRIGGER" | "DEFAULT" => first == table.name,
+        "SEQUENCE" | "SEQUENCE OWNED BY" | "SEQUENCE SET" => owned_sequences.contains(&first),
+        "INDEX" => own_indexes.contains(&first),
+        _ => false,
+    }
 }
 
 fn query_err(what: &str, source: tokio_postgres::Error) -> BackupError {
@@ -493,66 +452,27 @@ pub(crate) fn sanitize(name: &str) -> String {
 mod tests {
     use super::*;
 
-    const TOC: &str = ";\n; Archive created at 2026-01-01\n;\n\
-215; 1259 16386 TABLE public users postgres
-214; 1259 16385 SEQUENCE public users_id_seq postgres
-3366; 0 0 SEQUENCE OWNED BY public users_id_seq postgres
-217; 1259 16396 TABLE public posts postgres
-216; 1259 16395 SEQUENCE public posts_id_seq postgres
-3203; 2604 16389 DEFAULT public users id postgres
-3204; 2604 16399 DEFAULT public posts id postgres
-3359; 0 16386 TABLE DATA public users postgres
-3360; 0 16396 TABLE DATA public posts postgres
-3367; 0 0 SEQUENCE SET public users_id_seq postgres
-3205; 2606 16393 CONSTRAINT public users users_pkey postgres
-3209; 1259 16412 INDEX public idx_users_username postgres
-3210; 1259 16414 INDEX public idx_posts_author postgres
-3213; 2606 16413 FK CONSTRAINT public posts posts_author_fkey postgres
-3212; 2620 16420 TRIGGER public posts posts_set_updated_at postgres
-";
-
-    fn kept(table: &str) -> Vec<String> {
-        let t = TableRef { schema: "public".into(), name: table.into(), key: vec![] };
-        let seqs: Vec<SequenceFacts> = ["users", "posts"]
-            .map(|t| SequenceFacts {
-                schema: "public".into(),
-                name: format!("{t}_id_seq"),
-                last_value: 1,
-                is_called: true,
-                owned_by: Some(format!("{t}.id")),
-                column_max: Some(1),
-            })
-            .into();
-        let idx = vec![
-            ("public".to_owned(), "users".to_owned(), "idx_users_username".to_owned()),
-            ("public".to_owned(), "posts".to_owned(), "idx_posts_author".to_owned()),
-        ];
-        table_toc(TOC, &t, &seqs, &idx)
-            .lines()
-            .filter(|l| !l.starts_with(';'))
-            .map(|l| l.split_once(' ').map(|x| x.1).unwrap_or("").to_owned())
-            .collect()
-    }
-
     #[test]
-    fn a_table_list_holds_what_pg_dump_t_would() {
-        assert_eq!(
-            kept("users"),
-            [
-                "1259 16386 TABLE public users postgres",
-                "1259 16385 SEQUENCE public users_id_seq postgres",
-                "0 0 SEQUENCE OWNED BY public users_id_seq postgres",
-                "2604 16389 DEFAULT public users id postgres",
-                "0 16386 TABLE DATA public users postgres",
-                "0 0 SEQUENCE SET public users_id_seq postgres",
-                "2606 16393 CONSTRAINT public users users_pkey postgres",
-                "1259 16412 INDEX public idx_users_username postgres",
-            ]
-        );
-        let posts = kept("posts");
-        assert!(posts.iter().any(|l| l.contains("FK CONSTRAINT public posts posts_author_fkey")));
-        assert!(posts.iter().any(|l| l.contains("TRIGGER public posts posts_set_updated_at")));
-        assert!(!posts.iter().any(|l| l.contains("users")));
+    fn a_table_file_holds_what_pg_dump_t_would() {
+        let users = TableRef { schema: "public".into(), name: "users".into(), key: vec![] };
+        let belongs = |kind: &str, first: &str| entry_belongs(kind, "public", first, &users, &["users_id_seq"], &["idx_users_username"]);
+        for (kind, first) in [
+            ("TABLE", "users"),
+            ("TABLE DATA", "users"),
+            ("SEQUENCE", "users_id_seq"),
+            ("SEQUENCE OWNED BY", "users_id_seq"),
+            ("SEQUENCE SET", "users_id_seq"),
+            ("DEFAULT", "users"),
+            ("CONSTRAINT", "users"),
+            ("INDEX", "idx_users_username"),
+            ("TRIGGER", "users"),
+        ] {
+            assert!(belongs(kind, first), "{kind} {first}");
+        }
+        for (kind, first) in [("TABLE", "posts"), ("FK CONSTRAINT", "posts"), ("INDEX", "idx_posts_author"), ("FUNCTION", "users")] {
+            assert!(!belongs(kind, first), "{kind} {first}");
+        }
+        assert!(!entry_belongs("TABLE", "audit", "users", &users, &[], &[]));
     }
 
     #[test]

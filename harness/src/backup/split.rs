@@ -1,0 +1,260 @@
+//! Splitting pg_dump's plain SQL into the data-only file and one file per table, in one
+//! streaming pass and without reading the database again.
+//!
+//! pg_dump's plain output is a preamble (`SET ...`, `\restrict`), then one section per archive
+//! entry, each opened by a comment block such as
+//! `--` / `-- Name: users users_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres` / `--`
+//! (or `-- Data for Name: users; Type: TABLE DATA; ...`), then the closing
+//! `-- PostgreSQL database dump complete` block and `\unrestrict`. Headers are only recognised
+//! outside `COPY ... FROM stdin;` data, which ends at `\.`.
+//!
+//! - The data-only file is what `pg_dump --data-only --disable-triggers` writes: the preamble,
+//!   every `TABLE DATA` section wrapped in `ALTER TABLE ... DISABLE/ENABLE TRIGGER ALL`, every
+//!   `SEQUENCE SET` section, and the closing block.
+//! - A table's file is what `pg_dump -t` writes: the preamble, the sections of the table, its
+//!   owned sequences, defaults, data, constraints, indexes, foreign keys and triggers (the
+//!   selection of [`super::postgres::table_toc`]), and the closing block.
+
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use super::BackupError;
+use super::files::create_private_file;
+use super::postgres::entry_belongs;
+use crate::facts::{SequenceFacts, TableRef};
+
+/// One table's output file.
+pub(crate) struct TableOut<'a> {
+    pub(crate) table: &'a TableRef,
+    pub(crate) path: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Header {
+    kind: String,
+    schema: String,
+    tag: String,
+}
+
+fn parse_header(line: &str) -> Option<Header> {
+    let rest = line.strip_prefix("-- Data for Name: ").or_else(|| line.strip_prefix("-- Name: "))?;
+    let mut parts = rest.split("; ");
+    let tag = parts.next()?.to_owned();
+    let kind = parts.next()?.strip_prefix("Type: ")?.to_owned();
+    let schema = parts.next()?.strip_prefix("Schema: ")?.to_owned();
+    Some(Header { kind, schema, tag })
+}
+
+enum Section {
+    Preamble,
+    Entry(Header),
+    Trailer,
+}
+
+struct Outputs {
+    data: BufWriter<std::fs::File>,
+    tables: Vec<BufWriter<std::fs::File>>,
+}
+
+/// Splits `plain` (pg_dump plain output) into `data_only` and the table files.
+pub(crate) fn split_plain(
+    plain: &Path,
+    data_only: &Path,
+    tables: &[TableOut<'_>],
+    sequences: &[SequenceFacts],
+    indexes: &[(String, String, String)],
+) -> Result<(), BackupError> {
+    let input = std::fs::File::open(plain).map_err(BackupError::io("open", plain))?;
+    let mut input = std::io::BufReader::with_capacity(1 << 20, input);
+    let mut out = Outputs {
+        data: BufWriter::with_capacity(1 << 20, create_private_file(data_only)?),
+        tables: tables
+            .iter()
+            .map(|t| create_private_file(&t.path).map(|f| BufWriter::with_capacity(1 << 20, f)))
+            .collect::<Result<_, _>>()?,
+    };
+    let owned: Vec<Vec<&str>> = tables
+        .iter()
+        .map(|t| {
+            sequences
+                .iter()
+                .filter(|s| {
+                    s.schema == t.table.schema
+                        && s.owned_by.as_deref().is_some_and(|o| o.split('.').next() == Some(t.table.name.as_str()))
+                })
+                .map(|s| s.name.as_str())
+                .collect()
+        })
+        .collect();
+    let own_indexes: Vec<Vec<&str>> = tables
+        .iter()
+        .map(|t| {
+            indexes
+                .iter()
+                .filter(|(s, tb, _)| *s == t.table.schema && *tb == t.table.name)
+                .map(|(_, _, i)| i.as_str())
+                .collect()
+        })
+        .collect();
+
+    let err = |e: std::io::Error| BackupError::Io { action: "split", path: plain.to_path_buf(), source: e };
+    let mut section = Section::Preamble;
+    // Which outputs the current section goes to: data-only, and each table.
+    let mut to_data = true;
+    let mut to_table: Vec<bool> = vec![true; tables.len()];
+    let mut is_table_data = false;
+    let mut copy_target: Option<String> = None;
+    let mut in_copy = false;
+    let mut held_dash = false;
+    let mut line = Vec::new();
+
+    let write = |out: &mut Outputs, to_data: bool, to_table: &[bool], bytes: &[u8]| -> std::io::Result<()> {
+        if to_data {
+            out.data.write_all(bytes)?;
+        }
+        for (w, on) in out.tables.iter_mut().zip(to_table) {
+            if *on {
+                w.write_all(bytes)?;
+            }
+        }
+        Ok(())
+    };
+    let close_data_section = |out: &mut Outputs, is_table_data: bool, target: &Option<String>| -> std::io::Result<()> {
+        if let (true, Some(q)) = (is_table_data, target) {
+            out.data.write_all(format!("ALTER TABLE {q} ENABLE TRIGGER ALL;\n\n").as_bytes())?;
+        }
+        Ok(())
+    };
+
+    loop {
+        line.clear();
+        let n = input.read_until(b'\n', &mut line).map_err(err)?;
+        if n == 0 {
+            break;
+        }
+        if in_copy {
+            write(&mut out, to_data, &to_table, &line).map_err(err)?;
+            if line == b"\\.\n" || line == b"\\." {
+                in_copy = false;
+            }
+            continue;
+        }
+        let text = String::from_utf8_lossy(&line);
+        let trimmed = text.trim_end_matches('\n');
+        if held_dash {
+            held_dash = false;
+            let header = parse_header(trimmed);
+            let trailer = trimmed == "-- PostgreSQL database dump complete";
+            if header.is_some() || trailer {
+                close_data_section(&mut out, is_table_data, &copy_target).map_err(err)?;
+                copy_target = None;
+                section = match header {
+                    Some(h) => Section::Entry(h),
+                    None => Section::Trailer,
+                };
+                match &section {
+                    Section::Entry(h) => {
+                        is_table_data = h.kind == "TABLE DATA";
+                        to_data = is_table_data || h.kind == "SEQUENCE SET";
+                        let first = h.tag.split(' ').next().unwrap_or("");
+                        for (i, t) in tables.iter().enumerate() {
+                            to_table[i] = entry_belongs(&h.kind, &h.schema, first, t.table, &owned[i], &own_indexes[i]);
+                        }
+                    }
+                    Section::Trailer | Section::Preamble => {
+                        is_table_data = false;
+                        to_data = true;
+                        to_table.iter_mut().for_each(|b| *b = true);
+                    }
+                }
+                write(&mut out, to_data, &to_table, b"--\n").map_err(err)?;
+                write(&mut out, to_data, &to_table, &line).map_err(err)?;
+                continue;
+            }
+            write(&mut out, to_data, &to_table, b"--\n").map_err(err)?;
+        }
+        if trimmed == "--" {
+            held_dash = true;
+            continue;
+        }
+        if let Some(rest) = trimmed.strip_prefix("COPY ")
+            && trimmed.ends_with(" FROM stdin;")
+        {
+            let name = rest.split(" (").next().unwrap_or(rest).trim_end_matches(" FROM stdin;").to_owned();
+            if is_table_data && to_data {
+                out.data.write_all(format!("ALTER TABLE {name} DISABLE TRIGGER ALL;\n\n").as_bytes()).map_err(err)?;
+            }
+            copy_target = Some(name);
+            in_copy = true;
+        }
+        write(&mut out, to_data, &to_table, &line).map_err(err)?;
+    }
+    if held_dash {
+        write(&mut out, to_data, &to_table, b"--\n").map_err(err)?;
+    }
+    close_data_section(&mut out, is_table_data, &copy_target).map_err(err)?;
+    let _ = section;
+    out.data.flush().map_err(BackupError::io("write", data_only))?;
+    for (w, t) in out.tables.iter_mut().zip(tables) {
+        w.flush().map_err(BackupError::io("write", &t.path))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const PLAIN: &str = "--\n-- PostgreSQL database dump\n--\n\n\\restrict KEY\n\nSET client_encoding = 'UTF8';\n\n\
+--\n-- Name: users; Type: TABLE; Schema: public; Owner: postgres\n--\n\nCREATE TABLE public.users (id integer);\n\n\
+--\n-- Name: posts; Type: TABLE; Schema: public; Owner: postgres\n--\n\nCREATE TABLE public.posts (id integer);\n\n\
+--\n-- Data for Name: posts; Type: TABLE DATA; Schema: public; Owner: postgres\n--\n\n\
+COPY public.posts (id, content) FROM stdin;\n1\t--\n2\t-- Name: users; Type: TABLE; Schema: public; Owner: x\n\\.\n\n\n\
+--\n-- Data for Name: users; Type: TABLE DATA; Schema: public; Owner: postgres\n--\n\n\
+COPY public.users (id) FROM stdin;\n7\n\\.\n\n\n\
+--\n-- Name: users_id_seq; Type: SEQUENCE SET; Schema: public; Owner: postgres\n--\n\n\
+SELECT pg_catalog.setval('public.users_id_seq', 7, true);\n\n\n\
+--\n-- Name: users users_pkey; Type: CONSTRAINT; Schema: public; Owner: postgres\n--\n\n\
+ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
+--\n-- PostgreSQL database dump complete\n--\n\n\\unrestrict KEY\n\n";
+
+    #[test]
+    fn splits_data_only_and_per_table_without_reading_inside_copy_data() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let plain = dir.path().join("full.sql");
+        std::fs::write(&plain, PLAIN).expect("write");
+        let users = TableRef { schema: "public".into(), name: "users".into(), key: vec![] };
+        let posts = TableRef { schema: "public".into(), name: "posts".into(), key: vec![] };
+        let seqs = vec![SequenceFacts {
+            schema: "public".into(),
+            name: "users_id_seq".into(),
+            last_value: 7,
+            is_called: true,
+            owned_by: Some("users.id".into()),
+            column_max: Some(7),
+        }];
+        let outs = [
+            TableOut { table: &users, path: dir.path().join("users.sql") },
+            TableOut { table: &posts, path: dir.path().join("posts.sql") },
+        ];
+        split_plain(&plain, &dir.path().join("data.sql"), &outs, &seqs, &[]).expect("split");
+        let data = std::fs::read_to_string(dir.path().join("data.sql")).expect("data");
+        let users_sql = std::fs::read_to_string(dir.path().join("users.sql")).expect("users");
+        let posts_sql = std::fs::read_to_string(dir.path().join("posts.sql")).expect("posts");
+
+        assert!(data.starts_with("--\n-- PostgreSQL database dump\n--\n\n\\restrict KEY\n"));
+        assert!(data.ends_with("\\unrestrict KEY\n\n"));
+        assert!(!data.contains("CREATE TABLE") && !data.contains("ADD CONSTRAINT"));
+        assert!(data.contains(
+            "ALTER TABLE public.posts DISABLE TRIGGER ALL;\n\nCOPY public.posts (id, content) FROM stdin;\n1\t--\n2\t-- Name: users; Type: TABLE; Schema: public; Owner: x\n\\.\n\n\nALTER TABLE public.posts ENABLE TRIGGER ALL;\n\n"
+        ), "{data}");
+        assert!(data.contains("setval('public.users_id_seq', 7, true)"));
+
+        assert!(users_sql.contains("CREATE TABLE public.users") && users_sql.contains("COPY public.users (id)"));
+        assert!(users_sql.contains("users_pkey") && users_sql.contains("setval('public.users_id_seq'"));
+        assert!(!users_sql.contains("public.posts"));
+        assert!(users_sql.starts_with("--\n-- PostgreSQL database dump") && users_sql.ends_with("\\unrestrict KEY\n\n"));
+        assert!(posts_sql.contains("2\t-- Name: users; Type: TABLE; Schema: public; Owner: x\n\\.\n"), "COPY data is data");
+        assert!(!posts_sql.contains("CREATE TABLE public.users") && !posts_sql.contains("DISABLE TRIGGER"));
+    }
+}
