@@ -215,6 +215,13 @@ impl LoadGate {
         // Count every request, ramp-up and on-start ones (sign up) included, as k6 does;
         // goose otherwise resets its metrics once all users are running.
         config.no_reset_metrics = true;
+        // The verdict reads request metrics only; the rest costs time on every request, which
+        // a load generator sharing the machine with the services cannot spare.
+        config.no_transaction_metrics = true;
+        config.no_scenario_metrics = true;
+        config.no_percentiles_over_time = true;
+        // The services do not compress; skip the decompression layer.
+        config.no_gzip = true;
         if let Some(path) = &report {
             config.report_file = vec![path.to_string_lossy().into_owned()];
         }
