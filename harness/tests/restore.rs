@@ -310,20 +310,16 @@ mod kubernetes {
     }
 
     impl DataRestorer for Recorder {
-        fn restore_database(&mut self) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send {
-            async move {
-                let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
-                let ready = sts.get("postgresql").await?.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-                self.calls.push(format!("database (postgresql ready replicas: {ready})"));
-                Ok(())
-            }
+        async fn restore_database(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
+            let ready = sts.get("postgresql").await?.status.and_then(|s| s.ready_replicas).unwrap_or(0);
+            self.calls.push(format!("database (postgresql ready replicas: {ready})"));
+            Ok(())
         }
 
-        fn restore_redis(&mut self) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send {
-            async move {
-                self.calls.push("redis".to_owned());
-                Ok(())
-            }
+        async fn restore_redis(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+            self.calls.push("redis".to_owned());
+            Ok(())
         }
     }
 

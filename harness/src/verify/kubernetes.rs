@@ -61,11 +61,9 @@ pub fn normalise_object(object: &Value) -> Value {
     }
     if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
         match kind.as_str() {
-            "Service" => {
-                if spec.get("clusterIP").and_then(Value::as_str) != Some("None") {
-                    spec.remove("clusterIP");
-                    spec.remove("clusterIPs");
-                }
+            "Service" if spec.get("clusterIP").and_then(Value::as_str) != Some("None") => {
+                spec.remove("clusterIP");
+                spec.remove("clusterIPs");
             }
             "PersistentVolumeClaim" => {
                 spec.remove("volumeName");
