@@ -119,6 +119,8 @@ async fn gates_pass_on_a_healthy_stack_and_save_the_report() {
 
     let verdict = titanium.quick_gate().run().await.unwrap();
     assert!(verdict.passed, "{}", show(&verdict));
+    let table = verdict.to_string();
+    assert!(table.starts_with("load gate PASSED") && table.contains("GET read post") && table.contains("ok   http_req_failed: rate<0.01"), "{table}");
     let names: Vec<&str> = verdict.figures.per_request.iter().map(|r| r.name.as_str()).collect();
     for name in ["GET list users", "GET list posts", "GET read post"] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
@@ -191,6 +193,7 @@ async fn gates_fail_when_a_service_is_slow() {
     let health = titanium.health_gate().run().await.unwrap();
     assert!(!health.passed, "{health:#?}");
     assert_finding(&health.findings, "/api/users/health: 5 of 5 probes slower than");
+    assert!(health.to_string().starts_with("health gate FAILED"), "{health}");
     assert_eq!(health.findings.len(), 1, "{:?}", health.findings);
 
     let verdict = titanium.quick_gate().run().await.unwrap();

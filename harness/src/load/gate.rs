@@ -395,3 +395,36 @@ mod tests {
         assert_eq!(percentile_us(&[], 0, 0, 0.95), 0);
     }
 }
+
+impl std::fmt::Display for LoadVerdict {
+    /// A table of the figures, then the thresholds and findings, as a report prints them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let fig = &self.figures;
+        writeln!(
+            f,
+            "load gate {}: {} users, {:.1} s",
+            if self.passed { "PASSED" } else { "FAILED" },
+            fig.users,
+            fig.duration.as_secs_f64()
+        )?;
+        writeln!(f, "  {:<22} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}", "request", "count", "failed", "rps", "p50 ms", "p95 ms", "p99 ms")?;
+        for r in fig.per_request.iter().chain(std::iter::once(&fig.overall)) {
+            writeln!(
+                f,
+                "  {:<22} {:>8} {:>8} {:>9.1} {:>9.2} {:>9.2} {:>9.2}",
+                r.name, r.requests, r.failures, r.rps, r.p50_ms, r.p95_ms, r.p99_ms
+            )?;
+        }
+        for t in &self.thresholds {
+            let seen = t.observed.map_or("no request".to_owned(), |v| format!("{v:.3}"));
+            writeln!(f, "  {} {} (observed {seen})", if t.passed { "ok  " } else { "FAIL" }, t.rule)?;
+        }
+        for finding in &self.findings {
+            writeln!(f, "  finding: {finding}")?;
+        }
+        if let Some(report) = &self.report {
+            writeln!(f, "  report: {}", report.display())?;
+        }
+        Ok(())
+    }
+}

@@ -188,3 +188,21 @@ impl HealthGate {
         health
     }
 }
+
+impl std::fmt::Display for HealthVerdict {
+    /// One line per endpoint, then the findings.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "health gate {}", if self.passed { "PASSED" } else { "FAILED" })?;
+        for e in &self.endpoints {
+            writeln!(
+                f,
+                "  {:<22} {}/{} failed, {} slow, median {:?}, slowest {:?}",
+                e.path, e.failures, e.probes, e.slow, e.median, e.slowest
+            )?;
+        }
+        for finding in &self.findings {
+            writeln!(f, "  finding: {finding}")?;
+        }
+        Ok(())
+    }
+}

@@ -12,7 +12,10 @@
 //!   p(95)<500`, `http_req_failed: rate<0.01`, `http_reqs: rate>=20`).
 //!
 //! A gate returns a verdict (`passed` plus findings and the figures); `Err` means the gate
-//! could not run at all.
+//! could not run at all. Both verdicts print as a table (`Display`).
+//!
+//! Throughput is measured, not asserted: `cargo run --release -p harness --example load_bench`
+//! runs `wrk` and the goose gate on the same gateway endpoint for the same time and prints both.
 
 mod gate;
 mod health;
