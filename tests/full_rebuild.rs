@@ -58,6 +58,55 @@ fn full_rebuild_trial(name: &str, provider: ProviderSpec, overlay: &str) -> Resu
     Err(format!("verdict fail (report in {}):\n{}", report_dir.display(), failed.join("\n")).into())
 }
 
+/// The database round trip on adversarial proptest datasets, with local servers.
+fn roundtrip_proptest() -> Result<(), Failed> {
+    use proptest::test_runner::{Config as PropConfig, FileFailurePersistence, TestRunner};
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
+    let work = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    let mut runner = TestRunner::new(PropConfig {
+        cases: 5,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/full_rebuild.txt"))),
+        ..PropConfig::default()
+    });
+    let counter = std::sync::atomic::AtomicUsize::new(0);
+    runner
+        .run(&harness::data::strategies::dataset(6, 10), |(users, posts)| {
+            let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let dir = work.path().join(format!("case-{case}"));
+            let result = runtime.block_on(scenarios::roundtrip::run::<harness::pg::LocalPostgres>(
+                harness::pg::LocalOptions::titanium,
+                users,
+                posts,
+                &dir,
+            ));
+            let trip = result.map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e:#}")))?;
+            let failures: Vec<String> = trip.verdicts.iter().filter(|v| !v.passed).map(ToString::to_string).collect();
+            proptest::prop_assert!(failures.is_empty(), "round trip of {:?} rows failed: {}", trip.rows, failures.join("; "));
+            println!("    case {case}: {:?} rows, every gate passed", trip.rows);
+            Ok(())
+        })
+        .map_err(|e| Failed::from(e.to_string()))
+}
+
+/// The database round trip with container servers (the production image, or the local build
+/// named by HARNESS_PG_IMAGE).
+fn roundtrip_container() -> Result<(), Failed> {
+    let runtime = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
+    let work = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
+    let spec = harness::data::DatasetSpec::new(11, 100, 800);
+    let trip = runtime
+        .block_on(scenarios::roundtrip::run::<harness::pg::ContainerPostgres>(
+            harness::pg::ContainerOptions::titanium,
+            spec.users().collect(),
+            spec.posts().collect(),
+            work.path(),
+        ))
+        .map_err(|e| Failed::from(format!("{e:#}")))?;
+    println!("    {:?} rows", trip.rows);
+    let failures: Vec<String> = trip.verdicts.iter().filter(|v| !v.passed).map(ToString::to_string).collect();
+    if failures.is_empty() { Ok(()) } else { Err(failures.join("\n").into()) }
+}
+
 fn main() {
     let mut args = Arguments::from_args();
     // Whole clusters per trial: one at a time unless asked otherwise.
@@ -69,6 +118,10 @@ fn main() {
         let single = single.clone();
         move || full_rebuild_trial("sim::full_rebuild", ProviderSpec::Sim { kind_config: Some(single) }, "sim")
     })];
+
+    trials.push(Trial::test("local::roundtrip_proptest", roundtrip_proptest));
+    let container = Trial::test("container::roundtrip", roundtrip_container);
+    trials.push(if enabled("container") { container } else { container.with_ignored_flag(true) });
 
     let kind_trial = Trial::test("kind::full_rebuild", {
         let single = single.clone();
@@ -99,6 +152,9 @@ fn main() {
     for trial in &trials {
         if trial.name().starts_with("kind::") && !enabled("kind") {
             println!("note: {} is ignored: needs Docker, kind and HARNESS_PROVIDERS=kind", trial.name());
+        }
+        if trial.name().starts_with("container::") && !enabled("container") {
+            println!("note: {} is ignored: needs Docker, the PostgreSQL image and HARNESS_PROVIDERS=container", trial.name());
         }
         if trial.name().starts_with("kubeconfig::") && !enabled("kubeconfig") {
             println!("note: {} is ignored: needs HARNESS_PROVIDERS=kubeconfig and HARNESS_CONTEXT", trial.name());

@@ -4,6 +4,7 @@
 
 pub mod full_rebuild;
 mod redis_replay;
+pub mod roundtrip;
 pub mod run;
 pub mod titanium;
 

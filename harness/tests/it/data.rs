@@ -89,7 +89,7 @@ fn adversarial_rows_come_back_unchanged() {
     let client = rt.block_on(pg.params().connect()).unwrap();
     let config = Config {
         cases: 24,
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::WithSource("regressions"))),
+        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/it-data.txt"))),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
