@@ -148,7 +148,7 @@ async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow:
     run.note(format!("{} users, {} posts", seeded.0, seeded.1));
     run.phase("preflight", preflight(&a, config)).await?;
     run.phase("start-load", start_load(&a, config)).await?;
-    let (backup, schema_before) = run.phase("backup", take_backup(&a, config)).await?;
+    let backup = run.phase("backup", take_backup(&a, config)).await?;
     let manifest = backup.manifest.clone();
     let pg = manifest.postgres.clone().context("the backup has no PostgreSQL part")?;
     state.rpo_ms = rpo_ms(&manifest);
@@ -166,7 +166,7 @@ async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow:
     let b = run.phase("create-cluster-b", config.provider.create()).await?;
     let restored = run.phase("restore", restore(&b, &backup, &tools, config)).await?;
 
-    let gates = run.phase("gates", gates(&b, &backup, &schema_before, &marker)).await?;
+    let gates = run.phase("gates", gates(&b, &backup, &marker)).await?;
     state.tables = pg
         .tables
         .iter()
@@ -296,7 +296,7 @@ async fn start_load(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()>
     }
 }
 
-async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<(BackupReport, String)> {
+async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<BackupReport> {
     let client = cluster.client().await?;
     let password = titanium::db_password(&client).await?;
     let pod = |name: String| PodRef { client: client.clone(), namespace: NAMESPACE.into(), pod: name, container: None };
@@ -319,11 +319,7 @@ async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<(B
     options.kubernetes = Some(KubeSource { client: client.clone(), namespace: NAMESPACE.into() });
     options.quiesce = Some(QuiesceOptions { keep: vec![REDIS.into()], timeout: config.ready_timeout });
     options.offsite = vec![OffsiteTarget::Directory(offsite)];
-    let report = backup::backup(&options).await?;
-    // The schema as the backed-up database has it (writers are stopped; no DDL runs).
-    let db = titanium::database(cluster).await?;
-    let schema = facts::render_schema(&db.params.connect().await?).await?;
-    Ok((report, schema))
+    Ok(backup::backup(&options).await?)
 }
 
 fn ensure_dir(path: &Path) -> anyhow::Result<PathBuf> {
@@ -409,7 +405,7 @@ struct Gates {
     tables: Vec<facts::TableFacts>,
 }
 
-async fn gates(cluster: &AnyCluster, backup: &BackupReport, schema_before: &str, marker: &MarkerRow) -> anyhow::Result<Gates> {
+async fn gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow) -> anyhow::Result<Gates> {
     let manifest = &backup.manifest;
     let pg = manifest.postgres.as_ref().context("no PostgreSQL part")?;
     let db = titanium::database(cluster).await?;
@@ -423,7 +419,7 @@ async fn gates(cluster: &AnyCluster, backup: &BackupReport, schema_before: &str,
     let mut verdicts = vec![
         verify::row_counts(&pg.tables, &tables),
         verify::digests(&pg.tables, &tables),
-        verify::schema(schema_before, &schema_after),
+        verify::schema(&pg.schema, &schema_after),
         verify::sequences(&pg.sequences, &sequences),
         verify::referential_integrity(&foreign_keys, amcheck.as_ref()),
         verify::marker_absent(&marker.subject(), marker.count(&client).await?),
