@@ -22,7 +22,11 @@ struct Args {
 }
 
 fn parse() -> anyhow::Result<Args> {
-    let mut a = Args { users: 100_000, posts: 1_000_000, seed: 1 };
+    let mut a = Args {
+        users: 100_000,
+        posts: 1_000_000,
+        seed: 1,
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -39,7 +43,14 @@ fn parse() -> anyhow::Result<Args> {
 /// Peak resident set of this process, in KiB.
 fn vm_hwm_kib() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| l.strip_prefix("VmHWM:")?.trim().strip_suffix("kB")?.trim().parse().ok())
+    status.lines().find_map(|l| {
+        l.strip_prefix("VmHWM:")?
+            .trim()
+            .strip_suffix("kB")?
+            .trim()
+            .parse()
+            .ok()
+    })
 }
 
 /// Resets this process's peak RSS (Linux: `echo 5 > /proc/self/clear_refs`).
@@ -64,9 +75,16 @@ async fn main() -> anyhow::Result<()> {
     let args = parse()?;
     let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
     let client = pg.params().connect().await?;
-    let stats = load_dataset(&client, &DatasetSpec::new(args.seed, args.users, args.posts)).await?;
+    let stats = load_dataset(
+        &client,
+        &DatasetSpec::new(args.seed, args.users, args.posts),
+    )
+    .await?;
     client.batch_execute("VACUUM ANALYZE").await?;
-    let size: i64 = client.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+    let size: i64 = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await?
+        .get(0);
     println!(
         "dataset: {} users, {} posts, database {:.0} MB (loaded in {:.1} s)",
         stats.users,
@@ -78,24 +96,37 @@ async fn main() -> anyhow::Result<()> {
     let scratch = ScratchDir::new("backup-bench-", "benchmark output")?;
     let bare1 = bare_pg_dump(&pg, &scratch.path().join("bare1.dump")).await?;
     let bare_size = std::fs::metadata(scratch.path().join("bare1.dump"))?.len();
-    println!("bare pg_dump -Fc:        {bare1:>7.2} s ({:.0} MB)", bare_size as f64 / 1e6);
+    println!(
+        "bare pg_dump -Fc:        {bare1:>7.2} s ({:.0} MB)",
+        bare_size as f64 / 1e6
+    );
 
     let mut options = BackupOptions::new(scratch.path());
     options.name = Some("bench".to_owned());
-    options.postgres = Some(PgSource::Direct { params: pg.params(), tools: pg.tools().clone() });
+    options.postgres = Some(PgSource::Direct {
+        params: pg.params(),
+        tools: pg.tools().clone(),
+    });
     options.local_tools = Some(pg.tools().clone());
     let hwm_reset = reset_hwm();
     let started = Instant::now();
     let report = backup(&options).await?;
     let full = started.elapsed().as_secs_f64();
     let self_peak = vm_hwm_kib();
-    let children_peak = nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
-        .map(|u| u.max_rss())
-        .ok();
+    let children_peak =
+        nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_CHILDREN)
+            .map(|u| u.max_rss())
+            .ok();
     let archive = report.archive.as_ref().map(|a| a.size).unwrap_or(0);
-    println!("backup (everything):     {full:>7.2} s (archive {:.0} MB)", archive as f64 / 1e6);
+    println!(
+        "backup (everything):     {full:>7.2} s (archive {:.0} MB)",
+        archive as f64 / 1e6
+    );
     for step in report.manifest.steps.iter().chain(&report.after_manifest) {
-        println!("  {:>7.2} s  at {:>6.2} s  {}", step.seconds, step.started_after_seconds, step.name);
+        println!(
+            "  {:>7.2} s  at {:>6.2} s  {}",
+            step.seconds, step.started_after_seconds, step.name
+        );
     }
 
     let bare2 = bare_pg_dump(&pg, &scratch.path().join("bare2.dump")).await?;
@@ -107,12 +138,21 @@ async fn main() -> anyhow::Result<()> {
         if ratio <= 1.3 { "OK" } else { "OVER TARGET" }
     );
     match (self_peak, hwm_reset) {
-        (Some(kib), true) => println!("peak RSS of this process during the backup: {:.1} MB (target < 200 MB)", kib as f64 / 1024.0),
-        (Some(kib), false) => println!("peak RSS of this process (whole run, reset unsupported): {:.1} MB", kib as f64 / 1024.0),
+        (Some(kib), true) => println!(
+            "peak RSS of this process during the backup: {:.1} MB (target < 200 MB)",
+            kib as f64 / 1024.0
+        ),
+        (Some(kib), false) => println!(
+            "peak RSS of this process (whole run, reset unsupported): {:.1} MB",
+            kib as f64 / 1024.0
+        ),
         (None, _) => println!("peak RSS of this process: unavailable (/proc/self/status)"),
     }
     if let Some(kib) = children_peak {
-        println!("peak RSS of the largest child (pg_dump / pg_restore): {:.1} MB", kib as f64 / 1024.0);
+        println!(
+            "peak RSS of the largest child (pg_dump / pg_restore): {:.1} MB",
+            kib as f64 / 1024.0
+        );
     }
     drop(client);
     pg.stop().await?;

@@ -12,13 +12,15 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail, ensure};
 use harness::backup::{
-    BackupError, BackupOptions, DecryptionKey, EncryptionKey, OffsiteTarget, PgSource, PlainFrom, RedisSource, S3Target, VerifyOptions,
-    VerifyReport, backup, restore_into, verify_backup,
+    BackupError, BackupOptions, DecryptionKey, EncryptionKey, OffsiteTarget, PgSource, PlainFrom,
+    RedisSource, S3Target, VerifyOptions, VerifyReport, backup, restore_into, verify_backup,
 };
 use harness::data::{DatasetSpec, load_dataset};
 use harness::facts::table_facts;
 use harness::keep::ScratchDir;
-use harness::pg::{LocalOptions, LocalPostgres, PgError, PostgresProvider, Secret, create_database};
+use harness::pg::{
+    LocalOptions, LocalPostgres, PgError, PostgresProvider, Secret, create_database,
+};
 
 /// A password nobody would write by accident: if it shows up anywhere, it leaked.
 const PASSWORD: &str = "Zq8-titanium-SECRET-4417-backup";
@@ -69,16 +71,22 @@ fn prerequisite(tool: &str, why: &str) -> Result<bool> {
 }
 
 async fn source_db(spec: DatasetSpec) -> Result<LocalPostgres> {
-    let pg = LocalPostgres::start(LocalOptions { password: Some(Secret::new(PASSWORD)), ..LocalOptions::titanium() })
-        .await
-        .context("start source postgres")?;
+    let pg = LocalPostgres::start(LocalOptions {
+        password: Some(Secret::new(PASSWORD)),
+        ..LocalOptions::titanium()
+    })
+    .await
+    .context("start source postgres")?;
     let client = pg.socket_params().connect().await?;
     load_dataset(&client, &spec).await?;
     Ok(pg)
 }
 
 fn pg_source(pg: &LocalPostgres) -> PgSource {
-    PgSource::Direct { params: pg.params(), tools: pg.tools().clone() }
+    PgSource::Direct {
+        params: pg.params(),
+        tools: pg.tools().clone(),
+    }
 }
 
 fn options(dest: &Path, name: &str, pg: &LocalPostgres) -> BackupOptions {
@@ -91,7 +99,10 @@ fn options(dest: &Path, name: &str, pg: &LocalPostgres) -> BackupOptions {
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
 }
 
 /// A real redis-server on loopback, password from a private config file (not argv).
@@ -126,15 +137,25 @@ async fn start_redis() -> Result<Redis> {
         .stderr(Stdio::null())
         .spawn()
         .context("start redis-server")?;
-    let redis = Redis { child, port, _dir: dir };
+    let redis = Redis {
+        child,
+        port,
+        _dir: dir,
+    };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         if let Ok(mut conn) = redis_conn(port).await
-            && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            && redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
         {
             return Ok(redis);
         }
-        ensure!(Instant::now() < deadline, "redis-server on port {port} did not answer within 20 s");
+        ensure!(
+            Instant::now() < deadline,
+            "redis-server on port {port} did not answer within 20 s"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -148,14 +169,41 @@ async fn redis_conn(port: u16) -> Result<redis::aio::MultiplexedConnection> {
 async fn fill_redis(port: u16) -> Result<u64> {
     let mut conn = redis_conn(port).await?;
     for i in 0..50 {
-        redis::cmd("SET").arg(format!("session:{i}")).arg(format!("user-{i}\x00\u{fffd}")).query_async::<()>(&mut conn).await?;
+        redis::cmd("SET")
+            .arg(format!("session:{i}"))
+            .arg(format!("user-{i}\x00\u{fffd}"))
+            .query_async::<()>(&mut conn)
+            .await?;
     }
-    redis::cmd("RPUSH").arg("queue").arg(&["a", "b", "c"]).query_async::<()>(&mut conn).await?;
-    redis::cmd("SADD").arg("tags").arg(&["x", "y"]).query_async::<()>(&mut conn).await?;
-    redis::cmd("HSET").arg("user:1").arg(&["name", "amber", "role", "admin"]).query_async::<()>(&mut conn).await?;
-    redis::cmd("ZADD").arg("board").arg(&["1.5", "a", "2", "b"]).query_async::<()>(&mut conn).await?;
-    redis::cmd("SELECT").arg(3).query_async::<()>(&mut conn).await?;
-    redis::cmd("SET").arg("other-db").arg("1").query_async::<()>(&mut conn).await?;
+    redis::cmd("RPUSH")
+        .arg("queue")
+        .arg(&["a", "b", "c"])
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("SADD")
+        .arg("tags")
+        .arg(&["x", "y"])
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("HSET")
+        .arg("user:1")
+        .arg(&["name", "amber", "role", "admin"])
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("ZADD")
+        .arg("board")
+        .arg(&["1.5", "a", "2", "b"])
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("SELECT")
+        .arg(3)
+        .query_async::<()>(&mut conn)
+        .await?;
+    redis::cmd("SET")
+        .arg("other-db")
+        .arg("1")
+        .query_async::<()>(&mut conn)
+        .await?;
     Ok(55)
 }
 
@@ -188,15 +236,25 @@ fn start_writer(pg: &LocalPostgres) -> Writer {
         }
         Ok(())
     });
-    Writer { stop, inserted, task }
+    Writer {
+        stop,
+        inserted,
+        task,
+    }
 }
 
 impl Writer {
     async fn wait_for(&self, rows: u64) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while self.inserted.load(Ordering::Relaxed) < rows {
-            ensure!(!self.task.is_finished(), "the writer stopped early (its error is returned by stop)");
-            ensure!(Instant::now() < deadline, "the writer did not insert {rows} rows in 30 s");
+            ensure!(
+                !self.task.is_finished(),
+                "the writer stopped early (its error is returned by stop)"
+            );
+            ensure!(
+                Instant::now() < deadline,
+                "the writer did not insert {rows} rows in 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         Ok(())
@@ -214,8 +272,10 @@ fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut i = 0;
     while i < out.len() {
         if out[i].is_dir() {
-            let mut children: Vec<PathBuf> =
-                std::fs::read_dir(&out[i]).expect("readable").map(|e| e.expect("entry").path()).collect();
+            let mut children: Vec<PathBuf> = std::fs::read_dir(&out[i])
+                .expect("readable")
+                .map(|e| e.expect("entry").path())
+                .collect();
             children.sort();
             out.extend(children);
         }
@@ -258,15 +318,24 @@ fn flip_byte(path: &Path, offset_fraction: f64) -> Result<()> {
 
 /// A scratch PostgreSQL for restores and `verify`.
 async fn scratch_pg() -> Result<LocalPostgres> {
-    LocalPostgres::start(LocalOptions::default()).await.context("start scratch postgres")
+    LocalPostgres::start(LocalOptions::default())
+        .await
+        .context("start scratch postgres")
 }
 
 fn verify_options(scratch: &LocalPostgres) -> VerifyOptions {
-    VerifyOptions { scratch: scratch.socket_params(), tools: scratch.tools().clone(), decryption: None }
+    VerifyOptions {
+        scratch: scratch.socket_params(),
+        tools: scratch.tools().clone(),
+        decryption: None,
+    }
 }
 
 fn first(report: &VerifyReport) -> String {
-    report.first_mismatch().map(ToString::to_string).unwrap_or_else(|| "<no mismatch>".to_owned())
+    report
+        .first_mismatch()
+        .map(ToString::to_string)
+        .unwrap_or_else(|| "<no mismatch>".to_owned())
 }
 
 fn secret_free(what: &str, text: &[u8]) {
@@ -287,7 +356,11 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
     let pg = source_db(DatasetSpec::new(11, 300, 2_000)).await?;
     let have_redis = prerequisite("redis-server", "Redis backup")?;
     let have_terraform = prerequisite("terraform", "Terraform state backup")?;
-    let redis = if have_redis { Some(start_redis().await?) } else { None };
+    let redis = if have_redis {
+        Some(start_redis().await?)
+    } else {
+        None
+    };
     let redis_keys = match &redis {
         Some(r) => fill_redis(r.port).await?,
         None => 0,
@@ -298,9 +371,21 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
             Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/terraform/main.tf"),
             tf.path().join("main.tf"),
         )?;
-        for args in [&["init", "-input=false"][..], &["apply", "-auto-approve", "-input=false"][..]] {
-            let out = duct::cmd("terraform", args).dir(tf.path()).stdout_capture().stderr_capture().unchecked().run()?;
-            ensure!(out.status.success(), "terraform {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        for args in [
+            &["init", "-input=false"][..],
+            &["apply", "-auto-approve", "-input=false"][..],
+        ] {
+            let out = duct::cmd("terraform", args)
+                .dir(tf.path())
+                .stdout_capture()
+                .stderr_capture()
+                .unchecked()
+                .run()?;
+            ensure!(
+                out.status.success(),
+                "terraform {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
     }
 
@@ -328,18 +413,43 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
     let report = backup(&opts).await.context("backup")?;
     let before_stop = writer.inserted.load(Ordering::Relaxed);
     let written = writer.stop().await?;
-    ensure!(written > before_stop || written >= 20, "the writer wrote during the backup");
+    ensure!(
+        written > before_stop || written >= 20,
+        "the writer wrote during the backup"
+    );
 
     let manifest = &report.manifest;
     let pgm = manifest.postgres.as_ref().context("postgres part")?;
-    let users = pgm.tables.iter().find(|t| t.name == "users").context("users facts")?;
-    let posts = pgm.tables.iter().find(|t| t.name == "posts").context("posts facts")?;
+    let users = pgm
+        .tables
+        .iter()
+        .find(|t| t.name == "users")
+        .context("users facts")?;
+    let posts = pgm
+        .tables
+        .iter()
+        .find(|t| t.name == "posts")
+        .context("posts facts")?;
     // The snapshot fell inside the writer's run: some of its rows are in, later ones are not.
-    assert!(users.rows > 300, "the snapshot includes rows written before it ({})", users.rows);
-    assert_eq!(users.rows - 300, posts.rows - 2_000, "each writer transaction adds one user and one post");
+    assert!(
+        users.rows > 300,
+        "the snapshot includes rows written before it ({})",
+        users.rows
+    );
+    assert_eq!(
+        users.rows - 300,
+        posts.rows - 2_000,
+        "each writer transaction adds one user and one post"
+    );
     let live = pg.socket_params().connect().await?;
-    let live_users: i64 = live.query_one("SELECT count(*) FROM users", &[]).await?.get(0);
-    assert!(live_users as u64 > users.rows, "rows written after the snapshot are not in it ({live_users} live)");
+    let live_users: i64 = live
+        .query_one("SELECT count(*) FROM users", &[])
+        .await?
+        .get(0);
+    assert!(
+        live_users as u64 > users.rows,
+        "rows written after the snapshot are not in it ({live_users} live)"
+    );
 
     // Every artifact is there, private, and listed with the right checksum.
     assert!(report.dir.ends_with("titanium-consistency"));
@@ -361,7 +471,10 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
     assert_private(&report.dir);
     let archive = report.archive.as_ref().context("archive")?;
     assert_eq!(mode(&archive.path), 0o600);
-    assert_eq!(mode(Path::new(&format!("{}.sha256", archive.path.display()))), 0o600);
+    assert_eq!(
+        mode(Path::new(&format!("{}.sha256", archive.path.display()))),
+        0o600
+    );
     // The archive (gzip members compressed in parallel) reads with the system's tar, and holds
     // the directory with its modes.
     let listing = duct::cmd("tar", ["-tvzf"]).before_spawn({
@@ -372,23 +485,39 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
         }
     });
     let listing = listing.read()?;
-    assert!(listing.contains("titanium-consistency/MANIFEST.json"), "{listing}");
-    assert!(listing.contains("-rw------- ") && listing.contains("drwx------ "), "{listing}");
+    assert!(
+        listing.contains("titanium-consistency/MANIFEST.json"),
+        "{listing}"
+    );
+    assert!(
+        listing.contains("-rw------- ") && listing.contains("drwx------ "),
+        "{listing}"
+    );
     assert_eq!(report.offsite.len(), 1);
     assert_eq!(report.offsite[0].sha256, archive.sha256);
     assert_eq!(mode(Path::new(&report.offsite[0].location)), 0o600);
     assert!(!manifest.steps.is_empty() && manifest.tools.contains_key("pg_dump"));
     let txt = std::fs::read_to_string(report.dir.join("BACKUP_MANIFEST.txt"))?;
-    assert!(txt.contains(&pgm.snapshot_id) && txt.contains(&users.digest), "the human manifest names snapshot and digests");
+    assert!(
+        txt.contains(&pgm.snapshot_id) && txt.contains(&users.digest),
+        "the human manifest names snapshot and digests"
+    );
 
     // The custom dump restores to exactly the manifest's counts and digests.
     let target = scratch_pg().await?;
     let admin = target.socket_params();
     create_database(&admin, "from_custom").await?;
-    let restored = restore_into(&report.dir.join(&pgm.custom_dump), &admin.with_dbname("from_custom"), target.tools())
-        .await?
-        .map_err(anyhow::Error::msg)?;
-    assert_eq!(restored.tables, pgm.tables, "restored custom dump = manifest, exactly");
+    let restored = restore_into(
+        &report.dir.join(&pgm.custom_dump),
+        &admin.with_dbname("from_custom"),
+        target.tools(),
+    )
+    .await?
+    .map_err(anyhow::Error::msg)?;
+    assert_eq!(
+        restored.tables, pgm.tables,
+        "restored custom dump = manifest, exactly"
+    );
     assert_eq!(restored.schema, pgm.schema, "same schema rendering");
     assert!(pgm.schema.contains("users") && pgm.schema.contains("posts"));
 
@@ -405,16 +534,38 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
             Ok::<_, anyhow::Error>(table_facts(&client).await?)
         }
     };
-    assert_eq!(psql("from_plain", vec![report.dir.join(&pgm.plain)]).await?, pgm.tables, "plain SQL");
     assert_eq!(
-        psql("from_split", vec![report.dir.join(&pgm.schema_only), report.dir.join(&pgm.data_only)]).await?,
+        psql("from_plain", vec![report.dir.join(&pgm.plain)]).await?,
+        pgm.tables,
+        "plain SQL"
+    );
+    assert_eq!(
+        psql(
+            "from_split",
+            vec![
+                report.dir.join(&pgm.schema_only),
+                report.dir.join(&pgm.data_only)
+            ]
+        )
+        .await?,
         pgm.tables,
         "schema-only then data-only"
     );
-    let users_only = psql("from_table", vec![report.dir.join(&pgm.table_files["public.users"])]).await?;
-    assert_eq!(users_only, vec![users.clone()], "the users file holds exactly the users table");
+    let users_only = psql(
+        "from_table",
+        vec![report.dir.join(&pgm.table_files["public.users"])],
+    )
+    .await?;
+    assert_eq!(
+        users_only,
+        vec![users.clone()],
+        "the users file holds exactly the users table"
+    );
     let globals = std::fs::read_to_string(report.dir.join(&pgm.globals))?;
-    assert!(globals.contains("CREATE ROLE postgres"), "globals hold the roles");
+    assert!(
+        globals.contains("CREATE ROLE postgres"),
+        "globals hold the roles"
+    );
 
     if redis.is_some() {
         let r = manifest.redis.as_ref().context("redis part")?;
@@ -424,9 +575,15 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
     if have_terraform {
         let t = manifest.terraform.as_ref().context("terraform part")?;
         assert_eq!(t.resource_count, 5);
-        let state: serde_json::Value = serde_json::from_slice(&std::fs::read(report.dir.join(&t.state))?)?;
-        assert_eq!(state["resources"].as_array().map(Vec::len), Some(3), "state pull holds the three resource blocks");
-        let outputs: serde_json::Value = serde_json::from_slice(&std::fs::read(report.dir.join(&t.outputs))?)?;
+        let state: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(report.dir.join(&t.state))?)?;
+        assert_eq!(
+            state["resources"].as_array().map(Vec::len),
+            Some(3),
+            "state pull holds the three resource blocks"
+        );
+        let outputs: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(report.dir.join(&t.outputs))?)?;
         assert_eq!(outputs["cluster_name"]["value"], "solid-cloud-titanium");
     }
 
@@ -450,14 +607,22 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
 }
 
 /// A small backup (PostgreSQL only) for the corruption and error tests.
-async fn small_backup(dest: &Path, name: &str) -> Result<(LocalPostgres, harness::backup::BackupReport)> {
+async fn small_backup(
+    dest: &Path,
+    name: &str,
+) -> Result<(LocalPostgres, harness::backup::BackupReport)> {
     let pg = source_db(DatasetSpec::new(5, 40, 120)).await?;
     // The other way to make the plain files: from the custom archive, reading the database once.
     let mut opts = options(dest, name, &pg);
     opts.plain_from = PlainFrom::Archive;
     let report = backup(&opts).await?;
     let pgm = report.manifest.postgres.as_ref().context("postgres part")?;
-    ensure!(pgm.derived_from.contains("pg_restore of postgres/titanium.dump"), "{}", pgm.derived_from);
+    ensure!(
+        pgm.derived_from
+            .contains("pg_restore of postgres/titanium.dump"),
+        "{}",
+        pgm.derived_from
+    );
     Ok((pg, report))
 }
 
@@ -477,29 +642,53 @@ async fn verify_names_the_first_mismatch_of_each_corruption() -> Result<()> {
     flip_byte(&flipped.join("postgres/titanium.dump"), 0.5)?;
     let v = verify_backup(&flipped, &vo).await?;
     assert!(!v.passed);
-    assert_eq!(v.findings[0].check, "file postgres/titanium.dump sha256", "{}", first(&v));
+    assert_eq!(
+        v.findings[0].check,
+        "file postgres/titanium.dump sha256",
+        "{}",
+        first(&v)
+    );
 
     // An edited manifest: a row count changed.
     let edited = work.path().join("edited");
     copy_dir(&report.dir, &edited)?;
     let path = edited.join("MANIFEST.json");
     let mut m: serde_json::Value = serde_json::from_slice(&std::fs::read(&path)?)?;
-    let rows = m["postgres"]["tables"][1]["rows"].as_u64().context("users rows")?;
+    let rows = m["postgres"]["tables"][1]["rows"]
+        .as_u64()
+        .context("users rows")?;
     ensure!(m["postgres"]["tables"][1]["name"] == "users");
     m["postgres"]["tables"][1]["rows"] = (rows + 1).into();
     let json = serde_json::to_vec_pretty(&m)?;
     std::fs::write(&path, &json)?;
     let v = verify_backup(&edited, &vo).await?;
     assert!(!v.passed);
-    assert_eq!(v.findings[0].check, "MANIFEST.json sha256 (edited manifest)", "{}", first(&v));
+    assert_eq!(
+        v.findings[0].check,
+        "MANIFEST.json sha256 (edited manifest)",
+        "{}",
+        first(&v)
+    );
     // Edited with its checksum updated too: the restore still disagrees, and says where.
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
-    std::fs::write(edited.join("MANIFEST.json.sha256"), format!("{digest}  MANIFEST.json\n"))?;
+    std::fs::write(
+        edited.join("MANIFEST.json.sha256"),
+        format!("{digest}  MANIFEST.json\n"),
+    )?;
     let v = verify_backup(&edited, &vo).await?;
     assert!(!v.passed);
-    assert_eq!(v.findings[0].check, "table public.users rows", "{}", first(&v));
+    assert_eq!(
+        v.findings[0].check,
+        "table public.users rows",
+        "{}",
+        first(&v)
+    );
     assert_eq!(v.findings[0].expected, (rows + 1).to_string());
-    assert!(v.findings[0].found.starts_with(&format!("{rows} (")), "{}", first(&v));
+    assert!(
+        v.findings[0].found.starts_with(&format!("{rows} (")),
+        "{}",
+        first(&v)
+    );
 
     // A truncated archive (no checksum beside it: the archive itself must give it away).
     let archive = report.archive.as_ref().context("archive")?;
@@ -515,18 +704,31 @@ async fn verify_names_the_first_mismatch_of_each_corruption() -> Result<()> {
     std::fs::copy(&archive.path, &flipped_archive)?;
     flip_byte(&flipped_archive, 0.6)?;
     let v = verify_backup(&flipped_archive, &vo).await?;
-    assert!(!v.passed, "a flipped byte inside the compressed stream is caught");
-    std::fs::copy(format!("{}.sha256", archive.path.display()), work.path().join("flipped.tar.gz.sha256"))?;
+    assert!(
+        !v.passed,
+        "a flipped byte inside the compressed stream is caught"
+    );
+    std::fs::copy(
+        format!("{}.sha256", archive.path.display()),
+        work.path().join("flipped.tar.gz.sha256"),
+    )?;
     let v = verify_backup(&flipped_archive, &vo).await?;
     assert!(!v.passed);
-    assert!(v.findings[0].check.ends_with("flipped.tar.gz sha256"), "{}", first(&v));
+    assert!(
+        v.findings[0].check.ends_with("flipped.tar.gz sha256"),
+        "{}",
+        first(&v)
+    );
 
     // A file added after the fact.
     let extra = work.path().join("extra");
     copy_dir(&report.dir, &extra)?;
     std::fs::write(extra.join("postgres/notes.txt"), "hello")?;
     let v = verify_backup(&extra, &vo).await?;
-    assert_eq!(v.findings.first().map(|f| f.check.as_str()), Some("file postgres/notes.txt"));
+    assert_eq!(
+        v.findings.first().map(|f| f.check.as_str()),
+        Some("file postgres/notes.txt")
+    );
     Ok(())
 }
 
@@ -542,7 +744,10 @@ async fn encrypted_archive_round_trips_and_refuses_a_wrong_key() -> Result<()> {
     let archive = report.archive.clone().context("archive")?;
     assert!(archive.encrypted && archive.path.to_string_lossy().ends_with(".tar.gz.age"));
     let head = std::fs::read(&archive.path)?;
-    assert!(head.starts_with(b"age-encryption.org/v1"), "the archive is an age file");
+    assert!(
+        head.starts_with(b"age-encryption.org/v1"),
+        "the archive is an age file"
+    );
     secret_free("the encrypted archive", &head);
 
     let scratch = scratch_pg().await?;
@@ -554,17 +759,28 @@ async fn encrypted_archive_round_trips_and_refuses_a_wrong_key() -> Result<()> {
     vo.decryption = Some(DecryptionKey::Passphrase(Secret::new("not the passphrase")));
     let v = verify_backup(&archive.path, &vo).await?;
     assert!(!v.passed);
-    assert!(v.findings[0].found.contains("cannot decrypt"), "{}", first(&v));
+    assert!(
+        v.findings[0].found.contains("cannot decrypt"),
+        "{}",
+        first(&v)
+    );
     vo.decryption = None;
     let v = verify_backup(&archive.path, &vo).await?;
-    assert!(v.findings[0].found.contains("no decryption key"), "{}", first(&v));
+    assert!(
+        v.findings[0].found.contains("no decryption key"),
+        "{}",
+        first(&v)
+    );
 
     // An X25519 recipient and its identity file.
     let identity = age::x25519::Identity::generate();
     let id_file = dest.path().join("identity.txt");
     {
         use age::secrecy::ExposeSecret;
-        harness::keep::write_private(&id_file, format!("{}\n", identity.to_string().expose_secret()).as_bytes())?;
+        harness::keep::write_private(
+            &id_file,
+            format!("{}\n", identity.to_string().expose_secret()).as_bytes(),
+        )?;
     }
     let mut opts = options(dest.path(), "titanium-age-x25519", &pg);
     opts.encryption = Some(EncryptionKey::Recipient(identity.to_public().to_string()));
@@ -575,7 +791,9 @@ async fn encrypted_archive_round_trips_and_refuses_a_wrong_key() -> Result<()> {
 
     // A passphrase variable that is not set is named, and nothing is mistaken for a backup.
     let mut opts = options(dest.path(), "titanium-age-env", &pg);
-    opts.encryption = Some(EncryptionKey::PassphraseEnv("RR_TEST_SURELY_UNSET_PASSPHRASE".to_owned()));
+    opts.encryption = Some(EncryptionKey::PassphraseEnv(
+        "RR_TEST_SURELY_UNSET_PASSPHRASE".to_owned(),
+    ));
     let err = backup(&opts).await.expect_err("no passphrase");
     assert!(matches!(err, BackupError::SecretMissing { .. }), "{err}");
     assert!(err.to_string().contains("RR_TEST_SURELY_UNSET_PASSPHRASE"));
@@ -607,8 +825,16 @@ async fn start_moto() -> Result<Moto> {
     let moto = Moto { child, port };
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
-    while http.get(format!("http://127.0.0.1:{port}/")).send().await.is_err() {
-        ensure!(Instant::now() < deadline, "moto_server did not answer on port {port} within 60 s");
+    while http
+        .get(format!("http://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .is_err()
+    {
+        ensure!(
+            Instant::now() < deadline,
+            "moto_server did not answer on port {port} within 60 s"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     Ok(moto)
@@ -616,7 +842,10 @@ async fn start_moto() -> Result<Moto> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offsite_copy_to_s3_is_checked_by_reading_it_back() -> Result<()> {
-    if !prerequisite("moto_server", "S3 off-site copy; pip install 'moto[server]'")? {
+    if !prerequisite(
+        "moto_server",
+        "S3 off-site copy; pip install 'moto[server]'",
+    )? {
         return Ok(());
     }
     let moto = start_moto().await?;
@@ -631,7 +860,12 @@ async fn offsite_copy_to_s3_is_checked_by_reading_it_back() -> Result<()> {
         path_style: true,
     };
     // Create the bucket.
-    let bucket = rusty_s3::Bucket::new(endpoint.parse()?, rusty_s3::UrlStyle::Path, "titanium-backups", "us-east-1")?;
+    let bucket = rusty_s3::Bucket::new(
+        endpoint.parse()?,
+        rusty_s3::UrlStyle::Path,
+        "titanium-backups",
+        "us-east-1",
+    )?;
     let creds = rusty_s3::Credentials::new("testing", "testing-secret");
     let create = bucket.create_bucket(&creds);
     let url = rusty_s3::S3Action::sign(&create, Duration::from_secs(60));
@@ -642,7 +876,11 @@ async fn offsite_copy_to_s3_is_checked_by_reading_it_back() -> Result<()> {
         .body(body)
         .send()
         .await?;
-    ensure!(resp.status().is_success(), "create bucket: {}", resp.status());
+    ensure!(
+        resp.status().is_success(),
+        "create bucket: {}",
+        resp.status()
+    );
 
     let dest = ScratchDir::new("backup-test-s3-", "backup destination")?;
     let pg = source_db(DatasetSpec::new(3, 30, 90)).await?;
@@ -651,18 +889,31 @@ async fn offsite_copy_to_s3_is_checked_by_reading_it_back() -> Result<()> {
     let report = backup(&opts).await?;
     let archive = report.archive.context("archive")?;
     assert_eq!(report.offsite.len(), 1);
-    assert_eq!(report.offsite[0].location, "s3://titanium-backups/rehearsal/titanium-s3.tar.gz");
+    assert_eq!(
+        report.offsite[0].location,
+        "s3://titanium-backups/rehearsal/titanium-s3.tar.gz"
+    );
     assert_eq!(report.offsite[0].sha256, archive.sha256);
 
     // Independently of the engine: the object's bytes are the archive's bytes.
     let get = bucket.get_object(Some(&creds), "rehearsal/titanium-s3.tar.gz");
-    let body = reqwest::Client::new().get(rusty_s3::S3Action::sign(&get, Duration::from_secs(60))).send().await?.bytes().await?;
-    assert_eq!(hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)), archive.sha256);
+    let body = reqwest::Client::new()
+        .get(rusty_s3::S3Action::sign(&get, Duration::from_secs(60)))
+        .send()
+        .await?
+        .bytes()
+        .await?;
+    assert_eq!(
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&body)),
+        archive.sha256
+    );
 
     // A bucket that does not exist is a named error.
     let mut missing = s3;
     missing.bucket = "no-such-bucket".to_owned();
-    let err = harness::backup::copy_offsite(&archive, &OffsiteTarget::S3(missing)).await.expect_err("no bucket");
+    let err = harness::backup::copy_offsite(&archive, &OffsiteTarget::S3(missing))
+        .await
+        .expect_err("no bucket");
     assert!(err.to_string().contains("no-such-bucket"), "{err}");
     secret_free("the error", err.to_string().as_bytes());
     drop(moto);
@@ -671,9 +922,14 @@ async fn offsite_copy_to_s3_is_checked_by_reading_it_back() -> Result<()> {
 
 /// The destination holds exactly `<name>.partial` with `FAILED.txt`, nothing else.
 fn only_partial(dest: &Path, name: &str) -> Result<String> {
-    let entries: Vec<String> =
-        std::fs::read_dir(dest)?.map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned())).collect::<Result<_, _>>()?;
-    assert_eq!(entries, vec![format!("{name}.partial")], "only the .partial is left");
+    let entries: Vec<String> = std::fs::read_dir(dest)?
+        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(
+        entries,
+        vec![format!("{name}.partial")],
+        "only the .partial is left"
+    );
     let failed = std::fs::read_to_string(dest.join(format!("{name}.partial/FAILED.txt")))?;
     secret_free("FAILED.txt", failed.as_bytes());
     Ok(failed)
@@ -688,20 +944,47 @@ async fn clear_errors_leave_only_a_partial_backup() -> Result<()> {
     let mut opts = options(dest.path(), "unreachable", &pg);
     let mut params = pg.params();
     params.port = free_port();
-    opts.postgres = Some(PgSource::Direct { params, tools: pg.tools().clone() });
+    opts.postgres = Some(PgSource::Direct {
+        params,
+        tools: pg.tools().clone(),
+    });
     let err = backup(&opts).await.expect_err("unreachable");
-    assert!(matches!(&err, BackupError::Postgres { source: PgError::Connect { .. }, .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            BackupError::Postgres {
+                source: PgError::Connect { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     let failed = only_partial(dest.path(), "unreachable")?;
-    assert!(failed.contains("could not connect to PostgreSQL at 127.0.0.1"), "{failed}");
+    assert!(
+        failed.contains("could not connect to PostgreSQL at 127.0.0.1"),
+        "{failed}"
+    );
 
     // Wrong password.
     let dest = ScratchDir::new("backup-test-err-", "backup destination")?;
     let mut opts = options(dest.path(), "wrong-password", &pg);
     let mut params = pg.params();
     params.password = Some(Secret::new("not-the-password"));
-    opts.postgres = Some(PgSource::Direct { params, tools: pg.tools().clone() });
+    opts.postgres = Some(PgSource::Direct {
+        params,
+        tools: pg.tools().clone(),
+    });
     let err = backup(&opts).await.expect_err("wrong password");
-    assert!(matches!(&err, BackupError::Postgres { source: PgError::AuthFailed { .. }, .. }), "{err:?}");
+    assert!(
+        matches!(
+            &err,
+            BackupError::Postgres {
+                source: PgError::AuthFailed { .. },
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     only_partial(dest.path(), "wrong-password")?;
 
     // Destination not writable (its parent is a regular file).
@@ -720,7 +1003,11 @@ async fn clear_errors_leave_only_a_partial_backup() -> Result<()> {
     let err = backup(&opts).await.expect_err("exists");
     assert!(matches!(&err, BackupError::Exists { .. }), "{err:?}");
     let scratch = scratch_pg().await?;
-    assert!(verify_backup(&first_report.dir, &verify_options(&scratch)).await?.passed);
+    assert!(
+        verify_backup(&first_report.dir, &verify_options(&scratch))
+            .await?
+            .passed
+    );
 
     // A .partial is never taken for a backup.
     let partial = dest.path().join("unreachable.partial");
@@ -728,7 +1015,11 @@ async fn clear_errors_leave_only_a_partial_backup() -> Result<()> {
     copy_dir(&first_report.dir, &partial)?;
     std::fs::write(partial.join("FAILED.txt"), "interrupted")?;
     let v = verify_backup(&partial, &verify_options(&scratch)).await?;
-    assert!(!v.passed && v.findings[0].check == "backup state", "{}", first(&v));
+    assert!(
+        !v.passed && v.findings[0].check == "backup state",
+        "{}",
+        first(&v)
+    );
     Ok(())
 }
 
@@ -757,16 +1048,34 @@ async fn unordered_digest_survives_a_restore_in_another_physical_order() -> Resu
     )
     .await?;
     // Copy the rows over in reverse order.
-    let rows = a.query("SELECT at, who, note FROM audit ORDER BY at DESC, who DESC", &[]).await?;
+    let rows = a
+        .query(
+            "SELECT at, who, note FROM audit ORDER BY at DESC, who DESC",
+            &[],
+        )
+        .await?;
     for r in rows {
-        let (at, who, note): (chrono::DateTime<chrono::Utc>, String, String) = (r.get(0), r.get(1), r.get(2));
-        b.execute("INSERT INTO audit VALUES ($1, $2, $3)", &[&at, &who, &note]).await?;
+        let (at, who, note): (chrono::DateTime<chrono::Utc>, String, String) =
+            (r.get(0), r.get(1), r.get(2));
+        b.execute("INSERT INTO audit VALUES ($1, $2, $3)", &[&at, &who, &note])
+            .await?;
     }
-    assert_eq!(table_facts(&b).await?, before, "same rows, other order and session time zone");
-    b.execute("UPDATE audit SET note = note || '!' WHERE ctid = (SELECT min(ctid) FROM audit)", &[]).await?;
+    assert_eq!(
+        table_facts(&b).await?,
+        before,
+        "same rows, other order and session time zone"
+    );
+    b.execute(
+        "UPDATE audit SET note = note || '!' WHERE ctid = (SELECT min(ctid) FROM audit)",
+        &[],
+    )
+    .await?;
     let after = table_facts(&b).await?;
     assert_eq!(after[0].rows, before[0].rows);
-    assert_ne!(after[0].digest, before[0].digest, "one changed row changes the digest");
+    assert_ne!(
+        after[0].digest, before[0].digest,
+        "one changed row changes the digest"
+    );
     Ok(())
 }
 
@@ -784,7 +1093,11 @@ async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Res
     ))
     .await?;
     let kubeconfig = kube::config::Kubeconfig::read_from(sim.kubeconfig_path())?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &kube::config::KubeConfigOptions::default()).await?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
     let client = kube::Client::try_from(config)?;
     let ns = "titanium-prod";
 
@@ -806,19 +1119,39 @@ async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Res
             } else {
                 Api::namespaced_with(client, ns, &ar)
             };
-            api.create(&PostParams::default(), &obj).await.with_context(|| format!("create {kind}"))?;
+            api.create(&PostParams::default(), &obj)
+                .await
+                .with_context(|| format!("create {kind}"))?;
             Ok::<_, anyhow::Error>(())
         }
     };
     use serde_json::json;
-    create("v1", "Namespace", "namespaces", json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).await?;
-    create("v1", "ConfigMap", "configmaps", json!({"apiVersion": "v1", "kind": "ConfigMap",
-        "metadata": {"name": "app-config", "namespace": ns}, "data": {"LOG_LEVEL": "info"}})).await?;
+    create(
+        "v1",
+        "Namespace",
+        "namespaces",
+        json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
+    )
+    .await?;
+    create(
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "app-config", "namespace": ns}, "data": {"LOG_LEVEL": "info"}}),
+    )
+    .await?;
     create("v1", "Secret", "secrets", json!({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": "postgresql-secret", "namespace": ns}, "data": {"password": "c2VjcmV0"}})).await?;
-    create("v1", "Service", "services", json!({"apiVersion": "v1", "kind": "Service",
+    create(
+        "v1",
+        "Service",
+        "services",
+        json!({"apiVersion": "v1", "kind": "Service",
         "metadata": {"name": "postgresql-service", "namespace": ns},
-        "spec": {"selector": {"app": "postgresql"}, "ports": [{"port": 5432}]}})).await?;
+        "spec": {"selector": {"app": "postgresql"}, "ports": [{"port": 5432}]}}),
+    )
+    .await?;
     create("apps/v1", "Deployment", "deployments", json!({"apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": "prod-user-service-deployment", "namespace": ns},
         "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "user-service"}},
@@ -828,32 +1161,74 @@ async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Res
     let dest = ScratchDir::new("backup-test-sim-dest-", "backup destination")?;
     let mut opts = BackupOptions::new(dest.path());
     opts.name = Some("sim-namespace".to_owned());
-    opts.kubernetes = Some(harness::backup::KubeSource { client: client.clone(), namespace: ns.to_owned() });
+    opts.kubernetes = Some(harness::backup::KubeSource {
+        client: client.clone(),
+        namespace: ns.to_owned(),
+    });
     opts.quiesce = Some(harness::backup::QuiesceOptions::default());
     let report = backup(&opts).await?;
-    let k = report.manifest.kubernetes.as_ref().context("kubernetes part")?;
+    let k = report
+        .manifest
+        .kubernetes
+        .as_ref()
+        .context("kubernetes part")?;
     assert_private(&report.dir);
 
     let raw: serde_json::Value = serde_json::from_slice(&std::fs::read(report.dir.join(&k.raw))?)?;
-    let clean: serde_json::Value = serde_json::from_slice(&std::fs::read(report.dir.join(&k.clean_json))?)?;
+    let clean: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(report.dir.join(&k.clean_json))?)?;
     let names = |list: &serde_json::Value| -> Vec<String> {
         list["items"]
             .as_array()
-            .map(|items| items.iter().map(|o| format!("{}/{}", o["kind"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or(""))).collect())
+            .map(|items| {
+                items
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "{}/{}",
+                            o["kind"].as_str().unwrap_or(""),
+                            o["metadata"]["name"].as_str().unwrap_or("")
+                        )
+                    })
+                    .collect()
+            })
             .unwrap_or_default()
     };
     let raw_names = names(&raw);
-    for want in ["ConfigMap/app-config", "Secret/postgresql-secret", "Service/postgresql-service", "Deployment/prod-user-service-deployment"] {
-        assert!(raw_names.contains(&want.to_owned()), "{want} in the raw dump: {raw_names:?}");
-        assert!(names(&clean).contains(&want.to_owned()), "{want} in the cleaned dump");
+    for want in [
+        "ConfigMap/app-config",
+        "Secret/postgresql-secret",
+        "Service/postgresql-service",
+        "Deployment/prod-user-service-deployment",
+    ] {
+        assert!(
+            raw_names.contains(&want.to_owned()),
+            "{want} in the raw dump: {raw_names:?}"
+        );
+        assert!(
+            names(&clean).contains(&want.to_owned()),
+            "{want} in the cleaned dump"
+        );
     }
     for obj in clean["items"].as_array().context("items")? {
-        for field in ["uid", "resourceVersion", "managedFields", "creationTimestamp", "generation"] {
-            assert!(obj["metadata"].get(field).is_none(), "{field} left in {}", obj["metadata"]["name"]);
+        for field in [
+            "uid",
+            "resourceVersion",
+            "managedFields",
+            "creationTimestamp",
+            "generation",
+        ] {
+            assert!(
+                obj["metadata"].get(field).is_none(),
+                "{field} left in {}",
+                obj["metadata"]["name"]
+            );
         }
         assert!(obj.get("status").is_none());
         if obj["kind"] == "Service" {
-            assert!(obj["spec"].get("clusterIP").is_none() && obj["spec"].get("clusterIPs").is_none());
+            assert!(
+                obj["spec"].get("clusterIP").is_none() && obj["spec"].get("clusterIPs").is_none()
+            );
         }
     }
     let yaml = std::fs::read_to_string(report.dir.join(&k.clean_yaml))?;
@@ -863,17 +1238,43 @@ async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Res
     let q = report.manifest.quiesce.as_ref().context("quiesce record")?;
     assert_eq!(q.replicas.get("prod-user-service-deployment"), Some(&2));
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    assert_eq!(deployments.get("prod-user-service-deployment").await?.spec.replicas, Some(0));
+    assert_eq!(
+        deployments
+            .get("prod-user-service-deployment")
+            .await?
+            .spec
+            .replicas,
+        Some(0)
+    );
     harness::backup::resume(&client, q).await?;
-    assert_eq!(deployments.get("prod-user-service-deployment").await?.spec.replicas, Some(2));
+    assert_eq!(
+        deployments
+            .get("prod-user-service-deployment")
+            .await?
+            .spec
+            .replicas,
+        Some(2)
+    );
 
     // A missing pod is named.
-    let pod = harness::backup::PodRef { client, namespace: ns.to_owned(), pod: "postgresql-0".to_owned(), container: None };
+    let pod = harness::backup::PodRef {
+        client,
+        namespace: ns.to_owned(),
+        pod: "postgresql-0".to_owned(),
+        container: None,
+    };
     let mut opts = BackupOptions::new(dest.path());
     opts.name = Some("no-pod".to_owned());
-    opts.redis = Some(RedisSource::Kube { pod, password_env: None });
+    opts.redis = Some(RedisSource::Kube {
+        pod,
+        password_env: None,
+    });
     let err = backup(&opts).await.expect_err("no such pod");
-    assert!(err.to_string().contains("pod titanium-prod/postgresql-0 not found"), "{err}");
+    assert!(
+        err.to_string()
+            .contains("pod titanium-prod/postgresql-0 not found"),
+        "{err}"
+    );
     sim.shutdown().await?;
     Ok(())
 }

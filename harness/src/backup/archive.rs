@@ -37,11 +37,16 @@ pub enum DecryptionKey {
 }
 
 fn passphrase_from_file(path: &Path) -> Result<Secret, BackupError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| BackupError::SecretMissing { name: path.display().to_string(), detail: err.to_string() })?;
+    let text = std::fs::read_to_string(path).map_err(|err| BackupError::SecretMissing {
+        name: path.display().to_string(),
+        detail: err.to_string(),
+    })?;
     let line = text.lines().next().unwrap_or("").to_owned();
     if line.is_empty() {
-        return Err(BackupError::SecretMissing { name: path.display().to_string(), detail: "the file is empty".to_owned() });
+        return Err(BackupError::SecretMissing {
+            name: path.display().to_string(),
+            detail: "the file is empty".to_owned(),
+        });
     }
     Ok(Secret::new(line))
 }
@@ -49,13 +54,22 @@ fn passphrase_from_file(path: &Path) -> Result<Secret, BackupError> {
 fn passphrase_from_env(var: &str) -> Result<Secret, BackupError> {
     match std::env::var(var) {
         Ok(v) if !v.is_empty() => Ok(Secret::new(v)),
-        Ok(_) => Err(BackupError::SecretMissing { name: format!("${var}"), detail: "it is empty".to_owned() }),
-        Err(err) => Err(BackupError::SecretMissing { name: format!("${var}"), detail: err.to_string() }),
+        Ok(_) => Err(BackupError::SecretMissing {
+            name: format!("${var}"),
+            detail: "it is empty".to_owned(),
+        }),
+        Err(err) => Err(BackupError::SecretMissing {
+            name: format!("${var}"),
+            detail: err.to_string(),
+        }),
     }
 }
 
 fn age_err(what: &str) -> impl FnOnce(String) -> BackupError + '_ {
-    move |detail| BackupError::Age { what: what.to_owned(), detail }
+    move |detail| BackupError::Age {
+        what: what.to_owned(),
+        detail,
+    }
 }
 
 impl EncryptionKey {
@@ -65,13 +79,18 @@ impl EncryptionKey {
             EncryptionKey::PassphraseFile(path) => passphrase_from_file(path)?,
             EncryptionKey::PassphraseEnv(var) => passphrase_from_env(var)?,
             EncryptionKey::Recipient(r) => {
-                let recipient: age::x25519::Recipient =
-                    r.parse().map_err(|e: &str| age_err("parse the recipient")(e.to_owned()))?;
-                return age::Encryptor::with_recipients(std::iter::once(&recipient as &dyn age::Recipient))
-                    .map_err(|e| age_err("set up encryption")(e.to_string()));
+                let recipient: age::x25519::Recipient = r
+                    .parse()
+                    .map_err(|e: &str| age_err("parse the recipient")(e.to_owned()))?;
+                return age::Encryptor::with_recipients(std::iter::once(
+                    &recipient as &dyn age::Recipient,
+                ))
+                .map_err(|e| age_err("set up encryption")(e.to_string()));
             }
         };
-        Ok(age::Encryptor::with_user_passphrase(age::secrecy::SecretString::from(passphrase.expose().to_owned())))
+        Ok(age::Encryptor::with_user_passphrase(
+            age::secrecy::SecretString::from(passphrase.expose().to_owned()),
+        ))
     }
 }
 
@@ -82,12 +101,21 @@ impl DecryptionKey {
             DecryptionKey::PassphraseFile(path) => passphrase_from_file(path)?,
             DecryptionKey::PassphraseEnv(var) => passphrase_from_env(var)?,
             DecryptionKey::IdentityFile(path) => {
-                let file = age::IdentityFile::from_file(path.display().to_string())
-                    .map_err(|err| BackupError::SecretMissing { name: path.display().to_string(), detail: err.to_string() })?;
-                return file.into_identities().map_err(|e| age_err("read the identity file")(e.to_string()));
+                let file =
+                    age::IdentityFile::from_file(path.display().to_string()).map_err(|err| {
+                        BackupError::SecretMissing {
+                            name: path.display().to_string(),
+                            detail: err.to_string(),
+                        }
+                    })?;
+                return file
+                    .into_identities()
+                    .map_err(|e| age_err("read the identity file")(e.to_string()));
             }
         };
-        Ok(vec![Box::new(age::scrypt::Identity::new(age::secrecy::SecretString::from(passphrase.expose().to_owned())))])
+        Ok(vec![Box::new(age::scrypt::Identity::new(
+            age::secrecy::SecretString::from(passphrase.expose().to_owned()),
+        ))])
     }
 }
 
@@ -204,13 +232,23 @@ impl ArchiveFeed {
         key: Option<&EncryptionKey>,
     ) -> Result<Self, BackupError> {
         if out.exists() {
-            return Err(BackupError::Exists { path: out.to_path_buf() });
+            return Err(BackupError::Exists {
+                path: out.to_path_buf(),
+            });
         }
         let partial = PathBuf::from(format!("{}.partial", out.display()));
         let file = create_private_file(&partial)?;
-        let bottom = Hashing { inner: std::io::BufWriter::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
+        let bottom = Hashing {
+            inner: std::io::BufWriter::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
         let sink = match key {
-            Some(key) => Sink::Age(key.encryptor()?.wrap_output(bottom).map_err(BackupError::io("encrypt into", &partial))?),
+            Some(key) => Sink::Age(
+                key.encryptor()?
+                    .wrap_output(bottom)
+                    .map_err(BackupError::io("encrypt into", &partial))?,
+            ),
             None => Sink::Plain(bottom),
         };
         let encrypted = key.is_some();
@@ -245,11 +283,13 @@ impl ArchiveFeed {
         tokio::task::spawn_blocking(move || thread.join())
             .await
             .expect("join task does not panic")
-            .unwrap_or_else(|_| Err(BackupError::Io {
-                action: "write the archive (its thread panicked)",
-                path: PathBuf::new(),
-                source: std::io::Error::other("panic"),
-            }))
+            .unwrap_or_else(|_| {
+                Err(BackupError::Io {
+                    action: "write the archive (its thread panicked)",
+                    path: PathBuf::new(),
+                    source: std::io::Error::other("panic"),
+                })
+            })
     }
 }
 
@@ -265,7 +305,10 @@ fn run_feed(
     let mut tar = tar::Builder::new(ParallelGz::new(sink, level));
     let mut hashes = Hashes::new();
     let mut dirs = std::collections::BTreeSet::new();
-    let mut append = |tar: &mut tar::Builder<ParallelGz<Sink>>, rel: &str, hashes: &mut Hashes| -> Result<(), BackupError> {
+    let mut append = |tar: &mut tar::Builder<ParallelGz<Sink>>,
+                      rel: &str,
+                      hashes: &mut Hashes|
+     -> Result<(), BackupError> {
         // Directory entries first (mode 0700 kept), once each.
         let mut prefix = PathBuf::from(name);
         let mut parents = vec![prefix.clone()];
@@ -282,7 +325,8 @@ fn run_feed(
                 header.set_mode(0o700);
                 header.set_size(0);
                 header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-                tar.append_data(&mut header, &d, std::io::empty()).map_err(BackupError::io("write", &partial))?;
+                tar.append_data(&mut header, &d, std::io::empty())
+                    .map_err(BackupError::io("write", &partial))?;
             }
         }
         let path = dir.join(rel);
@@ -291,16 +335,28 @@ fn run_feed(
         let mut header = tar::Header::new_gnu();
         header.set_metadata(&meta);
         header.set_mode(0o600);
-        let mut reader = HashingReader { inner: std::io::BufReader::with_capacity(1 << 20, file), hasher: Sha256::new(), bytes: 0 };
-        tar.append_data(&mut header, Path::new(name).join(rel), &mut reader).map_err(BackupError::io("archive", &path))?;
+        let mut reader = HashingReader {
+            inner: std::io::BufReader::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        tar.append_data(&mut header, Path::new(name).join(rel), &mut reader)
+            .map_err(BackupError::io("archive", &path))?;
         if reader.bytes != meta.len() {
             return Err(BackupError::Io {
                 action: "archive (it changed while being read)",
                 path,
-                source: std::io::Error::other(format!("{} bytes read, {} expected", reader.bytes, meta.len())),
+                source: std::io::Error::other(format!(
+                    "{} bytes read, {} expected",
+                    reader.bytes,
+                    meta.len()
+                )),
             });
         }
-        hashes.insert(rel.to_owned(), (reader.bytes, hex::encode(reader.hasher.finalize())));
+        hashes.insert(
+            rel.to_owned(),
+            (reader.bytes, hex::encode(reader.hasher.finalize())),
+        );
         Ok(())
     };
     let mut finished = false;
@@ -327,17 +383,42 @@ fn run_feed(
             source: std::io::Error::other("aborted"),
         });
     }
-    let gz = tar.into_inner().map_err(BackupError::io("write", &partial))?;
-    let sink = gz.finish().map_err(BackupError::io("compress into", &partial))?;
-    let Hashing { inner, hasher, bytes } = sink.finish().map_err(BackupError::io("finish encrypting", &partial))?;
-    let file = inner.into_inner().map_err(|e| BackupError::Io { action: "write", path: partial.clone(), source: e.into_error() })?;
+    let gz = tar
+        .into_inner()
+        .map_err(BackupError::io("write", &partial))?;
+    let sink = gz
+        .finish()
+        .map_err(BackupError::io("compress into", &partial))?;
+    let Hashing {
+        inner,
+        hasher,
+        bytes,
+    } = sink
+        .finish()
+        .map_err(BackupError::io("finish encrypting", &partial))?;
+    let file = inner.into_inner().map_err(|e| BackupError::Io {
+        action: "write",
+        path: partial.clone(),
+        source: e.into_error(),
+    })?;
     file.sync_all().map_err(BackupError::io("sync", &partial))?;
-    Ok(ArchiveInfo { path: partial, size: bytes, sha256: hex::encode(hasher.finalize()), encrypted })
+    Ok(ArchiveInfo {
+        path: partial,
+        size: bytes,
+        sha256: hex::encode(hasher.finalize()),
+        encrypted,
+    })
 }
 
 /// Renames a finished archive from `<out>.partial` to `out` and writes `<out>.sha256`.
-pub(crate) fn publish_archive(mut info: ArchiveInfo, out: &Path) -> Result<ArchiveInfo, BackupError> {
-    let file_name = out.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+pub(crate) fn publish_archive(
+    mut info: ArchiveInfo,
+    out: &Path,
+) -> Result<ArchiveInfo, BackupError> {
+    let file_name = out
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
     super::files::write_private(
         &PathBuf::from(format!("{}.sha256", out.display())),
         format!("{}  {file_name}\n", info.sha256).as_bytes(),
@@ -364,7 +445,9 @@ struct ParallelGz<W: Write> {
 
 impl<W: Write> ParallelGz<W> {
     fn new(inner: W, level: u32) -> Self {
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(1);
         Self {
             inner,
             level: flate2::Compression::new(level),
@@ -393,7 +476,9 @@ impl<W: Write> ParallelGz<W> {
 
     fn write_oldest(&mut self) -> std::io::Result<()> {
         if let Some(handle) = self.in_flight.pop_front() {
-            let member = handle.join().map_err(|_| std::io::Error::other("a compression thread panicked"))??;
+            let member = handle
+                .join()
+                .map_err(|_| std::io::Error::other("a compression thread panicked"))??;
             self.inner.write_all(&member)?;
         }
         Ok(())
@@ -427,14 +512,19 @@ impl<W: Write> Write for ParallelGz<W> {
 /// Unpacks an archive (`.tar.gz`, or `.tar.gz.age` with `key`) into `into`, reading it to the
 /// very end so that gzip's CRC and age's authentication are checked. Returns the single
 /// top-level directory it held.
-pub(crate) fn unpack_archive(archive: &Path, into: &Path, key: Option<&DecryptionKey>) -> Result<PathBuf, String> {
+pub(crate) fn unpack_archive(
+    archive: &Path,
+    into: &Path,
+    key: Option<&DecryptionKey>,
+) -> Result<PathBuf, String> {
     let file = std::fs::File::open(archive).map_err(|e| format!("cannot open: {e}"))?;
     let reader = std::io::BufReader::with_capacity(1 << 20, file);
     let encrypted = archive.extension().is_some_and(|e| e == "age");
     let source: Box<dyn Read> = if encrypted {
         let key = key.ok_or("the archive is age-encrypted and no decryption key was given")?;
         let identities = key.identities().map_err(|e| e.to_string())?;
-        let decryptor = age::Decryptor::new_buffered(reader).map_err(|e| format!("not an age file: {e}"))?;
+        let decryptor =
+            age::Decryptor::new_buffered(reader).map_err(|e| format!("not an age file: {e}"))?;
         let stream = decryptor
             .decrypt(identities.iter().map(|i| i.as_ref() as &dyn age::Identity))
             .map_err(|e| format!("cannot decrypt: {e}"))?;
@@ -445,17 +535,22 @@ pub(crate) fn unpack_archive(archive: &Path, into: &Path, key: Option<&Decryptio
     let gz = flate2::read::MultiGzDecoder::new(source);
     let mut tar = tar::Archive::new(gz);
     tar.set_preserve_permissions(true);
-    tar.unpack(into).map_err(|e| format!("cannot unpack: {e}"))?;
+    tar.unpack(into)
+        .map_err(|e| format!("cannot unpack: {e}"))?;
     // Drain what follows the tar end marker, so the gzip trailer (CRC, length) is checked.
     let mut rest = tar.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink()).map_err(|e| format!("corrupt or truncated: {e}"))?;
+    std::io::copy(&mut rest, &mut std::io::sink())
+        .map_err(|e| format!("corrupt or truncated: {e}"))?;
     let mut tops = std::fs::read_dir(into)
         .map_err(|e| format!("cannot list what was unpacked: {e}"))?
         .filter_map(Result::ok)
         .map(|e| e.path())
         .collect::<Vec<_>>();
     if tops.len() != 1 || !tops[0].is_dir() {
-        return Err(format!("expected one top-level directory, found {}", tops.len()));
+        return Err(format!(
+            "expected one top-level directory, found {}",
+            tops.len()
+        ));
     }
     Ok(tops.remove(0))
 }

@@ -23,8 +23,15 @@
 use serde_json::Value;
 
 /// Kinds that controllers generate; never re-applied.
-const GENERATED_KINDS: [&str; 7] =
-    ["Pod", "ReplicaSet", "Endpoints", "EndpointSlice", "Event", "ControllerRevision", "Lease"];
+const GENERATED_KINDS: [&str; 7] = [
+    "Pod",
+    "ReplicaSet",
+    "Endpoints",
+    "EndpointSlice",
+    "Event",
+    "ControllerRevision",
+    "Lease",
+];
 
 const METADATA_DROPPED: [&str; 9] = [
     "uid",
@@ -38,10 +45,16 @@ const METADATA_DROPPED: [&str; 9] = [
     "deletionGracePeriodSeconds",
 ];
 
-const ANNOTATIONS_DROPPED: [&str; 2] =
-    ["kubectl.kubernetes.io/last-applied-configuration", "deployment.kubernetes.io/revision"];
+const ANNOTATIONS_DROPPED: [&str; 2] = [
+    "kubectl.kubernetes.io/last-applied-configuration",
+    "deployment.kubernetes.io/revision",
+];
 
-const PVC_ANNOTATION_PREFIXES: [&str; 3] = ["pv.kubernetes.io/", "volume.kubernetes.io/", "volume.beta.kubernetes.io/"];
+const PVC_ANNOTATION_PREFIXES: [&str; 3] = [
+    "pv.kubernetes.io/",
+    "volume.kubernetes.io/",
+    "volume.beta.kubernetes.io/",
+];
 
 /// Apply order by kind; anything not listed comes after, alphabetically.
 const PRIORITY: [&str; 14] = [
@@ -66,7 +79,9 @@ fn kind(obj: &Value) -> &str {
 }
 
 fn name(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 /// Why an object is left out of the cleaned set, or `None` when it is kept.
@@ -78,7 +93,10 @@ pub fn excluded_because(obj: &Value) -> Option<&'static str> {
     let controlled = obj
         .pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("controller").and_then(Value::as_bool) == Some(true)));
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("controller").and_then(Value::as_bool) == Some(true))
+        });
     if controlled {
         return Some("has a controller owner");
     }
@@ -87,7 +105,9 @@ pub fn excluded_because(obj: &Value) -> Option<&'static str> {
         ("ConfigMap", "kube-root-ca.crt") => return Some("created with every namespace"),
         _ => {}
     }
-    if kind == "Secret" && obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token") {
+    if kind == "Secret"
+        && obj.get("type").and_then(Value::as_str) == Some("kubernetes.io/service-account-token")
+    {
         return Some("service-account token, issued by the cluster");
     }
     None
@@ -96,17 +116,24 @@ pub fn excluded_because(obj: &Value) -> Option<&'static str> {
 /// One object, cleaned for re-apply (the object must not be excluded).
 pub fn clean_object(obj: &Value) -> Value {
     let mut obj = obj.clone();
-    let Some(map) = obj.as_object_mut() else { return obj };
+    let Some(map) = obj.as_object_mut() else {
+        return obj;
+    };
     map.remove("status");
-    let kind = map.get("kind").and_then(Value::as_str).unwrap_or("").to_owned();
+    let kind = map
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
     if let Some(meta) = map.get_mut("metadata").and_then(Value::as_object_mut) {
         for field in METADATA_DROPPED {
             meta.remove(field);
         }
         if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
             annotations.retain(|key, _| {
-                !ANNOTATIONS_DROPPED.contains(&key.as_str())
-                    && !(kind == "PersistentVolumeClaim" && PVC_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)))
+                let binding = kind == "PersistentVolumeClaim"
+                    && PVC_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p));
+                !(ANNOTATIONS_DROPPED.contains(&key.as_str()) || binding)
             });
             if annotations.is_empty() {
                 meta.remove("annotations");
@@ -142,7 +169,12 @@ pub fn clean_objects(objects: &[Value]) -> (Vec<Value>, Vec<String>) {
         }
     }
     kept.sort_by(|a, b| {
-        let rank = |o: &Value| PRIORITY.iter().position(|k| *k == kind(o)).unwrap_or(PRIORITY.len());
+        let rank = |o: &Value| {
+            PRIORITY
+                .iter()
+                .position(|k| *k == kind(o))
+                .unwrap_or(PRIORITY.len())
+        };
         (rank(a), kind(a), name(a)).cmp(&(rank(b), kind(b), name(b)))
     });
     (kept, skipped)
@@ -194,11 +226,15 @@ mod tests {
         check(
             json!({"kind": "Service", "metadata": {"name": "postgresql-service"},
                    "spec": {"clusterIP": "10.104.145.133", "clusterIPs": ["10.104.145.133"], "ports": [{"port": 5432}]}}),
-            Some(json!({"kind": "Service", "metadata": {"name": "postgresql-service"}, "spec": {"ports": [{"port": 5432}]}})),
+            Some(
+                json!({"kind": "Service", "metadata": {"name": "postgresql-service"}, "spec": {"ports": [{"port": 5432}]}}),
+            ),
         );
         check(
             json!({"kind": "Service", "metadata": {"name": "postgresql"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}}),
-            Some(json!({"kind": "Service", "metadata": {"name": "postgresql"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}})),
+            Some(
+                json!({"kind": "Service", "metadata": {"name": "postgresql"}, "spec": {"clusterIP": "None", "clusterIPs": ["None"]}}),
+            ),
         );
     }
 
@@ -245,8 +281,19 @@ mod tests {
             json!({"kind": "Pod", "metadata": {"name": "a-1"}}),
         ];
         let (kept, skipped) = clean_objects(&objects);
-        let order: Vec<String> = kept.iter().map(|o| format!("{}/{}", kind(o), name(o))).collect();
-        assert_eq!(order, ["Secret/postgresql-secret", "Deployment/a", "Deployment/b", "VirtualService/gw"]);
+        let order: Vec<String> = kept
+            .iter()
+            .map(|o| format!("{}/{}", kind(o), name(o)))
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "Secret/postgresql-secret",
+                "Deployment/a",
+                "Deployment/b",
+                "VirtualService/gw"
+            ]
+        );
         assert_eq!(skipped, ["Pod/a-1: generated by a controller (by kind)"]);
         assert_eq!(kept[0]["data"]["p"], "eA==");
     }

@@ -10,7 +10,9 @@ use tracing::Instrument;
 use super::archive::{ArchiveFeed, ArchiveInfo, publish_archive};
 use super::files::{create_private_dir, write_private};
 use super::kubernetes::{backup_namespace, quiesce};
-use super::manifest::{MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming, write_manifest};
+use super::manifest::{
+    MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming, write_manifest,
+};
 use super::offsite::{OffsiteCopy, copy_offsite};
 use super::postgres::backup_postgres;
 use super::redis::backup_redis;
@@ -43,7 +45,11 @@ fn default_name(options: &BackupOptions, now: chrono::DateTime<chrono::Utc>) -> 
         .map(|p| p.dbname().to_owned())
         .or_else(|| options.kubernetes.as_ref().map(|k| k.namespace.clone()))
         .unwrap_or_else(|| "backup".to_owned());
-    format!("{}-{}", super::postgres::sanitize(&stem), now.format("%Y%m%d-%H%M%S"))
+    format!(
+        "{}-{}",
+        super::postgres::sanitize(&stem),
+        now.format("%Y%m%d-%H%M%S")
+    )
 }
 
 /// Takes a backup as `options` say.
@@ -65,7 +71,10 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
     }
     let origin = Instant::now();
     let started_at = chrono::Utc::now();
-    let name = options.name.clone().unwrap_or_else(|| default_name(options, started_at));
+    let name = options
+        .name
+        .clone()
+        .unwrap_or_else(|| default_name(options, started_at));
     let final_dir = options.destination.join(&name);
     if final_dir.exists() {
         return Err(BackupError::Exists { path: final_dir });
@@ -74,7 +83,11 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
     create_private_dir(&partial)?;
     let span = tracing::info_span!("backup", name = %name, dir = %partial.display());
     let archive_out = options.archive.then(|| {
-        let suffix = if options.encryption.is_some() { ".tar.gz.age" } else { ".tar.gz" };
+        let suffix = if options.encryption.is_some() {
+            ".tar.gz.age"
+        } else {
+            ".tar.gz"
+        };
         options.destination.join(format!("{name}{suffix}"))
     });
     let mut after_manifest = Vec::new();
@@ -94,9 +107,17 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
         let archive = match feed {
             Some(feed) => {
                 let started = Instant::now();
-                let last = vec![MANIFEST_TXT.to_owned(), MANIFEST_JSON.to_owned(), MANIFEST_SHA256.to_owned()];
+                let last = vec![
+                    MANIFEST_TXT.to_owned(),
+                    MANIFEST_JSON.to_owned(),
+                    MANIFEST_SHA256.to_owned(),
+                ];
                 let info = feed.finish(last).await?;
-                after_manifest.push(timing("archive (the rest after the manifest)", started, origin));
+                after_manifest.push(timing(
+                    "archive (the rest after the manifest)",
+                    started,
+                    origin,
+                ));
                 Some(info)
             }
             None => None,
@@ -134,11 +155,22 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
         for target in &options.offsite {
             let started = Instant::now();
             offsite.push(copy_offsite(info, target).instrument(span.clone()).await?);
-            after_manifest.push(timing(&format!("off-site copy to {}", target.describe()), started, origin));
+            after_manifest.push(timing(
+                &format!("off-site copy to {}", target.describe()),
+                started,
+                origin,
+            ));
         }
     }
     tracing::info!(parent: &span, seconds = origin.elapsed().as_secs_f64(), "backup complete");
-    Ok(BackupReport { dir: final_dir, archive, offsite, manifest, after_manifest, seconds: origin.elapsed().as_secs_f64() })
+    Ok(BackupReport {
+        dir: final_dir,
+        archive,
+        offsite,
+        manifest,
+        after_manifest,
+        seconds: origin.elapsed().as_secs_f64(),
+    })
 }
 
 async fn collect(
@@ -156,15 +188,23 @@ async fn collect(
     };
     let mut steps = Vec::new();
     let mut tools = BTreeMap::new();
-    tools.insert("rebuild-rehearsal harness".to_owned(), env!("CARGO_PKG_VERSION").to_owned());
+    tools.insert(
+        "rebuild-rehearsal harness".to_owned(),
+        env!("CARGO_PKG_VERSION").to_owned(),
+    );
 
     let mut quiesce_record = None;
     if let (Some(q), Some(k)) = (&options.quiesce, &options.kubernetes) {
         let started = Instant::now();
-        let record = quiesce(k, q).instrument(tracing::info_span!("quiesce")).await?;
+        let record = quiesce(k, q)
+            .instrument(tracing::info_span!("quiesce"))
+            .await?;
         write_private(
             &super::files::ensure_parent(dir, "kubernetes/quiesce.json")?,
-            &serde_json::to_vec_pretty(&record).map_err(|source| BackupError::Json { what: "quiesce record".into(), source })?,
+            &serde_json::to_vec_pretty(&record).map_err(|source| BackupError::Json {
+                what: "quiesce record".into(),
+                source,
+            })?,
         )?;
         steps.push(timing("quiesce writers", started, origin));
         quiesce_record = Some(record);
@@ -172,15 +212,19 @@ async fn collect(
 
     let local_tools = match (&options.local_tools, &options.postgres) {
         (Some(t), _) => Some(t.clone()),
-        (None, Some(_)) => Some(PgTools::discover().map_err(BackupError::pg("find local pg_restore"))?),
+        (None, Some(_)) => {
+            Some(PgTools::discover().map_err(BackupError::pg("find local pg_restore"))?)
+        }
         (None, None) => None,
     };
     let postgres = async {
         match (&options.postgres, &local_tools) {
-            (Some(source), Some(local)) => backup_postgres(source, local, options.plain_from, dir, origin, feed)
-                .instrument(tracing::info_span!("postgres", source = %source.describe()))
-                .await
-                .map(Some),
+            (Some(source), Some(local)) => {
+                backup_postgres(source, local, options.plain_from, dir, origin, feed)
+                    .instrument(tracing::info_span!("postgres", source = %source.describe()))
+                    .await
+                    .map(Some)
+            }
             _ => Ok(None),
         }
     };
@@ -188,9 +232,14 @@ async fn collect(
         match &options.redis {
             Some(source) => {
                 let started = Instant::now();
-                let m = backup_redis(source, dir).instrument(tracing::info_span!("redis")).await?;
+                let m = backup_redis(source, dir)
+                    .instrument(tracing::info_span!("redis"))
+                    .await?;
                 done(&m.rdb);
-                Ok::<_, BackupError>(Some((m, timing("redis: RDB, key count and digest", started, origin))))
+                Ok::<_, BackupError>(Some((
+                    m,
+                    timing("redis: RDB, key count and digest", started, origin),
+                )))
             }
             None => Ok(None),
         }
@@ -199,11 +248,16 @@ async fn collect(
         match &options.kubernetes {
             Some(source) => {
                 let started = Instant::now();
-                let m = backup_namespace(source, dir).instrument(tracing::info_span!("kubernetes")).await?;
+                let m = backup_namespace(source, dir)
+                    .instrument(tracing::info_span!("kubernetes"))
+                    .await?;
                 for rel in [&m.raw, &m.clean_json, &m.clean_yaml] {
                     done(rel);
                 }
-                Ok::<_, BackupError>(Some((m, timing("kubernetes: namespace resources", started, origin))))
+                Ok::<_, BackupError>(Some((
+                    m,
+                    timing("kubernetes: namespace resources", started, origin),
+                )))
             }
             None => Ok(None),
         }
@@ -212,11 +266,17 @@ async fn collect(
         match &options.terraform_dir {
             Some(config) => {
                 let started = Instant::now();
-                let (m, version) = backup_terraform(config, dir).instrument(tracing::info_span!("terraform")).await?;
+                let (m, version) = backup_terraform(config, dir)
+                    .instrument(tracing::info_span!("terraform"))
+                    .await?;
                 for rel in [&m.state, &m.resources, &m.outputs] {
                     done(rel);
                 }
-                Ok::<_, BackupError>(Some((m, version, timing("terraform: state, resources, outputs", started, origin))))
+                Ok::<_, BackupError>(Some((
+                    m,
+                    version,
+                    timing("terraform: state, resources, outputs", started, origin),
+                )))
             }
             None => Ok(None),
         }
@@ -248,7 +308,10 @@ async fn collect(
         manifest.redis = Some(m);
         manifest.steps.push(step);
         if let Ok(path) = which::which("redis-server") {
-            manifest.tools.insert("redis-server (scratch)".into(), super::files::tool_version("redis-server", &path, "--version").await);
+            manifest.tools.insert(
+                "redis-server (scratch)".into(),
+                super::files::tool_version("redis-server", &path, "--version").await,
+            );
         }
     }
     if let Some((m, step)) = kube {
@@ -260,7 +323,9 @@ async fn collect(
         manifest.steps.push(step);
         manifest.tools.insert("terraform".into(), version);
     }
-    manifest.steps.sort_by(|a, b| a.started_after_seconds.total_cmp(&b.started_after_seconds));
+    manifest
+        .steps
+        .sort_by(|a, b| a.started_after_seconds.total_cmp(&b.started_after_seconds));
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
     write_manifest(dir, &mut manifest, feed).await?;
     Ok(manifest)

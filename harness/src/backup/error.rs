@@ -29,7 +29,9 @@ pub enum BackupError {
     },
 
     /// Nothing was configured to back up.
-    #[error("nothing to back up: configure at least one of postgres, redis, kubernetes or terraform")]
+    #[error(
+        "nothing to back up: configure at least one of postgres, redis, kubernetes or terraform"
+    )]
     NothingToBackUp,
 
     /// A PostgreSQL connection or query failed (unreachable, authentication failed, ...).
@@ -196,9 +198,16 @@ pub enum BackupError {
 }
 
 impl BackupError {
-    pub(crate) fn io(action: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+    pub(crate) fn io(
+        action: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Self {
         let path = path.into();
-        move |source| Self::Io { action, path, source }
+        move |source| Self::Io {
+            action,
+            path,
+            source,
+        }
     }
 
     pub(crate) fn pg(what: impl Into<String>) -> impl FnOnce(PgError) -> Self {

@@ -46,45 +46,78 @@ impl PodRef {
     pub(crate) async fn check_exists(&self) -> Result<(), BackupError> {
         match self.api().get_opt(&self.pod).await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(BackupError::PodNotFound { namespace: self.namespace.clone(), name: self.pod.clone() }),
-            Err(source) => Err(BackupError::Kube { what: format!("get pod {}/{}", self.namespace, self.pod), source }),
+            Ok(None) => Err(BackupError::PodNotFound {
+                namespace: self.namespace.clone(),
+                name: self.pod.clone(),
+            }),
+            Err(source) => Err(BackupError::Kube {
+                what: format!("get pod {}/{}", self.namespace, self.pod),
+                source,
+            }),
         }
     }
 
     /// Runs `command` in the container, streaming its standard output into a new private file
     /// at `out`. Returns the bytes written. The command's exit status must arrive: a stream
     /// that ends without one is [`BackupError::ExecCutOff`].
-    pub(crate) async fn exec_to_file(&self, command: Vec<String>, what: &str, out: &Path) -> Result<u64, BackupError> {
+    pub(crate) async fn exec_to_file(
+        &self,
+        command: Vec<String>,
+        what: &str,
+        out: &Path,
+    ) -> Result<u64, BackupError> {
         let file = tokio::fs::File::from_std(create_private_file(out)?);
         let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
         let bytes = self.exec_into(command, what, &mut writer).await?;
-        writer.flush().await.map_err(BackupError::io("write", out))?;
-        writer.into_inner().sync_all().await.map_err(BackupError::io("sync", out))?;
+        writer
+            .flush()
+            .await
+            .map_err(BackupError::io("write", out))?;
+        writer
+            .into_inner()
+            .sync_all()
+            .await
+            .map_err(BackupError::io("sync", out))?;
         Ok(bytes)
     }
 
     /// Runs `command` and returns its standard output as text.
-    pub(crate) async fn exec_output(&self, command: Vec<String>, what: &str) -> Result<String, BackupError> {
+    pub(crate) async fn exec_output(
+        &self,
+        command: Vec<String>,
+        what: &str,
+    ) -> Result<String, BackupError> {
         let mut buf = Vec::new();
         self.exec_into(command, what, &mut buf).await?;
         Ok(String::from_utf8_lossy(&buf).into_owned())
     }
 
-    async fn exec_into<W>(&self, command: Vec<String>, what: &str, sink: &mut W) -> Result<u64, BackupError>
+    async fn exec_into<W>(
+        &self,
+        command: Vec<String>,
+        what: &str,
+        sink: &mut W,
+    ) -> Result<u64, BackupError>
     where
         W: tokio::io::AsyncWrite + Unpin,
     {
         self.check_exists().await?;
         let program = command.first().cloned().unwrap_or_default();
-        let mut params = AttachParams::default().stdin(false).stdout(true).stderr(true);
+        let mut params = AttachParams::default()
+            .stdin(false)
+            .stdout(true)
+            .stderr(true);
         if let Some(container) = &self.container {
             params = params.container(container.clone());
         }
-        let mut process = self
-            .api()
-            .exec(&self.pod, command, &params)
-            .await
-            .map_err(BackupError::kube(format!("exec {program} in pod {}/{}", self.namespace, self.pod)))?;
+        let mut process =
+            self.api()
+                .exec(&self.pod, command, &params)
+                .await
+                .map_err(BackupError::kube(format!(
+                    "exec {program} in pod {}/{}",
+                    self.namespace, self.pod
+                )))?;
         let mut stdout = process.stdout().expect("stdout was requested");
         let mut stderr = process.stderr().expect("stderr was requested");
         let status = process.take_status().expect("status is taken once");
@@ -119,7 +152,10 @@ impl PodRef {
         if status.status.as_deref() == Some("Success") {
             Ok(bytes)
         } else {
-            let reason = status.message.or(status.reason).unwrap_or_else(|| "no status message".to_owned());
+            let reason = status
+                .message
+                .or(status.reason)
+                .unwrap_or_else(|| "no status message".to_owned());
             Err(BackupError::Tool {
                 tool: program.clone(),
                 what: format!("{what} in pod {}/{}", self.namespace, self.pod),
@@ -147,7 +183,10 @@ impl PodRef {
             .map_err(BackupError::kube(format!("port-forward to {target}")))?;
         let stream = forwarder
             .take_stream(port)
-            .ok_or_else(|| BackupError::PortForward { target: target.clone(), detail: "no stream for the port".to_owned() })?;
+            .ok_or_else(|| BackupError::PortForward {
+                target: target.clone(),
+                detail: "no stream for the port".to_owned(),
+            })?;
         let (client, connection) = config
             .connect_raw(stream, tokio_postgres::NoTls)
             .await

@@ -11,13 +11,22 @@ use super::BackupError;
 /// Creates `path` (not its parents) with mode 0700. Fails when it exists.
 pub(crate) fn create_private_dir(path: &Path) -> Result<(), BackupError> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new().mode(0o700).create(path).map_err(|source| {
-        if source.kind() == std::io::ErrorKind::AlreadyExists {
-            BackupError::Exists { path: path.to_path_buf() }
-        } else {
-            BackupError::Io { action: "create directory", path: path.to_path_buf(), source }
-        }
-    })?;
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(path)
+        .map_err(|source| {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                BackupError::Exists {
+                    path: path.to_path_buf(),
+                }
+            } else {
+                BackupError::Io {
+                    action: "create directory",
+                    path: path.to_path_buf(),
+                    source,
+                }
+            }
+        })?;
     // The umask may have narrowed the mode further; make it exactly 0700.
     crate::keep::set_private_dir(path).map_err(BackupError::io("chmod", path))
 }
@@ -55,18 +64,24 @@ pub(crate) fn create_private_file(path: &Path) -> Result<std::fs::File, BackupEr
 pub(crate) fn write_private(path: &Path, contents: &[u8]) -> Result<(), BackupError> {
     use std::io::Write;
     let mut file = create_private_file(path)?;
-    file.write_all(contents).map_err(BackupError::io("write", path))?;
+    file.write_all(contents)
+        .map_err(BackupError::io("write", path))?;
     file.sync_all().map_err(BackupError::io("sync", path))
 }
 
 /// Size and hex SHA-256 of a file, read in 1 MiB pieces.
 pub(crate) async fn sha256_file(path: &Path) -> Result<(u64, String), BackupError> {
-    let mut file = tokio::fs::File::open(path).await.map_err(BackupError::io("open", path))?;
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(BackupError::io("open", path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
     let mut size = 0u64;
     loop {
-        let n = file.read(&mut buf).await.map_err(BackupError::io("read", path))?;
+        let n = file
+            .read(&mut buf)
+            .await
+            .map_err(BackupError::io("read", path))?;
         if n == 0 {
             break;
         }
@@ -90,7 +105,14 @@ pub(crate) struct ToolRun {
 
 impl ToolRun {
     pub(crate) fn new(tool: &str, program: PathBuf, what: impl Into<String>) -> Self {
-        Self { tool: tool.to_owned(), program, args: Vec::new(), env: Vec::new(), dir: None, what: what.into() }
+        Self {
+            tool: tool.to_owned(),
+            program,
+            args: Vec::new(),
+            env: Vec::new(),
+            dir: None,
+            what: what.into(),
+        }
     }
 
     pub(crate) fn args<I, S>(mut self, args: I) -> Self
@@ -108,13 +130,17 @@ impl ToolRun {
         K: Into<String>,
         V: Into<String>,
     {
-        self.env.extend(env.into_iter().map(|(k, v)| (k.into(), v.into())));
+        self.env
+            .extend(env.into_iter().map(|(k, v)| (k.into(), v.into())));
         self
     }
 
     fn command(&self) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(&self.program);
-        cmd.args(&self.args).envs(self.env.iter().map(|(k, v)| (k, v))).stdin(Stdio::null()).kill_on_drop(true);
+        cmd.args(&self.args)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
         if let Some(dir) = &self.dir {
             cmd.current_dir(dir);
         }
@@ -140,7 +166,10 @@ impl ToolRun {
             .stdout(Stdio::from(file))
             .stderr(Stdio::piped())
             .spawn()
-            .map_err(|source| BackupError::Spawn { tool: self.tool.clone(), source })?;
+            .map_err(|source| BackupError::Spawn {
+                tool: self.tool.clone(),
+                source,
+            })?;
         let mut stderr = Vec::new();
         if let Some(mut pipe) = child.stderr.take() {
             // Bounded: keep at most 64 KiB of it, drain the rest.
@@ -153,8 +182,15 @@ impl ToolRun {
                 }
             }
         }
-        let status = child.wait().await.map_err(|source| BackupError::Spawn { tool: self.tool.clone(), source })?;
-        if status.success() { Ok(()) } else { Err(self.failed(status, &stderr)) }
+        let status = child.wait().await.map_err(|source| BackupError::Spawn {
+            tool: self.tool.clone(),
+            source,
+        })?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(self.failed(status, &stderr))
+        }
     }
 
     /// Runs the tool and returns its (small) standard output.
@@ -165,7 +201,10 @@ impl ToolRun {
             .stderr(Stdio::piped())
             .output()
             .await
-            .map_err(|source| BackupError::Spawn { tool: self.tool.clone(), source })?;
+            .map_err(|source| BackupError::Spawn {
+                tool: self.tool.clone(),
+                source,
+            })?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
@@ -182,7 +221,11 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
 
 /// The first line of a tool's `--version` output, or why there is none.
 pub(crate) async fn tool_version(tool: &str, program: &Path, flag: &str) -> String {
-    match ToolRun::new(tool, program.to_path_buf(), "report its version").args([flag]).output().await {
+    match ToolRun::new(tool, program.to_path_buf(), "report its version")
+        .args([flag])
+        .output()
+        .await
+    {
         Ok(out) => out.lines().next().unwrap_or("").trim().to_owned(),
         Err(err) => format!("unknown ({err})"),
     }

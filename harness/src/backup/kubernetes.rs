@@ -28,7 +28,9 @@ pub struct KubeSource {
 
 impl std::fmt::Debug for KubeSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeSource").field("namespace", &self.namespace).finish_non_exhaustive()
+        f.debug_struct("KubeSource")
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
     }
 }
 
@@ -82,22 +84,31 @@ pub async fn list_namespace(source: &KubeSource) -> Result<NamespaceObjects, Bac
             if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) {
                 continue;
             }
-            let api: Api<DynamicObject> = Api::namespaced_with(source.client.clone(), ns, &resource);
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(source.client.clone(), ns, &resource);
             let list = match api.list(&ListParams::default()).await {
                 Ok(list) => list,
                 Err(err) => {
-                    unlisted.push(format!("{}/{}: {err}", resource.api_version, resource.plural));
+                    unlisted.push(format!(
+                        "{}/{}: {err}",
+                        resource.api_version, resource.plural
+                    ));
                     continue;
                 }
             };
             for mut item in list.items {
                 // List items come without type information: put it back.
-                item.types = Some(kube::api::TypeMeta { api_version: resource.api_version.clone(), kind: resource.kind.clone() });
+                item.types = Some(kube::api::TypeMeta {
+                    api_version: resource.api_version.clone(),
+                    kind: resource.kind.clone(),
+                });
                 let value = serde_json::to_value(&item).map_err(|source| BackupError::Json {
                     what: format!("encode {}", resource.kind),
                     source,
                 })?;
-                *counts.entry(format!("{}/{}", resource.api_version, resource.kind)).or_insert(0) += 1;
+                *counts
+                    .entry(format!("{}/{}", resource.api_version, resource.kind))
+                    .or_insert(0) += 1;
                 objects.push(value);
             }
         }
@@ -105,19 +116,39 @@ pub async fn list_namespace(source: &KubeSource) -> Result<NamespaceObjects, Bac
     objects.sort_by(|a, b| {
         let key = |o: &Value| {
             (
-                o.get("apiVersion").and_then(Value::as_str).unwrap_or("").to_owned(),
-                o.get("kind").and_then(Value::as_str).unwrap_or("").to_owned(),
-                o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("").to_owned(),
+                o.get("apiVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                o.get("kind")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
+                o.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned(),
             )
         };
         key(a).cmp(&key(b))
     });
-    Ok(NamespaceObjects { objects, counts, unlisted })
+    Ok(NamespaceObjects {
+        objects,
+        counts,
+        unlisted,
+    })
 }
 
-pub(crate) async fn backup_namespace(source: &KubeSource, dir: &Path) -> Result<KubeManifest, BackupError> {
+pub(crate) async fn backup_namespace(
+    source: &KubeSource,
+    dir: &Path,
+) -> Result<KubeManifest, BackupError> {
     let ns = &source.namespace;
-    let NamespaceObjects { objects, counts, unlisted } = list_namespace(source).await?;
+    let NamespaceObjects {
+        objects,
+        counts,
+        unlisted,
+    } = list_namespace(source).await?;
     let (clean, skipped) = clean_objects(&objects);
 
     let raw = "kubernetes/resources-raw.json".to_owned();
@@ -136,13 +167,25 @@ pub(crate) async fn backup_namespace(source: &KubeSource, dir: &Path) -> Result<
         write!(file, "---\n{yaml}").map_err(BackupError::io("write", &path))?;
     }
     file.flush().map_err(BackupError::io("write", &path))?;
-    Ok(KubeManifest { namespace: ns.clone(), raw, clean_json, clean_yaml, counts, skipped, unlisted })
+    Ok(KubeManifest {
+        namespace: ns.clone(),
+        raw,
+        clean_json,
+        clean_yaml,
+        counts,
+        skipped,
+        unlisted,
+    })
 }
 
 fn write_list(path: &Path, items: &[Value]) -> Result<(), BackupError> {
-    let list = serde_json::json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items });
+    let list =
+        serde_json::json!({ "apiVersion": "v1", "kind": "List", "metadata": {}, "items": items });
     let file = std::io::BufWriter::new(create_private_file(path)?);
-    serde_json::to_writer_pretty(file, &list).map_err(|source| BackupError::Json { what: format!("write {}", path.display()), source })
+    serde_json::to_writer_pretty(file, &list).map_err(|source| BackupError::Json {
+        what: format!("write {}", path.display()),
+        source,
+    })
 }
 
 /// Which Deployments to scale to zero before the snapshot.
@@ -156,7 +199,10 @@ pub struct QuiesceOptions {
 
 impl Default for QuiesceOptions {
     fn default() -> Self {
-        Self { keep: Vec::new(), timeout: Duration::from_secs(120) }
+        Self {
+            keep: Vec::new(),
+            timeout: Duration::from_secs(120),
+        }
     }
 }
 
@@ -177,10 +223,16 @@ pub struct QuiesceRecord {
 ///
 /// # Errors
 /// When the API refuses, or a deployment does not scale down in time.
-pub async fn quiesce(source: &KubeSource, options: &QuiesceOptions) -> Result<QuiesceRecord, BackupError> {
+pub async fn quiesce(
+    source: &KubeSource,
+    options: &QuiesceOptions,
+) -> Result<QuiesceRecord, BackupError> {
     let ns = &source.namespace;
     let api: Api<Deployment> = Api::namespaced(source.client.clone(), ns);
-    let list = api.list(&ListParams::default()).await.map_err(BackupError::kube(format!("list deployments in {ns}")))?;
+    let list = api
+        .list(&ListParams::default())
+        .await
+        .map_err(BackupError::kube(format!("list deployments in {ns}")))?;
     let mut replicas = BTreeMap::new();
     for d in &list.items {
         let name = d.metadata.name.clone().unwrap_or_default();
@@ -197,7 +249,10 @@ pub async fn quiesce(source: &KubeSource, options: &QuiesceOptions) -> Result<Qu
         let deadline = Instant::now() + options.timeout;
         let name: &String = name;
         loop {
-            let d = api.get(name).await.map_err(BackupError::kube(format!("get deployment {ns}/{name}")))?;
+            let d = api
+                .get(name)
+                .await
+                .map_err(BackupError::kube(format!("get deployment {ns}/{name}")))?;
             let running = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
             if running == 0 {
                 break;
@@ -213,7 +268,11 @@ pub async fn quiesce(source: &KubeSource, options: &QuiesceOptions) -> Result<Qu
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-    Ok(QuiesceRecord { namespace: ns.clone(), replicas, writes_stopped_at: chrono::Utc::now().to_rfc3339() })
+    Ok(QuiesceRecord {
+        namespace: ns.clone(),
+        replicas,
+        writes_stopped_at: chrono::Utc::now().to_rfc3339(),
+    })
 }
 
 /// Scales the Deployments of a [`QuiesceRecord`] back to their recorded replicas.
@@ -228,10 +287,17 @@ pub async fn resume(client: &kube::Client, record: &QuiesceRecord) -> Result<(),
     Ok(())
 }
 
-async fn scale(api: &Api<Deployment>, ns: &str, name: &str, replicas: i32) -> Result<(), BackupError> {
+async fn scale(
+    api: &Api<Deployment>,
+    ns: &str,
+    name: &str,
+    replicas: i32,
+) -> Result<(), BackupError> {
     let patch = serde_json::json!({ "spec": { "replicas": replicas } });
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
-        .map_err(BackupError::kube(format!("scale deployment {ns}/{name} to {replicas}")))?;
+        .map_err(BackupError::kube(format!(
+            "scale deployment {ns}/{name} to {replicas}"
+        )))?;
     Ok(())
 }

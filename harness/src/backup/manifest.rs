@@ -86,14 +86,22 @@ impl Manifest {
     /// [`BackupError::NotABackup`] when it is missing, unreadable or of another format.
     pub fn read(dir: &Path) -> Result<Self, BackupError> {
         let path = dir.join(MANIFEST_JSON);
-        let bytes = std::fs::read(&path)
-            .map_err(|err| BackupError::NotABackup { path: dir.to_path_buf(), detail: format!("{MANIFEST_JSON}: {err}") })?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|err| BackupError::NotABackup { path: dir.to_path_buf(), detail: format!("{MANIFEST_JSON}: {err}") })?;
+        let bytes = std::fs::read(&path).map_err(|err| BackupError::NotABackup {
+            path: dir.to_path_buf(),
+            detail: format!("{MANIFEST_JSON}: {err}"),
+        })?;
+        let manifest: Manifest =
+            serde_json::from_slice(&bytes).map_err(|err| BackupError::NotABackup {
+                path: dir.to_path_buf(),
+                detail: format!("{MANIFEST_JSON}: {err}"),
+            })?;
         if manifest.format != FORMAT {
             return Err(BackupError::NotABackup {
                 path: dir.to_path_buf(),
-                detail: format!("manifest format {} (this build reads {FORMAT})", manifest.format),
+                detail: format!(
+                    "manifest format {} (this build reads {FORMAT})",
+                    manifest.format
+                ),
             });
         }
         Ok(manifest)
@@ -122,11 +130,19 @@ impl Manifest {
                 } else {
                     format!("by {}", t.ordered_by.join(", "))
                 };
-                let _ = writeln!(s, "{}.{}: {} rows, sha256 {} ({order})", t.schema, t.name, t.rows, t.digest);
+                let _ = writeln!(
+                    s,
+                    "{}.{}: {} rows, sha256 {} ({order})",
+                    t.schema, t.name, t.rows, t.digest
+                );
             }
         }
         if let Some(r) = &self.redis {
-            let _ = writeln!(s, "\n=== Redis ===\nSource: {}\nKeys: {}\nDigest: {}", r.source, r.keys, r.digest);
+            let _ = writeln!(
+                s,
+                "\n=== Redis ===\nSource: {}\nKeys: {}\nDigest: {}",
+                r.source, r.keys, r.digest
+            );
         }
         if let Some(k) = &self.kubernetes {
             let _ = writeln!(s, "\n=== Kubernetes ({}) ===", k.namespace);
@@ -135,13 +151,21 @@ impl Manifest {
             }
         }
         if let Some(q) = &self.quiesce {
-            let _ = writeln!(s, "\n=== Quiesce ===\nWrites stopped at: {}", q.writes_stopped_at);
+            let _ = writeln!(
+                s,
+                "\n=== Quiesce ===\nWrites stopped at: {}",
+                q.writes_stopped_at
+            );
             for (d, n) in &q.replicas {
                 let _ = writeln!(s, "{d}: {n} replicas (scaled to 0)");
             }
         }
         if let Some(t) = &self.terraform {
-            let _ = writeln!(s, "\n=== Terraform ===\nDirectory: {}\nResources: {}", t.directory, t.resource_count);
+            let _ = writeln!(
+                s,
+                "\n=== Terraform ===\nDirectory: {}\nResources: {}",
+                t.directory, t.resource_count
+            );
         }
         let _ = writeln!(s, "\n=== Backup Files ===");
         for f in &self.files {
@@ -171,7 +195,11 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>, BackupError> {
             if kind.is_dir() {
                 stack.push(path);
             } else {
-                let rel = path.strip_prefix(dir).expect("under dir").to_string_lossy().into_owned();
+                let rel = path
+                    .strip_prefix(dir)
+                    .expect("under dir")
+                    .to_string_lossy()
+                    .into_owned();
                 if rel != MANIFEST_JSON && rel != MANIFEST_SHA256 {
                     out.push(rel);
                 }
@@ -184,8 +212,15 @@ pub(crate) fn list_files(dir: &Path) -> Result<Vec<String>, BackupError> {
 
 /// Hashes every file (taking the hashes the archive computed while reading them, when there
 /// is an archive), writes `BACKUP_MANIFEST.txt` (listed), then `MANIFEST.json` and its checksum.
-pub(crate) async fn write_manifest(dir: &Path, manifest: &mut Manifest, feed: Option<&ArchiveFeed>) -> Result<(), BackupError> {
-    let rels: Vec<String> = list_files(dir)?.into_iter().filter(|r| r != MANIFEST_TXT).collect();
+pub(crate) async fn write_manifest(
+    dir: &Path,
+    manifest: &mut Manifest,
+    feed: Option<&ArchiveFeed>,
+) -> Result<(), BackupError> {
+    let rels: Vec<String> = list_files(dir)?
+        .into_iter()
+        .filter(|r| r != MANIFEST_TXT)
+        .collect();
     let mut known = super::archive::Hashes::new();
     if let Some(feed) = feed {
         let appended = feed.hashes().await;
@@ -200,18 +235,31 @@ pub(crate) async fn write_manifest(dir: &Path, manifest: &mut Manifest, feed: Op
             Some(v) => v,
             None => sha256_file(&dir.join(&rel)).await?,
         };
-        files.push(FileEntry { path: rel, size, sha256 });
+        files.push(FileEntry {
+            path: rel,
+            size,
+            sha256,
+        });
     }
     manifest.files = files;
     // The text lists the files before itself; then it is hashed and listed in the JSON.
     let txt_path = dir.join(MANIFEST_TXT);
     write_private(&txt_path, manifest.human().as_bytes())?;
     let (size, sha256) = sha256_file(&txt_path).await?;
-    manifest.files.push(FileEntry { path: MANIFEST_TXT.to_owned(), size, sha256 });
+    manifest.files.push(FileEntry {
+        path: MANIFEST_TXT.to_owned(),
+        size,
+        sha256,
+    });
     manifest.files.sort_by(|a, b| a.path.cmp(&b.path));
-    let json = serde_json::to_vec_pretty(manifest)
-        .map_err(|source| BackupError::Json { what: "encode the manifest".to_owned(), source })?;
+    let json = serde_json::to_vec_pretty(manifest).map_err(|source| BackupError::Json {
+        what: "encode the manifest".to_owned(),
+        source,
+    })?;
     write_private(&dir.join(MANIFEST_JSON), &json)?;
     let digest = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
-    write_private(&dir.join(MANIFEST_SHA256), format!("{digest}  {MANIFEST_JSON}\n").as_bytes())
+    write_private(
+        &dir.join(MANIFEST_SHA256),
+        format!("{digest}  {MANIFEST_JSON}\n").as_bytes(),
+    )
 }

@@ -43,7 +43,10 @@ pub use archive::{ArchiveInfo, DecryptionKey, EncryptionKey};
 pub use engine::{BackupReport, backup};
 pub use error::BackupError;
 pub use exec::PodRef;
-pub use kubernetes::{KubeManifest, KubeSource, NamespaceObjects, QuiesceOptions, QuiesceRecord, list_namespace, quiesce, resume};
+pub use kubernetes::{
+    KubeManifest, KubeSource, NamespaceObjects, QuiesceOptions, QuiesceRecord, list_namespace,
+    quiesce, resume,
+};
 pub use manifest::{FileEntry, MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming};
 pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
 pub use postgres::{KubePostgres, PgManifest, PgSource};

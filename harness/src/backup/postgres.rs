@@ -11,8 +11,8 @@ use serde::{Deserialize, Serialize};
 use super::archive::ArchiveFeed;
 use super::exec::PodRef;
 use super::files::{ToolRun, ensure_parent, tool_version};
-use super::split::{TableOut, split_plain};
 use super::manifest::StepTiming;
+use super::split::{TableOut, split_plain};
 use super::{BackupError, PlainFrom};
 use crate::facts::{SequenceFacts, TableFacts, TableRef, list_tables, sequence_facts, table_facts};
 use crate::pg::{ConnParams, PgTools, Secret};
@@ -65,18 +65,25 @@ impl PgSource {
     pub fn describe(&self) -> String {
         match self {
             PgSource::Direct { params, .. } => params.target(),
-            PgSource::Kube(k) => format!("pod {}/{}:{}/{}", k.pod.namespace, k.pod.pod, k.port, k.dbname),
+            PgSource::Kube(k) => format!(
+                "pod {}/{}:{}/{}",
+                k.pod.namespace, k.pod.pod, k.port, k.dbname
+            ),
         }
     }
 
     async fn session(&self) -> Result<tokio_postgres::Client, BackupError> {
         match self {
-            PgSource::Direct { params, .. } => {
-                params.connect().await.map_err(BackupError::pg("open the snapshot session"))
-            }
+            PgSource::Direct { params, .. } => params
+                .connect()
+                .await
+                .map_err(BackupError::pg("open the snapshot session")),
             PgSource::Kube(k) => {
                 let mut config = tokio_postgres::Config::new();
-                config.user(&k.user).dbname(&k.dbname).application_name("rebuild-rehearsal");
+                config
+                    .user(&k.user)
+                    .dbname(&k.dbname)
+                    .application_name("rebuild-rehearsal");
                 if let Some(password) = &k.password {
                     config.password(password.expose());
                 }
@@ -87,11 +94,23 @@ impl PgSource {
 
     /// Runs `program` (pg_dump, pg_dumpall) against the source with `args` (no connection
     /// options: they are added here) and streams its output into `out`.
-    async fn dump(&self, program: &str, args: Vec<String>, what: &str, out: &Path) -> Result<(), BackupError> {
+    async fn dump(
+        &self,
+        program: &str,
+        args: Vec<String>,
+        what: &str,
+        out: &Path,
+    ) -> Result<(), BackupError> {
         match self {
             PgSource::Direct { params, tools } => {
-                let path = tools.tool(program).map_err(BackupError::pg(format!("find {program}")))?;
-                ToolRun::new(program, path, what).args(args).envs(params.libpq_env()).to_file(out).await
+                let path = tools
+                    .tool(program)
+                    .map_err(BackupError::pg(format!("find {program}")))?;
+                ToolRun::new(program, path, what)
+                    .args(args)
+                    .envs(params.libpq_env())
+                    .to_file(out)
+                    .await
             }
             PgSource::Kube(k) => {
                 let mut command = in_pod_with_password(k.password_env.as_deref(), "PGPASSWORD")?;
@@ -112,7 +131,11 @@ impl PgSource {
                 Ok(path) => tool_version(program, &path, "--version").await,
                 Err(err) => format!("unknown ({err})"),
             },
-            PgSource::Kube(k) => match k.pod.exec_output(vec![program.to_owned(), "--version".to_owned()], "version").await {
+            PgSource::Kube(k) => match k
+                .pod
+                .exec_output(vec![program.to_owned(), "--version".to_owned()], "version")
+                .await
+            {
                 Ok(out) => format!("{} (in pod {})", out.trim(), k.pod.pod),
                 Err(err) => format!("unknown ({err})"),
             },
@@ -122,8 +145,13 @@ impl PgSource {
 
 /// A command prefix that runs the rest of the command in the pod with `target_var` set from
 /// the container's own `source_var`, when that is set. The value stays inside the pod.
-pub(crate) fn in_pod_with_password(source_var: Option<&str>, target_var: &str) -> Result<Vec<String>, BackupError> {
-    let Some(var) = source_var else { return Ok(Vec::new()) };
+pub(crate) fn in_pod_with_password(
+    source_var: Option<&str>,
+    target_var: &str,
+) -> Result<Vec<String>, BackupError> {
+    let Some(var) = source_var else {
+        return Ok(Vec::new());
+    };
     let valid = !var.is_empty()
         && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !var.starts_with(|c: char| c.is_ascii_digit());
@@ -133,8 +161,15 @@ pub(crate) fn in_pod_with_password(source_var: Option<&str>, target_var: &str) -
             detail: "not a valid environment variable name".to_owned(),
         });
     }
-    let script = format!("if [ -n \"${{{var}:-}}\" ]; then {target_var}=\"${var}\"; export {target_var}; fi; exec \"$@\"");
-    Ok(vec!["sh".to_owned(), "-c".to_owned(), script, "sh".to_owned()])
+    let script = format!(
+        "if [ -n \"${{{var}:-}}\" ]; then {target_var}=\"${var}\"; export {target_var}; fi; exec \"$@\""
+    );
+    Ok(vec![
+        "sh".to_owned(),
+        "-c".to_owned(),
+        script,
+        "sh".to_owned(),
+    ])
 }
 
 /// What the manifest records of the PostgreSQL part.
@@ -255,10 +290,21 @@ pub(crate) async fn backup_postgres(
     // files are split out of the plain SQL here, in one pass (see `split.rs`).
     let derived: Vec<(String, &'static str, Vec<String>)> = vec![
         (plain_rel.clone(), "plain SQL", vec![]),
-        (schema_rel.clone(), "schema only", vec!["--schema-only".to_owned()]),
+        (
+            schema_rel.clone(),
+            "schema only",
+            vec!["--schema-only".to_owned()],
+        ),
     ];
-    let per_table: Vec<(TableRef, String)> =
-        table_refs.iter().map(|t| (t.clone(), table_files[&format!("{}.{}", t.schema, t.name)].clone())).collect();
+    let per_table: Vec<(TableRef, String)> = table_refs
+        .iter()
+        .map(|t| {
+            (
+                t.clone(),
+                table_files[&format!("{}.{}", t.schema, t.name)].clone(),
+            )
+        })
+        .collect();
 
     // Sequences are not transactional: read them before pg_dump starts, so that what the
     // dump records (read a moment later) is never behind what the manifest says.
@@ -276,13 +322,26 @@ pub(crate) async fn backup_postgres(
         .collect();
     let split = || {
         let (plain, data) = (dir.join(&plain_rel), dir.join(&data_rel));
-        let (per_table, sequences, indexes, dir) = (per_table.clone(), sequences.clone(), indexes.clone(), dir.to_path_buf());
+        let (per_table, sequences, indexes, dir) = (
+            per_table.clone(),
+            sequences.clone(),
+            indexes.clone(),
+            dir.to_path_buf(),
+        );
         let done = &done;
-        let (data_rel, rels): (String, Vec<String>) = (data_rel.clone(), per_table.iter().map(|(_, r)| r.clone()).collect());
+        let (data_rel, rels): (String, Vec<String>) = (
+            data_rel.clone(),
+            per_table.iter().map(|(_, r)| r.clone()).collect(),
+        );
         async move {
             tokio::task::spawn_blocking(move || {
-                let outs: Vec<TableOut<'_>> =
-                    per_table.iter().map(|(t, rel)| TableOut { table: t, path: dir.join(rel) }).collect();
+                let outs: Vec<TableOut<'_>> = per_table
+                    .iter()
+                    .map(|(t, rel)| TableOut {
+                        table: t,
+                        path: dir.join(rel),
+                    })
+                    .collect();
                 split_plain(&plain, &data, &outs, &sequences, &indexes)
             })
             .await
@@ -298,7 +357,12 @@ pub(crate) async fn backup_postgres(
     let dump = async {
         let started = Instant::now();
         source
-            .dump("pg_dump", vec![snapshot_arg.clone(), "-Fc".to_owned()], "dumping (custom format)", &custom_path)
+            .dump(
+                "pg_dump",
+                vec![snapshot_arg.clone(), "-Fc".to_owned()],
+                "dumping (custom format)",
+                &custom_path,
+            )
             .await?;
         done(&custom_rel);
         Ok::<_, BackupError>(step("postgres: pg_dump -Fc", started, origin))
@@ -307,14 +371,23 @@ pub(crate) async fn backup_postgres(
         let started = Instant::now();
         let tables = table_facts(&session).await?;
         let schema = crate::facts::render_schema(&session).await?;
-        Ok::<_, BackupError>((tables, schema, step("postgres: row counts, digests and schema", started, origin)))
+        Ok::<_, BackupError>((
+            tables,
+            schema,
+            step("postgres: row counts, digests and schema", started, origin),
+        ))
     };
     let globals_rel = "postgres/globals.sql".to_owned();
     let globals_path = dir.join(&globals_rel);
     let globals = async {
         let started = Instant::now();
         source
-            .dump("pg_dumpall", vec!["--globals-only".to_owned()], "dumping roles (globals only)", &globals_path)
+            .dump(
+                "pg_dumpall",
+                vec!["--globals-only".to_owned()],
+                "dumping roles (globals only)",
+                &globals_path,
+            )
             .await?;
         done(&globals_rel);
         Ok::<_, BackupError>(step("postgres: pg_dumpall --globals-only", started, origin))
@@ -332,21 +405,33 @@ pub(crate) async fn backup_postgres(
             let out = dir.join(rel);
             let done = &done;
             async move {
-                source.dump("pg_dump", all, &format!("dumping {what}"), &out).await?;
+                source
+                    .dump("pg_dump", all, &format!("dumping {what}"), &out)
+                    .await?;
                 done(rel);
                 Ok::<_, BackupError>(())
             }
         });
-        let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
+        let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
+            .buffer_unordered(2)
+            .collect()
+            .await;
         results.into_iter().collect::<Result<Vec<()>, _>>()?;
         split().await?;
-        Ok(Some(step("postgres: plain and schema SQL (pg_dump), data and per-table (split)", started, origin)))
+        Ok(Some(step(
+            "postgres: plain and schema SQL (pg_dump), data and per-table (split)",
+            started,
+            origin,
+        )))
     };
     let (dump_step, (tables, schema, facts_step), globals_step, derived_step) =
         tokio::try_join!(dump, facts, globals, from_database)?;
     steps.extend([dump_step, facts_step, globals_step]);
     // pg_dump has its own copy of the snapshot: release the server's.
-    session.batch_execute("COMMIT").await.map_err(|e| query_err("end the snapshot transaction", e))?;
+    session
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| query_err("end the snapshot transaction", e))?;
     drop(session);
 
     let derived_from = match plain_from {
@@ -360,12 +445,22 @@ pub(crate) async fn backup_postgres(
         PlainFrom::Archive => {
             let started = Instant::now();
             // The database is read once; the rest comes from the archive, here.
-            let pg_restore = local.tool("pg_restore").map_err(BackupError::pg("find pg_restore"))?;
+            let pg_restore = local
+                .tool("pg_restore")
+                .map_err(BackupError::pg("find pg_restore"))?;
             let runs = derived.iter().map(|(rel, what, args)| {
                 let mut all = args.clone();
-                all.extend(["-f".to_owned(), "-".to_owned(), custom_path.display().to_string()]);
-                let run = ToolRun::new("pg_restore", pg_restore.clone(), format!("writing {what} from {custom_rel}"))
-                    .args(all);
+                all.extend([
+                    "-f".to_owned(),
+                    "-".to_owned(),
+                    custom_path.display().to_string(),
+                ]);
+                let run = ToolRun::new(
+                    "pg_restore",
+                    pg_restore.clone(),
+                    format!("writing {what} from {custom_rel}"),
+                )
+                .args(all);
                 let out = dir.join(rel);
                 let done = &done;
                 async move {
@@ -374,10 +469,17 @@ pub(crate) async fn backup_postgres(
                     Ok::<_, BackupError>(())
                 }
             });
-            let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs).buffer_unordered(2).collect().await;
+            let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
+                .buffer_unordered(2)
+                .collect()
+                .await;
             results.into_iter().collect::<Result<Vec<()>, _>>()?;
             split().await?;
-            steps.push(step("postgres: plain and schema SQL (pg_restore), data and per-table (split)", started, origin));
+            steps.push(step(
+                "postgres: plain and schema SQL (pg_restore), data and per-table (split)",
+                started,
+                origin,
+            ));
             format!(
                 "plain and schema-only SQL: pg_restore of {custom_rel} on this machine (the database was read once, \
                  by pg_dump {snapshot_arg}); data-only and per-table SQL: split from the plain SQL"
@@ -387,9 +489,15 @@ pub(crate) async fn backup_postgres(
 
     let mut tools = BTreeMap::new();
     tools.insert("pg_dump".to_owned(), source.tool_version("pg_dump").await);
-    tools.insert("pg_dumpall".to_owned(), source.tool_version("pg_dumpall").await);
+    tools.insert(
+        "pg_dumpall".to_owned(),
+        source.tool_version("pg_dumpall").await,
+    );
     if let Ok(path) = local.tool("pg_restore") {
-        tools.insert("pg_restore".to_owned(), tool_version("pg_restore", &path, "--version").await);
+        tools.insert(
+            "pg_restore".to_owned(),
+            tool_version("pg_restore", &path, "--version").await,
+        );
     }
 
     Ok(PgOutcome {
@@ -432,7 +540,9 @@ pub(crate) fn entry_belongs(
         return false;
     }
     match kind {
-        "TABLE" | "TABLE DATA" | "CONSTRAINT" | "FK CONSTRAINT" | "TRIGGER" | "DEFAULT" => first == table.name,
+        "TABLE" | "TABLE DATA" | "CONSTRAINT" | "FK CONSTRAINT" | "TRIGGER" | "DEFAULT" => {
+            first == table.name
+        }
         "SEQUENCE" | "SEQUENCE OWNED BY" | "SEQUENCE SET" => owned_sequences.contains(&first),
         "INDEX" => own_indexes.contains(&first),
         _ => false,
@@ -440,12 +550,23 @@ pub(crate) fn entry_belongs(
 }
 
 fn query_err(what: &str, source: tokio_postgres::Error) -> BackupError {
-    BackupError::Facts(crate::facts::TablesError::Query { what: what.to_owned(), source })
+    BackupError::Facts(crate::facts::TablesError::Query {
+        what: what.to_owned(),
+        source,
+    })
 }
 
 /// A file-name-safe form of a database or table name.
 pub(crate) fn sanitize(name: &str) -> String {
-    name.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') { c } else { '_' }).collect()
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -454,8 +575,21 @@ mod tests {
 
     #[test]
     fn a_table_file_holds_what_pg_dump_t_would() {
-        let users = TableRef { schema: "public".into(), name: "users".into(), key: vec![] };
-        let belongs = |kind: &str, first: &str| entry_belongs(kind, "public", first, &users, &["users_id_seq"], &["idx_users_username"]);
+        let users = TableRef {
+            schema: "public".into(),
+            name: "users".into(),
+            key: vec![],
+        };
+        let belongs = |kind: &str, first: &str| {
+            entry_belongs(
+                kind,
+                "public",
+                first,
+                &users,
+                &["users_id_seq"],
+                &["idx_users_username"],
+            )
+        };
         for (kind, first) in [
             ("TABLE", "users"),
             ("TABLE DATA", "users"),
@@ -469,7 +603,12 @@ mod tests {
         ] {
             assert!(belongs(kind, first), "{kind} {first}");
         }
-        for (kind, first) in [("TABLE", "posts"), ("FK CONSTRAINT", "posts"), ("INDEX", "idx_posts_author"), ("FUNCTION", "users")] {
+        for (kind, first) in [
+            ("TABLE", "posts"),
+            ("FK CONSTRAINT", "posts"),
+            ("INDEX", "idx_posts_author"),
+            ("FUNCTION", "users"),
+        ] {
             assert!(!belongs(kind, first), "{kind} {first}");
         }
         assert!(!entry_belongs("TABLE", "audit", "users", &users, &[], &[]));
@@ -477,10 +616,15 @@ mod tests {
 
     #[test]
     fn passwords_come_from_the_pods_environment_not_argv() {
-        let cmd = in_pod_with_password(Some("POSTGRES_PASSWORD"), "PGPASSWORD").expect("valid name");
+        let cmd =
+            in_pod_with_password(Some("POSTGRES_PASSWORD"), "PGPASSWORD").expect("valid name");
         assert_eq!(cmd[0..2], ["sh", "-c"]);
         assert!(cmd[2].contains("PGPASSWORD=\"$POSTGRES_PASSWORD\""));
         assert!(in_pod_with_password(Some("X; rm -rf /"), "PGPASSWORD").is_err());
-        assert!(in_pod_with_password(None, "PGPASSWORD").expect("none").is_empty());
+        assert!(
+            in_pod_with_password(None, "PGPASSWORD")
+                .expect("none")
+                .is_empty()
+        );
     }
 }

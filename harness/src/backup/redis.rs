@@ -71,21 +71,31 @@ pub struct RedisManifest {
     pub digest: String,
 }
 
-
-pub(crate) async fn backup_redis(source: &RedisSource, dir: &Path) -> Result<RedisManifest, BackupError> {
+pub(crate) async fn backup_redis(
+    source: &RedisSource,
+    dir: &Path,
+) -> Result<RedisManifest, BackupError> {
     let rel = "redis/dump.rdb".to_owned();
     let out = super::files::ensure_parent(dir, &rel)?;
     match source {
-        RedisSource::Direct { host, port, password } => {
+        RedisSource::Direct {
+            host,
+            port,
+            password,
+        } => {
             // A ping first, so that "unreachable" and "wrong password" are named clearly.
             let url = format!("redis://{host}:{port}/");
             let mut info = redis::IntoConnectionInfo::into_connection_info(url.as_str())
                 .map_err(BackupError::redis(format!("parse address {host}:{port}")))?;
             if let Some(password) = password {
-                let settings = info.redis_settings().clone().set_password(password.expose());
+                let settings = info
+                    .redis_settings()
+                    .clone()
+                    .set_password(password.expose());
                 info = info.set_redis_settings(settings);
             }
-            let client = redis::Client::open(info).map_err(BackupError::redis(format!("connect to {host}:{port}")))?;
+            let client = redis::Client::open(info)
+                .map_err(BackupError::redis(format!("connect to {host}:{port}")))?;
             let mut conn = client
                 .get_multiplexed_async_connection()
                 .await
@@ -96,10 +106,24 @@ pub(crate) async fn backup_redis(source: &RedisSource, dir: &Path) -> Result<Red
                 .map_err(BackupError::redis(format!("ping {host}:{port}")))?;
             let cli = which::which("redis-cli").map_err(|_| BackupError::Spawn {
                 tool: "redis-cli".to_owned(),
-                source: std::io::Error::new(std::io::ErrorKind::NotFound, "redis-cli not on PATH (apt-get install redis-tools)"),
+                source: std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "redis-cli not on PATH (apt-get install redis-tools)",
+                ),
             })?;
-            let mut run = ToolRun::new("redis-cli", cli, format!("transferring the RDB from {host}:{port}"))
-                .args(["-h".to_owned(), host.clone(), "-p".to_owned(), port.to_string(), "--rdb".to_owned(), "-".to_owned()]);
+            let mut run = ToolRun::new(
+                "redis-cli",
+                cli,
+                format!("transferring the RDB from {host}:{port}"),
+            )
+            .args([
+                "-h".to_owned(),
+                host.clone(),
+                "-p".to_owned(),
+                port.to_string(),
+                "--rdb".to_owned(),
+                "-".to_owned(),
+            ]);
             if let Some(password) = password {
                 run = run.envs([("REDISCLI_AUTH", password.expose())]);
             }
@@ -108,11 +132,17 @@ pub(crate) async fn backup_redis(source: &RedisSource, dir: &Path) -> Result<Red
         RedisSource::Kube { pod, password_env } => {
             let mut command = in_pod_with_password(password_env.as_deref(), "REDISCLI_AUTH")?;
             command.extend(["redis-cli", "--rdb", "-"].map(str::to_owned));
-            pod.exec_to_file(command, "transferring the RDB", &out).await?;
+            pod.exec_to_file(command, "transferring the RDB", &out)
+                .await?;
         }
     }
     let facts = rdb_facts(&out).await?;
-    Ok(RedisManifest { source: source.describe(), rdb: rel, keys: facts.key_count, digest: facts.digest })
+    Ok(RedisManifest {
+        source: source.describe(),
+        rdb: rel,
+        keys: facts.key_count,
+        digest: facts.digest,
+    })
 }
 
 /// Loads an RDB file into a private scratch `redis-server` (Unix socket only, no TCP) and
@@ -121,19 +151,33 @@ pub(crate) async fn backup_redis(source: &RedisSource, dir: &Path) -> Result<Red
 /// # Errors
 /// When redis-server is missing, refuses the file (corrupt RDB), or does not start in time.
 pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
-    let scratch = crate::keep::ScratchDir::new("harness-redis-", "scratch Redis")
-        .map_err(BackupError::io("create a scratch directory in", std::env::temp_dir()))?;
+    let scratch = crate::keep::ScratchDir::new("harness-redis-", "scratch Redis").map_err(
+        BackupError::io("create a scratch directory in", std::env::temp_dir()),
+    )?;
     let data = scratch.path().join("data");
     create_private_dir(&data)?;
     std::fs::copy(rdb, data.join("dump.rdb")).map_err(BackupError::io("copy", rdb))?;
     let socket = scratch.path().join("redis.sock");
     let server = which::which("redis-server").map_err(|_| BackupError::Spawn {
         tool: "redis-server".to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "redis-server not on PATH (apt-get install redis-server)"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "redis-server not on PATH (apt-get install redis-server)",
+        ),
     })?;
     let log = scratch.path().join("redis.log");
     let mut child = tokio::process::Command::new(&server)
-        .args(["--port", "0", "--save", "", "--appendonly", "no", "--dbfilename", "dump.rdb", "--dir"])
+        .args([
+            "--port",
+            "0",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            "dump.rdb",
+            "--dir",
+        ])
         .arg(&data)
         .arg("--unixsocket")
         .arg(&socket)
@@ -144,10 +188,14 @@ pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| BackupError::Spawn { tool: "redis-server".to_owned(), source })?;
+        .map_err(|source| BackupError::Spawn {
+            tool: "redis-server".to_owned(),
+            source,
+        })?;
     let result = async {
         let url = format!("redis+unix://{}", socket.display());
-        let client = redis::Client::open(url.as_str()).map_err(BackupError::redis("open the scratch redis"))?;
+        let client = redis::Client::open(url.as_str())
+            .map_err(BackupError::redis("open the scratch redis"))?;
         let deadline = Instant::now() + Duration::from_secs(60);
         let mut conn = loop {
             if let Ok(Some(status)) = child.try_wait() {
@@ -160,7 +208,10 @@ pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
             }
             if socket.exists()
                 && let Ok(mut conn) = client.get_multiplexed_async_connection().await
-                && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+                && redis::cmd("PING")
+                    .query_async::<String>(&mut conn)
+                    .await
+                    .is_ok()
             {
                 break conn;
             }
@@ -185,7 +236,9 @@ pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
 ///
 /// # Errors
 /// When a command fails.
-pub async fn dataset_facts(conn: &mut redis::aio::MultiplexedConnection) -> Result<RedisFacts, BackupError> {
+pub async fn dataset_facts(
+    conn: &mut redis::aio::MultiplexedConnection,
+) -> Result<RedisFacts, BackupError> {
     let keyspace: String = redis::cmd("INFO")
         .arg("keyspace")
         .query_async(conn)
@@ -198,7 +251,11 @@ pub async fn dataset_facts(conn: &mut redis::aio::MultiplexedConnection) -> Resu
     let mut sum = [0u64; 4];
     let mut keys = 0u64;
     for db in dbs {
-        redis::cmd("SELECT").arg(db).query_async::<()>(conn).await.map_err(BackupError::redis(format!("select db {db}")))?;
+        redis::cmd("SELECT")
+            .arg(db)
+            .query_async::<()>(conn)
+            .await
+            .map_err(BackupError::redis(format!("select db {db}")))?;
         let mut cursor = 0u64;
         loop {
             let (next, batch): (u64, Vec<Vec<u8>>) = redis::cmd("SCAN")
@@ -219,19 +276,40 @@ pub async fn dataset_facts(conn: &mut redis::aio::MultiplexedConnection) -> Resu
             cursor = next;
         }
     }
-    redis::cmd("SELECT").arg(0).query_async::<()>(conn).await.map_err(BackupError::redis("select db 0"))?;
+    redis::cmd("SELECT")
+        .arg(0)
+        .query_async::<()>(conn)
+        .await
+        .map_err(BackupError::redis("select db 0"))?;
     let mut hasher = Sha256::new();
     hasher.update(b"rr-redis-v1\n");
     hasher.update(keys.to_be_bytes());
     for limb in sum {
         hasher.update(limb.to_be_bytes());
     }
-    Ok(RedisFacts { key_count: keys, digest: hex::encode(hasher.finalize()), keys: Default::default() })
+    Ok(RedisFacts {
+        key_count: keys,
+        digest: hex::encode(hasher.finalize()),
+        keys: Default::default(),
+    })
 }
 
-async fn key_hash(conn: &mut redis::aio::MultiplexedConnection, db: u32, key: &[u8]) -> Result<Vec<u8>, BackupError> {
-    let err = |what: &str| BackupError::redis(format!("read {what} of key {}", String::from_utf8_lossy(key)));
-    let kind: String = redis::cmd("TYPE").arg(key).query_async(conn).await.map_err(err("the type"))?;
+async fn key_hash(
+    conn: &mut redis::aio::MultiplexedConnection,
+    db: u32,
+    key: &[u8],
+) -> Result<Vec<u8>, BackupError> {
+    let err = |what: &str| {
+        BackupError::redis(format!(
+            "read {what} of key {}",
+            String::from_utf8_lossy(key)
+        ))
+    };
+    let kind: String = redis::cmd("TYPE")
+        .arg(key)
+        .query_async(conn)
+        .await
+        .map_err(err("the type"))?;
     let mut hasher = Sha256::new();
     hasher.update(db.to_be_bytes());
     let mut field = |bytes: &[u8]| {
@@ -241,17 +319,35 @@ async fn key_hash(conn: &mut redis::aio::MultiplexedConnection, db: u32, key: &[
     field(key);
     field(kind.as_bytes());
     let parts: Vec<Vec<u8>> = match kind.as_str() {
-        "string" => vec![redis::cmd("GET").arg(key).query_async(conn).await.map_err(err("the value"))?],
-        "list" => redis::cmd("LRANGE").arg(key).arg(0).arg(-1).query_async(conn).await.map_err(err("the list"))?,
+        "string" => vec![
+            redis::cmd("GET")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .map_err(err("the value"))?,
+        ],
+        "list" => redis::cmd("LRANGE")
+            .arg(key)
+            .arg(0)
+            .arg(-1)
+            .query_async(conn)
+            .await
+            .map_err(err("the list"))?,
         "set" => {
-            let mut members: Vec<Vec<u8>> =
-                redis::cmd("SMEMBERS").arg(key).query_async(conn).await.map_err(err("the set"))?;
+            let mut members: Vec<Vec<u8>> = redis::cmd("SMEMBERS")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .map_err(err("the set"))?;
             members.sort();
             members
         }
         "hash" => {
-            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> =
-                redis::cmd("HGETALL").arg(key).query_async(conn).await.map_err(err("the hash"))?;
+            let mut pairs: Vec<(Vec<u8>, Vec<u8>)> = redis::cmd("HGETALL")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .map_err(err("the hash"))?;
             pairs.sort();
             pairs.into_iter().flat_map(|(f, v)| [f, v]).collect()
         }
@@ -264,7 +360,13 @@ async fn key_hash(conn: &mut redis::aio::MultiplexedConnection, db: u32, key: &[
             .await
             .map_err(err("the sorted set"))?,
         "none" => vec![],
-        _ => vec![redis::cmd("DUMP").arg(key).query_async(conn).await.map_err(err("the serialisation"))?],
+        _ => vec![
+            redis::cmd("DUMP")
+                .arg(key)
+                .query_async(conn)
+                .await
+                .map_err(err("the serialisation"))?,
+        ],
     };
     field(&(parts.len() as u64).to_be_bytes());
     for part in &parts {

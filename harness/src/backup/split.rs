@@ -37,7 +37,9 @@ struct Header {
 }
 
 fn parse_header(line: &str) -> Option<Header> {
-    let rest = line.strip_prefix("-- Data for Name: ").or_else(|| line.strip_prefix("-- Name: "))?;
+    let rest = line
+        .strip_prefix("-- Data for Name: ")
+        .or_else(|| line.strip_prefix("-- Name: "))?;
     let mut parts = rest.split("; ");
     let tag = parts.next()?.to_owned();
     let kind = parts.next()?.strip_prefix("Type: ")?.to_owned();
@@ -80,7 +82,9 @@ pub(crate) fn split_plain(
                 .iter()
                 .filter(|s| {
                     s.schema == t.table.schema
-                        && s.owned_by.as_deref().is_some_and(|o| o.split('.').next() == Some(t.table.name.as_str()))
+                        && s.owned_by
+                            .as_deref()
+                            .is_some_and(|o| o.split('.').next() == Some(t.table.name.as_str()))
                 })
                 .map(|s| s.name.as_str())
                 .collect()
@@ -97,7 +101,11 @@ pub(crate) fn split_plain(
         })
         .collect();
 
-    let err = |e: std::io::Error| BackupError::Io { action: "split", path: plain.to_path_buf(), source: e };
+    let err = |e: std::io::Error| BackupError::Io {
+        action: "split",
+        path: plain.to_path_buf(),
+        source: e,
+    };
     let mut section = Section::Preamble;
     // Which outputs the current section goes to: data-only, and each table.
     let mut to_data = true;
@@ -108,7 +116,11 @@ pub(crate) fn split_plain(
     let mut held_dash = false;
     let mut line = Vec::new();
 
-    let write = |out: &mut Outputs, to_data: bool, to_table: &[bool], bytes: &[u8]| -> std::io::Result<()> {
+    let write = |out: &mut Outputs,
+                 to_data: bool,
+                 to_table: &[bool],
+                 bytes: &[u8]|
+     -> std::io::Result<()> {
         if to_data {
             out.data.write_all(bytes)?;
         }
@@ -119,12 +131,14 @@ pub(crate) fn split_plain(
         }
         Ok(())
     };
-    let close_data_section = |out: &mut Outputs, is_table_data: bool, target: &Option<String>| -> std::io::Result<()> {
-        if let (true, Some(q)) = (is_table_data, target) {
-            out.data.write_all(format!("ALTER TABLE {q} ENABLE TRIGGER ALL;\n\n").as_bytes())?;
-        }
-        Ok(())
-    };
+    let close_data_section =
+        |out: &mut Outputs, is_table_data: bool, target: &Option<String>| -> std::io::Result<()> {
+            if let (true, Some(q)) = (is_table_data, target) {
+                out.data
+                    .write_all(format!("ALTER TABLE {q} ENABLE TRIGGER ALL;\n\n").as_bytes())?;
+            }
+            Ok(())
+        };
 
     loop {
         line.clear();
@@ -158,7 +172,14 @@ pub(crate) fn split_plain(
                         to_data = is_table_data || h.kind == "SEQUENCE SET";
                         let first = h.tag.split(' ').next().unwrap_or("");
                         for (i, t) in tables.iter().enumerate() {
-                            to_table[i] = entry_belongs(&h.kind, &h.schema, first, t.table, &owned[i], &own_indexes[i]);
+                            to_table[i] = entry_belongs(
+                                &h.kind,
+                                &h.schema,
+                                first,
+                                t.table,
+                                &owned[i],
+                                &own_indexes[i],
+                            );
                         }
                     }
                     Section::Trailer | Section::Preamble => {
@@ -180,9 +201,16 @@ pub(crate) fn split_plain(
         if let Some(rest) = trimmed.strip_prefix("COPY ")
             && trimmed.ends_with(" FROM stdin;")
         {
-            let name = rest.split(" (").next().unwrap_or(rest).trim_end_matches(" FROM stdin;").to_owned();
+            let name = rest
+                .split(" (")
+                .next()
+                .unwrap_or(rest)
+                .trim_end_matches(" FROM stdin;")
+                .to_owned();
             if is_table_data && to_data {
-                out.data.write_all(format!("ALTER TABLE {name} DISABLE TRIGGER ALL;\n\n").as_bytes()).map_err(err)?;
+                out.data
+                    .write_all(format!("ALTER TABLE {name} DISABLE TRIGGER ALL;\n\n").as_bytes())
+                    .map_err(err)?;
             }
             copy_target = Some(name);
             in_copy = true;
@@ -194,7 +222,9 @@ pub(crate) fn split_plain(
     }
     close_data_section(&mut out, is_table_data, &copy_target).map_err(err)?;
     let _ = section;
-    out.data.flush().map_err(BackupError::io("write", data_only))?;
+    out.data
+        .flush()
+        .map_err(BackupError::io("write", data_only))?;
     for (w, t) in out.tables.iter_mut().zip(tables) {
         w.flush().map_err(BackupError::io("write", &t.path))?;
     }
@@ -223,8 +253,16 @@ ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
         let dir = tempfile::tempdir().expect("tempdir");
         let plain = dir.path().join("full.sql");
         std::fs::write(&plain, PLAIN).expect("write");
-        let users = TableRef { schema: "public".into(), name: "users".into(), key: vec![] };
-        let posts = TableRef { schema: "public".into(), name: "posts".into(), key: vec![] };
+        let users = TableRef {
+            schema: "public".into(),
+            name: "users".into(),
+            key: vec![],
+        };
+        let posts = TableRef {
+            schema: "public".into(),
+            name: "posts".into(),
+            key: vec![],
+        };
         let seqs = vec![SequenceFacts {
             schema: "public".into(),
             name: "users_id_seq".into(),
@@ -234,8 +272,14 @@ ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
             column_max: Some(7),
         }];
         let outs = [
-            TableOut { table: &users, path: dir.path().join("users.sql") },
-            TableOut { table: &posts, path: dir.path().join("posts.sql") },
+            TableOut {
+                table: &users,
+                path: dir.path().join("users.sql"),
+            },
+            TableOut {
+                table: &posts,
+                path: dir.path().join("posts.sql"),
+            },
         ];
         split_plain(&plain, &dir.path().join("data.sql"), &outs, &seqs, &[]).expect("split");
         let data = std::fs::read_to_string(dir.path().join("data.sql")).expect("data");
@@ -250,11 +294,25 @@ ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
         ), "{data}");
         assert!(data.contains("setval('public.users_id_seq', 7, true)"));
 
-        assert!(users_sql.contains("CREATE TABLE public.users") && users_sql.contains("COPY public.users (id)"));
-        assert!(users_sql.contains("users_pkey") && users_sql.contains("setval('public.users_id_seq'"));
+        assert!(
+            users_sql.contains("CREATE TABLE public.users")
+                && users_sql.contains("COPY public.users (id)")
+        );
+        assert!(
+            users_sql.contains("users_pkey") && users_sql.contains("setval('public.users_id_seq'")
+        );
         assert!(!users_sql.contains("public.posts"));
-        assert!(users_sql.starts_with("--\n-- PostgreSQL database dump") && users_sql.ends_with("\\unrestrict KEY\n\n"));
-        assert!(posts_sql.contains("2\t-- Name: users; Type: TABLE; Schema: public; Owner: x\n\\.\n"), "COPY data is data");
-        assert!(!posts_sql.contains("CREATE TABLE public.users") && !posts_sql.contains("DISABLE TRIGGER"));
+        assert!(
+            users_sql.starts_with("--\n-- PostgreSQL database dump")
+                && users_sql.ends_with("\\unrestrict KEY\n\n")
+        );
+        assert!(
+            posts_sql.contains("2\t-- Name: users; Type: TABLE; Schema: public; Owner: x\n\\.\n"),
+            "COPY data is data"
+        );
+        assert!(
+            !posts_sql.contains("CREATE TABLE public.users")
+                && !posts_sql.contains("DISABLE TRIGGER")
+        );
     }
 }

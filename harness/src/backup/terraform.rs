@@ -32,7 +32,10 @@ pub(crate) fn terraform_binary() -> Result<PathBuf, BackupError> {
     }
     which::which("terraform").map_err(|_| BackupError::Spawn {
         tool: "terraform".to_owned(),
-        source: std::io::Error::new(std::io::ErrorKind::NotFound, "terraform not on PATH (or set HARNESS_TERRAFORM)"),
+        source: std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            "terraform not on PATH (or set HARNESS_TERRAFORM)",
+        ),
     })
 }
 
@@ -47,7 +50,10 @@ fn run_to(binary: &Path, dir: &Path, args: &[&str], out: &Path) -> Result<(), Ba
         .stderr_capture()
         .unchecked()
         .run()
-        .map_err(|source| BackupError::Spawn { tool: "terraform".to_owned(), source })?;
+        .map_err(|source| BackupError::Spawn {
+            tool: "terraform".to_owned(),
+            source,
+        })?;
     if output.status.success() {
         Ok(())
     } else {
@@ -60,7 +66,10 @@ fn run_to(binary: &Path, dir: &Path, args: &[&str], out: &Path) -> Result<(), Ba
     }
 }
 
-pub(crate) async fn backup_terraform(config_dir: &Path, dir: &Path) -> Result<(TerraformManifest, String), BackupError> {
+pub(crate) async fn backup_terraform(
+    config_dir: &Path,
+    dir: &Path,
+) -> Result<(TerraformManifest, String), BackupError> {
     let binary = terraform_binary()?;
     let state = "terraform/terraform-state.json".to_owned();
     let resources = "terraform/terraform-resources.txt".to_owned();
@@ -69,38 +78,40 @@ pub(crate) async fn backup_terraform(config_dir: &Path, dir: &Path) -> Result<(T
     let (resources_path, outputs_path) = (dir.join(&resources), dir.join(&outputs));
     let config = config_dir.to_path_buf();
     let version_dir = dir.join("terraform");
-    tokio::task::spawn_blocking(move || -> Result<(TerraformManifest, String), BackupError> {
-        run_to(&binary, &config, &["state", "pull"], &state_path)?;
-        run_to(&binary, &config, &["state", "list"], &resources_path)?;
-        run_to(&binary, &config, &["output", "-json"], &outputs_path)?;
-        let resource_count = std::fs::read_to_string(&resources_path)
-            .map_err(BackupError::io("read", &resources_path))?
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .count() as u64;
-        let serial = std::fs::read(&state_path)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
-            .and_then(|v| v.get("serial").and_then(serde_json::Value::as_u64));
-        let version = duct::cmd(&binary, ["version"])
-            .dir(&version_dir)
-            .stderr_null()
-            .unchecked()
-            .read()
-            .map(|s| s.lines().next().unwrap_or("").to_owned())
-            .unwrap_or_else(|err| format!("unknown ({err})"));
-        Ok((
-            TerraformManifest {
-                directory: config.display().to_string(),
-                state,
-                resources,
-                outputs,
-                resource_count,
-                serial,
-            },
-            version,
-        ))
-    })
+    tokio::task::spawn_blocking(
+        move || -> Result<(TerraformManifest, String), BackupError> {
+            run_to(&binary, &config, &["state", "pull"], &state_path)?;
+            run_to(&binary, &config, &["state", "list"], &resources_path)?;
+            run_to(&binary, &config, &["output", "-json"], &outputs_path)?;
+            let resource_count = std::fs::read_to_string(&resources_path)
+                .map_err(BackupError::io("read", &resources_path))?
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count() as u64;
+            let serial = std::fs::read(&state_path)
+                .ok()
+                .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+                .and_then(|v| v.get("serial").and_then(serde_json::Value::as_u64));
+            let version = duct::cmd(&binary, ["version"])
+                .dir(&version_dir)
+                .stderr_null()
+                .unchecked()
+                .read()
+                .map(|s| s.lines().next().unwrap_or("").to_owned())
+                .unwrap_or_else(|err| format!("unknown ({err})"));
+            Ok((
+                TerraformManifest {
+                    directory: config.display().to_string(),
+                    state,
+                    resources,
+                    outputs,
+                    resource_count,
+                    serial,
+                },
+                version,
+            ))
+        },
+    )
     .await
     .expect("terraform task does not panic")
 }

@@ -38,7 +38,11 @@ pub struct Finding {
 
 impl std::fmt::Display for Finding {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: expected {}, found {}", self.check, self.expected, self.found)
+        write!(
+            f,
+            "{}: expected {}, found {}",
+            self.check, self.expected, self.found
+        )
     }
 }
 
@@ -66,8 +70,16 @@ impl VerifyReport {
     }
 }
 
-fn finding(check: impl Into<String>, expected: impl Into<String>, found: impl Into<String>) -> Finding {
-    Finding { check: check.into(), expected: expected.into(), found: found.into() }
+fn finding(
+    check: impl Into<String>,
+    expected: impl Into<String>,
+    found: impl Into<String>,
+) -> Finding {
+    Finding {
+        check: check.into(),
+        expected: expected.into(),
+        found: found.into(),
+    }
 }
 
 /// Verifies a backup directory or archive (`.tar.gz`, `.tar.gz.age`): the archive's checksum
@@ -78,7 +90,10 @@ fn finding(check: impl Into<String>, expected: impl Into<String>, found: impl In
 ///
 /// # Errors
 /// Only when the verification cannot run (scratch server unreachable, no temp directory).
-pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<VerifyReport, BackupError> {
+pub async fn verify_backup(
+    path: &Path,
+    options: &VerifyOptions,
+) -> Result<VerifyReport, BackupError> {
     let mut report = VerifyReport {
         backup: path.to_path_buf(),
         passed: false,
@@ -97,48 +112,84 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
             let expected = text.split_whitespace().next().unwrap_or("").to_owned();
             let (_, found) = sha256_file(path).await?;
             if found != expected {
-                report.findings.push(finding(format!("archive {} sha256", path.display()), expected, found));
+                report.findings.push(finding(
+                    format!("archive {} sha256", path.display()),
+                    expected,
+                    found,
+                ));
             }
         }
-        let scratch = ScratchDir::new("harness-verify-", "unpacked backup")
-            .map_err(BackupError::io("create a scratch directory in", std::env::temp_dir()))?;
-        let (archive, into, key) = (path.to_path_buf(), scratch.path().to_path_buf(), options.decryption.clone());
-        let unpacked = tokio::task::spawn_blocking(move || unpack_archive(&archive, &into, key.as_ref()))
-            .await
-            .expect("unpack task does not panic");
+        let scratch = ScratchDir::new("harness-verify-", "unpacked backup").map_err(
+            BackupError::io("create a scratch directory in", std::env::temp_dir()),
+        )?;
+        let (archive, into, key) = (
+            path.to_path_buf(),
+            scratch.path().to_path_buf(),
+            options.decryption.clone(),
+        );
+        let unpacked =
+            tokio::task::spawn_blocking(move || unpack_archive(&archive, &into, key.as_ref()))
+                .await
+                .expect("unpack task does not panic");
         match unpacked {
             Ok(top) => {
                 _unpacked = Some(scratch);
                 top
             }
             Err(detail) => {
-                report.findings.push(finding(format!("archive {}", path.display()), "a complete archive", detail));
+                report.findings.push(finding(
+                    format!("archive {}", path.display()),
+                    "a complete archive",
+                    detail,
+                ));
                 return Ok(report);
             }
         }
     } else {
-        return Err(BackupError::NotABackup { path: path.to_path_buf(), detail: "no such file or directory".to_owned() });
+        return Err(BackupError::NotABackup {
+            path: path.to_path_buf(),
+            detail: "no such file or directory".to_owned(),
+        });
     };
 
     if dir.extension().is_some_and(|e| e == "partial") || dir.join("FAILED.txt").exists() {
-        report.findings.push(finding("backup state", "a completed backup", "an incomplete .partial backup"));
+        report.findings.push(finding(
+            "backup state",
+            "a completed backup",
+            "an incomplete .partial backup",
+        ));
     }
     // The manifest itself.
-    match (std::fs::read_to_string(dir.join(MANIFEST_SHA256)), std::fs::read(dir.join(MANIFEST_JSON))) {
+    match (
+        std::fs::read_to_string(dir.join(MANIFEST_SHA256)),
+        std::fs::read(dir.join(MANIFEST_JSON)),
+    ) {
         (Ok(text), Ok(json)) => {
             let expected = text.split_whitespace().next().unwrap_or("").to_owned();
             let found = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
             if expected != found {
-                report.findings.push(finding(format!("{MANIFEST_JSON} sha256 (edited manifest)"), expected, found));
+                report.findings.push(finding(
+                    format!("{MANIFEST_JSON} sha256 (edited manifest)"),
+                    expected,
+                    found,
+                ));
             }
         }
-        (Err(err), _) => report.findings.push(finding(MANIFEST_SHA256, "present", err.to_string())),
-        (_, Err(err)) => report.findings.push(finding(MANIFEST_JSON, "present", err.to_string())),
+        (Err(err), _) => report
+            .findings
+            .push(finding(MANIFEST_SHA256, "present", err.to_string())),
+        (_, Err(err)) => report
+            .findings
+            .push(finding(MANIFEST_JSON, "present", err.to_string())),
     }
     let manifest = match Manifest::read(&dir) {
         Ok(m) => m,
         Err(err) => {
-            report.findings.push(finding(MANIFEST_JSON, "a readable manifest", err.to_string()));
+            report.findings.push(finding(
+                MANIFEST_JSON,
+                "a readable manifest",
+                err.to_string(),
+            ));
             return Ok(report);
         }
     };
@@ -149,20 +200,36 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
         listed.insert(entry.path.clone());
         let file = dir.join(&entry.path);
         if !file.is_file() {
-            report.findings.push(finding(format!("file {}", entry.path), "present", "missing"));
+            report.findings.push(finding(
+                format!("file {}", entry.path),
+                "present",
+                "missing",
+            ));
             continue;
         }
         let (size, sha256) = sha256_file(&file).await?;
         report.files_checked += 1;
         if size != entry.size {
-            report.findings.push(finding(format!("file {} size", entry.path), entry.size.to_string(), size.to_string()));
+            report.findings.push(finding(
+                format!("file {} size", entry.path),
+                entry.size.to_string(),
+                size.to_string(),
+            ));
         } else if sha256 != entry.sha256 {
-            report.findings.push(finding(format!("file {} sha256", entry.path), entry.sha256.clone(), sha256));
+            report.findings.push(finding(
+                format!("file {} sha256", entry.path),
+                entry.sha256.clone(),
+                sha256,
+            ));
         }
     }
     for rel in list_files(&dir)? {
         if !listed.contains(&rel) && rel != "FAILED.txt" {
-            report.findings.push(finding(format!("file {rel}"), "not in the backup", "present"));
+            report.findings.push(finding(
+                format!("file {rel}"),
+                "not in the backup",
+                "present",
+            ));
         }
     }
 
@@ -170,9 +237,14 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
     if let Some(pg) = &manifest.postgres {
         let restored = restore_and_observe(&dir.join(&pg.custom_dump), options).await?;
         match restored {
-            Err(detail) => report.findings.push(finding(format!("restore of {}", pg.custom_dump), "pg_restore succeeds", detail)),
+            Err(detail) => report.findings.push(finding(
+                format!("restore of {}", pg.custom_dump),
+                "pg_restore succeeds",
+                detail,
+            )),
             Ok(found) => {
-                report.tables_checked = compare_tables(&pg.tables, &found.tables, &mut report.findings);
+                report.tables_checked =
+                    compare_tables(&pg.tables, &found.tables, &mut report.findings);
                 let mut gates = vec![crate::verify::sequences(&pg.sequences, &found.sequences)];
                 if !pg.schema.is_empty() {
                     gates.push(crate::verify::schema(&pg.schema, &found.schema));
@@ -207,7 +279,11 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
                     ));
                 }
             }
-            Err(err) => report.findings.push(finding(format!("redis {}", redis.rdb), "a loadable RDB", err.to_string())),
+            Err(err) => report.findings.push(finding(
+                format!("redis {}", redis.rdb),
+                "a loadable RDB",
+                err.to_string(),
+            )),
         }
     }
     report.passed = report.findings.is_empty();
@@ -216,25 +292,49 @@ pub async fn verify_backup(path: &Path, options: &VerifyOptions) -> Result<Verif
 
 /// Compares the manifest's tables with the restored ones through the row-count and digest
 /// gates of [`crate::verify`]; returns how many tables were compared.
-pub(crate) fn compare_tables(expected: &[TableFacts], found: &[TableFacts], findings: &mut Vec<Finding>) -> usize {
+pub(crate) fn compare_tables(
+    expected: &[TableFacts],
+    found: &[TableFacts],
+    findings: &mut Vec<Finding>,
+) -> usize {
     use crate::verify::FindingKind;
-    let compared = expected.iter().filter(|t| found.iter().any(|f| f.schema == t.schema && f.name == t.name)).count();
+    let compared = expected
+        .iter()
+        .filter(|t| {
+            found
+                .iter()
+                .any(|f| f.schema == t.schema && f.name == t.name)
+        })
+        .count();
     let counts = crate::verify::row_counts(expected, found);
     let digests = crate::verify::digests(expected, found);
-    let structural = |kind: FindingKind| matches!(kind, FindingKind::Missing | FindingKind::Unexpected);
-    for (what, f) in counts
-        .findings
-        .iter()
-        .map(|f| ("rows", f))
-        .chain(digests.findings.iter().filter(|f| !structural(f.kind)).map(|f| ("digest", f)))
-    {
+    let structural =
+        |kind: FindingKind| matches!(kind, FindingKind::Missing | FindingKind::Unexpected);
+    for (what, f) in counts.findings.iter().map(|f| ("rows", f)).chain(
+        digests
+            .findings
+            .iter()
+            .filter(|f| !structural(f.kind))
+            .map(|f| ("digest", f)),
+    ) {
         let (check, expected, found) = match f.kind {
-            FindingKind::Missing => (format!("table {}", f.subject), "restored".to_owned(), "missing".to_owned()),
-            FindingKind::Unexpected => (format!("table {}", f.subject), "not in the backup".to_owned(), "present".to_owned()),
+            FindingKind::Missing => (
+                format!("table {}", f.subject),
+                "restored".to_owned(),
+                "missing".to_owned(),
+            ),
+            FindingKind::Unexpected => (
+                format!("table {}", f.subject),
+                "not in the backup".to_owned(),
+                "present".to_owned(),
+            ),
             _ => (
                 format!("table {} {what}", f.subject),
                 f.expected.clone().unwrap_or_default(),
-                f.actual.clone().map(|a| format!("{a} ({})", f.detail)).unwrap_or_else(|| f.detail.clone()),
+                f.actual
+                    .clone()
+                    .map(|a| format!("{a} ({})", f.detail))
+                    .unwrap_or_else(|| f.detail.clone()),
             ),
         };
         findings.push(finding(check, expected, found));
@@ -246,13 +346,27 @@ static SCRATCH_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomic
 
 /// Restores a custom dump into a new database on the scratch server and reads its table
 /// facts; the database is dropped afterwards. `Ok(Err(..))` is a failed restore (a finding).
-async fn restore_and_observe(dump: &Path, options: &VerifyOptions) -> Result<Result<Restored, String>, BackupError> {
+async fn restore_and_observe(
+    dump: &Path,
+    options: &VerifyOptions,
+) -> Result<Result<Restored, String>, BackupError> {
     let n = SCRATCH_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let db = format!("rr_verify_{}_{n}", std::process::id());
-    crate::pg::create_database(&options.scratch, &db).await.map_err(BackupError::pg("create the scratch database"))?;
+    crate::pg::create_database(&options.scratch, &db)
+        .await
+        .map_err(BackupError::pg("create the scratch database"))?;
     let result = restore_into(dump, &options.scratch.with_dbname(&db), &options.tools).await;
-    let admin = options.scratch.connect().await.map_err(BackupError::pg("connect to the scratch server"))?;
-    let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", quote_ident(&db))).await;
+    let admin = options
+        .scratch
+        .connect()
+        .await
+        .map_err(BackupError::pg("connect to the scratch server"))?;
+    let _ = admin
+        .batch_execute(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            quote_ident(&db)
+        ))
+        .await;
     result
 }
 
@@ -277,24 +391,37 @@ pub async fn restore_into(
     target: &ConnParams,
     tools: &PgTools,
 ) -> Result<Result<Restored, String>, BackupError> {
-    let pg_restore = tools.tool("pg_restore").map_err(BackupError::pg("find pg_restore"))?;
-    let run = ToolRun::new("pg_restore", pg_restore, format!("restoring {}", dump.display()))
-        .args([
-            "--exit-on-error".to_owned(),
-            "--no-owner".to_owned(),
-            "--no-privileges".to_owned(),
-            "--jobs=2".to_owned(),
-            "-d".to_owned(),
-            target.dbname.clone(),
-            dump.display().to_string(),
-        ])
-        .envs(target.libpq_env());
+    let pg_restore = tools
+        .tool("pg_restore")
+        .map_err(BackupError::pg("find pg_restore"))?;
+    let run = ToolRun::new(
+        "pg_restore",
+        pg_restore,
+        format!("restoring {}", dump.display()),
+    )
+    .args([
+        "--exit-on-error".to_owned(),
+        "--no-owner".to_owned(),
+        "--no-privileges".to_owned(),
+        "--jobs=2".to_owned(),
+        "-d".to_owned(),
+        target.dbname.clone(),
+        dump.display().to_string(),
+    ])
+    .envs(target.libpq_env());
     if let Err(err) = run.output().await {
         return Ok(Err(tail(&err.to_string(), 6)));
     }
-    let client = target.connect().await.map_err(BackupError::pg("connect to the restored database"))?;
+    let client = target
+        .connect()
+        .await
+        .map_err(BackupError::pg("connect to the restored database"))?;
     let tables = table_facts(&client).await?;
     let sequences = crate::facts::sequence_facts(&client).await?;
     let schema = crate::facts::render_schema(&client).await?;
-    Ok(Ok(Restored { tables, sequences, schema }))
+    Ok(Ok(Restored {
+        tables,
+        sequences,
+        schema,
+    }))
 }

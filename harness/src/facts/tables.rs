@@ -83,7 +83,11 @@ impl TableRef {
                 .key
                 .iter()
                 .map(|(col, collatable)| {
-                    if *collatable { format!("{} COLLATE \"C\"", quote_ident(col)) } else { quote_ident(col) }
+                    if *collatable {
+                        format!("{} COLLATE \"C\"", quote_ident(col))
+                    } else {
+                        quote_ident(col)
+                    }
                 })
                 .collect();
             sql.push_str(" ORDER BY ");
@@ -133,7 +137,11 @@ pub async fn list_tables(client: &Client) -> Result<Vec<TableRef>, TablesError> 
         .map(|row| {
             let cols: Vec<String> = row.get(2);
             let collatable: Vec<bool> = row.get(3);
-            TableRef { schema: row.get(0), name: row.get(1), key: cols.into_iter().zip(collatable).collect() }
+            TableRef {
+                schema: row.get(0),
+                name: row.get(1),
+                key: cols.into_iter().zip(collatable).collect(),
+            }
         })
         .collect())
 }
@@ -143,7 +151,10 @@ pub async fn list_tables(client: &Client) -> Result<Vec<TableRef>, TablesError> 
 /// # Errors
 /// [`TablesError::Query`] when a setting is refused.
 pub async fn pin_settings(client: &Client) -> Result<(), TablesError> {
-    client.batch_execute(DIGEST_SETTINGS).await.map_err(query_err("pin the digest session settings"))
+    client
+        .batch_execute(DIGEST_SETTINGS)
+        .await
+        .map_err(query_err("pin the digest session settings"))
 }
 
 /// Counts and digests every user table ([`list_tables`]), in the caller's transaction.
@@ -165,9 +176,16 @@ pub async fn table_facts(client: &Client) -> Result<Vec<TableFacts>, TablesError
 /// [`TablesError::Query`] when the COPY fails.
 pub async fn digest_table(client: &Client, table: &TableRef) -> Result<TableFacts, TablesError> {
     let what = format!("read table {}.{}", table.schema, table.name);
-    let stream = client.copy_out(&table.copy_sql()).await.map_err(query_err(what.clone()))?;
+    let stream = client
+        .copy_out(&table.copy_sql())
+        .await
+        .map_err(query_err(what.clone()))?;
     futures::pin_mut!(stream);
-    let mut digest = if table.key.is_empty() { RowDigest::unordered() } else { RowDigest::ordered() };
+    let mut digest = if table.key.is_empty() {
+        RowDigest::unordered()
+    } else {
+        RowDigest::ordered()
+    };
     while let Some(chunk) = stream.try_next().await.map_err(query_err(what.clone()))? {
         digest.update(&chunk);
     }
@@ -197,12 +215,21 @@ enum Kind {
 impl RowDigest {
     /// For a stream in primary-key order.
     pub fn ordered() -> Self {
-        Self { rows: 0, kind: Kind::Ordered(Sha256::new()) }
+        Self {
+            rows: 0,
+            kind: Kind::Ordered(Sha256::new()),
+        }
     }
 
     /// For a stream in no particular order.
     pub fn unordered() -> Self {
-        Self { rows: 0, kind: Kind::Unordered { sum: [0; 4], line: Vec::new() } }
+        Self {
+            rows: 0,
+            kind: Kind::Unordered {
+                sum: [0; 4],
+                line: Vec::new(),
+            },
+        }
     }
 
     /// Feeds the next bytes of the stream.
@@ -302,8 +329,11 @@ pub async fn sequence_facts(client: &Client) -> Result<Vec<SequenceFacts>, Table
                     quote_ident(&ts),
                     quote_ident(&t)
                 );
-                let max: Option<i64> =
-                    client.query_one(&sql, &[]).await.map_err(query_err(format!("read max({t}.{c})")))?.get(0);
+                let max: Option<i64> = client
+                    .query_one(&sql, &[])
+                    .await
+                    .map_err(query_err(format!("read max({t}.{c})")))?
+                    .get(0);
                 (Some(format!("{t}.{c}")), max)
             }
             _ => (None, None),
@@ -375,7 +405,11 @@ mod tests {
             t.copy_sql(),
             "COPY (SELECT * FROM \"public\".\"we\"\"ird\" ORDER BY \"id\", \"name\" COLLATE \"C\") TO STDOUT"
         );
-        let t = TableRef { schema: "s".into(), name: "log".into(), key: vec![] };
+        let t = TableRef {
+            schema: "s".into(),
+            name: "log".into(),
+            key: vec![],
+        };
         assert_eq!(t.copy_sql(), "COPY (SELECT * FROM \"s\".\"log\") TO STDOUT");
     }
 }
