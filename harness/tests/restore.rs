@@ -406,6 +406,19 @@ mod kubernetes {
         ensure!(user.spec.replicas == Some(2), "recorded replicas come back: {:?}", user.spec.replicas);
         ensure!(user.status.and_then(|s| s.ready_replicas) == Some(2), "both user-service replicas Ready");
 
+        // The rollback decision over what the cluster shows now.
+        let pods = harness::restore::observe_pods(&client, ns).await?;
+        ensure!(pods.len() == 4 && pods.iter().all(|p| p.ready && p.restarts == 0), "{pods:?}");
+        let inputs = verify::RollbackInputs {
+            pods: Some(pods),
+            pods_ready_wait: report.pods_ready_seconds.map(Duration::from_secs_f64),
+            db_restore: report.db_restore_seconds.map(Duration::from_secs_f64),
+            total: Some(Duration::from_secs_f64(report.seconds)),
+            ..verify::RollbackInputs::default()
+        };
+        let decision = verify::decide(&inputs, &verify::RollbackThresholds::default());
+        ensure!(decision.proceed(), "{decision:?}");
+
         // What is in the cluster equals what was applied (the backup with its recorded replicas).
         let (applied, restored) = observed(&client, &plan).await?;
         let verdict = verify::kubernetes_objects(&applied, &restored);

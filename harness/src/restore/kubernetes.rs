@@ -543,6 +543,33 @@ pub async fn restore_kubernetes(
     Ok(report)
 }
 
+/// Observes the pods of `namespace` for the rollback decision (`verify::decide`): restarts,
+/// waiting reasons such as `CrashLoopBackOff`, and readiness.
+///
+/// # Errors
+/// [`RestoreError::Kube`] when the pods cannot be listed.
+pub async fn observe_pods(client: &kube::Client, namespace: &str) -> Result<Vec<crate::verify::PodObservation>, RestoreError> {
+    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = api.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
+    let mut out: Vec<crate::verify::PodObservation> = pods
+        .items
+        .iter()
+        .map(|pod| {
+            let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+            crate::verify::PodObservation {
+                name: format!("{namespace}/{}", pod.metadata.name.clone().unwrap_or_default()),
+                restarts: statuses.iter().map(|c| u32::try_from(c.restart_count).unwrap_or(0)).sum(),
+                waiting_reason: statuses
+                    .iter()
+                    .find_map(|c| c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone())),
+                ready: pod_ready(pod),
+            }
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// Recent events about one object, newest last, as `reason: message`.
 async fn events_for(client: &kube::Client, namespace: &str, name: &str) -> Vec<String> {
     let api: Api<Event> = Api::namespaced(client.clone(), namespace);

@@ -27,5 +27,5 @@ pub use error::RestoreError;
 pub use inputs::RestoreInputs;
 pub use kubernetes::{
     DataRestorer, KubeRestoreOptions, KubeRestorePlan, KubeRestoreReport, PlanRoles, PlanStep, RESTORE_ANNOTATION, StepKind,
-    Waits, restore_kubernetes,
+    Waits, observe_pods, restore_kubernetes,
 };
