@@ -169,3 +169,33 @@ async fn kubectl_reports_bad_input_like_a_real_server() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("spec.ports[0].port"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn imperative_create_commands_send_protobuf_that_is_understood() {
+    if kubectl_path().is_none() {
+        return;
+    }
+    let tc = TestCluster::start().await;
+    tc.kubectl_ok(&["create", "namespace", "imp"]).await;
+    tc.kubectl_ok(&["create", "configmap", "cfg", "-n", "imp", "--from-literal=mode=prod"]).await;
+    tc.kubectl_ok(&["create", "secret", "generic", "pw", "-n", "imp", "--from-literal=password=s3cret"]).await;
+    tc.kubectl_ok(&["create", "serviceaccount", "backup", "-n", "imp"]).await;
+    tc.kubectl_ok(&["create", "deployment", "web", "-n", "imp", "--image=nginx:1.25", "--replicas=0", "--port=80"]).await;
+    tc.kubectl_ok(&["create", "cronjob", "nightly", "-n", "imp", "--image=postgres:15-alpine", "--schedule=0 3 * * *", "--", "pg_dump", "-U", "postgres"]).await;
+    tc.kubectl_ok(&["create", "job", "manual-1", "-n", "imp", "--from=cronjob/nightly"]).await;
+    let all = yaml(&tc.kubectl_ok(&["get", "cm,secret,sa,deploy,cronjob,job", "-n", "imp", "-o", "yaml"]).await);
+    let items = all["items"].as_array().expect("items");
+    let find = |kind: &str, name: &str| {
+        items.iter().find(|i| i["kind"] == kind && i["metadata"]["name"] == name).unwrap_or_else(|| panic!("{kind}/{name} missing"))
+    };
+    assert_eq!(find("ConfigMap", "cfg")["data"]["mode"], "prod");
+    assert_eq!(find("Secret", "pw")["data"]["password"], "czNjcmV0");
+    assert_eq!(find("Secret", "pw")["type"], "Opaque");
+    let web = find("Deployment", "web");
+    assert_eq!(web["spec"]["replicas"], 0, "an explicit zero survives protobuf decoding");
+    assert_eq!(web["spec"]["template"]["spec"]["containers"][0]["ports"][0], serde_json::json!({"containerPort": 80, "protocol": "TCP"}));
+    let job = find("Job", "manual-1");
+    assert_eq!(job["metadata"]["ownerReferences"][0]["kind"], "CronJob");
+    assert_eq!(job["metadata"]["annotations"]["cronjob.kubernetes.io/instantiate"], "manual");
+    assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["pg_dump", "-U", "postgres"]));
+}
