@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use futures::{StreamExt as _, TryStreamExt as _};
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet};
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret};
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams};
 use kube::core::{ApiResource, GroupVersionKind};
 use kube::discovery::{Discovery, pinned_kind};
@@ -410,4 +410,26 @@ async fn many_watchers_see_every_event() {
         let n = tokio::time::timeout(Duration::from_secs(10), h).await.expect("in time").expect("task");
         assert_eq!(n, 20);
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metadata_lists_and_delete_collection() {
+    let tc = TestCluster::start().await;
+    namespace(&tc, "md").await;
+    let api: Api<ConfigMap> = Api::namespaced(tc.client.clone(), "md");
+    for (name, label) in [("a", "drop"), ("b", "drop"), ("c", "drop"), ("keep", "keep")] {
+        let cm: ConfigMap = serde_json::from_value(json!({"metadata": {"name": name, "labels": {"x": label}}, "data": {"big": "payload"}})).expect("cm");
+        api.create(&PostParams::default(), &cm).await.expect("created");
+    }
+    let meta = api.list_metadata(&ListParams::default().labels("x=drop")).await.expect("metadata list");
+    let names: Vec<_> = meta.items.iter().filter_map(|m| m.metadata.name.clone()).collect();
+    assert_eq!(names, ["a", "b", "c"]);
+    assert!(meta.metadata.resource_version.is_some_and(|r| !r.is_empty()));
+    let deleted = api.delete_collection(&DeleteParams::default(), &ListParams::default().labels("x=drop")).await.expect("delete collection");
+    let deleted = deleted.left().expect("the deleted objects are returned");
+    assert_eq!(deleted.items.len(), 3);
+    let left: Vec<_> = api.list(&ListParams::default()).await.expect("list").items.into_iter().filter_map(|c| c.metadata.name).collect();
+    assert_eq!(left, ["keep"]);
+    let got = api.get_metadata("keep").await.expect("metadata get");
+    assert_eq!(got.metadata.labels.expect("labels")["x"], "keep");
 }
