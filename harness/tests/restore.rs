@@ -156,6 +156,44 @@ async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Re
     assert_eq!(plan.action, PlannedAction::Restore, "an interrupted restore is simply run again");
     fx.restore(&second, &fx.input(), &options).await?;
     all_passed(&fx.gates(&second).await?)?;
+
+    // Interrupted by cancellation (a timeout, Ctrl-C): the restore future is dropped once the
+    // target is marked "restoring"; pg_restore and its workers die with it.
+    let third = fx.target("cancelled", true).await?;
+    let watcher = fx.pg.params().connect().await?;
+    let comment = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'cancelled'";
+    let restoring = async {
+        loop {
+            let row = watcher.query_one(comment, &[]).await?;
+            if row.get::<_, Option<String>>(0).is_some_and(|c| c.contains("restoring")) {
+                return anyhow::Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    };
+    let input = fx.input();
+    tokio::select! {
+        done = fx.restore(&third, &input, &options) => {
+            anyhow::bail!("the restore ended ({:?}) before it could be interrupted", done.map(|r| r.restored))
+        }
+        seen = restoring => seen?,
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let left: i64 = watcher
+            .query_one("SELECT count(*) FROM pg_stat_activity WHERE datname = 'cancelled' AND application_name = 'pg_restore'", &[])
+            .await?
+            .get(0);
+        if left == 0 {
+            break;
+        }
+        ensure!(std::time::Instant::now() < deadline, "{left} pg_restore connection(s) survived the cancelled restore");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let plan = plan_database_restore(fx.pg.tools(), &third, &fx.input(), &options).await?;
+    assert_eq!(plan.state, TargetState::Interrupted { backup_id: "backup-1".to_owned() });
+    fx.restore(&third, &fx.input(), &options).await?;
+    all_passed(&fx.gates(&third).await?)?;
     Ok(())
 }
 

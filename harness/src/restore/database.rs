@@ -530,19 +530,35 @@ pub async fn restore_database(
     }
 }
 
+/// Kills a tool's whole process group when dropped before the tool finished: pg_restore `-j`
+/// forks workers, and an interrupted restore (a cancelled future, a timeout) must not leave
+/// them loading data behind our back.
+struct GroupGuard(Option<i32>);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if let Some(pgid) = self.0.take() {
+            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+        }
+    }
+}
+
 async fn run_tool(command: &[String], params: &ConnParams, archive: &Path) -> Result<(), RestoreError> {
     let (program, args) = command.split_first().expect("a command has a program");
     let tool = Path::new(program).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| program.clone());
-    let out = tokio::process::Command::new(program)
+    let child = tokio::process::Command::new(program)
         .args(args)
         .envs(params.libpq_env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
+        .process_group(0)
         .kill_on_drop(true)
-        .output()
-        .await
-        .map_err(|source| RestoreError::ArchiveUnreadable { path: PathBuf::from(program), source })?;
+        .spawn()
+        .map_err(|source| RestoreError::Spawn { tool: tool.clone(), source })?;
+    let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
+    let out = child.wait_with_output().await.map_err(|source| RestoreError::Spawn { tool: tool.clone(), source })?;
+    guard.0 = None;
     if out.status.success() {
         return Ok(());
     }

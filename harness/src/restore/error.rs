@@ -61,6 +61,16 @@ pub enum RestoreError {
         source: PgError,
     },
 
+    /// A restore tool could not be started or waited for.
+    #[error("could not run {tool}")]
+    Spawn {
+        /// The tool.
+        tool: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// A restore tool (pg_restore, psql) ran and failed.
     #[error("{tool} failed ({status}) restoring {}: {stderr}; run the restore again to retry from the start", path.display())]
     Tool {
