@@ -195,6 +195,9 @@ fn invalid_if(rt: &ResourceType, name: &str, errs: validate::FieldErrors) -> Res
 }
 
 fn allocate_service_fields(view: &View<'_>, obj: &mut Value) {
+    if !obj.get("spec").is_some_and(Value::is_object) {
+        return;
+    }
     let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
     if ty == "ExternalName" {
         return;
@@ -213,10 +216,16 @@ fn allocate_service_fields(view: &View<'_>, obj: &mut Value) {
     }
     let ip = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_owned();
     if ip.is_empty() {
-        let free = (1u32..65_000)
-            .map(|i| format!("127.1.{}.{}", i / 250, i % 250 + 1))
+        // The range starts at the `kubernetes` Service's address: each cluster leases its own
+        // loopback block (see kubelet::NetworkLease), so concurrent clusters never collide.
+        let (b, c) = view
+            .get("/services", "default", "kubernetes")
+            .and_then(|k| k.pointer("/spec/clusterIP")?.as_str()?.parse::<std::net::Ipv4Addr>().ok())
+            .map_or((1u32, 0u32), |k| (u32::from(k.octets()[1]), u32::from(k.octets()[2])));
+        let free = (1u32..(256 - c) * 250)
+            .map(|i| format!("127.{b}.{}.{}", c + i / 250, i % 250 + 1))
             .find(|ip| !used_ips.contains(ip))
-            .unwrap_or_else(|| "127.1.255.254".into());
+            .unwrap_or_else(|| format!("127.{b}.255.254"));
         obj["spec"]["clusterIP"] = Value::String(free.clone());
         obj["spec"]["clusterIPs"] = json!([free]);
     } else if obj.pointer("/spec/clusterIPs").is_none() {
@@ -229,7 +238,7 @@ fn allocate_service_fields(view: &View<'_>, obj: &mut Value) {
     if ty == "NodePort" || ty == "LoadBalancer" {
         let mut next = 30_000;
         if let Some(ports) = obj.pointer_mut("/spec/ports").and_then(Value::as_array_mut) {
-            for p in ports {
+            for p in ports.iter_mut().filter(|p| p.is_object()) {
                 if p.get("nodePort").and_then(Value::as_i64).is_none() {
                     while used_ports.contains(&next) {
                         next += 1;
@@ -743,8 +752,8 @@ pub fn patch(
         if manager.is_empty() {
             return Err(ApiError::bad_request("PATCH: fieldManager is required for apply requests"));
         }
-        if !p.is_object() {
-            return Err(ApiError::bad_request("the apply configuration must be an object"));
+        if !p.is_object() || p.get("metadata").is_some_and(|m| !m.is_object()) {
+            return Err(ApiError::bad_request("the apply configuration must be an object with an object metadata"));
         }
         for f in ["apiVersion", "kind"] {
             if p.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
@@ -880,6 +889,9 @@ pub fn delete(store: &Store, rt: &ResourceType, ns: &str, name: &str, opts: &Del
                 obj["metadata"]["finalizers"] = json!(fins);
             }
             if is_namespace {
+                if !obj.get("status").is_some_and(Value::is_object) {
+                    obj["status"] = json!({});
+                }
                 obj["status"]["phase"] = json!("Terminating");
             }
             if opts.dry_run {

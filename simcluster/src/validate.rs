@@ -154,12 +154,31 @@ fn check_selector_matches_template(errs: &mut FieldErrors, obj: &Value) {
     }
 }
 
+fn check_string_map(errs: &mut FieldErrors, obj: &Value, field: &str) {
+    match obj.get(field) {
+        None | Some(Value::Null) => {}
+        Some(Value::Object(m)) => {
+            for (k, v) in m {
+                if !v.is_string() {
+                    errs.push((format!("{field}[{k}]"), "Invalid value: must be a string".into()));
+                }
+            }
+        }
+        Some(_) => errs.push((field.to_owned(), "Invalid value: must be a map of strings".into())),
+    }
+}
+
 /// Kind-specific validation of a whole object.
 pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
     let mut errs = FieldErrors::new();
     check_metadata(&mut errs, obj);
     if rt.custom {
         return errs;
+    }
+    if matches!(rt.kind.as_str(), "ConfigMap" | "Secret") {
+        for field in ["data", "binaryData", "stringData"] {
+            check_string_map(&mut errs, obj, field);
+        }
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "Pod") => check_pod_spec(&mut errs, obj.get("spec"), "spec"),
@@ -296,16 +315,20 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErro
     errs
 }
 
-fn set_default(obj: &mut Value, ptr_parent: &[&str], field: &str, value: Value) {
+/// Set `field` under `parents` unless it is present. A parent that exists but is not an object
+/// is left alone for validation to report; defaulting never panics on malformed input.
+fn set_default(obj: &mut Value, parents: &[&str], field: &str, value: Value) {
     let mut cur = obj;
-    for p in ptr_parent {
-        if !cur.get(*p).is_some_and(Value::is_object) {
-            cur[*p] = Value::Object(Map::new());
+    for p in parents {
+        let Some(m) = cur.as_object_mut() else { return };
+        cur = m.entry(*p).or_insert_with(|| Value::Object(Map::new()));
+        if cur.is_null() {
+            *cur = Value::Object(Map::new());
         }
-        cur = &mut cur[*p];
     }
-    if cur.get(field).is_none_or(Value::is_null) {
-        cur[field] = value;
+    let Some(m) = cur.as_object_mut() else { return };
+    if m.get(field).is_none_or(Value::is_null) {
+        m.insert(field.to_owned(), value);
     }
 }
 
@@ -355,20 +378,24 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
         ("", "Namespace") => {
             let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
             set_default(obj, &["metadata"], "labels", json!({}));
-            obj["metadata"]["labels"]["kubernetes.io/metadata.name"] = Value::String(name);
+            if let Some(labels) = obj.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+                labels.insert("kubernetes.io/metadata.name".into(), Value::String(name));
+            }
             set_default(obj, &["spec"], "finalizers", json!(["kubernetes"]));
             set_default(obj, &["status"], "phase", json!("Active"));
         }
         ("", "Secret") => {
-            if obj.get("type").and_then(Value::as_str) == Some("") {
-                obj["type"] = json!("Opaque");
+            if let Some(m) = obj.as_object_mut().filter(|m| m.get("type").and_then(Value::as_str) == Some("")) {
+                m.insert("type".into(), json!("Opaque"));
             }
             set_default(obj, &[], "type", json!("Opaque"));
             if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
                 set_default(obj, &[], "data", json!({}));
-                for (k, v) in sd {
-                    let s = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-                    obj["data"][k] = Value::String(base64::engine::general_purpose::STANDARD.encode(s));
+                if let Some(data) = obj.get_mut("data").and_then(Value::as_object_mut) {
+                    for (k, v) in sd {
+                        let s = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
+                        data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(s)));
+                    }
                 }
             }
         }

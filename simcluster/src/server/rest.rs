@@ -413,6 +413,9 @@ async fn scale_subresource(
 }
 
 fn access_review(st: &Arc<ServerState>, rt: &ResourceType, mut body: Value) -> Result<Response, ApiError> {
+    if !body.is_object() {
+        return Err(ApiError::bad_request(format!("the body of the request is not a {} object", rt.kind)));
+    }
     if body.get("kind").and_then(Value::as_str).is_some_and(|k| k != rt.kind) {
         return Err(ApiError::bad_request(format!("expected a {} object", rt.kind)));
     }

@@ -79,7 +79,7 @@ async fn crud_for_each_kind() {
         ("v1", "ConfigMap", "configmaps", true, json!({"metadata": {"name": "cm"}, "data": {"a": "1"}})),
         ("v1", "Secret", "secrets", true, json!({"metadata": {"name": "s"}, "stringData": {"p": "x"}})),
         ("v1", "Service", "services", true, json!({"metadata": {"name": "svc"}, "spec": {"selector": {"app": "a"}, "ports": [{"port": 80}]}})),
-        ("v1", "Endpoints", "endpoints", true, json!({"metadata": {"name": "svc"}, "subsets": []})),
+        ("v1", "Endpoints", "endpoints", true, json!({"metadata": {"name": "external-db"}, "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"port": 5432}]}]})),
         ("v1", "PersistentVolume", "persistentvolumes", false, json!({"metadata": {"name": "pv"}, "spec": {"capacity": {"storage": "1Gi"}, "accessModes": ["ReadWriteOnce"], "hostPath": {"path": "/tmp/x"}}})),
         ("v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, json!({"metadata": {"name": "pvc"}, "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}})),
         ("storage.k8s.io/v1", "StorageClass", "storageclasses", false, json!({"metadata": {"name": "fast"}, "provisioner": "rancher.io/local-path"})),
