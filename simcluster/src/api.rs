@@ -435,7 +435,7 @@ fn prepare_update(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<&s
             obj["metadata"]["managedFields"] = mf.clone();
         }
     }
-    if rt.kind == "Service" && !rt.custom {
+    if rt.kind == "Service" && !rt.custom && obj.get("spec").is_some_and(Value::is_object) {
         for f in ["clusterIP", "clusterIPs"] {
             if obj.pointer(&format!("/spec/{f}")).is_none_or(|v| v.is_null() || v == "") {
                 if let Some(v) = old.pointer(&format!("/spec/{f}")) {
@@ -956,6 +956,9 @@ pub fn finalize_namespace(store: &Store, name: &str) {
     let out = store.mutate("/namespaces", "", name, |_, cur| {
         let Some(cur) = cur else { return Ok(Mutation::Unchanged) };
         let mut obj = cur.as_ref().clone();
+        if !obj.get("spec").is_some_and(Value::is_object) {
+            obj["spec"] = json!({});
+        }
         obj["spec"]["finalizers"] = json!([]);
         if finalizers(&obj).is_empty() { Ok(Mutation::Remove) } else { Ok(Mutation::Put(obj)) }
     });

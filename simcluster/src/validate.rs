@@ -172,6 +172,12 @@ fn check_string_map(errs: &mut FieldErrors, obj: &Value, field: &str) {
 pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
     let mut errs = FieldErrors::new();
     check_metadata(&mut errs, obj);
+    // Controllers and defaulting read these as objects; any other shape is refused here.
+    for field in ["spec", "status"] {
+        if obj.get(field).is_some_and(|v| !v.is_object() && !v.is_null()) {
+            errs.push((field.to_owned(), "Invalid value: must be an object".into()));
+        }
+    }
     if rt.custom {
         return errs;
     }

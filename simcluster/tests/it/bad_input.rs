@@ -56,6 +56,8 @@ async fn bad_requests_are_answered_with_status_objects() {
     check(raw(&a, "POST", svcs, "application/json", br#"{"metadata": {"name": "shape"}, "spec": {"ports": [80]}}"#).await, 422, "Invalid", "spec.ports[0].port");
     check(raw(&a, "POST", svcs, "application/json", br#"{"metadata": {"name": "shape"}, "spec": "ClusterIP"}"#).await, 422, "Invalid", "spec.ports");
     check(raw(&a, "POST", "/api/v1/namespaces", "application/json", br#"{"metadata": {"name": "shape", "labels": "x"}}"#).await, 422, "Invalid", "metadata.labels");
+    check(raw(&a, "POST", "/api/v1/namespaces", "application/json", br#"{"metadata": {"name": "shape"}, "spec": "x"}"#).await, 422, "Invalid", "spec");
+    check(raw(&a, "PATCH", &format!("{svcs}/web"), "application/merge-patch+json", br#"{"spec": 7}"#).await, 422, "Invalid", "spec");
     check(raw(&a, "POST", "/api/v1/namespaces/default/secrets", "application/json", br#"{"metadata": {"name": "shape"}, "data": "x", "stringData": {"a": "b"}}"#).await, 422, "Invalid", "data");
     check(raw(&a, "POST", "/apis/authorization.k8s.io/v1/selfsubjectaccessreviews", "application/json", b"[]").await, 400, "BadRequest", "SelfSubjectAccessReview");
     check(raw(&a, "PATCH", &format!("{svcs}/web?fieldManager=t"), "application/apply-patch+yaml", b"apiVersion: v1\nkind: Service\nmetadata: oops\n").await, 400, "BadRequest", "metadata");
