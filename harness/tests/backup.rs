@@ -1267,6 +1267,7 @@ async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Res
     opts.name = Some("no-pod".to_owned());
     opts.redis = Some(RedisSource::Kube {
         pod,
+        port: 6379,
         password_env: None,
     });
     let err = backup(&opts).await.expect_err("no such pod");
@@ -1275,6 +1276,243 @@ async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Res
             .contains("pod titanium-prod/postgresql-0 not found"),
         "{err}"
     );
+    sim.shutdown().await?;
+    Ok(())
+}
+
+const TITANIUM_ON_SIM: &str = r#"
+apiVersion: v1
+kind: Secret
+metadata: {name: postgresql-secret, namespace: titanium-prod}
+stringData: {POSTGRES_PASSWORD: Zq8-titanium-SECRET-4417-backup}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: postgresql, namespace: titanium-prod}
+spec:
+  serviceName: postgresql-service
+  replicas: 1
+  selector: {matchLabels: {app: postgresql}}
+  template:
+    metadata: {labels: {app: postgresql}}
+    spec:
+      containers:
+        - name: postgresql
+          image: postgres:15-alpine
+          ports: [{name: postgresql, containerPort: 5432}]
+          env:
+            - {name: POSTGRES_DB, value: titanium}
+            - {name: POSTGRES_USER, value: postgres}
+            - name: POSTGRES_PASSWORD
+              valueFrom: {secretKeyRef: {name: postgresql-secret, key: POSTGRES_PASSWORD}}
+            - {name: PGDATA, value: /var/lib/postgresql/data/pgdata}
+          volumeMounts:
+            - {name: data, mountPath: /var/lib/postgresql/data}
+            - {name: init-script, mountPath: /docker-entrypoint-initdb.d, readOnly: true}
+          readinessProbe:
+            exec: {command: ["pg_isready", "-U", "postgres", "-d", "titanium", "-h", "127.0.0.1"]}
+            periodSeconds: 1
+      volumes:
+        - name: init-script
+          configMap: {name: postgresql-init-script}
+  volumeClaimTemplates:
+    - metadata: {name: data}
+      spec:
+        accessModes: [ReadWriteOnce]
+        storageClassName: local-path
+        resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: redis, namespace: titanium-prod, labels: {app: redis}}
+spec:
+  containers:
+    - name: redis
+      image: redis:7-alpine
+      ports: [{containerPort: 6379}]
+"#;
+
+/// kubectl against the simulated cluster, stdin optional; fails with its stderr.
+fn kubectl(kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Result<String> {
+    let mut cmd = vec!["--kubeconfig".to_owned(), kubeconfig.display().to_string()];
+    cmd.extend(args.iter().map(|a| (*a).to_owned()));
+    let mut expr = duct::cmd("kubectl", cmd)
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked();
+    if let Some(input) = stdin {
+        expr = expr.stdin_bytes(input.as_bytes().to_vec());
+    }
+    let out = expr.run()?;
+    ensure!(
+        out.status.success(),
+        "kubectl {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn through_kubernetes_exec_and_port_forward_on_the_simulated_cluster() -> Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    use kube::api::Api;
+
+    if !prerequisite("kubectl", "applying manifests to the simulated cluster")? {
+        return Ok(());
+    }
+    // Traversable, so the PostgreSQL account can reach its data directory.
+    let dir = ScratchDir::new("backup-test-kube-", "simulated cluster")?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let sim = simcluster::SimCluster::start(simcluster::SimConfig::new(
+        "backup-kube",
+        dir.path().join("state"),
+        &kubeconfig,
+    ))
+    .await?;
+    let ns = "titanium-prod";
+    kubectl(&kubeconfig, &["create", "namespace", ns], None)?;
+    let schema = harness::data::schema_sql_path();
+    kubectl(
+        &kubeconfig,
+        &[
+            "create",
+            "configmap",
+            "postgresql-init-script",
+            "-n",
+            ns,
+            &format!("--from-file={}", schema.display()),
+        ],
+        None,
+    )?;
+    kubectl(&kubeconfig, &["apply", "-f", "-"], Some(TITANIUM_ON_SIM))?;
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let ready = kubectl(
+            &kubeconfig,
+            &[
+                "get",
+                "pods",
+                "-n",
+                ns,
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.name}={.status.phase}/{.status.conditions[?(@.type==\"Ready\")].status} {end}",
+            ],
+            None,
+        )?;
+        if ready.contains("postgresql-0=Running/True") && ready.contains("redis=Running") {
+            break;
+        }
+        if Instant::now() > deadline {
+            let state = kubectl(
+                &kubeconfig,
+                &[
+                    "get",
+                    "statefulsets,pods,pvc,events",
+                    "-n",
+                    ns,
+                    "-o",
+                    "wide",
+                ],
+                None,
+            )?;
+            bail!("pods not ready in 90 s: {ready}\n{state}");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    // Load the dataset through a port-forward, as a client outside the cluster would.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let mut pf = pods.portforward("postgresql-0", &[5432]).await?;
+    let stream = pf.take_stream(5432).context("forwarded stream")?;
+    let mut config = tokio_postgres::Config::new();
+    config
+        .user("postgres")
+        .dbname("titanium")
+        .password(PASSWORD);
+    let (loader, conn) = config.connect_raw(stream, tokio_postgres::NoTls).await?;
+    let conn = tokio::spawn(conn);
+    load_dataset(&loader, &DatasetSpec::new(21, 120, 600)).await?;
+    drop(loader);
+    let _ = conn.await;
+    drop(pf);
+    let mut mset = vec![
+        "exec",
+        "-n",
+        ns,
+        "redis",
+        "--",
+        "redis-cli",
+        "-h",
+        "127.0.0.1",
+        "MSET",
+    ];
+    let pairs: Vec<String> = (0..20)
+        .flat_map(|i| [format!("k{i}"), i.to_string()])
+        .collect();
+    mset.extend(pairs.iter().map(String::as_str));
+    kubectl(&kubeconfig, &mset, None)?;
+
+    let pod = |name: &str| harness::backup::PodRef {
+        client: client.clone(),
+        namespace: ns.to_owned(),
+        pod: name.to_owned(),
+        container: None,
+    };
+    let dest = ScratchDir::new("backup-test-kube-dest-", "backup destination")?;
+    let mut opts = BackupOptions::new(dest.path());
+    opts.name = Some("through-kube".to_owned());
+    opts.cluster = Some("sim".to_owned());
+    opts.postgres = Some(PgSource::Kube(harness::backup::KubePostgres {
+        pod: pod("postgresql-0"),
+        port: 5432,
+        user: "postgres".to_owned(),
+        dbname: "titanium".to_owned(),
+        password: Some(Secret::new(PASSWORD)),
+        password_env: Some("POSTGRES_PASSWORD".to_owned()),
+    }));
+    opts.redis = Some(RedisSource::Kube {
+        pod: pod("redis"),
+        port: 6379,
+        password_env: None,
+    });
+    opts.kubernetes = Some(harness::backup::KubeSource {
+        client: client.clone(),
+        namespace: ns.to_owned(),
+    });
+    let report = backup(&opts).await.context("backup through kubernetes")?;
+    let pgm = report.manifest.postgres.as_ref().context("postgres part")?;
+    let rows: Vec<(String, u64)> = pgm
+        .tables
+        .iter()
+        .map(|t| (t.name.clone(), t.rows))
+        .collect();
+    assert_eq!(rows, [("posts".to_owned(), 600), ("users".to_owned(), 120)]);
+    assert!(pgm.source.starts_with("pod titanium-prod/postgresql-0"));
+    assert_eq!(report.manifest.redis.as_ref().map(|r| r.keys), Some(20));
+    assert_private(&report.dir);
+    for p in walk(&report.dir) {
+        if p.is_file()
+            && !p.ends_with("resources-raw.json")
+            && !p.ends_with("resources-clean.json")
+            && !p.ends_with("resources-clean.yaml")
+        {
+            // The Secret is backed up on purpose (protected by 0600 and optional encryption);
+            // nothing else may hold the password.
+            secret_free(&p.display().to_string(), &std::fs::read(&p)?);
+        }
+    }
+    let scratch = scratch_pg().await?;
+    let v = verify_backup(&report.dir, &verify_options(&scratch)).await?;
+    assert!(v.passed, "verify: {}", first(&v));
+    assert_eq!((v.tables_checked, v.redis_checked), (2, true));
     sim.shutdown().await?;
     Ok(())
 }

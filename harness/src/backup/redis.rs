@@ -39,10 +39,13 @@ pub enum RedisSource {
         /// Password (`requirepass`), if any.
         password: Option<Secret>,
     },
-    /// Inside a pod: `redis-cli --rdb -` runs there through exec, its output streamed here.
+    /// Inside a pod: `redis-cli -h 127.0.0.1 -p PORT --rdb -` runs there through exec, its
+    /// output streamed here.
     Kube {
         /// The Redis pod and container.
         pod: PodRef,
+        /// The port Redis listens on in the pod (6379).
+        port: u16,
         /// Environment variable inside the container holding the password, if any.
         password_env: Option<String>,
     },
@@ -53,7 +56,9 @@ impl RedisSource {
     pub fn describe(&self) -> String {
         match self {
             RedisSource::Direct { host, port, .. } => format!("{host}:{port}"),
-            RedisSource::Kube { pod, .. } => format!("pod {}/{}", pod.namespace, pod.pod),
+            RedisSource::Kube { pod, port, .. } => {
+                format!("pod {}/{}:{port}", pod.namespace, pod.pod)
+            }
         }
     }
 }
@@ -129,9 +134,14 @@ pub(crate) async fn backup_redis(
             }
             run.to_file(&out).await?;
         }
-        RedisSource::Kube { pod, password_env } => {
+        RedisSource::Kube {
+            pod,
+            port,
+            password_env,
+        } => {
             let mut command = in_pod_with_password(password_env.as_deref(), "REDISCLI_AUTH")?;
-            command.extend(["redis-cli", "--rdb", "-"].map(str::to_owned));
+            command.extend(["redis-cli", "-h", "127.0.0.1", "-p"].map(str::to_owned));
+            command.extend([port.to_string(), "--rdb".to_owned(), "-".to_owned()]);
             pod.exec_to_file(command, "transferring the RDB", &out)
                 .await?;
         }
