@@ -94,6 +94,19 @@ impl Query {
 }
 
 async fn dispatch(State(st): State<Arc<ServerState>>, req: Request) -> Response {
+    use futures::FutureExt as _;
+    let path = req.uri().path().to_owned();
+    // A bug must cost one request a 500 Status, never the connection without an answer.
+    match std::panic::AssertUnwindSafe(dispatch_inner(st, req)).catch_unwind().await {
+        Ok(r) => r,
+        Err(_) => {
+            tracing::error!(path, "request handler panicked");
+            ApiError::internal(format!("internal error while serving {path}")).into_response()
+        }
+    }
+}
+
+async fn dispatch_inner(st: Arc<ServerState>, req: Request) -> Response {
     let path = req.uri().path().trim_end_matches('/').to_owned();
     let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
