@@ -365,6 +365,20 @@ pub struct KubeRestoreReport {
     pub unconsumed_claims: Vec<String>,
 }
 
+/// The Deployments and StatefulSets of the namespace.
+async fn workloads_in(client: &kube::Client, namespace: &str) -> Result<Vec<(&'static str, String)>, RestoreError> {
+    let mut out = Vec::new();
+    let sts: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    for s in sts.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list statefulsets in {namespace}")))? {
+        out.push(("StatefulSet", s.metadata.name.unwrap_or_default()));
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+    for d in deployments.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list deployments in {namespace}")))? {
+        out.push(("Deployment", d.metadata.name.unwrap_or_default()));
+    }
+    Ok(out)
+}
+
 /// The claims that pods of the namespace mount.
 async fn claims_in_use(client: &kube::Client, namespace: &str) -> Result<std::collections::BTreeSet<String>, RestoreError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
@@ -524,7 +538,15 @@ pub async fn restore_kubernetes(
                 data.restore_redis().await.map_err(|source| RestoreError::Step { step: "redis restore".to_owned(), source })?;
             }
             StepKind::WaitAllPodsReady => {
-                wait_pods_ready(client, &plan.namespace, waits).await?;
+                // Every workload at its replica count first (a Deployment that has not created
+                // its pods yet has no pod to be un-Ready), then every pod, within one deadline.
+                let deadline = Instant::now() + waits.pods_ready;
+                for (kind, name) in workloads_in(client, &plan.namespace).await? {
+                    let remaining = Waits { workload_ready: deadline.saturating_duration_since(Instant::now()), ..waits.clone() };
+                    wait_workload_ready(client, &plan.namespace, kind, &name, &remaining).await?;
+                }
+                let remaining = Waits { pods_ready: deadline.saturating_duration_since(Instant::now()), ..waits.clone() };
+                wait_pods_ready(client, &plan.namespace, &remaining).await?;
                 let consumed = claims_in_use(client, &plan.namespace).await?;
                 for name in &deferred {
                     if consumed.contains(name) {
@@ -675,14 +697,20 @@ async fn wait_workload_ready(client: &kube::Client, namespace: &str, kind: &str,
                 let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
                 let s = api.get(name).await.map_err(RestoreError::kube(format!("get StatefulSet {namespace}/{name}")))?;
                 let want = s.spec.replicas.unwrap_or(1);
-                let ready = s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+                // A status older than the spec (the controller has not seen the apply yet) says nothing.
+                let observed = s.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
+                let current = observed >= s.metadata.generation.unwrap_or(0);
+                let ready = if current { s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) } else { -1 };
                 (want, ready, s.spec.selector.match_labels.clone())
             }
             _ => {
                 let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
                 let d = api.get(name).await.map_err(RestoreError::kube(format!("get Deployment {namespace}/{name}")))?;
                 let want = d.spec.replicas.unwrap_or(1);
-                let ready = d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0);
+                // A status older than the spec (the controller has not seen the apply yet) says nothing.
+                let observed = d.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
+                let current = observed >= d.metadata.generation.unwrap_or(0);
+                let ready = if current { d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) } else { -1 };
                 (want, ready, d.spec.selector.match_labels.clone())
             }
         };
@@ -690,7 +718,11 @@ async fn wait_workload_ready(client: &kube::Client, namespace: &str, kind: &str,
             return Ok(());
         }
         if started.elapsed() >= waits.workload_ready {
-            let mut detail = vec![format!("{ready}/{want} replicas ready")];
+            let mut detail = vec![if ready < 0 {
+                "the controller has not observed the applied spec".to_owned()
+            } else {
+                format!("{ready}/{want} replicas ready")
+            }];
             let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
             let selector = selector
                 .unwrap_or_default()
