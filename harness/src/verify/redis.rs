@@ -19,6 +19,13 @@ pub struct RedisFacts {
     pub keys: BTreeMap<String, String>,
 }
 
+impl From<&crate::backup::RedisManifest> for RedisFacts {
+    /// What the backup recorded of its RDB.
+    fn from(m: &crate::backup::RedisManifest) -> Self {
+        Self { key_count: m.keys, digest: m.digest.clone(), keys: BTreeMap::new() }
+    }
+}
+
 /// Redis: key count and digest equal; with per-key digests on both sides, each missing, extra
 /// or changed key is named.
 pub fn redis(expected: &RedisFacts, restored: &RedisFacts) -> Verdict {
