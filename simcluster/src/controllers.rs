@@ -5,6 +5,8 @@
 //! The loop wakes on store events that can matter (deletions, owner references, pending
 //! deletions, namespaces), then reconciles everything once. It writes only through `api`.
 
+pub(crate) mod workloads;
+
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 

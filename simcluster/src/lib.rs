@@ -11,6 +11,7 @@
 pub mod api;
 pub mod config;
 mod controllers;
+pub mod kubelet;
 pub mod patch;
 mod proto;
 pub mod resources;
@@ -76,6 +77,9 @@ pub enum Error {
     /// The server failed while running.
     #[error("the API server failed")]
     Serve(#[source] std::io::Error),
+    /// The simulated node (kubelet, workload controllers) could not start.
+    #[error("starting the simulated node")]
+    Node(#[source] kubelet::KubeletError),
     /// A background task panicked.
     #[error("a simulated cluster task ended abnormally")]
     Task(#[source] tokio::task::JoinError),
@@ -102,6 +106,7 @@ pub struct SimCluster {
     stop: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
     controllers: Option<JoinHandle<()>>,
+    workers: Option<controllers::workloads::Workers>,
 }
 
 impl std::fmt::Debug for SimCluster {
@@ -159,7 +164,7 @@ async fn answers(addr: std::net::SocketAddr) -> std::io::Result<()> {
     }
 }
 
-fn seed(store: &Store, name: &str, kind: Option<&KindConfig>, port: u16) -> Result<(), Error> {
+fn seed(store: &Store, name: &str, kind: Option<&KindConfig>, port: u16, service_ip: &str) -> Result<(), Error> {
     let create = |api_version: &str, kind_name: &str, ns: &str, obj: Value| -> Result<(), Error> {
         let rt = store.registry().by_kind(api_version, kind_name).cloned().ok_or_else(|| Error::Seed {
             what: kind_name.to_owned(),
@@ -223,7 +228,7 @@ fn seed(store: &Store, name: &str, kind: Option<&KindConfig>, port: u16) -> Resu
     }
     create("v1", "Service", "default", json!({
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"clusterIP": "127.1.0.1", "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        "spec": {"clusterIP": service_ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
     }))?;
     create("storage.k8s.io/v1", "StorageClass", "", json!({
         "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
@@ -251,10 +256,13 @@ impl SimCluster {
         let addr = listener.local_addr().map_err(|source| Error::Bind { port, source })?;
         let url = format!("http://{addr}");
         let store = Arc::new(Store::new());
-        seed(&store, &cfg.name, kind.as_ref(), addr.port())?;
+        let network = kubelet::NetworkLease::acquire().map_err(|e| Error::Node(kubelet::KubeletError::PodNetwork(e)))?;
+        seed(&store, &cfg.name, kind.as_ref(), addr.port(), &network.kubernetes_service_ip())?;
         controllers::reconcile(&store);
         let stop = CancellationToken::new();
         let subresources: Arc<server::SubresourceMap> = Arc::default();
+        let workers = controllers::workloads::Workers::start(store.clone(), &cfg.state_dir, kind.as_ref(), network).map_err(Error::Node)?;
+        workers.register(&subresources);
         let state = Arc::new(server::ServerState {
             store: store.clone(),
             deny: cfg.deny.clone(),
@@ -275,6 +283,7 @@ impl SimCluster {
             stop,
             server: Some(server),
             controllers: Some(controllers),
+            workers: Some(workers),
         };
         answers(addr).await.map_err(|source| Error::NotAnswering { url: url.clone(), source })?;
         write_private(&cfg.kubeconfig, &kubeconfig_yaml(&cfg.name, &url))?;
@@ -331,6 +340,9 @@ impl SimCluster {
     /// # Errors
     /// The server failed or a task panicked.
     pub async fn shutdown(mut self) -> Result<(), Error> {
+        if let Some(mut w) = self.workers.take() {
+            w.shutdown().await;
+        }
         self.stop.cancel();
         if let Some(c) = self.controllers.take() {
             c.await.map_err(Error::Task)?;

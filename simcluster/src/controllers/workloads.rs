@@ -32,15 +32,15 @@ use crate::store::{Mutation, Store};
 
 /// What the workload controllers need to know about the cluster.
 #[derive(Debug, Clone)]
-pub struct WorkloadsConfig {
+pub(crate) struct WorkloadsConfig {
     /// The cluster's state directory; provisioned volumes live under `volumes/`.
-    pub state_dir: PathBuf,
+    pub(crate) state_dir: PathBuf,
     /// Fixed host ports for NodePort and LoadBalancer services.
-    pub port_mappings: Vec<crate::config::PortMapping>,
+    pub(crate) port_mappings: Vec<crate::config::PortMapping>,
 }
 
 /// The running workload controllers.
-pub struct Workloads {
+pub(crate) struct Workloads {
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
     proxies: Arc<services::Proxies>,
@@ -48,7 +48,7 @@ pub struct Workloads {
 
 impl Workloads {
     /// Create the default StorageClasses and start the control loops.
-    pub fn start(store: Arc<Store>, cfg: WorkloadsConfig) -> Workloads {
+    pub(crate) fn start(store: Arc<Store>, cfg: WorkloadsConfig) -> Workloads {
         let stop = CancellationToken::new();
         let proxies = Arc::new(services::Proxies::new(cfg.port_mappings.clone()));
         volumes::default_storage_classes(&store);
@@ -58,7 +58,7 @@ impl Workloads {
     }
 
     /// Stop the control loops and close every service proxy.
-    pub async fn shutdown(&mut self) {
+    pub(crate) async fn shutdown(&mut self) {
         self.stop.cancel();
         if let Some(t) = self.task.take() {
             // A panicked loop has nothing left to stop.
@@ -238,4 +238,40 @@ pub(crate) fn modify(store: &Store, key: &str, obj: &Value, f: impl FnOnce(&mut 
 /// The current time in the API's format.
 pub(crate) fn now() -> String {
     api::now()
+}
+
+/// The simulated node: the workload controllers, the service proxy and the kubelet, started
+/// and stopped together with a cluster.
+pub(crate) struct Workers {
+    kubelet: crate::kubelet::Kubelet,
+    workloads: Workloads,
+}
+
+impl Workers {
+    /// Start everything that runs workloads on `store`, with the fixed host ports of a kind
+    /// configuration.
+    ///
+    /// # Errors
+    /// The image map is invalid, or the kubelet cannot prepare its directories or reaper.
+    pub(crate) fn start(store: Arc<Store>, state_dir: &std::path::Path, kind: Option<&crate::config::KindConfig>, network: crate::kubelet::NetworkLease) -> Result<Workers, crate::kubelet::KubeletError> {
+        let cfg = crate::kubelet::KubeletConfig::new(state_dir)?;
+        let kubelet = crate::kubelet::Kubelet::start(store.clone(), cfg, network)?;
+        let port_mappings = kind.map(|k| k.nodes.iter().flat_map(|n| n.extra_port_mappings.iter().cloned()).collect()).unwrap_or_default();
+        let workloads = Workloads::start(store, WorkloadsConfig { state_dir: state_dir.to_owned(), port_mappings });
+        Ok(Workers { kubelet, workloads })
+    }
+
+    /// Serve `pods/exec`, `pods/log` and `pods/portforward` through `map`.
+    pub(crate) fn register(&self, map: &crate::server::SubresourceMap) {
+        let mut m = map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for (key, sub, handler) in self.kubelet.handlers() {
+            m.insert((key.to_owned(), sub.to_owned()), handler);
+        }
+    }
+
+    /// Stop the controllers, then every pod (with a short grace period) and process.
+    pub(crate) async fn shutdown(&mut self) {
+        self.workloads.shutdown().await;
+        self.kubelet.shutdown(Duration::from_secs(10)).await;
+    }
 }

@@ -257,7 +257,7 @@ pub(crate) fn container_env(store: &Store, pod: &Value, container: &Value, base:
     let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
     let mut order: Vec<String> = Vec::new();
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let mut set = |order: &mut Vec<String>, vars: &mut BTreeMap<String, String>, k: String, v: String| {
+    let set = |order: &mut Vec<String>, vars: &mut BTreeMap<String, String>, k: String, v: String| {
         if !vars.contains_key(&k) {
             order.push(k.clone());
         }

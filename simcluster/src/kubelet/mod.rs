@@ -1,7 +1,7 @@
 //! The simulated kubelet: pods run as local processes.
 //!
 //! [`Kubelet`] watches the store for pods, schedules unscheduled ones onto a node, and runs
-//! each pod in a task (`pod`): it allocates a loopback pod IP (127.2.x.y), waits for its
+//! each pod in a task (`pod`): it allocates a loopback pod IP (127.N.0-127.x, N leased per cluster, see [`NetworkLease`]), waits for its
 //! claims and config, materialises its volumes as host directories, and runs each container
 //! (`container`) as a process group with the environment Kubernetes would build (`env`),
 //! probes (`probe`) driving readiness and restarts, and the pod status clients read. Images
@@ -83,6 +83,12 @@ pub enum KubeletError {
     /// The process reaper could not be started.
     #[error("cannot start the process reaper")]
     Reaper(#[source] std::io::Error),
+    /// No pod network could be leased.
+    #[error("cannot lease a pod network")]
+    PodNetwork(#[source] std::io::Error),
+    /// The image map is invalid.
+    #[error(transparent)]
+    Images(#[from] ImageMapError),
 }
 
 struct PodEntry {
@@ -98,6 +104,43 @@ pub(crate) struct Shared {
     pub(crate) reaper: process::Reaper,
     pods: Mutex<HashMap<String, PodEntry>>,
     ips: Mutex<BTreeSet<u32>>,
+    network: NetworkLease,
+    /// Cancelled when the kubelet stops: exec, log and port-forward sessions end with it.
+    pub(crate) stopping: CancellationToken,
+}
+
+/// A cluster's loopback block 127.N.0.0/16, leased machine-wide so that clusters running at
+/// the same time never share an address: pods get 127.N.0-127.x, Services 127.N.128-255.x
+/// (the `kubernetes` Service is 127.N.128.1). The lease is an abstract Unix socket name: only
+/// one process can bind it, and it goes away with the process, leaving no file behind.
+#[derive(Debug)]
+pub struct NetworkLease {
+    octet: u8,
+    _name: std::os::unix::net::UnixListener,
+}
+
+impl NetworkLease {
+    /// Lease a free block among 127.2-251.
+    ///
+    /// # Errors
+    /// Every block is leased, or the socket cannot be created.
+    pub fn acquire() -> std::io::Result<NetworkLease> {
+        use std::os::linux::net::SocketAddrExt as _;
+        let start = std::process::id() % 250;
+        for i in 0..250u32 {
+            let n = 2 + ((start + i) % 250) as u8;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(format!("simcluster-network-127.{n}"))?;
+            if let Ok(l) = std::os::unix::net::UnixListener::bind_addr(&addr) {
+                return Ok(NetworkLease { octet: n, _name: l });
+            }
+        }
+        Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "every loopback block 127.2-251.x.y is leased by another simulated cluster"))
+    }
+
+    /// The `kubernetes` Service's clusterIP, where the Service range starts.
+    pub fn kubernetes_service_ip(&self) -> String {
+        format!("127.{}.128.1", self.octet)
+    }
 }
 
 impl Shared {
@@ -109,9 +152,9 @@ impl Shared {
 
     fn allocate_ip(&self) -> Ipv4Addr {
         let mut ips = self.ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = (2u32..65_000).find(|n| !ips.contains(n)).unwrap_or(65_000);
+        let n = (2u32..128 * 256).find(|n| !ips.contains(n)).unwrap_or(128 * 256 - 1);
         ips.insert(n);
-        Ipv4Addr::new(127, 2, (n / 256) as u8, (n % 256) as u8)
+        Ipv4Addr::new(127, self.network.octet, (n / 256) as u8, (n % 256) as u8)
     }
 
     pub(crate) fn release_ip(&self, ip: Ipv4Addr) {
@@ -139,15 +182,15 @@ impl Kubelet {
     ///
     /// # Errors
     /// The state directory cannot be prepared or the reaper cannot start.
-    pub fn start(store: Arc<Store>, cfg: KubeletConfig) -> Result<Kubelet, KubeletError> {
+    pub fn start(store: Arc<Store>, cfg: KubeletConfig, network: NetworkLease) -> Result<Kubelet, KubeletError> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = cfg.state_dir.join("kubelet");
-        for d in [&cfg.state_dir, &dir, &cfg.state_dir.join("pods"), &cfg.state_dir.join("volumes")] {
+        for d in [&cfg.state_dir, &dir, &cfg.state_dir.join("pods"), &cfg.state_dir.join("volumes"), &cfg.state_dir.join("run")] {
             std::fs::create_dir_all(d).map_err(|source| KubeletError::StateDir { path: d.clone(), source })?;
             std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).map_err(|source| KubeletError::StateDir { path: d.clone(), source })?;
         }
         let reaper = process::Reaper::start(&dir.join("process-groups")).map_err(KubeletError::Reaper)?;
-        let shared = Arc::new(Shared { store, cfg, reaper, pods: Mutex::new(HashMap::new()), ips: Mutex::new(BTreeSet::new()) });
+        let shared = Arc::new(Shared { store, cfg, reaper, pods: Mutex::new(HashMap::new()), ips: Mutex::new(BTreeSet::new()), network, stopping: CancellationToken::new() });
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(shared.clone(), stop.clone()));
         Ok(Kubelet { shared, stop, task: Some(task) })
@@ -167,6 +210,7 @@ impl Kubelet {
     /// kubelet started, then stop watching.
     pub async fn shutdown(&mut self, grace: Duration) {
         self.stop.cancel();
+        self.shared.stopping.cancel();
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
@@ -184,6 +228,7 @@ impl Kubelet {
 impl Drop for Kubelet {
     fn drop(&mut self) {
         self.stop.cancel();
+        self.shared.stopping.cancel();
         for (_, e) in self.shared.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
             e.task.abort();
         }

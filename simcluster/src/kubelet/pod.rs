@@ -49,6 +49,8 @@ pub(crate) struct PodRuntime {
     pub(crate) name: String,
     pub(crate) ip: Ipv4Addr,
     pub(crate) dir: PathBuf,
+    /// A short directory for sockets (a socket path must stay under 108 bytes).
+    pub(crate) run_dir: PathBuf,
     pub(crate) containers: Mutex<BTreeMap<String, ContainerInfo>>,
     /// Bumped whenever a container instance starts or ends (log followers wake on it).
     pub(crate) changed: watch::Sender<u64>,
@@ -64,7 +66,9 @@ impl PodRuntime {
         let m = |f: &str| pod.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or_default().to_owned();
         let uid = m("uid");
         let dir = state_dir.join("pods").join(format!("{}_{}_{}", m("namespace"), m("name"), &uid[..uid.len().min(8)]));
+        let run_dir = state_dir.join("run").join(&uid[..uid.len().min(8)]);
         PodRuntime {
+            run_dir,
             uid,
             namespace: m("namespace"),
             name: m("name"),
@@ -153,7 +157,6 @@ impl CState {
 /// The pod status the kubelet maintains.
 #[derive(Debug, Default)]
 pub(crate) struct PodState {
-    pub(crate) node: String,
     pub(crate) start_time: Option<String>,
     pub(crate) initialized: bool,
     pub(crate) init: Vec<CState>,
@@ -302,9 +305,9 @@ fn pick_node(store: &Store) -> String {
         .to_owned()
 }
 
-fn schedule(store: &Store, pod: &Value) -> String {
-    if let Some(n) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        return n.to_owned();
+fn schedule(store: &Store, pod: &Value) {
+    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+        return;
     }
     let node = pick_node(store);
     let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
@@ -322,7 +325,6 @@ fn schedule(store: &Store, pod: &Value) -> String {
         tracing::warn!(pod = name, error = %e, "binding the pod to a node failed");
     }
     record(store, pod, EventKind::Normal, "Scheduled", &format!("Successfully assigned {ns}/{name} to {node}"), "default-scheduler");
-    node
 }
 
 /// What the pod still waits for before its volumes can be set up, if anything.
@@ -447,11 +449,11 @@ pub(crate) fn mounts_of(volumes: &HashMap<String, PathBuf>, container: &Value) -
 pub(crate) async fn run_pod(shared: Arc<Shared>, rt: Arc<PodRuntime>, mut rx: watch::Receiver<Option<Arc<Value>>>) {
     let Some(pod) = rx.borrow().clone() else { return };
     let store = shared.store.clone();
-    let node = schedule(&store, &pod);
+    schedule(&store, &pod);
     let pod_now = store.get("/pods", &rt.namespace, &rt.name).unwrap_or(pod.clone());
     let containers: Vec<Value> = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
     let inits: Vec<Value> = pod.pointer("/spec/initContainers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let state = PodState { node, containers: containers.iter().map(CState::new).collect(), init: inits.iter().map(CState::new).collect(), ..PodState::default() };
+    let state = PodState { containers: containers.iter().map(CState::new).collect(), init: inits.iter().map(CState::new).collect(), ..PodState::default() };
     let mut ctx = PodCtx { shared: shared.clone(), rt: rt.clone(), pod: pod_now.as_ref().clone(), state: Mutex::new(state), volumes: HashMap::new() };
 
     // Wait for claims, config maps and secrets.
@@ -460,7 +462,7 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, rt: Arc<PodRuntime>, mut rx: wa
         let cur = rx.borrow().clone();
         match cur {
             Some(p) if p.pointer("/metadata/deletionTimestamp").is_none() => {}
-            _ => return finish(&shared, &rt, &ctx, rx.borrow().clone()).await,
+            other => return finish(&shared, &rt, &ctx, other).await,
         }
         match missing_prerequisite(&store, &ctx.pod) {
             None => break,
@@ -561,9 +563,11 @@ async fn finish(shared: &Arc<Shared>, rt: &Arc<PodRuntime>, _ctx: &PodCtx, last:
     if let Some(p) = &last {
         remove_pod_object(&shared.store, p);
     }
-    if let Err(e) = std::fs::remove_dir_all(&rt.dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            tracing::warn!(dir = %rt.dir.display(), error = %e, "removing a pod directory failed");
+    for dir in [&rt.dir, &rt.run_dir] {
+        if let Err(e) = std::fs::remove_dir_all(dir) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                tracing::warn!(dir = %dir.display(), error = %e, "removing a pod directory failed");
+            }
         }
     }
     shared.release_ip(rt.ip);

@@ -41,6 +41,10 @@ fn reconcile_jobs(ctx: &Ctx) {
             continue;
         }
         let ns = meta(&job, "namespace");
+        if job.pointer("/spec/selector").is_none() {
+            default_selector(store, &job);
+            continue;
+        }
         let pods: Vec<_> = store.list("/pods", Some(ns)).0.into_iter().filter(|p| owned_by(p, &job)).collect();
         let succeeded = pods.iter().filter(|p| pod_phase(p) == "Succeeded").count() as i64;
         let failed_pods = pods.iter().filter(|p| pod_phase(p) == "Failed").count() as i64;
@@ -99,6 +103,33 @@ fn reconcile_jobs(ctx: &Ctx) {
         status["failed"] = json!(failed);
         status["ready"] = json!(0);
         write_status(store, "batch/jobs", &job, status);
+    }
+}
+
+/// The selector and template labels a real API server gives a Job on create
+/// (`batch.kubernetes.io/controller-uid`, `job-name`), which `kubectl logs job/NAME` and
+/// `kubectl describe` rely on.
+fn default_selector(store: &crate::store::Store, job: &Value) {
+    let uid = meta(job, "uid").to_owned();
+    let name = meta(job, "name").to_owned();
+    let res = store.mutate("batch/jobs", meta(job, "namespace"), &name, |_, cur| match cur {
+        Some(c) if meta(c, "uid") == uid && c.pointer("/spec/selector").is_none() => {
+            let mut o = c.as_ref().clone();
+            o["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+            for (k, v) in [("batch.kubernetes.io/controller-uid", &uid), ("controller-uid", &uid), ("batch.kubernetes.io/job-name", &name), ("job-name", &name)] {
+                o["spec"]["template"]["metadata"]["labels"][k] = json!(v);
+                o["metadata"]["labels"][k] = json!(v);
+            }
+            if let Some(m) = o["metadata"]["labels"].as_object_mut() {
+                m.remove("controller-uid");
+                m.remove("batch.kubernetes.io/controller-uid");
+            }
+            Ok(crate::store::Mutation::Put(o))
+        }
+        _ => Ok(crate::store::Mutation::Unchanged),
+    });
+    if let Err(e) = res {
+        tracing::warn!(job = name, error = %e, "defaulting the job selector failed");
     }
 }
 
