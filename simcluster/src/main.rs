@@ -49,13 +49,17 @@ async fn main() -> anyhow::Result<()> {
     cfg.port = port;
     cfg.kind_config = kind_config;
     cfg.deny = deny;
+    // Handlers go in before the cluster starts, so a SIGTERM that arrives as soon as the
+    // kubeconfig exists still stops everything cleanly.
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
     let cluster = SimCluster::start(cfg).await.context("starting the simulated cluster")?;
     println!("simcluster {} serving at {}", cluster.name(), cluster.url());
     println!("export KUBECONFIG={}", cluster.kubeconfig_path().display());
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).context("installing the SIGTERM handler")?;
     tokio::select! {
-        r = tokio::signal::ctrl_c() => r.context("waiting for Ctrl-C")?,
         _ = term.recv() => {}
+        _ = int.recv() => {}
     }
     cluster.shutdown().await.context("stopping the simulated cluster")?;
     Ok(())

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
-use crate::common::{eventually, raw};
+use crate::common::raw;
 
 fn kind_config(file: &str) -> String {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../kind-config").join(file).to_string_lossy().into_owned()
@@ -23,11 +23,22 @@ async fn serve_reads_kind_config_and_exits_zero_on_sigterm() {
         .arg("--kubeconfig")
         .arg(&kubeconfig)
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("stderr")).expect("stderr file"))
         .kill_on_drop(true)
         .spawn()
         .expect("simcluster starts");
-    let text = eventually(10, "kubeconfig written", || async { std::fs::read_to_string(&kubeconfig).ok() }).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let text = loop {
+        if let Ok(text) = std::fs::read_to_string(&kubeconfig) {
+            break text;
+        }
+        let stderr = || std::fs::read_to_string(dir.path().join("stderr")).unwrap_or_default();
+        if let Some(status) = child.try_wait().expect("child status") {
+            panic!("simcluster exited early ({status}): {}", stderr());
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no kubeconfig after 60 s: {}", stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
     let url = text.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_owned();
     let addr = url.trim_start_matches("http://").to_owned();
     let (code, nodes) = raw(&addr, "GET", "/api/v1/nodes", "application/json", b"").await;
