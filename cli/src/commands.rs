@@ -194,7 +194,7 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
     });
     if let (Some(app), Some(client)) = (&args.redis_app, &client) {
         let name = first_ready_pod(client, &args.cluster.namespace, app).await?;
-        options.redis = Some(RedisSource::Kube { pod: pod(name), password_env: None });
+        options.redis = Some(RedisSource::Kube { pod: pod(name), port: 6379, password_env: None });
     }
     if let Some(client) = &client {
         if args.kubernetes || args.quiesce {
@@ -318,13 +318,11 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
     Ok(exit_codes::OK)
 }
 
-/// Where `rehearsal sim` keeps a background cluster: `$XDG_STATE_HOME/rebuild-rehearsal/sim/NAME`
-/// (else `~/.local/state/...`).
+/// Where `rehearsal sim` keeps a background cluster: `<tmp>/rebuild-rehearsal-sim-<uid>/NAME`.
+/// Not under the home directory: the simulated PostgreSQL pods run as the unprivileged
+/// `postgres` account, which must traverse every parent of its volume (a home is often 0700).
 fn sim_home(name: &str) -> std::path::PathBuf {
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into())).join(".local/state"));
-    base.join("rebuild-rehearsal/sim").join(name)
+    std::env::temp_dir().join(format!("rebuild-rehearsal-sim-{}", nix::unistd::getuid())).join(name)
 }
 
 /// A workspace binary next to this one (target/<profile>/), else on PATH.
@@ -346,7 +344,13 @@ pub(crate) async fn sim_up(name: &str, kind_config: &std::path::Path, users: u32
         anyhow::bail!("a simulated cluster `{name}` is already up ({}); run `rehearsal sim down --name {name}` first", home.display());
     }
     std::fs::create_dir_all(&home).with_context(|| format!("create {}", home.display()))?;
-    harness::keep::set_private_dir(&home)?;
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // Traversable, not listable: see sim_home.
+        for dir in [home.as_path(), home.parent().unwrap_or(&home)] {
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))?;
+        }
+    }
     let kubeconfig = home.join("kubeconfig");
     let log = std::fs::File::create(home.join("simcluster.log"))?;
     let child = std::process::Command::new(sibling_binary("simcluster")?)

@@ -74,6 +74,29 @@ fn kubectl(cluster: &impl Cluster, args: &[&str]) -> duct::Expression {
 /// # Errors
 /// [`DeployError::Kubectl`] with kubectl's output when rendering, waiting or applying fails.
 pub async fn apply_kustomize(cluster: &impl Cluster, overlay: &Path) -> Result<(), DeployError> {
+    let (crds, rest) = render(cluster, overlay).await?;
+    apply_crds(cluster, crds).await?;
+    run(kubectl(cluster, &APPLY), Some(list(rest)), "kubectl apply --server-side").await?;
+    Ok(())
+}
+
+/// Applies only the CustomResourceDefinitions of `overlay` and waits until they are
+/// Established: the cluster-wide infrastructure (Istio, the monitoring stack's CRDs) that the
+/// runbook installs on a rebuilt cluster (Phase 4.3) before the application is restored.
+///
+/// # Errors
+/// [`DeployError::Kubectl`] with kubectl's output.
+pub async fn apply_infrastructure(cluster: &impl Cluster, overlay: &Path) -> Result<usize, DeployError> {
+    let (crds, _) = render(cluster, overlay).await?;
+    let count = crds.len();
+    apply_crds(cluster, crds).await?;
+    Ok(count)
+}
+
+const APPLY: [&str; 6] = ["apply", "--server-side", "--field-manager", "rebuild-rehearsal", "-f", "-"];
+
+/// Renders `overlay` and splits it into CRDs and everything else.
+async fn render(cluster: &impl Cluster, overlay: &Path) -> Result<(Vec<serde_json::Value>, Vec<serde_json::Value>), DeployError> {
     let overlay_arg = overlay.display().to_string();
     let rendered = run(kubectl(cluster, &["kustomize", &overlay_arg]), None, &format!("kubectl kustomize {overlay_arg}")).await?;
     let text = String::from_utf8_lossy(&rendered);
@@ -82,17 +105,18 @@ pub async fn apply_kustomize(cluster: &impl Cluster, overlay: &Path) -> Result<(
         status: "rendered YAML did not parse".into(),
         output: err.to_string(),
     })?;
-    let (crds, rest): (Vec<_>, Vec<_>) =
-        docs.into_iter().filter(|d| !d.is_null()).partition(|d| d["kind"] == "CustomResourceDefinition");
-    let apply = ["apply", "--server-side", "--field-manager", "rebuild-rehearsal", "-f", "-"];
-    if !crds.is_empty() {
-        let names: Vec<String> = crds.iter().filter_map(|c| c["metadata"]["name"].as_str()).map(|n| format!("crd/{n}")).collect();
-        run(kubectl(cluster, &apply), Some(list(crds)), "kubectl apply --server-side (CRDs)").await?;
-        let mut wait = vec!["wait", "--for", "condition=Established", "--timeout", "60s"];
-        wait.extend(names.iter().map(String::as_str));
-        run(kubectl(cluster, &wait), None, "kubectl wait --for condition=Established").await?;
+    Ok(docs.into_iter().filter(|d| !d.is_null()).partition(|d| d["kind"] == "CustomResourceDefinition"))
+}
+
+async fn apply_crds(cluster: &impl Cluster, crds: Vec<serde_json::Value>) -> Result<(), DeployError> {
+    if crds.is_empty() {
+        return Ok(());
     }
-    run(kubectl(cluster, &apply), Some(list(rest)), "kubectl apply --server-side").await?;
+    let names: Vec<String> = crds.iter().filter_map(|c| c["metadata"]["name"].as_str()).map(|n| format!("crd/{n}")).collect();
+    run(kubectl(cluster, &APPLY), Some(list(crds)), "kubectl apply --server-side (CRDs)").await?;
+    let mut wait = vec!["wait", "--for", "condition=Established", "--timeout", "60s"];
+    wait.extend(names.iter().map(String::as_str));
+    run(kubectl(cluster, &wait), None, "kubectl wait --for condition=Established").await?;
     Ok(())
 }
 
@@ -130,7 +154,7 @@ async fn run(expression: duct::Expression, stdin: Option<Vec<u8>>, command: &str
 pub async fn wait_ready(client: &kube::Client, namespace: &str, timeout: Duration) -> Result<(), DeployError> {
     let deadline = Instant::now() + timeout;
     loop {
-        let pending = not_ready(client, namespace).await?;
+        let pending = not_ready(client, namespace, Instant::now() >= deadline).await?;
         if pending.is_empty() {
             return Ok(());
         }
@@ -141,7 +165,27 @@ pub async fn wait_ready(client: &kube::Client, namespace: &str, timeout: Duratio
     }
 }
 
-async fn not_ready(client: &kube::Client, namespace: &str) -> Result<Vec<String>, DeployError> {
+/// The last events and log lines of a pod, indented, for a not-ready message. Best effort:
+/// what cannot be read is left out.
+async fn pod_evidence(client: &kube::Client, namespace: &str, pod: &str) -> Vec<String> {
+    use k8s_openapi::api::core::v1::Event;
+    let mut lines = Vec::new();
+    let events = Api::<Event>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
+        .await;
+    if let Ok(events) = events {
+        for e in events.items.iter().rev().take(3).rev() {
+            lines.push(format!("    event {}: {}", e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default()));
+        }
+    }
+    let params = kube::api::LogParams { tail_lines: Some(5), ..kube::api::LogParams::default() };
+    if let Ok(log) = Api::<Pod>::namespaced(client.clone(), namespace).logs(pod, &params).await {
+        lines.extend(log.lines().map(|l| format!("    log: {l}")));
+    }
+    lines
+}
+
+async fn not_ready(client: &kube::Client, namespace: &str, with_evidence: bool) -> Result<Vec<String>, DeployError> {
     let api_err = |what: &str| {
         let what = format!("{what} in {namespace}");
         move |source| DeployError::Api { what, source }
@@ -184,12 +228,15 @@ async fn not_ready(client: &kube::Client, namespace: &str) -> Result<Vec<String>
                     format!("{} {why}, restarts {}", c.name, c.restart_count)
                 })
                 .collect();
+            let name = p.metadata.name.clone().unwrap_or_default();
             pending.push(format!(
-                "pod {}: phase {}; {}",
-                p.metadata.name.unwrap_or_default(),
+                "pod {name}: phase {}; {}",
                 status.phase.unwrap_or_else(|| "unknown".into()),
                 if containers.is_empty() { "no container status".into() } else { containers.join("; ") }
             ));
+            if with_evidence {
+                pending.extend(pod_evidence(client, namespace, &name).await);
+            }
         }
     }
     Ok(pending)

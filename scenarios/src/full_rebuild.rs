@@ -83,7 +83,7 @@ impl Config {
 }
 
 /// The phases of `full_rebuild`, in order.
-pub const PHASES: [&str; 14] = [
+pub const PHASES: [&str; 15] = [
     "create-cluster-a",
     "deploy",
     "seed",
@@ -94,6 +94,7 @@ pub const PHASES: [&str; 14] = [
     "marker",
     "destroy-cluster-a",
     "create-cluster-b",
+    "deploy-infrastructure",
     "restore",
     "gates",
     "health-and-load",
@@ -164,9 +165,11 @@ async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow:
     .await?;
     drop(a);
     let b = run.phase("create-cluster-b", config.provider.create()).await?;
+    let crds = run.phase("deploy-infrastructure", harness::deploy::apply_infrastructure(&b, &config.overlay)).await?;
+    run.note(format!("{crds} CustomResourceDefinitions established"));
     let restored = run.phase("restore", restore(&b, &backup, &tools, config)).await?;
 
-    let gates = run.phase("gates", gates(&b, &backup, &marker)).await?;
+    let gates = run.phase("gates", gates(&b, &backup, &marker, config)).await?;
     state.tables = pg
         .tables
         .iter()
@@ -213,12 +216,16 @@ async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow:
             anyhow::Ok(verify::decide(&inputs, &config.thresholds))
         })
         .await?;
+    if b.provider() != harness::cluster::ProviderKind::Kubeconfig {
+        // A throwaway cluster is torn down; on an existing cluster the restore is the result.
+        let mut b = b;
+        b.destroy().await?;
+    }
     run.note(match decision.action {
         verify::Action::Proceed => "proceed".to_owned(),
         verify::Action::RollBack => format!("roll back: {}", decision.reasons.iter().map(reason_text).collect::<Vec<_>>().join("; ")),
     });
     state.decision = Some(decision);
-    drop(b);
     Ok(())
 }
 
@@ -315,7 +322,7 @@ async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<Ba
         password: Some(password),
         password_env: Some("POSTGRES_PASSWORD".into()),
     }));
-    options.redis = Some(RedisSource::Kube { pod: pod(redis_pod), password_env: None });
+    options.redis = Some(RedisSource::Kube { pod: pod(redis_pod), port: 6379, password_env: None });
     options.kubernetes = Some(KubeSource { client: client.clone(), namespace: NAMESPACE.into() });
     options.quiesce = Some(QuiesceOptions { keep: vec![REDIS.into()], timeout: config.ready_timeout });
     options.offsite = vec![OffsiteTarget::Directory(offsite)];
@@ -385,7 +392,10 @@ async fn restore(cluster: &AnyCluster, backup: &BackupReport, tools: &PgTools, c
     let kube = manifest.kubernetes.as_ref().context("the backup has no Kubernetes part")?;
     let list: serde_json::Value = serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
     let objects = list["items"].as_array().cloned().unwrap_or_default();
-    let replicas: BTreeMap<String, i32> = manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default();
+    // The recorded replica counts come back, except the load generator's: it stays at zero
+    // until the data gates have compared the restored data with the backup (see `gates`).
+    let mut replicas: BTreeMap<String, i32> = manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default();
+    replicas.insert(LOAD_GENERATOR.to_owned(), 0);
     let plan = KubeRestorePlan::new(&objects, NAMESPACE, &manifest.name, &replicas, &PlanRoles::default())?;
     let client = cluster.client().await?;
     let mut data = ClusterData { cluster, backup, tools, db_restore: None };
@@ -405,7 +415,7 @@ struct Gates {
     tables: Vec<facts::TableFacts>,
 }
 
-async fn gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow) -> anyhow::Result<Gates> {
+async fn gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow, config: &Config) -> anyhow::Result<Gates> {
     let manifest = &backup.manifest;
     let pg = manifest.postgres.as_ref().context("no PostgreSQL part")?;
     let db = titanium::database(cluster).await?;
@@ -431,9 +441,23 @@ async fn gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow) 
         let expected = verify::RedisFacts { key_count: redis.keys, digest: redis.digest.clone(), keys: BTreeMap::new() };
         verdicts.push(verify::redis(&expected, &restored));
     }
+    // The data is compared; the load generator may write again, at its recorded count.
+    let recorded = manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default();
+    if let Some(&replicas) = recorded.get(LOAD_GENERATOR) {
+        titanium::scale(&cluster.client().await?, LOAD_GENERATOR, replicas, config.ready_timeout).await?;
+    }
     if let Some(kube) = &manifest.kubernetes {
         let list: serde_json::Value = serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
-        let backed_up = list["items"].as_array().cloned().unwrap_or_default();
+        let mut backed_up = list["items"].as_array().cloned().unwrap_or_default();
+        // The backup was taken quiesced: the state to restore is the one before the quiesce.
+        for object in &mut backed_up {
+            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            if object["kind"] == "Deployment"
+                && let Some(replicas) = recorded.get(&name)
+            {
+                object["spec"]["replicas"] = serde_json::json!(replicas);
+            }
+        }
         let source = KubeSource { client: cluster.client().await?, namespace: NAMESPACE.into() };
         let (restored, _) = backup::clean::clean_objects(&backup::list_namespace(&source).await?.objects);
         verdicts.push(verify::kubernetes_objects(&backed_up, &restored));

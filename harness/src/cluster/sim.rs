@@ -41,6 +41,11 @@ impl SimProvider {
         let name = options.name.unwrap_or_else(|| super::kind::unique_name("sim"));
         let dir = ScratchDir::new("harness-sim-", "simulated cluster state")
             .map_err(|source| ClusterError::Io { action: "create", path: std::env::temp_dir(), source })?;
+        // Traversable but not listable (0711): the simulated PostgreSQL pods run as the
+        // unprivileged `postgres` account, which must reach its volume below this directory.
+        // Everything inside stays private (the kubeconfig is 0600, the state dir the
+        // simulator's own).
+        set_mode(dir.path(), 0o711).map_err(|source| ClusterError::Io { action: "chmod", path: dir.path().to_path_buf(), source })?;
         let state_dir = dir.path().join("state");
         let kubeconfig = dir.path().join("kubeconfig");
         let mut config = SimConfig::new(name.clone(), state_dir.clone(), kubeconfig.clone());
@@ -100,6 +105,11 @@ impl Cluster for SimProvider {
         }
         Ok(())
     }
+}
+
+fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
 }
 
 /// An error with its causes, on one line.
