@@ -405,6 +405,14 @@ metadata: {name: web, namespace: web}
 spec:
   selector: {app: web}
   ports: [{name: http, port: 80, targetPort: http}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web-lb, namespace: web}
+spec:
+  type: LoadBalancer
+  selector: {app: web}
+  ports: [{name: http, port: 8081, targetPort: http}]
 "#;
 
 async fn http_get(addr: &str) -> Result<String> {
@@ -569,6 +577,11 @@ async fn readiness_gates_endpoints_and_rollout() -> Result<()> {
         )
         .await?;
         let answer = http_get(&addr).await?;
+    // A LoadBalancer reports a loopback ingress address that answers on its port.
+    let lb = env.until(&["get", "svc", "-n", "web", "web-lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"], Duration::from_secs(10), |s| !s.is_empty()).await?;
+    ensure!(lb.starts_with("127."), "ingress {lb}");
+    let lb_answer = http_get(&format!("{lb}:8081")).await?;
+    ensure!(lb_answer.ends_with("hello\n"), "{lb_answer}");
         ensure!(
             answer.starts_with("HTTP/1.0 200") && answer.ends_with("hello\n"),
             "{answer}"
@@ -762,6 +775,9 @@ spec:
         .await?;
         let logs = env.kubectl(&["logs", "job/manual"]).await?;
         ensure!(logs.starts_with("backup done from manual-"), "{logs:?}");
+    // Following a finished container returns at once with its output.
+    let followed = env.kubectl(&["logs", "-f", "job/manual"]).await?;
+    ensure!(followed == logs, "{followed:?}");
         env.kubectl(&[
             "wait",
             "--for=condition=failed",
@@ -957,8 +973,16 @@ spec:
 "#
         ))
         .await?;
+        // Both containers reported running: their process groups are known to the reaper
+        // (a group is recorded right after its spawn, before the status says so).
+        env.until(
+            &["get", "pod", "sleeper", "-o", "jsonpath={.status.containerStatuses[*].state.running.startedAt}"],
+            Duration::from_secs(30),
+            |s| s.split_whitespace().count() == 2,
+        )
+        .await?;
         let deadline = Instant::now() + Duration::from_secs(30);
-        while processes_with(&format!("sleep {marker}")).len() < 3 {
+        while processes_with(&format!("sleep {marker}")).len() < 4 {
             ensure!(
                 Instant::now() < deadline,
                 "the pod's processes did not start"
