@@ -98,14 +98,14 @@ fn write_reports(report: &harness::report::Report, dir: &std::path::Path) -> any
 fn print_summary(report: &harness::report::Report) {
     use harness::report::PhaseStatus;
     println!();
-    println!("{:<20} {:>10}  result", "phase", "duration");
+    println!("{:<22} {:>10}  result", "phase", "duration");
     for p in &report.phases {
         let result = match p.status {
             PhaseStatus::Passed => "ok".to_owned(),
             PhaseStatus::Failed => format!("FAILED: {}", p.detail.clone().unwrap_or_default().lines().next().unwrap_or("")),
             PhaseStatus::Skipped => "skipped".to_owned(),
         };
-        println!("{:<20} {:>8.1} s  {result}", p.name, p.duration_ms as f64 / 1000.0);
+        println!("{:<22} {:>8.1} s  {result}", p.name, p.duration_ms as f64 / 1000.0);
     }
     if !report.tables.is_empty() {
         println!();

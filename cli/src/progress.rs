@@ -35,14 +35,14 @@ impl Observer for Progress {
             return;
         }
         let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg:<20} {elapsed}").expect("valid template"));
+        bar.set_style(ProgressStyle::with_template("{spinner} {msg:<22} {elapsed}").expect("valid template"));
         bar.set_message(name.to_owned());
         bar.enable_steady_tick(Duration::from_millis(120));
         *self.bar.lock().expect("progress lock") = Some(bar);
     }
 
     fn phase_finished(&self, phase: &PhaseReport) {
-        let line = format!("{:<20} {:>9.1} s  {}", phase.name, phase.duration_ms as f64 / 1000.0, mark(phase.status));
+        let line = format!("{:<22} {:>9.1} s  {}", phase.name, phase.duration_ms as f64 / 1000.0, mark(phase.status));
         match self.bar.lock().expect("progress lock").take() {
             Some(bar) => bar.finish_with_message(line),
             None => eprintln!("{line}"),

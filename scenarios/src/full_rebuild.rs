@@ -311,6 +311,7 @@ async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<Ba
     let work = ensure_dir(&config.backup_dir())?;
     harness::keep::set_private_dir(&work)?;
     let offsite = ensure_dir(&work.join("offsite"))?;
+    harness::keep::set_private_dir(&offsite)?;
     let mut options = BackupOptions::new(&work);
     options.name = Some("titanium-backup".into());
     options.cluster = Some(format!("{} ({})", cluster.name(), cluster.provider()));
