@@ -317,6 +317,14 @@ async fn postgres_statefulset_runs_a_real_server_with_persistent_data() -> Resul
     let rollout = env.kubectl(&["rollout", "status", "-n", "db", "statefulset/postgresql", "--timeout=30s"]).await?;
     ensure!(rollout.contains("roll out complete"), "{rollout}");
 
+    // `kubectl cp` both ways through a mounted path.
+    let local = env.dir.path().join("cp-in.txt");
+    std::fs::write(&local, "copied\n")?;
+    env.kubectl(&["cp", &local.to_string_lossy(), "db/postgresql-0:/var/lib/postgresql/data/cp.txt"]).await?;
+    let back = env.dir.path().join("cp-out.txt");
+    env.kubectl(&["cp", "db/postgresql-0:/var/lib/postgresql/data/cp.txt", &back.to_string_lossy()]).await?;
+    ensure!(std::fs::read_to_string(&back)? == "copied\n", "kubectl cp round trip changed the file");
+
     // `kubectl exec -i ... psql < file.sql` restores.
     let sql = b"CREATE TABLE restored (k int PRIMARY KEY, v text);\nINSERT INTO restored SELECT i, repeat('x', i) FROM generate_series(1, 500) i;\n";
     let out = env.kubectl_in(&["exec", "-i", "-n", "db", "postgresql-0", "--", "psql", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "titanium"], Some(sql)).await?;
@@ -1003,14 +1011,17 @@ spec:
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        ensure!(
+        // The reaper itself exits once it has done its work.
+        let dir = env.dir.path().to_string_lossy().into_owned();
+        let reaper_alive = || {
             processes_with("simcluster-reaper")
                 .iter()
-                .all(|p| !std::fs::read_to_string(format!("/proc/{p}/cmdline"))
-                    .unwrap_or_default()
-                    .contains(&env.dir.path().to_string_lossy().into_owned())),
-            "the reaper outlived the simulator"
-        );
+                .any(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().contains(&dir))
+        };
+        while reaper_alive() {
+            ensure!(Instant::now() < deadline, "the reaper outlived the simulator");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
         Ok(())
     })
     .await

@@ -122,6 +122,11 @@ impl Rewriter {
         out
     }
 
+    /// The mounts: container path and host path, longest container path first.
+    pub(crate) fn mounts(&self) -> &[(String, String)] {
+        &self.paths
+    }
+
     /// The host path of a container path, if a mount covers it.
     pub(crate) fn host_path(&self, container_path: &str) -> Option<PathBuf> {
         self.paths.iter().find_map(|(c, h)| {

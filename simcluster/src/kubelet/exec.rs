@@ -4,6 +4,7 @@
 //! 1 stdout, 2 stderr, 3 the final Status; in v5 `[255, 0]` closes stdin. Output is sent
 //! as raw bytes, all of it before the Status, then a normal close.
 
+use std::path::Path;
 use std::process::Stdio;
 use std::sync::Arc;
 
@@ -81,7 +82,23 @@ async fn exec(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> R
         return Err(ApiError::bad_request(format!("unable to upgrade connection: container not found (\"{_name}\")")));
     }
     let stdin = flag(&q, "stdin");
-    let argv: Vec<String> = argv.iter().map(|a| info.rewriter.apply(a)).collect();
+    let mut argv: Vec<String> = argv.iter().map(|a| info.rewriter.apply(a)).collect();
+    if Path::new(&argv[0]).file_name().is_some_and(|n| n == "tar") {
+        // `kubectl cp` from a pod runs `tar cf - PATH` and expects the member names to be
+        // the container's path: name the members as the container sees them.
+        let transforms: Vec<String> = info
+            .rewriter
+            .mounts()
+            .iter()
+            .filter(|(_, host)| argv.iter().any(|a| a.contains(host.as_str())))
+            .map(|(c, host)| format!("--transform=s|^{}|{}|", host.trim_start_matches('/'), c.trim_start_matches('/')))
+            .collect();
+        if !transforms.is_empty() {
+            // At the end: `tar cf - PATH` only parses its old-style first argument in first place.
+            argv.extend(transforms);
+            argv.push("--show-transformed-names".to_owned());
+        }
+    }
     let mut env = info.env.clone();
     if let Some((sock, port)) = &info.pg {
         env.retain(|(k, _)| k != "PGHOST" && k != "PGPORT");
