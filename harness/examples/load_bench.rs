@@ -74,9 +74,16 @@ async fn main() -> anyhow::Result<()> {
     )
     .await?;
     let redis = RedisServer::start().await.context("starting redis-server")?;
-    let stack = Stack::start(StackOptions { database: pg.params().config(), redis_url: redis.url(), db_pool_size: 4 })
-        .await
-        .context("starting the services")?;
+    // The services get a runtime (threads) of their own, as they would as a process of their
+    // own: wrk runs in another process, and goose must not share worker threads with them.
+    let services = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("titanium")
+        .enable_all()
+        .build()
+        .context("building the services' runtime")?;
+    let options = StackOptions { database: pg.params().config(), redis_url: redis.url(), db_pool_size: 4 };
+    let stack = services.spawn(Stack::start(options)).await?.context("starting the services")?;
     let url = format!("{}{}", stack.gateway_url(), args.path);
     let check = reqwest::get(&url).await?;
     if !check.status().is_success() {
@@ -115,7 +122,8 @@ async fn main() -> anyhow::Result<()> {
     );
     let ratio = goose.rps / wrk_rps;
     println!("goose/wrk: {ratio:.2} (target >= 0.80): {}", if ratio >= 0.8 { "met" } else { "NOT met" });
-    stack.shutdown().await;
+    services.spawn(stack.shutdown()).await?;
+    services.shutdown_background();
     drop(redis);
     pg.stop().await?;
     Ok(())
