@@ -4,15 +4,17 @@
 //! takes, as [`BackupOptions`] say:
 //! - PostgreSQL ([`PgSource`]: direct, or through a pod with exec and port-forward): a session
 //!   exports a snapshot and holds it; `pg_dump -Fc --snapshot` dumps in it; the row counts and
-//!   digests of every table ([`crate::facts::tables`]) are read in it by the same session; plain,
-//!   schema-only, data-only and per-table SQL are dumped in the same snapshot beside it (or,
-//!   with [`PlainFrom::Archive`], derived from the custom archive here); roles come from
-//!   `pg_dumpall --globals-only`.
+//!   digests of every table ([`crate::facts::tables`]), the sequences and the schema rendering
+//!   are read in it by the same session; plain and schema-only SQL are dumped in the same
+//!   snapshot beside it (or, with [`PlainFrom::Archive`], derived from the custom archive
+//!   here), and the data-only and per-table files are split out of the plain SQL in one pass;
+//!   roles come from `pg_dumpall --globals-only`.
 //! - Redis ([`RedisSource`]): an RDB, and the key count and digest of exactly that RDB.
 //! - Kubernetes ([`KubeSource`]): every namespaced resource found through discovery, raw and
 //!   cleaned ([`clean`]); optionally the namespace's Deployments quiesced first.
 //! - Terraform: `state pull`, `state list`, `output -json`.
-//! - `MANIFEST.json`, `BACKUP_MANIFEST.txt`, a `.tar.gz` (optionally age-encrypted) and
+//! - `MANIFEST.json`, `BACKUP_MANIFEST.txt`, a `.tar.gz` (optionally age-encrypted) written
+//!   while the backup runs (each file goes in when complete, hashed in the same read), and
 //!   checked off-site copies ([`OffsiteTarget`]).
 //!
 //! Everything is written under `<name>.partial` and renamed when complete; directories are
@@ -20,7 +22,9 @@
 //! in a pod, from the container's own environment). [`verify_backup`] is `rehearsal verify`.
 //!
 //! Invariants: only `files.rs` and `terraform.rs` start local processes (and `redis.rs` its
-//! scratch redis-server); only `exec.rs` talks to pods; `clean.rs` does no I/O.
+//! scratch redis-server); only `exec.rs` talks to pods; `clean.rs` does no I/O; no dump passes
+//! through memory whole (tools write straight into files, exec output is streamed, the archive
+//! and the split read in bounded pieces).
 
 mod archive;
 pub mod clean;
