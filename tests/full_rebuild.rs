@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use harness::cluster::{DestroyGate, ProviderSpec};
 use harness::report::{Outcome, PhaseStatus, Report};
 use libtest_mimic::{Arguments, Failed, Trial};
-use scenarios::full_rebuild::{self, Config};
+use scenarios::full_rebuild::{self, Config, Scenario};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -35,11 +35,16 @@ fn print_phases(report: &Report) {
 
 /// Runs full_rebuild and fails the trial unless the verdict is pass.
 fn full_rebuild_trial(name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
+    scenario_trial(Scenario::FullRebuild, name, provider, overlay)
+}
+
+/// Runs a scenario and fails the trial unless the verdict is pass.
+fn scenario_trial(scenario: Scenario, name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
     let report_dir = repo().join("target/rehearsal").join(format!("test-{}", name.replace("::", "-")));
     let _ = std::fs::remove_dir_all(&report_dir);
     let config = Config::modest(provider, harness::deploy::overlay(overlay), report_dir.clone());
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
-    let report = runtime.block_on(full_rebuild::run(&config, &scenarios::Quiet));
+    let report = runtime.block_on(full_rebuild::run_scenario(scenario, &config, &scenarios::Quiet));
     print_phases(&report);
     let _ = std::fs::write(report_dir.join("report.json"), report.to_json());
     if report.verdict == Outcome::Pass {
@@ -119,6 +124,13 @@ fn main() {
         move || full_rebuild_trial("sim::full_rebuild", ProviderSpec::Sim { kind_config: Some(single) }, "sim")
     })];
 
+    for (name, scenario) in Scenario::ALL.into_iter().filter(|(_, s)| *s != Scenario::FullRebuild) {
+        let single = single.clone();
+        let trial_name = format!("sim::{name}");
+        trials.push(Trial::test(trial_name.clone(), move || {
+            scenario_trial(scenario, &trial_name, ProviderSpec::Sim { kind_config: Some(single) }, "sim")
+        }));
+    }
     trials.push(Trial::test("local::roundtrip_proptest", roundtrip_proptest));
     let container = Trial::test("container::roundtrip", roundtrip_container);
     trials.push(if enabled("container") { container } else { container.with_ignored_flag(true) });

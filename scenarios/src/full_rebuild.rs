@@ -82,8 +82,57 @@ impl Config {
     }
 }
 
+/// Which rehearsal to run. All share the runbook's spine (cluster A, backup, destroy, cluster
+/// B, restore, gates); they differ in how the database comes back and what is checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// The runbook in order.
+    FullRebuild,
+    /// The runbook's per-table method B: `users` and `posts` restored from their own files.
+    TableRestore,
+    /// A defect injected after the restore must make the gates reject it; then the runbook's
+    /// rollback option 1 (drop, recreate, restore again) must make them green.
+    Rollback,
+    /// Cluster B's init script differs from A's (a changed column) and the data is restored
+    /// into B's schema: the schema gate must report exactly that drift.
+    SchemaDrift,
+}
+
+impl Scenario {
+    fn has_phase(self, phase: &str) -> bool {
+        match phase {
+            "inject-defect" | "gates-reject-defect" | "rollback-restore" | "gates-after-rollback" => self == Scenario::Rollback,
+            "schema-drift-reported" => self == Scenario::SchemaDrift,
+            "health-and-load" | "decide" => self != Scenario::SchemaDrift,
+            _ => true,
+        }
+    }
+
+    /// Every scenario with its name.
+    pub const ALL: [(&'static str, Scenario); 4] = [
+        ("full_rebuild", Scenario::FullRebuild),
+        ("table_restore", Scenario::TableRestore),
+        ("rollback", Scenario::Rollback),
+        ("schema_drift", Scenario::SchemaDrift),
+    ];
+
+    /// The scenario's name.
+    pub fn name(self) -> &'static str {
+        Self::ALL.iter().find(|(_, s)| *s == self).map(|(n, _)| *n).expect("every scenario is listed")
+    }
+
+    /// The scenario called `name`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
+    }
+}
+
+/// The column the schema_drift scenario changes in cluster B's init script.
+const DRIFT_FROM: &str = "title VARCHAR(200)";
+const DRIFT_TO: &str = "title VARCHAR(300)";
+
 /// The phases of `full_rebuild`, in order.
-pub const PHASES: [&str; 15] = [
+pub const PHASES: [&str; 20] = [
     "create-cluster-a",
     "deploy",
     "seed",
@@ -97,21 +146,34 @@ pub const PHASES: [&str; 15] = [
     "deploy-infrastructure",
     "restore",
     "gates",
+    "inject-defect",
+    "gates-reject-defect",
+    "rollback-restore",
+    "gates-after-rollback",
+    "schema-drift-reported",
     "health-and-load",
     "decide",
 ];
 
-/// Runs the rehearsal and returns its report; never panics on a failed step, which is
-/// recorded in the report with the phases after it skipped.
+/// Runs `full_rebuild` and returns its report.
 pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
+    run_scenario(Scenario::FullRebuild, config, observer).await
+}
+
+/// Runs a scenario and returns its report; never panics on a failed step, which is recorded in
+/// the report with the phases after it skipped.
+pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Observer) -> Report {
     let started_at = chrono::Utc::now().to_rfc3339();
     let mut run = Run::new(observer);
     let mut state = State::default();
-    let outcome = steps(config, &mut run, &mut state).await;
-    run.skip(&PHASES);
+    let mut clusters = Clusters::default();
+    let outcome = steps(scenario, config, &mut run, &mut state, &mut clusters).await;
+    teardown(clusters).await;
+    let phases_of_this: Vec<&str> = PHASES.iter().copied().filter(|p| scenario.has_phase(p)).collect();
+    run.skip(&phases_of_this);
     let phases = run.into_phases();
     let mut report = Report {
-        scenario: "full_rebuild".into(),
+        scenario: scenario.name().into(),
         provider: config.provider.kind().to_string(),
         verdict: Outcome::Fail,
         started_at,
@@ -141,35 +203,88 @@ struct State {
     decision: Option<Decision>,
 }
 
-async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow::Result<()> {
+/// The clusters a run holds; whatever is left when it ends is torn down (see [`teardown`]).
+#[derive(Default)]
+struct Clusters {
+    a: Option<AnyCluster>,
+    b: Option<AnyCluster>,
+}
+
+/// Destroys what a run left: throwaway clusters always (unless `HARNESS_KEEP`), an existing
+/// cluster never (there, the restored namespace is the result).
+async fn teardown(clusters: Clusters) {
+    for mut cluster in [clusters.a, clusters.b].into_iter().flatten() {
+        if cluster.provider() == harness::cluster::ProviderKind::Kubeconfig || harness::keep::keep_requested() {
+            continue;
+        }
+        if let Err(err) = cluster.destroy().await {
+            tracing::warn!(cluster = cluster.name(), error = %err, "could not tear down");
+        }
+    }
+}
+
+async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &mut State, clusters: &mut Clusters) -> anyhow::Result<()> {
     let tools = PgTools::discover()?;
-    let mut a = run.phase("create-cluster-a", config.provider.create()).await?;
-    run.phase("deploy", deploy(&a, config)).await?;
-    let seeded = run.phase("seed", seed(&a, config)).await?;
+    let a = clusters.a.insert(run.phase("create-cluster-a", config.provider.create()).await?);
+    run.phase("deploy", deploy(a, config)).await?;
+    let seeded = run.phase("seed", seed(a, config)).await?;
     run.note(format!("{} users, {} posts", seeded.0, seeded.1));
-    run.phase("preflight", preflight(&a, config)).await?;
-    run.phase("start-load", start_load(&a, config)).await?;
-    let backup = run.phase("backup", take_backup(&a, config)).await?;
+    run.phase("preflight", preflight(a, config)).await?;
+    run.phase("start-load", start_load(a, config)).await?;
+    let backup = run.phase("backup", take_backup(a, config)).await?;
     let manifest = backup.manifest.clone();
     let pg = manifest.postgres.clone().context("the backup has no PostgreSQL part")?;
     state.rpo_ms = rpo_ms(&manifest);
     run.phase("verify-backup", verify(&backup, &tools)).await?;
     let marker = MarkerRow::new(format!("run-{}", uuid_like()));
-    run.phase("marker", write_marker(&a, &marker)).await?;
+    run.phase("marker", write_marker(a, &marker)).await?;
 
     let destroy_started = Instant::now();
+    let a = clusters.a.as_mut().expect("cluster A exists");
     run.phase("destroy-cluster-a", async {
         a.destroy().await?;
         anyhow::Ok(())
     })
     .await?;
-    drop(a);
-    let b = run.phase("create-cluster-b", config.provider.create()).await?;
-    let crds = run.phase("deploy-infrastructure", harness::deploy::apply_infrastructure(&b, &config.overlay)).await?;
+    clusters.a = None;
+    let b = clusters.b.insert(run.phase("create-cluster-b", config.provider.create()).await?);
+    let b = &*b;
+    let crds = run.phase("deploy-infrastructure", harness::deploy::apply_infrastructure(b, &config.overlay)).await?;
     run.note(format!("{crds} CustomResourceDefinitions established"));
-    let restored = run.phase("restore", restore(&b, &backup, &tools, config)).await?;
+    let restored = run.phase("restore", restore(scenario, &b, &backup, &tools, config)).await?;
 
-    let gates = run.phase("gates", gates(&b, &backup, &marker, config)).await?;
+    let mut gates = run.phase("gates", run_gates(b, &backup, &marker, config, scenario != Scenario::Rollback)).await?;
+    if scenario == Scenario::SchemaDrift {
+        run.phase("schema-drift-reported", async { expect_drift(&gates.verdicts) }).await?;
+        // The drift was expected: the gates that caught it are recorded as detections.
+        for verdict in &gates.verdicts {
+            let findings: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
+            let name = verdict.gate.to_string();
+            state.gates.push(match name.as_str() {
+                "schema" => GateReport { name: "schema-drift-detected".into(), passed: true, findings },
+                "kubernetes_objects" if !verdict.passed => GateReport { name: "init-script-change-detected".into(), passed: true, findings },
+                _ => gate_report(verdict),
+            });
+        }
+        return Ok(());
+    }
+    if scenario == Scenario::Rollback {
+        let defect = run.phase("inject-defect", inject_defect(b)).await?;
+        run.note(&defect);
+        let rejected = run.phase("gates-reject-defect", run_gates(b, &backup, &marker, config, false)).await?;
+        let decision = verify::decide(&RollbackInputs { verdicts: rejected.verdicts.clone(), ..RollbackInputs::default() }, &config.thresholds);
+        state.gates.extend(rejected.verdicts.iter().filter(|v| !v.passed).map(|v| GateReport {
+            name: format!("{} (defect: {defect}) rejected", v.gate),
+            passed: true,
+            findings: v.findings.iter().map(ToString::to_string).collect(),
+        }));
+        if decision.proceed() {
+            state.gates.push(GateReport { name: "defect-rejected".into(), passed: false, findings: vec![format!("the gates passed a restore with {defect}")] });
+            anyhow::bail!("the gates did not reject the injected defect ({defect})");
+        }
+        run.phase("rollback-restore", rollback_restore(b, &backup, &tools)).await?;
+        gates = run.phase("gates-after-rollback", run_gates(b, &backup, &marker, config, true)).await?;
+    }
     state.tables = pg
         .tables
         .iter()
@@ -184,9 +299,9 @@ async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow:
             }
         })
         .collect();
-    state.gates = gates.verdicts.iter().map(gate_report).collect();
+    state.gates.extend(gates.verdicts.iter().map(gate_report));
 
-    let service = run.phase("health-and-load", health_and_load(&b, config)).await?;
+    let service = run.phase("health-and-load", health_and_load(b, config)).await?;
     state.gates.push(GateReport { name: "health".into(), passed: service.health.passed, findings: service.health.findings.clone() });
     state.gates.push(GateReport { name: "load".into(), passed: service.load.passed, findings: service.load.findings.clone() });
     state.load = Some(LoadReport {
@@ -200,7 +315,7 @@ async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow:
 
     let decision = run
         .phase("decide", async {
-            let pods = observe_pods(&b).await?;
+            let pods = observe_pods(b).await?;
             let attempts: u32 = service.health.endpoints.iter().map(|e| e.probes).sum();
             let failures: u32 = service.health.endpoints.iter().map(|e| e.failures).sum();
             let slowest = service.health.endpoints.iter().map(|e| e.slowest).max();
@@ -216,11 +331,6 @@ async fn steps(config: &Config, run: &mut Run<'_>, state: &mut State) -> anyhow:
             anyhow::Ok(verify::decide(&inputs, &config.thresholds))
         })
         .await?;
-    if b.provider() != harness::cluster::ProviderKind::Kubeconfig {
-        // A throwaway cluster is torn down; on an existing cluster the restore is the result.
-        let mut b = b;
-        b.destroy().await?;
-    }
     run.note(match decision.action {
         verify::Action::Proceed => "proceed".to_owned(),
         verify::Action::RollBack => format!("roll back: {}", decision.reasons.iter().map(reason_text).collect::<Vec<_>>().join("; ")),
@@ -358,6 +468,7 @@ struct Restored {
 /// Restores databases and Redis when the plan reaches them, reaching both through port-forwards
 /// of the rebuilt cluster.
 struct ClusterData<'a> {
+    scenario: Scenario,
     cluster: &'a AnyCluster,
     backup: &'a BackupReport,
     tools: &'a PgTools,
@@ -371,11 +482,17 @@ impl DataRestorer for ClusterData<'_> {
         let started = Instant::now();
         let pg = self.backup.manifest.postgres.as_ref().ok_or("the backup has no PostgreSQL part")?;
         let db = titanium::database(self.cluster).await?;
-        let input = DbRestoreInput {
-            archive: DbArchive::Custom(self.backup.dir.join(&pg.custom_dump)),
-            backup_id: self.backup.manifest.name.clone(),
-        };
-        restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default()).await?;
+        match self.scenario {
+            Scenario::TableRestore => restore_tables(self.tools, &db.params, &self.backup.dir, pg).await?,
+            Scenario::SchemaDrift => restore_data_only(self.tools, &db.params, &self.backup.dir.join(&pg.custom_dump)).await?,
+            Scenario::FullRebuild | Scenario::Rollback => {
+                let input = DbRestoreInput {
+                    archive: DbArchive::Custom(self.backup.dir.join(&pg.custom_dump)),
+                    backup_id: self.backup.manifest.name.clone(),
+                };
+                restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default()).await?;
+            }
+        }
         self.db_restore = Some(started.elapsed());
         Ok(())
     }
@@ -388,18 +505,21 @@ impl DataRestorer for ClusterData<'_> {
     }
 }
 
-async fn restore(cluster: &AnyCluster, backup: &BackupReport, tools: &PgTools, config: &Config) -> anyhow::Result<Restored> {
+async fn restore(scenario: Scenario, cluster: &AnyCluster, backup: &BackupReport, tools: &PgTools, config: &Config) -> anyhow::Result<Restored> {
     let manifest = &backup.manifest;
     let kube = manifest.kubernetes.as_ref().context("the backup has no Kubernetes part")?;
     let list: serde_json::Value = serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
-    let objects = list["items"].as_array().cloned().unwrap_or_default();
+    let mut objects = list["items"].as_array().cloned().unwrap_or_default();
+    if scenario == Scenario::SchemaDrift {
+        drift_init_script(&mut objects)?;
+    }
     // The recorded replica counts come back, except the load generator's: it stays at zero
     // until the data gates have compared the restored data with the backup (see `gates`).
     let mut replicas: BTreeMap<String, i32> = manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default();
     replicas.insert(LOAD_GENERATOR.to_owned(), 0);
     let plan = KubeRestorePlan::new(&objects, NAMESPACE, &manifest.name, &replicas, &PlanRoles::default())?;
     let client = cluster.client().await?;
-    let mut data = ClusterData { cluster, backup, tools, db_restore: None };
+    let mut data = ClusterData { scenario, cluster, backup, tools, db_restore: None };
     let mut options = KubeRestoreOptions::default();
     options.waits.workload_ready = config.ready_timeout;
     options.waits.pods_ready = config.ready_timeout;
@@ -416,7 +536,9 @@ struct Gates {
     tables: Vec<facts::TableFacts>,
 }
 
-async fn gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow, config: &Config) -> anyhow::Result<Gates> {
+/// Runs every gate. With `resume_writer`, the load generator is brought back to its recorded
+/// replica count after the data gates (and before the Kubernetes gate, which expects it).
+async fn run_gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow, config: &Config, resume_writer: bool) -> anyhow::Result<Gates> {
     let manifest = &backup.manifest;
     let pg = manifest.postgres.as_ref().context("no PostgreSQL part")?;
     let db = titanium::database(cluster).await?;
@@ -444,7 +566,7 @@ async fn gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow, 
     }
     // The data is compared; the load generator may write again, at its recorded count.
     let recorded = manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default();
-    if let Some(&replicas) = recorded.get(LOAD_GENERATOR) {
+    if resume_writer && let Some(&replicas) = recorded.get(LOAD_GENERATOR) {
         titanium::scale(&cluster.client().await?, LOAD_GENERATOR, replicas, config.ready_timeout).await?;
     }
     if let Some(kube) = &manifest.kubernetes {
@@ -454,9 +576,10 @@ async fn gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow, 
         for object in &mut backed_up {
             let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
             if object["kind"] == "Deployment"
-                && let Some(replicas) = recorded.get(&name)
+                && let Some(&replicas) = recorded.get(&name)
             {
-                object["spec"]["replicas"] = serde_json::json!(replicas);
+                let held = !resume_writer && name == LOAD_GENERATOR;
+                object["spec"]["replicas"] = serde_json::json!(if held { 0 } else { replicas });
             }
         }
         let source = KubeSource { client: cluster.client().await?, namespace: NAMESPACE.into() };
@@ -504,4 +627,95 @@ async fn observe_pods(cluster: &AnyCluster) -> anyhow::Result<Vec<PodObservation
             }
         })
         .collect())
+}
+
+/// The runbook's method B (5.2 "테이블별 복구"): drop the init script's empty tables (as its
+/// method A does), then run `users` and `posts` from their own files with psql, in that order
+/// because posts reference users.
+async fn restore_tables(tools: &PgTools, params: &harness::pg::ConnParams, dir: &Path, pg: &backup::PgManifest) -> anyhow::Result<()> {
+    params.connect().await?.batch_execute("DROP TABLE IF EXISTS posts CASCADE; DROP TABLE IF EXISTS users CASCADE;").await?;
+    for table in ["public.users", "public.posts"] {
+        let file = pg.table_files.get(table).with_context(|| format!("the backup has no file for {table}"))?;
+        tools.psql_file(params, &dir.join(file)).await.with_context(|| format!("restore {table} from {file}"))?;
+    }
+    Ok(())
+}
+
+/// Loads only the data of the archive into the schema the cluster's own init script created
+/// (`pg_restore --data-only`), the way a team restores into a schema managed by migrations.
+async fn restore_data_only(tools: &PgTools, params: &harness::pg::ConnParams, archive: &Path) -> anyhow::Result<()> {
+    let pg_restore = tools.tool("pg_restore")?;
+    let out = tokio::process::Command::new(&pg_restore)
+        .args(["--data-only", "--disable-triggers", "--exit-on-error", "--no-owner", "-d"])
+        .arg(&params.dbname)
+        .arg(archive)
+        .envs(params.libpq_env())
+        .kill_on_drop(true)
+        .output()
+        .await
+        .context("run pg_restore")?;
+    ensure!(out.status.success(), "pg_restore --data-only failed: {}", String::from_utf8_lossy(&out.stderr));
+    Ok(())
+}
+
+/// Cluster B's init script, as a changed manifest would carry it: one column widened.
+fn drift_init_script(objects: &mut [serde_json::Value]) -> anyhow::Result<()> {
+    let mut changed = false;
+    for object in objects.iter_mut().filter(|o| o["kind"] == "ConfigMap") {
+        if let Some(data) = object["data"].as_object_mut() {
+            for value in data.values_mut() {
+                if let Some(text) = value.as_str().filter(|t| t.contains(DRIFT_FROM)) {
+                    *value = serde_json::Value::String(text.replace(DRIFT_FROM, DRIFT_TO));
+                    changed = true;
+                }
+            }
+        }
+    }
+    ensure!(changed, "no ConfigMap in the backup holds `{DRIFT_FROM}` to change");
+    Ok(())
+}
+
+/// The schema gate must fail, naming posts.title and both types; every other gate must pass.
+fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
+    let schema = verdicts.iter().find(|v| v.gate.to_string() == "schema").context("no schema verdict")?;
+    ensure!(!schema.passed, "the schema gate did not report the changed column");
+    let text: String = schema.findings.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    ensure!(
+        text.contains("posts") && text.contains("title") && text.contains("200") && text.contains("300"),
+        "the schema gate's findings do not name posts.title 200 -> 300:\n{text}"
+    );
+    // The Kubernetes gate rightly reports the changed init-script ConfigMap too; anything else
+    // failing is a defect of the restore.
+    let expected_elsewhere = |v: &&Verdict| {
+        v.gate.to_string() == "kubernetes_objects" && v.findings.iter().all(|f| f.to_string().contains("postgresql-init-script"))
+    };
+    let others: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.passed && v.gate.to_string() != "schema")
+        .filter(|v| !expected_elsewhere(v))
+        .map(ToString::to_string)
+        .collect();
+    ensure!(others.is_empty(), "other gates failed too: {}", others.join("; "));
+    Ok(())
+}
+
+/// One row lost after the restore: the defect the count and digest gates exist for.
+async fn inject_defect(cluster: &AnyCluster) -> anyhow::Result<String> {
+    let db = titanium::database(cluster).await?;
+    let client = db.params.connect().await?;
+    let id: i32 = client.query_one("DELETE FROM posts WHERE id = (SELECT max(id) FROM posts) RETURNING id", &[]).await?.get(0);
+    Ok(format!("post {id} deleted"))
+}
+
+/// The runbook's rollback option 1: drop the database, create it again, restore from the backup.
+async fn rollback_restore(cluster: &AnyCluster, backup: &BackupReport, tools: &PgTools) -> anyhow::Result<()> {
+    let db = titanium::database(cluster).await?;
+    let admin = db.params.with_dbname("postgres").connect().await?;
+    // Two statements: DROP DATABASE cannot run inside the implicit transaction of a batch.
+    admin.batch_execute("DROP DATABASE titanium WITH (FORCE)").await?;
+    admin.batch_execute("CREATE DATABASE titanium").await?;
+    let pg = backup.manifest.postgres.as_ref().context("no PostgreSQL part")?;
+    let input = DbRestoreInput { archive: DbArchive::Custom(backup.dir.join(&pg.custom_dump)), backup_id: backup.manifest.name.clone() };
+    restore_database(tools, &db.params, &input, &DbRestoreOptions::default()).await?;
+    Ok(())
 }
