@@ -60,7 +60,7 @@ impl PodRef {
     /// Runs `command` in the container, streaming its standard output into a new private file
     /// at `out`. Returns the bytes written. The command's exit status must arrive: a stream
     /// that ends without one is [`BackupError::ExecCutOff`].
-    pub(crate) async fn exec_to_file(
+    pub async fn exec_to_file(
         &self,
         command: Vec<String>,
         what: &str,
@@ -82,7 +82,7 @@ impl PodRef {
     }
 
     /// Runs `command` and returns its standard output as text.
-    pub(crate) async fn exec_output(
+    pub async fn exec_output(
         &self,
         command: Vec<String>,
         what: &str,
