@@ -35,16 +35,20 @@ fn print_phases(report: &Report) {
 
 /// Runs full_rebuild and fails the trial unless the verdict is pass.
 fn full_rebuild_trial(name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
-    scenario_trial(Scenario::FullRebuild, name, provider, overlay)
+    scenario_trial(Some(Scenario::FullRebuild), name, provider, overlay)
 }
 
 /// Runs a scenario and fails the trial unless the verdict is pass.
-fn scenario_trial(scenario: Scenario, name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
+/// `None` is cronjob_backup, which does not rebuild a cluster.
+fn scenario_trial(scenario: Option<Scenario>, name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
     let report_dir = repo().join("target/rehearsal").join(format!("test-{}", name.replace("::", "-")));
     let _ = std::fs::remove_dir_all(&report_dir);
     let config = Config::modest(provider, harness::deploy::overlay(overlay), report_dir.clone());
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
-    let report = runtime.block_on(full_rebuild::run_scenario(scenario, &config, &scenarios::Quiet));
+    let report = match scenario {
+        None => runtime.block_on(scenarios::cronjob_backup::run(&config, &scenarios::Quiet)),
+        Some(scenario) => runtime.block_on(full_rebuild::run_scenario(scenario, &config, &scenarios::Quiet)),
+    };
     print_phases(&report);
     let _ = std::fs::write(report_dir.join("report.json"), report.to_json());
     if report.verdict == Outcome::Pass {
@@ -128,9 +132,13 @@ fn main() {
         let single = single.clone();
         let trial_name = format!("sim::{name}");
         trials.push(Trial::test(trial_name.clone(), move || {
-            scenario_trial(scenario, &trial_name, ProviderSpec::Sim { kind_config: Some(single) }, "sim")
+            scenario_trial(Some(scenario), &trial_name, ProviderSpec::Sim { kind_config: Some(single) }, "sim")
         }));
     }
+    trials.push(Trial::test("sim::cronjob_backup", {
+        let single = single.clone();
+        move || scenario_trial(None, "sim::cronjob_backup", ProviderSpec::Sim { kind_config: Some(single) }, "sim")
+    }));
     trials.push(Trial::test("local::roundtrip_proptest", roundtrip_proptest));
     let container = Trial::test("container::roundtrip", roundtrip_container);
     trials.push(if enabled("container") { container } else { container.with_ignored_flag(true) });

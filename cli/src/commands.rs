@@ -71,8 +71,10 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
     config.load_time = std::time::Duration::from_secs(args.load_seconds);
     eprintln!("rehearsing {} on {} (report: {})", args.scenario, args.provider, report_dir.display());
     let progress = crate::progress::Progress::new();
-    let scenario = full_rebuild::Scenario::from_name(&args.scenario).context("unknown scenario")?;
-    let report = full_rebuild::run_scenario(scenario, &config, &progress).await;
+    let report = match full_rebuild::Scenario::from_name(&args.scenario) {
+        Some(scenario) => full_rebuild::run_scenario(scenario, &config, &progress).await,
+        None => scenarios::cronjob_backup::run(&config, &progress).await,
+    };
     write_reports(&report, &report_dir)?;
     print_summary(&report);
     println!("reports: {}", report_dir.display());

@@ -364,7 +364,7 @@ fn rpo_ms(manifest: &Manifest) -> Option<u64> {
 
 /// Applies the manifests, holds the load generator at zero until the data is seeded, and waits
 /// until everything is ready.
-async fn deploy(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> {
+pub(crate) async fn deploy(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> {
     harness::deploy::apply_kustomize(cluster, &config.overlay).await?;
     let client = cluster.client().await?;
     titanium::scale(&client, LOAD_GENERATOR, 0, config.ready_timeout).await?;
@@ -372,7 +372,7 @@ async fn deploy(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn seed(cluster: &AnyCluster, config: &Config) -> anyhow::Result<(u64, u64)> {
+pub(crate) async fn seed(cluster: &AnyCluster, config: &Config) -> anyhow::Result<(u64, u64)> {
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
     let stats = harness::data::load_dataset(&client, &DatasetSpec::new(config.seed, config.users, config.posts)).await?;

@@ -2,6 +2,7 @@
 //! `PostgresProvider` traits. A scenario never reaches into a provider's internals, so the same
 //! scenario runs on the simulated cluster, kind, or an existing cluster.
 
+pub mod cronjob_backup;
 pub mod full_rebuild;
 mod redis_replay;
 pub mod roundtrip;
