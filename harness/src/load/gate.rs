@@ -379,23 +379,6 @@ fn percentile_us(buckets: &[(u64, u64)], min_us: u64, max_us: u64, q: f64) -> u6
     max_us
 }
 
-#[cfg(test)]
-mod tests {
-    use super::percentile_us;
-
-    #[test]
-    fn nearest_rank_percentiles() {
-        // 100 samples: 90 at 1 ms, 9 at 10 ms, 1 at 100 ms.
-        let buckets = [(100_000, 1), (1_000, 90), (10_000, 9)];
-        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.50), 1_000);
-        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.90), 1_000);
-        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.95), 10_000);
-        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.99), 10_000);
-        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 1.0), 100_000);
-        assert_eq!(percentile_us(&[], 0, 0, 0.95), 0);
-    }
-}
-
 impl std::fmt::Display for LoadVerdict {
     /// A table of the figures, then the thresholds and findings, as a report prints them.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -426,5 +409,22 @@ impl std::fmt::Display for LoadVerdict {
             writeln!(f, "  report: {}", report.display())?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percentile_us;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        // 100 samples: 90 at 1 ms, 9 at 10 ms, 1 at 100 ms.
+        let buckets = [(100_000, 1), (1_000, 90), (10_000, 9)];
+        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.50), 1_000);
+        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.90), 1_000);
+        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.95), 10_000);
+        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 0.99), 10_000);
+        assert_eq!(percentile_us(&buckets, 1_000, 100_000, 1.0), 100_000);
+        assert_eq!(percentile_us(&[], 0, 0, 0.95), 0);
     }
 }
