@@ -196,7 +196,7 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
         }),
     });
     if let (Some(app), Some(client)) = (&args.redis_app, &client) {
-        let name = first_ready_pod(client, &args.cluster.namespace, app).await?;
+        let name = scenarios::titanium::ready_pod_in(client, &args.cluster.namespace, app).await?;
         options.redis = Some(RedisSource::Kube { pod: pod(name), port: 6379, password_env: None });
     }
     if let Some(client) = &client {
@@ -222,19 +222,6 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
     }
     println!("took {:.1} s", report.seconds);
     Ok(exit_codes::OK)
-}
-
-async fn first_ready_pod(client: &kube::Client, namespace: &str, app: &str) -> anyhow::Result<String> {
-    use k8s_openapi::api::core::v1::Pod;
-    let pods = kube::Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&kube::api::ListParams::default().labels(&format!("app={app}")))
-        .await
-        .with_context(|| format!("list pods app={app} in {namespace}"))?;
-    pods.items
-        .into_iter()
-        .find(|p| p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True")))
-        .and_then(|p| p.metadata.name)
-        .with_context(|| format!("no Ready pod with app={app} in {namespace}"))
 }
 
 /// `rehearsal verify`.

@@ -38,11 +38,7 @@ pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
         tracing::warn!(error = %err, "cronjob_backup stopped");
     }
     run.skip(&PHASES);
-    if let Some(mut cluster) = cluster.filter(|c: &AnyCluster| c.provider() != harness::cluster::ProviderKind::Kubeconfig && !harness::keep::keep_requested()) {
-        if let Err(err) = cluster.destroy().await {
-            tracing::warn!(error = %err, "could not tear down");
-        }
-    }
+    crate::full_rebuild::teardown_all(cluster).await;
     let mut report = Report {
         scenario: "cronjob_backup".into(),
         provider: config.provider.kind().to_string(),
@@ -88,26 +84,11 @@ async fn steps(
             let db = titanium::database(c).await?;
             let expected = facts::table_facts(&db.params.connect().await?).await?;
             let restored = facts::table_facts(&scratch.params().connect().await?).await?;
-            *tables = expected
-                .iter()
-                .map(|e| {
-                    let r = restored.iter().find(|r| r.name == e.name && r.schema == e.schema);
-                    TableReport {
-                        name: e.name.clone(),
-                        rows_before: e.rows,
-                        rows_after: r.map(|r| r.rows),
-                        digest_before: e.digest.clone(),
-                        digest_after: r.map(|r| r.digest.clone()),
-                    }
-                })
-                .collect();
+            *tables = crate::full_rebuild::table_reports(&expected, &restored);
             anyhow::Ok(vec![verify::row_counts(&expected, &restored), verify::digests(&expected, &restored)])
         })
         .await?;
-    *gates = verdicts
-        .iter()
-        .map(|v| GateReport { name: v.gate.to_string(), passed: v.passed, findings: v.findings.iter().map(ToString::to_string).collect() })
-        .collect();
+    *gates = verdicts.iter().map(crate::full_rebuild::gate_report).collect();
     scratch.stop().await?;
     Ok(())
 }

@@ -213,7 +213,12 @@ struct Clusters {
 /// Destroys what a run left: throwaway clusters always (unless `HARNESS_KEEP`), an existing
 /// cluster never (there, the restored namespace is the result).
 async fn teardown(clusters: Clusters) {
-    for mut cluster in [clusters.a, clusters.b].into_iter().flatten() {
+    teardown_all([clusters.a, clusters.b].into_iter().flatten()).await;
+}
+
+/// Destroys throwaway clusters (unless `HARNESS_KEEP`); never an existing one.
+pub(crate) async fn teardown_all(clusters: impl IntoIterator<Item = AnyCluster>) {
+    for mut cluster in clusters {
         if cluster.provider() == harness::cluster::ProviderKind::Kubeconfig || harness::keep::keep_requested() {
             continue;
         }
@@ -251,7 +256,7 @@ async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &m
     let b = &*b;
     let crds = run.phase("deploy-infrastructure", harness::deploy::apply_infrastructure(b, &config.overlay)).await?;
     run.note(format!("{crds} CustomResourceDefinitions established"));
-    let restored = run.phase("restore", restore(scenario, &b, &backup, &tools, config)).await?;
+    let restored = run.phase("restore", restore(scenario, b, &backup, &tools, config)).await?;
 
     let mut gates = run.phase("gates", run_gates(b, &backup, &marker, config, scenario != Scenario::Rollback)).await?;
     if scenario == Scenario::SchemaDrift {
@@ -285,20 +290,7 @@ async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &m
         run.phase("rollback-restore", rollback_restore(b, &backup, &tools)).await?;
         gates = run.phase("gates-after-rollback", run_gates(b, &backup, &marker, config, true)).await?;
     }
-    state.tables = pg
-        .tables
-        .iter()
-        .map(|before| {
-            let after = gates.tables.iter().find(|t| t.name == before.name && t.schema == before.schema);
-            TableReport {
-                name: before.name.clone(),
-                rows_before: before.rows,
-                rows_after: after.map(|t| t.rows),
-                digest_before: before.digest.clone(),
-                digest_after: after.map(|t| t.digest.clone()),
-            }
-        })
-        .collect();
+    state.tables = table_reports(&pg.tables, &gates.tables);
     state.gates.extend(gates.verdicts.iter().map(gate_report));
 
     let service = run.phase("health-and-load", health_and_load(b, config)).await?;
@@ -325,7 +317,7 @@ async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &m
                 max_response_time: slowest,
                 pods: Some(pods),
                 db_restore: Some(restored.db_restore),
-                total: Some(run_elapsed(destroy_started)),
+                total: Some(destroy_started.elapsed()),
                 pods_ready_wait: Some(restored.pods_ready),
             };
             anyhow::Ok(verify::decide(&inputs, &config.thresholds))
@@ -343,15 +335,28 @@ fn reason_text(reason: &verify::RollbackReason) -> String {
     format!("{:?}: {} (limit {})", reason.criterion, reason.observed, reason.limit)
 }
 
-fn run_elapsed(since: Instant) -> Duration {
-    since.elapsed()
-}
-
 fn uuid_like() -> String {
     format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
 }
 
-fn gate_report(verdict: &Verdict) -> GateReport {
+/// Each table of `before` with what `after` holds of it.
+pub(crate) fn table_reports(before: &[facts::TableFacts], after: &[facts::TableFacts]) -> Vec<TableReport> {
+    before
+        .iter()
+        .map(|b| {
+            let a = after.iter().find(|t| t.name == b.name && t.schema == b.schema);
+            TableReport {
+                name: b.name.clone(),
+                rows_before: b.rows,
+                rows_after: a.map(|t| t.rows),
+                digest_before: b.digest.clone(),
+                digest_after: a.map(|t| t.digest.clone()),
+            }
+        })
+        .collect()
+}
+
+pub(crate) fn gate_report(verdict: &Verdict) -> GateReport {
     GateReport { name: verdict.gate.to_string(), passed: verdict.passed, findings: verdict.findings.iter().map(ToString::to_string).collect() }
 }
 

@@ -70,7 +70,15 @@ pub async fn database(cluster: &AnyCluster) -> anyhow::Result<Db> {
 /// # Errors
 /// When none is Ready.
 pub async fn ready_pod(client: &kube::Client, app: &str) -> anyhow::Result<String> {
-    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE)
+    ready_pod_in(client, NAMESPACE, app).await
+}
+
+/// The first Ready pod with label `app=<app>` in `namespace`.
+///
+/// # Errors
+/// When none is Ready.
+pub async fn ready_pod_in(client: &kube::Client, namespace: &str, app: &str) -> anyhow::Result<String> {
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&ListParams::default().labels(&format!("app={app}")))
         .await
         .with_context(|| format!("list pods app={app}"))?;
@@ -80,7 +88,7 @@ pub async fn ready_pod(client: &kube::Client, app: &str) -> anyhow::Result<Strin
             p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .and_then(|p| p.metadata.name)
-        .with_context(|| format!("no Ready pod with app={app} in {NAMESPACE}"))
+        .with_context(|| format!("no Ready pod with app={app} in {namespace}"))
 }
 
 /// Forwards a local port to `port` of a Ready pod of `app`.

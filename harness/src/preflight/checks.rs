@@ -263,7 +263,7 @@ fn disk(backup_dir: &Path, database_bytes: u64) -> Check {
     let name = format!("free disk at {}", dir.display());
     match nix::sys::statvfs::statvfs(&dir) {
         Ok(stat) => {
-            let free = stat.blocks_available() as u64 * stat.fragment_size() as u64;
+            let free = stat.blocks_available() * stat.fragment_size();
             let needed = database_bytes.saturating_mul(2);
             let detail = format!("{:.1} GB free, need at least {:.1} GB (twice the database)", free as f64 / 1e9, needed as f64 / 1e9);
             check(name, if free >= needed { CheckStatus::Pass } else { CheckStatus::Fail }, detail)
