@@ -1,4 +1,5 @@
 //! Cross-crate integration tests: the CI workflows, and the `rehearsal` binary as a user runs it.
 
+mod preflight;
 mod report_html;
 mod workflows;
