@@ -123,3 +123,27 @@ fn chain(err: &dyn std::error::Error) -> String {
     }
     text
 }
+
+impl Drop for SimProvider {
+    /// Without [`Cluster::destroy`] (a panic, an early return): the simulator is dropped, which
+    /// kills its processes at once, and the state is removed, retrying briefly while the last
+    /// writers of the killed processes finish.
+    fn drop(&mut self) {
+        drop(self.cluster.take());
+        let Some(dir) = self.dir.take() else { return };
+        if crate::keep::keep_requested() {
+            return; // ScratchDir's own drop keeps it and says where.
+        }
+        let path = dir.path().to_path_buf();
+        std::mem::forget(dir);
+        for _ in 0..20 {
+            match std::fs::remove_dir_all(&path) {
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => std::thread::sleep(Duration::from_millis(50)),
+                _ => return,
+            }
+        }
+        if let Err(err) = std::fs::remove_dir_all(&path) {
+            eprintln!("warning: could not remove simulated cluster state at {}: {err}", path.display());
+        }
+    }
+}
