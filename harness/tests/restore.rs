@@ -551,3 +551,13 @@ async fn restores_what_the_backup_engine_wrote() -> Result<()> {
     ensure!(matches!(err, RestoreError::NotABackup { .. }), "{err}");
     Ok(())
 }
+
+#[tokio::test]
+async fn a_corrupt_rdb_is_named_and_nothing_is_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let rdb = dir.path().join("dump.rdb");
+    std::fs::write(&rdb, b"REDIS0011 this is not an RDB").unwrap();
+    // The target is never contacted: the scratch server refuses the file first.
+    let err = harness::restore::replay_rdb(&rdb, "redis://127.0.0.1:1/").await.unwrap_err();
+    assert!(err.to_string().contains("could not load") && err.to_string().contains("dump.rdb"), "{err}");
+}

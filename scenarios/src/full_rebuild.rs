@@ -505,7 +505,7 @@ impl DataRestorer for ClusterData<'_> {
     async fn restore_redis(&mut self) -> Result<(), BoxError> {
         let Some(redis) = self.backup.manifest.redis.as_ref() else { return Ok(()) };
         let forward = titanium::forward_to(self.cluster, "redis", 6379).await?;
-        crate::redis_replay::replay_rdb(&self.backup.dir.join(&redis.rdb), &format!("redis://127.0.0.1:{}/", forward.port())).await?;
+        harness::restore::replay_rdb(&self.backup.dir.join(&redis.rdb), &format!("redis://127.0.0.1:{}/", forward.port())).await?;
         Ok(())
     }
 }

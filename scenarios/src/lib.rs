@@ -4,7 +4,6 @@
 
 pub mod cronjob_backup;
 pub mod full_rebuild;
-mod redis_replay;
 pub mod roundtrip;
 pub mod run;
 pub mod titanium;

@@ -84,6 +84,25 @@ pub enum RestoreError {
         stderr: String,
     },
 
+    /// Redis refused or failed while its data was restored.
+    #[error("redis: {what}")]
+    Redis {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        #[source]
+        source: redis::RedisError,
+    },
+
+    /// The scratch redis-server that reads an RDB did not start or load it.
+    #[error("redis-server could not load {}: {detail}", path.display())]
+    RdbUnreadable {
+        /// The RDB file.
+        path: PathBuf,
+        /// What happened.
+        detail: String,
+    },
+
     /// The Kubernetes API refused or failed.
     #[error("kubernetes: {what}")]
     Kube {

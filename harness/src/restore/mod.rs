@@ -4,6 +4,7 @@
 //!   plain SQL dump (psql, one transaction), idempotently: over an init script's empty
 //!   tables, twice, or after an interrupted run. It refuses a database holding data unless
 //!   forced, and `dry_run` returns the [`DbRestorePlan`] without changing anything.
+//! - [`replay_rdb`] restores Redis from an RDB by `DUMP`/`RESTORE` through any reachable Redis.
 //! - [`MarkerRow`] is the negative control: written after the backup, absent after restore.
 //! - [`KubeRestorePlan`] orders backed-up Kubernetes objects the way Velero does (namespace,
 //!   CRDs, RBAC, Secrets, ConfigMaps, PVCs, the PostgreSQL StatefulSet, then the data, Redis,
@@ -18,12 +19,14 @@ mod database;
 mod error;
 mod inputs;
 mod kubernetes;
+mod redis;
 
 pub use database::{
     DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState,
     plan_database_restore, restore_database,
 };
 pub use error::RestoreError;
+pub use redis::replay_rdb;
 pub use inputs::RestoreInputs;
 pub use kubernetes::{
     DataRestorer, KubeRestoreOptions, KubeRestorePlan, KubeRestoreReport, PlanRoles, PlanStep, RESTORE_ANNOTATION, StepKind,
