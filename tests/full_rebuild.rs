@@ -18,7 +18,10 @@ fn repo() -> PathBuf {
 }
 
 fn enabled(provider: &str) -> bool {
-    std::env::var("HARNESS_PROVIDERS").unwrap_or_default().split(',').any(|p| p.trim() == provider)
+    std::env::var("HARNESS_PROVIDERS")
+        .unwrap_or_default()
+        .split(',')
+        .any(|p| p.trim() == provider)
 }
 
 fn print_phases(report: &Report) {
@@ -28,9 +31,20 @@ fn print_phases(report: &Report) {
             PhaseStatus::Failed => "FAILED",
             PhaseStatus::Skipped => "skipped",
         };
-        println!("    {:<20} {:>8} ms  {status}{}", p.name, p.duration_ms, p.detail.as_deref().map(|d| format!("  ({d})")).unwrap_or_default());
+        println!(
+            "    {:<20} {:>8} ms  {status}{}",
+            p.name,
+            p.duration_ms,
+            p.detail
+                .as_deref()
+                .map(|d| format!("  ({d})"))
+                .unwrap_or_default()
+        );
     }
-    println!("    rto {:?} ms, rpo {:?} ms, verdict {:?}", report.rto_ms, report.rpo_ms, report.verdict);
+    println!(
+        "    rto {:?} ms, rpo {:?} ms, verdict {:?}",
+        report.rto_ms, report.rpo_ms, report.verdict
+    );
 }
 
 /// Runs full_rebuild and fails the trial unless the verdict is pass.
@@ -40,14 +54,29 @@ fn full_rebuild_trial(name: &str, provider: ProviderSpec, overlay: &str) -> Resu
 
 /// Runs a scenario and fails the trial unless the verdict is pass.
 /// `None` is cronjob_backup, which does not rebuild a cluster.
-fn scenario_trial(scenario: Option<Scenario>, name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
-    let report_dir = repo().join("target/rehearsal").join(format!("test-{}", name.replace("::", "-")));
+fn scenario_trial(
+    scenario: Option<Scenario>,
+    name: &str,
+    provider: ProviderSpec,
+    overlay: &str,
+) -> Result<(), Failed> {
+    let report_dir = repo()
+        .join("target/rehearsal")
+        .join(format!("test-{}", name.replace("::", "-")));
     let _ = std::fs::remove_dir_all(&report_dir);
-    let config = Config::modest(provider, harness::deploy::overlay(overlay), report_dir.clone());
+    let config = Config::modest(
+        provider,
+        harness::deploy::overlay(overlay),
+        report_dir.clone(),
+    );
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
     let report = match scenario {
         None => runtime.block_on(scenarios::cronjob_backup::run(&config, &scenarios::Quiet)),
-        Some(scenario) => runtime.block_on(full_rebuild::run_scenario(scenario, &config, &scenarios::Quiet)),
+        Some(scenario) => runtime.block_on(full_rebuild::run_scenario(
+            scenario,
+            &config,
+            &scenarios::Quiet,
+        )),
     };
     print_phases(&report);
     let _ = std::fs::write(report_dir.join("report.json"), report.to_json());
@@ -61,10 +90,26 @@ fn scenario_trial(scenario: Option<Scenario>, name: &str, provider: ProviderSpec
         .iter()
         .filter(|p| p.status == PhaseStatus::Failed)
         .map(|p| format!("phase {}: {}", p.name, p.detail.clone().unwrap_or_default()))
-        .chain(report.gates.iter().filter(|g| !g.passed).map(|g| format!("gate {}: {}", g.name, g.findings.join("; "))))
-        .chain(report.rollback_reasons.iter().map(|r| format!("roll back: {r}")))
+        .chain(
+            report
+                .gates
+                .iter()
+                .filter(|g| !g.passed)
+                .map(|g| format!("gate {}: {}", g.name, g.findings.join("; "))),
+        )
+        .chain(
+            report
+                .rollback_reasons
+                .iter()
+                .map(|r| format!("roll back: {r}")),
+        )
         .collect();
-    Err(format!("verdict fail (report in {}):\n{}", report_dir.display(), failed.join("\n")).into())
+    Err(format!(
+        "verdict fail (report in {}):\n{}",
+        report_dir.display(),
+        failed.join("\n")
+    )
+    .into())
 }
 
 /// The database round trip on adversarial proptest datasets, with local servers.
@@ -74,26 +119,43 @@ fn roundtrip_proptest() -> Result<(), Failed> {
     let work = tempfile::tempdir().map_err(|e| Failed::from(e.to_string()))?;
     let mut runner = TestRunner::new(PropConfig {
         cases: 5,
-        failure_persistence: Some(Box::new(FileFailurePersistence::Direct("proptest-regressions/full_rebuild.txt"))),
+        failure_persistence: Some(Box::new(FileFailurePersistence::Direct(
+            "proptest-regressions/full_rebuild.txt",
+        ))),
         ..PropConfig::default()
     });
     let counter = std::sync::atomic::AtomicUsize::new(0);
     runner
-        .run(&harness::data::strategies::dataset(6, 10), |(users, posts)| {
-            let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-            let dir = work.path().join(format!("case-{case}"));
-            let result = runtime.block_on(scenarios::roundtrip::run::<harness::pg::LocalPostgres>(
-                harness::pg::LocalOptions::titanium,
-                users,
-                posts,
-                &dir,
-            ));
-            let trip = result.map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e:#}")))?;
-            let failures: Vec<String> = trip.verdicts.iter().filter(|v| !v.passed).map(ToString::to_string).collect();
-            proptest::prop_assert!(failures.is_empty(), "round trip of {:?} rows failed: {}", trip.rows, failures.join("; "));
-            println!("    case {case}: {:?} rows, every gate passed", trip.rows);
-            Ok(())
-        })
+        .run(
+            &harness::data::strategies::dataset(6, 10),
+            |(users, posts)| {
+                let case = counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let dir = work.path().join(format!("case-{case}"));
+                let result =
+                    runtime.block_on(scenarios::roundtrip::run::<harness::pg::LocalPostgres>(
+                        harness::pg::LocalOptions::titanium,
+                        users,
+                        posts,
+                        &dir,
+                    ));
+                let trip = result
+                    .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e:#}")))?;
+                let failures: Vec<String> = trip
+                    .verdicts
+                    .iter()
+                    .filter(|v| !v.passed)
+                    .map(ToString::to_string)
+                    .collect();
+                proptest::prop_assert!(
+                    failures.is_empty(),
+                    "round trip of {:?} rows failed: {}",
+                    trip.rows,
+                    failures.join("; ")
+                );
+                println!("    case {case}: {:?} rows, every gate passed", trip.rows);
+                Ok(())
+            },
+        )
         .map_err(|e| Failed::from(e.to_string()))
 }
 
@@ -112,8 +174,17 @@ fn roundtrip_container() -> Result<(), Failed> {
         ))
         .map_err(|e| Failed::from(format!("{e:#}")))?;
     println!("    {:?} rows", trip.rows);
-    let failures: Vec<String> = trip.verdicts.iter().filter(|v| !v.passed).map(ToString::to_string).collect();
-    if failures.is_empty() { Ok(()) } else { Err(failures.join("\n").into()) }
+    let failures: Vec<String> = trip
+        .verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(ToString::to_string)
+        .collect();
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(failures.join("\n").into())
+    }
 }
 
 fn main() {
@@ -125,40 +196,89 @@ fn main() {
     let single = repo().join("kind-config/single-node.yaml");
     let mut trials = vec![Trial::test("sim::full_rebuild", {
         let single = single.clone();
-        move || full_rebuild_trial("sim::full_rebuild", ProviderSpec::Sim { kind_config: Some(single) }, "sim")
+        move || {
+            full_rebuild_trial(
+                "sim::full_rebuild",
+                ProviderSpec::Sim {
+                    kind_config: Some(single),
+                },
+                "sim",
+            )
+        }
     })];
 
-    for (name, scenario) in Scenario::ALL.into_iter().filter(|(_, s)| *s != Scenario::FullRebuild) {
+    for (name, scenario) in Scenario::ALL
+        .into_iter()
+        .filter(|(_, s)| *s != Scenario::FullRebuild)
+    {
         let single = single.clone();
         let trial_name = format!("sim::{name}");
         trials.push(Trial::test(trial_name.clone(), move || {
-            scenario_trial(Some(scenario), &trial_name, ProviderSpec::Sim { kind_config: Some(single) }, "sim")
+            scenario_trial(
+                Some(scenario),
+                &trial_name,
+                ProviderSpec::Sim {
+                    kind_config: Some(single),
+                },
+                "sim",
+            )
         }));
     }
     trials.push(Trial::test("sim::cronjob_backup", {
         let single = single.clone();
-        move || scenario_trial(None, "sim::cronjob_backup", ProviderSpec::Sim { kind_config: Some(single) }, "sim")
+        move || {
+            scenario_trial(
+                None,
+                "sim::cronjob_backup",
+                ProviderSpec::Sim {
+                    kind_config: Some(single),
+                },
+                "sim",
+            )
+        }
     }));
     trials.push(Trial::test("local::roundtrip_proptest", roundtrip_proptest));
     let container = Trial::test("container::roundtrip", roundtrip_container);
-    trials.push(if enabled("container") { container } else { container.with_ignored_flag(true) });
+    trials.push(if enabled("container") {
+        container
+    } else {
+        container.with_ignored_flag(true)
+    });
 
     let kind_trial = Trial::test("kind::full_rebuild", {
         let single = single.clone();
         move || {
-            let images = ["api-gateway", "user-service", "auth-service", "blog-service", "load-generator"]
-                .iter()
-                .map(|s| format!("titanium/{s}:rehearsal"))
-                .collect();
-            full_rebuild_trial("kind::full_rebuild", ProviderSpec::Kind { kind_config: single, images }, "kind")
+            let images = [
+                "api-gateway",
+                "user-service",
+                "auth-service",
+                "blog-service",
+                "load-generator",
+            ]
+            .iter()
+            .map(|s| format!("titanium/{s}:rehearsal"))
+            .collect();
+            full_rebuild_trial(
+                "kind::full_rebuild",
+                ProviderSpec::Kind {
+                    kind_config: single,
+                    images,
+                },
+                "kind",
+            )
         }
     });
-    trials.push(if enabled("kind") { kind_trial } else { kind_trial.with_ignored_flag(true) });
+    trials.push(if enabled("kind") {
+        kind_trial
+    } else {
+        kind_trial.with_ignored_flag(true)
+    });
 
     let kubeconfig_trial = Trial::test("kubeconfig::full_rebuild", || {
         // The person who set HARNESS_PROVIDERS=kubeconfig and HARNESS_CONTEXT chose this
         // cluster for destruction of titanium-prod; the test is their confirmation.
-        let context = std::env::var("HARNESS_CONTEXT").map_err(|_| Failed::from("set HARNESS_CONTEXT to the context to rehearse on"))?;
+        let context = std::env::var("HARNESS_CONTEXT")
+            .map_err(|_| Failed::from("set HARNESS_CONTEXT to the context to rehearse on"))?;
         let provider = ProviderSpec::Kubeconfig {
             path: std::env::var_os("HARNESS_KUBECONFIG").map(PathBuf::from),
             context: Some(context.clone()),
@@ -167,17 +287,30 @@ fn main() {
         };
         full_rebuild_trial("kubeconfig::full_rebuild", provider, "sim")
     });
-    trials.push(if enabled("kubeconfig") { kubeconfig_trial } else { kubeconfig_trial.with_ignored_flag(true) });
+    trials.push(if enabled("kubeconfig") {
+        kubeconfig_trial
+    } else {
+        kubeconfig_trial.with_ignored_flag(true)
+    });
 
     for trial in &trials {
         if trial.name().starts_with("kind::") && !enabled("kind") {
-            println!("note: {} is ignored: needs Docker, kind and HARNESS_PROVIDERS=kind", trial.name());
+            println!(
+                "note: {} is ignored: needs Docker, kind and HARNESS_PROVIDERS=kind",
+                trial.name()
+            );
         }
         if trial.name().starts_with("container::") && !enabled("container") {
-            println!("note: {} is ignored: needs Docker, the PostgreSQL image and HARNESS_PROVIDERS=container", trial.name());
+            println!(
+                "note: {} is ignored: needs Docker, the PostgreSQL image and HARNESS_PROVIDERS=container",
+                trial.name()
+            );
         }
         if trial.name().starts_with("kubeconfig::") && !enabled("kubeconfig") {
-            println!("note: {} is ignored: needs HARNESS_PROVIDERS=kubeconfig and HARNESS_CONTEXT", trial.name());
+            println!(
+                "note: {} is ignored: needs HARNESS_PROVIDERS=kubeconfig and HARNESS_CONTEXT",
+                trial.name()
+            );
         }
     }
     libtest_mimic::run(&args, trials).exit();

@@ -12,20 +12,35 @@ use crate::exit_codes;
 /// `rehearsal preflight`: read-only, prints every check and GO / NO-GO.
 pub(crate) async fn preflight(args: PreflightArgs) -> anyhow::Result<i32> {
     // Attaching never destroys anything: the gate stays closed.
-    let cluster = KubeconfigCluster::attach(args.kubeconfig, args.context.as_deref(), Vec::new(), Default::default())?;
+    let cluster = KubeconfigCluster::attach(
+        args.kubeconfig,
+        args.context.as_deref(),
+        Vec::new(),
+        Default::default(),
+    )?;
     let client = cluster.client().await?;
     let mut options = PreflightOptions::runbook(&args.namespace, args.backup_dir);
     options.pg_pod = args.pg_pod;
     options.pg_database = args.database;
     options.terraform_dir = args.terraform_dir;
     let report = preflight::run(client, &options).await;
-    println!("preflight of `{}` (context {}), namespace {}", cluster.name(), cluster.context(), args.namespace);
+    println!(
+        "preflight of `{}` (context {}), namespace {}",
+        cluster.name(),
+        cluster.context(),
+        args.namespace
+    );
     println!("{report}");
     if let Some(path) = args.json {
-        let json = serde_json::to_string_pretty(&report).context("serialise the preflight report")?;
+        let json =
+            serde_json::to_string_pretty(&report).context("serialise the preflight report")?;
         std::fs::write(&path, json).with_context(|| format!("write {}", path.display()))?;
     }
-    Ok(if report.go() { exit_codes::OK } else { exit_codes::GATE_FAILED })
+    Ok(if report.go() {
+        exit_codes::OK
+    } else {
+        exit_codes::GATE_FAILED
+    })
 }
 
 /// `rehearsal run`: runs a scenario, prints progress and a summary, writes the reports.
@@ -42,16 +57,29 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
         _ => "sim",
     };
     let provider = match args.provider.as_str() {
-        "sim" => ProviderSpec::Sim { kind_config: Some(args.kind_config.clone()) },
+        "sim" => ProviderSpec::Sim {
+            kind_config: Some(args.kind_config.clone()),
+        },
         "kind" => ProviderSpec::Kind {
             kind_config: args.kind_config.clone(),
-            images: ["api-gateway", "user-service", "auth-service", "blog-service", "load-generator"]
-                .iter()
-                .map(|s| format!("titanium/{s}:rehearsal"))
-                .collect(),
+            images: [
+                "api-gateway",
+                "user-service",
+                "auth-service",
+                "blog-service",
+                "load-generator",
+            ]
+            .iter()
+            .map(|s| format!("titanium/{s}:rehearsal"))
+            .collect(),
         },
         _ => {
-            let attached = KubeconfigCluster::attach(args.kubeconfig.clone(), args.context.as_deref(), vec![], DestroyGate::Refuse)?;
+            let attached = KubeconfigCluster::attach(
+                args.kubeconfig.clone(),
+                args.context.as_deref(),
+                vec![],
+                DestroyGate::Refuse,
+            )?;
             let gate = DestroyGate::ask(attached.name(), args.allow_destroy)?;
             ProviderSpec::Kubeconfig {
                 path: args.kubeconfig.clone(),
@@ -62,14 +90,25 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
         }
     };
     let report_dir = args.report.clone().unwrap_or_else(|| {
-        std::path::PathBuf::from("target/rehearsal").join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
+        std::path::PathBuf::from("target/rehearsal")
+            .join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
     });
-    std::fs::create_dir_all(&report_dir).with_context(|| format!("create {}", report_dir.display()))?;
-    let mut config = Config::modest(provider, harness::deploy::overlay(overlay), report_dir.clone());
+    std::fs::create_dir_all(&report_dir)
+        .with_context(|| format!("create {}", report_dir.display()))?;
+    let mut config = Config::modest(
+        provider,
+        harness::deploy::overlay(overlay),
+        report_dir.clone(),
+    );
     config.users = args.users;
     config.posts = args.posts;
     config.load_time = std::time::Duration::from_secs(args.load_seconds);
-    eprintln!("rehearsing {} on {} (report: {})", args.scenario, args.provider, report_dir.display());
+    eprintln!(
+        "rehearsing {} on {} (report: {})",
+        args.scenario,
+        args.provider,
+        report_dir.display()
+    );
     let progress = crate::progress::Progress::new();
     let report = match full_rebuild::Scenario::from_name(&args.scenario) {
         Some(scenario) => full_rebuild::run_scenario(scenario, &config, &progress).await,
@@ -80,7 +119,12 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
     println!("reports: {}", report_dir.display());
     Ok(match report.verdict {
         harness::report::Outcome::Pass => exit_codes::OK,
-        harness::report::Outcome::Fail if report.phases.iter().any(|p| p.status == harness::report::PhaseStatus::Failed) => {
+        harness::report::Outcome::Fail
+            if report
+                .phases
+                .iter()
+                .any(|p| p.status == harness::report::PhaseStatus::Failed) =>
+        {
             exit_codes::COULD_NOT_RUN
         }
         harness::report::Outcome::Fail => exit_codes::GATE_FAILED,
@@ -105,20 +149,37 @@ fn print_summary(report: &harness::report::Report) {
     for p in &report.phases {
         let result = match p.status {
             PhaseStatus::Passed => "ok".to_owned(),
-            PhaseStatus::Failed => format!("FAILED: {}", p.detail.clone().unwrap_or_default().lines().next().unwrap_or("")),
+            PhaseStatus::Failed => format!(
+                "FAILED: {}",
+                p.detail
+                    .clone()
+                    .unwrap_or_default()
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
             PhaseStatus::Skipped => "skipped".to_owned(),
         };
-        println!("{:<22} {:>8.1} s  {result}", p.name, p.duration_ms as f64 / 1000.0);
+        println!(
+            "{:<22} {:>8.1} s  {result}",
+            p.name,
+            p.duration_ms as f64 / 1000.0
+        );
     }
     if !report.tables.is_empty() {
         println!();
-        println!("{:<12} {:>12} {:>12}  digest equal", "table", "rows before", "rows after");
+        println!(
+            "{:<12} {:>12} {:>12}  digest equal",
+            "table", "rows before", "rows after"
+        );
         for t in &report.tables {
             println!(
                 "{:<12} {:>12} {:>12}  {}",
                 t.name,
                 t.rows_before,
-                t.rows_after.map(|r| r.to_string()).unwrap_or_else(|| "-".into()),
+                t.rows_after
+                    .map(|r| r.to_string())
+                    .unwrap_or_else(|| "-".into()),
                 if t.digest_equal() { "yes" } else { "NO" }
             );
         }
@@ -136,31 +197,55 @@ fn print_summary(report: &harness::report::Report) {
             harness::report::Outcome::Pass => "PASS",
             harness::report::Outcome::Fail => "FAIL (roll back)",
         },
-        report.rto_ms.map(|v| format!("{:.1} s", v as f64 / 1000.0)).unwrap_or_else(|| "-".into()),
-        report.rpo_ms.map(|v| format!("{v} ms")).unwrap_or_else(|| "-".into()),
+        report
+            .rto_ms
+            .map(|v| format!("{:.1} s", v as f64 / 1000.0))
+            .unwrap_or_else(|| "-".into()),
+        report
+            .rpo_ms
+            .map(|v| format!("{v} ms"))
+            .unwrap_or_else(|| "-".into()),
     );
 }
 
 fn libpq_password() -> Option<harness::pg::Secret> {
-    std::env::var("PGPASSWORD").ok().map(harness::pg::Secret::new)
+    std::env::var("PGPASSWORD")
+        .ok()
+        .map(harness::pg::Secret::new)
 }
 
 /// `rehearsal backup`.
 pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
-    use harness::backup::{self, BackupOptions, EncryptionKey, KubePostgres, KubeSource, OffsiteTarget, PgSource, PodRef, QuiesceOptions, RedisSource};
+    use harness::backup::{
+        self, BackupOptions, EncryptionKey, KubePostgres, KubeSource, OffsiteTarget, PgSource,
+        PodRef, QuiesceOptions, RedisSource,
+    };
 
     let mut options = BackupOptions::new(&args.out);
     options.name = args.name.clone();
     options.terraform_dir = args.terraform_dir.clone();
-    options.offsite = args.offsite_dir.iter().cloned().map(OffsiteTarget::Directory).collect();
+    options.offsite = args
+        .offsite_dir
+        .iter()
+        .cloned()
+        .map(OffsiteTarget::Directory)
+        .collect();
     options.encryption = match (&args.passphrase_file, &args.recipient) {
         (Some(file), _) => Some(EncryptionKey::PassphraseFile(file.clone())),
         (_, Some(recipient)) => Some(EncryptionKey::Recipient(recipient.clone())),
         _ => None,
     };
-    let needs_cluster = args.direct.pg_host.is_none() || args.redis_app.is_some() || args.kubernetes || args.quiesce;
+    let needs_cluster = args.direct.pg_host.is_none()
+        || args.redis_app.is_some()
+        || args.kubernetes
+        || args.quiesce;
     let cluster = if needs_cluster {
-        Some(KubeconfigCluster::attach(args.cluster.kubeconfig.clone(), args.cluster.context.as_deref(), vec![], Default::default())?)
+        Some(KubeconfigCluster::attach(
+            args.cluster.kubeconfig.clone(),
+            args.cluster.context.as_deref(),
+            vec![],
+            Default::default(),
+        )?)
     } else {
         None
     };
@@ -169,7 +254,9 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
         None => None,
     };
     let pod = |name: String| PodRef {
-        client: client.clone().expect("a cluster is attached when pods are used"),
+        client: client
+            .clone()
+            .expect("a cluster is attached when pods are used"),
         namespace: args.cluster.namespace.clone(),
         pod: name,
         container: None,
@@ -197,20 +284,35 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
     });
     if let (Some(app), Some(client)) = (&args.redis_app, &client) {
         let name = scenarios::titanium::ready_pod_in(client, &args.cluster.namespace, app).await?;
-        options.redis = Some(RedisSource::Kube { pod: pod(name), port: 6379, password_env: None });
+        options.redis = Some(RedisSource::Kube {
+            pod: pod(name),
+            port: 6379,
+            password_env: None,
+        });
     }
     if let Some(client) = &client {
         if args.kubernetes || args.quiesce {
-            options.kubernetes = Some(KubeSource { client: client.clone(), namespace: args.cluster.namespace.clone() });
+            options.kubernetes = Some(KubeSource {
+                client: client.clone(),
+                namespace: args.cluster.namespace.clone(),
+            });
         }
         if args.quiesce {
-            options.quiesce = Some(QuiesceOptions { keep: args.keep_running.clone(), ..QuiesceOptions::default() });
+            options.quiesce = Some(QuiesceOptions {
+                keep: args.keep_running.clone(),
+                ..QuiesceOptions::default()
+            });
         }
     }
     let report = backup::backup(&options).await?;
     println!("backup written to {}", report.dir.display());
     if let Some(archive) = &report.archive {
-        println!("archive {} ({} bytes, sha256 {})", archive.path.display(), archive.size, archive.sha256);
+        println!(
+            "archive {} ({} bytes, sha256 {})",
+            archive.path.display(),
+            archive.size,
+            archive.sha256
+        );
     }
     for copy in &report.offsite {
         println!("off-site copy: {copy:?}");
@@ -234,8 +336,14 @@ pub(crate) async fn verify(args: crate::VerifyArgs) -> anyhow::Result<i32> {
         (_, Some(f)) => Some(DecryptionKey::IdentityFile(f.clone())),
         _ => None,
     };
-    let scratch = LocalPostgres::start(LocalOptions::default()).await.context("start a scratch PostgreSQL")?;
-    let options = VerifyOptions { scratch: scratch.params(), tools: scratch.tools().clone(), decryption };
+    let scratch = LocalPostgres::start(LocalOptions::default())
+        .await
+        .context("start a scratch PostgreSQL")?;
+    let options = VerifyOptions {
+        scratch: scratch.params(),
+        tools: scratch.tools().clone(),
+        decryption,
+    };
     let report = harness::backup::verify_backup(&args.backup, &options).await?;
     scratch.stop().await?;
     println!(
@@ -243,16 +351,30 @@ pub(crate) async fn verify(args: crate::VerifyArgs) -> anyhow::Result<i32> {
         report.backup.display(),
         report.files_checked,
         report.tables_checked,
-        if report.redis_checked { ", redis checked" } else { "" }
+        if report.redis_checked {
+            ", redis checked"
+        } else {
+            ""
+        }
     );
     if report.passed {
         println!("verdict: OK");
         Ok(exit_codes::OK)
     } else {
         for f in &report.findings {
-            println!("MISMATCH {}: expected {}, found {}", f.check, f.expected, f.found);
+            println!(
+                "MISMATCH {}: expected {}, found {}",
+                f.check, f.expected, f.found
+            );
         }
-        println!("verdict: FAILED (first mismatch: {})", report.findings.first().map(|f| f.check.as_str()).unwrap_or("?"));
+        println!(
+            "verdict: FAILED (first mismatch: {})",
+            report
+                .findings
+                .first()
+                .map(|f| f.check.as_str())
+                .unwrap_or("?")
+        );
         Ok(exit_codes::GATE_FAILED)
     }
 }
@@ -262,14 +384,24 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
     use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_database};
 
     let manifest = harness::backup::Manifest::read(&args.backup)?;
-    let pg = manifest.postgres.as_ref().context("the backup has no PostgreSQL part")?;
+    let pg = manifest
+        .postgres
+        .as_ref()
+        .context("the backup has no PostgreSQL part")?;
     let archive = if args.from_sql {
         DbArchive::PlainSql(args.backup.join(&pg.plain))
     } else {
         DbArchive::Custom(args.backup.join(&pg.custom_dump))
     };
-    let input = DbRestoreInput { archive, backup_id: manifest.name.clone() };
-    let options = DbRestoreOptions { force: args.force, dry_run: args.dry_run, ..DbRestoreOptions::default() };
+    let input = DbRestoreInput {
+        archive,
+        backup_id: manifest.name.clone(),
+    };
+    let options = DbRestoreOptions {
+        force: args.force,
+        dry_run: args.dry_run,
+        ..DbRestoreOptions::default()
+    };
     let tools = harness::pg::PgTools::discover()?;
     // Reach the database directly, or through a local port-forward to the pod.
     let (params, _forward) = match &args.direct.pg_host {
@@ -284,8 +416,19 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
             None,
         ),
         None => {
-            let cluster = KubeconfigCluster::attach(args.cluster.kubeconfig.clone(), args.cluster.context.as_deref(), vec![], Default::default())?;
-            let forward = harness::cluster::forward::PortForward::start(cluster.client().await?, &args.cluster.namespace, &args.cluster.pg_pod, 5432).await?;
+            let cluster = KubeconfigCluster::attach(
+                args.cluster.kubeconfig.clone(),
+                args.cluster.context.as_deref(),
+                vec![],
+                Default::default(),
+            )?;
+            let forward = harness::cluster::forward::PortForward::start(
+                cluster.client().await?,
+                &args.cluster.namespace,
+                &args.cluster.pg_pod,
+                5432,
+            )
+            .await?;
             (
                 harness::pg::ConnParams {
                     host: "127.0.0.1".into(),
@@ -312,7 +455,9 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
 /// Not under the home directory: the simulated PostgreSQL pods run as the unprivileged
 /// `postgres` account, which must traverse every parent of its volume (a home is often 0700).
 fn sim_home(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("rebuild-rehearsal-sim-{}", nix::unistd::getuid())).join(name)
+    std::env::temp_dir()
+        .join(format!("rebuild-rehearsal-sim-{}", nix::unistd::getuid()))
+        .join(name)
 }
 
 /// A workspace binary next to this one (target/<profile>/), else on PATH.
@@ -322,16 +467,29 @@ fn sibling_binary(name: &str) -> anyhow::Result<std::path::PathBuf> {
     if sibling.is_file() {
         return Ok(sibling);
     }
-    which::which(name).with_context(|| format!("`{name}` not found next to {} or on PATH; build it with `cargo build -p {name}`", exe.display()))
+    which::which(name).with_context(|| {
+        format!(
+            "`{name}` not found next to {} or on PATH; build it with `cargo build -p {name}`",
+            exe.display()
+        )
+    })
 }
 
 /// `rehearsal sim up`.
-pub(crate) async fn sim_up(name: &str, kind_config: &std::path::Path, users: u32, posts: u32) -> anyhow::Result<i32> {
+pub(crate) async fn sim_up(
+    name: &str,
+    kind_config: &std::path::Path,
+    users: u32,
+    posts: u32,
+) -> anyhow::Result<i32> {
     use std::os::unix::process::CommandExt;
     let home = sim_home(name);
     let pid_file = home.join("pid");
     if pid_file.exists() {
-        anyhow::bail!("a simulated cluster `{name}` is already up ({}); run `rehearsal sim down --name {name}` first", home.display());
+        anyhow::bail!(
+            "a simulated cluster `{name}` is already up ({}); run `rehearsal sim down --name {name}` first",
+            home.display()
+        );
     }
     std::fs::create_dir_all(&home).with_context(|| format!("create {}", home.display()))?;
     {
@@ -368,21 +526,42 @@ pub(crate) async fn sim_up(name: &str, kind_config: &std::path::Path, users: u32
     }
 }
 
-async fn sim_deploy(name: &str, home: &std::path::Path, users: u32, posts: u32) -> anyhow::Result<i32> {
+async fn sim_deploy(
+    name: &str,
+    home: &std::path::Path,
+    users: u32,
+    posts: u32,
+) -> anyhow::Result<i32> {
     let kubeconfig = home.join("kubeconfig");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !kubeconfig.exists() {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "simcluster wrote no kubeconfig in 30 s; see {}", home.join("simcluster.log").display());
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "simcluster wrote no kubeconfig in 30 s; see {}",
+            home.join("simcluster.log").display()
+        );
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let cluster = KubeconfigCluster::attach(Some(kubeconfig.clone()), None, vec![], Default::default())?;
+    let cluster =
+        KubeconfigCluster::attach(Some(kubeconfig.clone()), None, vec![], Default::default())?;
     eprintln!("deploying titanium-prod ...");
     harness::deploy::apply_kustomize(&cluster, &harness::deploy::overlay("sim")).await?;
     let client = cluster.client().await?;
-    harness::deploy::wait_ready(&client, scenarios::titanium::NAMESPACE, std::time::Duration::from_secs(180)).await?;
+    harness::deploy::wait_ready(
+        &client,
+        scenarios::titanium::NAMESPACE,
+        std::time::Duration::from_secs(180),
+    )
+    .await?;
     if users > 0 {
         let password = scenarios::titanium::db_password(&client).await?;
-        let forward = harness::cluster::forward::PortForward::start(client.clone(), scenarios::titanium::NAMESPACE, scenarios::titanium::PG_POD, 5432).await?;
+        let forward = harness::cluster::forward::PortForward::start(
+            client.clone(),
+            scenarios::titanium::NAMESPACE,
+            scenarios::titanium::PG_POD,
+            5432,
+        )
+        .await?;
         let params = harness::pg::ConnParams {
             host: "127.0.0.1".into(),
             port: forward.port(),
@@ -391,15 +570,21 @@ async fn sim_deploy(name: &str, home: &std::path::Path, users: u32, posts: u32) 
             dbname: scenarios::titanium::DATABASE.into(),
         };
         let pg = params.connect().await?;
-        let count: i64 = pg.query_one("SELECT count(*) FROM users", &[]).await?.get(0);
+        let count: i64 = pg
+            .query_one("SELECT count(*) FROM users", &[])
+            .await?
+            .get(0);
         if count == 0 {
-            harness::data::load_dataset(&pg, &harness::data::DatasetSpec::new(1, users, posts)).await?;
+            harness::data::load_dataset(&pg, &harness::data::DatasetSpec::new(1, users, posts))
+                .await?;
         }
     }
     println!("simulated cluster `{name}` is up with titanium-prod. Try the runbook's commands:");
     println!("  export KUBECONFIG={}", kubeconfig.display());
     println!("  kubectl get pods -n titanium-prod");
-    println!("  kubectl exec -n titanium-prod postgresql-0 -- psql -U postgres -d titanium -c '\\dt'");
+    println!(
+        "  kubectl exec -n titanium-prod postgresql-0 -- psql -U postgres -d titanium -c '\\dt'"
+    );
     println!("Stop it with: rehearsal sim down --name {name}");
     Ok(exit_codes::OK)
 }
@@ -409,7 +594,12 @@ pub(crate) fn sim_down(name: &str) -> anyhow::Result<i32> {
     let home = sim_home(name);
     let pid_file = home.join("pid");
     let pid: i32 = std::fs::read_to_string(&pid_file)
-        .with_context(|| format!("no simulated cluster `{name}` is up ({} missing)", pid_file.display()))?
+        .with_context(|| {
+            format!(
+                "no simulated cluster `{name}` is up ({} missing)",
+                pid_file.display()
+            )
+        })?
         .trim()
         .parse()
         .context("the pid file is corrupt")?;

@@ -249,7 +249,8 @@ fn main() {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REHEARSAL_LOG").unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_env("REHEARSAL_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -267,7 +268,12 @@ fn main() {
             Command::Backup(args) => commands::backup(args).await,
             Command::Verify(args) => commands::verify(args).await,
             Command::Restore(args) => commands::restore(args).await,
-            Command::Sim(SimCommand::Up { name, kind_config, users, posts }) => commands::sim_up(&name, &kind_config, users, posts).await,
+            Command::Sim(SimCommand::Up {
+                name,
+                kind_config,
+                users,
+                posts,
+            }) => commands::sim_up(&name, &kind_config, users, posts).await,
             Command::Sim(SimCommand::Down { name }) => commands::sim_down(&name),
         };
         match result {

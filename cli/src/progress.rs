@@ -17,7 +17,10 @@ pub(crate) struct Progress {
 
 impl Progress {
     pub(crate) fn new() -> Self {
-        Self { bar: Mutex::new(None), terminal: std::io::stderr().is_terminal() }
+        Self {
+            bar: Mutex::new(None),
+            terminal: std::io::stderr().is_terminal(),
+        }
     }
 }
 
@@ -35,14 +38,21 @@ impl Observer for Progress {
             return;
         }
         let bar = ProgressBar::new_spinner();
-        bar.set_style(ProgressStyle::with_template("{spinner} {msg:<22} {elapsed}").expect("valid template"));
+        bar.set_style(
+            ProgressStyle::with_template("{spinner} {msg:<22} {elapsed}").expect("valid template"),
+        );
         bar.set_message(name.to_owned());
         bar.enable_steady_tick(Duration::from_millis(120));
         *self.bar.lock().expect("progress lock") = Some(bar);
     }
 
     fn phase_finished(&self, phase: &PhaseReport) {
-        let line = format!("{:<22} {:>9.1} s  {}", phase.name, phase.duration_ms as f64 / 1000.0, mark(phase.status));
+        let line = format!(
+            "{:<22} {:>9.1} s  {}",
+            phase.name,
+            phase.duration_ms as f64 / 1000.0,
+            mark(phase.status)
+        );
         match self.bar.lock().expect("progress lock").take() {
             Some(bar) => bar.finish_with_message(line),
             None => eprintln!("{line}"),

@@ -19,11 +19,20 @@ fn rehearsal(args: &[&str], pg: Option<&LocalPostgres>) -> Output {
 }
 
 fn text(out: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
 }
 
 async fn server() -> LocalPostgres {
-    LocalPostgres::start(LocalOptions { password: Some(Secret::new(PASSWORD)), ..LocalOptions::titanium() }).await.unwrap()
+    LocalPostgres::start(LocalOptions {
+        password: Some(Secret::new(PASSWORD)),
+        ..LocalOptions::titanium()
+    })
+    .await
+    .unwrap()
 }
 
 fn archive_in(dir: &Path) -> PathBuf {
@@ -39,14 +48,32 @@ fn archive_in(dir: &Path) -> PathBuf {
 async fn backup_verify_and_restore_through_the_cli() {
     let source = server().await;
     let client = source.params().connect().await.unwrap();
-    load_dataset(&client, &DatasetSpec::new(5, 50, 300)).await.unwrap();
+    load_dataset(&client, &DatasetSpec::new(5, 50, 300))
+        .await
+        .unwrap();
     let out_dir = tempfile::tempdir().unwrap();
     let port = source.params().port.to_string();
     let out = out_dir.path().to_str().unwrap();
 
-    let backup = rehearsal(&["backup", "--pg-host", "127.0.0.1", "--pg-port", &port, "--out", out, "--name", "cli-test"], Some(&source));
+    let backup = rehearsal(
+        &[
+            "backup",
+            "--pg-host",
+            "127.0.0.1",
+            "--pg-port",
+            &port,
+            "--out",
+            out,
+            "--name",
+            "cli-test",
+        ],
+        Some(&source),
+    );
     assert!(backup.status.success(), "{}", text(&backup));
-    assert!(!text(&backup).contains(PASSWORD), "the password leaked into the output");
+    assert!(
+        !text(&backup).contains(PASSWORD),
+        "the password leaked into the output"
+    );
     let dir = out_dir.path().join("cli-test");
     let archive = archive_in(out_dir.path());
 
@@ -64,29 +91,56 @@ async fn backup_verify_and_restore_through_the_cli() {
 
     let target = server().await;
     let tport = target.params().port.to_string();
-    let args = ["restore", dir.to_str().unwrap(), "--pg-host", "127.0.0.1", "--pg-port", &tport];
+    let args = [
+        "restore",
+        dir.to_str().unwrap(),
+        "--pg-host",
+        "127.0.0.1",
+        "--pg-port",
+        &tport,
+    ];
     let dry = rehearsal(&[&args[..], &["--dry-run"]].concat(), Some(&target));
     assert!(dry.status.success(), "{}", text(&dry));
     let tclient = target.params().connect().await.unwrap();
-    let posts: i64 = tclient.query_one("SELECT count(*) FROM posts", &[]).await.unwrap().get(0);
+    let posts: i64 = tclient
+        .query_one("SELECT count(*) FROM posts", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(posts, 0, "--dry-run must change nothing");
 
     let restored = rehearsal(&args, Some(&target));
     assert!(restored.status.success(), "{}", text(&restored));
-    let posts: i64 = tclient.query_one("SELECT count(*) FROM posts", &[]).await.unwrap().get(0);
+    let posts: i64 = tclient
+        .query_one("SELECT count(*) FROM posts", &[])
+        .await
+        .unwrap()
+        .get(0);
     assert_eq!(posts, 300);
 
     // Restoring over data is refused without --force, and says so.
     let refused = rehearsal(&args, Some(&target));
-    assert_eq!(refused.status.code(), Some(0), "a second restore of the same backup is a no-op: {}", text(&refused));
+    assert_eq!(
+        refused.status.code(),
+        Some(0),
+        "a second restore of the same backup is a no-op: {}",
+        text(&refused)
+    );
 }
 
 #[test]
 fn unreachable_cluster_is_a_could_not_run_exit() {
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("config");
-    std::fs::write(&kubeconfig, "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n").unwrap();
-    let out = rehearsal(&["preflight", "--kubeconfig", kubeconfig.to_str().unwrap()], None);
+    std::fs::write(
+        &kubeconfig,
+        "apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n",
+    )
+    .unwrap();
+    let out = rehearsal(
+        &["preflight", "--kubeconfig", kubeconfig.to_str().unwrap()],
+        None,
+    );
     assert_eq!(out.status.code(), Some(4), "{}", text(&out));
     assert!(text(&out).contains("no current-context"), "{}", text(&out));
 }

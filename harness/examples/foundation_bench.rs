@@ -12,8 +12,16 @@ use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
-    let users: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(100_000);
-    let posts: u32 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(1_000_000);
+    let users: u32 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(100_000);
+    let posts: u32 = args
+        .next()
+        .map(|a| a.parse())
+        .transpose()?
+        .unwrap_or(1_000_000);
 
     let mut starts = Vec::new();
     for _ in 0..5 {
@@ -33,7 +41,10 @@ async fn main() -> anyhow::Result<()> {
     let client = pg.params().connect().await?;
     let spec = DatasetSpec::new(1, users, posts);
     let stats = load_dataset(&client, &spec).await?;
-    let size: i64 = client.query_one("SELECT pg_database_size(current_database())", &[]).await?.get(0);
+    let size: i64 = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await?
+        .get(0);
     println!(
         "generate + COPY {} users and {} posts: {:.2} s ({:.0} posts/s, database {:.0} MB) (target: 1M posts < 15 s)",
         stats.users,

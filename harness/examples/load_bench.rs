@@ -22,7 +22,11 @@ struct Args {
 }
 
 fn args() -> anyhow::Result<Args> {
-    let mut args = Args { seconds: 10, connections: 16, path: "/blog/1".to_owned() };
+    let mut args = Args {
+        seconds: 10,
+        connections: 16,
+        path: "/blog/1".to_owned(),
+    };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
         let mut value = || it.next().with_context(|| format!("{flag} needs a value"));
@@ -42,12 +46,25 @@ fn args() -> anyhow::Result<Args> {
 /// Runs wrk and returns its `Requests/sec`.
 fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, String)> {
     let out = Command::new("wrk")
-        .args(["-t", "2", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", url])
+        .args([
+            "-t",
+            "2",
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            url,
+        ])
         .output()
         .context("running wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     if !out.status.success() {
-        bail!("wrk failed: {}{}", text, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "wrk failed: {}{}",
+            text,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     if text.contains("Non-2xx or 3xx responses") {
         bail!("wrk saw error answers, so its figure is not comparable:\n{text}");
@@ -63,7 +80,9 @@ fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, Stri
 #[tokio::main(flavor = "multi_thread")]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
-    let pg = LocalPostgres::start(LocalOptions::titanium()).await.context("starting PostgreSQL")?;
+    let pg = LocalPostgres::start(LocalOptions::titanium())
+        .await
+        .context("starting PostgreSQL")?;
     let db = pg.params().connect().await?;
     db.batch_execute(
         "INSERT INTO users (username, email, password_hash) \
@@ -73,7 +92,9 @@ async fn main() -> anyhow::Result<()> {
            SELECT 'post ' || i, repeat('text ', 40), 'user' || (i % 10 + 1) FROM generate_series(1, 50) AS i;",
     )
     .await?;
-    let redis = RedisServer::start().await.context("starting redis-server")?;
+    let redis = RedisServer::start()
+        .await
+        .context("starting redis-server")?;
     // The services get a runtime (threads) of their own, as they would as a process of their
     // own: wrk runs in another process, and goose must not share worker threads with them.
     let services = tokio::runtime::Builder::new_multi_thread()
@@ -82,22 +103,34 @@ async fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("building the services' runtime")?;
-    let options = StackOptions { database: pg.params().config(), redis_url: redis.url(), db_pool_size: 4 };
-    let stack = services.spawn(Stack::start(options)).await?.context("starting the services")?;
+    let options = StackOptions {
+        database: pg.params().config(),
+        redis_url: redis.url(),
+        db_pool_size: 4,
+    };
+    let stack = services
+        .spawn(Stack::start(options))
+        .await?
+        .context("starting the services")?;
     let url = format!("{}{}", stack.gateway_url(), args.path);
     let check = reqwest::get(&url).await?;
     if !check.status().is_success() {
         bail!("GET {url} answered {}", check.status());
     }
 
-    println!("endpoint: GET {} through the api-gateway, {} s each, {} connections/users", args.path, args.seconds, args.connections);
+    println!(
+        "endpoint: GET {} through the api-gateway, {} s each, {} connections/users",
+        args.path, args.seconds, args.connections
+    );
     let (wrk_rps, wrk_out) = {
         let url = url.clone();
         let (seconds, connections) = (args.seconds, args.connections);
         tokio::task::spawn_blocking(move || wrk(&url, seconds, connections)).await??
     };
     let gate = LoadGate {
-        profile: LoadProfile::Get { path: args.path.clone() },
+        profile: LoadProfile::Get {
+            path: args.path.clone(),
+        },
         users: args.connections,
         hatch_rate: 1000,
         run_time: Duration::from_secs(args.seconds),
@@ -110,8 +143,18 @@ async fn main() -> anyhow::Result<()> {
     if !verdict.passed {
         bail!("goose saw failures: {:?}", verdict.findings);
     }
-    let wrk_latency: Vec<&str> = wrk_out.lines().filter(|l| l.trim_start().starts_with("50%") || l.trim_start().starts_with("99%")).collect();
-    println!("wrk:   {wrk_rps:>10.1} requests/s   (latency {})", wrk_latency.iter().map(|l| l.trim()).collect::<Vec<_>>().join(", "));
+    let wrk_latency: Vec<&str> = wrk_out
+        .lines()
+        .filter(|l| l.trim_start().starts_with("50%") || l.trim_start().starts_with("99%"))
+        .collect();
+    println!(
+        "wrk:   {wrk_rps:>10.1} requests/s   (latency {})",
+        wrk_latency
+            .iter()
+            .map(|l| l.trim())
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
     println!(
         "goose: {:>10.1} requests/s   ({} requests in {:.2} s, p50 {:.2} ms, p99 {:.2} ms)",
         goose.rps,
@@ -121,7 +164,10 @@ async fn main() -> anyhow::Result<()> {
         goose.p99_ms
     );
     let ratio = goose.rps / wrk_rps;
-    println!("goose/wrk: {ratio:.2} (target >= 0.80): {}", if ratio >= 0.8 { "met" } else { "NOT met" });
+    println!(
+        "goose/wrk: {ratio:.2} (target >= 0.80): {}",
+        if ratio >= 0.8 { "met" } else { "NOT met" }
+    );
     services.spawn(stack.shutdown()).await?;
     services.shutdown_background();
     drop(redis);

@@ -31,11 +31,21 @@ fn secs(d: Duration) -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<ExitCode> {
-    let args: Vec<u32> = std::env::args().skip(1).map(|a| a.parse()).collect::<Result<_, _>>().context("arguments: USERS POSTS")?;
-    let spec = DatasetSpec::new(20_261_126, *args.first().unwrap_or(&100_000), *args.get(1).unwrap_or(&1_000_000));
+    let args: Vec<u32> = std::env::args()
+        .skip(1)
+        .map(|a| a.parse())
+        .collect::<Result<_, _>>()
+        .context("arguments: USERS POSTS")?;
+    let spec = DatasetSpec::new(
+        20_261_126,
+        *args.first().unwrap_or(&100_000),
+        *args.get(1).unwrap_or(&1_000_000),
+    );
     println!("dataset: {} users, {} posts", spec.users, spec.posts);
 
-    let pg = LocalPostgres::start(LocalOptions::titanium()).await.context("start postgres")?;
+    let pg = LocalPostgres::start(LocalOptions::titanium())
+        .await
+        .context("start postgres")?;
     let params = pg.params();
     let client = params.connect().await?;
     let t = Instant::now();
@@ -55,7 +65,11 @@ async fn main() -> Result<ExitCode> {
         .status()
         .await?;
     ensure!(status.success(), "pg_dump failed: {status}");
-    println!("pg_dump -Fc: {:.2} s, {} MiB", secs(t.elapsed()), std::fs::metadata(&archive)?.len() / (1 << 20));
+    println!(
+        "pg_dump -Fc: {:.2} s, {} MiB",
+        secs(t.elapsed()),
+        std::fs::metadata(&archive)?.len() / (1 << 20)
+    );
 
     // Bare pg_restore into an empty database.
     create_database(&params, "bare").await?;
@@ -74,19 +88,38 @@ async fn main() -> Result<ExitCode> {
     create_database(&params, "ours").await?;
     let ours = params.with_dbname("ours");
     pg.tools().psql_file(&ours, &schema_sql_path()).await?;
-    let input = DbRestoreInput { archive: DbArchive::Custom(archive.clone()), backup_id: "bench".to_owned() };
+    let input = DbRestoreInput {
+        archive: DbArchive::Custom(archive.clone()),
+        backup_id: "bench".to_owned(),
+    };
     let t = Instant::now();
     let report = restore_database(pg.tools(), &ours, &input, &DbRestoreOptions::default()).await?;
     let ours_time = t.elapsed();
     ensure!(report.restored, "restore did not run: {}", report.plan);
-    let jobs = report.plan.command.iter().skip_while(|a| *a != "-j").nth(1).cloned().unwrap_or_default();
+    let jobs = report
+        .plan
+        .command
+        .iter()
+        .skip_while(|a| *a != "-j")
+        .nth(1)
+        .cloned()
+        .unwrap_or_default();
 
     // Ours with one job, to separate our own overhead from pg_restore's parallelism.
     create_database(&params, "ours_one_job").await?;
     let one = params.with_dbname("ours_one_job");
     pg.tools().psql_file(&one, &schema_sql_path()).await?;
     let t = Instant::now();
-    restore_database(pg.tools(), &one, &input, &DbRestoreOptions { jobs: Some(1), ..DbRestoreOptions::default() }).await?;
+    restore_database(
+        pg.tools(),
+        &one,
+        &input,
+        &DbRestoreOptions {
+            jobs: Some(1),
+            ..DbRestoreOptions::default()
+        },
+    )
+    .await?;
     let one_job_time = t.elapsed();
 
     // Gates on the restored database.
@@ -108,7 +141,10 @@ async fn main() -> Result<ExitCode> {
 
     let restore_ratio = secs(ours_time) / secs(bare_time);
     let gate_ratio = secs(gates_time) / secs(ours_time);
-    println!("bare pg_restore (1 job, empty database): {:.2} s", secs(bare_time));
+    println!(
+        "bare pg_restore (1 job, empty database): {:.2} s",
+        secs(bare_time)
+    );
     println!(
         "our restore (-j {jobs}, over init-script tables; drop {:.2} s, load {:.2} s): {:.2} s",
         report.drop_seconds,
@@ -120,12 +156,29 @@ async fn main() -> Result<ExitCode> {
         secs(one_job_time),
         secs(one_job_time) / secs(bare_time)
     );
-    println!("restore ratio: {restore_ratio:.2}x (target <= 1.20x): {}", if restore_ratio <= 1.2 { "met" } else { "MISSED" });
-    println!("gate evaluation (counts, digests, sequences, schema): {:.2} s", secs(gates_time));
-    println!("gate ratio: {gate_ratio:.2}x of the restore (target <= 0.50x): {}", if gate_ratio <= 0.5 { "met" } else { "MISSED" });
+    println!(
+        "restore ratio: {restore_ratio:.2}x (target <= 1.20x): {}",
+        if restore_ratio <= 1.2 {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
+    println!(
+        "gate evaluation (counts, digests, sequences, schema): {:.2} s",
+        secs(gates_time)
+    );
+    println!(
+        "gate ratio: {gate_ratio:.2}x of the restore (target <= 0.50x): {}",
+        if gate_ratio <= 0.5 { "met" } else { "MISSED" }
+    );
     drop(restored);
     drop(client);
     pg.stop().await?;
     drop(dir);
-    Ok(if restore_ratio <= 1.2 && gate_ratio <= 0.5 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+    Ok(if restore_ratio <= 1.2 && gate_ratio <= 0.5 {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }

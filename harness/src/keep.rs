@@ -40,7 +40,11 @@ impl ScratchDir {
         let dir = tempfile::Builder::new().prefix(prefix).tempdir()?;
         set_private_dir(dir.path())?;
         let path = dir.path().to_path_buf();
-        Ok(Self { dir: Some(dir), path, what })
+        Ok(Self {
+            dir: Some(dir),
+            path,
+            what,
+        })
     }
 
     /// The directory's path.
@@ -56,7 +60,11 @@ impl Drop for ScratchDir {
                 let kept = dir.keep();
                 eprintln!("{KEEP_ENV}: kept {} at {}", self.what, kept.display());
             } else if let Err(err) = dir.close() {
-                eprintln!("warning: could not remove {} at {}: {err}", self.what, self.path.display());
+                eprintln!(
+                    "warning: could not remove {} at {}: {err}",
+                    self.what,
+                    self.path.display()
+                );
             }
         }
     }

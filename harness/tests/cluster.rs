@@ -18,7 +18,10 @@ fn fake_kind(dir: &Path, code: i32, output: &str) -> (PathBuf, PathBuf) {
     let bin = dir.join("kind");
     std::fs::write(
         &bin,
-        format!("#!/bin/sh\necho \"$*\" >> '{}'\necho '{output}'\nexit {code}\n", log.display()),
+        format!(
+            "#!/bin/sh\necho \"$*\" >> '{}'\necho '{output}'\nexit {code}\n",
+            log.display()
+        ),
     )
     .unwrap();
     std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755)).unwrap();
@@ -26,11 +29,18 @@ fn fake_kind(dir: &Path, code: i32, output: &str) -> (PathBuf, PathBuf) {
 }
 
 fn options(bin: &Path, config: &Path) -> KindOptions {
-    KindOptions { kind_bin: bin.to_path_buf(), ..KindOptions::new(config) }
+    KindOptions {
+        kind_bin: bin.to_path_buf(),
+        ..KindOptions::new(config)
+    }
 }
 
 fn calls(log: &Path) -> Vec<String> {
-    std::fs::read_to_string(log).unwrap_or_default().lines().map(str::to_owned).collect()
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_owned)
+        .collect()
 }
 
 #[test]
@@ -38,7 +48,11 @@ fn unique_names_do_not_collide_and_are_dns_safe() {
     let a = kind::unique_name("rehearsal");
     let b = kind::unique_name("rehearsal");
     assert_ne!(a, b);
-    assert!(a.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'), "{a}");
+    assert!(
+        a.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-'),
+        "{a}"
+    );
 }
 
 #[test]
@@ -50,8 +64,14 @@ fn command_lines_are_exactly_what_kind_expects() {
         kind::create_args(&opts, kc).join(" "),
         "create cluster --name rehearsal-a --config kind-config/single-node.yaml --kubeconfig /tmp/kc --wait 300s"
     );
-    assert_eq!(kind::load_args("rehearsal-a", "titanium:dev").join(" "), "load docker-image titanium:dev --name rehearsal-a");
-    assert_eq!(kind::delete_args("rehearsal-a", kc).join(" "), "delete cluster --name rehearsal-a --kubeconfig /tmp/kc");
+    assert_eq!(
+        kind::load_args("rehearsal-a", "titanium:dev").join(" "),
+        "load docker-image titanium:dev --name rehearsal-a"
+    );
+    assert_eq!(
+        kind::delete_args("rehearsal-a", kc).join(" "),
+        "delete cluster --name rehearsal-a --kubeconfig /tmp/kc"
+    );
 }
 
 #[tokio::test]
@@ -68,7 +88,10 @@ async fn create_load_and_destroy_run_kind_in_order() {
     };
     let name = cluster.name().to_owned();
     assert_eq!(cluster.context(), format!("kind-{name}"));
-    cluster.load_images(&["titanium:dev".to_owned()]).await.unwrap();
+    cluster
+        .load_images(&["titanium:dev".to_owned()])
+        .await
+        .unwrap();
     cluster.destroy().await.unwrap();
     cluster.destroy().await.unwrap(); // a second destroy is a no-op
     let kc = cluster.kubeconfig().display().to_string();
@@ -76,7 +99,10 @@ async fn create_load_and_destroy_run_kind_in_order() {
     assert_eq!(
         calls(&log),
         [
-            format!("create cluster --name {name} --config {} --kubeconfig {kc} --wait 300s", config.display()),
+            format!(
+                "create cluster --name {name} --config {} --kubeconfig {kc} --wait 300s",
+                config.display()
+            ),
             format!("load docker-image titanium:dev --name {name}"),
             format!("delete cluster --name {name} --kubeconfig {kc}"),
         ]
@@ -87,23 +113,42 @@ async fn create_load_and_destroy_run_kind_in_order() {
 async fn drop_deletes_a_cluster_that_was_not_destroyed() {
     let dir = tempfile::tempdir().unwrap();
     let (bin, log) = fake_kind(dir.path(), 0, "ok");
-    let cluster = match KindCluster::create(options(&bin, &repo().join("kind-config/single-node.yaml"))).await {
+    let cluster = match KindCluster::create(options(
+        &bin,
+        &repo().join("kind-config/single-node.yaml"),
+    ))
+    .await
+    {
         Err(ClusterError::DockerUnavailable { .. }) if std::env::var("CI").is_err() => return,
         other => other.expect("create"),
     };
     let name = cluster.name().to_owned();
     let kubeconfig_dir = cluster.dir().to_path_buf();
     drop(cluster);
-    assert!(calls(&log).last().unwrap().starts_with(&format!("delete cluster --name {name}")));
-    assert!(!kubeconfig_dir.exists(), "the kubeconfig directory must be removed");
+    assert!(
+        calls(&log)
+            .last()
+            .unwrap()
+            .starts_with(&format!("delete cluster --name {name}"))
+    );
+    assert!(
+        !kubeconfig_dir.exists(),
+        "the kubeconfig directory must be removed"
+    );
 }
 
 #[tokio::test]
 async fn a_failing_create_shows_kinds_own_output() {
     let dir = tempfile::tempdir().unwrap();
-    let (bin, _) = fake_kind(dir.path(), 1, "ERROR: failed to create cluster: node(s) already exist");
+    let (bin, _) = fake_kind(
+        dir.path(),
+        1,
+        "ERROR: failed to create cluster: node(s) already exist",
+    );
     match KindCluster::create(options(&bin, &repo().join("kind-config/single-node.yaml"))).await {
-        Err(ClusterError::Command { output, command, .. }) => {
+        Err(ClusterError::Command {
+            output, command, ..
+        }) => {
             assert!(output.contains("node(s) already exist"), "{output}");
             assert!(command.contains("create cluster"), "{command}");
         }
@@ -117,7 +162,10 @@ async fn a_missing_kind_names_what_to_install() {
     let mut opts = KindOptions::new(repo().join("kind-config/single-node.yaml"));
     opts.kind_bin = PathBuf::from("kind-not-installed-here");
     let err = KindCluster::create(opts).await.unwrap_err();
-    assert!(matches!(err, ClusterError::ProgramMissing { .. }), "{err:?}");
+    assert!(
+        matches!(err, ClusterError::ProgramMissing { .. }),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("install kind"), "{err}");
 }
 
@@ -140,9 +188,19 @@ fn kind_configs_in_the_repo_are_valid_and_bad_ones_are_named() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(&bad, "kind: Pod\napiVersion: v1\n").unwrap();
-    assert!(kind::check_config(&bad).unwrap_err().to_string().contains("expected kind: Cluster"));
+    assert!(
+        kind::check_config(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("expected kind: Cluster")
+    );
     std::fs::write(&bad, "kind: [unclosed\n").unwrap();
-    assert!(kind::check_config(&bad).unwrap_err().to_string().contains("not valid YAML"));
+    assert!(
+        kind::check_config(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("not valid YAML")
+    );
     assert!(kind::check_config(&dir.path().join("missing.yaml")).is_err());
 }
 
@@ -170,12 +228,33 @@ fn kubeconfig_contexts_resolve_or_are_listed() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config");
     std::fs::write(&path, KUBECONFIG).unwrap();
-    let current = KubeconfigCluster::attach(Some(path.clone()), None, vec!["titanium-prod".into()], DestroyGate::Refuse).unwrap();
+    let current = KubeconfigCluster::attach(
+        Some(path.clone()),
+        None,
+        vec!["titanium-prod".into()],
+        DestroyGate::Refuse,
+    )
+    .unwrap();
     assert_eq!(current.name(), "solid");
-    let other = KubeconfigCluster::attach(Some(path.clone()), Some("other"), vec![], DestroyGate::Refuse).unwrap();
+    let other = KubeconfigCluster::attach(
+        Some(path.clone()),
+        Some("other"),
+        vec![],
+        DestroyGate::Refuse,
+    )
+    .unwrap();
     assert_eq!(other.context(), "other");
-    let err = KubeconfigCluster::attach(Some(path.clone()), Some("prod"), vec![], DestroyGate::Refuse).unwrap_err();
-    assert!(err.to_string().contains("`prod` not found") && err.to_string().contains("solid, other"), "{err}");
+    let err = KubeconfigCluster::attach(
+        Some(path.clone()),
+        Some("prod"),
+        vec![],
+        DestroyGate::Refuse,
+    )
+    .unwrap_err();
+    assert!(
+        err.to_string().contains("`prod` not found") && err.to_string().contains("solid, other"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -184,9 +263,17 @@ fn malformed_and_missing_kubeconfigs_name_the_file() {
     let path = dir.path().join("config");
     std::fs::write(&path, "apiVersion: v1\nclusters: [unclosed\n").unwrap();
     let err = kubeconfig::read(&path).unwrap_err();
-    assert!(err.to_string().contains(&path.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&path.display().to_string()),
+        "{err}"
+    );
     let missing = dir.path().join("nope");
-    assert!(kubeconfig::read(&missing).unwrap_err().to_string().contains("nope"));
+    assert!(
+        kubeconfig::read(&missing)
+            .unwrap_err()
+            .to_string()
+            .contains("nope")
+    );
 }
 
 #[tokio::test]
@@ -194,12 +281,27 @@ async fn an_unconfirmed_destroy_of_an_existing_cluster_is_refused_before_any_cal
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("config");
     std::fs::write(&path, KUBECONFIG).unwrap();
-    let mut cluster = KubeconfigCluster::attach(Some(path.clone()), None, vec!["titanium-prod".into()], DestroyGate::Refuse).unwrap();
+    let mut cluster = KubeconfigCluster::attach(
+        Some(path.clone()),
+        None,
+        vec!["titanium-prod".into()],
+        DestroyGate::Refuse,
+    )
+    .unwrap();
     let err = cluster.destroy().await.unwrap_err();
-    assert!(matches!(err, ClusterError::DestroyRefused { .. }), "{err:?}");
-    let wrong = DestroyGate::Confirmed { cluster: "other".into() };
-    let mut cluster = KubeconfigCluster::attach(Some(path), None, vec!["titanium-prod".into()], wrong).unwrap();
-    assert!(matches!(cluster.destroy().await.unwrap_err(), ClusterError::DestroyRefused { .. }));
+    assert!(
+        matches!(err, ClusterError::DestroyRefused { .. }),
+        "{err:?}"
+    );
+    let wrong = DestroyGate::Confirmed {
+        cluster: "other".into(),
+    };
+    let mut cluster =
+        KubeconfigCluster::attach(Some(path), None, vec!["titanium-prod".into()], wrong).unwrap();
+    assert!(matches!(
+        cluster.destroy().await.unwrap_err(),
+        ClusterError::DestroyRefused { .. }
+    ));
 }
 
 mod against_the_simulator {
@@ -217,7 +319,11 @@ mod against_the_simulator {
     fn simcluster_bin() -> PathBuf {
         let bin = repo().join("target/debug/simcluster");
         if !bin.is_file() {
-            let status = Command::new(env!("CARGO")).args(["build", "-q", "-p", "simcluster", "--bin", "simcluster"]).current_dir(repo()).status().unwrap();
+            let status = Command::new(env!("CARGO"))
+                .args(["build", "-q", "-p", "simcluster", "--bin", "simcluster"])
+                .current_dir(repo())
+                .status()
+                .unwrap();
             assert!(status.success(), "could not build simcluster");
         }
         bin
@@ -246,66 +352,132 @@ mod against_the_simulator {
                 .unwrap();
             let deadline = Instant::now() + Duration::from_secs(20);
             while !kubeconfig.exists() {
-                assert!(Instant::now() < deadline, "simcluster serve wrote no kubeconfig");
+                assert!(
+                    Instant::now() < deadline,
+                    "simcluster serve wrote no kubeconfig"
+                );
                 std::thread::sleep(Duration::from_millis(20));
             }
-            Self { child, kubeconfig, _dir: dir }
+            Self {
+                child,
+                kubeconfig,
+                _dir: dir,
+            }
         }
     }
 
     impl Drop for Served {
         fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.child.id() as i32), nix::sys::signal::Signal::SIGTERM);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.child.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
             let _ = self.child.wait();
         }
     }
 
     #[tokio::test]
     async fn the_sim_provider_serves_a_cluster_and_destroy_leaves_nothing() {
-        let mut cluster = SimProvider::create(SimOptions { kind_config: Some(repo().join("kind-config/prod-3-node.yaml")), ..SimOptions::default() })
-            .await
-            .expect("start the simulator");
+        let mut cluster = SimProvider::create(SimOptions {
+            kind_config: Some(repo().join("kind-config/prod-3-node.yaml")),
+            ..SimOptions::default()
+        })
+        .await
+        .expect("start the simulator");
         let client = cluster.client().await.unwrap();
-        let namespaces = Api::<Namespace>::all(client).list(&ListParams::default()).await.unwrap();
-        assert!(namespaces.items.iter().any(|n| n.metadata.name.as_deref() == Some("default")));
+        let namespaces = Api::<Namespace>::all(client)
+            .list(&ListParams::default())
+            .await
+            .unwrap();
+        assert!(
+            namespaces
+                .items
+                .iter()
+                .any(|n| n.metadata.name.as_deref() == Some("default"))
+        );
         let state = cluster.state_dir().to_path_buf();
         assert!(state.exists());
         cluster.destroy().await.expect("destroy");
         assert!(!state.exists(), "state directory survived destroy");
-        assert!(cluster.client().await.is_err() || {
-            let client = cluster.client().await.unwrap();
-            Api::<Namespace>::all(client).list(&ListParams::default()).await.is_err()
-        }, "the API still answers after destroy");
+        assert!(
+            cluster.client().await.is_err() || {
+                let client = cluster.client().await.unwrap();
+                Api::<Namespace>::all(client)
+                    .list(&ListParams::default())
+                    .await
+                    .is_err()
+            },
+            "the API still answers after destroy"
+        );
     }
 
     #[tokio::test]
     async fn kubeconfig_provider_attaches_to_a_served_cluster_and_never_destroys_unconfirmed() {
         let served = Served::start(&[]);
-        let mut cluster = KubeconfigCluster::attach(Some(served.kubeconfig.clone()), None, vec!["default".into()], DestroyGate::Refuse).unwrap();
+        let mut cluster = KubeconfigCluster::attach(
+            Some(served.kubeconfig.clone()),
+            None,
+            vec!["default".into()],
+            DestroyGate::Refuse,
+        )
+        .unwrap();
         assert_eq!(cluster.name(), "remote-solid");
         let client = cluster.client().await.unwrap();
         let api = Api::<Namespace>::all(client);
         assert!(api.get_opt("default").await.unwrap().is_some());
-        assert!(matches!(cluster.destroy().await, Err(ClusterError::DestroyRefused { .. })));
-        assert!(api.get_opt("default").await.unwrap().is_some(), "a refused destroy must not delete anything");
+        assert!(matches!(
+            cluster.destroy().await,
+            Err(ClusterError::DestroyRefused { .. })
+        ));
+        assert!(
+            api.get_opt("default").await.unwrap().is_some(),
+            "a refused destroy must not delete anything"
+        );
     }
 
-    fn permission_statuses(report: &harness::preflight::PreflightReport) -> Vec<(String, CheckStatus)> {
-        report.checks.iter().filter(|c| c.name.starts_with("permission:")).map(|c| (c.name.clone(), c.status)).collect()
+    fn permission_statuses(
+        report: &harness::preflight::PreflightReport,
+    ) -> Vec<(String, CheckStatus)> {
+        report
+            .checks
+            .iter()
+            .filter(|c| c.name.starts_with("permission:"))
+            .map(|c| (c.name.clone(), c.status))
+            .collect()
     }
 
     #[tokio::test]
     async fn preflight_permissions_are_green_when_allowed_and_red_when_one_is_denied() {
-        for (deny, expect_denied) in [(None, None), (Some("create:statefulsets.apps:titanium-prod"), Some("create statefulsets.apps -n titanium-prod"))] {
+        for (deny, expect_denied) in [
+            (None, None),
+            (
+                Some("create:statefulsets.apps:titanium-prod"),
+                Some("create statefulsets.apps -n titanium-prod"),
+            ),
+        ] {
             let args: Vec<&str> = deny.map(|d| vec!["--deny", d]).unwrap_or_default();
             let served = Served::start(&args);
-            let cluster = KubeconfigCluster::attach(Some(served.kubeconfig.clone()), None, vec![], DestroyGate::Refuse).unwrap();
+            let cluster = KubeconfigCluster::attach(
+                Some(served.kubeconfig.clone()),
+                None,
+                vec![],
+                DestroyGate::Refuse,
+            )
+            .unwrap();
             let mut options = PreflightOptions::runbook("titanium-prod", std::env::temp_dir());
             options.permissions = Permission::runbook("titanium-prod");
             let report = harness::preflight::run(cluster.client().await.unwrap(), &options).await;
             for (name, status) in permission_statuses(&report) {
                 let denied = expect_denied.is_some_and(|d| name.ends_with(d));
-                assert_eq!(status, if denied { CheckStatus::Fail } else { CheckStatus::Pass }, "{name}");
+                assert_eq!(
+                    status,
+                    if denied {
+                        CheckStatus::Fail
+                    } else {
+                        CheckStatus::Pass
+                    },
+                    "{name}"
+                );
             }
             if expect_denied.is_some() {
                 assert!(!report.go(), "a denied permission must be NO-GO:\n{report}");
@@ -327,7 +499,9 @@ mod deploy_on_the_simulator {
     #[tokio::test]
     async fn the_titanium_manifests_apply_server_side_with_the_real_kubectl() {
         let mut cluster = SimProvider::create(SimOptions::default()).await.unwrap();
-        apply_kustomize(&cluster, &overlay("sim")).await.expect("kubectl apply --server-side");
+        apply_kustomize(&cluster, &overlay("sim"))
+            .await
+            .expect("kubectl apply --server-side");
         let client = cluster.client().await.unwrap();
         let ns = "titanium-prod";
         let mut deployments: Vec<String> = Api::<Deployment>::namespaced(client.clone(), ns)
@@ -336,7 +510,13 @@ mod deploy_on_the_simulator {
             .unwrap()
             .items
             .into_iter()
-            .map(|d| format!("{}={}", d.metadata.name.unwrap_or_default(), d.spec.replicas.unwrap_or(1)))
+            .map(|d| {
+                format!(
+                    "{}={}",
+                    d.metadata.name.unwrap_or_default(),
+                    d.spec.replicas.unwrap_or(1)
+                )
+            })
             .collect();
         deployments.sort();
         assert_eq!(
@@ -350,15 +530,45 @@ mod deploy_on_the_simulator {
                 "prod-user-service-deployment=2",
             ]
         );
-        assert!(Api::<StatefulSet>::namespaced(client.clone(), ns).get_opt("postgresql").await.unwrap().is_some());
-        assert!(Api::<CronJob>::namespaced(client.clone(), ns).get_opt("postgresql-backup").await.unwrap().is_some());
-        let services: Vec<String> =
-            Api::<Service>::namespaced(client.clone(), ns).list(&ListParams::default()).await.unwrap().items.into_iter().filter_map(|s| s.metadata.name).collect();
-        for svc in ["postgresql-service", "prod-api-gateway-service", "prod-user-service", "prod-auth-service", "prod-blog-service", "prod-redis-service"] {
-            assert!(services.iter().any(|s| s == svc), "{svc} missing from {services:?}");
+        assert!(
+            Api::<StatefulSet>::namespaced(client.clone(), ns)
+                .get_opt("postgresql")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        assert!(
+            Api::<CronJob>::namespaced(client.clone(), ns)
+                .get_opt("postgresql-backup")
+                .await
+                .unwrap()
+                .is_some()
+        );
+        let services: Vec<String> = Api::<Service>::namespaced(client.clone(), ns)
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .into_iter()
+            .filter_map(|s| s.metadata.name)
+            .collect();
+        for svc in [
+            "postgresql-service",
+            "prod-api-gateway-service",
+            "prod-user-service",
+            "prod-auth-service",
+            "prod-blog-service",
+            "prod-redis-service",
+        ] {
+            assert!(
+                services.iter().any(|s| s == svc),
+                "{svc} missing from {services:?}"
+            );
         }
         // Applying again is a no-op, as server-side apply should be.
-        apply_kustomize(&cluster, &overlay("sim")).await.expect("second apply");
+        apply_kustomize(&cluster, &overlay("sim"))
+            .await
+            .expect("second apply");
         cluster.destroy().await.unwrap();
     }
 }

@@ -23,8 +23,15 @@ fn prerequisites() -> bool {
     if redis && pg {
         return true;
     }
-    let reason = format!("missing{}{}", if pg { "" } else { " PostgreSQL binaries" }, if redis { "" } else { " redis-server" });
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "CI=true and {reason}");
+    let reason = format!(
+        "missing{}{}",
+        if pg { "" } else { " PostgreSQL binaries" },
+        if redis { "" } else { " redis-server" }
+    );
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "CI=true and {reason}"
+    );
     eprintln!("skipping: {reason}");
     false
 }
@@ -38,7 +45,9 @@ struct Titanium {
 impl Titanium {
     /// PostgreSQL with the schema and a small dataset, Redis, and the four services.
     async fn start() -> anyhow::Result<Titanium> {
-        let pg = LocalPostgres::start(LocalOptions::titanium()).await.context("PostgreSQL")?;
+        let pg = LocalPostgres::start(LocalOptions::titanium())
+            .await
+            .context("PostgreSQL")?;
         let db = pg.params().connect().await?;
         db.batch_execute(
             "INSERT INTO users (username, email, password_hash) \
@@ -51,18 +60,34 @@ impl Titanium {
         )
         .await?;
         let redis = RedisServer::start().await.context("redis-server")?;
-        let stack = Stack::start(StackOptions { database: pg.params().config(), redis_url: redis.url(), db_pool_size: 4 })
-            .await
-            .context("services")?;
-        Ok(Titanium { stack, _redis: redis, pg: Some(pg) })
+        let stack = Stack::start(StackOptions {
+            database: pg.params().config(),
+            redis_url: redis.url(),
+            db_pool_size: 4,
+        })
+        .await
+        .context("services")?;
+        Ok(Titanium {
+            stack,
+            _redis: redis,
+            pg: Some(pg),
+        })
     }
 
     fn faults(&self, role: Role, latency_ms: u64, error_percent: u8) {
-        self.stack.faults(role).set(FaultSettings { latency: Duration::from_millis(latency_ms), error_percent });
+        self.stack.faults(role).set(FaultSettings {
+            latency: Duration::from_millis(latency_ms),
+            error_percent,
+        });
     }
 
     async fn lose_database(&mut self) {
-        self.pg.take().expect("running").stop().await.expect("stop PostgreSQL");
+        self.pg
+            .take()
+            .expect("running")
+            .stop()
+            .await
+            .expect("stop PostgreSQL");
     }
 
     /// The runbook's health check, scaled down: 5 probes 20 ms apart, slow above 250 ms.
@@ -90,7 +115,10 @@ impl Titanium {
 }
 
 fn show(verdict: &LoadVerdict) -> String {
-    let mut out = format!("passed={} findings={:?}\n", verdict.passed, verdict.findings);
+    let mut out = format!(
+        "passed={} findings={:?}\n",
+        verdict.passed, verdict.findings
+    );
     for r in std::iter::once(&verdict.figures.overall).chain(&verdict.figures.per_request) {
         out += &format!(
             "  {:<18} n={:<5} failed={:<4} rps={:>7.1} p50={:>7.1}ms p95={:>7.1}ms p99={:>7.1}ms statuses={:?}\n",
@@ -101,7 +129,10 @@ fn show(verdict: &LoadVerdict) -> String {
 }
 
 fn assert_finding(findings: &[String], needle: &str) {
-    assert!(findings.iter().any(|f| f.contains(needle)), "no finding mentions {needle:?}: {findings:#?}");
+    assert!(
+        findings.iter().any(|f| f.contains(needle)),
+        "no finding mentions {needle:?}: {findings:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -115,13 +146,29 @@ async fn gates_pass_on_a_healthy_stack_and_save_the_report() {
     let health = titanium.health_gate().run().await.unwrap();
     assert!(health.passed, "{health:#?}");
     assert_eq!(health.endpoints.len(), 3);
-    assert!(health.endpoints.iter().all(|e| e.failures == 0 && e.statuses.get(&200) == Some(&5)), "{health:#?}");
+    assert!(
+        health
+            .endpoints
+            .iter()
+            .all(|e| e.failures == 0 && e.statuses.get(&200) == Some(&5)),
+        "{health:#?}"
+    );
 
     let verdict = titanium.quick_gate().run().await.unwrap();
     assert!(verdict.passed, "{}", show(&verdict));
     let table = verdict.to_string();
-    assert!(table.starts_with("load gate PASSED") && table.contains("GET read post") && table.contains("ok   http_req_failed: rate<0.01"), "{table}");
-    let names: Vec<&str> = verdict.figures.per_request.iter().map(|r| r.name.as_str()).collect();
+    assert!(
+        table.starts_with("load gate PASSED")
+            && table.contains("GET read post")
+            && table.contains("ok   http_req_failed: rate<0.01"),
+        "{table}"
+    );
+    let names: Vec<&str> = verdict
+        .figures
+        .per_request
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
     for name in ["GET list users", "GET list posts", "GET read post"] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
@@ -147,18 +194,48 @@ async fn gates_pass_on_a_healthy_stack_and_save_the_report() {
     };
     let verdict = full.run().await.unwrap();
     assert!(verdict.passed, "{}", show(&verdict));
-    let names: Vec<&str> = verdict.figures.per_request.iter().map(|r| r.name.as_str()).collect();
-    for name in ["POST sign up", "POST login", "POST create post", "GET list posts"] {
+    let names: Vec<&str> = verdict
+        .figures
+        .per_request
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    for name in [
+        "POST sign up",
+        "POST login",
+        "POST create post",
+        "GET list posts",
+    ] {
         assert!(names.contains(&name), "{name} missing from {names:?}");
     }
     let report = verdict.report.as_deref().expect("a report");
     assert!(report.starts_with(reports.path()));
     let html = std::fs::read_to_string(report).unwrap();
-    assert!(html.contains("<html") && html.contains("create post"), "not goose's report: {}", &html[..html.len().min(300)]);
-    let db = titanium.pg.as_ref().unwrap().params().connect().await.unwrap();
+    assert!(
+        html.contains("<html") && html.contains("create post"),
+        "not goose's report: {}",
+        &html[..html.len().min(300)]
+    );
+    let db = titanium
+        .pg
+        .as_ref()
+        .unwrap()
+        .params()
+        .connect()
+        .await
+        .unwrap();
     let created: i64 = db.query_one("SELECT count(*) FROM posts p JOIN users u ON u.username = p.author WHERE u.username LIKE 'gate-%'", &[]).await.unwrap().get(0);
-    let reported = verdict.figures.per_request.iter().find(|r| r.name == "POST create post").unwrap();
-    assert_eq!(created as u64, reported.requests - reported.failures, "every created post is in the database");
+    let reported = verdict
+        .figures
+        .per_request
+        .iter()
+        .find(|r| r.name == "POST create post")
+        .unwrap();
+    assert_eq!(
+        created as u64,
+        reported.requests - reported.failures,
+        "every created post is in the database"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -173,12 +250,28 @@ async fn gates_fail_when_a_service_returns_errors() {
     let health = titanium.health_gate().run().await.unwrap();
     assert!(!health.passed, "{health:#?}");
     assert_finding(&health.findings, "/blog/health: 1 of 5 probes failed");
-    assert_eq!(health.findings.len(), 1, "only the blog service fails: {:?}", health.findings);
+    assert_eq!(
+        health.findings.len(),
+        1,
+        "only the blog service fails: {:?}",
+        health.findings
+    );
 
     let verdict = titanium.quick_gate().run().await.unwrap();
     assert!(!verdict.passed, "{}", show(&verdict));
     assert_finding(&verdict.findings, "http_req_failed: rate<0.01");
-    assert!(verdict.figures.overall.statuses.get(&500).copied().unwrap_or(0) > 0, "{}", show(&verdict));
+    assert!(
+        verdict
+            .figures
+            .overall
+            .statuses
+            .get(&500)
+            .copied()
+            .unwrap_or(0)
+            > 0,
+        "{}",
+        show(&verdict)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -192,16 +285,32 @@ async fn gates_fail_when_a_service_is_slow() {
 
     let health = titanium.health_gate().run().await.unwrap();
     assert!(!health.passed, "{health:#?}");
-    assert_finding(&health.findings, "/api/users/health: 5 of 5 probes slower than");
-    assert!(health.to_string().starts_with("health gate FAILED"), "{health}");
+    assert_finding(
+        &health.findings,
+        "/api/users/health: 5 of 5 probes slower than",
+    );
+    assert!(
+        health.to_string().starts_with("health gate FAILED"),
+        "{health}"
+    );
     assert_eq!(health.findings.len(), 1, "{:?}", health.findings);
 
     let verdict = titanium.quick_gate().run().await.unwrap();
     assert!(!verdict.passed, "{}", show(&verdict));
     assert_finding(&verdict.findings, "http_req_duration: p(95)<500");
-    let users = verdict.figures.per_request.iter().find(|r| r.name == "GET list users").unwrap();
+    let users = verdict
+        .figures
+        .per_request
+        .iter()
+        .find(|r| r.name == "GET list users")
+        .unwrap();
     assert!(users.p50_ms >= 600.0, "{}", show(&verdict));
-    assert_eq!(verdict.figures.overall.failures, 0, "slow, not failing: {}", show(&verdict));
+    assert_eq!(
+        verdict.figures.overall.failures,
+        0,
+        "slow, not failing: {}",
+        show(&verdict)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -218,31 +327,73 @@ async fn gates_fail_when_the_database_is_gone() {
     for path in ["/api/users/health", "/blog/health", "/api/auth/health"] {
         assert_finding(&health.findings, &format!("{path}: 5 of 5 probes failed"));
     }
-    assert!(health.endpoints.iter().all(|e| e.statuses.get(&503) == Some(&5)), "{health:#?}");
+    assert!(
+        health
+            .endpoints
+            .iter()
+            .all(|e| e.statuses.get(&503) == Some(&5)),
+        "{health:#?}"
+    );
 
     let verdict = titanium.quick_gate().run().await.unwrap();
     assert!(!verdict.passed, "{}", show(&verdict));
     assert_finding(&verdict.findings, "http_req_failed: rate<0.01");
-    assert_eq!(verdict.figures.overall.failures, verdict.figures.overall.requests, "{}", show(&verdict));
+    assert_eq!(
+        verdict.figures.overall.failures,
+        verdict.figures.overall.requests,
+        "{}",
+        show(&verdict)
+    );
 }
 
 #[tokio::test]
 async fn gates_refuse_settings_they_cannot_honour() {
-    let remote = LoadGate::quick("http://192.0.2.10:8000").run().await.unwrap_err();
-    assert!(matches!(remote, LoadError::NotLoopback { ref host } if host == "192.0.2.10"), "{remote}");
-    let remote = HealthGate::new("http://example.com").run().await.unwrap_err();
-    assert!(remote.to_string().contains("not a loopback address"), "{remote}");
-    let bad = LoadGate { users: 0, ..LoadGate::quick("http://127.0.0.1:9") }.run().await.unwrap_err();
+    let remote = LoadGate::quick("http://192.0.2.10:8000")
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(remote, LoadError::NotLoopback { ref host } if host == "192.0.2.10"),
+        "{remote}"
+    );
+    let remote = HealthGate::new("http://example.com")
+        .run()
+        .await
+        .unwrap_err();
+    assert!(
+        remote.to_string().contains("not a loopback address"),
+        "{remote}"
+    );
+    let bad = LoadGate {
+        users: 0,
+        ..LoadGate::quick("http://127.0.0.1:9")
+    }
+    .run()
+    .await
+    .unwrap_err();
     assert!(bad.to_string().contains("users"), "{bad}");
-    let bad = LoadGate { run_time: Duration::from_secs(7200), ..LoadGate::quick("http://127.0.0.1:9") }.run().await.unwrap_err();
+    let bad = LoadGate {
+        run_time: Duration::from_secs(7200),
+        ..LoadGate::quick("http://127.0.0.1:9")
+    }
+    .run()
+    .await
+    .unwrap_err();
     assert!(bad.to_string().contains("run_time"), "{bad}");
     let bad = LoadGate::quick("ftp://127.0.0.1/").run().await.unwrap_err();
     assert!(bad.to_string().contains("scheme"), "{bad}");
     let bad = Thresholds::parse(&["http_req_duration: p(95)<soon"]).unwrap_err();
     assert!(bad.to_string().contains("p(95)<soon"), "{bad}");
     // A closed port is not an error: the verdict is red and says why.
-    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let gate = HealthGate { probes: 2, interval: Duration::ZERO, ..HealthGate::new(format!("http://{closed}")) };
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let gate = HealthGate {
+        probes: 2,
+        interval: Duration::ZERO,
+        ..HealthGate::new(format!("http://{closed}"))
+    };
     let verdict = gate.run().await.unwrap();
     assert!(!verdict.passed);
     assert_finding(&verdict.findings, "2 of 2 probes failed");

@@ -5,16 +5,23 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, ensure};
 use harness::data::{DatasetSpec, load_dataset, schema_sql_path};
-use harness::facts::{SequenceFacts, TableFacts, foreign_key_checks, render_schema, run_amcheck, sequence_facts, table_facts};
+use harness::facts::{
+    SequenceFacts, TableFacts, foreign_key_checks, render_schema, run_amcheck, sequence_facts,
+    table_facts,
+};
 use harness::keep::ScratchDir;
 use harness::pg::{ConnParams, LocalOptions, LocalPostgres, PostgresProvider, create_database};
 use harness::restore::{
-    DbArchive, DbRestoreInput, DbRestoreOptions, MarkerRow, PlannedAction, RestoreError, TargetState, plan_database_restore,
-    restore_database,
+    DbArchive, DbRestoreInput, DbRestoreOptions, MarkerRow, PlannedAction, RestoreError,
+    TargetState, plan_database_restore, restore_database,
 };
 use harness::verify::{self, FindingKind, Gate, Verdict};
 
-const SPEC: DatasetSpec = DatasetSpec { seed: 7, users: 300, posts: 3000 };
+const SPEC: DatasetSpec = DatasetSpec {
+    seed: 7,
+    users: 300,
+    posts: 3000,
+};
 
 /// A source database with the Titanium dataset, its dumps and the facts recorded with them.
 struct Fixture {
@@ -41,7 +48,9 @@ async fn pg_dump(pg: &LocalPostgres, params: &ConnParams, args: &[&str], out: &P
 }
 
 async fn fixture() -> Result<Fixture> {
-    let pg = LocalPostgres::start(LocalOptions::titanium()).await.context("start postgres")?;
+    let pg = LocalPostgres::start(LocalOptions::titanium())
+        .await
+        .context("start postgres")?;
     let params = pg.params();
     let client = params.connect().await?;
     load_dataset(&client, &SPEC).await?;
@@ -53,12 +62,23 @@ async fn fixture() -> Result<Fixture> {
     let tables = table_facts(&client).await?;
     let sequences = sequence_facts(&client).await?;
     let schema = render_schema(&client).await?;
-    Ok(Fixture { pg, custom, plain, tables, sequences, schema, dir })
+    Ok(Fixture {
+        pg,
+        custom,
+        plain,
+        tables,
+        sequences,
+        schema,
+        dir,
+    })
 }
 
 impl Fixture {
     fn input(&self) -> DbRestoreInput {
-        DbRestoreInput { archive: DbArchive::Custom(self.custom.clone()), backup_id: "backup-1".to_owned() }
+        DbRestoreInput {
+            archive: DbArchive::Custom(self.custom.clone()),
+            backup_id: "backup-1".to_owned(),
+        }
     }
 
     /// A new database on the same server; with `init`, the StatefulSet's init script has run in it.
@@ -66,12 +86,20 @@ impl Fixture {
         create_database(&self.pg.params(), name).await?;
         let params = self.pg.params().with_dbname(name);
         if init {
-            self.pg.tools().psql_file(&params, &schema_sql_path()).await?;
+            self.pg
+                .tools()
+                .psql_file(&params, &schema_sql_path())
+                .await?;
         }
         Ok(params)
     }
 
-    async fn restore(&self, params: &ConnParams, input: &DbRestoreInput, options: &DbRestoreOptions) -> Result<harness::restore::DbRestoreReport, RestoreError> {
+    async fn restore(
+        &self,
+        params: &ConnParams,
+        input: &DbRestoreInput,
+        options: &DbRestoreOptions,
+    ) -> Result<harness::restore::DbRestoreReport, RestoreError> {
         restore_database(self.pg.tools(), params, input, options).await
     }
 
@@ -93,12 +121,24 @@ impl Fixture {
 }
 
 fn failed(verdicts: &[Verdict]) -> Vec<Gate> {
-    verdicts.iter().filter(|v| !v.passed).map(|v| v.gate).collect()
+    verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(|v| v.gate)
+        .collect()
 }
 
 fn all_passed(verdicts: &[Verdict]) -> Result<()> {
-    let failures: Vec<String> = verdicts.iter().filter(|v| !v.passed).map(ToString::to_string).collect();
-    ensure!(failures.is_empty(), "gates failed:\n{}", failures.join("\n"));
+    let failures: Vec<String> = verdicts
+        .iter()
+        .filter(|v| !v.passed)
+        .map(ToString::to_string)
+        .collect();
+    ensure!(
+        failures.is_empty(),
+        "gates failed:\n{}",
+        failures.join("\n")
+    );
     Ok(())
 }
 
@@ -109,8 +149,14 @@ async fn titanium_schema_rendering_is_stable_and_snapshotted() -> Result<()> {
     let first = render_schema(&client).await?;
     // Running the (idempotent) init script again, and adding then dropping a column, change
     // attribute numbers and OIDs but not the schema: the rendering must not move.
-    pg.tools().psql_file(&pg.params(), &schema_sql_path()).await?;
-    client.batch_execute("ALTER TABLE users ADD COLUMN scratch int; ALTER TABLE users DROP COLUMN scratch").await?;
+    pg.tools()
+        .psql_file(&pg.params(), &schema_sql_path())
+        .await?;
+    client
+        .batch_execute(
+            "ALTER TABLE users ADD COLUMN scratch int; ALTER TABLE users DROP COLUMN scratch",
+        )
+        .await?;
     let second = render_schema(&client).await?;
     assert_eq!(first, second);
     insta::assert_snapshot!("titanium_schema", first);
@@ -126,20 +172,39 @@ async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Re
     // Over the init script's empty tables: no force needed, the tables are replaced.
     let plan = plan_database_restore(fx.pg.tools(), &target, &fx.input(), &options).await?;
     assert_eq!(plan.action, PlannedAction::Restore);
-    assert!(matches!(plan.state, TargetState::EmptyTables { .. }), "{plan}");
-    assert!(plan.replaces.contains(&"table public.users".to_owned()), "{plan}");
+    assert!(
+        matches!(plan.state, TargetState::EmptyTables { .. }),
+        "{plan}"
+    );
+    assert!(
+        plan.replaces.contains(&"table public.users".to_owned()),
+        "{plan}"
+    );
     let report = fx.restore(&target, &fx.input(), &options).await?;
     assert!(report.restored);
     all_passed(&fx.gates(&target).await?)?;
     let client = target.connect().await?;
-    assert_eq!(sequence_facts(&client).await?, fx.sequences, "sequences end at the backed-up values");
+    assert_eq!(
+        sequence_facts(&client).await?,
+        fx.sequences,
+        "sequences end at the backed-up values"
+    );
 
     // Twice: the second run recognises the backup and changes nothing; forced, it restores
     // again to the same result.
     let again = fx.restore(&target, &fx.input(), &options).await?;
     assert!(!again.restored);
     assert_eq!(again.plan.action, PlannedAction::AlreadyRestored);
-    let forced = fx.restore(&target, &fx.input(), &DbRestoreOptions { force: true, ..options.clone() }).await?;
+    let forced = fx
+        .restore(
+            &target,
+            &fx.input(),
+            &DbRestoreOptions {
+                force: true,
+                ..options.clone()
+            },
+        )
+        .await?;
     assert!(forced.restored);
     all_passed(&fx.gates(&target).await?)?;
 
@@ -148,12 +213,27 @@ async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Re
     let bytes = std::fs::read(&fx.custom)?;
     std::fs::write(&cut, &bytes[..bytes.len() * 3 / 5])?;
     let second = fx.target("interrupted", true).await?;
-    let cut_input = DbRestoreInput { archive: DbArchive::Custom(cut), backup_id: "backup-1".to_owned() };
-    let err = fx.restore(&second, &cut_input, &options).await.expect_err("a truncated archive cannot restore");
+    let cut_input = DbRestoreInput {
+        archive: DbArchive::Custom(cut),
+        backup_id: "backup-1".to_owned(),
+    };
+    let err = fx
+        .restore(&second, &cut_input, &options)
+        .await
+        .expect_err("a truncated archive cannot restore");
     assert!(matches!(err, RestoreError::Tool { .. }), "{err}");
     let plan = plan_database_restore(fx.pg.tools(), &second, &fx.input(), &options).await?;
-    assert_eq!(plan.state, TargetState::Interrupted { backup_id: "backup-1".to_owned() });
-    assert_eq!(plan.action, PlannedAction::Restore, "an interrupted restore is simply run again");
+    assert_eq!(
+        plan.state,
+        TargetState::Interrupted {
+            backup_id: "backup-1".to_owned()
+        }
+    );
+    assert_eq!(
+        plan.action,
+        PlannedAction::Restore,
+        "an interrupted restore is simply run again"
+    );
     fx.restore(&second, &fx.input(), &options).await?;
     all_passed(&fx.gates(&second).await?)?;
 
@@ -161,11 +241,15 @@ async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Re
     // target is marked "restoring"; pg_restore and its workers die with it.
     let third = fx.target("cancelled", true).await?;
     let watcher = fx.pg.params().connect().await?;
-    let comment = "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'cancelled'";
+    let comment =
+        "SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = 'cancelled'";
     let restoring = async {
         loop {
             let row = watcher.query_one(comment, &[]).await?;
-            if row.get::<_, Option<String>>(0).is_some_and(|c| c.contains("restoring")) {
+            if row
+                .get::<_, Option<String>>(0)
+                .is_some_and(|c| c.contains("restoring"))
+            {
                 return anyhow::Ok(());
             }
             tokio::time::sleep(std::time::Duration::from_millis(2)).await;
@@ -187,11 +271,19 @@ async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Re
         if left == 0 {
             break;
         }
-        ensure!(std::time::Instant::now() < deadline, "{left} pg_restore connection(s) survived the cancelled restore");
+        ensure!(
+            std::time::Instant::now() < deadline,
+            "{left} pg_restore connection(s) survived the cancelled restore"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
     let plan = plan_database_restore(fx.pg.tools(), &third, &fx.input(), &options).await?;
-    assert_eq!(plan.state, TargetState::Interrupted { backup_id: "backup-1".to_owned() });
+    assert_eq!(
+        plan.state,
+        TargetState::Interrupted {
+            backup_id: "backup-1".to_owned()
+        }
+    );
     fx.restore(&third, &fx.input(), &options).await?;
     all_passed(&fx.gates(&third).await?)?;
     Ok(())
@@ -201,22 +293,66 @@ async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Re
 async fn plain_sql_restore_the_runbook_way_and_bad_archives_cost_nothing() -> Result<()> {
     let fx = fixture().await?;
     let target = fx.target("from_sql", true).await?;
-    let sql = DbRestoreInput { archive: DbArchive::PlainSql(fx.plain.clone()), backup_id: "backup-1".to_owned() };
-    let report = fx.restore(&target, &sql, &DbRestoreOptions::default()).await?;
+    let sql = DbRestoreInput {
+        archive: DbArchive::PlainSql(fx.plain.clone()),
+        backup_id: "backup-1".to_owned(),
+    };
+    let report = fx
+        .restore(&target, &sql, &DbRestoreOptions::default())
+        .await?;
     assert!(report.restored);
     all_passed(&fx.gates(&target).await?)?;
 
     // Wrong inputs are refused before anything changes.
-    let wrong = DbRestoreInput { archive: DbArchive::PlainSql(fx.custom.clone()), backup_id: "x".to_owned() };
-    let err = fx.restore(&target, &wrong, &DbRestoreOptions { force: true, ..Default::default() }).await.unwrap_err();
+    let wrong = DbRestoreInput {
+        archive: DbArchive::PlainSql(fx.custom.clone()),
+        backup_id: "x".to_owned(),
+    };
+    let err = fx
+        .restore(
+            &target,
+            &wrong,
+            &DbRestoreOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("custom-format archive"), "{err}");
     let junk = fx.dir.path().join("junk.dump");
     std::fs::write(&junk, b"not an archive")?;
-    let junk_input = DbRestoreInput { archive: DbArchive::Custom(junk), backup_id: "x".to_owned() };
-    let err = fx.restore(&target, &junk_input, &DbRestoreOptions { force: true, ..Default::default() }).await.unwrap_err();
+    let junk_input = DbRestoreInput {
+        archive: DbArchive::Custom(junk),
+        backup_id: "x".to_owned(),
+    };
+    let err = fx
+        .restore(
+            &target,
+            &junk_input,
+            &DbRestoreOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert!(matches!(err, RestoreError::BadArchive { .. }), "{err}");
-    let missing = DbRestoreInput { archive: DbArchive::Custom(fx.dir.path().join("nope.dump")), backup_id: "x".to_owned() };
-    let err = fx.restore(&target, &missing, &DbRestoreOptions { force: true, ..Default::default() }).await.unwrap_err();
+    let missing = DbRestoreInput {
+        archive: DbArchive::Custom(fx.dir.path().join("nope.dump")),
+        backup_id: "x".to_owned(),
+    };
+    let err = fx
+        .restore(
+            &target,
+            &missing,
+            &DbRestoreOptions {
+                force: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
     assert!(err.to_string().contains("nope.dump"), "{err}");
     all_passed(&fx.gates(&target).await?)?;
     Ok(())
@@ -233,24 +369,53 @@ async fn refusal_dry_run_and_the_marker_row_negative_control() -> Result<()> {
     assert_eq!(marker.count(&client).await?, 1);
 
     // A database holding data is refused without force, and left as it was.
-    let err = fx.restore(&source, &fx.input(), &DbRestoreOptions::default()).await.unwrap_err();
+    let err = fx
+        .restore(&source, &fx.input(), &DbRestoreOptions::default())
+        .await
+        .unwrap_err();
     assert!(matches!(err, RestoreError::NotEmpty { .. }), "{err}");
     assert!(err.to_string().contains("public.users"), "{err}");
     assert_eq!(marker.count(&client).await?, 1);
 
     // A dry run, even forced, returns the plan and changes nothing.
     let before = (table_facts(&client).await?, render_schema(&client).await?);
-    let dry = fx.restore(&source, &fx.input(), &DbRestoreOptions { force: true, dry_run: true, ..Default::default() }).await?;
+    let dry = fx
+        .restore(
+            &source,
+            &fx.input(),
+            &DbRestoreOptions {
+                force: true,
+                dry_run: true,
+                ..Default::default()
+            },
+        )
+        .await?;
     assert!(!dry.restored);
     assert_eq!(dry.plan.action, PlannedAction::Restore);
     let text = dry.plan.to_string();
-    for expected in ["table public.posts", "routine public.set_updated_at()", "TABLE DATA public users", "pg_restore"] {
+    for expected in [
+        "table public.posts",
+        "routine public.set_updated_at()",
+        "TABLE DATA public users",
+        "pg_restore",
+    ] {
         assert!(text.contains(expected), "plan lacks {expected}:\n{text}");
     }
-    assert_eq!((table_facts(&client).await?, render_schema(&client).await?), before);
+    assert_eq!(
+        (table_facts(&client).await?, render_schema(&client).await?),
+        before
+    );
 
     // Forced, the restore replaces the data; the marker is gone.
-    fx.restore(&source, &fx.input(), &DbRestoreOptions { force: true, ..Default::default() }).await?;
+    fx.restore(
+        &source,
+        &fx.input(),
+        &DbRestoreOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await?;
     let verdict = verify::marker_absent(&marker.subject(), marker.count(&client).await?);
     assert!(verdict.passed, "{verdict}");
     all_passed(&fx.gates(&source).await?)?;
@@ -262,15 +427,34 @@ async fn refusal_dry_run_and_the_marker_row_negative_control() -> Result<()> {
 
 /// Restores into a fresh database, injects `defect`, and checks that exactly `gates` fail, with
 /// a finding about `subject` of `kind`.
-async fn check_defect(fx: &Fixture, db: &str, defect: &str, gates: &[Gate], subject: &str, kind: FindingKind) -> Result<()> {
+async fn check_defect(
+    fx: &Fixture,
+    db: &str,
+    defect: &str,
+    gates: &[Gate],
+    subject: &str,
+    kind: FindingKind,
+) -> Result<()> {
     let target = fx.target(db, false).await?;
-    fx.restore(&target, &fx.input(), &DbRestoreOptions::default()).await?;
-    target.connect().await?.batch_execute(defect).await.with_context(|| format!("inject {defect}"))?;
+    fx.restore(&target, &fx.input(), &DbRestoreOptions::default())
+        .await?;
+    target
+        .connect()
+        .await?
+        .batch_execute(defect)
+        .await
+        .with_context(|| format!("inject {defect}"))?;
     let verdicts = fx.gates(&target).await?;
     assert_eq!(failed(&verdicts), gates, "defect {defect}: {verdicts:#?}");
-    let first = verdicts.iter().find(|v| v.gate == gates[0]).expect("the first expected gate ran");
+    let first = verdicts
+        .iter()
+        .find(|v| v.gate == gates[0])
+        .expect("the first expected gate ran");
     assert!(
-        first.findings.iter().any(|f| f.subject.contains(subject) && f.kind == kind),
+        first
+            .findings
+            .iter()
+            .any(|f| f.subject.contains(subject) && f.kind == kind),
         "defect {defect}: no {kind:?} finding about {subject}: {first}"
     );
     Ok(())
@@ -281,16 +465,48 @@ async fn every_database_gate_catches_its_defect() -> Result<()> {
     let fx = fixture().await?;
     // The clean pass, with pg_amcheck on top.
     let clean = fx.target("clean", false).await?;
-    fx.restore(&clean, &fx.input(), &DbRestoreOptions::default()).await?;
+    fx.restore(&clean, &fx.input(), &DbRestoreOptions::default())
+        .await?;
     all_passed(&fx.gates(&clean).await?)?;
     let amcheck = run_amcheck(fx.pg.tools(), &clean).await?;
-    let verdict = verify::referential_integrity(&foreign_key_checks(&clean.connect().await?).await?, Some(&amcheck));
+    let verdict = verify::referential_integrity(
+        &foreign_key_checks(&clean.connect().await?).await?,
+        Some(&amcheck),
+    );
     assert!(verdict.passed, "{verdict}\n{}", amcheck.output);
-    assert_eq!(render_schema(&clean.connect().await?).await?, fx.schema, "amcheck leaves the schema as it was");
+    assert_eq!(
+        render_schema(&clean.connect().await?).await?,
+        fx.schema,
+        "amcheck leaves the schema as it was"
+    );
 
-    check_defect(&fx, "d_index", "DROP INDEX idx_posts_author", &[Gate::Schema], "index public.idx_posts_author", FindingKind::Missing).await?;
-    check_defect(&fx, "d_type", "ALTER TABLE users ALTER COLUMN email TYPE text", &[Gate::Schema], "table public.users", FindingKind::Drift).await?;
-    check_defect(&fx, "d_seq", "SELECT setval('users_id_seq', 1, false)", &[Gate::Sequences], "public.users_id_seq", FindingKind::Broken).await?;
+    check_defect(
+        &fx,
+        "d_index",
+        "DROP INDEX idx_posts_author",
+        &[Gate::Schema],
+        "index public.idx_posts_author",
+        FindingKind::Missing,
+    )
+    .await?;
+    check_defect(
+        &fx,
+        "d_type",
+        "ALTER TABLE users ALTER COLUMN email TYPE text",
+        &[Gate::Schema],
+        "table public.users",
+        FindingKind::Drift,
+    )
+    .await?;
+    check_defect(
+        &fx,
+        "d_seq",
+        "SELECT setval('users_id_seq', 1, false)",
+        &[Gate::Sequences],
+        "public.users_id_seq",
+        FindingKind::Broken,
+    )
+    .await?;
     check_defect(
         &fx,
         "d_fk",
@@ -300,7 +516,15 @@ async fn every_database_gate_catches_its_defect() -> Result<()> {
         FindingKind::Mismatch,
     )
     .await?;
-    check_defect(&fx, "d_row", "DELETE FROM posts WHERE id = 7", &[Gate::RowCounts, Gate::Digests], "public.posts", FindingKind::Mismatch).await?;
+    check_defect(
+        &fx,
+        "d_row",
+        "DELETE FROM posts WHERE id = 7",
+        &[Gate::RowCounts, Gate::Digests],
+        "public.posts",
+        FindingKind::Mismatch,
+    )
+    .await?;
     check_defect(
         &fx,
         "d_byte",
@@ -331,7 +555,8 @@ mod kubernetes {
     use harness::cluster::Cluster;
     use harness::cluster::sim::{SimOptions, SimProvider};
     use harness::restore::{
-        DataRestorer, KubeRestoreOptions, KubeRestorePlan, PlanRoles, RestoreError, Waits, restore_kubernetes,
+        DataRestorer, KubeRestoreOptions, KubeRestorePlan, PlanRoles, RestoreError, Waits,
+        restore_kubernetes,
     };
     use harness::verify;
     use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -348,10 +573,18 @@ mod kubernetes {
     }
 
     impl DataRestorer for Recorder {
-        async fn restore_database(&mut self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        async fn restore_database(
+            &mut self,
+        ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
             let sts: Api<StatefulSet> = Api::namespaced(self.client.clone(), &self.namespace);
-            let ready = sts.get("postgresql").await?.status.and_then(|s| s.ready_replicas).unwrap_or(0);
-            self.calls.push(format!("database (postgresql ready replicas: {ready})"));
+            let ready = sts
+                .get("postgresql")
+                .await?
+                .status
+                .and_then(|s| s.ready_replicas)
+                .unwrap_or(0);
+            self.calls
+                .push(format!("database (postgresql ready replicas: {ready})"));
             Ok(())
         }
 
@@ -375,7 +608,12 @@ mod kubernetes {
         sts["spec"]["template"]["spec"]["volumes"] =
             json!([{"name": "data", "persistentVolumeClaim": {"claimName": "postgresql-pvc"}}]);
         vec![
-            workload("Deployment", "prod-user-service-deployment", "user-service", 0),
+            workload(
+                "Deployment",
+                "prod-user-service-deployment",
+                "user-service",
+                0,
+            ),
             json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "prod-user-service"},
                 "spec": {"selector": {"app": "user-service"}, "ports": [{"port": 8001}]}}),
             workload("Deployment", "prod-redis-deployment", "redis", 1),
@@ -398,19 +636,34 @@ mod kubernetes {
             crd_established: Duration::from_secs(10),
             poll: Duration::from_millis(100),
         };
-        KubeRestoreOptions { waits, ..KubeRestoreOptions::default() }
+        KubeRestoreOptions {
+            waits,
+            ..KubeRestoreOptions::default()
+        }
     }
 
-    async fn observed(client: &kube::Client, plan: &KubeRestorePlan) -> Result<(Vec<Value>, Vec<Value>)> {
+    async fn observed(
+        client: &kube::Client,
+        plan: &KubeRestorePlan,
+    ) -> Result<(Vec<Value>, Vec<Value>)> {
         let mut applied = Vec::new();
         let mut restored = Vec::new();
-        for object in plan.steps.iter().flat_map(|s| &s.manifests).filter(|o| o["kind"] != "Namespace") {
+        for object in plan
+            .steps
+            .iter()
+            .flat_map(|s| &s.manifests)
+            .filter(|o| o["kind"] != "Namespace")
+        {
             let api_version = object["apiVersion"].as_str().unwrap_or_default();
             let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
-            let gvk = GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap_or_default());
+            let gvk =
+                GroupVersionKind::gvk(group, version, object["kind"].as_str().unwrap_or_default());
             let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &plan.namespace, &resource);
-            let live = api.get(object["metadata"]["name"].as_str().unwrap_or_default()).await?;
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), &plan.namespace, &resource);
+            let live = api
+                .get(object["metadata"]["name"].as_str().unwrap_or_default())
+                .await?;
             restored.push(serde_json::to_value(live)?);
             applied.push(object.clone());
         }
@@ -423,30 +676,78 @@ mod kubernetes {
         let client = cluster.client().await?;
         let ns = "titanium-prod";
         let replicas = BTreeMap::from([("prod-user-service-deployment".to_owned(), 2)]);
-        let plan = KubeRestorePlan::new(&backup(), ns, "backup-1", &replicas, &PlanRoles::default())?;
+        let plan =
+            KubeRestorePlan::new(&backup(), ns, "backup-1", &replicas, &PlanRoles::default())?;
 
         // A dry run changes nothing: not even the namespace appears.
-        let mut data = Recorder { client: client.clone(), namespace: ns.to_owned(), calls: Vec::new() };
-        let dry = restore_kubernetes(&client, &plan, &mut data, &KubeRestoreOptions { dry_run: true, ..options() }).await?;
+        let mut data = Recorder {
+            client: client.clone(),
+            namespace: ns.to_owned(),
+            calls: Vec::new(),
+        };
+        let dry = restore_kubernetes(
+            &client,
+            &plan,
+            &mut data,
+            &KubeRestoreOptions {
+                dry_run: true,
+                ..options()
+            },
+        )
+        .await?;
         ensure!(dry.created.len() == 9 && dry.replaced.is_empty(), "{dry:?}");
         ensure!(data.calls.is_empty());
-        ensure!(Api::<Namespace>::all(client.clone()).get_opt(ns).await?.is_none(), "a dry run created the namespace");
+        ensure!(
+            Api::<Namespace>::all(client.clone())
+                .get_opt(ns)
+                .await?
+                .is_none(),
+            "a dry run created the namespace"
+        );
 
         let report = restore_kubernetes(&client, &plan, &mut data, &options()).await?;
-        ensure!(data.calls == ["database (postgresql ready replicas: 1)", "redis"], "{:?}", data.calls);
-        ensure!(report.pods_ready_seconds.is_some() && report.db_restore_seconds.is_some(), "{report:?}");
-        ensure!(report.unconsumed_claims.is_empty(), "postgresql-pvc is mounted, so it must be Bound: {report:?}");
-        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-        let phase = claims.get("postgresql-pvc").await?.status.and_then(|s| s.phase);
-        ensure!(phase.as_deref() == Some("Bound"), "postgresql-pvc is {phase:?}");
+        ensure!(
+            data.calls == ["database (postgresql ready replicas: 1)", "redis"],
+            "{:?}",
+            data.calls
+        );
+        ensure!(
+            report.pods_ready_seconds.is_some() && report.db_restore_seconds.is_some(),
+            "{report:?}"
+        );
+        ensure!(
+            report.unconsumed_claims.is_empty(),
+            "postgresql-pvc is mounted, so it must be Bound: {report:?}"
+        );
+        let claims: Api<k8s_openapi::api::core::v1::PersistentVolumeClaim> =
+            Api::namespaced(client.clone(), ns);
+        let phase = claims
+            .get("postgresql-pvc")
+            .await?
+            .status
+            .and_then(|s| s.phase);
+        ensure!(
+            phase.as_deref() == Some("Bound"),
+            "postgresql-pvc is {phase:?}"
+        );
         let users: Api<Deployment> = Api::namespaced(client.clone(), ns);
         let user = users.get("prod-user-service-deployment").await?;
-        ensure!(user.spec.replicas == Some(2), "recorded replicas come back: {:?}", user.spec.replicas);
-        ensure!(user.status.and_then(|s| s.ready_replicas) == Some(2), "both user-service replicas Ready");
+        ensure!(
+            user.spec.replicas == Some(2),
+            "recorded replicas come back: {:?}",
+            user.spec.replicas
+        );
+        ensure!(
+            user.status.and_then(|s| s.ready_replicas) == Some(2),
+            "both user-service replicas Ready"
+        );
 
         // The rollback decision over what the cluster shows now.
         let pods = harness::restore::observe_pods(&client, ns).await?;
-        ensure!(pods.len() == 4 && pods.iter().all(|p| p.ready && p.restarts == 0), "{pods:?}");
+        ensure!(
+            pods.len() == 4 && pods.iter().all(|p| p.ready && p.restarts == 0),
+            "{pods:?}"
+        );
         let inputs = verify::RollbackInputs {
             pods: Some(pods),
             pods_ready_wait: report.pods_ready_seconds.map(Duration::from_secs_f64),
@@ -464,16 +765,40 @@ mod kubernetes {
 
         // Again, from the same backup: allowed, everything replaced, same result.
         let again = restore_kubernetes(&client, &plan, &mut data, &options()).await?;
-        ensure!(again.created.is_empty() && again.replaced.len() == 9, "{again:?}");
+        ensure!(
+            again.created.is_empty() && again.replaced.len() == 9,
+            "{again:?}"
+        );
         let (_, restored) = observed(&client, &plan).await?;
         ensure!(verify::kubernetes_objects(&applied, &restored).passed);
 
         // Another backup over this namespace is refused without force, and nothing changes.
-        let other = KubeRestorePlan::new(&backup(), ns, "backup-2", &BTreeMap::new(), &PlanRoles::default())?;
-        let err = restore_kubernetes(&client, &other, &mut data, &options()).await.unwrap_err();
+        let other = KubeRestorePlan::new(
+            &backup(),
+            ns,
+            "backup-2",
+            &BTreeMap::new(),
+            &PlanRoles::default(),
+        )?;
+        let err = restore_kubernetes(&client, &other, &mut data, &options())
+            .await
+            .unwrap_err();
         ensure!(matches!(err, RestoreError::NotEmpty { .. }), "{err}");
-        ensure!(err.to_string().contains("backup-1") && err.to_string().contains("Deployment prod-user-service-deployment"), "{err}");
-        ensure!(users.get("prod-user-service-deployment").await?.spec.replicas == Some(2));
+        ensure!(
+            err.to_string().contains("backup-1")
+                && err
+                    .to_string()
+                    .contains("Deployment prod-user-service-deployment"),
+            "{err}"
+        );
+        ensure!(
+            users
+                .get("prod-user-service-deployment")
+                .await?
+                .spec
+                .replicas
+                == Some(2)
+        );
         Ok(())
     }
 
@@ -484,29 +809,56 @@ mod kubernetes {
         let stuck = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": {"name": "stuck"},
             "spec": {"storageClassName": "no-such-class", "accessModes": ["ReadWriteOnce"],
                 "resources": {"requests": {"storage": "1Gi"}}}});
-        let plan = KubeRestorePlan::new(&[stuck], "waits", "b", &BTreeMap::new(), &PlanRoles::default())?;
-        let mut data = Recorder { client: client.clone(), namespace: "waits".to_owned(), calls: Vec::new() };
+        let plan = KubeRestorePlan::new(
+            &[stuck],
+            "waits",
+            "b",
+            &BTreeMap::new(),
+            &PlanRoles::default(),
+        )?;
+        let mut data = Recorder {
+            client: client.clone(),
+            namespace: "waits".to_owned(),
+            calls: Vec::new(),
+        };
         let mut opts = options();
         opts.waits.pvc_bound = Duration::from_secs(2);
-        let err = restore_kubernetes(&client, &plan, &mut data, &opts).await.unwrap_err();
+        let err = restore_kubernetes(&client, &plan, &mut data, &opts)
+            .await
+            .unwrap_err();
         let text = err.to_string();
         ensure!(matches!(err, RestoreError::NotReady { .. }), "{text}");
-        ensure!(text.contains("PersistentVolumeClaim waits/stuck") && text.contains("phase Pending"), "{text}");
-        ensure!(data.calls.is_empty(), "the database step must not run before its volume is bound");
+        ensure!(
+            text.contains("PersistentVolumeClaim waits/stuck") && text.contains("phase Pending"),
+            "{text}"
+        );
+        ensure!(
+            data.calls.is_empty(),
+            "the database step must not run before its volume is bound"
+        );
 
         // A namespace holding workloads of unknown origin is refused.
         let deployments: Api<Deployment> = Api::namespaced(client.clone(), "waits");
-        let foreign: Deployment = serde_json::from_value(workload("Deployment", "foreign", "foreign", 1))?;
+        let foreign: Deployment =
+            serde_json::from_value(workload("Deployment", "foreign", "foreign", 1))?;
         deployments.create(&PostParams::default(), &foreign).await?;
         let ns: Api<Namespace> = Api::all(client.clone());
         ns.patch(
             "waits",
             &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"metadata": {"annotations": {harness::restore::RESTORE_ANNOTATION: null}}})),
+            &kube::api::Patch::Merge(
+                json!({"metadata": {"annotations": {harness::restore::RESTORE_ANNOTATION: null}}}),
+            ),
         )
         .await?;
-        let err = restore_kubernetes(&client, &plan, &mut data, &opts).await.unwrap_err();
-        ensure!(matches!(err, RestoreError::NotEmpty { .. }) && err.to_string().contains("Deployment foreign"), "{err}");
+        let err = restore_kubernetes(&client, &plan, &mut data, &opts)
+            .await
+            .unwrap_err();
+        ensure!(
+            matches!(err, RestoreError::NotEmpty { .. })
+                && err.to_string().contains("Deployment foreign"),
+            "{err}"
+        );
         Ok(())
     }
 }
@@ -525,13 +877,22 @@ async fn restores_what_the_backup_engine_wrote() -> Result<()> {
     let dir = ScratchDir::new("restore-test-", "restore test backup")?;
     let mut options = BackupOptions::new(dir.path());
     options.name = Some("rehearsal-1".to_owned());
-    options.postgres = Some(PgSource::Direct { params: params.clone(), tools: pg.tools().clone() });
+    options.postgres = Some(PgSource::Direct {
+        params: params.clone(),
+        tools: pg.tools().clone(),
+    });
     let report = backup(&options).await.context("backup")?;
 
     for (db, from_sql) in [("from_custom", false), ("from_plain", true)] {
         let inputs = RestoreInputs::from_backup(&report.dir, from_sql)?;
-        ensure!(inputs.backup_id == "rehearsal-1" && !inputs.tables.is_empty(), "{inputs:?}");
-        let input = inputs.database.clone().context("the backup has a database")?;
+        ensure!(
+            inputs.backup_id == "rehearsal-1" && !inputs.tables.is_empty(),
+            "{inputs:?}"
+        );
+        let input = inputs
+            .database
+            .clone()
+            .context("the backup has a database")?;
         create_database(&params, db).await?;
         let target = params.with_dbname(db);
         pg.tools().psql_file(&target, &schema_sql_path()).await?;
@@ -558,6 +919,11 @@ async fn a_corrupt_rdb_is_named_and_nothing_is_written() {
     let rdb = dir.path().join("dump.rdb");
     std::fs::write(&rdb, b"REDIS0011 this is not an RDB").unwrap();
     // The target is never contacted: the scratch server refuses the file first.
-    let err = harness::restore::replay_rdb(&rdb, "redis://127.0.0.1:1/").await.unwrap_err();
-    assert!(err.to_string().contains("could not load") && err.to_string().contains("dump.rdb"), "{err}");
+    let err = harness::restore::replay_rdb(&rdb, "redis://127.0.0.1:1/")
+        .await
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("could not load") && err.to_string().contains("dump.rdb"),
+        "{err}"
+    );
 }

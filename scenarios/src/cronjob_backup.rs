@@ -24,7 +24,15 @@ const JOB: &str = "rehearsal-cronjob-backup";
 const READER: &str = "rehearsal-backup-reader";
 
 /// The phases, in order.
-pub const PHASES: [&str; 7] = ["create-cluster", "deploy", "seed", "run-cronjob", "fetch-dump", "restore-scratch", "gates"];
+pub const PHASES: [&str; 7] = [
+    "create-cluster",
+    "deploy",
+    "seed",
+    "run-cronjob",
+    "fetch-dump",
+    "restore-scratch",
+    "gates",
+];
 
 /// Runs the scenario.
 pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
@@ -63,18 +71,33 @@ async fn steps(
     tables: &mut Vec<TableReport>,
     gates: &mut Vec<GateReport>,
 ) -> anyhow::Result<()> {
-    let c = cluster.insert(run.phase("create-cluster", config.provider.create()).await?);
-    run.phase("deploy", crate::full_rebuild::deploy(c, config)).await?;
-    run.phase("seed", crate::full_rebuild::seed(c, config)).await?;
+    let c = cluster.insert(
+        run.phase("create-cluster", config.provider.create())
+            .await?,
+    );
+    run.phase("deploy", crate::full_rebuild::deploy(c, config))
+        .await?;
+    run.phase("seed", crate::full_rebuild::seed(c, config))
+        .await?;
     let client = c.client().await?;
-    run.phase("run-cronjob", run_cronjob(c, &client, config.ready_timeout)).await?;
+    run.phase("run-cronjob", run_cronjob(c, &client, config.ready_timeout))
+        .await?;
     let dump_dir = harness::keep::ScratchDir::new("harness-cronjob-dump-", "the CronJob's dump")?;
     let dump = dump_dir.path().join("titanium.sql");
-    let bytes = run.phase("fetch-dump", fetch_dump(&client, &dump, config.ready_timeout)).await?;
+    let bytes = run
+        .phase(
+            "fetch-dump",
+            fetch_dump(&client, &dump, config.ready_timeout),
+        )
+        .await?;
     run.note(format!("{bytes} bytes"));
     let scratch = run
         .phase("restore-scratch", async {
-            let scratch = LocalPostgres::start(LocalOptions { database: titanium::DATABASE.into(), ..LocalOptions::default() }).await?;
+            let scratch = LocalPostgres::start(LocalOptions {
+                database: titanium::DATABASE.into(),
+                ..LocalOptions::default()
+            })
+            .await?;
             scratch.tools().psql_file(&scratch.params(), &dump).await?;
             anyhow::Ok(scratch)
         })
@@ -85,20 +108,50 @@ async fn steps(
             let expected = facts::table_facts(&db.params.connect().await?).await?;
             let restored = facts::table_facts(&scratch.params().connect().await?).await?;
             *tables = crate::full_rebuild::table_reports(&expected, &restored);
-            anyhow::Ok(vec![verify::row_counts(&expected, &restored), verify::digests(&expected, &restored)])
+            anyhow::Ok(vec![
+                verify::row_counts(&expected, &restored),
+                verify::digests(&expected, &restored),
+            ])
         })
         .await?;
-    *gates = verdicts.iter().map(crate::full_rebuild::gate_report).collect();
+    *gates = verdicts
+        .iter()
+        .map(crate::full_rebuild::gate_report)
+        .collect();
     scratch.stop().await?;
     Ok(())
 }
 
 /// `kubectl create job --from=cronjob/postgresql-backup`, then waits until the Job succeeded.
-async fn run_cronjob(cluster: &AnyCluster, client: &kube::Client, timeout: Duration) -> anyhow::Result<()> {
+async fn run_cronjob(
+    cluster: &AnyCluster,
+    client: &kube::Client,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let kubeconfig = cluster.kubeconfig().display().to_string();
-    let args = ["--kubeconfig", &kubeconfig, "--context", cluster.context(), "-n", NAMESPACE, "create", "job", JOB, "--from=cronjob/postgresql-backup"];
-    let out = duct::cmd("kubectl", args).stdout_capture().stderr_capture().unchecked().run().context("run kubectl")?;
-    ensure!(out.status.success(), "kubectl create job failed: {}", String::from_utf8_lossy(&out.stderr));
+    let args = [
+        "--kubeconfig",
+        &kubeconfig,
+        "--context",
+        cluster.context(),
+        "-n",
+        NAMESPACE,
+        "create",
+        "job",
+        JOB,
+        "--from=cronjob/postgresql-backup",
+    ];
+    let out = duct::cmd("kubectl", args)
+        .stdout_capture()
+        .stderr_capture()
+        .unchecked()
+        .run()
+        .context("run kubectl")?;
+    ensure!(
+        out.status.success(),
+        "kubectl create job failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let jobs: Api<Job> = Api::namespaced(client.clone(), NAMESPACE);
     let deadline = Instant::now() + timeout;
     loop {
@@ -110,14 +163,21 @@ async fn run_cronjob(cluster: &AnyCluster, client: &kube::Client, timeout: Durat
             bail!("job {JOB} failed: {:?}", status.conditions);
         }
         if Instant::now() >= deadline {
-            bail!("job {JOB} did not complete in {} s: {status:?}", timeout.as_secs());
+            bail!(
+                "job {JOB} did not complete in {} s: {status:?}",
+                timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
 
 /// Mounts the backup PVC in a reader pod and streams the newest dump out of it through exec.
-async fn fetch_dump(client: &kube::Client, to: &std::path::Path, timeout: Duration) -> anyhow::Result<u64> {
+async fn fetch_dump(
+    client: &kube::Client,
+    to: &std::path::Path,
+    timeout: Duration,
+) -> anyhow::Result<u64> {
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
     let reader: Pod = serde_json::from_value(serde_json::json!({
         "apiVersion": "v1",
@@ -129,17 +189,46 @@ async fn fetch_dump(client: &kube::Client, to: &std::path::Path, timeout: Durati
             "volumes": [{"name": "backup", "persistentVolumeClaim": {"claimName": "postgresql-backup-pvc"}}],
         }
     }))?;
-    pods.create(&PostParams::default(), &reader).await.context("create the reader pod")?;
+    pods.create(&PostParams::default(), &reader)
+        .await
+        .context("create the reader pod")?;
     let deadline = Instant::now() + timeout;
     while titanium::ready_pod(client, READER).await.is_err() {
-        ensure!(Instant::now() < deadline, "the reader pod did not become Ready in {} s", timeout.as_secs());
+        ensure!(
+            Instant::now() < deadline,
+            "the reader pod did not become Ready in {} s",
+            timeout.as_secs()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let pod = PodRef { client: client.clone(), namespace: NAMESPACE.into(), pod: READER.into(), container: None };
-    let listing = pod.exec_output(vec!["sh".into(), "-c".into(), "ls -1 /backup".into()], "list the backups").await?;
-    let newest = listing.lines().filter(|l| l.starts_with("titanium-") && l.ends_with(".sql")).max().context("no titanium-*.sql in the backup PVC")?.to_owned();
-    let bytes = pod.exec_to_file(vec!["cat".into(), format!("/backup/{newest}")], "read the dump", to).await?;
-    pods.delete(READER, &DeleteParams::default()).await.context("delete the reader pod")?;
+    let pod = PodRef {
+        client: client.clone(),
+        namespace: NAMESPACE.into(),
+        pod: READER.into(),
+        container: None,
+    };
+    let listing = pod
+        .exec_output(
+            vec!["sh".into(), "-c".into(), "ls -1 /backup".into()],
+            "list the backups",
+        )
+        .await?;
+    let newest = listing
+        .lines()
+        .filter(|l| l.starts_with("titanium-") && l.ends_with(".sql"))
+        .max()
+        .context("no titanium-*.sql in the backup PVC")?
+        .to_owned();
+    let bytes = pod
+        .exec_to_file(
+            vec!["cat".into(), format!("/backup/{newest}")],
+            "read the dump",
+            to,
+        )
+        .await?;
+    pods.delete(READER, &DeleteParams::default())
+        .await
+        .context("delete the reader pod")?;
     ensure!(bytes > 0, "the CronJob's dump {newest} is empty");
     Ok(bytes)
 }

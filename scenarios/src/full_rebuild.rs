@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use harness::backup::{
-    self, BackupOptions, BackupReport, KubePostgres, KubeSource, Manifest, OffsiteTarget, PgSource, PodRef, QuiesceOptions,
-    RedisSource, VerifyOptions,
+    self, BackupOptions, BackupReport, KubePostgres, KubeSource, Manifest, OffsiteTarget, PgSource,
+    PodRef, QuiesceOptions, RedisSource, VerifyOptions,
 };
 use harness::cluster::{AnyCluster, Cluster, ProviderSpec};
 use harness::data::DatasetSpec;
@@ -19,10 +19,12 @@ use harness::load::{HealthGate, LoadGate};
 use harness::pg::{LocalOptions, LocalPostgres, PgTools, PostgresProvider};
 use harness::report::{GateReport, LoadReport, Outcome, Report, TableReport};
 use harness::restore::{
-    DataRestorer, DbArchive, DbRestoreInput, DbRestoreOptions, KubeRestoreOptions, KubeRestorePlan, MarkerRow, PlanRoles,
-    restore_database, restore_kubernetes,
+    DataRestorer, DbArchive, DbRestoreInput, DbRestoreOptions, KubeRestoreOptions, KubeRestorePlan,
+    MarkerRow, PlanRoles, restore_database, restore_kubernetes,
 };
-use harness::verify::{self, Decision, HealthSample, PodObservation, RollbackInputs, RollbackThresholds, Verdict};
+use harness::verify::{
+    self, Decision, HealthSample, PodObservation, RollbackInputs, RollbackThresholds, Verdict,
+};
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 
@@ -101,7 +103,10 @@ pub enum Scenario {
 impl Scenario {
     fn has_phase(self, phase: &str) -> bool {
         match phase {
-            "inject-defect" | "gates-reject-defect" | "rollback-restore" | "gates-after-rollback" => self == Scenario::Rollback,
+            "inject-defect"
+            | "gates-reject-defect"
+            | "rollback-restore"
+            | "gates-after-rollback" => self == Scenario::Rollback,
             "schema-drift-reported" => self == Scenario::SchemaDrift,
             "health-and-load" | "decide" => self != Scenario::SchemaDrift,
             _ => true,
@@ -118,7 +123,11 @@ impl Scenario {
 
     /// The scenario's name.
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, s)| *s == self).map(|(n, _)| *n).expect("every scenario is listed")
+        Self::ALL
+            .iter()
+            .find(|(_, s)| *s == self)
+            .map(|(n, _)| *n)
+            .expect("every scenario is listed")
     }
 
     /// The scenario called `name`.
@@ -169,7 +178,11 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
     let mut clusters = Clusters::default();
     let outcome = steps(scenario, config, &mut run, &mut state, &mut clusters).await;
     teardown(clusters).await;
-    let phases_of_this: Vec<&str> = PHASES.iter().copied().filter(|p| scenario.has_phase(p)).collect();
+    let phases_of_this: Vec<&str> = PHASES
+        .iter()
+        .copied()
+        .filter(|p| scenario.has_phase(p))
+        .collect();
     run.skip(&phases_of_this);
     let phases = run.into_phases();
     let mut report = Report {
@@ -183,7 +196,10 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
         load: state.load,
         rto_ms: state.rto_ms,
         rpo_ms: state.rpo_ms,
-        rollback_reasons: state.decision.map(|d| d.reasons.iter().map(reason_text).collect()).unwrap_or_default(),
+        rollback_reasons: state
+            .decision
+            .map(|d| d.reasons.iter().map(reason_text).collect())
+            .unwrap_or_default(),
     };
     if let Err(err) = outcome {
         tracing::warn!(error = %err, "full_rebuild stopped");
@@ -219,7 +235,9 @@ async fn teardown(clusters: Clusters) {
 /// Destroys throwaway clusters (unless `HARNESS_KEEP`); never an existing one.
 pub(crate) async fn teardown_all(clusters: impl IntoIterator<Item = AnyCluster>) {
     for mut cluster in clusters {
-        if cluster.provider() == harness::cluster::ProviderKind::Kubeconfig || harness::keep::keep_requested() {
+        if cluster.provider() == harness::cluster::ProviderKind::Kubeconfig
+            || harness::keep::keep_requested()
+        {
             continue;
         }
         if let Err(err) = cluster.destroy().await {
@@ -228,9 +246,18 @@ pub(crate) async fn teardown_all(clusters: impl IntoIterator<Item = AnyCluster>)
     }
 }
 
-async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &mut State, clusters: &mut Clusters) -> anyhow::Result<()> {
+async fn steps(
+    scenario: Scenario,
+    config: &Config,
+    run: &mut Run<'_>,
+    state: &mut State,
+    clusters: &mut Clusters,
+) -> anyhow::Result<()> {
     let tools = PgTools::discover()?;
-    let a = clusters.a.insert(run.phase("create-cluster-a", config.provider.create()).await?);
+    let a = clusters.a.insert(
+        run.phase("create-cluster-a", config.provider.create())
+            .await?,
+    );
     run.phase("deploy", deploy(a, config)).await?;
     let seeded = run.phase("seed", seed(a, config)).await?;
     run.note(format!("{} users, {} posts", seeded.0, seeded.1));
@@ -238,7 +265,10 @@ async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &m
     run.phase("start-load", start_load(a, config)).await?;
     let backup = run.phase("backup", take_backup(a, config)).await?;
     let manifest = backup.manifest.clone();
-    let pg = manifest.postgres.clone().context("the backup has no PostgreSQL part")?;
+    let pg = manifest
+        .postgres
+        .clone()
+        .context("the backup has no PostgreSQL part")?;
     state.rpo_ms = rpo_ms(&manifest);
     run.phase("verify-backup", verify(&backup, &tools)).await?;
     let marker = MarkerRow::new(format!("run-{}", uuid_like()));
@@ -252,22 +282,48 @@ async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &m
     })
     .await?;
     clusters.a = None;
-    let b = clusters.b.insert(run.phase("create-cluster-b", config.provider.create()).await?);
+    let b = clusters.b.insert(
+        run.phase("create-cluster-b", config.provider.create())
+            .await?,
+    );
     let b = &*b;
-    let crds = run.phase("deploy-infrastructure", harness::deploy::apply_infrastructure(b, &config.overlay)).await?;
+    let crds = run
+        .phase(
+            "deploy-infrastructure",
+            harness::deploy::apply_infrastructure(b, &config.overlay),
+        )
+        .await?;
     run.note(format!("{crds} CustomResourceDefinitions established"));
-    let restored = run.phase("restore", restore(scenario, b, &backup, &tools, config)).await?;
+    let restored = run
+        .phase("restore", restore(scenario, b, &backup, &tools, config))
+        .await?;
 
-    let mut gates = run.phase("gates", run_gates(b, &backup, &marker, config, scenario != Scenario::Rollback)).await?;
+    let mut gates = run
+        .phase(
+            "gates",
+            run_gates(b, &backup, &marker, config, scenario != Scenario::Rollback),
+        )
+        .await?;
     if scenario == Scenario::SchemaDrift {
-        run.phase("schema-drift-reported", async { expect_drift(&gates.verdicts) }).await?;
+        run.phase("schema-drift-reported", async {
+            expect_drift(&gates.verdicts)
+        })
+        .await?;
         // The drift was expected: the gates that caught it are recorded as detections.
         for verdict in &gates.verdicts {
             let findings: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
             let name = verdict.gate.to_string();
             state.gates.push(match name.as_str() {
-                "schema" => GateReport { name: "schema-drift-detected".into(), passed: true, findings },
-                "kubernetes_objects" if !verdict.passed => GateReport { name: "init-script-change-detected".into(), passed: true, findings },
+                "schema" => GateReport {
+                    name: "schema-drift-detected".into(),
+                    passed: true,
+                    findings,
+                },
+                "kubernetes_objects" if !verdict.passed => GateReport {
+                    name: "init-script-change-detected".into(),
+                    passed: true,
+                    findings,
+                },
                 _ => gate_report(verdict),
             });
         }
@@ -276,32 +332,74 @@ async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &m
     if scenario == Scenario::Rollback {
         let defect = run.phase("inject-defect", inject_defect(b)).await?;
         run.note(&defect);
-        let rejected = run.phase("gates-reject-defect", run_gates(b, &backup, &marker, config, false)).await?;
-        let decision = verify::decide(&RollbackInputs { verdicts: rejected.verdicts.clone(), ..RollbackInputs::default() }, &config.thresholds);
-        state.gates.extend(rejected.verdicts.iter().filter(|v| !v.passed).map(|v| GateReport {
-            name: format!("{} (defect: {defect}) rejected", v.gate),
-            passed: true,
-            findings: v.findings.iter().map(ToString::to_string).collect(),
-        }));
+        let rejected = run
+            .phase(
+                "gates-reject-defect",
+                run_gates(b, &backup, &marker, config, false),
+            )
+            .await?;
+        let decision = verify::decide(
+            &RollbackInputs {
+                verdicts: rejected.verdicts.clone(),
+                ..RollbackInputs::default()
+            },
+            &config.thresholds,
+        );
+        state.gates.extend(
+            rejected
+                .verdicts
+                .iter()
+                .filter(|v| !v.passed)
+                .map(|v| GateReport {
+                    name: format!("{} (defect: {defect}) rejected", v.gate),
+                    passed: true,
+                    findings: v.findings.iter().map(ToString::to_string).collect(),
+                }),
+        );
         if decision.proceed() {
-            state.gates.push(GateReport { name: "defect-rejected".into(), passed: false, findings: vec![format!("the gates passed a restore with {defect}")] });
+            state.gates.push(GateReport {
+                name: "defect-rejected".into(),
+                passed: false,
+                findings: vec![format!("the gates passed a restore with {defect}")],
+            });
             anyhow::bail!("the gates did not reject the injected defect ({defect})");
         }
-        run.phase("rollback-restore", rollback_restore(b, &backup, &tools)).await?;
-        gates = run.phase("gates-after-rollback", run_gates(b, &backup, &marker, config, true)).await?;
+        run.phase("rollback-restore", rollback_restore(b, &backup, &tools))
+            .await?;
+        gates = run
+            .phase(
+                "gates-after-rollback",
+                run_gates(b, &backup, &marker, config, true),
+            )
+            .await?;
     }
     state.tables = table_reports(&pg.tables, &gates.tables);
     state.gates.extend(gates.verdicts.iter().map(gate_report));
 
-    let service = run.phase("health-and-load", health_and_load(b, config)).await?;
-    state.gates.push(GateReport { name: "health".into(), passed: service.health.passed, findings: service.health.findings.clone() });
-    state.gates.push(GateReport { name: "load".into(), passed: service.load.passed, findings: service.load.findings.clone() });
+    let service = run
+        .phase("health-and-load", health_and_load(b, config))
+        .await?;
+    state.gates.push(GateReport {
+        name: "health".into(),
+        passed: service.health.passed,
+        findings: service.health.findings.clone(),
+    });
+    state.gates.push(GateReport {
+        name: "load".into(),
+        passed: service.load.passed,
+        findings: service.load.findings.clone(),
+    });
     state.load = Some(LoadReport {
         requests: service.load.figures.overall.requests,
         failures: service.load.figures.overall.failures,
         rps: service.load.figures.overall.rps,
         p95_ms: service.load.figures.overall.p95_ms,
-        goose_report: service.load.report.as_ref().and_then(|p| p.file_name()).map(|n| n.to_string_lossy().into_owned()),
+        goose_report: service
+            .load
+            .report
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
     });
     state.rto_ms = Some(millis(destroy_started.elapsed()));
 
@@ -325,26 +423,48 @@ async fn steps(scenario: Scenario, config: &Config, run: &mut Run<'_>, state: &m
         .await?;
     run.note(match decision.action {
         verify::Action::Proceed => "proceed".to_owned(),
-        verify::Action::RollBack => format!("roll back: {}", decision.reasons.iter().map(reason_text).collect::<Vec<_>>().join("; ")),
+        verify::Action::RollBack => format!(
+            "roll back: {}",
+            decision
+                .reasons
+                .iter()
+                .map(reason_text)
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
     });
     state.decision = Some(decision);
     Ok(())
 }
 
 fn reason_text(reason: &verify::RollbackReason) -> String {
-    format!("{:?}: {} (limit {})", reason.criterion, reason.observed, reason.limit)
+    format!(
+        "{:?}: {} (limit {})",
+        reason.criterion, reason.observed, reason.limit
+    )
 }
 
 fn uuid_like() -> String {
-    format!("{:x}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0))
+    format!(
+        "{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    )
 }
 
 /// Each table of `before` with what `after` holds of it.
-pub(crate) fn table_reports(before: &[facts::TableFacts], after: &[facts::TableFacts]) -> Vec<TableReport> {
+pub(crate) fn table_reports(
+    before: &[facts::TableFacts],
+    after: &[facts::TableFacts],
+) -> Vec<TableReport> {
     before
         .iter()
         .map(|b| {
-            let a = after.iter().find(|t| t.name == b.name && t.schema == b.schema);
+            let a = after
+                .iter()
+                .find(|t| t.name == b.name && t.schema == b.schema);
             TableReport {
                 name: b.name.clone(),
                 rows_before: b.rows,
@@ -357,13 +477,19 @@ pub(crate) fn table_reports(before: &[facts::TableFacts], after: &[facts::TableF
 }
 
 pub(crate) fn gate_report(verdict: &Verdict) -> GateReport {
-    GateReport { name: verdict.gate.to_string(), passed: verdict.passed, findings: verdict.findings.iter().map(ToString::to_string).collect() }
+    GateReport {
+        name: verdict.gate.to_string(),
+        passed: verdict.passed,
+        findings: verdict.findings.iter().map(ToString::to_string).collect(),
+    }
 }
 
 /// RPO: from the moment the quiesce stopped writes to the snapshot.
 fn rpo_ms(manifest: &Manifest) -> Option<u64> {
-    let stopped = chrono::DateTime::parse_from_rfc3339(&manifest.quiesce.as_ref()?.writes_stopped_at).ok()?;
-    let snapshot = chrono::DateTime::parse_from_rfc3339(&manifest.postgres.as_ref()?.snapshot_at).ok()?;
+    let stopped =
+        chrono::DateTime::parse_from_rfc3339(&manifest.quiesce.as_ref()?.writes_stopped_at).ok()?;
+    let snapshot =
+        chrono::DateTime::parse_from_rfc3339(&manifest.postgres.as_ref()?.snapshot_at).ok()?;
     Some(u64::try_from((snapshot - stopped).num_milliseconds()).unwrap_or(0))
 }
 
@@ -380,7 +506,11 @@ pub(crate) async fn deploy(cluster: &AnyCluster, config: &Config) -> anyhow::Res
 pub(crate) async fn seed(cluster: &AnyCluster, config: &Config) -> anyhow::Result<(u64, u64)> {
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
-    let stats = harness::data::load_dataset(&client, &DatasetSpec::new(config.seed, config.users, config.posts)).await?;
+    let stats = harness::data::load_dataset(
+        &client,
+        &DatasetSpec::new(config.seed, config.users, config.posts),
+    )
+    .await?;
     Ok((stats.users, stats.posts))
 }
 
@@ -398,7 +528,10 @@ async fn start_load(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()>
     let db = titanium::database(cluster).await?;
     let pg = db.params.connect().await?;
     let count = |pg: tokio_postgres::Client| async move {
-        let n: i64 = pg.query_one("SELECT count(*) FROM posts", &[]).await?.get(0);
+        let n: i64 = pg
+            .query_one("SELECT count(*) FROM posts", &[])
+            .await?
+            .get(0);
         anyhow::Ok((n, pg))
     };
     let (before, pg) = count(pg).await?;
@@ -412,7 +545,10 @@ async fn start_load(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()>
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("the load generator wrote nothing in {} s", config.ready_timeout.as_secs());
+            bail!(
+                "the load generator wrote nothing in {} s",
+                config.ready_timeout.as_secs()
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -421,7 +557,12 @@ async fn start_load(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()>
 async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<BackupReport> {
     let client = cluster.client().await?;
     let password = titanium::db_password(&client).await?;
-    let pod = |name: String| PodRef { client: client.clone(), namespace: NAMESPACE.into(), pod: name, container: None };
+    let pod = |name: String| PodRef {
+        client: client.clone(),
+        namespace: NAMESPACE.into(),
+        pod: name,
+        container: None,
+    };
     let redis_pod = titanium::ready_pod(&client, "redis").await?;
     let work = ensure_dir(&config.backup_dir())?;
     harness::keep::set_private_dir(&work)?;
@@ -438,9 +579,19 @@ async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<Ba
         password: Some(password),
         password_env: Some("POSTGRES_PASSWORD".into()),
     }));
-    options.redis = Some(RedisSource::Kube { pod: pod(redis_pod), port: 6379, password_env: None });
-    options.kubernetes = Some(KubeSource { client: client.clone(), namespace: NAMESPACE.into() });
-    options.quiesce = Some(QuiesceOptions { keep: vec![REDIS.into()], timeout: config.ready_timeout });
+    options.redis = Some(RedisSource::Kube {
+        pod: pod(redis_pod),
+        port: 6379,
+        password_env: None,
+    });
+    options.kubernetes = Some(KubeSource {
+        client: client.clone(),
+        namespace: NAMESPACE.into(),
+    });
+    options.quiesce = Some(QuiesceOptions {
+        keep: vec![REDIS.into()],
+        timeout: config.ready_timeout,
+    });
     options.offsite = vec![OffsiteTarget::Directory(offsite)];
     Ok(backup::backup(&options).await?)
 }
@@ -452,9 +603,25 @@ fn ensure_dir(path: &Path) -> anyhow::Result<PathBuf> {
 
 async fn verify(backup: &BackupReport, tools: &PgTools) -> anyhow::Result<()> {
     let scratch = LocalPostgres::start(LocalOptions::default()).await?;
-    let target = backup.archive.as_ref().map(|a| a.path.clone()).unwrap_or_else(|| backup.dir.clone());
-    let report = backup::verify_backup(&target, &VerifyOptions { scratch: scratch.params(), tools: tools.clone(), decryption: None }).await?;
-    ensure!(report.passed, "the backup does not verify: {:?}", report.findings);
+    let target = backup
+        .archive
+        .as_ref()
+        .map(|a| a.path.clone())
+        .unwrap_or_else(|| backup.dir.clone());
+    let report = backup::verify_backup(
+        &target,
+        &VerifyOptions {
+            scratch: scratch.params(),
+            tools: tools.clone(),
+            decryption: None,
+        },
+    )
+    .await?;
+    ensure!(
+        report.passed,
+        "the backup does not verify: {:?}",
+        report.findings
+    );
     scratch.stop().await?;
     Ok(())
 }
@@ -485,17 +652,32 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 impl DataRestorer for ClusterData<'_> {
     async fn restore_database(&mut self) -> Result<(), BoxError> {
         let started = Instant::now();
-        let pg = self.backup.manifest.postgres.as_ref().ok_or("the backup has no PostgreSQL part")?;
+        let pg = self
+            .backup
+            .manifest
+            .postgres
+            .as_ref()
+            .ok_or("the backup has no PostgreSQL part")?;
         let db = titanium::database(self.cluster).await?;
         match self.scenario {
-            Scenario::TableRestore => restore_tables(self.tools, &db.params, &self.backup.dir, pg).await?,
-            Scenario::SchemaDrift => restore_data_only(self.tools, &db.params, &self.backup.dir.join(&pg.custom_dump)).await?,
+            Scenario::TableRestore => {
+                restore_tables(self.tools, &db.params, &self.backup.dir, pg).await?
+            }
+            Scenario::SchemaDrift => {
+                restore_data_only(
+                    self.tools,
+                    &db.params,
+                    &self.backup.dir.join(&pg.custom_dump),
+                )
+                .await?
+            }
             Scenario::FullRebuild | Scenario::Rollback => {
                 let input = DbRestoreInput {
                     archive: DbArchive::Custom(self.backup.dir.join(&pg.custom_dump)),
                     backup_id: self.backup.manifest.name.clone(),
                 };
-                restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default()).await?;
+                restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default())
+                    .await?;
             }
         }
         self.db_restore = Some(started.elapsed());
@@ -503,28 +685,60 @@ impl DataRestorer for ClusterData<'_> {
     }
 
     async fn restore_redis(&mut self) -> Result<(), BoxError> {
-        let Some(redis) = self.backup.manifest.redis.as_ref() else { return Ok(()) };
+        let Some(redis) = self.backup.manifest.redis.as_ref() else {
+            return Ok(());
+        };
         let forward = titanium::forward_to(self.cluster, "redis", 6379).await?;
-        harness::restore::replay_rdb(&self.backup.dir.join(&redis.rdb), &format!("redis://127.0.0.1:{}/", forward.port())).await?;
+        harness::restore::replay_rdb(
+            &self.backup.dir.join(&redis.rdb),
+            &format!("redis://127.0.0.1:{}/", forward.port()),
+        )
+        .await?;
         Ok(())
     }
 }
 
-async fn restore(scenario: Scenario, cluster: &AnyCluster, backup: &BackupReport, tools: &PgTools, config: &Config) -> anyhow::Result<Restored> {
+async fn restore(
+    scenario: Scenario,
+    cluster: &AnyCluster,
+    backup: &BackupReport,
+    tools: &PgTools,
+    config: &Config,
+) -> anyhow::Result<Restored> {
     let manifest = &backup.manifest;
-    let kube = manifest.kubernetes.as_ref().context("the backup has no Kubernetes part")?;
-    let list: serde_json::Value = serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
+    let kube = manifest
+        .kubernetes
+        .as_ref()
+        .context("the backup has no Kubernetes part")?;
+    let list: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
     let mut objects = list["items"].as_array().cloned().unwrap_or_default();
     if scenario == Scenario::SchemaDrift {
         drift_init_script(&mut objects)?;
     }
     // The recorded replica counts come back, except the load generator's: it stays at zero
     // until the data gates have compared the restored data with the backup (see `gates`).
-    let mut replicas: BTreeMap<String, i32> = manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default();
+    let mut replicas: BTreeMap<String, i32> = manifest
+        .quiesce
+        .as_ref()
+        .map(|q| q.replicas.clone())
+        .unwrap_or_default();
     replicas.insert(LOAD_GENERATOR.to_owned(), 0);
-    let plan = KubeRestorePlan::new(&objects, NAMESPACE, &manifest.name, &replicas, &PlanRoles::default())?;
+    let plan = KubeRestorePlan::new(
+        &objects,
+        NAMESPACE,
+        &manifest.name,
+        &replicas,
+        &PlanRoles::default(),
+    )?;
     let client = cluster.client().await?;
-    let mut data = ClusterData { scenario, cluster, backup, tools, db_restore: None };
+    let mut data = ClusterData {
+        scenario,
+        cluster,
+        backup,
+        tools,
+        db_restore: None,
+    };
     let mut options = KubeRestoreOptions::default();
     options.waits.workload_ready = config.ready_timeout;
     options.waits.pods_ready = config.ready_timeout;
@@ -543,7 +757,13 @@ struct Gates {
 
 /// Runs every gate. With `resume_writer`, the load generator is brought back to its recorded
 /// replica count after the data gates (and before the Kubernetes gate, which expects it).
-async fn run_gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerRow, config: &Config, resume_writer: bool) -> anyhow::Result<Gates> {
+async fn run_gates(
+    cluster: &AnyCluster,
+    backup: &BackupReport,
+    marker: &MarkerRow,
+    config: &Config,
+    resume_writer: bool,
+) -> anyhow::Result<Gates> {
     let manifest = &backup.manifest;
     let pg = manifest.postgres.as_ref().context("no PostgreSQL part")?;
     let db = titanium::database(cluster).await?;
@@ -564,22 +784,42 @@ async fn run_gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerR
     ];
     if let Some(redis) = &manifest.redis {
         let forward = titanium::forward_to(cluster, "redis", 6379).await?;
-        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", forward.port()))?.get_multiplexed_async_connection().await?;
+        let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", forward.port()))?
+            .get_multiplexed_async_connection()
+            .await?;
         let restored = backup::dataset_facts(&mut conn).await?;
-        let expected = verify::RedisFacts { key_count: redis.keys, digest: redis.digest.clone(), keys: BTreeMap::new() };
+        let expected = verify::RedisFacts {
+            key_count: redis.keys,
+            digest: redis.digest.clone(),
+            keys: BTreeMap::new(),
+        };
         verdicts.push(verify::redis(&expected, &restored));
     }
     // The data is compared; the load generator may write again, at its recorded count.
-    let recorded = manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default();
+    let recorded = manifest
+        .quiesce
+        .as_ref()
+        .map(|q| q.replicas.clone())
+        .unwrap_or_default();
     if resume_writer && let Some(&replicas) = recorded.get(LOAD_GENERATOR) {
-        titanium::scale(&cluster.client().await?, LOAD_GENERATOR, replicas, config.ready_timeout).await?;
+        titanium::scale(
+            &cluster.client().await?,
+            LOAD_GENERATOR,
+            replicas,
+            config.ready_timeout,
+        )
+        .await?;
     }
     if let Some(kube) = &manifest.kubernetes {
-        let list: serde_json::Value = serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
+        let list: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
         let mut backed_up = list["items"].as_array().cloned().unwrap_or_default();
         // The backup was taken quiesced: the state to restore is the one before the quiesce.
         for object in &mut backed_up {
-            let name = object["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let name = object["metadata"]["name"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
             if object["kind"] == "Deployment"
                 && let Some(&replicas) = recorded.get(&name)
             {
@@ -587,8 +827,12 @@ async fn run_gates(cluster: &AnyCluster, backup: &BackupReport, marker: &MarkerR
                 object["spec"]["replicas"] = serde_json::json!(if held { 0 } else { replicas });
             }
         }
-        let source = KubeSource { client: cluster.client().await?, namespace: NAMESPACE.into() };
-        let (restored, _) = backup::clean::clean_objects(&backup::list_namespace(&source).await?.objects);
+        let source = KubeSource {
+            client: cluster.client().await?,
+            namespace: NAMESPACE.into(),
+        };
+        let (restored, _) =
+            backup::clean::clean_objects(&backup::list_namespace(&source).await?.objects);
         verdicts.push(verify::kubernetes_objects(&backed_up, &restored));
     }
     Ok(Gates { verdicts, tables })
@@ -616,7 +860,9 @@ async fn health_and_load(cluster: &AnyCluster, config: &Config) -> anyhow::Resul
 }
 
 async fn observe_pods(cluster: &AnyCluster) -> anyhow::Result<Vec<PodObservation>> {
-    let pods = Api::<Pod>::namespaced(cluster.client().await?, NAMESPACE).list(&ListParams::default()).await?;
+    let pods = Api::<Pod>::namespaced(cluster.client().await?, NAMESPACE)
+        .list(&ListParams::default())
+        .await?;
     Ok(pods
         .items
         .into_iter()
@@ -626,9 +872,18 @@ async fn observe_pods(cluster: &AnyCluster) -> anyhow::Result<Vec<PodObservation
             let containers = status.container_statuses.unwrap_or_default();
             PodObservation {
                 name: format!("{NAMESPACE}/{}", p.metadata.name.unwrap_or_default()),
-                restarts: containers.iter().map(|c| u32::try_from(c.restart_count).unwrap_or(0)).sum(),
-                waiting_reason: containers.iter().find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone()),
-                ready: status.conditions.unwrap_or_default().iter().any(|c| c.type_ == "Ready" && c.status == "True"),
+                restarts: containers
+                    .iter()
+                    .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+                    .sum(),
+                waiting_reason: containers
+                    .iter()
+                    .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone()),
+                ready: status
+                    .conditions
+                    .unwrap_or_default()
+                    .iter()
+                    .any(|c| c.type_ == "Ready" && c.status == "True"),
             }
         })
         .collect())
@@ -637,21 +892,46 @@ async fn observe_pods(cluster: &AnyCluster) -> anyhow::Result<Vec<PodObservation
 /// The runbook's method B (5.2 "테이블별 복구"): drop the init script's empty tables (as its
 /// method A does), then run `users` and `posts` from their own files with psql, in that order
 /// because posts reference users.
-async fn restore_tables(tools: &PgTools, params: &harness::pg::ConnParams, dir: &Path, pg: &backup::PgManifest) -> anyhow::Result<()> {
-    params.connect().await?.batch_execute("DROP TABLE IF EXISTS posts CASCADE; DROP TABLE IF EXISTS users CASCADE;").await?;
+async fn restore_tables(
+    tools: &PgTools,
+    params: &harness::pg::ConnParams,
+    dir: &Path,
+    pg: &backup::PgManifest,
+) -> anyhow::Result<()> {
+    params
+        .connect()
+        .await?
+        .batch_execute("DROP TABLE IF EXISTS posts CASCADE; DROP TABLE IF EXISTS users CASCADE;")
+        .await?;
     for table in ["public.users", "public.posts"] {
-        let file = pg.table_files.get(table).with_context(|| format!("the backup has no file for {table}"))?;
-        tools.psql_file(params, &dir.join(file)).await.with_context(|| format!("restore {table} from {file}"))?;
+        let file = pg
+            .table_files
+            .get(table)
+            .with_context(|| format!("the backup has no file for {table}"))?;
+        tools
+            .psql_file(params, &dir.join(file))
+            .await
+            .with_context(|| format!("restore {table} from {file}"))?;
     }
     Ok(())
 }
 
 /// Loads only the data of the archive into the schema the cluster's own init script created
 /// (`pg_restore --data-only`), the way a team restores into a schema managed by migrations.
-async fn restore_data_only(tools: &PgTools, params: &harness::pg::ConnParams, archive: &Path) -> anyhow::Result<()> {
+async fn restore_data_only(
+    tools: &PgTools,
+    params: &harness::pg::ConnParams,
+    archive: &Path,
+) -> anyhow::Result<()> {
     let pg_restore = tools.tool("pg_restore")?;
     let out = tokio::process::Command::new(&pg_restore)
-        .args(["--data-only", "--disable-triggers", "--exit-on-error", "--no-owner", "-d"])
+        .args([
+            "--data-only",
+            "--disable-triggers",
+            "--exit-on-error",
+            "--no-owner",
+            "-d",
+        ])
         .arg(&params.dbname)
         .arg(archive)
         .envs(params.libpq_env())
@@ -659,7 +939,11 @@ async fn restore_data_only(tools: &PgTools, params: &harness::pg::ConnParams, ar
         .output()
         .await
         .context("run pg_restore")?;
-    ensure!(out.status.success(), "pg_restore --data-only failed: {}", String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "pg_restore --data-only failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(())
 }
 
@@ -676,23 +960,43 @@ fn drift_init_script(objects: &mut [serde_json::Value]) -> anyhow::Result<()> {
             }
         }
     }
-    ensure!(changed, "no ConfigMap in the backup holds `{DRIFT_FROM}` to change");
+    ensure!(
+        changed,
+        "no ConfigMap in the backup holds `{DRIFT_FROM}` to change"
+    );
     Ok(())
 }
 
 /// The schema gate must fail, naming posts.title and both types; every other gate must pass.
 fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
-    let schema = verdicts.iter().find(|v| v.gate.to_string() == "schema").context("no schema verdict")?;
-    ensure!(!schema.passed, "the schema gate did not report the changed column");
-    let text: String = schema.findings.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n");
+    let schema = verdicts
+        .iter()
+        .find(|v| v.gate.to_string() == "schema")
+        .context("no schema verdict")?;
     ensure!(
-        text.contains("posts") && text.contains("title") && text.contains("200") && text.contains("300"),
+        !schema.passed,
+        "the schema gate did not report the changed column"
+    );
+    let text: String = schema
+        .findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n");
+    ensure!(
+        text.contains("posts")
+            && text.contains("title")
+            && text.contains("200")
+            && text.contains("300"),
         "the schema gate's findings do not name posts.title 200 -> 300:\n{text}"
     );
     // The Kubernetes gate rightly reports the changed init-script ConfigMap too; anything else
     // failing is a defect of the restore.
     let expected_elsewhere = |v: &&Verdict| {
-        v.gate.to_string() == "kubernetes_objects" && v.findings.iter().all(|f| f.to_string().contains("postgresql-init-script"))
+        v.gate.to_string() == "kubernetes_objects"
+            && v.findings
+                .iter()
+                .all(|f| f.to_string().contains("postgresql-init-script"))
     };
     let others: Vec<String> = verdicts
         .iter()
@@ -700,7 +1004,11 @@ fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
         .filter(|v| !expected_elsewhere(v))
         .map(ToString::to_string)
         .collect();
-    ensure!(others.is_empty(), "other gates failed too: {}", others.join("; "));
+    ensure!(
+        others.is_empty(),
+        "other gates failed too: {}",
+        others.join("; ")
+    );
     Ok(())
 }
 
@@ -708,19 +1016,38 @@ fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
 async fn inject_defect(cluster: &AnyCluster) -> anyhow::Result<String> {
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
-    let id: i32 = client.query_one("DELETE FROM posts WHERE id = (SELECT max(id) FROM posts) RETURNING id", &[]).await?.get(0);
+    let id: i32 = client
+        .query_one(
+            "DELETE FROM posts WHERE id = (SELECT max(id) FROM posts) RETURNING id",
+            &[],
+        )
+        .await?
+        .get(0);
     Ok(format!("post {id} deleted"))
 }
 
 /// The runbook's rollback option 1: drop the database, create it again, restore from the backup.
-async fn rollback_restore(cluster: &AnyCluster, backup: &BackupReport, tools: &PgTools) -> anyhow::Result<()> {
+async fn rollback_restore(
+    cluster: &AnyCluster,
+    backup: &BackupReport,
+    tools: &PgTools,
+) -> anyhow::Result<()> {
     let db = titanium::database(cluster).await?;
     let admin = db.params.with_dbname("postgres").connect().await?;
     // Two statements: DROP DATABASE cannot run inside the implicit transaction of a batch.
-    admin.batch_execute("DROP DATABASE titanium WITH (FORCE)").await?;
+    admin
+        .batch_execute("DROP DATABASE titanium WITH (FORCE)")
+        .await?;
     admin.batch_execute("CREATE DATABASE titanium").await?;
-    let pg = backup.manifest.postgres.as_ref().context("no PostgreSQL part")?;
-    let input = DbRestoreInput { archive: DbArchive::Custom(backup.dir.join(&pg.custom_dump)), backup_id: backup.manifest.name.clone() };
+    let pg = backup
+        .manifest
+        .postgres
+        .as_ref()
+        .context("no PostgreSQL part")?;
+    let input = DbRestoreInput {
+        archive: DbArchive::Custom(backup.dir.join(&pg.custom_dump)),
+        backup_id: backup.manifest.name.clone(),
+    };
     restore_database(tools, &db.params, &input, &DbRestoreOptions::default()).await?;
     Ok(())
 }

@@ -40,7 +40,9 @@ pub async fn run<P: PostgresProvider>(
     posts: Vec<Post>,
     work_dir: &Path,
 ) -> anyhow::Result<RoundTrip> {
-    let source = P::start(options()).await.context("start the source server")?;
+    let source = P::start(options())
+        .await
+        .context("start the source server")?;
     let tools = harness::pg::PgTools::discover()?;
     let client = source.params().connect().await?;
     load_rows(&client, users, posts).await?;
@@ -50,14 +52,35 @@ pub async fn run<P: PostgresProvider>(
     let mut backup_options = BackupOptions::new(work_dir);
     backup_options.name = Some("roundtrip".into());
     backup_options.archive = false;
-    backup_options.postgres = Some(PgSource::Direct { params: source.params(), tools: tools.clone() });
-    let report = backup::backup(&backup_options).await.context("back up the source")?;
+    backup_options.postgres = Some(PgSource::Direct {
+        params: source.params(),
+        tools: tools.clone(),
+    });
+    let report = backup::backup(&backup_options)
+        .await
+        .context("back up the source")?;
     source.stop().await.context("destroy the source")?;
 
-    let pg = report.manifest.postgres.as_ref().context("the backup has no PostgreSQL part")?;
-    let target = P::start(options()).await.context("start the target server")?;
-    let input = DbRestoreInput { archive: DbArchive::Custom(report.dir.join(&pg.custom_dump)), backup_id: report.manifest.name.clone() };
-    restore_database(&tools, &target.params(), &input, &DbRestoreOptions::default()).await.context("restore")?;
+    let pg = report
+        .manifest
+        .postgres
+        .as_ref()
+        .context("the backup has no PostgreSQL part")?;
+    let target = P::start(options())
+        .await
+        .context("start the target server")?;
+    let input = DbRestoreInput {
+        archive: DbArchive::Custom(report.dir.join(&pg.custom_dump)),
+        backup_id: report.manifest.name.clone(),
+    };
+    restore_database(
+        &tools,
+        &target.params(),
+        &input,
+        &DbRestoreOptions::default(),
+    )
+    .await
+    .context("restore")?;
     let client = target.params().connect().await?;
     let tables = facts::table_facts(&client).await?;
     let sequences = facts::sequence_facts(&client).await?;
@@ -70,5 +93,8 @@ pub async fn run<P: PostgresProvider>(
     ];
     drop(client);
     target.stop().await?;
-    Ok(RoundTrip { verdicts, rows: pg.tables.iter().map(|t| (t.name.clone(), t.rows)).collect() })
+    Ok(RoundTrip {
+        verdicts,
+        rows: pg.tables.iter().map(|t| (t.name.clone(), t.rows)).collect(),
+    })
 }

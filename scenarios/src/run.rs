@@ -42,7 +42,11 @@ pub struct Run<'a> {
 impl<'a> Run<'a> {
     /// Starts the clock.
     pub fn new(observer: &'a dyn Observer) -> Self {
-        Self { started: Instant::now(), phases: Vec::new(), observer }
+        Self {
+            started: Instant::now(),
+            phases: Vec::new(),
+            observer,
+        }
     }
 
     /// Time since the run started.
@@ -68,7 +72,14 @@ impl<'a> Run<'a> {
             Ok(value) => (PhaseStatus::Passed, None, Ok(value)),
             Err(err) => {
                 let message = format!("{:#}", err.into());
-                (PhaseStatus::Failed, Some(message.clone()), Err(PhaseFailed { phase: name.to_owned(), message }))
+                (
+                    PhaseStatus::Failed,
+                    Some(message.clone()),
+                    Err(PhaseFailed {
+                        phase: name.to_owned(),
+                        message,
+                    }),
+                )
             }
         };
         let report = PhaseReport {
@@ -97,7 +108,13 @@ impl<'a> Run<'a> {
             if self.phases.iter().any(|p| p.name == *name) {
                 continue;
             }
-            self.phases.push(PhaseReport { name: (*name).to_owned(), status: PhaseStatus::Skipped, start_ms: at, duration_ms: 0, detail: None });
+            self.phases.push(PhaseReport {
+                name: (*name).to_owned(),
+                status: PhaseStatus::Skipped,
+                start_ms: at,
+                duration_ms: 0,
+                detail: None,
+            });
         }
     }
 
@@ -124,17 +141,33 @@ mod tests {
     #[tokio::test]
     async fn phases_are_timed_and_failures_carry_their_cause() {
         let mut run = Run::new(&Quiet);
-        let v: u32 = run.phase("first", async { Ok::<_, anyhow::Error>(7) }).await.unwrap();
+        let v: u32 = run
+            .phase("first", async { Ok::<_, anyhow::Error>(7) })
+            .await
+            .unwrap();
         assert_eq!(v, 7);
         let err = run
-            .phase("second", async { Err::<(), _>(anyhow::anyhow!("inner cause").context("outer")) })
+            .phase("second", async {
+                Err::<(), _>(anyhow::anyhow!("inner cause").context("outer"))
+            })
             .await
             .unwrap_err();
         assert_eq!(err.phase, "second");
-        assert!(err.message.contains("outer") && err.message.contains("inner cause"), "{}", err.message);
+        assert!(
+            err.message.contains("outer") && err.message.contains("inner cause"),
+            "{}",
+            err.message
+        );
         run.skip(&["first", "second", "third"]);
         let phases = run.into_phases();
         let statuses: Vec<_> = phases.iter().map(|p| (p.name.as_str(), p.status)).collect();
-        assert_eq!(statuses, [("first", PhaseStatus::Passed), ("second", PhaseStatus::Failed), ("third", PhaseStatus::Skipped)]);
+        assert_eq!(
+            statuses,
+            [
+                ("first", PhaseStatus::Passed),
+                ("second", PhaseStatus::Failed),
+                ("third", PhaseStatus::Skipped)
+            ]
+        );
     }
 }

@@ -36,7 +36,9 @@ pub async fn db_password(client: &kube::Client) -> anyhow::Result<Secret> {
         .data
         .and_then(|mut d| d.remove("POSTGRES_PASSWORD"))
         .context("secret postgresql-secret has no POSTGRES_PASSWORD")?;
-    Ok(Secret::new(String::from_utf8(bytes.0).context("POSTGRES_PASSWORD is not UTF-8")?))
+    Ok(Secret::new(
+        String::from_utf8(bytes.0).context("POSTGRES_PASSWORD is not UTF-8")?,
+    ))
 }
 
 /// A port-forwarded connection to the cluster's database; the forward lives as long as this.
@@ -62,7 +64,10 @@ pub async fn database(cluster: &AnyCluster) -> anyhow::Result<Db> {
         password: Some(password),
         dbname: DATABASE.into(),
     };
-    Ok(Db { _forward: forward, params })
+    Ok(Db {
+        _forward: forward,
+        params,
+    })
 }
 
 /// The first Ready pod with label `app=<app>`.
@@ -77,7 +82,11 @@ pub async fn ready_pod(client: &kube::Client, app: &str) -> anyhow::Result<Strin
 ///
 /// # Errors
 /// When none is Ready.
-pub async fn ready_pod_in(client: &kube::Client, namespace: &str, app: &str) -> anyhow::Result<String> {
+pub async fn ready_pod_in(
+    client: &kube::Client,
+    namespace: &str,
+    app: &str,
+) -> anyhow::Result<String> {
     let pods = Api::<Pod>::namespaced(client.clone(), namespace)
         .list(&ListParams::default().labels(&format!("app={app}")))
         .await
@@ -85,7 +94,10 @@ pub async fn ready_pod_in(client: &kube::Client, namespace: &str, app: &str) -> 
     pods.items
         .into_iter()
         .find(|p| {
-            p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+            p.status
+                .as_ref()
+                .and_then(|s| s.conditions.as_ref())
+                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
         })
         .and_then(|p| p.metadata.name)
         .with_context(|| format!("no Ready pod with app={app} in {namespace}"))
@@ -105,10 +117,17 @@ pub async fn forward_to(cluster: &AnyCluster, app: &str, port: u16) -> anyhow::R
 ///
 /// # Errors
 /// When the API refuses or the deadline passes.
-pub async fn scale(client: &kube::Client, name: &str, replicas: i32, timeout: Duration) -> anyhow::Result<()> {
+pub async fn scale(
+    client: &kube::Client,
+    name: &str,
+    replicas: i32,
+    timeout: Duration,
+) -> anyhow::Result<()> {
     let api = Api::<Deployment>::namespaced(client.clone(), NAMESPACE);
     let patch = serde_json::json!({"spec": {"replicas": replicas}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.with_context(|| format!("scale {name}"))?;
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("scale {name}"))?;
     let deadline = Instant::now() + timeout;
     loop {
         let d = api.get(name).await.with_context(|| format!("get {name}"))?;
@@ -116,13 +135,19 @@ pub async fn scale(client: &kube::Client, name: &str, replicas: i32, timeout: Du
         let settled = if replicas == 0 {
             status.replicas.unwrap_or(0) == 0
         } else {
-            status.ready_replicas.unwrap_or(0) >= replicas && status.updated_replicas.unwrap_or(0) >= replicas
+            status.ready_replicas.unwrap_or(0) >= replicas
+                && status.updated_replicas.unwrap_or(0) >= replicas
         };
         if settled {
             return Ok(());
         }
         if Instant::now() >= deadline {
-            bail!("deployment {name} did not reach {replicas} ready replicas in {} s (status: {:?} ready, {:?} total)", timeout.as_secs(), status.ready_replicas, status.replicas);
+            bail!(
+                "deployment {name} did not reach {replicas} ready replicas in {} s (status: {:?} ready, {:?} total)",
+                timeout.as_secs(),
+                status.ready_replicas,
+                status.replicas
+            );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -17,7 +17,12 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str], stdout: Stdio) -> Result<std::process::Output> {
+fn kubectl(
+    kubeconfig: &Path,
+    cache: &Path,
+    args: &[&str],
+    stdout: Stdio,
+) -> Result<std::process::Output> {
     let out = Command::new("kubectl")
         .arg("--kubeconfig")
         .arg(kubeconfig)
@@ -29,7 +34,12 @@ fn kubectl(kubeconfig: &Path, cache: &Path, args: &[&str], stdout: Stdio) -> Res
         .stderr(Stdio::piped())
         .output()
         .context("running kubectl")?;
-    ensure!(out.status.success(), "kubectl {} failed: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+    ensure!(
+        out.status.success(),
+        "kubectl {} failed: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
     Ok(out)
 }
 
@@ -44,15 +54,35 @@ fn stack_ready(cluster: &SimCluster, ns: &str) -> bool {
     let (sets, _) = store.list("apps/statefulsets", Some(ns));
     !deps.is_empty()
         && !sets.is_empty()
-        && deps.iter().all(|d| int(d, "/status/availableReplicas") >= int(d, "/spec/replicas") && int(d, "/status/updatedReplicas") == int(d, "/spec/replicas"))
-        && sets.iter().all(|s| int(s, "/status/readyReplicas") >= int(s, "/spec/replicas"))
+        && deps.iter().all(|d| {
+            int(d, "/status/availableReplicas") >= int(d, "/spec/replicas")
+                && int(d, "/status/updatedReplicas") == int(d, "/spec/replicas")
+        })
+        && sets
+            .iter()
+            .all(|s| int(s, "/status/readyReplicas") >= int(s, "/spec/replicas"))
 }
 
 fn not_ready(cluster: &SimCluster, ns: &str) -> Vec<String> {
     let (pods, _) = cluster.store().list("/pods", Some(ns));
     pods.iter()
-        .filter(|p| !p.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
-        .map(|p| format!("{} ({})", p["metadata"]["name"].as_str().unwrap_or_default(), p.pointer("/status/containerStatuses/0/state").map(Value::to_string).unwrap_or_default()))
+        .filter(|p| {
+            !p.pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .is_some_and(|c| {
+                    c.iter()
+                        .any(|c| c["type"] == "Ready" && c["status"] == "True")
+                })
+        })
+        .map(|p| {
+            format!(
+                "{} ({})",
+                p["metadata"]["name"].as_str().unwrap_or_default(),
+                p.pointer("/status/containerStatuses/0/state")
+                    .map(Value::to_string)
+                    .unwrap_or_default()
+            )
+        })
         .collect()
 }
 
@@ -63,9 +93,20 @@ async fn main() -> Result<()> {
         Some(n) => n.parse().context("--rows takes a number")?,
         None => 400_000,
     };
-    let built = ["release", "debug"].iter().any(|p| workspace().join("target").join(p).join("titanium").is_file());
-    ensure!(built, "the titanium services binary is not built: run `cargo build --release -p titanium` first");
-    let dir = tempfile::Builder::new().prefix("simcluster-bench-").tempdir()?;
+    let built = ["release", "debug"].iter().any(|p| {
+        workspace()
+            .join("target")
+            .join(p)
+            .join("titanium")
+            .is_file()
+    });
+    ensure!(
+        built,
+        "the titanium services binary is not built: run `cargo build --release -p titanium` first"
+    );
+    let dir = tempfile::Builder::new()
+        .prefix("simcluster-bench-")
+        .tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711))?;
     let kubeconfig = dir.path().join("kubeconfig");
     let cache = dir.path().join("kube-cache");
@@ -73,18 +114,36 @@ async fn main() -> Result<()> {
 
     // 1. Cluster up and the whole stack Ready.
     let t0 = Instant::now();
-    let cluster = SimCluster::start(SimConfig::new("bench", dir.path().join("state"), &kubeconfig)).await?;
+    let cluster = SimCluster::start(SimConfig::new(
+        "bench",
+        dir.path().join("state"),
+        &kubeconfig,
+    ))
+    .await?;
     let up = t0.elapsed();
     let overlay = workspace().join("fixtures/k8s/overlays/sim");
     // CRDs first, as on any cluster: kubectl maps the custom kinds once they are served.
     let crds = workspace().join("fixtures/k8s/base/crds");
-    kubectl(&kubeconfig, &cache, &["apply", "--server-side", "-f", &crds.to_string_lossy()], Stdio::null())?;
-    kubectl(&kubeconfig, &cache, &["apply", "--server-side", "-k", &overlay.to_string_lossy()], Stdio::null())?;
+    kubectl(
+        &kubeconfig,
+        &cache,
+        &["apply", "--server-side", "-f", &crds.to_string_lossy()],
+        Stdio::null(),
+    )?;
+    kubectl(
+        &kubeconfig,
+        &cache,
+        &["apply", "--server-side", "-k", &overlay.to_string_lossy()],
+        Stdio::null(),
+    )?;
     let applied = t0.elapsed();
     let deadline = Instant::now() + Duration::from_secs(60);
     while !stack_ready(&cluster, ns) {
         if Instant::now() > deadline {
-            bail!("the stack did not become Ready within 60 s; not ready: {:?}", not_ready(&cluster, ns));
+            bail!(
+                "the stack did not become Ready within 60 s; not ready: {:?}",
+                not_ready(&cluster, ns)
+            );
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -92,19 +151,61 @@ async fn main() -> Result<()> {
     let (pods, _) = cluster.store().list("/pods", Some(ns));
     println!("cluster up:             {:>8.3} s", up.as_secs_f64());
     println!("manifests applied:      {:>8.3} s", applied.as_secs_f64());
-    println!("stack Ready ({} pods): {:>8.3} s   (target < 5 s: {})", pods.len(), ready.as_secs_f64(), if ready < Duration::from_secs(5) { "met" } else { "MISSED" });
+    println!(
+        "stack Ready ({} pods): {:>8.3} s   (target < 5 s: {})",
+        pods.len(),
+        ready.as_secs_f64(),
+        if ready < Duration::from_secs(5) {
+            "met"
+        } else {
+            "MISSED"
+        }
+    );
 
     // 2. pg_dump -Fc through exec against pg_dump run directly.
     let sql = format!(
         "CREATE TABLE bench_blob (id bigint PRIMARY KEY, payload text); INSERT INTO bench_blob SELECT i, md5(i::text) || md5((i * 7)::text) || repeat(md5((i * 13)::text), 2) FROM generate_series(1, {rows}) i;"
     );
-    kubectl(&kubeconfig, &cache, &["exec", "-n", ns, "postgresql-0", "--", "psql", "-v", "ON_ERROR_STOP=1", "-U", "postgres", "-d", "titanium", "-c", &sql], Stdio::null())?;
-    let pod = cluster.store().get("/pods", ns, "postgresql-0").context("postgresql-0 is gone")?;
-    let pod_ip = pod.pointer("/status/podIP").and_then(Value::as_str).context("no pod IP")?.to_owned();
-    let secret = cluster.store().get("/secrets", ns, "postgresql-secret").context("no postgresql-secret")?;
+    kubectl(
+        &kubeconfig,
+        &cache,
+        &[
+            "exec",
+            "-n",
+            ns,
+            "postgresql-0",
+            "--",
+            "psql",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-U",
+            "postgres",
+            "-d",
+            "titanium",
+            "-c",
+            &sql,
+        ],
+        Stdio::null(),
+    )?;
+    let pod = cluster
+        .store()
+        .get("/pods", ns, "postgresql-0")
+        .context("postgresql-0 is gone")?;
+    let pod_ip = pod
+        .pointer("/status/podIP")
+        .and_then(Value::as_str)
+        .context("no pod IP")?
+        .to_owned();
+    let secret = cluster
+        .store()
+        .get("/secrets", ns, "postgresql-secret")
+        .context("no postgresql-secret")?;
     let password = {
         use base64::Engine as _;
-        let b64 = secret.pointer("/data/POSTGRES_PASSWORD").and_then(Value::as_str).context("no POSTGRES_PASSWORD")?;
+        let b64 = secret
+            .pointer("/data/POSTGRES_PASSWORD")
+            .and_then(Value::as_str)
+            .context("no POSTGRES_PASSWORD")?;
         String::from_utf8(base64::engine::general_purpose::STANDARD.decode(b64)?)?
     };
     let exec_file = dir.path().join("exec.dump");
@@ -114,11 +215,30 @@ async fn main() -> Result<()> {
     for _ in 0..3 {
         let t = Instant::now();
         let f = std::fs::File::create(&exec_file)?;
-        kubectl(&kubeconfig, &cache, &["exec", "-n", ns, "postgresql-0", "--", "pg_dump", "-U", "postgres", "-d", "titanium", "-Fc"], Stdio::from(f))?;
+        kubectl(
+            &kubeconfig,
+            &cache,
+            &[
+                "exec",
+                "-n",
+                ns,
+                "postgresql-0",
+                "--",
+                "pg_dump",
+                "-U",
+                "postgres",
+                "-d",
+                "titanium",
+                "-Fc",
+            ],
+            Stdio::from(f),
+        )?;
         best_exec = best_exec.min(t.elapsed());
         let t = Instant::now();
         let st = Command::new("pg_dump")
-            .args(["-h", &pod_ip, "-U", "postgres", "-d", "titanium", "-Fc", "-f"])
+            .args([
+                "-h", &pod_ip, "-U", "postgres", "-d", "titanium", "-Fc", "-f",
+            ])
             .arg(&direct_file)
             .env("PGPASSWORD", &password)
             .status()?;
@@ -128,9 +248,20 @@ async fn main() -> Result<()> {
     let size = std::fs::metadata(&exec_file)?.len() as f64 / 1e6;
     let direct_size = std::fs::metadata(&direct_file)?.len() as f64 / 1e6;
     let ratio = best_direct.as_secs_f64() / best_exec.as_secs_f64();
-    println!("pg_dump -Fc via exec:   {:>8.3} s  {size:.1} MB  {:.1} MB/s", best_exec.as_secs_f64(), size / best_exec.as_secs_f64());
-    println!("pg_dump -Fc direct:     {:>8.3} s  {direct_size:.1} MB  {:.1} MB/s", best_direct.as_secs_f64(), direct_size / best_direct.as_secs_f64());
-    println!("exec/direct throughput: {ratio:>8.2}x   (target >= 0.8x: {})", if ratio >= 0.8 { "met" } else { "MISSED" });
+    println!(
+        "pg_dump -Fc via exec:   {:>8.3} s  {size:.1} MB  {:.1} MB/s",
+        best_exec.as_secs_f64(),
+        size / best_exec.as_secs_f64()
+    );
+    println!(
+        "pg_dump -Fc direct:     {:>8.3} s  {direct_size:.1} MB  {:.1} MB/s",
+        best_direct.as_secs_f64(),
+        direct_size / best_direct.as_secs_f64()
+    );
+    println!(
+        "exec/direct throughput: {ratio:>8.2}x   (target >= 0.8x: {})",
+        if ratio >= 0.8 { "met" } else { "MISSED" }
+    );
     cluster.shutdown().await?;
     Ok(())
 }

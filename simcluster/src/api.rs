@@ -77,9 +77,18 @@ impl DeleteOptions {
             }
         };
         o.grace_period = body.get("gracePeriodSeconds").and_then(Value::as_i64);
-        o.uid = body.pointer("/preconditions/uid").and_then(Value::as_str).map(str::to_owned);
-        o.resource_version = body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(str::to_owned);
-        o.dry_run = body.get("dryRun").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        o.uid = body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        o.resource_version = body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(str::to_owned);
+        o.dry_run = body
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|a| !a.is_empty());
         Ok(o)
     }
 }
@@ -110,20 +119,31 @@ fn name_of(obj: &Value) -> &str {
 pub fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 fn random_suffix() -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let id = uuid::Uuid::new_v4();
-    id.as_bytes()[..5].iter().map(|b| CHARS[*b as usize % CHARS.len()] as char).collect()
+    id.as_bytes()[..5]
+        .iter()
+        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
+        .collect()
 }
 
 /// Check the `apiVersion`, `kind` and `metadata` of a request body.
 fn check_envelope(rt: &ResourceType, body: &mut Value, ns: &str) -> Result<(), ApiError> {
     let Some(m) = body.as_object_mut() else {
-        return Err(ApiError::bad_request(format!("the body of the request is not a {} object", rt.kind)));
+        return Err(ApiError::bad_request(format!(
+            "the body of the request is not a {} object",
+            rt.kind
+        )));
     };
     match m.get("apiVersion").and_then(Value::as_str) {
         None | Some("") => {
@@ -149,7 +169,9 @@ fn check_envelope(rt: &ResourceType, body: &mut Value, ns: &str) -> Result<(), A
             )));
         }
     }
-    let md = m.entry("metadata").or_insert_with(|| Value::Object(Map::new()));
+    let md = m
+        .entry("metadata")
+        .or_insert_with(|| Value::Object(Map::new()));
     let Some(md) = md.as_object_mut() else {
         return Err(ApiError::bad_request("metadata must be an object"));
     };
@@ -171,7 +193,12 @@ fn check_envelope(rt: &ResourceType, body: &mut Value, ns: &str) -> Result<(), A
     Ok(())
 }
 
-fn check_namespace(view: &View<'_>, rt: &ResourceType, ns: &str, name: &str) -> Result<(), ApiError> {
+fn check_namespace(
+    view: &View<'_>,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+) -> Result<(), ApiError> {
     if !rt.namespaced {
         return Ok(());
     }
@@ -182,23 +209,33 @@ fn check_namespace(view: &View<'_>, rt: &ResourceType, ns: &str, name: &str) -> 
             message: format!("namespaces \"{ns}\" not found"),
             details: Some(json!({"name": ns, "kind": "namespaces"})),
         }),
-        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => Err(ApiError::forbidden(format!(
-            "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-            rt.qualified()
-        ))),
+        Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
+            Err(ApiError::forbidden(format!(
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                rt.qualified()
+            )))
+        }
         Some(_) => Ok(()),
     }
 }
 
 fn invalid_if(rt: &ResourceType, name: &str, errs: validate::FieldErrors) -> Result<(), ApiError> {
-    if errs.is_empty() { Ok(()) } else { Err(ApiError::invalid(rt, name, &errs)) }
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ApiError::invalid(rt, name, &errs))
+    }
 }
 
 fn allocate_service_fields(view: &View<'_>, obj: &mut Value) {
     if !obj.get("spec").is_some_and(Value::is_object) {
         return;
     }
-    let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP").to_owned();
+    let ty = obj
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_owned();
     if ty == "ExternalName" {
         return;
     }
@@ -208,20 +245,36 @@ fn allocate_service_fields(view: &View<'_>, obj: &mut Value) {
         if let Some(ip) = s.pointer("/spec/clusterIP").and_then(Value::as_str) {
             used_ips.insert(ip.to_owned());
         }
-        for p in s.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten() {
+        for p in s
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             if let Some(n) = p.get("nodePort").and_then(Value::as_i64) {
                 used_ports.insert(n);
             }
         }
     }
-    let ip = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let ip = obj
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if ip.is_empty() {
         // The range starts at the `kubernetes` Service's address: each cluster leases its own
         // loopback block (see kubelet::NetworkLease), so concurrent clusters never collide.
         let (b, c) = view
             .get("/services", "default", "kubernetes")
-            .and_then(|k| k.pointer("/spec/clusterIP")?.as_str()?.parse::<std::net::Ipv4Addr>().ok())
-            .map_or((1u32, 0u32), |k| (u32::from(k.octets()[1]), u32::from(k.octets()[2])));
+            .and_then(|k| {
+                k.pointer("/spec/clusterIP")?
+                    .as_str()?
+                    .parse::<std::net::Ipv4Addr>()
+                    .ok()
+            })
+            .map_or((1u32, 0u32), |k| {
+                (u32::from(k.octets()[1]), u32::from(k.octets()[2]))
+            });
         let free = (1u32..(256 - c) * 250)
             .map(|i| format!("127.{b}.{}.{}", c + i / 250, i % 250 + 1))
             .find(|ip| !used_ips.contains(ip))
@@ -258,18 +311,29 @@ fn allocate_service_fields(view: &View<'_>, obj: &mut Value) {
 /// The DefaultStorageClass admission step: a claim that names no class (the field is absent,
 /// not `""`) gets the class annotated as the default.
 fn default_storage_class(view: &View<'_>, obj: &mut Value) {
-    if obj.pointer("/spec/storageClassName").is_some_and(|v| !v.is_null()) {
+    if obj
+        .pointer("/spec/storageClassName")
+        .is_some_and(|v| !v.is_null())
+    {
         return;
     }
     let default = view
         .list("storage.k8s.io/storageclasses", None)
         .into_iter()
         .filter(|sc| {
-            sc.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true")
+            sc.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true")
         })
-        .max_by_key(|sc| sc.pointer("/metadata/creationTimestamp").and_then(Value::as_str).unwrap_or_default().to_owned())
+        .max_by_key(|sc| {
+            sc.pointer("/metadata/creationTimestamp")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        })
         .and_then(|sc| meta(sc, "name").map(str::to_owned));
-    if let (Some(name), Some(spec)) = (default, obj.get_mut("spec").and_then(Value::as_object_mut)) {
+    if let (Some(name), Some(spec)) = (default, obj.get_mut("spec").and_then(Value::as_object_mut))
+    {
         spec.insert("storageClassName".into(), Value::String(name));
     }
 }
@@ -296,7 +360,12 @@ fn crd_status(obj: &mut Value) {
 }
 
 /// Turn a create request body into the object to store.
-fn prepare_create(view: &View<'_>, rt: &ResourceType, ns: &str, mut obj: Value) -> Result<Value, ApiError> {
+fn prepare_create(
+    view: &View<'_>,
+    rt: &ResourceType,
+    ns: &str,
+    mut obj: Value,
+) -> Result<Value, ApiError> {
     check_envelope(rt, &mut obj, ns)?;
     let name = name_of(&obj).to_owned();
     let name = if name.is_empty() {
@@ -307,29 +376,47 @@ fn prepare_create(view: &View<'_>, rt: &ResourceType, ns: &str, mut obj: Value) 
                 n
             }
             _ => {
-                return Err(ApiError::invalid(rt, "", &[(
-                    "metadata.name".into(),
-                    "Required value: name or generateName is required".into(),
-                )]));
+                return Err(ApiError::invalid(
+                    rt,
+                    "",
+                    &[(
+                        "metadata.name".into(),
+                        "Required value: name or generateName is required".into(),
+                    )],
+                ));
             }
         }
     } else {
         name
     };
     if let Some(msg) = validate::check_name(rt.name_rule, &name) {
-        return Err(ApiError::invalid(rt, &name, &[("metadata.name".into(), msg)]));
+        return Err(ApiError::invalid(
+            rt,
+            &name,
+            &[("metadata.name".into(), msg)],
+        ));
     }
     if meta(&obj, "resourceVersion").is_some_and(|v| !v.is_empty()) {
-        return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+        return Err(ApiError::bad_request(
+            "resourceVersion should not be set on objects to be created",
+        ));
     }
     check_namespace(view, rt, ns, &name)?;
-    if view.get(&rt.key(), if rt.namespaced { ns } else { "" }, &name).is_some() {
+    if view
+        .get(&rt.key(), if rt.namespaced { ns } else { "" }, &name)
+        .is_some()
+    {
         return Err(ApiError::already_exists(rt, &name));
     }
     validate::apply_defaults(rt, &mut obj);
     invalid_if(rt, &name, validate::validate(rt, &obj))?;
-    let md = obj["metadata"].as_object_mut().ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
-    md.insert("uid".into(), Value::String(uuid::Uuid::new_v4().to_string()));
+    let md = obj["metadata"]
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("metadata must be an object"))?;
+    md.insert(
+        "uid".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
     md.insert("creationTimestamp".into(), Value::String(now()));
     md.remove("deletionTimestamp");
     md.remove("deletionGracePeriodSeconds");
@@ -338,7 +425,12 @@ fn prepare_create(view: &View<'_>, rt: &ResourceType, ns: &str, mut obj: Value) 
     } else {
         md.remove("generation");
     }
-    if rt.has_subresource("status") && !matches!(rt.kind.as_str(), "Namespace" | "PersistentVolumeClaim" | "PersistentVolume" | "Node") {
+    if rt.has_subresource("status")
+        && !matches!(
+            rt.kind.as_str(),
+            "Namespace" | "PersistentVolumeClaim" | "PersistentVolume" | "Node"
+        )
+    {
         if let Some(m) = obj.as_object_mut() {
             m.remove("status");
         }
@@ -365,7 +457,12 @@ fn spec_part(obj: &Value) -> Value {
 }
 
 /// Turn an update (or a patched object) into the object to store.
-fn prepare_update(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<&str>) -> Result<Value, ApiError> {
+fn prepare_update(
+    rt: &ResourceType,
+    old: &Value,
+    mut new: Value,
+    sub: Option<&str>,
+) -> Result<Value, ApiError> {
     let name = name_of(old).to_owned();
     let ns = meta(old, "namespace").unwrap_or_default().to_owned();
     check_envelope(rt, &mut new, &ns)?;
@@ -391,7 +488,10 @@ fn prepare_update(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<&s
             return Err(ApiError::conflict(
                 rt,
                 &name,
-                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", meta(old, "uid").unwrap_or_default()),
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta(old, "uid").unwrap_or_default()
+                ),
             ));
         }
     }
@@ -420,7 +520,16 @@ fn prepare_update(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<&s
         new
     };
     // Fields the server owns come from the stored object.
-    for f in ["name", "namespace", "uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "resourceVersion"] {
+    for f in [
+        "name",
+        "namespace",
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "generation",
+        "resourceVersion",
+    ] {
         match old["metadata"].get(f) {
             Some(v) => obj["metadata"][f] = v.clone(),
             None => {
@@ -437,7 +546,10 @@ fn prepare_update(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<&s
     }
     if rt.kind == "Service" && !rt.custom && obj.get("spec").is_some_and(Value::is_object) {
         for f in ["clusterIP", "clusterIPs"] {
-            if obj.pointer(&format!("/spec/{f}")).is_none_or(|v| v.is_null() || v == "") {
+            if obj
+                .pointer(&format!("/spec/{f}"))
+                .is_none_or(|v| v.is_null() || v == "")
+            {
                 if let Some(v) = old.pointer(&format!("/spec/{f}")) {
                     obj["spec"][f] = v.clone();
                 }
@@ -453,14 +565,23 @@ fn prepare_update(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<&s
     if old.pointer("/metadata/deletionTimestamp").is_some() {
         let before = finalizers(old);
         if let Some(added) = finalizers(&obj).into_iter().find(|f| !before.contains(f)) {
-            return Err(ApiError::invalid(rt, &name, &[(
-                "metadata.finalizers".into(),
-                format!("Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"),
-            )]));
+            return Err(ApiError::invalid(
+                rt,
+                &name,
+                &[(
+                    "metadata.finalizers".into(),
+                    format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"
+                    ),
+                )],
+            ));
         }
     }
     if rt.has_generation && spec_part(old) != spec_part(&obj) {
-        let g = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(0);
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
         obj["metadata"]["generation"] = json!(g + 1);
     }
     if rt.kind == "CustomResourceDefinition" && !rt.custom && sub.is_none() {
@@ -486,8 +607,14 @@ fn after_commit(store: &Store, rt: &ResourceType, obj: &Value, removed: bool) {
 }
 
 fn remove_custom_objects(store: &Store, crd: &Value) {
-    let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-    let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+    let group = crd
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let plural = crd
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let key = format!("{group}/{plural}");
     let (items, _) = store.list(&key, None);
     for item in items {
@@ -525,7 +652,13 @@ pub fn get(store: &Store, rt: &ResourceType, ns: &str, name: &str) -> Result<Val
 /// # Errors
 /// 400 for a malformed body, 404/403 for a missing or terminating namespace, 409 when it
 /// exists, 422 when invalid.
-pub fn create(store: &Store, rt: &ResourceType, ns: &str, body: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+pub fn create(
+    store: &Store,
+    rt: &ResourceType,
+    ns: &str,
+    body: Value,
+    opts: &WriteOptions,
+) -> Result<Value, ApiError> {
     let ns = scope_ns(rt, ns);
     let name = name_of(&body).to_owned();
     if name.is_empty() {
@@ -547,12 +680,19 @@ pub fn create(store: &Store, rt: &ResourceType, ns: &str, body: Value, opts: &Wr
     if let Some(obj) = prepared {
         return Ok(obj);
     }
-    let obj = out.after.ok_or_else(|| ApiError::internal("create stored nothing"))?;
+    let obj = out
+        .after
+        .ok_or_else(|| ApiError::internal("create stored nothing"))?;
     after_commit(store, rt, &obj, false);
     Ok(to_version(rt, &obj))
 }
 
-fn prepare_with_store(store: &Store, rt: &ResourceType, ns: &str, body: Value) -> Result<Value, ApiError> {
+fn prepare_with_store(
+    store: &Store,
+    rt: &ResourceType,
+    ns: &str,
+    body: Value,
+) -> Result<Value, ApiError> {
     let mut result = None;
     store.mutate(&rt.key(), ns, "", |view, _| {
         result = Some(prepare_create(view, rt, ns, body)?);
@@ -561,7 +701,14 @@ fn prepare_with_store(store: &Store, rt: &ResourceType, ns: &str, body: Value) -
     result.ok_or_else(|| ApiError::internal("prepare stored nothing"))
 }
 
-fn commit_create(store: &Store, rt: &ResourceType, ns: &str, name: &str, obj: Value, opts: &WriteOptions) -> Result<Value, ApiError> {
+fn commit_create(
+    store: &Store,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    obj: Value,
+    opts: &WriteOptions,
+) -> Result<Value, ApiError> {
     if opts.dry_run {
         return Ok(obj);
     }
@@ -571,7 +718,9 @@ fn commit_create(store: &Store, rt: &ResourceType, ns: &str, name: &str, obj: Va
         }
         Ok(Mutation::Put(obj))
     })?;
-    let obj = out.after.ok_or_else(|| ApiError::internal("create stored nothing"))?;
+    let obj = out
+        .after
+        .ok_or_else(|| ApiError::internal("create stored nothing"))?;
     after_commit(store, rt, &obj, false);
     Ok(to_version(rt, &obj))
 }
@@ -604,7 +753,9 @@ pub fn update(
     if let Some(obj) = dry {
         return Ok(obj);
     }
-    let obj = out.after.ok_or_else(|| ApiError::internal("update stored nothing"))?;
+    let obj = out
+        .after
+        .ok_or_else(|| ApiError::internal("update stored nothing"))?;
     finish_if_done(store, rt, ns, name, &obj);
     after_commit(store, rt, &obj, false);
     Ok(to_version(rt, &obj))
@@ -612,10 +763,14 @@ pub fn update(
 
 /// Remove an object whose deletion was pending once its last finalizer is gone.
 fn finish_if_done(store: &Store, rt: &ResourceType, ns: &str, name: &str, obj: &Value) {
-    if finishes_deletion(obj) && !(rt.kind == "Namespace" && !rt.custom && namespace_spec_finalizers(obj)) {
+    if finishes_deletion(obj)
+        && !(rt.kind == "Namespace" && !rt.custom && namespace_spec_finalizers(obj))
+    {
         let uid = meta(obj, "uid").map(str::to_owned);
         let out = store.mutate(&rt.key(), ns, name, |_, cur| match cur {
-            Some(c) if meta(c, "uid").map(str::to_owned) == uid && finishes_deletion(c) => Ok(Mutation::Remove),
+            Some(c) if meta(c, "uid").map(str::to_owned) == uid && finishes_deletion(c) => {
+                Ok(Mutation::Remove)
+            }
             _ => Ok(Mutation::Unchanged),
         });
         if let Ok(o) = out {
@@ -629,7 +784,9 @@ fn finish_if_done(store: &Store, rt: &ResourceType, ns: &str, name: &str, obj: &
 }
 
 fn namespace_spec_finalizers(obj: &Value) -> bool {
-    obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty())
+    obj.pointer("/spec/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty())
 }
 
 /// Decode a request body as JSON, or as YAML for server-side apply.
@@ -641,16 +798,20 @@ pub fn decode_body(bytes: &[u8], yaml: bool) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     if yaml {
-        let text = std::str::from_utf8(bytes).map_err(|e| ApiError::bad_request(format!("the request body is not UTF-8: {e}")))?;
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| ApiError::bad_request(format!("the request body is not UTF-8: {e}")))?;
         serde_saphyr::from_str::<Value>(text)
             .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
-        serde_json::from_slice(bytes).map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))
     }
 }
 
 fn set_remove(set: &mut Value, path: &[String]) {
-    let Some((first, rest)) = path.split_first() else { return };
+    let Some((first, rest)) = path.split_first() else {
+        return;
+    };
     let Some(m) = set.as_object_mut() else { return };
     if rest.is_empty() {
         m.remove(first);
@@ -658,7 +819,10 @@ fn set_remove(set: &mut Value, path: &[String]) {
     }
     if let Some(child) = m.get_mut(first) {
         set_remove(child, rest);
-        if child.as_object().is_some_and(|c| c.keys().all(|k| k == ".")) {
+        if child
+            .as_object()
+            .is_some_and(|c| c.keys().all(|k| k == "."))
+        {
             m.remove(first);
         }
     }
@@ -674,23 +838,37 @@ fn server_side_apply(
     let name = name_of(cur).to_owned();
     let status_sub = rt.has_subresource("status");
     let new_set = patch::field_set(applied, status_sub);
-    let mut managed: Vec<Value> =
-        cur.pointer("/metadata/managedFields").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut managed: Vec<Value> = cur
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let is_mine = |e: &Value| {
-        e.get("manager").and_then(Value::as_str) == Some(manager) && e.get("operation").and_then(Value::as_str) == Some("Apply")
+        e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Apply")
     };
-    let old_set = managed.iter().find(|e| is_mine(e)).and_then(|e| e.get("fieldsV1").cloned()).unwrap_or(json!({}));
+    let old_set = managed
+        .iter()
+        .find(|e| is_mine(e))
+        .and_then(|e| e.get("fieldsV1").cloned())
+        .unwrap_or(json!({}));
     let mut conflicts = Vec::new();
     for leaf in patch::leaf_paths(&new_set) {
         for e in managed.iter_mut().filter(|e| !is_mine(e)) {
-            let owns = e.get("fieldsV1").is_some_and(|s| patch::set_contains(s, &leaf));
+            let owns = e
+                .get("fieldsV1")
+                .is_some_and(|s| patch::set_contains(s, &leaf));
             if owns && patch::value_at(cur, &leaf) != patch::value_at(applied, &leaf) {
                 if force {
                     if let Some(s) = e.get_mut("fieldsV1") {
                         set_remove(s, &leaf);
                     }
                 } else {
-                    let m = e.get("manager").and_then(Value::as_str).unwrap_or_default().to_owned();
+                    let m = e
+                        .get("manager")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned();
                     conflicts.push((m, patch::path_to_string(&leaf)));
                 }
             }
@@ -701,14 +879,20 @@ fn server_side_apply(
     }
     let mut obj = cur.clone();
     for path in patch::removed_paths(&old_set, &new_set) {
-        let shared = managed.iter().filter(|e| !is_mine(e)).any(|e| e.get("fieldsV1").is_some_and(|s| patch::set_contains(s, &path)));
+        let shared = managed.iter().filter(|e| !is_mine(e)).any(|e| {
+            e.get("fieldsV1")
+                .is_some_and(|s| patch::set_contains(s, &path))
+        });
         if !shared {
             patch::remove_path(&mut obj, &path);
         }
     }
     patch::strategic_merge(&mut obj, applied);
     managed.retain(|e| !is_mine(e));
-    managed.retain(|e| e.get("fieldsV1").is_some_and(|s| s.as_object().is_some_and(|m| !m.is_empty())));
+    managed.retain(|e| {
+        e.get("fieldsV1")
+            .is_some_and(|s| s.as_object().is_some_and(|m| !m.is_empty()))
+    });
     managed.push(managed_entry(rt, manager, new_set));
     obj["metadata"]["managedFields"] = Value::Array(managed);
     Ok(obj)
@@ -725,7 +909,10 @@ fn managed_entry(rt: &ResourceType, manager: &str, set: Value) -> Value {
 /// # Errors
 /// 400 for an undecodable patch, 404 when missing, 409 on conflicts, 415 for a strategic merge
 /// patch of a custom resource, 422 when the result is invalid.
-#[expect(clippy::too_many_arguments, reason = "mirrors the REST call's parameters")]
+#[expect(
+    clippy::too_many_arguments,
+    reason = "mirrors the REST call's parameters"
+)]
 pub fn patch(
     store: &Store,
     rt: &ResourceType,
@@ -750,14 +937,20 @@ pub fn patch(
     let manager = opts.field_manager.clone().unwrap_or_default();
     if ptype == PatchType::Apply {
         if manager.is_empty() {
-            return Err(ApiError::bad_request("PATCH: fieldManager is required for apply requests"));
+            return Err(ApiError::bad_request(
+                "PATCH: fieldManager is required for apply requests",
+            ));
         }
         if !p.is_object() || p.get("metadata").is_some_and(|m| !m.is_object()) {
-            return Err(ApiError::bad_request("the apply configuration must be an object with an object metadata"));
+            return Err(ApiError::bad_request(
+                "the apply configuration must be an object with an object metadata",
+            ));
         }
         for f in ["apiVersion", "kind"] {
             if p.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(ApiError::bad_request(format!("invalid object type: {f} must be set in an apply configuration")));
+                return Err(ApiError::bad_request(format!(
+                    "invalid object type: {f} must be set in an apply configuration"
+                )));
             }
         }
         if let Some(n) = meta(&p, "name") {
@@ -801,7 +994,9 @@ pub fn patch(
                     }
                     PatchType::Strategic => {
                         if !p.is_object() {
-                            return Err(ApiError::bad_request("a strategic merge patch must be a JSON object"));
+                            return Err(ApiError::bad_request(
+                                "a strategic merge patch must be a JSON object",
+                            ));
                         }
                         patch::strategic_merge(&mut target, &p);
                         target
@@ -820,7 +1015,9 @@ pub fn patch(
     if let Some(obj) = dry {
         return Ok((obj, created));
     }
-    let obj = out.after.ok_or_else(|| ApiError::internal("patch stored nothing"))?;
+    let obj = out
+        .after
+        .ok_or_else(|| ApiError::internal("patch stored nothing"))?;
     finish_if_done(store, rt, ns, name, &obj);
     after_commit(store, rt, &obj, false);
     Ok((to_version(rt, &obj), created))
@@ -837,7 +1034,13 @@ fn default_propagation(rt: &ResourceType) -> Propagation {
 ///
 /// # Errors
 /// 404 when missing, 409 when a precondition fails.
-pub fn delete(store: &Store, rt: &ResourceType, ns: &str, name: &str, opts: &DeleteOptions) -> Result<Deleted, ApiError> {
+pub fn delete(
+    store: &Store,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    opts: &DeleteOptions,
+) -> Result<Deleted, ApiError> {
     let ns = scope_ns(rt, ns);
     let mut pending = false;
     let mut dry = None;
@@ -907,9 +1110,15 @@ pub fn delete(store: &Store, rt: &ResourceType, ns: &str, name: &str, opts: &Del
         Ok(Mutation::Remove)
     })?;
     if let Some(obj) = dry {
-        return Ok(if pending { Deleted::Pending(obj) } else { Deleted::Gone(obj) });
+        return Ok(if pending {
+            Deleted::Pending(obj)
+        } else {
+            Deleted::Gone(obj)
+        });
     }
-    let obj = out.after.ok_or_else(|| ApiError::internal("delete changed nothing"))?;
+    let obj = out
+        .after
+        .ok_or_else(|| ApiError::internal("delete changed nothing"))?;
     if out.removed {
         after_commit(store, rt, &obj, true);
         Ok(Deleted::Gone(to_version(rt, &obj)))
@@ -928,14 +1137,23 @@ fn graceful_pod(rt: &ResourceType, pod: &Value, opts: &DeleteOptions) -> Option<
     if rt.custom || rt.kind != "Pod" {
         return None;
     }
-    let scheduled = pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or_default();
+    let scheduled = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     if !scheduled || phase == "Succeeded" || phase == "Failed" {
         return None;
     }
     let g = opts
         .grace_period
-        .or_else(|| pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            pod.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30);
     (g > 0).then_some(g)
 }
@@ -954,13 +1172,19 @@ pub fn delete_response(rt: &ResourceType, d: &Deleted) -> (u16, Value) {
 /// the namespace itself.
 pub fn finalize_namespace(store: &Store, name: &str) {
     let out = store.mutate("/namespaces", "", name, |_, cur| {
-        let Some(cur) = cur else { return Ok(Mutation::Unchanged) };
+        let Some(cur) = cur else {
+            return Ok(Mutation::Unchanged);
+        };
         let mut obj = cur.as_ref().clone();
         if !obj.get("spec").is_some_and(Value::is_object) {
             obj["spec"] = json!({});
         }
         obj["spec"]["finalizers"] = json!([]);
-        if finalizers(&obj).is_empty() { Ok(Mutation::Remove) } else { Ok(Mutation::Put(obj)) }
+        if finalizers(&obj).is_empty() {
+            Ok(Mutation::Remove)
+        } else {
+            Ok(Mutation::Put(obj))
+        }
     });
     if let Err(e) = out {
         tracing::warn!(namespace = name, error = %e, "finalizing namespace failed");

@@ -28,7 +28,11 @@ pub struct SimConfig {
 
 impl SimConfig {
     /// A configuration with a free port, one control-plane node and nothing denied.
-    pub fn new(name: impl Into<String>, state_dir: impl Into<PathBuf>, kubeconfig: impl Into<PathBuf>) -> Self {
+    pub fn new(
+        name: impl Into<String>,
+        state_dir: impl Into<PathBuf>,
+        kubeconfig: impl Into<PathBuf>,
+    ) -> Self {
         SimConfig {
             name: name.into(),
             state_dir: state_dir.into(),
@@ -55,7 +59,9 @@ pub struct AccessRule {
 
 /// A deny rule that could not be parsed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("invalid access rule {rule:?}: expected verb:resource[:namespace], for example create:statefulsets:titanium-prod")]
+#[error(
+    "invalid access rule {rule:?}: expected verb:resource[:namespace], for example create:statefulsets:titanium-prod"
+)]
 pub struct AccessRuleError {
     /// The text given.
     pub rule: String,
@@ -75,7 +81,11 @@ impl FromStr for AccessRule {
         if verb.is_empty() || resource.is_empty() || namespace.as_deref() == Some("") {
             return Err(bad());
         }
-        Ok(AccessRule { verb: verb.to_owned(), resource: resource.to_owned(), namespace })
+        Ok(AccessRule {
+            verb: verb.to_owned(),
+            resource: resource.to_owned(),
+            namespace,
+        })
     }
 }
 
@@ -102,10 +112,17 @@ impl AccessRule {
             Some((p, s)) => (p, Some(s)),
             None => (self.resource.as_str(), None),
         };
-        let qualified = if group.is_empty() { plural.to_owned() } else { format!("{plural}.{group}") };
+        let qualified = if group.is_empty() {
+            plural.to_owned()
+        } else {
+            format!("{plural}.{group}")
+        };
         let res_ok = rule_res == "*" || rule_res == plural || rule_res == qualified;
         let sub_ok = rule_sub == sub || rule_sub == Some("*");
-        let ns_ok = self.namespace.as_ref().is_none_or(|n| n == "*" || n == namespace);
+        let ns_ok = self
+            .namespace
+            .as_ref()
+            .is_none_or(|n| n == "*" || n == namespace);
         verb_ok && res_ok && sub_ok && ns_ok
     }
 }
@@ -196,7 +213,10 @@ impl KindConfig {
     /// Unreadable file, invalid YAML, wrong `kind`/`apiVersion`, unknown node roles, no
     /// control-plane node, or duplicate host ports.
     pub fn load(path: &Path) -> Result<Self, KindConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| KindConfigError::Read { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| KindConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
         Self::parse(&text, path)
     }
 
@@ -205,27 +225,54 @@ impl KindConfig {
     /// # Errors
     /// As [`KindConfig::load`].
     pub fn parse(text: &str, path: &Path) -> Result<Self, KindConfigError> {
-        let invalid = |message: String| KindConfigError::Invalid { path: path.to_owned(), message };
-        let mut cfg: KindConfig = serde_saphyr::from_str(text)
-            .map_err(|e| KindConfigError::Parse { path: path.to_owned(), message: e.to_string() })?;
+        let invalid = |message: String| KindConfigError::Invalid {
+            path: path.to_owned(),
+            message,
+        };
+        let mut cfg: KindConfig =
+            serde_saphyr::from_str(text).map_err(|e| KindConfigError::Parse {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
         if cfg.kind != "Cluster" {
-            return Err(invalid(format!("kind is {:?}, expected \"Cluster\"", cfg.kind)));
+            return Err(invalid(format!(
+                "kind is {:?}, expected \"Cluster\"",
+                cfg.kind
+            )));
         }
         if cfg.api_version != "kind.x-k8s.io/v1alpha4" {
-            return Err(invalid(format!("apiVersion is {:?}, expected \"kind.x-k8s.io/v1alpha4\"", cfg.api_version)));
+            return Err(invalid(format!(
+                "apiVersion is {:?}, expected \"kind.x-k8s.io/v1alpha4\"",
+                cfg.api_version
+            )));
         }
         if cfg.nodes.is_empty() {
-            cfg.nodes.push(KindNode { role: "control-plane".into(), image: None, extra_port_mappings: Vec::new(), labels: BTreeMap::new() });
+            cfg.nodes.push(KindNode {
+                role: "control-plane".into(),
+                image: None,
+                extra_port_mappings: Vec::new(),
+                labels: BTreeMap::new(),
+            });
         }
         let mut host_ports = std::collections::HashSet::new();
         for (i, n) in cfg.nodes.iter().enumerate() {
             if n.role != "control-plane" && n.role != "worker" {
-                return Err(invalid(format!("nodes[{i}].role is {:?}, expected \"control-plane\" or \"worker\"", n.role)));
+                return Err(invalid(format!(
+                    "nodes[{i}].role is {:?}, expected \"control-plane\" or \"worker\"",
+                    n.role
+                )));
             }
             for m in &n.extra_port_mappings {
-                let key = (m.listen_address.clone().unwrap_or_default(), m.host_port, m.protocol.clone().unwrap_or_else(|| "TCP".into()));
+                let key = (
+                    m.listen_address.clone().unwrap_or_default(),
+                    m.host_port,
+                    m.protocol.clone().unwrap_or_else(|| "TCP".into()),
+                );
                 if m.host_port != 0 && !host_ports.insert(key) {
-                    return Err(invalid(format!("nodes[{i}]: host port {} is mapped twice", m.host_port)));
+                    return Err(invalid(format!(
+                        "nodes[{i}]: host port {} is mapped twice",
+                        m.host_port
+                    )));
                 }
             }
         }
@@ -241,9 +288,17 @@ impl KindConfig {
         self.nodes
             .iter()
             .map(|n| {
-                let (count, role) = if n.role == "control-plane" { (&mut cp, "control-plane") } else { (&mut w, "worker") };
+                let (count, role) = if n.role == "control-plane" {
+                    (&mut cp, "control-plane")
+                } else {
+                    (&mut w, "worker")
+                };
                 *count += 1;
-                let suffix = if *count == 1 { String::new() } else { count.to_string() };
+                let suffix = if *count == 1 {
+                    String::new()
+                } else {
+                    count.to_string()
+                };
                 (format!("{cluster}-{role}{suffix}"), n)
             })
             .collect()
@@ -283,9 +338,14 @@ mod tests {
         let names: Vec<String> = cfg.node_names("t").into_iter().map(|(n, _)| n).collect();
         assert_eq!(names, ["t-control-plane", "t-worker", "t-worker2"]);
         assert_eq!(cfg.nodes[0].extra_port_mappings[0].host_port, 8080);
-        let err = KindConfig::parse("kind: Cluster\napiVersion: v1\n", p).expect_err("bad apiVersion");
+        let err =
+            KindConfig::parse("kind: Cluster\napiVersion: v1\n", p).expect_err("bad apiVersion");
         assert!(err.to_string().contains("apiVersion"));
-        let err = KindConfig::parse("kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: boss\n", p).expect_err("bad role");
+        let err = KindConfig::parse(
+            "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: boss\n",
+            p,
+        )
+        .expect_err("bad role");
         assert!(err.to_string().contains("nodes[0].role"));
         let err = KindConfig::parse("kind: [", p).expect_err("bad yaml");
         assert!(matches!(err, KindConfigError::Parse { .. }));

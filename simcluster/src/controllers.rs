@@ -18,7 +18,10 @@ use crate::api::{self, DeleteOptions, Propagation, WriteOptions};
 use crate::store::{EventType, Mutation, Store, WatchEvent};
 
 fn meta<'a>(obj: &'a Value, f: &str) -> &'a str {
-    obj.get("metadata").and_then(|m| m.get(f)).and_then(Value::as_str).unwrap_or_default()
+    obj.get("metadata")
+        .and_then(|m| m.get(f))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 fn relevant(ev: &WatchEvent) -> bool {
@@ -63,7 +66,9 @@ pub(crate) fn reconcile(store: &Store) {
 }
 
 fn default_service_accounts(store: &Store) {
-    let Some(rt) = store.registry().by_kind("v1", "ServiceAccount").cloned() else { return };
+    let Some(rt) = store.registry().by_kind("v1", "ServiceAccount").cloned() else {
+        return;
+    };
     let (namespaces, _) = store.list("/namespaces", None);
     for ns in namespaces {
         if ns.pointer("/metadata/deletionTimestamp").is_some() {
@@ -82,8 +87,14 @@ fn default_service_accounts(store: &Store) {
 }
 
 fn delete_obj(store: &Store, key: &str, obj: &Value, propagation: Propagation) {
-    let Some(rt) = store.registry().by_key(key).cloned() else { return };
-    let opts = DeleteOptions { propagation: Some(propagation), uid: Some(meta(obj, "uid").to_owned()), ..DeleteOptions::default() };
+    let Some(rt) = store.registry().by_key(key).cloned() else {
+        return;
+    };
+    let opts = DeleteOptions {
+        propagation: Some(propagation),
+        uid: Some(meta(obj, "uid").to_owned()),
+        ..DeleteOptions::default()
+    };
     if let Err(e) = api::delete(store, &rt, meta(obj, "namespace"), meta(obj, "name"), &opts) {
         if e.code != 404 && e.code != 409 {
             tracing::warn!(kind = rt.kind, name = meta(obj, "name"), error = %e, "garbage collection failed");
@@ -92,11 +103,26 @@ fn delete_obj(store: &Store, key: &str, obj: &Value, propagation: Propagation) {
 }
 
 fn remove_finalizer(store: &Store, key: &str, obj: &Value, finalizer: &str) {
-    let Some(rt) = store.registry().by_key(key).cloned() else { return };
-    let fins: Vec<String> = api::finalizers(obj).into_iter().filter(|f| f != finalizer).collect();
-    let patch = json!({"metadata": {"finalizers": fins, "resourceVersion": meta(obj, "resourceVersion")}});
+    let Some(rt) = store.registry().by_key(key).cloned() else {
+        return;
+    };
+    let fins: Vec<String> = api::finalizers(obj)
+        .into_iter()
+        .filter(|f| f != finalizer)
+        .collect();
+    let patch =
+        json!({"metadata": {"finalizers": fins, "resourceVersion": meta(obj, "resourceVersion")}});
     let body = patch.to_string();
-    if let Err(e) = api::patch(store, &rt, meta(obj, "namespace"), meta(obj, "name"), crate::patch::PatchType::Merge, body.as_bytes(), None, &WriteOptions::default()) {
+    if let Err(e) = api::patch(
+        store,
+        &rt,
+        meta(obj, "namespace"),
+        meta(obj, "name"),
+        crate::patch::PatchType::Merge,
+        body.as_bytes(),
+        None,
+        &WriteOptions::default(),
+    ) {
         if e.code != 404 && e.code != 409 {
             tracing::warn!(kind = rt.kind, name = meta(obj, "name"), error = %e, "removing finalizer failed");
         }
@@ -108,10 +134,20 @@ fn garbage_collect(store: &Store) {
     let by_uid: HashMap<&str, &Arc<Value>> = all.iter().map(|(_, o)| (meta(o, "uid"), o)).collect();
     let mut referenced: HashSet<String> = HashSet::new();
     for (key, obj) in &all {
-        let Some(refs) = obj.pointer("/metadata/ownerReferences").and_then(Value::as_array) else { continue };
+        let Some(refs) = obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+        else {
+            continue;
+        };
         if refs.is_empty() || obj.pointer("/metadata/deletionTimestamp").is_some() {
             for r in refs {
-                referenced.insert(r.get("uid").and_then(Value::as_str).unwrap_or_default().to_owned());
+                referenced.insert(
+                    r.get("uid")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                        .to_owned(),
+                );
             }
             continue;
         }
@@ -122,7 +158,10 @@ fn garbage_collect(store: &Store) {
         for r in refs {
             let uid = r.get("uid").and_then(Value::as_str).unwrap_or_default();
             match by_uid.get(uid) {
-                Some(owner) if meta(owner, "name") == r.get("name").and_then(Value::as_str).unwrap_or_default() => {
+                Some(owner)
+                    if meta(owner, "name")
+                        == r.get("name").and_then(Value::as_str).unwrap_or_default() =>
+                {
                     let fins = api::finalizers(owner);
                     let deleting = owner.pointer("/metadata/deletionTimestamp").is_some();
                     if deleting && fins.iter().any(|f| f == "orphan") {
@@ -139,9 +178,14 @@ fn garbage_collect(store: &Store) {
                 _ => {}
             }
         }
-        if foreground_owner && alive == keep.len() && keep.iter().all(|r| {
-            by_uid.get(r.get("uid").and_then(Value::as_str).unwrap_or_default()).is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some())
-        }) {
+        if foreground_owner
+            && alive == keep.len()
+            && keep.iter().all(|r| {
+                by_uid
+                    .get(r.get("uid").and_then(Value::as_str).unwrap_or_default())
+                    .is_some_and(|o| o.pointer("/metadata/deletionTimestamp").is_some())
+            })
+        {
             delete_obj(store, key, obj, Propagation::Foreground);
         } else if alive == 0 && orphaning == 0 {
             delete_obj(store, key, obj, Propagation::Background);

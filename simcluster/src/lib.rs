@@ -39,7 +39,9 @@ pub use store::Store;
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The cluster name is not usable as a kubeconfig and node name.
-    #[error("invalid cluster name {name:?}: use lowercase letters, digits and '-' (at most 50 characters)")]
+    #[error(
+        "invalid cluster name {name:?}: use lowercase letters, digits and '-' (at most 50 characters)"
+    )]
     InvalidName {
         /// The name given.
         name: String,
@@ -111,21 +113,29 @@ pub struct SimCluster {
 
 impl std::fmt::Debug for SimCluster {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SimCluster").field("name", &self.name).field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("SimCluster")
+            .field("name", &self.name)
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
 fn valid_cluster_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 50
-        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !name.starts_with('-')
         && !name.ends_with('-')
 }
 
 fn create_private_dir(path: &Path) -> Result<(), Error> {
     use std::os::unix::fs::PermissionsExt as _;
-    let write = |source| Error::Write { path: path.to_owned(), source };
+    let write = |source| Error::Write {
+        path: path.to_owned(),
+        source,
+    };
     std::fs::create_dir_all(path).map_err(write)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700)).map_err(write)
 }
@@ -133,13 +143,22 @@ fn create_private_dir(path: &Path) -> Result<(), Error> {
 fn write_private(path: &Path, text: &str) -> Result<(), Error> {
     use std::io::Write as _;
     use std::os::unix::fs::OpenOptionsExt as _;
-    let write = |source| Error::Write { path: path.to_owned(), source };
+    let write = |source| Error::Write {
+        path: path.to_owned(),
+        source,
+    };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent).map_err(write)?;
     }
     // Write next to the target and rename, so a reader never sees half a kubeconfig.
     let tmp = path.with_extension("tmp-simcluster");
-    let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&tmp).map_err(write)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(write)?;
     f.write_all(text.as_bytes()).map_err(write)?;
     f.sync_all().map_err(write)?;
     std::fs::rename(&tmp, path).map_err(write)
@@ -154,22 +173,35 @@ pub fn kubeconfig_yaml(name: &str, url: &str) -> String {
 
 async fn answers(addr: std::net::SocketAddr) -> std::io::Result<()> {
     let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await?;
+    s.write_all(b"GET /version HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        .await?;
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await?;
     if buf.starts_with(b"HTTP/1.1 200") {
         Ok(())
     } else {
-        Err(std::io::Error::other(String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned()))
+        Err(std::io::Error::other(
+            String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned(),
+        ))
     }
 }
 
-fn seed(store: &Store, name: &str, kind: Option<&KindConfig>, port: u16, service_ip: &str) -> Result<(), Error> {
+fn seed(
+    store: &Store,
+    name: &str,
+    kind: Option<&KindConfig>,
+    port: u16,
+    service_ip: &str,
+) -> Result<(), Error> {
     let create = |api_version: &str, kind_name: &str, ns: &str, obj: Value| -> Result<(), Error> {
-        let rt = store.registry().by_kind(api_version, kind_name).cloned().ok_or_else(|| Error::Seed {
-            what: kind_name.to_owned(),
-            source: ApiError::internal("kind not registered"),
-        })?;
+        let rt = store
+            .registry()
+            .by_kind(api_version, kind_name)
+            .cloned()
+            .ok_or_else(|| Error::Seed {
+                what: kind_name.to_owned(),
+                source: ApiError::internal("kind not registered"),
+            })?;
         let what = format!("{kind_name} {}", obj["metadata"]["name"]);
         match api::create(store, &rt, ns, obj, &api::WriteOptions::default()) {
             Ok(_) => Ok(()),
@@ -187,7 +219,12 @@ fn seed(store: &Store, name: &str, kind: Option<&KindConfig>, port: u16, service
                 kind: "Cluster".into(),
                 api_version: "kind.x-k8s.io/v1alpha4".into(),
                 name: None,
-                nodes: vec![config::KindNode { role: "control-plane".into(), image: None, extra_port_mappings: Vec::new(), labels: Default::default() }],
+                nodes: vec![config::KindNode {
+                    role: "control-plane".into(),
+                    image: None,
+                    extra_port_mappings: Vec::new(),
+                    labels: Default::default(),
+                }],
             };
             default_nodes.node_names(name)
         }
@@ -206,7 +243,8 @@ fn seed(store: &Store, name: &str, kind: Option<&KindConfig>, port: u16, service
         for (k, v) in &node.labels {
             labels[k] = json!(v);
         }
-        let mut spec = json!({"podCIDR": "10.244.0.0/24", "providerID": format!("simcluster://{node_name}")});
+        let mut spec =
+            json!({"podCIDR": "10.244.0.0/24", "providerID": format!("simcluster://{node_name}")});
         if node.role == "control-plane" {
             labels["node-role.kubernetes.io/control-plane"] = json!("");
             if has_workers {
@@ -214,28 +252,43 @@ fn seed(store: &Store, name: &str, kind: Option<&KindConfig>, port: u16, service
             }
         }
         let now = api::now();
-        create("v1", "Node", "", json!({
-            "metadata": {"name": node_name, "labels": labels},
-            "spec": spec,
-            "status": {
-                "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node_name}],
-                "capacity": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
-                "allocatable": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
-                "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-                "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version, "containerRuntimeVersion": "simcluster://1", "operatingSystem": "linux", "architecture": "amd64", "osImage": "simcluster", "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
-            },
-        }))?;
+        create(
+            "v1",
+            "Node",
+            "",
+            json!({
+                "metadata": {"name": node_name, "labels": labels},
+                "spec": spec,
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node_name}],
+                    "capacity": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
+                    "allocatable": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
+                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+                    "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version, "containerRuntimeVersion": "simcluster://1", "operatingSystem": "linux", "architecture": "amd64", "osImage": "simcluster", "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+                },
+            }),
+        )?;
     }
-    create("v1", "Service", "default", json!({
-        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
-        "spec": {"clusterIP": service_ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
-    }))?;
-    create("storage.k8s.io/v1", "StorageClass", "", json!({
-        "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-        "provisioner": "rancher.io/local-path",
-        "reclaimPolicy": "Delete",
-        "volumeBindingMode": "WaitForFirstConsumer",
-    }))?;
+    create(
+        "v1",
+        "Service",
+        "default",
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": service_ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        }),
+    )?;
+    create(
+        "storage.k8s.io/v1",
+        "StorageClass",
+        "",
+        json!({
+            "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
+            "provisioner": "rancher.io/local-path",
+            "reclaimPolicy": "Delete",
+            "volumeBindingMode": "WaitForFirstConsumer",
+        }),
+    )?;
     Ok(())
 }
 
@@ -249,19 +302,40 @@ impl SimCluster {
         if !valid_cluster_name(&cfg.name) {
             return Err(Error::InvalidName { name: cfg.name });
         }
-        let kind = cfg.kind_config.as_deref().map(KindConfig::load).transpose()?;
+        let kind = cfg
+            .kind_config
+            .as_deref()
+            .map(KindConfig::load)
+            .transpose()?;
         create_private_dir(&cfg.state_dir)?;
         let port = cfg.port.unwrap_or(0);
-        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await.map_err(|source| Error::Bind { port, source })?;
-        let addr = listener.local_addr().map_err(|source| Error::Bind { port, source })?;
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+            .await
+            .map_err(|source| Error::Bind { port, source })?;
+        let addr = listener
+            .local_addr()
+            .map_err(|source| Error::Bind { port, source })?;
         let url = format!("http://{addr}");
         let store = Arc::new(Store::new());
-        let network = kubelet::NetworkLease::acquire().map_err(|e| Error::Node(kubelet::KubeletError::PodNetwork(e)))?;
-        seed(&store, &cfg.name, kind.as_ref(), addr.port(), &network.kubernetes_service_ip())?;
+        let network = kubelet::NetworkLease::acquire()
+            .map_err(|e| Error::Node(kubelet::KubeletError::PodNetwork(e)))?;
+        seed(
+            &store,
+            &cfg.name,
+            kind.as_ref(),
+            addr.port(),
+            &network.kubernetes_service_ip(),
+        )?;
         controllers::reconcile(&store);
         let stop = CancellationToken::new();
         let subresources: Arc<server::SubresourceMap> = Arc::default();
-        let workers = controllers::workloads::Workers::start(store.clone(), &cfg.state_dir, kind.as_ref(), network).map_err(Error::Node)?;
+        let workers = controllers::workloads::Workers::start(
+            store.clone(),
+            &cfg.state_dir,
+            kind.as_ref(),
+            network,
+        )
+        .map_err(Error::Node)?;
         workers.register(&subresources);
         let state = Arc::new(server::ServerState {
             store: store.clone(),
@@ -271,7 +345,9 @@ impl SimCluster {
             stop: stop.clone(),
         });
         let s = stop.clone();
-        let server = tokio::spawn(server::serve(listener, state, async move { s.cancelled().await }));
+        let server = tokio::spawn(server::serve(listener, state, async move {
+            s.cancelled().await
+        }));
         let controllers = tokio::spawn(controllers::run(store.clone(), stop.clone()));
         let cluster = SimCluster {
             name: cfg.name.clone(),
@@ -285,7 +361,10 @@ impl SimCluster {
             controllers: Some(controllers),
             workers: Some(workers),
         };
-        answers(addr).await.map_err(|source| Error::NotAnswering { url: url.clone(), source })?;
+        answers(addr).await.map_err(|source| Error::NotAnswering {
+            url: url.clone(),
+            source,
+        })?;
         write_private(&cfg.kubeconfig, &kubeconfig_yaml(&cfg.name, &url))?;
         write_private(
             &cfg.state_dir.join("server.json"),
@@ -328,7 +407,12 @@ impl SimCluster {
 
     /// Serve a subresource (for example `("/pods", "exec")`, keyed by `group/plural`) with
     /// `handler`. The subresource must be one the kind lists in discovery.
-    pub fn register_subresource(&self, resource_key: &str, subresource: &str, handler: Arc<dyn SubresourceHandler>) {
+    pub fn register_subresource(
+        &self,
+        resource_key: &str,
+        subresource: &str,
+        handler: Arc<dyn SubresourceHandler>,
+    ) {
         self.subresources
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner)

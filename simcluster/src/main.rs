@@ -7,7 +7,10 @@ use clap::{Parser, Subcommand};
 use simcluster::{AccessRule, SimCluster, SimConfig};
 
 #[derive(Parser)]
-#[command(name = "simcluster", about = "A simulated Kubernetes cluster for kubectl and kube-rs")]
+#[command(
+    name = "simcluster",
+    about = "A simulated Kubernetes cluster for kubectl and kube-rs"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -41,10 +44,19 @@ enum Command {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
-    let Command::Serve { state_dir, kubeconfig, kind_config, name, port, deny } = Cli::parse().command;
+    let Command::Serve {
+        state_dir,
+        kubeconfig,
+        kind_config,
+        name,
+        port,
+        deny,
+    } = Cli::parse().command;
     let mut cfg = SimConfig::new(name, state_dir, kubeconfig);
     cfg.port = port;
     cfg.kind_config = kind_config;
@@ -54,13 +66,18 @@ async fn main() -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let cluster = SimCluster::start(cfg).await.context("starting the simulated cluster")?;
+    let cluster = SimCluster::start(cfg)
+        .await
+        .context("starting the simulated cluster")?;
     println!("simcluster {} serving at {}", cluster.name(), cluster.url());
     println!("export KUBECONFIG={}", cluster.kubeconfig_path().display());
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
     }
-    cluster.shutdown().await.context("stopping the simulated cluster")?;
+    cluster
+        .shutdown()
+        .await
+        .context("stopping the simulated cluster")?;
     Ok(())
 }

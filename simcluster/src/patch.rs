@@ -28,9 +28,9 @@ impl PatchType {
             "application/merge-patch+json" => Some(Self::Merge),
             "application/json-patch+json" => Some(Self::Json),
             "application/strategic-merge-patch+json" => Some(Self::Strategic),
-            "application/apply-patch+yaml" | "application/apply-patch+json" | "application/apply-patch+cbor" => {
-                Some(Self::Apply)
-            }
+            "application/apply-patch+yaml"
+            | "application/apply-patch+json"
+            | "application/apply-patch+cbor" => Some(Self::Apply),
             _ => None,
         }
     }
@@ -52,15 +52,21 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// A body that is not a list of operations, or an operation that fails (missing path,
 /// failed test).
 pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
-    let ops: json_patch::Patch =
-        serde_json::from_value(patch.clone()).map_err(|e| PatchError(format!("invalid JSON patch: {e}")))?;
-    json_patch::patch(target, &ops).map_err(|e| PatchError(format!("the JSON patch could not be applied: {e}")))
+    let ops: json_patch::Patch = serde_json::from_value(patch.clone())
+        .map_err(|e| PatchError(format!("invalid JSON patch: {e}")))?;
+    json_patch::patch(target, &ops)
+        .map_err(|e| PatchError(format!("the JSON patch could not be applied: {e}")))
 }
 
 /// The merge key of a list field, as the built-in Go types declare it.
 fn merge_key(field: &str, items: &[Value]) -> Option<&'static str> {
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env" | "imagePullSecrets" => Some("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets" => Some("name"),
         "volumeMounts" => Some("mountPath"),
         "volumeDevices" => Some("devicePath"),
         "hostAliases" => Some("ip"),
@@ -127,7 +133,10 @@ fn merge_map(t: &mut Map<String, Value>, p: &Map<String, Value>) {
             continue;
         }
         if let Some(field) = k.strip_prefix("$deleteFromPrimitiveList/") {
-            if let (Some(list), Some(del)) = (t.get_mut(field).and_then(Value::as_array_mut), pv.as_array()) {
+            if let (Some(list), Some(del)) = (
+                t.get_mut(field).and_then(Value::as_array_mut),
+                pv.as_array(),
+            ) {
                 list.retain(|x| !del.contains(x));
             }
             continue;
@@ -175,8 +184,14 @@ fn same_key(a: &Value, b: &Value, key: &str) -> bool {
 }
 
 fn merge_list(field: &str, mut target: Vec<Value>, patch: &[Value]) -> Vec<Value> {
-    if patch.iter().any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace")) {
-        return strip_directives(&Value::Array(patch.to_vec())).as_array().cloned().unwrap_or_default();
+    if patch
+        .iter()
+        .any(|i| i.get("$patch").and_then(Value::as_str) == Some("replace"))
+    {
+        return strip_directives(&Value::Array(patch.to_vec()))
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
     }
     if is_set_list(field) {
         for item in patch {
@@ -219,8 +234,11 @@ fn reorder(field: &str, list: &mut Vec<Value>, order: &[Value]) {
             _ => o == item,
         })
     };
-    let mut indexed: Vec<(usize, usize, Value)> =
-        list.drain(..).enumerate().map(|(i, v)| (position(&v).unwrap_or(usize::MAX), i, v)).collect();
+    let mut indexed: Vec<(usize, usize, Value)> = list
+        .drain(..)
+        .enumerate()
+        .map(|(i, v)| (position(&v).unwrap_or(usize::MAX), i, v))
+        .collect();
     indexed.sort_by_key(|(p, i, _)| (*p, *i));
     list.extend(indexed.into_iter().map(|(_, _, v)| v));
 }
@@ -245,7 +263,10 @@ pub fn field_set(obj: &Value, status_is_subresource: bool) -> Value {
                 let mut meta = Map::new();
                 if let Some(mm) = v.as_object() {
                     for (mk, mv) in mm {
-                        if matches!(mk.as_str(), "labels" | "annotations" | "finalizers" | "ownerReferences") {
+                        if matches!(
+                            mk.as_str(),
+                            "labels" | "annotations" | "finalizers" | "ownerReferences"
+                        ) {
                             meta.insert(format!("f:{mk}"), fields_of(mk, mv));
                         }
                     }
@@ -263,11 +284,16 @@ pub fn field_set(obj: &Value, status_is_subresource: bool) -> Value {
 
 fn fields_of(field: &str, v: &Value) -> Value {
     match v {
-        Value::Object(m) => {
-            Value::Object(m.iter().map(|(k, cv)| (format!("f:{k}"), fields_of(k, cv))).collect())
-        }
+        Value::Object(m) => Value::Object(
+            m.iter()
+                .map(|(k, cv)| (format!("f:{k}"), fields_of(k, cv)))
+                .collect(),
+        ),
         Value::Array(items) if is_set_list(field) => Value::Object(
-            items.iter().map(|i| (format!("v:{i}"), Value::Object(Map::new()))).collect(),
+            items
+                .iter()
+                .map(|i| (format!("v:{i}"), Value::Object(Map::new())))
+                .collect(),
         ),
         Value::Array(items) => match merge_key(field, items) {
             Some(key) if items.iter().all(|i| i.get(key).is_some()) => {
@@ -329,7 +355,12 @@ pub fn removed_paths(old: &Value, new: &Value) -> Vec<Vec<String>> {
     out
 }
 
-fn diff_sets(old: &Value, new: Option<&Value>, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+fn diff_sets(
+    old: &Value,
+    new: Option<&Value>,
+    prefix: &mut Vec<String>,
+    out: &mut Vec<Vec<String>>,
+) {
     let Some(om) = old.as_object() else { return };
     for (k, ov) in om {
         if k == "." {
@@ -346,7 +377,9 @@ fn diff_sets(old: &Value, new: Option<&Value>, prefix: &mut Vec<String>, out: &m
 
 /// Remove a path from an object; a missing path is not an error.
 pub fn remove_path(obj: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = obj;
     for p in parents {
         let next = match locate(cur, p) {
@@ -366,7 +399,9 @@ pub fn remove_path(obj: &mut Value, path: &[String]) {
 
 fn element_matches(item: &Value, elem: &str) -> bool {
     if let Some(key) = elem.strip_prefix("k:") {
-        let Ok(Value::Object(k)) = serde_json::from_str::<Value>(key) else { return false };
+        let Ok(Value::Object(k)) = serde_json::from_str::<Value>(key) else {
+            return false;
+        };
         k.iter().all(|(kk, kv)| item.get(kk) == Some(kv))
     } else if let Some(v) = elem.strip_prefix("v:") {
         serde_json::from_str::<Value>(v).is_ok_and(|v| &v == item)
@@ -379,7 +414,9 @@ fn locate<'a>(cur: &'a mut Value, elem: &str) -> Option<&'a mut Value> {
     if let Some(name) = elem.strip_prefix("f:") {
         cur.get_mut(name)
     } else {
-        cur.as_array_mut()?.iter_mut().find(|i| element_matches(i, elem))
+        cur.as_array_mut()?
+            .iter_mut()
+            .find(|i| element_matches(i, elem))
     }
 }
 
@@ -448,7 +485,11 @@ mod tests {
 
     #[test]
     fn strategic_merge_scalars_lists_and_directives() {
-        check_smp(json!({"args": ["a", "b"]}), json!({"args": ["c"]}), json!({"args": ["c"]}));
+        check_smp(
+            json!({"args": ["a", "b"]}),
+            json!({"args": ["c"]}),
+            json!({"args": ["c"]}),
+        );
         check_smp(json!({"a": 1, "b": 2}), json!({"b": null}), json!({"a": 1}));
         check_smp(
             json!({"metadata": {"finalizers": ["x"]}}),
@@ -465,7 +506,11 @@ mod tests {
             json!({"strategy": {"$retainKeys": ["type"], "type": "Recreate"}}),
             json!({"strategy": {"type": "Recreate"}}),
         );
-        check_smp(json!({"data": {"a": "1"}}), json!({"data": {"$patch": "replace", "b": "2"}}), json!({"data": {"b": "2"}}));
+        check_smp(
+            json!({"data": {"a": "1"}}),
+            json!({"data": {"$patch": "replace", "b": "2"}}),
+            json!({"data": {"b": "2"}}),
+        );
     }
 
     #[test]
@@ -473,7 +518,11 @@ mod tests {
         let mut v = json!({"a": {"b": 1}});
         merge_patch(&mut v, &json!({"a": {"c": 2}}));
         assert_eq!(v, json!({"a": {"b": 1, "c": 2}}));
-        json_patch(&mut v, &json!([{"op": "replace", "path": "/a/b", "value": 3}])).expect("applies");
+        json_patch(
+            &mut v,
+            &json!([{"op": "replace", "path": "/a/b", "value": 3}]),
+        )
+        .expect("applies");
         assert_eq!(v, json!({"a": {"b": 3, "c": 2}}));
         assert!(json_patch(&mut v, &json!([{"op": "remove", "path": "/nope"}])).is_err());
         assert!(json_patch(&mut v, &json!({"op": "remove"})).is_err());
@@ -481,20 +530,47 @@ mod tests {
 
     #[test]
     fn field_sets_and_removal() {
-        let old = field_set(&json!({"metadata": {"labels": {"a": "1", "b": "2"}},
-            "spec": {"containers": [{"name": "c", "image": "i"}]}}), false);
-        assert!(set_contains(&old, &["f:spec".into(), "f:containers".into(), "k:{\"name\":\"c\"}".into(), "f:image".into()]));
+        let old = field_set(
+            &json!({"metadata": {"labels": {"a": "1", "b": "2"}},
+            "spec": {"containers": [{"name": "c", "image": "i"}]}}),
+            false,
+        );
+        assert!(set_contains(
+            &old,
+            &[
+                "f:spec".into(),
+                "f:containers".into(),
+                "k:{\"name\":\"c\"}".into(),
+                "f:image".into()
+            ]
+        ));
         let new = field_set(&json!({"metadata": {"labels": {"a": "1"}}}), false);
         let removed = removed_paths(&old, &new);
-        assert_eq!(removed, vec![vec!["f:metadata".to_owned(), "f:labels".into(), "f:b".into()], vec!["f:spec".to_owned()]]);
+        assert_eq!(
+            removed,
+            vec![
+                vec!["f:metadata".to_owned(), "f:labels".into(), "f:b".into()],
+                vec!["f:spec".to_owned()]
+            ]
+        );
         let mut obj = json!({"metadata": {"labels": {"a": "1", "b": "2"}}, "spec": {"containers": [{"name": "c", "image": "i"}]}});
         for p in &removed {
             remove_path(&mut obj, p);
         }
         assert_eq!(obj, json!({"metadata": {"labels": {"a": "1"}}}));
         let mut obj = json!({"spec": {"containers": [{"name": "c", "image": "i"}, {"name": "d"}]}});
-        remove_path(&mut obj, &["f:spec".into(), "f:containers".into(), "k:{\"name\":\"c\"}".into()]);
+        remove_path(
+            &mut obj,
+            &[
+                "f:spec".into(),
+                "f:containers".into(),
+                "k:{\"name\":\"c\"}".into(),
+            ],
+        );
         assert_eq!(obj, json!({"spec": {"containers": [{"name": "d"}]}}));
-        assert_eq!(path_to_string(&["f:spec".into(), "f:replicas".into()]), ".spec.replicas");
+        assert_eq!(
+            path_to_string(&["f:spec".into(), "f:replicas".into()]),
+            ".spec.replicas"
+        );
     }
 }

@@ -59,7 +59,11 @@ pub struct ResourceType {
 impl ResourceType {
     /// The `apiVersion` field value: `v1` or `apps/v1`.
     pub fn api_version(&self) -> String {
-        if self.group.is_empty() { self.version.clone() } else { format!("{}/{}", self.group, self.version) }
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     /// The storage key shared by all versions of this resource: `group/plural`.
@@ -69,7 +73,11 @@ impl ResourceType {
 
     /// `plural.group` (or just `plural` in the core group), as Kubernetes messages name it.
     pub fn qualified(&self) -> String {
-        if self.group.is_empty() { self.plural.clone() } else { format!("{}.{}", self.plural, self.group) }
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
     }
 
     /// Whether the kind has the given subresource.
@@ -82,7 +90,16 @@ impl ResourceType {
         if self.create_only {
             vec!["create"]
         } else {
-            vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+            vec![
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ]
         }
     }
 }
@@ -112,7 +129,18 @@ const fn row(
     has_generation: bool,
     name_rule: NameRule,
 ) -> Row {
-    Row { group, version, kind, plural, namespaced, short, categories, subresources, has_generation, name_rule }
+    Row {
+        group,
+        version,
+        kind,
+        plural,
+        namespaced,
+        short,
+        categories,
+        subresources,
+        has_generation,
+        name_rule,
+    }
 }
 
 use NameRule::{Label, Label1035, PathSegment, Subdomain};
@@ -123,40 +151,405 @@ const STATUS: &[&str] = &["status"];
 const WORKLOAD: &[&str] = &["scale", "status"];
 
 const BUILTINS: &[Row] = &[
-    row("", "v1", "Namespace", "namespaces", false, &["ns"], NONE, &["finalize", "status"], false, Label),
-    row("", "v1", "ConfigMap", "configmaps", true, &["cm"], NONE, NONE, false, Subdomain),
-    row("", "v1", "Secret", "secrets", true, NONE, NONE, NONE, false, Subdomain),
-    row("", "v1", "Service", "services", true, &["svc"], ALL, &["proxy", "status"], false, Label1035),
-    row("", "v1", "Endpoints", "endpoints", true, &["ep"], NONE, NONE, false, Subdomain),
-    row("", "v1", "PersistentVolume", "persistentvolumes", false, &["pv"], NONE, STATUS, false, Subdomain),
-    row("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, &["pvc"], NONE, STATUS, false, Subdomain),
-    row("", "v1", "Pod", "pods", true, &["po"], ALL, &["attach", "binding", "eviction", "exec", "log", "portforward", "proxy", "status"], false, Subdomain),
-    row("", "v1", "Event", "events", true, &["ev"], NONE, NONE, false, Subdomain),
-    row("", "v1", "ServiceAccount", "serviceaccounts", true, &["sa"], NONE, &["token"], false, Subdomain),
-    row("", "v1", "Node", "nodes", false, &["no"], NONE, &["proxy", "status"], false, Subdomain),
-    row("", "v1", "ReplicationController", "replicationcontrollers", true, &["rc"], ALL, WORKLOAD, true, Subdomain),
-    row("", "v1", "ResourceQuota", "resourcequotas", true, &["quota"], NONE, STATUS, false, Subdomain),
-    row("", "v1", "LimitRange", "limitranges", true, &["limits"], NONE, NONE, false, Subdomain),
-    row("apps", "v1", "Deployment", "deployments", true, &["deploy"], ALL, WORKLOAD, true, Subdomain),
-    row("apps", "v1", "ReplicaSet", "replicasets", true, &["rs"], ALL, WORKLOAD, true, Subdomain),
-    row("apps", "v1", "StatefulSet", "statefulsets", true, &["sts"], ALL, WORKLOAD, true, Subdomain),
-    row("apps", "v1", "DaemonSet", "daemonsets", true, &["ds"], ALL, STATUS, true, Subdomain),
-    row("apps", "v1", "ControllerRevision", "controllerrevisions", true, NONE, NONE, NONE, false, Subdomain),
-    row("batch", "v1", "Job", "jobs", true, NONE, ALL, STATUS, true, Subdomain),
-    row("batch", "v1", "CronJob", "cronjobs", true, &["cj"], ALL, STATUS, true, Subdomain),
-    row("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, &["hpa"], ALL, STATUS, false, Subdomain),
-    row("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, &["pdb"], NONE, STATUS, true, Subdomain),
-    row("networking.k8s.io", "v1", "Ingress", "ingresses", true, &["ing"], NONE, STATUS, true, Subdomain),
-    row("networking.k8s.io", "v1", "IngressClass", "ingressclasses", false, NONE, NONE, NONE, true, Subdomain),
-    row("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", true, &["netpol"], NONE, NONE, true, Subdomain),
-    row("storage.k8s.io", "v1", "StorageClass", "storageclasses", false, &["sc"], NONE, NONE, false, Subdomain),
-    row("rbac.authorization.k8s.io", "v1", "Role", "roles", true, NONE, NONE, NONE, false, PathSegment),
-    row("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, NONE, NONE, NONE, false, PathSegment),
-    row("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, NONE, NONE, NONE, false, PathSegment),
-    row("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, NONE, NONE, NONE, false, PathSegment),
-    row("coordination.k8s.io", "v1", "Lease", "leases", true, NONE, NONE, NONE, false, Subdomain),
-    row("apiextensions.k8s.io", "v1", "CustomResourceDefinition", "customresourcedefinitions", false, &["crd", "crds"], NONE, STATUS, true, Subdomain),
-    row("authorization.k8s.io", "v1", "SelfSubjectAccessReview", "selfsubjectaccessreviews", false, NONE, NONE, NONE, false, Subdomain),
+    row(
+        "",
+        "v1",
+        "Namespace",
+        "namespaces",
+        false,
+        &["ns"],
+        NONE,
+        &["finalize", "status"],
+        false,
+        Label,
+    ),
+    row(
+        "",
+        "v1",
+        "ConfigMap",
+        "configmaps",
+        true,
+        &["cm"],
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
+    row(
+        "", "v1", "Secret", "secrets", true, NONE, NONE, NONE, false, Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "Service",
+        "services",
+        true,
+        &["svc"],
+        ALL,
+        &["proxy", "status"],
+        false,
+        Label1035,
+    ),
+    row(
+        "",
+        "v1",
+        "Endpoints",
+        "endpoints",
+        true,
+        &["ep"],
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "PersistentVolume",
+        "persistentvolumes",
+        false,
+        &["pv"],
+        NONE,
+        STATUS,
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        true,
+        &["pvc"],
+        NONE,
+        STATUS,
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "Pod",
+        "pods",
+        true,
+        &["po"],
+        ALL,
+        &[
+            "attach",
+            "binding",
+            "eviction",
+            "exec",
+            "log",
+            "portforward",
+            "proxy",
+            "status",
+        ],
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "Event",
+        "events",
+        true,
+        &["ev"],
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "ServiceAccount",
+        "serviceaccounts",
+        true,
+        &["sa"],
+        NONE,
+        &["token"],
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "Node",
+        "nodes",
+        false,
+        &["no"],
+        NONE,
+        &["proxy", "status"],
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "ReplicationController",
+        "replicationcontrollers",
+        true,
+        &["rc"],
+        ALL,
+        WORKLOAD,
+        true,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "ResourceQuota",
+        "resourcequotas",
+        true,
+        &["quota"],
+        NONE,
+        STATUS,
+        false,
+        Subdomain,
+    ),
+    row(
+        "",
+        "v1",
+        "LimitRange",
+        "limitranges",
+        true,
+        &["limits"],
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
+    row(
+        "apps",
+        "v1",
+        "Deployment",
+        "deployments",
+        true,
+        &["deploy"],
+        ALL,
+        WORKLOAD,
+        true,
+        Subdomain,
+    ),
+    row(
+        "apps",
+        "v1",
+        "ReplicaSet",
+        "replicasets",
+        true,
+        &["rs"],
+        ALL,
+        WORKLOAD,
+        true,
+        Subdomain,
+    ),
+    row(
+        "apps",
+        "v1",
+        "StatefulSet",
+        "statefulsets",
+        true,
+        &["sts"],
+        ALL,
+        WORKLOAD,
+        true,
+        Subdomain,
+    ),
+    row(
+        "apps",
+        "v1",
+        "DaemonSet",
+        "daemonsets",
+        true,
+        &["ds"],
+        ALL,
+        STATUS,
+        true,
+        Subdomain,
+    ),
+    row(
+        "apps",
+        "v1",
+        "ControllerRevision",
+        "controllerrevisions",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
+    row(
+        "batch", "v1", "Job", "jobs", true, NONE, ALL, STATUS, true, Subdomain,
+    ),
+    row(
+        "batch",
+        "v1",
+        "CronJob",
+        "cronjobs",
+        true,
+        &["cj"],
+        ALL,
+        STATUS,
+        true,
+        Subdomain,
+    ),
+    row(
+        "autoscaling",
+        "v2",
+        "HorizontalPodAutoscaler",
+        "horizontalpodautoscalers",
+        true,
+        &["hpa"],
+        ALL,
+        STATUS,
+        false,
+        Subdomain,
+    ),
+    row(
+        "policy",
+        "v1",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        true,
+        &["pdb"],
+        NONE,
+        STATUS,
+        true,
+        Subdomain,
+    ),
+    row(
+        "networking.k8s.io",
+        "v1",
+        "Ingress",
+        "ingresses",
+        true,
+        &["ing"],
+        NONE,
+        STATUS,
+        true,
+        Subdomain,
+    ),
+    row(
+        "networking.k8s.io",
+        "v1",
+        "IngressClass",
+        "ingressclasses",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        true,
+        Subdomain,
+    ),
+    row(
+        "networking.k8s.io",
+        "v1",
+        "NetworkPolicy",
+        "networkpolicies",
+        true,
+        &["netpol"],
+        NONE,
+        NONE,
+        true,
+        Subdomain,
+    ),
+    row(
+        "storage.k8s.io",
+        "v1",
+        "StorageClass",
+        "storageclasses",
+        false,
+        &["sc"],
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
+    row(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "Role",
+        "roles",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        false,
+        PathSegment,
+    ),
+    row(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "RoleBinding",
+        "rolebindings",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        false,
+        PathSegment,
+    ),
+    row(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRole",
+        "clusterroles",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        false,
+        PathSegment,
+    ),
+    row(
+        "rbac.authorization.k8s.io",
+        "v1",
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        false,
+        PathSegment,
+    ),
+    row(
+        "coordination.k8s.io",
+        "v1",
+        "Lease",
+        "leases",
+        true,
+        NONE,
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
+    row(
+        "apiextensions.k8s.io",
+        "v1",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        false,
+        &["crd", "crds"],
+        NONE,
+        STATUS,
+        true,
+        Subdomain,
+    ),
+    row(
+        "authorization.k8s.io",
+        "v1",
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        false,
+        NONE,
+        NONE,
+        NONE,
+        false,
+        Subdomain,
+    ),
 ];
 
 /// The built-in kinds the server serves.
@@ -191,7 +584,9 @@ pub struct Registry {
 
 impl Default for Registry {
     fn default() -> Self {
-        let mut reg = Registry { by_gv: BTreeMap::new() };
+        let mut reg = Registry {
+            by_gv: BTreeMap::new(),
+        };
         for r in builtin_resources() {
             reg.insert(r);
         }
@@ -201,7 +596,10 @@ impl Default for Registry {
 
 impl Registry {
     fn insert(&mut self, r: ResourceType) {
-        let list = self.by_gv.entry((r.group.clone(), r.version.clone())).or_default();
+        let list = self
+            .by_gv
+            .entry((r.group.clone(), r.version.clone()))
+            .or_default();
         list.retain(|x| x.plural != r.plural);
         list.push(r);
         list.sort_by(|a, b| a.plural.cmp(&b.plural));
@@ -209,18 +607,25 @@ impl Registry {
 
     /// The resource served at `group/version/plural`.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
-        self.by_gv.get(&(group.to_owned(), version.to_owned()))?.iter().find(|r| r.plural == plural)
+        self.by_gv
+            .get(&(group.to_owned(), version.to_owned()))?
+            .iter()
+            .find(|r| r.plural == plural)
     }
 
     /// The resource of an `apiVersion` and `kind`, as found in an object or an owner reference.
     pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
         let (group, version) = split_api_version(api_version);
-        self.by_gv.get(&(group.to_owned(), version.to_owned()))?.iter().find(|r| r.kind == kind)
+        self.by_gv
+            .get(&(group.to_owned(), version.to_owned()))?
+            .iter()
+            .find(|r| r.kind == kind)
     }
 
     /// The storage-version entry for a storage key (`group/plural`).
     pub fn by_key(&self, key: &str) -> Option<&ResourceType> {
-        self.all().find(|r| r.key() == key && r.version == r.storage_version)
+        self.all()
+            .find(|r| r.key() == key && r.version == r.storage_version)
     }
 
     /// Every served resource.
@@ -235,12 +640,15 @@ impl Registry {
 
     /// Resources of one group/version.
     pub fn resources(&self, group: &str, version: &str) -> Option<&[ResourceType]> {
-        self.by_gv.get(&(group.to_owned(), version.to_owned())).map(Vec::as_slice)
+        self.by_gv
+            .get(&(group.to_owned(), version.to_owned()))
+            .map(Vec::as_slice)
     }
 
     /// Whether a group/version is served.
     pub fn has_group_version(&self, group: &str, version: &str) -> bool {
-        self.by_gv.contains_key(&(group.to_owned(), version.to_owned()))
+        self.by_gv
+            .contains_key(&(group.to_owned(), version.to_owned()))
     }
 
     /// Add or replace the resources a CustomResourceDefinition defines.
@@ -253,8 +661,14 @@ impl Registry {
 
     /// Remove the resources a CustomResourceDefinition defined.
     pub fn remove_crd(&mut self, crd: &Value) {
-        let group = crd.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-        let plural = crd.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
+        let group = crd
+            .pointer("/spec/group")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let plural = crd
+            .pointer("/spec/names/plural")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         for ((g, _), list) in self.by_gv.iter_mut() {
             if g == group {
                 list.retain(|r| !(r.custom && r.plural == plural));
@@ -274,24 +688,45 @@ pub fn split_api_version(api_version: &str) -> (&str, &str) {
 
 fn strings(v: Option<&Value>) -> Vec<String> {
     v.and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(Value::as_str)
+                .map(str::to_owned)
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 /// The served resources a CustomResourceDefinition object defines.
 pub fn crd_resources(crd: &Value) -> Vec<ResourceType> {
     let spec = crd.get("spec").cloned().unwrap_or(Value::Null);
-    let group = spec.get("group").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let group = spec
+        .get("group")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let names = spec.get("names").cloned().unwrap_or(Value::Null);
-    let kind = names.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let plural = names.get("plural").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let kind = names
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let plural = names
+        .get("plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let singular = names
         .get("singular")
         .and_then(Value::as_str)
         .map(str::to_owned)
         .unwrap_or_else(|| kind.to_lowercase());
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
-    let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let versions = spec
+        .get("versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let storage_version = versions
         .iter()
         .find(|v| v.get("storage").and_then(Value::as_bool) == Some(true))
@@ -314,7 +749,11 @@ pub fn crd_resources(crd: &Value) -> Vec<ResourceType> {
             }
             ResourceType {
                 group: group.clone(),
-                version: v.get("name").and_then(Value::as_str).unwrap_or("v1").to_owned(),
+                version: v
+                    .get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or("v1")
+                    .to_owned(),
                 kind: kind.clone(),
                 plural: plural.clone(),
                 singular: singular.clone(),
@@ -349,19 +788,35 @@ mod tests {
             "versions": [{"name": "v1beta1", "served": true, "storage": true}, {"name": "v1alpha3", "served": true, "storage": false}]}});
         let mut reg = Registry::default();
         reg.add_crd(&crd);
-        let r = reg.lookup("networking.istio.io", "v1alpha3", "gateways").expect("served");
+        let r = reg
+            .lookup("networking.istio.io", "v1alpha3", "gateways")
+            .expect("served");
         assert_eq!(r.storage_version, "v1beta1");
         assert_eq!(r.short_names, vec!["gw"]);
-        assert_eq!(reg.by_key("networking.istio.io/gateways").map(|r| r.version.as_str()), Some("v1beta1"));
+        assert_eq!(
+            reg.by_key("networking.istio.io/gateways")
+                .map(|r| r.version.as_str()),
+            Some("v1beta1")
+        );
         reg.remove_crd(&crd);
-        assert!(reg.lookup("networking.istio.io", "v1beta1", "gateways").is_none());
+        assert!(
+            reg.lookup("networking.istio.io", "v1beta1", "gateways")
+                .is_none()
+        );
         assert!(!reg.has_group_version("networking.istio.io", "v1beta1"));
     }
 
     #[test]
     fn builtins_resolve_by_kind() {
         let reg = Registry::default();
-        assert_eq!(reg.by_kind("apps/v1", "StatefulSet").map(|r| r.plural.as_str()), Some("statefulsets"));
-        assert_eq!(reg.by_kind("v1", "Service").map(|r| r.qualified()), Some("services".to_owned()));
+        assert_eq!(
+            reg.by_kind("apps/v1", "StatefulSet")
+                .map(|r| r.plural.as_str()),
+            Some("statefulsets")
+        );
+        assert_eq!(
+            reg.by_kind("v1", "Service").map(|r| r.qualified()),
+            Some("services".to_owned())
+        );
     }
 }

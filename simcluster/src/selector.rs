@@ -55,14 +55,25 @@ fn check_key(k: &str) -> Result<String, SelectorError> {
     let k = k.trim();
     let valid = !k.is_empty()
         && k.len() <= 316
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
-    if valid { Ok(k.to_owned()) } else { Err(err(format!("invalid label key \"{k}\""))) }
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'));
+    if valid {
+        Ok(k.to_owned())
+    } else {
+        Err(err(format!("invalid label key \"{k}\"")))
+    }
 }
 
 fn check_value(v: &str) -> Result<String, SelectorError> {
     let v = v.trim();
-    let valid = v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
-    if valid { Ok(v.to_owned()) } else { Err(err(format!("invalid label value \"{v}\""))) }
+    let valid = v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'));
+    if valid {
+        Ok(v.to_owned())
+    } else {
+        Err(err(format!("invalid label value \"{v}\"")))
+    }
 }
 
 fn parse_set(rest: &str) -> Result<Vec<String>, SelectorError> {
@@ -70,8 +81,16 @@ fn parse_set(rest: &str) -> Result<Vec<String>, SelectorError> {
     let inner = rest
         .strip_prefix('(')
         .and_then(|r| r.strip_suffix(')'))
-        .ok_or_else(|| err(format!("expected a parenthesised set of values, found \"{rest}\"")))?;
-    inner.split(',').filter(|s| !s.trim().is_empty()).map(check_value).collect()
+        .ok_or_else(|| {
+            err(format!(
+                "expected a parenthesised set of values, found \"{rest}\""
+            ))
+        })?;
+    inner
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(check_value)
+        .collect()
 }
 
 impl LabelSelector {
@@ -116,15 +135,32 @@ impl LabelSelector {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
-                reqs.push(Req::Eq(k.clone(), v.as_str().unwrap_or_default().to_owned()));
+                reqs.push(Req::Eq(
+                    k.clone(),
+                    v.as_str().unwrap_or_default().to_owned(),
+                ));
             }
         }
-        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
-            let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_owned();
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            let key = e
+                .get("key")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             let values: Vec<String> = e
                 .get("values")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(Value::as_str).map(str::to_owned).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(Value::as_str)
+                        .map(str::to_owned)
+                        .collect()
+                })
                 .unwrap_or_default();
             match e.get("operator").and_then(Value::as_str) {
                 Some("In") => reqs.push(Req::In(key, values)),
@@ -182,7 +218,9 @@ impl FieldSelector {
             } else if let Some((k, v)) = part.split_once('=') {
                 (k, true, v)
             } else {
-                return Err(err(format!("invalid field selector \"{part}\": expected field=value or field!=value")));
+                return Err(err(format!(
+                    "invalid field selector \"{part}\": expected field=value or field!=value"
+                )));
             };
             reqs.push((k.trim().to_owned(), eq, v.trim().to_owned()));
         }
@@ -191,7 +229,10 @@ impl FieldSelector {
 
     /// The name this selector pins with `metadata.name=`, if any.
     pub fn pinned_name(&self) -> Option<&str> {
-        self.reqs.iter().find(|(k, eq, _)| *eq && k == "metadata.name").map(|(_, _, v)| v.as_str())
+        self.reqs
+            .iter()
+            .find(|(k, eq, _)| *eq && k == "metadata.name")
+            .map(|(_, _, v)| v.as_str())
     }
 
     /// Whether the object satisfies every requirement. A missing field compares as "".
@@ -229,12 +270,20 @@ mod tests {
         check("app==postgresql", json!({"app": "redis"}), false);
         check("app!=redis", json!({"app": "postgresql"}), true);
         check("app!=redis", json!({}), true);
-        check("app in (redis, postgresql)", json!({"app": "postgresql"}), true);
+        check(
+            "app in (redis, postgresql)",
+            json!({"app": "postgresql"}),
+            true,
+        );
         check("app in (redis)", json!({}), false);
         check("app notin (redis)", json!({}), true);
         check("app,tier=db", json!({"app": "x", "tier": "db"}), true);
         check("!app", json!({"app": "x"}), false);
-        check("app.kubernetes.io/name=titanium", json!({"app.kubernetes.io/name": "titanium"}), true);
+        check(
+            "app.kubernetes.io/name=titanium",
+            json!({"app.kubernetes.io/name": "titanium"}),
+            true,
+        );
     }
 
     #[test]
@@ -255,12 +304,21 @@ mod tests {
 
     #[test]
     fn field_selector() {
-        let obj = json!({"metadata": {"name": "a", "namespace": "n"}, "status": {"phase": "Running"}});
+        let obj =
+            json!({"metadata": {"name": "a", "namespace": "n"}, "status": {"phase": "Running"}});
         let f = FieldSelector::parse("metadata.name=a,status.phase!=Failed").expect("parses");
         assert!(f.matches(&obj));
         assert_eq!(f.pinned_name(), Some("a"));
-        assert!(!FieldSelector::parse("metadata.namespace=m").expect("parses").matches(&obj));
-        assert!(FieldSelector::parse("spec.nodeName=").expect("parses").matches(&obj));
+        assert!(
+            !FieldSelector::parse("metadata.namespace=m")
+                .expect("parses")
+                .matches(&obj)
+        );
+        assert!(
+            FieldSelector::parse("spec.nodeName=")
+                .expect("parses")
+                .matches(&obj)
+        );
         assert!(FieldSelector::parse("nonsense").is_err());
     }
 }

@@ -33,7 +33,12 @@ fn details(rt: &ResourceType, name: &str) -> Value {
 
 impl ApiError {
     fn new(code: u16, reason: &'static str, message: impl Into<String>) -> Self {
-        ApiError { code, reason, message: message.into(), details: None }
+        ApiError {
+            code,
+            reason,
+            message: message.into(),
+            details: None,
+        }
     }
 
     /// 400 BadRequest.
@@ -43,19 +48,31 @@ impl ApiError {
 
     /// 404 NotFound for an object.
     pub fn not_found(rt: &ResourceType, name: &str) -> Self {
-        let mut e = Self::new(404, "NotFound", format!("{} \"{name}\" not found", rt.qualified()));
+        let mut e = Self::new(
+            404,
+            "NotFound",
+            format!("{} \"{name}\" not found", rt.qualified()),
+        );
         e.details = Some(details(rt, name));
         e
     }
 
     /// 404 NotFound for a path that names no resource.
     pub fn no_resource(path: &str) -> Self {
-        Self::new(404, "NotFound", format!("the server could not find the requested resource ({path})"))
+        Self::new(
+            404,
+            "NotFound",
+            format!("the server could not find the requested resource ({path})"),
+        )
     }
 
     /// 409 AlreadyExists.
     pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
-        let mut e = Self::new(409, "AlreadyExists", format!("{} \"{name}\" already exists", rt.qualified()));
+        let mut e = Self::new(
+            409,
+            "AlreadyExists",
+            format!("{} \"{name}\" already exists", rt.qualified()),
+        );
         e.details = Some(details(rt, name));
         e
     }
@@ -65,7 +82,10 @@ impl ApiError {
         let mut e = Self::new(
             409,
             "Conflict",
-            format!("Operation cannot be fulfilled on {} \"{name}\": {why}", rt.qualified()),
+            format!(
+                "Operation cannot be fulfilled on {} \"{name}\": {why}",
+                rt.qualified()
+            ),
         );
         e.details = Some(details(rt, name));
         e
@@ -77,7 +97,11 @@ impl ApiError {
         let mut e = Self::new(
             409,
             "Conflict",
-            format!("Apply failed with {} conflict(s): conflicts with other managers:\n{}", causes.len(), list.join("\n")),
+            format!(
+                "Apply failed with {} conflict(s): conflicts with other managers:\n{}",
+                causes.len(),
+                list.join("\n")
+            ),
         );
         let mut d = details(rt, name);
         d["causes"] = causes
@@ -91,8 +115,16 @@ impl ApiError {
     /// 422 Invalid with one cause per field error `(field, message)`.
     pub fn invalid(rt: &ResourceType, name: &str, errors: &[(String, String)]) -> Self {
         let text: Vec<String> = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
-        let joined = if text.len() == 1 { text[0].clone() } else { format!("[{}]", text.join(", ")) };
-        let mut e = Self::new(422, "Invalid", format!("{} \"{name}\" is invalid: {joined}", rt.kind));
+        let joined = if text.len() == 1 {
+            text[0].clone()
+        } else {
+            format!("[{}]", text.join(", "))
+        };
+        let mut e = Self::new(
+            422,
+            "Invalid",
+            format!("{} \"{name}\" is invalid: {joined}", rt.kind),
+        );
         let mut d = json!({"name": name, "group": rt.group, "kind": rt.kind});
         d["causes"] = errors
             .iter()

@@ -86,7 +86,9 @@ pub struct View<'a> {
 impl View<'_> {
     /// One object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<&Arc<Value>> {
-        self.objects.get(key)?.get(&(ns.to_owned(), name.to_owned()))
+        self.objects
+            .get(key)?
+            .get(&(ns.to_owned(), name.to_owned()))
     }
 
     /// All objects of a resource, optionally in one namespace.
@@ -95,9 +97,11 @@ impl View<'_> {
             None => Vec::new(),
             Some(m) => match ns {
                 None => m.values().collect(),
-                Some(ns) => {
-                    m.range((ns.to_owned(), String::new())..).take_while(|((n, _), _)| n == ns).map(|(_, v)| v).collect()
-                }
+                Some(ns) => m
+                    .range((ns.to_owned(), String::new())..)
+                    .take_while(|((n, _), _)| n == ns)
+                    .map(|(_, v)| v)
+                    .collect(),
             },
         }
     }
@@ -139,7 +143,10 @@ pub struct WatchStart {
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or_default()
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 impl Store {
@@ -153,24 +160,36 @@ impl Store {
         let (tx, _) = broadcast::channel(BROADCAST);
         Store {
             history: history.max(1),
-            inner: Mutex::new(Inner { rv: 1, objects: HashMap::new(), history: VecDeque::new(), floor: 1 }),
+            inner: Mutex::new(Inner {
+                rv: 1,
+                objects: HashMap::new(),
+                history: VecDeque::new(),
+                floor: 1,
+            }),
             registry: RwLock::new(Registry::default()),
             tx,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.inner
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// The served resources.
     pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
-        self.registry.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.registry
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Change the served resources (CRDs).
     pub fn with_registry_mut<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
-        let mut guard = self.registry.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut guard = self
+            .registry
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut guard)
     }
 
@@ -187,27 +206,48 @@ impl Store {
     /// One object.
     pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<Arc<Value>> {
         let inner = self.lock();
-        View { objects: &inner.objects }.get(key, ns, name).cloned()
+        View {
+            objects: &inner.objects,
+        }
+        .get(key, ns, name)
+        .cloned()
     }
 
     /// All objects of a resource (optionally in one namespace) and the store's resourceVersion.
     pub fn list(&self, key: &str, ns: Option<&str>) -> (Vec<Arc<Value>>, u64) {
         let inner = self.lock();
-        let items = View { objects: &inner.objects }.list(key, ns).into_iter().cloned().collect();
+        let items = View {
+            objects: &inner.objects,
+        }
+        .list(key, ns)
+        .into_iter()
+        .cloned()
+        .collect();
         (items, inner.rv)
     }
 
     /// Every object of every resource, with its storage key.
     pub fn all_objects(&self) -> Vec<(String, Arc<Value>)> {
         let inner = self.lock();
-        inner.objects.iter().flat_map(|(k, m)| m.values().map(move |v| (k.clone(), v.clone()))).collect()
+        inner
+            .objects
+            .iter()
+            .flat_map(|(k, m)| m.values().map(move |v| (k.clone(), v.clone())))
+            .collect()
     }
 
     /// Storage keys that hold at least one object in the namespace.
     pub fn keys_in_namespace(&self, ns: &str) -> Vec<String> {
         let inner = self.lock();
-        let view = View { objects: &inner.objects };
-        inner.objects.keys().filter(|k| !view.list(k, Some(ns)).is_empty()).cloned().collect()
+        let view = View {
+            objects: &inner.objects,
+        };
+        inner
+            .objects
+            .keys()
+            .filter(|k| !view.list(k, Some(ns)).is_empty())
+            .cloned()
+            .collect()
     }
 
     /// Run `f` on the current object under the store lock and commit what it decides.
@@ -225,40 +265,72 @@ impl Store {
         let id = (ns.to_owned(), name.to_owned());
         let before = inner.objects.get(key).and_then(|m| m.get(&id)).cloned();
         let decision = {
-            let view = View { objects: &inner.objects };
+            let view = View {
+                objects: &inner.objects,
+            };
             f(&view, before.as_ref())?
         };
         match decision {
-            Mutation::Unchanged => Ok(Outcome { after: before.clone(), before, removed: false }),
+            Mutation::Unchanged => Ok(Outcome {
+                after: before.clone(),
+                before,
+                removed: false,
+            }),
             Mutation::Put(mut obj) => {
                 if let Some(b) = &before {
                     let mut cmp = obj.clone();
                     if let Some(m) = cmp.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.insert("resourceVersion".into(), b["metadata"]["resourceVersion"].clone());
+                        m.insert(
+                            "resourceVersion".into(),
+                            b["metadata"]["resourceVersion"].clone(),
+                        );
                     }
                     if &cmp == b.as_ref() {
-                        return Ok(Outcome { after: before.clone(), before, removed: false });
+                        return Ok(Outcome {
+                            after: before.clone(),
+                            before,
+                            removed: false,
+                        });
                     }
                 }
                 inner.rv += 1;
                 let rv = inner.rv;
                 obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
                 let obj = Arc::new(obj);
-                inner.objects.entry(key.to_owned()).or_default().insert(id, obj.clone());
-                let kind = if before.is_some() { EventType::Modified } else { EventType::Added };
-                self.emit(&mut inner, WatchEvent {
-                    kind,
-                    key: key.to_owned(),
-                    namespace: ns.to_owned(),
-                    rv,
-                    object: obj.clone(),
-                    old: before.clone(),
-                });
-                Ok(Outcome { before, after: Some(obj), removed: false })
+                inner
+                    .objects
+                    .entry(key.to_owned())
+                    .or_default()
+                    .insert(id, obj.clone());
+                let kind = if before.is_some() {
+                    EventType::Modified
+                } else {
+                    EventType::Added
+                };
+                self.emit(
+                    &mut inner,
+                    WatchEvent {
+                        kind,
+                        key: key.to_owned(),
+                        namespace: ns.to_owned(),
+                        rv,
+                        object: obj.clone(),
+                        old: before.clone(),
+                    },
+                );
+                Ok(Outcome {
+                    before,
+                    after: Some(obj),
+                    removed: false,
+                })
             }
             Mutation::Remove => {
                 let Some(b) = before else {
-                    return Ok(Outcome { before: None, after: None, removed: false });
+                    return Ok(Outcome {
+                        before: None,
+                        after: None,
+                        removed: false,
+                    });
                 };
                 inner.rv += 1;
                 let rv = inner.rv;
@@ -268,15 +340,22 @@ impl Store {
                 let mut last = b.as_ref().clone();
                 last["metadata"]["resourceVersion"] = Value::String(rv.to_string());
                 let last = Arc::new(last);
-                self.emit(&mut inner, WatchEvent {
-                    kind: EventType::Deleted,
-                    key: key.to_owned(),
-                    namespace: ns.to_owned(),
-                    rv,
-                    object: last.clone(),
-                    old: Some(b.clone()),
-                });
-                Ok(Outcome { before: Some(b), after: Some(last), removed: true })
+                self.emit(
+                    &mut inner,
+                    WatchEvent {
+                        kind: EventType::Deleted,
+                        key: key.to_owned(),
+                        namespace: ns.to_owned(),
+                        rv,
+                        object: last.clone(),
+                        old: Some(b.clone()),
+                    },
+                );
+                Ok(Outcome {
+                    before: Some(b),
+                    after: Some(last),
+                    removed: true,
+                })
             }
         }
     }
@@ -298,24 +377,31 @@ impl Store {
     ///
     /// # Errors
     /// 410 Gone when `rv` is older than the retained history.
-    pub fn watch(&self, key: &str, ns: Option<&str>, rv: Option<u64>) -> Result<WatchStart, ApiError> {
+    pub fn watch(
+        &self,
+        key: &str,
+        ns: Option<&str>,
+        rv: Option<u64>,
+    ) -> Result<WatchStart, ApiError> {
         let inner = self.lock();
         let rx = self.tx.subscribe();
         let initial = match rv {
-            None => View { objects: &inner.objects }
-                .list(key, ns)
-                .into_iter()
-                .map(|o| {
-                    Arc::new(WatchEvent {
-                        kind: EventType::Added,
-                        key: key.to_owned(),
-                        namespace: meta_str(o, "namespace").to_owned(),
-                        rv: inner.rv,
-                        object: o.clone(),
-                        old: None,
-                    })
+            None => View {
+                objects: &inner.objects,
+            }
+            .list(key, ns)
+            .into_iter()
+            .map(|o| {
+                Arc::new(WatchEvent {
+                    kind: EventType::Added,
+                    key: key.to_owned(),
+                    namespace: meta_str(o, "namespace").to_owned(),
+                    rv: inner.rv,
+                    object: o.clone(),
+                    old: None,
                 })
-                .collect(),
+            })
+            .collect(),
             Some(rv) if rv < inner.floor => {
                 return Err(ApiError::gone(format!(
                     "too old resource version: {rv} ({})",
@@ -332,7 +418,11 @@ impl Store {
                     .collect()
             }
         };
-        Ok(WatchStart { initial, rx, rv: inner.rv })
+        Ok(WatchStart {
+            initial,
+            rx,
+            rv: inner.rv,
+        })
     }
 }
 
@@ -344,7 +434,9 @@ mod tests {
     fn put(store: &Store, name: &str, data: &str) -> Outcome {
         store
             .mutate("/configmaps", "ns", name, |_, _| {
-                Ok(Mutation::Put(json!({"metadata": {"name": name, "namespace": "ns"}, "data": {"k": data}})))
+                Ok(Mutation::Put(
+                    json!({"metadata": {"name": name, "namespace": "ns"}, "data": {"k": data}}),
+                ))
             })
             .expect("put")
     }
@@ -355,7 +447,11 @@ mod tests {
         let a = put(&store, "a", "1");
         let b = put(&store, "a", "2");
         let c = put(&store, "a", "2");
-        let rv = |o: &Outcome| o.after.as_ref().map(|v| v["metadata"]["resourceVersion"].as_str().map(str::to_owned));
+        let rv = |o: &Outcome| {
+            o.after
+                .as_ref()
+                .map(|v| v["metadata"]["resourceVersion"].as_str().map(str::to_owned))
+        };
         assert!(rv(&a) < rv(&b));
         assert_eq!(rv(&b), rv(&c));
     }
@@ -366,10 +462,17 @@ mod tests {
         let start = store.resource_version();
         put(&store, "a", "1");
         put(&store, "b", "1");
-        store.mutate("/configmaps", "ns", "a", |_, _| Ok(Mutation::Remove)).expect("remove");
-        let w = store.watch("/configmaps", Some("ns"), Some(start)).expect("watch");
+        store
+            .mutate("/configmaps", "ns", "a", |_, _| Ok(Mutation::Remove))
+            .expect("remove");
+        let w = store
+            .watch("/configmaps", Some("ns"), Some(start))
+            .expect("watch");
         let kinds: Vec<_> = w.initial.iter().map(|e| e.kind).collect();
-        assert_eq!(kinds, vec![EventType::Added, EventType::Added, EventType::Deleted]);
+        assert_eq!(
+            kinds,
+            vec![EventType::Added, EventType::Added, EventType::Deleted]
+        );
         let w = store.watch("/configmaps", None, None).expect("watch");
         assert_eq!(w.initial.len(), 1);
         assert!(store.watch("/configmaps", None, Some(0)).is_err());
@@ -382,9 +485,14 @@ mod tests {
         for name in ["a", "b", "c"] {
             put(&store, name, "1");
         }
-        let err = store.watch("/configmaps", None, Some(start)).err().expect("gone");
+        let err = store
+            .watch("/configmaps", None, Some(start))
+            .err()
+            .expect("gone");
         assert_eq!((err.code, err.reason), (410, "Expired"));
-        let w = store.watch("/configmaps", None, Some(start + 1)).expect("still retained");
+        let w = store
+            .watch("/configmaps", None, Some(start + 1))
+            .expect("still retained");
         assert_eq!(w.initial.len(), 2);
     }
 }

@@ -9,7 +9,9 @@ pub fn human_age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
         return "<unknown>".into();
     };
-    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds().max(0);
+    let secs = (chrono::Utc::now() - t.with_timezone(&chrono::Utc))
+        .num_seconds()
+        .max(0);
     human_duration(secs)
 }
 
@@ -18,15 +20,27 @@ fn human_duration(s: i64) -> String {
     if s < 120 {
         format!("{s}s")
     } else if m < 10 {
-        if s % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", s % 60) }
+        if s % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", s % 60)
+        }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{d}d") } else { format!("{d}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{d}d")
+        } else {
+            format!("{d}d{}h", h % 24)
+        }
     } else if d < 365 * 2 {
         format!("{d}d")
     } else {
@@ -53,22 +67,67 @@ fn columns(rt: &ResourceType) -> Vec<Col> {
     let extra: &[Col] = match (rt.group.as_str(), rt.kind.as_str()) {
         _ if rt.custom => &[],
         ("", "Namespace") => &[("Status", "string")],
-        ("", "Pod") => &[("Ready", "string"), ("Status", "string"), ("Restarts", "string")],
-        ("", "Service") => &[("Type", "string"), ("Cluster-IP", "string"), ("External-IP", "string"), ("Port(s)", "string")],
+        ("", "Pod") => &[
+            ("Ready", "string"),
+            ("Status", "string"),
+            ("Restarts", "string"),
+        ],
+        ("", "Service") => &[
+            ("Type", "string"),
+            ("Cluster-IP", "string"),
+            ("External-IP", "string"),
+            ("Port(s)", "string"),
+        ],
         ("", "ConfigMap") => &[("Data", "integer")],
         ("", "Secret") => &[("Type", "string"), ("Data", "integer")],
-        ("", "PersistentVolumeClaim") => &[("Status", "string"), ("Volume", "string"), ("Capacity", "string"), ("Access Modes", "string"), ("StorageClass", "string")],
-        ("", "PersistentVolume") => &[("Capacity", "string"), ("Access Modes", "string"), ("Reclaim Policy", "string"), ("Status", "string"), ("Claim", "string"), ("StorageClass", "string")],
+        ("", "PersistentVolumeClaim") => &[
+            ("Status", "string"),
+            ("Volume", "string"),
+            ("Capacity", "string"),
+            ("Access Modes", "string"),
+            ("StorageClass", "string"),
+        ],
+        ("", "PersistentVolume") => &[
+            ("Capacity", "string"),
+            ("Access Modes", "string"),
+            ("Reclaim Policy", "string"),
+            ("Status", "string"),
+            ("Claim", "string"),
+            ("StorageClass", "string"),
+        ],
         ("", "Node") => &[("Status", "string"), ("Roles", "string")],
         ("", "Endpoints") => &[("Endpoints", "string")],
         ("", "ServiceAccount") => &[("Secrets", "integer")],
-        ("apps", "Deployment") => &[("Ready", "string"), ("Up-to-date", "integer"), ("Available", "integer")],
-        ("apps", "ReplicaSet") => &[("Desired", "integer"), ("Current", "integer"), ("Ready", "integer")],
+        ("apps", "Deployment") => &[
+            ("Ready", "string"),
+            ("Up-to-date", "integer"),
+            ("Available", "integer"),
+        ],
+        ("apps", "ReplicaSet") => &[
+            ("Desired", "integer"),
+            ("Current", "integer"),
+            ("Ready", "integer"),
+        ],
         ("apps", "StatefulSet") => &[("Ready", "string")],
         ("batch", "Job") => &[("Status", "string"), ("Completions", "string")],
-        ("batch", "CronJob") => &[("Schedule", "string"), ("Suspend", "boolean"), ("Active", "integer"), ("Last Schedule", "string")],
-        ("storage.k8s.io", "StorageClass") => &[("Provisioner", "string"), ("ReclaimPolicy", "string"), ("VolumeBindingMode", "string")],
-        ("", "Event") => &[("Last Seen", "string"), ("Type", "string"), ("Reason", "string"), ("Object", "string"), ("Message", "string")],
+        ("batch", "CronJob") => &[
+            ("Schedule", "string"),
+            ("Suspend", "boolean"),
+            ("Active", "integer"),
+            ("Last Schedule", "string"),
+        ],
+        ("storage.k8s.io", "StorageClass") => &[
+            ("Provisioner", "string"),
+            ("ReclaimPolicy", "string"),
+            ("VolumeBindingMode", "string"),
+        ],
+        ("", "Event") => &[
+            ("Last Seen", "string"),
+            ("Type", "string"),
+            ("Reason", "string"),
+            ("Object", "string"),
+            ("Message", "string"),
+        ],
         _ => &[],
     };
     cols.extend_from_slice(extra);
@@ -82,22 +141,42 @@ fn columns(rt: &ResourceType) -> Vec<Col> {
 }
 
 fn pod_cells(o: &Value) -> Vec<Value> {
-    let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-    let statuses = o.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default();
-    let ready = statuses.iter().filter(|c| c.get("ready") == Some(&Value::Bool(true))).count();
-    let restarts: i64 = statuses.iter().map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0)).sum();
+    let total = o
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let statuses = o
+        .pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let ready = statuses
+        .iter()
+        .filter(|c| c.get("ready") == Some(&Value::Bool(true)))
+        .count();
+    let restarts: i64 = statuses
+        .iter()
+        .map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0))
+        .sum();
     let mut status = s(o, "/status/phase").to_owned();
     for c in &statuses {
         if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str) {
             status = r.to_owned();
-        } else if let Some(r) = c.pointer("/state/terminated/reason").and_then(Value::as_str) {
+        } else if let Some(r) = c
+            .pointer("/state/terminated/reason")
+            .and_then(Value::as_str)
+        {
             status = r.to_owned();
         }
     }
     if o.pointer("/metadata/deletionTimestamp").is_some() {
         status = "Terminating".into();
     }
-    vec![json!(format!("{ready}/{total}")), json!(status), json!(restarts.to_string())]
+    vec![
+        json!(format!("{ready}/{total}")),
+        json!(status),
+        json!(restarts.to_string()),
+    ]
 }
 
 fn service_cells(o: &Value) -> Vec<Value> {
@@ -111,7 +190,11 @@ fn service_cells(o: &Value) -> Vec<Value> {
                 .flatten()
                 .filter_map(|i| i.get("ip").or(i.get("hostname")).and_then(Value::as_str))
                 .collect();
-            if ips.is_empty() { "<pending>".into() } else { ips.join(",") }
+            if ips.is_empty() {
+                "<pending>".into()
+            } else {
+                ips.join(",")
+            }
         }
         "ExternalName" => s(o, "/spec/externalName").to_owned(),
         _ => "<none>".into(),
@@ -129,11 +212,18 @@ fn service_cells(o: &Value) -> Vec<Value> {
             }
         })
         .collect();
-    vec![json!(ty), json!(s(o, "/spec/clusterIP")), json!(external), json!(or_none(ports.join(",")))]
+    vec![
+        json!(ty),
+        json!(s(o, "/spec/clusterIP")),
+        json!(external),
+        json!(or_none(ports.join(","))),
+    ]
 }
 
 fn count(o: &Value, ptr: &str) -> usize {
-    o.pointer(ptr).and_then(Value::as_object).map_or(0, serde_json::Map::len)
+    o.pointer(ptr)
+        .and_then(Value::as_object)
+        .map_or(0, serde_json::Map::len)
 }
 
 fn access_modes(o: &Value, ptr: &str) -> String {
@@ -187,7 +277,11 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
             json!(s(o, "/spec/persistentVolumeReclaimPolicy")),
             json!(s(o, "/status/phase")),
             json!(if o.pointer("/spec/claimRef").is_some() {
-                format!("{}/{}", s(o, "/spec/claimRef/namespace"), s(o, "/spec/claimRef/name"))
+                format!(
+                    "{}/{}",
+                    s(o, "/spec/claimRef/namespace"),
+                    s(o, "/spec/claimRef/name")
+                )
             } else {
                 String::new()
             }),
@@ -199,35 +293,75 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 .and_then(Value::as_array)
                 .into_iter()
                 .flatten()
-                .any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True")));
+                .any(|c| {
+                    c.get("type") == Some(&json!("Ready"))
+                        && c.get("status") == Some(&json!("True"))
+                });
             let roles: Vec<String> = o
                 .pointer("/metadata/labels")
                 .and_then(Value::as_object)
                 .into_iter()
                 .flatten()
-                .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(str::to_owned))
+                .filter_map(|(k, _)| {
+                    k.strip_prefix("node-role.kubernetes.io/")
+                        .map(str::to_owned)
+                })
                 .collect();
-            vec![json!(if ready { "Ready" } else { "NotReady" }), json!(or_none(roles.join(",")))]
+            vec![
+                json!(if ready { "Ready" } else { "NotReady" }),
+                json!(or_none(roles.join(","))),
+            ]
         }
         ("", "Endpoints") => {
             let mut eps = Vec::new();
-            for ss in o.get("subsets").and_then(Value::as_array).into_iter().flatten() {
-                for a in ss.get("addresses").and_then(Value::as_array).into_iter().flatten() {
-                    for p in ss.get("ports").and_then(Value::as_array).into_iter().flatten() {
+            for ss in o
+                .get("subsets")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+            {
+                for a in ss
+                    .get("addresses")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
+                {
+                    for p in ss
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                    {
                         eps.push(format!("{}:{}", s(a, "/ip"), n(p, "/port")));
                     }
                 }
             }
             vec![json!(or_none(eps.join(",")))]
         }
-        ("", "ServiceAccount") => vec![json!(o.get("secrets").and_then(Value::as_array).map_or(0, Vec::len))],
+        ("", "ServiceAccount") => vec![json!(
+            o.get("secrets")
+                .and_then(Value::as_array)
+                .map_or(0, Vec::len)
+        )],
         ("apps", "Deployment") => vec![
-            json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas"))),
+            json!(format!(
+                "{}/{}",
+                n(o, "/status/readyReplicas"),
+                n(o, "/spec/replicas")
+            )),
             json!(n(o, "/status/updatedReplicas")),
             json!(n(o, "/status/availableReplicas")),
         ],
-        ("apps", "ReplicaSet") => vec![json!(n(o, "/spec/replicas")), json!(n(o, "/status/replicas")), json!(n(o, "/status/readyReplicas"))],
-        ("apps", "StatefulSet") => vec![json!(format!("{}/{}", n(o, "/status/readyReplicas"), n(o, "/spec/replicas")))],
+        ("apps", "ReplicaSet") => vec![
+            json!(n(o, "/spec/replicas")),
+            json!(n(o, "/status/replicas")),
+            json!(n(o, "/status/readyReplicas")),
+        ],
+        ("apps", "StatefulSet") => vec![json!(format!(
+            "{}/{}",
+            n(o, "/status/readyReplicas"),
+            n(o, "/spec/replicas")
+        ))],
         ("batch", "Job") => {
             let cond = o
                 .pointer("/status/conditions")
@@ -237,31 +371,70 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
                 .find(|c| c.get("status") == Some(&json!("True")))
                 .and_then(|c| c.get("type").and_then(Value::as_str))
                 .unwrap_or("Running");
-            vec![json!(cond), json!(format!("{}/{}", n(o, "/status/succeeded"), n(o, "/spec/completions").max(1)))]
+            vec![
+                json!(cond),
+                json!(format!(
+                    "{}/{}",
+                    n(o, "/status/succeeded"),
+                    n(o, "/spec/completions").max(1)
+                )),
+            ]
         }
         ("batch", "CronJob") => vec![
             json!(s(o, "/spec/schedule")),
-            json!(o.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
-            json!(o.pointer("/status/active").and_then(Value::as_array).map_or(0, Vec::len)),
-            json!(match o.pointer("/status/lastScheduleTime").and_then(Value::as_str) {
+            json!(
+                o.pointer("/spec/suspend")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false)
+            ),
+            json!(
+                o.pointer("/status/active")
+                    .and_then(Value::as_array)
+                    .map_or(0, Vec::len)
+            ),
+            json!(match o
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+            {
                 Some(t) => human_age(Some(t)),
                 None => "<none>".into(),
             }),
         ],
-        ("storage.k8s.io", "StorageClass") => vec![json!(s(o, "/provisioner")), json!(s(o, "/reclaimPolicy")), json!(s(o, "/volumeBindingMode"))],
+        ("storage.k8s.io", "StorageClass") => vec![
+            json!(s(o, "/provisioner")),
+            json!(s(o, "/reclaimPolicy")),
+            json!(s(o, "/volumeBindingMode")),
+        ],
         ("", "Event") => {
-            let last = ["/lastTimestamp", "/eventTime", "/metadata/creationTimestamp"]
-                .iter()
-                .find_map(|p| o.pointer(p).and_then(Value::as_str))
-                .map(|t| human_age(Some(t)))
-                .unwrap_or_else(|| "<unknown>".into());
-            let object = format!("{}/{}", s(o, "/involvedObject/kind").to_lowercase(), s(o, "/involvedObject/name"));
-            vec![json!(last), json!(s(o, "/type")), json!(s(o, "/reason")), json!(object), json!(s(o, "/message"))]
+            let last = [
+                "/lastTimestamp",
+                "/eventTime",
+                "/metadata/creationTimestamp",
+            ]
+            .iter()
+            .find_map(|p| o.pointer(p).and_then(Value::as_str))
+            .map(|t| human_age(Some(t)))
+            .unwrap_or_else(|| "<unknown>".into());
+            let object = format!(
+                "{}/{}",
+                s(o, "/involvedObject/kind").to_lowercase(),
+                s(o, "/involvedObject/name")
+            );
+            vec![
+                json!(last),
+                json!(s(o, "/type")),
+                json!(s(o, "/reason")),
+                json!(object),
+                json!(s(o, "/message")),
+            ]
         }
         _ => Vec::new(),
     };
     c.extend(extra);
-    c.push(json!(human_age(o.pointer("/metadata/creationTimestamp").and_then(Value::as_str))));
+    c.push(json!(human_age(
+        o.pointer("/metadata/creationTimestamp")
+            .and_then(Value::as_str)
+    )));
     if rt.kind == "Node" && !rt.custom {
         c.push(json!(s(o, "/status/nodeInfo/kubeletVersion")));
     }
@@ -274,11 +447,18 @@ pub fn partial_metadata(o: &Value) -> Value {
 }
 
 /// Render objects as a `meta.k8s.io/v1` Table.
-pub fn table(rt: &ResourceType, objects: &[Value], rv: &str, include_object: &str, with_columns: bool) -> Value {
+pub fn table(
+    rt: &ResourceType,
+    objects: &[Value],
+    rv: &str,
+    include_object: &str,
+    with_columns: bool,
+) -> Value {
     let mut defs: Vec<Value> = columns(rt)
         .into_iter()
         .map(|(name, ty)| {
-            let mut d = json!({"name": name, "type": ty, "format": "", "description": name, "priority": 0});
+            let mut d =
+                json!({"name": name, "type": ty, "format": "", "description": name, "priority": 0});
             if name == "Name" {
                 d["format"] = json!("name");
             }
@@ -301,7 +481,10 @@ pub fn table(rt: &ResourceType, objects: &[Value], rv: &str, include_object: &st
             if rt.custom {
                 let age = cs.pop();
                 for pc in &custom_cols {
-                    let path = pc.get("jsonPath").and_then(Value::as_str).unwrap_or_default();
+                    let path = pc
+                        .get("jsonPath")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default();
                     cs.push(json_path(o, path));
                 }
                 cs.extend(age);
@@ -315,7 +498,11 @@ pub fn table(rt: &ResourceType, objects: &[Value], rv: &str, include_object: &st
         })
         .collect();
     let mut t = json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": rv}, "rows": rows});
-    t["columnDefinitions"] = if with_columns { Value::Array(defs) } else { json!([]) };
+    t["columnDefinitions"] = if with_columns {
+        Value::Array(defs)
+    } else {
+        json!([])
+    };
     t
 }
 
@@ -325,7 +512,16 @@ mod tests {
 
     #[test]
     fn durations_read_like_kubectl() {
-        for (secs, text) in [(5, "5s"), (119, "119s"), (185, "3m5s"), (900, "15m"), (4 * 3600 + 60, "4h1m"), (30 * 3600, "30h"), (3 * 86400, "3d"), (800 * 86400, "2y")] {
+        for (secs, text) in [
+            (5, "5s"),
+            (119, "119s"),
+            (185, "3m5s"),
+            (900, "15m"),
+            (4 * 3600 + 60, "4h1m"),
+            (30 * 3600, "30h"),
+            (3 * 86400, "3d"),
+            (800 * 86400, "2y"),
+        ] {
             assert_eq!(human_duration(secs), text);
         }
     }

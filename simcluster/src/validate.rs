@@ -15,7 +15,8 @@ pub type FieldErrors = Vec<(String, String)>;
 fn is_label(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 63
-        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         && !s.starts_with('-')
         && !s.ends_with('-')
 }
@@ -28,7 +29,9 @@ pub fn is_subdomain(s: &str) -> bool {
 /// The error for an invalid name, or `None`.
 pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
     let bad = |what: &str, example: &str| {
-        Some(format!("Invalid value: \"{name}\": {what} (e.g. '{example}')"))
+        Some(format!(
+            "Invalid value: \"{name}\": {what} (e.g. '{example}')"
+        ))
     };
     match rule {
         NameRule::Subdomain if !is_subdomain(name) => bad(
@@ -39,12 +42,20 @@ pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
             "my-name",
         ),
-        NameRule::Label1035 if !is_label(name) || !name.starts_with(|c: char| c.is_ascii_lowercase()) => bad(
-            "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
-            "my-name",
-        ),
-        NameRule::PathSegment if name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']) => {
-            Some(format!("Invalid value: \"{name}\": may not contain '/' or '%' and may not be '.' or '..'"))
+        NameRule::Label1035
+            if !is_label(name) || !name.starts_with(|c: char| c.is_ascii_lowercase()) =>
+        {
+            bad(
+                "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
+                "my-name",
+            )
+        }
+        NameRule::PathSegment
+            if name.is_empty() || name == "." || name == ".." || name.contains(['/', '%']) =>
+        {
+            Some(format!(
+                "Invalid value: \"{name}\": may not contain '/' or '%' and may not be '.' or '..'"
+            ))
         }
         _ => None,
     }
@@ -57,7 +68,9 @@ fn label_key_ok(k: &str) -> bool {
     };
     let name_ok = !name.is_empty()
         && name.len() <= 63
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
         && name.starts_with(|c: char| c.is_ascii_alphanumeric())
         && name.ends_with(|c: char| c.is_ascii_alphanumeric());
     name_ok && prefix.is_none_or(is_subdomain)
@@ -66,7 +79,8 @@ fn label_key_ok(k: &str) -> bool {
 fn label_value_ok(v: &str) -> bool {
     v.is_empty()
         || (v.len() <= 63
-            && v.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && v.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
             && v.starts_with(|c: char| c.is_ascii_alphanumeric())
             && v.ends_with(|c: char| c.is_ascii_alphanumeric()))
 }
@@ -85,10 +99,15 @@ fn required(errs: &mut FieldErrors, obj: &Value, pointer: &str, field: &str) {
 
 fn check_metadata(errs: &mut FieldErrors, obj: &Value) {
     for (field, ok_key, ok_value) in [("labels", true, true), ("annotations", true, false)] {
-        let Some(m) = obj.pointer(&format!("/metadata/{field}")) else { continue };
+        let Some(m) = obj.pointer(&format!("/metadata/{field}")) else {
+            continue;
+        };
         let Some(m) = m.as_object() else {
             if !m.is_null() {
-                errs.push((format!("metadata.{field}"), "Invalid value: must be a map of strings".into()));
+                errs.push((
+                    format!("metadata.{field}"),
+                    "Invalid value: must be a map of strings".into(),
+                ));
             }
             continue;
         };
@@ -116,7 +135,9 @@ fn check_pod_spec(errs: &mut FieldErrors, spec: Option<&Value>, path: &str) {
     let containers = spec.get("containers").and_then(Value::as_array);
     match containers {
         None => errs.push((format!("{path}.containers"), "Required value".into())),
-        Some(cs) if cs.is_empty() => errs.push((format!("{path}.containers"), "Required value".into())),
+        Some(cs) if cs.is_empty() => {
+            errs.push((format!("{path}.containers"), "Required value".into()))
+        }
         Some(cs) => {
             for (i, c) in cs.iter().enumerate() {
                 match c.get("name").and_then(Value::as_str) {
@@ -127,8 +148,14 @@ fn check_pod_spec(errs: &mut FieldErrors, spec: Option<&Value>, path: &str) {
                     )),
                     Some(_) => {}
                 }
-                if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    errs.push((format!("{path}.containers[{i}].image"), "Required value".into()));
+                if c.get("image")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    errs.push((
+                        format!("{path}.containers[{i}].image"),
+                        "Required value".into(),
+                    ));
                 }
             }
         }
@@ -142,7 +169,10 @@ fn check_selector_matches_template(errs: &mut FieldErrors, obj: &Value) {
     };
     let selector = crate::selector::LabelSelector::from_object(sel);
     if selector.is_empty() {
-        errs.push(("spec.selector".into(), "Invalid value: empty selector is invalid for deployment".into()));
+        errs.push((
+            "spec.selector".into(),
+            "Invalid value: empty selector is invalid for deployment".into(),
+        ));
         return;
     }
     let template = json!({"metadata": {"labels": obj.pointer("/spec/template/metadata/labels").cloned().unwrap_or(Value::Null)}});
@@ -160,11 +190,17 @@ fn check_string_map(errs: &mut FieldErrors, obj: &Value, field: &str) {
         Some(Value::Object(m)) => {
             for (k, v) in m {
                 if !v.is_string() {
-                    errs.push((format!("{field}[{k}]"), "Invalid value: must be a string".into()));
+                    errs.push((
+                        format!("{field}[{k}]"),
+                        "Invalid value: must be a string".into(),
+                    ));
                 }
             }
         }
-        Some(_) => errs.push((field.to_owned(), "Invalid value: must be a map of strings".into())),
+        Some(_) => errs.push((
+            field.to_owned(),
+            "Invalid value: must be a map of strings".into(),
+        )),
     }
 }
 
@@ -174,7 +210,10 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
     check_metadata(&mut errs, obj);
     // Controllers and defaulting read these as objects; any other shape is refused here.
     for field in ["spec", "status"] {
-        if obj.get(field).is_some_and(|v| !v.is_object() && !v.is_null()) {
+        if obj
+            .get(field)
+            .is_some_and(|v| !v.is_object() && !v.is_null())
+        {
             errs.push((field.to_owned(), "Invalid value: must be an object".into()));
         }
     }
@@ -190,18 +229,42 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
         ("", "Pod") => check_pod_spec(&mut errs, obj.get("spec"), "spec"),
         ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
             check_selector_matches_template(&mut errs, obj);
-            check_pod_spec(&mut errs, obj.pointer("/spec/template/spec"), "spec.template.spec");
+            check_pod_spec(
+                &mut errs,
+                obj.pointer("/spec/template/spec"),
+                "spec.template.spec",
+            );
         }
         ("apps", "StatefulSet") => {
             check_selector_matches_template(&mut errs, obj);
-            check_pod_spec(&mut errs, obj.pointer("/spec/template/spec"), "spec.template.spec");
-            for (i, t) in obj.pointer("/spec/volumeClaimTemplates").and_then(Value::as_array).into_iter().flatten().enumerate() {
-                if t.pointer("/metadata/name").and_then(Value::as_str).is_none_or(str::is_empty) {
-                    errs.push((format!("spec.volumeClaimTemplates[{i}].metadata.name"), "Required value".into()));
+            check_pod_spec(
+                &mut errs,
+                obj.pointer("/spec/template/spec"),
+                "spec.template.spec",
+            );
+            for (i, t) in obj
+                .pointer("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
+                if t.pointer("/metadata/name")
+                    .and_then(Value::as_str)
+                    .is_none_or(str::is_empty)
+                {
+                    errs.push((
+                        format!("spec.volumeClaimTemplates[{i}].metadata.name"),
+                        "Required value".into(),
+                    ));
                 }
             }
         }
-        ("batch", "Job") => check_pod_spec(&mut errs, obj.pointer("/spec/template/spec"), "spec.template.spec"),
+        ("batch", "Job") => check_pod_spec(
+            &mut errs,
+            obj.pointer("/spec/template/spec"),
+            "spec.template.spec",
+        ),
         ("batch", "CronJob") => {
             required(&mut errs, obj, "/spec/schedule", "spec.schedule");
             check_pod_spec(
@@ -211,15 +274,27 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
             );
         }
         ("", "Service") => {
-            let ty = obj.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+            let ty = obj
+                .pointer("/spec/type")
+                .and_then(Value::as_str)
+                .unwrap_or("ClusterIP");
             let headless = obj.pointer("/spec/clusterIP").and_then(Value::as_str) == Some("None");
             if ty != "ExternalName" && !headless {
                 required(&mut errs, obj, "/spec/ports", "spec.ports");
             }
-            for (i, p) in obj.pointer("/spec/ports").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            for (i, p) in obj
+                .pointer("/spec/ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 match p.get("port").and_then(Value::as_i64) {
                     Some(1..=65535) => {}
-                    Some(n) => errs.push((format!("spec.ports[{i}].port"), format!("Invalid value: {n}: must be between 1 and 65535, inclusive"))),
+                    Some(n) => errs.push((
+                        format!("spec.ports[{i}].port"),
+                        format!("Invalid value: {n}: must be between 1 and 65535, inclusive"),
+                    )),
                     None => errs.push((format!("spec.ports[{i}].port"), "Required value".into())),
                 }
             }
@@ -229,7 +304,12 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
         }
         ("", "PersistentVolumeClaim") => {
             required(&mut errs, obj, "/spec/accessModes", "spec.accessModes");
-            required(&mut errs, obj, "/spec/resources/requests/storage", "spec.resources[storage]");
+            required(
+                &mut errs,
+                obj,
+                "/spec/resources/requests/storage",
+                "spec.resources[storage]",
+            );
         }
         ("", "PersistentVolume") => {
             required(&mut errs, obj, "/spec/capacity/storage", "spec.capacity");
@@ -238,14 +318,21 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
         ("", "Secret") => {
             if let Some(data) = obj.get("data").and_then(Value::as_object) {
                 for (k, v) in data {
-                    let ok = v.as_str().is_some_and(|s| base64::engine::general_purpose::STANDARD.decode(s).is_ok());
+                    let ok = v.as_str().is_some_and(|s| {
+                        base64::engine::general_purpose::STANDARD.decode(s).is_ok()
+                    });
                     if !ok {
-                        errs.push((format!("data[{k}]"), "Invalid value: must be a base64-encoded string".into()));
+                        errs.push((
+                            format!("data[{k}]"),
+                            "Invalid value: must be a base64-encoded string".into(),
+                        ));
                     }
                 }
             }
         }
-        ("storage.k8s.io", "StorageClass") => required(&mut errs, obj, "/provisioner", "provisioner"),
+        ("storage.k8s.io", "StorageClass") => {
+            required(&mut errs, obj, "/provisioner", "provisioner")
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             for (p, f) in [
                 ("/spec/group", "spec.group"),
@@ -256,11 +343,25 @@ pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
             ] {
                 required(&mut errs, obj, p, f);
             }
-            let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default();
-            let plural = obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default();
-            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+            let group = obj
+                .pointer("/spec/group")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let plural = obj
+                .pointer("/spec/names/plural")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             if !group.is_empty() && !plural.is_empty() && name != format!("{plural}.{group}") {
-                errs.push(("metadata.name".into(), format!("Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group")));
+                errs.push((
+                    "metadata.name".into(),
+                    format!(
+                        "Invalid value: \"{name}\": must be spec.names.plural+\".\"+spec.group"
+                    ),
+                ));
             }
         }
         _ => {}
@@ -278,15 +379,25 @@ fn immutable_fields(rt: &ResourceType) -> &'static [(&'static str, &'static str)
             ("/spec/volumeClaimTemplates", "spec.volumeClaimTemplates"),
             ("/spec/podManagementPolicy", "spec.podManagementPolicy"),
         ],
-        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => &[("/spec/selector", "spec.selector")],
-        ("batch", "Job") => &[("/spec/selector", "spec.selector"), ("/spec/template", "spec.template")],
+        ("apps", "Deployment" | "ReplicaSet" | "DaemonSet") => {
+            &[("/spec/selector", "spec.selector")]
+        }
+        ("batch", "Job") => &[
+            ("/spec/selector", "spec.selector"),
+            ("/spec/template", "spec.template"),
+        ],
         ("", "PersistentVolumeClaim") => &[
             ("/spec/accessModes", "spec.accessModes"),
             ("/spec/storageClassName", "spec.storageClassName"),
             ("/spec/selector", "spec.selector"),
         ],
-        ("storage.k8s.io", "StorageClass") => &[("/provisioner", "provisioner"), ("/parameters", "parameters")],
-        ("apiextensions.k8s.io", "CustomResourceDefinition") => &[("/spec/group", "spec.group"), ("/spec/scope", "spec.scope")],
+        ("storage.k8s.io", "StorageClass") => &[
+            ("/provisioner", "provisioner"),
+            ("/parameters", "parameters"),
+        ],
+        ("apiextensions.k8s.io", "CustomResourceDefinition") => {
+            &[("/spec/group", "spec.group"), ("/spec/scope", "spec.scope")]
+        }
         _ => &[],
     }
 }
@@ -299,7 +410,10 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErro
         // A PersistentVolumeClaim's volumeName may be set once by binding; other fields may
         // not change at all.
         if o != n && !(o.is_none() && *ptr == "/spec/storageClassName") {
-            errs.push((field.to_string(), "Invalid value: field is immutable".into()));
+            errs.push((
+                field.to_string(),
+                "Invalid value: field is immutable".into(),
+            ));
         }
     }
     if rt.kind == "StatefulSet" && !errs.is_empty() {
@@ -310,11 +424,18 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErro
     }
     for kind in ["ConfigMap", "Secret"] {
         if rt.kind == kind && old.get("immutable") == Some(&Value::Bool(true)) {
-            if old.get("data") != new.get("data") || old.get("binaryData") != new.get("binaryData") {
-                errs.push(("data".into(), "Forbidden: field is immutable when `immutable` is set".into()));
+            if old.get("data") != new.get("data") || old.get("binaryData") != new.get("binaryData")
+            {
+                errs.push((
+                    "data".into(),
+                    "Forbidden: field is immutable when `immutable` is set".into(),
+                ));
             }
             if new.get("immutable") != Some(&Value::Bool(true)) {
-                errs.push(("immutable".into(), "Forbidden: field is immutable when `immutable` is set".into()));
+                errs.push((
+                    "immutable".into(),
+                    "Forbidden: field is immutable when `immutable` is set".into(),
+                ));
             }
         }
     }
@@ -361,8 +482,18 @@ fn default_pod_spec(spec: &mut Value) {
                     let tail = i.rsplit('/').next().unwrap_or(i);
                     !tail.contains(':') || tail.ends_with(":latest")
                 });
-                set_default(c, &[], "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
-                set_default(c, &[], "terminationMessagePath", json!("/dev/termination-log"));
+                set_default(
+                    c,
+                    &[],
+                    "imagePullPolicy",
+                    json!(if latest { "Always" } else { "IfNotPresent" }),
+                );
+                set_default(
+                    c,
+                    &[],
+                    "terminationMessagePath",
+                    json!("/dev/termination-log"),
+                );
                 set_default(c, &[], "terminationMessagePolicy", json!("File"));
                 set_default(c, &[], "resources", json!({}));
                 if let Some(ports) = c.get_mut("ports").and_then(Value::as_array_mut) {
@@ -382,25 +513,43 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "Namespace") => {
-            let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let name = obj
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
             set_default(obj, &["metadata"], "labels", json!({}));
-            if let Some(labels) = obj.pointer_mut("/metadata/labels").and_then(Value::as_object_mut) {
+            if let Some(labels) = obj
+                .pointer_mut("/metadata/labels")
+                .and_then(Value::as_object_mut)
+            {
                 labels.insert("kubernetes.io/metadata.name".into(), Value::String(name));
             }
             set_default(obj, &["spec"], "finalizers", json!(["kubernetes"]));
             set_default(obj, &["status"], "phase", json!("Active"));
         }
         ("", "Secret") => {
-            if let Some(m) = obj.as_object_mut().filter(|m| m.get("type").and_then(Value::as_str) == Some("")) {
+            if let Some(m) = obj
+                .as_object_mut()
+                .filter(|m| m.get("type").and_then(Value::as_str) == Some(""))
+            {
                 m.insert("type".into(), json!("Opaque"));
             }
             set_default(obj, &[], "type", json!("Opaque"));
-            if let Some(Value::Object(sd)) = obj.as_object_mut().and_then(|m| m.remove("stringData")) {
+            if let Some(Value::Object(sd)) =
+                obj.as_object_mut().and_then(|m| m.remove("stringData"))
+            {
                 set_default(obj, &[], "data", json!({}));
                 if let Some(data) = obj.get_mut("data").and_then(Value::as_object_mut) {
                     for (k, v) in sd {
-                        let s = v.as_str().map(str::to_owned).unwrap_or_else(|| v.to_string());
-                        data.insert(k, Value::String(base64::engine::general_purpose::STANDARD.encode(s)));
+                        let s = v
+                            .as_str()
+                            .map(str::to_owned)
+                            .unwrap_or_else(|| v.to_string());
+                        data.insert(
+                            k,
+                            Value::String(base64::engine::general_purpose::STANDARD.encode(s)),
+                        );
                     }
                 }
             }
@@ -428,7 +577,12 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             set_default(obj, &["status"], "phase", json!("Pending"));
         }
         ("", "PersistentVolume") => {
-            set_default(obj, &["spec"], "persistentVolumeReclaimPolicy", json!("Retain"));
+            set_default(
+                obj,
+                &["spec"],
+                "persistentVolumeReclaimPolicy",
+                json!("Retain"),
+            );
             set_default(obj, &["spec"], "volumeMode", json!("Filesystem"));
             set_default(obj, &["status"], "phase", json!("Pending"));
         }
@@ -437,13 +591,31 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             set_default(obj, &["spec"], "revisionHistoryLimit", json!(10));
             if kind == "Deployment" {
                 set_default(obj, &["spec"], "progressDeadlineSeconds", json!(600));
-                set_default(obj, &["spec"], "strategy", json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}));
+                set_default(
+                    obj,
+                    &["spec"],
+                    "strategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": "25%"}}),
+                );
             }
             if kind == "StatefulSet" {
                 set_default(obj, &["spec"], "podManagementPolicy", json!("OrderedReady"));
-                set_default(obj, &["spec"], "updateStrategy", json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}));
-                set_default(obj, &["spec"], "persistentVolumeClaimRetentionPolicy", json!({"whenDeleted": "Retain", "whenScaled": "Retain"}));
-                if let Some(ts) = obj.pointer_mut("/spec/volumeClaimTemplates").and_then(Value::as_array_mut) {
+                set_default(
+                    obj,
+                    &["spec"],
+                    "updateStrategy",
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"partition": 0}}),
+                );
+                set_default(
+                    obj,
+                    &["spec"],
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+                if let Some(ts) = obj
+                    .pointer_mut("/spec/volumeClaimTemplates")
+                    .and_then(Value::as_array_mut)
+                {
                     for t in ts {
                         set_default(t, &[], "apiVersion", json!("v1"));
                         set_default(t, &[], "kind", json!("PersistentVolumeClaim"));
@@ -486,7 +658,10 @@ mod tests {
     use crate::resources::Registry;
 
     fn rt(api_version: &str, kind: &str) -> ResourceType {
-        Registry::default().by_kind(api_version, kind).cloned().expect("kind")
+        Registry::default()
+            .by_kind(api_version, kind)
+            .cloned()
+            .expect("kind")
     }
 
     #[test]
@@ -500,23 +675,46 @@ mod tests {
 
     #[test]
     fn required_fields_and_selectors() {
-        let errs = validate(&rt("apps/v1", "StatefulSet"), &json!({"metadata": {"name": "x"}, "spec": {
-            "selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c"}]}}}}));
+        let errs = validate(
+            &rt("apps/v1", "StatefulSet"),
+            &json!({"metadata": {"name": "x"}, "spec": {
+            "selector": {"matchLabels": {"app": "a"}}, "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"containers": [{"name": "c"}]}}}}),
+        );
         let fields: Vec<_> = errs.iter().map(|(f, _)| f.as_str()).collect();
-        assert_eq!(fields, vec!["spec.template.metadata.labels", "spec.template.spec.containers[0].image"]);
-        let errs = validate(&rt("v1", "Service"), &json!({"metadata": {"name": "s"}, "spec": {}}));
+        assert_eq!(
+            fields,
+            vec![
+                "spec.template.metadata.labels",
+                "spec.template.spec.containers[0].image"
+            ]
+        );
+        let errs = validate(
+            &rt("v1", "Service"),
+            &json!({"metadata": {"name": "s"}, "spec": {}}),
+        );
         assert_eq!(errs[0].0, "spec.ports");
-        let errs = validate(&rt("v1", "Secret"), &json!({"metadata": {"name": "s"}, "data": {"a": "!!"}}));
+        let errs = validate(
+            &rt("v1", "Secret"),
+            &json!({"metadata": {"name": "s"}, "data": {"a": "!!"}}),
+        );
         assert_eq!(errs[0].0, "data[a]");
     }
 
     #[test]
     fn immutable_fields_are_refused() {
         let svc = rt("v1", "Service");
-        let errs = validate_update(&svc, &json!({"spec": {"clusterIP": "127.1.0.1"}}), &json!({"spec": {"clusterIP": "127.1.0.2"}}));
+        let errs = validate_update(
+            &svc,
+            &json!({"spec": {"clusterIP": "127.1.0.1"}}),
+            &json!({"spec": {"clusterIP": "127.1.0.2"}}),
+        );
         assert_eq!(errs[0].0, "spec.clusterIP");
         let cm = rt("v1", "ConfigMap");
-        let errs = validate_update(&cm, &json!({"immutable": true, "data": {"a": "1"}}), &json!({"immutable": true, "data": {"a": "2"}}));
+        let errs = validate_update(
+            &cm,
+            &json!({"immutable": true, "data": {"a": "1"}}),
+            &json!({"immutable": true, "data": {"a": "2"}}),
+        );
         assert_eq!(errs[0].0, "data");
     }
 
@@ -524,6 +722,9 @@ mod tests {
     fn secret_string_data_is_folded_into_data() {
         let mut s = json!({"metadata": {"name": "s"}, "stringData": {"password": "hunter2"}});
         apply_defaults(&rt("v1", "Secret"), &mut s);
-        assert_eq!(s, json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"password": "aHVudGVyMg=="}}));
+        assert_eq!(
+            s,
+            json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"password": "aHVudGVyMg=="}})
+        );
     }
 }

@@ -585,11 +585,25 @@ async fn readiness_gates_endpoints_and_rollout() -> Result<()> {
         )
         .await?;
         let answer = http_get(&addr).await?;
-    // A LoadBalancer reports a loopback ingress address that answers on its port.
-    let lb = env.until(&["get", "svc", "-n", "web", "web-lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"], Duration::from_secs(10), |s| !s.is_empty()).await?;
-    ensure!(lb.starts_with("127."), "ingress {lb}");
-    let lb_answer = http_get(&format!("{lb}:8081")).await?;
-    ensure!(lb_answer.ends_with("hello\n"), "{lb_answer}");
+        // A LoadBalancer reports a loopback ingress address that answers on its port.
+        let lb = env
+            .until(
+                &[
+                    "get",
+                    "svc",
+                    "-n",
+                    "web",
+                    "web-lb",
+                    "-o",
+                    "jsonpath={.status.loadBalancer.ingress[0].ip}",
+                ],
+                Duration::from_secs(10),
+                |s| !s.is_empty(),
+            )
+            .await?;
+        ensure!(lb.starts_with("127."), "ingress {lb}");
+        let lb_answer = http_get(&format!("{lb}:8081")).await?;
+        ensure!(lb_answer.ends_with("hello\n"), "{lb_answer}");
         ensure!(
             answer.starts_with("HTTP/1.0 200") && answer.ends_with("hello\n"),
             "{answer}"
@@ -783,9 +797,9 @@ spec:
         .await?;
         let logs = env.kubectl(&["logs", "job/manual"]).await?;
         ensure!(logs.starts_with("backup done from manual-"), "{logs:?}");
-    // Following a finished container returns at once with its output.
-    let followed = env.kubectl(&["logs", "-f", "job/manual"]).await?;
-    ensure!(followed == logs, "{followed:?}");
+        // Following a finished container returns at once with its output.
+        let followed = env.kubectl(&["logs", "-f", "job/manual"]).await?;
+        ensure!(followed == logs, "{followed:?}");
         env.kubectl(&[
             "wait",
             "--for=condition=failed",
@@ -846,7 +860,7 @@ spec:
         let client = kube::Client::try_from(config)?;
         let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
             kube::Api::namespaced(client, "default");
-    // Binary-safe stdout and the exit status.
+        // Binary-safe stdout and the exit status.
         let mut attached = pods
             .exec(
                 "redis",
@@ -874,7 +888,7 @@ spec:
             .and_then(|c| c.message);
         ensure!(code.as_deref() == Some("5"), "{code:?}");
         attached.join().await?;
-    // stdin, closed by the client, reaches the command.
+        // stdin, closed by the client, reaches the command.
         let mut attached = pods
             .exec(
                 "redis",
@@ -892,7 +906,7 @@ spec:
         stdout.read_to_string(&mut out).await?;
         ensure!(out.trim() == "OK", "{out:?}");
         attached.join().await?;
-    // Port-forward to redis.
+        // Port-forward to redis.
         let mut pf = pods.portforward("redis", &[6379]).await?;
         let mut s = pf.take_stream(6379).context("port stream")?;
         s.write_all(b"GET k\r\n").await?;
@@ -984,7 +998,13 @@ spec:
         // Both containers reported running: their process groups are known to the reaper
         // (a group is recorded right after its spawn, before the status says so).
         env.until(
-            &["get", "pod", "sleeper", "-o", "jsonpath={.status.containerStatuses[*].state.running.startedAt}"],
+            &[
+                "get",
+                "pod",
+                "sleeper",
+                "-o",
+                "jsonpath={.status.containerStatuses[*].state.running.startedAt}",
+            ],
             Duration::from_secs(30),
             |s| s.split_whitespace().count() == 2,
         )
@@ -1014,12 +1034,17 @@ spec:
         // The reaper itself exits once it has done its work.
         let dir = env.dir.path().to_string_lossy().into_owned();
         let reaper_alive = || {
-            processes_with("simcluster-reaper")
-                .iter()
-                .any(|p| std::fs::read_to_string(format!("/proc/{p}/cmdline")).unwrap_or_default().contains(&dir))
+            processes_with("simcluster-reaper").iter().any(|p| {
+                std::fs::read_to_string(format!("/proc/{p}/cmdline"))
+                    .unwrap_or_default()
+                    .contains(&dir)
+            })
         };
         while reaper_alive() {
-            ensure!(Instant::now() < deadline, "the reaper outlived the simulator");
+            ensure!(
+                Instant::now() < deadline,
+                "the reaper outlived the simulator"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())

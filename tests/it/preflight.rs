@@ -17,37 +17,71 @@ fn repo() -> PathBuf {
 
 /// The simulated pods run the `titanium` binary; build it when this test runs on its own.
 fn ensure_titanium_built() {
-    let status = Command::new(env!("CARGO")).args(["build", "-q", "-p", "titanium", "--bin", "titanium"]).current_dir(repo()).status().unwrap();
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "titanium", "--bin", "titanium"])
+        .current_dir(repo())
+        .status()
+        .unwrap();
     assert!(status.success(), "could not build the titanium binary");
 }
 
 /// Every object of the namespace with its resourceVersion, except the kinds the kubelet and
 /// controllers rewrite on their own (pods' status, events, endpoints, leases).
 async fn versions(cluster: &SimProvider) -> BTreeMap<String, String> {
-    let source = harness::backup::KubeSource { client: cluster.client().await.unwrap(), namespace: "titanium-prod".into() };
+    let source = harness::backup::KubeSource {
+        client: cluster.client().await.unwrap(),
+        namespace: "titanium-prod".into(),
+    };
     harness::backup::list_namespace(&source)
         .await
         .unwrap()
         .objects
         .iter()
-        .filter(|o| !matches!(o["kind"].as_str(), Some("Pod" | "Event" | "Endpoints" | "EndpointSlice" | "Lease")))
+        .filter(|o| {
+            !matches!(
+                o["kind"].as_str(),
+                Some("Pod" | "Event" | "Endpoints" | "EndpointSlice" | "Lease")
+            )
+        })
         .map(|o| {
             (
-                format!("{} {}", o["kind"].as_str().unwrap_or(""), o["metadata"]["name"].as_str().unwrap_or("")),
-                o["metadata"]["resourceVersion"].as_str().unwrap_or("").to_owned(),
+                format!(
+                    "{} {}",
+                    o["kind"].as_str().unwrap_or(""),
+                    o["metadata"]["name"].as_str().unwrap_or("")
+                ),
+                o["metadata"]["resourceVersion"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_owned(),
             )
         })
         .collect()
 }
 
-async fn preflight_on(deny: Vec<simcluster::AccessRule>) -> (harness::preflight::PreflightReport, bool) {
-    let mut cluster = SimProvider::create(SimOptions { deny, ..SimOptions::default() }).await.unwrap();
-    harness::deploy::apply_kustomize(&cluster, &harness::deploy::overlay("sim")).await.unwrap();
+async fn preflight_on(
+    deny: Vec<simcluster::AccessRule>,
+) -> (harness::preflight::PreflightReport, bool) {
+    let mut cluster = SimProvider::create(SimOptions {
+        deny,
+        ..SimOptions::default()
+    })
+    .await
+    .unwrap();
+    harness::deploy::apply_kustomize(&cluster, &harness::deploy::overlay("sim"))
+        .await
+        .unwrap();
     let client = cluster.client().await.unwrap();
-    harness::deploy::wait_ready(&client, "titanium-prod", Duration::from_secs(120)).await.unwrap();
+    harness::deploy::wait_ready(&client, "titanium-prod", Duration::from_secs(120))
+        .await
+        .unwrap();
     let before = versions(&cluster).await;
     let dir = tempfile::tempdir().unwrap();
-    let report = harness::preflight::run(client, &PreflightOptions::runbook("titanium-prod", dir.path().to_path_buf())).await;
+    let report = harness::preflight::run(
+        client,
+        &PreflightOptions::runbook("titanium-prod", dir.path().to_path_buf()),
+    )
+    .await;
     let after = versions(&cluster).await;
     cluster.destroy().await.unwrap();
     (report, before == after && !before.is_empty())
@@ -59,11 +93,26 @@ async fn preflight_is_go_on_a_healthy_cluster_no_go_with_a_permission_denied_and
     let (green, unchanged) = preflight_on(Vec::new()).await;
     assert!(green.go(), "a healthy cluster must be GO:\n{green}");
     assert!(unchanged, "the preflight changed objects");
-    for name in ["postgres in pod titanium-prod/postgresql-0", "table counts", "pvcs bound in titanium-prod", "pg_dump matches server"] {
-        let check = green.checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check {name}:\n{green}"));
+    for name in [
+        "postgres in pod titanium-prod/postgresql-0",
+        "table counts",
+        "pvcs bound in titanium-prod",
+        "pg_dump matches server",
+    ] {
+        let check = green
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap_or_else(|| panic!("no check {name}:\n{green}"));
         assert_eq!(check.status, CheckStatus::Pass, "{name}: {}", check.detail);
     }
-    assert!(green.estimate.as_ref().is_some_and(|e| e.database_bytes > 0), "no estimate:\n{green}");
+    assert!(
+        green
+            .estimate
+            .as_ref()
+            .is_some_and(|e| e.database_bytes > 0),
+        "no estimate:\n{green}"
+    );
 
     // A permission the deployment itself does not use (the runbook's "Namespace 생성/삭제 권한").
     let deny: simcluster::AccessRule = "delete:namespaces".parse().unwrap();

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
-use harness::report::{GateReport, LoadReport, Outcome, PhaseReport, PhaseStatus, Report, TableReport, render_html};
+use harness::report::{
+    GateReport, LoadReport, Outcome, PhaseReport, PhaseStatus, Report, TableReport, render_html,
+};
 
 fn sample() -> Report {
     Report {
@@ -15,7 +17,13 @@ fn sample() -> Report {
         phases: ["create-cluster-a", "deploy", "backup", "restore", "gates"]
             .iter()
             .enumerate()
-            .map(|(i, n)| PhaseReport { name: (*n).into(), status: PhaseStatus::Passed, start_ms: i as u64 * 1000, duration_ms: 900, detail: None })
+            .map(|(i, n)| PhaseReport {
+                name: (*n).into(),
+                status: PhaseStatus::Passed,
+                start_ms: i as u64 * 1000,
+                duration_ms: 900,
+                detail: None,
+            })
             .collect(),
         tables: vec![TableReport {
             name: "posts".into(),
@@ -24,8 +32,18 @@ fn sample() -> Report {
             digest_before: "ab".repeat(32),
             digest_after: Some("ab".repeat(32)),
         }],
-        gates: vec![GateReport { name: "row counts".into(), passed: true, findings: vec![] }],
-        load: Some(LoadReport { requests: 1234, failures: 0, rps: 411.3, p95_ms: 8.5, goose_report: Some("goose-report.html".into()) }),
+        gates: vec![GateReport {
+            name: "row counts".into(),
+            passed: true,
+            findings: vec![],
+        }],
+        load: Some(LoadReport {
+            requests: 1234,
+            failures: 0,
+            rps: 411.3,
+            p95_ms: 8.5,
+            goose_report: Some("goose-report.html".into()),
+        }),
         rto_ms: Some(4200),
         rpo_ms: Some(12),
         rollback_reasons: vec![],
@@ -35,7 +53,10 @@ fn sample() -> Report {
 #[test]
 fn chromium_renders_the_report_with_its_key_elements() {
     let Ok(chromium) = which_chromium() else {
-        assert!(std::env::var("CI").is_err(), "chromium is required under CI (ci/setup installs it)");
+        assert!(
+            std::env::var("CI").is_err(),
+            "chromium is required under CI (ci/setup installs it)"
+        );
         eprintln!("skipping: chromium is not installed (ci/setup installs it)");
         return;
     };
@@ -45,15 +66,44 @@ fn chromium_renders_the_report_with_its_key_elements() {
     let profile = dir.path().join("profile");
     let shot = dir.path().join("shot.png");
     let base = |cmd: &mut Command| {
-        cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"])
-            .arg(format!("--user-data-dir={}", profile.display()));
+        cmd.args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+        ])
+        .arg(format!("--user-data-dir={}", profile.display()));
     };
     let mut dump = Command::new(&chromium);
     base(&mut dump);
-    let out = dump.arg("--dump-dom").arg(format!("file://{}", page.display())).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = dump
+        .arg("--dump-dom")
+        .arg(format!("file://{}", page.display()))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let dom = String::from_utf8_lossy(&out.stdout);
-    for needle in ["id=\"verdict\"", "PASS", "id=\"timeline\"", "<rect", "id=\"tables\"", "posts", "id=\"gates\"", "id=\"load\"", "411.3", "id=\"goose-report\"", "RTO"] {
+    for needle in [
+        "id=\"verdict\"",
+        "PASS",
+        "id=\"timeline\"",
+        "<rect",
+        "id=\"tables\"",
+        "posts",
+        "id=\"gates\"",
+        "id=\"load\"",
+        "411.3",
+        "id=\"goose-report\"",
+        "RTO",
+    ] {
         assert!(dom.contains(needle), "rendered DOM lacks {needle}");
     }
     let mut screenshot = Command::new(&chromium);
@@ -64,16 +114,28 @@ fn chromium_renders_the_report_with_its_key_elements() {
         .arg(format!("file://{}", page.display()))
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let png = std::fs::read(&shot).expect("a screenshot");
-    assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "the page rendered to an image of {} bytes", png.len());
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 10_000,
+        "the page rendered to an image of {} bytes",
+        png.len()
+    );
 }
 
 fn which_chromium() -> Result<std::path::PathBuf, ()> {
     ["chromium", "chromium-browser"]
         .iter()
         .find_map(|name| {
-            std::env::var_os("PATH")?.to_str()?.split(':').map(|d| std::path::Path::new(d).join(name)).find(|p| p.is_file())
+            std::env::var_os("PATH")?
+                .to_str()?
+                .split(':')
+                .map(|d| std::path::Path::new(d).join(name))
+                .find(|p| p.is_file())
         })
         .ok_or(())
 }

@@ -54,17 +54,32 @@ impl ProviderSpec {
     /// As the provider's own constructor.
     pub async fn create(&self) -> Result<AnyCluster, ClusterError> {
         Ok(match self {
-            ProviderSpec::Sim { kind_config } => {
-                AnyCluster::Sim(SimProvider::create(SimOptions { kind_config: kind_config.clone(), ..SimOptions::default() }).await?)
-            }
-            ProviderSpec::Kind { kind_config, images } => {
+            ProviderSpec::Sim { kind_config } => AnyCluster::Sim(
+                SimProvider::create(SimOptions {
+                    kind_config: kind_config.clone(),
+                    ..SimOptions::default()
+                })
+                .await?,
+            ),
+            ProviderSpec::Kind {
+                kind_config,
+                images,
+            } => {
                 let cluster = KindCluster::create(KindOptions::new(kind_config.clone())).await?;
                 cluster.load_images(images).await?;
                 AnyCluster::Kind(cluster)
             }
-            ProviderSpec::Kubeconfig { path, context, namespaces, gate } => {
-                AnyCluster::Kubeconfig(KubeconfigCluster::attach(path.clone(), context.as_deref(), namespaces.clone(), gate.clone())?)
-            }
+            ProviderSpec::Kubeconfig {
+                path,
+                context,
+                namespaces,
+                gate,
+            } => AnyCluster::Kubeconfig(KubeconfigCluster::attach(
+                path.clone(),
+                context.as_deref(),
+                namespaces.clone(),
+                gate.clone(),
+            )?),
         })
     }
 }

@@ -44,7 +44,13 @@ impl DestroyGate {
     /// [`ClusterError::DestroyRefused`] when not allowed, not interactive, or mistyped.
     pub fn ask(cluster: &str, allow_destroy: bool) -> Result<Self, ClusterError> {
         let interactive = std::io::stdin().is_terminal();
-        confirm_destroy(cluster, allow_destroy, interactive, &mut std::io::stdin().lock(), &mut std::io::stderr())
+        confirm_destroy(
+            cluster,
+            allow_destroy,
+            interactive,
+            &mut std::io::stdin().lock(),
+            &mut std::io::stderr(),
+        )
     }
 }
 
@@ -60,12 +66,17 @@ pub fn confirm_destroy(
     input: &mut dyn BufRead,
     output: &mut dyn Write,
 ) -> Result<DestroyGate, ClusterError> {
-    let refuse = |reason: &str| ClusterError::DestroyRefused { cluster: cluster.to_owned(), reason: reason.to_owned() };
+    let refuse = |reason: &str| ClusterError::DestroyRefused {
+        cluster: cluster.to_owned(),
+        reason: reason.to_owned(),
+    };
     if !allow_destroy {
         return Err(refuse("--allow-destroy was not given"));
     }
     if !interactive {
-        return Err(refuse("no terminal to confirm on; destructive steps need a person to type the cluster's name"));
+        return Err(refuse(
+            "no terminal to confirm on; destructive steps need a person to type the cluster's name",
+        ));
     }
     let _ = write!(
         output,
@@ -73,9 +84,13 @@ pub fn confirm_destroy(
     );
     let _ = output.flush();
     let mut line = String::new();
-    input.read_line(&mut line).map_err(|_| refuse("could not read the confirmation"))?;
+    input
+        .read_line(&mut line)
+        .map_err(|_| refuse("could not read the confirmation"))?;
     if line.trim_end_matches(['\r', '\n']) == cluster {
-        Ok(DestroyGate::Confirmed { cluster: cluster.to_owned() })
+        Ok(DestroyGate::Confirmed {
+            cluster: cluster.to_owned(),
+        })
     } else {
         Err(refuse("the typed name did not match"))
     }
@@ -86,12 +101,23 @@ mod tests {
     use super::*;
 
     fn check(allow: bool, interactive: bool, typed: &str) -> Result<DestroyGate, ClusterError> {
-        confirm_destroy("solid-prod", allow, interactive, &mut typed.as_bytes(), &mut Vec::new())
+        confirm_destroy(
+            "solid-prod",
+            allow,
+            interactive,
+            &mut typed.as_bytes(),
+            &mut Vec::new(),
+        )
     }
 
     #[test]
     fn only_the_exact_name_at_a_terminal_with_allow_destroy_passes() {
-        assert_eq!(check(true, true, "solid-prod\n").unwrap(), DestroyGate::Confirmed { cluster: "solid-prod".into() });
+        assert_eq!(
+            check(true, true, "solid-prod\n").unwrap(),
+            DestroyGate::Confirmed {
+                cluster: "solid-prod".into()
+            }
+        );
         for (allow, tty, typed, why) in [
             (false, true, "solid-prod\n", "--allow-destroy"),
             (true, false, "solid-prod\n", "no terminal"),
@@ -106,7 +132,9 @@ mod tests {
 
     #[test]
     fn a_gate_confirmed_for_one_cluster_does_not_open_another() {
-        let gate = DestroyGate::Confirmed { cluster: "a".into() };
+        let gate = DestroyGate::Confirmed {
+            cluster: "a".into(),
+        };
         assert!(gate.check("a").is_ok());
         assert!(gate.check("b").is_err());
         assert!(DestroyGate::Refuse.check("a").is_err());

@@ -62,7 +62,9 @@ pub enum ClusterError {
     },
 
     /// Docker is not reachable.
-    #[error("Docker is not reachable at {endpoint} ({detail}); kind needs a running Docker daemon (install docker.io and start dockerd)")]
+    #[error(
+        "Docker is not reachable at {endpoint} ({detail}); kind needs a running Docker daemon (install docker.io and start dockerd)"
+    )]
     DockerUnavailable {
         /// The socket or host tried.
         endpoint: String,

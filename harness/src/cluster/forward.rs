@@ -26,15 +26,30 @@ impl PortForward {
     /// # Errors
     /// [`ClusterError::Api`] when the pod cannot be read, [`ClusterError::Io`] when no local
     /// port can be bound.
-    pub async fn start(client: kube::Client, namespace: &str, pod: &str, port: u16) -> Result<Self, ClusterError> {
+    pub async fn start(
+        client: kube::Client,
+        namespace: &str,
+        pod: &str,
+        port: u16,
+    ) -> Result<Self, ClusterError> {
         let api: Api<Pod> = Api::namespaced(client, namespace);
-        api.get(pod).await.map_err(|source| ClusterError::Api { what: format!("get pod {namespace}/{pod}"), source })?;
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .map_err(|source| ClusterError::Io { action: "bind a local port on", path: "127.0.0.1".into(), source })?;
-        let local = listener
-            .local_addr()
-            .map_err(|source| ClusterError::Io { action: "read the local port of", path: "127.0.0.1".into(), source })?;
+        api.get(pod).await.map_err(|source| ClusterError::Api {
+            what: format!("get pod {namespace}/{pod}"),
+            source,
+        })?;
+        let listener =
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(|source| ClusterError::Io {
+                    action: "bind a local port on",
+                    path: "127.0.0.1".into(),
+                    source,
+                })?;
+        let local = listener.local_addr().map_err(|source| ClusterError::Io {
+            action: "read the local port of",
+            path: "127.0.0.1".into(),
+            source,
+        })?;
         let stop = CancellationToken::new();
         let token = stop.clone();
         let pod = pod.to_owned();
@@ -44,7 +59,9 @@ impl PortForward {
                     _ = token.cancelled() => break,
                     accepted = listener.accept() => accepted,
                 };
-                let Ok((mut socket, _)) = accepted else { continue };
+                let Ok((mut socket, _)) = accepted else {
+                    continue;
+                };
                 let (api, pod, token) = (api.clone(), pod.clone(), token.clone());
                 tokio::spawn(async move {
                     let mut forwarder = match api.portforward(&pod, &[port]).await {
@@ -54,7 +71,9 @@ impl PortForward {
                             return;
                         }
                     };
-                    let Some(mut upstream) = forwarder.take_stream(port) else { return };
+                    let Some(mut upstream) = forwarder.take_stream(port) else {
+                        return;
+                    };
                     tokio::select! {
                         _ = token.cancelled() => {}
                         result = tokio::io::copy_bidirectional(&mut socket, &mut upstream) => {

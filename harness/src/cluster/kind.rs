@@ -32,16 +32,23 @@ impl KindOptions {
         Self {
             name: unique_name("rehearsal"),
             config: config.into(),
-            kind_bin: std::env::var_os(KIND_BIN_ENV).map(PathBuf::from).unwrap_or_else(|| PathBuf::from("kind")),
+            kind_bin: std::env::var_os(KIND_BIN_ENV)
+                .map(PathBuf::from)
+                .unwrap_or_else(|| PathBuf::from("kind")),
             wait: Duration::from_secs(300),
-            docker_host: std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned()),
+            docker_host: std::env::var("DOCKER_HOST")
+                .unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned()),
         }
     }
 }
 
 /// A unique, DNS-safe cluster name: `<prefix>-<pid>-<random>`.
 pub fn unique_name(prefix: &str) -> String {
-    format!("{prefix}-{}-{}", std::process::id(), &uuid::Uuid::new_v4().simple().to_string()[..6])
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        &uuid::Uuid::new_v4().simple().to_string()[..6]
+    )
 }
 
 /// The argument list of `kind create cluster` for these options and kubeconfig path.
@@ -62,12 +69,25 @@ pub fn create_args(options: &KindOptions, kubeconfig: &Path) -> Vec<String> {
 
 /// The argument list of `kind load docker-image`.
 pub fn load_args(name: &str, image: &str) -> Vec<String> {
-    vec!["load".into(), "docker-image".into(), image.to_owned(), "--name".into(), name.to_owned()]
+    vec![
+        "load".into(),
+        "docker-image".into(),
+        image.to_owned(),
+        "--name".into(),
+        name.to_owned(),
+    ]
 }
 
 /// The argument list of `kind delete cluster`.
 pub fn delete_args(name: &str, kubeconfig: &Path) -> Vec<String> {
-    vec!["delete".into(), "cluster".into(), "--name".into(), name.to_owned(), "--kubeconfig".into(), kubeconfig.display().to_string()]
+    vec![
+        "delete".into(),
+        "cluster".into(),
+        "--name".into(),
+        name.to_owned(),
+        "--kubeconfig".into(),
+        kubeconfig.display().to_string(),
+    ]
 }
 
 /// A kind cluster this process created. Deleted on drop unless `HARNESS_KEEP=1`.
@@ -91,12 +111,26 @@ impl KindCluster {
         check_config(&options.config)?;
         let kind = resolve_kind(&options.kind_bin)?;
         check_docker(&options.docker_host)?;
-        let dir = ScratchDir::new("harness-kind-", "kind cluster kubeconfig directory")
-            .map_err(|source| ClusterError::Io { action: "create", path: std::env::temp_dir(), source })?;
+        let dir = ScratchDir::new("harness-kind-", "kind cluster kubeconfig directory").map_err(
+            |source| ClusterError::Io {
+                action: "create",
+                path: std::env::temp_dir(),
+                source,
+            },
+        )?;
         let kubeconfig = dir.path().join("kubeconfig");
         run(&kind, create_args(&options, &kubeconfig)).await?;
         let context = format!("kind-{}", options.name);
-        Ok(Self { options: KindOptions { kind_bin: kind, ..options }, kubeconfig, context, alive: true, dir })
+        Ok(Self {
+            options: KindOptions {
+                kind_bin: kind,
+                ..options
+            },
+            kubeconfig,
+            context,
+            alive: true,
+            dir,
+        })
     }
 
     /// Loads locally built images into the cluster's nodes (`kind load docker-image`).
@@ -137,7 +171,11 @@ impl Cluster for KindCluster {
         if !self.alive {
             return Ok(());
         }
-        run(&self.options.kind_bin, delete_args(&self.options.name, &self.kubeconfig)).await?;
+        run(
+            &self.options.kind_bin,
+            delete_args(&self.options.name, &self.kubeconfig),
+        )
+        .await?;
         self.alive = false;
         Ok(())
     }
@@ -159,11 +197,22 @@ impl Drop for KindCluster {
             );
             return;
         }
-        let result = duct::cmd(&self.options.kind_bin, &args).stderr_to_stdout().stdout_capture().unchecked().run();
+        let result = duct::cmd(&self.options.kind_bin, &args)
+            .stderr_to_stdout()
+            .stdout_capture()
+            .unchecked()
+            .run();
         match result {
             Ok(out) if out.status.success() => {}
-            Ok(out) => eprintln!("warning: kind delete cluster {} failed: {}", self.options.name, String::from_utf8_lossy(&out.stdout)),
-            Err(err) => eprintln!("warning: could not run kind delete cluster {}: {err}", self.options.name),
+            Ok(out) => eprintln!(
+                "warning: kind delete cluster {} failed: {}",
+                self.options.name,
+                String::from_utf8_lossy(&out.stdout)
+            ),
+            Err(err) => eprintln!(
+                "warning: could not run kind delete cluster {}: {err}",
+                self.options.name
+            ),
         }
     }
 }
@@ -173,14 +222,32 @@ async fn run(kind: &Path, args: Vec<String>) -> Result<(), ClusterError> {
     let kind = kind.to_path_buf();
     let command = format!("{} {}", kind.display(), args.join(" "));
     tracing::info!(%command, "running kind");
-    let out = tokio::task::spawn_blocking(move || duct::cmd(&kind, &args).stderr_to_stdout().stdout_capture().unchecked().run())
-        .await
-        .map_err(|err| ClusterError::Command { command: command.clone(), status: "did not finish".into(), output: err.to_string() })?
-        .map_err(|err| ClusterError::Command { command: command.clone(), status: "could not start".into(), output: err.to_string() })?;
+    let out = tokio::task::spawn_blocking(move || {
+        duct::cmd(&kind, &args)
+            .stderr_to_stdout()
+            .stdout_capture()
+            .unchecked()
+            .run()
+    })
+    .await
+    .map_err(|err| ClusterError::Command {
+        command: command.clone(),
+        status: "did not finish".into(),
+        output: err.to_string(),
+    })?
+    .map_err(|err| ClusterError::Command {
+        command: command.clone(),
+        status: "could not start".into(),
+        output: err.to_string(),
+    })?;
     if out.status.success() {
         Ok(())
     } else {
-        Err(ClusterError::Command { command, status: out.status.to_string(), output: String::from_utf8_lossy(&out.stdout).into_owned() })
+        Err(ClusterError::Command {
+            command,
+            status: out.status.to_string(),
+            output: String::from_utf8_lossy(&out.stdout).into_owned(),
+        })
     }
 }
 
@@ -200,10 +267,15 @@ pub fn resolve_kind(bin: &Path) -> Result<PathBuf, ClusterError> {
 /// # Errors
 /// [`ClusterError::DockerUnavailable`].
 pub fn check_docker(host: &str) -> Result<(), ClusterError> {
-    let Some(path) = host.strip_prefix("unix://") else { return Ok(()) };
+    let Some(path) = host.strip_prefix("unix://") else {
+        return Ok(());
+    };
     std::os::unix::net::UnixStream::connect(path)
         .map(|_| ())
-        .map_err(|err| ClusterError::DockerUnavailable { endpoint: host.to_owned(), detail: err.to_string() })
+        .map_err(|err| ClusterError::DockerUnavailable {
+            endpoint: host.to_owned(),
+            detail: err.to_string(),
+        })
 }
 
 /// Checks that a kind config exists and is a kind `Cluster` document.
@@ -211,16 +283,23 @@ pub fn check_docker(host: &str) -> Result<(), ClusterError> {
 /// # Errors
 /// [`ClusterError::KindConfig`] naming the file and the problem.
 pub fn check_config(path: &Path) -> Result<(), ClusterError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|err| ClusterError::KindConfig { path: path.to_path_buf(), detail: err.to_string() })?;
-    let doc: serde_json::Value = serde_saphyr::from_str(&text)
-        .map_err(|err| ClusterError::KindConfig { path: path.to_path_buf(), detail: format!("not valid YAML: {err}") })?;
+    let text = std::fs::read_to_string(path).map_err(|err| ClusterError::KindConfig {
+        path: path.to_path_buf(),
+        detail: err.to_string(),
+    })?;
+    let doc: serde_json::Value =
+        serde_saphyr::from_str(&text).map_err(|err| ClusterError::KindConfig {
+            path: path.to_path_buf(),
+            detail: format!("not valid YAML: {err}"),
+        })?;
     let kind = doc.get("kind").and_then(|v| v.as_str());
     let api = doc.get("apiVersion").and_then(|v| v.as_str());
     if kind != Some("Cluster") || !api.is_some_and(|a| a.starts_with("kind.x-k8s.io/")) {
         return Err(ClusterError::KindConfig {
             path: path.to_path_buf(),
-            detail: format!("expected kind: Cluster, apiVersion: kind.x-k8s.io/v1alpha4; found kind {kind:?}, apiVersion {api:?}"),
+            detail: format!(
+                "expected kind: Cluster, apiVersion: kind.x-k8s.io/v1alpha4; found kind {kind:?}, apiVersion {api:?}"
+            ),
         });
     }
     Ok(())

@@ -15,7 +15,10 @@ use super::{Cluster, ClusterError, DestroyGate, ProviderKind};
 /// # Errors
 /// [`ClusterError::Kubeconfig`] naming the file and what is wrong with it.
 pub fn read(path: &Path) -> Result<Kubeconfig, ClusterError> {
-    Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig { path: path.to_path_buf(), source })
+    Kubeconfig::read_from(path).map_err(|source| ClusterError::Kubeconfig {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The context to use: `wanted` if it exists, else the file's current context.
@@ -23,12 +26,31 @@ pub fn read(path: &Path) -> Result<Kubeconfig, ClusterError> {
 /// # Errors
 /// [`ClusterError::NoSuchContext`] or [`ClusterError::NoCurrentContext`], listing the contexts
 /// the file has.
-pub fn resolve_context(config: &Kubeconfig, path: &Path, wanted: Option<&str>) -> Result<String, ClusterError> {
-    let available = config.contexts.iter().map(|c| c.name.as_str()).collect::<Vec<_>>().join(", ");
-    match wanted.map(str::to_owned).or_else(|| config.current_context.clone()) {
+pub fn resolve_context(
+    config: &Kubeconfig,
+    path: &Path,
+    wanted: Option<&str>,
+) -> Result<String, ClusterError> {
+    let available = config
+        .contexts
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ");
+    match wanted
+        .map(str::to_owned)
+        .or_else(|| config.current_context.clone())
+    {
         Some(context) if config.contexts.iter().any(|c| c.name == context) => Ok(context),
-        Some(context) => Err(ClusterError::NoSuchContext { path: path.to_path_buf(), context, available }),
-        None => Err(ClusterError::NoCurrentContext { path: path.to_path_buf(), available }),
+        Some(context) => Err(ClusterError::NoSuchContext {
+            path: path.to_path_buf(),
+            context,
+            available,
+        }),
+        None => Err(ClusterError::NoCurrentContext {
+            path: path.to_path_buf(),
+            available,
+        }),
     }
 }
 
@@ -39,10 +61,16 @@ pub fn resolve_context(config: &Kubeconfig, path: &Path, wanted: Option<&str>) -
 pub async fn client_for(path: &Path, context: Option<&str>) -> Result<kube::Client, ClusterError> {
     let config = read(path)?;
     let context = resolve_context(&config, path, context)?;
-    let options = KubeConfigOptions { context: Some(context.clone()), ..KubeConfigOptions::default() };
+    let options = KubeConfigOptions {
+        context: Some(context.clone()),
+        ..KubeConfigOptions::default()
+    };
     let client_config = kube::Config::from_custom_kubeconfig(config, &options)
         .await
-        .map_err(|source| ClusterError::Kubeconfig { path: path.to_path_buf(), source })?;
+        .map_err(|source| ClusterError::Kubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
     kube::Client::try_from(client_config).map_err(|source| ClusterError::Client { context, source })
 }
 
@@ -54,7 +82,9 @@ pub fn default_path() -> PathBuf {
     {
         return first;
     }
-    let home = std::env::var_os("HOME").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/root"));
+    let home = std::env::var_os("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/root"));
     home.join(".kube").join("config")
 }
 
@@ -82,7 +112,12 @@ impl KubeconfigCluster {
         let path = path.unwrap_or_else(default_path);
         let config = read(&path)?;
         let context = resolve_context(&config, &path, context)?;
-        Ok(Self { path, context, namespaces, gate })
+        Ok(Self {
+            path,
+            context,
+            namespaces,
+            gate,
+        })
     }
 }
 
@@ -113,20 +148,32 @@ impl Cluster for KubeconfigCluster {
             match api.delete(ns, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(status)) if status.code == 404 => continue,
-                Err(source) => return Err(ClusterError::Api { what: format!("delete namespace {ns}"), source }),
+                Err(source) => {
+                    return Err(ClusterError::Api {
+                        what: format!("delete namespace {ns}"),
+                        source,
+                    });
+                }
             }
             let deadline = Instant::now() + Duration::from_secs(600);
             loop {
                 match api.get_opt(ns).await {
                     Ok(None) => break,
-                    Ok(Some(_)) if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(200)).await,
+                    Ok(Some(_)) if Instant::now() < deadline => {
+                        tokio::time::sleep(Duration::from_millis(200)).await
+                    }
                     Ok(Some(_)) => {
                         return Err(ClusterError::NotGone {
                             cluster: self.context.clone(),
                             detail: format!("namespace {ns} still exists after 600 s"),
                         });
                     }
-                    Err(source) => return Err(ClusterError::Api { what: format!("get namespace {ns}"), source }),
+                    Err(source) => {
+                        return Err(ClusterError::Api {
+                            what: format!("get namespace {ns}"),
+                            source,
+                        });
+                    }
                 }
             }
         }

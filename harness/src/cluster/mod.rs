@@ -55,7 +55,9 @@ impl std::str::FromStr for ProviderKind {
             "sim" => Ok(ProviderKind::Sim),
             "kind" => Ok(ProviderKind::Kind),
             "kubeconfig" => Ok(ProviderKind::Kubeconfig),
-            other => Err(ClusterError::UnknownProvider { name: other.to_owned() }),
+            other => Err(ClusterError::UnknownProvider {
+                name: other.to_owned(),
+            }),
         }
     }
 }

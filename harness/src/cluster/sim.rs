@@ -38,22 +38,45 @@ impl SimProvider {
     /// # Errors
     /// [`ClusterError::Sim`] naming what failed (bad kind config, port, state directory).
     pub async fn create(options: SimOptions) -> Result<Self, ClusterError> {
-        let name = options.name.unwrap_or_else(|| super::kind::unique_name("sim"));
-        let dir = ScratchDir::new("harness-sim-", "simulated cluster state")
-            .map_err(|source| ClusterError::Io { action: "create", path: std::env::temp_dir(), source })?;
+        let name = options
+            .name
+            .unwrap_or_else(|| super::kind::unique_name("sim"));
+        let dir = ScratchDir::new("harness-sim-", "simulated cluster state").map_err(|source| {
+            ClusterError::Io {
+                action: "create",
+                path: std::env::temp_dir(),
+                source,
+            }
+        })?;
         // Traversable but not listable (0711): the simulated PostgreSQL pods run as the
         // unprivileged `postgres` account, which must reach its volume below this directory.
         // Everything inside stays private (the kubeconfig is 0600, the state dir the
         // simulator's own).
-        set_mode(dir.path(), 0o711).map_err(|source| ClusterError::Io { action: "chmod", path: dir.path().to_path_buf(), source })?;
+        set_mode(dir.path(), 0o711).map_err(|source| ClusterError::Io {
+            action: "chmod",
+            path: dir.path().to_path_buf(),
+            source,
+        })?;
         let state_dir = dir.path().join("state");
         let kubeconfig = dir.path().join("kubeconfig");
         let mut config = SimConfig::new(name.clone(), state_dir.clone(), kubeconfig.clone());
         config.kind_config = options.kind_config;
         config.deny = options.deny;
-        let cluster = SimCluster::start(config).await.map_err(|err| ClusterError::Sim { name: name.clone(), detail: chain(&err) })?;
+        let cluster = SimCluster::start(config)
+            .await
+            .map_err(|err| ClusterError::Sim {
+                name: name.clone(),
+                detail: chain(&err),
+            })?;
         let url = cluster.url();
-        Ok(Self { cluster: Some(cluster), name, url, kubeconfig, state_dir, dir: Some(dir) })
+        Ok(Self {
+            cluster: Some(cluster),
+            name,
+            url,
+            kubeconfig,
+            state_dir,
+            dir: Some(dir),
+        })
     }
 
     /// The API server's URL.
@@ -87,21 +110,40 @@ impl Cluster for SimProvider {
     /// Stops the server, its controllers and every pod process, removes the state directory,
     /// and checks that the API no longer answers and the volumes are gone.
     async fn destroy(&mut self) -> Result<(), ClusterError> {
-        let Some(cluster) = self.cluster.take() else { return Ok(()) };
-        cluster.shutdown().await.map_err(|err| ClusterError::Sim { name: self.name.clone(), detail: chain(&err) })?;
+        let Some(cluster) = self.cluster.take() else {
+            return Ok(());
+        };
+        cluster.shutdown().await.map_err(|err| ClusterError::Sim {
+            name: self.name.clone(),
+            detail: chain(&err),
+        })?;
         if let Some(dir) = self.dir.take() {
             // Removed even with HARNESS_KEEP: destroy means destroy.
             let path = dir.path().to_path_buf();
             std::mem::forget(dir);
-            std::fs::remove_dir_all(&path).map_err(|source| ClusterError::Io { action: "remove", path: path.clone(), source })?;
+            std::fs::remove_dir_all(&path).map_err(|source| ClusterError::Io {
+                action: "remove",
+                path: path.clone(),
+                source,
+            })?;
         }
         let address = self.url.trim_start_matches("http://").to_owned();
-        let connect = tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&address)).await;
+        let connect = tokio::time::timeout(
+            Duration::from_secs(2),
+            tokio::net::TcpStream::connect(&address),
+        )
+        .await;
         if let Ok(Ok(_)) = connect {
-            return Err(ClusterError::NotGone { cluster: self.name.clone(), detail: format!("{} still accepts connections", self.url) });
+            return Err(ClusterError::NotGone {
+                cluster: self.name.clone(),
+                detail: format!("{} still accepts connections", self.url),
+            });
         }
         if self.state_dir.exists() {
-            return Err(ClusterError::NotGone { cluster: self.name.clone(), detail: format!("{} still exists", self.state_dir.display()) });
+            return Err(ClusterError::NotGone {
+                cluster: self.name.clone(),
+                detail: format!("{} still exists", self.state_dir.display()),
+            });
         }
         Ok(())
     }
@@ -138,12 +180,17 @@ impl Drop for SimProvider {
         std::mem::forget(dir);
         for _ in 0..20 {
             match std::fs::remove_dir_all(&path) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => std::thread::sleep(Duration::from_millis(50)),
+                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
+                    std::thread::sleep(Duration::from_millis(50))
+                }
                 _ => return,
             }
         }
         if let Err(err) = std::fs::remove_dir_all(&path) {
-            eprintln!("warning: could not remove simulated cluster state at {}: {err}", path.display());
+            eprintln!(
+                "warning: could not remove simulated cluster state at {}: {err}",
+                path.display()
+            );
         }
     }
 }

@@ -26,18 +26,46 @@ const BASE_EPOCH: i64 = 1_704_067_200;
 const YEAR_SECS: i64 = 365 * 24 * 3600;
 
 const ADJECTIVES: [&str; 16] = [
-    "amber", "brisk", "calm", "dusky", "eager", "fuzzy", "gentle", "hazy", "icy", "jolly", "keen", "lucid",
-    "mellow", "nimble", "olive", "proud",
+    "amber", "brisk", "calm", "dusky", "eager", "fuzzy", "gentle", "hazy", "icy", "jolly", "keen",
+    "lucid", "mellow", "nimble", "olive", "proud",
 ];
 const NOUNS: [&str; 16] = [
-    "otter", "falcon", "cedar", "harbor", "comet", "willow", "pebble", "lynx", "maple", "quartz", "raven",
-    "summit", "tundra", "violet", "walrus", "yarrow",
+    "otter", "falcon", "cedar", "harbor", "comet", "willow", "pebble", "lynx", "maple", "quartz",
+    "raven", "summit", "tundra", "violet", "walrus", "yarrow",
 ];
 const WORDS: [&str; 32] = [
-    "cluster", "rebuild", "backup", "restore", "titanium", "gateway", "replica", "volume", "snapshot", "digest",
-    "schema", "rollout", "service", "latency", "quorum", "ledger", "archive", "verify", "window", "primary",
-    "standby", "index", "vacuum", "commit", "stream", "tenant", "namespace", "kernel", "socket", "metric",
-    "canary", "drill",
+    "cluster",
+    "rebuild",
+    "backup",
+    "restore",
+    "titanium",
+    "gateway",
+    "replica",
+    "volume",
+    "snapshot",
+    "digest",
+    "schema",
+    "rollout",
+    "service",
+    "latency",
+    "quorum",
+    "ledger",
+    "archive",
+    "verify",
+    "window",
+    "primary",
+    "standby",
+    "index",
+    "vacuum",
+    "commit",
+    "stream",
+    "tenant",
+    "namespace",
+    "kernel",
+    "socket",
+    "metric",
+    "canary",
+    "drill",
 ];
 
 /// SplitMix64: a fast, well-mixed hash of one u64, used to derive per-row values.
@@ -52,7 +80,11 @@ fn mix(mut x: u64) -> u64 {
 /// The username of user `index` (1-based) for `seed`. Unique per index.
 pub fn username_for(seed: u64, index: u32) -> String {
     let h = mix(seed ^ mix(u64::from(index)));
-    format!("{}_{}{index}", ADJECTIVES[(h & 15) as usize], NOUNS[((h >> 4) & 15) as usize])
+    format!(
+        "{}_{}{index}",
+        ADJECTIVES[(h & 15) as usize],
+        NOUNS[((h >> 4) & 15) as usize]
+    )
 }
 
 /// The clear-text password of user `index` for `seed`, so load tests can log in.
@@ -83,7 +115,10 @@ impl DatasetSpec {
                 id: id as i32,
                 email: format!("{username}@titanium.example"),
                 password_hash: hash_password(&salt, &password_for(seed, id)),
-                created_at: timestamp(rng.random_range(0..YEAR_SECS), rng.random_range(0..1_000_000)),
+                created_at: timestamp(
+                    rng.random_range(0..YEAR_SECS),
+                    rng.random_range(0..1_000_000),
+                ),
                 username,
             }
         })
@@ -129,7 +164,10 @@ impl DatasetSpec {
         use sha2::{Digest, Sha256};
         let mut hasher = Sha256::new();
         for u in self.users() {
-            hasher.update(format!("{}\t{}\t{}\t{}\t{}\n", u.id, u.username, u.email, u.password_hash, u.created_at));
+            hasher.update(format!(
+                "{}\t{}\t{}\t{}\t{}\n",
+                u.id, u.username, u.email, u.password_hash, u.created_at
+            ));
         }
         for p in self.posts() {
             hasher.update(format!(
@@ -158,7 +196,8 @@ mod tests {
 
     #[test]
     fn usernames_are_unique_and_fit_the_column() {
-        let names: std::collections::HashSet<_> = (1..=10_000).map(|i| username_for(7, i)).collect();
+        let names: std::collections::HashSet<_> =
+            (1..=10_000).map(|i| username_for(7, i)).collect();
         assert_eq!(names.len(), 10_000);
         assert!(names.iter().all(|n| n.chars().count() <= 50));
     }

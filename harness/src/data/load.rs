@@ -43,7 +43,10 @@ pub struct LoadStats {
 ///
 /// # Errors
 /// [`LoadError`] naming the table that failed.
-pub async fn load_dataset(client: &tokio_postgres::Client, spec: &DatasetSpec) -> Result<LoadStats, LoadError> {
+pub async fn load_dataset(
+    client: &tokio_postgres::Client,
+    spec: &DatasetSpec,
+) -> Result<LoadStats, LoadError> {
     if spec.users == 0 && spec.posts > 0 {
         return Err(LoadError::NoAuthors { posts: spec.posts });
     }
@@ -61,7 +64,11 @@ pub async fn load_dataset(client: &tokio_postgres::Client, spec: &DatasetSpec) -
 ///
 /// # Errors
 /// [`LoadError`] naming the table that failed.
-pub async fn load_rows<U, P>(client: &tokio_postgres::Client, users: U, posts: P) -> Result<LoadStats, LoadError>
+pub async fn load_rows<U, P>(
+    client: &tokio_postgres::Client,
+    users: U,
+    posts: P,
+) -> Result<LoadStats, LoadError>
 where
     U: IntoIterator<Item = User> + Send + 'static,
     U::IntoIter: Send,
@@ -80,17 +87,29 @@ where
         // Into empty tables, TRUNCATE first: the load then writes new files that need no WAL
         // under wal_level=minimal, and COPY FREEZE spares a later rewrite of every row.
         // Tables that hold rows are never truncated.
-        client.batch_execute("LOCK TABLE users, posts IN ACCESS EXCLUSIVE MODE").await.map_err(err("users"))?;
+        client
+            .batch_execute("LOCK TABLE users, posts IN ACCESS EXCLUSIVE MODE")
+            .await
+            .map_err(err("users"))?;
         let empty: bool = client
-            .query_one("SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM posts)", &[])
+            .query_one(
+                "SELECT NOT EXISTS (SELECT 1 FROM users) AND NOT EXISTS (SELECT 1 FROM posts)",
+                &[],
+            )
             .await
             .map_err(err("users"))?
             .get(0);
         if empty {
-            client.batch_execute("TRUNCATE posts, users").await.map_err(err("posts"))?;
+            client
+                .batch_execute("TRUNCATE posts, users")
+                .await
+                .map_err(err("posts"))?;
         }
         if superuser == "on" {
-            client.batch_execute("SET LOCAL session_replication_role = replica").await.map_err(err("users"))?;
+            client
+                .batch_execute("SET LOCAL session_replication_role = replica")
+                .await
+                .map_err(err("users"))?;
         }
         copy_tables(client, users, posts, empty).await
     }
@@ -105,14 +124,20 @@ where
         );
         client.batch_execute(&sql).await.map_err(err(table))?;
     }
-    Ok(LoadStats { users: user_rows, posts: post_rows, elapsed: started.elapsed() })
+    Ok(LoadStats {
+        users: user_rows,
+        posts: post_rows,
+        elapsed: started.elapsed(),
+    })
 }
 
 /// Rows are handed from the generator thread in batches of this many.
 const BATCH: usize = 2048;
 
 /// Runs `rows` on a blocking thread, sending batches through a bounded channel.
-fn produce<T: Send + 'static>(rows: impl IntoIterator<Item = T, IntoIter: Send> + Send + 'static) -> tokio::sync::mpsc::Receiver<Vec<T>> {
+fn produce<T: Send + 'static>(
+    rows: impl IntoIterator<Item = T, IntoIter: Send> + Send + 'static,
+) -> tokio::sync::mpsc::Receiver<Vec<T>> {
     let (tx, rx) = tokio::sync::mpsc::channel(8);
     let iter = rows.into_iter();
     tokio::task::spawn_blocking(move || {
@@ -127,7 +152,12 @@ fn produce<T: Send + 'static>(rows: impl IntoIterator<Item = T, IntoIter: Send> 
     rx
 }
 
-async fn copy_tables<U, P>(client: &tokio_postgres::Client, users: U, posts: P, freeze: bool) -> Result<(u64, u64), LoadError>
+async fn copy_tables<U, P>(
+    client: &tokio_postgres::Client,
+    users: U,
+    posts: P,
+    freeze: bool,
+) -> Result<(u64, u64), LoadError>
 where
     U: IntoIterator<Item = User> + Send + 'static,
     U::IntoIter: Send,
@@ -135,18 +165,39 @@ where
     P::IntoIter: Send,
 {
     let err = |table| move |source| LoadError::Postgres { table, source };
-    let options = if freeze { "FORMAT binary, FREEZE" } else { "FORMAT binary" };
+    let options = if freeze {
+        "FORMAT binary, FREEZE"
+    } else {
+        "FORMAT binary"
+    };
     let mut users = produce(users);
 
     let sink = client
-        .copy_in(&format!("COPY users (id, username, email, password_hash, created_at) FROM STDIN ({options})"))
+        .copy_in(&format!(
+            "COPY users (id, username, email, password_hash, created_at) FROM STDIN ({options})"
+        ))
         .await
         .map_err(err("users"))?;
-    let writer = BinaryCopyInWriter::new(sink, &[Type::INT4, Type::VARCHAR, Type::VARCHAR, Type::VARCHAR, Type::TIMESTAMP]);
+    let writer = BinaryCopyInWriter::new(
+        sink,
+        &[
+            Type::INT4,
+            Type::VARCHAR,
+            Type::VARCHAR,
+            Type::VARCHAR,
+            Type::TIMESTAMP,
+        ],
+    );
     pin_mut!(writer);
     while let Some(batch) = users.recv().await {
         for u in batch {
-            let row: [&(dyn ToSql + Sync); 5] = [&u.id, &u.username, &u.email, &u.password_hash, &u.created_at];
+            let row: [&(dyn ToSql + Sync); 5] = [
+                &u.id,
+                &u.username,
+                &u.email,
+                &u.password_hash,
+                &u.created_at,
+            ];
             writer.as_mut().write(&row).await.map_err(err("users"))?;
         }
     }
@@ -154,17 +205,33 @@ where
     let mut posts = produce(posts);
 
     let sink = client
-        .copy_in(&format!("COPY posts (id, title, content, author, created_at, updated_at) FROM STDIN ({options})"))
+        .copy_in(&format!(
+            "COPY posts (id, title, content, author, created_at, updated_at) FROM STDIN ({options})"
+        ))
         .await
         .map_err(err("posts"))?;
     let writer = BinaryCopyInWriter::new(
         sink,
-        &[Type::INT4, Type::VARCHAR, Type::TEXT, Type::VARCHAR, Type::TIMESTAMP, Type::TIMESTAMP],
+        &[
+            Type::INT4,
+            Type::VARCHAR,
+            Type::TEXT,
+            Type::VARCHAR,
+            Type::TIMESTAMP,
+            Type::TIMESTAMP,
+        ],
     );
     pin_mut!(writer);
     while let Some(batch) = posts.recv().await {
         for p in batch {
-            let row: [&(dyn ToSql + Sync); 6] = [&p.id, &p.title, &p.content, &p.author, &p.created_at, &p.updated_at];
+            let row: [&(dyn ToSql + Sync); 6] = [
+                &p.id,
+                &p.title,
+                &p.content,
+                &p.author,
+                &p.created_at,
+                &p.updated_at,
+            ];
             writer.as_mut().write(&row).await.map_err(err("posts"))?;
         }
     }

@@ -59,5 +59,9 @@ pub fn hash_password(salt: &[u8], password: &str) -> String {
     let mut hasher = Sha256::new();
     hasher.update(salt);
     hasher.update(password.as_bytes());
-    format!("sha256${}${}", hex::encode(salt), hex::encode(hasher.finalize()))
+    format!(
+        "sha256${}${}",
+        hex::encode(salt),
+        hex::encode(hasher.finalize())
+    )
 }

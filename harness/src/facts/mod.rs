@@ -40,5 +40,7 @@ pub struct SequenceFacts {
     pub column_max: Option<i64>,
 }
 
-pub use tables::{RowDigest, TableRef, TablesError, digest_table, list_tables, sequence_facts, table_facts};
 pub use schema::{ForeignKeyCheck, SchemaError, foreign_key_checks, render_schema, run_amcheck};
+pub use tables::{
+    RowDigest, TableRef, TablesError, digest_table, list_tables, sequence_facts, table_facts,
+};

@@ -75,10 +75,24 @@ fn not_in_extension(catalog: &str, oid: &str) -> String {
 
 /// Runs `sql` and returns its rows as text, stably sorted by their first `keys` fields byte by
 /// byte (so the order depends neither on the database's collation nor on OIDs).
-async fn text_rows(client: &Client, sql: &str, keys: usize, what: &'static str) -> Result<Vec<Vec<Option<String>>>, SchemaError> {
-    let rows = client.query(sql, &[]).await.map_err(|source| SchemaError::Query { what, source })?;
-    let mut rows: Vec<Vec<Option<String>>> =
-        rows.iter().map(|row| (0..row.len()).map(|i| row.get::<_, Option<String>>(i)).collect()).collect();
+async fn text_rows(
+    client: &Client,
+    sql: &str,
+    keys: usize,
+    what: &'static str,
+) -> Result<Vec<Vec<Option<String>>>, SchemaError> {
+    let rows = client
+        .query(sql, &[])
+        .await
+        .map_err(|source| SchemaError::Query { what, source })?;
+    let mut rows: Vec<Vec<Option<String>>> = rows
+        .iter()
+        .map(|row| {
+            (0..row.len())
+                .map(|i| row.get::<_, Option<String>>(i))
+                .collect()
+        })
+        .collect();
     rows.sort_by(|a, b| a[..keys.min(a.len())].cmp(&b[..keys.min(b.len())]));
     Ok(rows)
 }
@@ -125,7 +139,13 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
     )
     .await?;
     for row in &extensions {
-        let _ = writeln!(out, "extension {}\n  version {}\n  schema {}", field(row, 0), field(row, 1), field(row, 2));
+        let _ = writeln!(
+            out,
+            "extension {}\n  version {}\n  schema {}",
+            field(row, 0),
+            field(row, 1),
+            field(row, 2)
+        );
     }
 
     let types = text_rows(
@@ -158,7 +178,14 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             "d" => "domain",
             _ => "range",
         };
-        let _ = writeln!(out, "type {}.{}\n  owner {}\n  {kind} {}", field(row, 0), field(row, 1), field(row, 3), field(row, 4));
+        let _ = writeln!(
+            out,
+            "type {}.{}\n  owner {}\n  {kind} {}",
+            field(row, 0),
+            field(row, 1),
+            field(row, 3),
+            field(row, 4)
+        );
     }
 
     // Tables (ordinary, partitioned, foreign), with columns, constraints and triggers.
@@ -221,7 +248,9 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
         "triggers",
     )
     .await?;
-    let same_table = |row: &[Option<String>], t: &[Option<String>]| field(row, 0) == field(t, 0) && field(row, 1) == field(t, 1);
+    let same_table = |row: &[Option<String>], t: &[Option<String>]| {
+        field(row, 0) == field(t, 0) && field(row, 1) == field(t, 1)
+    };
     let render_columns = |out: &mut String, t: &[Option<String>]| {
         for col in columns.iter().filter(|c| same_table(c, t)) {
             let mut line = format!("  column {} {}", field(col, 2), field(col, 3));
@@ -268,8 +297,17 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
         }
         render_columns(&mut out, t);
         for k in constraints.iter().filter(|k| same_table(k, t)) {
-            let not_valid = if field(k, 4) == "true" && !field(k, 3).contains("NOT VALID") { " NOT VALID" } else { "" };
-            let _ = writeln!(out, "  constraint {} {}{not_valid}", field(k, 2), field(k, 3));
+            let not_valid = if field(k, 4) == "true" && !field(k, 3).contains("NOT VALID") {
+                " NOT VALID"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                out,
+                "  constraint {} {}{not_valid}",
+                field(k, 2),
+                field(k, 3)
+            );
         }
         for g in triggers.iter().filter(|g| same_table(g, t)) {
             let state = match field(g, 4) {
@@ -297,7 +335,13 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
     )
     .await?;
     for ix in &indexes {
-        let _ = writeln!(out, "index {}.{}\n  {}", field(ix, 0), field(ix, 1), field(ix, 2));
+        let _ = writeln!(
+            out,
+            "index {}.{}\n  {}",
+            field(ix, 0),
+            field(ix, 1),
+            field(ix, 2)
+        );
         if field(ix, 3) != "true" {
             let _ = writeln!(out, "  invalid");
         }
@@ -366,8 +410,18 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
     )
     .await?;
     for v in &views {
-        let kind = if field(v, 2) == "m" { "materialized view" } else { "view" };
-        let _ = writeln!(out, "{kind} {}.{}\n  owner {}", field(v, 0), field(v, 1), field(v, 3));
+        let kind = if field(v, 2) == "m" {
+            "materialized view"
+        } else {
+            "view"
+        };
+        let _ = writeln!(
+            out,
+            "{kind} {}.{}\n  owner {}",
+            field(v, 0),
+            field(v, 1),
+            field(v, 3)
+        );
         render_columns(&mut out, v);
         let _ = writeln!(out, "  definition");
         indented(&mut out, field(v, 4));
@@ -389,7 +443,14 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
     )
     .await?;
     for f in &functions {
-        let _ = writeln!(out, "function {}.{}({})\n  owner {}\n  definition", field(f, 0), field(f, 1), field(f, 2), field(f, 3));
+        let _ = writeln!(
+            out,
+            "function {}.{}({})\n  owner {}\n  definition",
+            field(f, 0),
+            field(f, 1),
+            field(f, 2),
+            field(f, 3)
+        );
         indented(&mut out, field(f, 4));
     }
     Ok(out)
@@ -442,29 +503,57 @@ pub async fn foreign_key_checks(client: &Client) -> Result<Vec<ForeignKeyCheck>,
         .await
         .map_err(|source| SchemaError::Query { what: "foreign keys", source })?;
     let mut rows = rows;
-    rows.sort_by_key(|r| (r.get::<_, String>(1), r.get::<_, String>(2), r.get::<_, String>(0)));
+    rows.sort_by_key(|r| {
+        (
+            r.get::<_, String>(1),
+            r.get::<_, String>(2),
+            r.get::<_, String>(0),
+        )
+    });
     let mut out = Vec::new();
     for row in rows {
         let constraint: String = row.get(0);
-        let (schema, table, fschema, ftable): (String, String, String, String) = (row.get(1), row.get(2), row.get(3), row.get(4));
+        let (schema, table, fschema, ftable): (String, String, String, String) =
+            (row.get(1), row.get(2), row.get(3), row.get(4));
         let columns: Vec<String> = row.get(6);
         let referenced_columns: Vec<String> = row.get(7);
         let child = format!("{}.{}", quote_ident(&schema), quote_ident(&table));
         let parent = format!("{}.{}", quote_ident(&fschema), quote_ident(&ftable));
-        let not_null = columns.iter().map(|c| format!("c.{} IS NOT NULL", quote_ident(c))).collect::<Vec<_>>().join(" AND ");
+        let not_null = columns
+            .iter()
+            .map(|c| format!("c.{} IS NOT NULL", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(" AND ");
         let join = columns
             .iter()
             .zip(&referenced_columns)
             .map(|(c, p)| format!("p.{} = c.{}", quote_ident(p), quote_ident(c)))
             .collect::<Vec<_>>()
             .join(" AND ");
-        let key = columns.iter().map(|c| format!("c.{}::text", quote_ident(c))).collect::<Vec<_>>().join(", ");
-        let orphans = format!("FROM {child} c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {join})");
-        let err = |source| SchemaError::ForeignKey { constraint: constraint.clone(), table: format!("{schema}.{table}"), source };
-        let count: i64 = client.query_one(&format!("SELECT count(*) {orphans}"), &[]).await.map_err(err)?.get(0);
+        let key = columns
+            .iter()
+            .map(|c| format!("c.{}::text", quote_ident(c)))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let orphans = format!(
+            "FROM {child} c WHERE {not_null} AND NOT EXISTS (SELECT 1 FROM {parent} p WHERE {join})"
+        );
+        let err = |source| SchemaError::ForeignKey {
+            constraint: constraint.clone(),
+            table: format!("{schema}.{table}"),
+            source,
+        };
+        let count: i64 = client
+            .query_one(&format!("SELECT count(*) {orphans}"), &[])
+            .await
+            .map_err(err)?
+            .get(0);
         let sample = if count > 0 {
             client
-                .query(&format!("SELECT '(' || concat_ws(', ', {key}) || ')' {orphans} LIMIT 5"), &[])
+                .query(
+                    &format!("SELECT '(' || concat_ws(', ', {key}) || ')' {orphans} LIMIT 5"),
+                    &[],
+                )
                 .await
                 .map_err(|source| SchemaError::ForeignKey {
                     constraint: constraint.clone(),
@@ -497,14 +586,26 @@ pub async fn foreign_key_checks(client: &Client) -> Result<Vec<ForeignKeyCheck>,
 /// # Errors
 /// [`SchemaError::Amcheck`] when pg_amcheck cannot be found or started, or the extension
 /// cannot be managed; corruption is not an error but a report for `verify`.
-pub async fn run_amcheck(tools: &PgTools, params: &ConnParams) -> Result<AmcheckReport, SchemaError> {
+pub async fn run_amcheck(
+    tools: &PgTools,
+    params: &ConnParams,
+) -> Result<AmcheckReport, SchemaError> {
     let target = params.target();
-    let amcheck_err = |source| SchemaError::Amcheck { target: target.clone(), source };
+    let amcheck_err = |source| SchemaError::Amcheck {
+        target: target.clone(),
+        source,
+    };
     let client = params.connect().await.map_err(amcheck_err)?;
     let installed: bool = client
-        .query_one("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'amcheck')", &[])
+        .query_one(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'amcheck')",
+            &[],
+        )
         .await
-        .map_err(|source| SchemaError::Query { what: "extensions", source })?
+        .map_err(|source| SchemaError::Query {
+            what: "extensions",
+            source,
+        })?
         .get(0);
     let program = tools.tool("pg_amcheck").map_err(amcheck_err)?;
     let mut cmd = tokio::process::Command::new(&program);
@@ -517,15 +618,25 @@ pub async fn run_amcheck(tools: &PgTools, params: &ConnParams) -> Result<Amcheck
         cmd.arg("--install-missing");
     }
     let out = cmd.output().await.map_err(|source| {
-        amcheck_err(PgError::Io { action: "run", path: Path::new(&program).to_path_buf(), source })
+        amcheck_err(PgError::Io {
+            action: "run",
+            path: Path::new(&program).to_path_buf(),
+            source,
+        })
     })?;
     if !installed {
         client
             .batch_execute("DROP EXTENSION IF EXISTS amcheck")
             .await
-            .map_err(|source| SchemaError::Query { what: "drop the amcheck extension installed for the check", source })?;
+            .map_err(|source| SchemaError::Query {
+                what: "drop the amcheck extension installed for the check",
+                source,
+            })?;
     }
     let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
     output.push_str(&String::from_utf8_lossy(&out.stderr));
-    Ok(AmcheckReport { exit_code: out.status.code().unwrap_or(-1), output })
+    Ok(AmcheckReport {
+        exit_code: out.status.code().unwrap_or(-1),
+        output,
+    })
 }

@@ -84,7 +84,11 @@ pub struct RequestFigures {
 impl RequestFigures {
     /// Failures as a share of requests (0 without requests).
     pub fn error_rate(&self) -> f64 {
-        if self.requests == 0 { 0.0 } else { self.failures as f64 / self.requests as f64 }
+        if self.requests == 0 {
+            0.0
+        } else {
+            self.failures as f64 / self.requests as f64
+        }
     }
 
     /// The response time `q` (0..1) of the requests finished within, in milliseconds.
@@ -153,7 +157,12 @@ impl LoadGate {
     }
 
     fn validate(&self) -> Result<(), LoadError> {
-        let bad = |setting, reason: &str| Err(LoadError::InvalidSetting { setting, reason: reason.to_owned() });
+        let bad = |setting, reason: &str| {
+            Err(LoadError::InvalidSetting {
+                setting,
+                reason: reason.to_owned(),
+            })
+        };
         if self.users == 0 || self.users > 1000 {
             return bad("users", "must be 1 to 1000");
         }
@@ -172,7 +181,10 @@ impl LoadGate {
             return bad("profile", "the path must start with /");
         }
         if self.profile == LoadProfile::Full && self.users < 4 {
-            return bad("users", "the full profile needs at least 4 users (3 readers to 1 author)");
+            return bad(
+                "users",
+                "the full profile needs at least 4 users (3 readers to 1 author)",
+            );
         }
         Ok(())
     }
@@ -188,8 +200,14 @@ impl LoadGate {
         self.validate()?;
         let report = match &self.report_dir {
             Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| LoadError::ReportDir { path: dir.clone(), source })?;
-                crate::keep::set_private_dir(dir).map_err(|source| LoadError::ReportDir { path: dir.clone(), source })?;
+                std::fs::create_dir_all(dir).map_err(|source| LoadError::ReportDir {
+                    path: dir.clone(),
+                    source,
+                })?;
+                crate::keep::set_private_dir(dir).map_err(|source| LoadError::ReportDir {
+                    path: dir.clone(),
+                    source,
+                })?;
                 let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
                 let profile = match self.profile {
                     LoadProfile::Quick => "quick",
@@ -228,17 +246,27 @@ impl LoadGate {
 
         let goose_err = |e: GooseError| LoadError::Goose(Box::new(e));
         let with_wait = |s: Scenario| -> Result<Scenario, GooseError> {
-            if self.think_time.is_zero() { Ok(s) } else { s.set_wait_time(self.think_time, self.think_time) }
+            if self.think_time.is_zero() {
+                Ok(s)
+            } else {
+                s.set_wait_time(self.think_time, self.think_time)
+            }
         };
         let mut attack = GooseAttack::initialize_with_config(config).map_err(goose_err)?;
         attack = match &self.profile {
-            LoadProfile::Quick => attack.register_scenario(with_wait(scenarios::browse(1).map_err(goose_err)?).map_err(goose_err)?),
+            LoadProfile::Quick => attack.register_scenario(
+                with_wait(scenarios::browse(1).map_err(goose_err)?).map_err(goose_err)?,
+            ),
             LoadProfile::Full => attack
-                .register_scenario(with_wait(scenarios::browse(3).map_err(goose_err)?).map_err(goose_err)?)
-                .register_scenario(with_wait(scenarios::author(1).map_err(goose_err)?).map_err(goose_err)?),
-            LoadProfile::Get { path } => {
-                attack.register_scenario(with_wait(scenarios::get_endpoint(path).map_err(goose_err)?).map_err(goose_err)?)
-            }
+                .register_scenario(
+                    with_wait(scenarios::browse(3).map_err(goose_err)?).map_err(goose_err)?,
+                )
+                .register_scenario(
+                    with_wait(scenarios::author(1).map_err(goose_err)?).map_err(goose_err)?,
+                ),
+            LoadProfile::Get { path } => attack.register_scenario(
+                with_wait(scenarios::get_endpoint(path).map_err(goose_err)?).map_err(goose_err)?,
+            ),
         };
         let started = Instant::now();
         let metrics = attack.execute().await.map_err(goose_err)?;
@@ -258,7 +286,13 @@ impl LoadGate {
             findings.push("no request was made".to_owned());
         }
         let report = report.filter(|p| p.is_file());
-        let verdict = LoadVerdict { passed: findings.is_empty(), findings, thresholds: outcomes, figures, report };
+        let verdict = LoadVerdict {
+            passed: findings.is_empty(),
+            findings,
+            thresholds: outcomes,
+            figures,
+            report,
+        };
         tracing::info!(
             passed = verdict.passed,
             requests = verdict.figures.overall.requests,
@@ -286,7 +320,11 @@ pub(crate) fn figures(metrics: &GooseMetrics, duration: Duration) -> LoadFigures
         for (b, c) in &buckets {
             *all_buckets.entry(*b).or_default() += c;
         }
-        let statuses: BTreeMap<u16, u64> = agg.status_code_counts.iter().map(|(s, n)| (*s, *n as u64)).collect();
+        let statuses: BTreeMap<u16, u64> = agg
+            .status_code_counts
+            .iter()
+            .map(|(s, n)| (*s, *n as u64))
+            .collect();
         for (s, n) in &statuses {
             *all_statuses.entry(*s).or_default() += n;
         }
@@ -325,7 +363,12 @@ pub(crate) fn figures(metrics: &GooseMetrics, duration: Duration) -> LoadFigures
         if min_us == u64::MAX { 0 } else { min_us },
         max_us,
     );
-    LoadFigures { duration, users: metrics.maximum_users, overall, per_request }
+    LoadFigures {
+        duration,
+        users: metrics.maximum_users,
+        overall,
+        per_request,
+    }
 }
 
 #[expect(clippy::too_many_arguments)]
@@ -344,7 +387,11 @@ fn request_figures(
     let ms = |us: u64| us as f64 / 1000.0;
     RequestFigures {
         rps: requests as f64 / secs,
-        avg_ms: if timed == 0 { 0.0 } else { ms(total_us) / timed as f64 },
+        avg_ms: if timed == 0 {
+            0.0
+        } else {
+            ms(total_us) / timed as f64
+        },
         p50_ms: ms(percentile_us(&buckets, min_us, max_us, 0.50)),
         p95_ms: ms(percentile_us(&buckets, min_us, max_us, 0.95)),
         p99_ms: ms(percentile_us(&buckets, min_us, max_us, 0.99)),
@@ -390,7 +437,11 @@ impl std::fmt::Display for LoadVerdict {
             fig.users,
             fig.duration.as_secs_f64()
         )?;
-        writeln!(f, "  {:<22} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}", "request", "count", "failed", "rps", "p50 ms", "p95 ms", "p99 ms")?;
+        writeln!(
+            f,
+            "  {:<22} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9}",
+            "request", "count", "failed", "rps", "p50 ms", "p95 ms", "p99 ms"
+        )?;
         for r in fig.per_request.iter().chain(std::iter::once(&fig.overall)) {
             writeln!(
                 f,
@@ -399,8 +450,15 @@ impl std::fmt::Display for LoadVerdict {
             )?;
         }
         for t in &self.thresholds {
-            let seen = t.observed.map_or("no request".to_owned(), |v| format!("{v:.3}"));
-            writeln!(f, "  {} {} (observed {seen})", if t.passed { "ok  " } else { "FAIL" }, t.rule)?;
+            let seen = t
+                .observed
+                .map_or("no request".to_owned(), |v| format!("{v:.3}"));
+            writeln!(
+                f,
+                "  {} {} (observed {seen})",
+                if t.passed { "ok  " } else { "FAIL" },
+                t.rule
+            )?;
         }
         for finding in &self.findings {
             writeln!(f, "  finding: {finding}")?;

@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use super::{LoadError, check_target};
 
 /// The health endpoints the runbook curls through the ingress (section 6.1).
-pub const RUNBOOK_HEALTH_PATHS: [&str; 3] = ["/api/users/health", "/blog/health", "/api/auth/health"];
+pub const RUNBOOK_HEALTH_PATHS: [&str; 3] =
+    ["/api/users/health", "/blog/health", "/api/auth/health"];
 
 /// Settings of the health gate; [`HealthGate::new`] gives the runbook's.
 #[derive(Debug, Clone)]
@@ -75,7 +76,10 @@ impl HealthGate {
     pub fn new(base_url: impl Into<String>) -> HealthGate {
         HealthGate {
             base_url: base_url.into(),
-            paths: RUNBOOK_HEALTH_PATHS.iter().map(|p| (*p).to_owned()).collect(),
+            paths: RUNBOOK_HEALTH_PATHS
+                .iter()
+                .map(|p| (*p).to_owned())
+                .collect(),
             probes: 10,
             interval: Duration::from_secs(2),
             max_failure_rate: 0.05,
@@ -94,13 +98,22 @@ impl HealthGate {
     pub async fn run(&self) -> Result<HealthVerdict, LoadError> {
         let base = check_target(&self.base_url, self.allow_remote)?;
         if self.probes == 0 || self.probes > 10_000 {
-            return Err(LoadError::InvalidSetting { setting: "probes", reason: "must be 1 to 10000".into() });
+            return Err(LoadError::InvalidSetting {
+                setting: "probes",
+                reason: "must be 1 to 10000".into(),
+            });
         }
         if !(0.0..=1.0).contains(&self.max_failure_rate) {
-            return Err(LoadError::InvalidSetting { setting: "max_failure_rate", reason: "must be 0 to 1".into() });
+            return Err(LoadError::InvalidSetting {
+                setting: "max_failure_rate",
+                reason: "must be 0 to 1".into(),
+            });
         }
         if self.paths.is_empty() {
-            return Err(LoadError::InvalidSetting { setting: "paths", reason: "no path to probe".into() });
+            return Err(LoadError::InvalidSetting {
+                setting: "paths",
+                reason: "no path to probe".into(),
+            });
         }
         let client = reqwest::Client::builder()
             .timeout(self.timeout)
@@ -108,12 +121,16 @@ impl HealthGate {
             .build()
             .map_err(LoadError::Client)?;
         let base = base.as_str().trim_end_matches('/').to_owned();
-        let probes = self.paths.iter().map(|path| self.probe_path(&client, &base, path));
+        let probes = self
+            .paths
+            .iter()
+            .map(|path| self.probe_path(&client, &base, path));
         let endpoints = futures::future::join_all(probes).await;
         let mut findings = Vec::new();
         for e in &endpoints {
             if e.failure_rate() > self.max_failure_rate {
-                let statuses: Vec<String> = e.statuses.iter().map(|(s, n)| format!("{s}×{n}")).collect();
+                let statuses: Vec<String> =
+                    e.statuses.iter().map(|(s, n)| format!("{s}×{n}")).collect();
                 findings.push(format!(
                     "{}: {} of {} probes failed ({:.0} % > {:.0} %); answers {}{}",
                     e.path,
@@ -121,8 +138,15 @@ impl HealthGate {
                     e.probes,
                     e.failure_rate() * 100.0,
                     self.max_failure_rate * 100.0,
-                    if statuses.is_empty() { "none".to_owned() } else { statuses.join(", ") },
-                    e.last_error.as_ref().map(|m| format!("; last error: {m}")).unwrap_or_default(),
+                    if statuses.is_empty() {
+                        "none".to_owned()
+                    } else {
+                        statuses.join(", ")
+                    },
+                    e.last_error
+                        .as_ref()
+                        .map(|m| format!("; last error: {m}"))
+                        .unwrap_or_default(),
                 ));
             }
             if e.slow > 0 {
@@ -132,8 +156,16 @@ impl HealthGate {
                 ));
             }
         }
-        let verdict = HealthVerdict { passed: findings.is_empty(), findings, endpoints };
-        tracing::info!(passed = verdict.passed, findings = verdict.findings.len(), "health gate judged");
+        let verdict = HealthVerdict {
+            passed: findings.is_empty(),
+            findings,
+            endpoints,
+        };
+        tracing::info!(
+            passed = verdict.passed,
+            findings = verdict.findings.len(),
+            "health gate judged"
+        );
         Ok(verdict)
     }
 
@@ -157,7 +189,10 @@ impl HealthGate {
             let started = Instant::now();
             let ok = match client.get(&url).send().await {
                 Ok(response) => {
-                    *health.statuses.entry(response.status().as_u16()).or_default() += 1;
+                    *health
+                        .statuses
+                        .entry(response.status().as_u16())
+                        .or_default() += 1;
                     // Read the body too: a health answer is complete only when it has arrived.
                     let status_ok = response.status().is_success();
                     match response.bytes().await {
@@ -169,7 +204,11 @@ impl HealthGate {
                     }
                 }
                 Err(e) => {
-                    health.last_error = Some(if e.is_timeout() { format!("timed out after {:?}", self.timeout) } else { e.to_string() });
+                    health.last_error = Some(if e.is_timeout() {
+                        format!("timed out after {:?}", self.timeout)
+                    } else {
+                        e.to_string()
+                    });
                     false
                 }
             };
@@ -192,7 +231,11 @@ impl HealthGate {
 impl std::fmt::Display for HealthVerdict {
     /// One line per endpoint, then the findings.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "health gate {}", if self.passed { "PASSED" } else { "FAILED" })?;
+        writeln!(
+            f,
+            "health gate {}",
+            if self.passed { "PASSED" } else { "FAILED" }
+        )?;
         for e in &self.endpoints {
             writeln!(
                 f,

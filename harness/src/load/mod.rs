@@ -24,7 +24,9 @@ mod thresholds;
 
 pub use gate::{LoadFigures, LoadGate, LoadProfile, LoadVerdict, RequestFigures};
 pub use health::{EndpointHealth, HealthGate, HealthVerdict, RUNBOOK_HEALTH_PATHS};
-pub use thresholds::{Comparison, Metric, Stat, Threshold, ThresholdError, ThresholdOutcome, Thresholds};
+pub use thresholds::{
+    Comparison, Metric, Stat, Threshold, ThresholdError, ThresholdOutcome, Thresholds,
+};
 
 /// Why a gate could not run.
 #[derive(Debug, thiserror::Error)]
@@ -73,13 +75,21 @@ pub enum LoadError {
 
 /// Checks that `url` is http(s) and, unless `allow_remote`, on loopback.
 pub(crate) fn check_target(url: &str, allow_remote: bool) -> Result<reqwest::Url, LoadError> {
-    let parsed = reqwest::Url::parse(url)
-        .map_err(|e| LoadError::InvalidUrl { url: url.to_owned(), reason: e.to_string() })?;
+    let parsed = reqwest::Url::parse(url).map_err(|e| LoadError::InvalidUrl {
+        url: url.to_owned(),
+        reason: e.to_string(),
+    })?;
     if !matches!(parsed.scheme(), "http" | "https") {
-        return Err(LoadError::InvalidUrl { url: url.to_owned(), reason: "scheme must be http or https".into() });
+        return Err(LoadError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "scheme must be http or https".into(),
+        });
     }
     let Some(host) = parsed.host_str() else {
-        return Err(LoadError::InvalidUrl { url: url.to_owned(), reason: "no host".into() });
+        return Err(LoadError::InvalidUrl {
+            url: url.to_owned(),
+            reason: "no host".into(),
+        });
     };
     let bare = host.trim_start_matches('[').trim_end_matches(']');
     let loopback = match bare.parse::<std::net::IpAddr>() {
@@ -87,7 +97,9 @@ pub(crate) fn check_target(url: &str, allow_remote: bool) -> Result<reqwest::Url
         Err(_) => bare.eq_ignore_ascii_case("localhost"),
     };
     if !loopback && !allow_remote {
-        return Err(LoadError::NotLoopback { host: host.to_owned() });
+        return Err(LoadError::NotLoopback {
+            host: host.to_owned(),
+        });
     }
     Ok(parsed)
 }

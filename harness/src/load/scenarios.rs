@@ -31,10 +31,18 @@ struct Author {
 pub(crate) fn browse(weight: usize) -> Result<Scenario, GooseError> {
     scenario!("browse")
         .set_weight(weight)?
-        .register_transaction(transaction!(load_post_ids).set_on_start().set_name("load post ids"))
+        .register_transaction(
+            transaction!(load_post_ids)
+                .set_on_start()
+                .set_name("load post ids"),
+        )
         .register_transaction(transaction!(list_users).set_name("list users"))
         .register_transaction(transaction!(list_posts).set_name("list posts"))
-        .register_transaction(transaction!(read_post).set_name("read post").set_weight(2)?)
+        .register_transaction(
+            transaction!(read_post)
+                .set_name("read post")
+                .set_weight(2)?,
+        )
         .pipe_ok()
 }
 
@@ -42,8 +50,16 @@ pub(crate) fn browse(weight: usize) -> Result<Scenario, GooseError> {
 pub(crate) fn author(weight: usize) -> Result<Scenario, GooseError> {
     scenario!("author")
         .set_weight(weight)?
-        .register_transaction(transaction!(sign_up_and_login).set_on_start().set_name("sign up"))
-        .register_transaction(transaction!(create_post).set_name("create post").set_weight(3)?)
+        .register_transaction(
+            transaction!(sign_up_and_login)
+                .set_on_start()
+                .set_name("sign up"),
+        )
+        .register_transaction(
+            transaction!(create_post)
+                .set_name("create post")
+                .set_weight(3)?,
+        )
         .register_transaction(transaction!(login_again).set_name("login"))
         .pipe_ok()
 }
@@ -55,19 +71,27 @@ pub(crate) fn get_endpoint(path: &str) -> Result<Scenario, GooseError> {
     let get = transaction_fn(move |user| {
         let path = path.clone();
         Box::pin(async move {
-            let request = GooseRequest::builder().method(GooseMethod::Get).path(&*path).name(&*path).build();
+            let request = GooseRequest::builder()
+                .method(GooseMethod::Get)
+                .path(&*path)
+                .name(&*path)
+                .build();
             user.request(request).await?;
             Ok(())
         })
     });
-    scenario!("endpoint").register_transaction(Transaction::new(get).set_name(&name)).pipe_ok()
+    scenario!("endpoint")
+        .register_transaction(Transaction::new(get).set_name(&name))
+        .pipe_ok()
 }
 
 /// Gives a closure the higher-ranked signature goose's transactions need, so it can
 /// capture data (the `transaction!` macro only takes plain functions).
 fn transaction_fn<F>(f: F) -> TransactionFunction
 where
-    F: for<'r> Fn(&'r mut GooseUser) -> Pin<Box<dyn Future<Output = TransactionResult> + Send + 'r>>
+    F: for<'r> Fn(
+            &'r mut GooseUser,
+        ) -> Pin<Box<dyn Future<Output = TransactionResult> + Send + 'r>>
         + Send
         + Sync
         + 'static,
@@ -82,8 +106,16 @@ trait PipeOk: Sized {
 }
 impl PipeOk for Scenario {}
 
-async fn get_json(user: &mut GooseUser, path: &str, name: &str) -> Result<Option<Value>, Box<TransactionError>> {
-    let request = GooseRequest::builder().method(GooseMethod::Get).path(path).name(name).build();
+async fn get_json(
+    user: &mut GooseUser,
+    path: &str,
+    name: &str,
+) -> Result<Option<Value>, Box<TransactionError>> {
+    let request = GooseRequest::builder()
+        .method(GooseMethod::Get)
+        .path(path)
+        .name(name)
+        .build();
     let goose = user.request(request).await?;
     Ok(match goose.response {
         Ok(r) if r.status().is_success() => r.json::<Value>().await.ok(),
@@ -92,7 +124,10 @@ async fn get_json(user: &mut GooseUser, path: &str, name: &str) -> Result<Option
 }
 
 fn ids(list: &Value) -> Vec<i64> {
-    list["items"].as_array().map(|items| items.iter().filter_map(|p| p["id"].as_i64()).collect()).unwrap_or_default()
+    list["items"]
+        .as_array()
+        .map(|items| items.iter().filter_map(|p| p["id"].as_i64()).collect())
+        .unwrap_or_default()
 }
 
 async fn load_post_ids(user: &mut GooseUser) -> TransactionResult {
@@ -145,7 +180,9 @@ async fn post_json(
     body: &Value,
     token: Option<&str>,
 ) -> Result<Option<Value>, Box<TransactionError>> {
-    let mut builder = user.get_request_builder(&GooseMethod::Post, path)?.json(body);
+    let mut builder = user
+        .get_request_builder(&GooseMethod::Post, path)?
+        .json(body);
     if let Some(token) = token {
         builder = builder.bearer_auth(token);
     }
@@ -183,7 +220,10 @@ async fn sign_up_and_login(user: &mut GooseUser) -> TransactionResult {
         "email": format!("{}@gate.invalid", author.username),
         "password": author.password,
     });
-    if post_json(user, "/api/users/", "sign up", &body, None).await?.is_some() {
+    if post_json(user, "/api/users/", "sign up", &body, None)
+        .await?
+        .is_some()
+    {
         login(user, &mut author).await?;
     }
     user.set_session_data(author);
@@ -200,7 +240,9 @@ async fn login_again(user: &mut GooseUser) -> TransactionResult {
 }
 
 async fn create_post(user: &mut GooseUser) -> TransactionResult {
-    let token = user.get_session_data::<Author>().and_then(|a| a.token.clone());
+    let token = user
+        .get_session_data::<Author>()
+        .and_then(|a| a.token.clone());
     let Some(token) = token else {
         // Signing up or logging in failed earlier (that failure is counted): start over.
         return sign_up_and_login(user).await;

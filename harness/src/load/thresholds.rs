@@ -95,17 +95,26 @@ impl FromStr for Threshold {
     type Err = ThresholdError;
 
     fn from_str(rule: &str) -> Result<Self, Self::Err> {
-        let err = |reason: &str| ThresholdError { rule: rule.to_owned(), reason: reason.to_owned() };
+        let err = |reason: &str| ThresholdError {
+            rule: rule.to_owned(),
+            reason: reason.to_owned(),
+        };
         // A scope holds a colon itself (`{name:...}`), so split after the `}` when there is one.
         let (lhs, expr) = match rule.find("}:") {
             Some(i) => (&rule[..=i], &rule[i + 2..]),
-            None => rule.split_once(':').ok_or_else(|| err("expected <metric>: <stat><op><value>"))?,
+            None => rule
+                .split_once(':')
+                .ok_or_else(|| err("expected <metric>: <stat><op><value>"))?,
         };
         let expr = expr.trim();
         let (metric, scope) = match lhs.split_once('{') {
             Some((m, rest)) => {
-                let inner = rest.strip_suffix('}').ok_or_else(|| err("scope must end with }"))?;
-                let name = inner.strip_prefix("name:").ok_or_else(|| err("scope must be {name:<request>}"))?;
+                let inner = rest
+                    .strip_suffix('}')
+                    .ok_or_else(|| err("scope must end with }"))?;
+                let name = inner
+                    .strip_prefix("name:")
+                    .ok_or_else(|| err("scope must be {name:<request>}"))?;
                 if name.trim().is_empty() {
                     return Err(err("empty request name in scope"));
                 }
@@ -117,9 +126,15 @@ impl FromStr for Threshold {
             "http_req_duration" => Metric::HttpReqDuration,
             "http_req_failed" => Metric::HttpReqFailed,
             "http_reqs" => Metric::HttpReqs,
-            _ => return Err(err("metric must be http_req_duration, http_req_failed or http_reqs")),
+            _ => {
+                return Err(err(
+                    "metric must be http_req_duration, http_req_failed or http_reqs",
+                ));
+            }
         };
-        let split = expr.find(['<', '>']).ok_or_else(|| err("missing comparison (<, <=, >, >=)"))?;
+        let split = expr
+            .find(['<', '>'])
+            .ok_or_else(|| err("missing comparison (<, <=, >, >=)"))?;
         let (stat, rest) = expr.split_at(split);
         let (op, value) = if let Some(v) = rest.strip_prefix("<=") {
             (Comparison::Le, v)
@@ -130,7 +145,10 @@ impl FromStr for Threshold {
         } else {
             (Comparison::Gt, &rest[1..])
         };
-        let value: f64 = value.trim().parse().map_err(|_| err("the limit must be a number"))?;
+        let value: f64 = value
+            .trim()
+            .parse()
+            .map_err(|_| err("the limit must be a number"))?;
         if !value.is_finite() || value < 0.0 {
             return Err(err("the limit must be a non-negative number"));
         }
@@ -153,7 +171,10 @@ impl FromStr for Threshold {
             }
         };
         let fits = match metric {
-            Metric::HttpReqDuration => matches!(stat, Stat::Percentile(_) | Stat::Avg | Stat::Med | Stat::Max),
+            Metric::HttpReqDuration => matches!(
+                stat,
+                Stat::Percentile(_) | Stat::Avg | Stat::Med | Stat::Max
+            ),
             Metric::HttpReqFailed | Metric::HttpReqs => matches!(stat, Stat::Rate | Stat::Count),
         };
         if !fits {
@@ -162,7 +183,14 @@ impl FromStr for Threshold {
         if metric == Metric::HttpReqFailed && stat == Stat::Rate && value > 1.0 {
             return Err(err("http_req_failed rate is a fraction from 0 to 1"));
         }
-        Ok(Threshold { metric, scope, stat, op, value, rule: rule.trim().to_owned() })
+        Ok(Threshold {
+            metric,
+            scope,
+            stat,
+            op,
+            value,
+            rule: rule.trim().to_owned(),
+        })
     }
 }
 
@@ -183,7 +211,11 @@ impl Threshold {
             Comparison::Gt => v > self.value,
             Comparison::Ge => v >= self.value,
         });
-        ThresholdOutcome { rule: self.rule.clone(), observed, passed }
+        ThresholdOutcome {
+            rule: self.rule.clone(),
+            observed,
+            passed,
+        }
     }
 
     fn observe(&self, r: &RequestFigures, figures: &LoadFigures) -> f64 {
@@ -210,7 +242,11 @@ impl Thresholds {
     /// # Errors
     /// The first rule that does not parse.
     pub fn parse<S: AsRef<str>>(rules: &[S]) -> Result<Thresholds, ThresholdError> {
-        rules.iter().map(|r| r.as_ref().parse()).collect::<Result<_, _>>().map(Thresholds)
+        rules
+            .iter()
+            .map(|r| r.as_ref().parse())
+            .collect::<Result<_, _>>()
+            .map(Thresholds)
     }
 
     /// The runbook's k6 limits: p95 under 500 ms, under 1 % failed, and at least
@@ -238,7 +274,11 @@ mod tests {
         let got = rule.parse::<Threshold>();
         match (got, expected) {
             (Ok(t), Ok((m, scope, s, op, v))) => {
-                assert_eq!((t.metric, t.scope.as_deref(), t.stat, t.op, t.value), (m, scope, s, op, v), "{rule}");
+                assert_eq!(
+                    (t.metric, t.scope.as_deref(), t.stat, t.op, t.value),
+                    (m, scope, s, op, v),
+                    "{rule}"
+                );
             }
             (Err(e), Err(needle)) => assert!(e.to_string().contains(needle), "{rule}: {e}"),
             (got, expected) => panic!("{rule}: got {got:?}, expected {expected:?}"),
@@ -249,14 +289,35 @@ mod tests {
     fn parses_k6_rules() {
         use Comparison::*;
         use Metric::*;
-        check("http_req_duration: p(95)<500", Ok((HttpReqDuration, None, Stat::Percentile(95.0), Lt, 500.0)));
-        check("http_req_duration:p(99.9)<=1500", Ok((HttpReqDuration, None, Stat::Percentile(99.9), Le, 1500.0)));
-        check("http_req_failed: rate<0.01", Ok((HttpReqFailed, None, Stat::Rate, Lt, 0.01)));
-        check("http_reqs: rate>=20", Ok((HttpReqs, None, Stat::Rate, Ge, 20.0)));
-        check("http_reqs: count>100", Ok((HttpReqs, None, Stat::Count, Gt, 100.0)));
+        check(
+            "http_req_duration: p(95)<500",
+            Ok((HttpReqDuration, None, Stat::Percentile(95.0), Lt, 500.0)),
+        );
+        check(
+            "http_req_duration:p(99.9)<=1500",
+            Ok((HttpReqDuration, None, Stat::Percentile(99.9), Le, 1500.0)),
+        );
+        check(
+            "http_req_failed: rate<0.01",
+            Ok((HttpReqFailed, None, Stat::Rate, Lt, 0.01)),
+        );
+        check(
+            "http_reqs: rate>=20",
+            Ok((HttpReqs, None, Stat::Rate, Ge, 20.0)),
+        );
+        check(
+            "http_reqs: count>100",
+            Ok((HttpReqs, None, Stat::Count, Gt, 100.0)),
+        );
         check(
             "http_req_duration{name:GET list posts}: med<100",
-            Ok((HttpReqDuration, Some("GET list posts"), Stat::Med, Lt, 100.0)),
+            Ok((
+                HttpReqDuration,
+                Some("GET list posts"),
+                Stat::Med,
+                Lt,
+                100.0,
+            )),
         );
         check("http_req_waiting: p(95)<500", Err("metric must be"));
         check("http_req_duration: p(95)", Err("missing comparison"));
@@ -264,7 +325,10 @@ mod tests {
         check("http_req_duration: rate<1", Err("does not apply"));
         check("http_req_failed: rate<5", Err("fraction"));
         check("http_req_duration: p(0)<5", Err("percentile"));
-        check("http_req_duration{name:}: p(95)<5", Err("empty request name"));
+        check(
+            "http_req_duration{name:}: p(95)<5",
+            Err("empty request name"),
+        );
         check("nonsense", Err("expected <metric>"));
     }
 }

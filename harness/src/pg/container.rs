@@ -53,7 +53,11 @@ impl Default for ContainerOptions {
 impl ContainerOptions {
     /// The Titanium database with its schema init script.
     pub fn titanium() -> Self {
-        Self { database: "titanium".to_owned(), init_sql: vec![crate::data::schema_sql_path()], ..Self::default() }
+        Self {
+            database: "titanium".to_owned(),
+            init_sql: vec![crate::data::schema_sql_path()],
+            ..Self::default()
+        }
     }
 }
 
@@ -66,7 +70,10 @@ pub struct ContainerPostgres {
 
 impl std::fmt::Debug for ContainerPostgres {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ContainerPostgres").field("image", &self.image).field("params", &self.params).finish()
+        f.debug_struct("ContainerPostgres")
+            .field("image", &self.image)
+            .field("params", &self.params)
+            .finish()
     }
 }
 
@@ -92,7 +99,10 @@ impl PostgresProvider for ContainerPostgres {
             Some((name, tag)) if !tag.contains('/') => (name.to_owned(), tag.to_owned()),
             _ => (image_ref.clone(), "latest".to_owned()),
         };
-        let password = options.password.clone().unwrap_or_else(|| Secret::new(uuid::Uuid::new_v4().simple().to_string()));
+        let password = options
+            .password
+            .clone()
+            .unwrap_or_else(|| Secret::new(uuid::Uuid::new_v4().simple().to_string()));
         let mut request = GenericImage::new(name, tag)
             .with_exposed_port(5432.tcp())
             .with_wait_for(WaitFor::Nothing)
@@ -101,15 +111,31 @@ impl PostgresProvider for ContainerPostgres {
             .with_env_var("POSTGRES_DB", &options.database)
             .with_startup_timeout(options.start_timeout);
         for (i, file) in options.init_sql.iter().enumerate() {
-            let contents = std::fs::read(file).map_err(|source| PgError::Io { action: "read", path: file.clone(), source })?;
-            let base = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| format!("{i:03}.sql"));
-            request = request.with_copy_to(format!("/docker-entrypoint-initdb.d/{i:03}-{base}"), contents);
+            let contents = std::fs::read(file).map_err(|source| PgError::Io {
+                action: "read",
+                path: file.clone(),
+                source,
+            })?;
+            let base = file
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| format!("{i:03}.sql"));
+            request = request.with_copy_to(
+                format!("/docker-entrypoint-initdb.d/{i:03}-{base}"),
+                contents,
+            );
         }
-        let container = request.start().await.map_err(|err| classify(&image_ref, err))?;
+        let container = request
+            .start()
+            .await
+            .map_err(|err| classify(&image_ref, err))?;
         let port = container
             .get_host_port_ipv4(5432.tcp())
             .await
-            .map_err(|err| PgError::Container { image: image_ref.clone(), detail: err.to_string() })?;
+            .map_err(|err| PgError::Container {
+                image: image_ref.clone(),
+                detail: err.to_string(),
+            })?;
         let params = ConnParams {
             host: "127.0.0.1".to_owned(),
             port,
@@ -117,7 +143,11 @@ impl PostgresProvider for ContainerPostgres {
             password: Some(password),
             dbname: options.database.clone(),
         };
-        let server = Self { container: Some(container), image: image_ref, params };
+        let server = Self {
+            container: Some(container),
+            image: image_ref,
+            params,
+        };
         server.wait_ready(options.start_timeout).await?;
         Ok(server)
     }
@@ -128,7 +158,10 @@ impl PostgresProvider for ContainerPostgres {
 
     async fn stop(mut self) -> Result<(), PgError> {
         if let Some(container) = self.container.take() {
-            container.rm().await.map_err(|err| PgError::Container { image: self.image.clone(), detail: err.to_string() })?;
+            container.rm().await.map_err(|err| PgError::Container {
+                image: self.image.clone(),
+                detail: err.to_string(),
+            })?;
         }
         Ok(())
     }
@@ -152,7 +185,10 @@ impl ContainerPostgres {
             }
             if Instant::now() >= deadline {
                 let logs = match &self.container {
-                    Some(c) => String::from_utf8_lossy(&c.stderr_to_vec().await.unwrap_or_default()).into_owned(),
+                    Some(c) => {
+                        String::from_utf8_lossy(&c.stderr_to_vec().await.unwrap_or_default())
+                            .into_owned()
+                    }
                     None => String::new(),
                 };
                 return Err(PgError::StartTimeout {
@@ -171,7 +207,13 @@ impl Drop for ContainerPostgres {
         if keep::keep_requested()
             && let Some(container) = self.container.take()
         {
-            eprintln!("{}: container {} ({}) left running at {}", keep::KEEP_ENV, container.id(), self.image, self.params.target());
+            eprintln!(
+                "{}: container {} ({}) left running at {}",
+                keep::KEEP_ENV,
+                container.id(),
+                self.image,
+                self.params.target()
+            );
             std::mem::forget(container);
         }
         // Otherwise testcontainers removes the container when `container` drops.
@@ -181,11 +223,14 @@ impl Drop for ContainerPostgres {
 /// Checks that the Docker daemon's socket answers before testcontainers tries, so the error
 /// says what to do.
 fn docker_reachable() -> Result<(), PgError> {
-    let host = std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
+    let host =
+        std::env::var("DOCKER_HOST").unwrap_or_else(|_| "unix:///var/run/docker.sock".to_owned());
     if let Some(path) = host.strip_prefix("unix://") {
         std::os::unix::net::UnixStream::connect(path)
             .map(|_| ())
-            .map_err(|err| PgError::DockerUnavailable { detail: format!("{path}: {err}") })
+            .map_err(|err| PgError::DockerUnavailable {
+                detail: format!("{path}: {err}"),
+            })
     } else {
         Ok(())
     }
@@ -194,11 +239,20 @@ fn docker_reachable() -> Result<(), PgError> {
 fn classify(image: &str, err: TestcontainersError) -> PgError {
     let detail = err.to_string();
     let lower = detail.to_ascii_lowercase();
-    if lower.contains("failed to pull") || lower.contains("no such image") || lower.contains("pull access denied") {
-        PgError::ImageUnavailable { image: image.to_owned(), detail }
+    if lower.contains("failed to pull")
+        || lower.contains("no such image")
+        || lower.contains("pull access denied")
+    {
+        PgError::ImageUnavailable {
+            image: image.to_owned(),
+            detail,
+        }
     } else if lower.contains("docker client") || lower.contains("connection refused") {
         PgError::DockerUnavailable { detail }
     } else {
-        PgError::Container { image: image.to_owned(), detail }
+        PgError::Container {
+            image: image.to_owned(),
+            detail,
+        }
     }
 }

@@ -17,7 +17,9 @@ pub enum PgError {
     },
 
     /// A client tool (psql, pg_dump, ...) was not found next to the server binaries or on PATH.
-    #[error("PostgreSQL tool `{tool}` not found in {bin_dir} or on PATH; install postgresql-client-15")]
+    #[error(
+        "PostgreSQL tool `{tool}` not found in {bin_dir} or on PATH; install postgresql-client-15"
+    )]
     ToolMissing {
         /// The tool's name.
         tool: String,
@@ -56,7 +58,9 @@ pub enum PgError {
     },
 
     /// The server did not accept connections in time.
-    #[error("postgres on port {port} did not accept connections within {seconds} s; last log lines:\n{log_tail}")]
+    #[error(
+        "postgres on port {port} did not accept connections within {seconds} s; last log lines:\n{log_tail}"
+    )]
     StartTimeout {
         /// The port it should listen on.
         port: u16,
@@ -109,7 +113,9 @@ pub enum PgError {
     },
 
     /// Docker could not be reached.
-    #[error("Docker is not reachable ({detail}); install docker.io and start dockerd (ci/run does both)")]
+    #[error(
+        "Docker is not reachable ({detail}); install docker.io and start dockerd (ci/run does both)"
+    )]
     DockerUnavailable {
         /// What was tried.
         detail: String,
@@ -147,7 +153,14 @@ impl PgError {
                 code == "28P01" || code == "28000"
             })
             .unwrap_or(false);
-        if auth { PgError::AuthFailed { user: user.to_owned(), target } } else { PgError::Connect { target, source } }
+        if auth {
+            PgError::AuthFailed {
+                user: user.to_owned(),
+                target,
+            }
+        } else {
+            PgError::Connect { target, source }
+        }
     }
 }
 

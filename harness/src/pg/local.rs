@@ -45,7 +45,11 @@ impl Default for LocalOptions {
 impl LocalOptions {
     /// The Titanium database: `titanium`, with the schema init script from `fixtures/sql`.
     pub fn titanium() -> Self {
-        Self { database: "titanium".to_owned(), init_sql: vec![crate::data::schema_sql_path()], ..Self::default() }
+        Self {
+            database: "titanium".to_owned(),
+            init_sql: vec![crate::data::schema_sql_path()],
+            ..Self::default()
+        }
     }
 }
 
@@ -98,14 +102,18 @@ impl LocalPostgres {
 
     /// Stops the server: fast shutdown (SIGINT), then SIGKILL after 15 s.
     fn shutdown(&mut self) {
-        let Some(mut child) = self.child.take() else { return };
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
         let pid = nix::unistd::Pid::from_raw(child.id() as i32);
         let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             match child.try_wait() {
                 Ok(Some(_)) => return,
-                Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10))
+                }
                 _ => {
                     let _ = child.kill();
                     let _ = child.wait();
@@ -117,13 +125,27 @@ impl LocalPostgres {
 
     async fn start_inner(options: LocalOptions) -> Result<Self, PgError> {
         let tools = PgTools::discover()?;
-        let dir = ScratchDir::new("harness-pg-", "PostgreSQL data directory")
-            .map_err(|source| PgError::Io { action: "create", path: std::env::temp_dir(), source })?;
+        let dir =
+            ScratchDir::new("harness-pg-", "PostgreSQL data directory").map_err(|source| {
+                PgError::Io {
+                    action: "create",
+                    path: std::env::temp_dir(),
+                    source,
+                }
+            })?;
         let data_dir = dir.path().join("data");
         let socket_dir = dir.path().join("socket");
         let log_path = dir.path().join("postgres.log");
-        std::fs::create_dir(&socket_dir).map_err(|source| PgError::Io { action: "create", path: socket_dir.clone(), source })?;
-        keep::set_private_dir(&socket_dir).map_err(|source| PgError::Io { action: "chmod", path: socket_dir.clone(), source })?;
+        std::fs::create_dir(&socket_dir).map_err(|source| PgError::Io {
+            action: "create",
+            path: socket_dir.clone(),
+            source,
+        })?;
+        keep::set_private_dir(&socket_dir).map_err(|source| PgError::Io {
+            action: "chmod",
+            path: socket_dir.clone(),
+            source,
+        })?;
         let owner = server_owner();
         if let Some(owner) = &owner {
             for path in [dir.path(), socket_dir.as_path()] {
@@ -157,7 +179,8 @@ impl LocalPostgres {
                 Ok(()) => break,
                 Err(err) => {
                     let log = server.log();
-                    let port_taken = log.contains("could not bind") || log.contains("already in use");
+                    let port_taken =
+                        log.contains("could not bind") || log.contains("already in use");
                     server.shutdown();
                     attempts += 1;
                     if !port_taken || attempts >= 5 {
@@ -172,12 +195,19 @@ impl LocalPostgres {
 
     async fn spawn_and_wait(&mut self, options: &LocalOptions) -> Result<(), PgError> {
         let postgres = self.tools.bin_dir().join("postgres");
-        let log = std::fs::File::create(&self.log_path)
-            .map_err(|source| PgError::Io { action: "create", path: self.log_path.clone(), source })?;
+        let log = std::fs::File::create(&self.log_path).map_err(|source| PgError::Io {
+            action: "create",
+            path: self.log_path.clone(),
+            source,
+        })?;
         if let Some(owner) = &self.owner {
             owner.chown(&self.log_path)?;
         }
-        let log_err = log.try_clone().map_err(|source| PgError::Io { action: "open", path: self.log_path.clone(), source })?;
+        let log_err = log.try_clone().map_err(|source| PgError::Io {
+            action: "open",
+            path: self.log_path.clone(),
+            source,
+        })?;
         let mut cmd = Command::new(&postgres);
         cmd.arg("-D")
             .arg(&self.data_dir)
@@ -188,7 +218,14 @@ impl LocalPostgres {
             .args(["-c", "listen_addresses=127.0.0.1"]);
         if !options.durable {
             // wal_level=minimal lets bulk loads into fresh tables skip WAL entirely.
-            cmd.args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"]);
+            cmd.args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ]);
             cmd.args(["-c", "wal_level=minimal", "-c", "max_wal_senders=0"]);
         }
         for (name, value) in &options.settings {
@@ -202,7 +239,11 @@ impl LocalPostgres {
             .stdout(log)
             .stderr(log_err)
             .spawn()
-            .map_err(|source| PgError::Io { action: "start", path: postgres.clone(), source })?;
+            .map_err(|source| PgError::Io {
+                action: "start",
+                path: postgres.clone(),
+                source,
+            })?;
         self.child = Some(child);
 
         let deadline = Instant::now() + options.start_timeout;
@@ -211,11 +252,18 @@ impl LocalPostgres {
                 && let Ok(Some(status)) = child.try_wait()
             {
                 self.child = None;
-                return Err(PgError::Exited { status: status.to_string(), log_tail: tail(&self.log(), 15) });
+                return Err(PgError::Exited {
+                    status: status.to_string(),
+                    log_tail: tail(&self.log(), 15),
+                });
             }
             // Probe through the socket: it is trusted, so this works with or without a password.
             let mut probe = tokio_postgres::Config::new();
-            probe.host_path(&self.socket_dir).port(self.params.port).user(&options.user).dbname("postgres");
+            probe
+                .host_path(&self.socket_dir)
+                .port(self.params.port)
+                .user(&options.user)
+                .dbname("postgres");
             if let Ok((client, conn)) = probe.connect(tokio_postgres::NoTls).await {
                 drop(client);
                 drop(conn);
@@ -301,18 +349,30 @@ fn initdb(
 ) -> Result<(), PgError> {
     let initdb = tools.bin_dir().join("initdb");
     let mut cmd = Command::new(&initdb);
-    cmd.arg("-D")
-        .arg(data_dir)
-        .args(["-U", &options.user, "-E", "UTF8", "--locale=C", "--no-sync", "--auth-local=trust"]);
+    cmd.arg("-D").arg(data_dir).args([
+        "-U",
+        &options.user,
+        "-E",
+        "UTF8",
+        "--locale=C",
+        "--no-sync",
+        "--auth-local=trust",
+    ]);
     if let Some(password) = &options.password {
         // The password reaches initdb through a private file, never through argv.
         let pwfile = dir.join("pwfile");
-        keep::write_private(&pwfile, password.expose().as_bytes())
-            .map_err(|source| PgError::Io { action: "write", path: pwfile.clone(), source })?;
+        keep::write_private(&pwfile, password.expose().as_bytes()).map_err(|source| {
+            PgError::Io {
+                action: "write",
+                path: pwfile.clone(),
+                source,
+            }
+        })?;
         if let Some(owner) = owner {
             owner.chown(&pwfile)?;
         }
-        cmd.arg("--auth-host=scram-sha-256").arg(format!("--pwfile={}", pwfile.display()));
+        cmd.arg("--auth-host=scram-sha-256")
+            .arg(format!("--pwfile={}", pwfile.display()));
     } else {
         cmd.arg("--auth-host=trust");
     }
@@ -322,25 +382,39 @@ fn initdb(
     let out = cmd
         .stdin(Stdio::null())
         .output()
-        .map_err(|source| PgError::Io { action: "run", path: initdb.clone(), source })?;
+        .map_err(|source| PgError::Io {
+            action: "run",
+            path: initdb.clone(),
+            source,
+        })?;
     let _ = std::fs::remove_file(dir.join("pwfile"));
     if out.status.success() {
         Ok(())
     } else {
         let mut output = String::from_utf8_lossy(&out.stdout).into_owned();
         output.push_str(&String::from_utf8_lossy(&out.stderr));
-        Err(PgError::InitDb { status: out.status.to_string(), output: tail(&output, 15) })
+        Err(PgError::InitDb {
+            status: out.status.to_string(),
+            output: tail(&output, 15),
+        })
     }
 }
 
 /// A port on 127.0.0.1 that was free a moment ago.
 pub(crate) fn free_port() -> Result<u16, PgError> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|source| PgError::Io { action: "bind a port on", path: PathBuf::from("127.0.0.1"), source })?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|source| PgError::Io {
+        action: "bind a port on",
+        path: PathBuf::from("127.0.0.1"),
+        source,
+    })?;
     listener
         .local_addr()
         .map(|addr| addr.port())
-        .map_err(|source| PgError::Io { action: "read the port of", path: PathBuf::from("127.0.0.1"), source })
+        .map_err(|source| PgError::Io {
+            action: "read the port of",
+            path: PathBuf::from("127.0.0.1"),
+            source,
+        })
 }
 
 /// The unprivileged account the server runs as when we are root: PostgreSQL refuses to run as
@@ -376,5 +450,8 @@ fn server_owner() -> Option<ServerOwner> {
         .map(String::as_str)
         .chain(["postgres", "nobody"])
         .find_map(|name| nix::unistd::User::from_name(name).ok().flatten())
-        .map(|user| ServerOwner { uid: user.uid, gid: user.gid })
+        .map(|user| ServerOwner {
+            uid: user.uid,
+            gid: user.gid,
+        })
 }

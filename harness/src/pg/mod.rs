@@ -50,7 +50,10 @@ pub async fn create_database(params: &ConnParams, name: &str) -> Result<(), PgEr
     client
         .batch_execute(&sql)
         .await
-        .map_err(|source| PgError::Query { what: format!("create database {name}"), source })
+        .map_err(|source| PgError::Query {
+            what: format!("create database {name}"),
+            source,
+        })
 }
 
 /// Quotes an SQL identifier.

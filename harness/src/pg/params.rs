@@ -52,7 +52,10 @@ pub struct ConnParams {
 impl ConnParams {
     /// The same server and user, another database.
     pub fn with_dbname(&self, dbname: &str) -> Self {
-        Self { dbname: dbname.to_owned(), ..self.clone() }
+        Self {
+            dbname: dbname.to_owned(),
+            ..self.clone()
+        }
     }
 
     /// `host:port/dbname`, for messages. Never contains the password.

@@ -23,7 +23,11 @@ impl PgTools {
     /// # Errors
     /// [`PgError::BinariesMissing`] naming every place searched and how to install them.
     pub fn discover() -> Result<Self, PgError> {
-        Self::discover_in(std::env::var_os(BIN_ENV).map(PathBuf::from), "pg_config", Path::new("/usr/lib/postgresql"))
+        Self::discover_in(
+            std::env::var_os(BIN_ENV).map(PathBuf::from),
+            "pg_config",
+            Path::new("/usr/lib/postgresql"),
+        )
     }
 
     /// [`PgTools::discover`] with its three places given: an explicit directory, the
@@ -31,7 +35,11 @@ impl PgTools {
     ///
     /// # Errors
     /// [`PgError::BinariesMissing`] naming every place searched.
-    pub fn discover_in(explicit: Option<PathBuf>, pg_config: &str, lib_root: &Path) -> Result<Self, PgError> {
+    pub fn discover_in(
+        explicit: Option<PathBuf>,
+        pg_config: &str,
+        lib_root: &Path,
+    ) -> Result<Self, PgError> {
         let mut searched = Vec::new();
         if let Some(dir) = explicit {
             if has_server(&dir) {
@@ -39,7 +47,10 @@ impl PgTools {
             }
             searched.push(format!("{BIN_ENV}={}", dir.display()));
         }
-        if let Ok(out) = std::process::Command::new(pg_config).arg("--bindir").output() {
+        if let Ok(out) = std::process::Command::new(pg_config)
+            .arg("--bindir")
+            .output()
+        {
             let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
             if out.status.success() && has_server(&dir) {
                 return Ok(Self { bin_dir: dir });
@@ -63,7 +74,9 @@ impl PgTools {
             return Ok(Self { bin_dir: dir });
         }
         searched.push(format!("{}/*/bin", lib_root.display()));
-        Err(PgError::BinariesMissing { searched: searched.join(", ") })
+        Err(PgError::BinariesMissing {
+            searched: searched.join(", "),
+        })
     }
 
     /// The binaries' directory.
@@ -81,7 +94,10 @@ impl PgTools {
         if candidate.is_file() {
             return Ok(candidate);
         }
-        which::which(tool).map_err(|_| PgError::ToolMissing { tool: tool.to_owned(), bin_dir: self.bin_dir.clone() })
+        which::which(tool).map_err(|_| PgError::ToolMissing {
+            tool: tool.to_owned(),
+            bin_dir: self.bin_dir.clone(),
+        })
     }
 
     /// The major version of these binaries, from `postgres --version`.
@@ -93,7 +109,11 @@ impl PgTools {
         let out = std::process::Command::new(&postgres)
             .arg("--version")
             .output()
-            .map_err(|source| PgError::Io { action: "run", path: postgres.clone(), source })?;
+            .map_err(|source| PgError::Io {
+                action: "run",
+                path: postgres.clone(),
+                source,
+            })?;
         let text = String::from_utf8_lossy(&out.stdout);
         text.split_whitespace()
             .find_map(|word| word.split('.').next()?.parse::<u32>().ok())
@@ -120,7 +140,11 @@ impl PgTools {
             .kill_on_drop(true)
             .output()
             .await
-            .map_err(|source| PgError::Io { action: "run", path: psql.clone(), source })?;
+            .map_err(|source| PgError::Io {
+                action: "run",
+                path: psql.clone(),
+                source,
+            })?;
         if out.status.success() {
             Ok(())
         } else {

@@ -3,7 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::authorization::v1::{ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec};
+use k8s_openapi::api::authorization::v1::{
+    ResourceAttributes, SelfSubjectAccessReview, SelfSubjectAccessReviewSpec,
+};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams, PostParams};
 
@@ -11,7 +13,11 @@ use super::{Check, CheckStatus, Estimate, Permission, PreflightOptions, Prefligh
 use crate::backup::PodRef;
 
 fn check(name: impl Into<String>, status: CheckStatus, detail: impl Into<String>) -> Check {
-    Check { name: name.into(), status, detail: detail.into() }
+    Check {
+        name: name.into(),
+        status,
+        detail: detail.into(),
+    }
 }
 
 /// Runs every check against the cluster behind `client`. Read-only.
@@ -30,7 +36,11 @@ pub async fn run(client: kube::Client, options: &PreflightOptions) -> PreflightR
     if let Some(dir) = &options.terraform_dir {
         checks.push(terraform(dir));
     }
-    PreflightReport { namespace: options.namespace.clone(), checks, estimate }
+    PreflightReport {
+        namespace: options.namespace.clone(),
+        checks,
+        estimate,
+    }
 }
 
 async fn permission_check(client: &kube::Client, permission: &Permission) -> Check {
@@ -60,17 +70,28 @@ async fn permission_check(client: &kube::Client, permission: &Permission) -> Che
             Some(status) => check(
                 name,
                 CheckStatus::Fail,
-                format!("denied{}", status.reason.map(|r| format!(": {r}")).unwrap_or_default()),
+                format!(
+                    "denied{}",
+                    status.reason.map(|r| format!(": {r}")).unwrap_or_default()
+                ),
             ),
             None => check(name, CheckStatus::Fail, "the API server returned no status"),
         },
-        Err(err) => check(name, CheckStatus::Fail, format!("could not ask the API server: {err}")),
+        Err(err) => check(
+            name,
+            CheckStatus::Fail,
+            format!("could not ask the API server: {err}"),
+        ),
     }
 }
 
 /// Checks kubectl, terraform and the local pg_dump; returns pg_dump's major version.
 fn tools(checks: &mut Vec<Check>) -> Option<u32> {
-    let kubectl = duct::cmd!("kubectl", "version", "--client", "-o", "json").stdout_capture().stderr_null().unchecked().run();
+    let kubectl = duct::cmd!("kubectl", "version", "--client", "-o", "json")
+        .stdout_capture()
+        .stderr_null()
+        .unchecked()
+        .run();
     checks.push(match kubectl {
         Ok(out) if out.status.success() => {
             let version = serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -79,9 +100,17 @@ fn tools(checks: &mut Vec<Check>) -> Option<u32> {
                 .unwrap_or_else(|| "unknown version".into());
             check("tool: kubectl", CheckStatus::Pass, version)
         }
-        _ => check("tool: kubectl", CheckStatus::Fail, "kubectl not found; install kubectl"),
+        _ => check(
+            "tool: kubectl",
+            CheckStatus::Fail,
+            "kubectl not found; install kubectl",
+        ),
     });
-    let terraform = duct::cmd!("terraform", "version", "-json").stdout_capture().stderr_null().unchecked().run();
+    let terraform = duct::cmd!("terraform", "version", "-json")
+        .stdout_capture()
+        .stderr_null()
+        .unchecked()
+        .run();
     checks.push(match terraform {
         Ok(out) if out.status.success() => {
             let version = serde_json::from_slice::<serde_json::Value>(&out.stdout)
@@ -90,12 +119,21 @@ fn tools(checks: &mut Vec<Check>) -> Option<u32> {
                 .unwrap_or_else(|| "unknown version".into());
             check("tool: terraform", CheckStatus::Pass, version)
         }
-        _ => check("tool: terraform", CheckStatus::Warn, "terraform not found; needed only when infrastructure is managed with terraform"),
+        _ => check(
+            "tool: terraform",
+            CheckStatus::Warn,
+            "terraform not found; needed only when infrastructure is managed with terraform",
+        ),
     });
-    match crate::pg::PgTools::discover().and_then(|tools| tools.tool("pg_dump").map(|p| (tools, p))) {
+    match crate::pg::PgTools::discover().and_then(|tools| tools.tool("pg_dump").map(|p| (tools, p)))
+    {
         Ok((tools, path)) => match tools.major_version() {
             Ok(major) => {
-                checks.push(check("tool: pg_dump", CheckStatus::Pass, format!("{} (major {major})", path.display())));
+                checks.push(check(
+                    "tool: pg_dump",
+                    CheckStatus::Pass,
+                    format!("{} (major {major})", path.display()),
+                ));
                 Some(major)
             }
             Err(err) => {
@@ -114,24 +152,45 @@ async fn pvcs(client: &kube::Client, namespace: &str) -> Check {
     let name = format!("pvcs bound in {namespace}");
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     match api.list(&ListParams::default()).await {
-        Ok(list) if list.items.is_empty() => check(name, CheckStatus::Warn, "no PersistentVolumeClaims found"),
+        Ok(list) if list.items.is_empty() => {
+            check(name, CheckStatus::Warn, "no PersistentVolumeClaims found")
+        }
         Ok(list) => {
             let unbound: Vec<String> = list
                 .items
                 .iter()
                 .filter(|pvc| pvc.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Bound"))
                 .map(|pvc| {
-                    let phase = pvc.status.as_ref().and_then(|s| s.phase.clone()).unwrap_or_else(|| "no phase".into());
-                    format!("{} ({phase})", pvc.metadata.name.clone().unwrap_or_default())
+                    let phase = pvc
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.clone())
+                        .unwrap_or_else(|| "no phase".into());
+                    format!(
+                        "{} ({phase})",
+                        pvc.metadata.name.clone().unwrap_or_default()
+                    )
                 })
                 .collect();
             if unbound.is_empty() {
-                check(name, CheckStatus::Pass, format!("{} bound", list.items.len()))
+                check(
+                    name,
+                    CheckStatus::Pass,
+                    format!("{} bound", list.items.len()),
+                )
             } else {
-                check(name, CheckStatus::Fail, format!("not bound: {}", unbound.join(", ")))
+                check(
+                    name,
+                    CheckStatus::Fail,
+                    format!("not bound: {}", unbound.join(", ")),
+                )
             }
         }
-        Err(err) => check(name, CheckStatus::Fail, format!("could not list PVCs: {err}")),
+        Err(err) => check(
+            name,
+            CheckStatus::Fail,
+            format!("could not list PVCs: {err}"),
+        ),
     }
 }
 
@@ -186,11 +245,22 @@ async fn database(
         fields.get(1).and_then(|v| v.parse::<u64>().ok()),
         fields.get(2),
     ) else {
-        checks.push(check(name, CheckStatus::Fail, format!("unexpected answer from psql: {facts:?}")));
+        checks.push(check(
+            name,
+            CheckStatus::Fail,
+            format!("unexpected answer from psql: {facts:?}"),
+        ));
         return None;
     };
     let server_major = num / 10_000;
-    checks.push(check(name, CheckStatus::Pass, format!("PostgreSQL {version}, database {} is {size} bytes", options.pg_database)));
+    checks.push(check(
+        name,
+        CheckStatus::Pass,
+        format!(
+            "PostgreSQL {version}, database {} is {size} bytes",
+            options.pg_database
+        ),
+    ));
     checks.push(match local_pg_major {
         Some(local) if local == server_major => check("pg_dump matches server", CheckStatus::Pass, format!("both major {local}")),
         Some(local) if local > server_major => check(
@@ -207,25 +277,43 @@ async fn database(
     });
 
     let tables = pod
-        .exec_output(psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"), "list tables")
+        .exec_output(
+            psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"),
+            "list tables",
+        )
         .await;
     match tables {
         Ok(list) => {
             let names: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
             if names.is_empty() {
-                checks.push(check("table counts", CheckStatus::Fail, "the database has no tables in schema public"));
+                checks.push(check(
+                    "table counts",
+                    CheckStatus::Fail,
+                    "the database has no tables in schema public",
+                ));
             } else {
                 let sql = names
                     .iter()
-                    .map(|t| format!("SELECT '{t}', count(*) FROM public.{}", crate::pg::quote_ident(t)))
+                    .map(|t| {
+                        format!(
+                            "SELECT '{t}', count(*) FROM public.{}",
+                            crate::pg::quote_ident(t)
+                        )
+                    })
                     .collect::<Vec<_>>()
                     .join(" UNION ALL ");
                 match pod.exec_output(psql(&sql), "count rows").await {
                     Ok(counts) => {
-                        let detail = counts.lines().map(|l| l.replace('\t', "=")).collect::<Vec<_>>().join(", ");
+                        let detail = counts
+                            .lines()
+                            .map(|l| l.replace('\t', "="))
+                            .collect::<Vec<_>>()
+                            .join(", ");
                         checks.push(check("table counts", CheckStatus::Pass, detail));
                     }
-                    Err(err) => checks.push(check("table counts", CheckStatus::Fail, err.to_string())),
+                    Err(err) => {
+                        checks.push(check("table counts", CheckStatus::Fail, err.to_string()))
+                    }
                 }
             }
         }
@@ -243,7 +331,10 @@ fn estimate(database_bytes: u64, throughput: u64) -> Estimate {
         database_bytes,
         backup_bytes,
         seconds: backup_bytes as f64 / throughput.max(1) as f64,
-        assumption: format!("backup ~2.4x the database size, written at {:.0} MB/s", throughput as f64 / 1e6),
+        assumption: format!(
+            "backup ~2.4x the database size, written at {:.0} MB/s",
+            throughput as f64 / 1e6
+        ),
     }
 }
 
@@ -265,8 +356,20 @@ fn disk(backup_dir: &Path, database_bytes: u64) -> Check {
         Ok(stat) => {
             let free = stat.blocks_available() * stat.fragment_size();
             let needed = database_bytes.saturating_mul(2);
-            let detail = format!("{:.1} GB free, need at least {:.1} GB (twice the database)", free as f64 / 1e9, needed as f64 / 1e9);
-            check(name, if free >= needed { CheckStatus::Pass } else { CheckStatus::Fail }, detail)
+            let detail = format!(
+                "{:.1} GB free, need at least {:.1} GB (twice the database)",
+                free as f64 / 1e9,
+                needed as f64 / 1e9
+            );
+            check(
+                name,
+                if free >= needed {
+                    CheckStatus::Pass
+                } else {
+                    CheckStatus::Fail
+                },
+                detail,
+            )
         }
         Err(err) => check(name, CheckStatus::Fail, format!("statvfs failed: {err}")),
     }
@@ -274,18 +377,38 @@ fn disk(backup_dir: &Path, database_bytes: u64) -> Check {
 
 fn terraform(dir: &Path) -> Check {
     let name = format!("terraform state in {}", dir.display());
-    let out = duct::cmd!("terraform", format!("-chdir={}", dir.display()), "state", "list")
-        .stdout_capture()
-        .stderr_capture()
-        .unchecked()
-        .run();
+    let out = duct::cmd!(
+        "terraform",
+        format!("-chdir={}", dir.display()),
+        "state",
+        "list"
+    )
+    .stdout_capture()
+    .stderr_capture()
+    .unchecked()
+    .run();
     match out {
         Ok(out) if out.status.success() => {
-            let count = String::from_utf8_lossy(&out.stdout).lines().filter(|l| !l.trim().is_empty()).count();
-            check(name, CheckStatus::Pass, format!("readable, {count} resources"))
+            let count = String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .count();
+            check(
+                name,
+                CheckStatus::Pass,
+                format!("readable, {count} resources"),
+            )
         }
-        Ok(out) => check(name, CheckStatus::Fail, String::from_utf8_lossy(&out.stderr).trim().to_owned()),
-        Err(err) => check(name, CheckStatus::Fail, format!("could not run terraform: {err}")),
+        Ok(out) => check(
+            name,
+            CheckStatus::Fail,
+            String::from_utf8_lossy(&out.stderr).trim().to_owned(),
+        ),
+        Err(err) => check(
+            name,
+            CheckStatus::Fail,
+            format!("could not run terraform: {err}"),
+        ),
     }
 }
 
@@ -311,14 +434,20 @@ mod tests {
 
     #[test]
     fn runbook_permissions_include_the_four_it_lists() {
-        let names: Vec<String> = Permission::runbook("titanium-prod").iter().map(ToString::to_string).collect();
+        let names: Vec<String> = Permission::runbook("titanium-prod")
+            .iter()
+            .map(ToString::to_string)
+            .collect();
         for wanted in [
             "create statefulsets.apps -n titanium-prod",
             "create persistentvolumeclaims -n titanium-prod",
             "get secrets -n titanium-prod",
             "create namespaces",
         ] {
-            assert!(names.iter().any(|n| n == wanted), "{wanted} missing from {names:?}");
+            assert!(
+                names.iter().any(|n| n == wanted),
+                "{wanted} missing from {names:?}"
+            );
         }
     }
 }

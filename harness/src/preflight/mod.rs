@@ -28,7 +28,12 @@ pub struct Permission {
 
 impl Permission {
     fn new(verb: &str, resource: &str, group: &str, namespace: Option<&str>) -> Self {
-        Self { verb: verb.into(), resource: resource.into(), group: group.into(), namespace: namespace.map(str::to_owned) }
+        Self {
+            verb: verb.into(),
+            resource: resource.into(),
+            group: group.into(),
+            namespace: namespace.map(str::to_owned),
+        }
     }
 
     /// The permissions the runbook lists, plus what the automated backup needs (exec and
@@ -55,7 +60,11 @@ impl Permission {
 
 impl std::fmt::Display for Permission {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let resource = if self.group.is_empty() { self.resource.clone() } else { format!("{}.{}", self.resource, self.group) };
+        let resource = if self.group.is_empty() {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        };
         match &self.namespace {
             Some(ns) => write!(f, "{} {} -n {ns}", self.verb, resource),
             None => write!(f, "{} {}", self.verb, resource),

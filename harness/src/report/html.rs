@@ -76,7 +76,13 @@ pub fn render_html(report: &Report) -> String {
 
 fn timeline(h: &mut String, report: &Report) {
     h.push_str("<h2>Phases</h2>");
-    let total = report.phases.iter().map(|p| p.start_ms + p.duration_ms).max().unwrap_or(0).max(1);
+    let total = report
+        .phases
+        .iter()
+        .map(|p| p.start_ms + p.duration_ms)
+        .max()
+        .unwrap_or(0)
+        .max(1);
     let (width, row, label_w) = (1000.0, 26.0, 180.0);
     let height = row * report.phases.len() as f64 + 30.0;
     let _ = write!(
@@ -107,7 +113,12 @@ fn timeline(h: &mut String, report: &Report) {
             dur = ms(Some(p.duration_ms)),
         );
     }
-    let _ = write!(h, "<text x=\"{label_w}\" y=\"{:.1}\" class=\"muted\">0 … {}</text></svg>", height - 6.0, ms(Some(total)));
+    let _ = write!(
+        h,
+        "<text x=\"{label_w}\" y=\"{:.1}\" class=\"muted\">0 … {}</text></svg>",
+        height - 6.0,
+        ms(Some(total))
+    );
     h.push_str("<table id=\"phases\"><tr><th>Phase</th><th>Duration</th><th>Result</th><th>Detail</th></tr>");
     for p in &report.phases {
         let (class, label) = match p.status {
@@ -135,9 +146,15 @@ fn tables(h: &mut String, report: &Report) {
             "<tr><td>{}</td><td>{}</td><td>{}</td><td><code>{}</code></td><td><code>{}</code></td><td class=\"{}\">{}</td></tr>",
             esc(&t.name),
             t.rows_before,
-            t.rows_after.map(|r| r.to_string()).unwrap_or_else(|| "–".into()),
+            t.rows_after
+                .map(|r| r.to_string())
+                .unwrap_or_else(|| "–".into()),
             esc(&t.digest_before[..t.digest_before.len().min(16)]),
-            esc(t.digest_after.as_deref().map(|d| &d[..d.len().min(16)]).unwrap_or("–")),
+            esc(t
+                .digest_after
+                .as_deref()
+                .map(|d| &d[..d.len().min(16)])
+                .unwrap_or("–")),
             if equal { "ok" } else { "bad" },
             if equal { "yes" } else { "NO" },
         );
@@ -146,12 +163,20 @@ fn tables(h: &mut String, report: &Report) {
 }
 
 fn gates(h: &mut String, report: &Report) {
-    h.push_str("<h2>Gates</h2><table id=\"gates\"><tr><th>Gate</th><th>Result</th><th>Findings</th></tr>");
+    h.push_str(
+        "<h2>Gates</h2><table id=\"gates\"><tr><th>Gate</th><th>Result</th><th>Findings</th></tr>",
+    );
     for g in &report.gates {
         let findings = if g.findings.is_empty() {
             String::new()
         } else {
-            format!("<ul>{}</ul>", g.findings.iter().map(|f| format!("<li>{}</li>", esc(f))).collect::<String>())
+            format!(
+                "<ul>{}</ul>",
+                g.findings
+                    .iter()
+                    .map(|f| format!("<li>{}</li>", esc(f)))
+                    .collect::<String>()
+            )
         };
         let _ = write!(
             h,
@@ -176,7 +201,11 @@ fn load(h: &mut String, report: &Report) {
                 l.requests, l.failures, l.rps, l.p95_ms
             );
             if let Some(link) = &l.goose_report {
-                let _ = write!(h, "<p><a id=\"goose-report\" href=\"{}\">goose's detailed report</a></p>", esc(link));
+                let _ = write!(
+                    h,
+                    "<p><a id=\"goose-report\" href=\"{}\">goose's detailed report</a></p>",
+                    esc(link)
+                );
             }
         }
     }
@@ -189,7 +218,15 @@ mod tests {
     #[test]
     fn page_has_every_section_and_escapes_text() {
         let html = render_html(&super::super::sample::report());
-        for id in ["id=\"verdict\"", "id=\"timeline\"", "id=\"tables\"", "id=\"gates\"", "id=\"load\"", "id=\"goose-report\"", "id=\"rollback\""] {
+        for id in [
+            "id=\"verdict\"",
+            "id=\"timeline\"",
+            "id=\"tables\"",
+            "id=\"gates\"",
+            "id=\"load\"",
+            "id=\"goose-report\"",
+            "id=\"rollback\"",
+        ] {
             assert!(html.contains(id), "missing {id}");
         }
         assert!(html.contains("FAIL / ROLL BACK"));

@@ -22,22 +22,34 @@ pub fn render_junit(report: &Report) -> String {
         case.set_classname(suite_name.as_str());
         suite.add_test_case(case);
     }
-    for phase in report.phases.iter().filter(|p| p.status != PhaseStatus::Passed) {
+    for phase in report
+        .phases
+        .iter()
+        .filter(|p| p.status != PhaseStatus::Passed)
+    {
         let status = match phase.status {
             PhaseStatus::Skipped => TestCaseStatus::skipped(),
             _ => {
                 let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
-                status.set_message(phase.detail.clone().unwrap_or_else(|| "phase failed".into()));
+                status.set_message(
+                    phase
+                        .detail
+                        .clone()
+                        .unwrap_or_else(|| "phase failed".into()),
+                );
                 status
             }
         };
         let mut case = TestCase::new(format!("phase.{}", phase.name), status);
-        case.set_classname(suite_name.as_str()).set_time(std::time::Duration::from_millis(phase.duration_ms));
+        case.set_classname(suite_name.as_str())
+            .set_time(std::time::Duration::from_millis(phase.duration_ms));
         suite.add_test_case(case);
     }
     let mut junit = quick_junit::Report::new("rebuild-rehearsal");
     junit.add_test_suite(suite);
-    junit.to_string().expect("JUnit serialisation of plain strings cannot fail")
+    junit
+        .to_string()
+        .expect("JUnit serialisation of plain strings cannot fail")
 }
 
 #[cfg(test)]

@@ -131,7 +131,11 @@ impl Report {
     pub fn implied_verdict(&self) -> Outcome {
         let phases_ok = self.phases.iter().all(|p| p.status == PhaseStatus::Passed);
         let gates_ok = self.gates.iter().all(|g| g.passed);
-        if phases_ok && gates_ok && self.rollback_reasons.is_empty() { Outcome::Pass } else { Outcome::Fail }
+        if phases_ok && gates_ok && self.rollback_reasons.is_empty() {
+            Outcome::Pass
+        } else {
+            Outcome::Fail
+        }
     }
 
     /// The report as pretty JSON.
@@ -152,7 +156,13 @@ pub(crate) mod sample {
             verdict: Outcome::Fail,
             started_at: "2026-11-26T05:00:00Z".into(),
             phases: vec![
-                PhaseReport { name: "backup".into(), status: PhaseStatus::Passed, start_ms: 0, duration_ms: 1200, detail: None },
+                PhaseReport {
+                    name: "backup".into(),
+                    status: PhaseStatus::Passed,
+                    start_ms: 0,
+                    duration_ms: 1200,
+                    detail: None,
+                },
                 PhaseReport {
                     name: "restore".into(),
                     status: PhaseStatus::Failed,
@@ -169,10 +179,24 @@ pub(crate) mod sample {
                 digest_after: Some("bb".into()),
             }],
             gates: vec![
-                GateReport { name: "row-counts".into(), passed: false, findings: vec!["users: 10 before, 9 after".into()] },
-                GateReport { name: "schema".into(), passed: true, findings: vec![] },
+                GateReport {
+                    name: "row-counts".into(),
+                    passed: false,
+                    findings: vec!["users: 10 before, 9 after".into()],
+                },
+                GateReport {
+                    name: "schema".into(),
+                    passed: true,
+                    findings: vec![],
+                },
             ],
-            load: Some(LoadReport { requests: 100, failures: 2, rps: 50.0, p95_ms: 12.5, goose_report: Some("goose.html".into()) }),
+            load: Some(LoadReport {
+                requests: 100,
+                failures: 2,
+                rps: 50.0,
+                p95_ms: 12.5,
+                goose_report: Some("goose.html".into()),
+            }),
             rto_ms: Some(2000),
             rpo_ms: Some(15),
             rollback_reasons: vec!["data mismatch in users".into()],
@@ -187,7 +211,10 @@ mod tests {
     #[test]
     fn json_has_the_documented_fields() {
         let json: serde_json::Value = serde_json::from_str(&sample::report().to_json()).unwrap();
-        for key in ["scenario", "provider", "verdict", "phases", "tables", "gates", "load", "rto_ms", "rpo_ms"] {
+        for key in [
+            "scenario", "provider", "verdict", "phases", "tables", "gates", "load", "rto_ms",
+            "rpo_ms",
+        ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
         assert_eq!(json["verdict"], "fail");
@@ -199,9 +226,16 @@ mod tests {
     fn verdict_is_pass_only_when_everything_passed() {
         let mut report = sample::report();
         assert_eq!(report.implied_verdict(), Outcome::Fail);
-        report.phases.iter_mut().for_each(|p| p.status = PhaseStatus::Passed);
+        report
+            .phases
+            .iter_mut()
+            .for_each(|p| p.status = PhaseStatus::Passed);
         report.gates.iter_mut().for_each(|g| g.passed = true);
-        assert_eq!(report.implied_verdict(), Outcome::Fail, "a rollback reason still fails");
+        assert_eq!(
+            report.implied_verdict(),
+            Outcome::Fail,
+            "a rollback reason still fails"
+        );
         report.rollback_reasons.clear();
         assert_eq!(report.implied_verdict(), Outcome::Pass);
     }

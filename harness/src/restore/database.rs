@@ -145,12 +145,24 @@ pub struct DbRestorePlan {
 
 impl fmt::Display for DbRestorePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "database restore into {} from {} ({})", self.target, self.archive.path().display(), self.archive.format())?;
+        writeln!(
+            f,
+            "database restore into {} from {} ({})",
+            self.target,
+            self.archive.path().display(),
+            self.archive.format()
+        )?;
         writeln!(f, "  backup: {}", self.backup_id)?;
-        writeln!(f, "  target state: {}", serde_json::to_string(&self.state).unwrap_or_default())?;
+        writeln!(
+            f,
+            "  target state: {}",
+            serde_json::to_string(&self.state).unwrap_or_default()
+        )?;
         let action = match self.action {
             PlannedAction::Restore => "restore",
-            PlannedAction::AlreadyRestored => "nothing to do: already restored from this backup (use --force to redo)",
+            PlannedAction::AlreadyRestored => {
+                "nothing to do: already restored from this backup (use --force to redo)"
+            }
             PlannedAction::Refuse => "refuse: the database holds data (use --force to replace it)",
         };
         writeln!(f, "  action: {action}")?;
@@ -164,7 +176,11 @@ impl fmt::Display for DbRestorePlan {
         }
         writeln!(f, "  runs: {}", self.command.join(" "))?;
         if !self.archive_entries.is_empty() {
-            writeln!(f, "  restores ({} entries, in order):", self.archive_entries.len())?;
+            writeln!(
+                f,
+                "  restores ({} entries, in order):",
+                self.archive_entries.len()
+            )?;
             for entry in &self.archive_entries {
                 writeln!(f, "    - {entry}")?;
             }
@@ -201,25 +217,43 @@ fn quote_literal(value: &str) -> String {
 
 /// The number of pg_restore jobs to use.
 fn jobs_for(archive: &DbArchive, requested: Option<u32>) -> u32 {
-    let regular = std::fs::metadata(archive.path()).map(|m| m.is_file()).unwrap_or(false);
+    let regular = std::fs::metadata(archive.path())
+        .map(|m| m.is_file())
+        .unwrap_or(false);
     if !regular {
         return 1;
     }
-    requested.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).min(4)).max(1)
+    requested
+        .unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .min(4)
+        })
+        .max(1)
 }
 
 /// Checks the archive without changing anything, and lists a custom archive's entries.
 async fn check_archive(tools: &PgTools, archive: &DbArchive) -> Result<Vec<String>, RestoreError> {
     let path = archive.path();
-    let unreadable = |source| RestoreError::ArchiveUnreadable { path: path.to_path_buf(), source };
+    let unreadable = |source| RestoreError::ArchiveUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
     let meta = std::fs::metadata(path).map_err(unreadable)?;
-    let bad = |detail: String| RestoreError::BadArchive { path: path.to_path_buf(), format: archive.format(), detail };
+    let bad = |detail: String| RestoreError::BadArchive {
+        path: path.to_path_buf(),
+        format: archive.format(),
+        detail,
+    };
     match archive {
         DbArchive::Custom(_) => {
             if meta.is_dir() {
                 return Err(bad("it is a directory".to_owned()));
             }
-            let program = tools.tool("pg_restore").map_err(RestoreError::pg("find pg_restore"))?;
+            let program = tools
+                .tool("pg_restore")
+                .map_err(RestoreError::pg("find pg_restore"))?;
             let out = tokio::process::Command::new(&program)
                 .arg("-l")
                 .arg(path)
@@ -227,7 +261,10 @@ async fn check_archive(tools: &PgTools, archive: &DbArchive) -> Result<Vec<Strin
                 .kill_on_drop(true)
                 .output()
                 .await
-                .map_err(|source| RestoreError::ArchiveUnreadable { path: program.clone(), source })?;
+                .map_err(|source| RestoreError::ArchiveUnreadable {
+                    path: program.clone(),
+                    source,
+                })?;
             if !out.status.success() {
                 return Err(bad(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
             }
@@ -244,10 +281,15 @@ async fn check_archive(tools: &PgTools, archive: &DbArchive) -> Result<Vec<Strin
                 return Err(bad("it is not a regular file".to_owned()));
             }
             let mut head = vec![0u8; 4096];
-            let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)).map_err(unreadable)?;
+            let n = std::fs::File::open(path)
+                .and_then(|mut f| f.read(&mut head))
+                .map_err(unreadable)?;
             let head = String::from_utf8_lossy(&head[..n]);
             if head.starts_with("PGDMP") {
-                return Err(bad("it is a custom-format archive; restore it as one, not with --from-sql".to_owned()));
+                return Err(bad(
+                    "it is a custom-format archive; restore it as one, not with --from-sql"
+                        .to_owned(),
+                ));
             }
             if !head.contains("PostgreSQL database dump") {
                 return Err(bad("it does not start like pg_dump's plain output (no \"PostgreSQL database dump\" header)".to_owned()));
@@ -298,7 +340,10 @@ async fn target_objects(client: &Client) -> Result<Vec<TargetObject>, RestoreErr
         proc_ext = ext("pg_proc", "p.oid"),
         type_ext = ext("pg_type", "t.oid"),
     );
-    let rows = client.query(&sql, &[]).await.map_err(RestoreError::query("list the target's objects"))?;
+    let rows = client
+        .query(&sql, &[])
+        .await
+        .map_err(RestoreError::query("list the target's objects"))?;
     Ok(rows
         .iter()
         .map(|row| {
@@ -307,7 +352,10 @@ async fn target_objects(client: &Client) -> Result<Vec<TargetObject>, RestoreErr
             let name: String = row.get(3);
             let args: String = row.get(4);
             let (label, qualified) = match &schema {
-                Some(s) => (format!("{s}.{name}"), format!("{}.{}", quote_ident(s), quote_ident(&name))),
+                Some(s) => (
+                    format!("{s}.{name}"),
+                    format!("{}.{}", quote_ident(s), quote_ident(&name)),
+                ),
                 None => (name.clone(), quote_ident(&name)),
             };
             let (label, qualified) = if kind == "routine" || kind == "aggregate" {
@@ -316,7 +364,10 @@ async fn target_objects(client: &Client) -> Result<Vec<TargetObject>, RestoreErr
                 (label, qualified)
             };
             let keyword = kind.to_uppercase();
-            TargetObject { label: format!("{kind} {label}"), drop: format!("DROP {keyword} IF EXISTS {qualified} CASCADE") }
+            TargetObject {
+                label: format!("{kind} {label}"),
+                drop: format!("DROP {keyword} IF EXISTS {qualified} CASCADE"),
+            }
         })
         .collect())
 }
@@ -336,7 +387,11 @@ async fn tables_with_rows(client: &Client) -> Result<(Vec<String>, Vec<String>),
     let mut filled = Vec::new();
     for row in rows {
         let (schema, name): (String, String) = (row.get(0), row.get(1));
-        let sql = format!("SELECT EXISTS (SELECT 1 FROM {}.{})", quote_ident(&schema), quote_ident(&name));
+        let sql = format!(
+            "SELECT EXISTS (SELECT 1 FROM {}.{})",
+            quote_ident(&schema),
+            quote_ident(&name)
+        );
         let has_rows: bool = client
             .query_one(&sql, &[])
             .await
@@ -356,17 +411,30 @@ async fn database_mark(client: &Client) -> Result<Option<String>, RestoreError> 
         .query_one("SELECT shobj_description(oid, 'pg_database') FROM pg_database WHERE datname = current_database()", &[])
         .await
         .map_err(RestoreError::query("read the database comment"))?;
-    Ok(row.get::<_, Option<String>>(0).and_then(|c| c.strip_prefix(MARK_PREFIX).map(str::to_owned)))
+    Ok(row
+        .get::<_, Option<String>>(0)
+        .and_then(|c| c.strip_prefix(MARK_PREFIX).map(str::to_owned)))
 }
 
 fn mark_sql(dbname: &str, state: &str, backup_id: &str) -> String {
-    format!("COMMENT ON DATABASE {} IS {}", quote_ident(dbname), quote_literal(&format!("{MARK_PREFIX}{state}{backup_id}")))
+    format!(
+        "COMMENT ON DATABASE {} IS {}",
+        quote_ident(dbname),
+        quote_literal(&format!("{MARK_PREFIX}{state}{backup_id}"))
+    )
 }
 
-fn load_command(tools: &PgTools, params: &ConnParams, input: &DbRestoreInput, options: &DbRestoreOptions) -> Result<Vec<String>, RestoreError> {
+fn load_command(
+    tools: &PgTools,
+    params: &ConnParams,
+    input: &DbRestoreInput,
+    options: &DbRestoreOptions,
+) -> Result<Vec<String>, RestoreError> {
     Ok(match &input.archive {
         DbArchive::Custom(path) => {
-            let program = tools.tool("pg_restore").map_err(RestoreError::pg("find pg_restore"))?;
+            let program = tools
+                .tool("pg_restore")
+                .map_err(RestoreError::pg("find pg_restore"))?;
             let mut cmd = vec![
                 program.display().to_string(),
                 "--exit-on-error".to_owned(),
@@ -416,25 +484,39 @@ pub async fn plan_database_restore(
     options: &DbRestoreOptions,
 ) -> Result<DbRestorePlan, RestoreError> {
     let archive_entries = check_archive(tools, &input.archive).await?;
-    let client = params.connect().await.map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
+    let client = params
+        .connect()
+        .await
+        .map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
     let (tables, filled) = tables_with_rows(&client).await?;
     let objects = target_objects(&client).await?;
     let mark = database_mark(&client).await?;
     let state = match mark.as_deref() {
-        Some(m) if m.starts_with(RESTORING) => TargetState::Interrupted { backup_id: m[RESTORING.len()..].to_owned() },
-        Some(m) if m.starts_with(RESTORED) => {
-            TargetState::Restored { backup_id: m[RESTORED.len()..].to_owned(), tables_with_rows: filled.clone() }
-        }
-        _ if !filled.is_empty() => TargetState::HasData { tables_with_rows: filled.clone() },
+        Some(m) if m.starts_with(RESTORING) => TargetState::Interrupted {
+            backup_id: m[RESTORING.len()..].to_owned(),
+        },
+        Some(m) if m.starts_with(RESTORED) => TargetState::Restored {
+            backup_id: m[RESTORED.len()..].to_owned(),
+            tables_with_rows: filled.clone(),
+        },
+        _ if !filled.is_empty() => TargetState::HasData {
+            tables_with_rows: filled.clone(),
+        },
         _ if objects.is_empty() => TargetState::Empty,
         _ => TargetState::EmptyTables { tables },
     };
     let action = match &state {
         _ if options.force => PlannedAction::Restore,
-        TargetState::Restored { backup_id, .. } if *backup_id == input.backup_id => PlannedAction::AlreadyRestored,
-        TargetState::Restored { tables_with_rows, .. } if tables_with_rows.is_empty() => PlannedAction::Restore,
+        TargetState::Restored { backup_id, .. } if *backup_id == input.backup_id => {
+            PlannedAction::AlreadyRestored
+        }
+        TargetState::Restored {
+            tables_with_rows, ..
+        } if tables_with_rows.is_empty() => PlannedAction::Restore,
         TargetState::Restored { .. } | TargetState::HasData { .. } => PlannedAction::Refuse,
-        TargetState::Empty | TargetState::EmptyTables { .. } | TargetState::Interrupted { .. } => PlannedAction::Restore,
+        TargetState::Empty | TargetState::EmptyTables { .. } | TargetState::Interrupted { .. } => {
+            PlannedAction::Restore
+        }
     };
     Ok(DbRestorePlan {
         target: params.target(),
@@ -478,13 +560,24 @@ pub async fn restore_database(
     match plan.action {
         PlannedAction::Refuse => {
             let detail = match &plan.state {
-                TargetState::HasData { tables_with_rows } => format!("tables with rows: {}", tables_with_rows.join(", ")),
-                TargetState::Restored { backup_id, tables_with_rows } => {
-                    format!("restored earlier from backup {backup_id}; tables with rows: {}", tables_with_rows.join(", "))
+                TargetState::HasData { tables_with_rows } => {
+                    format!("tables with rows: {}", tables_with_rows.join(", "))
+                }
+                TargetState::Restored {
+                    backup_id,
+                    tables_with_rows,
+                } => {
+                    format!(
+                        "restored earlier from backup {backup_id}; tables with rows: {}",
+                        tables_with_rows.join(", ")
+                    )
                 }
                 other => format!("{other:?}"),
             };
-            return Err(RestoreError::NotEmpty { target: plan.target, detail });
+            return Err(RestoreError::NotEmpty {
+                target: plan.target,
+                detail,
+            });
         }
         PlannedAction::AlreadyRestored => {
             tracing::info!("already restored from this backup; nothing to do");
@@ -493,7 +586,10 @@ pub async fn restore_database(
         PlannedAction::Restore => {}
     }
 
-    let client = params.connect().await.map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
+    let client = params
+        .connect()
+        .await
+        .map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
     let objects = target_objects(&client).await?;
     let mut drops: Vec<String> = objects.iter().map(|o| o.drop.clone()).collect();
     let dbname = &params.dbname;
@@ -512,20 +608,40 @@ pub async fn restore_database(
                 .batch_execute(&mark_sql(dbname, RESTORED, &input.backup_id))
                 .await
                 .map_err(RestoreError::query("mark the database restored"))?;
-            Ok(report(plan, true, drop_seconds, load_started.elapsed().as_secs_f64()))
+            Ok(report(
+                plan,
+                true,
+                drop_seconds,
+                load_started.elapsed().as_secs_f64(),
+            ))
         }
         DbArchive::PlainSql(path) => {
             // One transaction: the drops, the dump, the mark. An interruption changes nothing.
             let load_started = Instant::now();
             let mut command = plan.command.clone();
-            let drop_sql = if drops.is_empty() { "SELECT 1".to_owned() } else { drops.join("; ") };
-            for (slot, sql) in [("<drop the target's objects>", drop_sql), ("<mark restored>", mark_sql(dbname, RESTORED, &input.backup_id))] {
+            let drop_sql = if drops.is_empty() {
+                "SELECT 1".to_owned()
+            } else {
+                drops.join("; ")
+            };
+            for (slot, sql) in [
+                ("<drop the target's objects>", drop_sql),
+                (
+                    "<mark restored>",
+                    mark_sql(dbname, RESTORED, &input.backup_id),
+                ),
+            ] {
                 if let Some(arg) = command.iter_mut().find(|a| *a == slot) {
                     *arg = sql;
                 }
             }
             run_tool(&command, params, path).await?;
-            Ok(report(plan, true, 0.0, load_started.elapsed().as_secs_f64()))
+            Ok(report(
+                plan,
+                true,
+                0.0,
+                load_started.elapsed().as_secs_f64(),
+            ))
         }
     }
 }
@@ -538,14 +654,24 @@ struct GroupGuard(Option<i32>);
 impl Drop for GroupGuard {
     fn drop(&mut self) {
         if let Some(pgid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pgid), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::killpg(
+                nix::unistd::Pid::from_raw(pgid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
     }
 }
 
-async fn run_tool(command: &[String], params: &ConnParams, archive: &Path) -> Result<(), RestoreError> {
+async fn run_tool(
+    command: &[String],
+    params: &ConnParams,
+    archive: &Path,
+) -> Result<(), RestoreError> {
     let (program, args) = command.split_first().expect("a command has a program");
-    let tool = Path::new(program).file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| program.clone());
+    let tool = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| program.clone());
     let child = tokio::process::Command::new(program)
         .args(args)
         .envs(params.libpq_env())
@@ -555,9 +681,18 @@ async fn run_tool(command: &[String], params: &ConnParams, archive: &Path) -> Re
         .process_group(0)
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| RestoreError::Spawn { tool: tool.clone(), source })?;
+        .map_err(|source| RestoreError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
     let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
-    let out = child.wait_with_output().await.map_err(|source| RestoreError::Spawn { tool: tool.clone(), source })?;
+    let out = child
+        .wait_with_output()
+        .await
+        .map_err(|source| RestoreError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
     guard.0 = None;
     if out.status.success() {
         return Ok(());
@@ -583,7 +718,9 @@ pub struct MarkerRow {
 impl MarkerRow {
     /// A marker for `run_id`.
     pub fn new(run_id: impl Into<String>) -> Self {
-        Self { run_id: run_id.into() }
+        Self {
+            run_id: run_id.into(),
+        }
     }
 
     /// The username the marker row has.
@@ -628,7 +765,10 @@ impl MarkerRow {
         }
         let name = self.username();
         let count: i64 = client
-            .query_one("SELECT count(*) FROM public.users WHERE username = $1", &[&name])
+            .query_one(
+                "SELECT count(*) FROM public.users WHERE username = $1",
+                &[&name],
+            )
             .await
             .map_err(RestoreError::query(format!("look for marker row {name}")))?
             .get(0);

@@ -35,7 +35,10 @@ pub struct RestoreInputs {
 }
 
 fn not_a_backup(dir: &Path, detail: impl Into<String>) -> RestoreError {
-    RestoreError::NotABackup { path: dir.to_path_buf(), detail: detail.into() }
+    RestoreError::NotABackup {
+        path: dir.to_path_buf(),
+        detail: detail.into(),
+    }
 }
 
 impl RestoreInputs {
@@ -47,19 +50,29 @@ impl RestoreInputs {
     pub fn from_backup(dir: &Path, from_sql: bool) -> Result<Self, RestoreError> {
         let manifest = Manifest::read(dir).map_err(|err| not_a_backup(dir, err.to_string()))?;
         let database = manifest.postgres.as_ref().map(|pg| DbRestoreInput {
-            archive: if from_sql { DbArchive::PlainSql(dir.join(&pg.plain)) } else { DbArchive::Custom(dir.join(&pg.custom_dump)) },
+            archive: if from_sql {
+                DbArchive::PlainSql(dir.join(&pg.plain))
+            } else {
+                DbArchive::Custom(dir.join(&pg.custom_dump))
+            },
             backup_id: manifest.name.clone(),
         });
         let objects = match &manifest.kubernetes {
             Some(kube) => {
                 let path = dir.join(&kube.clean_json);
-                let text = std::fs::read_to_string(&path).map_err(|err| not_a_backup(dir, format!("{}: {err}", kube.clean_json)))?;
-                let list: Value =
-                    serde_json::from_str(&text).map_err(|err| not_a_backup(dir, format!("{}: {err}", kube.clean_json)))?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|err| not_a_backup(dir, format!("{}: {err}", kube.clean_json)))?;
+                let list: Value = serde_json::from_str(&text)
+                    .map_err(|err| not_a_backup(dir, format!("{}: {err}", kube.clean_json)))?;
                 list.get("items")
                     .and_then(Value::as_array)
                     .cloned()
-                    .ok_or_else(|| not_a_backup(dir, format!("{}: not a v1 List with items", kube.clean_json)))?
+                    .ok_or_else(|| {
+                        not_a_backup(
+                            dir,
+                            format!("{}: not a v1 List with items", kube.clean_json),
+                        )
+                    })?
             }
             None => Vec::new(),
         };
@@ -67,11 +80,26 @@ impl RestoreInputs {
             dir: dir.to_path_buf(),
             backup_id: manifest.name.clone(),
             database,
-            tables: manifest.postgres.as_ref().map(|pg| pg.tables.clone()).unwrap_or_default(),
-            sequences: manifest.postgres.as_ref().map(|pg| pg.sequences.clone()).unwrap_or_default(),
-            namespace: manifest.namespace.clone().or_else(|| manifest.kubernetes.as_ref().map(|k| k.namespace.clone())),
+            tables: manifest
+                .postgres
+                .as_ref()
+                .map(|pg| pg.tables.clone())
+                .unwrap_or_default(),
+            sequences: manifest
+                .postgres
+                .as_ref()
+                .map(|pg| pg.sequences.clone())
+                .unwrap_or_default(),
+            namespace: manifest
+                .namespace
+                .clone()
+                .or_else(|| manifest.kubernetes.as_ref().map(|k| k.namespace.clone())),
             objects,
-            replicas: manifest.quiesce.as_ref().map(|q| q.replicas.clone()).unwrap_or_default(),
+            replicas: manifest
+                .quiesce
+                .as_ref()
+                .map(|q| q.replicas.clone())
+                .unwrap_or_default(),
         })
     }
 }

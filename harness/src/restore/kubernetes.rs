@@ -99,7 +99,10 @@ pub struct PlanRoles {
 
 impl Default for PlanRoles {
     fn default() -> Self {
-        Self { postgres_statefulset: "postgresql".to_owned(), redis_deployment: "prod-redis-deployment".to_owned() }
+        Self {
+            postgres_statefulset: "postgresql".to_owned(),
+            redis_deployment: "prod-redis-deployment".to_owned(),
+        }
     }
 }
 
@@ -108,11 +111,17 @@ fn kind_of(o: &Value) -> &str {
 }
 
 fn name_of(o: &Value) -> &str {
-    o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("")
+    o.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or("")
 }
 
 fn group_of(o: &Value) -> &str {
-    o.get("apiVersion").and_then(Value::as_str).and_then(|v| v.rsplit_once('/')).map(|(g, _)| g).unwrap_or("")
+    o.get("apiVersion")
+        .and_then(Value::as_str)
+        .and_then(|v| v.rsplit_once('/'))
+        .map(|(g, _)| g)
+        .unwrap_or("")
 }
 
 fn label(o: &Value) -> String {
@@ -124,8 +133,15 @@ fn label(o: &Value) -> String {
 
 /// The name of the workload a Service selects, if its selector matches the workload's pod labels.
 fn selects(service: &Value, workload: &Value) -> bool {
-    let Some(selector) = service.pointer("/spec/selector").and_then(Value::as_object) else { return false };
-    let Some(labels) = workload.pointer("/spec/template/metadata/labels").and_then(Value::as_object) else { return false };
+    let Some(selector) = service.pointer("/spec/selector").and_then(Value::as_object) else {
+        return false;
+    };
+    let Some(labels) = workload
+        .pointer("/spec/template/metadata/labels")
+        .and_then(Value::as_object)
+    else {
+        return false;
+    };
     !selector.is_empty() && selector.iter().all(|(k, v)| labels.get(k) == Some(v))
 }
 
@@ -148,15 +164,21 @@ impl KubeRestorePlan {
         roles: &PlanRoles,
     ) -> Result<Self, RestoreError> {
         let mut buckets: BTreeMap<u8, Vec<Value>> = BTreeMap::new();
-        let mut namespace_object = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
+        let mut namespace_object =
+            json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}});
         let postgres = objects
             .iter()
             .find(|o| kind_of(o) == "StatefulSet" && name_of(o) == roles.postgres_statefulset)
             .cloned();
-        let redis =
-            objects.iter().find(|o| kind_of(o) == "Deployment" && name_of(o) == roles.redis_deployment).cloned();
+        let redis = objects
+            .iter()
+            .find(|o| kind_of(o) == "Deployment" && name_of(o) == roles.redis_deployment)
+            .cloned();
         for object in objects {
-            let valid = object.get("apiVersion").and_then(Value::as_str).is_some_and(|v| !v.is_empty())
+            let valid = object
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .is_some_and(|v| !v.is_empty())
                 && !kind_of(object).is_empty()
                 && !name_of(object).is_empty();
             if !valid {
@@ -174,8 +196,14 @@ impl KubeRestorePlan {
                 namespace_object["metadata"]["name"] = json!(namespace);
                 continue;
             }
-            let cluster_scoped =
-                matches!(kind.as_str(), "CustomResourceDefinition" | "ClusterRole" | "ClusterRoleBinding" | "PersistentVolume" | "StorageClass");
+            let cluster_scoped = matches!(
+                kind.as_str(),
+                "CustomResourceDefinition"
+                    | "ClusterRole"
+                    | "ClusterRoleBinding"
+                    | "PersistentVolume"
+                    | "StorageClass"
+            );
             if !cluster_scoped {
                 object["metadata"]["namespace"] = json!(namespace);
             }
@@ -187,11 +215,17 @@ impl KubeRestorePlan {
             let is_custom = !BUILTIN_GROUPS.contains(&group_of(&object));
             let bucket = match kind.as_str() {
                 "CustomResourceDefinition" => 1,
-                "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding" => 2,
+                "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole"
+                | "ClusterRoleBinding" => 2,
                 "Secret" => 3,
                 "ConfigMap" => 4,
                 "PersistentVolumeClaim" => 5,
-                "StatefulSet" if Some(&object) == postgres.as_ref().map(|p| with_ns(p, namespace)).as_ref() => 6,
+                "StatefulSet"
+                    if Some(&object)
+                        == postgres.as_ref().map(|p| with_ns(p, namespace)).as_ref() =>
+                {
+                    6
+                }
                 "Service" if postgres.as_ref().is_some_and(|p| selects(&object, p)) => 6,
                 "Deployment" if name_of(&object) == roles.redis_deployment => 8,
                 "Service" if redis.as_ref().is_some_and(|r| selects(&object, r)) => 8,
@@ -233,13 +267,21 @@ impl KubeRestorePlan {
             steps.push(wait("pvcs", StepKind::WaitBound, &pvcs));
         }
         if let Some(objects) = buckets.remove(&6) {
-            let workloads: Vec<Value> = objects.iter().filter(|o| kind_of(o) == "StatefulSet").cloned().collect();
+            let workloads: Vec<Value> = objects
+                .iter()
+                .filter(|o| kind_of(o) == "StatefulSet")
+                .cloned()
+                .collect();
             steps.push(apply("postgresql", objects));
             steps.push(wait("postgresql", StepKind::WaitReady, &workloads));
         }
         steps.push(wait("database", StepKind::RestoreDatabase, &[]));
         if let Some(objects) = buckets.remove(&8) {
-            let workloads: Vec<Value> = objects.iter().filter(|o| kind_of(o) == "Deployment").cloned().collect();
+            let workloads: Vec<Value> = objects
+                .iter()
+                .filter(|o| kind_of(o) == "Deployment")
+                .cloned()
+                .collect();
             steps.push(apply("redis", objects));
             steps.push(wait("redis", StepKind::WaitReady, &workloads));
             steps.push(wait("redis", StepKind::RestoreRedis, &[]));
@@ -251,7 +293,12 @@ impl KubeRestorePlan {
             steps.push(apply("custom-resources", objects));
         }
         steps.push(wait("pods", StepKind::WaitAllPodsReady, &[]));
-        Ok(Self { namespace: namespace.to_owned(), backup_id: backup_id.to_owned(), steps, replicas: replicas.clone() })
+        Ok(Self {
+            namespace: namespace.to_owned(),
+            backup_id: backup_id.to_owned(),
+            steps,
+            replicas: replicas.clone(),
+        })
     }
 }
 
@@ -263,7 +310,11 @@ fn with_ns(object: &Value, namespace: &str) -> Value {
 
 impl fmt::Display for KubeRestorePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(f, "kubernetes restore into namespace {} from backup {}", self.namespace, self.backup_id)?;
+        writeln!(
+            f,
+            "kubernetes restore into namespace {} from backup {}",
+            self.namespace, self.backup_id
+        )?;
         for (i, step) in self.steps.iter().enumerate() {
             let what = match step.kind {
                 StepKind::Apply => "apply",
@@ -279,8 +330,16 @@ impl fmt::Display for KubeRestorePlan {
             }
         }
         if !self.replicas.is_empty() {
-            let counts: Vec<String> = self.replicas.iter().map(|(n, r)| format!("{n}={r}")).collect();
-            writeln!(f, "  replicas from the quiesce record: {}", counts.join(", "))?;
+            let counts: Vec<String> = self
+                .replicas
+                .iter()
+                .map(|(n, r)| format!("{n}={r}"))
+                .collect();
+            writeln!(
+                f,
+                "  replicas from the quiesce record: {}",
+                counts.join(", ")
+            )?;
         }
         Ok(())
     }
@@ -290,10 +349,14 @@ impl fmt::Display for KubeRestorePlan {
 /// and Redis in the rebuilt cluster).
 pub trait DataRestorer: Send {
     /// Restores the database; called once the PostgreSQL StatefulSet is Ready.
-    fn restore_database(&mut self) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
+    fn restore_database(
+        &mut self,
+    ) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
 
     /// Restores Redis data; called once the Redis Deployment is Ready.
-    fn restore_redis(&mut self) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
+    fn restore_redis(
+        &mut self,
+    ) -> impl Future<Output = Result<(), Box<dyn std::error::Error + Send + Sync>>> + Send;
 }
 
 /// Deadlines of the waits. Defaults follow the runbook (`kubectl wait --timeout=300s`; pods
@@ -339,7 +402,12 @@ pub struct KubeRestoreOptions {
 
 impl Default for KubeRestoreOptions {
     fn default() -> Self {
-        Self { force: false, dry_run: false, field_manager: "rebuild-rehearsal".to_owned(), waits: Waits::default() }
+        Self {
+            force: false,
+            dry_run: false,
+            field_manager: "rebuild-rehearsal".to_owned(),
+            waits: Waits::default(),
+        }
     }
 }
 
@@ -366,28 +434,53 @@ pub struct KubeRestoreReport {
 }
 
 /// The Deployments and StatefulSets of the namespace.
-async fn workloads_in(client: &kube::Client, namespace: &str) -> Result<Vec<(&'static str, String)>, RestoreError> {
+async fn workloads_in(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Vec<(&'static str, String)>, RestoreError> {
     let mut out = Vec::new();
     let sts: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    for s in sts.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list statefulsets in {namespace}")))? {
+    for s in sts
+        .list(&ListParams::default())
+        .await
+        .map_err(RestoreError::kube(format!(
+            "list statefulsets in {namespace}"
+        )))?
+    {
         out.push(("StatefulSet", s.metadata.name.unwrap_or_default()));
     }
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-    for d in deployments.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list deployments in {namespace}")))? {
+    for d in deployments
+        .list(&ListParams::default())
+        .await
+        .map_err(RestoreError::kube(format!(
+            "list deployments in {namespace}"
+        )))?
+    {
         out.push(("Deployment", d.metadata.name.unwrap_or_default()));
     }
     Ok(out)
 }
 
 /// The claims that pods of the namespace mount.
-async fn claims_in_use(client: &kube::Client, namespace: &str) -> Result<std::collections::BTreeSet<String>, RestoreError> {
+async fn claims_in_use(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<std::collections::BTreeSet<String>, RestoreError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = api.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
+    let pods = api
+        .list(&ListParams::default())
+        .await
+        .map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
     Ok(pods
         .items
         .iter()
         .flat_map(|p| p.spec.iter().flat_map(|s| s.volumes.iter().flatten()))
-        .filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
+        .filter_map(|v| {
+            v.persistent_volume_claim
+                .as_ref()
+                .map(|c| c.claim_name.clone())
+        })
         .collect())
 }
 
@@ -398,8 +491,17 @@ struct Resolver {
 }
 
 impl Resolver {
-    async fn resolve(&mut self, object: &Value, deadline: Duration, poll: Duration) -> Result<(ApiResource, ApiCapabilities), RestoreError> {
-        let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
+    async fn resolve(
+        &mut self,
+        object: &Value,
+        deadline: Duration,
+        poll: Duration,
+    ) -> Result<(ApiResource, ApiCapabilities), RestoreError> {
+        let api_version = object
+            .get("apiVersion")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_owned();
         let kind = kind_of(object).to_owned();
         if let Some(found) = self.cache.get(&(api_version.clone(), kind.clone())) {
             return Ok(found.clone());
@@ -418,7 +520,9 @@ impl Resolver {
                     return Err(RestoreError::NotReady {
                         what: format!("API kind {kind} ({api_version})"),
                         seconds: deadline.as_secs(),
-                        detail: format!("the server does not serve it ({err}); is its CustomResourceDefinition in the backup?"),
+                        detail: format!(
+                            "the server does not serve it ({err}); is its CustomResourceDefinition in the backup?"
+                        ),
                     });
                 }
                 Err(_) => tokio::time::sleep(poll).await,
@@ -427,8 +531,18 @@ impl Resolver {
     }
 }
 
-fn dynamic_api(client: &kube::Client, resource: &ApiResource, caps: &ApiCapabilities, object: &Value) -> Api<DynamicObject> {
-    match (caps.scope.clone(), object.pointer("/metadata/namespace").and_then(Value::as_str)) {
+fn dynamic_api(
+    client: &kube::Client,
+    resource: &ApiResource,
+    caps: &ApiCapabilities,
+    object: &Value,
+) -> Api<DynamicObject> {
+    match (
+        caps.scope.clone(),
+        object
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str),
+    ) {
         (Scope::Namespaced, Some(ns)) => Api::namespaced_with(client.clone(), ns, resource),
         _ => Api::all_with(client.clone(), resource),
     }
@@ -436,37 +550,76 @@ fn dynamic_api(client: &kube::Client, resource: &ApiResource, caps: &ApiCapabili
 
 /// Refuses a namespace with workloads unless it is being restored from the same backup or
 /// `force` is set.
-async fn check_namespace(client: &kube::Client, plan: &KubeRestorePlan, force: bool) -> Result<(), RestoreError> {
+async fn check_namespace(
+    client: &kube::Client,
+    plan: &KubeRestorePlan,
+    force: bool,
+) -> Result<(), RestoreError> {
     let ns = &plan.namespace;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let Some(existing) = namespaces.get_opt(ns).await.map_err(RestoreError::kube(format!("get namespace {ns}")))? else {
+    let Some(existing) = namespaces
+        .get_opt(ns)
+        .await
+        .map_err(RestoreError::kube(format!("get namespace {ns}")))?
+    else {
         return Ok(());
     };
-    let marked = existing.metadata.annotations.as_ref().and_then(|a| a.get(RESTORE_ANNOTATION));
+    let marked = existing
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(RESTORE_ANNOTATION));
     if force || marked == Some(&plan.backup_id) {
         return Ok(());
     }
     let mut held = Vec::new();
     let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
-    for d in deployments.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list deployments in {ns}")))? {
-        held.push(format!("Deployment {}", d.metadata.name.unwrap_or_default()));
+    for d in deployments
+        .list(&ListParams::default())
+        .await
+        .map_err(RestoreError::kube(format!("list deployments in {ns}")))?
+    {
+        held.push(format!(
+            "Deployment {}",
+            d.metadata.name.unwrap_or_default()
+        ));
     }
     let statefulsets: Api<StatefulSet> = Api::namespaced(client.clone(), ns);
-    for s in statefulsets.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list statefulsets in {ns}")))? {
-        held.push(format!("StatefulSet {}", s.metadata.name.unwrap_or_default()));
+    for s in statefulsets
+        .list(&ListParams::default())
+        .await
+        .map_err(RestoreError::kube(format!("list statefulsets in {ns}")))?
+    {
+        held.push(format!(
+            "StatefulSet {}",
+            s.metadata.name.unwrap_or_default()
+        ));
     }
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), ns);
-    for c in claims.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list claims in {ns}")))? {
-        held.push(format!("PersistentVolumeClaim {}", c.metadata.name.unwrap_or_default()));
+    for c in claims
+        .list(&ListParams::default())
+        .await
+        .map_err(RestoreError::kube(format!("list claims in {ns}")))?
+    {
+        held.push(format!(
+            "PersistentVolumeClaim {}",
+            c.metadata.name.unwrap_or_default()
+        ));
     }
     if held.is_empty() {
         return Ok(());
     }
     let detail = match marked {
-        Some(other) => format!("restored earlier from backup {other}; holds {}", held.join(", ")),
+        Some(other) => format!(
+            "restored earlier from backup {other}; holds {}",
+            held.join(", ")
+        ),
         None => format!("holds {}", held.join(", ")),
     };
-    Err(RestoreError::NotEmpty { target: format!("namespace {ns}"), detail })
+    Err(RestoreError::NotEmpty {
+        target: format!("namespace {ns}"),
+        detail,
+    })
 }
 
 /// Runs `plan` against the cluster behind `client`: server-side apply per step, the waits
@@ -484,11 +637,17 @@ pub async fn restore_kubernetes(
     options: &KubeRestoreOptions,
 ) -> Result<KubeRestoreReport, RestoreError> {
     let started = Instant::now();
-    let mut report = KubeRestoreReport { dry_run: options.dry_run, ..KubeRestoreReport::default() };
+    let mut report = KubeRestoreReport {
+        dry_run: options.dry_run,
+        ..KubeRestoreReport::default()
+    };
     if !options.dry_run {
         check_namespace(client, plan, options.force).await?;
     }
-    let mut resolver = Resolver { client: client.clone(), cache: HashMap::new() };
+    let mut resolver = Resolver {
+        client: client.clone(),
+        cache: HashMap::new(),
+    };
     let waits = &options.waits;
     let params = PatchParams::apply(&options.field_manager).force();
     // Claims whose storage class binds on first consumer (kind's local-path does): they cannot
@@ -501,16 +660,28 @@ pub async fn restore_kubernetes(
         match step.kind {
             StepKind::Apply => {
                 for object in &step.manifests {
-                    let (resource, caps) = resolver.resolve(object, waits.crd_established, waits.poll).await?;
+                    let (resource, caps) = resolver
+                        .resolve(object, waits.crd_established, waits.poll)
+                        .await?;
                     let api = dynamic_api(client, &resource, &caps, object);
                     let name = name_of(object);
                     let shown = label(object);
-                    let exists = api.get_opt(name).await.map_err(RestoreError::kube(format!("get {shown}")))?.is_some();
-                    if exists { report.replaced.push(shown.clone()) } else { report.created.push(shown.clone()) }
+                    let exists = api
+                        .get_opt(name)
+                        .await
+                        .map_err(RestoreError::kube(format!("get {shown}")))?
+                        .is_some();
+                    if exists {
+                        report.replaced.push(shown.clone())
+                    } else {
+                        report.created.push(shown.clone())
+                    }
                     if options.dry_run {
                         continue;
                     }
-                    api.patch(name, &params, &Patch::Apply(object)).await.map_err(RestoreError::kube(format!("apply {shown}")))?;
+                    api.patch(name, &params, &Patch::Apply(object))
+                        .await
+                        .map_err(RestoreError::kube(format!("apply {shown}")))?;
                 }
             }
             _ if options.dry_run => {}
@@ -518,7 +689,10 @@ pub async fn restore_kubernetes(
                 for object in &step.objects {
                     let name = object.rsplit('/').next().unwrap_or_default();
                     if !wait_pvc_bound(client, &plan.namespace, name, waits, true).await? {
-                        tracing::info!(pvc = name, "storage class binds on first consumer; checking Bound after the pods");
+                        tracing::info!(
+                            pvc = name,
+                            "storage class binds on first consumer; checking Bound after the pods"
+                        );
                         deferred.push(name.to_owned());
                     }
                 }
@@ -531,21 +705,37 @@ pub async fn restore_kubernetes(
                 }
             }
             StepKind::RestoreDatabase => {
-                data.restore_database().await.map_err(|source| RestoreError::Step { step: "database restore".to_owned(), source })?;
+                data.restore_database()
+                    .await
+                    .map_err(|source| RestoreError::Step {
+                        step: "database restore".to_owned(),
+                        source,
+                    })?;
                 report.db_restore_seconds = Some(step_started.elapsed().as_secs_f64());
             }
             StepKind::RestoreRedis => {
-                data.restore_redis().await.map_err(|source| RestoreError::Step { step: "redis restore".to_owned(), source })?;
+                data.restore_redis()
+                    .await
+                    .map_err(|source| RestoreError::Step {
+                        step: "redis restore".to_owned(),
+                        source,
+                    })?;
             }
             StepKind::WaitAllPodsReady => {
                 // Every workload at its replica count first (a Deployment that has not created
                 // its pods yet has no pod to be un-Ready), then every pod, within one deadline.
                 let deadline = Instant::now() + waits.pods_ready;
                 for (kind, name) in workloads_in(client, &plan.namespace).await? {
-                    let remaining = Waits { workload_ready: deadline.saturating_duration_since(Instant::now()), ..waits.clone() };
+                    let remaining = Waits {
+                        workload_ready: deadline.saturating_duration_since(Instant::now()),
+                        ..waits.clone()
+                    };
                     wait_workload_ready(client, &plan.namespace, kind, &name, &remaining).await?;
                 }
-                let remaining = Waits { pods_ready: deadline.saturating_duration_since(Instant::now()), ..waits.clone() };
+                let remaining = Waits {
+                    pods_ready: deadline.saturating_duration_since(Instant::now()),
+                    ..waits.clone()
+                };
                 wait_pods_ready(client, &plan.namespace, &remaining).await?;
                 let consumed = claims_in_use(client, &plan.namespace).await?;
                 for name in &deferred {
@@ -559,7 +749,10 @@ pub async fn restore_kubernetes(
                 report.pods_ready_seconds = Some(step_started.elapsed().as_secs_f64());
             }
         }
-        report.step_seconds.push((format!("{}:{:?}", step.phase, step.kind), step_started.elapsed().as_secs_f64()));
+        report.step_seconds.push((
+            format!("{}:{:?}", step.phase, step.kind),
+            step_started.elapsed().as_secs_f64(),
+        ));
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
@@ -570,20 +763,39 @@ pub async fn restore_kubernetes(
 ///
 /// # Errors
 /// [`RestoreError::Kube`] when the pods cannot be listed.
-pub async fn observe_pods(client: &kube::Client, namespace: &str) -> Result<Vec<crate::verify::PodObservation>, RestoreError> {
+pub async fn observe_pods(
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<Vec<crate::verify::PodObservation>, RestoreError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = api.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
+    let pods = api
+        .list(&ListParams::default())
+        .await
+        .map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
     let mut out: Vec<crate::verify::PodObservation> = pods
         .items
         .iter()
         .map(|pod| {
-            let statuses = pod.status.as_ref().and_then(|s| s.container_statuses.clone()).unwrap_or_default();
+            let statuses = pod
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default();
             crate::verify::PodObservation {
-                name: format!("{namespace}/{}", pod.metadata.name.clone().unwrap_or_default()),
-                restarts: statuses.iter().map(|c| u32::try_from(c.restart_count).unwrap_or(0)).sum(),
-                waiting_reason: statuses
+                name: format!(
+                    "{namespace}/{}",
+                    pod.metadata.name.clone().unwrap_or_default()
+                ),
+                restarts: statuses
                     .iter()
-                    .find_map(|c| c.state.as_ref().and_then(|s| s.waiting.as_ref()).and_then(|w| w.reason.clone())),
+                    .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
+                    .sum(),
+                waiting_reason: statuses.iter().find_map(|c| {
+                    c.state
+                        .as_ref()
+                        .and_then(|s| s.waiting.as_ref())
+                        .and_then(|w| w.reason.clone())
+                }),
                 ready: pod_ready(pod),
             }
         })
@@ -597,13 +809,25 @@ async fn events_for(client: &kube::Client, namespace: &str, name: &str) -> Vec<S
     let api: Api<Event> = Api::namespaced(client.clone(), namespace);
     let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
     let mut events = api.list(&params).await.map(|l| l.items).unwrap_or_default();
-    events.sort_by_key(|e| e.metadata.resource_version.clone().and_then(|v| v.parse::<u64>().ok()).unwrap_or(0));
+    events.sort_by_key(|e| {
+        e.metadata
+            .resource_version
+            .clone()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    });
     events
         .iter()
         .rev()
         .take(5)
         .rev()
-        .map(|e| format!("{}: {}", e.reason.clone().unwrap_or_default(), e.message.clone().unwrap_or_default()))
+        .map(|e| {
+            format!(
+                "{}: {}",
+                e.reason.clone().unwrap_or_default(),
+                e.message.clone().unwrap_or_default()
+            )
+        })
         .collect()
 }
 
@@ -613,10 +837,31 @@ async fn explain_pod(client: &kube::Client, pod: &Pod) -> String {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let status = pod.status.clone().unwrap_or_default();
-    let mut parts = vec![format!("phase {}", status.phase.clone().unwrap_or_else(|| "Unknown".to_owned()))];
-    for c in status.conditions.iter().flatten().filter(|c| c.status != "True") {
-        let why = [c.reason.clone(), c.message.clone()].into_iter().flatten().collect::<Vec<_>>().join(": ");
-        parts.push(format!("{} {}{}", c.type_, c.status, if why.is_empty() { String::new() } else { format!(" ({why})") }));
+    let mut parts = vec![format!(
+        "phase {}",
+        status.phase.clone().unwrap_or_else(|| "Unknown".to_owned())
+    )];
+    for c in status
+        .conditions
+        .iter()
+        .flatten()
+        .filter(|c| c.status != "True")
+    {
+        let why = [c.reason.clone(), c.message.clone()]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(": ");
+        parts.push(format!(
+            "{} {}{}",
+            c.type_,
+            c.status,
+            if why.is_empty() {
+                String::new()
+            } else {
+                format!(" ({why})")
+            }
+        ));
     }
     for cs in status.container_statuses.iter().flatten() {
         if let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
@@ -624,7 +869,11 @@ async fn explain_pod(client: &kube::Client, pod: &Pod) -> String {
                 "container {} waiting: {}{} (restarts {})",
                 cs.name,
                 waiting.reason.clone().unwrap_or_default(),
-                waiting.message.clone().map(|m| format!(": {m}")).unwrap_or_default(),
+                waiting
+                    .message
+                    .clone()
+                    .map(|m| format!(": {m}"))
+                    .unwrap_or_default(),
                 cs.restart_count
             ));
         }
@@ -634,10 +883,22 @@ async fn explain_pod(client: &kube::Client, pod: &Pod) -> String {
         parts.push(format!("events: {}", events.join(" | ")));
     }
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    if let Ok(logs) = pods.logs(&name, &LogParams { tail_lines: Some(5), ..LogParams::default() }).await {
+    if let Ok(logs) = pods
+        .logs(
+            &name,
+            &LogParams {
+                tail_lines: Some(5),
+                ..LogParams::default()
+            },
+        )
+        .await
+    {
         let logs = logs.trim();
         if !logs.is_empty() {
-            parts.push(format!("last log lines: {}", logs.lines().collect::<Vec<_>>().join(" / ")));
+            parts.push(format!(
+                "last log lines: {}",
+                logs.lines().collect::<Vec<_>>().join(" / ")
+            ));
         }
     }
     format!("pod {name}: {}", parts.join("; "))
@@ -663,22 +924,36 @@ async fn wait_pvc_bound(
     let api: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     loop {
-        let pvc = api.get(name).await.map_err(RestoreError::kube(format!("get PersistentVolumeClaim {namespace}/{name}")))?;
+        let pvc = api.get(name).await.map_err(RestoreError::kube(format!(
+            "get PersistentVolumeClaim {namespace}/{name}"
+        )))?;
         let class = pvc.spec.as_ref().and_then(|s| s.storage_class_name.clone());
-        let phase = pvc.status.and_then(|s| s.phase).unwrap_or_else(|| "Pending".to_owned());
+        let phase = pvc
+            .status
+            .and_then(|s| s.phase)
+            .unwrap_or_else(|| "Pending".to_owned());
         if phase == "Bound" {
             return Ok(true);
         }
         if may_defer && let Some(class) = class {
             let classes: Api<StorageClass> = Api::all(client.clone());
-            let mode = classes.get_opt(&class).await.ok().flatten().and_then(|c| c.volume_binding_mode);
+            let mode = classes
+                .get_opt(&class)
+                .await
+                .ok()
+                .flatten()
+                .and_then(|c| c.volume_binding_mode);
             if mode.as_deref() == Some("WaitForFirstConsumer") {
                 return Ok(false);
             }
         }
         if started.elapsed() >= waits.pvc_bound {
             let events = events_for(client, namespace, name).await;
-            let events = if events.is_empty() { "no events".to_owned() } else { events.join(" | ") };
+            let events = if events.is_empty() {
+                "no events".to_owned()
+            } else {
+                events.join(" | ")
+            };
             return Err(RestoreError::NotReady {
                 what: format!("PersistentVolumeClaim {namespace}/{name}"),
                 seconds: waits.pvc_bound.as_secs(),
@@ -689,28 +964,60 @@ async fn wait_pvc_bound(
     }
 }
 
-async fn wait_workload_ready(client: &kube::Client, namespace: &str, kind: &str, name: &str, waits: &Waits) -> Result<(), RestoreError> {
+async fn wait_workload_ready(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+    waits: &Waits,
+) -> Result<(), RestoreError> {
     let started = Instant::now();
     loop {
         let (want, ready, selector) = match kind {
             "StatefulSet" => {
                 let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-                let s = api.get(name).await.map_err(RestoreError::kube(format!("get StatefulSet {namespace}/{name}")))?;
+                let s = api.get(name).await.map_err(RestoreError::kube(format!(
+                    "get StatefulSet {namespace}/{name}"
+                )))?;
                 let want = s.spec.replicas.unwrap_or(1);
                 // A status older than the spec (the controller has not seen the apply yet) says nothing.
-                let observed = s.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
+                let observed = s
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation)
+                    .unwrap_or(0);
                 let current = observed >= s.metadata.generation.unwrap_or(0);
-                let ready = if current { s.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) } else { -1 };
+                let ready = if current {
+                    s.status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0)
+                } else {
+                    -1
+                };
                 (want, ready, s.spec.selector.match_labels.clone())
             }
             _ => {
                 let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                let d = api.get(name).await.map_err(RestoreError::kube(format!("get Deployment {namespace}/{name}")))?;
+                let d = api.get(name).await.map_err(RestoreError::kube(format!(
+                    "get Deployment {namespace}/{name}"
+                )))?;
                 let want = d.spec.replicas.unwrap_or(1);
                 // A status older than the spec (the controller has not seen the apply yet) says nothing.
-                let observed = d.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0);
+                let observed = d
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.observed_generation)
+                    .unwrap_or(0);
                 let current = observed >= d.metadata.generation.unwrap_or(0);
-                let ready = if current { d.status.as_ref().and_then(|s| s.ready_replicas).unwrap_or(0) } else { -1 };
+                let ready = if current {
+                    d.status
+                        .as_ref()
+                        .and_then(|s| s.ready_replicas)
+                        .unwrap_or(0)
+                } else {
+                    -1
+                };
                 (want, ready, d.spec.selector.match_labels.clone())
             }
         };
@@ -730,10 +1037,21 @@ async fn wait_workload_ready(client: &kube::Client, namespace: &str, kind: &str,
                 .map(|(k, v)| format!("{k}={v}"))
                 .collect::<Vec<_>>()
                 .join(",");
-            let listed = pods.list(&ListParams::default().labels(&selector)).await.map(|l| l.items).unwrap_or_default();
+            let listed = pods
+                .list(&ListParams::default().labels(&selector))
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default();
             if listed.is_empty() {
                 let events = events_for(client, namespace, name).await;
-                detail.push(format!("no pods; {}", if events.is_empty() { "no events".to_owned() } else { events.join(" | ") }));
+                detail.push(format!(
+                    "no pods; {}",
+                    if events.is_empty() {
+                        "no events".to_owned()
+                    } else {
+                        events.join(" | ")
+                    }
+                ));
             }
             for pod in listed.iter().filter(|p| !pod_ready(p)) {
                 detail.push(explain_pod(client, pod).await);
@@ -748,11 +1066,18 @@ async fn wait_workload_ready(client: &kube::Client, namespace: &str, kind: &str,
     }
 }
 
-async fn wait_pods_ready(client: &kube::Client, namespace: &str, waits: &Waits) -> Result<(), RestoreError> {
+async fn wait_pods_ready(
+    client: &kube::Client,
+    namespace: &str,
+    waits: &Waits,
+) -> Result<(), RestoreError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let started = Instant::now();
     loop {
-        let pods = api.list(&ListParams::default()).await.map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
+        let pods = api
+            .list(&ListParams::default())
+            .await
+            .map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
         let not_ready: Vec<&Pod> = pods.items.iter().filter(|p| !pod_ready(p)).collect();
         if not_ready.is_empty() {
             return Ok(());
@@ -796,8 +1121,17 @@ mod tests {
     /// The Titanium namespace as the backup writes it, in a scrambled order.
     fn titanium() -> Vec<Value> {
         vec![
-            obj("networking.istio.io/v1beta1", "VirtualService", "titanium-vs"),
-            workload("Deployment", "prod-user-service-deployment", "user-service", 0),
+            obj(
+                "networking.istio.io/v1beta1",
+                "VirtualService",
+                "titanium-vs",
+            ),
+            workload(
+                "Deployment",
+                "prod-user-service-deployment",
+                "user-service",
+                0,
+            ),
             service("prod-user-service", "user-service"),
             obj("batch/v1", "CronJob", "postgres-backup"),
             obj("monitoring.coreos.com/v1", "ServiceMonitor", "titanium"),
@@ -815,11 +1149,20 @@ mod tests {
     }
 
     fn check(plan: &KubeRestorePlan, expected: &[(&str, StepKind, &[&str])]) {
-        let got: Vec<(String, StepKind, Vec<String>)> =
-            plan.steps.iter().map(|s| (s.phase.clone(), s.kind, s.objects.clone())).collect();
+        let got: Vec<(String, StepKind, Vec<String>)> = plan
+            .steps
+            .iter()
+            .map(|s| (s.phase.clone(), s.kind, s.objects.clone()))
+            .collect();
         let want: Vec<(String, StepKind, Vec<String>)> = expected
             .iter()
-            .map(|(p, k, o)| ((*p).to_owned(), *k, o.iter().map(|s| (*s).to_owned()).collect()))
+            .map(|(p, k, o)| {
+                (
+                    (*p).to_owned(),
+                    *k,
+                    o.iter().map(|s| (*s).to_owned()).collect(),
+                )
+            })
             .collect();
         assert_eq!(got, want, "{plan}");
     }
@@ -827,34 +1170,81 @@ mod tests {
     #[test]
     fn titanium_restores_in_velero_order() {
         let replicas = BTreeMap::from([("prod-user-service-deployment".to_owned(), 2)]);
-        let plan = KubeRestorePlan::new(&titanium(), "titanium-prod", "b1", &replicas, &PlanRoles::default()).unwrap();
+        let plan = KubeRestorePlan::new(
+            &titanium(),
+            "titanium-prod",
+            "b1",
+            &replicas,
+            &PlanRoles::default(),
+        )
+        .unwrap();
         check(
             &plan,
             &[
                 ("namespace", StepKind::Apply, &["Namespace titanium-prod"]),
-                ("rbac", StepKind::Apply, &["RoleBinding titanium-prod/titanium", "ServiceAccount titanium-prod/titanium"]),
-                ("secrets", StepKind::Apply, &["Secret titanium-prod/postgresql-secret"]),
-                ("configmaps", StepKind::Apply, &["ConfigMap titanium-prod/app-config"]),
-                ("pvcs", StepKind::Apply, &["PersistentVolumeClaim titanium-prod/postgresql-pvc"]),
-                ("pvcs", StepKind::WaitBound, &["PersistentVolumeClaim titanium-prod/postgresql-pvc"]),
+                (
+                    "rbac",
+                    StepKind::Apply,
+                    &[
+                        "RoleBinding titanium-prod/titanium",
+                        "ServiceAccount titanium-prod/titanium",
+                    ],
+                ),
+                (
+                    "secrets",
+                    StepKind::Apply,
+                    &["Secret titanium-prod/postgresql-secret"],
+                ),
+                (
+                    "configmaps",
+                    StepKind::Apply,
+                    &["ConfigMap titanium-prod/app-config"],
+                ),
+                (
+                    "pvcs",
+                    StepKind::Apply,
+                    &["PersistentVolumeClaim titanium-prod/postgresql-pvc"],
+                ),
+                (
+                    "pvcs",
+                    StepKind::WaitBound,
+                    &["PersistentVolumeClaim titanium-prod/postgresql-pvc"],
+                ),
                 (
                     "postgresql",
                     StepKind::Apply,
-                    &["Service titanium-prod/postgresql-service", "StatefulSet titanium-prod/postgresql"],
+                    &[
+                        "Service titanium-prod/postgresql-service",
+                        "StatefulSet titanium-prod/postgresql",
+                    ],
                 ),
-                ("postgresql", StepKind::WaitReady, &["StatefulSet titanium-prod/postgresql"]),
+                (
+                    "postgresql",
+                    StepKind::WaitReady,
+                    &["StatefulSet titanium-prod/postgresql"],
+                ),
                 ("database", StepKind::RestoreDatabase, &[]),
                 (
                     "redis",
                     StepKind::Apply,
-                    &["Service titanium-prod/prod-redis-service", "Deployment titanium-prod/prod-redis-deployment"],
+                    &[
+                        "Service titanium-prod/prod-redis-service",
+                        "Deployment titanium-prod/prod-redis-deployment",
+                    ],
                 ),
-                ("redis", StepKind::WaitReady, &["Deployment titanium-prod/prod-redis-deployment"]),
+                (
+                    "redis",
+                    StepKind::WaitReady,
+                    &["Deployment titanium-prod/prod-redis-deployment"],
+                ),
                 ("redis", StepKind::RestoreRedis, &[]),
                 (
                     "workloads",
                     StepKind::Apply,
-                    &["Deployment titanium-prod/prod-user-service-deployment", "Service titanium-prod/prod-user-service"],
+                    &[
+                        "Deployment titanium-prod/prod-user-service-deployment",
+                        "Service titanium-prod/prod-user-service",
+                    ],
                 ),
                 (
                     "custom-resources",
@@ -869,10 +1259,21 @@ mod tests {
                 ("pods", StepKind::WaitAllPodsReady, &[]),
             ],
         );
-        let user = plan.steps[12].manifests.iter().find(|o| kind_of(o) == "Deployment").unwrap();
-        assert_eq!(user["spec"]["replicas"], json!(2), "replicas come back from the quiesce record");
+        let user = plan.steps[12]
+            .manifests
+            .iter()
+            .find(|o| kind_of(o) == "Deployment")
+            .unwrap();
+        assert_eq!(
+            user["spec"]["replicas"],
+            json!(2),
+            "replicas come back from the quiesce record"
+        );
         let ns = &plan.steps[0].manifests[0];
-        assert_eq!(ns["metadata"]["annotations"][RESTORE_ANNOTATION], json!("b1"));
+        assert_eq!(
+            ns["metadata"]["annotations"][RESTORE_ANNOTATION],
+            json!("b1")
+        );
     }
 
     #[test]
@@ -880,23 +1281,53 @@ mod tests {
         let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
             "metadata": {"name": "gateways.networking.istio.io"}});
         let objects = vec![obj("v1", "ConfigMap", "c"), crd];
-        let plan = KubeRestorePlan::new(&objects, "rehearsal-1", "b", &BTreeMap::new(), &PlanRoles::default()).unwrap();
+        let plan = KubeRestorePlan::new(
+            &objects,
+            "rehearsal-1",
+            "b",
+            &BTreeMap::new(),
+            &PlanRoles::default(),
+        )
+        .unwrap();
         let phases: Vec<&str> = plan.steps.iter().map(|s| s.phase.as_str()).collect();
-        assert_eq!(phases, ["namespace", "crds", "configmaps", "database", "pods"]);
-        assert_eq!(plan.steps[2].manifests[0]["metadata"]["namespace"], json!("rehearsal-1"));
-        assert!(plan.steps[1].manifests[0]["metadata"].get("namespace").is_none(), "CRDs are cluster-scoped");
+        assert_eq!(
+            phases,
+            ["namespace", "crds", "configmaps", "database", "pods"]
+        );
+        assert_eq!(
+            plan.steps[2].manifests[0]["metadata"]["namespace"],
+            json!("rehearsal-1")
+        );
+        assert!(
+            plan.steps[1].manifests[0]["metadata"]
+                .get("namespace")
+                .is_none(),
+            "CRDs are cluster-scoped"
+        );
     }
 
     #[test]
     fn an_object_without_a_name_is_refused() {
         let bad = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {}});
-        let err = KubeRestorePlan::new(&[bad], "ns", "b", &BTreeMap::new(), &PlanRoles::default()).unwrap_err();
-        assert!(err.to_string().contains("needs apiVersion, kind and metadata.name"), "{err}");
+        let err = KubeRestorePlan::new(&[bad], "ns", "b", &BTreeMap::new(), &PlanRoles::default())
+            .unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("needs apiVersion, kind and metadata.name"),
+            "{err}"
+        );
     }
 
     #[test]
     fn the_plan_prints_every_step_in_order() {
-        let plan = KubeRestorePlan::new(&titanium(), "titanium-prod", "b1", &BTreeMap::new(), &PlanRoles::default()).unwrap();
+        let plan = KubeRestorePlan::new(
+            &titanium(),
+            "titanium-prod",
+            "b1",
+            &BTreeMap::new(),
+            &PlanRoles::default(),
+        )
+        .unwrap();
         let text = plan.to_string();
         let pvc = text.find("wait until Bound").unwrap();
         let db = text.find("restore the database").unwrap();

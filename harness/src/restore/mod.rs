@@ -22,13 +22,13 @@ mod kubernetes;
 mod redis;
 
 pub use database::{
-    DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState,
-    plan_database_restore, restore_database,
+    DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow,
+    PlannedAction, TargetState, plan_database_restore, restore_database,
 };
 pub use error::RestoreError;
-pub use redis::replay_rdb;
 pub use inputs::RestoreInputs;
 pub use kubernetes::{
-    DataRestorer, KubeRestoreOptions, KubeRestorePlan, KubeRestoreReport, PlanRoles, PlanStep, RESTORE_ANNOTATION, StepKind,
-    Waits, observe_pods, restore_kubernetes,
+    DataRestorer, KubeRestoreOptions, KubeRestorePlan, KubeRestoreReport, PlanRoles, PlanStep,
+    RESTORE_ANNOTATION, StepKind, Waits, observe_pods, restore_kubernetes,
 };
+pub use redis::replay_rdb;

@@ -11,7 +11,10 @@ use super::RestoreError;
 use crate::keep::ScratchDir;
 
 fn redis_err(what: &str) -> impl FnOnce(redis::RedisError) -> RestoreError + '_ {
-    move |source| RestoreError::Redis { what: what.to_owned(), source }
+    move |source| RestoreError::Redis {
+        what: what.to_owned(),
+        source,
+    }
 }
 
 /// Copies every key of `rdb` into the Redis at `target` (a `redis://` URL) and returns how many
@@ -21,13 +24,32 @@ fn redis_err(what: &str) -> impl FnOnce(redis::RedisError) -> RestoreError + '_ 
 /// [`RestoreError::Spawn`] without redis-server, [`RestoreError::RdbUnreadable`] for a file it
 /// refuses, [`RestoreError::Redis`] when the target refuses a key.
 pub async fn replay_rdb(rdb: &Path, target: &str) -> Result<u64, RestoreError> {
-    let unreadable = |detail: String| RestoreError::RdbUnreadable { path: rdb.to_path_buf(), detail };
-    let dir = ScratchDir::new("harness-redis-replay-", "scratch redis for an RDB replay")
-        .map_err(|source| RestoreError::Spawn { tool: "mkdir".into(), source })?;
+    let unreadable = |detail: String| RestoreError::RdbUnreadable {
+        path: rdb.to_path_buf(),
+        detail,
+    };
+    let dir = ScratchDir::new("harness-redis-replay-", "scratch redis for an RDB replay").map_err(
+        |source| RestoreError::Spawn {
+            tool: "mkdir".into(),
+            source,
+        },
+    )?;
     std::fs::copy(rdb, dir.path().join("dump.rdb")).map_err(|err| unreadable(err.to_string()))?;
     let socket = dir.path().join("redis.sock");
     let mut server = tokio::process::Command::new("redis-server")
-        .args(["--port", "0", "--unixsocketperm", "700", "--save", "", "--appendonly", "no", "--dbfilename", "dump.rdb", "--dir"])
+        .args([
+            "--port",
+            "0",
+            "--unixsocketperm",
+            "700",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dbfilename",
+            "dump.rdb",
+            "--dir",
+        ])
         .arg(dir.path())
         .arg("--unixsocket")
         .arg(&socket)
@@ -35,12 +57,19 @@ pub async fn replay_rdb(rdb: &Path, target: &str) -> Result<u64, RestoreError> {
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .map_err(|source| RestoreError::Spawn { tool: "redis-server (apt-get install redis-server)".into(), source })?;
-    let source = redis::Client::open(format!("redis+unix://{}", socket.display())).map_err(redis_err("open the scratch redis"))?;
+        .map_err(|source| RestoreError::Spawn {
+            tool: "redis-server (apt-get install redis-server)".into(),
+            source,
+        })?;
+    let source = redis::Client::open(format!("redis+unix://{}", socket.display()))
+        .map_err(redis_err("open the scratch redis"))?;
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut from = loop {
         if let Ok(mut conn) = source.get_multiplexed_async_connection().await
-            && redis::cmd("PING").query_async::<String>(&mut conn).await.is_ok()
+            && redis::cmd("PING")
+                .query_async::<String>(&mut conn)
+                .await
+                .is_ok()
         {
             break conn;
         }
@@ -57,10 +86,22 @@ pub async fn replay_rdb(rdb: &Path, target: &str) -> Result<u64, RestoreError> {
         .get_multiplexed_async_connection()
         .await
         .map_err(redis_err("connect to the target"))?;
-    let keys: Vec<Vec<u8>> = redis::cmd("KEYS").arg("*").query_async(&mut from).await.map_err(redis_err("list the RDB's keys"))?;
+    let keys: Vec<Vec<u8>> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut from)
+        .await
+        .map_err(redis_err("list the RDB's keys"))?;
     for key in &keys {
-        let dump: Vec<u8> = redis::cmd("DUMP").arg(key).query_async(&mut from).await.map_err(redis_err("DUMP a key"))?;
-        let ttl: i64 = redis::cmd("PTTL").arg(key).query_async(&mut from).await.map_err(redis_err("PTTL a key"))?;
+        let dump: Vec<u8> = redis::cmd("DUMP")
+            .arg(key)
+            .query_async(&mut from)
+            .await
+            .map_err(redis_err("DUMP a key"))?;
+        let ttl: i64 = redis::cmd("PTTL")
+            .arg(key)
+            .query_async(&mut from)
+            .await
+            .map_err(redis_err("PTTL a key"))?;
         let what = format!("RESTORE {}", String::from_utf8_lossy(key));
         redis::cmd("RESTORE")
             .arg(key)

@@ -10,7 +10,10 @@ fn qualified(schema: &str, name: &str) -> String {
 }
 
 fn by_name(tables: &[TableFacts]) -> BTreeMap<String, &TableFacts> {
-    tables.iter().map(|t| (qualified(&t.schema, &t.name), t)).collect()
+    tables
+        .iter()
+        .map(|t| (qualified(&t.schema, &t.name), t))
+        .collect()
 }
 
 /// Findings for tables present on one side only; calls `compare` for tables on both.
@@ -25,8 +28,12 @@ fn per_table(
     for (name, want) in &expected {
         match restored.get(name) {
             None => findings.push(
-                Finding::new(name.clone(), FindingKind::Missing, "table is missing after restore")
-                    .values(format!("{} rows", want.rows), "no table"),
+                Finding::new(
+                    name.clone(),
+                    FindingKind::Missing,
+                    "table is missing after restore",
+                )
+                .values(format!("{} rows", want.rows), "no table"),
             ),
             Some(got) => compare(name, want, got, &mut findings),
         }
@@ -34,8 +41,12 @@ fn per_table(
     for (name, got) in &restored {
         if !expected.contains_key(name) {
             findings.push(
-                Finding::new(name.clone(), FindingKind::Unexpected, "table exists after restore but not in the backup")
-                    .values("no table", format!("{} rows", got.rows)),
+                Finding::new(
+                    name.clone(),
+                    FindingKind::Unexpected,
+                    "table exists after restore but not in the backup",
+                )
+                .values("no table", format!("{} rows", got.rows)),
             );
         }
     }
@@ -49,8 +60,12 @@ pub fn row_counts(expected: &[TableFacts], restored: &[TableFacts]) -> Verdict {
         if want.rows != got.rows {
             let diff = i128::from(got.rows) - i128::from(want.rows);
             findings.push(
-                Finding::new(name, FindingKind::Mismatch, format!("row count differs by {diff:+}"))
-                    .values(want.rows, got.rows),
+                Finding::new(
+                    name,
+                    FindingKind::Mismatch,
+                    format!("row count differs by {diff:+}"),
+                )
+                .values(want.rows, got.rows),
             );
         }
     });
@@ -63,13 +78,21 @@ pub fn digests(expected: &[TableFacts], restored: &[TableFacts]) -> Verdict {
     let findings = per_table(expected, restored, |name, want, got, findings| {
         if want.ordered_by != got.ordered_by {
             findings.push(
-                Finding::new(name, FindingKind::Incomparable, "digests were computed over different row orders")
-                    .values(want.ordered_by.join(","), got.ordered_by.join(",")),
+                Finding::new(
+                    name,
+                    FindingKind::Incomparable,
+                    "digests were computed over different row orders",
+                )
+                .values(want.ordered_by.join(","), got.ordered_by.join(",")),
             );
         } else if want.digest != got.digest {
             findings.push(
-                Finding::new(name, FindingKind::Mismatch, "content digest differs: at least one row changed")
-                    .values(&want.digest, &got.digest),
+                Finding::new(
+                    name,
+                    FindingKind::Mismatch,
+                    "content digest differs: at least one row changed",
+                )
+                .values(&want.digest, &got.digest),
             );
         }
     });
@@ -78,7 +101,11 @@ pub fn digests(expected: &[TableFacts], restored: &[TableFacts]) -> Verdict {
 
 /// The value `nextval` hands out next.
 fn next_value(seq: &SequenceFacts) -> i64 {
-    if seq.is_called { seq.last_value.saturating_add(1) } else { seq.last_value }
+    if seq.is_called {
+        seq.last_value.saturating_add(1)
+    } else {
+        seq.last_value
+    }
 }
 
 /// Sequences: every restored sequence's next value lies above the largest value of the column
@@ -87,18 +114,30 @@ fn next_value(seq: &SequenceFacts) -> i64 {
 /// backup missing after restore are findings too.
 pub fn sequences(backed_up: &[SequenceFacts], restored: &[SequenceFacts]) -> Verdict {
     let key = |s: &SequenceFacts| qualified(&s.schema, &s.name);
-    let restored_by: BTreeMap<String, &SequenceFacts> = restored.iter().map(|s| (key(s), s)).collect();
+    let restored_by: BTreeMap<String, &SequenceFacts> =
+        restored.iter().map(|s| (key(s), s)).collect();
     let mut findings = Vec::new();
     for want in backed_up {
         let name = key(want);
         match restored_by.get(&name) {
             None => findings.push(
-                Finding::new(&name, FindingKind::Missing, "sequence is missing after restore")
-                    .values(format!("next value {}", next_value(want)), "no sequence"),
+                Finding::new(
+                    &name,
+                    FindingKind::Missing,
+                    "sequence is missing after restore",
+                )
+                .values(format!("next value {}", next_value(want)), "no sequence"),
             ),
             Some(got) if next_value(got) < next_value(want) => findings.push(
-                Finding::new(&name, FindingKind::Mismatch, "sequence is behind its backed-up position")
-                    .values(format!("next value {}", next_value(want)), format!("next value {}", next_value(got))),
+                Finding::new(
+                    &name,
+                    FindingKind::Mismatch,
+                    "sequence is behind its backed-up position",
+                )
+                .values(
+                    format!("next value {}", next_value(want)),
+                    format!("next value {}", next_value(got)),
+                ),
             ),
             Some(_) => {}
         }
@@ -114,7 +153,10 @@ pub fn sequences(backed_up: &[SequenceFacts], restored: &[SequenceFacts]) -> Ver
                     FindingKind::Broken,
                     format!("next value is not above max({column}): the next insert would collide"),
                 )
-                .values(format!("next value > {max}"), format!("next value {}", next_value(got))),
+                .values(
+                    format!("next value > {max}"),
+                    format!("next value {}", next_value(got)),
+                ),
             );
         }
     }
@@ -185,8 +227,14 @@ mod tests {
         assert!(!verdict.passed);
         assert_eq!(verdict.findings.len(), 1);
         let f = &verdict.findings[0];
-        assert_eq!((f.subject.as_str(), f.kind), ("public.posts", FindingKind::Mismatch));
-        assert_eq!((f.expected.as_deref(), f.actual.as_deref()), (Some("10000"), Some("9999")));
+        assert_eq!(
+            (f.subject.as_str(), f.kind),
+            ("public.posts", FindingKind::Mismatch)
+        );
+        assert_eq!(
+            (f.expected.as_deref(), f.actual.as_deref()),
+            (Some("10000"), Some("9999"))
+        );
         assert!(f.detail.contains("-1"), "{}", f.detail);
     }
 
@@ -194,8 +242,18 @@ mod tests {
     fn missing_and_extra_tables_are_findings() {
         let restored = vec![table("users", 1000, "aa11"), table("comments", 0, "x")];
         let verdict = row_counts(&titanium(), &restored);
-        let kinds: Vec<_> = verdict.findings.iter().map(|f| (f.subject.as_str(), f.kind)).collect();
-        assert_eq!(kinds, [("public.posts", FindingKind::Missing), ("public.comments", FindingKind::Unexpected)]);
+        let kinds: Vec<_> = verdict
+            .findings
+            .iter()
+            .map(|f| (f.subject.as_str(), f.kind))
+            .collect();
+        assert_eq!(
+            kinds,
+            [
+                ("public.posts", FindingKind::Missing),
+                ("public.comments", FindingKind::Unexpected)
+            ]
+        );
     }
 
     #[test]
@@ -206,8 +264,14 @@ mod tests {
         let verdict = digests(&titanium(), &restored);
         assert_eq!(verdict.findings.len(), 1);
         let f = &verdict.findings[0];
-        assert_eq!((f.subject.as_str(), f.kind), ("public.users", FindingKind::Mismatch));
-        assert_eq!((f.expected.as_deref(), f.actual.as_deref()), (Some("aa11"), Some("aa12")));
+        assert_eq!(
+            (f.subject.as_str(), f.kind),
+            ("public.users", FindingKind::Mismatch)
+        );
+        assert_eq!(
+            (f.expected.as_deref(), f.actual.as_deref()),
+            (Some("aa11"), Some("aa12"))
+        );
     }
 
     #[test]
@@ -220,7 +284,10 @@ mod tests {
 
     #[test]
     fn sequences_pass_at_backed_up_values() {
-        let backed_up = vec![seq("users_id_seq", 1000, true, Some(1000)), seq("posts_id_seq", 1, false, None)];
+        let backed_up = vec![
+            seq("users_id_seq", 1000, true, Some(1000)),
+            seq("posts_id_seq", 1, false, None),
+        ];
         assert!(sequences(&backed_up, &backed_up).passed);
     }
 
@@ -231,7 +298,11 @@ mod tests {
         let verdict = sequences(&backed_up, &restored);
         let kinds: Vec<_> = verdict.findings.iter().map(|f| f.kind).collect();
         assert_eq!(kinds, [FindingKind::Mismatch, FindingKind::Broken]);
-        assert!(verdict.findings[1].detail.contains("public.users.id"), "{}", verdict.findings[1].detail);
+        assert!(
+            verdict.findings[1].detail.contains("public.users.id"),
+            "{}",
+            verdict.findings[1].detail
+        );
         assert_eq!(verdict.findings[1].actual.as_deref(), Some("next value 1"));
     }
 

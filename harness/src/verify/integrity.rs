@@ -17,7 +17,10 @@ pub struct AmcheckReport {
 
 /// Referential integrity: every foreign key has no orphan rows and is validated, and
 /// `pg_amcheck` (when it ran) reported no corruption.
-pub fn referential_integrity(foreign_keys: &[ForeignKeyCheck], amcheck: Option<&AmcheckReport>) -> Verdict {
+pub fn referential_integrity(
+    foreign_keys: &[ForeignKeyCheck],
+    amcheck: Option<&AmcheckReport>,
+) -> Verdict {
     let mut findings = Vec::new();
     for fk in foreign_keys {
         let subject = format!("{} constraint {}", fk.table, fk.constraint);
@@ -31,12 +34,19 @@ pub fn referential_integrity(foreign_keys: &[ForeignKeyCheck], amcheck: Option<&
             if !fk.sample.is_empty() {
                 detail.push_str(&format!("; for example {}", fk.sample.join(", ")));
             }
-            findings.push(Finding::new(&subject, FindingKind::Broken, detail).values("0 orphan rows", fk.orphan_rows));
+            findings.push(
+                Finding::new(&subject, FindingKind::Broken, detail)
+                    .values("0 orphan rows", fk.orphan_rows),
+            );
         }
         if !fk.validated {
             findings.push(
-                Finding::new(&subject, FindingKind::Broken, "foreign key is NOT VALID: existing rows were never checked")
-                    .values("validated", "not valid"),
+                Finding::new(
+                    &subject,
+                    FindingKind::Broken,
+                    "foreign key is NOT VALID: existing rows were never checked",
+                )
+                .values("validated", "not valid"),
             );
         }
     }
@@ -64,7 +74,11 @@ fn amcheck_findings(report: &AmcheckReport) -> Vec<Finding> {
             }
             _ => {
                 let subject = line.trim().trim_end_matches(':').to_owned();
-                findings.push(Finding::new(format!("pg_amcheck: {subject}"), FindingKind::Broken, ""));
+                findings.push(Finding::new(
+                    format!("pg_amcheck: {subject}"),
+                    FindingKind::Broken,
+                    "",
+                ));
             }
         }
     }
@@ -77,7 +91,10 @@ fn amcheck_findings(report: &AmcheckReport) -> Vec<Finding> {
         findings.push(Finding::new(
             "pg_amcheck",
             FindingKind::Broken,
-            format!("pg_amcheck exited with status {} without a report", report.exit_code),
+            format!(
+                "pg_amcheck exited with status {} without a report",
+                report.exit_code
+            ),
         ));
     }
     findings
@@ -95,13 +112,20 @@ mod tests {
             referenced: "public.users".into(),
             validated,
             orphan_rows: orphans,
-            sample: if orphans > 0 { vec!["(ghost)".into()] } else { vec![] },
+            sample: if orphans > 0 {
+                vec!["(ghost)".into()]
+            } else {
+                vec![]
+            },
         }
     }
 
     #[test]
     fn clean_foreign_keys_and_amcheck_pass() {
-        let clean = AmcheckReport { exit_code: 0, output: String::new() };
+        let clean = AmcheckReport {
+            exit_code: 0,
+            output: String::new(),
+        };
         let verdict = referential_integrity(&[fk(0, true)], Some(&clean));
         assert!(verdict.passed, "{verdict}");
     }
@@ -113,7 +137,11 @@ mod tests {
         let f = &verdict.findings[0];
         assert_eq!(f.subject, "public.posts constraint posts_author_fkey");
         assert_eq!(f.kind, FindingKind::Broken);
-        assert!(f.detail.contains("(ghost)") && f.detail.contains("public.users"), "{}", f.detail);
+        assert!(
+            f.detail.contains("(ghost)") && f.detail.contains("public.users"),
+            "{}",
+            f.detail
+        );
         assert_eq!(f.actual.as_deref(), Some("2"));
     }
 
@@ -126,9 +154,16 @@ mod tests {
     #[test]
     fn amcheck_corruption_is_parsed_per_relation() {
         let output = "btree index \"titanium.public.idx_posts_author\":\n    ERROR:  item order invariant violated for index \"idx_posts_author\"\nheap table \"titanium.public.posts\", block 3, offset 7:\n    xmin 9 precedes relation freeze threshold 0:700\n";
-        let report = AmcheckReport { exit_code: 2, output: output.into() };
+        let report = AmcheckReport {
+            exit_code: 2,
+            output: output.into(),
+        };
         let verdict = referential_integrity(&[], Some(&report));
-        let subjects: Vec<_> = verdict.findings.iter().map(|f| f.subject.as_str()).collect();
+        let subjects: Vec<_> = verdict
+            .findings
+            .iter()
+            .map(|f| f.subject.as_str())
+            .collect();
         assert_eq!(
             subjects,
             [
@@ -141,7 +176,10 @@ mod tests {
 
     #[test]
     fn amcheck_failure_without_report_is_a_finding() {
-        let report = AmcheckReport { exit_code: 1, output: String::new() };
+        let report = AmcheckReport {
+            exit_code: 1,
+            output: String::new(),
+        };
         let verdict = referential_integrity(&[], Some(&report));
         assert!(verdict.findings[0].detail.contains("status 1"));
     }

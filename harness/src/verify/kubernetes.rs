@@ -38,7 +38,11 @@ const VOLATILE_ANNOTATION_PREFIXES: [&str; 7] = [
 /// finalizers. Idempotent.
 pub fn normalise_object(object: &Value) -> Value {
     let mut object = object.clone();
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     if let Some(map) = object.as_object_mut() {
         map.remove("status");
         if kind == "ServiceAccount" {
@@ -50,12 +54,20 @@ pub fn normalise_object(object: &Value) -> Value {
             meta.remove(field);
         }
         if let Some(annotations) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-            annotations.retain(|key, _| !VOLATILE_ANNOTATION_PREFIXES.iter().any(|p| key.starts_with(p)));
+            annotations.retain(|key, _| {
+                !VOLATILE_ANNOTATION_PREFIXES
+                    .iter()
+                    .any(|p| key.starts_with(p))
+            });
             if annotations.is_empty() {
                 meta.remove("annotations");
             }
         }
-        if meta.get("labels").and_then(Value::as_object).is_some_and(|l| l.is_empty()) {
+        if meta
+            .get("labels")
+            .and_then(Value::as_object)
+            .is_some_and(|l| l.is_empty())
+        {
             meta.remove("labels");
         }
     }
@@ -82,13 +94,28 @@ pub fn normalise_object(object: &Value) -> Value {
 
 /// `kind namespace/name` (or `kind name` when cluster-scoped), with the API group when it has one.
 fn object_key(object: &Value) -> String {
-    let api_version = object.get("apiVersion").and_then(Value::as_str).unwrap_or("");
+    let api_version = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .unwrap_or("");
     let group = api_version.rsplit_once('/').map(|(g, _)| g).unwrap_or("");
-    let kind = object.get("kind").and_then(Value::as_str).unwrap_or("<no kind>");
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or("<no kind>");
     let meta = object.get("metadata");
-    let name = meta.and_then(|m| m.get("name")).and_then(Value::as_str).unwrap_or("<no name>");
-    let namespace = meta.and_then(|m| m.get("namespace")).and_then(Value::as_str);
-    let kind = if group.is_empty() { kind.to_owned() } else { format!("{kind}.{group}") };
+    let name = meta
+        .and_then(|m| m.get("name"))
+        .and_then(Value::as_str)
+        .unwrap_or("<no name>");
+    let namespace = meta
+        .and_then(|m| m.get("namespace"))
+        .and_then(Value::as_str);
+    let kind = if group.is_empty() {
+        kind.to_owned()
+    } else {
+        format!("{kind}.{group}")
+    };
     match namespace {
         Some(ns) => format!("{kind} {ns}/{name}"),
         None => format!("{kind} {name}"),
@@ -96,12 +123,24 @@ fn object_key(object: &Value) -> String {
 }
 
 /// Collects `path: expected -> actual` lines for every leaf that differs.
-fn diff_values(path: &str, want: Option<&Value>, got: Option<&Value>, redact: bool, out: &mut Vec<String>) {
+fn diff_values(
+    path: &str,
+    want: Option<&Value>,
+    got: Option<&Value>,
+    redact: bool,
+    out: &mut Vec<String>,
+) {
     match (want, got) {
         (Some(Value::Object(a)), Some(Value::Object(b))) => {
             let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
             for key in keys {
-                diff_values(&format!("{path}.{key}"), a.get(key), b.get(key), redact, out);
+                diff_values(
+                    &format!("{path}.{key}"),
+                    a.get(key),
+                    b.get(key),
+                    redact,
+                    out,
+                );
             }
         }
         (Some(Value::Array(a)), Some(Value::Array(b))) if a.len() == b.len() => {
@@ -118,7 +157,11 @@ fn diff_values(path: &str, want: Option<&Value>, got: Option<&Value>, redact: bo
                 Some(_) if redact => "<redacted>".to_owned(),
                 Some(v) => v.to_string(),
             };
-            out.push(format!("{path}: backup {} -> restored {}", show(a), show(b)));
+            out.push(format!(
+                "{path}: backup {} -> restored {}",
+                show(a),
+                show(b)
+            ));
         }
         _ => {}
     }
@@ -132,14 +175,21 @@ fn diff_values(path: &str, want: Option<&Value>, got: Option<&Value>, redact: bo
 /// appear in findings.
 pub fn kubernetes_objects(backed_up: &[Value], restored: &[Value]) -> Verdict {
     let index = |objects: &[Value]| -> BTreeMap<String, Value> {
-        objects.iter().map(|o| (object_key(o), normalise_object(o))).collect()
+        objects
+            .iter()
+            .map(|o| (object_key(o), normalise_object(o)))
+            .collect()
     };
     let want = index(backed_up);
     let got = index(restored);
     let mut findings = Vec::new();
     for (key, expected) in &want {
         match got.get(key) {
-            None => findings.push(Finding::new(key, FindingKind::Missing, "object is missing after restore")),
+            None => findings.push(Finding::new(
+                key,
+                FindingKind::Missing,
+                "object is missing after restore",
+            )),
             Some(actual) => {
                 let redact = expected.get("kind").and_then(Value::as_str) == Some("Secret");
                 let mut paths = Vec::new();
@@ -149,7 +199,11 @@ pub fn kubernetes_objects(backed_up: &[Value], restored: &[Value]) -> Verdict {
                 }
                 const SHOWN: usize = 20;
                 let more = paths.len().saturating_sub(SHOWN);
-                let mut detail = format!("object differs at {} path(s): {}", paths.len(), paths[..paths.len().min(SHOWN)].join("; "));
+                let mut detail = format!(
+                    "object differs at {} path(s): {}",
+                    paths.len(),
+                    paths[..paths.len().min(SHOWN)].join("; ")
+                );
                 if more > 0 {
                     detail.push_str(&format!("; and {more} more"));
                 }
@@ -158,7 +212,11 @@ pub fn kubernetes_objects(backed_up: &[Value], restored: &[Value]) -> Verdict {
         }
     }
     for key in got.keys().filter(|k| !want.contains_key(*k)) {
-        findings.push(Finding::new(key, FindingKind::Unexpected, "object exists after restore but not in the backup"));
+        findings.push(Finding::new(
+            key,
+            FindingKind::Unexpected,
+            "object exists after restore but not in the backup",
+        ));
     }
     Verdict::from_findings(Gate::KubernetesObjects, findings)
 }
@@ -182,8 +240,14 @@ mod tests {
         meta.insert("uid".into(), json!("5f0c..."));
         meta.insert("resourceVersion".into(), json!("4711"));
         meta.insert("creationTimestamp".into(), json!("2026-01-01T00:00:00Z"));
-        meta.insert("managedFields".into(), json!([{"manager": "rebuild-rehearsal"}]));
-        meta.insert("annotations".into(), json!({"kubectl.kubernetes.io/last-applied-configuration": "{}"}));
+        meta.insert(
+            "managedFields".into(),
+            json!([{"manager": "rebuild-rehearsal"}]),
+        );
+        meta.insert(
+            "annotations".into(),
+            json!({"kubectl.kubernetes.io/last-applied-configuration": "{}"}),
+        );
         object
     }
 
@@ -196,7 +260,10 @@ mod tests {
         restored_service["spec"]["clusterIP"] = json!("10.0.0.9");
         restored_service["spec"]["clusterIPs"] = json!(["10.0.0.9"]);
         restored_service["status"] = json!({"loadBalancer": {}});
-        let verdict = kubernetes_objects(&[config_map("info"), service], &[served(config_map("info")), restored_service]);
+        let verdict = kubernetes_objects(
+            &[config_map("info"), service],
+            &[served(config_map("info")), restored_service],
+        );
         assert!(verdict.passed, "{verdict}");
     }
 
@@ -205,8 +272,16 @@ mod tests {
         let verdict = kubernetes_objects(&[config_map("info")], &[served(config_map("debug"))]);
         assert_eq!(verdict.findings.len(), 1);
         let f = &verdict.findings[0];
-        assert_eq!((f.subject.as_str(), f.kind), ("ConfigMap titanium-prod/app-config", FindingKind::Mismatch));
-        assert!(f.detail.contains(".data.LOG_LEVEL: backup \"info\" -> restored \"debug\""), "{}", f.detail);
+        assert_eq!(
+            (f.subject.as_str(), f.kind),
+            ("ConfigMap titanium-prod/app-config", FindingKind::Mismatch)
+        );
+        assert!(
+            f.detail
+                .contains(".data.LOG_LEVEL: backup \"info\" -> restored \"debug\""),
+            "{}",
+            f.detail
+        );
     }
 
     #[test]
@@ -214,20 +289,29 @@ mod tests {
         let extra = json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
             "metadata": {"name": "gw", "namespace": "titanium-prod"}});
         let verdict = kubernetes_objects(&[config_map("info")], &[extra]);
-        let found: Vec<_> = verdict.findings.iter().map(|f| (f.subject.as_str(), f.kind)).collect();
+        let found: Vec<_> = verdict
+            .findings
+            .iter()
+            .map(|f| (f.subject.as_str(), f.kind))
+            .collect();
         assert_eq!(
             found,
             [
                 ("ConfigMap titanium-prod/app-config", FindingKind::Missing),
-                ("Gateway.networking.istio.io titanium-prod/gw", FindingKind::Unexpected)
+                (
+                    "Gateway.networking.istio.io titanium-prod/gw",
+                    FindingKind::Unexpected
+                )
             ]
         );
     }
 
     #[test]
     fn secret_values_never_appear() {
-        let secret = |v: &str| json!({"apiVersion": "v1", "kind": "Secret",
-            "metadata": {"name": "pg", "namespace": "titanium-prod"}, "data": {"password": v}});
+        let secret = |v: &str| {
+            json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "pg", "namespace": "titanium-prod"}, "data": {"password": v}})
+        };
         let verdict = kubernetes_objects(&[secret("c2VjcmV0MQ==")], &[secret("c2VjcmV0Mg==")]);
         let text = serde_json::to_string(&verdict).unwrap();
         assert!(!verdict.passed);
@@ -243,11 +327,19 @@ mod tests {
         restored["spec"]["revisionHistoryLimit"] = json!(10);
         assert!(kubernetes_objects(&[defaulted.clone()], &[restored.clone()]).passed);
         restored["spec"]["replicas"] = json!(0);
-        assert!(!kubernetes_objects(&[defaulted.clone()], &[restored]).passed, "declared fields must match");
+        assert!(
+            !kubernetes_objects(&[defaulted.clone()], &[restored]).passed,
+            "declared fields must match"
+        );
         let mut extra = defaulted.clone();
         extra["data"]["EXTRA"] = json!("1");
         let verdict = kubernetes_objects(&[defaulted], &[extra]);
-        assert!(verdict.findings[0].detail.contains(".data.EXTRA: backup <absent>"), "{verdict}");
+        assert!(
+            verdict.findings[0]
+                .detail
+                .contains(".data.EXTRA: backup <absent>"),
+            "{verdict}"
+        );
     }
 
     #[test]

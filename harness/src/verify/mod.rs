@@ -24,7 +24,8 @@ pub use integrity::{AmcheckReport, referential_integrity};
 pub use kubernetes::{kubernetes_objects, normalise_object};
 pub use redis::{RedisFacts, redis};
 pub use rollback::{
-    Action, Criterion, Decision, HealthSample, PodObservation, RollbackInputs, RollbackReason, RollbackThresholds, decide,
+    Action, Criterion, Decision, HealthSample, PodObservation, RollbackInputs, RollbackReason,
+    RollbackThresholds, decide,
 };
 pub use schema::{schema, unified_diff};
 
@@ -108,8 +109,18 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub(crate) fn new(subject: impl Into<String>, kind: FindingKind, detail: impl Into<String>) -> Self {
-        Self { subject: subject.into(), kind, expected: None, actual: None, detail: detail.into() }
+    pub(crate) fn new(
+        subject: impl Into<String>,
+        kind: FindingKind,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self {
+            subject: subject.into(),
+            kind,
+            expected: None,
+            actual: None,
+            detail: detail.into(),
+        }
     }
 
     pub(crate) fn values(mut self, expected: impl ToString, actual: impl ToString) -> Self {
@@ -143,7 +154,11 @@ pub struct Verdict {
 impl Verdict {
     /// A verdict from findings: passed when there are none.
     pub fn from_findings(gate: Gate, findings: Vec<Finding>) -> Self {
-        Self { gate, passed: findings.is_empty(), findings }
+        Self {
+            gate,
+            passed: findings.is_empty(),
+            findings,
+        }
     }
 
     /// Findings of one kind.
@@ -157,7 +172,12 @@ impl std::fmt::Display for Verdict {
         if self.passed {
             return write!(f, "{}: passed", self.gate);
         }
-        write!(f, "{}: failed with {} finding(s)", self.gate, self.findings.len())?;
+        write!(
+            f,
+            "{}: failed with {} finding(s)",
+            self.gate,
+            self.findings.len()
+        )?;
         for finding in &self.findings {
             write!(f, "\n  - {finding}")?;
         }

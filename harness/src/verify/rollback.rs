@@ -35,7 +35,9 @@ mod opt_secs {
         }
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<Duration>, D::Error> {
         Option::<f64>::deserialize(d)?
             .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
             .transpose()
@@ -85,7 +87,10 @@ impl Default for RollbackThresholds {
 impl RollbackThresholds {
     /// The runbook's thresholds exactly as written, including its 10 % count tolerance.
     pub fn runbook() -> Self {
-        Self { max_count_difference: 0.10, ..Self::default() }
+        Self {
+            max_count_difference: 0.10,
+            ..Self::default()
+        }
     }
 }
 
@@ -216,14 +221,24 @@ fn fmt_duration(d: Duration) -> String {
 pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decision {
     let mut reasons = Vec::new();
     let mut not_assessed = Vec::new();
-    let mut reason = |criterion, observed: String, limit: String| reasons.push(RollbackReason { criterion, observed, limit });
+    let mut reason = |criterion, observed: String, limit: String| {
+        reasons.push(RollbackReason {
+            criterion,
+            observed,
+            limit,
+        })
+    };
 
     // Data criteria from the gates.
     let data_gates = [Gate::RowCounts, Gate::Digests];
     if !inputs.verdicts.iter().any(|v| data_gates.contains(&v.gate)) {
         not_assessed.push(Criterion::DataMismatch);
     }
-    if !inputs.verdicts.iter().any(|v| v.gate == Gate::ReferentialIntegrity) {
+    if !inputs
+        .verdicts
+        .iter()
+        .any(|v| v.gate == Gate::ReferentialIntegrity)
+    {
         not_assessed.push(Criterion::BrokenForeignKeys);
     }
     for verdict in inputs.verdicts.iter().filter(|v| !v.passed) {
@@ -231,10 +246,15 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
             let shown = finding.to_string();
             match verdict.gate {
                 Gate::RowCounts if finding.kind == FindingKind::Missing => {
-                    reason(Criterion::MissingTable, shown, "every backed-up table exists".into());
+                    reason(
+                        Criterion::MissingTable,
+                        shown,
+                        "every backed-up table exists".into(),
+                    );
                 }
                 Gate::RowCounts if finding.kind == FindingKind::Mismatch => {
-                    let parse = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<f64>().ok());
+                    let parse =
+                        |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<f64>().ok());
                     let relative = match (parse(&finding.expected), parse(&finding.actual)) {
                         (Some(want), Some(got)) if want > 0.0 => (got - want).abs() / want,
                         (Some(want), Some(got)) if want == got => 0.0,
@@ -244,17 +264,32 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
                         reason(
                             Criterion::DataMismatch,
                             format!("{shown}; {:.2} % difference", relative * 100.0),
-                            format!("at most {:.2} % difference", thresholds.max_count_difference * 100.0),
+                            format!(
+                                "at most {:.2} % difference",
+                                thresholds.max_count_difference * 100.0
+                            ),
                         );
                     }
                 }
                 Gate::RowCounts | Gate::Digests => {
-                    reason(Criterion::DataMismatch, format!("{}: {shown}", verdict.gate), "equal to the backup".into());
+                    reason(
+                        Criterion::DataMismatch,
+                        format!("{}: {shown}", verdict.gate),
+                        "equal to the backup".into(),
+                    );
                 }
                 Gate::ReferentialIntegrity => {
-                    reason(Criterion::BrokenForeignKeys, shown, "no orphan rows, no corruption".into());
+                    reason(
+                        Criterion::BrokenForeignKeys,
+                        shown,
+                        "no orphan rows, no corruption".into(),
+                    );
                 }
-                gate => reason(Criterion::GateFailed, format!("{gate}: {shown}"), format!("gate {gate} passes")),
+                gate => reason(
+                    Criterion::GateFailed,
+                    format!("{gate}: {shown}"),
+                    format!("gate {gate} passes"),
+                ),
             }
         }
     }
@@ -265,8 +300,16 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
             if rate > thresholds.max_health_failure_rate {
                 reason(
                     Criterion::HealthCheckFailures,
-                    format!("{} of {} health checks failed ({:.1} %)", h.failures, h.attempts, rate * 100.0),
-                    format!("at most {:.1} %", thresholds.max_health_failure_rate * 100.0),
+                    format!(
+                        "{} of {} health checks failed ({:.1} %)",
+                        h.failures,
+                        h.attempts,
+                        rate * 100.0
+                    ),
+                    format!(
+                        "at most {:.1} %",
+                        thresholds.max_health_failure_rate * 100.0
+                    ),
                 );
             }
         }
@@ -285,51 +328,91 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
 
     match &inputs.pods {
         Some(pods) => {
-            for pod in pods.iter().filter(|p| p.restarts >= thresholds.max_pod_restarts) {
-                let state = pod.waiting_reason.as_deref().map(|r| format!(", {r}")).unwrap_or_default();
+            for pod in pods
+                .iter()
+                .filter(|p| p.restarts >= thresholds.max_pod_restarts)
+            {
+                let state = pod
+                    .waiting_reason
+                    .as_deref()
+                    .map(|r| format!(", {r}"))
+                    .unwrap_or_default();
                 reason(
                     Criterion::PodRestarts,
                     format!("pod {} restarted {} times{state}", pod.name, pod.restarts),
                     format!("fewer than {} restarts", thresholds.max_pod_restarts),
                 );
             }
-            let not_ready: Vec<&str> = pods.iter().filter(|p| !p.ready).map(|p| p.name.as_str()).collect();
+            let not_ready: Vec<&str> = pods
+                .iter()
+                .filter(|p| !p.ready)
+                .map(|p| p.name.as_str())
+                .collect();
             if !not_ready.is_empty() {
-                let waited = inputs.pods_ready_wait.map(|d| format!(" after {}", fmt_duration(d))).unwrap_or_default();
+                let waited = inputs
+                    .pods_ready_wait
+                    .map(|d| format!(" after {}", fmt_duration(d)))
+                    .unwrap_or_default();
                 reason(
                     Criterion::PodsNotReady,
                     format!("pods not Ready{waited}: {}", not_ready.join(", ")),
-                    format!("every pod Ready within {}", fmt_duration(thresholds.max_pods_ready)),
+                    format!(
+                        "every pod Ready within {}",
+                        fmt_duration(thresholds.max_pods_ready)
+                    ),
                 );
             }
         }
         None => not_assessed.push(Criterion::PodRestarts),
     }
 
-    let mut timed = |criterion, observed: Option<Duration>, limit: Duration, what: &str| match observed {
-        Some(d) if d > limit => reason(
-            criterion,
-            format!("{what} took {}", fmt_duration(d)),
-            format!("at most {}", fmt_duration(limit)),
-        ),
-        Some(_) => {}
-        None => not_assessed.push(criterion),
-    };
-    timed(Criterion::DbRestoreDuration, inputs.db_restore, thresholds.max_db_restore, "database restore");
-    timed(Criterion::TotalDuration, inputs.total, thresholds.max_total, "whole procedure");
-    let already_not_ready = reasons.iter().any(|r| r.criterion == Criterion::PodsNotReady);
+    let mut timed =
+        |criterion, observed: Option<Duration>, limit: Duration, what: &str| match observed {
+            Some(d) if d > limit => reason(
+                criterion,
+                format!("{what} took {}", fmt_duration(d)),
+                format!("at most {}", fmt_duration(limit)),
+            ),
+            Some(_) => {}
+            None => not_assessed.push(criterion),
+        };
+    timed(
+        Criterion::DbRestoreDuration,
+        inputs.db_restore,
+        thresholds.max_db_restore,
+        "database restore",
+    );
+    timed(
+        Criterion::TotalDuration,
+        inputs.total,
+        thresholds.max_total,
+        "whole procedure",
+    );
+    let already_not_ready = reasons
+        .iter()
+        .any(|r| r.criterion == Criterion::PodsNotReady);
     match inputs.pods_ready_wait {
-        Some(d) if d > thresholds.max_pods_ready && !already_not_ready => reasons.push(RollbackReason {
-            criterion: Criterion::PodsNotReady,
-            observed: format!("pods became Ready only after {}", fmt_duration(d)),
-            limit: format!("at most {}", fmt_duration(thresholds.max_pods_ready)),
-        }),
+        Some(d) if d > thresholds.max_pods_ready && !already_not_ready => {
+            reasons.push(RollbackReason {
+                criterion: Criterion::PodsNotReady,
+                observed: format!("pods became Ready only after {}", fmt_duration(d)),
+                limit: format!("at most {}", fmt_duration(thresholds.max_pods_ready)),
+            })
+        }
         Some(_) => {}
         None => not_assessed.push(Criterion::PodsNotReady),
     }
 
-    let action = if reasons.is_empty() { Action::Proceed } else { Action::RollBack };
-    Decision { action, reasons, not_assessed }
+    let action = if reasons.is_empty() {
+        Action::Proceed
+    } else {
+        Action::RollBack
+    };
+    Decision {
+        action,
+        reasons,
+        not_assessed,
+    }
 }
 
 #[cfg(test)]
@@ -348,9 +431,17 @@ mod tests {
                 Verdict::from_findings(Gate::Digests, vec![]),
                 Verdict::from_findings(Gate::ReferentialIntegrity, vec![]),
             ],
-            health: Some(HealthSample { attempts: 10, failures: 0 }),
+            health: Some(HealthSample {
+                attempts: 10,
+                failures: 0,
+            }),
             max_response_time: Some(Duration::from_millis(80)),
-            pods: Some(vec![PodObservation { name: "titanium-prod/api-0".into(), restarts: 0, waiting_reason: None, ready: true }]),
+            pods: Some(vec![PodObservation {
+                name: "titanium-prod/api-0".into(),
+                restarts: 0,
+                waiting_reason: None,
+                ready: true,
+            }]),
             db_restore: Some(Duration::from_secs(40 * 60)),
             total: Some(h(2)),
             pods_ready_wait: Some(Duration::from_secs(5 * 60)),
@@ -368,7 +459,11 @@ mod tests {
     #[test]
     fn clean_run_proceeds_with_everything_assessed() {
         let decision = check(clean(), &[]);
-        assert!(decision.not_assessed.is_empty(), "{:?}", decision.not_assessed);
+        assert!(
+            decision.not_assessed.is_empty(),
+            "{:?}",
+            decision.not_assessed
+        );
     }
 
     #[test]
@@ -378,17 +473,36 @@ mod tests {
             Verdict::from_findings(
                 Gate::RowCounts,
                 vec![
-                    Finding::new("public.posts", FindingKind::Missing, "table is missing after restore"),
-                    Finding::new("public.users", FindingKind::Mismatch, "row count differs").values(1000, 999),
+                    Finding::new(
+                        "public.posts",
+                        FindingKind::Missing,
+                        "table is missing after restore",
+                    ),
+                    Finding::new("public.users", FindingKind::Mismatch, "row count differs")
+                        .values(1000, 999),
                 ],
             ),
             Verdict::from_findings(
                 Gate::ReferentialIntegrity,
-                vec![Finding::new("public.posts constraint posts_author_fkey", FindingKind::Broken, "orphans")],
+                vec![Finding::new(
+                    "public.posts constraint posts_author_fkey",
+                    FindingKind::Broken,
+                    "orphans",
+                )],
             ),
-            Verdict::from_findings(Gate::Schema, vec![Finding::new("index public.idx", FindingKind::Missing, "diff")]),
+            Verdict::from_findings(
+                Gate::Schema,
+                vec![Finding::new(
+                    "index public.idx",
+                    FindingKind::Missing,
+                    "diff",
+                )],
+            ),
         ];
-        inputs.health = Some(HealthSample { attempts: 10, failures: 1 });
+        inputs.health = Some(HealthSample {
+            attempts: 10,
+            failures: 1,
+        });
         inputs.max_response_time = Some(Duration::from_millis(5001));
         inputs.pods = Some(vec![PodObservation {
             name: "titanium-prod/auth-1".into(),
@@ -417,7 +531,11 @@ mod tests {
         let text = serde_json::to_string(&decision).unwrap();
         assert!(text.contains("\"action\":\"roll_back\""), "{text}");
         assert!(decision.reasons[6].observed.contains("CrashLoopBackOff"));
-        assert!(decision.reasons[7].observed.contains("titanium-prod/auth-1"));
+        assert!(
+            decision.reasons[7]
+                .observed
+                .contains("titanium-prod/auth-1")
+        );
     }
 
     #[test]
@@ -434,8 +552,10 @@ mod tests {
     #[test]
     fn count_tolerance_is_configurable() {
         let mut inputs = clean();
-        inputs.verdicts =
-            vec![Verdict::from_findings(Gate::RowCounts, vec![Finding::new("public.users", FindingKind::Mismatch, "x").values(1000, 950)])];
+        inputs.verdicts = vec![Verdict::from_findings(
+            Gate::RowCounts,
+            vec![Finding::new("public.users", FindingKind::Mismatch, "x").values(1000, 950)],
+        )];
         assert!(!decide(&inputs, &RollbackThresholds::default()).proceed());
         assert!(decide(&inputs, &RollbackThresholds::runbook()).proceed());
     }
@@ -444,14 +564,20 @@ mod tests {
     fn missing_observations_are_reported_not_assumed() {
         let decision = decide(&RollbackInputs::default(), &RollbackThresholds::default());
         assert!(decision.proceed());
-        assert_eq!(decision.not_assessed.len(), 8, "{:?}", decision.not_assessed);
+        assert_eq!(
+            decision.not_assessed.len(),
+            8,
+            "{:?}",
+            decision.not_assessed
+        );
     }
 
     #[test]
     fn thresholds_round_trip_as_seconds() {
         let json = serde_json::to_value(RollbackThresholds::default()).unwrap();
         assert_eq!(json["max_db_restore"], serde_json::json!(7200.0));
-        let back: RollbackThresholds = serde_json::from_value(serde_json::json!({"max_response_time": 2.5})).unwrap();
+        let back: RollbackThresholds =
+            serde_json::from_value(serde_json::json!({"max_response_time": 2.5})).unwrap();
         assert_eq!(back.max_response_time, Duration::from_millis(2500));
         assert_eq!(back.max_pod_restarts, 3);
     }

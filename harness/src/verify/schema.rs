@@ -13,7 +13,11 @@ use super::{Finding, FindingKind, Gate, Verdict};
 
 /// A unified diff of two texts (3 lines of context), labelled `backup` and `restored`.
 pub fn unified_diff(backup: &str, restored: &str) -> String {
-    TextDiff::from_lines(backup, restored).unified_diff().context_radius(3).header("backup", "restored").to_string()
+    TextDiff::from_lines(backup, restored)
+        .unified_diff()
+        .context_radius(3)
+        .header("backup", "restored")
+        .to_string()
 }
 
 /// Splits a rendering into blocks keyed by their header line, in order of appearance.
@@ -41,23 +45,40 @@ pub fn schema(backup: &str, restored: &str) -> Verdict {
     let want = blocks(backup);
     let got = blocks(restored);
     let got_map: BTreeMap<&str, &str> = got.iter().map(|(h, b)| (h.as_str(), b.as_str())).collect();
-    let want_map: BTreeMap<&str, &str> = want.iter().map(|(h, b)| (h.as_str(), b.as_str())).collect();
+    let want_map: BTreeMap<&str, &str> =
+        want.iter().map(|(h, b)| (h.as_str(), b.as_str())).collect();
     let mut findings = Vec::new();
     for (header, body) in &want {
         match got_map.get(header.as_str()) {
-            None => findings.push(Finding::new(header, FindingKind::Missing, unified_diff(body, ""))),
-            Some(other) if other != body => findings.push(Finding::new(header, FindingKind::Drift, unified_diff(body, other))),
+            None => findings.push(Finding::new(
+                header,
+                FindingKind::Missing,
+                unified_diff(body, ""),
+            )),
+            Some(other) if other != body => findings.push(Finding::new(
+                header,
+                FindingKind::Drift,
+                unified_diff(body, other),
+            )),
             Some(_) => {}
         }
     }
     for (header, body) in &got {
         if !want_map.contains_key(header.as_str()) {
-            findings.push(Finding::new(header, FindingKind::Unexpected, unified_diff("", body)));
+            findings.push(Finding::new(
+                header,
+                FindingKind::Unexpected,
+                unified_diff("", body),
+            ));
         }
     }
     if findings.is_empty() {
         // Same blocks, different order or duplicated headers: report the whole diff.
-        findings.push(Finding::new("schema", FindingKind::Drift, unified_diff(backup, restored)));
+        findings.push(Finding::new(
+            "schema",
+            FindingKind::Drift,
+            unified_diff(backup, restored),
+        ));
     }
     Verdict::from_findings(Gate::Schema, findings)
 }
@@ -80,10 +101,26 @@ mod tests {
         let verdict = schema(BACKUP, &restored);
         assert_eq!(verdict.findings.len(), 1);
         let f = &verdict.findings[0];
-        assert_eq!((f.subject.as_str(), f.kind), ("table public.users", FindingKind::Drift));
-        assert!(f.detail.contains("-  column email character varying(100) not null"), "{}", f.detail);
-        assert!(f.detail.contains("+  column email text not null"), "{}", f.detail);
-        assert!(f.detail.starts_with("--- backup\n+++ restored\n"), "{}", f.detail);
+        assert_eq!(
+            (f.subject.as_str(), f.kind),
+            ("table public.users", FindingKind::Drift)
+        );
+        assert!(
+            f.detail
+                .contains("-  column email character varying(100) not null"),
+            "{}",
+            f.detail
+        );
+        assert!(
+            f.detail.contains("+  column email text not null"),
+            "{}",
+            f.detail
+        );
+        assert!(
+            f.detail.starts_with("--- backup\n+++ restored\n"),
+            "{}",
+            f.detail
+        );
     }
 
     #[test]
@@ -91,7 +128,10 @@ mod tests {
         let restored = "table public.users\n  column id integer not null\n  column email character varying(100) not null\n";
         let verdict = schema(BACKUP, restored);
         assert_eq!(verdict.findings.len(), 1);
-        assert_eq!(verdict.findings[0].subject, "index public.idx_users_username");
+        assert_eq!(
+            verdict.findings[0].subject,
+            "index public.idx_users_username"
+        );
         assert_eq!(verdict.findings[0].kind, FindingKind::Missing);
     }
 

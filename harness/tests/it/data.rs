@@ -9,24 +9,37 @@ use proptest::test_runner::{Config, TestRunner};
 /// The COPY text of a table in primary-key order: the exact bytes the server holds.
 async fn copy_out(client: &tokio_postgres::Client, table: &str) -> Vec<u8> {
     use futures::TryStreamExt;
-    let stream = client.copy_out(&format!("COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT")).await.unwrap();
+    let stream = client
+        .copy_out(&format!(
+            "COPY (SELECT * FROM {table} ORDER BY id) TO STDOUT"
+        ))
+        .await
+        .unwrap();
     let chunks: Vec<bytes::Bytes> = stream.try_collect().await.unwrap();
     chunks.concat()
 }
 
 #[tokio::test]
 async fn same_seed_loads_byte_identical_tables_and_authors_exist() {
-    let pg = LocalPostgres::start(LocalOptions::titanium()).await.unwrap();
+    let pg = LocalPostgres::start(LocalOptions::titanium())
+        .await
+        .unwrap();
     let spec = DatasetSpec::new(2024, 300, 2_000);
     let mut dumps = Vec::new();
     for db in ["copy_a", "copy_b"] {
         create_database(&pg.params(), db).await.unwrap();
         let params = pg.params().with_dbname(db);
-        pg.tools().psql_file(&params, &harness::data::schema_sql_path()).await.unwrap();
+        pg.tools()
+            .psql_file(&params, &harness::data::schema_sql_path())
+            .await
+            .unwrap();
         let client = params.connect().await.unwrap();
         let stats = load_dataset(&client, &spec).await.unwrap();
         assert_eq!((stats.users, stats.posts), (300, 2_000));
-        dumps.push((copy_out(&client, "users").await, copy_out(&client, "posts").await));
+        dumps.push((
+            copy_out(&client, "users").await,
+            copy_out(&client, "posts").await,
+        ));
         let orphans: i64 = client
             .query_one("SELECT count(*) FROM posts p WHERE NOT EXISTS (SELECT 1 FROM users u WHERE u.username = p.author)", &[])
             .await
@@ -38,35 +51,61 @@ async fn same_seed_loads_byte_identical_tables_and_authors_exist() {
         assert_eq!(next, 301);
     }
     assert!(!dumps[0].0.is_empty() && !dumps[0].1.is_empty());
-    assert_eq!(dumps[0], dumps[1], "same seed must give byte-identical tables");
+    assert_eq!(
+        dumps[0], dumps[1],
+        "same seed must give byte-identical tables"
+    );
 
     let other = DatasetSpec::new(2025, 300, 2_000);
     create_database(&pg.params(), "copy_c").await.unwrap();
     let params = pg.params().with_dbname("copy_c");
-    pg.tools().psql_file(&params, &harness::data::schema_sql_path()).await.unwrap();
+    pg.tools()
+        .psql_file(&params, &harness::data::schema_sql_path())
+        .await
+        .unwrap();
     let client = params.connect().await.unwrap();
     load_dataset(&client, &other).await.unwrap();
-    assert_ne!(copy_out(&client, "posts").await, dumps[0].1, "another seed must give other data");
+    assert_ne!(
+        copy_out(&client, "posts").await,
+        dumps[0].1,
+        "another seed must give other data"
+    );
 }
 
 #[tokio::test]
 async fn posts_without_users_are_refused_before_touching_the_database() {
-    let pg = LocalPostgres::start(LocalOptions::titanium()).await.unwrap();
+    let pg = LocalPostgres::start(LocalOptions::titanium())
+        .await
+        .unwrap();
     let client = pg.params().connect().await.unwrap();
-    let err = load_dataset(&client, &DatasetSpec::new(1, 0, 5)).await.expect_err("no authors");
+    let err = load_dataset(&client, &DatasetSpec::new(1, 0, 5))
+        .await
+        .expect_err("no authors");
     assert!(err.to_string().contains("without users"), "{err}");
 }
 
 async fn read_back(client: &tokio_postgres::Client) -> (Vec<User>, Vec<Post>) {
     let users = client
-        .query("SELECT id, username, email, password_hash, created_at FROM users ORDER BY id", &[])
+        .query(
+            "SELECT id, username, email, password_hash, created_at FROM users ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
-        .map(|r| User { id: r.get(0), username: r.get(1), email: r.get(2), password_hash: r.get(3), created_at: r.get(4) })
+        .map(|r| User {
+            id: r.get(0),
+            username: r.get(1),
+            email: r.get(2),
+            password_hash: r.get(3),
+            created_at: r.get(4),
+        })
         .collect();
     let posts = client
-        .query("SELECT id, title, content, author, created_at, updated_at FROM posts ORDER BY id", &[])
+        .query(
+            "SELECT id, title, content, author, created_at, updated_at FROM posts ORDER BY id",
+            &[],
+        )
         .await
         .unwrap()
         .iter()
@@ -85,19 +124,30 @@ async fn read_back(client: &tokio_postgres::Client) -> (Vec<User>, Vec<Post>) {
 #[test]
 fn adversarial_rows_come_back_unchanged() {
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let pg = rt.block_on(LocalPostgres::start(LocalOptions::titanium())).unwrap();
+    let pg = rt
+        .block_on(LocalPostgres::start(LocalOptions::titanium()))
+        .unwrap();
     let client = rt.block_on(pg.params().connect()).unwrap();
     let config = Config {
         cases: 24,
-        failure_persistence: Some(Box::new(proptest::test_runner::FileFailurePersistence::Direct("proptest-regressions/it-data.txt"))),
+        failure_persistence: Some(Box::new(
+            proptest::test_runner::FileFailurePersistence::Direct(
+                "proptest-regressions/it-data.txt",
+            ),
+        )),
         ..Config::default()
     };
     let mut runner = TestRunner::new(config);
     runner
         .run(&strategies::dataset(8, 12), |(users, posts)| {
             rt.block_on(async {
-                client.batch_execute("TRUNCATE posts, users RESTART IDENTITY").await.unwrap();
-                load_rows(&client, users.clone(), posts.clone()).await.unwrap();
+                client
+                    .batch_execute("TRUNCATE posts, users RESTART IDENTITY")
+                    .await
+                    .unwrap();
+                load_rows(&client, users.clone(), posts.clone())
+                    .await
+                    .unwrap();
                 let (got_users, got_posts) = read_back(&client).await;
                 prop_assert_eq!(got_users, users);
                 prop_assert_eq!(got_posts, posts);

@@ -52,9 +52,17 @@ impl Workloads {
         let stop = CancellationToken::new();
         let proxies = Arc::new(services::Proxies::new(cfg.port_mappings.clone()));
         volumes::default_storage_classes(&store);
-        let ctx = Ctx { store, cfg, proxies: proxies.clone() };
+        let ctx = Ctx {
+            store,
+            cfg,
+            proxies: proxies.clone(),
+        };
         let task = tokio::spawn(run(ctx, stop.clone()));
-        Workloads { stop, task: Some(task), proxies }
+        Workloads {
+            stop,
+            task: Some(task),
+            proxies,
+        }
     }
 
     /// Stop the control loops and close every service proxy.
@@ -118,7 +126,10 @@ pub(crate) fn reconcile(ctx: &Ctx) {
 
 /// A string field of `metadata`.
 pub(crate) fn meta<'a>(obj: &'a Value, field: &str) -> &'a str {
-    obj.get("metadata").and_then(|m| m.get(field)).and_then(Value::as_str).unwrap_or_default()
+    obj.get("metadata")
+        .and_then(|m| m.get(field))
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// Whether the object is being deleted.
@@ -131,7 +142,10 @@ pub(crate) fn owned_by(obj: &Value, owner: &Value) -> bool {
     let uid = meta(owner, "uid");
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)
-        .is_some_and(|refs| refs.iter().any(|r| r.get("uid").and_then(Value::as_str) == Some(uid)))
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.get("uid").and_then(Value::as_str) == Some(uid))
+        })
 }
 
 /// A controller owner reference to `owner`.
@@ -150,19 +164,29 @@ pub(crate) fn owner_ref(owner: &Value) -> Value {
 pub(crate) fn short_hash(v: &Value) -> String {
     const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
     let digest = Sha256::digest(v.to_string().as_bytes());
-    digest[..10].iter().map(|b| CHARS[*b as usize % CHARS.len()] as char).collect()
+    digest[..10]
+        .iter()
+        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
+        .collect()
 }
 
 /// Whether a pod is Ready.
 pub(crate) fn pod_ready(pod: &Value) -> bool {
-    pod.pointer("/status/conditions").and_then(Value::as_array).is_some_and(|cs| {
-        cs.iter().any(|c| c.get("type").and_then(Value::as_str) == Some("Ready") && c.get("status").and_then(Value::as_str) == Some("True"))
-    })
+    pod.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .is_some_and(|cs| {
+            cs.iter().any(|c| {
+                c.get("type").and_then(Value::as_str) == Some("Ready")
+                    && c.get("status").and_then(Value::as_str) == Some("True")
+            })
+        })
 }
 
 /// The pod's phase.
 pub(crate) fn pod_phase(pod: &Value) -> &str {
-    pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending")
+    pod.pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending")
 }
 
 /// Create an object through the API, logging failures other than "already exists".
@@ -181,8 +205,13 @@ pub(crate) fn create(store: &Store, key: &str, ns: &str, obj: Value) -> Option<V
 
 /// Delete an object through the API (background propagation).
 pub(crate) fn delete(store: &Store, key: &str, ns: &str, name: &str) {
-    let Some(rt) = store.registry().by_key(key).cloned() else { return };
-    let opts = DeleteOptions { propagation: Some(api::Propagation::Background), ..DeleteOptions::default() };
+    let Some(rt) = store.registry().by_key(key).cloned() else {
+        return;
+    };
+    let opts = DeleteOptions {
+        propagation: Some(api::Propagation::Background),
+        ..DeleteOptions::default()
+    };
     if let Err(e) = api::delete(store, &rt, ns, name, &opts) {
         if e.code != 404 {
             tracing::warn!(kind = rt.kind, namespace = ns, name, error = %e, "controller delete failed");
@@ -193,14 +222,19 @@ pub(crate) fn delete(store: &Store, key: &str, ns: &str, name: &str) {
 /// Replace the `status` of an object (uid-checked), as a status subresource write would.
 pub(crate) fn write_status(store: &Store, key: &str, obj: &Value, status: Value) {
     let uid = meta(obj, "uid").to_owned();
-    let res: Result<_, ApiError> = store.mutate(key, meta(obj, "namespace"), meta(obj, "name"), |_, cur| match cur {
-        Some(c) if meta(c, "uid") == uid && c.get("status") != Some(&status) => {
-            let mut o = c.as_ref().clone();
-            o["status"] = status;
-            Ok(Mutation::Put(o))
-        }
-        _ => Ok(Mutation::Unchanged),
-    });
+    let res: Result<_, ApiError> = store.mutate(
+        key,
+        meta(obj, "namespace"),
+        meta(obj, "name"),
+        |_, cur| match cur {
+            Some(c) if meta(c, "uid") == uid && c.get("status") != Some(&status) => {
+                let mut o = c.as_ref().clone();
+                o["status"] = status;
+                Ok(Mutation::Put(o))
+            }
+            _ => Ok(Mutation::Unchanged),
+        },
+    );
     if let Err(e) = res {
         tracing::warn!(key, error = %e, "status write failed");
     }
@@ -253,17 +287,37 @@ impl Workers {
     ///
     /// # Errors
     /// The image map is invalid, or the kubelet cannot prepare its directories or reaper.
-    pub(crate) fn start(store: Arc<Store>, state_dir: &std::path::Path, kind: Option<&crate::config::KindConfig>, network: crate::kubelet::NetworkLease) -> Result<Workers, crate::kubelet::KubeletError> {
+    pub(crate) fn start(
+        store: Arc<Store>,
+        state_dir: &std::path::Path,
+        kind: Option<&crate::config::KindConfig>,
+        network: crate::kubelet::NetworkLease,
+    ) -> Result<Workers, crate::kubelet::KubeletError> {
         let cfg = crate::kubelet::KubeletConfig::new(state_dir)?;
         let kubelet = crate::kubelet::Kubelet::start(store.clone(), cfg, network)?;
-        let port_mappings = kind.map(|k| k.nodes.iter().flat_map(|n| n.extra_port_mappings.iter().cloned()).collect()).unwrap_or_default();
-        let workloads = Workloads::start(store, WorkloadsConfig { state_dir: state_dir.to_owned(), port_mappings });
+        let port_mappings = kind
+            .map(|k| {
+                k.nodes
+                    .iter()
+                    .flat_map(|n| n.extra_port_mappings.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        let workloads = Workloads::start(
+            store,
+            WorkloadsConfig {
+                state_dir: state_dir.to_owned(),
+                port_mappings,
+            },
+        );
         Ok(Workers { kubelet, workloads })
     }
 
     /// Serve `pods/exec`, `pods/log` and `pods/portforward` through `map`.
     pub(crate) fn register(&self, map: &crate::server::SubresourceMap) {
-        let mut m = map.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut m = map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for (key, sub, handler) in self.kubelet.handlers() {
             m.insert((key.to_owned(), sub.to_owned()), handler);
         }

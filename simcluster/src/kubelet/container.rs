@@ -41,14 +41,22 @@ pub(crate) struct Prepared {
 }
 
 fn strs(v: Option<&Value>) -> Vec<String> {
-    v.and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect()
+    v.and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(Value::as_str)
+        .map(str::to_owned)
+        .collect()
 }
 
 /// Prepare an instance. `Err((reason, message))` is a waiting state.
 fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
     let shared = &ctx.shared;
     let rt = &ctx.rt;
-    let image = spec.get("image").and_then(Value::as_str).unwrap_or_default();
+    let image = spec
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let runtime = shared.cfg.images.runtime(image);
     let mounts = mounts_of(&ctx.volumes, spec);
     let ip = rt.ip.to_string();
@@ -63,13 +71,17 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
     let base = vec![
         ("PATH".to_owned(), path),
         ("HOSTNAME".to_owned(), rt.name.clone()),
-        ("HOME".to_owned(), rootfs.join("root").to_string_lossy().into_owned()),
+        (
+            "HOME".to_owned(),
+            rootfs.join("root").to_string_lossy().into_owned(),
+        ),
     ];
     // Downward API fields the pod object did not have yet when it started.
     let mut pod = ctx.pod.clone();
     pod["status"]["podIP"] = json!(ip);
     pod["status"]["hostIP"] = json!("127.0.0.1");
-    let env = container_env(&shared.store, &pod, spec, base).map_err(|m| ("CreateContainerConfigError".to_owned(), m))?;
+    let env = container_env(&shared.store, &pod, spec, base)
+        .map_err(|m| ("CreateContainerConfigError".to_owned(), m))?;
     let mut vars: BTreeMap<String, String> = env.iter().cloned().collect();
     vars.insert("POD_IP".into(), ip.clone());
     vars.insert("POD_NAME".into(), rt.name.clone());
@@ -84,18 +96,36 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
         }
     }
     env_all.extend(env);
-    let env: Vec<(String, String)> = env_all.into_iter().map(|(k, v)| {
-        let v = if k == "PATH" || k == "HOME" { v } else { rewriter.apply(&v) };
-        (k, v)
-    }).collect();
+    let env: Vec<(String, String)> = env_all
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k == "PATH" || k == "HOME" {
+                v
+            } else {
+                rewriter.apply(&v)
+            };
+            (k, v)
+        })
+        .collect();
     let vars: BTreeMap<String, String> = env.iter().cloned().collect();
-    let cwd = match spec.get("workingDir").and_then(Value::as_str).filter(|w| !w.is_empty()) {
-        Some(w) => rewriter.host_path(w).unwrap_or_else(|| rootfs.join(w.trim_start_matches('/'))),
+    let cwd = match spec
+        .get("workingDir")
+        .and_then(Value::as_str)
+        .filter(|w| !w.is_empty())
+    {
+        Some(w) => rewriter
+            .host_path(w)
+            .unwrap_or_else(|| rootfs.join(w.trim_start_matches('/'))),
         None => rootfs.clone(),
     };
     let _ = std::fs::create_dir_all(&cwd);
     let _ = std::fs::create_dir_all(rootfs.join("root"));
-    let argv = |v: Option<&Value>| strs(v).into_iter().map(|a| rewriter.apply(&expand(&a, &vars))).collect::<Vec<_>>();
+    let argv = |v: Option<&Value>| {
+        strs(v)
+            .into_iter()
+            .map(|a| rewriter.apply(&expand(&a, &vars)))
+            .collect::<Vec<_>>()
+    };
     let command_v = argv(spec.get("command"));
     let args_v = argv(spec.get("args"));
     let ports: Vec<(String, u16)> = spec
@@ -103,48 +133,120 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|p| Some((p.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(), u16::try_from(p.get("containerPort")?.as_u64()?).ok()?)))
+        .filter_map(|p| {
+            Some((
+                p.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                u16::try_from(p.get("containerPort")?.as_u64()?).ok()?,
+            ))
+        })
         .collect();
-    let base_spawn = Spawn { program: String::new(), args: Vec::new(), env: env.clone(), cwd: cwd.clone(), run_as: None };
+    let base_spawn = Spawn {
+        program: String::new(),
+        args: Vec::new(),
+        env: env.clone(),
+        cwd: cwd.clone(),
+        run_as: None,
+    };
     let launch = if let Some((program, rest)) = command_v.split_first() {
         let mut args = rest.to_vec();
         args.extend(args_v);
-        Launch::Process { spawn: Spawn { program: program.clone(), args, ..base_spawn }, stop_signal: Signal::SIGTERM }
+        Launch::Process {
+            spawn: Spawn {
+                program: program.clone(),
+                args,
+                ..base_spawn
+            },
+            stop_signal: Signal::SIGTERM,
+        }
     } else {
         match &runtime {
             Runtime::Postgres => {
-                let port = vars.get("PGPORT").and_then(|p| p.parse().ok()).unwrap_or(5432);
-                let plan = super::postgres::plan(ctx, image, &env, &rewriter, &args_v, port).map_err(|m| ("CreateContainerError".to_owned(), m))?;
+                let port = vars
+                    .get("PGPORT")
+                    .and_then(|p| p.parse().ok())
+                    .unwrap_or(5432);
+                let plan = super::postgres::plan(ctx, image, &env, &rewriter, &args_v, port)
+                    .map_err(|m| ("CreateContainerError".to_owned(), m))?;
                 Launch::Postgres(Box::new(plan))
             }
             Runtime::Redis => {
                 let port = ports.first().map_or(6379, |(_, p)| *p);
-                let data = rewriter.host_path("/data").unwrap_or_else(|| rootfs.join("data"));
+                let data = rewriter
+                    .host_path("/data")
+                    .unwrap_or_else(|| rootfs.join("data"));
                 let _ = std::fs::create_dir_all(&data);
-                let mut args = vec!["--bind".to_owned(), ip.clone(), "--port".to_owned(), port.to_string(), "--dir".to_owned(), data.to_string_lossy().into_owned(), "--protected-mode".to_owned(), "no".to_owned(), "--daemonize".to_owned(), "no".to_owned()];
-                let extra: Vec<String> = if args_v.first().is_some_and(|a| a == "redis-server") { args_v[1..].to_vec() } else { args_v };
+                let mut args = vec![
+                    "--bind".to_owned(),
+                    ip.clone(),
+                    "--port".to_owned(),
+                    port.to_string(),
+                    "--dir".to_owned(),
+                    data.to_string_lossy().into_owned(),
+                    "--protected-mode".to_owned(),
+                    "no".to_owned(),
+                    "--daemonize".to_owned(),
+                    "no".to_owned(),
+                ];
+                let extra: Vec<String> = if args_v.first().is_some_and(|a| a == "redis-server") {
+                    args_v[1..].to_vec()
+                } else {
+                    args_v
+                };
                 args.extend(extra);
-                Launch::Process { spawn: Spawn { program: "redis-server".into(), args, cwd: data, ..base_spawn }, stop_signal: Signal::SIGTERM }
+                Launch::Process {
+                    spawn: Spawn {
+                        program: "redis-server".into(),
+                        args,
+                        cwd: data,
+                        ..base_spawn
+                    },
+                    stop_signal: Signal::SIGTERM,
+                }
             }
             Runtime::Program(p) => {
                 let Some(program) = shared.cfg.images.locate(&p.program) else {
-                    return Err(("ErrImagePull".to_owned(), format!("image {image} maps to program {:?}, which was not found (build it, for example `cargo build -p {}`)", p.program, p.program)));
+                    return Err((
+                        "ErrImagePull".to_owned(),
+                        format!(
+                            "image {image} maps to program {:?}, which was not found (build it, for example `cargo build -p {}`)",
+                            p.program, p.program
+                        ),
+                    ));
                 };
                 let mut args = p.args.clone();
                 args.extend(args_v);
-                Launch::Process { spawn: Spawn { program: program.to_string_lossy().into_owned(), args, ..base_spawn }, stop_signal: Signal::SIGTERM }
+                Launch::Process {
+                    spawn: Spawn {
+                        program: program.to_string_lossy().into_owned(),
+                        args,
+                        ..base_spawn
+                    },
+                    stop_signal: Signal::SIGTERM,
+                }
             }
             Runtime::Pause => Launch::Pause,
         }
     };
-    Ok(Prepared { launch, env, cwd, rewriter, ports })
+    Ok(Prepared {
+        launch,
+        env,
+        cwd,
+        rewriter,
+        ports,
+    })
 }
 
 fn open_log(ctx: &PodCtx, name: &str, n: i64) -> std::io::Result<(PathBuf, std::fs::File)> {
     let dir = ctx.rt.dir.join("logs").join(name);
     std::fs::create_dir_all(&dir)?;
     let path = dir.join(format!("{n}.log"));
-    let f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
     Ok((path, f))
 }
 
@@ -158,8 +260,13 @@ fn set(ctx: &PodCtx, idx: usize, init: bool, f: impl FnOnce(&mut super::pod::CSt
 }
 
 fn get(ctx: &PodCtx, idx: usize, init: bool) -> Option<super::pod::CState> {
-    let s = ctx.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-    (if init { &s.init } else { &s.containers }).get(idx).cloned()
+    let s = ctx
+        .state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    (if init { &s.init } else { &s.containers })
+        .get(idx)
+        .cloned()
 }
 
 /// Sleep, but end early (false) when the pod stops.
@@ -173,10 +280,24 @@ async fn pause(ctx: &PodCtx, d: Duration) -> bool {
 /// Run container `idx` (an init container when `init`) until it is done for good or the pod
 /// stops. Returns whether it finished successfully.
 pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
-    let list = if init { "/spec/initContainers" } else { "/spec/containers" };
-    let Some(spec) = ctx.pod.pointer(list).and_then(|l| l.get(idx)).cloned() else { return false };
-    let name = spec.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let image = spec.get("image").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let list = if init {
+        "/spec/initContainers"
+    } else {
+        "/spec/containers"
+    };
+    let Some(spec) = ctx.pod.pointer(list).and_then(|l| l.get(idx)).cloned() else {
+        return false;
+    };
+    let name = spec
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let image = spec
+        .get("image")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let policy = ctx.restart_policy().to_owned();
     let mut waiting_told = String::new();
     loop {
@@ -190,7 +311,9 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
                     ctx.event(EventKind::Warning, "Failed", &format!("Error: {message}"));
                     waiting_told = message.clone();
                 }
-                set(&ctx, idx, init, |c| c.state = json!({"waiting": {"reason": reason, "message": message}}));
+                set(&ctx, idx, init, |c| {
+                    c.state = json!({"waiting": {"reason": reason, "message": message}})
+                });
                 if !pause(&ctx, Duration::from_millis(500)).await {
                     return false;
                 }
@@ -199,12 +322,21 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
         };
         let restarts = get(&ctx, idx, init).map_or(0, |c| c.restart_count);
         if restarts == 0 {
-            ctx.event(EventKind::Normal, "Pulled", &format!("Container image \"{image}\" already present on machine"));
+            ctx.event(
+                EventKind::Normal,
+                "Pulled",
+                &format!("Container image \"{image}\" already present on machine"),
+            );
         }
         let (log_path, log) = match open_log(&ctx, &name, restarts) {
             Ok(l) => l,
             Err(e) => {
-                set(&ctx, idx, init, |c| c.state = json!({"waiting": {"reason": "RunContainerError", "message": e.to_string()}}));
+                set(
+                    &ctx,
+                    idx,
+                    init,
+                    |c| c.state = json!({"waiting": {"reason": "RunContainerError", "message": e.to_string()}}),
+                );
                 if !pause(&ctx, Duration::from_secs(1)).await {
                     return false;
                 }
@@ -224,7 +356,8 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
             ci.pg = pg;
         });
         let started_at = crate::api::now();
-        let (code, reason, message) = run_instance(&ctx, idx, init, &spec, prepared, log, &started_at).await;
+        let (code, reason, message) =
+            run_instance(&ctx, idx, init, &spec, prepared, log, &started_at).await;
         ctx.rt.update_container(&name, |ci| ci.running = false);
         let finished_at = crate::api::now();
         let mut terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at});
@@ -232,11 +365,12 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
             terminated["message"] = json!(m);
         }
         let stopping = ctx.rt.stop.is_cancelled();
-        let restart = !stopping && match (init, policy.as_str()) {
-            (_, "Never") => false,
-            (true, _) | (false, "OnFailure") => code != 0,
-            _ => true,
-        };
+        let restart = !stopping
+            && match (init, policy.as_str()) {
+                (_, "Never") => false,
+                (true, _) | (false, "OnFailure") => code != 0,
+                _ => true,
+            };
         if !restart {
             set(&ctx, idx, init, |c| {
                 c.state = json!({"terminated": terminated});
@@ -246,9 +380,25 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
             return code == 0 && !stopping;
         }
         let count = restarts + 1;
-        let backoff = ctx.shared.cfg.scaled((10.0 * 2f64.powi((count - 1).min(5) as i32)).min(300.0));
-        let msg = format!("back-off {}s restarting failed container={name} pod={}_{}({})", (10u64 << (count - 1).min(5)).min(300), ctx.rt.name, ctx.rt.namespace, ctx.rt.uid);
-        ctx.event(EventKind::Warning, "BackOff", &format!("Back-off restarting failed container {name} in pod {}_{}({})", ctx.rt.name, ctx.rt.namespace, ctx.rt.uid));
+        let backoff = ctx
+            .shared
+            .cfg
+            .scaled((10.0 * 2f64.powi((count - 1).min(5) as i32)).min(300.0));
+        let msg = format!(
+            "back-off {}s restarting failed container={name} pod={}_{}({})",
+            (10u64 << (count - 1).min(5)).min(300),
+            ctx.rt.name,
+            ctx.rt.namespace,
+            ctx.rt.uid
+        );
+        ctx.event(
+            EventKind::Warning,
+            "BackOff",
+            &format!(
+                "Back-off restarting failed container {name} in pod {}_{}({})",
+                ctx.rt.name, ctx.rt.namespace, ctx.rt.uid
+            ),
+        );
         set(&ctx, idx, init, |c| {
             c.last_state = json!({"terminated": terminated});
             c.state = json!({"waiting": {"reason": "CrashLoopBackOff", "message": msg}});
@@ -263,18 +413,41 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
 }
 
 /// Run one instance; returns (exit code, reason, message).
-async fn run_instance(ctx: &Arc<PodCtx>, idx: usize, init: bool, spec: &Value, prepared: Prepared, log: std::fs::File, started_at: &str) -> (i64, String, Option<String>) {
-    let name = spec.get("name").and_then(Value::as_str).unwrap_or_default().to_owned();
+async fn run_instance(
+    ctx: &Arc<PodCtx>,
+    idx: usize,
+    init: bool,
+    spec: &Value,
+    prepared: Prepared,
+    log: std::fs::File,
+    started_at: &str,
+) -> (i64, String, Option<String>) {
+    let name = spec
+        .get("name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let (spawn, stop_signal) = match prepared.launch {
         Launch::Pause => {
-            ctx.event(EventKind::Warning, "ImageNotMapped", &format!("image {} has no program in the image map; running a pause container", spec["image"].as_str().unwrap_or_default()));
+            ctx.event(
+                EventKind::Warning,
+                "ImageNotMapped",
+                &format!(
+                    "image {} has no program in the image map; running a pause container",
+                    spec["image"].as_str().unwrap_or_default()
+                ),
+            );
             set(ctx, idx, init, |c| {
                 c.state = json!({"running": {"startedAt": started_at}});
                 c.started = true;
                 c.ready = true;
                 c.container_id = Some(format!("simcluster://pause-{}", ctx.rt.uid));
             });
-            ctx.event(EventKind::Normal, "Started", &format!("Started container {name}"));
+            ctx.event(
+                EventKind::Normal,
+                "Started",
+                &format!("Started container {name}"),
+            );
             ctx.rt.stop.cancelled().await;
             return (0, "Completed".into(), None);
         }
@@ -302,11 +475,16 @@ async fn run_instance(ctx: &Arc<PodCtx>, idx: usize, init: bool, spec: &Value, p
         Ok(f) => f,
         Err(e) => return (128, "StartError".into(), Some(e.to_string())),
     };
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(log)).stderr(Stdio::from(stderr));
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(stderr));
     let mut child = match cmd.spawn() {
         Ok(c) => c,
         Err(e) => {
-            let msg = format!("failed to create containerd task: failed to start {:?}: {e}", spawn.program);
+            let msg = format!(
+                "failed to create containerd task: failed to start {:?}: {e}",
+                spawn.program
+            );
             ctx.event(EventKind::Warning, "Failed", &msg);
             return (128, "StartError".into(), Some(msg));
         }
@@ -321,8 +499,16 @@ async fn run_instance(ctx: &Arc<PodCtx>, idx: usize, init: bool, spec: &Value, p
         c.ready = !has_startup && !has_readiness;
         c.container_id = Some(format!("simcluster://{pgid}"));
     });
-    ctx.event(EventKind::Normal, "Created", &format!("Created container {name}"));
-    ctx.event(EventKind::Normal, "Started", &format!("Started container {name}"));
+    ctx.event(
+        EventKind::Normal,
+        "Created",
+        &format!("Created container {name}"),
+    );
+    ctx.event(
+        EventKind::Normal,
+        "Started",
+        &format!("Started container {name}"),
+    );
 
     let probes_stop = CancellationToken::new();
     let (live_tx, mut live_rx) = mpsc::channel::<String>(1);
@@ -330,12 +516,30 @@ async fn run_instance(ctx: &Arc<PodCtx>, idx: usize, init: bool, spec: &Value, p
         let target = Target {
             ip: ctx.rt.ip,
             ports: prepared.ports.clone(),
-            spawn: Spawn { program: String::new(), args: Vec::new(), env: probe_env(&prepared.env, &spawn), cwd: prepared.cwd.clone(), run_as: None },
+            spawn: Spawn {
+                program: String::new(),
+                args: Vec::new(),
+                env: probe_env(&prepared.env, &spawn),
+                cwd: prepared.cwd.clone(),
+                run_as: None,
+            },
             rewriter: prepared.rewriter.clone(),
         };
-        tokio::spawn(probes(ctx.clone(), idx, spec.clone(), target, probes_stop.clone(), live_tx));
+        tokio::spawn(probes(
+            ctx.clone(),
+            idx,
+            spec.clone(),
+            target,
+            probes_stop.clone(),
+            live_tx,
+        ));
     }
-    let grace_spec = Duration::from_secs(ctx.pod.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_u64).unwrap_or(30));
+    let grace_spec = Duration::from_secs(
+        ctx.pod
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_u64)
+            .unwrap_or(30),
+    );
     let started = Instant::now();
     let mut killed_for = None;
     let status = tokio::select! {
@@ -361,7 +565,9 @@ async fn run_instance(ctx: &Arc<PodCtx>, idx: usize, init: bool, spec: &Value, p
     let _ = started;
     use std::os::unix::process::ExitStatusExt as _;
     let code = match status {
-        Some(s) => s.code().map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from),
+        Some(s) => s
+            .code()
+            .map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from),
         None => 137,
     };
     let reason = if code == 0 { "Completed" } else { "Error" };
@@ -373,7 +579,13 @@ fn probe_env(env: &[(String, String)], _spawn: &Spawn) -> Vec<(String, String)> 
     env.to_vec()
 }
 
-async fn stop_gracefully(ctx: &PodCtx, child: &mut tokio::process::Child, pgid: i32, sig: Signal, grace: Duration) -> Option<std::process::ExitStatus> {
+async fn stop_gracefully(
+    ctx: &PodCtx,
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    sig: Signal,
+    grace: Duration,
+) -> Option<std::process::ExitStatus> {
     signal_group(pgid, sig);
     tokio::select! {
         s = child.wait() => s.ok(),
@@ -389,7 +601,14 @@ async fn stop_gracefully(ctx: &PodCtx, child: &mut tokio::process::Child, pgid: 
 }
 
 /// The probe loops of one container instance.
-async fn probes(ctx: Arc<PodCtx>, idx: usize, spec: Value, target: Target, stop: CancellationToken, live: mpsc::Sender<String>) {
+async fn probes(
+    ctx: Arc<PodCtx>,
+    idx: usize,
+    spec: Value,
+    target: Target,
+    stop: CancellationToken,
+    live: mpsc::Sender<String>,
+) {
     let (started_tx, mut started_rx) = watch::channel(spec.get("startupProbe").is_none());
     if let Some(p) = spec.get("startupProbe").cloned() {
         let spec_has_no_readiness = spec.get("readinessProbe").is_none();
@@ -417,7 +636,11 @@ async fn probes(ctx: Arc<PodCtx>, idx: usize, spec: Value, target: Target, stop:
                     Err(why) => {
                         fails += 1;
                         if fails >= t.failure_threshold {
-                            ctx2.event(EventKind::Warning, "Unhealthy", &format!("Startup probe failed: {why}"));
+                            ctx2.event(
+                                EventKind::Warning,
+                                "Unhealthy",
+                                &format!("Startup probe failed: {why}"),
+                            );
                             let _ = live2.send(why).await;
                             return;
                         }
@@ -438,8 +661,13 @@ async fn probes(ctx: Arc<PodCtx>, idx: usize, spec: Value, target: Target, stop:
         }
     }
     let mut tasks = Vec::new();
-    for (kind, field) in [("Readiness", "readinessProbe"), ("Liveness", "livenessProbe")] {
-        let Some(p) = spec.get(field).cloned() else { continue };
+    for (kind, field) in [
+        ("Readiness", "readinessProbe"),
+        ("Liveness", "livenessProbe"),
+    ] {
+        let Some(p) = spec.get(field).cloned() else {
+            continue;
+        };
         let ctx = ctx.clone();
         let target = target.clone();
         let stop = stop.clone();

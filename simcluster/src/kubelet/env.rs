@@ -35,8 +35,9 @@ fn name_before_ok(s: &str, i: usize) -> bool {
         return true;
     }
     let prev = s[..i].chars().next_back().unwrap_or(' ');
-    prev.is_whitespace() || matches!(prev, '=' | '@' | '"' | '\'' | '(' | ',' | '/' | '[')
-        && (prev != '/' || s[..i].ends_with("//"))
+    prev.is_whitespace()
+        || matches!(prev, '=' | '@' | '"' | '\'' | '(' | ',' | '/' | '[')
+            && (prev != '/' || s[..i].ends_with("//"))
 }
 
 fn name_after_ok(s: &str, j: usize) -> bool {
@@ -67,14 +68,38 @@ fn path_after_ok(s: &str, j: usize) -> bool {
 
 impl Rewriter {
     /// The rewriter for one pod.
-    pub(crate) fn for_pod(store: &Store, ns: &str, pod_ip: &str, mounts: &[(String, PathBuf)]) -> Rewriter {
-        let mut names = vec![("localhost".to_owned(), pod_ip.to_owned()), ("127.0.0.1".to_owned(), pod_ip.to_owned())];
+    pub(crate) fn for_pod(
+        store: &Store,
+        ns: &str,
+        pod_ip: &str,
+        mounts: &[(String, PathBuf)],
+    ) -> Rewriter {
+        let mut names = vec![
+            ("localhost".to_owned(), pod_ip.to_owned()),
+            ("127.0.0.1".to_owned(), pod_ip.to_owned()),
+        ];
         let (services, _) = store.list("/services", None);
         for s in &services {
-            let Some(ip) = s.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()) else { continue };
-            let name = s.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
-            let sns = s.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-            for n in [format!("{name}.{sns}.svc.cluster.local"), format!("{name}.{sns}.svc"), format!("{name}.{sns}")] {
+            let Some(ip) = s
+                .pointer("/spec/clusterIP")
+                .and_then(Value::as_str)
+                .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+            else {
+                continue;
+            };
+            let name = s
+                .pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let sns = s
+                .pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            for n in [
+                format!("{name}.{sns}.svc.cluster.local"),
+                format!("{name}.{sns}.svc"),
+                format!("{name}.{sns}"),
+            ] {
                 names.push((n, ip.to_owned()));
             }
             if sns == ns {
@@ -84,7 +109,12 @@ impl Rewriter {
         names.sort_by_key(|(n, _)| std::cmp::Reverse(n.len()));
         let mut paths: Vec<(String, String)> = mounts
             .iter()
-            .map(|(c, h)| (c.trim_end_matches('/').to_owned(), h.to_string_lossy().into_owned()))
+            .map(|(c, h)| {
+                (
+                    c.trim_end_matches('/').to_owned(),
+                    h.to_string_lossy().into_owned(),
+                )
+            })
             .filter(|(c, _)| c.len() > 1)
             .collect();
         paths.sort_by_key(|(c, _)| std::cmp::Reverse(c.len()));
@@ -183,23 +213,55 @@ pub(crate) fn service_vars(store: &Store, ns: &str) -> Vec<(String, String)> {
     let mut vars = Vec::new();
     let (services, _) = store.list("/services", Some(ns));
     for s in &services {
-        let Some(ip) = s.pointer("/spec/clusterIP").and_then(Value::as_str).filter(|ip| ip.parse::<std::net::IpAddr>().is_ok()) else { continue };
-        let ports: Vec<Value> = s.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        let Some(ip) = s
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .filter(|ip| ip.parse::<std::net::IpAddr>().is_ok())
+        else {
+            continue;
+        };
+        let ports: Vec<Value> = s
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let Some(first) = ports.first() else { continue };
-        let n = svc_var_name(s.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default());
+        let n = svc_var_name(
+            s.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        );
         let port_of = |p: &Value| p.get("port").and_then(Value::as_u64).unwrap_or(0);
-        let proto_of = |p: &Value| p.get("protocol").and_then(Value::as_str).unwrap_or("TCP").to_owned();
+        let proto_of = |p: &Value| {
+            p.get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP")
+                .to_owned()
+        };
         vars.push((format!("{n}_SERVICE_HOST"), ip.to_owned()));
         vars.push((format!("{n}_SERVICE_PORT"), port_of(first).to_string()));
-        vars.push((format!("{n}_PORT"), format!("{}://{ip}:{}", proto_of(first).to_lowercase(), port_of(first))));
+        vars.push((
+            format!("{n}_PORT"),
+            format!(
+                "{}://{ip}:{}",
+                proto_of(first).to_lowercase(),
+                port_of(first)
+            ),
+        ));
         for p in &ports {
             let port = port_of(p);
             let proto = proto_of(p);
             if let Some(pn) = p.get("name").and_then(Value::as_str) {
-                vars.push((format!("{n}_SERVICE_PORT_{}", svc_var_name(pn)), port.to_string()));
+                vars.push((
+                    format!("{n}_SERVICE_PORT_{}", svc_var_name(pn)),
+                    port.to_string(),
+                ));
             }
             let base = format!("{n}_PORT_{port}_{proto}");
-            vars.push((base.clone(), format!("{}://{ip}:{port}", proto.to_lowercase())));
+            vars.push((
+                base.clone(),
+                format!("{}://{ip}:{port}", proto.to_lowercase()),
+            ));
             vars.push((format!("{base}_PROTO"), proto.to_lowercase()));
             vars.push((format!("{base}_PORT"), port.to_string()));
             vars.push((format!("{base}_ADDR"), ip.to_owned()));
@@ -212,22 +274,39 @@ fn key_of(store: &Store, ns: &str, r: &Value, secret: bool) -> Result<Option<Str
     let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
     let key = r.get("key").and_then(Value::as_str).unwrap_or_default();
     let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
-    let (res, what) = if secret { ("/secrets", "secret") } else { ("/configmaps", "configmap") };
+    let (res, what) = if secret {
+        ("/secrets", "secret")
+    } else {
+        ("/configmaps", "configmap")
+    };
     let Some(obj) = store.get(res, ns, name) else {
-        return if optional { Ok(None) } else { Err(format!("{what} \"{name}\" not found")) };
+        return if optional {
+            Ok(None)
+        } else {
+            Err(format!("{what} \"{name}\" not found"))
+        };
     };
     let value = if secret {
-        obj.pointer(&format!("/data/{}", key.replace('~', "~0").replace('/', "~1")))
-            .and_then(Value::as_str)
-            .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
+        obj.pointer(&format!(
+            "/data/{}",
+            key.replace('~', "~0").replace('/', "~1")
+        ))
+        .and_then(Value::as_str)
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
     } else {
-        obj.get("data").and_then(|d| d.get(key)).and_then(Value::as_str).map(str::to_owned)
+        obj.get("data")
+            .and_then(|d| d.get(key))
+            .and_then(Value::as_str)
+            .map(str::to_owned)
     };
     match value {
         Some(v) => Ok(Some(v)),
         None if optional => Ok(None),
-        None => Err(format!("couldn't find key {key} in {}: {ns}/{name}", if secret { "Secret" } else { "ConfigMap" })),
+        None => Err(format!(
+            "couldn't find key {key} in {}: {ns}/{name}",
+            if secret { "Secret" } else { "ConfigMap" }
+        )),
     }
 }
 
@@ -235,9 +314,16 @@ fn field_ref(pod: &Value, path: &str) -> String {
     let label = |prefix: &str, what: &str| {
         path.strip_prefix(prefix)
             .and_then(|r| r.strip_suffix("']"))
-            .and_then(|k| pod.pointer(&format!("/metadata/{what}"))?.get(k)?.as_str().map(str::to_owned))
+            .and_then(|k| {
+                pod.pointer(&format!("/metadata/{what}"))?
+                    .get(k)?
+                    .as_str()
+                    .map(str::to_owned)
+            })
     };
-    if let Some(v) = label("metadata.labels['", "labels").or_else(|| label("metadata.annotations['", "annotations")) {
+    if let Some(v) = label("metadata.labels['", "labels")
+        .or_else(|| label("metadata.annotations['", "annotations"))
+    {
         return v;
     }
     let ptr = match path {
@@ -250,7 +336,10 @@ fn field_ref(pod: &Value, path: &str) -> String {
         "status.hostIP" => "/status/hostIP",
         _ => return String::new(),
     };
-    pod.pointer(ptr).and_then(Value::as_str).unwrap_or_default().to_owned()
+    pod.pointer(ptr)
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned()
 }
 
 /// The environment of `container` in `pod` (before rewriting), after `base`.
@@ -258,25 +347,45 @@ fn field_ref(pod: &Value, path: &str) -> String {
 /// # Errors
 /// A referenced Secret, ConfigMap or key that is missing and not optional, worded as the
 /// kubelet's `CreateContainerConfigError` message.
-pub(crate) fn container_env(store: &Store, pod: &Value, container: &Value, base: Vec<(String, String)>) -> Result<Vec<(String, String)>, String> {
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
+pub(crate) fn container_env(
+    store: &Store,
+    pod: &Value,
+    container: &Value,
+    base: Vec<(String, String)>,
+) -> Result<Vec<(String, String)>, String> {
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let mut order: Vec<String> = Vec::new();
     let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let set = |order: &mut Vec<String>, vars: &mut BTreeMap<String, String>, k: String, v: String| {
-        if !vars.contains_key(&k) {
-            order.push(k.clone());
-        }
-        vars.insert(k, v);
-    };
+    let set =
+        |order: &mut Vec<String>, vars: &mut BTreeMap<String, String>, k: String, v: String| {
+            if !vars.contains_key(&k) {
+                order.push(k.clone());
+            }
+            vars.insert(k, v);
+        };
     for (k, v) in base {
         set(&mut order, &mut vars, k, v);
     }
     for (k, v) in service_vars(store, ns) {
         set(&mut order, &mut vars, k, v);
     }
-    for from in container.get("envFrom").and_then(Value::as_array).into_iter().flatten() {
-        let prefix = from.get("prefix").and_then(Value::as_str).unwrap_or_default();
-        for (field, res, secret) in [("configMapRef", "/configmaps", false), ("secretRef", "/secrets", true)] {
+    for from in container
+        .get("envFrom")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let prefix = from
+            .get("prefix")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        for (field, res, secret) in [
+            ("configMapRef", "/configmaps", false),
+            ("secretRef", "/secrets", true),
+        ] {
             let Some(r) = from.get(field) else { continue };
             let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
             let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
@@ -284,12 +393,23 @@ pub(crate) fn container_env(store: &Store, pod: &Value, container: &Value, base:
                 if optional {
                     continue;
                 }
-                return Err(format!("{} \"{name}\" not found", if secret { "secret" } else { "configmap" }));
+                return Err(format!(
+                    "{} \"{name}\" not found",
+                    if secret { "secret" } else { "configmap" }
+                ));
             };
-            for (k, v) in obj.get("data").and_then(Value::as_object).into_iter().flatten() {
+            for (k, v) in obj
+                .get("data")
+                .and_then(Value::as_object)
+                .into_iter()
+                .flatten()
+            {
                 let v = v.as_str().unwrap_or_default();
                 let v = if secret {
-                    base64::engine::general_purpose::STANDARD.decode(v).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+                    base64::engine::general_purpose::STANDARD
+                        .decode(v)
+                        .map(|b| String::from_utf8_lossy(&b).into_owned())
+                        .unwrap_or_default()
                 } else {
                     v.to_owned()
                 };
@@ -297,8 +417,15 @@ pub(crate) fn container_env(store: &Store, pod: &Value, container: &Value, base:
             }
         }
     }
-    for e in container.get("env").and_then(Value::as_array).into_iter().flatten() {
-        let Some(name) = e.get("name").and_then(Value::as_str) else { continue };
+    for e in container
+        .get("env")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let Some(name) = e.get("name").and_then(Value::as_str) else {
+            continue;
+        };
         let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
             Some(expand(v, &vars))
         } else if let Some(from) = e.get("valueFrom") {
@@ -307,7 +434,12 @@ pub(crate) fn container_env(store: &Store, pod: &Value, container: &Value, base:
             } else if let Some(r) = from.get("configMapKeyRef") {
                 key_of(store, ns, r, false)?
             } else if let Some(r) = from.get("fieldRef") {
-                Some(field_ref(pod, r.get("fieldPath").and_then(Value::as_str).unwrap_or_default()))
+                Some(field_ref(
+                    pod,
+                    r.get("fieldPath")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default(),
+                ))
             } else if from.get("resourceFieldRef").is_some() {
                 // No limits are enforced; report the node's capacity, as for an unset limit.
                 Some("0".to_owned())
@@ -321,10 +453,13 @@ pub(crate) fn container_env(store: &Store, pod: &Value, container: &Value, base:
             set(&mut order, &mut vars, name.to_owned(), v);
         }
     }
-    Ok(order.into_iter().map(|k| {
-        let v = vars.get(&k).cloned().unwrap_or_default();
-        (k, v)
-    }).collect())
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = vars.get(&k).cloned().unwrap_or_default();
+            (k, v)
+        })
+        .collect())
 }
 
 #[cfg(test)]
@@ -334,12 +469,18 @@ mod tests {
     fn rewriter() -> Rewriter {
         Rewriter {
             names: vec![
-                ("postgresql-service.titanium-prod.svc.cluster.local".into(), "127.1.0.3".into()),
+                (
+                    "postgresql-service.titanium-prod.svc.cluster.local".into(),
+                    "127.1.0.3".into(),
+                ),
                 ("postgresql-service".into(), "127.1.0.3".into()),
                 ("localhost".into(), "127.2.0.9".into()),
                 ("redis".into(), "127.1.0.4".into()),
             ],
-            paths: vec![("/backup".into(), "/state/vol/b".into()), ("/data".into(), "/state/vol/d".into())],
+            paths: vec![
+                ("/backup".into(), "/state/vol/b".into()),
+                ("/data".into(), "/state/vol/d".into()),
+            ],
         }
     }
 
@@ -348,10 +489,19 @@ mod tests {
         let r = rewriter();
         for (input, want) in [
             ("postgresql-service", "127.1.0.3"),
-            ("http://postgresql-service:5432/x", "http://127.1.0.3:5432/x"),
-            ("postgres://u:p@postgresql-service.titanium-prod.svc.cluster.local/db", "postgres://u:p@127.1.0.3/db"),
+            (
+                "http://postgresql-service:5432/x",
+                "http://127.1.0.3:5432/x",
+            ),
+            (
+                "postgres://u:p@postgresql-service.titanium-prod.svc.cluster.local/db",
+                "postgres://u:p@127.1.0.3/db",
+            ),
             ("redis://redis:6379", "redis://127.1.0.4:6379"),
-            ("pg_dump -h postgresql-service -f \"/backup/.x.partial\"", "pg_dump -h 127.1.0.3 -f \"/state/vol/b/.x.partial\""),
+            (
+                "pg_dump -h postgresql-service -f \"/backup/.x.partial\"",
+                "pg_dump -h 127.1.0.3 -f \"/state/vol/b/.x.partial\"",
+            ),
             ("/etc/redis/redis.conf", "/etc/redis/redis.conf"),
             ("my-postgresql-service", "my-postgresql-service"),
             ("/database", "/database"),
@@ -360,7 +510,10 @@ mod tests {
         ] {
             assert_eq!(r.apply(input), want, "{input}");
         }
-        assert_eq!(r.host_path("/data/x/y"), Some(PathBuf::from("/state/vol/d/x/y")));
+        assert_eq!(
+            r.host_path("/data/x/y"),
+            Some(PathBuf::from("/state/vol/d/x/y"))
+        );
         assert_eq!(r.host_path("/datax"), None);
     }
 

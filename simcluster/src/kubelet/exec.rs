@@ -29,16 +29,22 @@ pub(crate) struct ExecHandler(pub(crate) Arc<Shared>);
 impl SubresourceHandler for ExecHandler {
     fn handle(&self, target: SubresourceTarget, req: Request) -> BoxFuture<'static, Response> {
         let shared = self.0.clone();
-        Box::pin(async move { exec(shared, target, req).await.unwrap_or_else(|e| e.into_response()) })
+        Box::pin(async move {
+            exec(shared, target, req)
+                .await
+                .unwrap_or_else(|e| e.into_response())
+        })
     }
 }
 
 pub(crate) fn query(req: &Request) -> Result<Vec<(String, String)>, ApiError> {
-    serde_urlencoded::from_str(req.uri().query().unwrap_or_default()).map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
+    serde_urlencoded::from_str(req.uri().query().unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(format!("invalid query string: {e}")))
 }
 
 pub(crate) fn flag(q: &[(String, String)], k: &str) -> bool {
-    q.iter().any(|(n, v)| n == k && matches!(v.as_str(), "true" | "1"))
+    q.iter()
+        .any(|(n, v)| n == k && matches!(v.as_str(), "true" | "1"))
 }
 
 pub(crate) fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
@@ -46,40 +52,91 @@ pub(crate) fn param<'a>(q: &'a [(String, String)], k: &str) -> Option<&'a str> {
 }
 
 /// The pod, its running container `container` (or the first), and what to know about it.
-pub(crate) fn running_container(shared: &Shared, target: &SubresourceTarget, container: Option<&str>, action: &str) -> Result<(Arc<super::pod::PodRuntime>, String, super::pod::ContainerInfo), ApiError> {
-    let pod = shared.store.get("/pods", &target.namespace, &target.name).ok_or_else(|| ApiError::not_found(&target.resource, &target.name))?;
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+pub(crate) fn running_container(
+    shared: &Shared,
+    target: &SubresourceTarget,
+    container: Option<&str>,
+    action: &str,
+) -> Result<
+    (
+        Arc<super::pod::PodRuntime>,
+        String,
+        super::pod::ContainerInfo,
+    ),
+    ApiError,
+> {
+    let pod = shared
+        .store
+        .get("/pods", &target.namespace, &target.name)
+        .ok_or_else(|| ApiError::not_found(&target.resource, &target.name))?;
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
     if action == "exec" && matches!(phase, "Succeeded" | "Failed") {
-        return Err(ApiError::bad_request(format!("cannot exec into a container in a completed pod; current phase is {phase}")));
+        return Err(ApiError::bad_request(format!(
+            "cannot exec into a container in a completed pod; current phase is {phase}"
+        )));
     }
-    let names: Vec<String> = pod.pointer("/spec/containers").and_then(Value::as_array).into_iter().flatten().filter_map(|c| c.get("name").and_then(Value::as_str)).map(str::to_owned).collect();
+    let names: Vec<String> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|c| c.get("name").and_then(Value::as_str))
+        .map(str::to_owned)
+        .collect();
     let name = match container.filter(|c| !c.is_empty()) {
         Some(c) => {
-            let inits = pod.pointer("/spec/initContainers").and_then(Value::as_array).into_iter().flatten().any(|i| i.get("name").and_then(Value::as_str) == Some(c));
+            let inits = pod
+                .pointer("/spec/initContainers")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .any(|i| i.get("name").and_then(Value::as_str) == Some(c));
             if !names.iter().any(|n| n == c) && !inits {
-                return Err(ApiError::bad_request(format!("container {c} is not valid for pod {}", target.name)));
+                return Err(ApiError::bad_request(format!(
+                    "container {c} is not valid for pod {}",
+                    target.name
+                )));
             }
             c.to_owned()
         }
-        None => names.first().cloned().ok_or_else(|| ApiError::bad_request("the pod has no containers"))?,
+        None => names
+            .first()
+            .cloned()
+            .ok_or_else(|| ApiError::bad_request("the pod has no containers"))?,
     };
     let rt = shared.runtime(&target.namespace, &target.name);
     let info = rt.as_ref().and_then(|r| r.container(&name));
     match (rt, info) {
         (Some(rt), Some(info)) => Ok((rt, name, info)),
-        _ => Err(ApiError::bad_request(format!("container \"{name}\" in pod \"{}\" is waiting to start: ContainerCreating", target.name))),
+        _ => Err(ApiError::bad_request(format!(
+            "container \"{name}\" in pod \"{}\" is waiting to start: ContainerCreating",
+            target.name
+        ))),
     }
 }
 
-async fn exec(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> Result<Response, ApiError> {
+async fn exec(
+    shared: Arc<Shared>,
+    target: SubresourceTarget,
+    req: Request,
+) -> Result<Response, ApiError> {
     let q = query(&req)?;
-    let argv: Vec<String> = q.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
+    let argv: Vec<String> = q
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
     if argv.is_empty() {
         return Err(ApiError::bad_request("you must specify at least 1 command"));
     }
     let (_rt, _name, info) = running_container(&shared, &target, param(&q, "container"), "exec")?;
     if !info.running {
-        return Err(ApiError::bad_request(format!("unable to upgrade connection: container not found (\"{_name}\")")));
+        return Err(ApiError::bad_request(format!(
+            "unable to upgrade connection: container not found (\"{_name}\")"
+        )));
     }
     let stdin = flag(&q, "stdin");
     let mut argv: Vec<String> = argv.iter().map(|a| info.rewriter.apply(a)).collect();
@@ -91,7 +148,13 @@ async fn exec(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> R
             .mounts()
             .iter()
             .filter(|(_, host)| argv.iter().any(|a| a.contains(host.as_str())))
-            .map(|(c, host)| format!("--transform=s|^{}|{}|", host.trim_start_matches('/'), c.trim_start_matches('/')))
+            .map(|(c, host)| {
+                format!(
+                    "--transform=s|^{}|{}|",
+                    host.trim_start_matches('/'),
+                    c.trim_start_matches('/')
+                )
+            })
             .collect();
         if !transforms.is_empty() {
             // At the end: `tar cf - PATH` only parses its old-style first argument in first place.
@@ -105,13 +168,23 @@ async fn exec(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> R
         env.push(("PGHOST".into(), sock.to_string_lossy().into_owned()));
         env.push(("PGPORT".into(), port.to_string()));
     }
-    let spawn = Spawn { program: argv[0].clone(), args: argv[1..].to_vec(), env, cwd: info.cwd.clone(), run_as: None };
+    let spawn = Spawn {
+        program: argv[0].clone(),
+        args: argv[1..].to_vec(),
+        env,
+        cwd: info.cwd.clone(),
+        run_as: None,
+    };
     let (mut parts, _body) = req.into_parts();
     let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
         .map_err(|_| ApiError::bad_request("pods/exec needs a WebSocket upgrade (v5.channel.k8s.io or v4.channel.k8s.io); SPDY is not supported"))?;
-    let ws = ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"]).max_message_size(256 << 20);
-    let v5 = ws.selected_protocol().is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
+    let ws = ws
+        .protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+        .max_message_size(256 << 20);
+    let v5 = ws
+        .selected_protocol()
+        .is_some_and(|p| p.as_bytes() == b"v5.channel.k8s.io");
     let stopping = shared.stopping.clone();
     Ok(ws.on_upgrade(move |socket| async move {
         tokio::select! {
@@ -132,7 +205,9 @@ fn frame(channel: u8, data: &[u8]) -> Message {
 /// The Status frame for an exit code (client-go's remotecommand v4 format).
 pub(crate) fn exit_status(argv: &[String], code: Option<i32>, error: Option<&str>) -> Value {
     match (code, error) {
-        (_, Some(e)) => json!({"metadata": {}, "status": "Failure", "message": e, "reason": "InternalError", "code": 500}),
+        (_, Some(e)) => {
+            json!({"metadata": {}, "status": "Failure", "message": e, "reason": "InternalError", "code": 500})
+        }
         (Some(0), None) => json!({"metadata": {}, "status": "Success"}),
         (code, None) => {
             let code = code.unwrap_or(137);
@@ -161,7 +236,14 @@ async fn pump(mut r: impl tokio::io::AsyncRead + Unpin, channel: u8, tx: mpsc::S
     }
 }
 
-async fn session(shared: Arc<Shared>, socket: WebSocket, spawn: Spawn, argv: Vec<String>, stdin: bool, v5: bool) {
+async fn session(
+    shared: Arc<Shared>,
+    socket: WebSocket,
+    spawn: Spawn,
+    argv: Vec<String>,
+    stdin: bool,
+    v5: bool,
+) {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(8);
     let sender = tokio::spawn(async move {
@@ -174,18 +256,35 @@ async fn session(shared: Arc<Shared>, socket: WebSocket, spawn: Spawn, argv: Vec
         let _ = sink.close().await;
     });
     let child = command(&spawn).and_then(|mut c| {
-        c.stdin(if stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         c.spawn()
     });
     let mut child = match child {
         Ok(c) => c,
         Err(e) => {
             // As a container runtime reports an exec of a missing program.
-            let msg = format!("OCI runtime exec failed: exec failed: unable to start container process: {e}: unknown\r\n");
+            let msg = format!(
+                "OCI runtime exec failed: exec failed: unable to start container process: {e}: unknown\r\n"
+            );
             let _ = tx.send(frame(2, msg.as_bytes())).await;
-            let status = exit_status(&argv, Some(if e.kind() == std::io::ErrorKind::NotFound { 127 } else { 126 }), None);
+            let status = exit_status(
+                &argv,
+                Some(if e.kind() == std::io::ErrorKind::NotFound {
+                    127
+                } else {
+                    126
+                }),
+                None,
+            );
             let _ = tx.send(frame(3, status.to_string().as_bytes())).await;
-            let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+            let _ = tx
+                .send(Message::Close(Some(CloseFrame {
+                    code: 1000,
+                    reason: "".into(),
+                })))
+                .await;
             drop(tx);
             let _ = sender.await;
             return;
@@ -193,8 +292,16 @@ async fn session(shared: Arc<Shared>, socket: WebSocket, spawn: Spawn, argv: Vec
     };
     let pgid = child.id().map_or(0, |p| p as i32);
     shared.reaper.track(pgid);
-    let out = tokio::spawn(pump(child.stdout.take().expect("stdout is piped"), 1, tx.clone()));
-    let err = tokio::spawn(pump(child.stderr.take().expect("stderr is piped"), 2, tx.clone()));
+    let out = tokio::spawn(pump(
+        child.stdout.take().expect("stdout is piped"),
+        1,
+        tx.clone(),
+    ));
+    let err = tokio::spawn(pump(
+        child.stderr.take().expect("stderr is piped"),
+        2,
+        tx.clone(),
+    ));
     let mut child_stdin = child.stdin.take();
     let client_gone = tokio_util::sync::CancellationToken::new();
     let gone = client_gone.clone();
@@ -245,7 +352,12 @@ async fn session(shared: Arc<Shared>, socket: WebSocket, spawn: Spawn, argv: Vec
     let code = status.and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
     let st = exit_status(&argv, code, None);
     let _ = tx.send(frame(3, st.to_string().as_bytes())).await;
-    let _ = tx.send(Message::Close(Some(CloseFrame { code: 1000, reason: "".into() }))).await;
+    let _ = tx
+        .send(Message::Close(Some(CloseFrame {
+            code: 1000,
+            reason: "".into(),
+        })))
+        .await;
     drop(tx);
     let _ = sender.await;
     reader.abort();

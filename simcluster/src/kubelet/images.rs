@@ -85,7 +85,9 @@ pub(crate) fn image_name(image: &str) -> &str {
         Some(i) => &image[..last_slash + i],
         None => image,
     };
-    name.strip_prefix("docker.io/").map(|n| n.strip_prefix("library/").unwrap_or(n)).unwrap_or(name)
+    name.strip_prefix("docker.io/")
+        .map(|n| n.strip_prefix("library/").unwrap_or(n))
+        .unwrap_or(name)
 }
 
 impl ImageMap {
@@ -110,8 +112,14 @@ impl ImageMap {
     /// # Errors
     /// The file cannot be read or is not a valid map.
     pub fn load(path: &Path) -> Result<ImageMap, ImageMapError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ImageMapError::Read { path: path.to_owned(), source })?;
-        let file: ImagesFile = toml::from_str(&text).map_err(|source| ImageMapError::Parse { path: path.to_owned(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ImageMapError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let file: ImagesFile = toml::from_str(&text).map_err(|source| ImageMapError::Parse {
+            path: path.to_owned(),
+            source,
+        })?;
         Ok(ImageMap::with_search(file.images))
     }
 
@@ -169,7 +177,12 @@ impl ImageMap {
             .filter(|(_, p)| p.is_file())
             .max_by_key(|(t, _)| *t)
             .map(|(_, p)| p);
-        newest.or_else(|| super::process::resolve(program, &[("PATH".into(), std::env::var("PATH").unwrap_or_default())]))
+        newest.or_else(|| {
+            super::process::resolve(
+                program,
+                &[("PATH".into(), std::env::var("PATH").unwrap_or_default())],
+            )
+        })
     }
 }
 
@@ -193,7 +206,10 @@ mod tests {
     #[test]
     fn the_workspace_map_parses() {
         let map = ImageMap::default_map().expect("fixtures/images.toml parses");
-        assert!(matches!(map.runtime("titanium/api-gateway:rehearsal"), Runtime::Program(_)));
+        assert!(matches!(
+            map.runtime("titanium/api-gateway:rehearsal"),
+            Runtime::Program(_)
+        ));
         assert_eq!(map.runtime("postgres:15-alpine"), Runtime::Postgres);
         assert_eq!(map.runtime("registry.k8s.io/pause:3.9"), Runtime::Pause);
     }

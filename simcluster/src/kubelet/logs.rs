@@ -24,7 +24,11 @@ pub(crate) struct LogHandler(pub(crate) Arc<Shared>);
 impl SubresourceHandler for LogHandler {
     fn handle(&self, target: SubresourceTarget, req: Request) -> BoxFuture<'static, Response> {
         let shared = self.0.clone();
-        Box::pin(async move { logs(shared, target, req).await.unwrap_or_else(|e| e.into_response()) })
+        Box::pin(async move {
+            logs(shared, target, req)
+                .await
+                .unwrap_or_else(|e| e.into_response())
+        })
     }
 }
 
@@ -45,17 +49,29 @@ fn tail(data: &[u8], lines: usize) -> &[u8] {
     data
 }
 
-async fn logs(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> Result<Response, ApiError> {
+async fn logs(
+    shared: Arc<Shared>,
+    target: SubresourceTarget,
+    req: Request,
+) -> Result<Response, ApiError> {
     let q = query(&req)?;
     let (rt, name, info) = running_container(&shared, &target, param(&q, "container"), "log")?;
     let previous = flag(&q, "previous");
     let path: PathBuf = if previous {
         if info.logs.len() < 2 {
-            return Err(ApiError::bad_request(format!("previous terminated container \"{name}\" in pod \"{}\" not found", target.name)));
+            return Err(ApiError::bad_request(format!(
+                "previous terminated container \"{name}\" in pod \"{}\" not found",
+                target.name
+            )));
         }
         info.logs[info.logs.len() - 2].clone()
     } else {
-        info.logs.last().cloned().ok_or_else(|| ApiError::bad_request(format!("container \"{name}\" in pod \"{}\" is waiting to start: ContainerCreating", target.name)))?
+        info.logs.last().cloned().ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "container \"{name}\" in pod \"{}\" is waiting to start: ContainerCreating",
+                target.name
+            ))
+        })?
     };
     let data = tokio::fs::read(&path).await.unwrap_or_default();
     let tail_lines = param(&q, "tailLines").and_then(|n| n.parse::<usize>().ok());
@@ -97,7 +113,9 @@ async fn logs(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> R
                     return;
                 }
                 // The instance has ended: one more read collects its last words.
-                last_round = rt.container(&name).is_none_or(|c| !c.running || c.logs.len() != instances);
+                last_round = rt
+                    .container(&name)
+                    .is_none_or(|c| !c.running || c.logs.len() != instances);
                 if last_round {
                     continue;
                 }
@@ -112,7 +130,8 @@ async fn logs(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> R
         crate::server::stream_body(rx)
     };
     let mut r = (StatusCode::OK, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     Ok(r)
 }
 

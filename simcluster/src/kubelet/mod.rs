@@ -59,8 +59,16 @@ impl KubeletConfig {
     /// # Errors
     /// An image map that exists but is invalid.
     pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, ImageMapError> {
-        let time_scale = std::env::var("SIMCLUSTER_TIME_SCALE").ok().and_then(|s| s.parse::<f64>().ok()).filter(|f| *f > 0.0).unwrap_or(0.1);
-        Ok(KubeletConfig { state_dir: state_dir.into(), images: ImageMap::default_map()?, time_scale })
+        let time_scale = std::env::var("SIMCLUSTER_TIME_SCALE")
+            .ok()
+            .and_then(|s| s.parse::<f64>().ok())
+            .filter(|f| *f > 0.0)
+            .unwrap_or(0.1);
+        Ok(KubeletConfig {
+            state_dir: state_dir.into(),
+            images: ImageMap::default_map()?,
+            time_scale,
+        })
     }
 
     pub(crate) fn scaled(&self, seconds: f64) -> Duration {
@@ -129,12 +137,17 @@ impl NetworkLease {
         let start = std::process::id() % 250;
         for i in 0..250u32 {
             let n = 2 + ((start + i) % 250) as u8;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(format!("simcluster-network-127.{n}"))?;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(format!(
+                "simcluster-network-127.{n}"
+            ))?;
             if let Ok(l) = std::os::unix::net::UnixListener::bind_addr(&addr) {
                 return Ok(NetworkLease { octet: n, _name: l });
             }
         }
-        Err(std::io::Error::new(std::io::ErrorKind::AddrInUse, "every loopback block 127.2-251.x.y is leased by another simulated cluster"))
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AddrInUse,
+            "every loopback block 127.2-251.x.y is leased by another simulated cluster",
+        ))
     }
 
     /// The `kubernetes` Service's clusterIP, where the Service range starts.
@@ -146,24 +159,40 @@ impl NetworkLease {
 impl Shared {
     /// The running pod with this namespace and name.
     pub(crate) fn runtime(&self, ns: &str, name: &str) -> Option<Arc<pod::PodRuntime>> {
-        let pods = self.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        pods.values().find(|e| e.runtime.namespace == ns && e.runtime.name == name).map(|e| e.runtime.clone())
+        let pods = self
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        pods.values()
+            .find(|e| e.runtime.namespace == ns && e.runtime.name == name)
+            .map(|e| e.runtime.clone())
     }
 
     fn allocate_ip(&self) -> Ipv4Addr {
-        let mut ips = self.ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        let n = (2u32..128 * 256).find(|n| !ips.contains(n)).unwrap_or(128 * 256 - 1);
+        let mut ips = self
+            .ips
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let n = (2u32..128 * 256)
+            .find(|n| !ips.contains(n))
+            .unwrap_or(128 * 256 - 1);
         ips.insert(n);
         Ipv4Addr::new(127, self.network.octet, (n / 256) as u8, (n % 256) as u8)
     }
 
     pub(crate) fn release_ip(&self, ip: Ipv4Addr) {
         let o = ip.octets();
-        self.ips.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(&(u32::from(o[2]) * 256 + u32::from(o[3])));
+        self.ips
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&(u32::from(o[2]) * 256 + u32::from(o[3])));
     }
 
     pub(crate) fn forget(&self, uid: &str) {
-        self.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(uid);
+        self.pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(uid);
     }
 }
 
@@ -182,27 +211,70 @@ impl Kubelet {
     ///
     /// # Errors
     /// The state directory cannot be prepared or the reaper cannot start.
-    pub fn start(store: Arc<Store>, cfg: KubeletConfig, network: NetworkLease) -> Result<Kubelet, KubeletError> {
+    pub fn start(
+        store: Arc<Store>,
+        cfg: KubeletConfig,
+        network: NetworkLease,
+    ) -> Result<Kubelet, KubeletError> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = cfg.state_dir.join("kubelet");
-        for d in [&cfg.state_dir, &dir, &cfg.state_dir.join("pods"), &cfg.state_dir.join("volumes"), &cfg.state_dir.join("run")] {
-            std::fs::create_dir_all(d).map_err(|source| KubeletError::StateDir { path: d.clone(), source })?;
-            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).map_err(|source| KubeletError::StateDir { path: d.clone(), source })?;
+        for d in [
+            &cfg.state_dir,
+            &dir,
+            &cfg.state_dir.join("pods"),
+            &cfg.state_dir.join("volumes"),
+            &cfg.state_dir.join("run"),
+        ] {
+            std::fs::create_dir_all(d).map_err(|source| KubeletError::StateDir {
+                path: d.clone(),
+                source,
+            })?;
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o711)).map_err(
+                |source| KubeletError::StateDir {
+                    path: d.clone(),
+                    source,
+                },
+            )?;
         }
-        let reaper = process::Reaper::start(&dir.join("process-groups")).map_err(KubeletError::Reaper)?;
-        let shared = Arc::new(Shared { store, cfg, reaper, pods: Mutex::new(HashMap::new()), ips: Mutex::new(BTreeSet::new()), network, stopping: CancellationToken::new() });
+        let reaper =
+            process::Reaper::start(&dir.join("process-groups")).map_err(KubeletError::Reaper)?;
+        let shared = Arc::new(Shared {
+            store,
+            cfg,
+            reaper,
+            pods: Mutex::new(HashMap::new()),
+            ips: Mutex::new(BTreeSet::new()),
+            network,
+            stopping: CancellationToken::new(),
+        });
         let stop = CancellationToken::new();
         let task = tokio::spawn(run(shared.clone(), stop.clone()));
-        Ok(Kubelet { shared, stop, task: Some(task) })
+        Ok(Kubelet {
+            shared,
+            stop,
+            task: Some(task),
+        })
     }
 
     /// The subresource handlers to register: (`group/plural`, subresource, handler) for
     /// `pods/exec`, `pods/log` and `pods/portforward`.
     pub fn handlers(&self) -> Vec<(&'static str, &'static str, Arc<dyn SubresourceHandler>)> {
         vec![
-            ("/pods", "exec", Arc::new(exec::ExecHandler(self.shared.clone())) as Arc<dyn SubresourceHandler>),
-            ("/pods", "log", Arc::new(logs::LogHandler(self.shared.clone()))),
-            ("/pods", "portforward", Arc::new(portforward::PortForwardHandler(self.shared.clone()))),
+            (
+                "/pods",
+                "exec",
+                Arc::new(exec::ExecHandler(self.shared.clone())) as Arc<dyn SubresourceHandler>,
+            ),
+            (
+                "/pods",
+                "log",
+                Arc::new(logs::LogHandler(self.shared.clone())),
+            ),
+            (
+                "/pods",
+                "portforward",
+                Arc::new(portforward::PortForwardHandler(self.shared.clone())),
+            ),
         ]
     }
 
@@ -214,7 +286,14 @@ impl Kubelet {
         if let Some(t) = self.task.take() {
             let _ = t.await;
         }
-        let entries: Vec<PodEntry> = self.shared.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain().map(|(_, e)| e).collect();
+        let entries: Vec<PodEntry> = self
+            .shared
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+            .map(|(_, e)| e)
+            .collect();
         for e in &entries {
             e.runtime.shutdown(grace);
         }
@@ -229,7 +308,13 @@ impl Drop for Kubelet {
     fn drop(&mut self) {
         self.stop.cancel();
         self.shared.stopping.cancel();
-        for (_, e) in self.shared.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner).drain() {
+        for (_, e) in self
+            .shared
+            .pods
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .drain()
+        {
             e.task.abort();
         }
         self.shared.reaper.kill_all_and_stop();
@@ -237,16 +322,30 @@ impl Drop for Kubelet {
 }
 
 fn handle_pod(shared: &Arc<Shared>, kind: EventType, pod: &Arc<Value>) {
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let mut pods = shared.pods.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut pods = shared
+        .pods
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     if let Some(e) = pods.get(&uid) {
-        let _ = e.tx.send(if kind == EventType::Deleted { None } else { Some(pod.clone()) });
+        let _ = e.tx.send(if kind == EventType::Deleted {
+            None
+        } else {
+            Some(pod.clone())
+        });
         return;
     }
     if kind == EventType::Deleted {
         return;
     }
-    let phase = pod.pointer("/status/phase").and_then(Value::as_str).unwrap_or("Pending");
+    let phase = pod
+        .pointer("/status/phase")
+        .and_then(Value::as_str)
+        .unwrap_or("Pending");
     if pod.pointer("/metadata/deletionTimestamp").is_some() {
         // Nothing of it runs here (any more): it can go at once.
         drop(pods);

@@ -63,9 +63,19 @@ pub(crate) struct PodRuntime {
 
 impl PodRuntime {
     pub(crate) fn new(state_dir: &Path, pod: &Value, ip: Ipv4Addr) -> PodRuntime {
-        let m = |f: &str| pod.pointer(&format!("/metadata/{f}")).and_then(Value::as_str).unwrap_or_default().to_owned();
+        let m = |f: &str| {
+            pod.pointer(&format!("/metadata/{f}"))
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned()
+        };
         let uid = m("uid");
-        let dir = state_dir.join("pods").join(format!("{}_{}_{}", m("namespace"), m("name"), &uid[..uid.len().min(8)]));
+        let dir = state_dir.join("pods").join(format!(
+            "{}_{}_{}",
+            m("namespace"),
+            m("name"),
+            &uid[..uid.len().min(8)]
+        ));
         let run_dir = state_dir.join("run").join(&uid[..uid.len().min(8)]);
         PodRuntime {
             run_dir,
@@ -84,20 +94,35 @@ impl PodRuntime {
 
     /// Ask the pod to stop within `grace`.
     pub(crate) fn shutdown(&self, grace: Duration) {
-        *self.grace.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = grace;
+        *self
+            .grace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = grace;
         self.stop.cancel();
     }
 
     pub(crate) fn grace(&self) -> Duration {
-        *self.grace.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *self
+            .grace
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(crate) fn container(&self, name: &str) -> Option<ContainerInfo> {
-        self.containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).get(name).cloned()
+        self.containers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(name)
+            .cloned()
     }
 
     pub(crate) fn update_container(&self, name: &str, f: impl FnOnce(&mut ContainerInfo)) {
-        f(self.containers.lock().unwrap_or_else(std::sync::PoisonError::into_inner).entry(name.to_owned()).or_default());
+        f(self
+            .containers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .entry(name.to_owned())
+            .or_default());
         self.changed.send_modify(|n| *n += 1);
     }
 }
@@ -120,8 +145,16 @@ pub(crate) struct CState {
 impl CState {
     fn new(c: &Value) -> CState {
         CState {
-            name: c.get("name").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            image: c.get("image").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            name: c
+                .get("name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            image: c
+                .get("image")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
             state: json!({"waiting": {"reason": "ContainerCreating"}}),
             last_state: json!({}),
             ready: false,
@@ -150,7 +183,9 @@ impl CState {
     }
 
     pub(crate) fn exit_code(&self) -> Option<i64> {
-        self.state.pointer("/terminated/exitCode").and_then(Value::as_i64)
+        self.state
+            .pointer("/terminated/exitCode")
+            .and_then(Value::as_i64)
     }
 }
 
@@ -179,39 +214,64 @@ pub(crate) struct PodCtx {
 
 impl PodCtx {
     pub(crate) fn with_state<R>(&self, f: impl FnOnce(&mut PodState) -> R) -> R {
-        let r = f(&mut self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner));
+        let r = f(&mut self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner));
         self.publish();
         r
     }
 
     pub(crate) fn event(&self, kind: EventKind, reason: &str, message: &str) {
-        record(&self.shared.store, &self.pod, kind, reason, message, "kubelet");
+        record(
+            &self.shared.store,
+            &self.pod,
+            kind,
+            reason,
+            message,
+            "kubelet",
+        );
     }
 
     pub(crate) fn restart_policy(&self) -> &str {
-        self.pod.pointer("/spec/restartPolicy").and_then(Value::as_str).unwrap_or("Always")
+        self.pod
+            .pointer("/spec/restartPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Always")
     }
 
     /// Write the status to the store.
     pub(crate) fn publish(&self) {
         let status = {
-            let mut st = self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut st = self
+                .state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             compute_status(&mut st, &self.rt, self.restart_policy())
         };
         let uid = self.rt.uid.clone();
-        let res = self.shared.store.mutate("/pods", &self.rt.namespace, &self.rt.name, |_, cur| match cur {
-            Some(c) if c.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()) => {
-                let mut o = c.as_ref().clone();
-                // Keep the QoS class the API server set.
-                let mut status = status;
-                if let Some(q) = c.pointer("/status/qosClass") {
-                    status["qosClass"] = q.clone();
-                }
-                o["status"] = status;
-                Ok(Mutation::Put(o))
-            }
-            _ => Ok(Mutation::Unchanged),
-        });
+        let res =
+            self.shared.store.mutate(
+                "/pods",
+                &self.rt.namespace,
+                &self.rt.name,
+                |_, cur| match cur {
+                    Some(c)
+                        if c.pointer("/metadata/uid").and_then(Value::as_str)
+                            == Some(uid.as_str()) =>
+                    {
+                        let mut o = c.as_ref().clone();
+                        // Keep the QoS class the API server set.
+                        let mut status = status;
+                        if let Some(q) = c.pointer("/status/qosClass") {
+                            status["qosClass"] = q.clone();
+                        }
+                        o["status"] = status;
+                        Ok(Mutation::Put(o))
+                    }
+                    _ => Ok(Mutation::Unchanged),
+                },
+            );
         if let Err(e) = res {
             tracing::warn!(pod = self.rt.name, error = %e, "pod status write failed");
         }
@@ -224,17 +284,32 @@ fn compute_status(st: &mut PodState, rt: &PodRuntime, policy: &str) -> Value {
         (p.clone(), Some(r.clone()), Some(m.clone()))
     } else if all_done {
         let ok = st.containers.iter().all(|c| c.exit_code() == Some(0));
-        ((if ok { "Succeeded" } else { "Failed" }).to_owned(), None, None)
-    } else if st.initialized && st.containers.iter().any(|c| c.started || c.restart_count > 0 || c.state.get("running").is_some()) {
+        (
+            (if ok { "Succeeded" } else { "Failed" }).to_owned(),
+            None,
+            None,
+        )
+    } else if st.initialized
+        && st
+            .containers
+            .iter()
+            .any(|c| c.started || c.restart_count > 0 || c.state.get("running").is_some())
+    {
         ("Running".to_owned(), None, None)
     } else {
         ("Pending".to_owned(), None, None)
     };
     let _ = policy;
-    let ready = st.initialized && !st.containers.is_empty() && st.containers.iter().all(|c| c.ready) && phase == "Running";
+    let ready = st.initialized
+        && !st.containers.is_empty()
+        && st.containers.iter().all(|c| c.ready)
+        && phase == "Running";
     let now = crate::api::now();
     let mut cond = |ty: &str, ok: bool, reason: Option<&str>| {
-        let entry = st.transitions.entry(ty.to_owned()).or_insert_with(|| (ok, now.clone()));
+        let entry = st
+            .transitions
+            .entry(ty.to_owned())
+            .or_insert_with(|| (ok, now.clone()));
         if entry.0 != ok {
             *entry = (ok, now.clone());
         }
@@ -244,10 +319,18 @@ fn compute_status(st: &mut PodState, rt: &PodRuntime, policy: &str) -> Value {
         }
         c
     };
-    let not_ready_reason = if phase == "Succeeded" || phase == "Failed" { "PodCompleted" } else { "ContainersNotReady" };
+    let not_ready_reason = if phase == "Succeeded" || phase == "Failed" {
+        "PodCompleted"
+    } else {
+        "ContainersNotReady"
+    };
     let conditions = vec![
         cond("PodReadyToStartContainers", st.start_time.is_some(), None),
-        cond("Initialized", st.initialized, Some("ContainersNotInitialized")),
+        cond(
+            "Initialized",
+            st.initialized,
+            Some("ContainersNotInitialized"),
+        ),
         cond("Ready", ready, Some(not_ready_reason)),
         cond("ContainersReady", ready, Some(not_ready_reason)),
         cond("PodScheduled", true, None),
@@ -262,7 +345,8 @@ fn compute_status(st: &mut PodState, rt: &PodRuntime, policy: &str) -> Value {
         "containerStatuses": st.containers.iter().map(CState::to_json).collect::<Vec<_>>(),
     });
     if !st.init.is_empty() {
-        status["initContainerStatuses"] = Value::Array(st.init.iter().map(CState::to_json).collect());
+        status["initContainerStatuses"] =
+            Value::Array(st.init.iter().map(CState::to_json).collect());
     }
     if let Some(t) = &st.start_time {
         status["startTime"] = json!(t);
@@ -278,13 +362,24 @@ fn compute_status(st: &mut PodState, rt: &PodRuntime, policy: &str) -> Value {
 
 /// Remove a pod object whose processes are gone (the kubelet's final delete).
 pub(crate) fn remove_pod_object(store: &Store, pod: &Value) {
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let res = store.mutate("/pods", ns, name, |_, cur| match cur {
-        Some(c) if c.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str())
-            && c.pointer("/metadata/deletionTimestamp").is_some()
-            && crate::api::finalizers(c).is_empty() =>
+        Some(c)
+            if c.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str())
+                && c.pointer("/metadata/deletionTimestamp").is_some()
+                && crate::api::finalizers(c).is_empty() =>
         {
             Ok(Mutation::Remove)
         }
@@ -297,7 +392,11 @@ pub(crate) fn remove_pod_object(store: &Store, pod: &Value) {
 
 fn pick_node(store: &Store) -> String {
     let (nodes, _) = store.list("/nodes", None);
-    let untainted = nodes.iter().find(|n| n.pointer("/spec/taints").and_then(Value::as_array).is_none_or(Vec::is_empty));
+    let untainted = nodes.iter().find(|n| {
+        n.pointer("/spec/taints")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    });
     untainted
         .or(nodes.first())
         .and_then(|n| n.pointer("/metadata/name").and_then(Value::as_str))
@@ -306,13 +405,27 @@ fn pick_node(store: &Store) -> String {
 }
 
 fn schedule(store: &Store, pod: &Value) {
-    if pod.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+    if pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
+    {
         return;
     }
     let node = pick_node(store);
-    let uid = pod.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default().to_owned();
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-    let name = pod.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+    let uid = pod
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let name = pod
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     let res = store.mutate("/pods", ns, name, |_, cur| match cur {
         Some(c) if c.pointer("/metadata/uid").and_then(Value::as_str) == Some(uid.as_str()) => {
             let mut o = c.as_ref().clone();
@@ -324,28 +437,63 @@ fn schedule(store: &Store, pod: &Value) {
     if let Err(e) = res {
         tracing::warn!(pod = name, error = %e, "binding the pod to a node failed");
     }
-    record(store, pod, EventKind::Normal, "Scheduled", &format!("Successfully assigned {ns}/{name} to {node}"), "default-scheduler");
+    record(
+        store,
+        pod,
+        EventKind::Normal,
+        "Scheduled",
+        &format!("Successfully assigned {ns}/{name} to {node}"),
+        "default-scheduler",
+    );
 }
 
 /// What the pod still waits for before its volumes can be set up, if anything.
 fn missing_prerequisite(store: &Store, pod: &Value) -> Option<String> {
-    let ns = pod.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-    for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let vname = v.get("name").and_then(Value::as_str).unwrap_or_default();
-        if let Some(claim) = v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) {
+        if let Some(claim) = v
+            .pointer("/persistentVolumeClaim/claimName")
+            .and_then(Value::as_str)
+        {
             if store.get("/persistentvolumeclaims", ns, claim).is_none() {
                 return Some(format!("persistentvolumeclaim \"{claim}\" not found"));
             }
             if claim_dir(store, ns, claim).is_none() {
-                return Some(format!("pod has unbound immediate PersistentVolumeClaims (claim {claim}, volume {vname})"));
+                return Some(format!(
+                    "pod has unbound immediate PersistentVolumeClaims (claim {claim}, volume {vname})"
+                ));
             }
         }
-        for (field, res, what) in [("configMap", "/configmaps", "configmap"), ("secret", "/secrets", "secret")] {
+        for (field, res, what) in [
+            ("configMap", "/configmaps", "configmap"),
+            ("secret", "/secrets", "secret"),
+        ] {
             let Some(src) = v.get(field) else { continue };
-            let name = src.get(if field == "secret" { "secretName" } else { "name" }).and_then(Value::as_str).unwrap_or_default();
-            let optional = src.get("optional").and_then(Value::as_bool).unwrap_or(false);
+            let name = src
+                .get(if field == "secret" {
+                    "secretName"
+                } else {
+                    "name"
+                })
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            let optional = src
+                .get("optional")
+                .and_then(Value::as_bool)
+                .unwrap_or(false);
             if !optional && store.get(res, ns, name).is_none() {
-                return Some(format!("MountVolume.SetUp failed for volume \"{vname}\" : {what} \"{name}\" not found"));
+                return Some(format!(
+                    "MountVolume.SetUp failed for volume \"{vname}\" : {what} \"{name}\" not found"
+                ));
             }
         }
     }
@@ -362,34 +510,78 @@ fn write_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
 }
 
 /// Materialise the pod's volumes; returns volume name to host directory.
-fn setup_volumes(store: &Store, rt: &PodRuntime, pod: &Value) -> std::io::Result<HashMap<String, PathBuf>> {
+fn setup_volumes(
+    store: &Store,
+    rt: &PodRuntime,
+    pod: &Value,
+) -> std::io::Result<HashMap<String, PathBuf>> {
     use std::os::unix::fs::PermissionsExt as _;
     let ns = &rt.namespace;
     let mut out = HashMap::new();
-    for v in pod.pointer("/spec/volumes").and_then(Value::as_array).into_iter().flatten() {
+    for v in pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         let vname = v.get("name").and_then(Value::as_str).unwrap_or_default();
         let local = rt.dir.join("volumes").join(vname);
-        let dir = if let Some(claim) = v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) {
-            claim_dir(store, ns, claim).ok_or_else(|| std::io::Error::other(format!("claim {claim} is not bound")))?
+        let dir = if let Some(claim) = v
+            .pointer("/persistentVolumeClaim/claimName")
+            .and_then(Value::as_str)
+        {
+            claim_dir(store, ns, claim)
+                .ok_or_else(|| std::io::Error::other(format!("claim {claim} is not bound")))?
         } else if let Some(p) = v.pointer("/hostPath/path").and_then(Value::as_str) {
             PathBuf::from(p)
         } else if v.get("configMap").is_some() || v.get("secret").is_some() {
             let secret = v.get("secret").is_some();
-            let src = if secret { &v["secret"] } else { &v["configMap"] };
-            let name = src.get(if secret { "secretName" } else { "name" }).and_then(Value::as_str).unwrap_or_default();
+            let src = if secret {
+                &v["secret"]
+            } else {
+                &v["configMap"]
+            };
+            let name = src
+                .get(if secret { "secretName" } else { "name" })
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let obj = store.get(if secret { "/secrets" } else { "/configmaps" }, ns, name);
-            let mode = src.get("defaultMode").and_then(Value::as_u64).map_or(0o644, |m| m as u32);
+            let mode = src
+                .get("defaultMode")
+                .and_then(Value::as_u64)
+                .map_or(0o644, |m| m as u32);
             std::fs::create_dir_all(&local)?;
             std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755))?;
             let mut entries: BTreeMap<String, Vec<u8>> = BTreeMap::new();
             if let Some(obj) = &obj {
-                for (k, val) in obj.get("data").and_then(Value::as_object).into_iter().flatten() {
+                for (k, val) in obj
+                    .get("data")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
                     let s = val.as_str().unwrap_or_default();
-                    let bytes = if secret { base64::engine::general_purpose::STANDARD.decode(s).unwrap_or_default() } else { s.as_bytes().to_vec() };
+                    let bytes = if secret {
+                        base64::engine::general_purpose::STANDARD
+                            .decode(s)
+                            .unwrap_or_default()
+                    } else {
+                        s.as_bytes().to_vec()
+                    };
                     entries.insert(k.clone(), bytes);
                 }
-                for (k, val) in obj.get("binaryData").and_then(Value::as_object).into_iter().flatten() {
-                    entries.insert(k.clone(), base64::engine::general_purpose::STANDARD.decode(val.as_str().unwrap_or_default()).unwrap_or_default());
+                for (k, val) in obj
+                    .get("binaryData")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                {
+                    entries.insert(
+                        k.clone(),
+                        base64::engine::general_purpose::STANDARD
+                            .decode(val.as_str().unwrap_or_default())
+                            .unwrap_or_default(),
+                    );
                 }
             }
             match src.get("items").and_then(Value::as_array) {
@@ -398,7 +590,10 @@ fn setup_volumes(store: &Store, rt: &PodRuntime, pod: &Value) -> std::io::Result
                         let key = it.get("key").and_then(Value::as_str).unwrap_or_default();
                         let path = it.get("path").and_then(Value::as_str).unwrap_or(key);
                         if let Some(data) = entries.get(key) {
-                            let m = it.get("mode").and_then(Value::as_u64).map_or(mode, |m| m as u32);
+                            let m = it
+                                .get("mode")
+                                .and_then(Value::as_u64)
+                                .map_or(mode, |m| m as u32);
                             write_file(&local.join(path.trim_start_matches('/')), data, m)?;
                         }
                     }
@@ -422,7 +617,10 @@ fn setup_volumes(store: &Store, rt: &PodRuntime, pod: &Value) -> std::io::Result
 }
 
 /// The mounts of one container: container path to host path.
-pub(crate) fn mounts_of(volumes: &HashMap<String, PathBuf>, container: &Value) -> Vec<(String, PathBuf)> {
+pub(crate) fn mounts_of(
+    volumes: &HashMap<String, PathBuf>,
+    container: &Value,
+) -> Vec<(String, PathBuf)> {
     container
         .get("volumeMounts")
         .and_then(Value::as_array)
@@ -431,7 +629,11 @@ pub(crate) fn mounts_of(volumes: &HashMap<String, PathBuf>, container: &Value) -
         .filter_map(|m| {
             let vol = volumes.get(m.get("name")?.as_str()?)?;
             let path = m.get("mountPath")?.as_str()?.to_owned();
-            let host = match m.get("subPath").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+            let host = match m
+                .get("subPath")
+                .and_then(Value::as_str)
+                .filter(|s| !s.is_empty())
+            {
                 Some(sub) => {
                     let p = vol.join(sub);
                     // A subPath of a writable volume is created on demand, as the kubelet does.
@@ -446,15 +648,41 @@ pub(crate) fn mounts_of(volumes: &HashMap<String, PathBuf>, container: &Value) -
 }
 
 /// Run one pod until it is deleted.
-pub(crate) async fn run_pod(shared: Arc<Shared>, rt: Arc<PodRuntime>, mut rx: watch::Receiver<Option<Arc<Value>>>) {
-    let Some(pod) = rx.borrow().clone() else { return };
+pub(crate) async fn run_pod(
+    shared: Arc<Shared>,
+    rt: Arc<PodRuntime>,
+    mut rx: watch::Receiver<Option<Arc<Value>>>,
+) {
+    let Some(pod) = rx.borrow().clone() else {
+        return;
+    };
     let store = shared.store.clone();
     schedule(&store, &pod);
-    let pod_now = store.get("/pods", &rt.namespace, &rt.name).unwrap_or(pod.clone());
-    let containers: Vec<Value> = pod.pointer("/spec/containers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let inits: Vec<Value> = pod.pointer("/spec/initContainers").and_then(Value::as_array).cloned().unwrap_or_default();
-    let state = PodState { containers: containers.iter().map(CState::new).collect(), init: inits.iter().map(CState::new).collect(), ..PodState::default() };
-    let mut ctx = PodCtx { shared: shared.clone(), rt: rt.clone(), pod: pod_now.as_ref().clone(), state: Mutex::new(state), volumes: HashMap::new() };
+    let pod_now = store
+        .get("/pods", &rt.namespace, &rt.name)
+        .unwrap_or(pod.clone());
+    let containers: Vec<Value> = pod
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let inits: Vec<Value> = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let state = PodState {
+        containers: containers.iter().map(CState::new).collect(),
+        init: inits.iter().map(CState::new).collect(),
+        ..PodState::default()
+    };
+    let mut ctx = PodCtx {
+        shared: shared.clone(),
+        rt: rt.clone(),
+        pod: pod_now.as_ref().clone(),
+        state: Mutex::new(state),
+        volumes: HashMap::new(),
+    };
 
     // Wait for claims, config maps and secrets.
     let mut told = String::new();
@@ -468,7 +696,13 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, rt: Arc<PodRuntime>, mut rx: wa
             None => break,
             Some(why) => {
                 if why != told {
-                    let reason = if why.contains("PersistentVolumeClaim") || why.starts_with("persistentvolumeclaim") { "FailedScheduling" } else { "FailedMount" };
+                    let reason = if why.contains("PersistentVolumeClaim")
+                        || why.starts_with("persistentvolumeclaim")
+                    {
+                        "FailedScheduling"
+                    } else {
+                        "FailedMount"
+                    };
                     ctx.event(EventKind::Warning, reason, &why);
                     told = why;
                     ctx.publish();
@@ -480,20 +714,39 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, rt: Arc<PodRuntime>, mut rx: wa
             }
         }
     }
-    if let Err(e) = std::fs::create_dir_all(rt.dir.join("rootfs")).and_then(|()| std::fs::create_dir_all(rt.dir.join("logs"))) {
-        ctx.event(EventKind::Warning, "FailedCreatePodSandBox", &format!("cannot create {}: {e}", rt.dir.display()));
+    if let Err(e) = std::fs::create_dir_all(rt.dir.join("rootfs"))
+        .and_then(|()| std::fs::create_dir_all(rt.dir.join("logs")))
+    {
+        ctx.event(
+            EventKind::Warning,
+            "FailedCreatePodSandBox",
+            &format!("cannot create {}: {e}", rt.dir.display()),
+        );
     }
     match setup_volumes(&store, &rt, &ctx.pod) {
         Ok(v) => ctx.volumes = v,
         Err(e) => {
-            ctx.event(EventKind::Warning, "FailedMount", &format!("setting up volumes: {e}"));
-            ctx.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).phase_override =
-                Some(("Failed".into(), "FailedMount".into(), format!("setting up volumes: {e}")));
+            ctx.event(
+                EventKind::Warning,
+                "FailedMount",
+                &format!("setting up volumes: {e}"),
+            );
+            ctx.state
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .phase_override = Some((
+                "Failed".into(),
+                "FailedMount".into(),
+                format!("setting up volumes: {e}"),
+            ));
             ctx.publish();
             return park(&shared, &rt, &ctx, rx).await;
         }
     }
-    ctx.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner).start_time = Some(crate::api::now());
+    ctx.state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .start_time = Some(crate::api::now());
     let ctx = Arc::new(ctx);
     ctx.publish();
 
@@ -505,14 +758,22 @@ pub(crate) async fn run_pod(shared: Arc<Shared>, rt: Arc<PodRuntime>, mut rx: wa
         };
         if !ok {
             if !rt.stop.is_cancelled() {
-                ctx.with_state(|s| s.phase_override = Some(("Failed".into(), "InitContainerFailed".into(), format!("init container {} failed", inits[i]["name"]))));
+                ctx.with_state(|s| {
+                    s.phase_override = Some((
+                        "Failed".into(),
+                        "InitContainerFailed".into(),
+                        format!("init container {} failed", inits[i]["name"]),
+                    ))
+                });
             }
             return park(&shared, &rt, &ctx, rx).await;
         }
     }
     ctx.with_state(|s| s.initialized = true);
 
-    let tasks: Vec<_> = (0..containers.len()).map(|i| tokio::spawn(super::container::run(ctx.clone(), i, false))).collect();
+    let tasks: Vec<_> = (0..containers.len())
+        .map(|i| tokio::spawn(super::container::run(ctx.clone(), i, false)))
+        .collect();
     let mut all = futures::future::join_all(tasks);
     tokio::select! {
         _ = &mut all => {}
@@ -531,7 +792,10 @@ fn grace_of(rx: &watch::Receiver<Option<Arc<Value>>>) -> Duration {
     let secs = rx
         .borrow()
         .as_ref()
-        .and_then(|p| p.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_u64))
+        .and_then(|p| {
+            p.pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_u64)
+        })
         .unwrap_or(0);
     Duration::from_secs(secs)
 }
@@ -539,7 +803,10 @@ fn grace_of(rx: &watch::Receiver<Option<Arc<Value>>>) -> Duration {
 /// Resolve once the pod is being deleted (or is gone).
 async fn deletion(rx: &mut watch::Receiver<Option<Arc<Value>>>) {
     loop {
-        let deleting = rx.borrow().as_ref().is_none_or(|p| p.pointer("/metadata/deletionTimestamp").is_some());
+        let deleting = rx
+            .borrow()
+            .as_ref()
+            .is_none_or(|p| p.pointer("/metadata/deletionTimestamp").is_some());
         if deleting {
             return;
         }
@@ -550,7 +817,12 @@ async fn deletion(rx: &mut watch::Receiver<Option<Arc<Value>>>) {
 }
 
 /// Containers are done: keep the pod (and its logs) until it is deleted or the kubelet stops.
-async fn park(shared: &Arc<Shared>, rt: &Arc<PodRuntime>, ctx: &PodCtx, mut rx: watch::Receiver<Option<Arc<Value>>>) {
+async fn park(
+    shared: &Arc<Shared>,
+    rt: &Arc<PodRuntime>,
+    ctx: &PodCtx,
+    mut rx: watch::Receiver<Option<Arc<Value>>>,
+) {
     tokio::select! {
         () = deletion(&mut rx) => {}
         () = rt.stop.cancelled() => {}
@@ -559,7 +831,12 @@ async fn park(shared: &Arc<Shared>, rt: &Arc<PodRuntime>, ctx: &PodCtx, mut rx: 
     finish(shared, rt, ctx, last).await;
 }
 
-async fn finish(shared: &Arc<Shared>, rt: &Arc<PodRuntime>, _ctx: &PodCtx, last: Option<Arc<Value>>) {
+async fn finish(
+    shared: &Arc<Shared>,
+    rt: &Arc<PodRuntime>,
+    _ctx: &PodCtx,
+    last: Option<Arc<Value>>,
+) {
     if let Some(p) = &last {
         remove_pod_object(&shared.store, p);
     }

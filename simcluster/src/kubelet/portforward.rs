@@ -26,28 +26,48 @@ pub(crate) struct PortForwardHandler(pub(crate) Arc<Shared>);
 impl SubresourceHandler for PortForwardHandler {
     fn handle(&self, target: SubresourceTarget, req: Request) -> BoxFuture<'static, Response> {
         let shared = self.0.clone();
-        Box::pin(async move { forward(shared, target, req).await.unwrap_or_else(|e| e.into_response()) })
+        Box::pin(async move {
+            forward(shared, target, req)
+                .await
+                .unwrap_or_else(|e| e.into_response())
+        })
     }
 }
 
-async fn forward(shared: Arc<Shared>, target: SubresourceTarget, req: Request) -> Result<Response, ApiError> {
+async fn forward(
+    shared: Arc<Shared>,
+    target: SubresourceTarget,
+    req: Request,
+) -> Result<Response, ApiError> {
     let q = query(&req)?;
     let mut ports = Vec::new();
     for (_, v) in q.iter().filter(|(k, _)| k == "ports") {
         for p in v.split(',') {
-            ports.push(p.trim().parse::<u16>().map_err(|_| ApiError::bad_request(format!("invalid port {p:?}")))?);
+            ports.push(
+                p.trim()
+                    .parse::<u16>()
+                    .map_err(|_| ApiError::bad_request(format!("invalid port {p:?}")))?,
+            );
         }
     }
     if ports.is_empty() {
-        return Err(ApiError::bad_request("at least one port must be given (ports=N)"));
+        return Err(ApiError::bad_request(
+            "at least one port must be given (ports=N)",
+        ));
     }
-    let rt = shared.runtime(&target.namespace, &target.name).ok_or_else(|| {
-        if shared.store.get("/pods", &target.namespace, &target.name).is_none() {
-            ApiError::not_found(&target.resource, &target.name)
-        } else {
-            ApiError::bad_request(format!("pod {} is not running", target.name))
-        }
-    })?;
+    let rt = shared
+        .runtime(&target.namespace, &target.name)
+        .ok_or_else(|| {
+            if shared
+                .store
+                .get("/pods", &target.namespace, &target.name)
+                .is_none()
+            {
+                ApiError::not_found(&target.resource, &target.name)
+            } else {
+                ApiError::bad_request(format!("pod {} is not running", target.name))
+            }
+        })?;
     let (mut parts, _body) = req.into_parts();
     let ws = WebSocketUpgrade::from_request_parts(&mut parts, &())
         .await
@@ -110,7 +130,9 @@ async fn session(socket: WebSocket, ip: std::net::Ipv4Addr, ports: Vec<u16>, pod
             }
             Err(e) => {
                 writers.push(None);
-                let msg = format!("error forwarding port {port} to pod {pod}: failed to connect to {ip}:{port}: {e}");
+                let msg = format!(
+                    "error forwarding port {port} to pod {pod}: failed to connect to {ip}:{port}: {e}"
+                );
                 let _ = tx.send(frame(data_ch + 1, msg.as_bytes())).await;
             }
         }
@@ -136,7 +158,10 @@ async fn session(socket: WebSocket, ip: std::net::Ipv4Addr, ports: Vec<u16>, pod
     }
     // The pod's answers still in flight go out before the socket closes.
     for mut r in readers {
-        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut r).await.is_err() {
+        if tokio::time::timeout(std::time::Duration::from_secs(5), &mut r)
+            .await
+            .is_err()
+        {
             r.abort();
         }
     }

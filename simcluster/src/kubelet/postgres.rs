@@ -69,16 +69,23 @@ fn owner() -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
-    nix::unistd::User::from_name("postgres").ok().flatten().map(|u| (u.uid.as_raw(), u.gid.as_raw()))
+    nix::unistd::User::from_name("postgres")
+        .ok()
+        .flatten()
+        .map(|u| (u.uid.as_raw(), u.gid.as_raw()))
 }
 
 /// Every directory above `path` must let the server's account through.
 fn check_reachable(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
-    let Some((uid, gid)) = owner else { return Ok(()) };
+    let Some((uid, gid)) = owner else {
+        return Ok(());
+    };
     for dir in path.ancestors().skip(1) {
         let Ok(m) = dir.metadata() else { continue };
-        let ok = m.mode() & 0o001 != 0 || (m.uid() == uid && m.mode() & 0o100 != 0) || (m.gid() == gid && m.mode() & 0o010 != 0);
+        let ok = m.mode() & 0o001 != 0
+            || (m.uid() == uid && m.mode() & 0o100 != 0)
+            || (m.gid() == gid && m.mode() & 0o010 != 0);
         if !ok {
             return Err(format!(
                 "PostgreSQL runs as the postgres account, which cannot reach {}: {} has mode {:o}; put the cluster's state directory under directories others may traverse (for example mode 0711)",
@@ -92,28 +99,49 @@ fn check_reachable(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String>
 }
 
 fn var<'a>(env: &'a [(String, String)], k: &str) -> Option<&'a str> {
-    env.iter().rev().find(|(n, _)| n == k).map(|(_, v)| v.as_str()).filter(|v| !v.is_empty())
+    env.iter()
+        .rev()
+        .find(|(n, _)| n == k)
+        .map(|(_, v)| v.as_str())
+        .filter(|v| !v.is_empty())
 }
 
 /// Plan a PostgreSQL container.
 ///
 /// # Errors
 /// No PostgreSQL installed, or an unusable data directory, as a message.
-pub(crate) fn plan(ctx: &PodCtx, image: &str, env: &[(String, String)], rewriter: &Rewriter, args: &[String], port: u16) -> Result<Plan, String> {
-    let bin = bin_dir(image).ok_or("no PostgreSQL server is installed under /usr/lib/postgresql")?;
+pub(crate) fn plan(
+    ctx: &PodCtx,
+    image: &str,
+    env: &[(String, String)],
+    rewriter: &Rewriter,
+    args: &[String],
+    port: u16,
+) -> Result<Plan, String> {
+    let bin =
+        bin_dir(image).ok_or("no PostgreSQL server is installed under /usr/lib/postgresql")?;
     let state_dir = &ctx.shared.cfg.state_dir;
     let rootfs = ctx.rt.dir.join("rootfs");
-    let pgdata = var(env, "PGDATA").unwrap_or("/var/lib/postgresql/data").to_owned();
+    let pgdata = var(env, "PGDATA")
+        .unwrap_or("/var/lib/postgresql/data")
+        .to_owned();
     let pgdata = if Path::new(&pgdata).starts_with(state_dir) {
         PathBuf::from(pgdata)
     } else {
-        rewriter.host_path(&pgdata).unwrap_or_else(|| rootfs.join(pgdata.trim_start_matches('/')))
+        rewriter
+            .host_path(&pgdata)
+            .unwrap_or_else(|| rootfs.join(pgdata.trim_start_matches('/')))
     };
     let user = var(env, "POSTGRES_USER").unwrap_or("postgres").to_owned();
     let password = match var(env, "POSTGRES_PASSWORD") {
         Some(p) => Some(p.to_owned()),
         None => match var(env, "POSTGRES_PASSWORD_FILE") {
-            Some(f) => Some(std::fs::read_to_string(rewriter.host_path(f).unwrap_or_else(|| PathBuf::from(f))).map_err(|e| format!("reading POSTGRES_PASSWORD_FILE: {e}"))?.trim_end_matches('\n').to_owned()),
+            Some(f) => Some(
+                std::fs::read_to_string(rewriter.host_path(f).unwrap_or_else(|| PathBuf::from(f)))
+                    .map_err(|e| format!("reading POSTGRES_PASSWORD_FILE: {e}"))?
+                    .trim_end_matches('\n')
+                    .to_owned(),
+            ),
             None => None,
         },
     };
@@ -130,9 +158,19 @@ pub(crate) fn plan(ctx: &PodCtx, image: &str, env: &[(String, String)], rewriter
         "-p".into(),
         port.to_string(),
     ];
-    let extra: &[String] = if args.first().is_some_and(|a| a == "postgres") { &args[1..] } else { args };
+    let extra: &[String] = if args.first().is_some_and(|a| a == "postgres") {
+        &args[1..]
+    } else {
+        args
+    };
     server_args.extend(extra.iter().cloned());
-    let server = Spawn { program: bin.join("postgres").to_string_lossy().into_owned(), args: server_args, env: env.to_vec(), cwd: pgdata.clone(), run_as: owner };
+    let server = Spawn {
+        program: bin.join("postgres").to_string_lossy().into_owned(),
+        args: server_args,
+        env: env.to_vec(),
+        cwd: pgdata.clone(),
+        run_as: owner,
+    };
     Ok(Plan {
         server,
         socket_dir,
@@ -143,8 +181,12 @@ pub(crate) fn plan(ctx: &PodCtx, image: &str, env: &[(String, String)], rewriter
         user,
         password,
         db,
-        initdb_args: var(env, "POSTGRES_INITDB_ARGS").map(|a| a.split_whitespace().map(str::to_owned).collect()).unwrap_or_default(),
-        host_auth: var(env, "POSTGRES_HOST_AUTH_METHOD").unwrap_or("scram-sha-256").to_owned(),
+        initdb_args: var(env, "POSTGRES_INITDB_ARGS")
+            .map(|a| a.split_whitespace().map(str::to_owned).collect())
+            .unwrap_or_default(),
+        host_auth: var(env, "POSTGRES_HOST_AUTH_METHOD")
+            .unwrap_or("scram-sha-256")
+            .to_owned(),
         init_dir: rewriter.host_path("/docker-entrypoint-initdb.d"),
         env: env.to_vec(),
         cwd: rootfs,
@@ -153,7 +195,12 @@ pub(crate) fn plan(ctx: &PodCtx, image: &str, env: &[(String, String)], rewriter
 
 fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     if let Some((uid, gid)) = owner {
-        nix::unistd::chown(path, Some(nix::unistd::Uid::from_raw(uid)), Some(nix::unistd::Gid::from_raw(gid))).map_err(|e| format!("chown {}: {e}", path.display()))?;
+        nix::unistd::chown(
+            path,
+            Some(nix::unistd::Uid::from_raw(uid)),
+            Some(nix::unistd::Gid::from_raw(gid)),
+        )
+        .map_err(|e| format!("chown {}: {e}", path.display()))?;
     }
     Ok(())
 }
@@ -165,7 +212,12 @@ async fn helper(ctx: &PodCtx, spawn: &Spawn, log: &std::fs::File) -> Result<(), 
 
 /// Like [`helper`]; with `keep`, the process group stays tracked (pg_ctl leaves the server
 /// running in it) and its id is returned for the caller to untrack.
-async fn helper_group(ctx: &PodCtx, spawn: &Spawn, log: &std::fs::File, keep: bool) -> (i32, Result<(), String>) {
+async fn helper_group(
+    ctx: &PodCtx,
+    spawn: &Spawn,
+    log: &std::fs::File,
+    keep: bool,
+) -> (i32, Result<(), String>) {
     let r = helper_inner(ctx, spawn, log, keep).await;
     match r {
         Ok((pgid, r)) => (pgid, r),
@@ -173,12 +225,21 @@ async fn helper_group(ctx: &PodCtx, spawn: &Spawn, log: &std::fs::File, keep: bo
     }
 }
 
-async fn helper_inner(ctx: &PodCtx, spawn: &Spawn, log: &std::fs::File, keep: bool) -> Result<(i32, Result<(), String>), String> {
+async fn helper_inner(
+    ctx: &PodCtx,
+    spawn: &Spawn,
+    log: &std::fs::File,
+    keep: bool,
+) -> Result<(i32, Result<(), String>), String> {
     let mut cmd = command(spawn).map_err(|e| e.to_string())?;
     let out = log.try_clone().map_err(|e| e.to_string())?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
-    cmd.stdin(Stdio::null()).stdout(Stdio::from(out)).stderr(Stdio::from(err));
-    let mut child = cmd.spawn().map_err(|e| format!("starting {}: {e}", spawn.program))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(out))
+        .stderr(Stdio::from(err));
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", spawn.program))?;
     let pgid = child.id().map_or(0, |p| p as i32);
     ctx.shared.reaper.track(pgid);
     let status = tokio::select! {
@@ -198,7 +259,10 @@ async fn helper_inner(ctx: &PodCtx, spawn: &Spawn, log: &std::fs::File, keep: bo
     if status.success() {
         Ok((pgid, Ok(())))
     } else {
-        let name = Path::new(&spawn.program).file_name().map_or_else(|| spawn.program.clone(), |n| n.to_string_lossy().into_owned());
+        let name = Path::new(&spawn.program).file_name().map_or_else(
+            || spawn.program.clone(),
+            |n| n.to_string_lossy().into_owned(),
+        );
         Ok((pgid, Err(format!("{name} failed ({status})"))))
     }
 }
@@ -211,18 +275,29 @@ fn quote_ident(s: &str) -> String {
 ///
 /// # Errors
 /// What went wrong, as the entrypoint would print it.
-pub(crate) async fn initialize(ctx: &PodCtx, plan: &Plan, log: &std::fs::File) -> Result<(), String> {
+pub(crate) async fn initialize(
+    ctx: &PodCtx,
+    plan: &Plan,
+    log: &std::fs::File,
+) -> Result<(), String> {
     use std::os::unix::fs::PermissionsExt as _;
     let mut log_w = log;
-    std::fs::create_dir_all(&plan.data).map_err(|e| format!("mkdir {}: {e}", plan.data.display()))?;
+    std::fs::create_dir_all(&plan.data)
+        .map_err(|e| format!("mkdir {}: {e}", plan.data.display()))?;
     check_reachable(&plan.data, plan.owner)?;
     chown(&plan.data, plan.owner)?;
-    std::fs::set_permissions(&plan.data, std::fs::Permissions::from_mode(0o700)).map_err(|e| format!("chmod {}: {e}", plan.data.display()))?;
-    std::fs::create_dir_all(&plan.socket_dir).map_err(|e| format!("mkdir {}: {e}", plan.socket_dir.display()))?;
+    std::fs::set_permissions(&plan.data, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("chmod {}: {e}", plan.data.display()))?;
+    std::fs::create_dir_all(&plan.socket_dir)
+        .map_err(|e| format!("mkdir {}: {e}", plan.socket_dir.display()))?;
     chown(&plan.socket_dir, plan.owner)?;
-    std::fs::set_permissions(&plan.socket_dir, std::fs::Permissions::from_mode(0o775)).map_err(|e| e.to_string())?;
+    std::fs::set_permissions(&plan.socket_dir, std::fs::Permissions::from_mode(0o775))
+        .map_err(|e| e.to_string())?;
     if plan.data.join("PG_VERSION").exists() {
-        let _ = writeln!(log_w, "\nPostgreSQL Database directory appears to contain a database; Skipping initialization\n");
+        let _ = writeln!(
+            log_w,
+            "\nPostgreSQL Database directory appears to contain a database; Skipping initialization\n"
+        );
         return Ok(());
     }
     let password = match (&plan.password, plan.host_auth.as_str()) {
@@ -239,11 +314,26 @@ pub(crate) async fn initialize(ctx: &PodCtx, plan: &Plan, log: &std::fs::File) -
         cwd: plan.data.clone(),
         run_as: plan.owner,
     };
-    let mut initdb_args = vec!["-D".to_owned(), plan.data.to_string_lossy().into_owned(), "--username".into(), plan.user.clone(), "-E".into(), "UTF8".into(), "--locale=C.UTF-8".into(), "--no-sync".into()];
+    let mut initdb_args = vec![
+        "-D".to_owned(),
+        plan.data.to_string_lossy().into_owned(),
+        "--username".into(),
+        plan.user.clone(),
+        "-E".into(),
+        "UTF8".into(),
+        "--locale=C.UTF-8".into(),
+        "--no-sync".into(),
+    ];
     let pwfile = ctx.rt.dir.join("rootfs").join(".pwfile");
     if let Some(pw) = &password {
         use std::os::unix::fs::OpenOptionsExt as _;
-        let mut f = std::fs::OpenOptions::new().create(true).truncate(true).write(true).mode(0o600).open(&pwfile).map_err(|e| format!("writing the password file: {e}"))?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&pwfile)
+            .map_err(|e| format!("writing the password file: {e}"))?;
         f.write_all(pw.as_bytes()).map_err(|e| e.to_string())?;
         chown(&pwfile, plan.owner)?;
         initdb_args.push(format!("--pwfile={}", pwfile.display()));
@@ -253,18 +343,47 @@ pub(crate) async fn initialize(ctx: &PodCtx, plan: &Plan, log: &std::fs::File) -
     let _ = std::fs::remove_file(&pwfile);
     r?;
     let hba = plan.data.join("pg_hba.conf");
-    let mut f = std::fs::OpenOptions::new().append(true).open(&hba).map_err(|e| format!("{}: {e}", hba.display()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&hba)
+        .map_err(|e| format!("{}: {e}", hba.display()))?;
     writeln!(f, "\nhost all all all {}", plan.host_auth).map_err(|e| e.to_string())?;
 
-    let opts = format!("-c listen_addresses='' -c unix_socket_directories='{}' -p {}", plan.socket_dir.display(), plan.port);
+    let opts = format!(
+        "-c listen_addresses='' -c unix_socket_directories='{}' -p {}",
+        plan.socket_dir.display(),
+        plan.port
+    );
     let _ = writeln!(log_w, "waiting for server to start....");
-    let start = as_pg("pg_ctl", vec!["-D".into(), plan.data.to_string_lossy().into_owned(), "-o".into(), opts, "-w".into(), "-t".into(), "60".into(), "start".into()]);
+    let start = as_pg(
+        "pg_ctl",
+        vec![
+            "-D".into(),
+            plan.data.to_string_lossy().into_owned(),
+            "-o".into(),
+            opts,
+            "-w".into(),
+            "-t".into(),
+            "60".into(),
+            "start".into(),
+        ],
+    );
     let (server_group, started) = helper_group(ctx, &start, log, true).await;
     let result = match started {
         Ok(()) => run_init_scripts(ctx, plan, log).await,
         Err(e) => Err(e),
     };
-    let stop = as_pg("pg_ctl", vec!["-D".into(), plan.data.to_string_lossy().into_owned(), "-m".into(), "fast".into(), "-w".into(), "stop".into()]);
+    let stop = as_pg(
+        "pg_ctl",
+        vec![
+            "-D".into(),
+            plan.data.to_string_lossy().into_owned(),
+            "-m".into(),
+            "fast".into(),
+            "-w".into(),
+            "stop".into(),
+        ],
+    );
     let stopped = helper(ctx, &stop, log).await;
     if server_group > 0 {
         super::process::signal_group(server_group, nix::sys::signal::Signal::SIGKILL);
@@ -272,50 +391,123 @@ pub(crate) async fn initialize(ctx: &PodCtx, plan: &Plan, log: &std::fs::File) -
     }
     result?;
     stopped?;
-    let _ = writeln!(log_w, "\nPostgreSQL init process complete; ready for start up.\n");
+    let _ = writeln!(
+        log_w,
+        "\nPostgreSQL init process complete; ready for start up.\n"
+    );
     Ok(())
 }
 
 async fn run_init_scripts(ctx: &PodCtx, plan: &Plan, log: &std::fs::File) -> Result<(), String> {
     let psql = |db: &str, extra: Vec<String>| {
         let mut args = vec![
-            "-v".to_owned(), "ON_ERROR_STOP=1".into(), "--username".into(), plan.user.clone(), "--no-password".into(), "--no-psqlrc".into(),
-            "--dbname".into(), db.to_owned(), "-h".into(), plan.socket_dir.to_string_lossy().into_owned(), "-p".into(), plan.port.to_string(),
+            "-v".to_owned(),
+            "ON_ERROR_STOP=1".into(),
+            "--username".into(),
+            plan.user.clone(),
+            "--no-password".into(),
+            "--no-psqlrc".into(),
+            "--dbname".into(),
+            db.to_owned(),
+            "-h".into(),
+            plan.socket_dir.to_string_lossy().into_owned(),
+            "-p".into(),
+            plan.port.to_string(),
         ];
         args.extend(extra);
-        Spawn { program: plan.bin.join("psql").to_string_lossy().into_owned(), args, env: plan.env.clone(), cwd: plan.cwd.clone(), run_as: None }
+        Spawn {
+            program: plan.bin.join("psql").to_string_lossy().into_owned(),
+            args,
+            env: plan.env.clone(),
+            cwd: plan.cwd.clone(),
+            run_as: None,
+        }
     };
     if plan.db != "postgres" {
-        helper(ctx, &psql("postgres", vec!["-c".into(), format!("CREATE DATABASE {}", quote_ident(&plan.db))]), log).await?;
+        helper(
+            ctx,
+            &psql(
+                "postgres",
+                vec![
+                    "-c".into(),
+                    format!("CREATE DATABASE {}", quote_ident(&plan.db)),
+                ],
+            ),
+            log,
+        )
+        .await?;
     }
-    let Some(dir) = &plan.init_dir else { return Ok(()) };
-    let mut files: Vec<PathBuf> = std::fs::read_dir(dir).map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect()).unwrap_or_default();
+    let Some(dir) = &plan.init_dir else {
+        return Ok(());
+    };
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .map(|rd| rd.filter_map(Result::ok).map(|e| e.path()).collect())
+        .unwrap_or_default();
     files.sort();
     let mut log_w = log;
     for f in files {
-        let name = f.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = f
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         let path = f.to_string_lossy().into_owned();
         let mut env = plan.env.clone();
-        env.push(("PGHOST".into(), plan.socket_dir.to_string_lossy().into_owned()));
+        env.push((
+            "PGHOST".into(),
+            plan.socket_dir.to_string_lossy().into_owned(),
+        ));
         env.push(("PGPORT".into(), plan.port.to_string()));
         if name.ends_with(".sql") {
-            let _ = writeln!(log_w, "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}");
+            let _ = writeln!(
+                log_w,
+                "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}"
+            );
             helper(ctx, &psql(&plan.db, vec!["-f".into(), path]), log).await?;
-        } else if name.ends_with(".sql.gz") || name.ends_with(".sql.xz") || name.ends_with(".sql.zst") {
-            let _ = writeln!(log_w, "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}");
-            let decompress = if name.ends_with(".gz") { "gunzip -c" } else if name.ends_with(".xz") { "xzcat" } else { "zstd -dc" };
+        } else if name.ends_with(".sql.gz")
+            || name.ends_with(".sql.xz")
+            || name.ends_with(".sql.zst")
+        {
+            let _ = writeln!(
+                log_w,
+                "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}"
+            );
+            let decompress = if name.ends_with(".gz") {
+                "gunzip -c"
+            } else if name.ends_with(".xz") {
+                "xzcat"
+            } else {
+                "zstd -dc"
+            };
             let p = psql(&plan.db, Vec::new());
             // $0 is psql, $1 the file, the rest psql's arguments.
             let script = format!("f=$1; shift; {decompress} \"$f\" | \"$0\" \"$@\"");
             let args = vec!["-c".to_owned(), script, p.program.clone(), path];
-            let sh = Spawn { program: "/bin/sh".into(), args: [args, p.args].concat(), env, cwd: plan.cwd.clone(), run_as: None };
+            let sh = Spawn {
+                program: "/bin/sh".into(),
+                args: [args, p.args].concat(),
+                env,
+                cwd: plan.cwd.clone(),
+                run_as: None,
+            };
             helper(ctx, &sh, log).await?;
         } else if name.ends_with(".sh") {
-            let _ = writeln!(log_w, "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}");
-            let sh = Spawn { program: "/bin/sh".into(), args: vec![path], env, cwd: plan.cwd.clone(), run_as: None };
+            let _ = writeln!(
+                log_w,
+                "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}"
+            );
+            let sh = Spawn {
+                program: "/bin/sh".into(),
+                args: vec![path],
+                env,
+                cwd: plan.cwd.clone(),
+                run_as: None,
+            };
             helper(ctx, &sh, log).await?;
         } else {
-            let _ = writeln!(log_w, "/usr/local/bin/docker-entrypoint.sh: ignoring /docker-entrypoint-initdb.d/{name}");
+            let _ = writeln!(
+                log_w,
+                "/usr/local/bin/docker-entrypoint.sh: ignoring /docker-entrypoint-initdb.d/{name}"
+            );
         }
     }
     Ok(())

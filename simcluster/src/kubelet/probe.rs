@@ -39,7 +39,10 @@ impl Timing {
         let f = |k: &str, d: f64| probe.get(k).and_then(Value::as_f64).unwrap_or(d);
         Timing {
             initial_delay: shared.cfg.scaled(f("initialDelaySeconds", 0.0)),
-            period: shared.cfg.scaled(f("periodSeconds", 10.0)).max(Duration::from_millis(100)),
+            period: shared
+                .cfg
+                .scaled(f("periodSeconds", 10.0))
+                .max(Duration::from_millis(100)),
             // Timeouts stay real: a slow answer is slow however fast the clock runs.
             timeout: Duration::from_secs_f64(f("timeoutSeconds", 1.0).max(1.0)),
             success_threshold: f("successThreshold", 1.0).max(1.0) as u32,
@@ -54,20 +57,42 @@ fn port_of(v: Option<&Value>, t: &Target) -> Option<u16> {
         return u16::try_from(n).ok();
     }
     let s = v.as_str()?;
-    s.parse().ok().or_else(|| t.ports.iter().find(|(n, _)| n == s).map(|(_, p)| *p))
+    s.parse()
+        .ok()
+        .or_else(|| t.ports.iter().find(|(n, _)| n == s).map(|(_, p)| *p))
 }
 
 /// Run one probe once.
 ///
 /// # Errors
 /// Why it failed, as the kubelet's `Unhealthy` event words it.
-pub(crate) async fn check(shared: &Shared, probe: &Value, t: &Target, timeout: Duration) -> Result<(), String> {
+pub(crate) async fn check(
+    shared: &Shared,
+    probe: &Value,
+    t: &Target,
+    timeout: Duration,
+) -> Result<(), String> {
     if let Some(e) = probe.get("exec") {
-        let argv: Vec<String> = e.get("command").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).map(|s| t.rewriter.apply(s)).collect();
-        let Some((program, args)) = argv.split_first() else { return Err("exec probe has no command".into()) };
-        let spec = Spawn { program: program.clone(), args: args.to_vec(), ..t.spawn.clone() };
+        let argv: Vec<String> = e
+            .get("command")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .map(|s| t.rewriter.apply(s))
+            .collect();
+        let Some((program, args)) = argv.split_first() else {
+            return Err("exec probe has no command".into());
+        };
+        let spec = Spawn {
+            program: program.clone(),
+            args: args.to_vec(),
+            ..t.spawn.clone()
+        };
         let mut cmd = command(&spec).map_err(|e| e.to_string())?;
-        cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let child = cmd.spawn().map_err(|e| e.to_string())?;
         let pgid = child.id().map(|p| p as i32);
         if let Some(g) = pgid {
@@ -85,14 +110,22 @@ pub(crate) async fn check(shared: &Shared, probe: &Value, t: &Target, timeout: D
             Ok(Ok(o)) => {
                 let mut msg = String::from_utf8_lossy(&o.stdout).into_owned();
                 msg.push_str(&String::from_utf8_lossy(&o.stderr));
-                Err(format!("command {:?} failed: {}", argv.join(" "), msg.trim()))
+                Err(format!(
+                    "command {:?} failed: {}",
+                    argv.join(" "),
+                    msg.trim()
+                ))
             }
         };
     }
     if let Some(tcp) = probe.get("tcpSocket") {
         let port = port_of(tcp.get("port"), t).ok_or("tcpSocket probe has no usable port")?;
-        let host = tcp.get("host").and_then(Value::as_str).map_or_else(|| t.ip.to_string(), str::to_owned);
-        return match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await {
+        let host = tcp
+            .get("host")
+            .and_then(Value::as_str)
+            .map_or_else(|| t.ip.to_string(), str::to_owned);
+        return match tokio::time::timeout(timeout, TcpStream::connect((host.as_str(), port))).await
+        {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => Err(format!("dial tcp {host}:{port}: {e}")),
             Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
@@ -100,11 +133,24 @@ pub(crate) async fn check(shared: &Shared, probe: &Value, t: &Target, timeout: D
     }
     if let Some(h) = probe.get("httpGet") {
         let port = port_of(h.get("port"), t).ok_or("httpGet probe has no usable port")?;
-        let host = h.get("host").and_then(Value::as_str).map_or_else(|| t.ip.to_string(), str::to_owned);
+        let host = h
+            .get("host")
+            .and_then(Value::as_str)
+            .map_or_else(|| t.ip.to_string(), str::to_owned);
         let path = h.get("path").and_then(Value::as_str).unwrap_or("/");
-        let mut req = format!("GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n");
-        for hd in h.get("httpHeaders").and_then(Value::as_array).into_iter().flatten() {
-            if let (Some(n), Some(v)) = (hd.get("name").and_then(Value::as_str), hd.get("value").and_then(Value::as_str)) {
+        let mut req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUser-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n"
+        );
+        for hd in h
+            .get("httpHeaders")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if let (Some(n), Some(v)) = (
+                hd.get("name").and_then(Value::as_str),
+                hd.get("value").and_then(Value::as_str),
+            ) {
                 req.push_str(&format!("{n}: {v}\r\n"));
             }
         }
@@ -124,11 +170,21 @@ pub(crate) async fn check(shared: &Shared, probe: &Value, t: &Target, timeout: D
             Ok::<_, std::io::Error>(String::from_utf8_lossy(&buf[..n]).into_owned())
         };
         return match tokio::time::timeout(timeout, attempt).await {
-            Err(_) => Err(format!("Get \"http://{host}:{port}{path}\": context deadline exceeded")),
+            Err(_) => Err(format!(
+                "Get \"http://{host}:{port}{path}\": context deadline exceeded"
+            )),
             Ok(Err(e)) => Err(format!("Get \"http://{host}:{port}{path}\": {e}")),
             Ok(Ok(head)) => {
-                let code: u16 = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-                if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
+                let code: u16 = head
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|c| c.parse().ok())
+                    .unwrap_or(0);
+                if (200..400).contains(&code) {
+                    Ok(())
+                } else {
+                    Err(format!("HTTP probe failed with statuscode: {code}"))
+                }
             }
         };
     }

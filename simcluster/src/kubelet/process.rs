@@ -48,7 +48,11 @@ impl Reaper {
             // Its own group: a Ctrl-C in the terminal must not take the reaper down first.
             .process_group(0)
             .spawn()?;
-        let r = Reaper { file: file.to_owned(), groups: Mutex::new(BTreeSet::new()), child: Mutex::new(Some(child)) };
+        let r = Reaper {
+            file: file.to_owned(),
+            groups: Mutex::new(BTreeSet::new()),
+            child: Mutex::new(Some(child)),
+        };
         r.write(&BTreeSet::new())?;
         Ok(r)
     }
@@ -64,7 +68,10 @@ impl Reaper {
     }
 
     fn update(&self, f: impl FnOnce(&mut BTreeSet<i32>)) {
-        let mut groups = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut groups);
         if let Err(e) = self.write(&groups) {
             tracing::warn!(file = %self.file.display(), error = %e, "cannot record process groups for the reaper");
@@ -87,12 +94,23 @@ impl Reaper {
 
     /// Kill every recorded group now and stop the reaper.
     pub(crate) fn kill_all_and_stop(&self) {
-        let groups: Vec<i32> = self.groups.lock().unwrap_or_else(std::sync::PoisonError::into_inner).iter().copied().collect();
+        let groups: Vec<i32> = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .iter()
+            .copied()
+            .collect();
         for g in groups {
             let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
         }
         self.update(BTreeSet::clear);
-        if let Some(mut child) = self.child.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take() {
+        if let Some(mut child) = self
+            .child
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take()
+        {
             // Closing stdin makes the reaper read EOF, find an empty file and exit.
             drop(child.stdin.take());
             let _ = child.wait();
@@ -128,20 +146,38 @@ pub(crate) fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf
         let p = PathBuf::from(program);
         return p.is_file().then_some(p);
     }
-    let path = env.iter().rev().find(|(k, _)| k == "PATH").map_or("/usr/bin:/bin", |(_, v)| v.as_str());
-    path.split(':').map(|d| Path::new(d).join(program)).find(|p| {
-        use std::os::unix::fs::PermissionsExt as _;
-        p.metadata().is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    })
+    let path = env
+        .iter()
+        .rev()
+        .find(|(k, _)| k == "PATH")
+        .map_or("/usr/bin:/bin", |(_, v)| v.as_str());
+    path.split(':')
+        .map(|d| Path::new(d).join(program))
+        .find(|p| {
+            use std::os::unix::fs::PermissionsExt as _;
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 /// Build the command: own process group, the given identity, environment and directory.
 pub(crate) fn command(spec: &Spawn) -> std::io::Result<tokio::process::Command> {
     let program = resolve(&spec.program, &spec.env).ok_or_else(|| {
-        std::io::Error::new(std::io::ErrorKind::NotFound, format!("exec: \"{}\": executable file not found in $PATH", spec.program))
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "exec: \"{}\": executable file not found in $PATH",
+                spec.program
+            ),
+        )
     })?;
     let mut cmd = tokio::process::Command::new(program);
-    cmd.args(&spec.args).env_clear().envs(spec.env.iter().map(|(k, v)| (k, v))).current_dir(&spec.cwd).process_group(0).kill_on_drop(false);
+    cmd.args(&spec.args)
+        .env_clear()
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .current_dir(&spec.cwd)
+        .process_group(0)
+        .kill_on_drop(false);
     if let Some((uid, gid)) = spec.run_as {
         cmd.uid(uid).gid(gid);
     }

@@ -17,23 +17,32 @@ use crate::status::ApiError;
 pub(crate) const GIT_VERSION: &str = "v1.32.0";
 
 pub(super) fn version() -> Response {
-    json_response(StatusCode::OK, &json!({
-        "major": "1", "minor": "32", "gitVersion": GIT_VERSION,
-        "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
-        "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc",
-        "platform": "linux/amd64"
-    }))
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "major": "1", "minor": "32", "gitVersion": GIT_VERSION,
+            "gitCommit": "0000000000000000000000000000000000000000", "gitTreeState": "clean",
+            "buildDate": "2024-12-11T00:00:00Z", "goVersion": "go1.23.3", "compiler": "gc",
+            "platform": "linux/amd64"
+        }),
+    )
 }
 
 pub(super) fn api_versions(st: &Arc<ServerState>) -> Response {
-    json_response(StatusCode::OK, &json!({
-        "kind": "APIVersions", "versions": ["v1"],
-        "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": st.address}]
-    }))
+    json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": "APIVersions", "versions": ["v1"],
+            "serverAddressByClientCIDRs": [{"clientCIDR": "0.0.0.0/0", "serverAddress": st.address}]
+        }),
+    )
 }
 
 fn group_json(group: &str, versions: &[String], preferred: &str) -> Value {
-    let vs: Vec<Value> = versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({"name": group, "versions": vs, "preferredVersion": {"groupVersion": format!("{group}/{preferred}"), "version": preferred}})
 }
 
@@ -44,7 +53,11 @@ fn groups(st: &Arc<ServerState>) -> Vec<Value> {
         if g.is_empty() {
             continue;
         }
-        let storage = reg.resources(&g, &v).and_then(|r| r.first()).map(|r| r.storage_version.clone()).unwrap_or_else(|| v.clone());
+        let storage = reg
+            .resources(&g, &v)
+            .and_then(|r| r.first())
+            .map(|r| r.storage_version.clone())
+            .unwrap_or_else(|| v.clone());
         match out.iter_mut().find(|(name, _, _)| *name == g) {
             Some((_, vs, _)) => vs.push(v),
             None => out.push((g, vec![v], storage)),
@@ -55,14 +68,21 @@ fn groups(st: &Arc<ServerState>) -> Vec<Value> {
             let mut vs = vs.clone();
             // The preferred version first, as the real server lists it.
             vs.sort_by_key(|v| v != pref);
-            let pref = if vs.contains(pref) { pref.clone() } else { vs[0].clone() };
+            let pref = if vs.contains(pref) {
+                pref.clone()
+            } else {
+                vs[0].clone()
+            };
             group_json(g, &vs, &pref)
         })
         .collect()
 }
 
 pub(super) fn api_group_list(st: &Arc<ServerState>) -> Response {
-    json_response(StatusCode::OK, &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups(st)}))
+    json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups(st)}),
+    )
 }
 
 pub(super) fn api_group(st: &Arc<ServerState>, group: &str) -> Result<Response, ApiError> {
@@ -79,16 +99,31 @@ pub(super) fn api_group(st: &Arc<ServerState>, group: &str) -> Result<Response, 
 fn subresource_entry(rt: &ResourceType, sub: &str) -> Value {
     let (kind, group, version, verbs): (&str, Option<&str>, Option<&str>, &[&str]) = match sub {
         "status" => (rt.kind.as_str(), None, None, &["get", "patch", "update"]),
-        "scale" => ("Scale", Some("autoscaling"), Some("v1"), &["get", "patch", "update"]),
+        "scale" => (
+            "Scale",
+            Some("autoscaling"),
+            Some("v1"),
+            &["get", "patch", "update"],
+        ),
         "exec" => ("PodExecOptions", None, None, &["create", "get"]),
         "attach" => ("PodAttachOptions", None, None, &["create", "get"]),
         "portforward" => ("PodPortForwardOptions", None, None, &["create", "get"]),
         "log" => ("Pod", None, None, &["get"]),
-        "proxy" => ("PodProxyOptions", None, None, &["create", "delete", "get", "patch", "update"]),
+        "proxy" => (
+            "PodProxyOptions",
+            None,
+            None,
+            &["create", "delete", "get", "patch", "update"],
+        ),
         "eviction" => ("Eviction", Some("policy"), Some("v1"), &["create"]),
         "binding" => ("Binding", None, None, &["create"]),
         "finalize" => ("Namespace", None, None, &["update"]),
-        "token" => ("TokenRequest", Some("authentication.k8s.io"), Some("v1"), &["create"]),
+        "token" => (
+            "TokenRequest",
+            Some("authentication.k8s.io"),
+            Some("v1"),
+            &["create"],
+        ),
         _ => (rt.kind.as_str(), None, None, &["get"]),
     };
     let mut e = json!({"name": format!("{}/{sub}", rt.plural), "singularName": "", "namespaced": rt.namespaced, "kind": kind, "verbs": verbs});
@@ -99,10 +134,18 @@ fn subresource_entry(rt: &ResourceType, sub: &str) -> Value {
     e
 }
 
-pub(super) fn resource_list(st: &Arc<ServerState>, group: &str, version: &str) -> Result<Response, ApiError> {
+pub(super) fn resource_list(
+    st: &Arc<ServerState>,
+    group: &str,
+    version: &str,
+) -> Result<Response, ApiError> {
     let reg = st.store.registry();
     let list = reg.resources(group, version).ok_or_else(|| {
-        ApiError::no_resource(&if group.is_empty() { format!("api/{version}") } else { format!("apis/{group}/{version}") })
+        ApiError::no_resource(&if group.is_empty() {
+            format!("api/{version}")
+        } else {
+            format!("apis/{group}/{version}")
+        })
     })?;
     let mut resources = Vec::new();
     for rt in list {
@@ -118,8 +161,15 @@ pub(super) fn resource_list(st: &Arc<ServerState>, group: &str, version: &str) -
             resources.push(subresource_entry(rt, sub));
         }
     }
-    let gv = if group.is_empty() { version.to_owned() } else { format!("{group}/{version}") };
-    Ok(json_response(StatusCode::OK, &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources})))
+    let gv = if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": gv, "resources": resources}),
+    ))
 }
 
 /// A protobuf field of wire type 2 (length-delimited).
@@ -143,19 +193,32 @@ fn pb_field(num: u8, data: &[u8]) -> Vec<u8> {
 /// or a kind the v3 document does not list; with no schema for a kind it skips client-side
 /// validation, exactly as it does on a real server for kinds without one.
 pub(super) fn openapi_v2(req: &Request) -> Response {
-    let accept = req.headers().get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     if accept.contains("protobuf") {
         // gnostic openapi_v2.Document: swagger = 1, info = 2 (title = 1, version = 2), paths = 8.
-        let info = [pb_field(1, b"Kubernetes"), pb_field(2, GIT_VERSION.as_bytes())].concat();
+        let info = [
+            pb_field(1, b"Kubernetes"),
+            pb_field(2, GIT_VERSION.as_bytes()),
+        ]
+        .concat();
         let doc = [pb_field(1, b"2.0"), pb_field(2, &info), pb_field(8, &[])].concat();
         let mut r = (StatusCode::OK, doc).into_response();
         r.headers_mut().insert(
             header::CONTENT_TYPE,
-            axum::http::HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+            axum::http::HeaderValue::from_static(
+                "application/com.github.proto-openapi.spec.v2.v1.0+protobuf",
+            ),
         );
         return r;
     }
-    json_response(StatusCode::OK, &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": GIT_VERSION}, "paths": {}, "definitions": {}}))
+    json_response(
+        StatusCode::OK,
+        &json!({"swagger": "2.0", "info": {"title": "Kubernetes", "version": GIT_VERSION}, "paths": {}, "definitions": {}}),
+    )
 }
 
 /// Group/versions documented in OpenAPI v3: the built-in ones. Custom resources are left out on
@@ -164,12 +227,19 @@ fn builtin_gvs(st: &Arc<ServerState>) -> Vec<(String, String)> {
     let reg = st.store.registry();
     reg.group_versions()
         .into_iter()
-        .filter(|(g, v)| reg.resources(g, v).is_some_and(|rs| rs.iter().any(|r| !r.custom)))
+        .filter(|(g, v)| {
+            reg.resources(g, v)
+                .is_some_and(|rs| rs.iter().any(|r| !r.custom))
+        })
         .collect()
 }
 
 fn gv_path(g: &str, v: &str) -> String {
-    if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") }
+    if g.is_empty() {
+        format!("api/{v}")
+    } else {
+        format!("apis/{g}/{v}")
+    }
 }
 
 fn gv_hash(g: &str, v: &str) -> String {
@@ -181,7 +251,10 @@ pub(super) fn openapi_v3_root(st: &Arc<ServerState>) -> Response {
     let mut paths = serde_json::Map::new();
     for (g, v) in builtin_gvs(st) {
         let p = gv_path(&g, &v);
-        paths.insert(p.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", gv_hash(&g, &v))}));
+        paths.insert(
+            p.clone(),
+            json!({"serverRelativeURL": format!("/openapi/v3/{p}?hash={}", gv_hash(&g, &v))}),
+        );
     }
     json_response(StatusCode::OK, &json!({"paths": paths}))
 }
@@ -197,9 +270,18 @@ pub(super) fn openapi_v3_doc(st: &Arc<ServerState>, path: &str) -> Result<Respon
         .ok_or_else(|| ApiError::no_resource(&format!("openapi/v3/{path}")))?;
     let reg = st.store.registry();
     let mut paths = serde_json::Map::new();
-    for rt in reg.resources(&g, &v).unwrap_or_default().iter().filter(|r| !r.custom && !r.create_only) {
+    for rt in reg
+        .resources(&g, &v)
+        .unwrap_or_default()
+        .iter()
+        .filter(|r| !r.custom && !r.create_only)
+    {
         let item = if rt.namespaced {
-            format!("/{}/namespaces/{{namespace}}/{}/{{name}}", gv_path(&g, &v), rt.plural)
+            format!(
+                "/{}/namespaces/{{namespace}}/{}/{{name}}",
+                gv_path(&g, &v),
+                rt.plural
+            )
         } else {
             format!("/{}/{}/{{name}}", gv_path(&g, &v), rt.plural)
         };
@@ -219,10 +301,13 @@ pub(super) fn openapi_v3_doc(st: &Arc<ServerState>, path: &str) -> Result<Respon
             "x-kubernetes-group-version-kind": {"group": rt.group, "version": rt.version, "kind": rt.kind},
         }}));
     }
-    Ok(json_response(StatusCode::OK, &json!({
-        "openapi": "3.0.0",
-        "info": {"title": "Kubernetes", "version": GIT_VERSION},
-        "paths": paths,
-        "components": {"schemas": {}},
-    })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "openapi": "3.0.0",
+            "info": {"title": "Kubernetes", "version": GIT_VERSION},
+            "paths": paths,
+            "components": {"schemas": {}},
+        }),
+    ))
 }

@@ -65,7 +65,10 @@ pub(crate) struct ServerState {
 pub(crate) fn json_response(code: StatusCode, v: &Value) -> Response {
     let body = serde_json::to_vec(v).unwrap_or_default();
     let mut r = (code, body).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }
 
@@ -85,7 +88,10 @@ impl Query {
     }
 
     pub(crate) fn get(&self, k: &str) -> Option<&str> {
-        self.0.iter().find(|(kk, _)| kk == k).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(kk, _)| kk == k)
+            .map(|(_, v)| v.as_str())
     }
 
     pub(crate) fn flag(&self, k: &str) -> bool {
@@ -97,7 +103,10 @@ async fn dispatch(State(st): State<Arc<ServerState>>, req: Request) -> Response 
     use futures::FutureExt as _;
     let path = req.uri().path().to_owned();
     // A bug must cost one request a 500 Status, never the connection without an answer.
-    match std::panic::AssertUnwindSafe(dispatch_inner(st, req)).catch_unwind().await {
+    match std::panic::AssertUnwindSafe(dispatch_inner(st, req))
+        .catch_unwind()
+        .await
+    {
         Ok(r) => r,
         Err(_) => {
             tracing::error!(path, "request handler panicked");
@@ -108,7 +117,11 @@ async fn dispatch(State(st): State<Arc<ServerState>>, req: Request) -> Response 
 
 async fn dispatch_inner(st: Arc<ServerState>, req: Request) -> Response {
     let path = req.uri().path().trim_end_matches('/').to_owned();
-    let segs: Vec<String> = path.split('/').filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    let segs: Vec<String> = path
+        .split('/')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
     let result = match segs.as_slice() {
         ["version"] => Ok(discovery::version()),
@@ -128,26 +141,49 @@ async fn dispatch_inner(st: Arc<ServerState>, req: Request) -> Response {
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-async fn route(st: &Arc<ServerState>, group: &str, version: &str, rest: &[&str], req: Request) -> Result<Response, ApiError> {
+async fn route(
+    st: &Arc<ServerState>,
+    group: &str,
+    version: &str,
+    rest: &[&str],
+    req: Request,
+) -> Result<Response, ApiError> {
     let registry_rt = |plural: &str| st.store.registry().lookup(group, version, plural).cloned();
     let (ns, rt, name, sub) = match rest {
-        ["namespaces", ns, plural, tail @ ..] if registry_rt(plural).is_some_and(|r| r.namespaced) => {
+        ["namespaces", ns, plural, tail @ ..]
+            if registry_rt(plural).is_some_and(|r| r.namespaced) =>
+        {
             let rt = registry_rt(plural).ok_or_else(|| ApiError::no_resource(plural))?;
             match tail {
                 [] => (Some((*ns).to_owned()), rt, None, None),
                 [name] => (Some((*ns).to_owned()), rt, Some((*name).to_owned()), None),
-                [name, sub] => (Some((*ns).to_owned()), rt, Some((*name).to_owned()), Some((*sub).to_owned())),
+                [name, sub] => (
+                    Some((*ns).to_owned()),
+                    rt,
+                    Some((*name).to_owned()),
+                    Some((*sub).to_owned()),
+                ),
                 _ => return Err(ApiError::no_resource(&rest.join("/"))),
             }
         }
         [plural, tail @ ..] => {
             let rt = registry_rt(plural).ok_or_else(|| {
-                ApiError::no_resource(&format!("{}/{}", if group.is_empty() { "api/v1".to_owned() } else { format!("apis/{group}/{version}") }, rest.join("/")))
+                ApiError::no_resource(&format!(
+                    "{}/{}",
+                    if group.is_empty() {
+                        "api/v1".to_owned()
+                    } else {
+                        format!("apis/{group}/{version}")
+                    },
+                    rest.join("/")
+                ))
             })?;
             match tail {
                 [] => (None, rt, None, None),
                 [name] if !rt.namespaced => (None, rt, Some((*name).to_owned()), None),
-                [name, sub] if !rt.namespaced => (None, rt, Some((*name).to_owned()), Some((*sub).to_owned())),
+                [name, sub] if !rt.namespaced => {
+                    (None, rt, Some((*name).to_owned()), Some((*sub).to_owned()))
+                }
                 _ => return Err(ApiError::no_resource(&rest.join("/"))),
             }
         }
@@ -167,7 +203,9 @@ pub(crate) async fn serve(
     state: Arc<ServerState>,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(state)).with_graceful_shutdown(shutdown).await
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
 }
 
 /// A streaming body of newline-delimited JSON chunks.

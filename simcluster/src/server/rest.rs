@@ -44,7 +44,11 @@ pub(super) fn render_mode(req_accept: &str) -> Render {
 }
 
 fn header_str(req: &Request, h: header::HeaderName) -> String {
-    req.headers().get(h).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned()
+    req.headers()
+        .get(h)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned()
 }
 
 fn verb_of(method: &Method, has_name: bool, q: &Query) -> &'static str {
@@ -61,13 +65,27 @@ fn verb_of(method: &Method, has_name: bool, q: &Query) -> &'static str {
     }
 }
 
-fn check_access(st: &ServerState, rt: &ResourceType, ns: &str, verb: &str, sub: Option<&str>) -> Result<(), ApiError> {
+fn check_access(
+    st: &ServerState,
+    rt: &ResourceType,
+    ns: &str,
+    verb: &str,
+    sub: Option<&str>,
+) -> Result<(), ApiError> {
     let resource = match sub {
         Some(s) => format!("{}/{s}", rt.plural),
         None => rt.plural.clone(),
     };
-    if st.deny.iter().any(|r| r.matches(verb, &rt.group, &resource, ns)) {
-        let scope = if ns.is_empty() { "at the cluster scope".to_owned() } else { format!("in the namespace \"{ns}\"") };
+    if st
+        .deny
+        .iter()
+        .any(|r| r.matches(verb, &rt.group, &resource, ns))
+    {
+        let scope = if ns.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace \"{ns}\"")
+        };
         return Err(ApiError::forbidden(format!(
             "{} is forbidden: User \"kubernetes-admin\" cannot {verb} resource \"{resource}\" in API group \"{}\" {scope}",
             rt.qualified(),
@@ -88,9 +106,9 @@ fn decode_object(ct: &str, bytes: &[u8]) -> Result<Value, ApiError> {
     match base {
         "" | "application/json" | "*/*" => api::decode_body(bytes, false),
         "application/yaml" | "application/x-yaml" | "text/yaml" => api::decode_body(bytes, true),
-        "application/vnd.kubernetes.protobuf" => {
-            crate::proto::decode(bytes).map_err(|e| ApiError::unsupported_media_type(format!("decoding the protobuf body: {e}")))
-        }
+        "application/vnd.kubernetes.protobuf" => crate::proto::decode(bytes).map_err(|e| {
+            ApiError::unsupported_media_type(format!("decoding the protobuf body: {e}"))
+        }),
         other => Err(ApiError::unsupported_media_type(format!(
             "the body of the request was in an unknown format ({other}) - accepted media types include: application/json, application/yaml"
         ))),
@@ -110,8 +128,18 @@ fn render_one(rt: &ResourceType, obj: Value, mode: Render, q: &Query) -> Value {
         Render::Object => obj,
         Render::Metadata => table::partial_metadata(&obj),
         Render::Table => {
-            let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
-            table::table(rt, &[obj], &rv, q.get("includeObject").unwrap_or("Metadata"), true)
+            let rv = obj
+                .pointer("/metadata/resourceVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned();
+            table::table(
+                rt,
+                &[obj],
+                &rv,
+                q.get("includeObject").unwrap_or("Metadata"),
+                true,
+            )
         }
     }
 }
@@ -127,7 +155,11 @@ pub(super) async fn handle(
     let q = Query::parse(&req)?;
     let method = req.method().clone();
     let verb = verb_of(&method, name.is_some(), &q);
-    let ns_str = if rt.namespaced { ns.clone().unwrap_or_default() } else { String::new() };
+    let ns_str = if rt.namespaced {
+        ns.clone().unwrap_or_default()
+    } else {
+        String::new()
+    };
     check_access(st, &rt, &ns_str, verb, sub.as_deref())?;
     let mode = render_mode(&header_str(&req, header::ACCEPT));
     let ct = header_str(&req, header::CONTENT_TYPE);
@@ -135,8 +167,12 @@ pub(super) async fn handle(
 
     if let (Some(sub), Some(name)) = (sub.as_deref(), name.as_deref()) {
         match sub {
-            "status" => return status_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await,
-            "scale" => return scale_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await,
+            "status" => {
+                return status_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await;
+            }
+            "scale" => {
+                return scale_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await;
+            }
             _ => {
                 let handler = st
                     .subresources
@@ -145,7 +181,10 @@ pub(super) async fn handle(
                     .get(&(rt.key(), sub.to_owned()))
                     .cloned();
                 let Some(handler) = handler else {
-                    return Err(ApiError::no_resource(&format!("{}/{sub}: not served by this simulated cluster", rt.plural)));
+                    return Err(ApiError::no_resource(&format!(
+                        "{}/{sub}: not served by this simulated cluster",
+                        rt.plural
+                    )));
                 };
                 let target = SubresourceTarget {
                     resource: rt.clone(),
@@ -163,32 +202,50 @@ pub(super) async fn handle(
         ("GET", _) if q.flag("watch") => watch::serve(st.clone(), rt, ns, &q, mode),
         ("GET", Some(name)) => {
             if rt.create_only {
-                return Err(ApiError::method_not_allowed(format!("{} only supports create", rt.plural)));
+                return Err(ApiError::method_not_allowed(format!(
+                    "{} only supports create",
+                    rt.plural
+                )));
             }
             let obj = api::get(store, &rt, &ns_str, &name)?;
-            Ok(json_response(StatusCode::OK, &render_one(&rt, obj, mode, &q)))
+            Ok(json_response(
+                StatusCode::OK,
+                &render_one(&rt, obj, mode, &q),
+            ))
         }
         ("GET", None) => {
             if rt.create_only {
-                return Err(ApiError::method_not_allowed(format!("{} only supports create", rt.plural)));
+                return Err(ApiError::method_not_allowed(format!(
+                    "{} only supports create",
+                    rt.plural
+                )));
             }
             list(st, &rt, ns.as_deref(), &q, mode)
         }
         ("POST", None) => {
             let Some(ns) = ns.clone().or_else(|| (!rt.namespaced).then(String::new)) else {
-                return Err(ApiError::method_not_allowed(format!("create of {} needs a namespace in the path", rt.plural)));
+                return Err(ApiError::method_not_allowed(format!(
+                    "create of {} needs a namespace in the path",
+                    rt.plural
+                )));
             };
             let body = decode_object(&ct, &read_body(req).await?)?;
             if rt.create_only {
                 return access_review(st, &rt, body);
             }
             let obj = api::create(store, &rt, &ns, body, &write_options(&q))?;
-            Ok(json_response(StatusCode::CREATED, &render_one(&rt, obj, mode, &q)))
+            Ok(json_response(
+                StatusCode::CREATED,
+                &render_one(&rt, obj, mode, &q),
+            ))
         }
         ("PUT", Some(name)) => {
             let body = decode_object(&ct, &read_body(req).await?)?;
             let obj = api::update(store, &rt, &ns_str, &name, body, None, &write_options(&q))?;
-            Ok(json_response(StatusCode::OK, &render_one(&rt, obj, mode, &q)))
+            Ok(json_response(
+                StatusCode::OK,
+                &render_one(&rt, obj, mode, &q),
+            ))
         }
         ("PATCH", Some(name)) => {
             let ptype = PatchType::from_content_type(&ct).ok_or_else(|| {
@@ -201,33 +258,60 @@ pub(super) async fn handle(
                 check_access(st, &rt, &ns_str, "create", None)?;
             }
             let body = read_body(req).await?;
-            let (obj, created) = api::patch(store, &rt, &ns_str, &name, ptype, &body, None, &write_options(&q))?;
-            let code = if created { StatusCode::CREATED } else { StatusCode::OK };
+            let (obj, created) = api::patch(
+                store,
+                &rt,
+                &ns_str,
+                &name,
+                ptype,
+                &body,
+                None,
+                &write_options(&q),
+            )?;
+            let code = if created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             Ok(json_response(code, &render_one(&rt, obj, mode, &q)))
         }
         ("DELETE", Some(name)) => {
             let opts = delete_options(&q, &read_body(req).await?)?;
             let d = api::delete(store, &rt, &ns_str, &name, &opts)?;
             let (code, body) = api::delete_response(&rt, &d);
-            Ok(json_response(StatusCode::from_u16(code).unwrap_or(StatusCode::OK), &body))
+            Ok(json_response(
+                StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+                &body,
+            ))
         }
         ("DELETE", None) => {
             let opts = delete_options(&q, &read_body(req).await?)?;
             delete_collection(st, &rt, ns.as_deref(), &q, &opts)
         }
-        (m, _) => Err(ApiError::method_not_allowed(format!("the server does not allow method {m} on {}", rt.plural))),
+        (m, _) => Err(ApiError::method_not_allowed(format!(
+            "the server does not allow method {m} on {}",
+            rt.plural
+        ))),
     }
 }
 
 fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
-    let v = if body.iter().all(u8::is_ascii_whitespace) { Value::Null } else { api::decode_body(body, false)? };
+    let v = if body.iter().all(u8::is_ascii_whitespace) {
+        Value::Null
+    } else {
+        api::decode_body(body, false)?
+    };
     let mut o = DeleteOptions::from_body(&v)?;
     if o.propagation.is_none() {
         o.propagation = match q.get("propagationPolicy") {
             Some("Foreground") => Some(Propagation::Foreground),
             Some("Background") => Some(Propagation::Background),
             Some("Orphan") => Some(Propagation::Orphan),
-            Some(other) => return Err(ApiError::bad_request(format!("propagationPolicy: Unsupported value: \"{other}\""))),
+            Some(other) => {
+                return Err(ApiError::bad_request(format!(
+                    "propagationPolicy: Unsupported value: \"{other}\""
+                )));
+            }
             None => None,
         };
     }
@@ -239,21 +323,33 @@ fn delete_options(q: &Query, body: &[u8]) -> Result<DeleteOptions, ApiError> {
 }
 
 pub(super) fn selectors(q: &Query) -> Result<(LabelSelector, FieldSelector), ApiError> {
-    let ls = LabelSelector::parse(q.get("labelSelector").unwrap_or_default()).map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let fs = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let ls = LabelSelector::parse(q.get("labelSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let fs = FieldSelector::parse(q.get("fieldSelector").unwrap_or_default())
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
     Ok((ls, fs))
 }
 
-fn list(st: &Arc<ServerState>, rt: &ResourceType, ns: Option<&str>, q: &Query, mode: Render) -> Result<Response, ApiError> {
+fn list(
+    st: &Arc<ServerState>,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    q: &Query,
+    mode: Render,
+) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(q)?;
-    let (items, rv) = st.store.list(&rt.key(), if rt.namespaced { ns } else { None });
+    let (items, rv) = st
+        .store
+        .list(&rt.key(), if rt.namespaced { ns } else { None });
     let (start_after, list_rv) = match q.get("continue").filter(|c| !c.is_empty()) {
         Some(token) => {
             let decoded = base64::engine::general_purpose::URL_SAFE_NO_PAD
                 .decode(token)
                 .ok()
                 .and_then(|b| serde_json::from_slice::<Value>(&b).ok())
-                .ok_or_else(|| ApiError::bad_request("continue key is not valid: malformed token"))?;
+                .ok_or_else(|| {
+                    ApiError::bad_request("continue key is not valid: malformed token")
+                })?;
             let after = (
                 decoded["ns"].as_str().unwrap_or_default().to_owned(),
                 decoded["name"].as_str().unwrap_or_default().to_owned(),
@@ -262,11 +358,20 @@ fn list(st: &Arc<ServerState>, rt: &ResourceType, ns: Option<&str>, q: &Query, m
         }
         None => (None, rv),
     };
-    let limit = q.get("limit").and_then(|l| l.parse::<usize>().ok()).filter(|l| *l > 0);
+    let limit = q
+        .get("limit")
+        .and_then(|l| l.parse::<usize>().ok())
+        .filter(|l| *l > 0);
     let key_of = |o: &Value| {
         (
-            o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default().to_owned(),
-            o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default().to_owned(),
+            o.pointer("/metadata/namespace")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
+            o.pointer("/metadata/name")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_owned(),
         )
     };
     let matching: Vec<&Arc<Value>> = items
@@ -284,13 +389,20 @@ fn list(st: &Arc<ServerState>, rt: &ResourceType, ns: Option<&str>, q: &Query, m
         if let Some(last) = objects.last() {
             let (lns, lname) = key_of(last);
             let token = json!({"rv": list_rv, "ns": lns, "name": lname}).to_string();
-            metadata["continue"] = json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
+            metadata["continue"] =
+                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
             metadata["remainingItemCount"] = json!(rest);
         }
     }
     let body = match mode {
         Render::Table => {
-            let mut t = table::table(rt, &objects, &list_rv.to_string(), q.get("includeObject").unwrap_or("Metadata"), true);
+            let mut t = table::table(
+                rt,
+                &objects,
+                &list_rv.to_string(),
+                q.get("includeObject").unwrap_or("Metadata"),
+                true,
+            );
             t["metadata"] = metadata;
             t
         }
@@ -305,23 +417,40 @@ fn list(st: &Arc<ServerState>, rt: &ResourceType, ns: Option<&str>, q: &Query, m
     Ok(json_response(StatusCode::OK, &body))
 }
 
-fn delete_collection(st: &Arc<ServerState>, rt: &ResourceType, ns: Option<&str>, q: &Query, opts: &DeleteOptions) -> Result<Response, ApiError> {
+fn delete_collection(
+    st: &Arc<ServerState>,
+    rt: &ResourceType,
+    ns: Option<&str>,
+    q: &Query,
+    opts: &DeleteOptions,
+) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(q)?;
-    let (items, rv) = st.store.list(&rt.key(), if rt.namespaced { ns } else { None });
+    let (items, rv) = st
+        .store
+        .list(&rt.key(), if rt.namespaced { ns } else { None });
     let mut deleted = Vec::new();
     for o in items.iter().filter(|o| ls.matches(o) && fs.matches(o)) {
-        let ons = o.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or_default();
-        let name = o.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let ons = o
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let name = o
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         match api::delete(&st.store, rt, ons, name, opts) {
             Ok(api::Deleted::Pending(v) | api::Deleted::Gone(v)) => deleted.push(v),
             Err(e) if e.code == 404 => {}
             Err(e) => return Err(e),
         }
     }
-    Ok(json_response(StatusCode::OK, &json!({
-        "kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
-        "metadata": {"resourceVersion": rv.to_string()}, "items": deleted,
-    })))
+    Ok(json_response(
+        StatusCode::OK,
+        &json!({
+            "kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(),
+            "metadata": {"resourceVersion": rv.to_string()}, "items": deleted,
+        }),
+    ))
 }
 
 #[expect(clippy::too_many_arguments, reason = "the parts of one request")]
@@ -343,12 +472,28 @@ async fn status_subresource(
             api::update(store, rt, ns, name, body, Some("status"), &write_options(q))?
         }
         "PATCH" => {
-            let ptype = PatchType::from_content_type(ct)
-                .ok_or_else(|| ApiError::unsupported_media_type(format!("unsupported patch type {ct}")))?;
+            let ptype = PatchType::from_content_type(ct).ok_or_else(|| {
+                ApiError::unsupported_media_type(format!("unsupported patch type {ct}"))
+            })?;
             let body = read_body(req).await?;
-            api::patch(store, rt, ns, name, ptype, &body, Some("status"), &write_options(q))?.0
+            api::patch(
+                store,
+                rt,
+                ns,
+                name,
+                ptype,
+                &body,
+                Some("status"),
+                &write_options(q),
+            )?
+            .0
         }
-        m => return Err(ApiError::method_not_allowed(format!("the server does not allow method {m} on {}/status", rt.plural))),
+        m => {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow method {m} on {}/status",
+                rt.plural
+            )));
+        }
     };
     Ok(json_response(StatusCode::OK, &obj))
 }
@@ -357,7 +502,12 @@ fn scale_of(obj: &Value) -> Value {
     let selector = obj
         .pointer("/spec/selector/matchLabels")
         .and_then(Value::as_object)
-        .map(|m| m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())).collect::<Vec<_>>().join(","))
+        .map(|m| {
+            m.iter()
+                .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+                .collect::<Vec<_>>()
+                .join(",")
+        })
         .unwrap_or_default();
     let md = &obj["metadata"];
     json!({
@@ -387,49 +537,119 @@ async fn scale_subresource(
         "GET" => return Ok(json_response(StatusCode::OK, &scale)),
         "PUT" => scale = decode_object(ct, &read_body(req).await?)?,
         "PATCH" => {
-            let ptype = PatchType::from_content_type(ct)
-                .ok_or_else(|| ApiError::unsupported_media_type(format!("unsupported patch type {ct}")))?;
+            let ptype = PatchType::from_content_type(ct).ok_or_else(|| {
+                ApiError::unsupported_media_type(format!("unsupported patch type {ct}"))
+            })?;
             let p = api::decode_body(&read_body(req).await?, ptype == PatchType::Apply)?;
             match ptype {
-                PatchType::Json => crate::patch::json_patch(&mut scale, &p).map_err(|e| ApiError::bad_request(e.0))?,
+                PatchType::Json => crate::patch::json_patch(&mut scale, &p)
+                    .map_err(|e| ApiError::bad_request(e.0))?,
                 PatchType::Strategic => crate::patch::strategic_merge(&mut scale, &p),
                 _ => crate::patch::merge_patch(&mut scale, &p),
             }
         }
-        m => return Err(ApiError::method_not_allowed(format!("the server does not allow method {m} on {}/scale", rt.plural))),
+        m => {
+            return Err(ApiError::method_not_allowed(format!(
+                "the server does not allow method {m} on {}/scale",
+                rt.plural
+            )));
+        }
     }
-    let replicas = scale.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| {
-        ApiError::invalid(rt, name, &[("spec.replicas".into(), "Required value".into())])
-    })?;
+    let replicas = scale
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .ok_or_else(|| {
+            ApiError::invalid(
+                rt,
+                name,
+                &[("spec.replicas".into(), "Required value".into())],
+            )
+        })?;
     if replicas < 0 {
-        return Err(ApiError::invalid(rt, name, &[("spec.replicas".into(), format!("Invalid value: {replicas}: must be greater than or equal to 0"))]));
+        return Err(ApiError::invalid(
+            rt,
+            name,
+            &[(
+                "spec.replicas".into(),
+                format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+            )],
+        ));
     }
     let mut patch = json!({"spec": {"replicas": replicas}});
-    if let Some(rv) = scale.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|s| !s.is_empty()) {
+    if let Some(rv) = scale
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+    {
         patch["metadata"] = json!({"resourceVersion": rv});
     }
-    let (obj, _) = api::patch(store, rt, ns, name, PatchType::Merge, patch.to_string().as_bytes(), None, &write_options(q))?;
+    let (obj, _) = api::patch(
+        store,
+        rt,
+        ns,
+        name,
+        PatchType::Merge,
+        patch.to_string().as_bytes(),
+        None,
+        &write_options(q),
+    )?;
     Ok(json_response(StatusCode::OK, &scale_of(&obj)))
 }
 
-fn access_review(st: &Arc<ServerState>, rt: &ResourceType, mut body: Value) -> Result<Response, ApiError> {
+fn access_review(
+    st: &Arc<ServerState>,
+    rt: &ResourceType,
+    mut body: Value,
+) -> Result<Response, ApiError> {
     if !body.is_object() {
-        return Err(ApiError::bad_request(format!("the body of the request is not a {} object", rt.kind)));
+        return Err(ApiError::bad_request(format!(
+            "the body of the request is not a {} object",
+            rt.kind
+        )));
     }
-    if body.get("kind").and_then(Value::as_str).is_some_and(|k| k != rt.kind) {
-        return Err(ApiError::bad_request(format!("expected a {} object", rt.kind)));
+    if body
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k != rt.kind)
+    {
+        return Err(ApiError::bad_request(format!(
+            "expected a {} object",
+            rt.kind
+        )));
     }
     let attrs = body.pointer("/spec/resourceAttributes").cloned();
     let (allowed, reason) = match attrs {
         Some(a) => {
-            let s = |k: &str| a.get(k).and_then(Value::as_str).unwrap_or_default().to_owned();
-            let resource = if s("subresource").is_empty() { s("resource") } else { format!("{}/{}", s("resource"), s("subresource")) };
-            match st.deny.iter().find(|r| r.matches(&s("verb"), &s("group"), &resource, &s("namespace"))) {
-                Some(rule) => (false, format!("denied by the simulated cluster's deny rule {rule}")),
-                None => (true, "allowed: the simulated cluster grants everything not denied".to_owned()),
+            let s = |k: &str| {
+                a.get(k)
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned()
+            };
+            let resource = if s("subresource").is_empty() {
+                s("resource")
+            } else {
+                format!("{}/{}", s("resource"), s("subresource"))
+            };
+            match st
+                .deny
+                .iter()
+                .find(|r| r.matches(&s("verb"), &s("group"), &resource, &s("namespace")))
+            {
+                Some(rule) => (
+                    false,
+                    format!("denied by the simulated cluster's deny rule {rule}"),
+                ),
+                None => (
+                    true,
+                    "allowed: the simulated cluster grants everything not denied".to_owned(),
+                ),
             }
         }
-        None => (true, "allowed: the simulated cluster grants non-resource URLs".to_owned()),
+        None => (
+            true,
+            "allowed: the simulated cluster grants non-resource URLs".to_owned(),
+        ),
     };
     body["apiVersion"] = json!(rt.api_version());
     body["kind"] = json!(rt.kind);

@@ -63,7 +63,11 @@ impl Filter {
             Render::Object => obj,
             Render::Metadata => table::partial_metadata(&obj),
             Render::Table => {
-                let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or_default().to_owned();
+                let rv = obj
+                    .pointer("/metadata/resourceVersion")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned();
                 let t = table::table(&self.rt, &[obj], &rv, &self.include, *first);
                 *first = false;
                 t
@@ -87,24 +91,44 @@ impl Filter {
 }
 
 fn error_line(e: &ApiError) -> bytes::Bytes {
-    let mut s = serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
+    let mut s =
+        serde_json::to_vec(&json!({"type": "ERROR", "object": e.to_status()})).unwrap_or_default();
     s.push(b'\n');
     s.into()
 }
 
 /// Start a watch and answer with its stream.
-pub(super) fn serve(st: Arc<ServerState>, rt: ResourceType, ns: Option<String>, q: &Query, mode: Render) -> Result<Response, ApiError> {
+pub(super) fn serve(
+    st: Arc<ServerState>,
+    rt: ResourceType,
+    ns: Option<String>,
+    q: &Query,
+    mode: Render,
+) -> Result<Response, ApiError> {
     let (ls, fs) = selectors(q)?;
     let rv = match q.get("resourceVersion") {
         None | Some("" | "0") => None,
-        Some(v) => Some(v.parse::<u64>().map_err(|_| ApiError::bad_request(format!("invalid resource version \"{v}\"")))?),
+        Some(v) => Some(
+            v.parse::<u64>()
+                .map_err(|_| ApiError::bad_request(format!("invalid resource version \"{v}\"")))?,
+        ),
     };
     let send_initial = q.flag("sendInitialEvents");
     let rv = if send_initial { None } else { rv };
     let bookmarks = q.flag("allowWatchBookmarks");
-    let timeout = q.get("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).unwrap_or(DEFAULT_TIMEOUT);
+    let timeout = q
+        .get("timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(DEFAULT_TIMEOUT);
     let ns = if rt.namespaced { ns } else { None };
-    let filter = Filter { rt, ns, ls, fs, mode, include: q.get("includeObject").unwrap_or("Metadata").to_owned() };
+    let filter = Filter {
+        rt,
+        ns,
+        ls,
+        fs,
+        mode,
+        include: q.get("includeObject").unwrap_or("Metadata").to_owned(),
+    };
     let (tx, rx) = mpsc::channel::<bytes::Bytes>(256);
     let start = match st.store.watch(&filter.rt.key(), filter.ns.as_deref(), rv) {
         Ok(s) => s,
@@ -121,7 +145,11 @@ pub(super) fn serve(st: Arc<ServerState>, rt: ResourceType, ns: Option<String>, 
         let mut last_rv = start.rv;
         for ev in &start.initial {
             if let Some(ty) = filter.classify(ev) {
-                if tx.send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first)).await.is_err() {
+                if tx
+                    .send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first))
+                    .await
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -176,6 +204,9 @@ pub(super) fn serve(st: Arc<ServerState>, rt: ResourceType, ns: Option<String>, 
 
 fn respond(rx: mpsc::Receiver<bytes::Bytes>) -> Response {
     let mut r = (StatusCode::OK, stream_body(rx)).into_response();
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     r
 }

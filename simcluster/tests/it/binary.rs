@@ -9,7 +9,11 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::common::raw;
 
 fn kind_config(file: &str) -> String {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../kind-config").join(file).to_string_lossy().into_owned()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../kind-config")
+        .join(file)
+        .to_string_lossy()
+        .into_owned()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -17,7 +21,15 @@ async fn serve_reads_kind_config_and_exits_zero_on_sigterm() {
     let dir = tempfile::tempdir().expect("temp dir");
     let kubeconfig = dir.path().join("kubeconfig");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_simcluster"))
-        .args(["serve", "--name", "bin-test", "--deny", "create:secrets", "--config", &kind_config("prod-3-node.yaml")])
+        .args([
+            "serve",
+            "--name",
+            "bin-test",
+            "--deny",
+            "create:secrets",
+            "--config",
+            &kind_config("prod-3-node.yaml"),
+        ])
         .arg("--state-dir")
         .arg(dir.path().join("state"))
         .arg("--kubeconfig")
@@ -36,33 +48,76 @@ async fn serve_reads_kind_config_and_exits_zero_on_sigterm() {
         if let Some(status) = child.try_wait().expect("child status") {
             panic!("simcluster exited early ({status}): {}", stderr());
         }
-        assert!(tokio::time::Instant::now() < deadline, "no kubeconfig after 60 s: {}", stderr());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no kubeconfig after 60 s: {}",
+            stderr()
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
-    let url = text.lines().find_map(|l| l.trim().strip_prefix("server: ")).expect("server line").to_owned();
+    let url = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server line")
+        .to_owned();
     let addr = url.trim_start_matches("http://").to_owned();
     let (code, nodes) = raw(&addr, "GET", "/api/v1/nodes", "application/json", b"").await;
     assert_eq!(code, 200);
-    let names: Vec<&str> = nodes["items"].as_array().expect("items").iter().filter_map(|n| n["metadata"]["name"].as_str()).collect();
-    assert_eq!(names, ["bin-test-control-plane", "bin-test-worker", "bin-test-worker2"]);
-    let (code, _) = raw(&addr, "POST", "/api/v1/namespaces/default/secrets", "application/json", br#"{"metadata": {"name": "s"}}"#).await;
+    let names: Vec<&str> = nodes["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .filter_map(|n| n["metadata"]["name"].as_str())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "bin-test-control-plane",
+            "bin-test-worker",
+            "bin-test-worker2"
+        ]
+    );
+    let (code, _) = raw(
+        &addr,
+        "POST",
+        "/api/v1/namespaces/default/secrets",
+        "application/json",
+        br#"{"metadata": {"name": "s"}}"#,
+    )
+    .await;
     assert_eq!(code, 403, "the --deny rule is enforced");
     use std::os::unix::fs::PermissionsExt as _;
-    assert_eq!(std::fs::metadata(&kubeconfig).expect("kubeconfig").permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&kubeconfig)
+            .expect("kubeconfig")
+            .permissions()
+            .mode()
+            & 0o777,
+        0o600
+    );
 
     // An open watch must not keep the server from stopping.
-    let mut watch = tokio::net::TcpStream::connect(&addr).await.expect("connect");
+    let mut watch = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
     watch
-        .write_all(format!("GET /api/v1/namespaces?watch=true HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET /api/v1/namespaces?watch=true HTTP/1.1\r\nHost: {addr}\r\n\r\n")
+                .as_bytes(),
+        )
         .await
         .expect("watch request");
     let mut first = [0u8; 64];
     let n = watch.read(&mut first).await.expect("watch answers");
     assert!(String::from_utf8_lossy(&first[..n]).starts_with("HTTP/1.1 200"));
 
-    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid fits"));
+    let pid =
+        nix::unistd::Pid::from_raw(i32::try_from(child.id().expect("pid")).expect("pid fits"));
     nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM sent");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.expect("exits in time").expect("status");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .expect("exits in time")
+        .expect("status");
     assert!(status.success(), "exit status {status}");
 }
 
@@ -70,7 +125,11 @@ async fn serve_reads_kind_config_and_exits_zero_on_sigterm() {
 async fn serve_refuses_bad_configuration_with_a_clear_error() {
     let dir = tempfile::tempdir().expect("temp dir");
     let bad = dir.path().join("bad.yaml");
-    std::fs::write(&bad, "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: boss\n").expect("write");
+    std::fs::write(
+        &bad,
+        "kind: Cluster\napiVersion: kind.x-k8s.io/v1alpha4\nnodes:\n- role: boss\n",
+    )
+    .expect("write");
     let run = |extra: Vec<String>| {
         let dir = dir.path().to_owned();
         async move {
@@ -88,12 +147,24 @@ async fn serve_refuses_bad_configuration_with_a_clear_error() {
     };
     let out = run(vec!["--config".into(), bad.to_string_lossy().into_owned()]).await;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("nodes[0].role"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("nodes[0].role"),
+        "{err}"
+    );
     let out = run(vec!["--deny".into(), "create".into()]).await;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("verb:resource"), "{err}");
+    assert!(
+        !out.status.success() && err.contains("verb:resource"),
+        "{err}"
+    );
     let out = run(vec!["--name".into(), "Bad Name".into()]).await;
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("invalid cluster name"), "{err}");
-    assert!(!dir.path().join("kc").exists(), "no kubeconfig is written for a cluster that did not start");
+    assert!(
+        !out.status.success() && err.contains("invalid cluster name"),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("kc").exists(),
+        "no kubeconfig is written for a cluster that did not start"
+    );
 }

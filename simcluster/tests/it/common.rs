@@ -22,13 +22,25 @@ impl TestCluster {
 
     pub(crate) async fn start_with(tweak: impl FnOnce(&mut SimConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut cfg = SimConfig::new("sim-test", dir.path().join("state"), dir.path().join("kubeconfig"));
+        let mut cfg = SimConfig::new(
+            "sim-test",
+            dir.path().join("state"),
+            dir.path().join("kubeconfig"),
+        );
         tweak(&mut cfg);
         let cluster = SimCluster::start(cfg).await.expect("cluster starts");
-        let kubeconfig = Kubeconfig::read_from(cluster.kubeconfig_path()).expect("kubeconfig readable");
-        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default()).await.expect("kube config");
+        let kubeconfig =
+            Kubeconfig::read_from(cluster.kubeconfig_path()).expect("kubeconfig readable");
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .expect("kube config");
         let client = kube::Client::try_from(config).expect("client");
-        TestCluster { cluster, client, dir }
+        TestCluster {
+            cluster,
+            client,
+            dir,
+        }
     }
 
     pub(crate) fn addr(&self) -> String {
@@ -52,7 +64,11 @@ impl TestCluster {
     /// Run kubectl and require success; returns stdout.
     pub(crate) async fn kubectl_ok(&self, args: &[&str]) -> String {
         let out = self.kubectl(args).await;
-        assert!(out.status.success(), "kubectl {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8(out.stdout).expect("utf-8 output")
     }
 }
@@ -67,7 +83,11 @@ fn run_kubectl(kubeconfig: &Path, cache: &Path, args: &[String], stdin: Option<V
         .arg(cache)
         .arg("--request-timeout=20s")
         .args(args)
-        .stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("kubectl spawns");
@@ -81,12 +101,21 @@ fn run_kubectl(kubeconfig: &Path, cache: &Path, args: &[String], stdin: Option<V
 /// The kubectl binary, or `None` with a printed reason. Under `CI=true` a missing kubectl
 /// fails the test instead.
 pub(crate) fn kubectl_path() -> Option<PathBuf> {
-    let p = std::env::var_os("KUBECTL").map(PathBuf::from).unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
+    let p = std::env::var_os("KUBECTL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
     if p.exists() {
         return Some(p);
     }
-    assert!(std::env::var("CI").as_deref() != Ok("true"), "kubectl not found at {} and CI=true", p.display());
-    eprintln!("skipping: kubectl not found at {} (set KUBECTL)", p.display());
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "kubectl not found at {} and CI=true",
+        p.display()
+    );
+    eprintln!(
+        "skipping: kubectl not found at {} (set KUBECTL)",
+        p.display()
+    );
     None
 }
 
@@ -106,13 +135,22 @@ where
         if let Some(v) = f().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
 /// A raw HTTP/1.1 request; returns (status code, body as JSON or text).
-pub(crate) async fn raw(addr: &str, method: &str, path: &str, content_type: &str, body: &[u8]) -> (u16, serde_json::Value) {
+pub(crate) async fn raw(
+    addr: &str,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    body: &[u8],
+) -> (u16, serde_json::Value) {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let mut s = tokio::net::TcpStream::connect(addr).await.expect("connect");
     let head = format!(
@@ -124,8 +162,15 @@ pub(crate) async fn raw(addr: &str, method: &str, path: &str, content_type: &str
     let mut buf = Vec::new();
     s.read_to_end(&mut buf).await.expect("read");
     let text = String::from_utf8_lossy(&buf).into_owned();
-    let code: u16 = text.split(' ').nth(1).and_then(|c| c.parse().ok()).expect("status line");
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
+    let code: u16 = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status line");
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b)
+        .unwrap_or_default();
     // Responses are small and not chunked here except for watches, which this helper avoids.
     let json = serde_json::from_str(body).unwrap_or(serde_json::Value::String(body.to_owned()));
     (code, json)

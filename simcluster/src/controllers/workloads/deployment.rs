@@ -6,7 +6,9 @@
 use serde_json::{Value, json};
 
 use super::events::{EventKind, record};
-use super::{Ctx, create, deleting, meta, modify, now, owned_by, owner_ref, short_hash, write_status};
+use super::{
+    Ctx, create, deleting, meta, modify, now, owned_by, owner_ref, short_hash, write_status,
+};
 
 fn int(v: &Value, p: &str) -> i64 {
     v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
@@ -25,25 +27,52 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         }
         let ns = meta(&d, "namespace");
         let name = meta(&d, "name");
-        let want = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0);
+        let want = d
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0);
         let template = d.pointer("/spec/template").cloned().unwrap_or(Value::Null);
         let hash = short_hash(&template);
-        let mine: Vec<_> = sets.iter().filter(|rs| owned_by(rs, &d) && !deleting(rs)).cloned().collect();
-        let new_rs = mine.iter().find(|rs| rs.pointer("/metadata/labels/pod-template-hash").and_then(Value::as_str) == Some(hash.as_str()));
+        let mine: Vec<_> = sets
+            .iter()
+            .filter(|rs| owned_by(rs, &d) && !deleting(rs))
+            .cloned()
+            .collect();
+        let new_rs = mine.iter().find(|rs| {
+            rs.pointer("/metadata/labels/pod-template-hash")
+                .and_then(Value::as_str)
+                == Some(hash.as_str())
+        });
         let new_rs = match new_rs {
             Some(rs) => {
                 if int(rs, "/spec/replicas") != want {
-                    modify(store, "apps/replicasets", rs, |o| o["spec"]["replicas"] = json!(want));
-                    record(store, &d, EventKind::Normal, "ScalingReplicaSet", &format!("Scaled replica set {} to {want}", meta(rs, "name")), "deployment-controller");
+                    modify(store, "apps/replicasets", rs, |o| {
+                        o["spec"]["replicas"] = json!(want)
+                    });
+                    record(
+                        store,
+                        &d,
+                        EventKind::Normal,
+                        "ScalingReplicaSet",
+                        &format!("Scaled replica set {} to {want}", meta(rs, "name")),
+                        "deployment-controller",
+                    );
                 }
                 Some(rs.clone())
             }
             None => {
                 let mut tpl = template.clone();
                 tpl["metadata"]["labels"]["pod-template-hash"] = json!(hash);
-                let mut selector = d.pointer("/spec/selector").cloned().unwrap_or_else(|| json!({}));
+                let mut selector = d
+                    .pointer("/spec/selector")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
                 selector["matchLabels"]["pod-template-hash"] = json!(hash);
-                let mut labels = template.pointer("/metadata/labels").cloned().unwrap_or_else(|| json!({}));
+                let mut labels = template
+                    .pointer("/metadata/labels")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
                 labels["pod-template-hash"] = json!(hash);
                 let rs_name = format!("{name}-{hash}");
                 let rs = json!({
@@ -60,49 +89,107 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                 });
                 let created = create(store, "apps/replicasets", ns, rs);
                 if created.is_some() {
-                    record(store, &d, EventKind::Normal, "ScalingReplicaSet", &format!("Scaled up replica set {rs_name} to {want}"), "deployment-controller");
+                    record(
+                        store,
+                        &d,
+                        EventKind::Normal,
+                        "ScalingReplicaSet",
+                        &format!("Scaled up replica set {rs_name} to {want}"),
+                        "deployment-controller",
+                    );
                 }
                 created.map(std::sync::Arc::new)
             }
         };
-        let new_available = new_rs.as_ref().map_or(0, |rs| int(rs, "/status/availableReplicas"));
+        let new_available = new_rs
+            .as_ref()
+            .map_or(0, |rs| int(rs, "/status/availableReplicas"));
         let new_replicas = new_rs.as_ref().map_or(0, |rs| int(rs, "/status/replicas"));
-        let new_uid = new_rs.as_ref().map(|rs| meta(rs, "uid").to_owned()).unwrap_or_default();
+        let new_uid = new_rs
+            .as_ref()
+            .map(|rs| meta(rs, "uid").to_owned())
+            .unwrap_or_default();
         // Old ReplicaSets go to zero once the new one carries the load.
         if new_available >= want {
             for rs in mine.iter().filter(|rs| meta(rs, "uid") != new_uid) {
                 if int(rs, "/spec/replicas") != 0 {
-                    modify(store, "apps/replicasets", rs, |o| o["spec"]["replicas"] = json!(0));
-                    record(store, &d, EventKind::Normal, "ScalingReplicaSet", &format!("Scaled down replica set {} to 0", meta(rs, "name")), "deployment-controller");
+                    modify(store, "apps/replicasets", rs, |o| {
+                        o["spec"]["replicas"] = json!(0)
+                    });
+                    record(
+                        store,
+                        &d,
+                        EventKind::Normal,
+                        "ScalingReplicaSet",
+                        &format!("Scaled down replica set {} to 0", meta(rs, "name")),
+                        "deployment-controller",
+                    );
                 }
             }
         }
-        let all: Vec<_> = store.list("apps/replicasets", Some(ns)).0.into_iter().filter(|rs| owned_by(rs, &d)).collect();
+        let all: Vec<_> = store
+            .list("apps/replicasets", Some(ns))
+            .0
+            .into_iter()
+            .filter(|rs| owned_by(rs, &d))
+            .collect();
         let replicas: i64 = all.iter().map(|rs| int(rs, "/status/replicas")).sum();
         let ready: i64 = all.iter().map(|rs| int(rs, "/status/readyReplicas")).sum();
-        let available: i64 = all.iter().map(|rs| int(rs, "/status/availableReplicas")).sum();
+        let available: i64 = all
+            .iter()
+            .map(|rs| int(rs, "/status/availableReplicas"))
+            .sum();
         let complete = new_replicas == want && new_available >= want && replicas == want;
         let old = d.get("status").cloned().unwrap_or_else(|| json!({}));
         let cond = |ty: &str, status: bool, reason: &str, message: String| {
             let s = if status { "True" } else { "False" };
-            let prev = old.get("conditions").and_then(Value::as_array).and_then(|cs| cs.iter().find(|c| c["type"] == ty)).cloned();
+            let prev = old
+                .get("conditions")
+                .and_then(Value::as_array)
+                .and_then(|cs| cs.iter().find(|c| c["type"] == ty))
+                .cloned();
             let (trans, upd) = match &prev {
-                Some(p) if p["status"] == s && p["reason"] == reason => (p["lastTransitionTime"].clone(), p["lastUpdateTime"].clone()),
+                Some(p) if p["status"] == s && p["reason"] == reason => {
+                    (p["lastTransitionTime"].clone(), p["lastUpdateTime"].clone())
+                }
                 Some(p) if p["status"] == s => (p["lastTransitionTime"].clone(), json!(now())),
                 _ => (json!(now()), json!(now())),
             };
             json!({"type": ty, "status": s, "reason": reason, "message": message, "lastTransitionTime": trans, "lastUpdateTime": upd})
         };
-        let rs_name = new_rs.as_ref().map(|rs| meta(rs, "name").to_owned()).unwrap_or_default();
+        let rs_name = new_rs
+            .as_ref()
+            .map(|rs| meta(rs, "name").to_owned())
+            .unwrap_or_default();
         let available_cond = if available >= want {
-            cond("Available", true, "MinimumReplicasAvailable", "Deployment has minimum availability.".into())
+            cond(
+                "Available",
+                true,
+                "MinimumReplicasAvailable",
+                "Deployment has minimum availability.".into(),
+            )
         } else {
-            cond("Available", false, "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into())
+            cond(
+                "Available",
+                false,
+                "MinimumReplicasUnavailable",
+                "Deployment does not have minimum availability.".into(),
+            )
         };
         let progressing = if complete {
-            cond("Progressing", true, "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed."))
+            cond(
+                "Progressing",
+                true,
+                "NewReplicaSetAvailable",
+                format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+            )
         } else {
-            cond("Progressing", true, "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."))
+            cond(
+                "Progressing",
+                true,
+                "ReplicaSetUpdated",
+                format!("ReplicaSet \"{rs_name}\" is progressing."),
+            )
         };
         let mut status = json!({
             "observedGeneration": d.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),

@@ -17,7 +17,14 @@ pub(crate) enum EventKind {
 }
 
 /// Record an Event about `obj` from `component` (for example `kubelet`).
-pub(crate) fn record(store: &Store, obj: &Value, kind: EventKind, reason: &str, message: &str, component: &str) {
+pub(crate) fn record(
+    store: &Store,
+    obj: &Value,
+    kind: EventKind,
+    reason: &str,
+    message: &str,
+    component: &str,
+) {
     let ns = match meta(obj, "namespace") {
         "" => "default",
         ns => ns,
@@ -54,8 +61,13 @@ pub(crate) fn record(store: &Store, obj: &Value, kind: EventKind, reason: &str, 
     if let Some(existing) = store.get("/events", ns, &name) {
         // Repeats within half a minute are folded away, so a controller retrying every second
         // does not turn the event list into a stream.
-        let last = existing.get("lastTimestamp").and_then(Value::as_str).and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-        if last.is_some_and(|l| chrono::Utc::now().signed_duration_since(l) < chrono::Duration::seconds(30)) {
+        let last = existing
+            .get("lastTimestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
+        if last.is_some_and(|l| {
+            chrono::Utc::now().signed_duration_since(l) < chrono::Duration::seconds(30)
+        }) {
             return;
         }
         let res = store.mutate("/events", ns, &name, |_, cur| match cur {

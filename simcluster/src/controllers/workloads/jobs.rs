@@ -11,7 +11,9 @@ use serde_json::{Value, json};
 
 use super::events::{EventKind, record};
 use super::replicaset::pod_from_template;
-use super::{Ctx, create, delete, deleting, meta, now, owned_by, owner_ref, pod_phase, write_status};
+use super::{
+    Ctx, create, delete, deleting, meta, now, owned_by, owner_ref, pod_phase, write_status,
+};
 
 fn int(v: &Value, p: &str, default: i64) -> i64 {
     v.pointer(p).and_then(Value::as_i64).unwrap_or(default)
@@ -45,17 +47,30 @@ fn reconcile_jobs(ctx: &Ctx) {
             default_selector(store, &job);
             continue;
         }
-        let pods: Vec<_> = store.list("/pods", Some(ns)).0.into_iter().filter(|p| owned_by(p, &job)).collect();
+        let pods: Vec<_> = store
+            .list("/pods", Some(ns))
+            .0
+            .into_iter()
+            .filter(|p| owned_by(p, &job))
+            .collect();
         let succeeded = pods.iter().filter(|p| pod_phase(p) == "Succeeded").count() as i64;
         let failed_pods = pods.iter().filter(|p| pod_phase(p) == "Failed").count() as i64;
         // With restartPolicy OnFailure, container restarts count against the backoff limit.
         let restarts: i64 = pods
             .iter()
-            .flat_map(|p| p.pointer("/status/containerStatuses").and_then(Value::as_array).cloned().unwrap_or_default())
+            .flat_map(|p| {
+                p.pointer("/status/containerStatuses")
+                    .and_then(Value::as_array)
+                    .cloned()
+                    .unwrap_or_default()
+            })
             .map(|c| c.get("restartCount").and_then(Value::as_i64).unwrap_or(0))
             .sum();
         let failed = failed_pods + restarts;
-        let active: Vec<_> = pods.iter().filter(|p| !deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed")).collect();
+        let active: Vec<_> = pods
+            .iter()
+            .filter(|p| !deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed"))
+            .collect();
         let completions = int(&job, "/spec/completions", 1);
         let parallelism = int(&job, "/spec/parallelism", 1);
         let backoff = int(&job, "/spec/backoffLimit", 6);
@@ -75,29 +90,66 @@ fn reconcile_jobs(ctx: &Ctx) {
                     {"type": "Complete", "status": "True", "reason": "CompletionsReached", "message": "Reached expected number of succeeded pods", "lastProbeTime": t, "lastTransitionTime": t},
                 ]);
                 status["completionTime"] = json!(t);
-                record(store, &job, EventKind::Normal, "Completed", "Job completed", "job-controller");
+                record(
+                    store,
+                    &job,
+                    EventKind::Normal,
+                    "Completed",
+                    "Job completed",
+                    "job-controller",
+                );
             } else if failed > backoff {
                 status["conditions"] = json!([
                     {"type": "FailureTarget", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastProbeTime": t, "lastTransitionTime": t},
                     {"type": "Failed", "status": "True", "reason": "BackoffLimitExceeded", "message": "Job has reached the specified backoff limit", "lastProbeTime": t, "lastTransitionTime": t},
                 ]);
-                record(store, &job, EventKind::Warning, "BackoffLimitExceeded", "Job has reached the specified backoff limit", "job-controller");
+                record(
+                    store,
+                    &job,
+                    EventKind::Warning,
+                    "BackoffLimitExceeded",
+                    "Job has reached the specified backoff limit",
+                    "job-controller",
+                );
                 for p in &active {
                     delete(store, "/pods", ns, meta(p, "name"));
                 }
             } else {
                 let room = (completions - succeeded).min(parallelism) - active.len() as i64;
-                let template = job.pointer("/spec/template").cloned().unwrap_or(Value::Null);
+                let template = job
+                    .pointer("/spec/template")
+                    .cloned()
+                    .unwrap_or(Value::Null);
                 let labels = json!({"batch.kubernetes.io/job-name": meta(&job, "name"), "job-name": meta(&job, "name"), "batch.kubernetes.io/controller-uid": meta(&job, "uid"), "controller-uid": meta(&job, "uid")});
                 for _ in 0..room.max(0) {
-                    let pod = pod_from_template(&job, &template, None, &format!("{}-", meta(&job, "name")), &labels);
+                    let pod = pod_from_template(
+                        &job,
+                        &template,
+                        None,
+                        &format!("{}-", meta(&job, "name")),
+                        &labels,
+                    );
                     if let Some(p) = create(store, "/pods", ns, pod) {
-                        record(store, &job, EventKind::Normal, "SuccessfulCreate", &format!("Created pod: {}", meta(&p, "name")), "job-controller");
+                        record(
+                            store,
+                            &job,
+                            EventKind::Normal,
+                            "SuccessfulCreate",
+                            &format!("Created pod: {}", meta(&p, "name")),
+                            "job-controller",
+                        );
                     }
                 }
             }
         }
-        let active_now = store.list("/pods", Some(ns)).0.iter().filter(|p| owned_by(p, &job) && !deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed")).count();
+        let active_now = store
+            .list("/pods", Some(ns))
+            .0
+            .iter()
+            .filter(|p| {
+                owned_by(p, &job) && !deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed")
+            })
+            .count();
         status["active"] = json!(active_now);
         status["succeeded"] = json!(succeeded);
         status["failed"] = json!(failed);
@@ -112,22 +164,33 @@ fn reconcile_jobs(ctx: &Ctx) {
 fn default_selector(store: &crate::store::Store, job: &Value) {
     let uid = meta(job, "uid").to_owned();
     let name = meta(job, "name").to_owned();
-    let res = store.mutate("batch/jobs", meta(job, "namespace"), &name, |_, cur| match cur {
-        Some(c) if meta(c, "uid") == uid && c.pointer("/spec/selector").is_none() => {
-            let mut o = c.as_ref().clone();
-            o["spec"]["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
-            for (k, v) in [("batch.kubernetes.io/controller-uid", &uid), ("controller-uid", &uid), ("batch.kubernetes.io/job-name", &name), ("job-name", &name)] {
-                o["spec"]["template"]["metadata"]["labels"][k] = json!(v);
-                o["metadata"]["labels"][k] = json!(v);
+    let res = store.mutate(
+        "batch/jobs",
+        meta(job, "namespace"),
+        &name,
+        |_, cur| match cur {
+            Some(c) if meta(c, "uid") == uid && c.pointer("/spec/selector").is_none() => {
+                let mut o = c.as_ref().clone();
+                o["spec"]["selector"] =
+                    json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                for (k, v) in [
+                    ("batch.kubernetes.io/controller-uid", &uid),
+                    ("controller-uid", &uid),
+                    ("batch.kubernetes.io/job-name", &name),
+                    ("job-name", &name),
+                ] {
+                    o["spec"]["template"]["metadata"]["labels"][k] = json!(v);
+                    o["metadata"]["labels"][k] = json!(v);
+                }
+                if let Some(m) = o["metadata"]["labels"].as_object_mut() {
+                    m.remove("controller-uid");
+                    m.remove("batch.kubernetes.io/controller-uid");
+                }
+                Ok(crate::store::Mutation::Put(o))
             }
-            if let Some(m) = o["metadata"]["labels"].as_object_mut() {
-                m.remove("controller-uid");
-                m.remove("batch.kubernetes.io/controller-uid");
-            }
-            Ok(crate::store::Mutation::Put(o))
-        }
-        _ => Ok(crate::store::Mutation::Unchanged),
-    });
+            _ => Ok(crate::store::Mutation::Unchanged),
+        },
+    );
     if let Err(e) = res {
         tracing::warn!(job = name, error = %e, "defaulting the job selector failed");
     }
@@ -136,7 +199,11 @@ fn default_selector(store: &crate::store::Store, job: &Value) {
 fn schedule_of(expr: &str) -> Option<cron::Schedule> {
     // Kubernetes schedules have five fields (and @-macros); the cron crate wants seconds first.
     let expr = expr.trim();
-    let full = if expr.starts_with('@') { expr.to_owned() } else { format!("0 {expr}") };
+    let full = if expr.starts_with('@') {
+        expr.to_owned()
+    } else {
+        format!("0 {expr}")
+    };
     cron::Schedule::from_str(&full).ok()
 }
 
@@ -150,17 +217,38 @@ fn reconcile_cronjobs(ctx: &Ctx) {
         }
         let ns = meta(&cj, "namespace");
         let name = meta(&cj, "name");
-        let jobs: Vec<_> = store.list("batch/jobs", Some(ns)).0.into_iter().filter(|j| owned_by(j, &cj)).collect();
-        let active: Vec<_> = jobs.iter().filter(|j| !finished(j) && !deleting(j)).collect();
-        let expr = cj.pointer("/spec/schedule").and_then(Value::as_str).unwrap_or_default();
+        let jobs: Vec<_> = store
+            .list("batch/jobs", Some(ns))
+            .0
+            .into_iter()
+            .filter(|j| owned_by(j, &cj))
+            .collect();
+        let active: Vec<_> = jobs
+            .iter()
+            .filter(|j| !finished(j) && !deleting(j))
+            .collect();
+        let expr = cj
+            .pointer("/spec/schedule")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         let Some(schedule) = schedule_of(expr) else {
-            record(store, &cj, EventKind::Warning, "InvalidSchedule", &format!("invalid schedule: {expr}"), "cronjob-controller");
+            record(
+                store,
+                &cj,
+                EventKind::Warning,
+                "InvalidSchedule",
+                &format!("invalid schedule: {expr}"),
+                "cronjob-controller",
+            );
             continue;
         };
         let last = cj
             .pointer("/status/lastScheduleTime")
             .and_then(Value::as_str)
-            .or_else(|| cj.pointer("/metadata/creationTimestamp").and_then(Value::as_str))
+            .or_else(|| {
+                cj.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+            })
             .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
             .map(|t| t.with_timezone(&Utc))
             .unwrap_or(now_t);
@@ -171,9 +259,19 @@ fn reconcile_cronjobs(ctx: &Ctx) {
             status = json!({});
         }
         if let (Some(t), false) = (due, suspended) {
-            let policy = cj.pointer("/spec/concurrencyPolicy").and_then(Value::as_str).unwrap_or("Allow");
+            let policy = cj
+                .pointer("/spec/concurrencyPolicy")
+                .and_then(Value::as_str)
+                .unwrap_or("Allow");
             if policy == "Forbid" && !active.is_empty() {
-                record(store, &cj, EventKind::Normal, "JobAlreadyActive", "Not starting job because prior execution is running and concurrency policy is Forbid", "cronjob-controller");
+                record(
+                    store,
+                    &cj,
+                    EventKind::Normal,
+                    "JobAlreadyActive",
+                    "Not starting job because prior execution is running and concurrency policy is Forbid",
+                    "cronjob-controller",
+                );
             } else {
                 if policy == "Replace" {
                     for j in &active {
@@ -181,20 +279,41 @@ fn reconcile_cronjobs(ctx: &Ctx) {
                     }
                 }
                 let job_name = format!("{name}-{}", t.timestamp() / 60);
-                let spec = cj.pointer("/spec/jobTemplate/spec").cloned().unwrap_or_else(|| json!({}));
-                let mut md = cj.pointer("/spec/jobTemplate/metadata").cloned().unwrap_or_else(|| json!({}));
+                let spec = cj
+                    .pointer("/spec/jobTemplate/spec")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
+                let mut md = cj
+                    .pointer("/spec/jobTemplate/metadata")
+                    .cloned()
+                    .unwrap_or_else(|| json!({}));
                 md["name"] = json!(job_name);
                 md["namespace"] = json!(ns);
                 md["ownerReferences"] = json!([owner_ref(&cj)]);
-                md["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] = json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
-                let job = json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": md, "spec": spec});
+                md["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"] =
+                    json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+                let job =
+                    json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": md, "spec": spec});
                 if create(store, "batch/jobs", ns, job).is_some() {
-                    record(store, &cj, EventKind::Normal, "SuccessfulCreate", &format!("Created job {job_name}"), "cronjob-controller");
+                    record(
+                        store,
+                        &cj,
+                        EventKind::Normal,
+                        "SuccessfulCreate",
+                        &format!("Created job {job_name}"),
+                        "cronjob-controller",
+                    );
                 }
             }
-            status["lastScheduleTime"] = json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
+            status["lastScheduleTime"] =
+                json!(t.to_rfc3339_opts(chrono::SecondsFormat::Secs, true));
         }
-        let jobs: Vec<_> = store.list("batch/jobs", Some(ns)).0.into_iter().filter(|j| owned_by(j, &cj)).collect();
+        let jobs: Vec<_> = store
+            .list("batch/jobs", Some(ns))
+            .0
+            .into_iter()
+            .filter(|j| owned_by(j, &cj))
+            .collect();
         status["active"] = Value::Array(
             jobs.iter()
                 .filter(|j| !finished(j))
@@ -206,15 +325,28 @@ fn reconcile_cronjobs(ctx: &Ctx) {
                 m.remove("active");
             }
         }
-        if let Some(t) = jobs.iter().filter(|j| condition(j, "Complete")).filter_map(|j| j.pointer("/status/completionTime").and_then(Value::as_str)).max() {
+        if let Some(t) = jobs
+            .iter()
+            .filter(|j| condition(j, "Complete"))
+            .filter_map(|j| j.pointer("/status/completionTime").and_then(Value::as_str))
+            .max()
+        {
             status["lastSuccessfulTime"] = json!(t);
         }
         write_status(store, "batch/cronjobs", &cj, status);
         // History limits.
-        for (ty, limit) in [("Complete", int(&cj, "/spec/successfulJobsHistoryLimit", 3)), ("Failed", int(&cj, "/spec/failedJobsHistoryLimit", 1))] {
-            let mut done: Vec<_> = jobs.iter().filter(|j| condition(j, ty) && !deleting(j)).collect();
+        for (ty, limit) in [
+            ("Complete", int(&cj, "/spec/successfulJobsHistoryLimit", 3)),
+            ("Failed", int(&cj, "/spec/failedJobsHistoryLimit", 1)),
+        ] {
+            let mut done: Vec<_> = jobs
+                .iter()
+                .filter(|j| condition(j, ty) && !deleting(j))
+                .collect();
             done.sort_by_key(|j| meta(j, "creationTimestamp").to_owned());
-            let excess = done.len().saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
+            let excess = done
+                .len()
+                .saturating_sub(usize::try_from(limit.max(0)).unwrap_or(0));
             for j in &done[..excess] {
                 delete(store, "batch/jobs", ns, meta(j, "name"));
             }

@@ -4,19 +4,35 @@
 use serde_json::{Value, json};
 
 use super::events::{EventKind, record};
-use super::{Ctx, create, delete, deleting, meta, owned_by, owner_ref, pod_phase, pod_ready, write_status};
+use super::{
+    Ctx, create, delete, deleting, meta, owned_by, owner_ref, pod_phase, pod_ready, write_status,
+};
 
 /// Pods that count for an owner: owned, not terminating, not finished.
-pub(crate) fn active_pods(pods: &[std::sync::Arc<Value>], owner: &Value) -> Vec<std::sync::Arc<Value>> {
+pub(crate) fn active_pods(
+    pods: &[std::sync::Arc<Value>],
+    owner: &Value,
+) -> Vec<std::sync::Arc<Value>> {
     pods.iter()
-        .filter(|p| owned_by(p, owner) && !deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed"))
+        .filter(|p| {
+            owned_by(p, owner) && !deleting(p) && !matches!(pod_phase(p), "Succeeded" | "Failed")
+        })
         .cloned()
         .collect()
 }
 
 /// A pod object from a template, owned by `owner`.
-pub(crate) fn pod_from_template(owner: &Value, template: &Value, name: Option<&str>, generate_name: &str, extra_labels: &Value) -> Value {
-    let mut md = template.get("metadata").cloned().unwrap_or_else(|| json!({}));
+pub(crate) fn pod_from_template(
+    owner: &Value,
+    template: &Value,
+    name: Option<&str>,
+    generate_name: &str,
+    extra_labels: &Value,
+) -> Value {
+    let mut md = template
+        .get("metadata")
+        .cloned()
+        .unwrap_or_else(|| json!({}));
     if !md.is_object() {
         md = json!({});
     }
@@ -54,22 +70,51 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             continue;
         }
         let ns = meta(&rs, "namespace");
-        let want = rs.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;
+        let want = rs
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0) as usize;
         let mut mine = active_pods(&pods, &rs);
         if mine.len() < want {
             let template = rs.pointer("/spec/template").cloned().unwrap_or(Value::Null);
             for _ in mine.len()..want {
-                let pod = pod_from_template(&rs, &template, None, &format!("{}-", meta(&rs, "name")), &Value::Null);
+                let pod = pod_from_template(
+                    &rs,
+                    &template,
+                    None,
+                    &format!("{}-", meta(&rs, "name")),
+                    &Value::Null,
+                );
                 if let Some(p) = create(store, "/pods", ns, pod) {
-                    record(store, &rs, EventKind::Normal, "SuccessfulCreate", &format!("Created pod: {}", meta(&p, "name")), "replicaset-controller");
+                    record(
+                        store,
+                        &rs,
+                        EventKind::Normal,
+                        "SuccessfulCreate",
+                        &format!("Created pod: {}", meta(&p, "name")),
+                        "replicaset-controller",
+                    );
                 }
             }
         } else if mine.len() > want {
             // Remove unready pods first, then the youngest, as the real controller prefers.
-            mine.sort_by_key(|p| (pod_ready(p), std::cmp::Reverse(meta(p, "creationTimestamp").to_owned())));
+            mine.sort_by_key(|p| {
+                (
+                    pod_ready(p),
+                    std::cmp::Reverse(meta(p, "creationTimestamp").to_owned()),
+                )
+            });
             for p in &mine[..mine.len() - want] {
                 delete(store, "/pods", ns, meta(p, "name"));
-                record(store, &rs, EventKind::Normal, "SuccessfulDelete", &format!("Deleted pod: {}", meta(p, "name")), "replicaset-controller");
+                record(
+                    store,
+                    &rs,
+                    EventKind::Normal,
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {}", meta(p, "name")),
+                    "replicaset-controller",
+                );
             }
         }
         let mine = active_pods(&store.list("/pods", Some(ns)).0, &rs);

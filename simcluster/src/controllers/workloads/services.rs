@@ -33,11 +33,16 @@ pub(crate) struct Proxies {
 
 impl Proxies {
     pub(crate) fn new(mappings: Vec<crate::config::PortMapping>) -> Self {
-        Proxies { listeners: Mutex::new(HashMap::new()), mappings }
+        Proxies {
+            listeners: Mutex::new(HashMap::new()),
+            mappings,
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, Listener>> {
-        self.listeners.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.listeners
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Close every listener.
@@ -61,13 +66,18 @@ impl Proxies {
         });
         for (addr, backends) in want {
             if let Some(l) = map.get(&addr) {
-                let mut b = l.backends.write().unwrap_or_else(std::sync::PoisonError::into_inner);
+                let mut b = l
+                    .backends
+                    .write()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
                 if *b != backends {
                     *b = backends;
                 }
                 continue;
             }
-            let std_listener = match std::net::TcpListener::bind(addr).and_then(|l| l.set_nonblocking(true).map(|()| l)) {
+            let std_listener = match std::net::TcpListener::bind(addr)
+                .and_then(|l| l.set_nonblocking(true).map(|()| l))
+            {
                 Ok(l) => l,
                 Err(e) => {
                     failed.push((addr, e.to_string()));
@@ -92,10 +102,18 @@ impl Proxies {
 async fn accept_loop(listener: TcpListener, backends: Backends) {
     let next = AtomicUsize::new(0);
     loop {
-        let Ok((mut inbound, _)) = listener.accept().await else { continue };
+        let Ok((mut inbound, _)) = listener.accept().await else {
+            continue;
+        };
         let target = {
-            let b = backends.read().unwrap_or_else(std::sync::PoisonError::into_inner);
-            if b.is_empty() { None } else { Some(b[next.fetch_add(1, Ordering::Relaxed) % b.len()]) }
+            let b = backends
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if b.is_empty() {
+                None
+            } else {
+                Some(b[next.fetch_add(1, Ordering::Relaxed) % b.len()])
+            }
         };
         // No ready endpoint: the connection is refused, as kube-proxy's reject rule does.
         let Some(target) = target else { continue };
@@ -120,9 +138,24 @@ pub(crate) fn target_port(port: &Value, pod: &Value) -> Option<u16> {
     if let Ok(n) = name.parse::<u16>() {
         return Some(n);
     }
-    pod.pointer("/spec/containers")?.as_array()?.iter().flat_map(|c| c.get("ports").and_then(Value::as_array).into_iter().flatten()).find_map(|p| {
-        (p.get("name").and_then(Value::as_str) == Some(name)).then(|| p.get("containerPort").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok())).flatten()
-    })
+    pod.pointer("/spec/containers")?
+        .as_array()?
+        .iter()
+        .flat_map(|c| {
+            c.get("ports")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+        })
+        .find_map(|p| {
+            (p.get("name").and_then(Value::as_str) == Some(name))
+                .then(|| {
+                    p.get("containerPort")
+                        .and_then(Value::as_u64)
+                        .and_then(|n| u16::try_from(n).ok())
+                })
+                .flatten()
+        })
 }
 
 pub(crate) fn reconcile(ctx: &Ctx) {
@@ -136,18 +169,34 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             continue;
         }
         let ns = meta(svc, "namespace");
-        let Some(sel) = svc.pointer("/spec/selector").filter(|s| s.as_object().is_some_and(|m| !m.is_empty())) else { continue };
+        let Some(sel) = svc
+            .pointer("/spec/selector")
+            .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
+        else {
+            continue;
+        };
         let selector = LabelSelector::from_object(&json!({"matchLabels": sel}));
         let members: Vec<_> = pods
             .iter()
             .filter(|p| meta(p, "namespace") == ns && selector.matches(p) && !deleting(p))
-            .filter(|p| p.pointer("/status/podIP").and_then(Value::as_str).is_some_and(|ip| !ip.is_empty()))
+            .filter(|p| {
+                p.pointer("/status/podIP")
+                    .and_then(Value::as_str)
+                    .is_some_and(|ip| !ip.is_empty())
+            })
             .collect();
-        let ports: Vec<Value> = svc.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+        let ports: Vec<Value> = svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         // Endpoints: one subset per distinct resolved port list.
         let mut subsets: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
         for p in &members {
-            let ip = p.pointer("/status/podIP").and_then(Value::as_str).unwrap_or_default();
+            let ip = p
+                .pointer("/status/podIP")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
             let eports: Vec<Value> = ports
                 .iter()
                 .filter_map(|sp| {
@@ -165,8 +214,14 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                 "nodeName": p.pointer("/spec/nodeName").cloned().unwrap_or(Value::Null),
                 "targetRef": {"kind": "Pod", "namespace": ns, "name": meta(p, "name"), "uid": meta(p, "uid")},
             });
-            let entry = subsets.entry(key).or_insert_with(|| (Vec::new(), Vec::new(), eports));
-            if pod_ready(p) { entry.0.push(addr) } else { entry.1.push(addr) }
+            let entry = subsets
+                .entry(key)
+                .or_insert_with(|| (Vec::new(), Vec::new(), eports));
+            if pod_ready(p) {
+                entry.0.push(addr)
+            } else {
+                entry.1.push(addr)
+            }
         }
         let subsets: Vec<Value> = subsets
             .into_values()
@@ -207,13 +262,32 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         }
 
         // Proxy listeners.
-        let Some(cluster_ip) = svc.pointer("/spec/clusterIP").and_then(Value::as_str).and_then(|ip| ip.parse::<std::net::IpAddr>().ok()) else { continue };
-        let ty = svc.pointer("/spec/type").and_then(Value::as_str).unwrap_or("ClusterIP");
+        let Some(cluster_ip) = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        else {
+            continue;
+        };
+        let ty = svc
+            .pointer("/spec/type")
+            .and_then(Value::as_str)
+            .unwrap_or("ClusterIP");
         for sp in &ports {
-            if sp.get("protocol").and_then(Value::as_str).is_some_and(|p| p != "TCP") {
+            if sp
+                .get("protocol")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p != "TCP")
+            {
                 continue;
             }
-            let Some(port) = sp.get("port").and_then(Value::as_u64).and_then(|n| u16::try_from(n).ok()) else { continue };
+            let Some(port) = sp
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+            else {
+                continue;
+            };
             let backends: Vec<SocketAddr> = members
                 .iter()
                 .filter(|p| pod_ready(p))
@@ -227,9 +301,20 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             owners.insert(addr, svc.clone());
             if ty == "NodePort" || ty == "LoadBalancer" {
                 let node_port = sp.get("nodePort").and_then(Value::as_u64).unwrap_or(0);
-                for m in ctx.proxies.mappings.iter().filter(|m| u64::from(m.container_port) == node_port && m.protocol.as_deref().is_none_or(|p| p.eq_ignore_ascii_case("tcp"))) {
+                for m in ctx.proxies.mappings.iter().filter(|m| {
+                    u64::from(m.container_port) == node_port
+                        && m.protocol
+                            .as_deref()
+                            .is_none_or(|p| p.eq_ignore_ascii_case("tcp"))
+                }) {
                     // kind's default listen address is 0.0.0.0; the simulator stays on loopback.
-                    let ip = m.listen_address.as_deref().filter(|a| *a != "0.0.0.0").unwrap_or("127.0.0.1").parse().unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
+                    let ip = m
+                        .listen_address
+                        .as_deref()
+                        .filter(|a| *a != "0.0.0.0")
+                        .unwrap_or("127.0.0.1")
+                        .parse()
+                        .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
                     let host = SocketAddr::new(ip, m.host_port);
                     want.insert(host, backends.clone());
                     owners.insert(host, svc.clone());
@@ -245,7 +330,14 @@ pub(crate) fn reconcile(ctx: &Ctx) {
     }
     for (addr, why) in ctx.proxies.sync(want) {
         if let Some(svc) = owners.get(&addr) {
-            record(store, svc, EventKind::Warning, "ProxyFailed", &format!("cannot listen on {addr}: {why}"), "kube-proxy");
+            record(
+                store,
+                svc,
+                EventKind::Warning,
+                "ProxyFailed",
+                &format!("cannot listen on {addr}: {why}"),
+                "kube-proxy",
+            );
         }
     }
 }

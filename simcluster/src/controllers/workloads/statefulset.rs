@@ -7,10 +7,16 @@ use serde_json::{Value, json};
 
 use super::events::{EventKind, record};
 use super::replicaset::pod_from_template;
-use super::{Ctx, create, delete, deleting, meta, owned_by, pod_phase, pod_ready, short_hash, write_status};
+use super::{
+    Ctx, create, delete, deleting, meta, owned_by, pod_phase, pod_ready, short_hash, write_status,
+};
 
 fn ordinal_of(sts_name: &str, pod_name: &str) -> Option<usize> {
-    pod_name.strip_prefix(sts_name)?.strip_prefix('-')?.parse().ok()
+    pod_name
+        .strip_prefix(sts_name)?
+        .strip_prefix('-')?
+        .parse()
+        .ok()
 }
 
 pub(crate) fn reconcile(ctx: &Ctx) {
@@ -22,20 +28,45 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         }
         let ns = meta(&sts, "namespace");
         let name = meta(&sts, "name");
-        let want = sts.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;
-        let template = sts.pointer("/spec/template").cloned().unwrap_or(Value::Null);
-        let claims: Vec<Value> = sts.pointer("/spec/volumeClaimTemplates").and_then(Value::as_array).cloned().unwrap_or_default();
+        let want = sts
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .unwrap_or(1)
+            .max(0) as usize;
+        let template = sts
+            .pointer("/spec/template")
+            .cloned()
+            .unwrap_or(Value::Null);
+        let claims: Vec<Value> = sts
+            .pointer("/spec/volumeClaimTemplates")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let revision = format!("{name}-{}", short_hash(&json!([template, claims])));
-        let parallel = sts.pointer("/spec/podManagementPolicy").and_then(Value::as_str) == Some("Parallel");
-        let pods: Vec<_> = store.list("/pods", Some(ns)).0.into_iter().filter(|p| owned_by(p, &sts)).collect();
-        let by_ordinal = |i: usize| pods.iter().find(|p| meta(p, "name") == format!("{name}-{i}"));
+        let parallel = sts
+            .pointer("/spec/podManagementPolicy")
+            .and_then(Value::as_str)
+            == Some("Parallel");
+        let pods: Vec<_> = store
+            .list("/pods", Some(ns))
+            .0
+            .into_iter()
+            .filter(|p| owned_by(p, &sts))
+            .collect();
+        let by_ordinal = |i: usize| {
+            pods.iter()
+                .find(|p| meta(p, "name") == format!("{name}-{i}"))
+        };
 
         // PVCs first: a pod must never start without its claims.
         for i in 0..want {
             for c in &claims {
                 let cname = format!("{}-{name}-{i}", meta(c, "name"));
                 if store.get("/persistentvolumeclaims", ns, &cname).is_none() {
-                    let mut labels = sts.pointer("/spec/selector/matchLabels").cloned().unwrap_or_else(|| json!({}));
+                    let mut labels = sts
+                        .pointer("/spec/selector/matchLabels")
+                        .cloned()
+                        .unwrap_or_else(|| json!({}));
                     if let Some(l) = c.pointer("/metadata/labels").and_then(Value::as_object) {
                         for (k, v) in l {
                             labels[k] = v.clone();
@@ -48,7 +79,16 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                         "spec": c.get("spec").cloned().unwrap_or_else(|| json!({})),
                     });
                     if create(store, "/persistentvolumeclaims", ns, pvc).is_some() {
-                        record(store, &sts, EventKind::Normal, "SuccessfulCreate", &format!("create Claim {cname} Pod {name}-{i} in StatefulSet {name} success"), "statefulset-controller");
+                        record(
+                            store,
+                            &sts,
+                            EventKind::Normal,
+                            "SuccessfulCreate",
+                            &format!(
+                                "create Claim {cname} Pod {name}-{i} in StatefulSet {name} success"
+                            ),
+                            "statefulset-controller",
+                        );
                     }
                 }
             }
@@ -79,8 +119,14 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                     if let Some(svc) = sts.pointer("/spec/serviceName").and_then(Value::as_str) {
                         pod["spec"]["subdomain"] = json!(svc);
                     }
-                    let vols = pod["spec"]["volumes"].as_array().cloned().unwrap_or_default();
-                    let mut vols: Vec<Value> = vols.into_iter().filter(|v| !claims.iter().any(|c| v["name"] == c["metadata"]["name"])).collect();
+                    let vols = pod["spec"]["volumes"]
+                        .as_array()
+                        .cloned()
+                        .unwrap_or_default();
+                    let mut vols: Vec<Value> = vols
+                        .into_iter()
+                        .filter(|v| !claims.iter().any(|c| v["name"] == c["metadata"]["name"]))
+                        .collect();
                     for c in &claims {
                         vols.push(json!({"name": meta(c, "name"), "persistentVolumeClaim": {"claimName": format!("{}-{name}-{i}", meta(c, "name"))}}));
                     }
@@ -88,7 +134,14 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                         pod["spec"]["volumes"] = Value::Array(vols);
                     }
                     if create(store, "/pods", ns, pod).is_some() {
-                        record(store, &sts, EventKind::Normal, "SuccessfulCreate", &format!("create Pod {pod_name} in StatefulSet {name} successful"), "statefulset-controller");
+                        record(
+                            store,
+                            &sts,
+                            EventKind::Normal,
+                            "SuccessfulCreate",
+                            &format!("create Pod {pod_name} in StatefulSet {name} successful"),
+                            "statefulset-controller",
+                        );
                     }
                     if !parallel {
                         break;
@@ -98,30 +151,65 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         }
 
         // Scale down from the highest ordinal, one at a time.
-        let mut extra: Vec<_> = pods.iter().filter(|p| ordinal_of(name, meta(p, "name")).is_none_or(|i| i >= want)).collect();
-        extra.sort_by_key(|p| std::cmp::Reverse(ordinal_of(name, meta(p, "name")).unwrap_or(usize::MAX)));
+        let mut extra: Vec<_> = pods
+            .iter()
+            .filter(|p| ordinal_of(name, meta(p, "name")).is_none_or(|i| i >= want))
+            .collect();
+        extra.sort_by_key(|p| {
+            std::cmp::Reverse(ordinal_of(name, meta(p, "name")).unwrap_or(usize::MAX))
+        });
         if let Some(p) = extra.first() {
             if !deleting(p) {
                 delete(store, "/pods", ns, meta(p, "name"));
-                record(store, &sts, EventKind::Normal, "SuccessfulDelete", &format!("delete Pod {} in StatefulSet {name} successful", meta(p, "name")), "statefulset-controller");
+                record(
+                    store,
+                    &sts,
+                    EventKind::Normal,
+                    "SuccessfulDelete",
+                    &format!(
+                        "delete Pod {} in StatefulSet {name} successful",
+                        meta(p, "name")
+                    ),
+                    "statefulset-controller",
+                );
             }
         }
 
         // Rolling update: replace the highest outdated pod once all others are ready.
-        let all_ready = (0..want).all(|i| by_ordinal(i).is_some_and(|p| pod_ready(p) && !deleting(p)));
+        let all_ready =
+            (0..want).all(|i| by_ordinal(i).is_some_and(|p| pod_ready(p) && !deleting(p)));
         if all_ready && extra.is_empty() {
-            if let Some(p) = (0..want).rev().filter_map(by_ordinal).find(|p| p.pointer("/metadata/labels/controller-revision-hash").and_then(Value::as_str) != Some(revision.as_str())) {
+            if let Some(p) = (0..want).rev().filter_map(by_ordinal).find(|p| {
+                p.pointer("/metadata/labels/controller-revision-hash")
+                    .and_then(Value::as_str)
+                    != Some(revision.as_str())
+            }) {
                 delete(store, "/pods", ns, meta(p, "name"));
             }
         }
 
-        let pods: Vec<_> = store.list("/pods", Some(ns)).0.into_iter().filter(|p| owned_by(p, &sts) && !deleting(p)).collect();
+        let pods: Vec<_> = store
+            .list("/pods", Some(ns))
+            .0
+            .into_iter()
+            .filter(|p| owned_by(p, &sts) && !deleting(p))
+            .collect();
         let ready = pods.iter().filter(|p| pod_ready(p)).count();
-        let updated = pods.iter().filter(|p| p.pointer("/metadata/labels/controller-revision-hash").and_then(Value::as_str) == Some(revision.as_str())).count();
+        let updated = pods
+            .iter()
+            .filter(|p| {
+                p.pointer("/metadata/labels/controller-revision-hash")
+                    .and_then(Value::as_str)
+                    == Some(revision.as_str())
+            })
+            .count();
         let current_revision = if updated == pods.len() && pods.len() == want {
             revision.clone()
         } else {
-            sts.pointer("/status/currentRevision").and_then(Value::as_str).unwrap_or(&revision).to_owned()
+            sts.pointer("/status/currentRevision")
+                .and_then(Value::as_str)
+                .unwrap_or(&revision)
+                .to_owned()
         };
         let status = json!({
             "observedGeneration": sts.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),

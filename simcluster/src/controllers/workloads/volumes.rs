@@ -19,7 +19,10 @@ pub(crate) const PROVISIONER: &str = "rancher.io/local-path";
 /// unless another class already is.
 pub(crate) fn default_storage_classes(store: &Store) {
     for name in ["local-path", "standard"] {
-        if store.get("storage.k8s.io/storageclasses", "", name).is_some() {
+        if store
+            .get("storage.k8s.io/storageclasses", "", name)
+            .is_some()
+        {
             continue;
         }
         let default = default_class(store).is_none();
@@ -44,15 +47,26 @@ pub(crate) fn claim_dir(store: &Store, ns: &str, claim: &str) -> Option<PathBuf>
     if pvc.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
         return None;
     }
-    let pv = store.get("/persistentvolumes", "", pvc.pointer("/spec/volumeName")?.as_str()?)?;
-    pv.pointer("/spec/hostPath/path").or_else(|| pv.pointer("/spec/local/path")).and_then(Value::as_str).map(PathBuf::from)
+    let pv = store.get(
+        "/persistentvolumes",
+        "",
+        pvc.pointer("/spec/volumeName")?.as_str()?,
+    )?;
+    pv.pointer("/spec/hostPath/path")
+        .or_else(|| pv.pointer("/spec/local/path"))
+        .and_then(Value::as_str)
+        .map(PathBuf::from)
 }
 
 fn default_class(store: &Store) -> Option<String> {
     let (classes, _) = store.list("storage.k8s.io/storageclasses", None);
     classes
         .iter()
-        .find(|c| c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true"))
+        .find(|c| {
+            c.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true")
+        })
         .map(|c| meta(c, "name").to_owned())
 }
 
@@ -67,36 +81,89 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         let ns = meta(pvc, "namespace");
         let name = meta(pvc, "name");
         // A claim naming an existing volume binds to it when that volume is free.
-        if let Some(vol) = pvc.pointer("/spec/volumeName").and_then(Value::as_str).filter(|v| !v.is_empty()) {
+        if let Some(vol) = pvc
+            .pointer("/spec/volumeName")
+            .and_then(Value::as_str)
+            .filter(|v| !v.is_empty())
+        {
             if let Some(pv) = volumes.iter().find(|v| meta(v, "name") == vol) {
                 bind(store, pvc, pv);
             }
             continue;
         }
-        let class = match pvc.pointer("/spec/storageClassName").and_then(Value::as_str) {
+        let class = match pvc
+            .pointer("/spec/storageClassName")
+            .and_then(Value::as_str)
+        {
             Some(c) => Some(c.to_owned()),
             None => default_class(store),
         };
         let Some(class) = class.filter(|c| !c.is_empty()) else {
-            record(store, pvc, EventKind::Normal, "FailedBinding", "no persistent volumes available for this claim and no storage class is set", "persistentvolume-controller");
+            record(
+                store,
+                pvc,
+                EventKind::Normal,
+                "FailedBinding",
+                "no persistent volumes available for this claim and no storage class is set",
+                "persistentvolume-controller",
+            );
             continue;
         };
         let Some(sc) = store.get("storage.k8s.io/storageclasses", "", &class) else {
-            record(store, pvc, EventKind::Warning, "ProvisioningFailed", &format!("storageclass.storage.k8s.io \"{class}\" not found"), "persistentvolume-controller");
+            record(
+                store,
+                pvc,
+                EventKind::Warning,
+                "ProvisioningFailed",
+                &format!("storageclass.storage.k8s.io \"{class}\" not found"),
+                "persistentvolume-controller",
+            );
             continue;
         };
         if sc.get("provisioner").and_then(Value::as_str) != Some(PROVISIONER) {
-            record(store, pvc, EventKind::Normal, "ExternalProvisioning", &format!("Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator", sc.get("provisioner").and_then(Value::as_str).unwrap_or_default()), "persistentvolume-controller");
+            record(
+                store,
+                pvc,
+                EventKind::Normal,
+                "ExternalProvisioning",
+                &format!(
+                    "Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator",
+                    sc.get("provisioner")
+                        .and_then(Value::as_str)
+                        .unwrap_or_default()
+                ),
+                "persistentvolume-controller",
+            );
             continue;
         }
-        if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer") && !has_consumer(store, ns, name) {
-            record(store, pvc, EventKind::Normal, "WaitForFirstConsumer", "waiting for first consumer to be created before binding", "persistentvolume-controller");
+        if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+            && !has_consumer(store, ns, name)
+        {
+            record(
+                store,
+                pvc,
+                EventKind::Normal,
+                "WaitForFirstConsumer",
+                "waiting for first consumer to be created before binding",
+                "persistentvolume-controller",
+            );
             continue;
         }
         let pv_name = format!("pvc-{}", meta(pvc, "uid"));
-        let dir = ctx.cfg.state_dir.join("volumes").join(format!("{ns}_{name}_{pv_name}"));
+        let dir = ctx
+            .cfg
+            .state_dir
+            .join("volumes")
+            .join(format!("{ns}_{name}_{pv_name}"));
         if let Err(e) = std::fs::create_dir_all(&dir) {
-            record(store, pvc, EventKind::Warning, "ProvisioningFailed", &format!("cannot create {}: {e}", dir.display()), "persistentvolume-controller");
+            record(
+                store,
+                pvc,
+                EventKind::Warning,
+                "ProvisioningFailed",
+                &format!("cannot create {}: {e}", dir.display()),
+                "persistentvolume-controller",
+            );
             continue;
         }
         let pv = json!({
@@ -121,7 +188,14 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             None => create(store, "/persistentvolumes", "", pv).map(std::sync::Arc::new),
         };
         if let Some(pv) = pv {
-            record(store, pvc, EventKind::Normal, "ProvisioningSucceeded", &format!("Successfully provisioned volume {pv_name}"), PROVISIONER);
+            record(
+                store,
+                pvc,
+                EventKind::Normal,
+                "ProvisioningSucceeded",
+                &format!("Successfully provisioned volume {pv_name}"),
+                PROVISIONER,
+            );
             bind(store, pvc, &pv);
         }
     }
@@ -130,15 +204,36 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         if deleting(pv) {
             continue;
         }
-        let Some(claim_ns) = pv.pointer("/spec/claimRef/namespace").and_then(Value::as_str) else { continue };
-        let claim_name = pv.pointer("/spec/claimRef/name").and_then(Value::as_str).unwrap_or_default();
-        let claim_uid = pv.pointer("/spec/claimRef/uid").and_then(Value::as_str).unwrap_or_default();
-        let alive = claims.iter().any(|c| meta(c, "namespace") == claim_ns && meta(c, "name") == claim_name && (claim_uid.is_empty() || meta(c, "uid") == claim_uid));
+        let Some(claim_ns) = pv
+            .pointer("/spec/claimRef/namespace")
+            .and_then(Value::as_str)
+        else {
+            continue;
+        };
+        let claim_name = pv
+            .pointer("/spec/claimRef/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let claim_uid = pv
+            .pointer("/spec/claimRef/uid")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let alive = claims.iter().any(|c| {
+            meta(c, "namespace") == claim_ns
+                && meta(c, "name") == claim_name
+                && (claim_uid.is_empty() || meta(c, "uid") == claim_uid)
+        });
         if alive {
             continue;
         }
-        let policy = pv.pointer("/spec/persistentVolumeReclaimPolicy").and_then(Value::as_str).unwrap_or("Retain");
-        let ours = pv.pointer("/metadata/annotations/pv.kubernetes.io~1provisioned-by").and_then(Value::as_str) == Some(PROVISIONER);
+        let policy = pv
+            .pointer("/spec/persistentVolumeReclaimPolicy")
+            .and_then(Value::as_str)
+            .unwrap_or("Retain");
+        let ours = pv
+            .pointer("/metadata/annotations/pv.kubernetes.io~1provisioned-by")
+            .and_then(Value::as_str)
+            == Some(PROVISIONER);
         if policy == "Delete" && ours {
             if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
                 let path = PathBuf::from(path);
@@ -153,7 +248,12 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             }
             super::delete(store, "/persistentvolumes", "", meta(pv, "name"));
         } else if pv.pointer("/status/phase").and_then(Value::as_str) != Some("Released") {
-            write_status(store, "/persistentvolumes", pv, json!({"phase": "Released"}));
+            write_status(
+                store,
+                "/persistentvolumes",
+                pv,
+                json!({"phase": "Released"}),
+            );
         }
     }
 }
@@ -161,9 +261,15 @@ pub(crate) fn reconcile(ctx: &Ctx) {
 fn has_consumer(store: &Store, ns: &str, claim: &str) -> bool {
     store.list("/pods", Some(ns)).0.iter().any(|p| {
         !deleting(p)
-            && p.pointer("/spec/volumes").and_then(Value::as_array).is_some_and(|vs| {
-                vs.iter().any(|v| v.pointer("/persistentVolumeClaim/claimName").and_then(Value::as_str) == Some(claim))
-            })
+            && p.pointer("/spec/volumes")
+                .and_then(Value::as_array)
+                .is_some_and(|vs| {
+                    vs.iter().any(|v| {
+                        v.pointer("/persistentVolumeClaim/claimName")
+                            .and_then(Value::as_str)
+                            == Some(claim)
+                    })
+                })
     })
 }
 
@@ -174,7 +280,10 @@ fn bind(store: &Store, pvc: &Value, pv: &Value) {
         o["status"] = json!({"phase": "Bound"});
     });
     let capacity = pv.pointer("/spec/capacity").cloned().unwrap_or(json!({}));
-    let modes = pv.pointer("/spec/accessModes").cloned().unwrap_or(json!([]));
+    let modes = pv
+        .pointer("/spec/accessModes")
+        .cloned()
+        .unwrap_or(json!([]));
     modify(store, "/persistentvolumeclaims", pvc, |o| {
         o["spec"]["volumeName"] = json!(pv_name);
         if o.pointer("/spec/storageClassName").is_none() {
