@@ -381,22 +381,39 @@ pub(crate) async fn verify(args: crate::VerifyArgs) -> anyhow::Result<i32> {
 
 /// `rehearsal restore`.
 pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
-    use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_database};
+    use harness::restore::{DbRestoreOptions, RestoreError, RestoreInputs, restore_database};
 
-    let manifest = harness::backup::Manifest::read(&args.backup)?;
-    let pg = manifest
-        .postgres
-        .as_ref()
-        .context("the backup has no PostgreSQL part")?;
-    let archive = if args.from_sql {
-        DbArchive::PlainSql(args.backup.join(&pg.plain))
-    } else {
-        DbArchive::Custom(args.backup.join(&pg.custom_dump))
+    // Every check comes before anything is changed, the same checks as `verify` makes (shared
+    // code): the archive's members and checksum, a completed backup, the manifest's own
+    // checksum, the SHA-256 of every file the restore reads.
+    let mut findings = Vec::new();
+    let opened = harness::backup::open_backup(&args.backup, None, &mut findings).await?;
+    let rejected = |reasons: Vec<String>| {
+        eprintln!(
+            "error: refusing to restore from {}: {}; nothing was changed",
+            args.backup.display(),
+            reasons.join("; ")
+        );
+        Ok(exit_codes::GATE_FAILED)
     };
-    let input = DbRestoreInput {
-        archive,
-        backup_id: manifest.name.clone(),
+    let opened = match opened {
+        Some(opened) if findings.is_empty() => opened,
+        _ => return rejected(findings.iter().map(ToString::to_string).collect()),
     };
+    let inputs = match RestoreInputs::from_backup(&opened.dir, args.from_sql).await {
+        Ok(inputs) => inputs,
+        Err(RestoreError::Rejected { reasons, .. }) => return rejected(reasons),
+        Err(err) => return Err(err.into()),
+    };
+    let input = inputs
+        .database
+        .clone()
+        .with_context(|| format!("{} has no PostgreSQL part", args.backup.display()))?;
+    println!(
+        "verified {}: completed backup, manifest checksum, size and SHA-256 of {}",
+        args.backup.display(),
+        inputs.verified.join(", ")
+    );
     let options = DbRestoreOptions {
         force: args.force,
         dry_run: args.dry_run,
@@ -422,8 +439,21 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
                 vec![],
                 Default::default(),
             )?;
+            let client = cluster.client().await?;
+            let namespaces: kube::Api<k8s_openapi::api::core::v1::Namespace> =
+                kube::Api::all(client.clone());
+            let exists = namespaces
+                .get_opt(&args.cluster.namespace)
+                .await
+                .with_context(|| format!("get namespace {}", args.cluster.namespace))?;
+            anyhow::ensure!(
+                exists.is_some(),
+                "namespace {} does not exist in context {}; nothing was changed",
+                args.cluster.namespace,
+                cluster.context()
+            );
             let forward = harness::cluster::forward::PortForward::start(
-                cluster.client().await?,
+                client,
                 &args.cluster.namespace,
                 &args.cluster.pg_pod,
                 5432,
@@ -442,11 +472,19 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
         }
     };
     let report = restore_database(&tools, &params, &input, &options).await?;
-    println!("{:#?}", report.plan);
     if args.dry_run {
+        print!("{}", report.plan);
         println!("dry run: nothing was changed");
+    } else if report.restored {
+        println!(
+            "restored {} from backup {} in {:.1} s",
+            report.plan.target, report.plan.backup_id, report.seconds
+        );
     } else {
-        println!("restored: {} in {:.1} s", report.restored, report.seconds);
+        println!(
+            "nothing was changed: {} already holds backup {} (pass --force to restore it again)",
+            report.plan.target, report.plan.backup_id
+        );
     }
     Ok(exit_codes::OK)
 }

@@ -196,7 +196,7 @@ struct VerifyArgs {
 /// Arguments of `rehearsal restore`.
 #[derive(Debug, clap::Args)]
 struct RestoreArgs {
-    /// The backup directory.
+    /// The backup: its directory, or its .tar.gz archive.
     backup: PathBuf,
     #[command(flatten)]
     cluster: ClusterArgs,

@@ -1516,3 +1516,111 @@ async fn through_kubernetes_exec_and_port_forward_on_the_simulated_cluster() -> 
     sim.shutdown().await?;
     Ok(())
 }
+
+/// A `.tar.gz` built member by member, for archives the backup never writes.
+fn hostile_archive(path: &Path, members: &[(&str, tar::EntryType, &str)]) -> Result<()> {
+    let file = std::fs::File::create(path)?;
+    let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
+    let mut tar = tar::Builder::new(gz);
+    for (name, kind, target) in members {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(*kind);
+        header.set_mode(0o700);
+        header.set_size(0);
+        // Written into the raw name field: `set_path` refuses `..` and absolute paths.
+        let raw = &mut header.as_old_mut().name;
+        raw[..name.len()].copy_from_slice(name.as_bytes());
+        if !target.is_empty() {
+            header.set_link_name(target)?;
+        }
+        header.set_cksum();
+        tar.append(&header, std::io::empty())?;
+    }
+    tar.into_inner()?.finish()?;
+    Ok(())
+}
+
+/// An archive is verified from its own bytes only: a member that is a link to a good backup
+/// elsewhere on disk (symbolic or hard), an absolute path or a `..` is refused, naming the
+/// member; so is a top-level entry that is not a directory. On the old code the symlink
+/// archive passed, verifying the backup it pointed at.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_refuses_archive_members_that_leave_the_archive() -> Result<()> {
+    let dest = ScratchDir::new("backup-test-links-", "backup destination")?;
+    let (_pg, report) = small_backup(dest.path(), "titanium-links").await?;
+    let scratch = scratch_pg().await?;
+    let vo = verify_options(&scratch);
+    let good = report.dir.to_str().context("utf-8 path")?;
+    let manifest = report.dir.join("MANIFEST.json");
+    let manifest = manifest.to_str().context("utf-8 path")?;
+    let work = ScratchDir::new("backup-test-hostile-", "hostile archives")?;
+    let dir = tar::EntryType::Directory;
+    let cases: [(&str, Vec<(&str, tar::EntryType, &str)>, &str); 5] = [
+        (
+            "symlink",
+            vec![("titanium-links", tar::EntryType::Symlink, good)],
+            "member titanium-links is a symbolic link",
+        ),
+        (
+            "hardlink",
+            vec![
+                ("t", dir, ""),
+                ("t/MANIFEST.json", tar::EntryType::Link, manifest),
+            ],
+            "member t/MANIFEST.json is a hard link",
+        ),
+        (
+            "dotdot",
+            vec![("t", dir, ""), ("t/../../escaped", dir, "")],
+            "climbs out with ..",
+        ),
+        (
+            "absolute",
+            vec![("/tmp/rehearsal-absolute-member", dir, "")],
+            "has an absolute path",
+        ),
+        (
+            "file-on-top",
+            vec![("top", tar::EntryType::Regular, "")],
+            "is not a directory",
+        ),
+    ];
+    for (name, members, expected) in cases {
+        let archive = work.path().join(format!("{name}.tar.gz"));
+        hostile_archive(&archive, &members)?;
+        let v = verify_backup(&archive, &vo).await?;
+        ensure!(!v.passed, "{name}: a hostile archive passed verify");
+        ensure!(
+            v.findings[0].check.starts_with("archive ") && v.findings[0].found.contains(expected),
+            "{name}: {}",
+            first(&v)
+        );
+    }
+    ensure!(!Path::new("/tmp/rehearsal-absolute-member").exists());
+    Ok(())
+}
+
+/// The off-site copy error keeps the OS cause (here: the target is a file, not a directory).
+#[tokio::test]
+async fn offsite_copy_error_names_the_os_cause() -> Result<()> {
+    let work = ScratchDir::new("backup-test-offsite-", "offsite error")?;
+    let archive = work.path().join("b.tar.gz");
+    std::fs::write(&archive, b"archive bytes")?;
+    let info = harness::backup::ArchiveInfo {
+        path: archive.clone(),
+        size: 13,
+        sha256: String::new(),
+        encrypted: false,
+    };
+    let not_a_dir = work.path().join("not-a-dir");
+    std::fs::write(&not_a_dir, b"")?;
+    let err = harness::backup::copy_offsite(&info, &OffsiteTarget::Directory(not_a_dir.clone()))
+        .await
+        .expect_err("a file is not a directory");
+    let text = err.to_string();
+    ensure!(
+        text.contains("Not a directory") && text.contains(not_a_dir.to_str().context("utf-8")?),
+        "{text}"
+    );
+    Ok(())
+}

@@ -634,6 +634,7 @@ mod kubernetes {
             workload_ready: Duration::from_secs(60),
             pods_ready: Duration::from_secs(60),
             crd_established: Duration::from_secs(10),
+            data_restore: Duration::from_secs(120),
             poll: Duration::from_millis(100),
         };
         KubeRestoreOptions {
@@ -884,7 +885,7 @@ async fn restores_what_the_backup_engine_wrote() -> Result<()> {
     let report = backup(&options).await.context("backup")?;
 
     for (db, from_sql) in [("from_custom", false), ("from_plain", true)] {
-        let inputs = RestoreInputs::from_backup(&report.dir, from_sql)?;
+        let inputs = RestoreInputs::from_backup(&report.dir, from_sql).await?;
         ensure!(
             inputs.backup_id == "rehearsal-1" && !inputs.tables.is_empty(),
             "{inputs:?}"
@@ -908,8 +909,10 @@ async fn restores_what_the_backup_engine_wrote() -> Result<()> {
             ensure!(verdict.passed, "{db}: {verdict}");
         }
     }
-    let err = RestoreInputs::from_backup(dir.path(), false).unwrap_err();
-    ensure!(matches!(err, RestoreError::NotABackup { .. }), "{err}");
+    let err = RestoreInputs::from_backup(dir.path(), false)
+        .await
+        .unwrap_err();
+    ensure!(matches!(err, RestoreError::Rejected { .. }), "{err}");
     Ok(())
 }
 
@@ -926,4 +929,326 @@ async fn a_corrupt_rdb_is_named_and_nothing_is_written() {
         err.to_string().contains("could not load") && err.to_string().contains("dump.rdb"),
         "{err}"
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Nothing destructive before the inputs are verified.
+
+/// A backup written by the backup engine from a small dataset in `pg`'s `titanium` database,
+/// and a database `target` on the same server holding other data (an init script's tables
+/// filled with another dataset): what a restore must not lose.
+async fn engine_backup_and_target(
+    pg: &LocalPostgres,
+    dest: &Path,
+    target: &str,
+) -> Result<(harness::backup::BackupReport, ConnParams)> {
+    use harness::backup::{BackupOptions, PgSource, backup};
+    let params = pg.params();
+    load_dataset(&params.connect().await?, &DatasetSpec::new(3, 40, 240)).await?;
+    let mut options = BackupOptions::new(dest);
+    options.name = Some("safety-1".to_owned());
+    options.postgres = Some(PgSource::Direct {
+        params: params.clone(),
+        tools: pg.tools().clone(),
+    });
+    options.local_tools = Some(pg.tools().clone());
+    let report = backup(&options).await.context("backup")?;
+    create_database(&params, target).await?;
+    let target = params.with_dbname(target);
+    pg.tools().psql_file(&target, &schema_sql_path()).await?;
+    load_dataset(&target.connect().await?, &DatasetSpec::new(5, 30, 150)).await?;
+    Ok((report, target))
+}
+
+fn copy_tree(from: &Path, to: &Path) -> Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let dest = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_tree(&entry.path(), &dest)?;
+        } else {
+            std::fs::copy(entry.path(), &dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// A copy of the backup at `dir/name` with its custom dump damaged by `damage`.
+fn damaged_copy(
+    backup: &Path,
+    dir: &Path,
+    name: &str,
+    damage: fn(&mut Vec<u8>),
+) -> Result<PathBuf> {
+    let copy = dir.join(name);
+    copy_tree(backup, &copy)?;
+    let dump = copy.join("postgres/titanium.dump");
+    let mut bytes = std::fs::read(&dump)?;
+    damage(&mut bytes);
+    std::fs::write(&dump, bytes)?;
+    Ok(copy)
+}
+
+fn flip_two_thirds(bytes: &mut Vec<u8>) {
+    let at = bytes.len() * 2 / 3;
+    bytes[at] ^= 0x01;
+}
+
+fn truncate_two_thirds(bytes: &mut Vec<u8>) {
+    bytes.truncate(bytes.len() * 2 / 3);
+}
+
+/// The issue's data loss: a byte flipped two thirds into the dump (and, separately, the dump
+/// cut at two thirds), restored with force over a database holding data. The restore is
+/// refused before anything is dropped, naming the file, and the target is unchanged (every
+/// table's row count and digest). Both layers are fed the defect: the backup's checksums
+/// (`RestoreInputs::from_backup`, what the CLI uses) and, for a caller that hands
+/// `restore_database` the archive alone, the read-through of the whole archive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_dump_is_refused_before_the_target_is_touched() -> Result<()> {
+    let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
+    let dest = ScratchDir::new("restore-test-safety-", "restore safety backup")?;
+    let (report, target) = engine_backup_and_target(&pg, dest.path(), "holds_data").await?;
+    let before = table_facts(&target.connect().await?).await?;
+    ensure!(
+        before.iter().any(|t| t.name == "posts" && t.rows == 150),
+        "{before:?}"
+    );
+
+    let forced = DbRestoreOptions {
+        force: true,
+        ..Default::default()
+    };
+    for (name, damage) in [
+        ("flipped", flip_two_thirds as fn(&mut Vec<u8>)),
+        ("truncated", truncate_two_thirds),
+    ] {
+        let copy = damaged_copy(&report.dir, dest.path(), name, damage)?;
+        // The backup's checksums: refused, naming the file.
+        let err = harness::restore::RestoreInputs::from_backup(&copy, false)
+            .await
+            .expect_err("a damaged dump must be refused");
+        let RestoreError::Rejected { reasons, .. } = &err else {
+            anyhow::bail!("{name}: expected a rejection, got {err}");
+        };
+        ensure!(
+            reasons[0].starts_with("file postgres/titanium.dump"),
+            "{name}: {err}"
+        );
+
+        // The archive alone, as a caller without a manifest hands it over: still refused
+        // before anything is dropped.
+        let dump = copy.join("postgres/titanium.dump");
+        let input = DbRestoreInput {
+            archive: DbArchive::Custom(dump.clone()),
+            backup_id: "safety-1".to_owned(),
+        };
+        let err = restore_database(pg.tools(), &target, &input, &forced)
+            .await
+            .expect_err("a damaged dump must not be restored");
+        ensure!(
+            matches!(&err, RestoreError::BadArchive { path, .. } if *path == dump),
+            "{name}: {err}"
+        );
+        ensure!(err.to_string().contains("nothing was changed"), "{err}");
+
+        let after = table_facts(&target.connect().await?).await?;
+        ensure!(after == before, "{name}: the target changed: {after:?}");
+    }
+    Ok(())
+}
+
+/// `restore` refuses what `verify` refuses, with the same reasons (shared code): a `.partial`
+/// backup, one with `FAILED.txt`, one whose manifest does not match its checksum.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restore_refuses_what_verify_refuses_with_the_same_reason() -> Result<()> {
+    use harness::backup::{VerifyOptions, verify_backup};
+    let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
+    let dest = ScratchDir::new("restore-test-refuse-", "restore refusal backup")?;
+    let (report, target) = engine_backup_and_target(&pg, dest.path(), "holds_data").await?;
+    let before = table_facts(&target.connect().await?).await?;
+
+    let partial = dest.path().join("copy.partial");
+    copy_tree(&report.dir, &partial)?;
+    let failed = dest.path().join("failed");
+    copy_tree(&report.dir, &failed)?;
+    std::fs::write(failed.join("FAILED.txt"), "pg_dump failed: disk full\n")?;
+    let edited = dest.path().join("edited");
+    copy_tree(&report.dir, &edited)?;
+    let manifest = edited.join("MANIFEST.json");
+    let text = std::fs::read_to_string(&manifest)?;
+    std::fs::write(&manifest, text.replacen("\"rows\": ", "\"rows\": 1", 1))?;
+
+    let options = VerifyOptions {
+        scratch: pg.params(),
+        tools: pg.tools().clone(),
+        decryption: None,
+    };
+    for (dir, expected) in [
+        (&partial, "an incomplete .partial backup"),
+        (&failed, "FAILED.txt: pg_dump failed: disk full"),
+        (&edited, "MANIFEST.json sha256 (edited manifest)"),
+    ] {
+        let err = harness::restore::RestoreInputs::from_backup(dir, false)
+            .await
+            .expect_err("refused");
+        let RestoreError::Rejected { reasons, .. } = &err else {
+            anyhow::bail!("{}: expected a rejection, got {err}", dir.display());
+        };
+        ensure!(reasons.iter().any(|r| r.contains(expected)), "{err}");
+        let verdict = verify_backup(dir, &options).await?;
+        ensure!(!verdict.passed, "verify passed {}", dir.display());
+        let found: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
+        for reason in reasons {
+            ensure!(
+                found.contains(reason),
+                "restore's reason {reason:?} is not verify's: {found:?}"
+            );
+        }
+    }
+    ensure!(table_facts(&target.connect().await?).await? == before);
+    Ok(())
+}
+
+/// A load that fails after the drops (here: the archive's owner role does not exist on the
+/// target) says that the target is half restored and how to finish; running the restore again
+/// (no force needed: the target is marked `restoring`) finishes it.
+#[tokio::test]
+async fn a_load_failing_after_the_drops_says_so_and_a_rerun_finishes() -> Result<()> {
+    let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
+    let admin = pg.params().connect().await?;
+    // One statement per call: CREATE/DROP DATABASE cannot run in a (multi-statement) transaction.
+    admin.batch_execute("CREATE ROLE ghost_owner").await?;
+    admin.batch_execute("CREATE DATABASE owned_src").await?;
+    let src = pg.params().with_dbname("owned_src");
+    src.connect()
+        .await?
+        .batch_execute(
+            "CREATE TABLE kept (id int PRIMARY KEY); INSERT INTO kept SELECT generate_series(1, 50); \
+             ALTER TABLE kept OWNER TO ghost_owner",
+        )
+        .await?;
+    let dir = ScratchDir::new("restore-test-half-", "half restore dump")?;
+    let dump = dir.path().join("owned.dump");
+    pg_dump(&pg, &src, &["-Fc"], &dump).await?;
+    admin.batch_execute("DROP DATABASE owned_src").await?;
+    admin.batch_execute("DROP ROLE ghost_owner").await?;
+    create_database(&pg.params(), "half").await?;
+    let target = pg.params().with_dbname("half");
+    target
+        .connect()
+        .await?
+        .batch_execute("CREATE TABLE old (id int); INSERT INTO old VALUES (1)")
+        .await?;
+
+    let input = DbRestoreInput {
+        archive: DbArchive::Custom(dump.clone()),
+        backup_id: "owned-1".to_owned(),
+    };
+    let err = restore_database(
+        pg.tools(),
+        &target,
+        &input,
+        &DbRestoreOptions {
+            force: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .expect_err("the owner role is missing");
+    let text = format!("{:#}", anyhow::Error::from(err));
+    for needle in [
+        "half restored",
+        "restoring owned-1",
+        "Run the same restore again",
+        "option 1",
+        "ghost_owner",
+    ] {
+        ensure!(text.contains(needle), "{needle:?} not in: {text}");
+    }
+    let plan =
+        plan_database_restore(pg.tools(), &target, &input, &DbRestoreOptions::default()).await?;
+    ensure!(
+        plan.state
+            == TargetState::Interrupted {
+                backup_id: "owned-1".to_owned()
+            },
+        "{plan}"
+    );
+    let options = DbRestoreOptions {
+        no_owner: true,
+        ..Default::default()
+    };
+    let done = restore_database(pg.tools(), &target, &input, &options).await?;
+    ensure!(done.restored);
+    let rows: i64 = target
+        .connect()
+        .await?
+        .query_one("SELECT count(*) FROM kept", &[])
+        .await?
+        .get(0);
+    ensure!(rows == 50, "{rows}");
+    Ok(())
+}
+
+/// Every wait has a deadline and a message naming what it waited for: with a deadline of
+/// zero the first wait (pg_restore listing the archive) is stopped and named, and nothing
+/// changed.
+#[tokio::test]
+async fn a_wait_past_its_deadline_names_what_it_waited_for() -> Result<()> {
+    let f = fixture().await?;
+    let target = f.target("deadline", true).await?;
+    let err = f
+        .restore(
+            &target,
+            &f.input(),
+            &DbRestoreOptions {
+                deadline_seconds: Some(0),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect_err("nothing finishes in 0 s");
+    ensure!(
+        matches!(&err, RestoreError::TimedOut { tool, what, .. }
+            if tool == "pg_restore" && what.contains("titanium.dump")),
+        "{err}"
+    );
+    let plan =
+        plan_database_restore(f.pg.tools(), &target, &f.input(), &Default::default()).await?;
+    ensure!(
+        matches!(plan.state, TargetState::EmptyTables { .. }),
+        "{plan}"
+    );
+    Ok(())
+}
+
+/// The dry run is a plan a person reads: what was checked, then what would be dropped,
+/// loaded and marked, in order.
+#[tokio::test]
+async fn the_plan_reads_as_steps_in_order() -> Result<()> {
+    let f = fixture().await?;
+    let target = f.target("plan", true).await?;
+    let plan =
+        plan_database_restore(f.pg.tools(), &target, &f.input(), &Default::default()).await?;
+    let text = plan.to_string();
+    let order = [
+        "target now holds:",
+        "would, in order:",
+        "1. read the archive through",
+        "2. mark the database `restoring backup-1`, drop",
+        "- table public.users",
+        "3. load the archive:",
+        "4. mark the database `restored backup-1`",
+    ];
+    let mut at = 0;
+    for step in order {
+        let found = text[at..]
+            .find(step)
+            .with_context(|| format!("{step:?} missing or out of order in:\n{text}"))?;
+        at += found;
+    }
+    ensure!(!text.contains('{') && !text.contains("Custom("), "{text}");
+    Ok(())
 }

@@ -535,22 +535,86 @@ pub(crate) fn unpack_archive(
     let gz = flate2::read::MultiGzDecoder::new(source);
     let mut tar = tar::Archive::new(gz);
     tar.set_preserve_permissions(true);
-    tar.unpack(into)
-        .map_err(|e| format!("cannot unpack: {e}"))?;
+    // Member by member, not `unpack`: the archive is verified from its own bytes only, so a
+    // member that is a link (which could make a good backup elsewhere on disk pass for this
+    // one), a device, an absolute path or a `..` is refused. The backup writes only regular
+    // files and directories.
+    let entries = tar
+        .entries()
+        .map_err(|e| format!("cannot read the member list: {e}"))?;
+    for entry in entries {
+        let mut entry = entry.map_err(|e| format!("cannot read the member list: {e}"))?;
+        let name = entry
+            .path()
+            .map_err(|e| format!("a member has an unreadable name: {e}"))?
+            .into_owned();
+        check_member(&name, entry.header().entry_type())?;
+        let unpacked = entry
+            .unpack_in(into)
+            .map_err(|e| format!("cannot unpack member {}: {e}", name.display()))?;
+        if !unpacked {
+            return Err(format!(
+                "member {} would be written outside the extraction directory",
+                name.display()
+            ));
+        }
+    }
     // Drain what follows the tar end marker, so the gzip trailer (CRC, length) is checked.
     let mut rest = tar.into_inner();
     std::io::copy(&mut rest, &mut std::io::sink())
         .map_err(|e| format!("corrupt or truncated: {e}"))?;
-    let mut tops = std::fs::read_dir(into)
-        .map_err(|e| format!("cannot list what was unpacked: {e}"))?
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .collect::<Vec<_>>();
-    if tops.len() != 1 || !tops[0].is_dir() {
+    let mut tops = Vec::new();
+    for entry in
+        std::fs::read_dir(into).map_err(|e| format!("cannot list what was unpacked: {e}"))?
+    {
+        let entry = entry.map_err(|e| format!("cannot list what was unpacked: {e}"))?;
+        tops.push(entry.path());
+    }
+    if tops.len() != 1 {
         return Err(format!(
-            "expected one top-level directory, found {}",
+            "expected one top-level directory, found {} entries",
             tops.len()
         ));
     }
-    Ok(tops.remove(0))
+    let top = tops.remove(0);
+    // A real directory inside the extraction directory, not a link to one elsewhere.
+    let real_dir = std::fs::symlink_metadata(&top).is_ok_and(|m| m.file_type().is_dir());
+    if !real_dir {
+        return Err(format!(
+            "the top-level entry {} is not a directory",
+            top.file_name().unwrap_or_default().to_string_lossy()
+        ));
+    }
+    Ok(top)
+}
+
+/// Refuses a member that is not a regular file or directory, or whose path is absolute or
+/// climbs out with `..`.
+fn check_member(name: &Path, kind: tar::EntryType) -> Result<(), String> {
+    use std::path::Component;
+    if !(kind.is_file() || kind.is_dir()) {
+        let what = if kind.is_symlink() {
+            "a symbolic link"
+        } else if kind.is_hard_link() {
+            "a hard link"
+        } else {
+            "not a regular file or directory"
+        };
+        return Err(format!(
+            "member {} is {what}; a backup archive holds only regular files and directories",
+            name.display()
+        ));
+    }
+    for part in name.components() {
+        match part {
+            Component::Normal(_) | Component::CurDir => {}
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(format!("member {} has an absolute path", name.display()));
+            }
+            Component::ParentDir => {
+                return Err(format!("member {} climbs out with ..", name.display()));
+            }
+        }
+    }
+    Ok(())
 }

@@ -75,6 +75,15 @@ pub enum BackupError {
         stderr: String,
     },
 
+    /// The namespace a pod was looked for in does not exist.
+    #[error("namespace {namespace} does not exist (looking for pod {pod} in it)")]
+    NamespaceNotFound {
+        /// Namespace.
+        namespace: String,
+        /// The pod looked for.
+        pod: String,
+    },
+
     /// A pod named in the options does not exist.
     #[error("pod {namespace}/{name} not found")]
     PodNotFound {

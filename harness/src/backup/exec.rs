@@ -2,6 +2,8 @@
 //! (binary-safe), and a port-forwarded stream for a database session.
 
 use std::path::Path;
+use std::pin::Pin;
+use std::task::{Context, Poll};
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -9,7 +11,7 @@ use kube::api::AttachParams;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::BackupError;
-use super::files::{create_private_file, tail};
+use super::files::{cause_lines, create_private_file};
 
 /// A container in a pod, reached through a Kubernetes client.
 #[derive(Clone)]
@@ -46,10 +48,29 @@ impl PodRef {
     pub(crate) async fn check_exists(&self) -> Result<(), BackupError> {
         match self.api().get_opt(&self.pod).await {
             Ok(Some(_)) => Ok(()),
-            Ok(None) => Err(BackupError::PodNotFound {
-                namespace: self.namespace.clone(),
-                name: self.pod.clone(),
-            }),
+            Ok(None) => {
+                // Say which is missing: the pod, or the whole namespace.
+                let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+                    Api::all(self.client.clone());
+                let namespace =
+                    namespaces
+                        .get_opt(&self.namespace)
+                        .await
+                        .map_err(BackupError::kube(format!(
+                            "get namespace {}",
+                            self.namespace
+                        )))?;
+                Err(match namespace {
+                    None => BackupError::NamespaceNotFound {
+                        namespace: self.namespace.clone(),
+                        pod: self.pod.clone(),
+                    },
+                    Some(_) => BackupError::PodNotFound {
+                        namespace: self.namespace.clone(),
+                        name: self.pod.clone(),
+                    },
+                })
+            }
             Err(source) => Err(BackupError::Kube {
                 what: format!("get pod {}/{}", self.namespace, self.pod),
                 source,
@@ -67,13 +88,27 @@ impl PodRef {
         out: &Path,
     ) -> Result<u64, BackupError> {
         let file = tokio::fs::File::from_std(create_private_file(out)?);
-        let mut writer = tokio::io::BufWriter::with_capacity(1 << 20, file);
-        let bytes = self.exec_into(command, what, &mut writer).await?;
+        let mut writer = WriteFailure {
+            inner: tokio::io::BufWriter::with_capacity(1 << 20, file),
+            failed: None,
+        };
+        let streamed = self.exec_into(command, what, &mut writer).await;
+        // A failed write (no space left) is the file's fault, not the stream's: name the file.
+        if let Some(source) = writer.failed.take() {
+            return Err(BackupError::Io {
+                action: "write",
+                path: out.to_path_buf(),
+                source,
+            });
+        }
+        let bytes = streamed?;
         writer
+            .inner
             .flush()
             .await
             .map_err(BackupError::io("write", out))?;
         writer
+            .inner
             .into_inner()
             .sync_all()
             .await
@@ -160,7 +195,7 @@ impl PodRef {
                 tool: program.clone(),
                 what: format!("{what} in pod {}/{}", self.namespace, self.pod),
                 status: reason,
-                stderr: tail(&String::from_utf8_lossy(&stderr_bytes), 12),
+                stderr: cause_lines(&String::from_utf8_lossy(&stderr_bytes)),
             })
         }
     }
@@ -201,5 +236,71 @@ impl PodRef {
             drop(forwarder);
         });
         Ok(client)
+    }
+}
+
+/// A writer that remembers the first error it returned, so that a copy failing on the write
+/// side is told apart from one failing on the read side.
+struct WriteFailure<W> {
+    inner: W,
+    failed: Option<std::io::Error>,
+}
+
+impl<W> WriteFailure<W> {
+    fn note<T>(&mut self, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(err)) = &poll {
+            if self.failed.is_none() {
+                self.failed = Some(std::io::Error::new(err.kind(), err.to_string()));
+            }
+        }
+        poll
+    }
+}
+
+impl<W: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for WriteFailure<W> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let poll = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(poll)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(poll)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let poll = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(poll)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::WriteFailure;
+
+    /// A copy into a full disk (the kernel's /dev/full) fails on the write side, and the
+    /// writer says so: `exec_to_file` then names the file, not the stream.
+    #[tokio::test]
+    async fn a_full_disk_is_a_write_failure() {
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .await
+            .expect("open /dev/full");
+        let mut writer = WriteFailure {
+            inner: file,
+            failed: None,
+        };
+        let mut source: &[u8] = &[7u8; 4096];
+        let err = tokio::io::copy(&mut source, &mut writer)
+            .await
+            .expect_err("/dev/full is full");
+        assert_eq!(err.kind(), std::io::ErrorKind::StorageFull, "{err}");
+        let noted = writer.failed.expect("the write failure is noted");
+        assert_eq!(noted.kind(), std::io::ErrorKind::StorageFull);
     }
 }

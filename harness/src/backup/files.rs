@@ -152,7 +152,7 @@ impl ToolRun {
             tool: self.tool.clone(),
             what: self.what.clone(),
             status: status.to_string(),
-            stderr: tail(&String::from_utf8_lossy(stderr), 12),
+            stderr: cause_lines(&String::from_utf8_lossy(stderr)),
         }
     }
 
@@ -189,7 +189,10 @@ impl ToolRun {
         if status.success() {
             Ok(())
         } else {
-            Err(self.failed(status, &stderr))
+            // Name the file too: a tool writing into it may have failed on it (no space left).
+            let mut failed = self.clone();
+            failed.what = format!("{} into {}", self.what, out.display());
+            Err(failed.failed(status, &stderr))
         }
     }
 
@@ -219,6 +222,48 @@ pub(crate) fn tail(text: &str, n: usize) -> String {
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
+/// What a failed tool said about the cause, without the query it was running: libpq tools
+/// print `<tool>: error: ...` and `<tool>: detail: ...` lines, then `Command was:` (or
+/// `Query was:`) with the whole statement, often many lines long, whose tail would otherwise
+/// be all a message shows. Keeps the tool's own lines (at most 6, each at most 300 characters)
+/// minus the statements; falls back to the last 12 lines when the tool printed none.
+pub(crate) fn cause_lines(stderr: &str) -> String {
+    let mut kept = Vec::new();
+    for line in stderr.lines() {
+        // `<tool>: ...` (or `ERROR:  ...`); anything else continues a statement or a message.
+        let Some((head, rest)) = line.split_once(": ") else {
+            continue;
+        };
+        if head.is_empty() || head.contains(char::is_whitespace) {
+            continue;
+        }
+        let statement = ["Command was:", "Query was:"]
+            .iter()
+            .any(|s| rest.trim_start_matches("detail: ").starts_with(s));
+        if statement {
+            continue;
+        }
+        let mut line = line.trim_end().to_owned();
+        if line.len() > 300 {
+            let mut cut = 300;
+            while !line.is_char_boundary(cut) {
+                cut -= 1;
+            }
+            line.truncate(cut);
+            line.push_str(" ...");
+        }
+        kept.push(line);
+        if kept.len() == 6 {
+            break;
+        }
+    }
+    if kept.is_empty() {
+        tail(stderr, 12)
+    } else {
+        kept.join("\n")
+    }
+}
+
 /// The first line of a tool's `--version` output, or why there is none.
 pub(crate) async fn tool_version(tool: &str, program: &Path, flag: &str) -> String {
     match ToolRun::new(tool, program.to_path_buf(), "report its version")
@@ -228,5 +273,30 @@ pub(crate) async fn tool_version(tool: &str, program: &Path, flag: &str) -> Stri
     {
         Ok(out) => out.lines().next().unwrap_or("").trim().to_owned(),
         Err(err) => format!("unknown ({err})"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::cause_lines;
+
+    /// pg_dump's standard error when its server session was killed in the middle of a COPY
+    /// (as PostgreSQL 15 prints it): the cause is above a long statement.
+    #[test]
+    fn cause_lines_drop_the_statement_and_keep_the_cause() {
+        let stderr = "pg_dump: error: Dumping the contents of table \"posts\" failed: PQgetResult() failed.\n\
+pg_dump: detail: Error message from server: FATAL:  terminating connection due to administrator command\n\
+pg_dump: detail: Command was: COPY public.posts (id, user_id, title, body, created_at,\n\
+    updated_at, published) TO stdout;\n\
+    -- a long query's tail\n";
+        let lines = cause_lines(stderr);
+        assert!(lines.contains("terminating connection"), "{lines}");
+        assert!(lines.contains("Dumping the contents of table"), "{lines}");
+        assert!(
+            !lines.contains("COPY") && !lines.contains("tail"),
+            "{lines}"
+        );
+        // A tool that prints nothing in its own name keeps its last lines.
+        assert_eq!(cause_lines("a\nb\n"), "a\nb");
     }
 }

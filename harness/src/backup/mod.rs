@@ -56,7 +56,11 @@ pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
 pub use postgres::{KubePostgres, PgManifest, PgSource};
 pub use redis::{RedisManifest, RedisSource, dataset_facts, rdb_facts};
 pub use terraform::TerraformManifest;
-pub use verify::{Finding, Restored, VerifyOptions, VerifyReport, restore_into, verify_backup};
+pub use verify::{
+    Finding, OpenedBackup, Restored, VerifyOptions, VerifyReport, open_backup, restore_into,
+    verify_backup,
+};
+pub(crate) use verify::{check_files, check_manifest};
 
 use crate::pg::PgTools;
 

@@ -102,136 +102,16 @@ pub async fn verify_backup(
         tables_checked: 0,
         redis_checked: false,
     };
-    let _unpacked: Option<ScratchDir>;
-    let dir = if path.is_dir() {
-        _unpacked = None;
-        path.to_path_buf()
-    } else if path.is_file() {
-        let sidecar = PathBuf::from(format!("{}.sha256", path.display()));
-        if let Ok(text) = std::fs::read_to_string(&sidecar) {
-            let expected = text.split_whitespace().next().unwrap_or("").to_owned();
-            let (_, found) = sha256_file(path).await?;
-            if found != expected {
-                report.findings.push(finding(
-                    format!("archive {} sha256", path.display()),
-                    expected,
-                    found,
-                ));
-            }
-        }
-        let scratch = ScratchDir::new("harness-verify-", "unpacked backup").map_err(
-            BackupError::io("create a scratch directory in", std::env::temp_dir()),
-        )?;
-        let (archive, into, key) = (
-            path.to_path_buf(),
-            scratch.path().to_path_buf(),
-            options.decryption.clone(),
-        );
-        let unpacked =
-            tokio::task::spawn_blocking(move || unpack_archive(&archive, &into, key.as_ref()))
-                .await
-                .expect("unpack task does not panic");
-        match unpacked {
-            Ok(top) => {
-                _unpacked = Some(scratch);
-                top
-            }
-            Err(detail) => {
-                report.findings.push(finding(
-                    format!("archive {}", path.display()),
-                    "a complete archive",
-                    detail,
-                ));
-                return Ok(report);
-            }
-        }
-    } else {
-        return Err(BackupError::NotABackup {
-            path: path.to_path_buf(),
-            detail: "no such file or directory".to_owned(),
-        });
+    let Some(opened) = open_backup(path, options.decryption.as_ref(), &mut report.findings).await?
+    else {
+        return Ok(report);
     };
+    let dir = opened.dir.clone();
 
-    if dir.extension().is_some_and(|e| e == "partial") || dir.join("FAILED.txt").exists() {
-        report.findings.push(finding(
-            "backup state",
-            "a completed backup",
-            "an incomplete .partial backup",
-        ));
-    }
-    // The manifest itself.
-    match (
-        std::fs::read_to_string(dir.join(MANIFEST_SHA256)),
-        std::fs::read(dir.join(MANIFEST_JSON)),
-    ) {
-        (Ok(text), Ok(json)) => {
-            let expected = text.split_whitespace().next().unwrap_or("").to_owned();
-            let found = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
-            if expected != found {
-                report.findings.push(finding(
-                    format!("{MANIFEST_JSON} sha256 (edited manifest)"),
-                    expected,
-                    found,
-                ));
-            }
-        }
-        (Err(err), _) => report
-            .findings
-            .push(finding(MANIFEST_SHA256, "present", err.to_string())),
-        (_, Err(err)) => report
-            .findings
-            .push(finding(MANIFEST_JSON, "present", err.to_string())),
-    }
-    let manifest = match Manifest::read(&dir) {
-        Ok(m) => m,
-        Err(err) => {
-            report.findings.push(finding(
-                MANIFEST_JSON,
-                "a readable manifest",
-                err.to_string(),
-            ));
-            return Ok(report);
-        }
+    let Some(manifest) = check_manifest(&dir, &mut report.findings) else {
+        return Ok(report);
     };
-
-    // Every file.
-    let mut listed = std::collections::BTreeSet::new();
-    for entry in &manifest.files {
-        listed.insert(entry.path.clone());
-        let file = dir.join(&entry.path);
-        if !file.is_file() {
-            report.findings.push(finding(
-                format!("file {}", entry.path),
-                "present",
-                "missing",
-            ));
-            continue;
-        }
-        let (size, sha256) = sha256_file(&file).await?;
-        report.files_checked += 1;
-        if size != entry.size {
-            report.findings.push(finding(
-                format!("file {} size", entry.path),
-                entry.size.to_string(),
-                size.to_string(),
-            ));
-        } else if sha256 != entry.sha256 {
-            report.findings.push(finding(
-                format!("file {} sha256", entry.path),
-                entry.sha256.clone(),
-                sha256,
-            ));
-        }
-    }
-    for rel in list_files(&dir)? {
-        if !listed.contains(&rel) && rel != "FAILED.txt" {
-            report.findings.push(finding(
-                format!("file {rel}"),
-                "not in the backup",
-                "present",
-            ));
-        }
-    }
+    report.files_checked = check_files(&dir, &manifest, None, &mut report.findings).await?;
 
     // The restore.
     if let Some(pg) = &manifest.postgres {
@@ -288,6 +168,212 @@ pub async fn verify_backup(
     }
     report.passed = report.findings.is_empty();
     Ok(report)
+}
+
+/// A backup ready to be read: a directory as given, or an archive unpacked into a scratch
+/// directory that is removed when this is dropped.
+#[derive(Debug)]
+pub struct OpenedBackup {
+    /// The backup directory.
+    pub dir: PathBuf,
+    _unpacked: Option<ScratchDir>,
+}
+
+/// Opens a backup directory or archive (`.tar.gz`, `.tar.gz.age`) for reading, shared by
+/// `verify` and `restore`. An archive is checked against its `.sha256` when one is beside it,
+/// and unpacked from its own bytes only: every member a regular file or directory inside the
+/// scratch directory, one top-level directory. `None` when the archive is unusable; every
+/// check that did not hold is pushed to `findings`.
+///
+/// # Errors
+/// When `path` does not exist, or the archive cannot be read or unpacked for a reason that is
+/// not the archive's (no scratch directory).
+pub async fn open_backup(
+    path: &Path,
+    decryption: Option<&DecryptionKey>,
+    findings: &mut Vec<Finding>,
+) -> Result<Option<OpenedBackup>, BackupError> {
+    if path.is_dir() {
+        return Ok(Some(OpenedBackup {
+            dir: path.to_path_buf(),
+            _unpacked: None,
+        }));
+    }
+    if !path.is_file() {
+        return Err(BackupError::NotABackup {
+            path: path.to_path_buf(),
+            detail: "no such file or directory".to_owned(),
+        });
+    }
+    let sidecar = PathBuf::from(format!("{}.sha256", path.display()));
+    if sidecar.exists() {
+        let text = std::fs::read_to_string(&sidecar).map_err(BackupError::io("read", &sidecar))?;
+        let expected = text.split_whitespace().next().unwrap_or("").to_owned();
+        let (_, found) = sha256_file(path).await?;
+        if found != expected {
+            findings.push(finding(
+                format!("archive {} sha256", path.display()),
+                expected,
+                found,
+            ));
+        }
+    }
+    let scratch = ScratchDir::new("harness-verify-", "unpacked backup").map_err(
+        BackupError::io("create a scratch directory in", std::env::temp_dir()),
+    )?;
+    let (archive, into, key) = (
+        path.to_path_buf(),
+        scratch.path().to_path_buf(),
+        decryption.cloned(),
+    );
+    let unpacked =
+        tokio::task::spawn_blocking(move || unpack_archive(&archive, &into, key.as_ref()))
+            .await
+            .expect("unpack task does not panic");
+    match unpacked {
+        Ok(top) => Ok(Some(OpenedBackup {
+            dir: top,
+            _unpacked: Some(scratch),
+        })),
+        Err(detail) => {
+            findings.push(finding(
+                format!("archive {}", path.display()),
+                "a complete archive",
+                detail,
+            ));
+            Ok(None)
+        }
+    }
+}
+
+/// The checks of a backup directory that come before any of its data is read, shared by
+/// `verify` and `restore`: it is a completed backup (not `.partial`, no `FAILED.txt`), its
+/// manifest matches `MANIFEST.json.sha256`, and the manifest is readable. Returns the manifest
+/// when it could be read; every check that did not hold is pushed to `findings`.
+pub(crate) fn check_manifest(dir: &Path, findings: &mut Vec<Finding>) -> Option<Manifest> {
+    if dir.extension().is_some_and(|e| e == "partial") {
+        findings.push(finding(
+            "backup state",
+            "a completed backup",
+            "an incomplete .partial backup",
+        ));
+    }
+    if let Ok(text) = std::fs::read_to_string(dir.join("FAILED.txt")) {
+        findings.push(finding(
+            "backup state",
+            "a completed backup",
+            format!(
+                "a failed backup (FAILED.txt: {})",
+                text.lines().next().unwrap_or("").trim()
+            ),
+        ));
+    } else if dir.join("FAILED.txt").exists() {
+        findings.push(finding(
+            "backup state",
+            "a completed backup",
+            "a failed backup (FAILED.txt present)",
+        ));
+    }
+    match (
+        std::fs::read_to_string(dir.join(MANIFEST_SHA256)),
+        std::fs::read(dir.join(MANIFEST_JSON)),
+    ) {
+        (Ok(text), Ok(json)) => {
+            let expected = text.split_whitespace().next().unwrap_or("").to_owned();
+            let found = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&json));
+            if expected != found {
+                findings.push(finding(
+                    format!("{MANIFEST_JSON} sha256 (edited manifest)"),
+                    expected,
+                    found,
+                ));
+            }
+        }
+        (Err(err), _) => findings.push(finding(MANIFEST_SHA256, "present", err.to_string())),
+        (_, Err(err)) => findings.push(finding(MANIFEST_JSON, "present", err.to_string())),
+    }
+    match Manifest::read(dir) {
+        Ok(m) => Some(m),
+        Err(err) => {
+            findings.push(finding(
+                MANIFEST_JSON,
+                "a readable manifest",
+                err.to_string(),
+            ));
+            None
+        }
+    }
+}
+
+/// Checks the size and SHA-256 of the manifest's files against the manifest: all of them, and
+/// no file beside them, when `only` is `None`; else exactly the files in `only` (relative
+/// paths), each of which must be listed in the manifest. Returns how many files were read.
+///
+/// # Errors
+/// Only when a file that exists cannot be read (a finding cannot be made about it).
+pub(crate) async fn check_files(
+    dir: &Path,
+    manifest: &Manifest,
+    only: Option<&[String]>,
+    findings: &mut Vec<Finding>,
+) -> Result<usize, BackupError> {
+    let mut checked = 0;
+    if let Some(only) = only {
+        for rel in only {
+            if !manifest.files.iter().any(|e| e.path == *rel) {
+                findings.push(finding(
+                    format!("file {rel}"),
+                    "listed in the manifest",
+                    "not listed",
+                ));
+            }
+        }
+    }
+    let selected = manifest
+        .files
+        .iter()
+        .filter(|e| only.is_none_or(|only| only.contains(&e.path)));
+    for entry in selected {
+        let file = dir.join(&entry.path);
+        // A symlink could point at anything: a backup's files are regular files.
+        let regular = std::fs::symlink_metadata(&file).is_ok_and(|m| m.file_type().is_file());
+        if !regular {
+            let found = if file.exists() {
+                "not a regular file"
+            } else {
+                "missing"
+            };
+            findings.push(finding(format!("file {}", entry.path), "present", found));
+            continue;
+        }
+        let (size, sha256) = sha256_file(&file).await?;
+        checked += 1;
+        if size != entry.size {
+            findings.push(finding(
+                format!("file {} size", entry.path),
+                entry.size.to_string(),
+                size.to_string(),
+            ));
+        } else if sha256 != entry.sha256 {
+            findings.push(finding(
+                format!("file {} sha256", entry.path),
+                entry.sha256.clone(),
+                sha256,
+            ));
+        }
+    }
+    if only.is_none() {
+        for rel in list_files(dir)? {
+            if !manifest.files.iter().any(|e| e.path == rel) && rel != "FAILED.txt" {
+                findings.push(finding(
+                    format!("file {rel}"),
+                    "not in the backup",
+                    "present",
+                ));
+            }
+        }
+    }
+    Ok(checked)
 }
 
 /// Compares the manifest's tables with the restored ones through the row-count and digest

@@ -78,6 +78,40 @@ pub struct DbRestoreOptions {
     pub jobs: Option<u32>,
     /// Do not restore object ownership (`--no-owner`), for targets without the backed-up roles.
     pub no_owner: bool,
+    /// Deadline of every tool run and every query, in seconds; `None`: [`DEFAULT_DEADLINE`]
+    /// (the runbook's 2 h restore limit). A wait that runs past it stops the tool and fails
+    /// naming what it waited for, instead of hanging (a dead port-forward, a stuck server).
+    #[serde(default)]
+    pub deadline_seconds: Option<u64>,
+}
+
+/// The deadline of a restore's waits when none is given: the runbook's 2 h restore limit.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(2 * 60 * 60);
+
+impl DbRestoreOptions {
+    fn deadline(&self) -> Duration {
+        self.deadline_seconds
+            .map(Duration::from_secs)
+            .unwrap_or(DEFAULT_DEADLINE)
+    }
+}
+
+/// Waits for `fut` at most `deadline`; past it, fails naming `tool` and `what` (dropping the
+/// future stops what it was doing: a child process is killed with its group).
+async fn within<T>(
+    deadline: Duration,
+    tool: &str,
+    what: impl Into<String>,
+    fut: impl std::future::Future<Output = Result<T, RestoreError>>,
+) -> Result<T, RestoreError> {
+    match tokio::time::timeout(deadline, fut).await {
+        Ok(result) => result,
+        Err(_) => Err(RestoreError::TimedOut {
+            tool: tool.to_owned(),
+            what: what.into(),
+            seconds: deadline.as_secs(),
+        }),
+    }
 }
 
 /// What the target database holds before the restore.
@@ -143,49 +177,120 @@ pub struct DbRestorePlan {
     pub archive_entries: Vec<String>,
 }
 
+impl fmt::Display for TargetState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let rows = |tables: &[String]| {
+            if tables.is_empty() {
+                "no table holds rows".to_owned()
+            } else {
+                format!("tables with rows: {}", tables.join(", "))
+            }
+        };
+        match self {
+            TargetState::Empty => write!(f, "empty (no user objects)"),
+            TargetState::EmptyTables { tables } => {
+                write!(f, "{} tables without rows", tables.len())
+            }
+            TargetState::Interrupted { backup_id } => write!(
+                f,
+                "an interrupted restore of backup {backup_id} (marked `restoring`)"
+            ),
+            TargetState::Restored {
+                backup_id,
+                tables_with_rows,
+            } => write!(
+                f,
+                "restored earlier from backup {backup_id}; {}",
+                rows(tables_with_rows)
+            ),
+            TargetState::HasData { tables_with_rows } => {
+                write!(f, "data of unknown origin; {}", rows(tables_with_rows))
+            }
+        }
+    }
+}
+
+/// A plan a person reads: what is there, then what would be done, in order.
 impl fmt::Display for DbRestorePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "database restore into {} from {} ({})",
-            self.target,
+            "database restore into {} from backup {}",
+            self.target, self.backup_id
+        )?;
+        writeln!(
+            f,
+            "  archive: {} ({})",
             self.archive.path().display(),
             self.archive.format()
         )?;
-        writeln!(f, "  backup: {}", self.backup_id)?;
-        writeln!(
-            f,
-            "  target state: {}",
-            serde_json::to_string(&self.state).unwrap_or_default()
-        )?;
-        let action = match self.action {
-            PlannedAction::Restore => "restore",
+        writeln!(f, "  target now holds: {}", self.state)?;
+        match self.action {
+            PlannedAction::Restore => {}
             PlannedAction::AlreadyRestored => {
-                "nothing to do: already restored from this backup (use --force to redo)"
+                return writeln!(
+                    f,
+                    "  would do nothing: already restored from this backup (use --force to redo)"
+                );
             }
-            PlannedAction::Refuse => "refuse: the database holds data (use --force to replace it)",
-        };
-        writeln!(f, "  action: {action}")?;
-        if self.replaces.is_empty() {
-            writeln!(f, "  replaces: nothing")?;
-        } else {
-            writeln!(f, "  replaces ({}):", self.replaces.len())?;
-            for object in &self.replaces {
-                writeln!(f, "    - {object}")?;
+            PlannedAction::Refuse => {
+                return writeln!(
+                    f,
+                    "  would refuse and change nothing: the database holds data (use --force to replace it)"
+                );
             }
         }
-        writeln!(f, "  runs: {}", self.command.join(" "))?;
+        writeln!(f, "  would, in order:")?;
+        let checked = match self.archive {
+            DbArchive::Custom(_) => format!(
+                "read the archive through with pg_restore (checked: {} entries, every data block)",
+                self.archive_entries.len()
+            ),
+            DbArchive::PlainSql(_) => {
+                "check that the file starts like pg_dump's plain output (checked)".to_owned()
+            }
+        };
+        writeln!(f, "    1. {checked}")?;
+        let drops = if self.replaces.is_empty() {
+            "drop nothing (the target has no user objects)".to_owned()
+        } else {
+            format!("drop {} objects:", self.replaces.len())
+        };
+        let (drop_step, load_step, mark_step) = match self.archive {
+            DbArchive::Custom(_) => (
+                format!("mark the database `restoring {}`, {drops}", self.backup_id),
+                "load the archive".to_owned(),
+                format!(
+                    "mark the database `restored {}` (a failed load leaves the target marked \
+                     `restoring`: rerun the same command to finish)",
+                    self.backup_id
+                ),
+            ),
+            DbArchive::PlainSql(_) => (
+                format!("in one transaction with steps 3 and 4, {drops}"),
+                "load the SQL file".to_owned(),
+                format!(
+                    "mark the database `restored {}`; commit (a failure rolls back everything)",
+                    self.backup_id
+                ),
+            ),
+        };
+        writeln!(f, "    2. {drop_step}")?;
+        for object in &self.replaces {
+            writeln!(f, "         - {object}")?;
+        }
+        writeln!(f, "    3. {load_step}: {}", self.command.join(" "))?;
         if !self.archive_entries.is_empty() {
             writeln!(
                 f,
-                "  restores ({} entries, in order):",
+                "       restoring {} archive entries, in order:",
                 self.archive_entries.len()
             )?;
             for entry in &self.archive_entries {
-                writeln!(f, "    - {entry}")?;
+                writeln!(f, "         - {entry}")?;
             }
         }
-        Ok(())
+        writeln!(f, "    4. {mark_step}")
     }
 }
 
@@ -234,7 +339,11 @@ fn jobs_for(archive: &DbArchive, requested: Option<u32>) -> u32 {
 }
 
 /// Checks the archive without changing anything, and lists a custom archive's entries.
-async fn check_archive(tools: &PgTools, archive: &DbArchive) -> Result<Vec<String>, RestoreError> {
+async fn check_archive(
+    tools: &PgTools,
+    archive: &DbArchive,
+    deadline: Duration,
+) -> Result<Vec<String>, RestoreError> {
     let path = archive.path();
     let unreadable = |source| RestoreError::ArchiveUnreadable {
         path: path.to_path_buf(),
@@ -254,19 +363,47 @@ async fn check_archive(tools: &PgTools, archive: &DbArchive) -> Result<Vec<Strin
             let program = tools
                 .tool("pg_restore")
                 .map_err(RestoreError::pg("find pg_restore"))?;
-            let out = tokio::process::Command::new(&program)
-                .arg("-l")
+            let mut list = tokio::process::Command::new(&program);
+            list.arg("-l")
                 .arg(path)
                 .stdin(Stdio::null())
-                .kill_on_drop(true)
-                .output()
-                .await
-                .map_err(|source| RestoreError::ArchiveUnreadable {
-                    path: program.clone(),
+                .kill_on_drop(true);
+            let what = format!("listing {}", path.display());
+            let out = within(deadline, "pg_restore", what, async {
+                list.output().await.map_err(|source| RestoreError::Spawn {
+                    tool: "pg_restore".to_owned(),
                     source,
-                })?;
+                })
+            })
+            .await?;
             if !out.status.success() {
                 return Err(bad(String::from_utf8_lossy(&out.stderr).trim().to_owned()));
+            }
+            // The table of contents is read from the head of the file only. Read the whole
+            // archive once (every data block decompressed, so zlib's checksums catch a flipped
+            // byte and the end a truncation) before anything is dropped.
+            let mut read = tokio::process::Command::new(&program);
+            read.arg("-f")
+                .arg("/dev/null")
+                .arg(path)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .kill_on_drop(true);
+            let what = format!("reading {} through", path.display());
+            let whole = within(deadline, "pg_restore", what, async {
+                read.output().await.map_err(|source| RestoreError::Spawn {
+                    tool: "pg_restore".to_owned(),
+                    source,
+                })
+            })
+            .await?;
+            if !whole.status.success() {
+                let stderr = String::from_utf8_lossy(&whole.stderr);
+                return Err(bad(format!(
+                    "reading it through failed ({}): {}",
+                    whole.status,
+                    stderr.trim()
+                )));
             }
             Ok(String::from_utf8_lossy(&out.stdout)
                 .lines()
@@ -483,14 +620,25 @@ pub async fn plan_database_restore(
     input: &DbRestoreInput,
     options: &DbRestoreOptions,
 ) -> Result<DbRestorePlan, RestoreError> {
-    let archive_entries = check_archive(tools, &input.archive).await?;
-    let client = params
-        .connect()
-        .await
-        .map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
-    let (tables, filled) = tables_with_rows(&client).await?;
-    let objects = target_objects(&client).await?;
-    let mark = database_mark(&client).await?;
+    let deadline = options.deadline();
+    let archive_entries = check_archive(tools, &input.archive, deadline).await?;
+    let target = params.target();
+    let (tables, filled, objects, mark) = within(
+        deadline,
+        "postgres",
+        format!("looking into {target}"),
+        async {
+            let client = params
+                .connect()
+                .await
+                .map_err(RestoreError::pg(format!("connect to {target}")))?;
+            let (tables, filled) = tables_with_rows(&client).await?;
+            let objects = target_objects(&client).await?;
+            let mark = database_mark(&client).await?;
+            Ok((tables, filled, objects, mark))
+        },
+    )
+    .await?;
     let state = match mark.as_deref() {
         Some(m) if m.starts_with(RESTORING) => TargetState::Interrupted {
             backup_id: m[RESTORING.len()..].to_owned(),
@@ -572,7 +720,7 @@ pub async fn restore_database(
                         tables_with_rows.join(", ")
                     )
                 }
-                other => format!("{other:?}"),
+                other => other.to_string(),
             };
             return Err(RestoreError::NotEmpty {
                 target: plan.target,
@@ -586,28 +734,71 @@ pub async fn restore_database(
         PlannedAction::Restore => {}
     }
 
-    let client = params
-        .connect()
-        .await
-        .map_err(RestoreError::pg(format!("connect to {}", params.target())))?;
-    let objects = target_objects(&client).await?;
+    let deadline = options.deadline();
+    let target = params.target();
+    let client = within(
+        deadline,
+        "postgres",
+        format!("connecting to {target}"),
+        async {
+            params
+                .connect()
+                .await
+                .map_err(RestoreError::pg(format!("connect to {target}")))
+        },
+    )
+    .await?;
+    let objects = within(
+        deadline,
+        "postgres",
+        format!("listing the objects of {target}"),
+        target_objects(&client),
+    )
+    .await?;
     let mut drops: Vec<String> = objects.iter().map(|o| o.drop.clone()).collect();
     let dbname = &params.dbname;
     match &input.archive {
         DbArchive::Custom(path) => {
+            // Everything before this point only read: the archive was read through and the
+            // target looked at. From here the target changes.
             let drop_started = Instant::now();
             drops.insert(0, mark_sql(dbname, RESTORING, &input.backup_id));
-            client
-                .batch_execute(&format!("BEGIN; {}; COMMIT", drops.join("; ")))
-                .await
-                .map_err(RestoreError::query("drop the target's objects"))?;
+            within(
+                deadline,
+                "postgres",
+                format!("dropping the objects of {target}"),
+                async {
+                    client
+                        .batch_execute(&format!("BEGIN; {}; COMMIT", drops.join("; ")))
+                        .await
+                        .map_err(RestoreError::query("drop the target's objects"))
+                },
+            )
+            .await?;
             let drop_seconds = drop_started.elapsed().as_secs_f64();
             let load_started = Instant::now();
-            run_tool(&plan.command, params, path).await?;
-            client
-                .batch_execute(&mark_sql(dbname, RESTORED, &input.backup_id))
+            let loaded = async {
+                run_tool(&plan.command, params, path, deadline).await?;
+                within(
+                    deadline,
+                    "postgres",
+                    format!("marking {target} restored"),
+                    async {
+                        client
+                            .batch_execute(&mark_sql(dbname, RESTORED, &input.backup_id))
+                            .await
+                            .map_err(RestoreError::query("mark the database restored"))
+                    },
+                )
                 .await
-                .map_err(RestoreError::query("mark the database restored"))?;
+            };
+            // The drops are committed: a failed load leaves a half-restored target, marked
+            // `restoring`. Say so, and how to finish.
+            loaded.await.map_err(|source| RestoreError::HalfRestored {
+                target: target.clone(),
+                backup_id: input.backup_id.clone(),
+                source: Box::new(source),
+            })?;
             Ok(report(
                 plan,
                 true,
@@ -635,7 +826,12 @@ pub async fn restore_database(
                     *arg = sql;
                 }
             }
-            run_tool(&command, params, path).await?;
+            run_tool(&command, params, path, deadline)
+                .await
+                .map_err(|source| RestoreError::RolledBack {
+                    target: target.clone(),
+                    source: Box::new(source),
+                })?;
             Ok(report(
                 plan,
                 true,
@@ -666,6 +862,7 @@ async fn run_tool(
     command: &[String],
     params: &ConnParams,
     archive: &Path,
+    deadline: Duration,
 ) -> Result<(), RestoreError> {
     let (program, args) = command.split_first().expect("a command has a program");
     let tool = Path::new(program)
@@ -686,13 +883,18 @@ async fn run_tool(
             source,
         })?;
     let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
-    let out = child
-        .wait_with_output()
-        .await
-        .map_err(|source| RestoreError::Spawn {
-            tool: tool.clone(),
-            source,
-        })?;
+    // Past the deadline the future is dropped and the guard kills the whole group.
+    let what = format!("restoring {}", archive.display());
+    let out = within(deadline, &tool, what, async {
+        child
+            .wait_with_output()
+            .await
+            .map_err(|source| RestoreError::Spawn {
+                tool: tool.clone(),
+                source,
+            })
+    })
+    .await?;
     guard.0 = None;
     if out.status.success() {
         return Ok(());

@@ -28,6 +28,55 @@ pub enum RestoreError {
         detail: String,
     },
 
+    /// The backup failed a check that comes before anything is changed (the same checks as
+    /// `rehearsal verify`: a completed backup, the manifest's own checksum, the size and
+    /// SHA-256 of every file the restore reads, the archive's members); nothing was changed.
+    #[error("refusing to restore from {}: {}; nothing was changed", path.display(), reasons.join("; "))]
+    Rejected {
+        /// The backup (directory or archive).
+        path: PathBuf,
+        /// Every check that did not hold, as `check: expected X, found Y`.
+        reasons: Vec<String>,
+    },
+
+    /// A tool ran past its deadline and was stopped.
+    #[error("{tool} did not finish {what} within {seconds} s and was stopped")]
+    TimedOut {
+        /// The tool.
+        tool: String,
+        /// What it was doing (`restoring /path/titanium.dump`).
+        what: String,
+        /// The deadline.
+        seconds: u64,
+    },
+
+    /// The load failed after the target's objects were dropped: the target is left marked
+    /// "restoring" and holds only part of the backup.
+    #[error(
+        "{target} is half restored: its objects were dropped and the load failed; it is marked \
+         `restoring {backup_id}` and holds only part of the backup. Run the same restore again \
+         (no --force needed) once the cause is fixed, or roll back with option 1 of the runbook"
+    )]
+    HalfRestored {
+        /// host:port/dbname.
+        target: String,
+        /// The backup being restored.
+        backup_id: String,
+        /// Why the load failed.
+        #[source]
+        source: Box<RestoreError>,
+    },
+
+    /// The load ran in one transaction and failed: it was rolled back, the target is as it was.
+    #[error("the restore into {target} failed and was rolled back: nothing was changed")]
+    RolledBack {
+        /// host:port/dbname.
+        target: String,
+        /// Why the load failed.
+        #[source]
+        source: Box<RestoreError>,
+    },
+
     /// The archive or SQL file is not what it claims to be; nothing was changed.
     #[error("{} is not a usable {format}: {detail}; nothing was changed", path.display())]
     BadArchive {
@@ -72,7 +121,7 @@ pub enum RestoreError {
     },
 
     /// A restore tool (pg_restore, psql) ran and failed.
-    #[error("{tool} failed ({status}) restoring {}: {stderr}; run the restore again to retry from the start", path.display())]
+    #[error("{tool} failed ({status}) restoring {}: {stderr}", path.display())]
     Tool {
         /// The tool.
         tool: String,

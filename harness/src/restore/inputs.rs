@@ -32,6 +32,35 @@ pub struct RestoreInputs {
     pub objects: Vec<Value>,
     /// Replica counts recorded by a quiesce.
     pub replicas: BTreeMap<String, i32>,
+    /// The files whose size and SHA-256 were checked against the manifest before anything
+    /// else was read, relative to `dir`.
+    pub verified: Vec<String>,
+}
+
+/// The files of the backup a restore reads, relative to its directory.
+fn files_read(manifest: &Manifest, from_sql: bool) -> Vec<String> {
+    let mut read = Vec::new();
+    if let Some(pg) = &manifest.postgres {
+        read.push(if from_sql {
+            pg.plain.clone()
+        } else {
+            pg.custom_dump.clone()
+        });
+    }
+    if let Some(kube) = &manifest.kubernetes {
+        read.push(kube.clean_json.clone());
+    }
+    if let Some(redis) = &manifest.redis {
+        read.push(redis.rdb.clone());
+    }
+    read
+}
+
+fn rejected(dir: &Path, findings: &[crate::backup::Finding]) -> RestoreError {
+    RestoreError::Rejected {
+        path: dir.to_path_buf(),
+        reasons: findings.iter().map(ToString::to_string).collect(),
+    }
 }
 
 fn not_a_backup(dir: &Path, detail: impl Into<String>) -> RestoreError {
@@ -42,13 +71,38 @@ fn not_a_backup(dir: &Path, detail: impl Into<String>) -> RestoreError {
 }
 
 impl RestoreInputs {
-    /// Reads the backup in `dir`. With `from_sql`, the database is restored from the plain
-    /// SQL file (the runbook's way) instead of the custom archive.
+    /// Reads the backup in `dir`, after the checks `rehearsal verify` makes before it restores
+    /// anything (shared code): a completed backup (not `.partial`, no `FAILED.txt`), the
+    /// manifest equal to its recorded SHA-256, and the size and SHA-256 of every file this
+    /// restore reads (the database archive, the Kubernetes objects, the Redis RDB) equal to
+    /// the manifest's. With `from_sql`, the database is restored from the plain SQL file (the
+    /// runbook's way) instead of the custom archive.
     ///
     /// # Errors
-    /// [`RestoreError::NotABackup`] when the manifest or the cleaned object list cannot be read.
-    pub fn from_backup(dir: &Path, from_sql: bool) -> Result<Self, RestoreError> {
-        let manifest = Manifest::read(dir).map_err(|err| not_a_backup(dir, err.to_string()))?;
+    /// [`RestoreError::Rejected`] naming every check that did not hold (nothing was read
+    /// beyond the checks); [`RestoreError::NotABackup`] when a verified file cannot be parsed.
+    pub async fn from_backup(dir: &Path, from_sql: bool) -> Result<Self, RestoreError> {
+        let mut findings = Vec::new();
+        let manifest = crate::backup::check_manifest(dir, &mut findings);
+        let Some(manifest) = manifest.filter(|_| findings.is_empty()) else {
+            return Err(rejected(dir, &findings));
+        };
+        let read = files_read(&manifest, from_sql);
+        crate::backup::check_files(dir, &manifest, Some(&read), &mut findings)
+            .await
+            .map_err(|err| not_a_backup(dir, err.to_string()))?;
+        if !findings.is_empty() {
+            return Err(rejected(dir, &findings));
+        }
+        Self::from_manifest(dir, &manifest, from_sql, read)
+    }
+
+    fn from_manifest(
+        dir: &Path,
+        manifest: &Manifest,
+        from_sql: bool,
+        verified: Vec<String>,
+    ) -> Result<Self, RestoreError> {
         let database = manifest.postgres.as_ref().map(|pg| DbRestoreInput {
             archive: if from_sql {
                 DbArchive::PlainSql(dir.join(&pg.plain))
@@ -100,6 +154,7 @@ impl RestoreInputs {
                 .as_ref()
                 .map(|q| q.replicas.clone())
                 .unwrap_or_default(),
+            verified,
         })
     }
 }

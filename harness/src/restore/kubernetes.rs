@@ -371,8 +371,15 @@ pub struct Waits {
     pub pods_ready: Duration,
     /// A CRD's kinds served (discovery).
     pub crd_established: Duration,
+    /// A data step (database load, Redis replay): the runbook's 2 h restore limit.
+    #[serde(default = "default_data_restore")]
+    pub data_restore: Duration,
     /// Poll interval.
     pub poll: Duration,
+}
+
+fn default_data_restore() -> Duration {
+    super::DEFAULT_DEADLINE
 }
 
 impl Default for Waits {
@@ -382,6 +389,7 @@ impl Default for Waits {
             workload_ready: Duration::from_secs(300),
             pods_ready: Duration::from_secs(30 * 60),
             crd_established: Duration::from_secs(60),
+            data_restore: default_data_restore(),
             poll: Duration::from_millis(200),
         }
     }
@@ -705,8 +713,11 @@ pub async fn restore_kubernetes(
                 }
             }
             StepKind::RestoreDatabase => {
-                data.restore_database()
+                // A data step that hangs (a dead port-forward, a stuck server) is stopped at the
+                // deadline and named, not waited on forever.
+                tokio::time::timeout(waits.data_restore, data.restore_database())
                     .await
+                    .map_err(|_| data_timeout("the database", plan, waits))?
                     .map_err(|source| RestoreError::Step {
                         step: "database restore".to_owned(),
                         source,
@@ -714,8 +725,9 @@ pub async fn restore_kubernetes(
                 report.db_restore_seconds = Some(step_started.elapsed().as_secs_f64());
             }
             StepKind::RestoreRedis => {
-                data.restore_redis()
+                tokio::time::timeout(waits.data_restore, data.restore_redis())
                     .await
+                    .map_err(|_| data_timeout("Redis", plan, waits))?
                     .map_err(|source| RestoreError::Step {
                         step: "redis restore".to_owned(),
                         source,
@@ -1333,5 +1345,16 @@ mod tests {
         let db = text.find("restore the database").unwrap();
         let crs = text.find("[custom-resources]").unwrap();
         assert!(pvc < db && db < crs, "{text}");
+    }
+}
+
+fn data_timeout(what: &str, plan: &KubeRestorePlan, waits: &Waits) -> RestoreError {
+    RestoreError::TimedOut {
+        tool: "the restore".to_owned(),
+        what: format!(
+            "restoring {what} of namespace {} from backup {}",
+            plan.namespace, plan.backup_id
+        ),
+        seconds: waits.data_restore.as_secs(),
     }
 }

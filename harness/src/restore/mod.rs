@@ -22,8 +22,8 @@ mod kubernetes;
 mod redis;
 
 pub use database::{
-    DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow,
-    PlannedAction, TargetState, plan_database_restore, restore_database,
+    DEFAULT_DEADLINE, DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport,
+    MarkerRow, PlannedAction, TargetState, plan_database_restore, restore_database,
 };
 pub use error::RestoreError;
 pub use inputs::RestoreInputs;
