@@ -1517,8 +1517,11 @@ async fn through_kubernetes_exec_and_port_forward_on_the_simulated_cluster() -> 
     Ok(())
 }
 
+/// An archive member: name, type, link target (empty for none).
+type Member<'a> = (&'a str, tar::EntryType, &'a str);
+
 /// A `.tar.gz` built member by member, for archives the backup never writes.
-fn hostile_archive(path: &Path, members: &[(&str, tar::EntryType, &str)]) -> Result<()> {
+fn hostile_archive(path: &Path, members: &[Member<'_>]) -> Result<()> {
     let file = std::fs::File::create(path)?;
     let gz = flate2::write::GzEncoder::new(file, flate2::Compression::fast());
     let mut tar = tar::Builder::new(gz);
@@ -1555,7 +1558,7 @@ async fn verify_refuses_archive_members_that_leave_the_archive() -> Result<()> {
     let manifest = manifest.to_str().context("utf-8 path")?;
     let work = ScratchDir::new("backup-test-hostile-", "hostile archives")?;
     let dir = tar::EntryType::Directory;
-    let cases: [(&str, Vec<(&str, tar::EntryType, &str)>, &str); 5] = [
+    let cases: [(&str, Vec<Member<'_>>, &str); 5] = [
         (
             "symlink",
             vec![("titanium-links", tar::EntryType::Symlink, good)],

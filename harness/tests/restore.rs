@@ -979,24 +979,25 @@ fn damaged_copy(
     backup: &Path,
     dir: &Path,
     name: &str,
-    damage: fn(&mut Vec<u8>),
+    damage: fn(&[u8]) -> Vec<u8>,
 ) -> Result<PathBuf> {
     let copy = dir.join(name);
     copy_tree(backup, &copy)?;
     let dump = copy.join("postgres/titanium.dump");
-    let mut bytes = std::fs::read(&dump)?;
-    damage(&mut bytes);
-    std::fs::write(&dump, bytes)?;
+    let bytes = std::fs::read(&dump)?;
+    std::fs::write(&dump, damage(&bytes))?;
     Ok(copy)
 }
 
-fn flip_two_thirds(bytes: &mut Vec<u8>) {
+fn flip_two_thirds(bytes: &[u8]) -> Vec<u8> {
+    let mut bytes = bytes.to_vec();
     let at = bytes.len() * 2 / 3;
     bytes[at] ^= 0x01;
+    bytes
 }
 
-fn truncate_two_thirds(bytes: &mut Vec<u8>) {
-    bytes.truncate(bytes.len() * 2 / 3);
+fn truncate_two_thirds(bytes: &[u8]) -> Vec<u8> {
+    bytes[..bytes.len() * 2 / 3].to_vec()
 }
 
 /// The data loss: a byte flipped two thirds into the dump (and, separately, the dump
@@ -1021,7 +1022,7 @@ async fn a_damaged_dump_is_refused_before_the_target_is_touched() -> Result<()> 
         ..Default::default()
     };
     for (name, damage) in [
-        ("flipped", flip_two_thirds as fn(&mut Vec<u8>)),
+        ("flipped", flip_two_thirds as fn(&[u8]) -> Vec<u8>),
         ("truncated", truncate_two_thirds),
     ] {
         let copy = damaged_copy(&report.dir, dest.path(), name, damage)?;

@@ -248,10 +248,10 @@ struct WriteFailure<W> {
 
 impl<W> WriteFailure<W> {
     fn note<T>(&mut self, poll: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
-        if let Poll::Ready(Err(err)) = &poll {
-            if self.failed.is_none() {
-                self.failed = Some(std::io::Error::new(err.kind(), err.to_string()));
-            }
+        if let Poll::Ready(Err(err)) = &poll
+            && self.failed.is_none()
+        {
+            self.failed = Some(std::io::Error::new(err.kind(), err.to_string()));
         }
         poll
     }

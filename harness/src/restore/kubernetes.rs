@@ -1109,6 +1109,17 @@ async fn wait_pods_ready(
     }
 }
 
+fn data_timeout(what: &str, plan: &KubeRestorePlan, waits: &Waits) -> RestoreError {
+    RestoreError::TimedOut {
+        tool: "the restore".to_owned(),
+        what: format!(
+            "restoring {what} of namespace {} from backup {}",
+            plan.namespace, plan.backup_id
+        ),
+        seconds: waits.data_restore.as_secs(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1345,16 +1356,5 @@ mod tests {
         let db = text.find("restore the database").unwrap();
         let crs = text.find("[custom-resources]").unwrap();
         assert!(pvc < db && db < crs, "{text}");
-    }
-}
-
-fn data_timeout(what: &str, plan: &KubeRestorePlan, waits: &Waits) -> RestoreError {
-    RestoreError::TimedOut {
-        tool: "the restore".to_owned(),
-        what: format!(
-            "restoring {what} of namespace {} from backup {}",
-            plan.namespace, plan.backup_id
-        ),
-        seconds: waits.data_restore.as_secs(),
     }
 }
