@@ -1627,3 +1627,46 @@ async fn offsite_copy_error_names_the_os_cause() -> Result<()> {
     );
     Ok(())
 }
+
+/// A pod looked for in a namespace that does not exist: the error says the namespace is
+/// missing, not only that the pod was not found.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_namespace_is_named() -> Result<()> {
+    let dir = ScratchDir::new("backup-test-nons-", "simulated cluster")?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    let _sim = simcluster::SimCluster::start(simcluster::SimConfig::new(
+        "backup-nons",
+        dir.path().join("state"),
+        &kubeconfig,
+    ))
+    .await?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kube::config::Kubeconfig::read_from(&kubeconfig)?,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let mut options = BackupOptions::new(dir.path().join("out"));
+    std::fs::create_dir(dir.path().join("out"))?;
+    options.name = Some("nons".to_owned());
+    options.postgres = Some(PgSource::Kube(harness::backup::KubePostgres {
+        pod: harness::backup::PodRef {
+            client,
+            namespace: "no-such-namespace".to_owned(),
+            pod: "postgresql-0".to_owned(),
+            container: None,
+        },
+        port: 5432,
+        user: "postgres".to_owned(),
+        dbname: "titanium".to_owned(),
+        password: None,
+        password_env: None,
+    }));
+    let err = backup(&options).await.expect_err("no such namespace");
+    let text = format!("{:#}", anyhow::Error::from(err));
+    ensure!(
+        text.contains("namespace no-such-namespace does not exist"),
+        "{text}"
+    );
+    Ok(())
+}
