@@ -211,6 +211,20 @@ async fn restore_refuses_a_damaged_dump_and_keeps_the_target() {
         "{plan}"
     );
 
+    // From the archive too: unpacked, its members and checksums checked, then planned.
+    let from_archive = restore(&archive_in(out_dir.path()), &["--dry-run", "--force"]);
+    assert_eq!(
+        from_archive.status.code(),
+        Some(0),
+        "{}",
+        text(&from_archive)
+    );
+    assert!(
+        text(&from_archive).contains("would, in order:"),
+        "{}",
+        text(&from_archive)
+    );
+
     let dump = dir.join("postgres/titanium.dump");
     let good = std::fs::read(&dump).unwrap();
     let mut flipped = good.clone();
