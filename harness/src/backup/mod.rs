@@ -47,6 +47,7 @@ pub use archive::{ArchiveInfo, DecryptionKey, EncryptionKey};
 pub use engine::{BackupReport, backup};
 pub use error::BackupError;
 pub use exec::PodRef;
+pub(crate) use files::cause_lines;
 pub use kubernetes::{
     KubeManifest, KubeSource, NamespaceObjects, QuiesceOptions, QuiesceRecord, list_namespace,
     quiesce, resume,

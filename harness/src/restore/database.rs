@@ -899,13 +899,12 @@ async fn run_tool(
     if out.status.success() {
         return Ok(());
     }
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let lines: Vec<&str> = stderr.lines().collect();
+    // The cause, not the statement that was running (`Command was: ...`).
     Err(RestoreError::Tool {
         tool,
         path: archive.to_path_buf(),
         status: out.status.to_string(),
-        stderr: lines[lines.len().saturating_sub(20)..].join("\n"),
+        stderr: crate::backup::cause_lines(&String::from_utf8_lossy(&out.stderr)),
     })
 }
 
