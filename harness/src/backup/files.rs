@@ -135,8 +135,10 @@ impl ToolRun {
         self
     }
 
+    /// Its own process group, killed when dropped and when this process dies; spawn it with
+    /// `crate::process::spawn_tokio`.
     fn command(&self) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.program);
+        let mut cmd = crate::process::tokio_command(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -161,15 +163,12 @@ impl ToolRun {
     pub(crate) async fn to_file(&self, out: &Path) -> Result<(), BackupError> {
         let file = create_private_file(out)?;
         // Not `output()`: tokio's would replace the file with a pipe and buffer everything.
-        let mut child = self
-            .command()
-            .stdout(Stdio::from(file))
-            .stderr(Stdio::piped())
-            .spawn()
-            .map_err(|source| BackupError::Spawn {
-                tool: self.tool.clone(),
-                source,
-            })?;
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::from(file)).stderr(Stdio::piped());
+        let mut child = crate::process::spawn_tokio(cmd).map_err(|source| BackupError::Spawn {
+            tool: self.tool.clone(),
+            source,
+        })?;
         let mut stderr = Vec::new();
         if let Some(mut pipe) = child.stderr.take() {
             // Bounded: keep at most 64 KiB of it, drain the rest.
@@ -195,16 +194,17 @@ impl ToolRun {
 
     /// Runs the tool and returns its (small) standard output.
     pub(crate) async fn output(&self) -> Result<String, BackupError> {
-        let output = self
-            .command()
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .output()
+        let spawn_error = |source| BackupError::Spawn {
+            tool: self.tool.clone(),
+            source,
+        };
+        let mut cmd = self.command();
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+        let output = crate::process::spawn_tokio(cmd)
+            .map_err(spawn_error)?
+            .wait_with_output()
             .await
-            .map_err(|source| BackupError::Spawn {
-                tool: self.tool.clone(),
-                source,
-            })?;
+            .map_err(spawn_error)?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {
