@@ -246,6 +246,7 @@ async fn verify_stopped_by_sigterm_or_sigint_tears_down_and_says_so() {
         let mut run = verify_mid_way(&backup, &root);
         run.signal(signal);
         let status = run.wait(Duration::from_secs(60));
+        assert_nothing_runs_on(root.path(), &format!("{signal}"));
         assert_eq!(
             status.code(),
             Some(code),
@@ -257,7 +258,6 @@ async fn verify_stopped_by_sigterm_or_sigint_tears_down_and_says_so() {
             "{}",
             run.output()
         );
-        assert_nothing_runs_on(root.path(), &format!("{signal}"));
         assert_eq!(
             root.entries(),
             Vec::<String>::new(),
@@ -344,8 +344,8 @@ async fn restore_stopped_by_any_signal_leaves_no_pg_restore() {
         });
         run.signal(signal);
         let status = run.wait(Duration::from_secs(60));
-        assert_eq!(status.code(), code, "{signal}: {}", run.output());
         assert_nothing_runs_on(&dir, &format!("{signal} of rehearsal restore"));
+        assert_eq!(status.code(), code, "{signal}: {}", run.output());
         blocking.rollback().await.unwrap();
         if code.is_some() {
             assert_nothing_runs_on(root.path(), &format!("{signal}"));
