@@ -1,7 +1,7 @@
-//! `rehearsal verify` and `rehearsal restore` stopped by SIGTERM, SIGINT or SIGKILL leave no
-//! PostgreSQL server, pg_restore or scratch directory behind: TERM and INT tear down and exit
-//! with 143 and 130; after a KILL the children die with the process and the next run sweeps the
-//! scratch directories.
+//! `rehearsal verify`, `rehearsal restore` and `rehearsal run` stopped by SIGTERM, SIGINT or
+//! SIGKILL leave no PostgreSQL server, pg_restore, pod or scratch directory behind: TERM and INT
+//! tear down and exit with 143 and 130; after a KILL the children die with the process and the
+//! next run sweeps the scratch directories.
 //!
 //! Each run gets its own temporary root as `TMPDIR`, so that the scan for leftovers (processes
 //! naming the root or working in it, entries in it) sees only what that run made.
@@ -107,9 +107,14 @@ struct Rehearsal {
 
 impl Rehearsal {
     fn start(args: &[&str], root: &Root) -> Self {
+        Self::start_in(args, root, Path::new("."))
+    }
+
+    fn start_in(args: &[&str], root: &Root, cwd: &Path) -> Self {
         let out = tempfile::tempdir().unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_rehearsal"))
             .args(args)
+            .current_dir(cwd)
             .env("TMPDIR", root.path())
             .env("PGPASSWORD", PASSWORD)
             .env_remove("HARNESS_KEEP")
@@ -352,4 +357,64 @@ async fn restore_stopped_by_any_signal_leaves_no_pg_restore() {
             assert_eq!(root.entries(), Vec::<String>::new());
         }
     }
+}
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Starts `rehearsal run` on the simulated cluster and waits until its PostgreSQL pod runs.
+fn run_mid_way(root: &Root, report: &Path) -> Rehearsal {
+    // The simulated pods run the `titanium` binary; build it when this test runs on its own.
+    let built = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "titanium", "--bin", "titanium"])
+        .current_dir(repo())
+        .status()
+        .unwrap();
+    assert!(built.success(), "could not build the titanium binary");
+    let run = Rehearsal::start_in(
+        &["run", "--report", report.to_str().unwrap()],
+        root,
+        &repo(),
+    );
+    wait_for(
+        "the simulated cluster's PostgreSQL pod of `rehearsal run`",
+        Duration::from_secs(180),
+        || {
+            processes_on(root.path())
+                .iter()
+                .any(|(_, cmd)| cmd.contains("postgres"))
+        },
+    );
+    run
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_on_the_simulator_stopped_by_sigint_or_sigkill_leaves_nothing() {
+    let report = tempfile::tempdir().unwrap();
+
+    let root = Root::new();
+    let mut run = run_mid_way(&root, &report.path().join("int"));
+    run.signal(Signal::SIGINT);
+    let status = run.wait(Duration::from_secs(60));
+    assert_nothing_runs_on(root.path(), "SIGINT of rehearsal run");
+    assert_eq!(status.code(), Some(130), "{}", run.output());
+    assert_eq!(root.entries(), Vec::<String>::new(), "{}", run.output());
+
+    let root = Root::new();
+    let mut run = run_mid_way(&root, &report.path().join("kill"));
+    run.signal(Signal::SIGKILL);
+    run.wait(Duration::from_secs(30));
+    // Pods die through the simulator's reaper, scratch servers through their parent-death
+    // signal; the cluster's state directory is left to the sweep.
+    assert_nothing_runs_on(root.path(), "SIGKILL of rehearsal run");
+    let swept = harness::keep::sweep_stale(root.path());
+    assert!(
+        swept.iter().any(|s| s
+            .dir
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("harness-sim-"))),
+        "{swept:?}"
+    );
+    assert_eq!(root.entries(), Vec::<String>::new());
 }
