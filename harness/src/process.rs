@@ -105,6 +105,43 @@ pub fn spawn_tokio(mut cmd: tokio::process::Command) -> std::io::Result<tokio::p
     })
 }
 
+/// The end of a builder chain on a [`tokio_command`]: spawn or run it from the spawner thread
+/// (`Command::spawn` and `Command::output` would fork from the calling thread).
+pub trait GuardedSpawn {
+    /// Like `spawn`, from the spawner thread.
+    ///
+    /// # Errors
+    /// The spawn error.
+    fn spawn_guarded(&mut self) -> std::io::Result<tokio::process::Child>;
+
+    /// Like `output`: standard input empty, standard output and error captured.
+    ///
+    /// # Errors
+    /// The spawn or wait error.
+    fn output_guarded(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<std::process::Output>> + Send;
+}
+
+impl GuardedSpawn for tokio::process::Command {
+    fn spawn_guarded(&mut self) -> std::io::Result<tokio::process::Child> {
+        // The command moves to the spawner thread; a spent placeholder stays behind.
+        let cmd = std::mem::replace(self, tokio::process::Command::new("/bin/false"));
+        spawn_tokio(cmd)
+    }
+
+    fn output_guarded(
+        &mut self,
+    ) -> impl Future<Output = std::io::Result<std::process::Output>> + Send {
+        use std::process::Stdio;
+        self.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let child = self.spawn_guarded();
+        async move { child?.wait_with_output().await }
+    }
+}
+
 type Job = Box<dyn FnOnce() + Send>;
 
 /// Runs `job` on the spawner thread and returns its result. Spawning takes a fork and an exec,
