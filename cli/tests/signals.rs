@@ -111,13 +111,21 @@ impl Rehearsal {
     }
 
     fn start_in(args: &[&str], root: &Root, cwd: &Path) -> Self {
+        Self::start_with(args, root, cwd, None)
+    }
+
+    fn start_with(args: &[&str], root: &Root, cwd: &Path, keep: Option<&str>) -> Self {
         let out = tempfile::tempdir().unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rehearsal"))
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_rehearsal"));
+        match keep {
+            Some(value) => cmd.env("HARNESS_KEEP", value),
+            None => cmd.env_remove("HARNESS_KEEP"),
+        };
+        let child = cmd
             .args(args)
             .current_dir(cwd)
             .env("TMPDIR", root.path())
             .env("PGPASSWORD", PASSWORD)
-            .env_remove("HARNESS_KEEP")
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(out.path().join("stdout")).unwrap())
             .stderr(std::fs::File::create(out.path().join("stderr")).unwrap())
@@ -297,6 +305,31 @@ async fn verify_killed_leaves_no_process_and_the_next_run_sweeps_its_scratch() {
     );
     assert_nothing_runs_on(root.path(), "the next run");
     assert_eq!(root.entries(), Vec::<String>::new(), "{}", next.output());
+}
+
+/// `HARNESS_KEEP=1` still keeps: kept directories carry no owner record, so no later sweep
+/// takes them.
+#[tokio::test(flavor = "multi_thread")]
+async fn kept_scratch_directories_are_not_swept() {
+    let backup = Backup::make().await;
+    let root = Root::new();
+    let archive = backup.archive();
+    let mut run = Rehearsal::start_with(
+        &["verify", archive.to_str().unwrap()],
+        &root,
+        Path::new("."),
+        Some("1"),
+    );
+    let status = run.wait(Duration::from_secs(180));
+    assert_eq!(status.code(), Some(0), "{}", run.output());
+    let kept = root.entries();
+    assert!(
+        kept.iter().any(|n| n.starts_with("harness-verify-"))
+            && kept.iter().all(|n| !n.ends_with(".owner")),
+        "kept without owner records: {kept:?}"
+    );
+    assert_eq!(harness::keep::sweep_stale(root.path()), Vec::new());
+    assert_eq!(root.entries(), kept);
 }
 
 #[tokio::test(flavor = "multi_thread")]
