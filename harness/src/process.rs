@@ -16,7 +16,8 @@
 //! parent-death signal; they sit in the child's process group, which teardown kills as a whole,
 //! and they exit on their own when their parent dies (PostgreSQL backends watch the postmaster,
 //! pg_restore workers read their leader's pipe). What a SIGKILL still leaves on disk is swept
-//! by the next run (see [`crate::keep`]).
+//! by the next run (see [`crate::keep`]), which also stops a PostgreSQL server that escaped
+//! (the harness killed in the instant between the fork and setpriv's `prctl`).
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -193,21 +194,33 @@ mod tests {
     #[test]
     fn a_child_outlives_the_thread_that_asked_for_it() {
         let mut child = std::thread::spawn(|| {
-            let mut cmd = command("sleep");
-            cmd.arg("30");
-            spawn(cmd).unwrap()
+            let mut cmd = command("sh");
+            cmd.args(["-c", "echo ready; exec sleep 30"])
+                .stdout(std::process::Stdio::piped());
+            let mut child = spawn(cmd).unwrap();
+            // Once `sh` speaks, setpriv has set the parent-death signal: only then may this
+            // thread exit, or the test would race setpriv instead of testing the design.
+            let mut line = String::new();
+            std::io::BufRead::read_line(
+                &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+                &mut line,
+            )
+            .unwrap();
+            assert_eq!(line, "ready\n");
+            child
         })
         .join()
         .unwrap();
-        // Wait on a condition with a deadline: the child must still be running after its
-        // requesting thread is gone (a parent-death signal would have killed it at once).
+        // The child must stay alive after its requesting thread is gone: a parent-death signal
+        // tied to that thread arrives within moments of its exit, so half a second of watching
+        // tells the two designs apart.
         let deadline = std::time::Instant::now() + std::time::Duration::from_millis(500);
         while std::time::Instant::now() < deadline {
             assert!(
                 child.try_wait().unwrap().is_none(),
                 "the child died with the thread that asked for it"
             );
-            std::thread::yield_now();
+            std::thread::sleep(std::time::Duration::from_millis(10));
         }
         let pgid = nix::unistd::getpgid(Some(nix::unistd::Pid::from_raw(child.id() as i32)));
         assert_eq!(
