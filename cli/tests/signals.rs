@@ -375,11 +375,36 @@ async fn restore_stopped_by_any_signal_leaves_no_pg_restore() {
             ],
             &root,
         );
-        wait_for("pg_restore to start", Duration::from_secs(60), || {
+        // Not merely a pg_restore process (`pg_restore -l` lists the archive first): the one
+        // loading, held at the lock.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let waiting: i64 = admin
+                .query_one(
+                    "SELECT count(*) FROM pg_stat_activity WHERE datname = $1 \
+                     AND application_name = 'pg_restore' AND wait_event_type = 'Lock'",
+                    &[&database],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            if waiting > 0 {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for pg_restore to load into {database}: {}",
+                run.output()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
             processes_on(&dir)
                 .iter()
-                .any(|(_, cmd)| cmd.contains("pg_restore"))
-        });
+                .any(|(_, cmd)| cmd.contains("pg_restore")),
+            "pg_restore runs on {}",
+            dir.display()
+        );
         run.signal(signal);
         let status = run.wait(Duration::from_secs(60));
         assert_nothing_runs_on(&dir, &format!("{signal} of rehearsal restore"));
