@@ -44,21 +44,52 @@ impl ScratchDir {
     /// # Errors
     /// Fails when the directory or its owner record cannot be created.
     pub fn new(prefix: &str, what: &'static str) -> std::io::Result<Self> {
+        use std::io::Write;
+        use std::os::unix::fs::DirBuilderExt;
         sweep_stale_once();
-        let path = tempfile::Builder::new().prefix(prefix).tempdir()?.keep();
-        created().push(path.clone());
-        let dir = Self {
-            path,
-            what,
-            armed: true,
-        };
-        // On an error `dir` is dropped, which removes the directory again.
-        set_private_dir(&dir.path)?;
-        write_private(
-            &owner_record(&dir.path),
-            OwnerId::current().render().as_bytes(),
-        )?;
-        Ok(dir)
+        // The owner record first, complete, then the directory: a process killed at any point
+        // leaves at most a record the sweep understands, never a directory without one.
+        for _ in 0..16 {
+            let (mut file, record) = tempfile::Builder::new()
+                .prefix(prefix)
+                .suffix(OWNER_SUFFIX)
+                .tempfile()?
+                .keep()
+                .map_err(|err| err.error)?;
+            let written = file
+                .write_all(OwnerId::current().render().as_bytes())
+                .and_then(|()| file.sync_all());
+            if let Err(err) = written {
+                remove_file_if_present(&record)?;
+                return Err(err);
+            }
+            // The record is `<prefix><random>.owner`: the directory is the same without suffix.
+            let name = record.file_name().unwrap_or_default().to_string_lossy();
+            let path = record.with_file_name(name.strip_suffix(OWNER_SUFFIX).unwrap_or(&name));
+            match std::fs::DirBuilder::new().mode(0o700).create(&path) {
+                Ok(()) => {}
+                Err(err) => {
+                    remove_file_if_present(&record)?;
+                    if err.kind() == std::io::ErrorKind::AlreadyExists {
+                        continue;
+                    }
+                    return Err(err);
+                }
+            }
+            created().push(path.clone());
+            let dir = Self {
+                path,
+                what,
+                armed: true,
+            };
+            // On an error `dir` is dropped, which removes the directory and the record again.
+            set_private_dir(&dir.path)?;
+            return Ok(dir);
+        }
+        Err(std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            format!("no free scratch directory name with prefix {prefix}"),
+        ))
     }
 
     /// The directory's path.
@@ -279,6 +310,13 @@ pub fn sweep_stale(root: &Path) -> Vec<Swept> {
             continue;
         }
         let dir = root.join(dir_name);
+        if !dir.exists() {
+            // Killed between writing the record and making the directory.
+            if let Err(err) = remove_file_if_present(&record) {
+                tracing::warn!(record = %record.display(), error = %err, "cannot remove a stale owner record");
+            }
+            continue;
+        }
         let servers_stopped = stop_postgres_on(&dir);
         match remove_scratch(&dir) {
             Ok(()) => {
@@ -421,6 +459,9 @@ mod tests {
             }),
         );
         let unowned = scratch_with_owner(root.path(), "harness-pg-kept", None);
+        // Killed between writing its record and making its directory: only the record is left.
+        let lone_record = owner_record(&root.path().join("harness-pg-unborn"));
+        std::fs::write(&lone_record, gone().render()).unwrap();
 
         let swept = sweep_stale(root.path());
 
@@ -437,6 +478,7 @@ mod tests {
             unowned.exists(),
             "a directory without owner record (kept) stays"
         );
+        assert!(!lone_record.exists(), "a lone stale record goes");
     }
 
     #[test]

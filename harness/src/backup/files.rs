@@ -6,6 +6,8 @@ use std::process::Stdio;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use crate::process::GuardedSpawn;
+
 use super::BackupError;
 
 /// Creates `path` (not its parents) with mode 0700. Fails when it exists.
@@ -135,8 +137,8 @@ impl ToolRun {
         self
     }
 
-    /// Its own process group, killed when dropped and when this process dies; spawn it with
-    /// `crate::process::spawn_tokio`.
+    /// Its own process group, killed when dropped and when this process dies; start it with
+    /// `crate::process::GuardedSpawn`.
     fn command(&self) -> tokio::process::Command {
         let mut cmd = crate::process::tokio_command(&self.program);
         cmd.args(&self.args)
@@ -163,12 +165,15 @@ impl ToolRun {
     pub(crate) async fn to_file(&self, out: &Path) -> Result<(), BackupError> {
         let file = create_private_file(out)?;
         // Not `output()`: tokio's would replace the file with a pipe and buffer everything.
-        let mut cmd = self.command();
-        cmd.stdout(Stdio::from(file)).stderr(Stdio::piped());
-        let mut child = crate::process::spawn_tokio(cmd).map_err(|source| BackupError::Spawn {
-            tool: self.tool.clone(),
-            source,
-        })?;
+        let mut child = self
+            .command()
+            .stdout(Stdio::from(file))
+            .stderr(Stdio::piped())
+            .spawn_guarded()
+            .map_err(|source| BackupError::Spawn {
+                tool: self.tool.clone(),
+                source,
+            })?;
         let mut stderr = Vec::new();
         if let Some(mut pipe) = child.stderr.take() {
             // Bounded: keep at most 64 KiB of it, drain the rest.
@@ -194,17 +199,16 @@ impl ToolRun {
 
     /// Runs the tool and returns its (small) standard output.
     pub(crate) async fn output(&self) -> Result<String, BackupError> {
-        let spawn_error = |source| BackupError::Spawn {
-            tool: self.tool.clone(),
-            source,
-        };
-        let mut cmd = self.command();
-        cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-        let output = crate::process::spawn_tokio(cmd)
-            .map_err(spawn_error)?
-            .wait_with_output()
+        let output = self
+            .command()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .output_guarded()
             .await
-            .map_err(spawn_error)?;
+            .map_err(|source| BackupError::Spawn {
+                tool: self.tool.clone(),
+                source,
+            })?;
         if output.status.success() {
             Ok(String::from_utf8_lossy(&output.stdout).into_owned())
         } else {

@@ -672,17 +672,21 @@ async fn run_tool(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| program.clone());
+    use crate::process::GuardedSpawn;
     // Own process group, killed on drop and when this process dies (crate::process).
-    let mut cmd = crate::process::tokio_command(program);
-    cmd.args(args)
+    let child = crate::process::tokio_command(program)
+        .args(args)
         .envs(params.libpq_env())
         .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped());
-    let child = crate::process::spawn_tokio(cmd).map_err(|source| RestoreError::Spawn {
-        tool: tool.clone(),
-        source,
-    })?;
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true)
+        .spawn_guarded()
+        .map_err(|source| RestoreError::Spawn {
+            tool: tool.clone(),
+            source,
+        })?;
     let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
     let out = child
         .wait_with_output()
