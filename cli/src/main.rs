@@ -6,6 +6,7 @@
 mod commands;
 mod exit_codes;
 mod progress;
+mod signals;
 
 use std::path::PathBuf;
 
@@ -261,91 +262,29 @@ fn main() {
             std::process::exit(exit_codes::COULD_NOT_RUN);
         }
     };
-    let (code, interrupted) = runtime.block_on(async {
-        // Installed before any work starts, so that no signal finds a child or a scratch
-        // directory without this handler in place.
-        let mut signals = match Interrupts::install() {
-            Ok(signals) => signals,
+    // SIGINT/SIGTERM stop the work through its teardown (signals.rs).
+    let code = signals::run(runtime, async {
+        let result = match cli.command {
+            Command::Run(args) => commands::run(args).await,
+            Command::Preflight(args) => commands::preflight(args).await,
+            Command::Backup(args) => commands::backup(args).await,
+            Command::Verify(args) => commands::verify(args).await,
+            Command::Restore(args) => commands::restore(args).await,
+            Command::Sim(SimCommand::Up {
+                name,
+                kind_config,
+                users,
+                posts,
+            }) => commands::sim_up(&name, &kind_config, users, posts).await,
+            Command::Sim(SimCommand::Down { name }) => commands::sim_down(&name),
+        };
+        match result {
+            Ok(code) => code,
             Err(err) => {
-                eprintln!("error: cannot install the SIGINT/SIGTERM handlers: {err}");
-                return (exit_codes::COULD_NOT_RUN, false);
+                eprintln!("error: {err:#}");
+                exit_codes::COULD_NOT_RUN
             }
-        };
-        let work = async {
-            let result = match cli.command {
-                Command::Run(args) => commands::run(args).await,
-                Command::Preflight(args) => commands::preflight(args).await,
-                Command::Backup(args) => commands::backup(args).await,
-                Command::Verify(args) => commands::verify(args).await,
-                Command::Restore(args) => commands::restore(args).await,
-                Command::Sim(SimCommand::Up {
-                    name,
-                    kind_config,
-                    users,
-                    posts,
-                }) => commands::sim_up(&name, &kind_config, users, posts).await,
-                Command::Sim(SimCommand::Down { name }) => commands::sim_down(&name),
-            };
-            match result {
-                Ok(code) => code,
-                Err(err) => {
-                    eprintln!("error: {err:#}");
-                    exit_codes::COULD_NOT_RUN
-                }
-            }
-        };
-        // The watcher runs on a worker thread, so a second signal is seen even while this
-        // thread is busy tearing down.
-        let (first, interrupted) = tokio::sync::oneshot::channel();
-        tokio::spawn(async move {
-            let (name, code) = signals.next().await;
-            eprintln!("{name} received: stopping and cleaning up (send it again to exit at once)");
-            // Fails only when the work already finished; then there is nothing to stop.
-            let _ = first.send(code);
-            let (name, code) = signals.next().await;
-            eprintln!("{name} received again: exiting now; the next run sweeps what is left");
-            std::process::exit(code);
-        });
-        tokio::select! {
-            code = work => (code, false),
-            // Leaving this branch drops `work`: every Drop guard in it runs now (servers
-            // stopped, tool process groups killed, scratch directories removed), the same
-            // teardown as an error return.
-            Ok(code) = interrupted => (code, true),
         }
     });
-    if interrupted {
-        // Tasks spawned by the work (a simulated cluster's kubelet) are dropped here, which
-        // runs their teardown too. Blocking tasks (an archive being unpacked) cannot be
-        // cancelled: they get a few seconds, then whatever they wrote after their scratch
-        // directory was removed goes as well.
-        runtime.shutdown_timeout(std::time::Duration::from_secs(5));
-        harness::keep::remove_leftovers();
-    }
     std::process::exit(code);
-}
-
-/// SIGINT and SIGTERM, caught for the whole run so that they stop the work through its normal
-/// teardown and exit with [`exit_codes::INTERRUPTED`] or [`exit_codes::TERMINATED`].
-struct Interrupts {
-    int: tokio::signal::unix::Signal,
-    term: tokio::signal::unix::Signal,
-}
-
-impl Interrupts {
-    fn install() -> std::io::Result<Self> {
-        use tokio::signal::unix::{SignalKind, signal};
-        Ok(Self {
-            int: signal(SignalKind::interrupt())?,
-            term: signal(SignalKind::terminate())?,
-        })
-    }
-
-    /// The next signal, with the exit code it maps to.
-    async fn next(&mut self) -> (&'static str, i32) {
-        tokio::select! {
-            _ = self.int.recv() => ("SIGINT", exit_codes::INTERRUPTED),
-            _ = self.term.recv() => ("SIGTERM", exit_codes::TERMINATED),
-        }
-    }
 }
