@@ -198,13 +198,16 @@ fn remove_file_if_present(path: &Path) -> std::io::Result<()> {
 }
 
 /// A process, by pid and start time (clock ticks after boot, from `/proc/<pid>/stat`): a pid
-/// alone could have been reused by an unrelated process since.
+/// alone could have been reused by an unrelated process since. With its pid namespace, so that
+/// a process in another namespace sharing the temp dir (a container) is never taken for gone.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OwnerId {
     /// The process id.
     pub pid: i32,
     /// Its start time; 0 when unknown (then the pid alone decides).
     pub start: u64,
+    /// Its pid namespace (the inode of `/proc/<pid>/ns/pid`); 0 when unknown.
+    pub pid_ns: u64,
 }
 
 impl OwnerId {
@@ -214,12 +217,13 @@ impl OwnerId {
         Self {
             pid,
             start: proc_stat(pid).map_or(0, |s| s.start),
+            pid_ns: own_pid_namespace(),
         }
     }
 
-    /// The record's text: `pid start`.
+    /// The record's text: `pid start pid_ns`.
     pub fn render(&self) -> String {
-        format!("{} {}\n", self.pid, self.start)
+        format!("{} {} {}\n", self.pid, self.start, self.pid_ns)
     }
 
     /// Parses a record written by [`OwnerId::render`]; `None` for anything else.
@@ -227,14 +231,29 @@ impl OwnerId {
         let mut words = text.split_whitespace();
         let pid = words.next()?.parse().ok().filter(|&p: &i32| p > 0)?;
         let start = words.next()?.parse().ok()?;
-        words.next().is_none().then_some(Self { pid, start })
+        let pid_ns = words.next()?.parse().ok()?;
+        words
+            .next()
+            .is_none()
+            .then_some(Self { pid, start, pid_ns })
     }
 
-    /// True while the process runs (a zombie has finished running).
+    /// True while the process runs (a zombie has finished running), and whenever that cannot
+    /// be told: an owner in another pid namespace counts as alive, so nothing of it is swept.
     pub fn alive(&self) -> bool {
+        let ours = own_pid_namespace();
+        if self.pid_ns != 0 && ours != 0 && self.pid_ns != ours {
+            return true;
+        }
         proc_stat(self.pid)
             .is_some_and(|s| s.state != 'Z' && (self.start == 0 || s.start == self.start))
     }
+}
+
+/// The inode of this process's pid namespace; 0 when `/proc` does not say.
+fn own_pid_namespace() -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self/ns/pid").map_or(0, |m| m.ino())
 }
 
 struct ProcStat {
@@ -360,7 +379,11 @@ fn stop_postgres_on(dir: &Path) -> Vec<i32> {
         else {
             continue;
         };
-        let owner = OwnerId { pid, start: 0 };
+        let owner = OwnerId {
+            pid,
+            start: 0,
+            pid_ns: 0,
+        };
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let names_data_dir = cmdline
             .split(|&b| b == 0)
@@ -431,6 +454,7 @@ mod tests {
         OwnerId {
             pid: child.id() as i32,
             start: 0,
+            pid_ns: 0,
         }
     }
 
@@ -459,6 +483,15 @@ mod tests {
             }),
         );
         let unowned = scratch_with_owner(root.path(), "harness-pg-kept", None);
+        // A gone pid, but in another pid namespace: it cannot be told, so it stays.
+        let elsewhere = scratch_with_owner(
+            root.path(),
+            "harness-pg-container",
+            Some(OwnerId {
+                pid_ns: OwnerId::current().pid_ns + 1,
+                ..gone()
+            }),
+        );
         // Killed between writing its record and making its directory: only the record is left.
         let lone_record = owner_record(&root.path().join("harness-pg-unborn"));
         std::fs::write(&lone_record, gone().render()).unwrap();
@@ -479,6 +512,10 @@ mod tests {
             "a directory without owner record (kept) stays"
         );
         assert!(!lone_record.exists(), "a lone stale record goes");
+        assert!(
+            elsewhere.exists(),
+            "another pid namespace's directory stays"
+        );
     }
 
     #[test]
@@ -498,9 +535,10 @@ mod tests {
         let id = OwnerId {
             pid: 42,
             start: 777,
+            pid_ns: 4026531836,
         };
         assert_eq!(OwnerId::parse(&id.render()), Some(id));
-        for bad in ["", "42", "x 1", "0 1", "-1 1", "42 1 extra"] {
+        for bad in ["", "42", "42 1", "x 1 1", "0 1 1", "-1 1 1", "42 1 1 extra"] {
             assert_eq!(OwnerId::parse(bad), None, "{bad:?}");
         }
         assert!(!gone().alive());

@@ -57,7 +57,7 @@ async fn local_left_by_a_killed_owner_is_stopped_and_swept() {
     gone.wait().unwrap();
     let record = OwnerId {
         pid: gone.id() as i32,
-        start: 0,
+        ..OwnerId::current()
     };
     std::fs::write(owner_record(&dir), record.render()).unwrap();
 
