@@ -12,3 +12,10 @@ pub(crate) const COULD_NOT_RUN: i32 = 4;
 /// Command-line usage errors (clap's own code).
 #[expect(dead_code, reason = "documents clap's code alongside ours")]
 pub(crate) const USAGE: i32 = 2;
+
+/// Stopped by SIGINT (Ctrl-C), after tearing down what it started (servers, tool processes,
+/// scratch directories): 128 + 2, as shells report it.
+pub(crate) const INTERRUPTED: i32 = 130;
+
+/// Stopped by SIGTERM, after the same teardown: 128 + 15.
+pub(crate) const TERMINATED: i32 = 143;

@@ -6,6 +6,7 @@
 mod commands;
 mod exit_codes;
 mod progress;
+mod signals;
 
 use std::path::PathBuf;
 
@@ -261,7 +262,8 @@ fn main() {
             std::process::exit(exit_codes::COULD_NOT_RUN);
         }
     };
-    let code = runtime.block_on(async {
+    // SIGINT/SIGTERM stop the work through its teardown (signals.rs).
+    let code = signals::run(runtime, async {
         let result = match cli.command {
             Command::Run(args) => commands::run(args).await,
             Command::Preflight(args) => commands::preflight(args).await,

@@ -12,6 +12,7 @@ pub mod keep;
 pub mod load;
 pub mod pg;
 pub mod preflight;
+pub mod process;
 pub mod report;
 pub mod restore;
 pub mod verify;

@@ -924,7 +924,9 @@ async fn restore_data_only(
     archive: &Path,
 ) -> anyhow::Result<()> {
     let pg_restore = tools.tool("pg_restore")?;
-    let out = tokio::process::Command::new(&pg_restore)
+    use harness::process::GuardedSpawn;
+    // Its own process group, killed with us even on SIGKILL (harness::process).
+    let out = harness::process::tokio_command(&pg_restore)
         .args([
             "--data-only",
             "--disable-triggers",
@@ -936,7 +938,7 @@ async fn restore_data_only(
         .arg(archive)
         .envs(params.libpq_env())
         .kill_on_drop(true)
-        .output()
+        .output_guarded()
         .await
         .context("run pg_restore")?;
     ensure!(

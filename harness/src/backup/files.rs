@@ -6,6 +6,8 @@ use std::process::Stdio;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncReadExt;
 
+use crate::process::GuardedSpawn;
+
 use super::BackupError;
 
 /// Creates `path` (not its parents) with mode 0700. Fails when it exists.
@@ -135,8 +137,10 @@ impl ToolRun {
         self
     }
 
+    /// Its own process group, killed when dropped and when this process dies; start it with
+    /// `crate::process::GuardedSpawn`.
     fn command(&self) -> tokio::process::Command {
-        let mut cmd = tokio::process::Command::new(&self.program);
+        let mut cmd = crate::process::tokio_command(&self.program);
         cmd.args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
@@ -165,7 +169,7 @@ impl ToolRun {
             .command()
             .stdout(Stdio::from(file))
             .stderr(Stdio::piped())
-            .spawn()
+            .spawn_guarded()
             .map_err(|source| BackupError::Spawn {
                 tool: self.tool.clone(),
                 source,
@@ -202,7 +206,7 @@ impl ToolRun {
             .command()
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .output()
+            .output_guarded()
             .await
             .map_err(|source| BackupError::Spawn {
                 tool: self.tool.clone(),

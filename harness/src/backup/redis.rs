@@ -176,7 +176,9 @@ pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
         ),
     })?;
     let log = scratch.path().join("redis.log");
-    let mut child = tokio::process::Command::new(&server)
+    use crate::process::GuardedSpawn;
+    // Its own process group, killed with us even on SIGKILL (crate::process).
+    let mut child = crate::process::tokio_command(&server)
         .args([
             "--port",
             "0",
@@ -197,7 +199,7 @@ pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
-        .spawn()
+        .spawn_guarded()
         .map_err(|source| BackupError::Spawn {
             tool: "redis-server".to_owned(),
             source,

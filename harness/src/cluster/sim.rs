@@ -120,10 +120,9 @@ impl Cluster for SimProvider {
         if let Some(dir) = self.dir.take() {
             // Removed even with HARNESS_KEEP: destroy means destroy.
             let path = dir.path().to_path_buf();
-            std::mem::forget(dir);
-            std::fs::remove_dir_all(&path).map_err(|source| ClusterError::Io {
+            dir.remove().map_err(|source| ClusterError::Io {
                 action: "remove",
-                path: path.clone(),
+                path,
                 source,
             })?;
         }
@@ -177,16 +176,8 @@ impl Drop for SimProvider {
             return; // ScratchDir's own drop keeps it and says where.
         }
         let path = dir.path().to_path_buf();
-        std::mem::forget(dir);
-        for _ in 0..20 {
-            match std::fs::remove_dir_all(&path) {
-                Err(err) if err.kind() != std::io::ErrorKind::NotFound => {
-                    std::thread::sleep(Duration::from_millis(50))
-                }
-                _ => return,
-            }
-        }
-        if let Err(err) = std::fs::remove_dir_all(&path) {
+        // Retries briefly while the last writers of the killed processes finish.
+        if let Err(err) = dir.remove() {
             eprintln!(
                 "warning: could not remove simulated cluster state at {}: {err}",
                 path.display()

@@ -608,7 +608,9 @@ pub async fn run_amcheck(
         })?
         .get(0);
     let program = tools.tool("pg_amcheck").map_err(amcheck_err)?;
-    let mut cmd = tokio::process::Command::new(&program);
+    use crate::process::GuardedSpawn;
+    // Its own process group, killed with us even on SIGKILL (crate::process).
+    let mut cmd = crate::process::tokio_command(&program);
     cmd.args(["--heapallindexed", "--parent-check", "-d"])
         .arg(&params.dbname)
         .envs(params.libpq_env())
@@ -617,7 +619,7 @@ pub async fn run_amcheck(
     if !installed {
         cmd.arg("--install-missing");
     }
-    let out = cmd.output().await.map_err(|source| {
+    let out = cmd.output_guarded().await.map_err(|source| {
         amcheck_err(PgError::Io {
             action: "run",
             path: Path::new(&program).to_path_buf(),

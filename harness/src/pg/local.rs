@@ -115,6 +115,8 @@ impl LocalPostgres {
                     std::thread::sleep(Duration::from_millis(10))
                 }
                 _ => {
+                    // The whole group: the postmaster's backends too.
+                    let _ = nix::sys::signal::killpg(pid, nix::sys::signal::Signal::SIGKILL);
                     let _ = child.kill();
                     let _ = child.wait();
                     return;
@@ -208,7 +210,9 @@ impl LocalPostgres {
             path: self.log_path.clone(),
             source,
         })?;
-        let mut cmd = Command::new(&postgres);
+        // Its own process group, killed with us even on SIGKILL unless HARNESS_KEEP asks to
+        // leave it running (see crate::process).
+        let mut cmd = crate::process::server_command(&postgres);
         cmd.arg("-D")
             .arg(&self.data_dir)
             .arg("-p")
@@ -234,16 +238,12 @@ impl LocalPostgres {
         if let Some(owner) = &self.owner {
             owner.apply(&mut cmd);
         }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log_err)
-            .spawn()
-            .map_err(|source| PgError::Io {
-                action: "start",
-                path: postgres.clone(),
-                source,
-            })?;
+        cmd.stdin(Stdio::null()).stdout(log).stderr(log_err);
+        let child = crate::process::spawn(cmd).map_err(|source| PgError::Io {
+            action: "start",
+            path: postgres.clone(),
+            source,
+        })?;
         self.child = Some(child);
 
         let deadline = Instant::now() + options.start_timeout;
@@ -348,7 +348,7 @@ fn initdb(
     owner: Option<&ServerOwner>,
 ) -> Result<(), PgError> {
     let initdb = tools.bin_dir().join("initdb");
-    let mut cmd = Command::new(&initdb);
+    let mut cmd = crate::process::command(&initdb);
     cmd.arg("-D").arg(data_dir).args([
         "-U",
         &options.user,
@@ -379,9 +379,11 @@ fn initdb(
     if let Some(owner) = owner {
         owner.apply(&mut cmd);
     }
-    let out = cmd
-        .stdin(Stdio::null())
-        .output()
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let out = crate::process::spawn(cmd)
+        .and_then(Child::wait_with_output)
         .map_err(|source| PgError::Io {
             action: "run",
             path: initdb.clone(),

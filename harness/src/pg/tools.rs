@@ -132,19 +132,23 @@ impl PgTools {
     /// [`PgError::Tool`] with psql's error output when any statement fails.
     pub async fn psql_file(&self, params: &ConnParams, file: &Path) -> Result<(), PgError> {
         let psql = self.tool("psql")?;
-        let out = tokio::process::Command::new(&psql)
-            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+        let failed = |source| PgError::Io {
+            action: "run",
+            path: psql.clone(),
+            source,
+        };
+        let mut cmd = crate::process::tokio_command(&psql);
+        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
             .arg(file)
             .envs(params.libpq_env())
             .stdin(Stdio::null())
-            .kill_on_drop(true)
-            .output()
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let out = crate::process::spawn_tokio(cmd)
+            .map_err(failed)?
+            .wait_with_output()
             .await
-            .map_err(|source| PgError::Io {
-                action: "run",
-                path: psql.clone(),
-                source,
-            })?;
+            .map_err(failed)?;
         if out.status.success() {
             Ok(())
         } else {

@@ -869,7 +869,9 @@ async fn run_tool(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| program.clone());
-    let child = tokio::process::Command::new(program)
+    use crate::process::GuardedSpawn;
+    // Own process group, killed on drop and when this process dies (crate::process).
+    let child = crate::process::tokio_command(program)
         .args(args)
         .envs(params.libpq_env())
         .stdin(Stdio::null())
@@ -877,7 +879,7 @@ async fn run_tool(
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true)
-        .spawn()
+        .spawn_guarded()
         .map_err(|source| RestoreError::Spawn {
             tool: tool.clone(),
             source,

@@ -36,7 +36,9 @@ pub async fn replay_rdb(rdb: &Path, target: &str) -> Result<u64, RestoreError> {
     )?;
     std::fs::copy(rdb, dir.path().join("dump.rdb")).map_err(|err| unreadable(err.to_string()))?;
     let socket = dir.path().join("redis.sock");
-    let mut server = tokio::process::Command::new("redis-server")
+    use crate::process::GuardedSpawn;
+    // Its own process group, killed with us even on SIGKILL (crate::process).
+    let mut server = crate::process::tokio_command("redis-server")
         .args([
             "--port",
             "0",
@@ -56,7 +58,7 @@ pub async fn replay_rdb(rdb: &Path, target: &str) -> Result<u64, RestoreError> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true)
-        .spawn()
+        .spawn_guarded()
         .map_err(|source| RestoreError::Spawn {
             tool: "redis-server (apt-get install redis-server)".into(),
             source,

@@ -35,6 +35,46 @@ async fn local_starts_runs_init_sql_and_leaves_nothing_behind() {
     pg.stop().await.expect("stop");
     assert!(!alive(pid), "postgres {pid} still running after stop");
     assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(
+        !harness::keep::owner_record(&dir).exists(),
+        "the owner record of {} left behind",
+        dir.display()
+    );
+}
+
+/// What a SIGKILL of the owner leaves (a server still running on its scratch directory, if it
+/// escaped its parent-death signal) is stopped and removed by the next process's sweep.
+#[tokio::test]
+async fn local_left_by_a_killed_owner_is_stopped_and_swept() {
+    use harness::keep::{OwnerId, owner_record, sweep_stale};
+    let pg = LocalPostgres::start(LocalOptions::default())
+        .await
+        .expect("start");
+    let pid = pg.pid().expect("pid");
+    let dir = pg.dir().to_path_buf();
+    // Its owner record now names a process that is gone, as after a SIGKILL.
+    let mut gone = std::process::Command::new("true").spawn().unwrap();
+    gone.wait().unwrap();
+    let record = OwnerId {
+        pid: gone.id() as i32,
+        ..OwnerId::current()
+    };
+    std::fs::write(owner_record(&dir), record.render()).unwrap();
+
+    let swept = sweep_stale(dir.parent().expect("a parent"));
+
+    let ours = swept
+        .iter()
+        .find(|s| s.dir == dir)
+        .expect("our directory swept");
+    assert_eq!(ours.servers_stopped, [pid as i32]);
+    assert!(!alive(pid), "postgres {pid} still running after the sweep");
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    assert!(!owner_record(&dir).exists());
+    assert!(
+        pg.params().connect().await.is_err(),
+        "the server still answers"
+    );
 }
 
 #[tokio::test]
