@@ -200,6 +200,9 @@ pub struct DbRestoreReport {
     pub drop_seconds: f64,
     /// Time spent loading the backup.
     pub load_seconds: f64,
+    /// Time spent in `ANALYZE` after the load (see [`super::analyze`]).
+    #[serde(default)]
+    pub analyze_seconds: f64,
     /// Total time.
     pub seconds: f64,
 }
@@ -547,15 +550,16 @@ pub async fn restore_database(
     let span = tracing::info_span!("restore_database", target = %params.target(), backup = %input.backup_id);
     let _guard = span.enter();
     let plan = plan_database_restore(tools, params, input, options).await?;
-    let report = |plan, restored, drop: f64, load: f64| DbRestoreReport {
+    let report = |plan, restored, drop: f64, load: f64, analyze: f64| DbRestoreReport {
         plan,
         restored,
         drop_seconds: drop,
         load_seconds: load,
+        analyze_seconds: analyze,
         seconds: started.elapsed().as_secs_f64(),
     };
     if options.dry_run {
-        return Ok(report(plan, false, 0.0, 0.0));
+        return Ok(report(plan, false, 0.0, 0.0, 0.0));
     }
     match plan.action {
         PlannedAction::Refuse => {
@@ -581,7 +585,7 @@ pub async fn restore_database(
         }
         PlannedAction::AlreadyRestored => {
             tracing::info!("already restored from this backup; nothing to do");
-            return Ok(report(plan, false, 0.0, 0.0));
+            return Ok(report(plan, false, 0.0, 0.0, 0.0));
         }
         PlannedAction::Restore => {}
     }
@@ -604,6 +608,9 @@ pub async fn restore_database(
             let drop_seconds = drop_started.elapsed().as_secs_f64();
             let load_started = Instant::now();
             run_tool(&plan.command, params, path).await?;
+            let load_seconds = load_started.elapsed().as_secs_f64();
+            // Before the mark: a database marked restored has its statistics.
+            let analyze = super::analyze(params).await?;
             client
                 .batch_execute(&mark_sql(dbname, RESTORED, &input.backup_id))
                 .await
@@ -612,7 +619,8 @@ pub async fn restore_database(
                 plan,
                 true,
                 drop_seconds,
-                load_started.elapsed().as_secs_f64(),
+                load_seconds,
+                analyze.as_secs_f64(),
             ))
         }
         DbArchive::PlainSql(path) => {
@@ -636,12 +644,9 @@ pub async fn restore_database(
                 }
             }
             run_tool(&command, params, path).await?;
-            Ok(report(
-                plan,
-                true,
-                0.0,
-                load_started.elapsed().as_secs_f64(),
-            ))
+            let load_seconds = load_started.elapsed().as_secs_f64();
+            let analyze = super::analyze(params).await?;
+            Ok(report(plan, true, 0.0, load_seconds, analyze.as_secs_f64()))
         }
     }
 }
