@@ -340,17 +340,26 @@ pub(crate) async fn scan_keys(
             .query_async(conn)
             .await
             .map_err(step(format!("scan the keys of db {db}")))?;
-        for key in batch {
-            if seen.insert(key.clone()) {
-                keys.push(key);
-            }
-        }
+        keep_first_sightings(&mut seen, batch, &mut keys);
         if next == 0 {
             break;
         }
         cursor = next;
     }
     Ok(keys)
+}
+
+/// Appends the keys of a `SCAN` batch not seen before, in the order SCAN returned them.
+fn keep_first_sightings(
+    seen: &mut std::collections::HashSet<Vec<u8>>,
+    batch: Vec<Vec<u8>>,
+    keys: &mut Vec<Vec<u8>>,
+) {
+    for key in batch {
+        if seen.insert(key.clone()) {
+            keys.push(key);
+        }
+    }
 }
 
 /// How a key is named in findings: `db3 session:abc` (hex for a key that is not UTF-8).
@@ -573,6 +582,18 @@ mod tests {
                 .unwrap_err()
                 .contains("dbx:keys=1")
         );
+    }
+
+    #[test]
+    fn a_key_scan_returns_twice_is_kept_once() {
+        let mut seen = std::collections::HashSet::new();
+        let mut keys = Vec::new();
+        // SCAN's guarantee: every key at least once; a rehash may return some again.
+        for batch in [vec!["a", "b"], vec!["b", "c"], vec!["a"]] {
+            let batch = batch.into_iter().map(|k| k.as_bytes().to_vec()).collect();
+            keep_first_sightings(&mut seen, batch, &mut keys);
+        }
+        assert_eq!(keys, [b"a".to_vec(), b"b".to_vec(), b"c".to_vec()]);
     }
 
     #[test]
