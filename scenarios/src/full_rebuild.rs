@@ -297,6 +297,11 @@ async fn steps(
     let restored = run
         .phase("restore", restore(scenario, b, &backup, &tools, config))
         .await?;
+    run.note(format!(
+        "database {:.1} s, of which ANALYZE {:.1} s",
+        restored.db_restore.as_secs_f64(),
+        restored.analyze.as_secs_f64()
+    ));
 
     let mut gates = run
         .phase(
@@ -634,6 +639,7 @@ async fn write_marker(cluster: &AnyCluster, marker: &MarkerRow) -> anyhow::Resul
 
 struct Restored {
     db_restore: Duration,
+    analyze: Duration,
     pods_ready: Duration,
 }
 
@@ -645,6 +651,7 @@ struct ClusterData<'a> {
     backup: &'a BackupReport,
     tools: &'a PgTools,
     db_restore: Option<Duration>,
+    analyze: Option<Duration>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -659,9 +666,10 @@ impl DataRestorer for ClusterData<'_> {
             .as_ref()
             .ok_or("the backup has no PostgreSQL part")?;
         let db = titanium::database(self.cluster).await?;
-        match self.scenario {
+        let analyze = match self.scenario {
             Scenario::TableRestore => {
-                restore_tables(self.tools, &db.params, &self.backup.dir, pg).await?
+                restore_tables(self.tools, &db.params, &self.backup.dir, pg).await?;
+                harness::restore::analyze(&db.params).await?
             }
             Scenario::SchemaDrift => {
                 restore_data_only(
@@ -669,18 +677,22 @@ impl DataRestorer for ClusterData<'_> {
                     &db.params,
                     &self.backup.dir.join(&pg.custom_dump),
                 )
-                .await?
+                .await?;
+                harness::restore::analyze(&db.params).await?
             }
             Scenario::FullRebuild | Scenario::Rollback => {
                 let input = DbRestoreInput {
                     archive: DbArchive::Custom(self.backup.dir.join(&pg.custom_dump)),
                     backup_id: self.backup.manifest.name.clone(),
                 };
-                restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default())
-                    .await?;
+                let report =
+                    restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default())
+                        .await?;
+                Duration::from_secs_f64(report.analyze_seconds)
             }
-        }
+        };
         self.db_restore = Some(started.elapsed());
+        self.analyze = Some(analyze);
         Ok(())
     }
 
@@ -738,6 +750,7 @@ async fn restore(
         backup,
         tools,
         db_restore: None,
+        analyze: None,
     };
     let mut options = KubeRestoreOptions::default();
     options.waits.workload_ready = config.ready_timeout;
@@ -746,6 +759,7 @@ async fn restore(
     let report = restore_kubernetes(&client, &plan, &mut data, &options).await?;
     Ok(Restored {
         db_restore: data.db_restore.unwrap_or_default(),
+        analyze: data.analyze.unwrap_or_default(),
         pods_ready: Duration::from_secs_f64(report.pods_ready_seconds.unwrap_or(0.0)),
     })
 }
@@ -781,6 +795,7 @@ async fn run_gates(
         verify::sequences(&pg.sequences, &sequences),
         verify::referential_integrity(&foreign_keys, amcheck.as_ref()),
         verify::marker_absent(&marker.subject(), marker.count(&client).await?),
+        verify::statistics(&pg.tables, &facts::table_statistics(&client).await?),
     ];
     if let Some(redis) = &manifest.redis {
         let forward = titanium::forward_to(cluster, "redis", 6379).await?;

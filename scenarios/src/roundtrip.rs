@@ -90,6 +90,7 @@ pub async fn run<P: PostgresProvider>(
         verify::digests(&pg.tables, &tables),
         verify::sequences(&pg.sequences, &sequences),
         verify::schema(&pg.schema, &schema),
+        verify::statistics(&pg.tables, &facts::table_statistics(&client).await?),
     ];
     drop(client);
     target.stop().await?;

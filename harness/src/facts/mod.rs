@@ -1,8 +1,10 @@
-//! Facts observed of a database: per-table row counts and content digests, sequences, and a
-//! normalised schema rendering. The backup records them inside its snapshot; the restore
-//! observes them again; `verify` compares the two without doing any I/O itself.
+//! Facts observed of a database: per-table row counts and content digests, sequences, a
+//! normalised schema rendering, and planner statistics. The backup records them inside its
+//! snapshot; the restore observes them again; `verify` compares the two without doing any I/O
+//! itself.
 
 pub mod schema;
+pub mod statistics;
 pub mod tables;
 
 use serde::{Deserialize, Serialize};
@@ -41,6 +43,7 @@ pub struct SequenceFacts {
 }
 
 pub use schema::{ForeignKeyCheck, SchemaError, foreign_key_checks, render_schema, run_amcheck};
+pub use statistics::{TableStatistics, table_statistics};
 pub use tables::{
     RowDigest, TableRef, TablesError, digest_table, list_tables, sequence_facts, table_facts,
 };

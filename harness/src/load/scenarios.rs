@@ -12,11 +12,14 @@ use goose::goose::TransactionFunction;
 use goose::prelude::*;
 use serde_json::{Value, json};
 
-/// A reader's known post ids.
+/// A reader's known post ids, and where its browsing of the post list stands.
 #[derive(Clone, Default)]
 struct Reader {
     post_ids: Vec<i64>,
     next: usize,
+    /// The list's `next` link: readers page deeper (keyset pagination) until the end, then
+    /// start again at the newest posts, so the gate measures deep pages as well as the first.
+    next_page: Option<String>,
 }
 
 /// An author's session.
@@ -131,24 +134,33 @@ fn ids(list: &Value) -> Vec<i64> {
 }
 
 async fn load_post_ids(user: &mut GooseUser) -> TransactionResult {
-    let list = get_json(user, "/blog/?per_page=50", "list posts").await?;
+    let list = get_json(user, "/blog/?limit=50", "list posts").await?;
     let post_ids = list.as_ref().map(ids).unwrap_or_default();
-    user.set_session_data(Reader { post_ids, next: 0 });
+    user.set_session_data(Reader {
+        post_ids,
+        next: 0,
+        next_page: None,
+    });
     Ok(())
 }
 
 async fn list_users(user: &mut GooseUser) -> TransactionResult {
-    get_json(user, "/api/users/?per_page=20", "list users").await?;
+    get_json(user, "/api/users/?limit=20", "list users").await?;
     Ok(())
 }
 
 async fn list_posts(user: &mut GooseUser) -> TransactionResult {
-    if let Some(list) = get_json(user, "/blog/?per_page=20", "list posts").await? {
+    let path = user
+        .get_session_data_mut::<Reader>()
+        .and_then(|reader| reader.next_page.take())
+        .unwrap_or_else(|| "/blog/?limit=20".to_owned());
+    if let Some(list) = get_json(user, &path, "list posts").await? {
         let fresh = ids(&list);
-        if let Some(reader) = user.get_session_data_mut::<Reader>()
-            && !fresh.is_empty()
-        {
-            reader.post_ids = fresh;
+        if let Some(reader) = user.get_session_data_mut::<Reader>() {
+            reader.next_page = list["next"].as_str().map(str::to_owned);
+            if !fresh.is_empty() {
+                reader.post_ids = fresh;
+            }
         }
     }
     Ok(())

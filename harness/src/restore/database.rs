@@ -305,6 +305,9 @@ pub struct DbRestoreReport {
     pub drop_seconds: f64,
     /// Time spent loading the backup.
     pub load_seconds: f64,
+    /// Time spent in `ANALYZE` after the load (see [`super::analyze`]).
+    #[serde(default)]
+    pub analyze_seconds: f64,
     /// Total time.
     pub seconds: f64,
 }
@@ -695,15 +698,16 @@ pub async fn restore_database(
     let span = tracing::info_span!("restore_database", target = %params.target(), backup = %input.backup_id);
     let _guard = span.enter();
     let plan = plan_database_restore(tools, params, input, options).await?;
-    let report = |plan, restored, drop: f64, load: f64| DbRestoreReport {
+    let report = |plan, restored, drop: f64, load: f64, analyze: f64| DbRestoreReport {
         plan,
         restored,
         drop_seconds: drop,
         load_seconds: load,
+        analyze_seconds: analyze,
         seconds: started.elapsed().as_secs_f64(),
     };
     if options.dry_run {
-        return Ok(report(plan, false, 0.0, 0.0));
+        return Ok(report(plan, false, 0.0, 0.0, 0.0));
     }
     match plan.action {
         PlannedAction::Refuse => {
@@ -729,7 +733,7 @@ pub async fn restore_database(
         }
         PlannedAction::AlreadyRestored => {
             tracing::info!("already restored from this backup; nothing to do");
-            return Ok(report(plan, false, 0.0, 0.0));
+            return Ok(report(plan, false, 0.0, 0.0, 0.0));
         }
         PlannedAction::Restore => {}
     }
@@ -779,6 +783,9 @@ pub async fn restore_database(
             let load_started = Instant::now();
             let loaded = async {
                 run_tool(&plan.command, params, path, deadline).await?;
+                let load_seconds = load_started.elapsed().as_secs_f64();
+                // Before the mark: a database marked restored has its statistics.
+                let analyze = super::analyze(params).await?;
                 within(
                     deadline,
                     "postgres",
@@ -790,20 +797,23 @@ pub async fn restore_database(
                             .map_err(RestoreError::query("mark the database restored"))
                     },
                 )
-                .await
+                .await?;
+                Ok::<_, RestoreError>((load_seconds, analyze))
             };
             // The drops are committed: a failed load leaves a half-restored target, marked
             // `restoring`. Say so, and how to finish.
-            loaded.await.map_err(|source| RestoreError::HalfRestored {
-                target: target.clone(),
-                backup_id: input.backup_id.clone(),
-                source: Box::new(source),
-            })?;
+            let (load_seconds, analyze) =
+                loaded.await.map_err(|source| RestoreError::HalfRestored {
+                    target: target.clone(),
+                    backup_id: input.backup_id.clone(),
+                    source: Box::new(source),
+                })?;
             Ok(report(
                 plan,
                 true,
                 drop_seconds,
-                load_started.elapsed().as_secs_f64(),
+                load_seconds,
+                analyze.as_secs_f64(),
             ))
         }
         DbArchive::PlainSql(path) => {
@@ -832,12 +842,9 @@ pub async fn restore_database(
                     target: target.clone(),
                     source: Box::new(source),
                 })?;
-            Ok(report(
-                plan,
-                true,
-                0.0,
-                load_started.elapsed().as_secs_f64(),
-            ))
+            let load_seconds = load_started.elapsed().as_secs_f64();
+            let analyze = super::analyze(params).await?;
+            Ok(report(plan, true, 0.0, load_seconds, analyze.as_secs_f64()))
         }
     }
 }

@@ -3,7 +3,9 @@
 //! - [`restore_database`] loads a database from a custom archive (pg_restore, parallel) or a
 //!   plain SQL dump (psql, one transaction), idempotently: over an init script's empty
 //!   tables, twice, or after an interrupted run. It refuses a database holding data unless
-//!   forced, and `dry_run` returns the [`DbRestorePlan`] without changing anything.
+//!   forced, and `dry_run` returns the [`DbRestorePlan`] without changing anything. After
+//!   the load it runs [`analyze`] (timed as `analyze_seconds`): a restore writes no planner
+//!   statistics of its own.
 //! - [`replay_rdb`] restores Redis from an RDB by `DUMP`/`RESTORE` through any reachable Redis.
 //! - [`MarkerRow`] is the negative control: written after the backup, absent after restore.
 //! - [`KubeRestorePlan`] orders backed-up Kubernetes objects the way Velero does (namespace,
@@ -15,12 +17,14 @@
 //! it does not depend on how a backup lays out its files; [`RestoreInputs::from_backup`] is
 //! the one place that reads a backup's manifest to fill them.
 
+mod analyze;
 mod database;
 mod error;
 mod inputs;
 mod kubernetes;
 mod redis;
 
+pub use analyze::{ANALYZE_TIMEOUT, analyze};
 pub use database::{
     DEFAULT_DEADLINE, DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport,
     MarkerRow, PlannedAction, TargetState, plan_database_restore, restore_database,

@@ -16,6 +16,7 @@ mod kubernetes;
 mod redis;
 mod rollback;
 mod schema;
+mod statistics;
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +29,7 @@ pub use rollback::{
     RollbackThresholds, decide,
 };
 pub use schema::{schema, unified_diff};
+pub use statistics::statistics;
 
 /// Which gate produced a verdict.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -49,6 +51,8 @@ pub enum Gate {
     KubernetesObjects,
     /// The marker row written after the backup is absent after restore.
     MarkerAbsent,
+    /// Every restored table has planner statistics (ANALYZE ran after the load).
+    Statistics,
 }
 
 impl Gate {
@@ -63,6 +67,7 @@ impl Gate {
             Gate::Redis => "redis",
             Gate::KubernetesObjects => "kubernetes_objects",
             Gate::MarkerAbsent => "marker_absent",
+            Gate::Statistics => "statistics",
         }
     }
 }

@@ -1,4 +1,6 @@
-//! The Redis gate: key count and content digest equal between backup and restore.
+//! The Redis gate: key count and content digest equal between backup and restore, over every
+//! logical database, every type and every key's expiry time (the digest is defined in
+//! [`crate::backup::dataset_facts`]).
 
 use std::collections::BTreeMap;
 
@@ -6,15 +8,15 @@ use serde::{Deserialize, Serialize};
 
 use super::{Finding, FindingKind, Gate, Verdict};
 
-/// What was observed of one Redis database.
+/// What was observed of one Redis server (all its logical databases).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RedisFacts {
-    /// Number of keys (`DBSIZE`).
+    /// Number of keys, all databases.
     pub key_count: u64,
-    /// Digest over every key, type, value and TTL presence (`DEBUG DIGEST` or our own).
+    /// Digest over every key of every database: its type, value and absolute expiry time.
     pub digest: String,
-    /// Optional per-key digests, so findings can name the keys that differ. Empty when the
-    /// observer did not collect them.
+    /// Optional per-key digests (`db3 session:abc` to hex), so findings can name the keys that
+    /// differ. Empty when the observer did not collect them (the manifest does not keep them).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub keys: BTreeMap<String, String>,
 }

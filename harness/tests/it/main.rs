@@ -2,4 +2,6 @@
 
 mod data;
 mod pg;
+mod redis_restore;
+mod statistics;
 mod support;
