@@ -355,7 +355,8 @@ mod tests {
     #[test]
     fn a_verdict_other_than_pass_always_has_reasons() {
         // Every way to fail, each with no reason given beforehand.
-        let cases: [(&str, fn(&mut Report)); 5] = [
+        type Break = fn(&mut Report);
+        let cases: [(&str, Break); 5] = [
             ("failed gate", |r| r.gates[1].passed = false),
             ("gate that could not run", |r| {
                 r.gates[1].passed = false;
