@@ -544,14 +544,19 @@ pub(crate) fn rpo(manifest: &Manifest) -> Result<u64, String> {
         .quiesce
         .as_ref()
         .ok_or("the backup was not quiesced: no point at which writes stopped")?;
-    let stopped = quiesce.writes_stopped_server_at.as_deref().ok_or(
-        "the backup recorded no server time at which writes stopped (taken without PostgreSQL?)",
-    )?;
     let snapshot = &manifest
         .postgres
         .as_ref()
         .ok_or("the backup has no PostgreSQL snapshot")?
         .snapshot_at;
+    rpo_between(quiesce.writes_stopped_server_at.as_deref(), snapshot)
+}
+
+/// The RPO from `stopped` (writes stopped, server clock) to `snapshot` (server clock).
+fn rpo_between(stopped: Option<&str>, snapshot: &str) -> Result<u64, String> {
+    let stopped = stopped.ok_or(
+        "the backup recorded no server time at which writes stopped (taken without PostgreSQL?)",
+    )?;
     let parse = |what: &str, text: &str| {
         chrono::DateTime::parse_from_rfc3339(text)
             .map_err(|e| format!("{what} {text:?} is not an RFC 3339 time: {e}"))
@@ -1139,4 +1144,24 @@ async fn rollback_restore(
     };
     restore_database(tools, &db.params, &input, &DbRestoreOptions::default()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rpo_between;
+
+    #[test]
+    fn rpo_is_read_on_one_clock_and_never_clamped() {
+        let snapshot = "2026-12-02T13:00:00.250000Z";
+        assert_eq!(
+            rpo_between(Some("2026-12-02T13:00:00.100000Z"), snapshot),
+            Ok(150)
+        );
+        // A snapshot before writes stopped is not an RPO of 0: the backup may miss writes.
+        let early = rpo_between(Some("2026-12-02T13:00:01.250000Z"), snapshot).unwrap_err();
+        assert!(early.contains("1000 ms before writes stopped"), "{early}");
+        // Without the server's writes-stopped time there is no RPO on one clock.
+        let missing = rpo_between(None, snapshot).unwrap_err();
+        assert!(missing.contains("no server time"), "{missing}");
+    }
 }
