@@ -6,8 +6,9 @@ use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 
 use super::{Outcome, PhaseStatus, Report};
 
-/// Renders `report` as JUnit XML.
+/// Renders `report` (concluded: see [`Report::conclude`]) as JUnit XML.
 pub fn render_junit(report: &Report) -> String {
+    let report = &*report.concluded();
     let suite_name = format!("rehearsal.{}.{}", report.scenario, report.provider);
     let mut suite = TestSuite::new(suite_name.as_str());
     for gate in &report.gates {
@@ -99,9 +100,10 @@ mod tests {
         assert!(xml.contains("name=\"phase.restore\""), "{xml}");
         assert!(xml.contains("&lt;failed&gt;"), "XML must be escaped: {xml}");
         assert!(xml.contains("name=\"verdict\""), "{xml}");
-        // The failed gate and the verdict (fail) are failures; the erring phase is an error.
-        assert!(xml.contains("failures=\"2\""), "{xml}");
-        assert!(xml.contains("errors=\"1\""), "{xml}");
+        // The failed gate is a failure; the erring phase and the verdict (could not run) are
+        // errors.
+        assert!(xml.contains("failures=\"1\""), "{xml}");
+        assert!(xml.contains("errors=\"2\""), "{xml}");
     }
 
     #[test]

@@ -196,7 +196,12 @@ impl Report {
                 added.push(format!("{criterion}: not assessed (no observation)"));
             }
         }
-        self.rollback_reasons.extend(added);
+        // Idempotent: a reason already given is not given twice.
+        for reason in added {
+            if !self.rollback_reasons.contains(&reason) {
+                self.rollback_reasons.push(reason);
+            }
+        }
         self.verdict = if self.could_not_run() {
             Outcome::CouldNotRun
         } else if !self.rollback_reasons.is_empty()
@@ -219,9 +224,21 @@ impl Report {
         }
     }
 
-    /// The report as pretty JSON.
+    /// This report as [`Report::conclude`] settles it; the renderers use it, so no rendering
+    /// can show a verdict without its reasons, whatever the caller filled in.
+    pub(crate) fn concluded(&self) -> std::borrow::Cow<'_, Report> {
+        let mut settled = self.clone();
+        settled.conclude();
+        if settled == *self {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(settled)
+        }
+    }
+
+    /// The report as pretty JSON (concluded: see [`Report::conclude`]).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a report always serialises")
+        serde_json::to_string_pretty(&*self.concluded()).expect("a report always serialises")
     }
 }
 
@@ -309,7 +326,7 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
-        assert_eq!(json["verdict"], "fail");
+        assert_eq!(json["verdict"], "could_not_run", "the restore phase erred");
         assert_eq!(json["phases"][0]["duration_ms"], 1200);
         assert_eq!(json["load"]["p95_ms"], 12.5);
     }
@@ -350,6 +367,25 @@ mod tests {
         report.conclude();
         assert_eq!(report.verdict, Outcome::Pass);
         assert!(report.rollback_reasons.is_empty());
+    }
+
+    #[test]
+    fn conclude_is_idempotent_and_rendering_never_shows_a_bare_fail() {
+        let mut report = sample::report();
+        report.rollback_reasons.clear();
+        report.verdict = Outcome::Fail;
+        // A caller that forgot to conclude: the renderings still carry the reasons.
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["verdict"], "could_not_run");
+        assert!(
+            !json["rollback_reasons"].as_array().unwrap().is_empty(),
+            "{json}"
+        );
+        assert!(render_html(&report).contains("Could not run because"));
+        report.conclude();
+        let once = report.clone();
+        report.conclude();
+        assert_eq!(report, once);
     }
 
     #[test]
