@@ -301,6 +301,73 @@ mod tests {
         assert_eq!(report(phases).verdict, Outcome::CouldNotRun);
     }
 
+    /// The report of a run whose load gate failed (issue 20's 1M-post run): the phase is
+    /// failed, the verdict is a roll back, and the reasons name the threshold, the observed
+    /// value and the slowest endpoint, once.
+    #[tokio::test]
+    async fn a_failed_load_gate_is_a_failed_phase_and_a_reason_with_its_evidence() {
+        use harness::verify::{self, EndpointLatency, LoadBreach, LoadSample};
+        let mut run = Run::new(&Quiet);
+        let why = "threshold http_req_duration: p(95)<500 failed: observed 745.000; slowest \
+                   endpoint GET list posts (p50 627.0 ms, p95 1210.0 ms)";
+        let sample = run
+            .judged_phase("health-and-load", async {
+                let sample = LoadSample {
+                    breaches: vec![LoadBreach {
+                        rule: "http_req_duration: p(95)<500".into(),
+                        observed: Some(745.0),
+                    }],
+                    requests: 900,
+                    max_response_time: Duration::from_millis(1300),
+                    slowest: Some(EndpointLatency {
+                        name: "GET list posts".into(),
+                        p50_ms: 627.0,
+                        p95_ms: 1210.0,
+                    }),
+                };
+                anyhow::Ok((sample, Some(("load".to_owned(), why.to_owned()))))
+            })
+            .await
+            .unwrap();
+        let decision = verify::decide(
+            &verify::RollbackInputs {
+                load: Some(sample),
+                ..verify::RollbackInputs::default()
+            },
+            &verify::RollbackThresholds::runbook(),
+        );
+        let mut report = report(run.finish(Ok(()), &["health-and-load"]));
+        report.gates.push(harness::report::GateReport {
+            name: "load".into(),
+            passed: false,
+            findings: vec![why.into()],
+            not_run: None,
+        });
+        report.rollback_reasons = decision.explain();
+        report.conclude();
+        assert_eq!(report.verdict, Outcome::Fail);
+        assert_eq!(report.phases[0].status, PhaseStatus::Failed);
+        let load: Vec<&String> = report
+            .rollback_reasons
+            .iter()
+            .filter(|r| r.starts_with("gate load"))
+            .collect();
+        assert_eq!(load.len(), 1, "one reason for the load gate: {load:?}");
+        for needle in [
+            "http_req_duration: p(95)<500",
+            "observed 745.000",
+            "slowest endpoint GET list posts (p50 627.0 ms, p95 1210.0 ms)",
+        ] {
+            assert!(
+                load[0].contains(needle),
+                "{needle} missing from {}",
+                load[0]
+            );
+        }
+        let html = render_html(&report);
+        assert!(html.contains("FAIL / ROLL BACK") && html.contains("observed 745.000"));
+    }
+
     #[tokio::test]
     async fn a_failed_gate_fails_its_phase_once_and_lets_the_run_decide() {
         let recorder = Recorder::default();

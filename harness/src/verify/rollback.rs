@@ -302,9 +302,13 @@ impl Decision {
 
 impl std::fmt::Display for RollbackReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.gate {
-            Some(gate) => write!(f, "gate {gate} ({}): ", self.criterion)?,
-            None => write!(f, "{}: ", self.criterion)?,
+        // Reasons from a gate name it first (`gate <name> (...)`), so a report can tell which
+        // failed gates already have their reason; the load gate is not a `Gate` of this module
+        // but its thresholds are its verdict.
+        match (self.gate, self.criterion) {
+            (Some(gate), criterion) => write!(f, "gate {gate} ({criterion}): ")?,
+            (None, Criterion::LoadThresholds) => write!(f, "gate load (load_thresholds): ")?,
+            (None, criterion) => write!(f, "{criterion}: ")?,
         }
         write!(f, "{} (limit: {})", self.observed, self.limit)
     }
@@ -853,6 +857,7 @@ mod tests {
             "745.000",
             "GET list posts (p50 627.0 ms, p95 1210.0 ms)",
             "load gate) took 5.300 s",
+            "gate load (load_thresholds): threshold http_req_duration: p(95)<500 observed 745.000",
         ] {
             assert!(text.contains(needle), "{needle} missing from:\n{text}");
         }
