@@ -274,24 +274,24 @@ impl LoadGate {
         let figures = figures(&metrics, duration);
 
         let outcomes = self.thresholds.judge(&figures);
-        // The slowest request kind is the evidence a reader needs first: it names the
-        // endpoint to look at.
-        let slowest = slowest_request(&figures)
-            .map(|r| {
-                format!(
-                    "; slowest endpoint {} (p50 {:.1} ms, p95 {:.1} ms)",
-                    r.name, r.p50_ms, r.p95_ms
-                )
-            })
-            .unwrap_or_default();
         let mut findings: Vec<String> = outcomes
             .iter()
             .filter(|o| !o.passed)
             .map(|o| match o.observed {
-                Some(v) => format!("threshold {} failed: observed {v:.3}{slowest}", o.rule),
+                Some(v) => format!("threshold {} failed: observed {v:.3}", o.rule),
                 None => format!("threshold {} failed: no such request was made", o.rule),
             })
             .collect();
+        // The slowest request kind is the evidence a reader needs first: it names the
+        // endpoint to look at.
+        if !findings.is_empty()
+            && let Some(r) = slowest_request(&figures)
+        {
+            findings.push(format!(
+                "slowest endpoint {} (p50 {:.1} ms, p95 {:.1} ms)",
+                r.name, r.p50_ms, r.p95_ms
+            ));
+        }
         if figures.overall.requests == 0 {
             findings.push("no request was made".to_owned());
         }
