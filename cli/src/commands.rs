@@ -117,18 +117,17 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
     write_reports(&report, &report_dir)?;
     print_summary(&report);
     println!("reports: {}", report_dir.display());
-    Ok(match report.verdict {
+    Ok(run_exit_code(report.verdict))
+}
+
+/// The exit code of a rehearsal's verdict: the report already tells a run that could not run
+/// (an error in or between phases, a gate that could not check) from one whose gate failed.
+fn run_exit_code(verdict: harness::report::Outcome) -> i32 {
+    match verdict {
         harness::report::Outcome::Pass => exit_codes::OK,
-        harness::report::Outcome::Fail
-            if report
-                .phases
-                .iter()
-                .any(|p| p.status == harness::report::PhaseStatus::Failed) =>
-        {
-            exit_codes::COULD_NOT_RUN
-        }
         harness::report::Outcome::Fail => exit_codes::GATE_FAILED,
-    })
+        harness::report::Outcome::CouldNotRun => exit_codes::COULD_NOT_RUN,
+    }
 }
 
 fn write_reports(report: &harness::report::Report, dir: &std::path::Path) -> anyhow::Result<()> {
@@ -149,8 +148,17 @@ fn print_summary(report: &harness::report::Report) {
     for p in &report.phases {
         let result = match p.status {
             PhaseStatus::Passed => "ok".to_owned(),
-            PhaseStatus::Failed => format!(
+            PhaseStatus::Failed if p.gate.is_some() => format!(
                 "FAILED: {}",
+                p.detail
+                    .as_deref()
+                    .unwrap_or("")
+                    .lines()
+                    .next()
+                    .unwrap_or("")
+            ),
+            PhaseStatus::Failed => format!(
+                "COULD NOT RUN: {}",
                 p.detail
                     .clone()
                     .unwrap_or_default()
@@ -188,7 +196,7 @@ fn print_summary(report: &harness::report::Report) {
         println!("gate {} FAILED: {}", g.name, g.findings.join("; "));
     }
     for r in &report.rollback_reasons {
-        println!("roll back: {r}");
+        println!("not a pass: {r}");
     }
     println!();
     println!(
@@ -196,6 +204,7 @@ fn print_summary(report: &harness::report::Report) {
         match report.verdict {
             harness::report::Outcome::Pass => "PASS",
             harness::report::Outcome::Fail => "FAIL (roll back)",
+            harness::report::Outcome::CouldNotRun => "COULD NOT RUN (nothing proven)",
         },
         report
             .rto_ms
@@ -203,7 +212,10 @@ fn print_summary(report: &harness::report::Report) {
             .unwrap_or_else(|| "-".into()),
         report
             .rpo_ms
-            .map(|v| format!("{v} ms"))
+            .map(|v| match &report.rpo_clock {
+                Some(clock) => format!("{v} ms ({clock} clock)"),
+                None => format!("{v} ms"),
+            })
             .unwrap_or_else(|| "-".into()),
     );
 }
@@ -654,4 +666,21 @@ pub(crate) fn sim_down(name: &str) -> anyhow::Result<i32> {
     std::fs::remove_dir_all(&home).with_context(|| format!("remove {}", home.display()))?;
     println!("simulated cluster `{name}` is down");
     Ok(exit_codes::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use harness::report::Outcome;
+
+    use super::{exit_codes, run_exit_code};
+
+    #[test]
+    fn a_run_that_could_not_run_exits_4_and_a_failed_gate_3() {
+        assert_eq!(run_exit_code(Outcome::Pass), exit_codes::OK);
+        assert_eq!(run_exit_code(Outcome::Fail), exit_codes::GATE_FAILED);
+        assert_eq!(
+            run_exit_code(Outcome::CouldNotRun),
+            exit_codes::COULD_NOT_RUN
+        );
+    }
 }

@@ -1079,6 +1079,108 @@ async fn unordered_digest_survives_a_restore_in_another_physical_order() -> Resu
     Ok(())
 }
 
+/// The quiesce waits until no pod of a scaled-down Deployment exists, terminating ones
+/// included: a pod that ignores SIGTERM keeps running (and could write) for its grace period
+/// after `status.replicas` has dropped to zero, which is where the old quiesce stopped waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiesce_waits_until_no_pod_is_left_terminating_ones_included() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::{Api, ListParams, PostParams};
+
+    let dir = ScratchDir::new("backup-test-quiesce-", "simulated cluster")?;
+    let sim = simcluster::SimCluster::start(simcluster::SimConfig::new(
+        "quiesce",
+        dir.path().join("state"),
+        dir.path().join("kubeconfig"),
+    ))
+    .await?;
+    let kubeconfig = kube::config::Kubeconfig::read_from(sim.kubeconfig_path())?;
+    let config = kube::Config::from_custom_kubeconfig(
+        kubeconfig,
+        &kube::config::KubeConfigOptions::default(),
+    )
+    .await?;
+    let client = kube::Client::try_from(config)?;
+    let ns = "quiesce";
+    Api::<Namespace>::all(client.clone())
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+    // A writer that ignores SIGTERM: it goes only when its 3 s grace period ends in SIGKILL.
+    let writer: Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "stubborn-writer", "namespace": ns},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "stubborn-writer"}},
+                 "template": {"metadata": {"labels": {"app": "stubborn-writer"}},
+                              "spec": {"terminationGracePeriodSeconds": 3,
+                                       "containers": [{"name": "w", "image": "busybox",
+                                         "command": ["sh", "-c",
+                                           "trap '' TERM; while true; do sleep 0.2; done"]}]}}}
+    }))?;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    deployments.create(&PostParams::default(), &writer).await?;
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let selected = ListParams::default().labels("app=stubborn-writer");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let running = pods
+            .list(&selected)
+            .await?
+            .items
+            .iter()
+            .any(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running"));
+        if running {
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the writer pod never ran");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let source = harness::backup::KubeSource {
+        client: client.clone(),
+        namespace: ns.to_owned(),
+    };
+    let record =
+        harness::backup::quiesce(&source, &harness::backup::QuiesceOptions::default()).await?;
+    let left = pods.list(&selected).await?.items;
+    ensure!(
+        left.is_empty(),
+        "quiesce returned while {} pod(s) of the writer still existed: {:?}",
+        left.len(),
+        left.iter()
+            .map(|p| (
+                p.metadata.name.clone(),
+                p.metadata.deletion_timestamp.is_some()
+            ))
+            .collect::<Vec<_>>()
+    );
+    assert_eq!(record.replicas.get("stubborn-writer"), Some(&1));
+
+    // A deadline shorter than the grace period names the deployment and the pods left.
+    harness::backup::resume(&client, &record).await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while pods.list(&selected).await?.items.is_empty() {
+        ensure!(Instant::now() < deadline, "the writer did not come back");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let short = harness::backup::QuiesceOptions {
+        keep: vec![],
+        timeout: Duration::from_millis(500),
+    };
+    let err = harness::backup::quiesce(&source, &short)
+        .await
+        .expect_err("a terminating pod outlives a 0.5 s deadline");
+    let text = err.to_string();
+    ensure!(
+        text.contains("quiesce/stubborn-writer") && text.contains("terminating pods count"),
+        "{text}"
+    );
+    sim.shutdown().await?;
+    Ok(())
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Result<()> {
     use k8s_openapi::api::apps::v1::Deployment;

@@ -311,6 +311,30 @@ async fn gates_fail_when_a_service_is_slow() {
         "slow, not failing: {}",
         show(&verdict)
     );
+    // The evidence names the slow endpoint, and the rollback decision gives the failed gate as
+    // a reason with its threshold, observed value and slowest endpoint.
+    assert_finding(&verdict.findings, "slowest endpoint GET list users (p50 ");
+    let decision = harness::verify::decide(
+        &harness::verify::RollbackInputs {
+            load: Some(verdict.sample()),
+            ..harness::verify::RollbackInputs::default()
+        },
+        &harness::verify::RollbackThresholds::runbook(),
+    );
+    let reason = decision
+        .reasons
+        .iter()
+        .find(|r| r.criterion == harness::verify::Criterion::LoadThresholds)
+        .unwrap_or_else(|| panic!("no load reason: {decision:#?}"));
+    let text = reason.to_string();
+    for needle in [
+        "http_req_duration: p(95)<500",
+        "observed ",
+        "slowest endpoint GET list users (p50 ",
+    ] {
+        assert!(text.contains(needle), "{needle} missing from {text}");
+    }
+    assert!(!decision.proceed());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

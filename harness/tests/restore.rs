@@ -115,7 +115,7 @@ impl Fixture {
             verify::digests(&self.tables, &tables),
             verify::schema(&self.schema, &schema),
             verify::sequences(&self.sequences, &sequences),
-            verify::referential_integrity(&fks, None),
+            verify::referential_integrity(&fks, &verify::Amcheck::NotRequested),
         ])
     }
 }
@@ -455,6 +455,41 @@ async fn check_defect(
     Ok(())
 }
 
+/// pg_amcheck that cannot start (here: a file that is not executable where the tools are)
+/// fails the integrity gate with why, and the gate reports that it could not check. On the old
+/// code the error was dropped (`.ok()`) and the gate passed.
+async fn amcheck_that_cannot_start_fails_the_gate(db: &ConnParams) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = ScratchDir::new("restore-test-no-amcheck-", "tools without pg_amcheck")?;
+    for name in ["initdb", "postgres", "pg_amcheck"] {
+        std::fs::write(bin.path().join(name), "")?;
+        std::fs::set_permissions(
+            bin.path().join(name),
+            std::fs::Permissions::from_mode(0o600),
+        )?;
+    }
+    let tools = harness::pg::PgTools::discover_in(
+        Some(bin.path().to_path_buf()),
+        "no-such-pg_config",
+        bin.path(),
+    )?;
+    let amcheck: verify::Amcheck = run_amcheck(&tools, db).await.into();
+    let verdict =
+        verify::referential_integrity(&foreign_key_checks(&db.connect().await?).await?, &amcheck);
+    ensure!(
+        !verdict.passed,
+        "the gate passed without pg_amcheck: {verdict}"
+    );
+    let why = verdict
+        .not_checked()
+        .context("no could-not-check finding")?;
+    ensure!(
+        why.contains("pg_amcheck") && why.contains(&bin.path().display().to_string()),
+        "the reason names the program: {why}"
+    );
+    Ok(())
+}
+
 #[tokio::test]
 async fn every_database_gate_catches_its_defect() -> Result<()> {
     let fx = fixture().await?;
@@ -466,7 +501,7 @@ async fn every_database_gate_catches_its_defect() -> Result<()> {
     let amcheck = run_amcheck(fx.pg.tools(), &clean).await?;
     let verdict = verify::referential_integrity(
         &foreign_key_checks(&clean.connect().await?).await?,
-        Some(&amcheck),
+        &verify::Amcheck::Ran(amcheck.clone()),
     );
     assert!(verdict.passed, "{verdict}\n{}", amcheck.output);
     assert_eq!(
@@ -474,6 +509,7 @@ async fn every_database_gate_catches_its_defect() -> Result<()> {
         fx.schema,
         "amcheck leaves the schema as it was"
     );
+    amcheck_that_cannot_start_fails_the_gate(&clean).await?;
 
     check_defect(
         &fx,
@@ -533,7 +569,7 @@ async fn every_database_gate_catches_its_defect() -> Result<()> {
     // The broken foreign key, named with its orphan value.
     let fk_db = fx.pg.params().with_dbname("d_fk");
     let fks = foreign_key_checks(&fk_db.connect().await?).await?;
-    let verdict = verify::referential_integrity(&fks, None);
+    let verdict = verify::referential_integrity(&fks, &verify::Amcheck::NotRequested);
     assert!(verdict.findings[0].detail.contains("(ghost)"), "{verdict}");
     fx.pg.stop().await?;
     Ok(())
@@ -752,7 +788,18 @@ mod kubernetes {
             ..verify::RollbackInputs::default()
         };
         let decision = verify::decide(&inputs, &verify::RollbackThresholds::default());
-        ensure!(decision.proceed(), "{decision:?}");
+        // No criterion crossed; what this test does not observe (data gates, health, load)
+        // is not assessed, so the decision is not a proceed, and what it fed is assessed.
+        ensure!(decision.reasons.is_empty(), "{decision:?}");
+        ensure!(!decision.proceed(), "{decision:?}");
+        for fed in [
+            verify::Criterion::PodRestarts,
+            verify::Criterion::PodsNotReady,
+            verify::Criterion::DbRestoreDuration,
+            verify::Criterion::TotalDuration,
+        ] {
+            ensure!(!decision.not_assessed.contains(&fed), "{fed}: {decision:?}");
+        }
 
         // What is in the cluster equals what was applied (the backup with its recorded replicas).
         let (applied, restored) = observed(&client, &plan).await?;

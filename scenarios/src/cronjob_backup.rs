@@ -43,24 +43,26 @@ pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
     let mut gates = Vec::new();
     let outcome = steps(config, &mut run, &mut cluster, &mut tables, &mut gates).await;
     if let Err(err) = &outcome {
-        tracing::warn!(error = %err, "cronjob_backup stopped");
+        tracing::warn!(error = %format!("{err:#}"), "cronjob_backup stopped");
     }
-    run.skip(&PHASES);
     crate::full_rebuild::teardown_all(cluster).await;
     let mut report = Report {
         scenario: "cronjob_backup".into(),
         provider: config.provider.kind().to_string(),
         verdict: Outcome::Fail,
         started_at,
-        phases: run.into_phases(),
+        // An error between phases becomes a failed phase of its own: it reaches the report.
+        phases: run.finish(outcome, &PHASES),
         tables,
         gates,
         load: None,
         rto_ms: None,
         rpo_ms: None,
+        rpo_clock: None,
         rollback_reasons: Vec::new(),
+        not_assessed: Vec::new(),
     };
-    report.verdict = report.implied_verdict();
+    report.conclude();
     report
 }
 

@@ -23,7 +23,7 @@ use harness::restore::{
     MarkerRow, PlanRoles, restore_database, restore_kubernetes,
 };
 use harness::verify::{
-    self, Decision, HealthSample, PodObservation, RollbackInputs, RollbackThresholds, Verdict,
+    self, Decision, Gate, HealthSample, PodObservation, RollbackInputs, RollbackThresholds, Verdict,
 };
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
@@ -177,14 +177,25 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
     let mut state = State::default();
     let mut clusters = Clusters::default();
     let outcome = steps(scenario, config, &mut run, &mut state, &mut clusters).await;
+    if let Err(err) = &outcome {
+        tracing::warn!(error = %format!("{err:#}"), "full_rebuild stopped");
+    }
     teardown(clusters).await;
     let phases_of_this: Vec<&str> = PHASES
         .iter()
         .copied()
         .filter(|p| scenario.has_phase(p))
         .collect();
-    run.skip(&phases_of_this);
-    let phases = run.into_phases();
+    let phases = run.finish(outcome, &phases_of_this);
+    // The decision's reasons and unassessed criteria go into the report as they are;
+    // `conclude` adds every failed gate and phase the decision did not name.
+    let (rollback_reasons, not_assessed) = match &state.decision {
+        Some(d) => (
+            d.explain(),
+            d.not_assessed.iter().map(ToString::to_string).collect(),
+        ),
+        None => (Vec::new(), Vec::new()),
+    };
     let mut report = Report {
         scenario: scenario.name().into(),
         provider: config.provider.kind().to_string(),
@@ -196,15 +207,11 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
         load: state.load,
         rto_ms: state.rto_ms,
         rpo_ms: state.rpo_ms,
-        rollback_reasons: state
-            .decision
-            .map(|d| d.reasons.iter().map(reason_text).collect())
-            .unwrap_or_default(),
+        rpo_clock: state.rpo_ms.map(|_| RPO_CLOCK.to_owned()),
+        rollback_reasons,
+        not_assessed,
     };
-    if let Err(err) = outcome {
-        tracing::warn!(error = %err, "full_rebuild stopped");
-    }
-    report.verdict = report.implied_verdict();
+    report.conclude();
     report
 }
 
@@ -269,7 +276,17 @@ async fn steps(
         .postgres
         .clone()
         .context("the backup has no PostgreSQL part")?;
-    state.rpo_ms = rpo_ms(&manifest);
+    match rpo(&manifest) {
+        Ok(ms) => state.rpo_ms = Some(ms),
+        // Not clamped, not dropped: an RPO that cannot be measured, or a snapshot before
+        // writes stopped, is a failed gate with the figures.
+        Err(why) => state.gates.push(GateReport {
+            name: "rpo".into(),
+            passed: false,
+            findings: vec![why],
+            not_run: None,
+        }),
+    }
     run.phase("verify-backup", verify(&backup, &tools)).await?;
     let marker = MarkerRow::new(format!("run-{}", uuid_like()));
     run.phase("marker", write_marker(a, &marker)).await?;
@@ -297,10 +314,16 @@ async fn steps(
     let restored = run
         .phase("restore", restore(scenario, b, &backup, &tools, config))
         .await?;
+    let seconds = |d: Option<Duration>| {
+        d.map_or_else(
+            || "not measured".to_owned(),
+            |d| format!("{:.1} s", d.as_secs_f64()),
+        )
+    };
     run.note(format!(
-        "database {:.1} s, of which ANALYZE {:.1} s",
-        restored.db_restore.as_secs_f64(),
-        restored.analyze.as_secs_f64()
+        "database {}, of which ANALYZE {}",
+        seconds(restored.db_restore),
+        seconds(restored.analyze)
     ));
 
     let mut gates = run
@@ -323,11 +346,13 @@ async fn steps(
                     name: "schema-drift-detected".into(),
                     passed: true,
                     findings,
+                    not_run: None,
                 },
                 "kubernetes_objects" if !verdict.passed => GateReport {
                     name: "init-script-change-detected".into(),
                     passed: true,
                     findings,
+                    not_run: None,
                 },
                 _ => gate_report(verdict),
             });
@@ -343,13 +368,6 @@ async fn steps(
                 run_gates(b, &backup, &marker, config, false),
             )
             .await?;
-        let decision = verify::decide(
-            &RollbackInputs {
-                verdicts: rejected.verdicts.clone(),
-                ..RollbackInputs::default()
-            },
-            &config.thresholds,
-        );
         state.gates.extend(
             rejected
                 .verdicts
@@ -359,13 +377,22 @@ async fn steps(
                     name: format!("{} (defect: {defect}) rejected", v.gate),
                     passed: true,
                     findings: v.findings.iter().map(ToString::to_string).collect(),
+                    not_run: None,
                 }),
         );
-        if decision.proceed() {
+        // The defect is rejected when a data gate failed on it (a gate that could not run
+        // rejects nothing).
+        let rejected_by_data = rejected.verdicts.iter().any(|v| {
+            !v.passed
+                && v.not_checked().is_none()
+                && matches!(v.gate, Gate::RowCounts | Gate::Digests)
+        });
+        if !rejected_by_data {
             state.gates.push(GateReport {
                 name: "defect-rejected".into(),
                 passed: false,
                 findings: vec![format!("the gates passed a restore with {defect}")],
+                not_run: None,
             });
             anyhow::bail!("the gates did not reject the injected defect ({defect})");
         }
@@ -381,31 +408,28 @@ async fn steps(
     state.tables = table_reports(&pg.tables, &gates.tables);
     state.gates.extend(gates.verdicts.iter().map(gate_report));
 
+    // A failed health or load gate fails this phase, and the run goes on to the decision,
+    // which names it as a reason with its evidence.
     let service = run
-        .phase("health-and-load", health_and_load(b, config))
+        .judged_phase("health-and-load", async {
+            let service = health_and_load(b, config).await?;
+            let failed = service_failure(&service);
+            anyhow::Ok((service, failed))
+        })
         .await?;
     state.gates.push(GateReport {
         name: "health".into(),
         passed: service.health.passed,
         findings: service.health.findings.clone(),
+        not_run: None,
     });
     state.gates.push(GateReport {
         name: "load".into(),
         passed: service.load.passed,
         findings: service.load.findings.clone(),
+        not_run: None,
     });
-    state.load = Some(LoadReport {
-        requests: service.load.figures.overall.requests,
-        failures: service.load.figures.overall.failures,
-        rps: service.load.figures.overall.rps,
-        p95_ms: service.load.figures.overall.p95_ms,
-        goose_report: service
-            .load
-            .report
-            .as_ref()
-            .and_then(|p| p.file_name())
-            .map(|n| n.to_string_lossy().into_owned()),
-    });
+    state.load = Some(load_report(&service.load));
     state.rto_ms = Some(millis(destroy_started.elapsed()));
 
     let decision = run
@@ -419,34 +443,60 @@ async fn steps(
                 health: Some(HealthSample { attempts, failures }),
                 max_response_time: slowest,
                 pods: Some(pods),
-                db_restore: Some(restored.db_restore),
+                db_restore: restored.db_restore,
                 total: Some(destroy_started.elapsed()),
-                pods_ready_wait: Some(restored.pods_ready),
+                pods_ready_wait: restored.pods_ready,
+                load: Some(service.load.sample()),
             };
             anyhow::Ok(verify::decide(&inputs, &config.thresholds))
         })
         .await?;
     run.note(match decision.action {
         verify::Action::Proceed => "proceed".to_owned(),
-        verify::Action::RollBack => format!(
-            "roll back: {}",
-            decision
-                .reasons
-                .iter()
-                .map(reason_text)
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
+        verify::Action::RollBack => format!("roll back: {}", decision.explain().join("; ")),
+        verify::Action::NotAssessed => {
+            format!("cannot proceed: {}", decision.explain().join("; "))
+        }
     });
     state.decision = Some(decision);
     Ok(())
 }
 
-fn reason_text(reason: &verify::RollbackReason) -> String {
-    format!(
-        "{:?}: {} (limit {})",
-        reason.criterion, reason.observed, reason.limit
-    )
+/// Which gate of the health-and-load phase failed, and why, when one did.
+fn service_failure(service: &Service) -> Option<(String, String)> {
+    if !service.load.passed {
+        return Some(("load".into(), service.load.findings.join("; ")));
+    }
+    if !service.health.passed {
+        return Some(("health".into(), service.health.findings.join("; ")));
+    }
+    None
+}
+
+/// The load gate's figures for the report, with each request kind's latencies.
+fn load_report(load: &harness::load::LoadVerdict) -> LoadReport {
+    let overall = &load.figures.overall;
+    LoadReport {
+        requests: overall.requests,
+        failures: overall.failures,
+        rps: overall.rps,
+        p95_ms: overall.p95_ms,
+        goose_report: load
+            .report
+            .as_ref()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned()),
+        endpoints: load
+            .figures
+            .per_request
+            .iter()
+            .map(|r| verify::EndpointLatency {
+                name: r.name.clone(),
+                p50_ms: r.p50_ms,
+                p95_ms: r.p95_ms,
+            })
+            .collect(),
+    }
 }
 
 fn uuid_like() -> String {
@@ -486,16 +536,51 @@ pub(crate) fn gate_report(verdict: &Verdict) -> GateReport {
         name: verdict.gate.to_string(),
         passed: verdict.passed,
         findings: verdict.findings.iter().map(ToString::to_string).collect(),
+        not_run: verdict.not_checked(),
     }
 }
 
-/// RPO: from the moment the quiesce stopped writes to the snapshot.
-fn rpo_ms(manifest: &Manifest) -> Option<u64> {
-    let stopped =
-        chrono::DateTime::parse_from_rfc3339(&manifest.quiesce.as_ref()?.writes_stopped_at).ok()?;
-    let snapshot =
-        chrono::DateTime::parse_from_rfc3339(&manifest.postgres.as_ref()?.snapshot_at).ok()?;
-    Some(u64::try_from((snapshot - stopped).num_milliseconds()).unwrap_or(0))
+/// The clock both ends of the RPO are read from.
+const RPO_CLOCK: &str = "postgresql server";
+
+/// RPO: from the moment the quiesce stopped writes to the snapshot, both read from the
+/// PostgreSQL server's clock (`clock_timestamp()` once no writer pod was left, and the
+/// snapshot transaction's start), so no clock skew between machines enters it.
+///
+/// # Errors
+/// Why it cannot be measured, or the negative figure when the snapshot came first: never
+/// clamped to zero, since a snapshot before writes stopped may miss writes.
+pub(crate) fn rpo(manifest: &Manifest) -> Result<u64, String> {
+    let quiesce = manifest
+        .quiesce
+        .as_ref()
+        .ok_or("the backup was not quiesced: no point at which writes stopped")?;
+    let snapshot = &manifest
+        .postgres
+        .as_ref()
+        .ok_or("the backup has no PostgreSQL snapshot")?
+        .snapshot_at;
+    rpo_between(quiesce.writes_stopped_server_at.as_deref(), snapshot)
+}
+
+/// The RPO from `stopped` (writes stopped, server clock) to `snapshot` (server clock).
+fn rpo_between(stopped: Option<&str>, snapshot: &str) -> Result<u64, String> {
+    let stopped = stopped.ok_or(
+        "the backup recorded no server time at which writes stopped (taken without PostgreSQL?)",
+    )?;
+    let parse = |what: &str, text: &str| {
+        chrono::DateTime::parse_from_rfc3339(text)
+            .map_err(|e| format!("{what} {text:?} is not an RFC 3339 time: {e}"))
+    };
+    let ms = (parse("snapshot time", snapshot)? - parse("writes-stopped time", stopped)?)
+        .num_milliseconds();
+    u64::try_from(ms).map_err(|_| {
+        format!(
+            "the snapshot ({snapshot}) was taken {} ms before writes stopped ({stopped}) on \
+             the server clock: writes after the snapshot may be missing from the backup",
+            -ms
+        )
+    })
 }
 
 /// Applies the manifests, holds the load generator at zero until the data is seeded, and waits
@@ -637,10 +722,12 @@ async fn write_marker(cluster: &AnyCluster, marker: &MarkerRow) -> anyhow::Resul
     Ok(())
 }
 
+/// The restore's timings; `None` when the restore did not measure one (then the rollback
+/// criterion it feeds is not assessed, never met).
 struct Restored {
-    db_restore: Duration,
-    analyze: Duration,
-    pods_ready: Duration,
+    db_restore: Option<Duration>,
+    analyze: Option<Duration>,
+    pods_ready: Option<Duration>,
 }
 
 /// Restores databases and Redis when the plan reaches them, reaching both through port-forwards
@@ -724,7 +811,10 @@ async fn restore(
         .context("the backup has no Kubernetes part")?;
     let list: serde_json::Value =
         serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
-    let mut objects = list["items"].as_array().cloned().unwrap_or_default();
+    let mut objects = list["items"]
+        .as_array()
+        .cloned()
+        .with_context(|| format!("{} has no `items` list", kube.clean_json))?;
     if scenario == Scenario::SchemaDrift {
         drift_init_script(&mut objects)?;
     }
@@ -758,9 +848,13 @@ async fn restore(
     options.waits.pvc_bound = config.ready_timeout;
     let report = restore_kubernetes(&client, &plan, &mut data, &options).await?;
     Ok(Restored {
-        db_restore: data.db_restore.unwrap_or_default(),
-        analyze: data.analyze.unwrap_or_default(),
-        pods_ready: Duration::from_secs_f64(report.pods_ready_seconds.unwrap_or(0.0)),
+        db_restore: data.db_restore,
+        analyze: data.analyze,
+        pods_ready: report
+            .pods_ready_seconds
+            .map(Duration::try_from_secs_f64)
+            .transpose()
+            .context("the restore's pods-ready time")?,
     })
 }
 
@@ -786,14 +880,17 @@ async fn run_gates(
     let sequences = facts::sequence_facts(&client).await?;
     let schema_after = facts::render_schema(&client).await?;
     let foreign_keys = facts::foreign_key_checks(&client).await?;
-    let tools = PgTools::discover()?;
-    let amcheck = facts::run_amcheck(&tools, &db.params).await.ok();
+    // pg_amcheck that cannot run fails the integrity gate with why; it is never left out.
+    let amcheck: verify::Amcheck = match PgTools::discover() {
+        Ok(tools) => facts::run_amcheck(&tools, &db.params).await.into(),
+        Err(err) => Err::<verify::AmcheckReport, _>(err).into(),
+    };
     let mut verdicts = vec![
         verify::row_counts(&pg.tables, &tables),
         verify::digests(&pg.tables, &tables),
         verify::schema(&pg.schema, &schema_after),
         verify::sequences(&pg.sequences, &sequences),
-        verify::referential_integrity(&foreign_keys, amcheck.as_ref()),
+        verify::referential_integrity(&foreign_keys, &amcheck),
         verify::marker_absent(&marker.subject(), marker.count(&client).await?),
         verify::statistics(&pg.tables, &facts::table_statistics(&client).await?),
     ];
@@ -828,7 +925,10 @@ async fn run_gates(
     if let Some(kube) = &manifest.kubernetes {
         let list: serde_json::Value =
             serde_json::from_slice(&std::fs::read(backup.dir.join(&kube.clean_json))?)?;
-        let mut backed_up = list["items"].as_array().cloned().unwrap_or_default();
+        let mut backed_up = list["items"]
+            .as_array()
+            .cloned()
+            .with_context(|| format!("{} has no `items` list", kube.clean_json))?;
         // The backup was taken quiesced: the state to restore is the one before the quiesce.
         for object in &mut backed_up {
             let name = object["metadata"]["name"]
@@ -1067,4 +1167,24 @@ async fn rollback_restore(
     };
     restore_database(tools, &db.params, &input, &DbRestoreOptions::default()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rpo_between;
+
+    #[test]
+    fn rpo_is_read_on_one_clock_and_never_clamped() {
+        let snapshot = "2026-12-02T13:00:00.250000Z";
+        assert_eq!(
+            rpo_between(Some("2026-12-02T13:00:00.100000Z"), snapshot),
+            Ok(150)
+        );
+        // A snapshot before writes stopped is not an RPO of 0: the backup may miss writes.
+        let early = rpo_between(Some("2026-12-02T13:00:01.250000Z"), snapshot).unwrap_err();
+        assert!(early.contains("1000 ms before writes stopped"), "{early}");
+        // Without the server's writes-stopped time there is no RPO on one clock.
+        let missing = rpo_between(None, snapshot).unwrap_err();
+        assert!(missing.contains("no server time"), "{missing}");
+    }
 }

@@ -113,7 +113,9 @@ pub async fn forward_to(cluster: &AnyCluster, app: &str, port: u16) -> anyhow::R
     Ok(PortForward::start(client, NAMESPACE, &pod, port).await?)
 }
 
-/// Sets a Deployment's replica count and waits until that many are ready (or none remain).
+/// Sets a Deployment's replica count and waits until that many are ready, or, for zero, until
+/// no pod of it exists (a terminating pod can still write; `status.replicas` no longer
+/// counts it).
 ///
 /// # Errors
 /// When the API refuses or the deadline passes.
@@ -129,11 +131,25 @@ pub async fn scale(
         .await
         .with_context(|| format!("scale {name}"))?;
     let deadline = Instant::now() + timeout;
+    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
     loop {
         let d = api.get(name).await.with_context(|| format!("get {name}"))?;
+        let selector = kube::core::Selector::try_from(d.spec.selector.clone())
+            .with_context(|| format!("the pod selector of deployment {name}"))?;
         let status = d.status.unwrap_or_default();
         let settled = if replicas == 0 {
-            status.replicas.unwrap_or(0) == 0
+            let left = pods
+                .list(&ListParams::default().labels_from(&selector))
+                .await
+                .with_context(|| format!("list the pods of deployment {name}"))?;
+            if !left.items.is_empty() && Instant::now() >= deadline {
+                bail!(
+                    "deployment {name} still has {} pod(s) after {} s (terminating pods count)",
+                    left.items.len(),
+                    timeout.as_secs()
+                );
+            }
+            left.items.is_empty()
         } else {
             status.ready_replicas.unwrap_or(0) >= replicas
                 && status.updated_replicas.unwrap_or(0) >= replicas

@@ -23,6 +23,7 @@ fn sample() -> Report {
                 start_ms: i as u64 * 1000,
                 duration_ms: 900,
                 detail: None,
+                gate: None,
             })
             .collect(),
         tables: vec![TableReport {
@@ -36,6 +37,7 @@ fn sample() -> Report {
             name: "row counts".into(),
             passed: true,
             findings: vec![],
+            not_run: None,
         }],
         load: Some(LoadReport {
             requests: 1234,
@@ -43,10 +45,13 @@ fn sample() -> Report {
             rps: 411.3,
             p95_ms: 8.5,
             goose_report: Some("goose-report.html".into()),
+            endpoints: vec![],
         }),
         rto_ms: Some(4200),
         rpo_ms: Some(12),
+        rpo_clock: Some("postgresql server".into()),
         rollback_reasons: vec![],
+        not_assessed: vec![],
     }
 }
 

@@ -17,7 +17,7 @@ use super::offsite::{OffsiteCopy, copy_offsite};
 use super::postgres::backup_postgres;
 use super::redis::backup_redis;
 use super::terraform::backup_terraform;
-use super::{BackupError, BackupOptions};
+use super::{BackupError, BackupOptions, PgSource};
 use crate::pg::PgTools;
 
 /// What a finished backup produced.
@@ -196,9 +196,14 @@ async fn collect(
     let mut quiesce_record = None;
     if let (Some(q), Some(k)) = (&options.quiesce, &options.kubernetes) {
         let started = Instant::now();
-        let record = quiesce(k, q)
+        let mut record = quiesce(k, q)
             .instrument(tracing::info_span!("quiesce"))
             .await?;
+        // The RPO runs from here to the snapshot: read this end from the server's clock too,
+        // so both ends come from one clock.
+        if let Some(source) = &options.postgres {
+            record.writes_stopped_server_at = Some(server_clock(source).await?);
+        }
         write_private(
             &super::files::ensure_parent(dir, "kubernetes/quiesce.json")?,
             &serde_json::to_vec_pretty(&record).map_err(|source| BackupError::Json {
@@ -329,6 +334,26 @@ async fn collect(
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
     write_manifest(dir, &mut manifest, feed).await?;
     Ok(manifest)
+}
+
+/// The PostgreSQL server's clock now (`clock_timestamp()`, UTC, RFC 3339 with microseconds,
+/// the format of the snapshot time).
+async fn server_clock(source: &PgSource) -> Result<String, BackupError> {
+    let session = source.session().await?;
+    let row = session
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+                            'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await
+        .map_err(|source| {
+            BackupError::Facts(crate::facts::TablesError::Query {
+                what: "read the server clock when writes stopped".to_owned(),
+                source,
+            })
+        })?;
+    Ok(row.get(0))
 }
 
 fn timing(name: &str, started: Instant, origin: Instant) -> StepTiming {

@@ -146,14 +146,28 @@ pub enum BackupError {
         detail: String,
     },
 
-    /// A deployment did not scale down in time.
-    #[error("deployment {namespace}/{name} still has {replicas} replicas after {seconds} s")]
+    /// A deployment's pods cannot be told apart, so the quiesce cannot wait for them.
+    #[error("deployment {namespace}/{name} has no usable pod selector: {detail}")]
+    QuiesceSelector {
+        /// Namespace.
+        namespace: String,
+        /// Deployment.
+        name: String,
+        /// What is wrong with the selector.
+        detail: String,
+    },
+
+    /// A deployment's pods were not gone in time.
+    #[error(
+        "deployment {namespace}/{name} still has {replicas} pod(s) after {seconds} s \
+         (terminating pods count: they can still write)"
+    )]
     QuiesceTimeout {
         /// Namespace.
         namespace: String,
         /// Deployment.
         name: String,
-        /// Replicas still running.
+        /// Pods still present, terminating ones included.
         replicas: i32,
         /// The deadline.
         seconds: u64,

@@ -8,7 +8,9 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::Selector;
 use kube::discovery::{Discovery, Scope, verbs};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -214,15 +216,22 @@ pub struct QuiesceRecord {
     pub namespace: String,
     /// Deployment name to the replicas it had.
     pub replicas: BTreeMap<String, i32>,
-    /// When the last of them reached zero (RFC 3339): no writer ran after this.
+    /// When the last pod of theirs was gone, on this machine's clock (RFC 3339): no writer
+    /// ran after this.
     pub writes_stopped_at: String,
+    /// The same moment on the PostgreSQL server's clock (`clock_timestamp()` read right after
+    /// the last pod was gone), when the backup has a PostgreSQL part: the RPO is measured
+    /// from it to the snapshot, both on one clock.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes_stopped_server_at: Option<String>,
 }
 
 /// Scales every Deployment of the namespace except `options.keep` to zero and waits until no
-/// pod of theirs is left.
+/// pod of theirs is left: terminating pods count, since a pod still shutting down can still
+/// write (`status.replicas` drops to zero as soon as deletion starts).
 ///
 /// # Errors
-/// When the API refuses, or a deployment does not scale down in time.
+/// When the API refuses, or a deployment's pods are not gone in time.
 pub async fn quiesce(
     source: &KubeSource,
     options: &QuiesceOptions,
@@ -234,34 +243,48 @@ pub async fn quiesce(
         .await
         .map_err(BackupError::kube(format!("list deployments in {ns}")))?;
     let mut replicas = BTreeMap::new();
+    let mut selectors = BTreeMap::new();
     for d in &list.items {
-        let name = d.metadata.name.clone().unwrap_or_default();
+        let Some(name) = d.metadata.name.clone() else {
+            continue;
+        };
         if options.keep.contains(&name) {
             continue;
         }
+        let bad_selector = |detail: String| BackupError::QuiesceSelector {
+            namespace: ns.clone(),
+            name: name.clone(),
+            detail,
+        };
+        let selector =
+            Selector::try_from(d.spec.selector.clone()).map_err(|e| bad_selector(e.to_string()))?;
+        // An empty selector would select every pod of the namespace, the kept ones too.
+        if selector.selects_all() {
+            return Err(bad_selector("it is empty and selects every pod".into()));
+        }
         let count = d.spec.replicas.unwrap_or(1);
-        replicas.insert(name, count);
+        replicas.insert(name.clone(), count);
+        selectors.insert(name, selector);
     }
     for name in replicas.keys() {
         scale(&api, ns, name, 0).await?;
     }
-    for name in replicas.keys() {
+    let pods: Api<Pod> = Api::namespaced(source.client.clone(), ns);
+    for (name, selector) in &selectors {
         let deadline = Instant::now() + options.timeout;
-        let name: &String = name;
+        let params = ListParams::default().labels_from(selector);
         loop {
-            let d = api
-                .get(name)
-                .await
-                .map_err(BackupError::kube(format!("get deployment {ns}/{name}")))?;
-            let running = d.status.as_ref().and_then(|s| s.replicas).unwrap_or(0);
-            if running == 0 {
+            let left = pods.list(&params).await.map_err(BackupError::kube(format!(
+                "list the pods of deployment {ns}/{name}"
+            )))?;
+            if left.items.is_empty() {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(BackupError::QuiesceTimeout {
                     namespace: ns.clone(),
                     name: name.clone(),
-                    replicas: running,
+                    replicas: i32::try_from(left.items.len()).unwrap_or(i32::MAX),
                     seconds: options.timeout.as_secs(),
                 });
             }
@@ -272,6 +295,7 @@ pub async fn quiesce(
         namespace: ns.clone(),
         replicas,
         writes_stopped_at: chrono::Utc::now().to_rfc3339(),
+        writes_stopped_server_at: None,
     })
 }
 

@@ -156,6 +156,9 @@ impl Manifest {
                 "\n=== Quiesce ===\nWrites stopped at: {}",
                 q.writes_stopped_at
             );
+            if let Some(server) = &q.writes_stopped_server_at {
+                let _ = writeln!(s, "Writes stopped at (server clock): {server}");
+            }
             for (d, n) in &q.replicas {
                 let _ = writeln!(s, "{d}: {n} replicas (scaled to 0)");
             }

@@ -72,7 +72,7 @@ impl PgSource {
         }
     }
 
-    async fn session(&self) -> Result<tokio_postgres::Client, BackupError> {
+    pub(crate) async fn session(&self) -> Result<tokio_postgres::Client, BackupError> {
         match self {
             PgSource::Direct { params, .. } => params
                 .connect()

@@ -282,6 +282,16 @@ impl LoadGate {
                 None => format!("threshold {} failed: no such request was made", o.rule),
             })
             .collect();
+        // The slowest request kind is the evidence a reader needs first: it names the
+        // endpoint to look at.
+        if !findings.is_empty()
+            && let Some(r) = slowest_request(&figures)
+        {
+            findings.push(format!(
+                "slowest endpoint {} (p50 {:.1} ms, p95 {:.1} ms)",
+                r.name, r.p50_ms, r.p95_ms
+            ));
+        }
         if figures.overall.requests == 0 {
             findings.push("no request was made".to_owned());
         }
@@ -302,6 +312,53 @@ impl LoadGate {
             "load gate judged"
         );
         Ok(verdict)
+    }
+}
+
+/// The request kind with the highest 95th percentile (the median breaks ties).
+fn slowest_request(figures: &LoadFigures) -> Option<&RequestFigures> {
+    figures
+        .per_request
+        .iter()
+        .filter(|r| r.requests > 0)
+        .max_by(|a, b| {
+            a.p95_ms
+                .total_cmp(&b.p95_ms)
+                .then(a.p50_ms.total_cmp(&b.p50_ms))
+        })
+}
+
+impl LoadVerdict {
+    /// The request kind with the highest 95th percentile, if any request was made.
+    pub fn slowest_request(&self) -> Option<&RequestFigures> {
+        slowest_request(&self.figures)
+    }
+
+    /// What the rollback decision needs of this verdict: the thresholds that did not hold,
+    /// the slowest response and the slowest request kind.
+    pub fn sample(&self) -> crate::verify::LoadSample {
+        crate::verify::LoadSample {
+            breaches: self
+                .thresholds
+                .iter()
+                .filter(|t| !t.passed)
+                .map(|t| crate::verify::LoadBreach {
+                    rule: t.rule.clone(),
+                    observed: t.observed,
+                })
+                .collect(),
+            requests: self.figures.overall.requests,
+            max_response_time: Duration::from_secs_f64(
+                self.figures.overall.max_ms.max(0.0) / 1000.0,
+            ),
+            slowest: self
+                .slowest_request()
+                .map(|r| crate::verify::EndpointLatency {
+                    name: r.name.clone(),
+                    p50_ms: r.p50_ms,
+                    p95_ms: r.p95_ms,
+                }),
+        }
     }
 }
 

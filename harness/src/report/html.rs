@@ -37,12 +37,14 @@ td,th{border:1px solid #d0d7de;padding:.3rem .6rem;text-align:left}th{background
 .ok{color:#2e7d32}.bad{color:#c62828;font-weight:600}.muted{color:#6a737d}code{font-size:.9em}\
 .figures span{display:inline-block;margin-right:2rem}";
 
-/// Renders `report` as a complete HTML document.
+/// Renders `report` (concluded: see [`Report::conclude`]) as a complete HTML document.
 pub fn render_html(report: &Report) -> String {
+    let report = &*report.concluded();
     let mut h = String::new();
     let verdict = match report.verdict {
         Outcome::Pass => ("pass", "PASS"),
         Outcome::Fail => ("fail", "FAIL / ROLL BACK"),
+        Outcome::CouldNotRun => ("fail", "COULD NOT RUN"),
     };
     let _ = write!(
         h,
@@ -50,7 +52,7 @@ pub fn render_html(report: &Report) -> String {
          <style>{STYLE}</style></head><body>\
          <h1>Rebuild rehearsal: {scenario}</h1><p class=\"muted\">provider {provider}, started {started}</p>\
          <p><span id=\"verdict\" class=\"verdict {class}\">{label}</span></p>\
-         <p class=\"figures\" id=\"recovery\"><span>RTO <strong>{rto}</strong></span><span>RPO <strong>{rpo}</strong></span></p>",
+         <p class=\"figures\" id=\"recovery\"><span>RTO <strong>{rto}</strong></span><span>RPO <strong>{rpo}</strong>{clock}</span></p>",
         scenario = esc(&report.scenario),
         provider = esc(&report.provider),
         started = esc(&report.started_at),
@@ -58,11 +60,27 @@ pub fn render_html(report: &Report) -> String {
         label = verdict.1,
         rto = ms(report.rto_ms),
         rpo = ms(report.rpo_ms),
+        clock = report
+            .rpo_clock
+            .as_deref()
+            .map(|c| format!(" <span class=\"muted\">({} clock)</span>", esc(c)))
+            .unwrap_or_default(),
     );
     if !report.rollback_reasons.is_empty() {
-        h.push_str("<h2>Roll back because</h2><ul id=\"rollback\">");
+        let title = match report.verdict {
+            Outcome::CouldNotRun => "Could not run because",
+            _ => "Roll back because",
+        };
+        let _ = write!(h, "<h2>{title}</h2><ul id=\"rollback\">");
         for reason in &report.rollback_reasons {
             let _ = write!(h, "<li class=\"bad\">{}</li>", esc(reason));
+        }
+        h.push_str("</ul>");
+    }
+    if !report.not_assessed.is_empty() {
+        h.push_str("<h2>Not assessed</h2><ul id=\"not-assessed\">");
+        for criterion in &report.not_assessed {
+            let _ = write!(h, "<li class=\"bad\">{}</li>", esc(criterion));
         }
         h.push_str("</ul>");
     }
@@ -123,7 +141,8 @@ fn timeline(h: &mut String, report: &Report) {
     for p in &report.phases {
         let (class, label) = match p.status {
             PhaseStatus::Passed => ("ok", "passed"),
-            PhaseStatus::Failed => ("bad", "failed"),
+            PhaseStatus::Failed if p.gate.is_some() => ("bad", "failed"),
+            PhaseStatus::Failed => ("bad", "could not run"),
             PhaseStatus::Skipped => ("muted", "skipped"),
         };
         let _ = write!(
@@ -178,12 +197,16 @@ fn gates(h: &mut String, report: &Report) {
                     .collect::<String>()
             )
         };
+        let label = match (&g.not_run, g.passed) {
+            (_, true) => "passed",
+            (Some(_), false) => "COULD NOT RUN",
+            (None, false) => "FAILED",
+        };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td class=\"{}\">{}</td><td>{findings}</td></tr>",
+            "<tr><td>{}</td><td class=\"{}\">{label}</td><td>{findings}</td></tr>",
             esc(&g.name),
             if g.passed { "ok" } else { "bad" },
-            if g.passed { "passed" } else { "FAILED" },
         );
     }
     h.push_str("</table>");
@@ -200,6 +223,21 @@ fn load(h: &mut String, report: &Report) {
                  <span>RPS <strong>{:.1}</strong></span><span>p95 <strong>{:.1} ms</strong></span></p>",
                 l.requests, l.failures, l.rps, l.p95_ms
             );
+            if !l.endpoints.is_empty() {
+                h.push_str(
+                    "<table id=\"endpoints\"><tr><th>Request</th><th>p50</th><th>p95</th></tr>",
+                );
+                for e in &l.endpoints {
+                    let _ = write!(
+                        h,
+                        "<tr><td>{}</td><td>{:.1} ms</td><td>{:.1} ms</td></tr>",
+                        esc(&e.name),
+                        e.p50_ms,
+                        e.p95_ms
+                    );
+                }
+                h.push_str("</table>");
+            }
             if let Some(link) = &l.goose_report {
                 let _ = write!(
                     h,
@@ -229,9 +267,29 @@ mod tests {
         ] {
             assert!(html.contains(id), "missing {id}");
         }
-        assert!(html.contains("FAIL / ROLL BACK"));
+        assert!(html.contains("COULD NOT RUN"), "the restore phase erred");
         assert!(html.contains("pg_restore &lt;failed&gt; &amp; &quot;quoted&quot;"));
         assert!(!html.contains("<failed>"));
         assert_eq!(html.matches("<g class=\"phase\">").count(), 2);
+    }
+
+    #[test]
+    fn could_not_run_and_not_assessed_reach_the_page() {
+        let mut report = super::super::sample::report();
+        report.gates[1].passed = false;
+        report.gates[1].not_run = Some("pg_amcheck did not start".into());
+        report.not_assessed = vec!["db_restore_duration".into()];
+        report.conclude();
+        let html = render_html(&report);
+        for needle in [
+            "COULD NOT RUN",
+            "Could not run because",
+            "id=\"not-assessed\"",
+            "db_restore_duration",
+            "gate schema could not run: pg_amcheck did not start",
+            "(postgresql server clock)",
+        ] {
+            assert!(html.contains(needle), "missing {needle}");
+        }
     }
 }

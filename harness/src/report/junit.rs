@@ -1,16 +1,25 @@
-//! JUnit XML: one test suite per rehearsal, one test case per gate and per failed phase.
+//! JUnit XML: one test suite per rehearsal, one test case per gate and per phase that did not
+//! pass, and one for the verdict. A gate that found defects is a failure; a gate or phase that
+//! could not run is an error; a verdict other than pass is never without a failing case.
 
 use quick_junit::{NonSuccessKind, TestCase, TestCaseStatus, TestSuite};
 
-use super::{PhaseStatus, Report};
+use super::{Outcome, PhaseStatus, Report};
 
-/// Renders `report` as JUnit XML.
+/// Renders `report` (concluded: see [`Report::conclude`]) as JUnit XML.
 pub fn render_junit(report: &Report) -> String {
+    let report = &*report.concluded();
     let suite_name = format!("rehearsal.{}.{}", report.scenario, report.provider);
     let mut suite = TestSuite::new(suite_name.as_str());
     for gate in &report.gates {
         let status = if gate.passed {
             TestCaseStatus::success()
+        } else if let Some(why) = &gate.not_run {
+            let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+            status
+                .set_message(format!("could not run: {why}"))
+                .set_description(gate.findings.join("\n"));
+            status
         } else {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
             status
@@ -30,7 +39,13 @@ pub fn render_junit(report: &Report) -> String {
         let status = match phase.status {
             PhaseStatus::Skipped => TestCaseStatus::skipped(),
             _ => {
-                let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
+                // A phase failed by its gate's verdict is a failure; any other is an error.
+                let kind = if phase.gate.is_some() {
+                    NonSuccessKind::Failure
+                } else {
+                    NonSuccessKind::Error
+                };
+                let mut status = TestCaseStatus::non_success(kind);
                 status.set_message(
                     phase
                         .detail
@@ -45,6 +60,26 @@ pub fn render_junit(report: &Report) -> String {
             .set_time(std::time::Duration::from_millis(phase.duration_ms));
         suite.add_test_case(case);
     }
+    let status = match report.verdict {
+        Outcome::Pass => TestCaseStatus::success(),
+        verdict => {
+            let (kind, label) = match verdict {
+                Outcome::CouldNotRun => (NonSuccessKind::Error, "could not run"),
+                _ => (NonSuccessKind::Failure, "roll back"),
+            };
+            let mut status = TestCaseStatus::non_success(kind);
+            status
+                .set_message(format!(
+                    "{label}: {} reason(s)",
+                    report.rollback_reasons.len()
+                ))
+                .set_description(report.rollback_reasons.join("\n"));
+            status
+        }
+    };
+    let mut case = TestCase::new("verdict", status);
+    case.set_classname(suite_name.as_str());
+    suite.add_test_case(case);
     let mut junit = quick_junit::Report::new("rebuild-rehearsal");
     junit.add_test_suite(suite);
     junit
@@ -64,6 +99,25 @@ mod tests {
         assert!(xml.contains("users: 10 before, 9 after"), "{xml}");
         assert!(xml.contains("name=\"phase.restore\""), "{xml}");
         assert!(xml.contains("&lt;failed&gt;"), "XML must be escaped: {xml}");
+        assert!(xml.contains("name=\"verdict\""), "{xml}");
+        // The failed gate is a failure; the erring phase and the verdict (could not run) are
+        // errors.
         assert!(xml.contains("failures=\"1\""), "{xml}");
+        assert!(xml.contains("errors=\"2\""), "{xml}");
+    }
+
+    #[test]
+    fn a_gate_that_could_not_run_is_an_error() {
+        let mut report = super::super::sample::report();
+        report.phases.truncate(1);
+        report.gates[1].passed = false;
+        report.gates[1].not_run = Some("pg_amcheck did not start".into());
+        report.conclude();
+        let xml = render_junit(&report);
+        assert!(
+            xml.contains("could not run: pg_amcheck did not start"),
+            "{xml}"
+        );
+        assert!(xml.contains("errors=\"2\""), "gate and verdict: {xml}");
     }
 }

@@ -14,10 +14,14 @@ pub use junit::render_junit;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Outcome {
-    /// Every phase ran and every gate passed.
+    /// Every phase ran, every gate passed, every criterion was assessed.
     Pass,
-    /// A gate failed or a phase could not run.
+    /// Everything ran and a gate failed: roll back.
     Fail,
+    /// A phase, a step between phases or a check a gate needs could not run: the rehearsal
+    /// proves nothing either way (never a pass).
+    #[serde(rename = "could_not_run")]
+    CouldNotRun,
 }
 
 /// How a phase ended.
@@ -46,6 +50,10 @@ pub struct PhaseReport {
     /// A one-line summary, or the error that ended it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub detail: Option<String>,
+    /// The gate whose failed verdict failed this phase (the phase ran and judged red). A
+    /// failed phase without one could not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<String>,
 }
 
 /// One table before the backup and after the restore.
@@ -79,6 +87,10 @@ pub struct GateReport {
     pub passed: bool,
     /// What it found, one line each.
     pub findings: Vec<String>,
+    /// Why it could not check (part of) what it checks, when it could not: such a gate is
+    /// failed, and the run could not run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_run: Option<String>,
 }
 
 /// The load gate's figures.
@@ -95,6 +107,9 @@ pub struct LoadReport {
     /// goose's own HTML report, relative to the report directory.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub goose_report: Option<String>,
+    /// Each request kind's latencies, from goose's per-request figures.
+    #[serde(default)]
+    pub endpoints: Vec<crate::verify::EndpointLatency>,
 }
 
 /// A whole rehearsal.
@@ -120,27 +135,110 @@ pub struct Report {
     pub rto_ms: Option<u64>,
     /// Recovery point: from the moment writes stopped to the snapshot.
     pub rpo_ms: Option<u64>,
-    /// The rollback decision's reasons (empty when the decision is to proceed).
+    /// Which clock both ends of the RPO were read from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rpo_clock: Option<String>,
+    /// Why the verdict is not a pass, one line each: the rollback decision's reasons, every
+    /// failed gate and phase, every criterion that could not be assessed. Empty exactly when
+    /// the verdict is `pass` (see [`Report::conclude`]).
     #[serde(default)]
     pub rollback_reasons: Vec<String>,
+    /// Rollback criteria that could not be assessed for lack of an observation.
+    #[serde(default)]
+    pub not_assessed: Vec<String>,
 }
 
 impl Report {
-    /// The verdict the phases and gates imply: pass only when every phase passed and every
-    /// gate passed.
-    pub fn implied_verdict(&self) -> Outcome {
-        let phases_ok = self.phases.iter().all(|p| p.status == PhaseStatus::Passed);
-        let gates_ok = self.gates.iter().all(|g| g.passed);
-        if phases_ok && gates_ok && self.rollback_reasons.is_empty() {
-            Outcome::Pass
-        } else {
+    /// Whether something could not run: a phase that failed without a gate's verdict (an
+    /// error, also one between phases), or a gate that could not check.
+    pub fn could_not_run(&self) -> bool {
+        self.phases
+            .iter()
+            .any(|p| p.status == PhaseStatus::Failed && p.gate.is_none())
+            || self.gates.iter().any(|g| g.not_run.is_some())
+    }
+
+    /// Settles the verdict from the evidence and makes the reasons agree with it: every failed
+    /// phase, every failed gate not already named by a reason (`gate <name> ...`) and every
+    /// criterion not assessed becomes a reason. So a verdict other than `pass` always comes
+    /// with its reasons, and `pass` means every phase and gate passed and nothing was left
+    /// unassessed.
+    pub fn conclude(&mut self) {
+        let mut added = Vec::new();
+        for phase in self
+            .phases
+            .iter()
+            .filter(|p| p.status == PhaseStatus::Failed)
+        {
+            let detail = phase.detail.as_deref().unwrap_or("no detail");
+            added.push(match &phase.gate {
+                Some(gate) => format!("phase {} failed: gate {gate} failed", phase.name),
+                None => format!("phase {} could not run: {detail}", phase.name),
+            });
+        }
+        for gate in self.gates.iter().filter(|g| !g.passed) {
+            let named = format!("gate {} ", gate.name);
+            if self.rollback_reasons.iter().any(|r| r.starts_with(&named)) {
+                continue;
+            }
+            added.push(match &gate.not_run {
+                Some(why) => format!("gate {} could not run: {why}", gate.name),
+                None if gate.findings.is_empty() => format!("gate {} failed", gate.name),
+                None => format!("gate {} failed: {}", gate.name, gate.findings.join("; ")),
+            });
+        }
+        for criterion in &self.not_assessed {
+            if !self
+                .rollback_reasons
+                .iter()
+                .any(|r| r.starts_with(criterion.as_str()))
+            {
+                added.push(format!("{criterion}: not assessed (no observation)"));
+            }
+        }
+        // Idempotent: a reason already given is not given twice.
+        for reason in added {
+            if !self.rollback_reasons.contains(&reason) {
+                self.rollback_reasons.push(reason);
+            }
+        }
+        self.verdict = if self.could_not_run() {
+            Outcome::CouldNotRun
+        } else if !self.rollback_reasons.is_empty()
+            || self.phases.iter().any(|p| p.status != PhaseStatus::Passed)
+        {
             Outcome::Fail
+        } else {
+            Outcome::Pass
+        };
+        if self.verdict != Outcome::Pass && self.rollback_reasons.is_empty() {
+            // Only skipped phases with nothing failed: say so rather than fail silently.
+            let skipped: Vec<&str> = self
+                .phases
+                .iter()
+                .filter(|p| p.status == PhaseStatus::Skipped)
+                .map(|p| p.name.as_str())
+                .collect();
+            self.rollback_reasons
+                .push(format!("phases did not run: {}", skipped.join(", ")));
         }
     }
 
-    /// The report as pretty JSON.
+    /// This report as [`Report::conclude`] settles it; the renderers use it, so no rendering
+    /// can show a verdict without its reasons, whatever the caller filled in.
+    pub(crate) fn concluded(&self) -> std::borrow::Cow<'_, Report> {
+        let mut settled = self.clone();
+        settled.conclude();
+        if settled == *self {
+            std::borrow::Cow::Borrowed(self)
+        } else {
+            std::borrow::Cow::Owned(settled)
+        }
+    }
+
+    /// The report as pretty JSON (concluded: see [`Report::conclude`]).
     pub fn to_json(&self) -> String {
-        serde_json::to_string_pretty(self).expect("a report always serialises")
+        serde_json::to_string_pretty(&*self.concluded()).expect("a report always serialises")
     }
 }
 
@@ -162,6 +260,7 @@ pub(crate) mod sample {
                     start_ms: 0,
                     duration_ms: 1200,
                     detail: None,
+                    gate: None,
                 },
                 PhaseReport {
                     name: "restore".into(),
@@ -169,6 +268,7 @@ pub(crate) mod sample {
                     start_ms: 1200,
                     duration_ms: 800,
                     detail: Some("pg_restore <failed> & \"quoted\"".into()),
+                    gate: None,
                 },
             ],
             tables: vec![TableReport {
@@ -183,11 +283,13 @@ pub(crate) mod sample {
                     name: "row-counts".into(),
                     passed: false,
                     findings: vec!["users: 10 before, 9 after".into()],
+                    not_run: None,
                 },
                 GateReport {
                     name: "schema".into(),
                     passed: true,
                     findings: vec![],
+                    not_run: None,
                 },
             ],
             load: Some(LoadReport {
@@ -196,10 +298,17 @@ pub(crate) mod sample {
                 rps: 50.0,
                 p95_ms: 12.5,
                 goose_report: Some("goose.html".into()),
+                endpoints: vec![crate::verify::EndpointLatency {
+                    name: "GET list posts".into(),
+                    p50_ms: 6.25,
+                    p95_ms: 12.5,
+                }],
             }),
             rto_ms: Some(2000),
             rpo_ms: Some(15),
+            rpo_clock: Some("postgresql server".into()),
             rollback_reasons: vec!["data mismatch in users".into()],
+            not_assessed: vec![],
         }
     }
 }
@@ -217,7 +326,7 @@ mod tests {
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }
-        assert_eq!(json["verdict"], "fail");
+        assert_eq!(json["verdict"], "could_not_run", "the restore phase erred");
         assert_eq!(json["phases"][0]["duration_ms"], 1200);
         assert_eq!(json["load"]["p95_ms"], 12.5);
     }
@@ -225,18 +334,103 @@ mod tests {
     #[test]
     fn verdict_is_pass_only_when_everything_passed() {
         let mut report = sample::report();
-        assert_eq!(report.implied_verdict(), Outcome::Fail);
+        report.rollback_reasons.clear();
+        report.conclude();
+        assert_eq!(
+            report.verdict,
+            Outcome::CouldNotRun,
+            "the restore phase erred"
+        );
+        let mut report = sample::report();
+        report.phases[1].gate = Some("row-counts".into());
+        report.conclude();
+        assert_eq!(report.verdict, Outcome::Fail);
+        let mut report = sample::report();
         report
             .phases
             .iter_mut()
             .for_each(|p| p.status = PhaseStatus::Passed);
         report.gates.iter_mut().for_each(|g| g.passed = true);
+        report.conclude();
         assert_eq!(
-            report.implied_verdict(),
+            report.verdict,
             Outcome::Fail,
             "a rollback reason still fails"
         );
+        let mut report = sample::report();
+        report
+            .phases
+            .iter_mut()
+            .for_each(|p| p.status = PhaseStatus::Passed);
+        report.gates.iter_mut().for_each(|g| g.passed = true);
         report.rollback_reasons.clear();
-        assert_eq!(report.implied_verdict(), Outcome::Pass);
+        report.conclude();
+        assert_eq!(report.verdict, Outcome::Pass);
+        assert!(report.rollback_reasons.is_empty());
+    }
+
+    #[test]
+    fn conclude_is_idempotent_and_rendering_never_shows_a_bare_fail() {
+        let mut report = sample::report();
+        report.rollback_reasons.clear();
+        report.verdict = Outcome::Fail;
+        // A caller that forgot to conclude: the renderings still carry the reasons.
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+        assert_eq!(json["verdict"], "could_not_run");
+        assert!(
+            !json["rollback_reasons"].as_array().unwrap().is_empty(),
+            "{json}"
+        );
+        assert!(render_html(&report).contains("Could not run because"));
+        report.conclude();
+        let once = report.clone();
+        report.conclude();
+        assert_eq!(report, once);
+    }
+
+    #[test]
+    fn a_verdict_other_than_pass_always_has_reasons() {
+        // Every way to fail, each with no reason given beforehand.
+        type Break = fn(&mut Report);
+        let cases: [(&str, Break); 5] = [
+            ("failed gate", |r| r.gates[1].passed = false),
+            ("gate that could not run", |r| {
+                r.gates[1].passed = false;
+                r.gates[1].not_run = Some("pg_amcheck did not start".into());
+            }),
+            ("failed phase", |r| r.phases[0].status = PhaseStatus::Failed),
+            ("skipped phase", |r| {
+                r.phases[0].status = PhaseStatus::Skipped
+            }),
+            ("not assessed", |r| {
+                r.not_assessed = vec!["db_restore_duration".into()]
+            }),
+        ];
+        for (what, break_it) in cases {
+            let mut report = sample::report();
+            report
+                .phases
+                .iter_mut()
+                .for_each(|p| p.status = PhaseStatus::Passed);
+            report.gates.iter_mut().for_each(|g| g.passed = true);
+            report.rollback_reasons.clear();
+            break_it(&mut report);
+            report.conclude();
+            assert_ne!(report.verdict, Outcome::Pass, "{what}");
+            assert!(!report.rollback_reasons.is_empty(), "{what}: no reason");
+        }
+        let mut report = sample::report();
+        report.gates[1].passed = false;
+        report.gates[1].not_run = Some("pg_amcheck did not start".into());
+        report.conclude();
+        assert_eq!(report.verdict, Outcome::CouldNotRun);
+        assert!(
+            report
+                .rollback_reasons
+                .iter()
+                .any(|r| r.contains("gate schema could not run: pg_amcheck did not start")),
+            "{:?}",
+            report.rollback_reasons
+        );
     }
 }

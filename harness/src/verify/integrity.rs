@@ -15,12 +15,42 @@ pub struct AmcheckReport {
     pub output: String,
 }
 
+/// What became of `pg_amcheck` for the integrity gate. There is no way to say "it did not
+/// start, so leave it out": a check that was asked for and could not run fails the gate.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Amcheck {
+    /// The gate checks foreign keys only; pg_amcheck was not part of it.
+    NotRequested,
+    /// pg_amcheck ran and reported.
+    Ran(AmcheckReport),
+    /// pg_amcheck was asked for and could not run, with why.
+    CouldNotRun(String),
+}
+
+impl<E: std::error::Error> From<Result<AmcheckReport, E>> for Amcheck {
+    /// The outcome of an attempt to run pg_amcheck: its report, or why it could not run (the
+    /// error's whole chain).
+    fn from(result: Result<AmcheckReport, E>) -> Self {
+        match result {
+            Ok(report) => Amcheck::Ran(report),
+            Err(err) => {
+                let mut why = err.to_string();
+                let mut source = err.source();
+                while let Some(cause) = source {
+                    why.push_str(": ");
+                    why.push_str(&cause.to_string());
+                    source = cause.source();
+                }
+                Amcheck::CouldNotRun(why)
+            }
+        }
+    }
+}
+
 /// Referential integrity: every foreign key has no orphan rows and is validated, and
-/// `pg_amcheck` (when it ran) reported no corruption.
-pub fn referential_integrity(
-    foreign_keys: &[ForeignKeyCheck],
-    amcheck: Option<&AmcheckReport>,
-) -> Verdict {
+/// `pg_amcheck` (when requested) ran and reported no corruption.
+pub fn referential_integrity(foreign_keys: &[ForeignKeyCheck], amcheck: &Amcheck) -> Verdict {
     let mut findings = Vec::new();
     for fk in foreign_keys {
         let subject = format!("{} constraint {}", fk.table, fk.constraint);
@@ -50,8 +80,14 @@ pub fn referential_integrity(
             );
         }
     }
-    if let Some(report) = amcheck {
-        findings.extend(amcheck_findings(report));
+    match amcheck {
+        Amcheck::NotRequested => {}
+        Amcheck::Ran(report) => findings.extend(amcheck_findings(report)),
+        Amcheck::CouldNotRun(why) => findings.push(Finding::new(
+            "pg_amcheck",
+            FindingKind::NotChecked,
+            format!("could not check for corruption: pg_amcheck did not run: {why}"),
+        )),
     }
     Verdict::from_findings(Gate::ReferentialIntegrity, findings)
 }
@@ -126,13 +162,13 @@ mod tests {
             exit_code: 0,
             output: String::new(),
         };
-        let verdict = referential_integrity(&[fk(0, true)], Some(&clean));
+        let verdict = referential_integrity(&[fk(0, true)], &Amcheck::Ran(clean));
         assert!(verdict.passed, "{verdict}");
     }
 
     #[test]
     fn orphan_rows_are_a_finding() {
-        let verdict = referential_integrity(&[fk(2, true)], None);
+        let verdict = referential_integrity(&[fk(2, true)], &Amcheck::NotRequested);
         assert_eq!(verdict.findings.len(), 1);
         let f = &verdict.findings[0];
         assert_eq!(f.subject, "public.posts constraint posts_author_fkey");
@@ -147,7 +183,7 @@ mod tests {
 
     #[test]
     fn not_valid_constraint_is_a_finding() {
-        let verdict = referential_integrity(&[fk(0, false)], None);
+        let verdict = referential_integrity(&[fk(0, false)], &Amcheck::NotRequested);
         assert!(verdict.findings[0].detail.contains("NOT VALID"));
     }
 
@@ -158,7 +194,7 @@ mod tests {
             exit_code: 2,
             output: output.into(),
         };
-        let verdict = referential_integrity(&[], Some(&report));
+        let verdict = referential_integrity(&[], &Amcheck::Ran(report));
         let subjects: Vec<_> = verdict
             .findings
             .iter()
@@ -180,7 +216,22 @@ mod tests {
             exit_code: 1,
             output: String::new(),
         };
-        let verdict = referential_integrity(&[], Some(&report));
+        let verdict = referential_integrity(&[], &Amcheck::Ran(report));
         assert!(verdict.findings[0].detail.contains("status 1"));
+    }
+
+    #[test]
+    fn amcheck_that_could_not_run_fails_the_gate_with_why() {
+        let verdict = referential_integrity(
+            &[fk(0, true)],
+            &Amcheck::from(Err::<AmcheckReport, _>(std::io::Error::from(
+                std::io::ErrorKind::PermissionDenied,
+            ))),
+        );
+        assert!(!verdict.passed, "{verdict}");
+        assert_eq!(verdict.findings[0].kind, FindingKind::NotChecked);
+        let why = verdict.not_checked().expect("a could-not-check reason");
+        assert!(why.contains("permission denied"), "{why}");
+        assert!(why.contains("could not check"), "{why}");
     }
 }

@@ -21,12 +21,12 @@ mod statistics;
 use serde::{Deserialize, Serialize};
 
 pub use data::{digests, marker_absent, row_counts, sequences};
-pub use integrity::{AmcheckReport, referential_integrity};
+pub use integrity::{Amcheck, AmcheckReport, referential_integrity};
 pub use kubernetes::{kubernetes_objects, normalise_object};
 pub use redis::{RedisFacts, redis};
 pub use rollback::{
-    Action, Criterion, Decision, HealthSample, PodObservation, RollbackInputs, RollbackReason,
-    RollbackThresholds, decide,
+    Action, Criterion, Decision, EndpointLatency, HealthSample, LoadBreach, LoadSample,
+    PodObservation, RollbackInputs, RollbackReason, RollbackThresholds, decide,
 };
 pub use schema::{schema, unified_diff};
 pub use statistics::statistics;
@@ -94,6 +94,9 @@ pub enum FindingKind {
     Broken,
     /// Input that the gate cannot judge (for example digests computed with different orderings).
     Incomparable,
+    /// A check the gate needs could not run (a tool that did not start, say): the gate fails,
+    /// and the run is reported as one that could not run, never as a pass.
+    NotChecked,
 }
 
 /// One defect, with the subject it concerns and both values where there are two.
@@ -164,6 +167,16 @@ impl Verdict {
             passed: findings.is_empty(),
             findings,
         }
+    }
+
+    /// Why the gate could not check everything it needs, when it could not: the details of
+    /// its [`FindingKind::NotChecked`] findings.
+    pub fn not_checked(&self) -> Option<String> {
+        let reasons: Vec<String> = self
+            .findings_of(FindingKind::NotChecked)
+            .map(ToString::to_string)
+            .collect();
+        (!reasons.is_empty()).then(|| reasons.join("; "))
     }
 
     /// Findings of one kind.

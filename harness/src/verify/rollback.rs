@@ -138,6 +138,54 @@ pub struct RollbackInputs {
     /// How long the wait for all pods to become Ready took (or had taken when it gave up).
     #[serde(with = "opt_secs")]
     pub pods_ready_wait: Option<Duration>,
+    /// The load gate's outcome, if it ran.
+    pub load: Option<LoadSample>,
+}
+
+/// What the load gate observed, as the decision needs it: the thresholds that failed with
+/// what was observed, its slowest response, and its slowest request kind as evidence.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoadSample {
+    /// Each threshold that did not hold: the rule as written and the value observed (`None`
+    /// when no request of its scope was made).
+    pub breaches: Vec<LoadBreach>,
+    /// Requests made; a load gate that made none has not measured anything.
+    pub requests: u64,
+    /// The slowest response the load gate measured.
+    #[serde(with = "secs")]
+    pub max_response_time: Duration,
+    /// The request kind with the highest 95th percentile, if any request was made.
+    pub slowest: Option<EndpointLatency>,
+}
+
+/// One k6-style threshold that did not hold.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LoadBreach {
+    /// The rule as written (`http_req_duration: p(95)<500`).
+    pub rule: String,
+    /// The value observed, if any request of the rule's scope was made.
+    pub observed: Option<f64>,
+}
+
+/// Latency figures of one request kind of the load gate.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct EndpointLatency {
+    /// goose's name: `GET list posts`.
+    pub name: String,
+    /// Median response time in milliseconds.
+    pub p50_ms: f64,
+    /// 95th percentile in milliseconds.
+    pub p95_ms: f64,
+}
+
+impl std::fmt::Display for EndpointLatency {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} (p50 {:.1} ms, p95 {:.1} ms)",
+            self.name, self.p50_ms, self.p95_ms
+        )
+    }
 }
 
 /// One rollback criterion of the runbook (plus failed gates it does not name).
@@ -164,6 +212,33 @@ pub enum Criterion {
     TotalDuration,
     /// Pods did not become Ready in time.
     PodsNotReady,
+    /// A threshold of the load gate (the runbook's k6 limits) did not hold.
+    LoadThresholds,
+}
+
+impl Criterion {
+    /// A short, stable name for reports (`data_mismatch`, `load_thresholds`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            Criterion::DataMismatch => "data_mismatch",
+            Criterion::MissingTable => "missing_table",
+            Criterion::BrokenForeignKeys => "broken_foreign_keys",
+            Criterion::GateFailed => "gate_failed",
+            Criterion::HealthCheckFailures => "health_check_failures",
+            Criterion::ResponseTime => "response_time",
+            Criterion::PodRestarts => "pod_restarts",
+            Criterion::DbRestoreDuration => "db_restore_duration",
+            Criterion::TotalDuration => "total_duration",
+            Criterion::PodsNotReady => "pods_not_ready",
+            Criterion::LoadThresholds => "load_thresholds",
+        }
+    }
+}
+
+impl std::fmt::Display for Criterion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// Why a rollback is needed: the criterion, what was observed, and the limit.
@@ -171,6 +246,9 @@ pub enum Criterion {
 pub struct RollbackReason {
     /// The criterion.
     pub criterion: Criterion,
+    /// The gate whose verdict gave this reason, when one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gate: Option<Gate>,
     /// What was observed, naming tables, pods or gates.
     pub observed: String,
     /// The limit that was crossed.
@@ -185,15 +263,18 @@ pub enum Action {
     Proceed,
     /// At least one criterion is crossed.
     RollBack,
+    /// No criterion is crossed, but some could not be assessed for lack of an observation:
+    /// a decision that cannot say "proceed" (a check that could not run is never a pass).
+    NotAssessed,
 }
 
 /// The decision with every reason, and the criteria that could not be assessed for lack of
-/// an observation (a proceed with unassessed criteria is weaker than a full one).
+/// an observation. Proceed only when every criterion was assessed and none is crossed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Decision {
     /// What to do.
     pub action: Action,
-    /// Every crossed criterion (empty exactly when proceeding).
+    /// Every crossed criterion (empty when proceeding or not assessed).
     pub reasons: Vec<RollbackReason>,
     /// Criteria without an observation.
     pub not_assessed: Vec<Criterion>,
@@ -203,6 +284,33 @@ impl Decision {
     /// True when the decision is to proceed.
     pub fn proceed(&self) -> bool {
         self.action == Action::Proceed
+    }
+
+    /// One line per reason not to proceed: every crossed criterion with what was observed and
+    /// the limit, then every criterion that could not be assessed. Empty exactly when the
+    /// decision is to proceed.
+    pub fn explain(&self) -> Vec<String> {
+        let mut lines: Vec<String> = self.reasons.iter().map(ToString::to_string).collect();
+        lines.extend(
+            self.not_assessed
+                .iter()
+                .map(|c| format!("{c}: not assessed (no observation)")),
+        );
+        lines
+    }
+}
+
+impl std::fmt::Display for RollbackReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Reasons from a gate name it first (`gate <name> (...)`), so a report can tell which
+        // failed gates already have their reason; the load gate is not a `Gate` of this module
+        // but its thresholds are its verdict.
+        match (self.gate, self.criterion) {
+            (Some(gate), criterion) => write!(f, "gate {gate} ({criterion}): ")?,
+            (None, Criterion::LoadThresholds) => write!(f, "gate load (load_thresholds): ")?,
+            (None, criterion) => write!(f, "{criterion}: ")?,
+        }
+        write!(f, "{} (limit: {})", self.observed, self.limit)
     }
 }
 
@@ -219,15 +327,8 @@ fn fmt_duration(d: Duration) -> String {
 
 /// Applies the rollback criteria. Pure: the caller observes, this only judges.
 pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decision {
-    let mut reasons = Vec::new();
+    let mut reasons: Vec<RollbackReason> = Vec::new();
     let mut not_assessed = Vec::new();
-    let mut reason = |criterion, observed: String, limit: String| {
-        reasons.push(RollbackReason {
-            criterion,
-            observed,
-            limit,
-        })
-    };
 
     // Data criteria from the gates.
     let data_gates = [Gate::RowCounts, Gate::Digests];
@@ -242,6 +343,15 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
         not_assessed.push(Criterion::BrokenForeignKeys);
     }
     for verdict in inputs.verdicts.iter().filter(|v| !v.passed) {
+        let before = reasons.len();
+        let mut reason = |criterion, observed: String, limit: String| {
+            reasons.push(RollbackReason {
+                criterion,
+                gate: Some(verdict.gate),
+                observed,
+                limit,
+            })
+        };
         for finding in &verdict.findings {
             let shown = finding.to_string();
             match verdict.gate {
@@ -292,7 +402,35 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
                 ),
             }
         }
+        // A failed gate always yields a reason, also when it has no finding or when every
+        // finding is within a tolerance: a failed gate never leaves the decision silent.
+        if reasons.len() == before {
+            let observed = if verdict.findings.is_empty() {
+                format!("gate {} failed without a finding", verdict.gate)
+            } else {
+                let shown: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
+                format!(
+                    "gate {} failed (within the tolerance of the rollback criteria): {}",
+                    verdict.gate,
+                    shown.join("; ")
+                )
+            };
+            reasons.push(RollbackReason {
+                criterion: Criterion::GateFailed,
+                gate: Some(verdict.gate),
+                observed,
+                limit: format!("gate {} passes", verdict.gate),
+            });
+        }
     }
+    let mut reason = |criterion, observed: String, limit: String| {
+        reasons.push(RollbackReason {
+            criterion,
+            gate: None,
+            observed,
+            limit,
+        })
+    };
 
     match inputs.health {
         Some(h) if h.attempts > 0 => {
@@ -316,14 +454,59 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
         _ => not_assessed.push(Criterion::HealthCheckFailures),
     }
 
-    match inputs.max_response_time {
-        Some(t) if t > thresholds.max_response_time => reason(
+    // The response time is the slowest of the health probes and the load gate's requests:
+    // the load gate is where a slow endpoint shows.
+    let load_max = inputs
+        .load
+        .as_ref()
+        .filter(|l| l.requests > 0)
+        .map(|l| (l.max_response_time, l.slowest.as_ref()));
+    let slowest = match (inputs.max_response_time, load_max) {
+        (Some(h), Some((l, endpoint))) if l > h => Some((l, "load gate", endpoint)),
+        (Some(h), _) => Some((h, "health probes", None)),
+        (None, Some((l, endpoint))) => Some((l, "load gate", endpoint)),
+        (None, None) => None,
+    };
+    match slowest {
+        Some((t, source, endpoint)) if t > thresholds.max_response_time => reason(
             Criterion::ResponseTime,
-            format!("slowest response took {}", fmt_duration(t)),
+            format!(
+                "slowest response ({source}) took {}{}",
+                fmt_duration(t),
+                endpoint
+                    .map(|e| format!("; slowest endpoint {e}"))
+                    .unwrap_or_default()
+            ),
             format!("at most {}", fmt_duration(thresholds.max_response_time)),
         ),
         Some(_) => {}
         None => not_assessed.push(Criterion::ResponseTime),
+    }
+
+    match &inputs.load {
+        Some(load) if load.requests == 0 => reason(
+            Criterion::LoadThresholds,
+            "the load gate made no request".into(),
+            "every load threshold holds".into(),
+        ),
+        Some(load) => {
+            for breach in &load.breaches {
+                let observed = breach
+                    .observed
+                    .map_or("no request of its scope".to_owned(), |v| format!("{v:.3}"));
+                let slowest = load
+                    .slowest
+                    .as_ref()
+                    .map(|e| format!("; slowest endpoint {e}"))
+                    .unwrap_or_default();
+                reason(
+                    Criterion::LoadThresholds,
+                    format!("threshold {} observed {observed}{slowest}", breach.rule),
+                    breach.rule.clone(),
+                );
+            }
+        }
+        None => not_assessed.push(Criterion::LoadThresholds),
     }
 
     match &inputs.pods {
@@ -395,6 +578,7 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
         Some(d) if d > thresholds.max_pods_ready && !already_not_ready => {
             reasons.push(RollbackReason {
                 criterion: Criterion::PodsNotReady,
+                gate: None,
                 observed: format!("pods became Ready only after {}", fmt_duration(d)),
                 limit: format!("at most {}", fmt_duration(thresholds.max_pods_ready)),
             })
@@ -403,10 +587,12 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
         None => not_assessed.push(Criterion::PodsNotReady),
     }
 
-    let action = if reasons.is_empty() {
-        Action::Proceed
-    } else {
+    let action = if !reasons.is_empty() {
         Action::RollBack
+    } else if !not_assessed.is_empty() {
+        Action::NotAssessed
+    } else {
+        Action::Proceed
     };
     Decision {
         action,
@@ -445,6 +631,16 @@ mod tests {
             db_restore: Some(Duration::from_secs(40 * 60)),
             total: Some(h(2)),
             pods_ready_wait: Some(Duration::from_secs(5 * 60)),
+            load: Some(LoadSample {
+                breaches: vec![],
+                requests: 500,
+                max_response_time: Duration::from_millis(120),
+                slowest: Some(EndpointLatency {
+                    name: "GET list posts".into(),
+                    p50_ms: 12.0,
+                    p95_ms: 40.0,
+                }),
+            }),
         }
     }
 
@@ -513,6 +709,10 @@ mod tests {
         inputs.db_restore = Some(h(2) + Duration::from_secs(1));
         inputs.total = Some(h(6) + Duration::from_secs(1));
         inputs.pods_ready_wait = Some(Duration::from_secs(31 * 60));
+        inputs.load.as_mut().unwrap().breaches = vec![LoadBreach {
+            rule: "http_req_duration: p(95)<500".into(),
+            observed: Some(745.0),
+        }];
         let decision = check(
             inputs,
             &[
@@ -522,6 +722,7 @@ mod tests {
                 Criterion::GateFailed,
                 Criterion::HealthCheckFailures,
                 Criterion::ResponseTime,
+                Criterion::LoadThresholds,
                 Criterion::PodRestarts,
                 Criterion::PodsNotReady,
                 Criterion::DbRestoreDuration,
@@ -530,9 +731,9 @@ mod tests {
         );
         let text = serde_json::to_string(&decision).unwrap();
         assert!(text.contains("\"action\":\"roll_back\""), "{text}");
-        assert!(decision.reasons[6].observed.contains("CrashLoopBackOff"));
+        assert!(decision.reasons[7].observed.contains("CrashLoopBackOff"));
         assert!(
-            decision.reasons[7]
+            decision.reasons[8]
                 .observed
                 .contains("titanium-prod/auth-1")
         );
@@ -556,20 +757,110 @@ mod tests {
             Gate::RowCounts,
             vec![Finding::new("public.users", FindingKind::Mismatch, "x").values(1000, 950)],
         )];
-        assert!(!decide(&inputs, &RollbackThresholds::default()).proceed());
-        assert!(decide(&inputs, &RollbackThresholds::runbook()).proceed());
+        let criteria = |thresholds| -> Vec<Criterion> {
+            decide(&inputs, &thresholds)
+                .reasons
+                .iter()
+                .map(|r| r.criterion)
+                .collect()
+        };
+        assert_eq!(
+            criteria(RollbackThresholds::default()),
+            [Criterion::DataMismatch]
+        );
+        // Within the tolerance the data criterion holds; the failed gate is still a reason.
+        assert_eq!(
+            criteria(RollbackThresholds::runbook()),
+            [Criterion::GateFailed]
+        );
     }
 
     #[test]
-    fn missing_observations_are_reported_not_assumed() {
+    fn no_inputs_is_not_a_proceed() {
         let decision = decide(&RollbackInputs::default(), &RollbackThresholds::default());
-        assert!(decision.proceed());
+        assert!(!decision.proceed(), "{decision:?}");
+        assert_eq!(decision.action, Action::NotAssessed);
         assert_eq!(
             decision.not_assessed.len(),
-            8,
+            9,
             "{:?}",
             decision.not_assessed
         );
+        let explained = decision.explain();
+        assert!(
+            explained
+                .iter()
+                .any(|l| l.contains("db_restore_duration: not assessed")),
+            "{explained:?}"
+        );
+    }
+
+    #[test]
+    fn missing_timings_are_not_within_their_limits() {
+        for unset in ["db_restore", "pods_ready_wait"] {
+            let mut inputs = clean();
+            match unset {
+                "db_restore" => inputs.db_restore = None,
+                _ => inputs.pods_ready_wait = None,
+            }
+            let decision = decide(&inputs, &RollbackThresholds::default());
+            assert!(!decision.proceed(), "{unset}: {decision:?}");
+            assert_eq!(decision.not_assessed.len(), 1, "{unset}: {decision:?}");
+        }
+    }
+
+    #[test]
+    fn a_failed_gate_always_gives_a_reason() {
+        // Within the runbook's 10 % tolerance the count criterion holds, but the gate failed:
+        // the decision must still say why it does not proceed.
+        let mut inputs = clean();
+        inputs.verdicts.push(Verdict::from_findings(
+            Gate::RowCounts,
+            vec![Finding::new("public.users", FindingKind::Mismatch, "x").values(1000, 990)],
+        ));
+        inputs.verdicts.push(Verdict {
+            gate: Gate::Redis,
+            passed: false,
+            findings: vec![],
+        });
+        let decision = decide(&inputs, &RollbackThresholds::runbook());
+        let gates: Vec<_> = decision.reasons.iter().map(|r| r.gate).collect();
+        assert_eq!(
+            gates,
+            [Some(Gate::RowCounts), Some(Gate::Redis)],
+            "{decision:#?}"
+        );
+        assert!(!decision.proceed());
+    }
+
+    #[test]
+    fn a_failed_load_gate_is_a_reason_with_its_evidence() {
+        let mut inputs = clean();
+        let load = inputs.load.as_mut().unwrap();
+        load.breaches = vec![LoadBreach {
+            rule: "http_req_duration: p(95)<500".into(),
+            observed: Some(745.0),
+        }];
+        load.slowest = Some(EndpointLatency {
+            name: "GET list posts".into(),
+            p50_ms: 627.0,
+            p95_ms: 1210.0,
+        });
+        load.max_response_time = Duration::from_millis(5_300);
+        let decision = check(
+            inputs,
+            &[Criterion::ResponseTime, Criterion::LoadThresholds],
+        );
+        let text = decision.explain().join("\n");
+        for needle in [
+            "http_req_duration: p(95)<500",
+            "745.000",
+            "GET list posts (p50 627.0 ms, p95 1210.0 ms)",
+            "load gate) took 5.300 s",
+            "gate load (load_thresholds): threshold http_req_duration: p(95)<500 observed 745.000",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from:\n{text}");
+        }
     }
 
     #[test]
