@@ -14,4 +14,5 @@ pub mod pg;
 pub mod preflight;
 pub mod report;
 pub mod restore;
+pub mod testing;
 pub mod verify;
