@@ -41,7 +41,10 @@ async fn serve_refuses_a_state_dir_the_postgres_account_cannot_reach() {
             .is_some(),
         "no postgres account (ci/setup installs PostgreSQL)"
     );
-    let dir = tempfile::tempdir().expect("temp dir"); // 0700
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // As a home directory often is (a temporary directory follows the umask).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
     let kubeconfig = dir.path().join("kubeconfig");
     let out = tokio::time::timeout(
         Duration::from_secs(30),
