@@ -167,13 +167,13 @@ struct BackupArgs {
     #[arg(long)]
     quiesce: bool,
     /// Deployments left running by --quiesce.
-    #[arg(long, default_value = "prod-redis-deployment", value_parser = validate::object_name)]
+    #[arg(long, default_value = "prod-redis-deployment", value_parser = validate::object_name, requires = "quiesce")]
     keep_running: Vec<String>,
     /// Terraform working directory whose state is backed up.
     #[arg(long, value_parser = validate::existing_dir)]
     terraform_dir: Option<PathBuf>,
     /// Encrypt the archive with age, with the passphrase in the first line of this file.
-    #[arg(long, value_parser = validate::existing_file)]
+    #[arg(long, value_parser = validate::passphrase_file)]
     passphrase_file: Option<PathBuf>,
     /// Encrypt the archive with age for this recipient (age1...).
     #[arg(long, conflicts_with = "passphrase_file", value_parser = validate::age_recipient)]
@@ -190,7 +190,7 @@ struct VerifyArgs {
     #[arg(value_parser = validate::existing_path)]
     backup: PathBuf,
     /// Passphrase file for an encrypted archive.
-    #[arg(long, value_parser = validate::existing_file)]
+    #[arg(long, value_parser = validate::passphrase_file)]
     passphrase_file: Option<PathBuf>,
     /// age identity file for an encrypted archive.
     #[arg(long, conflicts_with = "passphrase_file", value_parser = validate::existing_file)]

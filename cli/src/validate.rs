@@ -133,6 +133,16 @@ pub(crate) fn existing_file(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// A passphrase file: readable, with a passphrase on its first line.
+pub(crate) fn passphrase_file(s: &str) -> Result<PathBuf, String> {
+    let path = existing_file(s)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{s}: {e}"))?;
+    if text.lines().next().is_none_or(|l| l.trim().is_empty()) {
+        return Err(format!("{s}: the first line (the passphrase) is empty"));
+    }
+    Ok(path)
+}
+
 /// A path that must name an existing directory.
 pub(crate) fn existing_dir(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
@@ -230,6 +240,23 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
                     "--offsite-dir must be another directory than --out (an off-site copy beside the backup protects nothing)"
                         .into(),
                 );
+            }
+            Ok(())
+        }
+        Command::Verify(args) => {
+            let encrypted = args.backup.to_string_lossy().ends_with(".age");
+            let key = args.passphrase_file.is_some() || args.identity.is_some();
+            if encrypted && !key {
+                return Err(format!(
+                    "{} is encrypted: give --passphrase-file or --identity",
+                    args.backup.display()
+                ));
+            }
+            if !encrypted && key {
+                return Err(format!(
+                    "--passphrase-file / --identity apply only to an encrypted archive (.tar.gz.age), not {}",
+                    args.backup.display()
+                ));
             }
             Ok(())
         }

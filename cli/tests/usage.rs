@@ -81,6 +81,12 @@ fn every_command_refuses_bad_options_before_it_starts() {
     let missing = missing.to_str().unwrap();
     let missing_json = root.join("missing/out.json");
     let missing_json = missing_json.to_str().unwrap();
+    let age_archive = root.join("b.tar.gz.age");
+    std::fs::write(&age_archive, "x").unwrap();
+    let age_archive = age_archive.display().to_string();
+    let empty = root.join("empty-passphrase");
+    std::fs::write(&empty, "\n").unwrap();
+    let empty = empty.display().to_string();
     let kind_config = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../kind-config/single-node.yaml")
         .display()
@@ -154,6 +160,20 @@ fn every_command_refuses_bad_options_before_it_starts() {
         // verify
         (&["verify", missing], "BACKUP"),
         (&["verify", file, "--identity", missing], "--identity"),
+        (&["verify", file, "--identity", file], "--identity"),
+        (&["verify", &age_archive], "--passphrase-file"),
+        (
+            &["verify", &age_archive, "--passphrase-file", &empty],
+            "--passphrase-file",
+        ),
+        (
+            &["backup", "--out", "o", "--passphrase-file", &empty],
+            "--passphrase-file",
+        ),
+        (
+            &["backup", "--out", "o", "--keep-running", "web"],
+            "--quiesce",
+        ),
         (
             &["verify", file, "--passphrase-file", missing],
             "--passphrase-file",
