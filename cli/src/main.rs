@@ -132,8 +132,8 @@ struct DirectPgArgs {
     /// Host of a PostgreSQL reached directly (instead of the pod).
     #[arg(long, value_parser = validate::host)]
     pg_host: Option<String>,
-    /// Its port.
-    #[arg(long, default_value_t = 5432, value_parser = clap::value_parser!(u16).range(1..))]
+    /// Its port (with --pg-host; a pod is reached on 5432).
+    #[arg(long, default_value_t = 5432, value_parser = clap::value_parser!(u16).range(1..), requires = "pg_host")]
     pg_port: u16,
     /// Its user.
     #[arg(long, default_value = "postgres", value_parser = validate::pg_name)]
