@@ -24,6 +24,14 @@ pub enum PreflightError {
         /// Why, in one line (the client error and its causes, or the time limit).
         detail: String,
     },
+    /// The API server answered `/version` with an error (credentials refused, ...).
+    #[error("the API server {server} refused the preflight's first request: {detail}")]
+    Refused {
+        /// The server's URL, from the kubeconfig.
+        server: String,
+        /// Its answer.
+        detail: String,
+    },
 }
 
 /// Asks the API server at `server` (the URL `client` talks to, for the message) for its
@@ -43,6 +51,10 @@ pub async fn reach(
     };
     match tokio::time::timeout(timeout, client.apiserver_version()).await {
         Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(status))) => Err(PreflightError::Refused {
+            server: server.to_owned(),
+            detail: format!("{} ({})", status.message, status.code),
+        }),
         Ok(Err(err)) => {
             let mut detail = err.to_string();
             let mut source = std::error::Error::source(&err);
