@@ -19,6 +19,10 @@ pub(crate) async fn preflight(args: PreflightArgs) -> anyhow::Result<i32> {
         Default::default(),
     )?;
     let client = cluster.client().await?;
+    // One line naming the server when it cannot be reached (exit 4), instead of every check
+    // failing with the same connection error.
+    let server = api_server(cluster.kubeconfig(), cluster.context())?;
+    preflight::reach(&client, &server, std::time::Duration::from_secs(15)).await?;
     let mut options = PreflightOptions::runbook(&args.namespace, args.backup_dir);
     options.pg_pod = args.pg_pod;
     options.pg_database = args.database;
@@ -41,6 +45,25 @@ pub(crate) async fn preflight(args: PreflightArgs) -> anyhow::Result<i32> {
     } else {
         exit_codes::GATE_FAILED
     })
+}
+
+/// The API server URL of `context` in the kubeconfig at `path`, for messages.
+fn api_server(path: &std::path::Path, context: &str) -> anyhow::Result<String> {
+    let config = harness::cluster::kubeconfig::read(path)?;
+    let cluster = config
+        .contexts
+        .iter()
+        .find(|c| c.name == context)
+        .and_then(|c| c.context.as_ref())
+        .map(|c| c.cluster.clone())
+        .with_context(|| format!("context {context} in {} names no cluster", path.display()))?;
+    config
+        .clusters
+        .iter()
+        .find(|c| c.name == cluster)
+        .and_then(|c| c.cluster.as_ref())
+        .and_then(|c| c.server.clone())
+        .with_context(|| format!("cluster {cluster} in {} has no server URL", path.display()))
 }
 
 /// `rehearsal run`: runs a scenario, prints progress and a summary, writes the reports.
@@ -89,12 +112,8 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
             }
         }
     };
-    let report_dir = args.report.clone().unwrap_or_else(|| {
-        std::path::PathBuf::from("target/rehearsal")
-            .join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string())
-    });
-    std::fs::create_dir_all(&report_dir)
-        .with_context(|| format!("create {}", report_dir.display()))?;
+    // A new directory, or an empty one given: an earlier run's report is never overwritten.
+    let report_dir = crate::validate::create_report_dir(args.report.as_deref())?;
     let mut config = Config::modest(
         provider,
         harness::deploy::overlay(overlay),
@@ -597,17 +616,20 @@ async fn sim_deploy(
     eprintln!("deploying titanium-prod ...");
     harness::deploy::apply_kustomize(&cluster, &harness::deploy::overlay("sim")).await?;
     let client = cluster.client().await?;
-    harness::deploy::wait_ready(
-        &client,
-        scenarios::titanium::NAMESPACE,
-        std::time::Duration::from_secs(180),
-    )
-    .await?;
+    let timeout = std::time::Duration::from_secs(180);
+    use scenarios::titanium::{LOAD_GENERATOR, NAMESPACE};
+    if users > 0 {
+        // Seed before the writers start: the load generator is held at zero (no pod left)
+        // until the dataset is in, as the rehearsal's own deploy does.
+        scenarios::titanium::scale(&client, LOAD_GENERATOR, 0, timeout).await?;
+        no_pods_left(&client, NAMESPACE, LOAD_GENERATOR, timeout).await?;
+    }
+    harness::deploy::wait_ready(&client, NAMESPACE, timeout).await?;
     if users > 0 {
         let password = scenarios::titanium::db_password(&client).await?;
         let forward = harness::cluster::forward::PortForward::start(
             client.clone(),
-            scenarios::titanium::NAMESPACE,
+            NAMESPACE,
             scenarios::titanium::PG_POD,
             5432,
         )
@@ -620,14 +642,13 @@ async fn sim_deploy(
             dbname: scenarios::titanium::DATABASE.into(),
         };
         let pg = params.connect().await?;
-        let count: i64 = pg
-            .query_one("SELECT count(*) FROM users", &[])
-            .await?
-            .get(0);
-        if count == 0 {
-            harness::data::load_dataset(&pg, &harness::data::DatasetSpec::new(1, users, posts))
-                .await?;
-        }
+        let stats = harness::data::seed_new_database(
+            &pg,
+            &harness::data::DatasetSpec::new(1, users, posts),
+        )
+        .await?;
+        eprintln!("seeded {} users and {} posts", stats.users, stats.posts);
+        scenarios::titanium::scale(&client, LOAD_GENERATOR, 2, timeout).await?;
     }
     println!("simulated cluster `{name}` is up with titanium-prod. Try the runbook's commands:");
     println!("  export KUBECONFIG={}", kubeconfig.display());
@@ -637,6 +658,35 @@ async fn sim_deploy(
     );
     println!("Stop it with: rehearsal sim down --name {name}");
     Ok(exit_codes::OK)
+}
+
+/// Waits until no pod of the deployment `app` exists (terminating ones still write).
+async fn no_pods_left(
+    client: &kube::Client,
+    namespace: &str,
+    app: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Pod;
+    let api: kube::Api<Pod> = kube::Api::namespaced(client.clone(), namespace);
+    let params = kube::api::ListParams::default().labels(&format!("app={app}"));
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let pods = api
+            .list(&params)
+            .await
+            .with_context(|| format!("list the pods of {app} in {namespace}"))?;
+        if pods.items.is_empty() {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "{} pod(s) of {app} still exist after {} s",
+            pods.items.len(),
+            timeout.as_secs()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// `rehearsal sim down`.

@@ -9,8 +9,8 @@ pub(crate) const GATE_FAILED: i32 = 3;
 /// The command could not run: a setup error, bad input, an unreachable cluster or server.
 pub(crate) const COULD_NOT_RUN: i32 = 4;
 
-/// Command-line usage errors (clap's own code).
-#[expect(dead_code, reason = "documents clap's code alongside ours")]
+/// Command-line usage errors: clap's own code for a bad option, and ours for a rule across
+/// options (`validate::check`). Nothing has started when it is returned.
 pub(crate) const USAGE: i32 = 2;
 
 /// Stopped by SIGINT (Ctrl-C), after tearing down what it started (servers, tool processes,

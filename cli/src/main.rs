@@ -7,6 +7,7 @@ mod commands;
 mod exit_codes;
 mod progress;
 mod signals;
+mod validate;
 
 use std::path::PathBuf;
 
@@ -57,25 +58,26 @@ struct RunArgs {
     #[arg(long, default_value = "kind-config/single-node.yaml")]
     kind_config: PathBuf,
     /// Kubeconfig for --provider kubeconfig (default: $KUBECONFIG, else ~/.kube/config).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::existing_file)]
     kubeconfig: Option<PathBuf>,
     /// Context for --provider kubeconfig (default: the current one).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::context)]
     context: Option<String>,
     /// Allow destroying the rehearsal namespace on an existing cluster (asks for its name).
     #[arg(long)]
     allow_destroy: bool,
-    /// Users to seed.
-    #[arg(long, default_value_t = 200)]
+    /// Users to seed (1 to 1,000,000).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     users: u32,
-    /// Posts to seed.
-    #[arg(long, default_value_t = 2000)]
+    /// Posts to seed (1 to 10,000,000).
+    #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     posts: u32,
-    /// Seconds the load gate runs.
-    #[arg(long, default_value_t = 3)]
+    /// Seconds the load gate runs (1 to 3600).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     load_seconds: u64,
-    /// Report directory (default: target/rehearsal/<timestamp>/).
-    #[arg(long)]
+    /// Report directory (default: a new target/rehearsal/<timestamp>/). It must be new or
+    /// empty: an earlier run's report is never overwritten.
+    #[arg(long, value_parser = validate::dir_or_missing)]
     report: Option<PathBuf>,
     /// Keep clusters, servers and directories for debugging (like HARNESS_KEEP=1).
     #[arg(long)]
@@ -88,22 +90,22 @@ enum SimCommand {
     /// Start a simulated cluster in the background, deploy titanium-prod, print the KUBECONFIG.
     Up {
         /// Cluster name.
-        #[arg(long, default_value = "titanium-sim")]
+        #[arg(long, default_value = "titanium-sim", value_parser = validate::sim_name)]
         name: String,
         /// kind configuration describing the nodes.
-        #[arg(long, default_value = "kind-config/single-node.yaml")]
+        #[arg(long, default_value = "kind-config/single-node.yaml", value_parser = validate::existing_file)]
         kind_config: PathBuf,
-        /// Users to seed (0: none).
-        #[arg(long, default_value_t = 100)]
+        /// Users to seed (0: none; at most 1,000,000).
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
         users: u32,
-        /// Posts to seed.
-        #[arg(long, default_value_t = 1000)]
+        /// Posts to seed (at most 10,000,000; needs users).
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(0..=10_000_000))]
         posts: u32,
     },
     /// Stop the simulated cluster and remove its state.
     Down {
         /// Cluster name.
-        #[arg(long, default_value = "titanium-sim")]
+        #[arg(long, default_value = "titanium-sim", value_parser = validate::sim_name)]
         name: String,
     },
 }
@@ -112,16 +114,16 @@ enum SimCommand {
 #[derive(Debug, clap::Args)]
 struct ClusterArgs {
     /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::existing_file)]
     kubeconfig: Option<PathBuf>,
     /// Context in the kubeconfig (default: its current context).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::context)]
     context: Option<String>,
     /// The application namespace.
-    #[arg(long, short = 'n', default_value = "titanium-prod")]
+    #[arg(long, short = 'n', default_value = "titanium-prod", value_parser = validate::namespace)]
     namespace: String,
     /// The PostgreSQL pod.
-    #[arg(long, default_value = "postgresql-0")]
+    #[arg(long, default_value = "postgresql-0", value_parser = validate::object_name)]
     pg_pod: String,
 }
 
@@ -129,13 +131,13 @@ struct ClusterArgs {
 #[derive(Debug, clap::Args)]
 struct DirectPgArgs {
     /// Host of a PostgreSQL reached directly (instead of the pod).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::host)]
     pg_host: Option<String>,
-    /// Its port.
-    #[arg(long, default_value_t = 5432)]
+    /// Its port (with --pg-host; a pod is reached on 5432).
+    #[arg(long, default_value_t = 5432, value_parser = clap::value_parser!(u16).range(1..), requires = "pg_host")]
     pg_port: u16,
     /// Its user.
-    #[arg(long, default_value = "postgres")]
+    #[arg(long, default_value = "postgres", value_parser = validate::pg_name)]
     pg_user: String,
 }
 
@@ -147,16 +149,17 @@ struct BackupArgs {
     #[command(flatten)]
     direct: DirectPgArgs,
     /// The database.
-    #[arg(long, default_value = "titanium")]
+    #[arg(long, default_value = "titanium", value_parser = validate::pg_name)]
     database: String,
-    /// Directory the backup is written into (as <name>/ and <name>.tar.gz).
-    #[arg(long, short = 'o')]
+    /// Directory the backup is written into (as <name>/ and <name>.tar.gz); created (0700)
+    /// when it does not exist.
+    #[arg(long, short = 'o', value_parser = validate::dir_or_missing)]
     out: PathBuf,
-    /// Backup name (default: <database>-<timestamp>).
-    #[arg(long)]
+    /// Backup name (default: <database>-<timestamp>): a single path component.
+    #[arg(long, value_parser = validate::backup_name)]
     name: Option<String>,
     /// Also back up Redis from the pod with this label value of `app` (e.g. redis).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::label_value)]
     redis_app: Option<String>,
     /// Also back up every namespaced resource of the namespace.
     #[arg(long)]
@@ -165,19 +168,19 @@ struct BackupArgs {
     #[arg(long)]
     quiesce: bool,
     /// Deployments left running by --quiesce.
-    #[arg(long, default_value = "prod-redis-deployment")]
+    #[arg(long, default_value = "prod-redis-deployment", value_parser = validate::object_name, requires = "quiesce")]
     keep_running: Vec<String>,
     /// Terraform working directory whose state is backed up.
-    #[arg(long)]
+    #[arg(long, value_parser = validate::existing_dir)]
     terraform_dir: Option<PathBuf>,
     /// Encrypt the archive with age, with the passphrase in the first line of this file.
-    #[arg(long)]
+    #[arg(long, value_parser = validate::passphrase_file)]
     passphrase_file: Option<PathBuf>,
     /// Encrypt the archive with age for this recipient (age1...).
-    #[arg(long, conflicts_with = "passphrase_file")]
+    #[arg(long, conflicts_with = "passphrase_file", value_parser = validate::age_recipient)]
     recipient: Option<String>,
     /// Copy the archive to this directory (another disk), checked by checksum.
-    #[arg(long)]
+    #[arg(long, value_parser = validate::dir_or_missing)]
     offsite_dir: Vec<PathBuf>,
 }
 
@@ -185,12 +188,13 @@ struct BackupArgs {
 #[derive(Debug, clap::Args)]
 struct VerifyArgs {
     /// The backup: its directory, or its .tar.gz / .tar.gz.age archive.
+    #[arg(value_parser = validate::existing_path)]
     backup: PathBuf,
     /// Passphrase file for an encrypted archive.
-    #[arg(long)]
+    #[arg(long, value_parser = validate::passphrase_file)]
     passphrase_file: Option<PathBuf>,
     /// age identity file for an encrypted archive.
-    #[arg(long, conflicts_with = "passphrase_file")]
+    #[arg(long, conflicts_with = "passphrase_file", value_parser = validate::existing_file)]
     identity: Option<PathBuf>,
 }
 
@@ -198,13 +202,14 @@ struct VerifyArgs {
 #[derive(Debug, clap::Args)]
 struct RestoreArgs {
     /// The backup: its directory, or its .tar.gz archive.
+    #[arg(value_parser = validate::existing_path)]
     backup: PathBuf,
     #[command(flatten)]
     cluster: ClusterArgs,
     #[command(flatten)]
     direct: DirectPgArgs,
     /// The database restored into.
-    #[arg(long, default_value = "titanium")]
+    #[arg(long, default_value = "titanium", value_parser = validate::pg_name)]
     database: String,
     /// Restore the plain SQL file with psql (the runbook's way) instead of the custom archive.
     #[arg(long)]
@@ -221,37 +226,47 @@ struct RestoreArgs {
 #[derive(Debug, clap::Args)]
 struct PreflightArgs {
     /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::existing_file)]
     kubeconfig: Option<PathBuf>,
     /// Context in the kubeconfig (default: its current context).
-    #[arg(long)]
+    #[arg(long, value_parser = validate::context)]
     context: Option<String>,
     /// The application namespace.
-    #[arg(long, short = 'n', default_value = "titanium-prod")]
+    #[arg(long, short = 'n', default_value = "titanium-prod", value_parser = validate::namespace)]
     namespace: String,
     /// The PostgreSQL pod.
-    #[arg(long, default_value = "postgresql-0")]
+    #[arg(long, default_value = "postgresql-0", value_parser = validate::object_name)]
     pg_pod: String,
     /// The database.
-    #[arg(long, default_value = "titanium")]
+    #[arg(long, default_value = "titanium", value_parser = validate::pg_name)]
     database: String,
-    /// Where the backup would be written (free space is checked there).
+    /// Where the backup would be written: it must be an existing directory (a missing one or
+    /// a file is NO-GO); free space is checked there.
     #[arg(long, default_value = ".")]
     backup_dir: PathBuf,
     /// The terraform working directory, when infrastructure is managed with terraform.
-    #[arg(long)]
+    #[arg(long, value_parser = validate::existing_dir)]
     terraform_dir: Option<PathBuf>,
     /// Also write the result as JSON to this file.
-    #[arg(long)]
+    #[arg(long, value_parser = validate::output_file)]
     json: Option<PathBuf>,
 }
 
 fn main() {
     let cli = Cli::parse();
+    // Validation before work: rules across options, and the file system state they name.
+    if let Err(message) = validate::check(&cli.command) {
+        eprintln!("error: {message}");
+        std::process::exit(exit_codes::USAGE);
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REHEARSAL_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                // kube's request layer logs every failed request at ERROR; the error is
+                // returned to us and reported once, with what was being done.
+                .unwrap_or_else(|_| {
+                    tracing_subscriber::EnvFilter::new("warn,kube_client::client::builder=off")
+                }),
         )
         .with_writer(std::io::stderr)
         .init();

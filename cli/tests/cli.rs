@@ -249,3 +249,88 @@ async fn restore_refuses_a_damaged_dump_and_keeps_the_target() {
         );
     }
 }
+
+/// A kubeconfig whose server is a loopback port nobody listens on.
+fn closed_port_kubeconfig(dir: &Path) -> (PathBuf, String) {
+    let port = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }; // closed again here
+    let server = format!("https://127.0.0.1:{port}");
+    let path = dir.join("config");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\ncurrent-context: gone\nclusters:\n- name: gone\n  cluster:\n    server: {server}\n    insecure-skip-tls-verify: true\ncontexts:\n- name: gone\n  context:\n    cluster: gone\n    user: u\nusers:\n- name: u\n  user:\n    token: t\n"
+        ),
+    )
+    .unwrap();
+    (path, server)
+}
+
+/// An API server that does not answer is "could not run" (exit 4), said in one line naming the
+/// server: not fifteen failed checks and a NO-GO.
+#[test]
+fn preflight_against_an_unreachable_api_server_exits_4_with_one_line_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (kubeconfig, server) = closed_port_kubeconfig(dir.path());
+    let started = std::time::Instant::now();
+    let out = rehearsal(
+        &[
+            "preflight",
+            "--kubeconfig",
+            kubeconfig.to_str().unwrap(),
+            "--backup-dir",
+            dir.path().to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(out.stdout.is_empty(), "{}", text(&out));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "not one line:\n{stderr}");
+    assert!(
+        lines[0].contains(&server) && lines[0].contains("cannot reach the API server"),
+        "{stderr}"
+    );
+}
+
+/// `backup --out DIR` that does not exist yet is created, private (0700), parents included.
+#[tokio::test(flavor = "multi_thread")]
+async fn backup_creates_a_missing_out_directory_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let source = server().await;
+    let client = source.params().connect().await.unwrap();
+    load_dataset(&client, &DatasetSpec::new(3, 5, 20))
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("new/backups");
+    let port = source.params().port.to_string();
+    let backup = rehearsal(
+        &[
+            "backup",
+            "--pg-host",
+            "127.0.0.1",
+            "--pg-port",
+            &port,
+            "--out",
+            out.to_str().unwrap(),
+            "--name",
+            "fresh",
+        ],
+        Some(&source),
+    );
+    assert_eq!(backup.status.code(), Some(0), "{}", text(&backup));
+    assert!(
+        out.join("fresh/MANIFEST.json").is_file(),
+        "{}",
+        text(&backup)
+    );
+    for d in [dir.path().join("new"), out.clone()] {
+        let mode = std::fs::metadata(&d).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "{}", d.display());
+    }
+}

@@ -15,4 +15,5 @@ pub mod preflight;
 pub mod process;
 pub mod report;
 pub mod restore;
+pub mod testing;
 pub mod verify;

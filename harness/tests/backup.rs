@@ -58,16 +58,14 @@ impl std::io::Write for LogWriter {
     }
 }
 
-/// Under `CI=true` a missing prerequisite fails; elsewhere the test prints why and skips.
+/// The one rule ([`harness::testing::require`]): under CI a missing tool fails; elsewhere the
+/// test prints why and skips. `why` says which part of the test needs it.
 fn prerequisite(tool: &str, why: &str) -> Result<bool> {
-    if which::which(tool).is_ok() {
-        return Ok(true);
+    let found = harness::testing::require(tool).is_some();
+    if !found {
+        eprintln!("  ({tool} is needed for: {why})");
     }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        bail!("{tool} is required under CI=true ({why})");
-    }
-    eprintln!("SKIPPED: {tool} is not installed ({why})");
-    Ok(false)
+    Ok(found)
 }
 
 async fn source_db(spec: DatasetSpec) -> Result<LocalPostgres> {

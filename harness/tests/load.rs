@@ -16,24 +16,17 @@ fn serial() -> &'static tokio::sync::Mutex<()> {
     LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
 }
 
+/// redis-server and the PostgreSQL server binaries, by the one rule of `harness::testing`.
 fn prerequisites() -> bool {
-    let redis = std::env::var_os("PATH")
-        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join("redis-server").is_file()));
-    let pg = harness::pg::PgTools::discover().is_ok();
-    if redis && pg {
-        return true;
-    }
-    let reason = format!(
-        "missing{}{}",
-        if pg { "" } else { " PostgreSQL binaries" },
-        if redis { "" } else { " redis-server" }
-    );
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "CI=true and {reason}"
-    );
-    eprintln!("skipping: {reason}");
-    false
+    let redis = harness::testing::require("redis-server").is_some();
+    let pg = match harness::pg::PgTools::discover() {
+        Ok(_) => true,
+        Err(err) => {
+            harness::testing::unavailable(&format!("PostgreSQL server binaries: {err}"));
+            false
+        }
+    };
+    redis && pg
 }
 
 struct Titanium {

@@ -75,6 +75,9 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
         .name
         .clone()
         .unwrap_or_else(|| default_name(options, started_at));
+    // Before anything is written: a name with `/` or `..` would write outside the destination.
+    super::name::check_name(&name)?;
+    super::name::prepare_destination(&options.destination)?;
     let final_dir = options.destination.join(&name);
     if final_dir.exists() {
         return Err(BackupError::Exists { path: final_dir });

@@ -28,6 +28,16 @@ pub enum BackupError {
         path: PathBuf,
     },
 
+    /// The backup name is not a single path component (it would write outside the
+    /// destination).
+    #[error("invalid backup name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// What is wrong with it.
+        reason: &'static str,
+    },
+
     /// Nothing was configured to back up.
     #[error(
         "nothing to back up: configure at least one of postgres, redis, kubernetes or terraform"

@@ -34,6 +34,7 @@ mod exec;
 mod files;
 mod kubernetes;
 mod manifest;
+mod name;
 mod offsite;
 mod postgres;
 mod redis;
@@ -53,6 +54,7 @@ pub use kubernetes::{
     quiesce, resume,
 };
 pub use manifest::{FileEntry, MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming};
+pub use name::check_name;
 pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
 pub use postgres::{KubePostgres, PgManifest, PgSource};
 pub use redis::{MAX_NAMED_KEYS, RedisManifest, RedisSource, dataset_facts, key_label, rdb_facts};

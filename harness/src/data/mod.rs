@@ -3,12 +3,14 @@
 
 mod generator;
 mod load;
+mod seed;
 pub mod strategies;
 
 use std::path::PathBuf;
 
 pub use generator::{DatasetSpec, password_for, username_for};
 pub use load::{LoadError, LoadStats, load_dataset, load_rows};
+pub use seed::{LOAD_GENERATOR_PREFIX, SeedError, seed_new_database};
 
 /// The Titanium schema init script, as the production StatefulSet runs it.
 pub const SCHEMA_SQL: &str = include_str!("../../../fixtures/sql/001-titanium-schema.sql");

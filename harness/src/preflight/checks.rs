@@ -26,6 +26,8 @@ pub async fn run(client: kube::Client, options: &PreflightOptions) -> PreflightR
     for permission in &options.permissions {
         checks.push(permission_check(&client, permission).await);
     }
+    // Before anything slow: a destination that is missing or a file is NO-GO by itself.
+    checks.push(backup_dir(&options.backup_dir));
     let local_pg_major = tools(&mut checks);
     checks.push(pvcs(&client, &options.namespace).await);
     let database = database(&client, options, local_pg_major, &mut checks).await;
@@ -338,6 +340,33 @@ fn estimate(database_bytes: u64, throughput: u64) -> Estimate {
     }
 }
 
+/// The backup destination must be an existing, writable directory: a typo in the path would
+/// otherwise only show on the maintenance night, after the application was stopped.
+fn backup_dir(path: &Path) -> Check {
+    let name = format!("backup directory {}", path.display());
+    match std::fs::metadata(path) {
+        Ok(meta) if !meta.is_dir() => check(
+            name,
+            CheckStatus::Fail,
+            "it exists and is not a directory; give a directory with --backup-dir",
+        ),
+        Ok(_) => match nix::unistd::access(path, nix::unistd::AccessFlags::W_OK) {
+            Ok(()) => check(name, CheckStatus::Pass, "exists and is writable"),
+            Err(err) => check(
+                name,
+                CheckStatus::Fail,
+                format!("exists but is not writable: {err}"),
+            ),
+        },
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => check(
+            name,
+            CheckStatus::Fail,
+            "does not exist; create it (mode 0700) or give another --backup-dir",
+        ),
+        Err(err) => check(name, CheckStatus::Fail, format!("cannot inspect it: {err}")),
+    }
+}
+
 /// The nearest existing directory at or above `path`.
 fn existing_ancestor(path: &Path) -> PathBuf {
     let mut current = path.to_path_buf();
@@ -430,6 +459,43 @@ mod tests {
         assert_eq!(existing_ancestor(&missing), dir.path());
         assert_eq!(disk(&missing, 1).status, CheckStatus::Pass);
         assert_eq!(disk(&missing, u64::MAX / 4).status, CheckStatus::Fail);
+    }
+
+    #[test]
+    fn a_missing_backup_dir_or_a_file_is_no_go_with_the_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(backup_dir(dir.path()).status, CheckStatus::Pass);
+        let missing = backup_dir(&dir.path().join("missing"));
+        assert_eq!(missing.status, CheckStatus::Fail);
+        assert!(
+            missing.detail.contains("does not exist"),
+            "{}",
+            missing.detail
+        );
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        let file = backup_dir(&file);
+        assert_eq!(file.status, CheckStatus::Fail);
+        assert!(file.detail.contains("not a directory"), "{}", file.detail);
+    }
+
+    /// The check runs even when nothing else can (no database, no API server): before, the
+    /// destination was only looked at once the database size was known.
+    #[tokio::test]
+    async fn run_reports_a_missing_backup_dir_without_a_reachable_cluster() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = kube::Config::new("http://127.0.0.1:9".parse().unwrap());
+        let client = kube::Client::try_from(config).unwrap();
+        let mut options = PreflightOptions::runbook("titanium-prod", dir.path().join("missing"));
+        options.permissions.clear();
+        let report = run(client, &options).await;
+        let check = report
+            .checks
+            .iter()
+            .find(|c| c.name.starts_with("backup directory"))
+            .unwrap_or_else(|| panic!("no backup directory check:\n{report}"));
+        assert_eq!(check.status, CheckStatus::Fail, "{report}");
+        assert!(!report.go());
     }
 
     #[test]

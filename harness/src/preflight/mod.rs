@@ -13,6 +13,68 @@ use serde::{Deserialize, Serialize};
 
 pub use checks::run;
 
+/// Why the preflight could not run at all (as opposed to a failed check).
+#[derive(Debug, thiserror::Error)]
+pub enum PreflightError {
+    /// The API server did not answer `/version`: no check could say anything.
+    #[error("cannot reach the API server {server}: {detail}")]
+    Unreachable {
+        /// The server's URL, from the kubeconfig.
+        server: String,
+        /// Why, in one line (the client error and its causes, or the time limit).
+        detail: String,
+    },
+    /// The API server answered `/version` with an error (credentials refused, ...).
+    #[error("the API server {server} refused the preflight's first request: {detail}")]
+    Refused {
+        /// The server's URL, from the kubeconfig.
+        server: String,
+        /// Its answer.
+        detail: String,
+    },
+}
+
+/// Asks the API server at `server` (the URL `client` talks to, for the message) for its
+/// version, within `timeout`. Run it before [`run`]: an unreachable server is "could not
+/// run", not a list of failed checks.
+///
+/// # Errors
+/// [`PreflightError::Unreachable`] naming the server and the cause.
+pub async fn reach(
+    client: &kube::Client,
+    server: &str,
+    timeout: std::time::Duration,
+) -> Result<(), PreflightError> {
+    let unreachable = |detail: String| PreflightError::Unreachable {
+        server: server.to_owned(),
+        detail,
+    };
+    match tokio::time::timeout(timeout, client.apiserver_version()).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(kube::Error::Api(status))) => Err(PreflightError::Refused {
+            server: server.to_owned(),
+            detail: format!("{} ({})", status.message, status.code),
+        }),
+        Ok(Err(err)) => {
+            let mut detail = err.to_string();
+            let mut source = std::error::Error::source(&err);
+            while let Some(cause) = source {
+                let text = cause.to_string();
+                if !detail.contains(&text) {
+                    detail.push_str(": ");
+                    detail.push_str(&text);
+                }
+                source = cause.source();
+            }
+            Err(unreachable(detail.replace('\n', " ")))
+        }
+        Err(_) => Err(unreachable(format!(
+            "no answer to /version within {} s",
+            timeout.as_secs()
+        ))),
+    }
+}
+
 /// A permission the runbook needs (`kubectl auth can-i VERB RESOURCE [-n NS]`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Permission {

@@ -156,3 +156,42 @@ fn adversarial_rows_come_back_unchanged() {
         })
         .unwrap();
 }
+
+/// `rehearsal sim up`: the load generator may write before the seed. The seed must still land
+/// in full (before, the seed ran only on an empty users table, so it then loaded nothing), and
+/// rows from anyone but the load generator are never cleared.
+#[tokio::test]
+async fn seeding_a_new_database_lands_in_full_after_the_load_generator_wrote_first() {
+    use harness::data::{SeedError, seed_new_database};
+    let pg = LocalPostgres::start(LocalOptions::titanium())
+        .await
+        .unwrap();
+    let client = pg.params().connect().await.unwrap();
+    client
+        .batch_execute(
+            "INSERT INTO users (username, email, password_hash) \
+             VALUES ('loadgen-0a1b2c', 'loadgen-0a1b2c@loadgen.invalid', 'x'); \
+             INSERT INTO posts (title, content, author) VALUES ('t', 'c', 'loadgen-0a1b2c');",
+        )
+        .await
+        .unwrap();
+    let spec = DatasetSpec::new(1, 50, 300);
+    let stats = seed_new_database(&client, &spec).await.unwrap();
+    assert_eq!((stats.users, stats.posts), (50, 300));
+    let count = async |sql: &str| -> i64 { client.query_one(sql, &[]).await.unwrap().get(0) };
+    assert_eq!(count("SELECT count(*) FROM users").await, 50);
+    assert_eq!(count("SELECT count(*) FROM posts").await, 300);
+    assert_eq!(
+        count("SELECT count(*) FROM users WHERE username LIKE 'loadgen-%'").await,
+        0
+    );
+
+    // Now it holds the seed: a second seed refuses and changes nothing.
+    let refused = seed_new_database(&client, &spec).await.unwrap_err();
+    assert!(
+        matches!(refused, SeedError::NotNew { rows: 50 }),
+        "{refused}"
+    );
+    assert_eq!(count("SELECT count(*) FROM posts").await, 300);
+    pg.stop().await.unwrap();
+}

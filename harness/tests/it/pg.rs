@@ -7,7 +7,7 @@ use harness::pg::{
     PostgresProvider, Secret,
 };
 
-use crate::support::{alive, in_ci};
+use crate::support::alive;
 
 async fn tables(params: &harness::pg::ConnParams) -> Vec<String> {
     let client = params.connect().await.expect("connect");
@@ -214,11 +214,7 @@ fn container_prerequisites() -> Option<String> {
         _ => None,
     };
     if let Some(reason) = &reason {
-        assert!(
-            !in_ci(),
-            "container tests cannot run under CI=true: {reason}"
-        );
-        eprintln!("skipping container test: {reason}");
+        harness::testing::unavailable(&format!("container tests: {reason}"));
     }
     reason
 }

@@ -2,7 +2,7 @@
 //! every expiry time goes through the RDB and `replay_rdb`, and the Redis gate goes red for a
 //! key missing from db 3 and for a lost TTL.
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use harness::backup::{
     BackupOptions, RedisManifest, RedisSource, backup, dataset_facts, rdb_facts,
 };
@@ -11,21 +11,12 @@ use harness::restore::replay_rdb;
 use harness::verify::{self, FindingKind, RedisFacts, Verdict};
 use titanium::RedisServer;
 
-use crate::support::in_ci;
-
 /// An absolute expiry far enough ahead that no key expires during the test.
 const EXPIRES_AT_MS: i64 = 4_102_444_800_000; // 2100-01-01
 
-/// Whether redis-server is here; under CI its absence is a failure.
+/// Whether redis-server is here; under CI its absence fails the test (`harness::testing`).
 fn have_redis() -> Result<bool> {
-    if which::which("redis-server").is_ok() {
-        return Ok(true);
-    }
-    if in_ci() {
-        bail!("redis-server is required under CI=true (Redis backup and restore)");
-    }
-    eprintln!("SKIPPED: redis-server is not installed (Redis backup and restore)");
-    Ok(false)
+    Ok(harness::testing::require("redis-server").is_some())
 }
 
 async fn conn(server: &RedisServer, db: u32) -> Result<redis::aio::MultiplexedConnection> {

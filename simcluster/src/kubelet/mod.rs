@@ -203,6 +203,20 @@ pub struct Kubelet {
     task: Option<JoinHandle<()>>,
 }
 
+/// Checks that the PostgreSQL pods will be able to reach their data below `state_dir`: as
+/// root they run as the `postgres` account, which must traverse every directory above it.
+/// Run it at start: otherwise the cluster starts fine and every PostgreSQL pod crash-loops.
+///
+/// # Errors
+/// The message a PostgreSQL pod would print, naming the directory and its mode.
+pub fn check_state_dir_reachable(state_dir: &std::path::Path) -> Result<(), String> {
+    let absolute = std::path::absolute(state_dir)
+        .map_err(|e| format!("cannot resolve {}: {e}", state_dir.display()))?;
+    // The state directory itself is made traversable (0711) by the kubelet; its parents are
+    // the user's.
+    postgres::check_reachable(&absolute, postgres::owner())
+}
+
 impl Kubelet {
     /// Start the kubelet on `store`.
     ///

@@ -65,7 +65,7 @@ pub(crate) fn bin_dir(image: &str) -> Option<PathBuf> {
     versions.pop().map(|(_, p)| p)
 }
 
-fn owner() -> Option<(u32, u32)> {
+pub(crate) fn owner() -> Option<(u32, u32)> {
     if !nix::unistd::geteuid().is_root() {
         return None;
     }
@@ -76,7 +76,7 @@ fn owner() -> Option<(u32, u32)> {
 }
 
 /// Every directory above `path` must let the server's account through.
-fn check_reachable(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
+pub(crate) fn check_reachable(path: &Path, owner: Option<(u32, u32)>) -> Result<(), String> {
     use std::os::unix::fs::MetadataExt as _;
     let Some((uid, gid)) = owner else {
         return Ok(());

@@ -16,9 +16,63 @@ fn kind_config(file: &str) -> String {
         .into_owned()
 }
 
+/// A temporary directory others may traverse (0711, not listable): `serve` refuses a state
+/// directory below a 0700 one when PostgreSQL pods would run as another account.
+fn traversable_tempdir() -> tempfile::TempDir {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o711)).expect("chmod");
+    dir
+}
+
+/// As root the PostgreSQL pods run as `postgres`, which cannot traverse a 0700 directory:
+/// `serve` refuses at start with the message such a pod prints, instead of starting and then
+/// crash-looping every PostgreSQL pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refuses_a_state_dir_the_postgres_account_cannot_reach() {
+    if !nix::unistd::geteuid().is_root() {
+        eprintln!("SKIPPED: not root, so PostgreSQL pods run as this user and reach any state dir");
+        return;
+    }
+    assert!(
+        nix::unistd::User::from_name("postgres")
+            .ok()
+            .flatten()
+            .is_some(),
+        "no postgres account (ci/setup installs PostgreSQL)"
+    );
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().expect("temp dir");
+    // As a home directory often is (a temporary directory follows the umask).
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).expect("chmod");
+    let kubeconfig = dir.path().join("kubeconfig");
+    let out = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_simcluster"))
+            .arg("serve")
+            .arg("--state-dir")
+            .arg(dir.path().join("state"))
+            .arg("--kubeconfig")
+            .arg(&kubeconfig)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("serve must refuse at once, not serve")
+    .expect("runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "it started: {err}");
+    assert!(
+        err.contains("PostgreSQL runs as the postgres account, which cannot reach")
+            && err.contains(&format!("{} has mode 700", dir.path().display())),
+        "{err}"
+    );
+    assert!(!kubeconfig.exists(), "a kubeconfig was written");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_reads_kind_config_and_exits_zero_on_sigterm() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = traversable_tempdir();
     let kubeconfig = dir.path().join("kubeconfig");
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_simcluster"))
         .args([
@@ -123,7 +177,7 @@ async fn serve_reads_kind_config_and_exits_zero_on_sigterm() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn serve_refuses_bad_configuration_with_a_clear_error() {
-    let dir = tempfile::tempdir().expect("temp dir");
+    let dir = traversable_tempdir();
     let bad = dir.path().join("bad.yaml");
     std::fs::write(
         &bad,

@@ -98,25 +98,14 @@ fn run_kubectl(kubeconfig: &Path, cache: &Path, args: &[String], stdin: Option<V
     child.wait_with_output().expect("kubectl runs")
 }
 
-/// The kubectl binary, or `None` with a printed reason. Under `CI=true` a missing kubectl
-/// fails the test instead.
+/// The kubectl binary (`$KUBECTL`, else the first on `PATH`), or `None` with a printed
+/// reason; under CI a missing kubectl fails the test instead (the one rule of
+/// `harness::testing`).
 pub(crate) fn kubectl_path() -> Option<PathBuf> {
-    let p = std::env::var_os("KUBECTL")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from("/usr/bin/kubectl"));
-    if p.exists() {
-        return Some(p);
+    match std::env::var("KUBECTL") {
+        Ok(path) => crate::testing::require(&path),
+        Err(_) => crate::testing::require("kubectl"),
     }
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "kubectl not found at {} and CI=true",
-        p.display()
-    );
-    eprintln!(
-        "skipping: kubectl not found at {} (set KUBECTL)",
-        p.display()
-    );
-    None
 }
 
 /// The repository's test manifests.

@@ -6,3 +6,12 @@ mod binary;
 mod common;
 mod kube_client;
 mod kubectl;
+// The one rule for missing prerequisites, shared with every test crate. Included as a file:
+// the harness depends on this crate, so this crate's tests cannot depend on the harness.
+#[path = "../../../harness/src/testing.rs"]
+#[allow(
+    dead_code,
+    unreachable_pub,
+    reason = "a shared file; this crate uses part of it"
+)]
+mod testing;

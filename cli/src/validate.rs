@@ -1,0 +1,362 @@
+//! Validation before work: every option is checked before anything starts. Single values are
+//! checked by clap value parsers (below, used in main.rs); rules that involve several options
+//! or the file system state are checked by [`check`]. Both end in exit code 2 (usage) with a
+//! message naming the option, before a cluster, a server or a directory is touched.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Command, SimCommand};
+
+/// A Kubernetes namespace: an RFC 1123 label (lowercase letters, digits, `-`, at most 63).
+pub(crate) fn namespace(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 63 {
+        return Err("a namespace has 1 to 63 characters".into());
+    }
+    if !s
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        || s.starts_with('-')
+        || s.ends_with('-')
+    {
+        return Err(
+            "a namespace is lowercase letters, digits and '-', starting and ending with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
+/// A Kubernetes object name (pod, deployment): an RFC 1123 subdomain.
+pub(crate) fn object_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 253 {
+        return Err("an object name has 1 to 253 characters".into());
+    }
+    let ok_label = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !l.starts_with('-')
+            && !l.ends_with('-')
+    };
+    if !s.split('.').all(ok_label) {
+        return Err(
+            "an object name is lowercase letters, digits, '-' and '.', each part starting and ending with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
+/// A label value (`app=VALUE`): at most 63 of letters, digits, `-`, `_`, `.`, alphanumeric at
+/// both ends.
+pub(crate) fn label_value(s: &str) -> Result<String, String> {
+    let alnum_ends = s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.ends_with(|c: char| c.is_ascii_alphanumeric());
+    if s.is_empty()
+        || s.len() > 63
+        || !alnum_ends
+        || !s
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return Err(
+            "a label value has 1 to 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+                .into(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
+/// A PostgreSQL database or user name: 1 to 63 bytes (longer names are silently truncated by
+/// the server), no NUL.
+pub(crate) fn pg_name(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 63 || s.contains('\0') {
+        return Err("a PostgreSQL name has 1 to 63 bytes and no NUL".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A host name or address: not empty, no whitespace or NUL.
+pub(crate) fn host(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.len() > 253 || s.chars().any(|c| c.is_whitespace() || c == '\0') {
+        return Err("a host is a name or an address without spaces".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A kubeconfig context name: not empty.
+pub(crate) fn context(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() || s.contains('\0') {
+        return Err("a context name is not empty".into());
+    }
+    Ok(s.to_owned())
+}
+
+/// A backup name: one path component, the harness's own rule.
+pub(crate) fn backup_name(s: &str) -> Result<String, String> {
+    harness::backup::check_name(s).map_err(|e| e.to_string())?;
+    Ok(s.to_owned())
+}
+
+/// A simulated cluster name: the simulator's rule (lowercase letters, digits, `-`, at most
+/// 50), which also keeps it a single path component under the sim home.
+pub(crate) fn sim_name(s: &str) -> Result<String, String> {
+    let ok = !s.is_empty()
+        && s.len() <= 50
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-');
+    if !ok {
+        return Err(
+            "a cluster name is 1 to 50 lowercase letters, digits and '-', not starting or ending with '-'"
+                .into(),
+        );
+    }
+    Ok(s.to_owned())
+}
+
+/// An age recipient, parsed the way the backup will parse it (x25519, `age1...`).
+pub(crate) fn age_recipient(s: &str) -> Result<String, String> {
+    s.parse::<age::x25519::Recipient>()
+        .map_err(|e| format!("not an age x25519 recipient (age1...): {e}"))?;
+    Ok(s.to_owned())
+}
+
+/// A path that must name an existing regular file (or a link to one).
+pub(crate) fn existing_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_file() => Ok(path),
+        Ok(_) => Err(format!("{s} is not a regular file")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+/// A passphrase file: readable, with a passphrase on its first line.
+pub(crate) fn passphrase_file(s: &str) -> Result<PathBuf, String> {
+    let path = existing_file(s)?;
+    let text = std::fs::read_to_string(&path).map_err(|e| format!("{s}: {e}"))?;
+    if text.lines().next().is_none_or(|l| l.trim().is_empty()) {
+        return Err(format!("{s}: the first line (the passphrase) is empty"));
+    }
+    Ok(path)
+}
+
+/// A path that must name an existing directory.
+pub(crate) fn existing_dir(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Ok(path),
+        Ok(_) => Err(format!("{s} is not a directory")),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+/// A path that must exist (a backup directory or archive).
+pub(crate) fn existing_path(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    match std::fs::metadata(&path) {
+        Ok(_) => Ok(path),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
+/// A directory that is created when missing: it must not be an existing non-directory.
+pub(crate) fn dir_or_missing(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if s.is_empty() {
+        return Err("the path is empty".into());
+    }
+    match std::fs::metadata(&path) {
+        Ok(m) if !m.is_dir() => Err(format!("{s} exists and is not a directory")),
+        _ => Ok(path),
+    }
+}
+
+/// A file to be written: not a directory, and its directory exists.
+pub(crate) fn output_file(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if path.is_dir() {
+        return Err(format!("{s} is a directory"));
+    }
+    let parent = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    if !parent.is_dir() {
+        return Err(format!("{} is not an existing directory", parent.display()));
+    }
+    Ok(path)
+}
+
+/// Cross-option and file-system rules, checked after parsing and before any work.
+///
+/// # Errors
+/// A message naming the option(s) at fault.
+pub(crate) fn check(command: &Command) -> Result<(), String> {
+    match command {
+        Command::Run(args) => {
+            if let Some(dir) = &args.report {
+                report_dir_is_new(dir)?;
+            }
+            if args.provider != "kubeconfig" {
+                for (given, option) in [
+                    (args.kubeconfig.is_some(), "--kubeconfig"),
+                    (args.context.is_some(), "--context"),
+                    (args.allow_destroy, "--allow-destroy"),
+                ] {
+                    if given {
+                        return Err(format!(
+                            "{option} applies only to --provider kubeconfig (the provider is {})",
+                            args.provider
+                        ));
+                    }
+                }
+                if !args.kind_config.is_file() {
+                    return Err(format!(
+                        "--kind-config {}: no such file (run from the repository root, or give its path)",
+                        args.kind_config.display()
+                    ));
+                }
+            }
+            Ok(())
+        }
+        Command::Backup(args) => {
+            if let Some(name) = &args.name {
+                let existing = [name.clone(), format!("{name}.partial")]
+                    .into_iter()
+                    .map(|n| args.out.join(n))
+                    .find(|p| p.exists());
+                if let Some(path) = existing {
+                    return Err(format!(
+                        "--name {name}: {} already exists; choose another name",
+                        path.display()
+                    ));
+                }
+            }
+            if args.offsite_dir.iter().any(|d| d == &args.out) {
+                return Err(
+                    "--offsite-dir must be another directory than --out (an off-site copy beside the backup protects nothing)"
+                        .into(),
+                );
+            }
+            Ok(())
+        }
+        Command::Verify(args) => {
+            let encrypted = args.backup.to_string_lossy().ends_with(".age");
+            let key = args.passphrase_file.is_some() || args.identity.is_some();
+            if encrypted && !key {
+                return Err(format!(
+                    "{} is encrypted: give --passphrase-file or --identity",
+                    args.backup.display()
+                ));
+            }
+            if !encrypted && key {
+                return Err(format!(
+                    "--passphrase-file / --identity apply only to an encrypted archive (.tar.gz.age), not {}",
+                    args.backup.display()
+                ));
+            }
+            Ok(())
+        }
+        Command::Sim(SimCommand::Up { users, posts, .. }) if *users == 0 && *posts > 0 => Err(
+            format!("--posts {posts} needs --users of at least 1: every post has an author"),
+        ),
+        _ => Ok(()),
+    }
+}
+
+/// `--report DIR` must not hold an earlier run: a report (PASS or not) is never overwritten.
+/// An empty directory or a missing one is fine.
+fn report_dir_is_new(dir: &Path) -> Result<(), String> {
+    match std::fs::read_dir(dir) {
+        Ok(mut entries) => match entries.next() {
+            None => Ok(()),
+            Some(_) => Err(format!(
+                "--report {}: the directory is not empty (it may hold an earlier run's report, which is never overwritten); give a new or empty directory",
+                dir.display()
+            )),
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(format!("--report {}: {e}", dir.display())),
+    }
+}
+
+/// Creates the report directory for a run: the given one (refused when it is not empty, checked
+/// again here in case it filled since validation), else a new `target/rehearsal/<timestamp>/`
+/// (with a `-N` suffix when two runs start in the same second).
+///
+/// # Errors
+/// It cannot be created, or it holds an earlier run.
+pub(crate) fn create_report_dir(given: Option<&Path>) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    let create = |dir: &Path| -> std::io::Result<()> {
+        if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+            std::fs::create_dir_all(parent)?;
+        }
+        std::fs::create_dir(dir)
+    };
+    match given {
+        Some(dir) => match create(dir) {
+            Ok(()) => Ok(dir.to_path_buf()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                report_dir_is_new(dir).map_err(anyhow::Error::msg)?;
+                Ok(dir.to_path_buf())
+            }
+            Err(e) => Err(e).with_context(|| format!("create {}", dir.display())),
+        },
+        None => {
+            let base = PathBuf::from("target/rehearsal")
+                .join(chrono::Utc::now().format("%Y%m%d-%H%M%S").to_string());
+            for n in 1..100 {
+                let dir = if n == 1 {
+                    base.clone()
+                } else {
+                    PathBuf::from(format!("{}-{n}", base.display()))
+                };
+                match create(&dir) {
+                    Ok(()) => return Ok(dir),
+                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                    Err(e) => return Err(e).with_context(|| format!("create {}", dir.display())),
+                }
+            }
+            anyhow::bail!("{}-N: no free report directory name", base.display())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_follow_kubernetes_rules() {
+        assert!(namespace("titanium-prod").is_ok());
+        for bad in ["", "Titanium", "a/b", "-a", "a-", &"a".repeat(64)] {
+            assert!(namespace(bad).is_err(), "{bad:?}");
+        }
+        assert!(object_name("postgresql-0").is_ok());
+        assert!(object_name("a.b-c").is_ok());
+        for bad in ["", "a..b", "A", "a/b", ".a"] {
+            assert!(object_name(bad).is_err(), "{bad:?}");
+        }
+        assert!(label_value("redis").is_ok());
+        assert!(label_value("a_b.C").is_ok());
+        assert!(label_value("-x").is_err());
+    }
+
+    #[test]
+    fn report_dirs_holding_a_run_are_refused_and_defaults_never_collide() {
+        let dir = tempfile::tempdir().unwrap();
+        let empty = dir.path().join("empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert!(report_dir_is_new(&empty).is_ok());
+        assert!(report_dir_is_new(&dir.path().join("missing")).is_ok());
+        std::fs::write(empty.join("report.json"), "{}").unwrap();
+        assert!(report_dir_is_new(&empty).is_err());
+        assert!(create_report_dir(Some(&empty)).is_err());
+        let nested = dir.path().join("a/b");
+        assert_eq!(create_report_dir(Some(&nested)).unwrap(), nested);
+    }
+}
