@@ -319,16 +319,25 @@ pub fn sweep_stale(root: &Path) -> Vec<Swept> {
         {
             continue;
         }
+        let dir = root.join(dir_name);
         let Some(owner) = std::fs::read_to_string(&record)
             .ok()
             .and_then(|text| OwnerId::parse(&text))
         else {
+            // A process killed between creating its record and writing it leaves an empty
+            // record and no directory: nothing of anyone's is behind it, so it goes. (A live
+            // process in that instant only loses the sweep of a later SIGKILL of its own.) A
+            // record that cannot be read beside a directory is left: its owner cannot be told.
+            if !dir.exists()
+                && let Err(err) = remove_file_if_present(&record)
+            {
+                tracing::warn!(record = %record.display(), error = %err, "cannot remove an unreadable owner record");
+            }
             continue;
         };
         if owner.alive() {
             continue;
         }
-        let dir = root.join(dir_name);
         if !dir.exists() {
             // Killed between writing the record and making the directory.
             if let Err(err) = remove_file_if_present(&record) {
@@ -495,6 +504,9 @@ mod tests {
         // Killed between writing its record and making its directory: only the record is left.
         let lone_record = owner_record(&root.path().join("harness-pg-unborn"));
         std::fs::write(&lone_record, gone().render()).unwrap();
+        // Killed between creating its record and writing it: an empty record, no directory.
+        let empty_record = owner_record(&root.path().join("harness-verify-unwritten"));
+        std::fs::write(&empty_record, "").unwrap();
 
         let swept = sweep_stale(root.path());
 
@@ -512,6 +524,10 @@ mod tests {
             "a directory without owner record (kept) stays"
         );
         assert!(!lone_record.exists(), "a lone stale record goes");
+        assert!(
+            !empty_record.exists(),
+            "an empty record without a directory goes"
+        );
         assert!(
             elsewhere.exists(),
             "another pid namespace's directory stays"
