@@ -17,3 +17,20 @@ pub mod report;
 pub mod restore;
 pub mod testing;
 pub mod verify;
+
+/// An error and every cause in its chain on one line (`could not copy to X: No space left on
+/// device`), each cause once: a cause whose text the line already holds is not repeated. Used
+/// wherever an error becomes a string (a finding, a report line), so the cause is never lost.
+pub fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text.replace('\n', " ")
+}

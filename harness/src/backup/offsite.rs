@@ -95,11 +95,11 @@ pub async fn copy_offsite(
             if let Err(err) = copy_private(&archive.path, &partial).await {
                 // A half-written copy is not left behind (disk full, I/O error).
                 let _ = std::fs::remove_file(&partial);
-                return Err(fail(with_causes(&err)));
+                return Err(fail(crate::error_chain(&err)));
             }
             let (_, sha256) = sha256_file(&partial)
                 .await
-                .map_err(|e| fail(with_causes(&e)))?;
+                .map_err(|e| fail(crate::error_chain(&e)))?;
             if sha256 != archive.sha256 {
                 let _ = std::fs::remove_file(&partial);
                 return Err(fail(format!(
@@ -111,7 +111,7 @@ pub async fn copy_offsite(
             if sidecar.exists() {
                 copy_private(&sidecar, &dir.join(format!("{file_name}.sha256")))
                     .await
-                    .map_err(|e| fail(with_causes(&e)))?;
+                    .map_err(|e| fail(crate::error_chain(&e)))?;
             }
             std::fs::rename(&partial, &dest)
                 .map_err(|e| fail(format!("rename {}: {e}", partial.display())))?;
@@ -139,19 +139,6 @@ pub async fn copy_offsite(
             })
         }
     }
-}
-
-/// An error with every cause in its chain (`could not copy to X: No space left on device`):
-/// the off-site detail is a string, so the chain must be spelled out here or it is lost.
-fn with_causes(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 async fn copy_private(from: &Path, to: &Path) -> Result<(), BackupError> {

@@ -66,7 +66,7 @@ impl SimProvider {
             .await
             .map_err(|err| ClusterError::Sim {
                 name: name.clone(),
-                detail: chain(&err),
+                detail: crate::error_chain(&err),
             })?;
         let url = cluster.url();
         Ok(Self {
@@ -115,7 +115,7 @@ impl Cluster for SimProvider {
         };
         cluster.shutdown().await.map_err(|err| ClusterError::Sim {
             name: self.name.clone(),
-            detail: chain(&err),
+            detail: crate::error_chain(&err),
         })?;
         if let Some(dir) = self.dir.take() {
             // Removed even with HARNESS_KEEP: destroy means destroy.
@@ -151,18 +151,6 @@ impl Cluster for SimProvider {
 fn set_mode(path: &Path, mode: u32) -> std::io::Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
-}
-
-/// An error with its causes, on one line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 impl Drop for SimProvider {

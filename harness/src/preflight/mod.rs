@@ -55,19 +55,7 @@ pub async fn reach(
             server: server.to_owned(),
             detail: format!("{} ({})", status.message, status.code),
         }),
-        Ok(Err(err)) => {
-            let mut detail = err.to_string();
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                let text = cause.to_string();
-                if !detail.contains(&text) {
-                    detail.push_str(": ");
-                    detail.push_str(&text);
-                }
-                source = cause.source();
-            }
-            Err(unreachable(detail.replace('\n', " ")))
-        }
+        Ok(Err(err)) => Err(unreachable(crate::error_chain(&err))),
         Err(_) => Err(unreachable(format!(
             "no answer to /version within {} s",
             timeout.as_secs()

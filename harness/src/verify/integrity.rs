@@ -34,16 +34,7 @@ impl<E: std::error::Error> From<Result<AmcheckReport, E>> for Amcheck {
     fn from(result: Result<AmcheckReport, E>) -> Self {
         match result {
             Ok(report) => Amcheck::Ran(report),
-            Err(err) => {
-                let mut why = err.to_string();
-                let mut source = err.source();
-                while let Some(cause) = source {
-                    why.push_str(": ");
-                    why.push_str(&cause.to_string());
-                    source = cause.source();
-                }
-                Amcheck::CouldNotRun(why)
-            }
+            Err(err) => Amcheck::CouldNotRun(crate::error_chain(&err)),
         }
     }
 }
