@@ -202,7 +202,7 @@ struct VerifyArgs {
 #[derive(Debug, clap::Args)]
 struct RestoreArgs {
     /// The backup: its directory, or its .tar.gz archive.
-    #[arg(value_parser = validate::existing_path)]
+    #[arg(value_parser = validate::backup_dir_or_archive)]
     backup: PathBuf,
     #[command(flatten)]
     cluster: ClusterArgs,

@@ -162,6 +162,20 @@ pub(crate) fn existing_path(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// What `restore` reads: a backup directory, or a `.tar.gz` archive of one. Anything else is a
+/// usage error here, before a server or cluster is asked anything.
+pub(crate) fn backup_dir_or_archive(s: &str) -> Result<PathBuf, String> {
+    let path = existing_path(s)?;
+    match std::fs::metadata(&path) {
+        Ok(m) if m.is_dir() => Ok(path),
+        Ok(m) if m.is_file() && s.ends_with(".tar.gz") => Ok(path),
+        Ok(_) => Err(format!(
+            "{s} is neither a backup directory nor a .tar.gz archive"
+        )),
+        Err(e) => Err(format!("{s}: {e}")),
+    }
+}
+
 /// A directory that is created when missing: it must not be an existing non-directory.
 pub(crate) fn dir_or_missing(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
