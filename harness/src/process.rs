@@ -62,7 +62,14 @@ pub fn server_command(program: impl AsRef<OsStr>) -> std::process::Command {
 
 fn with_parent_death(program: impl AsRef<OsStr>, die_with_us: bool) -> std::process::Command {
     use std::os::unix::process::CommandExt;
-    let setpriv = if die_with_us { setpriv() } else { None };
+    // A program that cannot be executed is spawned as itself, so that the spawn fails with the
+    // OS's own error (not found, permission denied) as callers expect, instead of setpriv
+    // starting and exiting 126/127, which would read as "the tool ran and failed".
+    let setpriv = if die_with_us && executable(program.as_ref()) {
+        setpriv()
+    } else {
+        None
+    };
     let mut cmd = match setpriv {
         Some(setpriv) => {
             let mut cmd = std::process::Command::new(setpriv);
@@ -75,6 +82,18 @@ fn with_parent_death(program: impl AsRef<OsStr>, die_with_us: bool) -> std::proc
     // child in order (a server gets its fast shutdown, the directory is removed after it).
     cmd.process_group(0);
     cmd
+}
+
+/// Whether `program` names an executable file: a path when it holds a `/`, else a match on
+/// `PATH` (as `execvp` looks it up).
+fn executable(program: &OsStr) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let path = std::path::Path::new(program);
+    if path.components().count() > 1 || program.as_encoded_bytes().contains(&b'/') {
+        std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    } else {
+        which::which(program).is_ok()
+    }
 }
 
 /// The tokio flavour of [`command`]; spawn it with [`spawn_tokio`]. It is also killed when

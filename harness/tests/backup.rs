@@ -992,7 +992,10 @@ async fn clear_errors_leave_only_a_partial_backup() -> Result<()> {
     let opts = options(&file, "nowhere", &pg);
     let err = backup(&opts).await.expect_err("not writable");
     assert!(matches!(&err, BackupError::Io { .. }), "{err:?}");
-    assert!(err.to_string().contains("a-file/nowhere.partial"), "{err}");
+    assert!(
+        err.to_string().contains("backup destination") && err.to_string().contains("a-file"),
+        "{err}"
+    );
 
     // A name already used is refused, and the existing backup is untouched.
     let dest = ScratchDir::new("backup-test-err-", "backup destination")?;

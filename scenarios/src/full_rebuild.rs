@@ -606,7 +606,12 @@ pub(crate) async fn seed(cluster: &AnyCluster, config: &Config) -> anyhow::Resul
 
 async fn preflight(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> {
     let client = cluster.client().await?;
-    let options = harness::preflight::PreflightOptions::runbook(NAMESPACE, config.backup_dir());
+    // The runbook makes its backup directory first (section 1, "백업 디렉토리 생성"); the
+    // preflight then checks it exists, is a directory and is writable.
+    let dir = ensure_dir(&config.backup_dir())?;
+    harness::keep::set_private_dir(&dir)
+        .with_context(|| format!("make {} private", dir.display()))?;
+    let options = harness::preflight::PreflightOptions::runbook(NAMESPACE, dir);
     let report = harness::preflight::run(client, &options).await;
     ensure!(report.go(), "preflight says NO-GO:\n{report}");
     Ok(())

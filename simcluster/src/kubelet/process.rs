@@ -30,6 +30,10 @@ fi
 pub(crate) struct Reaper {
     file: PathBuf,
     groups: Mutex<BTreeSet<i32>>,
+    /// Set once the reaper is stopped: a group tracked after that (a pod task that was still
+    /// starting a container while the kubelet shut down) is killed at once, since no reaper
+    /// would take it if the simulator were then killed.
+    stopped: std::sync::atomic::AtomicBool,
     child: Mutex<Option<std::process::Child>>,
 }
 
@@ -51,6 +55,7 @@ impl Reaper {
         let r = Reaper {
             file: file.to_owned(),
             groups: Mutex::new(BTreeSet::new()),
+            stopped: std::sync::atomic::AtomicBool::new(false),
             child: Mutex::new(Some(child)),
         };
         r.write(&BTreeSet::new())?;
@@ -80,9 +85,22 @@ impl Reaper {
 
     /// Record a process group.
     pub(crate) fn track(&self, pgid: i32) {
-        self.update(|g| {
-            g.insert(pgid);
-        });
+        let mut groups = self
+            .groups
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        // Checked under the lock that `kill_all_and_stop` takes to set it: no group slips
+        // between its snapshot and the end of the reaper.
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            drop(groups);
+            tracing::warn!(pgid, "a process started after the kubelet stopped: killed");
+            let _ = killpg(Pid::from_raw(pgid), Signal::SIGKILL);
+            return;
+        }
+        groups.insert(pgid);
+        if let Err(e) = self.write(&groups) {
+            tracing::warn!(file = %self.file.display(), error = %e, "cannot record process groups for the reaper");
+        }
     }
 
     /// Forget a process group that has ended.
@@ -94,13 +112,15 @@ impl Reaper {
 
     /// Kill every recorded group now and stop the reaper.
     pub(crate) fn kill_all_and_stop(&self) {
-        let groups: Vec<i32> = self
-            .groups
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .iter()
-            .copied()
-            .collect();
+        let groups: Vec<i32> = {
+            let groups = self
+                .groups
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            self.stopped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            groups.iter().copied().collect()
+        };
         for g in groups {
             let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
         }
