@@ -714,6 +714,15 @@ pub(crate) fn sim_down(name: &str) -> anyhow::Result<i32> {
         }
     }
     std::fs::remove_dir_all(&home).with_context(|| format!("remove {}", home.display()))?;
+    // The per-user parent goes too once the last cluster is down; it stays while another
+    // cluster lives in it (remove_dir refuses a non-empty directory, which is not an error here).
+    if let Some(parent) = home.parent()
+        && let Err(err) = std::fs::remove_dir(parent)
+        && err.kind() != std::io::ErrorKind::DirectoryNotEmpty
+        && err.kind() != std::io::ErrorKind::NotFound
+    {
+        eprintln!("warning: could not remove {}: {err}", parent.display());
+    }
     println!("simulated cluster `{name}` is down");
     Ok(exit_codes::OK)
 }
