@@ -35,6 +35,33 @@ async fn server() -> LocalPostgres {
     .unwrap()
 }
 
+/// A PostgreSQL server holding the Titanium dataset `spec`.
+async fn seeded_server(spec: DatasetSpec) -> LocalPostgres {
+    let pg = server().await;
+    let client = pg.params().connect().await.unwrap();
+    load_dataset(&client, &spec).await.unwrap();
+    pg
+}
+
+/// `rehearsal backup` of `source`, direct over TCP, into `out` as `name`.
+fn backup_to(source: &LocalPostgres, out: &Path, name: &str) -> Output {
+    let port = source.params().port.to_string();
+    rehearsal(
+        &[
+            "backup",
+            "--pg-host",
+            "127.0.0.1",
+            "--pg-port",
+            &port,
+            "--out",
+            out.to_str().unwrap(),
+            "--name",
+            name,
+        ],
+        Some(source),
+    )
+}
+
 fn archive_in(dir: &Path) -> PathBuf {
     std::fs::read_dir(dir)
         .unwrap()
@@ -46,29 +73,10 @@ fn archive_in(dir: &Path) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_verify_and_restore_through_the_cli() {
-    let source = server().await;
-    let client = source.params().connect().await.unwrap();
-    load_dataset(&client, &DatasetSpec::new(5, 50, 300))
-        .await
-        .unwrap();
+    let source = seeded_server(DatasetSpec::new(5, 50, 300)).await;
     let out_dir = tempfile::tempdir().unwrap();
-    let port = source.params().port.to_string();
-    let out = out_dir.path().to_str().unwrap();
 
-    let backup = rehearsal(
-        &[
-            "backup",
-            "--pg-host",
-            "127.0.0.1",
-            "--pg-port",
-            &port,
-            "--out",
-            out,
-            "--name",
-            "cli-test",
-        ],
-        Some(&source),
-    );
+    let backup = backup_to(&source, out_dir.path(), "cli-test");
     assert!(backup.status.success(), "{}", text(&backup));
     assert!(
         !text(&backup).contains(PASSWORD),
@@ -161,35 +169,13 @@ async fn posts(pg: &LocalPostgres) -> i64 {
 /// naming the file, and the target keeps its rows. The dry run prints a plan a person reads.
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_refuses_a_damaged_dump_and_keeps_the_target() {
-    let source = server().await;
-    let client = source.params().connect().await.unwrap();
-    load_dataset(&client, &DatasetSpec::new(5, 40, 240))
-        .await
-        .unwrap();
+    let source = seeded_server(DatasetSpec::new(5, 40, 240)).await;
     let out_dir = tempfile::tempdir().unwrap();
-    let port = source.params().port.to_string();
-    let backup = rehearsal(
-        &[
-            "backup",
-            "--pg-host",
-            "127.0.0.1",
-            "--pg-port",
-            &port,
-            "--out",
-            out_dir.path().to_str().unwrap(),
-            "--name",
-            "cli-safety",
-        ],
-        Some(&source),
-    );
+    let backup = backup_to(&source, out_dir.path(), "cli-safety");
     assert!(backup.status.success(), "{}", text(&backup));
     let dir = out_dir.path().join("cli-safety");
 
-    let target = server().await;
-    let tclient = target.params().connect().await.unwrap();
-    load_dataset(&tclient, &DatasetSpec::new(8, 30, 150))
-        .await
-        .unwrap();
+    let target = seeded_server(DatasetSpec::new(8, 30, 150)).await;
     let tport = target.params().port.to_string();
     let restore = |backup: &Path, extra: &[&str]| {
         let args = [
@@ -301,28 +287,10 @@ fn preflight_against_an_unreachable_api_server_exits_4_with_one_line_naming_it()
 #[tokio::test(flavor = "multi_thread")]
 async fn backup_creates_a_missing_out_directory_private() {
     use std::os::unix::fs::PermissionsExt;
-    let source = server().await;
-    let client = source.params().connect().await.unwrap();
-    load_dataset(&client, &DatasetSpec::new(3, 5, 20))
-        .await
-        .unwrap();
+    let source = seeded_server(DatasetSpec::new(3, 5, 20)).await;
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("new/backups");
-    let port = source.params().port.to_string();
-    let backup = rehearsal(
-        &[
-            "backup",
-            "--pg-host",
-            "127.0.0.1",
-            "--pg-port",
-            &port,
-            "--out",
-            out.to_str().unwrap(),
-            "--name",
-            "fresh",
-        ],
-        Some(&source),
-    );
+    let backup = backup_to(&source, &out, "fresh");
     assert_eq!(backup.status.code(), Some(0), "{}", text(&backup));
     assert!(
         out.join("fresh/MANIFEST.json").is_file(),

@@ -15,7 +15,10 @@ use anyhow::{Context, bail};
 use harness::data::{DatasetSpec, load_dataset};
 use harness::load::{LoadGate, Thresholds};
 use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
-use titanium::{RedisServer, Stack, StackOptions};
+
+#[path = "support/served.rs"]
+mod served;
+use served::Served;
 
 struct Args {
     users: u32,
@@ -66,25 +69,8 @@ async fn main() -> anyhow::Result<()> {
         loaded.posts,
         started.elapsed().as_secs_f64()
     );
-    let redis = RedisServer::start()
-        .await
-        .context("starting redis-server")?;
-    // The services get a runtime of their own, as they would as a process of their own.
-    let services = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("titanium")
-        .enable_all()
-        .build()
-        .context("building the services' runtime")?;
-    let options = StackOptions {
-        database: pg.params().config(),
-        redis_url: redis.url(),
-        db_pool_size: 4,
-    };
-    let stack = services
-        .spawn(Stack::start(options))
-        .await?
-        .context("starting the services")?;
+    let served = Served::start(pg.params().config()).await?;
+    let stack = &served.stack;
     let gate = LoadGate {
         users: args.readers,
         hatch_rate: args.readers,
@@ -114,9 +100,7 @@ async fn main() -> anyhow::Result<()> {
     for finding in &verdict.findings {
         println!("breach: {finding}");
     }
-    services.spawn(stack.shutdown()).await?;
-    services.shutdown_background();
-    drop(redis);
+    served.stop().await?;
     pg.stop().await?;
     Ok(())
 }

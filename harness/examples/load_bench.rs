@@ -13,7 +13,10 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use harness::load::{LoadGate, LoadProfile, Thresholds};
 use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
-use titanium::{RedisServer, Stack, StackOptions};
+
+#[path = "support/served.rs"]
+mod served;
+use served::Served;
 
 struct Args {
     seconds: u64,
@@ -92,26 +95,8 @@ async fn main() -> anyhow::Result<()> {
            SELECT 'post ' || i, repeat('text ', 40), 'user' || (i % 10 + 1) FROM generate_series(1, 50) AS i;",
     )
     .await?;
-    let redis = RedisServer::start()
-        .await
-        .context("starting redis-server")?;
-    // The services get a runtime (threads) of their own, as they would as a process of their
-    // own: wrk runs in another process, and goose must not share worker threads with them.
-    let services = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .thread_name("titanium")
-        .enable_all()
-        .build()
-        .context("building the services' runtime")?;
-    let options = StackOptions {
-        database: pg.params().config(),
-        redis_url: redis.url(),
-        db_pool_size: 4,
-    };
-    let stack = services
-        .spawn(Stack::start(options))
-        .await?
-        .context("starting the services")?;
+    let served = Served::start(pg.params().config()).await?;
+    let stack = &served.stack;
     let url = format!("{}{}", stack.gateway_url(), args.path);
     let check = reqwest::get(&url).await?;
     if !check.status().is_success() {
@@ -168,9 +153,7 @@ async fn main() -> anyhow::Result<()> {
         "goose/wrk: {ratio:.2} (target >= 0.80): {}",
         if ratio >= 0.8 { "met" } else { "NOT met" }
     );
-    services.spawn(stack.shutdown()).await?;
-    services.shutdown_background();
-    drop(redis);
+    served.stop().await?;
     pg.stop().await?;
     Ok(())
 }

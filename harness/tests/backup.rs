@@ -1080,18 +1080,14 @@ async fn unordered_digest_survives_a_restore_in_another_physical_order() -> Resu
     Ok(())
 }
 
-/// The quiesce waits until no pod of a scaled-down Deployment exists, terminating ones
-/// included: a pod that ignores SIGTERM keeps running (and could write) for its grace period
-/// after `status.replicas` has dropped to zero, which is where the old quiesce stopped waiting.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn quiesce_waits_until_no_pod_is_left_terminating_ones_included() -> Result<()> {
-    use k8s_openapi::api::apps::v1::Deployment;
-    use k8s_openapi::api::core::v1::{Namespace, Pod};
-    use kube::api::{Api, ListParams, PostParams};
-
-    let dir = ScratchDir::new("backup-test-quiesce-", "simulated cluster")?;
+/// An embedded simulated cluster named `name` in a scratch directory, and a client for it.
+async fn simulated_cluster(
+    prefix: &str,
+    name: &str,
+) -> Result<(ScratchDir, simcluster::SimCluster, kube::Client)> {
+    let dir = ScratchDir::new(prefix, "simulated cluster")?;
     let sim = simcluster::SimCluster::start(simcluster::SimConfig::new(
-        "quiesce",
+        name,
         dir.path().join("state"),
         dir.path().join("kubeconfig"),
     ))
@@ -1103,6 +1099,20 @@ async fn quiesce_waits_until_no_pod_is_left_terminating_ones_included() -> Resul
     )
     .await?;
     let client = kube::Client::try_from(config)?;
+    Ok((dir, sim, client))
+}
+
+/// The quiesce waits until no pod of a scaled-down Deployment exists, terminating ones
+/// included: a pod that ignores SIGTERM keeps running (and could write) for its grace period
+/// after `status.replicas` has dropped to zero, which is where the old quiesce stopped waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiesce_waits_until_no_pod_is_left_terminating_ones_included() -> Result<()> {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::api::core::v1::{Namespace, Pod};
+    use kube::api::{Api, ListParams, PostParams};
+
+    // `_dir` outlives `sim`: bindings drop in reverse order.
+    let (_dir, sim, client) = simulated_cluster("backup-test-quiesce-", "quiesce").await?;
     let ns = "quiesce";
     Api::<Namespace>::all(client.clone())
         .create(
@@ -1188,20 +1198,7 @@ async fn namespace_resources_through_discovery_on_the_simulated_cluster() -> Res
     use kube::api::{Api, DynamicObject, PostParams};
     use kube::discovery::ApiResource;
 
-    let dir = ScratchDir::new("backup-test-sim-", "simulated cluster")?;
-    let sim = simcluster::SimCluster::start(simcluster::SimConfig::new(
-        "backup",
-        dir.path().join("state"),
-        dir.path().join("kubeconfig"),
-    ))
-    .await?;
-    let kubeconfig = kube::config::Kubeconfig::read_from(sim.kubeconfig_path())?;
-    let config = kube::Config::from_custom_kubeconfig(
-        kubeconfig,
-        &kube::config::KubeConfigOptions::default(),
-    )
-    .await?;
-    let client = kube::Client::try_from(config)?;
+    let (_dir, sim, client) = simulated_cluster("backup-test-sim-", "backup").await?;
     let ns = "titanium-prod";
 
     let create = |api_version: &str, kind: &str, plural: &str, body: serde_json::Value| {
