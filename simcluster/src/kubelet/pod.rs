@@ -242,13 +242,14 @@ impl PodCtx {
 
     /// Write the status to the store.
     pub(crate) fn publish(&self) {
-        let status = {
-            let mut st = self
-                .state
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            compute_status(&mut st, &self.rt, self.restart_policy())
-        };
+        // The state stays locked until the status is written: two containers publishing at
+        // once must reach the store in the order their statuses were computed, or an older
+        // status (one container still waiting) can overwrite a newer one and stay there.
+        let mut st = self
+            .state
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let status = compute_status(&mut st, &self.rt, self.restart_policy());
         let uid = self.rt.uid.clone();
         let res =
             self.shared.store.mutate(
@@ -272,6 +273,7 @@ impl PodCtx {
                     _ => Ok(Mutation::Unchanged),
                 },
             );
+        drop(st);
         if let Err(e) = res {
             tracing::warn!(pod = self.rt.name, error = %e, "pod status write failed");
         }
