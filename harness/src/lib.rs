@@ -10,6 +10,7 @@ pub mod deploy;
 pub mod facts;
 pub mod keep;
 pub mod load;
+pub mod oci;
 pub mod pg;
 pub mod preflight;
 pub mod process;
