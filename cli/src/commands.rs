@@ -157,6 +157,11 @@ fn write_reports(report: &harness::report::Report, dir: &std::path::Path) -> any
     write("report.json", report.to_json())?;
     write("junit.xml", harness::report::render_junit(report))?;
     write("report.html", harness::report::render_html(report))?;
+    // The runbook's 7.1 entry and its checklist, each item ticked only with its evidence.
+    write(
+        "REBUILD_RECORD.md",
+        harness::report::render_rebuild_record(report),
+    )?;
     Ok(())
 }
 

@@ -61,6 +61,7 @@ pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
         rpo_clock: None,
         rollback_reasons: Vec::new(),
         not_assessed: Vec::new(),
+        backup: None,
     };
     report.conclude();
     report

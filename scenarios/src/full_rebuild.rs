@@ -17,7 +17,7 @@ use harness::data::DatasetSpec;
 use harness::facts;
 use harness::load::{HealthGate, LoadGate};
 use harness::pg::{LocalOptions, LocalPostgres, PgTools, PostgresProvider};
-use harness::report::{GateReport, LoadReport, Outcome, Report, TableReport};
+use harness::report::{BackupEvidence, GateReport, LoadReport, Outcome, Report, TableReport};
 use harness::restore::{
     DataRestorer, DbArchive, DbRestoreInput, DbRestoreOptions, KubeRestoreOptions, KubeRestorePlan,
     MarkerRow, PlanRoles, restore_database, restore_kubernetes,
@@ -210,6 +210,7 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
         rpo_clock: state.rpo_ms.map(|_| RPO_CLOCK.to_owned()),
         rollback_reasons,
         not_assessed,
+        backup: state.backup,
     };
     report.conclude();
     report
@@ -224,6 +225,7 @@ struct State {
     rto_ms: Option<u64>,
     rpo_ms: Option<u64>,
     decision: Option<Decision>,
+    backup: Option<BackupEvidence>,
 }
 
 /// The clusters a run holds; whatever is left when it ends is torn down (see [`teardown`]).
@@ -272,6 +274,7 @@ async fn steps(
     run.phase("start-load", start_load(a, config)).await?;
     let backup = run.phase("backup", take_backup(a, config)).await?;
     let manifest = backup.manifest.clone();
+    state.backup = Some(backup_evidence(&backup)?);
     let pg = manifest
         .postgres
         .clone()
@@ -689,6 +692,61 @@ async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<Ba
     });
     options.offsite = vec![OffsiteTarget::Directory(offsite)];
     Ok(backup::backup(&options).await?)
+}
+
+/// What the rebuild record says of the backup, from its manifest and the copies read back.
+fn backup_evidence(backup: &BackupReport) -> anyhow::Result<BackupEvidence> {
+    let manifest = &backup.manifest;
+    let checksum_file = backup.dir.join("MANIFEST.json.sha256");
+    let checksum = std::fs::read_to_string(&checksum_file)
+        .with_context(|| format!("read {}", checksum_file.display()))?;
+    let manifest_sha256 = checksum
+        .split_whitespace()
+        .next()
+        .with_context(|| format!("{} is empty", checksum_file.display()))?;
+    let files: Vec<(String, u64, String)> = manifest
+        .files
+        .iter()
+        .map(|f| (f.path.clone(), f.size, f.sha256.clone()))
+        .collect();
+    let file = |path: &str| {
+        manifest.files.iter().find(|f| f.path == path).map(|f| {
+            format!(
+                "{path} ({} bytes, sha256 {})",
+                f.size,
+                &f.sha256[..f.sha256.len().min(12)]
+            )
+        })
+    };
+    let mut evidence = BackupEvidence::new(
+        &manifest.name,
+        &manifest.started_at,
+        manifest_sha256,
+        &files,
+    );
+    if let Some(pg) = &manifest.postgres {
+        evidence.database = Some(format!(
+            "{} (PostgreSQL {})",
+            pg.database, pg.server_version
+        ));
+        evidence.postgres_dump = file(&pg.custom_dump);
+    }
+    if let Some(tf) = &manifest.terraform {
+        evidence.terraform_state = file(&tf.state).or_else(|| Some(tf.state.clone()));
+    }
+    evidence.offsite = backup
+        .offsite
+        .iter()
+        .map(|c| {
+            format!(
+                "{} at {} (sha256 {} read back)",
+                c.target,
+                c.location,
+                &c.sha256[..c.sha256.len().min(12)]
+            )
+        })
+        .collect();
+    Ok(evidence)
 }
 
 fn ensure_dir(path: &Path) -> anyhow::Result<PathBuf> {

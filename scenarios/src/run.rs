@@ -235,6 +235,7 @@ mod tests {
             rpo_clock: None,
             rollback_reasons: vec![],
             not_assessed: vec![],
+            backup: None,
         };
         report.conclude();
         report

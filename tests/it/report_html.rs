@@ -52,6 +52,7 @@ fn sample() -> Report {
         rpo_clock: Some("postgresql server".into()),
         rollback_reasons: vec![],
         not_assessed: vec![],
+        backup: None,
     }
 }
 

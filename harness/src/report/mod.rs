@@ -4,11 +4,13 @@
 
 mod html;
 mod junit;
+mod record;
 
 use serde::{Deserialize, Serialize};
 
 pub use html::render_html;
 pub use junit::render_junit;
+pub use record::{ChecklistItem, checklist, render_rebuild_record};
 
 /// The overall outcome.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,6 +114,33 @@ pub struct LoadReport {
     pub endpoints: Vec<crate::verify::EndpointLatency>,
 }
 
+/// What the run's backup was, for the rebuild record (runbook 7.1) and its checklist.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackupEvidence {
+    /// The backup's name (the runbook's `$BACKUP_DATE`).
+    pub name: String,
+    /// When it started (RFC 3339).
+    pub started_at: String,
+    /// Bytes of every file in its manifest.
+    pub bytes: u64,
+    /// Files in its manifest.
+    pub files: usize,
+    /// SHA-256 of `MANIFEST.json`.
+    pub manifest_sha256: String,
+    /// The database and server version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
+    /// The pg_dump archive: path, size, sha256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub postgres_dump: Option<String>,
+    /// The terraform state file, when the backup has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub terraform_state: Option<String>,
+    /// Off-site copies made and read back: where, and the sha256 read back.
+    #[serde(default)]
+    pub offsite: Vec<String>,
+}
+
 /// A whole rehearsal.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Report {
@@ -146,6 +175,9 @@ pub struct Report {
     /// Rollback criteria that could not be assessed for lack of an observation.
     #[serde(default)]
     pub not_assessed: Vec<String>,
+    /// The backup the run took, when it took one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backup: Option<BackupEvidence>,
 }
 
 impl Report {
@@ -309,6 +341,7 @@ pub(crate) mod sample {
             rpo_clock: Some("postgresql server".into()),
             rollback_reasons: vec!["data mismatch in users".into()],
             not_assessed: vec![],
+            backup: None,
         }
     }
 }
