@@ -80,6 +80,27 @@ fn scenario_trial(
     };
     print_phases(&report);
     let _ = std::fs::write(report_dir.join("report.json"), report.to_json());
+    if report.verdict == Outcome::Pass && scenario == Some(Scenario::FullRebuild) {
+        // The rebuild record's checklist: on a passing full rebuild, every item is proved but
+        // those a rehearsal cannot prove (terraform is not in this scenario; 24 hours of
+        // monitoring; telling the team).
+        let open: Vec<&str> = harness::report::checklist(&report)
+            .iter()
+            .filter(|i| !i.proved)
+            .map(|i| i.item)
+            .collect();
+        let expected = [
+            "Terraform 상태 백업",
+            "Terraform apply 성공",
+            "24시간 모니터링 완료",
+            "팀 공유",
+        ];
+        if open != expected {
+            return Err(
+                format!("checklist items not proved: {open:?}, expected {expected:?}").into(),
+            );
+        }
+    }
     if report.verdict == Outcome::Pass {
         // The backup held production-like data: it is removed once the trial passed.
         let _ = std::fs::remove_dir_all(config.backup_dir());
