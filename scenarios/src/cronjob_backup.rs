@@ -127,7 +127,7 @@ async fn steps(
 
 /// `kubectl create job --from=cronjob/postgresql-backup`, then waits until the Job succeeded.
 async fn run_cronjob(
-    cluster: &AnyCluster,
+    cluster: &impl Cluster,
     client: &kube::Client,
     timeout: Duration,
 ) -> anyhow::Result<()> {

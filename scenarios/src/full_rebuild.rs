@@ -588,7 +588,7 @@ fn rpo_between(stopped: Option<&str>, snapshot: &str) -> Result<u64, String> {
 
 /// Applies the manifests, holds the load generator at zero until the data is seeded, and waits
 /// until everything is ready.
-pub(crate) async fn deploy(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> {
+pub(crate) async fn deploy(cluster: &impl Cluster, config: &Config) -> anyhow::Result<()> {
     harness::deploy::apply_kustomize(cluster, &config.overlay).await?;
     let client = cluster.client().await?;
     titanium::scale(&client, LOAD_GENERATOR, 0, config.ready_timeout).await?;
@@ -596,7 +596,7 @@ pub(crate) async fn deploy(cluster: &AnyCluster, config: &Config) -> anyhow::Res
     Ok(())
 }
 
-pub(crate) async fn seed(cluster: &AnyCluster, config: &Config) -> anyhow::Result<(u64, u64)> {
+pub(crate) async fn seed(cluster: &impl Cluster, config: &Config) -> anyhow::Result<(u64, u64)> {
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
     let stats = harness::data::load_dataset(
@@ -607,7 +607,7 @@ pub(crate) async fn seed(cluster: &AnyCluster, config: &Config) -> anyhow::Resul
     Ok((stats.users, stats.posts))
 }
 
-async fn preflight(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> {
+async fn preflight(cluster: &impl Cluster, config: &Config) -> anyhow::Result<()> {
     let client = cluster.client().await?;
     // The runbook makes its backup directory first (section 1, "백업 디렉토리 생성"); the
     // preflight then checks it exists, is a directory and is writable.
@@ -621,7 +621,7 @@ async fn preflight(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> 
 }
 
 /// Starts the load generator and waits until it has written, so the backup runs under load.
-async fn start_load(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()> {
+async fn start_load(cluster: &impl Cluster, config: &Config) -> anyhow::Result<()> {
     let client = cluster.client().await?;
     let db = titanium::database(cluster).await?;
     let pg = db.params.connect().await?;
@@ -652,7 +652,7 @@ async fn start_load(cluster: &AnyCluster, config: &Config) -> anyhow::Result<()>
     }
 }
 
-async fn take_backup(cluster: &AnyCluster, config: &Config) -> anyhow::Result<BackupReport> {
+async fn take_backup(cluster: &impl Cluster, config: &Config) -> anyhow::Result<BackupReport> {
     let client = cluster.client().await?;
     let password = titanium::db_password(&client).await?;
     let pod = |name: String| PodRef {
@@ -779,7 +779,7 @@ async fn verify(backup: &BackupReport, tools: &PgTools) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn write_marker(cluster: &AnyCluster, marker: &MarkerRow) -> anyhow::Result<()> {
+async fn write_marker(cluster: &impl Cluster, marker: &MarkerRow) -> anyhow::Result<()> {
     let db = titanium::database(cluster).await?;
     marker.write(&db.params.connect().await?).await?;
     Ok(())
@@ -795,9 +795,9 @@ struct Restored {
 
 /// Restores databases and Redis when the plan reaches them, reaching both through port-forwards
 /// of the rebuilt cluster.
-struct ClusterData<'a> {
+struct ClusterData<'a, C: Cluster> {
     scenario: Scenario,
-    cluster: &'a AnyCluster,
+    cluster: &'a C,
     backup: &'a BackupReport,
     tools: &'a PgTools,
     db_restore: Option<Duration>,
@@ -806,7 +806,7 @@ struct ClusterData<'a> {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-impl DataRestorer for ClusterData<'_> {
+impl<C: Cluster> DataRestorer for ClusterData<'_, C> {
     async fn restore_database(&mut self) -> Result<(), BoxError> {
         let started = Instant::now();
         let pg = self
@@ -862,7 +862,7 @@ impl DataRestorer for ClusterData<'_> {
 
 async fn restore(
     scenario: Scenario,
-    cluster: &AnyCluster,
+    cluster: &impl Cluster,
     backup: &BackupReport,
     tools: &PgTools,
     config: &Config,
@@ -929,7 +929,7 @@ struct Gates {
 /// Runs every gate. With `resume_writer`, the load generator is brought back to its recorded
 /// replica count after the data gates (and before the Kubernetes gate, which expects it).
 async fn run_gates(
-    cluster: &AnyCluster,
+    cluster: &impl Cluster,
     backup: &BackupReport,
     marker: &MarkerRow,
     config: &Config,
@@ -1021,7 +1021,7 @@ struct Service {
     load: harness::load::LoadVerdict,
 }
 
-async fn health_and_load(cluster: &AnyCluster, config: &Config) -> anyhow::Result<Service> {
+async fn health_and_load(cluster: &impl Cluster, config: &Config) -> anyhow::Result<Service> {
     let forward = titanium::forward_to(cluster, "api-gateway", 8000).await?;
     let base = format!("http://127.0.0.1:{}", forward.port());
     let mut health = HealthGate::new(&base);
@@ -1037,7 +1037,7 @@ async fn health_and_load(cluster: &AnyCluster, config: &Config) -> anyhow::Resul
     Ok(Service { health, load })
 }
 
-async fn observe_pods(cluster: &AnyCluster) -> anyhow::Result<Vec<PodObservation>> {
+async fn observe_pods(cluster: &impl Cluster) -> anyhow::Result<Vec<PodObservation>> {
     let pods = Api::<Pod>::namespaced(cluster.client().await?, NAMESPACE)
         .list(&ListParams::default())
         .await?;
@@ -1193,7 +1193,7 @@ fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
 }
 
 /// One row lost after the restore: the defect the count and digest gates exist for.
-async fn inject_defect(cluster: &AnyCluster) -> anyhow::Result<String> {
+async fn inject_defect(cluster: &impl Cluster) -> anyhow::Result<String> {
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
     let id: i32 = client
@@ -1208,7 +1208,7 @@ async fn inject_defect(cluster: &AnyCluster) -> anyhow::Result<String> {
 
 /// The runbook's rollback option 1: drop the database, create it again, restore from the backup.
 async fn rollback_restore(
-    cluster: &AnyCluster,
+    cluster: &impl Cluster,
     backup: &BackupReport,
     tools: &PgTools,
 ) -> anyhow::Result<()> {

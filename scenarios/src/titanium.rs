@@ -5,8 +5,8 @@
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use harness::cluster::Cluster;
 use harness::cluster::forward::PortForward;
-use harness::cluster::{AnyCluster, Cluster};
 use harness::pg::{ConnParams, Secret};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Pod, Secret as KubeSecret};
@@ -53,7 +53,7 @@ pub struct Db {
 ///
 /// # Errors
 /// When the pod or the secret is missing.
-pub async fn database(cluster: &AnyCluster) -> anyhow::Result<Db> {
+pub async fn database(cluster: &impl Cluster) -> anyhow::Result<Db> {
     let client = cluster.client().await?;
     let password = db_password(&client).await?;
     let forward = PortForward::start(client, NAMESPACE, PG_POD, 5432).await?;
@@ -107,7 +107,11 @@ pub async fn ready_pod_in(
 ///
 /// # Errors
 /// When no pod is Ready.
-pub async fn forward_to(cluster: &AnyCluster, app: &str, port: u16) -> anyhow::Result<PortForward> {
+pub async fn forward_to(
+    cluster: &impl Cluster,
+    app: &str,
+    port: u16,
+) -> anyhow::Result<PortForward> {
     let client = cluster.client().await?;
     let pod = ready_pod(&client, app).await?;
     Ok(PortForward::start(client, NAMESPACE, &pod, port).await?)

@@ -1,5 +1,6 @@
 //! Cross-crate integration tests: the CI workflows, and the `rehearsal` binary as a user runs it.
 
+mod architecture;
 mod preflight;
 mod report_html;
 mod workflows;

@@ -39,8 +39,8 @@ use super::BackupError;
 use super::exec::PodRef;
 use super::files::{ToolRun, create_private_dir, tail};
 use super::postgres::in_pod_with_password;
+use crate::facts::RedisFacts;
 use crate::pg::Secret;
-use crate::verify::RedisFacts;
 
 /// Where the Redis to back up is.
 #[derive(Clone, Debug)]
@@ -602,5 +602,16 @@ mod tests {
     fn keys_are_named_with_their_database() {
         assert_eq!(key_label(3, b"session:1"), "db3 session:1");
         assert_eq!(key_label(0, &[0xff, 0x00]), "db0 0xff00");
+    }
+}
+
+impl From<&RedisManifest> for RedisFacts {
+    /// What the backup recorded of its RDB.
+    fn from(m: &RedisManifest) -> Self {
+        Self {
+            key_count: m.keys,
+            digest: m.digest.clone(),
+            keys: std::collections::BTreeMap::new(),
+        }
     }
 }

@@ -1,11 +1,19 @@
-//! Facts observed of a database: per-table row counts and content digests, sequences, a
-//! normalised schema rendering, and planner statistics. The backup records them inside its
+//! Facts: everything observed, and nothing judged. Of a database: per-table row counts and
+//! content digests, sequences, a normalised schema rendering, foreign-key checks, pg_amcheck,
+//! and planner statistics; of Redis: its keyspace digest; of a cluster after a restore: pods,
+//! health checks and the load gate's figures. The backup records them inside its
 //! snapshot; the restore observes them again; `verify` compares the two without doing any I/O
 //! itself.
 
+mod amcheck;
+mod durations;
+mod observed;
+mod redis;
 pub mod schema;
 pub mod statistics;
 pub mod tables;
+
+pub use durations::{opt_secs, secs};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,6 +50,9 @@ pub struct SequenceFacts {
     pub column_max: Option<i64>,
 }
 
+pub use amcheck::{Amcheck, AmcheckReport};
+pub use observed::{EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation};
+pub use redis::RedisFacts;
 pub use schema::{ForeignKeyCheck, SchemaError, foreign_key_checks, render_schema, run_amcheck};
 pub use statistics::{TableStatistics, table_statistics};
 pub use tables::{

@@ -24,8 +24,8 @@ use std::process::Stdio;
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
+use super::AmcheckReport;
 use crate::pg::{ConnParams, PgError, PgTools, quote_ident};
-use crate::verify::AmcheckReport;
 
 /// What went wrong while reading the schema.
 #[derive(Debug, thiserror::Error)]

@@ -336,13 +336,13 @@ impl LoadVerdict {
 
     /// What the rollback decision needs of this verdict: the thresholds that did not hold,
     /// the slowest response and the slowest request kind.
-    pub fn sample(&self) -> crate::verify::LoadSample {
-        crate::verify::LoadSample {
+    pub fn sample(&self) -> crate::facts::LoadSample {
+        crate::facts::LoadSample {
             breaches: self
                 .thresholds
                 .iter()
                 .filter(|t| !t.passed)
-                .map(|t| crate::verify::LoadBreach {
+                .map(|t| crate::facts::LoadBreach {
                     rule: t.rule.clone(),
                     observed: t.observed,
                 })
@@ -353,7 +353,7 @@ impl LoadVerdict {
             ),
             slowest: self
                 .slowest_request()
-                .map(|r| crate::verify::EndpointLatency {
+                .map(|r| crate::facts::EndpointLatency {
                     name: r.name.clone(),
                     p50_ms: r.p50_ms,
                     p95_ms: r.p95_ms,

@@ -111,7 +111,7 @@ pub struct LoadReport {
     pub goose_report: Option<String>,
     /// Each request kind's latencies, from goose's per-request figures.
     #[serde(default)]
-    pub endpoints: Vec<crate::verify::EndpointLatency>,
+    pub endpoints: Vec<crate::facts::EndpointLatency>,
 }
 
 /// What the run's backup was, for the rebuild record (runbook 7.1) and its checklist.
@@ -330,7 +330,7 @@ pub(crate) mod sample {
                 rps: 50.0,
                 p95_ms: 12.5,
                 goose_report: Some("goose.html".into()),
-                endpoints: vec![crate::verify::EndpointLatency {
+                endpoints: vec![crate::facts::EndpointLatency {
                     name: "GET list posts".into(),
                     p50_ms: 6.25,
                     p95_ms: 12.5,

@@ -778,13 +778,13 @@ pub async fn restore_kubernetes(
 pub async fn observe_pods(
     client: &kube::Client,
     namespace: &str,
-) -> Result<Vec<crate::verify::PodObservation>, RestoreError> {
+) -> Result<Vec<crate::facts::PodObservation>, RestoreError> {
     let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pods = api
         .list(&ListParams::default())
         .await
         .map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
-    let mut out: Vec<crate::verify::PodObservation> = pods
+    let mut out: Vec<crate::facts::PodObservation> = pods
         .items
         .iter()
         .map(|pod| {
@@ -793,7 +793,7 @@ pub async fn observe_pods(
                 .as_ref()
                 .and_then(|s| s.container_statuses.clone())
                 .unwrap_or_default();
-            crate::verify::PodObservation {
+            crate::facts::PodObservation {
                 name: format!(
                     "{namespace}/{}",
                     pod.metadata.name.clone().unwrap_or_default()

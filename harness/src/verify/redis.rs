@@ -1,36 +1,9 @@
 //! The Redis gate: key count and content digest equal between backup and restore, over every
 //! logical database, every type and every key's expiry time (the digest is defined in
-//! [`crate::backup::dataset_facts`]).
-
-use std::collections::BTreeMap;
-
-use serde::{Deserialize, Serialize};
+//! `backup::dataset_facts`).
 
 use super::{Finding, FindingKind, Gate, Verdict};
-
-/// What was observed of one Redis server (all its logical databases).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RedisFacts {
-    /// Number of keys, all databases.
-    pub key_count: u64,
-    /// Digest over every key of every database: its type, value and absolute expiry time.
-    pub digest: String,
-    /// Optional per-key digests (`db3 session:abc` to hex), so findings can name the keys that
-    /// differ. Empty when the observer did not collect them (the manifest does not keep them).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub keys: BTreeMap<String, String>,
-}
-
-impl From<&crate::backup::RedisManifest> for RedisFacts {
-    /// What the backup recorded of its RDB.
-    fn from(m: &crate::backup::RedisManifest) -> Self {
-        Self {
-            key_count: m.keys,
-            digest: m.digest.clone(),
-            keys: BTreeMap::new(),
-        }
-    }
-}
+pub use crate::facts::RedisFacts;
 
 /// Redis: key count and digest equal; with per-key digests on both sides, each missing, extra
 /// or changed key is named.
@@ -84,6 +57,8 @@ pub fn redis(expected: &RedisFacts, restored: &RedisFacts) -> Verdict {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     fn facts(keys: &[(&str, &str)], digest: &str) -> RedisFacts {

@@ -6,43 +6,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{FindingKind, Gate, Verdict};
-
-/// Durations as fractional seconds in JSON, so reports and config files read naturally.
-mod secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_f64(d.as_secs_f64())
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let secs = f64::deserialize(d)?;
-        Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom)
-    }
-}
-
-mod opt_secs {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub(super) fn serialize<S: Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_some(&d.as_secs_f64()),
-            None => s.serialize_none(),
-        }
-    }
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
-        d: D,
-    ) -> Result<Option<Duration>, D::Error> {
-        Option::<f64>::deserialize(d)?
-            .map(|secs| Duration::try_from_secs_f64(secs).map_err(serde::de::Error::custom))
-            .transpose()
-    }
-}
+pub use crate::facts::{EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation};
 
 /// The limits beyond which a restore is rolled back. [`Default`] is the runbook's limits with
 /// exact data equality; [`RollbackThresholds::runbook`] also takes the runbook's 10 % row-count
@@ -55,18 +19,18 @@ pub struct RollbackThresholds {
     /// Largest tolerated health-check failure rate (runbook: 5 %).
     pub max_health_failure_rate: f64,
     /// Largest tolerated API response time (runbook: 5 s).
-    #[serde(with = "secs")]
+    #[serde(with = "crate::facts::secs")]
     pub max_response_time: Duration,
     /// A pod restarted this many times or more triggers a rollback (runbook: 3).
     pub max_pod_restarts: u32,
     /// Longest tolerated database restore (runbook: 2 h).
-    #[serde(with = "secs")]
+    #[serde(with = "crate::facts::secs")]
     pub max_db_restore: Duration,
     /// Longest tolerated whole procedure (runbook: 6 h).
-    #[serde(with = "secs")]
+    #[serde(with = "crate::facts::secs")]
     pub max_total: Duration,
     /// Longest tolerated wait for every pod to become Ready (runbook: 30 min).
-    #[serde(with = "secs")]
+    #[serde(with = "crate::facts::secs")]
     pub max_pods_ready: Duration,
 }
 
@@ -94,28 +58,6 @@ impl RollbackThresholds {
     }
 }
 
-/// Health checks made after the restore (the runbook: 10 tries of `/api/users/health`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HealthSample {
-    /// Checks made.
-    pub attempts: u32,
-    /// Checks that failed.
-    pub failures: u32,
-}
-
-/// One pod as observed at decision time.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PodObservation {
-    /// `namespace/name`.
-    pub name: String,
-    /// Restart count summed over its containers.
-    pub restarts: u32,
-    /// A container's waiting reason, such as `CrashLoopBackOff`.
-    pub waiting_reason: Option<String>,
-    /// Whether the pod is Ready.
-    pub ready: bool,
-}
-
 /// Everything the decision looks at. Unset observations are reported as not assessed.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -125,67 +67,21 @@ pub struct RollbackInputs {
     /// Health checks, if made.
     pub health: Option<HealthSample>,
     /// Worst observed API response time, if measured.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::facts::opt_secs")]
     pub max_response_time: Option<Duration>,
     /// Pods at decision time, if observed.
     pub pods: Option<Vec<PodObservation>>,
     /// How long the database restore took.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::facts::opt_secs")]
     pub db_restore: Option<Duration>,
     /// How long the whole procedure took so far.
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::facts::opt_secs")]
     pub total: Option<Duration>,
     /// How long the wait for all pods to become Ready took (or had taken when it gave up).
-    #[serde(with = "opt_secs")]
+    #[serde(with = "crate::facts::opt_secs")]
     pub pods_ready_wait: Option<Duration>,
     /// The load gate's outcome, if it ran.
     pub load: Option<LoadSample>,
-}
-
-/// What the load gate observed, as the decision needs it: the thresholds that failed with
-/// what was observed, its slowest response, and its slowest request kind as evidence.
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct LoadSample {
-    /// Each threshold that did not hold: the rule as written and the value observed (`None`
-    /// when no request of its scope was made).
-    pub breaches: Vec<LoadBreach>,
-    /// Requests made; a load gate that made none has not measured anything.
-    pub requests: u64,
-    /// The slowest response the load gate measured.
-    #[serde(with = "secs")]
-    pub max_response_time: Duration,
-    /// The request kind with the highest 95th percentile, if any request was made.
-    pub slowest: Option<EndpointLatency>,
-}
-
-/// One k6-style threshold that did not hold.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct LoadBreach {
-    /// The rule as written (`http_req_duration: p(95)<500`).
-    pub rule: String,
-    /// The value observed, if any request of the rule's scope was made.
-    pub observed: Option<f64>,
-}
-
-/// Latency figures of one request kind of the load gate.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct EndpointLatency {
-    /// goose's name: `GET list posts`.
-    pub name: String,
-    /// Median response time in milliseconds.
-    pub p50_ms: f64,
-    /// 95th percentile in milliseconds.
-    pub p95_ms: f64,
-}
-
-impl std::fmt::Display for EndpointLatency {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} (p50 {:.1} ms, p95 {:.1} ms)",
-            self.name, self.p50_ms, self.p95_ms
-        )
-    }
 }
 
 /// One rollback criterion of the runbook (plus failed gates it does not name).
