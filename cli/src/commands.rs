@@ -13,8 +13,8 @@ use crate::exit_codes;
 pub(crate) async fn preflight(args: PreflightArgs) -> anyhow::Result<i32> {
     // Attaching never destroys anything: the gate stays closed.
     let cluster = KubeconfigCluster::attach(
-        args.kubeconfig,
-        args.context.as_deref(),
+        args.cluster.kubeconfig,
+        args.cluster.context.as_deref(),
         Vec::new(),
         Default::default(),
     )?;
@@ -23,8 +23,8 @@ pub(crate) async fn preflight(args: PreflightArgs) -> anyhow::Result<i32> {
     // failing with the same connection error.
     let server = api_server(cluster.kubeconfig(), cluster.context())?;
     preflight::reach(&client, &server, std::time::Duration::from_secs(15)).await?;
-    let mut options = PreflightOptions::runbook(&args.namespace, args.backup_dir);
-    options.pg_pod = args.pg_pod;
+    let mut options = PreflightOptions::runbook(&args.cluster.namespace, args.backup_dir);
+    options.pg_pod = args.cluster.pg_pod;
     options.pg_database = args.database;
     options.terraform_dir = args.terraform_dir;
     let report = preflight::run(client, &options).await;
@@ -32,7 +32,7 @@ pub(crate) async fn preflight(args: PreflightArgs) -> anyhow::Result<i32> {
         "preflight of `{}` (context {}), namespace {}",
         cluster.name(),
         cluster.context(),
-        args.namespace
+        args.cluster.namespace
     );
     println!("{report}");
     if let Some(path) = args.json {

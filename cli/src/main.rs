@@ -225,18 +225,8 @@ struct RestoreArgs {
 /// Arguments of `rehearsal preflight`.
 #[derive(Debug, clap::Args)]
 struct PreflightArgs {
-    /// Kubeconfig file (default: $KUBECONFIG, else ~/.kube/config).
-    #[arg(long, value_parser = validate::existing_file)]
-    kubeconfig: Option<PathBuf>,
-    /// Context in the kubeconfig (default: its current context).
-    #[arg(long, value_parser = validate::context)]
-    context: Option<String>,
-    /// The application namespace.
-    #[arg(long, short = 'n', default_value = "titanium-prod", value_parser = validate::namespace)]
-    namespace: String,
-    /// The PostgreSQL pod.
-    #[arg(long, default_value = "postgresql-0", value_parser = validate::object_name)]
-    pg_pod: String,
+    #[command(flatten)]
+    cluster: ClusterArgs,
     /// The database.
     #[arg(long, default_value = "titanium", value_parser = validate::pg_name)]
     database: String,
