@@ -114,7 +114,20 @@ fn indented(out: &mut String, text: &str) {
 /// [`SchemaError::Query`] naming the catalog read that failed.
 pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
     let mut out = String::new();
+    render_schemas(client, &mut out).await?;
+    render_extensions(client, &mut out).await?;
+    render_types(client, &mut out).await?;
+    let columns = column_rows(client).await?;
+    render_tables(client, &columns, &mut out).await?;
+    render_indexes(client, &mut out).await?;
+    render_sequences(client, &mut out).await?;
+    render_views(client, &columns, &mut out).await?;
+    render_functions(client, &mut out).await?;
+    Ok(out)
+}
 
+/// `schema <name>` for every user schema.
+async fn render_schemas(client: &Client, out: &mut String) -> Result<(), SchemaError> {
     let schemas = text_rows(
         client,
         &format!(
@@ -129,7 +142,11 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
     for row in &schemas {
         let _ = writeln!(out, "schema {}", field(row, 0));
     }
+    Ok(())
+}
 
+/// Every extension with its version and schema.
+async fn render_extensions(client: &Client, out: &mut String) -> Result<(), SchemaError> {
     let extensions = text_rows(
         client,
         "SELECT x.extname::text, x.extversion, n.nspname::text FROM pg_extension x \
@@ -147,7 +164,11 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             field(row, 2)
         );
     }
+    Ok(())
+}
 
+/// Enums, domains and ranges of user schemas.
+async fn render_types(client: &Client, out: &mut String) -> Result<(), SchemaError> {
     let types = text_rows(
         client,
         &format!(
@@ -187,25 +208,12 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             field(row, 4)
         );
     }
+    Ok(())
+}
 
-    // Tables (ordinary, partitioned, foreign), with columns, constraints and triggers.
-    let tables = text_rows(
-        client,
-        &format!(
-            "SELECT n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text, \
-                    c.relrowsecurity::text, c.relpersistence::text, \
-                    CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END, \
-                    CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END \
-             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
-             WHERE {USER_SCHEMA} AND c.relkind IN ('r', 'p', 'f') AND {} \
-            ",
-            not_in_extension("pg_class", "c.oid")
-        ),
-        2,
-        "tables",
-    )
-    .await?;
-    let columns = text_rows(
+/// The columns of every table, view and materialized view, in column order.
+async fn column_rows(client: &Client) -> Result<Vec<Vec<Option<String>>>, SchemaError> {
+    text_rows(
         client,
         &format!(
             "SELECT n.nspname::text, c.relname::text, a.attname::text, format_type(a.atttypid, a.atttypmod), \
@@ -221,6 +229,31 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
         ),
         2,
         "columns",
+    )
+    .await
+}
+
+/// Tables (ordinary, partitioned, foreign) with their columns, constraints and triggers.
+async fn render_tables(
+    client: &Client,
+    columns: &[Vec<Option<String>>],
+    out: &mut String,
+) -> Result<(), SchemaError> {
+    // Tables (ordinary, partitioned, foreign), with columns, constraints and triggers.
+    let tables = text_rows(
+        client,
+        &format!(
+            "SELECT n.nspname::text, c.relname::text, c.relkind::text, pg_get_userbyid(c.relowner)::text, \
+                    c.relrowsecurity::text, c.relpersistence::text, \
+                    CASE WHEN c.relispartition THEN pg_get_expr(c.relpartbound, c.oid) END, \
+                    CASE WHEN c.relkind = 'p' THEN pg_get_partkeydef(c.oid) END \
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace \
+             WHERE {USER_SCHEMA} AND c.relkind IN ('r', 'p', 'f') AND {} \
+            ",
+            not_in_extension("pg_class", "c.oid")
+        ),
+        2,
+        "tables",
     )
     .await?;
     let constraints = text_rows(
@@ -248,33 +281,6 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
         "triggers",
     )
     .await?;
-    let same_table = |row: &[Option<String>], t: &[Option<String>]| {
-        field(row, 0) == field(t, 0) && field(row, 1) == field(t, 1)
-    };
-    let render_columns = |out: &mut String, t: &[Option<String>]| {
-        for col in columns.iter().filter(|c| same_table(c, t)) {
-            let mut line = format!("  column {} {}", field(col, 2), field(col, 3));
-            if let Some(collation) = col.get(8).and_then(|v| v.as_deref()) {
-                let _ = write!(line, " collate {collation}");
-            }
-            if field(col, 4) == "true" {
-                line.push_str(" not null");
-            }
-            match (field(col, 6), field(col, 7)) {
-                ("a", _) => line.push_str(" generated always as identity"),
-                ("d", _) => line.push_str(" generated by default as identity"),
-                (_, "s") => {
-                    let _ = write!(line, " generated always as ({}) stored", field(col, 5));
-                }
-                _ => {
-                    if let Some(default) = col.get(5).and_then(|v| v.as_deref()) {
-                        let _ = write!(line, " default {default}");
-                    }
-                }
-            }
-            let _ = writeln!(out, "{line}");
-        }
-    };
     for t in &tables {
         let kind = match field(t, 2) {
             "p" => "partitioned table",
@@ -295,7 +301,7 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
         if let Some(bound) = t.get(6).and_then(|v| v.as_deref()) {
             let _ = writeln!(out, "  partition {bound}");
         }
-        render_columns(&mut out, t);
+        render_columns(out, columns, t);
         for k in constraints.iter().filter(|k| same_table(k, t)) {
             let not_valid = if field(k, 4) == "true" && !field(k, 3).contains("NOT VALID") {
                 " NOT VALID"
@@ -319,7 +325,11 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             let _ = writeln!(out, "  trigger {}{state}", field(g, 3));
         }
     }
+    Ok(())
+}
 
+/// Every index with its definition, and whether it is invalid or clustered.
+async fn render_indexes(client: &Client, out: &mut String) -> Result<(), SchemaError> {
     let indexes = text_rows(
         client,
         &format!(
@@ -349,7 +359,11 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             let _ = writeln!(out, "  clustered");
         }
     }
+    Ok(())
+}
 
+/// Sequences with their parameters, owner and owning column.
+async fn render_sequences(client: &Client, out: &mut String) -> Result<(), SchemaError> {
     let sequences = text_rows(
         client,
         &format!(
@@ -395,7 +409,15 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             }
         }
     }
+    Ok(())
+}
 
+/// Views and materialized views with their columns and definition.
+async fn render_views(
+    client: &Client,
+    columns: &[Vec<Option<String>>],
+    out: &mut String,
+) -> Result<(), SchemaError> {
     let views = text_rows(
         client,
         &format!(
@@ -422,11 +444,15 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             field(v, 1),
             field(v, 3)
         );
-        render_columns(&mut out, v);
+        render_columns(out, columns, v);
         let _ = writeln!(out, "  definition");
-        indented(&mut out, field(v, 4));
+        indented(out, field(v, 4));
     }
+    Ok(())
+}
 
+/// Functions, procedures and aggregates with their definitions.
+async fn render_functions(client: &Client, out: &mut String) -> Result<(), SchemaError> {
     let functions = text_rows(
         client,
         &format!(
@@ -451,9 +477,40 @@ pub async fn render_schema(client: &Client) -> Result<String, SchemaError> {
             field(f, 2),
             field(f, 3)
         );
-        indented(&mut out, field(f, 4));
+        indented(out, field(f, 4));
     }
-    Ok(out)
+    Ok(())
+}
+
+/// Whether two catalog rows (schema, relation first) belong to the same relation.
+fn same_table(row: &[Option<String>], t: &[Option<String>]) -> bool {
+    field(row, 0) == field(t, 0) && field(row, 1) == field(t, 1)
+}
+
+/// The columns of relation `t` (a table or a view), one line each.
+fn render_columns(out: &mut String, columns: &[Vec<Option<String>>], t: &[Option<String>]) {
+    for col in columns.iter().filter(|c| same_table(c, t)) {
+        let mut line = format!("  column {} {}", field(col, 2), field(col, 3));
+        if let Some(collation) = col.get(8).and_then(|v| v.as_deref()) {
+            let _ = write!(line, " collate {collation}");
+        }
+        if field(col, 4) == "true" {
+            line.push_str(" not null");
+        }
+        match (field(col, 6), field(col, 7)) {
+            ("a", _) => line.push_str(" generated always as identity"),
+            ("d", _) => line.push_str(" generated by default as identity"),
+            (_, "s") => {
+                let _ = write!(line, " generated always as ({}) stored", field(col, 5));
+            }
+            _ => {
+                if let Some(default) = col.get(5).and_then(|v| v.as_deref()) {
+                    let _ = write!(line, " default {default}");
+                }
+            }
+        }
+        let _ = writeln!(out, "{line}");
+    }
 }
 
 /// One foreign key and how many rows of its table reference nothing.
