@@ -4,6 +4,7 @@
 
 mod html;
 mod junit;
+pub mod runbook;
 
 use serde::{Deserialize, Serialize};
 

@@ -1,0 +1,264 @@
+//! Generic repair strategies, each derived from the error a tool printed, never from the
+//! document's text: drop an option the tool says it does not know, drop a resource type the
+//! server says it does not have, drop `-t` when the tool says there is no terminal, add
+//! `-n $NAMESPACE` to a kubectl command that found nothing without one, run a command that
+//! names a relative path from an earlier working directory where that path exists. The run
+//! executes each candidate in the session and keeps the first that succeeds.
+
+use std::path::{Path, PathBuf};
+
+/// A corrected command and the strategy that produced it (with the tool's words).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Candidate {
+    pub(crate) command: String,
+    pub(crate) strategy: String,
+}
+
+/// What a strategy may know about the session.
+pub(crate) struct Context<'a> {
+    /// `$NAMESPACE` in the session, if set.
+    pub(crate) namespace: Option<&'a str>,
+    /// Working directories of earlier commands, most recent first.
+    pub(crate) earlier_dirs: &'a [PathBuf],
+    /// The working directory the command failed in.
+    pub(crate) cwd: &'a Path,
+}
+
+/// The text between the first `open` after `marker` and the next `close`.
+fn quoted_after<'a>(text: &'a str, marker: &str, close: &[char]) -> Option<&'a str> {
+    let start = text.find(marker)? + marker.len();
+    let rest = &text[start..];
+    let end = rest.find(|c| close.contains(&c))?;
+    Some(&rest[..end])
+}
+
+/// Options the tool says it does not know, as they would appear in the command.
+fn unknown_options(stderr: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for line in stderr.lines() {
+        let option = if let Some(o) = quoted_after(line, "unrecognized option '", &['\'']) {
+            Some(o.to_owned())
+        } else if let Some(o) = quoted_after(line, "unrecognized option `", &['\'', '`']) {
+            Some(o.to_owned())
+        } else if let Some(o) = quoted_after(line, "unknown flag: ", &[' ', '\n']).or_else(|| {
+            line.find("unknown flag: ")
+                .map(|i| line[i + "unknown flag: ".len()..].trim())
+        }) {
+            Some(o.to_owned())
+        } else if let Some(o) = quoted_after(line, "unknown shorthand flag: '", &['\'']) {
+            Some(format!("-{o}"))
+        } else if let Some(o) = quoted_after(line, "invalid option -- '", &['\'']) {
+            Some(format!("-{o}"))
+        } else if let Some(i) = line.find("flag provided but not defined: ") {
+            Some(
+                line[i + "flag provided but not defined: ".len()..]
+                    .trim()
+                    .to_owned(),
+            )
+        } else {
+            None
+        };
+        if let Some(o) = option.map(|o| o.split('=').next().unwrap_or("").to_owned())
+            && !o.is_empty()
+            && !found.contains(&o)
+        {
+            found.push(o);
+        }
+    }
+    found
+}
+
+/// `text` without the option `option` (and its `=value`). `None` when it does not occur as a
+/// word of its own.
+fn drop_option(text: &str, option: &str) -> Option<String> {
+    let mut out = Vec::new();
+    let mut dropped = false;
+    for line in text.split('\n') {
+        let words: Vec<&str> = line.split(' ').collect();
+        let kept: Vec<&str> = words
+            .iter()
+            .copied()
+            .filter(|w| {
+                let hit = *w == option || w.starts_with(&format!("{option}="));
+                dropped |= hit;
+                !hit
+            })
+            .collect();
+        out.push(kept.join(" "));
+    }
+    dropped.then(|| out.join("\n"))
+}
+
+/// Candidates for a command that failed with `stderr`.
+pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Candidate> {
+    let mut out = Vec::new();
+    let last_words = |s: &str| {
+        s.lines()
+            .filter(|l| !l.trim().is_empty())
+            .last()
+            .unwrap_or("")
+            .trim()
+            .to_owned()
+    };
+    // 1. An option the tool names as unknown.
+    let unknown = unknown_options(stderr);
+    if !unknown.is_empty() {
+        let mut fixed = text.to_owned();
+        for o in &unknown {
+            if let Some(f) = drop_option(&fixed, o) {
+                fixed = f;
+            }
+        }
+        if fixed != text {
+            out.push(Candidate {
+                command: fixed,
+                strategy: format!(
+                    "drop the option(s) the tool does not know ({}): {}",
+                    unknown.join(", "),
+                    last_words(stderr)
+                ),
+            });
+        }
+    }
+    // 2. A resource type the server does not have, in a comma list of kubectl get.
+    for line in stderr.lines() {
+        if let Some(kind) = quoted_after(line, "doesn't have a resource type \"", &['"']) {
+            let fixed = text
+                .replace(&format!(",{kind},"), ",")
+                .replace(&format!(",{kind} "), " ")
+                .replace(&format!(" {kind},"), " ");
+            if fixed != text {
+                out.push(Candidate {
+                    command: fixed,
+                    strategy: format!("drop the resource type the server does not have: {line}"),
+                });
+            }
+        }
+    }
+    // 3. No terminal for `-t`.
+    if stderr.contains("not a TTY") || stderr.contains("Unable to use a TTY") {
+        let fixed = text
+            .replace(" -it ", " -i ")
+            .replace(" -ti ", " -i ")
+            .replace(" -t ", " ");
+        if fixed != text {
+            out.push(Candidate {
+                command: fixed,
+                strategy: format!("drop -t: there is no terminal ({})", last_words(stderr)),
+            });
+        }
+    }
+    // 4. kubectl found nothing and named no namespace.
+    if let Some(ns) = ctx.namespace
+        && text.starts_with("kubectl ")
+        && !text.contains(" -n ")
+        && !text.contains("--namespace")
+        && !text.contains(" -A")
+        && (stderr.contains("NotFound") || stderr.contains("not found"))
+    {
+        out.push(Candidate {
+            command: text.replacen("kubectl ", &format!("kubectl -n {ns} "), 1),
+            strategy: format!(
+                "add the document's namespace: kubectl looked in the default one ({})",
+                last_words(stderr)
+            ),
+        });
+    }
+    // 5. A relative path that does not exist here but did in an earlier directory.
+    for line in stderr.lines() {
+        let Some(end) = line.find(": No such file or directory") else {
+            continue;
+        };
+        let before = &line[..end];
+        let path = before
+            .rsplit(": ")
+            .next()
+            .unwrap_or(before)
+            .trim_matches(['\'', '`', '"']);
+        if path.starts_with('/') || path.is_empty() || !text.contains(path) {
+            continue;
+        }
+        let parent = Path::new(path).parent().unwrap_or(Path::new(""));
+        let here = ctx.cwd.join(parent);
+        if here.is_dir() {
+            continue;
+        }
+        if let Some(dir) = ctx
+            .earlier_dirs
+            .iter()
+            .find(|d| d.join(parent).is_dir() && d.as_path() != ctx.cwd)
+        {
+            out.push(Candidate {
+                command: format!(
+                    "cd {} && {text}",
+                    super::shell::quote(&dir.display().to_string())
+                ),
+                strategy: format!(
+                    "run it where `{}` exists (an earlier section's working directory): {line}",
+                    parent.display()
+                ),
+            });
+            break;
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixes(text: &str, stderr: &str) -> Vec<String> {
+        let ctx = Context {
+            namespace: Some("titanium-prod"),
+            earlier_dirs: &[],
+            cwd: Path::new("/nonexistent"),
+        };
+        candidates(text, stderr, &ctx)
+            .into_iter()
+            .map(|c| c.command)
+            .collect()
+    }
+
+    #[test]
+    fn an_unknown_option_named_by_the_tool_is_dropped() {
+        assert_eq!(
+            fixes(
+                "psql -f - --set X=1 --dry-run",
+                "psql: unrecognized option '--dry-run'"
+            ),
+            ["psql -f - --set X=1"]
+        );
+        assert_eq!(
+            fixes("kubectl get pods --bogus=1", "error: unknown flag: --bogus"),
+            ["kubectl get pods"]
+        );
+        assert_eq!(fixes("tar -Q x", "tar: invalid option -- 'Q'"), ["tar x"]);
+        assert!(fixes("psql -c 'select 1'", "ERROR: syntax error").is_empty());
+    }
+
+    #[test]
+    fn kubectl_errors_lead_to_their_repairs() {
+        assert_eq!(
+            fixes(
+                "kubectl get all,gateway,pvc -n x",
+                "error: the server doesn't have a resource type \"gateway\""
+            ),
+            ["kubectl get all,pvc -n x"]
+        );
+        assert_eq!(
+            fixes(
+                "kubectl get pod postgresql-0",
+                "Error from server (NotFound): pods \"postgresql-0\" not found"
+            ),
+            ["kubectl -n titanium-prod get pod postgresql-0"]
+        );
+        assert_eq!(
+            fixes(
+                "kubectl exec -it p -- psql",
+                "Unable to use a TTY - input is not a terminal"
+            ),
+            ["kubectl exec -i p -- psql"]
+        );
+    }
+}
