@@ -131,11 +131,13 @@ async fn run_in(
         let encoded = base64::engine::general_purpose::STANDARD.encode(&plain);
         vec![plain, encoded]
     };
+    // The session sees only the scratch directory's /tmp: the cluster's kubeconfig is copied in.
+    let kubeconfig_a = copy_kubeconfig(a, scratch.path(), "cluster-a")?;
     let options = SessionOptions {
         scratch: scratch.path().to_owned(),
         home: stand_ins.session_home.clone(),
         env: vec![
-            ("KUBECONFIG".into(), a.kubeconfig().display().to_string()),
+            ("KUBECONFIG".into(), kubeconfig_a.display().to_string()),
             ("CHECKPOINT_DISABLE".into(), "1".into()),
         ],
     };
@@ -195,7 +197,10 @@ impl Titanium {
             .create()
             .await
             .map_err(|e| format!("create cluster B: {}", harness::error_chain(&e)))?;
-        let kubeconfig = b.kubeconfig().display().to_string();
+        let kubeconfig = copy_kubeconfig(&b, session.scratch(), "cluster-b")
+            .map_err(|e| format!("{e:#}"))?
+            .display()
+            .to_string();
         let switched = tokio::task::block_in_place(|| {
             session.run(
                 &format!("export KUBECONFIG={}", shell_quote(&kubeconfig)),
@@ -212,6 +217,42 @@ impl Titanium {
         ));
         self.b = Some(b);
         Ok(events)
+    }
+
+    /// A GET of `path` from the api-gateway through a port-forward: the ingress gateway's
+    /// stand-in where the cluster has none.
+    async fn gateway_get(&self, path: &str) -> StandIn {
+        let by = "a GET of the same path from the api-gateway through a port-forward: the \
+                  cluster has no Istio ingress gateway, so INGRESS_IP is empty"
+            .to_owned();
+        let Some(cluster) = self.current() else {
+            return StandIn {
+                by,
+                result: Err("no cluster is up".into()),
+            };
+        };
+        let result = async {
+            let forward = titanium::forward_to(cluster, "api-gateway", 8000).await?;
+            let url = format!("http://127.0.0.1:{}{path}", forward.port());
+            let response = reqwest::Client::new()
+                .get(&url)
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?;
+            let status = response.status();
+            let body = response.text().await?;
+            let head: String = body.chars().take(200).collect();
+            anyhow::Ok((status, head, body.len()))
+        }
+        .await;
+        let result = match result {
+            Ok((status, head, len)) if status.is_success() => {
+                Ok(format!("GET {path}: HTTP {status}, {len} bytes: {head}"))
+            }
+            Ok((status, head, _)) => Err(format!("GET {path}: HTTP {status}: {head}")),
+            Err(e) => Err(format!("GET {path} through the api-gateway failed: {e:#}")),
+        };
+        StandIn { by, result }
     }
 
     async fn load_gate(&self, script: &str) -> StandIn {
@@ -251,6 +292,18 @@ impl Titanium {
         };
         StandIn { by, result }
     }
+}
+
+/// Copies `cluster`'s kubeconfig into `scratch/clusters/NAME.kubeconfig` (0600).
+fn copy_kubeconfig(cluster: &AnyCluster, scratch: &Path, name: &str) -> anyhow::Result<PathBuf> {
+    let dir = scratch.join("clusters");
+    std::fs::create_dir_all(&dir).with_context(|| format!("create {}", dir.display()))?;
+    let path = dir.join(format!("{name}.kubeconfig"));
+    let text = std::fs::read(cluster.kubeconfig())
+        .with_context(|| format!("read {}", cluster.kubeconfig().display()))?;
+    harness::keep::write_private(&path, &text)
+        .with_context(|| format!("write {}", path.display()))?;
+    Ok(path)
 }
 
 fn shell_quote(s: &str) -> String {
@@ -304,6 +357,18 @@ impl StandIns for Titanium {
                     .map_err(|e| harness::error_chain(&e));
                 self.infrastructure = result.is_ok();
                 Some(StandIn { by, result })
+            }
+            (Some("curl"), _) if _text.contains("$INGRESS_IP") => {
+                let empty = tokio::task::block_in_place(|| {
+                    _session.run("printf '%s' \"${INGRESS_IP:-}\"", Duration::from_secs(10))
+                })
+                .is_ok_and(|o| o.status == Some(0) && o.stdout.is_empty());
+                if !empty {
+                    return None;
+                }
+                let url = first.iter().find(|w| w.contains("$INGRESS_IP"))?;
+                let path = url.split("$INGRESS_IP").nth(1).unwrap_or("/").to_owned();
+                Some(self.gateway_get(&path).await)
             }
             _ => None,
         }

@@ -59,9 +59,37 @@ pub(crate) struct Judgement {
     pub(crate) findings: Vec<String>,
 }
 
-/// The last `n` non-empty lines of `text`.
+/// `text` without terminal colour sequences and box-drawing frames (terraform's).
+pub(crate) fn plain(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.peek() == Some(&'[') {
+                chars.next();
+                while let Some(c) = chars.next() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        if !"│╷╵".contains(c) {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The last `n` non-empty lines of `text`, in plain text.
 pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    let text = plain(text);
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim_end)
+        .filter(|l| !l.trim().is_empty())
+        .collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
 
@@ -89,7 +117,18 @@ pub(crate) fn judge(
         let t = tail(s, 3);
         (!t.is_empty()).then_some(t)
     };
-    let tool_words = words(&outcome.stderr).or_else(|| words(&outcome.stdout));
+    // The tool's error lines when it printed some, else the end of what it printed.
+    let stderr = plain(&outcome.stderr);
+    let errors_said: Vec<&str> = error_lines(&stderr)
+        .into_iter()
+        .map(str::trim)
+        .take(3)
+        .collect();
+    let tool_words = if errors_said.is_empty() {
+        words(&outcome.stderr).or_else(|| words(&outcome.stdout))
+    } else {
+        Some(errors_said.join(" | "))
+    };
     let mut findings = Vec::new();
     if outcome.stderr.contains("file changed as we read it") {
         // GNU tar exits 1 here and still writes the archive: an archive of live data.
@@ -154,7 +193,7 @@ pub(crate) fn judge(
             findings,
         };
     }
-    let errors = error_lines(&outcome.stderr);
+    let errors = error_lines(&stderr);
     if !errors.is_empty() {
         findings.push(format!(
             "exit status 0, but the tool reported {} error(s): {}",

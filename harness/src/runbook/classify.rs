@@ -27,95 +27,165 @@ const BUILTINS: &[&str] = &[
 ];
 
 /// The simple commands of `text` as words (quotes removed, variables left as written), with
-/// heredoc bodies and comments left out.
+/// heredoc bodies, redirections and their targets, and comments left out. Quotes and
+/// command substitutions may span lines; a command substitution's commands are commands too.
 pub(crate) fn simple_commands(text: &str) -> Vec<Vec<String>> {
-    let mut commands = vec![Vec::new()];
-    let mut heredoc: Option<String> = None;
-    for line in text.lines() {
-        if let Some(word) = &heredoc {
-            if line.trim_start_matches('\t') == word {
-                heredoc = None;
-            }
-            continue;
-        }
-        let chars: Vec<char> = line.chars().collect();
-        let mut i = 0;
-        let mut word = String::new();
-        let mut quoted = false;
-        let flush = |word: &mut String, quoted: &mut bool, commands: &mut Vec<Vec<String>>| {
-            if !word.is_empty() || *quoted {
-                commands.last_mut().expect("one").push(std::mem::take(word));
-            }
-            *quoted = false;
-        };
-        while i < chars.len() {
-            let c = chars[i];
-            match c {
-                '\'' => {
-                    quoted = true;
-                    i += 1;
-                    while i < chars.len() && chars[i] != '\'' {
-                        word.push(chars[i]);
-                        i += 1;
-                    }
-                }
-                '"' => {
-                    quoted = true;
-                    i += 1;
-                    while i < chars.len() && chars[i] != '"' {
-                        if chars[i] == '\\' && i + 1 < chars.len() {
-                            i += 1;
+    let chars: Vec<char> = text.chars().collect();
+    let mut t = Tokens::default();
+    let mut heredocs: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        match c {
+            '\n' => {
+                t.end_word();
+                t.end_command();
+                i += 1;
+                // Heredoc bodies follow the line that opened them.
+                for delim in std::mem::take(&mut heredocs) {
+                    loop {
+                        let end = chars[i..]
+                            .iter()
+                            .position(|c| *c == '\n')
+                            .map_or(chars.len(), |p| i + p);
+                        let line: String = chars[i..end].iter().collect();
+                        i = (end + 1).min(chars.len());
+                        if line.trim_start_matches('\t') == delim || i >= chars.len() {
+                            break;
                         }
-                        word.push(chars[i]);
-                        i += 1;
                     }
                 }
-                '\\' if i + 1 < chars.len() => {
-                    word.push(chars[i + 1]);
+                continue;
+            }
+            '\'' => {
+                t.quoted = true;
+                i += 1;
+                while i < chars.len() && chars[i] != '\'' {
+                    t.word.push(chars[i]);
                     i += 1;
                 }
-                '\\' => {}
-                '#' if word.is_empty() && !quoted => break,
-                '<' if chars.get(i + 1) == Some(&'<') && chars.get(i + 2) != Some(&'<') => {
-                    flush(&mut word, &mut quoted, &mut commands);
-                    i += 2;
-                    if chars.get(i) == Some(&'-') {
+            }
+            '"' => {
+                t.quoted = true;
+                i += 1;
+                while i < chars.len() && chars[i] != '"' {
+                    if chars[i] == '\\' && i + 1 < chars.len() {
                         i += 1;
                     }
-                    let rest: String = chars[i..].iter().collect();
-                    let delim: String = rest
-                        .trim_start()
-                        .chars()
-                        .take_while(|c| !c.is_whitespace() && !";|&<>)".contains(*c))
-                        .filter(|c| !"'\"\\".contains(*c))
-                        .collect();
-                    i += rest.len() - rest.trim_start().len() + delim.len();
-                    heredoc = Some(delim);
+                    t.word.push(chars[i]);
+                    i += 1;
+                }
+            }
+            '\\' if chars.get(i + 1) == Some(&'\n') => i += 1,
+            '\\' if i + 1 < chars.len() => {
+                t.word.push(chars[i + 1]);
+                i += 1;
+            }
+            '#' if t.word.is_empty() && !t.quoted => {
+                while i < chars.len() && chars[i] != '\n' {
+                    i += 1;
+                }
+                continue;
+            }
+            '<' if chars.get(i + 1) == Some(&'<') && chars.get(i + 2) != Some(&'<') => {
+                t.end_word();
+                i += 2;
+                if chars.get(i) == Some(&'-') {
+                    i += 1;
+                }
+                while chars.get(i).is_some_and(|c| *c == ' ' || *c == '\t') {
+                    i += 1;
+                }
+                let mut delim = String::new();
+                while let Some(&c) = chars.get(i) {
+                    if c.is_whitespace() || ";|&<>()".contains(c) {
+                        break;
+                    }
+                    if !"'\"\\".contains(c) {
+                        delim.push(c);
+                    }
+                    i += 1;
+                }
+                heredocs.push(delim);
+                continue;
+            }
+            '<' | '>' => {
+                // A redirection: an fd number before it and its target after are not words
+                // of the command.
+                if !t.quoted && !t.word.is_empty() && t.word.chars().all(|c| c.is_ascii_digit()) {
+                    t.word.clear();
+                }
+                t.end_word();
+                i += 1;
+                while chars.get(i).is_some_and(|c| "<>|&".contains(*c)) {
+                    i += 1;
+                }
+                if chars.get(i - 1) == Some(&'&') {
+                    while chars
+                        .get(i)
+                        .is_some_and(|c| c.is_ascii_digit() || *c == '-')
+                    {
+                        i += 1;
+                    }
                     continue;
                 }
-                ';' | '|' | '&' | '(' | ')' => {
-                    flush(&mut word, &mut quoted, &mut commands);
-                    if !commands.last().expect("one").is_empty() {
-                        commands.push(Vec::new());
-                    }
-                }
-                '$' if chars.get(i + 1) == Some(&'(') => {
-                    // A command substitution's commands are commands too.
-                    flush(&mut word, &mut quoted, &mut commands);
-                    word.push('$');
-                    flush(&mut word, &mut quoted, &mut commands);
-                    commands.push(Vec::new());
-                    i += 1;
-                }
-                c if c.is_whitespace() => flush(&mut word, &mut quoted, &mut commands),
-                _ => word.push(c),
+                t.skip_next = true;
+                continue;
             }
-            i += 1;
+            '&' if chars.get(i + 1) == Some(&'>') => {
+                t.end_word();
+                i += 2;
+                t.skip_next = true;
+                continue;
+            }
+            '$' if chars.get(i + 1) == Some(&'(') && chars.get(i + 2) != Some(&'(') => {
+                t.word.push('$');
+                t.end_word();
+                t.end_command();
+                i += 1;
+            }
+            ';' | '|' | '&' | '(' | ')' => {
+                t.end_word();
+                t.end_command();
+            }
+            c if c.is_whitespace() => t.end_word(),
+            _ => t.word.push(c),
         }
-        flush(&mut word, &mut quoted, &mut commands);
+        i += 1;
     }
-    commands.retain(|c| !c.is_empty());
-    commands
+    t.end_word();
+    t.end_command();
+    t.commands
+}
+
+#[derive(Default)]
+struct Tokens {
+    commands: Vec<Vec<String>>,
+    current: Vec<String>,
+    word: String,
+    quoted: bool,
+    /// The next word is a redirection's target.
+    skip_next: bool,
+}
+
+impl Tokens {
+    fn end_word(&mut self) {
+        if !self.word.is_empty() || self.quoted {
+            if self.skip_next {
+                self.skip_next = false;
+                self.word.clear();
+            } else {
+                self.current.push(std::mem::take(&mut self.word));
+            }
+        }
+        self.quoted = false;
+    }
+
+    fn end_command(&mut self) {
+        if !self.current.is_empty() {
+            self.commands.push(std::mem::take(&mut self.current));
+        }
+    }
 }
 
 /// The program a simple command runs: its first word after variable assignments and the
@@ -144,7 +214,15 @@ pub(crate) fn program(words: &[String]) -> Option<&str> {
                         | "sudo"
                 )
         })
-        .filter(|w| !w.starts_with('[') && !w.starts_with('$'))
+        .filter(|w| {
+            // A program's name, not arithmetic (`((n++))`) or an expansion.
+            w.chars()
+                .next()
+                .is_some_and(|c| c.is_ascii_alphanumeric() || c == '.' || c == '/' || c == '_')
+                && w.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._/-+".contains(c))
+                && !w.ends_with('+')
+        })
 }
 
 /// Classifies `text` before it runs. `prompted` holds the variables set by prompts that were
@@ -313,6 +391,26 @@ mod tests {
             ),
             Classification::Skip(_)
         ));
+    }
+
+    #[test]
+    fn quotes_across_lines_redirections_and_arithmetic_are_not_programs() {
+        let programs = |t: &str| -> Vec<String> {
+            simple_commands(t)
+                .iter()
+                .filter_map(|c| program(c).map(str::to_owned))
+                .collect()
+        };
+        assert_eq!(
+            programs("kubectl exec p -- psql -c \"\nSELECT 1\nFROM x;\n\" > out.txt"),
+            ["kubectl"]
+        );
+        assert_eq!(
+            programs("kubectl exec p -- psql -f - < f.sql --set X=1 2>&1 | head -20"),
+            ["kubectl", "head"]
+        );
+        assert_eq!(programs("for i in {1..10}; do\n  ((N++))\ndone"), ["for"]);
+        assert_eq!(programs("X=$(kubectl get svc \\\n  -o name)"), ["kubectl"]);
     }
 
     #[test]

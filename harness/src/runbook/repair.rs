@@ -22,6 +22,18 @@ pub(crate) struct Context<'a> {
     pub(crate) earlier_dirs: &'a [PathBuf],
     /// The working directory the command failed in.
     pub(crate) cwd: &'a Path,
+    /// The failed program's own help text, when its error says it waited for an answer.
+    pub(crate) help: Option<&'a str>,
+}
+
+/// Whether a tool's error says it asked for an answer and read end of file.
+pub(crate) fn asked_for_answer(stderr: &str) -> bool {
+    let s = stderr.to_lowercase();
+    (s.contains("approval")
+        || s.contains("confirm")
+        || s.contains("enter a value")
+        || s.contains("prompt"))
+        && s.contains("eof")
 }
 
 /// The text between the first `open` after `marker` and the next `close`.
@@ -164,7 +176,25 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
             ),
         });
     }
-    // 5. A relative path that does not exist here but did in an earlier directory.
+    // 5. The tool asked for an answer at a terminal: its own option for answering yes.
+    if asked_for_answer(stderr)
+        && let Some(help) = ctx.help
+        && let Some(option) = help
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
+            .find(|w| {
+                w.starts_with('-')
+                    && (w.contains("approve") || *w == "--yes" || *w == "--assume-yes")
+            })
+    {
+        out.push(Candidate {
+            command: format!("{} {option}", text.trim_end()),
+            strategy: format!(
+                "answer the tool's prompt with its own option `{option}` (from its help): {}",
+                last_words(stderr)
+            ),
+        });
+    }
+    // 6. A relative path that does not exist here but did in an earlier directory.
     for line in stderr.lines() {
         let Some(end) = line.find(": No such file or directory") else {
             continue;
@@ -213,6 +243,9 @@ mod tests {
             namespace: Some("titanium-prod"),
             earlier_dirs: &[],
             cwd: Path::new("/nonexistent"),
+            help: Some(
+                "Usage: terraform destroy [options]\n  -auto-approve  Skip interactive approval",
+            ),
         };
         candidates(text, stderr, &ctx)
             .into_iter()
@@ -259,6 +292,10 @@ mod tests {
                 "Unable to use a TTY - input is not a terminal"
             ),
             ["kubectl exec -i p -- psql"]
+        );
+        assert_eq!(
+            fixes("terraform destroy", "Error: error asking for approval: EOF"),
+            ["terraform destroy -auto-approve"]
         );
     }
 }

@@ -144,6 +144,7 @@ pub async fn run(
             stderr_tail: String::new(),
             suggestion: None,
         };
+        let first_of_block = report.commands.len();
         for c in &block.commented {
             let r = entry(
                 c.line,
@@ -207,6 +208,7 @@ pub async fn run(
             dirs.retain(|d| *d != cwd);
             dirs.insert(0, cwd);
         }
+        report.commands[first_of_block..].sort_by_key(|c| c.line);
     }
     for c in &mut report.commands {
         for secret in options.secrets.iter().filter(|s| !s.is_empty()) {
@@ -280,6 +282,23 @@ async fn run_one(
         stderr_tail: checks::tail(&outcome.stderr, 15),
         suggestion: None,
     };
+    if report.verdict == Verdict::Ok {
+        for name in substituted_assignments(text) {
+            let value = blocking(|| {
+                session.run(
+                    &format!("printf '%s' \"${{{name}:-}}\""),
+                    Duration::from_secs(10),
+                )
+            })?;
+            if value.status == Some(0) && value.stdout.is_empty() {
+                report.verdict = Verdict::Unsafe;
+                report.findings.push(format!(
+                    "`{name}` is set to an empty value: the command substitution that sets it \
+                     printed nothing (its failure is hidden by the assignment's exit status 0)"
+                ));
+            }
+        }
+    }
     if report.verdict == Verdict::Unsafe && report.reason.is_none() {
         report.reason = Some(report.findings.join("; "));
     }
@@ -287,6 +306,27 @@ async fn run_one(
         report.suggestion = blocking(|| repair_by_running(text, &outcome, session, options, dirs))?;
     }
     Ok(report)
+}
+
+/// Variables that `text` assigns from a command substitution (`export X=$(...)`, `X=$(...)`).
+fn substituted_assignments(text: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    for line in text.lines() {
+        let line = line.trim_start();
+        let line = line.strip_prefix("export ").unwrap_or(line);
+        let Some((name, value)) = line.split_once('=') else {
+            continue;
+        };
+        let is_name = !name.is_empty()
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !name.starts_with(|c: char| c.is_ascii_digit());
+        if is_name
+            && (value.starts_with("$(") || value.starts_with("\"$(") || value.starts_with('`'))
+        {
+            names.push(name.to_owned());
+        }
+    }
+    names
 }
 
 /// Creates the target of a `cd` that does not exist (a path of the author's machine), inside
@@ -335,14 +375,34 @@ fn repair_by_running(
     let cwd = session.cwd();
     let mut current = (
         text.to_owned(),
-        outcome.stderr.clone(),
+        checks::plain(&outcome.stderr),
         Vec::<String>::new(),
     );
     for _ in 0..3 {
+        // A tool that waited for an answer: its help names its own option for one.
+        let help = if repair::asked_for_answer(&current.1) {
+            let words = classify::simple_commands(&current.0);
+            let first = words.first().cloned().unwrap_or_default();
+            let line: Vec<&str> = first
+                .iter()
+                .take(2)
+                .map(String::as_str)
+                .filter(|w| !w.starts_with('-'))
+                .collect();
+            let line = line.join(" ");
+            let help = session.run(
+                &format!("{line} -help 2>&1 || {line} --help 2>&1"),
+                Duration::from_secs(10),
+            )?;
+            Some(help.stdout)
+        } else {
+            None
+        };
         let ctx = repair::Context {
             namespace: (!namespace.is_empty()).then_some(namespace.as_str()),
             earlier_dirs: dirs,
             cwd: &cwd,
+            help: help.as_deref(),
         };
         let candidates = repair::candidates(&current.0, &current.1, &ctx);
         let Some(candidate) = candidates.into_iter().next() else {
@@ -353,7 +413,7 @@ fn repair_by_running(
         // The candidate runs in a subshell when it changes directory, so the session's own
         // directory stays the document's.
         let command = if candidate.command.starts_with("cd ") {
-            format!("( {} )", candidate.command)
+            format!("(\n{}\n)", candidate.command)
         } else {
             candidate.command.clone()
         };
@@ -377,7 +437,7 @@ fn repair_by_running(
                 output_tail: output,
             }));
         }
-        current = (candidate.command, o.stderr, strategies);
+        current = (candidate.command, checks::plain(&o.stderr), strategies);
     }
     Ok(None)
 }

@@ -242,8 +242,10 @@ exec bash --noprofile --norc"#,
             Err(_) => outcome.ended_shell = true,
         }
         outcome.duration = started.elapsed();
-        outcome.stdout = read_tail(&out);
-        outcome.stderr = read_tail(&err);
+        // bash names the script it sources in its own errors: say `bash`, as a terminal would.
+        let script_name = script.display().to_string();
+        outcome.stdout = read_tail(&out).replace(&script_name, "bash");
+        outcome.stderr = read_tail(&err).replace(&script_name, "bash");
         if outcome.timed_out || outcome.ended_shell {
             self.restart()?;
         }
