@@ -329,32 +329,42 @@ fn substituted_assignments(text: &str) -> Vec<String> {
     names
 }
 
+/// Whether `text` holds no `;`, `&` or `|` outside quotes and command substitutions.
+fn single_command(text: &str) -> bool {
+    let (mut depth, mut single, mut double) = (0usize, false, false);
+    let chars: Vec<char> = text.chars().collect();
+    for (i, c) in chars.iter().enumerate() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '(' if !single && i > 0 && chars[i - 1] == '$' => depth += 1,
+            ')' if !single && depth > 0 => depth -= 1,
+            ';' | '&' | '|' if !single && !double && depth == 0 => return false,
+            _ => {}
+        }
+    }
+    true
+}
+
 /// Creates the target of a `cd` that does not exist (a path of the author's machine), inside
 /// the session (which can write only in the scratch directory), and returns it.
 fn map_cd(text: &str, session: &mut Session) -> Result<Vec<PathBuf>, RunbookError> {
-    let commands = classify::simple_commands(text);
     let mut created = Vec::new();
-    for words in commands {
-        if words.first().map(String::as_str) != Some("cd") || words.len() != 2 {
-            continue;
-        }
-        // The argument as written (with `~` and `$VAR`), expanded by the session itself.
-        let raw = text
-            .split_whitespace()
-            .skip_while(|w| *w != "cd")
-            .nth(1)
-            .unwrap_or("");
-        if raw.is_empty() || raw.starts_with('-') {
-            continue;
-        }
-        let probe = format!(
-            "__rb_d={raw}; if [ ! -d \"$__rb_d\" ]; then mkdir -p -- \"$__rb_d\" && printf '%s' \"$__rb_d\"; fi"
-        );
-        let o = session.run(&probe, Duration::from_secs(10))?;
-        let path = o.stdout.trim();
-        if o.status == Some(0) && !path.is_empty() {
-            created.push(PathBuf::from(path));
-        }
+    // Only a command that is one `cd` (with its argument as written, `~` and `$VAR` in it).
+    let Some(raw) = text.strip_prefix("cd ").map(str::trim) else {
+        return Ok(created);
+    };
+    if raw.is_empty() || raw.starts_with('-') || text.contains('\n') || !single_command(raw) {
+        return Ok(created);
+    }
+    // The argument on a line of its own, so a trailing comment ends there.
+    let probe = format!(
+        "__rb_d={raw}\nif [ ! -d \"$__rb_d\" ]; then mkdir -p -- \"$__rb_d\" && printf '%s' \"$__rb_d\"; fi"
+    );
+    let o = session.run(&probe, Duration::from_secs(10))?;
+    let path = o.stdout.trim();
+    if o.status == Some(0) && !path.is_empty() {
+        created.push(PathBuf::from(path));
     }
     Ok(created)
 }
@@ -373,11 +383,9 @@ fn repair_by_running(
         .run("printf '%s' \"${NAMESPACE:-}\"", Duration::from_secs(10))?
         .stdout;
     let cwd = session.cwd();
-    let mut current = (
-        text.to_owned(),
-        checks::plain(&outcome.stderr),
-        Vec::<String>::new(),
-    );
+    // The tool's words wherever it printed them (`2>&1` sends errors to stdout).
+    let said = |o: &Outcome| checks::plain(&format!("{}\n{}", o.stderr, o.stdout));
+    let mut current = (text.to_owned(), said(outcome), Vec::<String>::new());
     for _ in 0..3 {
         // A tool that waited for an answer: its help names its own option for one.
         let help = if repair::asked_for_answer(&current.1) {
@@ -390,11 +398,19 @@ fn repair_by_running(
                 .filter(|w| !w.starts_with('-'))
                 .collect();
             let line = line.join(" ");
-            let help = session.run(
-                &format!("{line} -help 2>&1 || {line} --help 2>&1"),
-                Duration::from_secs(10),
-            )?;
-            Some(help.stdout)
+            let ask = |line: &str| format!("{line} -help 2>&1 || {line} --help 2>&1");
+            let mut help = session.run(&ask(&line), Duration::from_secs(10))?.stdout;
+            // A subcommand that is an alias ("a convenience alias for: terraform apply
+            // -destroy") documents its options under the command it stands for.
+            let alias = help
+                .lines()
+                .skip_while(|l| !l.contains("alias for"))
+                .nth(1)
+                .map(|l| l.split_whitespace().take(2).collect::<Vec<_>>().join(" "));
+            if let Some(alias) = alias.filter(|a| a.split(' ').count() == 2) {
+                help.push_str(&session.run(&ask(&alias), Duration::from_secs(10))?.stdout);
+            }
+            Some(help)
         } else {
             None
         };
@@ -437,7 +453,7 @@ fn repair_by_running(
                 output_tail: output,
             }));
         }
-        current = (candidate.command, checks::plain(&o.stderr), strategies);
+        current = (candidate.command, said(&o), strategies);
     }
     Ok(None)
 }

@@ -221,7 +221,10 @@ exec bash --noprofile --norc"#,
             }
         })?;
         let line = format!(
-            "{{ source {script}; }} >{out} 2>{err} </dev/null; __rb_src=$?; \
+            // A syntax error in a sourced file can leave bash's parser confused and end the
+            // session at the next line it reads: it is checked with `bash -n` first.
+            "if bash -n {script} 2>{err}; then {{ source {script}; }} >{out} 2>{err} </dev/null; \
+             __rb_src=$?; else __rb_src=2; fi; \
              declare -p >{state} 2>/dev/null; pwd >{cwd}; \
              printf '{DONE} %s %s %s\\n' {n} \"${{__rb_rc:-$__rb_src}}\" \"${{__rb_ps:-$__rb_src}}\"\n",
             script = quote(&script.display().to_string()),
