@@ -129,7 +129,7 @@ pub(crate) fn judge(
     } else {
         Some(errors_said.join(" | "))
     };
-    let mut findings = Vec::new();
+    let mut findings: Vec<String> = stdin_not_passed(text).into_iter().collect();
     if outcome.stderr.contains("file changed as we read it") {
         // GNU tar exits 1 here and still writes the archive: an archive of live data.
         return Judgement {
@@ -225,6 +225,34 @@ pub(crate) fn judge(
         reason: None,
         findings,
     }
+}
+
+/// A `kubectl exec` fed from a pipe or a `<` redirection without `-i`: kubectl does not pass
+/// its input to the pod, so the command in the pod reads nothing.
+fn stdin_not_passed(text: &str) -> Option<String> {
+    let at = text.find("kubectl exec")?;
+    let rest = &text[at..];
+    let options = rest.split(" -- ").next().unwrap_or(rest);
+    let has_stdin = options
+        .split_whitespace()
+        .any(|w| w == "--stdin" || (w.starts_with('-') && !w.starts_with("--") && w.contains('i')));
+    if has_stdin {
+        return None;
+    }
+    let before = text[..at].trim_end().trim_end_matches('\\').trim_end();
+    let piped = before.ends_with('|');
+    let chars: Vec<char> = rest.chars().collect();
+    let redirected = chars.iter().enumerate().any(|(i, c)| {
+        *c == '<'
+            && chars.get(i + 1) != Some(&'<')
+            && (i == 0 || chars[i - 1] != '<')
+            && chars.get(i + 1) != Some(&'(')
+    });
+    (piped || redirected).then(|| {
+        "its input is not passed to the pod: `kubectl exec` without `-i` (--stdin) gives the \
+         command in the pod no standard input, so it reads nothing"
+            .to_owned()
+    })
 }
 
 /// For a written file whose name says `after` next to one that says `before`: do they hold

@@ -194,17 +194,53 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
             ),
         });
     }
-    // 6. A relative path that does not exist here but did in an earlier directory.
+    // 6. PostgreSQL: statements that cannot share a transaction, given as one `-c` string
+    // (psql runs a multi-statement `-c` as one transaction), each get their own `-c`.
+    if stderr.contains("cannot run inside a transaction block")
+        && let Some(fixed) = split_psql_c(text)
+    {
+        out.push(Candidate {
+            command: fixed,
+            strategy: format!(
+                "give each statement its own -c (psql runs one -c string as one transaction): {}",
+                last_words(stderr)
+            ),
+        });
+    }
+    // 7. PostgreSQL: the database to drop is the one connected to; connect to `postgres`.
+    if stderr.contains("cannot drop the currently open database")
+        && let Some(db) = text
+            .split_whitespace()
+            .skip_while(|w| *w != "-d")
+            .nth(1)
+            .filter(|db| *db != "postgres")
+    {
+        out.push(Candidate {
+            command: text.replacen(&format!("-d {db}"), "-d postgres", 1),
+            strategy: format!(
+                "connect to the maintenance database `postgres` instead: {}",
+                last_words(stderr)
+            ),
+        });
+    }
+    // 8. A relative path that does not exist here but did in an earlier directory.
     for line in stderr.lines() {
-        let Some(end) = line.find(": No such file or directory") else {
+        // bash's and most tools' "PATH: No such file or directory"; kubectl's "the path
+        // "PATH" does not exist".
+        let path = if let Some(end) = line.find(": No such file or directory") {
+            let before = &line[..end];
+            before
+                .rsplit(": ")
+                .next()
+                .unwrap_or(before)
+                .trim_matches(['\'', '`', '"'])
+        } else if let Some(p) =
+            quoted_after(line, "the path \"", &['"']).filter(|_| line.contains("does not exist"))
+        {
+            p
+        } else {
             continue;
         };
-        let before = &line[..end];
-        let path = before
-            .rsplit(": ")
-            .next()
-            .unwrap_or(before)
-            .trim_matches(['\'', '`', '"']);
         if path.starts_with('/') || path.is_empty() || !text.contains(path) {
             continue;
         }
@@ -232,6 +268,29 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
         }
     }
     out
+}
+
+/// `text` with its `-c "S1; S2;"` split into `-c "S1;" -c "S2;"`, when it holds two or more
+/// statements.
+fn split_psql_c(text: &str) -> Option<String> {
+    let start = text.find("-c \"")?;
+    let body_start = start + 4;
+    let end = body_start + text[body_start..].find('"')?;
+    let statements: Vec<&str> = text[body_start..end]
+        .split(';')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .collect();
+    if statements.len() < 2 {
+        return None;
+    }
+    let options: Vec<String> = statements.iter().map(|s| format!("-c \"{s};\"")).collect();
+    Some(format!(
+        "{}{}{}",
+        &text[..start],
+        options.join(" "),
+        &text[end + 1..]
+    ))
 }
 
 #[cfg(test)]
@@ -294,8 +353,53 @@ mod tests {
             ["kubectl exec -i p -- psql"]
         );
         assert_eq!(
+            fixes(
+                "kubectl exec p -- psql -d titanium -c \"\nDROP DATABASE titanium;\nCREATE DATABASE titanium;\n\"",
+                "ERROR:  DROP DATABASE cannot run inside a transaction block"
+            ),
+            [
+                "kubectl exec p -- psql -d titanium -c \"DROP DATABASE titanium;\" -c \"CREATE DATABASE titanium;\""
+            ]
+        );
+        assert_eq!(
+            fixes(
+                "psql -d titanium -c \"DROP DATABASE titanium;\"",
+                "ERROR:  cannot drop the currently open database"
+            ),
+            ["psql -d postgres -c \"DROP DATABASE titanium;\""]
+        );
+        assert_eq!(
             fixes("terraform destroy", "Error: error asking for approval: EOF"),
             ["terraform destroy -auto-approve"]
         );
+    }
+}
+
+#[cfg(test)]
+mod directory_tests {
+    use super::*;
+
+    #[test]
+    fn a_relative_path_found_in_an_earlier_directory_is_run_there() {
+        let root = tempfile::tempdir().unwrap();
+        let repo = root.path().join("repo");
+        std::fs::create_dir_all(repo.join("k8s/base")).unwrap();
+        let elsewhere = root.path().join("repo/tests");
+        std::fs::create_dir_all(&elsewhere).unwrap();
+        let dirs = [repo.clone()];
+        let ctx = Context {
+            namespace: None,
+            earlier_dirs: &dirs,
+            cwd: &elsewhere,
+            help: None,
+        };
+        for stderr in [
+            "error: the path \"k8s/base/x.yaml\" does not exist",
+            "bash: line 2: k8s/base/x.yaml: No such file or directory",
+        ] {
+            let got = candidates("kubectl apply -f k8s/base/x.yaml", stderr, &ctx);
+            assert_eq!(got.len(), 1, "{stderr}: {got:?}");
+            assert!(got[0].command.starts_with("cd '"), "{got:?}");
+        }
     }
 }

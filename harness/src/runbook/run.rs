@@ -292,9 +292,15 @@ async fn run_one(
             })?;
             if value.status == Some(0) && value.stdout.is_empty() {
                 report.verdict = Verdict::Unsafe;
+                let said = checks::tail(&outcome.stderr, 2);
                 report.findings.push(format!(
                     "`{name}` is set to an empty value: the command substitution that sets it \
-                     printed nothing (its failure is hidden by the assignment's exit status 0)"
+                     printed nothing (its failure is hidden by the assignment's exit status 0){}",
+                    if said.is_empty() {
+                        String::new()
+                    } else {
+                        format!(": {said}")
+                    }
                 ));
             }
         }
