@@ -101,7 +101,7 @@ fn error_lines(stderr: &str) -> Vec<&str> {
             l.contains("ERROR:")
                 || l.contains("FATAL:")
                 || l.contains("error:")
-                || l.starts_with("Error:")
+                || l.trim_start().starts_with("Error:")
         })
         .collect()
 }

@@ -403,3 +403,106 @@ fn looks_like_command(text: &str) -> bool {
             .is_some_and(|c| c.is_ascii_lowercase() || c == '.');
     program_like && !first.ends_with(':') && second != "=" && !second.ends_with(':')
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn commands(markdown: &str) -> Vec<(usize, String)> {
+        parse(markdown)
+            .unwrap()
+            .into_iter()
+            .flat_map(|b| b.commands)
+            .map(|c| (c.line, c.text))
+            .collect()
+    }
+
+    #[test]
+    fn commands_span_continuations_heredocs_quotes_and_compound_statements() {
+        let doc = "# T\n\n## A\n\n### a.1\n\n```bash\n# comment\nexport X=1\nkubectl get pods \\\n  -n x\ncat > f <<'EOF'\nbody $X\nEOF\npsql -c \"\nSELECT 1;\n\"\nif [ -f f ]; then\n  echo yes\nfi\nY=$(echo a |\n  tr a b)\n```\n\n```text\nnot shell\n```\n";
+        let got = commands(doc);
+        let texts: Vec<&str> = got.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(
+            texts,
+            [
+                "export X=1",
+                "kubectl get pods \\\n  -n x",
+                "cat > f <<'EOF'\nbody $X\nEOF",
+                "psql -c \"\nSELECT 1;\n\"",
+                "if [ -f f ]; then\n  echo yes\nfi",
+                "Y=$(echo a |\n  tr a b)",
+            ]
+        );
+        assert_eq!(got[0].0, 9, "line numbers are the document's");
+        let blocks = parse(doc).unwrap();
+        assert_eq!(blocks.len(), 1, "only shell blocks");
+        assert_eq!(blocks[0].section_path(), "A > a.1");
+        assert_eq!(blocks[0].commands[0].comment.as_deref(), Some("comment"));
+    }
+
+    #[test]
+    fn commented_out_commands_and_quoted_blocks_are_marked() {
+        let doc = "## S\n\n```bash\n# 방법 2: S3\n# aws s3 cp a s3://b/\nls\n```\n\n> ```bash\n> ./scripts/x.sh\n> ```\n";
+        let blocks = parse(doc).unwrap();
+        assert_eq!(blocks[0].commented[0].text, "aws s3 cp a s3://b/");
+        assert_eq!(blocks[0].commands.len(), 1);
+        assert!(blocks[1].quoted);
+        assert_eq!(blocks[1].commands[0].text, "./scripts/x.sh");
+    }
+
+    #[test]
+    fn an_unterminated_command_is_an_error_naming_what_is_open() {
+        let err = parse("## S\n\n```sh\ncat <<EOF\nnever ends\n```\n").unwrap_err();
+        assert!(err.to_string().contains("heredoc"), "{err}");
+        let err = parse("## S\n\n```sh\necho \"open\n```\n").unwrap_err();
+        assert!(err.to_string().contains("double-quoted"), "{err}");
+    }
+
+    #[test]
+    fn files_without_shell_blocks_or_not_utf8_are_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let prose = dir.path().join("prose.md");
+        std::fs::write(&prose, "# Only prose\n\n```text\nls\n```\n").unwrap();
+        let err = parse_file(&prose).unwrap_err();
+        assert!(matches!(err, RunbookError::NoShellBlocks { .. }), "{err}");
+        let latin = dir.path().join("latin.md");
+        std::fs::write(&latin, b"## S\n\n```bash\necho caf\xe9\n```\n").unwrap();
+        let err = parse_file(&latin).unwrap_err();
+        assert!(
+            matches!(err, RunbookError::NotUtf8 { line: 4, .. }),
+            "{err}"
+        );
+    }
+
+    /// The shipped Titanium runbook's blocks: section, line and commands of each.
+    #[test]
+    fn the_shipped_runbook_parses_into_its_blocks() {
+        let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+            .join("../fixtures/runbook/solid-cloud-rebuild-guide.ko.md");
+        let blocks = parse_file(&path).unwrap();
+        let rendered: Vec<String> = blocks
+            .iter()
+            .map(|b| {
+                let mut s = format!(
+                    "[{}] line {}{}: {}\n",
+                    b.index,
+                    b.line,
+                    if b.quoted { " (quoted)" } else { "" },
+                    b.section_path()
+                );
+                for c in &b.commands {
+                    s.push_str(&format!(
+                        "  {:>4} | {}\n",
+                        c.line,
+                        c.text.replace('\n', "\n       | ")
+                    ));
+                }
+                for c in &b.commented {
+                    s.push_str(&format!("  {:>4} # {}\n", c.line, c.text));
+                }
+                s
+            })
+            .collect();
+        insta::assert_snapshot!("shipped_runbook_blocks", rendered.join("\n"));
+    }
+}
