@@ -2,4 +2,5 @@
 
 mod preflight;
 mod report_html;
+mod runbook;
 mod workflows;

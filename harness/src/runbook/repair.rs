@@ -169,9 +169,10 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
         && (stderr.contains("NotFound") || stderr.contains("not found"))
     {
         out.push(Candidate {
-            command: text.replacen("kubectl ", &format!("kubectl -n {ns} "), 1),
+            command: text.replacen("kubectl ", "kubectl -n $NAMESPACE ", 1),
             strategy: format!(
-                "add the document's namespace: kubectl looked in the default one ({})",
+                "add the document's namespace ($NAMESPACE is {ns}): kubectl looked in the \
+                 default one ({})",
                 last_words(stderr)
             ),
         });
@@ -343,7 +344,7 @@ mod tests {
                 "kubectl get pod postgresql-0",
                 "Error from server (NotFound): pods \"postgresql-0\" not found"
             ),
-            ["kubectl -n titanium-prod get pod postgresql-0"]
+            ["kubectl -n $NAMESPACE get pod postgresql-0"]
         );
         assert_eq!(
             fixes(
