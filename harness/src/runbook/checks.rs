@@ -241,13 +241,25 @@ fn stdin_not_passed(text: &str) -> Option<String> {
     }
     let before = text[..at].trim_end().trim_end_matches('\\').trim_end();
     let piped = before.ends_with('|');
+    // A `<` redirection outside quotes (`psql -c "SELECT a < b"` is not one).
     let chars: Vec<char> = rest.chars().collect();
-    let redirected = chars.iter().enumerate().any(|(i, c)| {
-        *c == '<'
-            && chars.get(i + 1) != Some(&'<')
-            && (i == 0 || chars[i - 1] != '<')
-            && chars.get(i + 1) != Some(&'(')
-    });
+    let (mut single, mut double) = (false, false);
+    let mut redirected = false;
+    for (i, c) in chars.iter().enumerate() {
+        match c {
+            '\'' if !double => single = !single,
+            '"' if !single => double = !double,
+            '<' if !single
+                && !double
+                && chars.get(i + 1) != Some(&'<')
+                && chars.get(i + 1) != Some(&'(')
+                && (i == 0 || chars[i - 1] != '<') =>
+            {
+                redirected = true;
+            }
+            _ => {}
+        }
+    }
     (piped || redirected).then(|| {
         "its input is not passed to the pod: `kubectl exec` without `-i` (--stdin) gives the \
          command in the pod no standard input, so it reads nothing"
@@ -364,6 +376,48 @@ mod tests {
         assert!(
             f[0].contains("`posts | 20` before, `posts | 19` after"),
             "{f:?}"
+        );
+    }
+}
+
+#[cfg(test)]
+mod stdin_tests {
+    use super::*;
+
+    fn verdict(text: &str, pipeline: &[i32]) -> Verdict {
+        let ran = Outcome {
+            status: Some(0),
+            pipeline: pipeline.to_vec(),
+            ..Outcome::default()
+        };
+        judge(text, &ran, Duration::from_secs(1), &[]).verdict
+    }
+
+    #[test]
+    fn input_that_never_reaches_the_pod_is_unsafe() {
+        assert_eq!(
+            verdict("kubectl exec p -- psql -f - < dump.sql", &[0]),
+            Verdict::Unsafe
+        );
+        assert_eq!(
+            verdict("cat d.sql | \\\n  kubectl exec p -- psql", &[0, 0]),
+            Verdict::Unsafe
+        );
+        assert_eq!(
+            verdict("cat d.sql | kubectl exec -i p -- psql", &[0, 0]),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict("kubectl exec -it p -- psql < d.sql", &[0]),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict("kubectl exec p -- psql -c \"SELECT 1 < 2\"", &[0]),
+            Verdict::Ok
+        );
+        assert_eq!(
+            verdict("kubectl exec p -- psql -c 'SELECT 1' > out.txt", &[0]),
+            Verdict::Ok
         );
     }
 }
