@@ -195,7 +195,8 @@ pub(crate) fn program(words: &[String]) -> Option<&str> {
         .iter()
         .map(String::as_str)
         .find(|w| {
-            !(w.contains('=') && !w.starts_with('=') && !w.starts_with('-'))
+            // Not an assignment (`X=1`).
+            (!w.contains('=') || w.starts_with('=') || w.starts_with('-'))
                 && !matches!(
                     *w,
                     "if" | "then"
@@ -282,7 +283,8 @@ pub(crate) fn read_targets(text: &str) -> Vec<String> {
                 skip_value = false;
             } else if w.starts_with('-') {
                 // Options with a value: -p PROMPT, -t SECONDS, -d DELIM, -n/-N COUNT, -u FD.
-                skip_value = w.len() == 2 && "ptdnNua".contains(&w[1..]);
+                skip_value =
+                    w.len() == 2 && w.strip_prefix('-').is_some_and(|o| "ptdnNua".contains(o));
             } else {
                 vars.push(w.clone());
             }
@@ -316,7 +318,7 @@ fn destructive(words: &[String], scratch: &Path) -> Option<String> {
         .filter(|a| a.starts_with('-') && !a.starts_with("--"))
         .flat_map(|a| a.chars().skip(1))
         .collect();
-    let long = |name: &str| args.iter().any(|a| *a == name);
+    let long = |name: &str| args.contains(&name);
     match program {
         "rm" if flags.contains('r') || flags.contains('R') || long("--recursive") => {
             let targets: Vec<&&str> = args.iter().filter(|a| !a.starts_with('-')).collect();

@@ -61,14 +61,12 @@ fn unknown_options(stderr: &str) -> Vec<String> {
             Some(format!("-{o}"))
         } else if let Some(o) = quoted_after(line, "invalid option -- '", &['\'']) {
             Some(format!("-{o}"))
-        } else if let Some(i) = line.find("flag provided but not defined: ") {
-            Some(
+        } else {
+            line.find("flag provided but not defined: ").map(|i| {
                 line[i + "flag provided but not defined: ".len()..]
                     .trim()
-                    .to_owned(),
-            )
-        } else {
-            None
+                    .to_owned()
+            })
         };
         if let Some(o) = option.map(|o| o.split('=').next().unwrap_or("").to_owned())
             && !o.is_empty()
@@ -106,8 +104,7 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
     let mut out = Vec::new();
     let last_words = |s: &str| {
         s.lines()
-            .filter(|l| !l.trim().is_empty())
-            .last()
+            .rfind(|l| !l.trim().is_empty())
             .unwrap_or("")
             .trim()
             .to_owned()

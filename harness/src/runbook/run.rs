@@ -449,7 +449,7 @@ fn repair_by_running(
             let mut output = checks::tail(&o.stdout, 8);
             let err = checks::tail(&o.stderr, 4);
             if !err.is_empty() {
-                output.push_str("\n");
+                output.push('\n');
                 output.push_str(&err);
             }
             return Ok(Some(Suggestion {
