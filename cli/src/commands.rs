@@ -162,7 +162,6 @@ pub(crate) async fn runbook(args: crate::RunbookArgs) -> anyhow::Result<i32> {
         harness::keep::request_keep();
     }
     let blocks = harness::runbook::parse_file(&args.file)?;
-    let blocks = harness::runbook::select(blocks, args.from.as_deref(), args.only.as_deref())?;
     let provider = provider_spec(
         &args.provider,
         &args.kind_config,
@@ -183,6 +182,7 @@ pub(crate) async fn runbook(args: crate::RunbookArgs) -> anyhow::Result<i32> {
         harness::deploy::overlay(overlay),
         report_dir.clone(),
     );
+    config.select(args.from.as_deref(), args.only.as_deref())?;
     config.users = args.users;
     config.posts = args.posts;
     config.deadline = std::time::Duration::from_secs(args.deadline);

@@ -27,7 +27,9 @@ use crate::titanium::{self, LOAD_GENERATOR};
 pub struct Config {
     /// The document.
     pub document: PathBuf,
-    /// Its blocks, already selected (`--from`, `--only`).
+    /// Every block of the document (where its rebuild section is).
+    pub document_blocks: Vec<Block>,
+    /// The blocks to run (all, or those kept by [`Config::select`]).
     pub blocks: Vec<Block>,
     /// Where clusters come from.
     pub provider: ProviderSpec,
@@ -43,7 +45,8 @@ pub struct Config {
     pub deadline: Duration,
     /// How long the load gate standing in for `k6 run` runs.
     pub load_time: Duration,
-    /// The section (path substring) before which cluster A is destroyed and B created.
+    /// The section (path substring) before which cluster A is destroyed and B created: before
+    /// the first block run that is in it or after it in the document.
     pub rebuild_at: String,
 }
 
@@ -59,6 +62,7 @@ impl Config {
     ) -> Self {
         Self {
             document,
+            document_blocks: blocks.clone(),
             blocks,
             provider,
             overlay,
@@ -69,6 +73,30 @@ impl Config {
             load_time: Duration::from_secs(3),
             rebuild_at: "Phase 4".into(),
         }
+    }
+}
+
+impl Config {
+    /// Keeps the blocks from the first one whose section path contains `from`, and only those
+    /// whose section path contains `only`.
+    ///
+    /// # Errors
+    /// When either matches no section.
+    pub fn select(
+        &mut self,
+        from: Option<&str>,
+        only: Option<&str>,
+    ) -> Result<(), harness::runbook::RunbookError> {
+        self.blocks = harness::runbook::select(self.document_blocks.clone(), from, only)?;
+        Ok(())
+    }
+
+    /// The index of the document's first block in its rebuild section.
+    fn rebuild_index(&self) -> Option<usize> {
+        self.document_blocks
+            .iter()
+            .find(|b| b.section_path().contains(&self.rebuild_at))
+            .map(|b| b.index)
     }
 }
 
@@ -316,7 +344,12 @@ impl StandIns for Titanium {
         block: &Block,
         session: &mut Session,
     ) -> Result<Vec<String>, String> {
-        if !self.rebuilt && block.section_path().contains(&self.config.rebuild_at) {
+        if !self.rebuilt
+            && self
+                .config
+                .rebuild_index()
+                .is_some_and(|first| block.index >= first)
+        {
             self.rebuilt = true;
             return self.rebuild(session).await;
         }

@@ -186,7 +186,7 @@ async fn the_shipped_runbook_runs_end_to_end_with_its_defects_named() {
             .as_ref()
             .unwrap()
             .command
-            .starts_with("cd '"),
+            .starts_with("cd ~/'Desktop/Git/Monitoring-v2' && cat > k8s-manifests/base/"),
         "{:?}",
         at(&report, 769)
     );

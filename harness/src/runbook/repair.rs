@@ -24,6 +24,8 @@ pub(crate) struct Context<'a> {
     pub(crate) cwd: &'a Path,
     /// The failed program's own help text, when its error says it waited for an answer.
     pub(crate) help: Option<&'a str>,
+    /// The session's `$HOME`: a directory under it is written `~/...` in a suggestion.
+    pub(crate) home: &'a Path,
 }
 
 /// Whether a tool's error says it asked for an answer and read end of file.
@@ -252,11 +254,12 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
             .iter()
             .find(|d| d.join(parent).is_dir() && d.as_path() != ctx.cwd)
         {
+            let target = match dir.strip_prefix(ctx.home) {
+                Ok(rest) => format!("~/{}", super::shell::quote(&rest.display().to_string())),
+                Err(_) => super::shell::quote(&dir.display().to_string()),
+            };
             out.push(Candidate {
-                command: format!(
-                    "cd {} && {text}",
-                    super::shell::quote(&dir.display().to_string())
-                ),
+                command: format!("cd {target} && {text}"),
                 strategy: format!(
                     "run it where `{}` exists (an earlier section's working directory): {line}",
                     parent.display()
@@ -300,6 +303,7 @@ mod tests {
             namespace: Some("titanium-prod"),
             earlier_dirs: &[],
             cwd: Path::new("/nonexistent"),
+            home: Path::new("/home"),
             help: Some(
                 "Usage: terraform destroy [options]\n  -auto-approve  Skip interactive approval",
             ),
@@ -390,6 +394,7 @@ mod directory_tests {
             earlier_dirs: &dirs,
             cwd: &elsewhere,
             help: None,
+            home: root.path(),
         };
         for stderr in [
             "error: the path \"k8s/base/x.yaml\" does not exist",
@@ -397,7 +402,10 @@ mod directory_tests {
         ] {
             let got = candidates("kubectl apply -f k8s/base/x.yaml", stderr, &ctx);
             assert_eq!(got.len(), 1, "{stderr}: {got:?}");
-            assert!(got[0].command.starts_with("cd '"), "{got:?}");
+            assert_eq!(
+                got[0].command,
+                "cd ~/'repo' && kubectl apply -f k8s/base/x.yaml"
+            );
         }
     }
 }

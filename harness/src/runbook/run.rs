@@ -425,6 +425,7 @@ fn repair_by_running(
             earlier_dirs: dirs,
             cwd: &cwd,
             help: help.as_deref(),
+            home: session.home(),
         };
         let candidates = repair::candidates(&current.0, &current.1, &ctx);
         let Some(candidate) = candidates.into_iter().next() else {

@@ -145,10 +145,20 @@ exec bash --noprofile --norc"#,
         let mut cmd = crate::process::command("unshare");
         cmd.args(["--mount", "--propagation", "private", "--", "bash"])
             .args(["--noprofile", "--norc", "-c", &setup])
+            // A clean environment: nothing of the harness's (credentials, PGPASSWORD, its
+            // KUBECONFIG) leaks into the document's commands or their output.
+            .env_clear()
+            .env(
+                "PATH",
+                std::env::var_os("PATH").unwrap_or_else(|| "/usr/bin:/bin".into()),
+            )
+            .env("LANG", "C.UTF-8")
+            .env(
+                "USER",
+                std::env::var_os("USER").unwrap_or_else(|| "root".into()),
+            )
             .env("HOME", &options.home)
             .env("TMPDIR", "/tmp")
-            .env_remove("PGPASSWORD")
-            .env_remove("KUBECONFIG")
             .stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(stderr);
