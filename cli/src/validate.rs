@@ -240,6 +240,20 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             if let Some(dir) = &args.report {
                 report_dir_is_new(dir)?;
             }
+            if args.provider != "kubeconfig" {
+                for (given, option) in [
+                    (args.kubeconfig.is_some(), "--kubeconfig"),
+                    (args.context.is_some(), "--context"),
+                    (args.allow_destroy, "--allow-destroy"),
+                ] {
+                    if given {
+                        return Err(format!(
+                            "{option} applies only to --provider kubeconfig (the provider is {})",
+                            args.provider
+                        ));
+                    }
+                }
+            }
             if args.provider != "kubeconfig" && !args.kind_config.is_file() {
                 return Err(format!(
                     "--kind-config {}: no such file (run from the repository root, or give its path)",

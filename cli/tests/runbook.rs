@@ -73,6 +73,11 @@ fn documents_that_cannot_run_are_usage_errors() {
         &["--deadline", "0"],
         "--deadline",
     );
+    check(
+        b"## S\n\n```bash\nls\n```\n",
+        &["--context", "prod"],
+        "--context applies only",
+    );
 }
 
 #[test]
