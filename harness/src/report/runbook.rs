@@ -325,3 +325,88 @@ fn esc(text: &str) -> String {
         .replace('>', "&gt;")
         .replace('"', "&quot;")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn command(
+        section: &str,
+        line: usize,
+        verdict: Verdict,
+        reason: Option<&str>,
+    ) -> CommandReport {
+        CommandReport {
+            section: section.into(),
+            line,
+            command: format!("cmd-{line} <x>"),
+            verdict,
+            reason: reason.map(Into::into),
+            findings: Vec::new(),
+            replaced_by: None,
+            exit_status: Some(0),
+            pipeline: Vec::new(),
+            duration_ms: 5,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            suggestion: None,
+        }
+    }
+
+    fn report(commands: Vec<CommandReport>) -> RunbookReport {
+        let mut r = RunbookReport {
+            document: "doc.md".into(),
+            provider: "sim".into(),
+            started_at: "2026-01-01T00:00:00Z".into(),
+            events: Vec::new(),
+            commands,
+            summary: Summary::default(),
+            stopped: None,
+        };
+        r.summarise();
+        r
+    }
+
+    #[test]
+    fn the_summary_counts_verdicts_and_names_each_phases_first_failure() {
+        let r = report(vec![
+            command("Phase 1 > 1.1", 10, Verdict::Ok, None),
+            command("Phase 1 > 1.2", 20, Verdict::Unsafe, Some("count differs")),
+            command("Phase 1 > 1.2", 21, Verdict::Failed, Some("exit status 1")),
+            command("Phase 2", 30, Verdict::Skipped, Some("not installed")),
+            command("Phase 2", 31, Verdict::Replaced, Some("goose")),
+        ]);
+        let s = &r.summary;
+        assert_eq!(
+            (s.commands, s.ok, s.failed, s.unsafe_, s.skipped, s.replaced),
+            (5, 1, 1, 1, 1, 1)
+        );
+        assert_eq!(
+            s.first_failure_by_phase,
+            [("Phase 1".to_owned(), "line 20: cmd-20 <x>".to_owned())]
+        );
+        assert!(!r.passed());
+        let xml = r.to_junit();
+        assert_eq!(xml.matches("<testcase").count(), 5, "{xml}");
+        assert!(xml.contains("failures=\"2\""), "{xml}");
+        assert!(xml.contains("&lt;x&gt;"), "escaped: {xml}");
+        let html = r.to_html();
+        assert!(
+            html.contains("FAIL") && html.contains("cmd-20 &lt;x&gt;"),
+            "{html}"
+        );
+        let json: serde_json::Value = serde_json::from_str(&r.to_json()).unwrap();
+        assert_eq!(json["summary"]["unsafe"], 1);
+    }
+
+    #[test]
+    fn skipped_and_replaced_alone_pass() {
+        let r = report(vec![
+            command("A", 1, Verdict::Ok, None),
+            command("A", 2, Verdict::Skipped, Some("prompt")),
+            command("A", 3, Verdict::Replaced, Some("goose")),
+        ]);
+        assert!(r.passed());
+        assert!(r.to_html().contains("PASS"));
+    }
+}
