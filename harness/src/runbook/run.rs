@@ -146,11 +146,17 @@ pub async fn run(
         };
         let first_of_block = report.commands.len();
         for c in &block.commented {
+            // Said too: whether it could run here if uncommented (the cloud's own CLI, an
+            // uninstalled tool).
+            let also = match classify::classify(&c.text, &prompted, session.scratch()) {
+                Classification::Run => String::new(),
+                Classification::Skip(why) | Classification::Refuse(why) => format!("; {why}"),
+            };
             let r = entry(
                 c.line,
                 &c.text,
                 Verdict::Skipped,
-                "commented out in the document: an option it leaves to the reader".into(),
+                format!("commented out in the document: an option it leaves to the reader{also}"),
             );
             report.commands.push(r);
         }
