@@ -68,7 +68,6 @@ fn api_server(path: &std::path::Path, context: &str) -> anyhow::Result<String> {
 
 /// `rehearsal run`: runs a scenario, prints progress and a summary, writes the reports.
 pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
-    use harness::cluster::{DestroyGate, ProviderSpec};
     use scenarios::full_rebuild::{self, Config};
 
     if args.keep {
@@ -79,39 +78,13 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
         "kubeconfig" => "solid-cloud",
         _ => "sim",
     };
-    let provider = match args.provider.as_str() {
-        "sim" => ProviderSpec::Sim {
-            kind_config: Some(args.kind_config.clone()),
-        },
-        "kind" => ProviderSpec::Kind {
-            kind_config: args.kind_config.clone(),
-            images: [
-                "api-gateway",
-                "user-service",
-                "auth-service",
-                "blog-service",
-                "load-generator",
-            ]
-            .iter()
-            .map(|s| format!("titanium/{s}:rehearsal"))
-            .collect(),
-        },
-        _ => {
-            let attached = KubeconfigCluster::attach(
-                args.kubeconfig.clone(),
-                args.context.as_deref(),
-                vec![],
-                DestroyGate::Refuse,
-            )?;
-            let gate = DestroyGate::ask(attached.name(), args.allow_destroy)?;
-            ProviderSpec::Kubeconfig {
-                path: args.kubeconfig.clone(),
-                context: Some(attached.context().to_owned()),
-                namespaces: vec![scenarios::titanium::NAMESPACE.to_owned()],
-                gate,
-            }
-        }
-    };
+    let provider = provider_spec(
+        &args.provider,
+        &args.kind_config,
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        args.allow_destroy,
+    )?;
     // A new directory, or an empty one given: an earlier run's report is never overwritten.
     let report_dir = crate::validate::create_report_dir(args.report.as_deref())?;
     let mut config = Config::modest(
@@ -137,6 +110,137 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
     print_summary(&report);
     println!("reports: {}", report_dir.display());
     Ok(run_exit_code(report.verdict))
+}
+
+/// The cluster provider the command line names.
+fn provider_spec(
+    provider: &str,
+    kind_config: &std::path::Path,
+    kubeconfig: Option<&std::path::Path>,
+    context: Option<&str>,
+    allow_destroy: bool,
+) -> anyhow::Result<harness::cluster::ProviderSpec> {
+    use harness::cluster::{DestroyGate, ProviderSpec};
+    Ok(match provider {
+        "sim" => ProviderSpec::Sim {
+            kind_config: Some(kind_config.to_owned()),
+        },
+        "kind" => ProviderSpec::Kind {
+            kind_config: kind_config.to_owned(),
+            images: [
+                "api-gateway",
+                "user-service",
+                "auth-service",
+                "blog-service",
+                "load-generator",
+            ]
+            .iter()
+            .map(|s| format!("titanium/{s}:rehearsal"))
+            .collect(),
+        },
+        _ => {
+            let attached = KubeconfigCluster::attach(
+                kubeconfig.map(ToOwned::to_owned),
+                context,
+                vec![],
+                DestroyGate::Refuse,
+            )?;
+            let gate = DestroyGate::ask(attached.name(), allow_destroy)?;
+            ProviderSpec::Kubeconfig {
+                path: kubeconfig.map(ToOwned::to_owned),
+                context: Some(attached.context().to_owned()),
+                namespaces: vec![scenarios::titanium::NAMESPACE.to_owned()],
+                gate,
+            }
+        }
+    })
+}
+
+/// `rehearsal runbook`: runs the document, prints the summary, writes the reports.
+pub(crate) async fn runbook(args: crate::RunbookArgs) -> anyhow::Result<i32> {
+    if args.keep {
+        harness::keep::request_keep();
+    }
+    let blocks = harness::runbook::parse_file(&args.file)?;
+    let provider = provider_spec(
+        &args.provider,
+        &args.kind_config,
+        args.kubeconfig.as_deref(),
+        args.context.as_deref(),
+        args.allow_destroy,
+    )?;
+    let overlay = match args.provider.as_str() {
+        "kind" => "kind",
+        "kubeconfig" => "solid-cloud",
+        _ => "sim",
+    };
+    let report_dir = crate::validate::create_report_dir(args.report.as_deref())?;
+    let mut config = scenarios::runbook::Config::new(
+        args.file.clone(),
+        blocks,
+        provider,
+        harness::deploy::overlay(overlay),
+        report_dir.clone(),
+    );
+    config.select(args.from.as_deref(), args.only.as_deref())?;
+    config.users = args.users;
+    config.posts = args.posts;
+    config.deadline = std::time::Duration::from_secs(args.deadline);
+    eprintln!(
+        "running {} on {} (report: {})",
+        args.file.display(),
+        args.provider,
+        report_dir.display()
+    );
+    let report = scenarios::runbook::run(&config).await?;
+    let write = |name: &str, text: String| {
+        let path = report_dir.join(name);
+        std::fs::write(&path, text).with_context(|| format!("write {}", path.display()))
+    };
+    write("report.json", report.to_json())?;
+    write("junit.xml", report.to_junit())?;
+    write("report.html", report.to_html())?;
+    for c in &report.commands {
+        let first = c.command.lines().next().unwrap_or("");
+        let first: String = first.chars().take(70).collect();
+        println!("{:<8} {:>5}  {first}", c.verdict.as_str(), c.line);
+        if c.verdict.is_bad()
+            && let Some(reason) = &c.reason
+        {
+            println!("{:>16}{}", "", reason.lines().next().unwrap_or(""));
+            if let Some(s) = &c.suggestion {
+                println!(
+                    "{:>16}suggested (ran, exit {}): {}",
+                    "",
+                    s.exit_status,
+                    s.command.lines().next().unwrap_or("")
+                );
+            }
+        }
+    }
+    let s = &report.summary;
+    println!();
+    for e in &report.events {
+        println!("rehearsal: {e}");
+    }
+    println!(
+        "{} commands: {} ok, {} failed, {} unsafe, {} skipped, {} replaced",
+        s.commands, s.ok, s.failed, s.unsafe_, s.skipped, s.replaced
+    );
+    for (phase, first) in &s.first_failure_by_phase {
+        println!("first failure in {phase}: {first}");
+    }
+    if let Some(why) = &report.stopped {
+        println!("stopped: {why}");
+    }
+    println!("reports: {}", report_dir.display());
+    Ok(if report.stopped.is_some() {
+        exit_codes::COULD_NOT_RUN
+    } else if report.passed() {
+        exit_codes::OK
+    } else {
+        exit_codes::GATE_FAILED
+    })
 }
 
 /// The exit code of a rehearsal's verdict: the report already tells a run that could not run

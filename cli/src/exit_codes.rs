@@ -1,16 +1,22 @@
 //! The exit codes of `rehearsal`, defined once. Scripts and CI rely on them.
 
-/// Every gate passed (or the command did what was asked).
+/// Every gate passed (or the command did what was asked; for `runbook`, no command of the
+/// document failed or was unsafe).
 pub(crate) const OK: i32 = 0;
 
-/// The command ran, and a gate failed: the verdict is "roll back" (or, for `preflight`, NO-GO).
+/// The command ran, and a gate failed: the verdict is "roll back" (or, for `preflight`, NO-GO;
+/// for `runbook`, a command of the document failed or was unsafe, refused ones included).
 pub(crate) const GATE_FAILED: i32 = 3;
 
-/// The command could not run: a setup error, bad input, an unreachable cluster or server.
+/// The command could not run: a setup error, bad input, an unreachable cluster or server (for
+/// `runbook`: cluster A could not be brought up, the shell could not be confined, or the run
+/// stopped before the document's end).
 pub(crate) const COULD_NOT_RUN: i32 = 4;
 
 /// Command-line usage errors: clap's own code for a bad option, and ours for a rule across
-/// options (`validate::check`). Nothing has started when it is returned.
+/// options (`validate::check`), including a runbook document that cannot run (missing, not
+/// UTF-8, no shell block, a command left open, `--from`/`--only` matching no section).
+/// Nothing has started when it is returned.
 pub(crate) const USAGE: i32 = 2;
 
 /// Stopped by SIGINT (Ctrl-C), after tearing down what it started (servers, tool processes,

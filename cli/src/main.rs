@@ -37,6 +37,10 @@ enum Command {
     Verify(VerifyArgs),
     /// Restore a backup's database into PostgreSQL reached directly or in a cluster's pod.
     Restore(RestoreArgs),
+    /// Execute a runbook document (default: the shipped Titanium runbook) command by command on
+    /// a rehearsal cluster, and report each command's verdict (ok, failed, unsafe, skipped,
+    /// replaced) with the tools' own words and corrected commands that ran.
+    Runbook(RunbookArgs),
     /// Start or stop a simulated cluster running the Titanium stack, to try the runbook's
     /// kubectl commands on.
     #[command(subcommand)]
@@ -80,6 +84,50 @@ struct RunArgs {
     #[arg(long, value_parser = validate::dir_or_missing)]
     report: Option<PathBuf>,
     /// Keep clusters, servers and directories for debugging (like HARNESS_KEEP=1).
+    #[arg(long)]
+    keep: bool,
+}
+
+/// Arguments of `rehearsal runbook`.
+#[derive(Debug, clap::Args)]
+struct RunbookArgs {
+    /// The Markdown document: its fenced bash/sh blocks are run in order.
+    #[arg(default_value = "fixtures/runbook/solid-cloud-rebuild-guide.ko.md", value_parser = validate::existing_file)]
+    file: PathBuf,
+    /// Where clusters come from (see `rehearsal run`).
+    #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "kubeconfig"])]
+    provider: String,
+    /// kind configuration for sim and kind clusters.
+    #[arg(long, default_value = "kind-config/single-node.yaml")]
+    kind_config: PathBuf,
+    /// Kubeconfig for --provider kubeconfig.
+    #[arg(long, value_parser = validate::existing_file)]
+    kubeconfig: Option<PathBuf>,
+    /// Context for --provider kubeconfig.
+    #[arg(long, value_parser = validate::context)]
+    context: Option<String>,
+    /// Allow destroying the rehearsal namespace on an existing cluster (asks for its name).
+    #[arg(long)]
+    allow_destroy: bool,
+    /// Report directory (default: a new target/rehearsal/<timestamp>/); new or empty.
+    #[arg(long, value_parser = validate::dir_or_missing)]
+    report: Option<PathBuf>,
+    /// Start at the first block whose section path contains this text.
+    #[arg(long)]
+    from: Option<String>,
+    /// Run only the blocks whose section path contains this text.
+    #[arg(long)]
+    only: Option<String>,
+    /// Each command's deadline in seconds (1 to 3600).
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    deadline: u64,
+    /// Users to seed into cluster A (1 to 1,000,000).
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    users: u32,
+    /// Posts to seed (1 to 10,000,000).
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
+    posts: u32,
+    /// Keep clusters and the scratch directory (like HARNESS_KEEP=1).
     #[arg(long)]
     keep: bool,
 }
@@ -275,6 +323,7 @@ fn main() {
             Command::Backup(args) => commands::backup(args).await,
             Command::Verify(args) => commands::verify(args).await,
             Command::Restore(args) => commands::restore(args).await,
+            Command::Runbook(args) => commands::runbook(args).await,
             Command::Sim(SimCommand::Up {
                 name,
                 kind_config,

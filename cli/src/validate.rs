@@ -236,6 +236,36 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             }
             Ok(())
         }
+        Command::Runbook(args) => {
+            if let Some(dir) = &args.report {
+                report_dir_is_new(dir)?;
+            }
+            if args.provider != "kubeconfig" {
+                for (given, option) in [
+                    (args.kubeconfig.is_some(), "--kubeconfig"),
+                    (args.context.is_some(), "--context"),
+                    (args.allow_destroy, "--allow-destroy"),
+                ] {
+                    if given {
+                        return Err(format!(
+                            "{option} applies only to --provider kubeconfig (the provider is {})",
+                            args.provider
+                        ));
+                    }
+                }
+            }
+            if args.provider != "kubeconfig" && !args.kind_config.is_file() {
+                return Err(format!(
+                    "--kind-config {}: no such file (run from the repository root, or give its path)",
+                    args.kind_config.display()
+                ));
+            }
+            // The document is read and its sections matched before anything starts.
+            let blocks = harness::runbook::parse_file(&args.file).map_err(|e| e.to_string())?;
+            harness::runbook::select(blocks, args.from.as_deref(), args.only.as_deref())
+                .map_err(|e| e.to_string())?;
+            Ok(())
+        }
         Command::Backup(args) => {
             if let Some(name) = &args.name {
                 let existing = [name.clone(), format!("{name}.partial")]

@@ -16,6 +16,7 @@ pub mod preflight;
 pub mod process;
 pub mod report;
 pub mod restore;
+pub mod runbook;
 pub mod testing;
 pub mod verify;
 

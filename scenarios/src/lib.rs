@@ -6,6 +6,7 @@ pub mod cronjob_backup;
 pub mod full_rebuild;
 pub mod roundtrip;
 pub mod run;
+pub mod runbook;
 pub mod titanium;
 
 pub use run::{Observer, PhaseFailed, Quiet, Run};

@@ -3,4 +3,5 @@
 mod architecture;
 mod preflight;
 mod report_html;
+mod runbook;
 mod workflows;

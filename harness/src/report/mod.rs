@@ -5,6 +5,7 @@
 mod html;
 mod junit;
 mod record;
+pub mod runbook;
 
 use serde::{Deserialize, Serialize};
 
