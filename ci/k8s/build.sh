@@ -95,7 +95,9 @@ cp -r /usr/share/gocode/src/github.com/modern-go/reflect2 "$tree/vendor/github.c
 rm -f "$tree/vendor/github.com/modern-go/reflect2/go.mod"
 
 export GOPATH=$work/gopath GO111MODULE=off GOPROXY=off CGO_ENABLED=0 GOFLAGS=
-export GOCACHE=$cache/go-build-cache
+# The Go build cache lives (and dies) with the scratch tree: kept, it is several GB that no
+# later run reads, and CI machines have little disk to spare.
+export GOCACHE=$work/gocache
 export PATH=/usr/lib/go-1.19/bin:$PATH
 cd "$work/gopath/src/k8s.io/kubernetes"
 
@@ -127,5 +129,10 @@ as_root cp -a "$work/bin" "$out.tmp/bin"
 echo "version=v$version recipe=$recipe debian=$debian_version build_seconds=$(( $(date +%s) - start ))" | as_root tee "$out.tmp/COMPLETE" >/dev/null
 as_root rm -rf "$out"
 as_root mv "$out.tmp" "$out"
+# Builds of older recipes are never read again.
+for old in "$cache"/v*-*; do
+    [ "$old" = "$out" ] || as_root rm -rf "$old"
+done
+as_root rm -rf "$cache/go-build-cache"
 say "kubernetes v$version built in $(( $(date +%s) - start )) s into $out"
 echo "$out"
