@@ -193,8 +193,8 @@ pub fn write_archive(images: &[Image], out: &Path) -> Result<ArchiveSummary, Oci
                 }
                 Layer::Files(files) => {
                     let bytes = files_layer(files)?;
-                    let blob = put_blob(&mut archive, &mut written, &bytes).map_err(write_err)?;
-                    blob
+
+                    put_blob(&mut archive, &mut written, &bytes).map_err(write_err)?
                 }
             };
             layer_blobs.push(blob);

@@ -568,6 +568,17 @@ pub(crate) fn rdb_path(dir: &Path, manifest: &RedisManifest) -> PathBuf {
     dir.join(&manifest.rdb)
 }
 
+impl From<&RedisManifest> for RedisFacts {
+    /// What the backup recorded of its RDB.
+    fn from(m: &RedisManifest) -> Self {
+        Self {
+            key_count: m.keys,
+            digest: m.digest.clone(),
+            keys: std::collections::BTreeMap::new(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -602,16 +613,5 @@ mod tests {
     fn keys_are_named_with_their_database() {
         assert_eq!(key_label(3, b"session:1"), "db3 session:1");
         assert_eq!(key_label(0, &[0xff, 0x00]), "db0 0xff00");
-    }
-}
-
-impl From<&RedisManifest> for RedisFacts {
-    /// What the backup recorded of its RDB.
-    fn from(m: &RedisManifest) -> Self {
-        Self {
-            key_count: m.keys,
-            digest: m.digest.clone(),
-            keys: std::collections::BTreeMap::new(),
-        }
     }
 }

@@ -195,7 +195,7 @@ pub fn checklist(report: &Report) -> Vec<ChecklistItem> {
     push(
         POST,
         "데이터 카운트 일치 확인",
-        gate_ok("row_counts", format!("{counts_after}")),
+        gate_ok("row_counts", counts_after.to_string()),
     );
     push(
         POST,
