@@ -540,7 +540,12 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
         Some(opened) if findings.is_empty() => opened,
         _ => return rejected(findings.iter().map(ToString::to_string).collect()),
     };
-    let inputs = match RestoreInputs::from_backup(&opened.dir, args.from_sql).await {
+    let method = match (args.from_sql, args.method) {
+        (true, _) | (_, crate::MethodArg::Sql) => harness::restore::RestoreMethod::Sql,
+        (false, crate::MethodArg::Custom) => harness::restore::RestoreMethod::Custom,
+        (false, crate::MethodArg::Csv) => harness::restore::RestoreMethod::Csv,
+    };
+    let inputs = match RestoreInputs::from_backup(&opened.dir, method).await {
         Ok(inputs) => inputs,
         Err(RestoreError::Rejected { reasons, .. }) => return rejected(reasons),
         Err(err) => return Err(err.into()),

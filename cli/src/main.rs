@@ -246,6 +246,14 @@ struct VerifyArgs {
     identity: Option<PathBuf>,
 }
 
+/// `rehearsal restore --method`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum MethodArg {
+    Custom,
+    Sql,
+    Csv,
+}
+
 /// Arguments of `rehearsal restore`.
 #[derive(Debug, clap::Args)]
 struct RestoreArgs {
@@ -259,8 +267,14 @@ struct RestoreArgs {
     /// The database restored into.
     #[arg(long, default_value = "titanium", value_parser = validate::pg_name)]
     database: String,
-    /// Restore the plain SQL file with psql (the runbook's way) instead of the custom archive.
-    #[arg(long)]
+    /// Which form of the backup's database to load: `custom` (the pg_dump -Fc archive, with
+    /// pg_restore -j), `sql` (the plain SQL file with psql in one transaction, the runbook's
+    /// 방법 A) or `csv` (the schema, then per-table CSV with \copy, in one transaction, the
+    /// runbook's 방법 C).
+    #[arg(long, value_enum, default_value_t = MethodArg::Custom)]
+    method: MethodArg,
+    /// The same as `--method sql`.
+    #[arg(long, conflicts_with = "method")]
     from_sql: bool,
     /// Restore over a database that holds data.
     #[arg(long)]

@@ -134,6 +134,28 @@ async fn backup_verify_and_restore_through_the_cli() {
         "a second restore of the same backup is a no-op: {}",
         text(&refused)
     );
+
+    // The runbook's 방법 C: the schema, then the CSV files, in one transaction, over it.
+    tclient
+        .batch_execute("DELETE FROM posts WHERE id % 2 = 0")
+        .await
+        .unwrap();
+    let csv = rehearsal(
+        &[&args[..], &["--method", "csv", "--force"]].concat(),
+        Some(&target),
+    );
+    assert_eq!(csv.status.code(), Some(0), "{}", text(&csv));
+    assert!(
+        text(&csv).contains("postgres/csv/public.posts.csv"),
+        "{}",
+        text(&csv)
+    );
+    let posts: i64 = tclient
+        .query_one("SELECT count(*) FROM posts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(posts, 300, "the CSV restore brought back the deleted rows");
 }
 
 #[test]

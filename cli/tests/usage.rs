@@ -122,6 +122,11 @@ fn every_command_refuses_bad_options_before_it_starts() {
         (&["backup", "--out", "o", "--pg-port", "0"], "--pg-port"),
         (&["backup", "--out", "o", "--pg-port", "6543"], "--pg-host"),
         (&["restore", ".", "--pg-port", "6543"], "--pg-host"),
+        (
+            &["restore", ".", "--method", "csv", "--from-sql"],
+            "--from-sql",
+        ),
+        (&["restore", ".", "--method", "tsv"], "--method"),
         (&["backup", "--out", "o", "--pg-host", ""], "--pg-host"),
         (&["backup", "--out", "o", "-n", "Bad_NS"], "--namespace"),
         (&["backup", "--out", "o", "--pg-pod", "a/b"], "--pg-pod"),

@@ -912,7 +912,7 @@ mod kubernetes {
 #[tokio::test]
 async fn restores_what_the_backup_engine_wrote() -> Result<()> {
     use harness::backup::{BackupOptions, PgSource, backup};
-    use harness::restore::RestoreInputs;
+    use harness::restore::{RestoreInputs, RestoreMethod};
 
     let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
     let params = pg.params();
@@ -926,8 +926,12 @@ async fn restores_what_the_backup_engine_wrote() -> Result<()> {
     });
     let report = backup(&options).await.context("backup")?;
 
-    for (db, from_sql) in [("from_custom", false), ("from_plain", true)] {
-        let inputs = RestoreInputs::from_backup(&report.dir, from_sql).await?;
+    for (db, method) in [
+        ("from_custom", RestoreMethod::Custom),
+        ("from_plain", RestoreMethod::Sql),
+        ("from_csv", RestoreMethod::Csv),
+    ] {
+        let inputs = RestoreInputs::from_backup(&report.dir, method).await?;
         ensure!(
             inputs.backup_id == "rehearsal-1" && !inputs.tables.is_empty(),
             "{inputs:?}"
@@ -951,7 +955,7 @@ async fn restores_what_the_backup_engine_wrote() -> Result<()> {
             ensure!(verdict.passed, "{db}: {verdict}");
         }
     }
-    let err = RestoreInputs::from_backup(dir.path(), false)
+    let err = RestoreInputs::from_backup(dir.path(), RestoreMethod::Custom)
         .await
         .unwrap_err();
     ensure!(matches!(err, RestoreError::Rejected { .. }), "{err}");
@@ -1069,9 +1073,12 @@ async fn a_damaged_dump_is_refused_before_the_target_is_touched() -> Result<()> 
     ] {
         let copy = damaged_copy(&report.dir, dest.path(), name, damage)?;
         // The backup's checksums: refused, naming the file.
-        let err = harness::restore::RestoreInputs::from_backup(&copy, false)
-            .await
-            .expect_err("a damaged dump must be refused");
+        let err = harness::restore::RestoreInputs::from_backup(
+            &copy,
+            harness::restore::RestoreMethod::Custom,
+        )
+        .await
+        .expect_err("a damaged dump must be refused");
         let RestoreError::Rejected { reasons, .. } = &err else {
             anyhow::bail!("{name}: expected a rejection, got {err}");
         };
@@ -1098,6 +1105,91 @@ async fn a_damaged_dump_is_refused_before_the_target_is_touched() -> Result<()> 
 
         let after = table_facts(&target.connect().await?).await?;
         ensure!(after == before, "{name}: the target changed: {after:?}");
+    }
+    Ok(())
+}
+
+/// The CSV path (the runbook's 방법 C) with force over a database holding data: a CSV file
+/// changed after the backup is refused by the backup's checksums; handed over without a
+/// manifest, a header that is not the recorded columns is refused before anything is dropped,
+/// and a row the server rejects (two thirds in) rolls the whole transaction back. The target
+/// is unchanged every time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_csv_restore_costs_nothing() -> Result<()> {
+    use harness::restore::{RestoreInputs, RestoreMethod};
+    let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
+    let dest = ScratchDir::new("restore-test-csv-", "restore csv backup")?;
+    let (report, target) = engine_backup_and_target(&pg, dest.path(), "holds_data").await?;
+    let before = table_facts(&target.connect().await?).await?;
+    let forced = DbRestoreOptions {
+        force: true,
+        ..Default::default()
+    };
+    let posts = "postgres/csv/public.posts.csv";
+
+    // Changed after the backup: the checksums name the file.
+    let copy = dest.path().join("edited");
+    copy_tree(&report.dir, &copy)?;
+    let text = std::fs::read_to_string(copy.join(posts))?;
+    std::fs::write(copy.join(posts), text.replacen(",", ";", 2))?;
+    let err = RestoreInputs::from_backup(&copy, RestoreMethod::Csv)
+        .await
+        .expect_err("an edited CSV must be refused");
+    ensure!(err.to_string().contains(posts), "{err}");
+
+    // Without the manifest's checksums, from the good backup's CSV inputs.
+    let inputs = RestoreInputs::from_backup(&report.dir, RestoreMethod::Csv).await?;
+    let good = inputs.database.clone().context("a database")?;
+    let DbArchive::Csv(csv) = &good.archive else {
+        anyhow::bail!("not a CSV archive: {:?}", good.archive);
+    };
+    ensure!(
+        csv.tables
+            .iter()
+            .map(|t| t.name.as_str())
+            .collect::<Vec<_>>()
+            == ["users", "posts"],
+        "parents first: {:?}",
+        csv.tables
+    );
+    let posts_path = csv.tables[1].path.clone();
+    let original = std::fs::read_to_string(&posts_path)?;
+    let (header, rows) = original.split_once('\n').context("a header row")?;
+    for (name, text, expected) in [
+        (
+            "header",
+            format!("{}\n{rows}", header.replacen("id", "ident", 1)),
+            "header row",
+        ),
+        (
+            "row",
+            {
+                let lines: Vec<&str> = rows.lines().collect();
+                let at = lines.len() * 2 / 3;
+                let mut lines: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+                lines[at] = format!("not-a-number{}", &lines[at][lines[at].find(',').unwrap()..]);
+                format!("{header}\n{}\n", lines.join("\n"))
+            },
+            "rolled back",
+        ),
+    ] {
+        std::fs::write(&posts_path, &text)?;
+        let err = restore_database(pg.tools(), &target, &good, &forced)
+            .await
+            .expect_err("a damaged CSV must not be restored");
+        ensure!(err.to_string().contains(expected), "{name}: {err}");
+        let after = table_facts(&target.connect().await?).await?;
+        ensure!(after == before, "{name}: the target changed: {after:?}");
+    }
+    // The same inputs, repaired, restore (so the failures above were the damage).
+    std::fs::write(&posts_path, &original)?;
+    restore_database(pg.tools(), &target, &good, &forced).await?;
+    let after = table_facts(&target.connect().await?).await?;
+    for verdict in [
+        verify::row_counts(&inputs.tables, &after),
+        verify::digests(&inputs.tables, &after),
+    ] {
+        ensure!(verdict.passed, "{verdict}");
     }
     Ok(())
 }
@@ -1133,9 +1225,12 @@ async fn restore_refuses_what_verify_refuses_with_the_same_reason() -> Result<()
         (&failed, "FAILED.txt: pg_dump failed: disk full"),
         (&edited, "MANIFEST.json sha256 (edited manifest)"),
     ] {
-        let err = harness::restore::RestoreInputs::from_backup(dir, false)
-            .await
-            .expect_err("refused");
+        let err = harness::restore::RestoreInputs::from_backup(
+            dir,
+            harness::restore::RestoreMethod::Custom,
+        )
+        .await
+        .expect_err("refused");
         let RestoreError::Rejected { reasons, .. } = &err else {
             anyhow::bail!("{}: expected a rejection, got {err}", dir.display());
         };

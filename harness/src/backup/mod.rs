@@ -8,7 +8,8 @@
 //!   are read in it by the same session; plain and schema-only SQL are dumped in the same
 //!   snapshot beside it (or, with [`PlainFrom::Archive`], derived from the custom archive
 //!   here), and the data-only and per-table files are split out of the plain SQL in one pass;
-//!   roles come from `pg_dumpall --globals-only`.
+//!   roles come from `pg_dumpall --globals-only`; every table is also written as CSV with a
+//!   header row by the snapshot's session, parents first ([`CsvTable`]).
 //! - Redis ([`RedisSource`]): an RDB, and the key count and digest of exactly that RDB.
 //! - Kubernetes ([`KubeSource`]): every namespaced resource found through discovery, raw and
 //!   cleaned ([`clean`]); optionally the namespace's Deployments quiesced first.
@@ -28,6 +29,7 @@
 
 mod archive;
 pub mod clean;
+mod csv;
 mod engine;
 mod error;
 mod exec;
@@ -45,6 +47,7 @@ mod verify;
 use std::path::PathBuf;
 
 pub use archive::{ArchiveInfo, DecryptionKey, EncryptionKey};
+pub use csv::CsvTable;
 pub use engine::{BackupReport, backup};
 pub use error::BackupError;
 pub use exec::PodRef;

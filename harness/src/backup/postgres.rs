@@ -9,6 +9,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::archive::ArchiveFeed;
+use super::csv::{CsvTable, export_csv};
 use super::exec::PodRef;
 use super::files::{ToolRun, ensure_parent, tool_version};
 use super::manifest::StepTiming;
@@ -204,6 +205,10 @@ pub struct PgManifest {
     pub data_only: String,
     /// One file per table, keyed `schema.table`.
     pub table_files: BTreeMap<String, String>,
+    /// Per-table CSV with a header row, read in the snapshot, parents first (the order a CSV
+    /// restore loads them in). Empty in backups made before CSV was written.
+    #[serde(default)]
+    pub csv: Vec<CsvTable>,
     /// Roles and tablespaces (`pg_dumpall --globals-only`).
     pub globals: String,
     /// How the plain, schema, data and per-table files were made.
@@ -371,11 +376,15 @@ pub(crate) async fn backup_postgres(
         let started = Instant::now();
         let tables = table_facts(&session).await?;
         let schema = crate::facts::render_schema(&session).await?;
-        Ok::<_, BackupError>((
-            tables,
-            schema,
-            step("postgres: row counts, digests and schema", started, origin),
-        ))
+        let facts_step = step("postgres: row counts, digests and schema", started, origin);
+        let started = Instant::now();
+        let csv = export_csv(&session, dir, &table_refs, &done).await?;
+        let csv_step = step(
+            "postgres: per-table CSV (COPY ... TO STDOUT)",
+            started,
+            origin,
+        );
+        Ok::<_, BackupError>((tables, schema, csv, [facts_step, csv_step]))
     };
     let globals_rel = "postgres/globals.sql".to_owned();
     let globals_path = dir.join(&globals_rel);
@@ -424,9 +433,10 @@ pub(crate) async fn backup_postgres(
             origin,
         )))
     };
-    let (dump_step, (tables, schema, facts_step), globals_step, derived_step) =
+    let (dump_step, (tables, schema, csv, facts_steps), globals_step, derived_step) =
         tokio::try_join!(dump, facts, globals, from_database)?;
-    steps.extend([dump_step, facts_step, globals_step]);
+    steps.extend([dump_step, globals_step]);
+    steps.extend(facts_steps);
     // pg_dump has its own copy of the snapshot: release the server's.
     session
         .batch_execute("COMMIT")
@@ -516,6 +526,7 @@ pub(crate) async fn backup_postgres(
             schema_only: schema_rel,
             data_only: data_rel,
             table_files,
+            csv,
             globals: globals_rel,
             derived_from,
         },

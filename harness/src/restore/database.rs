@@ -11,8 +11,10 @@
 //!   marked "restored" from the same backup is left alone unless `force` is given (running the
 //!   whole restore again changes nothing); any other target holding rows is refused unless
 //!   `force` is given.
-//! - The plain-SQL path (`--from-sql`, the runbook's way) runs the drops, the file and the
-//!   final mark in one psql `--single-transaction`: an interrupted run changes nothing.
+//! - The plain-SQL path (`--method sql`, the runbook's way) runs the drops, the file and the
+//!   final mark in one psql `--single-transaction`: an interrupted run changes nothing. The
+//!   CSV path (`--method csv`, the runbook's "방법 C") does the same with the schema-only SQL,
+//!   a `\copy ... CSV HEADER` per table (parents first) and the sequences' `setval`s.
 //! - The custom archive is restored with `pg_restore -j` (parallel data load and index builds)
 //!   when it is a regular file; from a pipe, with one job. Sequences come back at the values
 //!   the archive recorded (`setval` entries).
@@ -26,6 +28,7 @@ use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
 
 use super::RestoreError;
+use crate::facts::SequenceFacts;
 use crate::pg::{ConnParams, PgTools, quote_ident};
 
 const MARK_PREFIX: &str = "rebuild-rehearsal: ";
@@ -39,13 +42,42 @@ pub enum DbArchive {
     Custom(PathBuf),
     /// A plain SQL dump, run with psql (the runbook's "방법 A").
     PlainSql(PathBuf),
+    /// A schema-only dump and per-table CSV files loaded with `\copy ... CSV HEADER` (the
+    /// runbook's "방법 C"), parents first, then the sequences set, all in one transaction.
+    Csv(CsvArchive),
+}
+
+/// The CSV form of a backup's database.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvArchive {
+    /// The schema-only SQL (`pg_dump --schema-only`): tables, constraints, indexes.
+    pub schema: PathBuf,
+    /// The tables, in the order they are loaded (parents before the tables that reference
+    /// them).
+    pub tables: Vec<CsvFile>,
+    /// The sequences, set to the values the backup recorded.
+    pub sequences: Vec<SequenceFacts>,
+}
+
+/// One table's CSV file.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CsvFile {
+    /// The table's schema.
+    pub schema: String,
+    /// The table's name.
+    pub name: String,
+    /// The file (header row, then one line per row).
+    pub path: PathBuf,
+    /// The columns, in the file's order.
+    pub columns: Vec<String>,
 }
 
 impl DbArchive {
-    /// The file.
+    /// The file the load starts from (for CSV, the schema-only SQL).
     pub fn path(&self) -> &Path {
         match self {
             DbArchive::Custom(p) | DbArchive::PlainSql(p) => p,
+            DbArchive::Csv(csv) => &csv.schema,
         }
     }
 
@@ -53,6 +85,7 @@ impl DbArchive {
         match self {
             DbArchive::Custom(_) => "custom archive",
             DbArchive::PlainSql(_) => "plain SQL dump",
+            DbArchive::Csv(_) => "schema-only SQL and per-table CSV",
         }
     }
 }
@@ -241,7 +274,7 @@ impl fmt::Display for DbRestorePlan {
             }
         }
         writeln!(f, "  would, in order:")?;
-        let checked = match self.archive {
+        let checked = match &self.archive {
             DbArchive::Custom(_) => format!(
                 "read the archive through with pg_restore (checked: {} entries, every data block)",
                 self.archive_entries.len()
@@ -249,6 +282,11 @@ impl fmt::Display for DbRestorePlan {
             DbArchive::PlainSql(_) => {
                 "check that the file starts like pg_dump's plain output (checked)".to_owned()
             }
+            DbArchive::Csv(csv) => format!(
+                "check that the schema file starts like pg_dump's plain output and that each of \
+                 the {} CSV files starts with its header row (checked)",
+                csv.tables.len()
+            ),
         };
         writeln!(f, "    1. {checked}")?;
         let drops = if self.replaces.is_empty() {
@@ -256,7 +294,7 @@ impl fmt::Display for DbRestorePlan {
         } else {
             format!("drop {} objects:", self.replaces.len())
         };
-        let (drop_step, load_step, mark_step) = match self.archive {
+        let (drop_step, load_step, mark_step) = match &self.archive {
             DbArchive::Custom(_) => (
                 format!("mark the database `restoring {}`, {drops}", self.backup_id),
                 "load the archive".to_owned(),
@@ -266,9 +304,17 @@ impl fmt::Display for DbRestorePlan {
                     self.backup_id
                 ),
             ),
-            DbArchive::PlainSql(_) => (
+            DbArchive::PlainSql(_) | DbArchive::Csv(_) => (
                 format!("in one transaction with steps 3 and 4, {drops}"),
-                "load the SQL file".to_owned(),
+                match &self.archive {
+                    DbArchive::Csv(csv) => format!(
+                        "load the schema, then {} tables from CSV (parents first), then set {} \
+                         sequences",
+                        csv.tables.len(),
+                        csv.sequences.len()
+                    ),
+                    _ => "load the SQL file".to_owned(),
+                },
                 format!(
                     "mark the database `restored {}`; commit (a failure rolls back everything)",
                     self.backup_id
@@ -415,28 +461,115 @@ async fn check_archive(
                 .map(|l| l.split_whitespace().skip(3).collect::<Vec<_>>().join(" "))
                 .collect())
         }
-        DbArchive::PlainSql(_) => {
-            use std::io::Read;
-            if !meta.is_file() {
-                return Err(bad("it is not a regular file".to_owned()));
-            }
-            let mut head = vec![0u8; 4096];
-            let n = std::fs::File::open(path)
-                .and_then(|mut f| f.read(&mut head))
-                .map_err(unreadable)?;
-            let head = String::from_utf8_lossy(&head[..n]);
-            if head.starts_with("PGDMP") {
-                return Err(bad(
-                    "it is a custom-format archive; restore it as one, not with --from-sql"
-                        .to_owned(),
-                ));
-            }
-            if !head.contains("PostgreSQL database dump") {
-                return Err(bad("it does not start like pg_dump's plain output (no \"PostgreSQL database dump\" header)".to_owned()));
+        DbArchive::Csv(csv) => {
+            check_plain_head(archive, path, &meta)?;
+            for table in &csv.tables {
+                check_csv(archive, table)?;
             }
             Ok(Vec::new())
         }
+        DbArchive::PlainSql(_) => {
+            check_plain_head(archive, path, &meta)?;
+            Ok(Vec::new())
+        }
     }
+}
+
+/// The first line of `path` (at most 64 KiB), without its line end.
+fn first_line(path: &Path) -> Result<String, std::io::Error> {
+    use std::io::Read;
+    let mut head = vec![0u8; 64 * 1024];
+    let n = std::fs::File::open(path).and_then(|mut f| f.read(&mut head))?;
+    let head = &head[..n];
+    let end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
+    Ok(String::from_utf8_lossy(&head[..end])
+        .trim_end_matches('\r')
+        .to_owned())
+}
+
+/// A column name as PostgreSQL's CSV output writes it in the header row.
+fn csv_field(name: &str) -> String {
+    if name.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", name.replace('"', "\"\""))
+    } else {
+        name.to_owned()
+    }
+}
+
+/// A CSV file psql's `\copy` can name (its path is quoted there) and whose header row names
+/// the recorded columns.
+fn check_csv(archive: &DbArchive, table: &CsvFile) -> Result<(), RestoreError> {
+    let path = &table.path;
+    let bad = |detail: String| RestoreError::BadArchive {
+        path: path.to_path_buf(),
+        format: archive.format(),
+        detail,
+    };
+    let shown = path.display().to_string();
+    if shown.contains(['\'', '\n', '\r']) || path.to_str().is_none() {
+        return Err(bad(
+            "its path holds a quote, a line break or non-UTF-8 bytes, which psql's \\copy cannot name"
+                .to_owned(),
+        ));
+    }
+    let meta = std::fs::metadata(path).map_err(|source| RestoreError::ArchiveUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(bad("it is not a regular file".to_owned()));
+    }
+    let header = first_line(path).map_err(|source| RestoreError::ArchiveUnreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let expected = table
+        .columns
+        .iter()
+        .map(|c| csv_field(c))
+        .collect::<Vec<_>>()
+        .join(",");
+    if header != expected {
+        return Err(bad(format!(
+            "its header row is `{header}`, the backup recorded the columns of {}.{} as `{expected}`",
+            table.schema, table.name
+        )));
+    }
+    Ok(())
+}
+
+fn check_plain_head(
+    archive: &DbArchive,
+    path: &Path,
+    meta: &std::fs::Metadata,
+) -> Result<(), RestoreError> {
+    use std::io::Read;
+    let bad = |detail: String| RestoreError::BadArchive {
+        path: path.to_path_buf(),
+        format: archive.format(),
+        detail,
+    };
+    let unreadable = |source| RestoreError::ArchiveUnreadable {
+        path: path.to_path_buf(),
+        source,
+    };
+    if !meta.is_file() {
+        return Err(bad("it is not a regular file".to_owned()));
+    }
+    let mut head = vec![0u8; 4096];
+    let n = std::fs::File::open(path)
+        .and_then(|mut f| f.read(&mut head))
+        .map_err(unreadable)?;
+    let head = String::from_utf8_lossy(&head[..n]);
+    if head.starts_with("PGDMP") {
+        return Err(bad(
+            "it is a custom-format archive; restore it as one, not with --from-sql".to_owned(),
+        ));
+    }
+    if !head.contains("PostgreSQL database dump") {
+        return Err(bad("it does not start like pg_dump's plain output (no \"PostgreSQL database dump\" header)".to_owned()));
+    }
+    Ok(())
 }
 
 /// A user object of the target and the statement that drops it.
@@ -592,23 +725,70 @@ fn load_command(
         }
         DbArchive::PlainSql(path) => {
             let program = tools.tool("psql").map_err(RestoreError::pg("find psql"))?;
-            vec![
-                program.display().to_string(),
-                "-X".to_owned(),
-                "-q".to_owned(),
-                "--no-password".to_owned(),
-                "-v".to_owned(),
-                "ON_ERROR_STOP=1".to_owned(),
-                "--single-transaction".to_owned(),
-                "-c".to_owned(),
-                "<drop the target's objects>".to_owned(),
-                "-f".to_owned(),
-                path.display().to_string(),
-                "-c".to_owned(),
-                "<mark restored>".to_owned(),
-            ]
+            let mut cmd = psql_one_transaction(&program);
+            cmd.extend(["-f".to_owned(), path.display().to_string()]);
+            cmd.extend(["-c".to_owned(), MARK_SLOT.to_owned()]);
+            cmd
+        }
+        DbArchive::Csv(csv) => {
+            let program = tools.tool("psql").map_err(RestoreError::pg("find psql"))?;
+            let mut cmd = psql_one_transaction(&program);
+            cmd.extend(["-f".to_owned(), csv.schema.display().to_string()]);
+            for table in &csv.tables {
+                cmd.extend(["-c".to_owned(), copy_from_csv(table)]);
+            }
+            for seq in &csv.sequences {
+                cmd.extend(["-c".to_owned(), setval_sql(seq)]);
+            }
+            cmd.extend(["-c".to_owned(), MARK_SLOT.to_owned()]);
+            cmd
         }
     })
+}
+
+const DROP_SLOT: &str = "<drop the target's objects>";
+const MARK_SLOT: &str = "<mark restored>";
+
+/// psql running everything that follows in one transaction, stopping at the first error.
+fn psql_one_transaction(program: &Path) -> Vec<String> {
+    vec![
+        program.display().to_string(),
+        "-X".to_owned(),
+        "-q".to_owned(),
+        "--no-password".to_owned(),
+        "-v".to_owned(),
+        "ON_ERROR_STOP=1".to_owned(),
+        "--single-transaction".to_owned(),
+        "-c".to_owned(),
+        DROP_SLOT.to_owned(),
+    ]
+}
+
+/// psql's `\copy` of one CSV file into its table (the path was checked to hold no quote).
+fn copy_from_csv(table: &CsvFile) -> String {
+    let columns = table
+        .columns
+        .iter()
+        .map(|c| quote_ident(c))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "\\copy {}.{} ({columns}) FROM '{}' WITH (FORMAT csv, HEADER)",
+        quote_ident(&table.schema),
+        quote_ident(&table.name),
+        table.path.display()
+    )
+}
+
+/// Sets a sequence to the value the backup recorded.
+fn setval_sql(seq: &SequenceFacts) -> String {
+    let name = format!("{}.{}", quote_ident(&seq.schema), quote_ident(&seq.name));
+    format!(
+        "SELECT pg_catalog.setval({}, {}, {})",
+        quote_literal(&name),
+        seq.last_value,
+        seq.is_called
+    )
 }
 
 /// Plans a database restore: checks the archive, looks at the target, and says what would be
@@ -816,8 +996,10 @@ pub async fn restore_database(
                 analyze.as_secs_f64(),
             ))
         }
-        DbArchive::PlainSql(path) => {
-            // One transaction: the drops, the dump, the mark. An interruption changes nothing.
+        DbArchive::PlainSql(_) | DbArchive::Csv(_) => {
+            // One transaction: the drops, the dump (or the schema and the CSV files), the
+            // mark. An interruption changes nothing.
+            let path = input.archive.path();
             let load_started = Instant::now();
             let mut command = plan.command.clone();
             let drop_sql = if drops.is_empty() {
@@ -826,11 +1008,8 @@ pub async fn restore_database(
                 drops.join("; ")
             };
             for (slot, sql) in [
-                ("<drop the target's objects>", drop_sql),
-                (
-                    "<mark restored>",
-                    mark_sql(dbname, RESTORED, &input.backup_id),
-                ),
+                (DROP_SLOT, drop_sql),
+                (MARK_SLOT, mark_sql(dbname, RESTORED, &input.backup_id)),
             ] {
                 if let Some(arg) = command.iter_mut().find(|a| *a == slot) {
                     *arg = sql;

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
+use super::database::{CsvArchive, CsvFile};
 use super::{DbArchive, DbRestoreInput, RestoreError};
 use crate::backup::Manifest;
 use crate::facts::{SequenceFacts, TableFacts};
@@ -37,15 +38,42 @@ pub struct RestoreInputs {
     pub verified: Vec<String>,
 }
 
+/// Which of a backup's forms of the database a restore loads.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum RestoreMethod {
+    /// The custom archive, with `pg_restore -j` (the default).
+    #[default]
+    Custom,
+    /// The plain SQL file, with psql in one transaction (the runbook's "방법 A").
+    Sql,
+    /// The schema-only SQL and the per-table CSV files, with psql's `\copy` in one
+    /// transaction (the runbook's "방법 C").
+    Csv,
+}
+
+impl RestoreMethod {
+    /// The name used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RestoreMethod::Custom => "custom",
+            RestoreMethod::Sql => "sql",
+            RestoreMethod::Csv => "csv",
+        }
+    }
+}
+
 /// The files of the backup a restore reads, relative to its directory.
-fn files_read(manifest: &Manifest, from_sql: bool) -> Vec<String> {
+fn files_read(manifest: &Manifest, method: RestoreMethod) -> Vec<String> {
     let mut read = Vec::new();
     if let Some(pg) = &manifest.postgres {
-        read.push(if from_sql {
-            pg.plain.clone()
-        } else {
-            pg.custom_dump.clone()
-        });
+        match method {
+            RestoreMethod::Custom => read.push(pg.custom_dump.clone()),
+            RestoreMethod::Sql => read.push(pg.plain.clone()),
+            RestoreMethod::Csv => {
+                read.push(pg.schema_only.clone());
+                read.extend(pg.csv.iter().map(|t| t.file.clone()));
+            }
+        }
     }
     if let Some(kube) = &manifest.kubernetes {
         read.push(kube.clean_json.clone());
@@ -75,39 +103,66 @@ impl RestoreInputs {
     /// anything (shared code): a completed backup (not `.partial`, no `FAILED.txt`), the
     /// manifest equal to its recorded SHA-256, and the size and SHA-256 of every file this
     /// restore reads (the database archive, the Kubernetes objects, the Redis RDB) equal to
-    /// the manifest's. With `from_sql`, the database is restored from the plain SQL file (the
-    /// runbook's way) instead of the custom archive.
+    /// the manifest's. `method` says which form of the database is loaded; a backup without
+    /// CSV files (made before they were written) is refused for [`RestoreMethod::Csv`].
     ///
     /// # Errors
     /// [`RestoreError::Rejected`] naming every check that did not hold (nothing was read
     /// beyond the checks); [`RestoreError::NotABackup`] when a verified file cannot be parsed.
-    pub async fn from_backup(dir: &Path, from_sql: bool) -> Result<Self, RestoreError> {
+    pub async fn from_backup(dir: &Path, method: RestoreMethod) -> Result<Self, RestoreError> {
         let mut findings = Vec::new();
         let manifest = crate::backup::check_manifest(dir, &mut findings);
         let Some(manifest) = manifest.filter(|_| findings.is_empty()) else {
             return Err(rejected(dir, &findings));
         };
-        let read = files_read(&manifest, from_sql);
+        if method == RestoreMethod::Csv
+            && let Some(pg) = &manifest.postgres
+            && pg.csv.is_empty()
+            && !pg.tables.is_empty()
+        {
+            return Err(RestoreError::Rejected {
+                path: dir.to_path_buf(),
+                reasons: vec![
+                    "the backup holds no CSV files (made before backups wrote them); \
+                     restore it with --method custom or --method sql"
+                        .to_owned(),
+                ],
+            });
+        }
+        let read = files_read(&manifest, method);
         crate::backup::check_files(dir, &manifest, Some(&read), &mut findings)
             .await
             .map_err(|err| not_a_backup(dir, err.to_string()))?;
         if !findings.is_empty() {
             return Err(rejected(dir, &findings));
         }
-        Self::from_manifest(dir, &manifest, from_sql, read)
+        Self::from_manifest(dir, &manifest, method, read)
     }
 
     fn from_manifest(
         dir: &Path,
         manifest: &Manifest,
-        from_sql: bool,
+        method: RestoreMethod,
         verified: Vec<String>,
     ) -> Result<Self, RestoreError> {
         let database = manifest.postgres.as_ref().map(|pg| DbRestoreInput {
-            archive: if from_sql {
-                DbArchive::PlainSql(dir.join(&pg.plain))
-            } else {
-                DbArchive::Custom(dir.join(&pg.custom_dump))
+            archive: match method {
+                RestoreMethod::Custom => DbArchive::Custom(dir.join(&pg.custom_dump)),
+                RestoreMethod::Sql => DbArchive::PlainSql(dir.join(&pg.plain)),
+                RestoreMethod::Csv => DbArchive::Csv(CsvArchive {
+                    schema: dir.join(&pg.schema_only),
+                    tables: pg
+                        .csv
+                        .iter()
+                        .map(|t| CsvFile {
+                            schema: t.schema.clone(),
+                            name: t.name.clone(),
+                            path: dir.join(&t.file),
+                            columns: t.columns.clone(),
+                        })
+                        .collect(),
+                    sequences: pg.sequences.clone(),
+                }),
             },
             backup_id: manifest.name.clone(),
         });

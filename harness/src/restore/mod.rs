@@ -1,7 +1,7 @@
 //! Restore engine: ordered, idempotent restore of a backup into a rebuilt cluster.
 //!
 //! - [`restore_database`] loads a database from a custom archive (pg_restore, parallel) or a
-//!   plain SQL dump (psql, one transaction), idempotently: over an init script's empty
+//!   plain SQL dump or per-table CSV (psql, one transaction), idempotently: over an init script's empty
 //!   tables, twice, or after an interrupted run. It refuses a database holding data unless
 //!   forced, and `dry_run` returns the [`DbRestorePlan`] without changing anything. After
 //!   the load it runs [`analyze`] (timed as `analyze_seconds`): a restore writes no planner
@@ -26,11 +26,12 @@ mod redis;
 
 pub use analyze::{ANALYZE_TIMEOUT, analyze};
 pub use database::{
-    DEFAULT_DEADLINE, DbArchive, DbRestoreInput, DbRestoreOptions, DbRestorePlan, DbRestoreReport,
-    MarkerRow, PlannedAction, TargetState, plan_database_restore, restore_database,
+    CsvArchive, CsvFile, DEFAULT_DEADLINE, DbArchive, DbRestoreInput, DbRestoreOptions,
+    DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState, plan_database_restore,
+    restore_database,
 };
 pub use error::RestoreError;
-pub use inputs::RestoreInputs;
+pub use inputs::{RestoreInputs, RestoreMethod};
 pub use kubernetes::{
     DataRestorer, KubeRestoreOptions, KubeRestorePlan, KubeRestoreReport, PlanRoles, PlanStep,
     RESTORE_ANNOTATION, StepKind, Waits, observe_pods, restore_kubernetes,
