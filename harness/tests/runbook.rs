@@ -141,10 +141,18 @@ async fn nothing_outside_the_scratch_directory_is_touched() {
     if !can_confine() {
         return;
     }
-    // A sentinel outside the scratch directory (and outside /tmp, which the session replaces).
+    // A sentinel outside the scratch directory, and outside /tmp: the session has its own /tmp,
+    // where the sentinel would not be seen at all (a clone checked out under /tmp has its
+    // target directory there).
+    let base = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    let base = if base.starts_with("/tmp") {
+        Path::new("/var/tmp")
+    } else {
+        base
+    };
     let outside = tempfile::Builder::new()
         .prefix("runbook-sentinel-")
-        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .tempdir_in(base)
         .unwrap();
     let sentinel = outside.path().join("keep-me");
     std::fs::write(&sentinel, "still here").unwrap();
