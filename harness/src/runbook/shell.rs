@@ -86,7 +86,9 @@ impl Session {
         let check = session
             .run(
                 "test -w \"$HOME\" && ! test -w /usr",
-                Duration::from_secs(20),
+                // Remounting every mount read-only takes long on a loaded machine with many
+                // mounts (a local cluster's kubelet adds dozens).
+                Duration::from_secs(120),
             )
             .map_err(|err| RunbookError::Confine {
                 detail: crate::error_chain(&err),
@@ -94,9 +96,18 @@ impl Session {
         if check.status != Some(0) {
             let log = std::fs::read_to_string(session.control.join("shell.stderr"))
                 .unwrap_or_else(|err| format!("(its log cannot be read: {err})"));
+            let how = if check.timed_out {
+                "did not answer within 120 s".to_owned()
+            } else {
+                match check.status {
+                    Some(code) => format!("exited {code}"),
+                    None => "ended without a status".to_owned(),
+                }
+            };
             return Err(RunbookError::Confine {
                 detail: format!(
-                    "the confined shell is not as required (home writable, /usr read-only): {}",
+                    "the confined shell is not as required (home writable, /usr read-only): the \
+                     check {how}; its log: {}",
                     log.trim()
                 ),
             });
