@@ -85,7 +85,8 @@ impl Session {
         let mut session = Self::spawn(options, control)?;
         let check = session
             .run(
-                "test -w \"$HOME\" && ! test -w /usr",
+                "r=0; test -w \"$HOME\" || { echo \"$HOME is not writable\" >&2; r=1; }; \
+                 if test -w /usr; then echo '/usr is writable' >&2; r=1; fi; (exit $r)",
                 // Remounting every mount read-only takes long on a loaded machine with many
                 // mounts (a local cluster's kubelet adds dozens).
                 Duration::from_secs(120),
@@ -107,7 +108,8 @@ impl Session {
             return Err(RunbookError::Confine {
                 detail: format!(
                     "the confined shell is not as required (home writable, /usr read-only): the \
-                     check {how}; its log: {}",
+                     check {how} ({}); its log: {}",
+                    check.stderr.trim(),
                     log.trim()
                 ),
             });
