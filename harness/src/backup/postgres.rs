@@ -9,11 +9,11 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::archive::ArchiveFeed;
-use super::csv::{CsvTable, export_csv};
+use super::csv::{CsvTable, plan_csv};
 use super::exec::PodRef;
 use super::files::{ToolRun, ensure_parent, tool_version};
 use super::manifest::StepTiming;
-use super::split::{TableOut, split_plain};
+use super::split::{CsvOut, TableOut, split_plain};
 use super::{BackupError, PlainFrom};
 use crate::facts::{SequenceFacts, TableFacts, TableRef, list_tables, sequence_facts, table_facts};
 use crate::pg::{ConnParams, PgTools, Secret};
@@ -277,6 +277,11 @@ pub(crate) async fn backup_postgres(
     let snapshot_arg = format!("--snapshot={snapshot_id}");
     // The tables, as the snapshot sees them: the per-table files are named after them.
     let table_refs = list_tables(&session).await?;
+    // The CSV files' tables, columns and load order (catalog only; the rows come from the split).
+    let csv = plan_csv(&session, &table_refs).await?;
+    if !csv.is_empty() {
+        ensure_parent(dir, "postgres/csv/x")?;
+    }
     let plain_rel = format!("postgres/{file_name}-full.sql");
     let schema_rel = format!("postgres/{file_name}-schema.sql");
     let data_rel = format!("postgres/{file_name}-data.sql");
@@ -327,8 +332,9 @@ pub(crate) async fn backup_postgres(
         .collect();
     let split = || {
         let (plain, data) = (dir.join(&plain_rel), dir.join(&data_rel));
-        let (per_table, sequences, indexes, dir) = (
+        let (per_table, csv, sequences, indexes, dir) = (
             per_table.clone(),
+            csv.clone(),
             sequences.clone(),
             indexes.clone(),
             dir.to_path_buf(),
@@ -336,7 +342,11 @@ pub(crate) async fn backup_postgres(
         let done = &done;
         let (data_rel, rels): (String, Vec<String>) = (
             data_rel.clone(),
-            per_table.iter().map(|(_, r)| r.clone()).collect(),
+            per_table
+                .iter()
+                .map(|(_, r)| r.clone())
+                .chain(csv.iter().map(|c| c.file.clone()))
+                .collect(),
         );
         async move {
             tokio::task::spawn_blocking(move || {
@@ -347,7 +357,14 @@ pub(crate) async fn backup_postgres(
                         path: dir.join(rel),
                     })
                     .collect();
-                split_plain(&plain, &data, &outs, &sequences, &indexes)
+                let csv_outs: Vec<CsvOut<'_>> = csv
+                    .iter()
+                    .map(|c| CsvOut {
+                        table: c,
+                        path: dir.join(&c.file),
+                    })
+                    .collect();
+                split_plain(&plain, &data, &outs, &csv_outs, &sequences, &indexes)
             })
             .await
             .expect("split task does not panic")?;
@@ -376,15 +393,11 @@ pub(crate) async fn backup_postgres(
         let started = Instant::now();
         let tables = table_facts(&session).await?;
         let schema = crate::facts::render_schema(&session).await?;
-        let facts_step = step("postgres: row counts, digests and schema", started, origin);
-        let started = Instant::now();
-        let csv = export_csv(&session, dir, &table_refs, &done).await?;
-        let csv_step = step(
-            "postgres: per-table CSV (COPY ... TO STDOUT)",
-            started,
-            origin,
-        );
-        Ok::<_, BackupError>((tables, schema, csv, [facts_step, csv_step]))
+        Ok::<_, BackupError>((
+            tables,
+            schema,
+            step("postgres: row counts, digests and schema", started, origin),
+        ))
     };
     let globals_rel = "postgres/globals.sql".to_owned();
     let globals_path = dir.join(&globals_rel);
@@ -433,10 +446,9 @@ pub(crate) async fn backup_postgres(
             origin,
         )))
     };
-    let (dump_step, (tables, schema, csv, facts_steps), globals_step, derived_step) =
+    let (dump_step, (tables, schema, facts_step), globals_step, derived_step) =
         tokio::try_join!(dump, facts, globals, from_database)?;
-    steps.extend([dump_step, globals_step]);
-    steps.extend(facts_steps);
+    steps.extend([dump_step, facts_step, globals_step]);
     // pg_dump has its own copy of the snapshot: release the server's.
     session
         .batch_execute("COMMIT")

@@ -11,6 +11,7 @@
 //! - The data-only file is what `pg_dump --data-only --disable-triggers` writes: the preamble,
 //!   every `TABLE DATA` section wrapped in `ALTER TABLE ... DISABLE/ENABLE TRIGGER ALL`, every
 //!   `SEQUENCE SET` section, and the closing block.
+//! - A table's CSV file ([`super::csv`]) is its `COPY` data converted to CSV, after a header row.
 //! - A table's file is what `pg_dump -t` writes: the preamble, the sections of the table, its
 //!   owned sequences, defaults, data, constraints, indexes, foreign keys and triggers (the
 //!   selection of [`super::postgres::table_toc`]), and the closing block.
@@ -19,9 +20,16 @@ use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use super::BackupError;
+use super::csv::{CsvTable, csv_header, parse_copy, text_to_csv};
 use super::files::create_private_file;
 use super::postgres::entry_belongs;
 use crate::facts::{SequenceFacts, TableRef};
+
+/// One table's CSV file (rows converted from its `COPY` data).
+pub(crate) struct CsvOut<'a> {
+    pub(crate) table: &'a CsvTable,
+    pub(crate) path: PathBuf,
+}
 
 /// One table's output file.
 pub(crate) struct TableOut<'a> {
@@ -56,13 +64,15 @@ enum Section {
 struct Outputs {
     data: BufWriter<std::fs::File>,
     tables: Vec<BufWriter<std::fs::File>>,
+    csv: Vec<BufWriter<std::fs::File>>,
 }
 
-/// Splits `plain` (pg_dump plain output) into `data_only` and the table files.
+/// Splits `plain` (pg_dump plain output) into `data_only`, the table files and the CSV files.
 pub(crate) fn split_plain(
     plain: &Path,
     data_only: &Path,
     tables: &[TableOut<'_>],
+    csv: &[CsvOut<'_>],
     sequences: &[SequenceFacts],
     indexes: &[(String, String, String)],
 ) -> Result<(), BackupError> {
@@ -74,6 +84,15 @@ pub(crate) fn split_plain(
             .iter()
             .map(|t| create_private_file(&t.path).map(|f| BufWriter::with_capacity(1 << 20, f)))
             .collect::<Result<_, _>>()?,
+        csv: csv
+            .iter()
+            .map(|c| {
+                let mut w = BufWriter::with_capacity(1 << 20, create_private_file(&c.path)?);
+                w.write_all(&csv_header(&c.table.columns))
+                    .map_err(BackupError::io("write", &c.path))?;
+                Ok(w)
+            })
+            .collect::<Result<_, BackupError>>()?,
     };
     let owned: Vec<Vec<&str>> = tables
         .iter()
@@ -113,6 +132,9 @@ pub(crate) fn split_plain(
     let mut is_table_data = false;
     let mut copy_target: Option<String> = None;
     let mut in_copy = false;
+    // The CSV file the current COPY's rows also go to.
+    let mut copy_csv: Option<usize> = None;
+    let mut csv_line = Vec::new();
     let mut held_dash = false;
     let mut line = Vec::new();
 
@@ -150,6 +172,13 @@ pub(crate) fn split_plain(
             write(&mut out, to_data, &to_table, &line).map_err(err)?;
             if line == b"\\.\n" || line == b"\\." {
                 in_copy = false;
+                copy_csv = None;
+            } else if let Some(i) = copy_csv {
+                csv_line.clear();
+                text_to_csv(&line, &mut csv_line);
+                out.csv[i]
+                    .write_all(&csv_line)
+                    .map_err(BackupError::io("write", &csv[i].path))?;
             }
             continue;
         }
@@ -214,6 +243,28 @@ pub(crate) fn split_plain(
             }
             copy_target = Some(name);
             in_copy = true;
+            if is_table_data && let Some((schema, table, columns)) = parse_copy(rest) {
+                copy_csv = csv
+                    .iter()
+                    .position(|c| c.table.schema == schema && c.table.name == table);
+                if let Some(i) = copy_csv
+                    && csv[i].table.columns != columns
+                {
+                    return Err(BackupError::Io {
+                        action: "split",
+                        path: plain.to_path_buf(),
+                        source: std::io::Error::new(
+                            std::io::ErrorKind::InvalidData,
+                            format!(
+                                "the dump copies {schema}.{table} as ({}), the catalog read in \
+                                 the same snapshot has ({})",
+                                columns.join(", "),
+                                csv[i].table.columns.join(", ")
+                            ),
+                        ),
+                    });
+                }
+            }
         }
         write(&mut out, to_data, &to_table, &line).map_err(err)?;
     }
@@ -227,6 +278,9 @@ pub(crate) fn split_plain(
         .map_err(BackupError::io("write", data_only))?;
     for (w, t) in out.tables.iter_mut().zip(tables) {
         w.flush().map_err(BackupError::io("write", &t.path))?;
+    }
+    for (w, c) in out.csv.iter_mut().zip(csv) {
+        w.flush().map_err(BackupError::io("write", &c.path))?;
     }
     Ok(())
 }
@@ -281,7 +335,30 @@ ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
                 path: dir.path().join("posts.sql"),
             },
         ];
-        split_plain(&plain, &dir.path().join("data.sql"), &outs, &seqs, &[]).expect("split");
+        let posts_csv = CsvTable {
+            table: "public.posts".into(),
+            schema: "public".into(),
+            name: "posts".into(),
+            file: "posts.csv".into(),
+            columns: vec!["id".into(), "content".into()],
+        };
+        let csv = [CsvOut {
+            table: &posts_csv,
+            path: dir.path().join("posts.csv"),
+        }];
+        split_plain(
+            &plain,
+            &dir.path().join("data.sql"),
+            &outs,
+            &csv,
+            &seqs,
+            &[],
+        )
+        .expect("split");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("posts.csv")).expect("csv"),
+            "id,content\n1,--\n2,-- Name: users; Type: TABLE; Schema: public; Owner: x\n"
+        );
         let data = std::fs::read_to_string(dir.path().join("data.sql")).expect("data");
         let users_sql = std::fs::read_to_string(dir.path().join("users.sql")).expect("users");
         let posts_sql = std::fs::read_to_string(dir.path().join("posts.sql")).expect("posts");
