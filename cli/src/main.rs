@@ -51,7 +51,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The scenario.
-    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup"])]
+    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup", "pitr"])]
     scenario: String,
     /// Where clusters come from: sim (built in), kind (needs Docker and kind), kubeconfig (an
     /// existing cluster; destroying titanium-prod there needs --allow-destroy and the

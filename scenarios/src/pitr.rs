@@ -1,0 +1,362 @@
+//! `pitr`: point-in-time recovery on the runbook's spine. Before the backup, `pg_receivewal`
+//! streams cluster A's WAL (through a port-forward, on a replication slot) into the backup's
+//! off-site directory; after it, `pg_basebackup` takes a base backup. Then a marker stream
+//! commits a timestamped row every 100 ms in its own schema (`pitr.markers`), until cluster A
+//! is destroyed. On cluster B the database is recovered to a moment T in the middle of the
+//! stream; the gates prove every marker committed at or before T is there and none after, row
+//! by row, and then every existing data gate holds against the backup (the load generator is
+//! quiesced by the backup, so the application's tables at T are the backup's). Finally a
+//! recovery to the archive's end measures the RPO: the distance between the last marker
+//! committed before the disaster and the last one recovered.
+//!
+//! Cluster B's PostgreSQL is not itself started from the base backup: the recovery runs in a
+//! scratch PostgreSQL on this machine (`harness::pitr::recover`), and the recovered database
+//! is restored into the pod with `pg_dump`/`pg_restore` by the same restore as `full_rebuild`.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, ensure};
+use chrono::{DateTime, Utc};
+use harness::cluster::Cluster;
+use harness::pg::{ConnParams, PgTools};
+use harness::pitr::{self, RecoveryPlan, SegmentManifest, Target, WalReceiver};
+use harness::report::GateReport;
+use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_database};
+
+use crate::full_rebuild::Config;
+use crate::titanium::{self, Db};
+
+/// How long the marker stream writes, and how often.
+const STREAM: Duration = Duration::from_secs(4);
+const EVERY: Duration = Duration::from_millis(100);
+
+/// The archive directory: in the backup's off-site directory.
+pub(crate) fn archive_dir(config: &Config) -> PathBuf {
+    config.backup_dir().join("offsite").join("pitr")
+}
+
+/// The WAL archive of cluster A while it runs: the receiver and the port-forward it streams
+/// through.
+pub(crate) struct WalArchive {
+    receiver: WalReceiver,
+    db: Db,
+    /// The archive directory.
+    pub(crate) dir: PathBuf,
+}
+
+/// Starts streaming cluster A's WAL into the archive; returns once the server lists the
+/// receiver as streaming.
+pub(crate) async fn start_archive(
+    cluster: &impl Cluster,
+    config: &Config,
+    tools: &PgTools,
+) -> anyhow::Result<WalArchive> {
+    let db = titanium::database(cluster).await?;
+    let dir = archive_dir(config);
+    ensure!(
+        !dir.exists(),
+        "{} exists: an archive is never mixed with another's WAL",
+        dir.display()
+    );
+    let receiver = WalReceiver::start(tools, &db.params, &dir, &pitr::ReceiverOptions::default())
+        .await
+        .context("start pg_receivewal")?;
+    Ok(WalArchive { receiver, db, dir })
+}
+
+impl WalArchive {
+    /// `pg_basebackup` of cluster A into the archive, then waits until the receiver has the
+    /// WAL up to now.
+    pub(crate) async fn base_backup(&self, tools: &PgTools) -> anyhow::Result<String> {
+        let base = pitr::base_backup(tools, &self.db.params, &self.dir).await?;
+        self.receiver.wait_flushed(Duration::from_secs(60)).await?;
+        Ok(format!(
+            "LSN {} to {} on timeline {}, WAL {} to {}",
+            base.start_lsn, base.stop_lsn, base.timeline, base.wal_start, base.wal_end
+        ))
+    }
+
+    /// The connection the marker stream uses (the same port-forward).
+    pub(crate) fn params(&self) -> &ConnParams {
+        &self.db.params
+    }
+
+    /// After the disaster: the receiver has lost its server; collect it and seal the archive.
+    pub(crate) async fn seal(self) -> anyhow::Result<SegmentManifest> {
+        let WalArchive { receiver, db, .. } = self;
+        let sealed = receiver.stop().await?;
+        drop(db);
+        Ok(sealed)
+    }
+}
+
+/// One committed marker: written at (server clock, before its commit) and known committed by
+/// (server clock, after its commit returned).
+#[derive(Clone, Debug)]
+pub(crate) struct Marker {
+    id: i32,
+    written_at: DateTime<Utc>,
+    committed_by: DateTime<Utc>,
+}
+
+/// The marker stream of cluster A.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Markers {
+    rows: Vec<Marker>,
+}
+
+impl Markers {
+    /// T: strictly between the commit of the middle marker and the start of the next one.
+    pub(crate) fn target(&self) -> anyhow::Result<(DateTime<Utc>, i32)> {
+        ensure!(self.rows.len() >= 3, "only {} markers were committed", self.rows.len());
+        let mid = self.rows.len() / 2;
+        let (before, after) = (&self.rows[mid - 1], &self.rows[mid]);
+        ensure!(
+            before.committed_by < after.written_at,
+            "markers {} and {} overlap in time",
+            before.id,
+            after.id
+        );
+        Ok((
+            before.committed_by + (after.written_at - before.committed_by) / 2,
+            before.id,
+        ))
+    }
+
+    /// The ids committed at or before `t` (by their commit's upper bound).
+    fn ids_until(&self, t: DateTime<Utc>) -> Vec<i32> {
+        self.rows
+            .iter()
+            .filter(|m| m.committed_by <= t)
+            .map(|m| m.id)
+            .collect()
+    }
+
+    /// How many markers were committed.
+    pub(crate) fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn all_ids(&self) -> Vec<i32> {
+        self.rows.iter().map(|m| m.id).collect()
+    }
+}
+
+/// Creates `pitr.markers` and commits a marker every 100 ms for a few seconds.
+pub(crate) async fn marker_stream(params: &ConnParams) -> anyhow::Result<Markers> {
+    let client = params.connect().await?;
+    client
+        .batch_execute(
+            "CREATE SCHEMA pitr; \
+             CREATE TABLE pitr.markers (id int PRIMARY KEY, \
+                                        written_at timestamptz NOT NULL DEFAULT clock_timestamp())",
+        )
+        .await
+        .context("create pitr.markers")?;
+    let mut markers = Markers::default();
+    let started = Instant::now();
+    let mut id = 0;
+    while started.elapsed() < STREAM {
+        id += 1;
+        let written_at: DateTime<Utc> = client
+            .query_one(
+                "INSERT INTO pitr.markers (id) VALUES ($1) RETURNING written_at",
+                &[&id],
+            )
+            .await
+            .with_context(|| format!("commit marker {id}"))?
+            .get(0);
+        let committed_by: DateTime<Utc> = client
+            .query_one("SELECT clock_timestamp()", &[])
+            .await?
+            .get(0);
+        markers.rows.push(Marker {
+            id,
+            written_at,
+            committed_by,
+        });
+        tokio::time::sleep(EVERY).await;
+    }
+    Ok(markers)
+}
+
+/// Plans the recovery to `target`; refused (with the range or the missing segment) when the
+/// archive does not cover it.
+pub(crate) async fn plan(
+    tools: &PgTools,
+    config: &Config,
+    target: &Target,
+) -> anyhow::Result<RecoveryPlan> {
+    Ok(pitr::plan(tools, &archive_dir(config), target).await?)
+}
+
+/// Recovers the plan in a scratch server, dumps it (`pg_dump -Fc`) and restores that into the
+/// database behind `params` with the same restore as `full_rebuild`. Returns how long the
+/// recovery took and where it stopped.
+pub(crate) async fn restore_to(
+    tools: &PgTools,
+    plan: &RecoveryPlan,
+    params: &ConnParams,
+    backup_id: &str,
+) -> anyhow::Result<(Duration, Duration)> {
+    let recovered = pitr::recover(plan, Duration::from_secs(300)).await?;
+    tracing::info!(stopped = ?recovered.stopped, "recovered");
+    let work = harness::keep::ScratchDir::new("harness-pitr-dump-", "recovered database dump")
+        .context("a directory for the recovered dump")?;
+    let dump = work.path().join("recovered.dump");
+    dump_database(tools, &recovered.server.socket_params().with_dbname(titanium::DATABASE), &dump)
+        .await?;
+    let recovery = recovered.duration;
+    harness::pg::PostgresProvider::stop(recovered.server).await?;
+    let input = DbRestoreInput {
+        archive: DbArchive::Custom(dump),
+        backup_id: format!("{backup_id} at {}", plan.target),
+    };
+    let report = restore_database(tools, params, &input, &DbRestoreOptions::default()).await?;
+    Ok((recovery, Duration::from_secs_f64(report.analyze_seconds)))
+}
+
+async fn dump_database(tools: &PgTools, params: &ConnParams, out: &Path) -> anyhow::Result<()> {
+    use harness::process::GuardedSpawn as _;
+    let pg_dump = tools.tool("pg_dump")?;
+    let output = harness::process::tokio_command(&pg_dump)
+        .args(["-Fc", "--no-owner", "-f"])
+        .arg(out)
+        .envs(params.libpq_env())
+        .kill_on_drop(true)
+        .output_guarded()
+        .await
+        .context("run pg_dump")?;
+    ensure!(
+        output.status.success(),
+        "pg_dump of the recovered database failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    Ok(())
+}
+
+/// The markers gate on the restored database: every marker committed at or before T present,
+/// none after, row by row (and each row's time as written). Then the stream's schema is
+/// dropped, so that the existing gates compare the application's data with the backup.
+pub(crate) async fn markers_gate(
+    params: &ConnParams,
+    markers: &Markers,
+    t: DateTime<Utc>,
+) -> anyhow::Result<GateReport> {
+    let client = params.connect().await?;
+    let rows: Vec<(i32, DateTime<Utc>)> = client
+        .query("SELECT id, written_at FROM pitr.markers ORDER BY id", &[])
+        .await
+        .context("read pitr.markers from the restored database")?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect();
+    let expected = markers.ids_until(t);
+    let mut findings = Vec::new();
+    for m in &markers.rows {
+        let found = rows.iter().find(|(id, _)| *id == m.id);
+        let wanted = expected.contains(&m.id);
+        match (wanted, found) {
+            (true, None) => findings.push(format!(
+                "marker {} committed by {} (at or before T) is missing",
+                m.id,
+                m.committed_by.to_rfc3339()
+            )),
+            (false, Some(_)) => findings.push(format!(
+                "marker {} written at {} (after T) is present",
+                m.id,
+                m.written_at.to_rfc3339()
+            )),
+            (true, Some((_, at))) if *at != m.written_at => findings.push(format!(
+                "marker {} has time {} instead of {}",
+                m.id,
+                at.to_rfc3339(),
+                m.written_at.to_rfc3339()
+            )),
+            _ => {}
+        }
+    }
+    for (id, _) in &rows {
+        if !markers.rows.iter().any(|m| m.id == *id) {
+            findings.push(format!("marker {id} was never written"));
+        }
+    }
+    client
+        .batch_execute("DROP SCHEMA pitr CASCADE")
+        .await
+        .context("drop the marker stream's schema after its gate")?;
+    let passed = findings.is_empty();
+    if passed {
+        findings.push(format!(
+            "T = {}: markers 1 to {} of {} present, none after",
+            t.to_rfc3339(),
+            expected.len(),
+            markers.rows.len()
+        ));
+    }
+    Ok(GateReport {
+        name: "pitr_markers".into(),
+        passed,
+        findings,
+        not_run: None,
+    })
+}
+
+/// Recovers the archive to its end in a scratch server and measures the RPO: from the last
+/// marker committed before the disaster to the last one recovered (both on cluster A's
+/// server clock). The recovered markers must be a prefix of those committed.
+pub(crate) async fn latest(
+    tools: &PgTools,
+    config: &Config,
+    markers: &Markers,
+) -> anyhow::Result<(GateReport, u64)> {
+    let plan = plan(tools, config, &Target::Latest).await?;
+    let recovered = pitr::recover(&plan, Duration::from_secs(300)).await?;
+    let client = recovered
+        .server
+        .socket_params()
+        .with_dbname(titanium::DATABASE)
+        .connect()
+        .await?;
+    let ids: Vec<i32> = client
+        .query("SELECT id FROM pitr.markers ORDER BY id", &[])
+        .await
+        .context("read the markers recovered to the archive's end")?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    drop(client);
+    harness::pg::PostgresProvider::stop(recovered.server).await?;
+    let all = markers.all_ids();
+    let last_committed = markers.rows.last().context("no marker was committed")?;
+    let prefix = all.len() >= ids.len() && all[..ids.len()] == ids[..];
+    let last_recovered = ids
+        .last()
+        .and_then(|id| markers.rows.iter().find(|m| m.id == *id));
+    let rpo = match last_recovered {
+        Some(m) => (last_committed.written_at - m.written_at).num_milliseconds(),
+        None => (last_committed.written_at - markers.rows[0].written_at).num_milliseconds(),
+    };
+    let rpo = u64::try_from(rpo).context("the last recovered marker is after the last committed")?;
+    let mut findings = vec![format!(
+        "RPO {rpo} ms: last marker committed before the disaster {} at {}, last recovered {}",
+        last_committed.id,
+        last_committed.written_at.to_rfc3339(),
+        last_recovered.map_or_else(|| "none".to_owned(), |m| format!("{} at {}", m.id, m.written_at.to_rfc3339()))
+    )];
+    if !prefix {
+        findings.push(format!(
+            "the recovered markers {ids:?} are not the first of those committed {all:?}"
+        ));
+    }
+    Ok((
+        GateReport {
+            name: "pitr_rpo".into(),
+            passed: prefix && !ids.is_empty(),
+            findings,
+            not_run: None,
+        },
+        rpo,
+    ))
+}
