@@ -401,12 +401,10 @@ async fn steps(
         "database {}, of which ANALYZE {}{}",
         seconds(restored.db_restore),
         seconds(restored.analyze),
-        restored
-            .recovery
-            .map_or_else(String::new, |d| format!(
-                "; point-in-time recovery {}",
-                seconds(Some(d))
-            ))
+        restored.recovery.map_or_else(String::new, |d| format!(
+            "; point-in-time recovery {}",
+            seconds(Some(d))
+        ))
     ));
 
     let absent = (scenario != Scenario::Pitr).then_some(&marker);
@@ -941,9 +939,13 @@ impl<C: Cluster> DataRestorer for ClusterData<'_, C> {
             }
             Scenario::Pitr => {
                 let plan = self.pitr.ok_or("no recovery plan for the pitr scenario")?;
-                let (recovery, analyze) =
-                    crate::pitr::restore_to(self.tools, plan, &db.params, &self.backup.manifest.name)
-                        .await?;
+                let (recovery, analyze) = crate::pitr::restore_to(
+                    self.tools,
+                    plan,
+                    &db.params,
+                    &self.backup.manifest.name,
+                )
+                .await?;
                 self.recovery = Some(recovery);
                 analyze
             }

@@ -109,7 +109,11 @@ pub(crate) struct Markers {
 impl Markers {
     /// T: strictly between the commit of the middle marker and the start of the next one.
     pub(crate) fn target(&self) -> anyhow::Result<(DateTime<Utc>, i32)> {
-        ensure!(self.rows.len() >= 3, "only {} markers were committed", self.rows.len());
+        ensure!(
+            self.rows.len() >= 3,
+            "only {} markers were committed",
+            self.rows.len()
+        );
         let mid = self.rows.len() / 2;
         let (before, after) = (&self.rows[mid - 1], &self.rows[mid]);
         ensure!(
@@ -205,8 +209,15 @@ pub(crate) async fn restore_to(
     let work = harness::keep::ScratchDir::new("harness-pitr-dump-", "recovered database dump")
         .context("a directory for the recovered dump")?;
     let dump = work.path().join("recovered.dump");
-    dump_database(tools, &recovered.server.socket_params().with_dbname(titanium::DATABASE), &dump)
-        .await?;
+    dump_database(
+        tools,
+        &recovered
+            .server
+            .socket_params()
+            .with_dbname(titanium::DATABASE),
+        &dump,
+    )
+    .await?;
     let recovery = recovered.duration;
     harness::pg::PostgresProvider::stop(recovered.server).await?;
     let input = DbRestoreInput {
@@ -338,12 +349,16 @@ pub(crate) async fn latest(
         Some(m) => (last_committed.written_at - m.written_at).num_milliseconds(),
         None => (last_committed.written_at - markers.rows[0].written_at).num_milliseconds(),
     };
-    let rpo = u64::try_from(rpo).context("the last recovered marker is after the last committed")?;
+    let rpo =
+        u64::try_from(rpo).context("the last recovered marker is after the last committed")?;
     let mut findings = vec![format!(
         "RPO {rpo} ms: last marker committed before the disaster {} at {}, last recovered {}",
         last_committed.id,
         last_committed.written_at.to_rfc3339(),
-        last_recovered.map_or_else(|| "none".to_owned(), |m| format!("{} at {}", m.id, m.written_at.to_rfc3339()))
+        last_recovered.map_or_else(
+            || "none".to_owned(),
+            |m| format!("{} at {}", m.id, m.written_at.to_rfc3339())
+        )
     )];
     if !prefix {
         findings.push(format!(
