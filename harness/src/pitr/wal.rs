@@ -253,18 +253,21 @@ impl WalReceiver {
         }
     }
 
-    /// Waits until the receiver has flushed WAL up to the server's current insert position:
-    /// every transaction committed before this call is in the archive.
+    /// Waits until the receiver has flushed WAL up to the server's current flush position:
+    /// every transaction committed before this call (with `synchronous_commit` on, the
+    /// default, a commit returns only once its WAL is flushed) is in the archive. Not the
+    /// insert position: after a segment switch it points past WAL the server has not written
+    /// yet, which would only arrive with the next record.
     ///
     /// # Errors
     /// The server unreachable, or not flushed within `timeout`.
     pub async fn wait_flushed(&self, timeout: Duration) -> Result<Lsn, PitrError> {
         let client = self.params.connect().await?;
         let target: String = client
-            .query_one("SELECT pg_current_wal_insert_lsn()::text", &[])
+            .query_one("SELECT pg_current_wal_flush_lsn()::text", &[])
             .await
             .map_err(|source| PitrError::Query {
-                what: "read the WAL insert position".into(),
+                what: "read the WAL flush position".into(),
                 source,
             })?
             .get(0);

@@ -11,7 +11,7 @@ use harness::pg::{ConnParams, LocalOptions, LocalPostgres, PgTools, PostgresProv
 use harness::pitr::{self, PitrError, ReceiverOptions, Target, WalReceiver};
 
 /// An archive of a server that committed `markers` (id, commit time on the server's clock),
-/// with a segment switch after every fifth, so the archive holds several segments.
+/// with a segment switch after the fifth and the tenth, so the archive holds several segments.
 struct Archived {
     dir: tempfile::TempDir,
     tools: PgTools,
@@ -98,7 +98,8 @@ async fn archived() -> Option<Archived> {
             .unwrap()
             .get(0);
         markers.push((id, written, after));
-        if id % 5 == 0 {
+        // Not after the last: the receiver's last segment is then a partial one to seal.
+        if id % 5 == 0 && id < 15 {
             client
                 .batch_execute("SELECT pg_switch_wal()")
                 .await
@@ -111,7 +112,7 @@ async fn archived() -> Option<Archived> {
         .await
         .expect("flushed");
     let sealed = receiver.stop().await.expect("stop the receiver");
-    assert!(sealed.segments.len() >= 4, "{sealed:?}");
+    assert!(sealed.segments.len() >= 3, "{sealed:?}");
     assert!(sealed.segments.last().unwrap().partial);
     source.stop().await.unwrap();
     // Renamed, so a test holds the archive at `dir` itself.
@@ -183,7 +184,7 @@ async fn a_missing_segment_is_refused_naming_it() {
     let Some(archived) = archived().await else {
         return;
     };
-    let missing = archived.segments()[2].clone();
+    let missing = archived.segments()[1].clone();
     std::fs::remove_file(archived.segment(&missing)).unwrap();
     let message = refused(pitr::plan(&archived.tools, archived.path(), &Target::Latest).await);
     assert!(
