@@ -324,8 +324,18 @@ async fn steps(
     let mut markers = None;
     match &wal {
         Some(wal) => {
+            // The quiesced Deployments resume at their recorded counts in the stream's second
+            // half, so the load generator writes until the disaster.
+            let replicas = &manifest
+                .quiesce
+                .as_ref()
+                .context("the backup recorded no quiesce (no replica counts to resume)")?
+                .replicas;
             let stream = run
-                .phase("marker-stream", crate::pitr::marker_stream(wal.params()))
+                .phase(
+                    "marker-stream",
+                    crate::pitr::marker_stream(a, wal.params(), replicas, config.ready_timeout),
+                )
                 .await?;
             run.note(format!("{} markers committed", stream.len()));
             markers = Some(stream);

@@ -1,13 +1,15 @@
-//! `pitr`: point-in-time recovery on the runbook's spine. Before the backup, `pg_receivewal`
-//! streams cluster A's WAL (through a port-forward, on a replication slot) into the backup's
-//! off-site directory; after it, `pg_basebackup` takes a base backup. Then a marker stream
-//! commits a timestamped row every 100 ms in its own schema (`pitr.markers`), until cluster A
-//! is destroyed. On cluster B the database is recovered to a moment T in the middle of the
-//! stream; the gates prove every marker committed at or before T is there and none after, row
-//! by row, and then every existing data gate holds against the backup (the load generator is
-//! quiesced by the backup, so the application's tables at T are the backup's). Finally a
-//! recovery to the archive's end measures the RPO: the distance between the last marker
-//! committed before the disaster and the last one recovered.
+//! `pitr`: point-in-time recovery on the runbook's spine. Before the load starts,
+//! `pg_receivewal` streams cluster A's WAL (through a port-forward, on a replication slot) into
+//! the backup's off-site directory; after the (quiesced) dump backup, `pg_basebackup` takes a
+//! base backup. Then a marker stream commits a timestamped row every 100 ms in its own schema
+//! (`pitr.markers`): two seconds with the load generator still quiesced, then T (the moment
+//! the first half is known committed), then the load generator resumes and writes while the
+//! stream goes on, until cluster A is destroyed. On cluster B the database is recovered to T;
+//! the gates prove every marker committed at or before T is there and none after, row by row,
+//! and then every existing data gate holds against the backup (at T the application's tables
+//! are the backup's). Finally a recovery to the archive's end measures the RPO with the load
+//! generator writing: the distance between the last marker committed before the disaster and
+//! the last one recovered.
 //!
 //! Cluster B's PostgreSQL is not itself started from the base backup: the recovery runs in a
 //! scratch PostgreSQL on this machine (`harness::pitr::recover`), and the recovered database
@@ -27,8 +29,8 @@ use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_data
 use crate::full_rebuild::Config;
 use crate::titanium::{self, Db};
 
-/// How long the marker stream writes, and how often.
-const STREAM: Duration = Duration::from_secs(4);
+/// How long each half of the marker stream writes, and how often.
+const HALF: Duration = Duration::from_secs(2);
 const EVERY: Duration = Duration::from_millis(100);
 
 /// The archive directory: in the backup's off-site directory.
@@ -104,28 +106,23 @@ pub(crate) struct Marker {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Markers {
     rows: Vec<Marker>,
+    /// T: when the first half was known committed, before the load generator resumed.
+    t: Option<(DateTime<Utc>, i32)>,
 }
 
 impl Markers {
-    /// T: strictly between the commit of the middle marker and the start of the next one.
+    /// T, and the last marker at or before it: the moment the first half of the stream was
+    /// known committed. Every later commit (the second half, the load generator's writes)
+    /// started after it on the same server clock.
     pub(crate) fn target(&self) -> anyhow::Result<(DateTime<Utc>, i32)> {
+        let (t, id) = self
+            .t
+            .context("the marker stream did not reach its middle")?;
         ensure!(
-            self.rows.len() >= 3,
-            "only {} markers were committed",
-            self.rows.len()
+            self.rows.iter().any(|m| m.id > id),
+            "no marker was committed after T"
         );
-        let mid = self.rows.len() / 2;
-        let (before, after) = (&self.rows[mid - 1], &self.rows[mid]);
-        ensure!(
-            before.committed_by < after.written_at,
-            "markers {} and {} overlap in time",
-            before.id,
-            after.id
-        );
-        Ok((
-            before.committed_by + (after.written_at - before.committed_by) / 2,
-            before.id,
-        ))
+        Ok((t, id))
     }
 
     /// The ids committed at or before `t` (by their commit's upper bound).
@@ -147,8 +144,16 @@ impl Markers {
     }
 }
 
-/// Creates `pitr.markers` and commits a marker every 100 ms for a few seconds.
-pub(crate) async fn marker_stream(params: &ConnParams) -> anyhow::Result<Markers> {
+/// Creates `pitr.markers` and commits a marker every 100 ms: for two seconds with the load
+/// generator quiesced (the backup stopped it, so the application's tables at T are the
+/// backup's), then T is taken, the quiesced Deployments resume at their recorded `replicas`
+/// and the load generator writes (checked) while the stream goes on, until the disaster.
+pub(crate) async fn marker_stream(
+    cluster: &impl Cluster,
+    params: &ConnParams,
+    replicas: &std::collections::BTreeMap<String, i32>,
+    timeout: Duration,
+) -> anyhow::Result<Markers> {
     let client = params.connect().await?;
     client
         .batch_execute(
@@ -159,10 +164,52 @@ pub(crate) async fn marker_stream(params: &ConnParams) -> anyhow::Result<Markers
         .await
         .context("create pitr.markers")?;
     let mut markers = Markers::default();
-    let started = Instant::now();
     let mut id = 0;
-    while started.elapsed() < STREAM {
-        id += 1;
+    write_markers(&client, &mut markers, &mut id).await?;
+    let last = markers.rows.last().context("no marker was committed")?;
+    markers.t = Some((last.committed_by, last.id));
+    let posts = |row: tokio_postgres::Row| -> i64 { row.get(0) };
+    let before = posts(client.query_one("SELECT count(*) FROM posts", &[]).await?);
+    // The backup quiesced every Deployment but Redis: they all come back at their recorded
+    // counts at once (the gateway is Ready only with the services behind it), the load
+    // generator with them.
+    let kube = cluster.client().await?;
+    let mut scaling = tokio::task::JoinSet::new();
+    for (name, count) in replicas.clone() {
+        let kube = kube.clone();
+        scaling.spawn(async move { titanium::scale(&kube, &name, count, timeout).await });
+    }
+    while let Some(scaled) = scaling.join_next().await {
+        scaled.context("a scaling task")??;
+    }
+    // The second half lasts until the load generator has written (it may take a moment to
+    // start), within the readiness deadline.
+    let deadline = Instant::now() + timeout;
+    loop {
+        write_markers(&client, &mut markers, &mut id).await?;
+        let after = posts(client.query_one("SELECT count(*) FROM posts", &[]).await?);
+        if after > before {
+            break;
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the load generator wrote nothing in the {} s after it resumed",
+            timeout.as_secs()
+        );
+    }
+    Ok(markers)
+}
+
+/// Commits a marker every 100 ms for [`HALF`].
+async fn write_markers(
+    client: &tokio_postgres::Client,
+    markers: &mut Markers,
+    next: &mut i32,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < HALF {
+        *next += 1;
+        let id = *next;
         let written_at: DateTime<Utc> = client
             .query_one(
                 "INSERT INTO pitr.markers (id) VALUES ($1) RETURNING written_at",
@@ -182,7 +229,7 @@ pub(crate) async fn marker_stream(params: &ConnParams) -> anyhow::Result<Markers
         });
         tokio::time::sleep(EVERY).await;
     }
-    Ok(markers)
+    Ok(())
 }
 
 /// Plans the recovery to `target`; refused (with the range or the missing segment) when the
