@@ -331,7 +331,38 @@ impl WalReceiver {
         if let Some(task) = self.sync_task.take() {
             let _ = task.await;
         }
-        sync_segments(&self.archive, true)
+        let sealed = sync_segments(&self.archive, true)?;
+        self.drop_slot(&sealed.slot).await;
+        Ok(sealed)
+    }
+
+    /// Drops the replication slot when the server is still there: a slot nobody reads keeps
+    /// every later WAL segment on the server's disk. After a disaster there is no server and
+    /// nothing to drop; a slot that could not be dropped is named in a warning.
+    async fn drop_slot(&self, slot: &str) {
+        let dropped = async {
+            let client = self.params.connect().await?;
+            client
+                .execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots \
+                     WHERE slot_name = $1 AND NOT active",
+                    &[&slot],
+                )
+                .await
+                .map_err(|source| PitrError::Query {
+                    what: format!("drop replication slot {slot}"),
+                    source,
+                })
+        };
+        match tokio::time::timeout(Duration::from_secs(5), dropped).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(err)) => tracing::warn!(
+                slot,
+                error = %crate::error_chain(&err),
+                "replication slot not dropped (the server is gone, or drop it by hand)"
+            ),
+            Err(_) => tracing::warn!(slot, "replication slot not dropped: no answer in 5 s"),
+        }
     }
 }
 

@@ -114,6 +114,12 @@ async fn archived() -> Option<Archived> {
     let sealed = receiver.stop().await.expect("stop the receiver");
     assert!(sealed.segments.len() >= 3, "{sealed:?}");
     assert!(sealed.segments.last().unwrap().partial);
+    let slots: i64 = client
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "the receiver's slot is dropped when it stops");
     source.stop().await.unwrap();
     // Renamed, so a test holds the archive at `dir` itself.
     let tmp = tempfile::tempdir().unwrap();
