@@ -1,7 +1,8 @@
 //! `rehearsal restore ARCHIVE --to-time/--to-lsn/--to-latest` end to end against real
 //! PostgreSQL servers: an archive of a source server (pg_receivewal and pg_basebackup), restored
-//! into another server at a moment, row by row; refusals (a missing segment, a target outside
-//! the archive) exit 3 naming the segment or the range and change nothing.
+//! into another server at a moment, row by row; `rehearsal verify` of the archive; refusals (a
+//! missing segment, a target outside the archive) exit 3 naming the segment or the range and
+//! change nothing.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -147,12 +148,30 @@ async fn restore_to_a_moment_and_refusals_naming_the_segment_or_range() {
         "{said}"
     );
 
+    // `rehearsal verify` replays the archive: the markers counted at its end.
+    let verify = |archive: &str| {
+        Command::new(env!("CARGO_BIN_EXE_rehearsal"))
+            .args(["verify", archive])
+            .output()
+            .expect("run rehearsal verify")
+    };
+    let out = verify(archive);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("pitr.markers 12"), "{}", text(&out));
+
     // A missing segment: refused, the segment named.
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.join(pitr::SEGMENTS)).unwrap()).unwrap();
     let second = manifest["segments"][1]["name"].as_str().unwrap().to_owned();
     std::fs::remove_file(dir.join(pitr::WAL_DIR).join(&second)).unwrap();
     let out = rehearsal(&["restore", archive, "--to-latest", "--force"], &params);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("missing WAL segment {second}")),
+        "{}",
+        text(&out)
+    );
+    let out = verify(archive);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(
         text(&out).contains(&format!("missing WAL segment {second}")),

@@ -19,11 +19,13 @@
 //! checksums, timelines); [`plan`] reads the WAL with `pg_waldump` and refuses a target the
 //! archive does not cover, naming the range or the missing segment; [`recover`] starts a
 //! PostgreSQL server from the base backup with `restore_command` and the recovery target, and
-//! returns it once promoted.
+//! returns it once promoted. [`verify_archive`] replays the archive into scratch servers to
+//! the base backup's end and to the archive's end, with counts and `pg_amcheck` at both.
 
 mod base;
 mod check;
 mod recover;
+mod verify;
 mod wal;
 
 use std::path::{Path, PathBuf};
@@ -31,6 +33,7 @@ use std::path::{Path, PathBuf};
 pub use base::base_backup;
 pub use check::{ArchiveCheck, ArchiveFinding, ArchiveRange, RecoveryPlan, check_archive, plan};
 pub use recover::{Recovered, recover};
+pub use verify::{ArchiveVerification, VerifiedPoint, verify_archive};
 pub use wal::{Lsn, ReceiverOptions, SegmentName, WalReceiver};
 
 /// The base backup's manifest file in an archive.

@@ -301,3 +301,42 @@ async fn a_target_outside_the_archive_is_refused_naming_the_range() {
         "{message}"
     );
 }
+
+#[tokio::test]
+async fn verify_replays_the_archive_to_the_base_backups_end_and_to_its_end() {
+    let Some(archived) = archived().await else {
+        return;
+    };
+    let report = pitr::verify_archive(&archived.tools, archived.path())
+        .await
+        .unwrap();
+    assert!(report.passed(), "{:?}", report.findings);
+    let markers = |point: &pitr::VerifiedPoint| {
+        point
+            .databases
+            .iter()
+            .find(|(name, _)| name == "postgres")
+            .and_then(|(_, tables)| tables.iter().find(|(t, _)| t == "pitr.markers"))
+            .map(|(_, rows)| *rows)
+    };
+    assert_eq!(report.points.len(), 2);
+    assert_eq!(
+        markers(&report.points[0]),
+        Some(0),
+        "at the base backup's end"
+    );
+    assert_eq!(markers(&report.points[1]), Some(15), "at the archive's end");
+
+    // A corrupted segment is a finding naming it, not a replay.
+    let corrupted = archived.segments()[1].clone();
+    std::fs::write(archived.segment(&corrupted), b"not WAL").unwrap();
+    let report = pitr::verify_archive(&archived.tools, archived.path())
+        .await
+        .unwrap();
+    assert!(!report.passed());
+    assert!(
+        report.findings[0].contains(&format!("corrupted WAL segment {corrupted}")),
+        "{:?}",
+        report.findings
+    );
+}
