@@ -186,6 +186,8 @@ mod tests {
         let conf = super::recovery_settings(&super::Target::Time(t));
         assert!(conf.contains("recovery_target_time = '2026-12-03 06:10:00.123456+00'"));
         assert!(conf.contains("recovery_target_action = 'promote'"));
-        assert!(!super::recovery_settings(&super::Target::Latest).contains("recovery_target_time"));
+        assert!(
+            !super::recovery_settings(&super::Target::Latest).contains("recovery_target_time =")
+        );
     }
 }
