@@ -311,6 +311,35 @@ pub(crate) async fn markers_gate(
         .map(|r| (r.get(0), r.get(1)))
         .collect();
     let expected = markers.ids_until(t);
+    let mut findings = marker_findings(markers, &rows, t);
+    client
+        .batch_execute("DROP SCHEMA pitr CASCADE")
+        .await
+        .context("drop the marker stream's schema after its gate")?;
+    let passed = findings.is_empty();
+    if passed {
+        findings.push(format!(
+            "T = {}: markers 1 to {} of {} present, none after",
+            t.to_rfc3339(),
+            expected.len(),
+            markers.rows.len()
+        ));
+    }
+    Ok(GateReport {
+        name: "pitr_markers".into(),
+        passed,
+        findings,
+        not_run: None,
+    })
+}
+
+/// The markers gate's findings: `rows` (id, time) read back against the stream and T.
+fn marker_findings(
+    markers: &Markers,
+    rows: &[(i32, DateTime<Utc>)],
+    t: DateTime<Utc>,
+) -> Vec<String> {
+    let expected = markers.ids_until(t);
     let mut findings = Vec::new();
     for m in &markers.rows {
         let found = rows.iter().find(|(id, _)| *id == m.id);
@@ -335,30 +364,12 @@ pub(crate) async fn markers_gate(
             _ => {}
         }
     }
-    for (id, _) in &rows {
+    for (id, _) in rows {
         if !markers.rows.iter().any(|m| m.id == *id) {
             findings.push(format!("marker {id} was never written"));
         }
     }
-    client
-        .batch_execute("DROP SCHEMA pitr CASCADE")
-        .await
-        .context("drop the marker stream's schema after its gate")?;
-    let passed = findings.is_empty();
-    if passed {
-        findings.push(format!(
-            "T = {}: markers 1 to {} of {} present, none after",
-            t.to_rfc3339(),
-            expected.len(),
-            markers.rows.len()
-        ));
-    }
-    Ok(GateReport {
-        name: "pitr_markers".into(),
-        passed,
-        findings,
-        not_run: None,
-    })
+    findings
 }
 
 /// Recovers the archive to its end in a scratch server and measures the RPO: from the last
@@ -421,4 +432,69 @@ pub(crate) async fn latest(
         },
         rpo,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Markers 1..=6 a second apart, committed 100 ms after they were written; T after 3.
+    fn stream() -> (Markers, DateTime<Utc>) {
+        let start = DateTime::parse_from_rfc3339("2026-12-03T06:00:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let rows: Vec<Marker> = (1..=6)
+            .map(|id| {
+                let written_at = start + chrono::Duration::seconds(i64::from(id));
+                Marker {
+                    id,
+                    written_at,
+                    committed_by: written_at + chrono::Duration::milliseconds(100),
+                }
+            })
+            .collect();
+        let t = rows[2].committed_by;
+        let markers = Markers {
+            rows,
+            t: Some((t, 3)),
+        };
+        (markers, t)
+    }
+
+    fn read_back(markers: &Markers, ids: &[i32]) -> Vec<(i32, DateTime<Utc>)> {
+        markers
+            .rows
+            .iter()
+            .filter(|m| ids.contains(&m.id))
+            .map(|m| (m.id, m.written_at))
+            .collect()
+    }
+
+    #[test]
+    fn markers_up_to_t_and_none_after_pass() {
+        let (markers, t) = stream();
+        assert_eq!(markers.target().unwrap(), (t, 3));
+        assert!(marker_findings(&markers, &read_back(&markers, &[1, 2, 3]), t).is_empty());
+    }
+
+    #[test]
+    fn a_marker_lost_before_t_or_kept_after_it_is_named() {
+        let (markers, t) = stream();
+        let lost = marker_findings(&markers, &read_back(&markers, &[1, 3]), t);
+        assert_eq!(lost.len(), 1, "{lost:?}");
+        assert!(lost[0].starts_with("marker 2 committed by") && lost[0].ends_with("is missing"));
+        let late = marker_findings(&markers, &read_back(&markers, &[1, 2, 3, 4]), t);
+        assert_eq!(late.len(), 1, "{late:?}");
+        assert!(late[0].starts_with("marker 4 written at") && late[0].ends_with("is present"));
+        let mut moved = read_back(&markers, &[1, 2, 3]);
+        moved[0].1 += chrono::Duration::milliseconds(1);
+        let moved = marker_findings(&markers, &moved, t);
+        assert!(moved[0].starts_with("marker 1 has time"), "{moved:?}");
+        let mut foreign = read_back(&markers, &[1, 2, 3]);
+        foreign.push((99, t));
+        assert_eq!(
+            marker_findings(&markers, &foreign, t),
+            ["marker 99 was never written"]
+        );
+    }
 }
