@@ -148,6 +148,17 @@ impl WalReceiver {
             .await
             .map_err(query("read wal_segment_size"))?
             .get(0);
+        let timeline: i32 = client
+            .query_one("SELECT timeline_id FROM pg_control_checkpoint()", &[])
+            .await
+            .map_err(query("read the server's timeline"))?
+            .get(0);
+        refuse_mixing(
+            archive,
+            &wal,
+            u32::try_from(timeline).unwrap_or(0),
+            segment_size,
+        )?;
         client
             .execute(
                 "SELECT pg_create_physical_replication_slot($1, true) \
@@ -372,6 +383,46 @@ impl Drop for WalReceiver {
         if let Some(mut child) = self.child.take() {
             let _ = child.start_kill();
         }
+    }
+}
+
+/// Refuses a destination that holds another timeline's segments, or a sealed archive: one
+/// archive never mixes timelines or continues after its end.
+fn refuse_mixing(
+    archive: &Path,
+    wal: &Path,
+    timeline: u32,
+    segment_size: i64,
+) -> Result<(), PitrError> {
+    let size = u64::try_from(segment_size).unwrap_or(0);
+    let mut findings = Vec::new();
+    let manifest_path = archive.join(SEGMENTS);
+    if manifest_path.exists() {
+        let manifest: SegmentManifest = read_json(&manifest_path)?;
+        if let Some(at) = manifest.sealed_at {
+            findings.push(format!("the archive was sealed at {at}: start a new one"));
+        }
+    }
+    for entry in std::fs::read_dir(wal).map_err(io("list", wal))? {
+        let name = entry.map_err(io("list", wal))?.file_name();
+        let name = name.to_string_lossy();
+        if let Some(segment) = SegmentName::parse(name.trim_end_matches(".partial"), size)
+            && segment.timeline != timeline
+        {
+            findings.push(format!(
+                "WAL segment {name} is of timeline {}, the server is on timeline {timeline}: \
+                 refusing to mix timelines in one archive",
+                segment.timeline
+            ));
+        }
+    }
+    if findings.is_empty() {
+        Ok(())
+    } else {
+        Err(PitrError::Defective {
+            archive: archive.to_path_buf(),
+            findings,
+        })
     }
 }
 

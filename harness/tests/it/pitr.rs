@@ -340,3 +340,45 @@ async fn verify_replays_the_archive_to_the_base_backups_end_and_to_its_end() {
         report.findings
     );
 }
+
+#[tokio::test]
+async fn a_destination_holding_another_timeline_is_refused_before_streaming() {
+    let tools = match PgTools::discover() {
+        Ok(tools) => tools,
+        Err(err) => return harness::testing::unavailable(&err.to_string()),
+    };
+    let source = LocalPostgres::start(LocalOptions {
+        durable: true,
+        ..LocalOptions::default()
+    })
+    .await
+    .expect("start the source server");
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join(pitr::WAL_DIR);
+    std::fs::create_dir_all(&wal).unwrap();
+    std::fs::write(wal.join("000000020000000000000005"), b"").unwrap();
+    let err = WalReceiver::start(
+        &tools,
+        &source.params(),
+        dir.path(),
+        &ReceiverOptions::default(),
+    )
+    .await
+    .expect_err("a destination with timeline 2 segments");
+    let message = harness::error_chain(&err);
+    assert!(
+        message.contains("000000020000000000000005 is of timeline 2, the server is on timeline 1"),
+        "{message}"
+    );
+    let slots: i64 = source
+        .params()
+        .connect()
+        .await
+        .unwrap()
+        .query_one("SELECT count(*) FROM pg_replication_slots", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(slots, 0, "no slot is created for a refused destination");
+    source.stop().await.unwrap();
+}
