@@ -471,6 +471,9 @@ pub(crate) async fn verify(args: crate::VerifyArgs) -> anyhow::Result<i32> {
     use harness::backup::{DecryptionKey, VerifyOptions};
     use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
 
+    if args.backup.join(harness::pitr::MANIFEST).is_file() {
+        return verify_pitr(&args.backup).await;
+    }
     let decryption = match (&args.passphrase_file, &args.identity) {
         (Some(f), _) => Some(DecryptionKey::PassphraseFile(f.clone())),
         (_, Some(f)) => Some(DecryptionKey::IdentityFile(f.clone())),
@@ -519,9 +522,40 @@ pub(crate) async fn verify(args: crate::VerifyArgs) -> anyhow::Result<i32> {
     }
 }
 
+/// `rehearsal verify` of a PITR archive: checked, then replayed into scratch servers to the
+/// base backup's end and to the archive's end, with counts and pg_amcheck at both.
+async fn verify_pitr(archive: &std::path::Path) -> anyhow::Result<i32> {
+    let tools = harness::pg::PgTools::discover()?;
+    let report = harness::pitr::verify_archive(&tools, archive).await?;
+    for point in &report.points {
+        println!(
+            "replayed to {} in {:.1} s:",
+            point.target, point.recovery_seconds
+        );
+        for (db, tables) in &point.databases {
+            let counts: Vec<String> = tables.iter().map(|(t, n)| format!("{t} {n}")).collect();
+            println!("  database {db}: {}", counts.join(", "));
+        }
+    }
+    if report.passed() {
+        println!("verdict: OK");
+        Ok(exit_codes::OK)
+    } else {
+        for finding in &report.findings {
+            println!("FAILED {finding}");
+        }
+        println!("verdict: FAILED");
+        Ok(exit_codes::GATE_FAILED)
+    }
+}
+
 /// `rehearsal restore`.
 pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
     use harness::restore::{DbRestoreOptions, RestoreError, RestoreInputs, restore_database};
+
+    if let Some(target) = args.pitr_target() {
+        return restore_pitr(&args, &target).await;
+    }
 
     // Every check comes before anything is changed, the same checks as `verify` makes (shared
     // code): the archive's members and checksum, a completed backup, the manifest's own
@@ -565,8 +599,134 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
         ..DbRestoreOptions::default()
     };
     let tools = harness::pg::PgTools::discover()?;
-    // Reach the database directly, or through a local port-forward to the pod.
-    let (params, _forward) = match &args.direct.pg_host {
+    let (params, _forward) = restore_target(&args).await?;
+    let report = restore_database(&tools, &params, &input, &options).await?;
+    if args.dry_run {
+        print!("{}", report.plan);
+        println!("dry run: nothing was changed");
+    } else if report.restored {
+        println!(
+            "restored {} from backup {} in {:.1} s",
+            report.plan.target, report.plan.backup_id, report.seconds
+        );
+    } else {
+        println!(
+            "nothing was changed: {} already holds backup {} (pass --force to restore it again)",
+            report.plan.target, report.plan.backup_id
+        );
+    }
+    Ok(exit_codes::OK)
+}
+
+/// `rehearsal restore ARCHIVE --to-time T | --to-lsn L | --to-latest`: the archive is checked
+/// and the target planned before anything is changed (a missing or corrupted segment, mixed
+/// timelines or a target the archive does not cover refuse the restore, named); then the base
+/// backup is recovered to the target in a scratch server, promoted, dumped, and restored into
+/// the database the way a dump is.
+async fn restore_pitr(
+    args: &crate::RestoreArgs,
+    target: &harness::pitr::Target,
+) -> anyhow::Result<i32> {
+    use harness::pitr::PitrError;
+    use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_database};
+    let tools = harness::pg::PgTools::discover()?;
+    let plan = match harness::pitr::plan(&tools, &args.backup, target).await {
+        Ok(plan) => plan,
+        Err(err @ (PitrError::Defective { .. } | PitrError::NotCovered { .. })) => {
+            eprintln!(
+                "error: refusing to restore from {}: {}; nothing was changed",
+                args.backup.display(),
+                harness::error_chain(&err)
+            );
+            return Ok(exit_codes::GATE_FAILED);
+        }
+        Err(err) => return Err(err.into()),
+    };
+    println!(
+        "verified {}: base backup files and {} WAL segments (size and SHA-256), one timeline, \
+         no gap, WAL read through with pg_waldump; {}",
+        args.backup.display(),
+        plan.segments.len(),
+        plan.range
+    );
+    if args.dry_run {
+        println!(
+            "plan: start from the base backup ({} to {}), replay {} segments to {target}, promote, \
+             then restore the database into {}",
+            plan.base.start_lsn,
+            plan.base.stop_lsn,
+            plan.segments.len(),
+            args.direct
+                .pg_host
+                .as_deref()
+                .unwrap_or(&args.cluster.pg_pod)
+        );
+        println!("dry run: nothing was changed");
+        return Ok(exit_codes::OK);
+    }
+    let recovered = harness::pitr::recover(&plan, std::time::Duration::from_secs(600)).await?;
+    println!(
+        "recovered to {target} and promoted in {:.1} s{}",
+        recovered.duration.as_secs_f64(),
+        recovered
+            .stopped
+            .as_deref()
+            .map(|l| format!(" ({})", l.trim()))
+            .unwrap_or_default()
+    );
+    let work = harness::keep::ScratchDir::new("harness-pitr-dump-", "recovered database dump")?;
+    let dump = work.path().join("recovered.dump");
+    let source = recovered.server.socket_params().with_dbname(&args.database);
+    let pg_dump = tools.tool("pg_dump")?;
+    let out = {
+        use harness::process::GuardedSpawn as _;
+        harness::process::tokio_command(&pg_dump)
+            .args(["-Fc", "--no-owner", "-f"])
+            .arg(&dump)
+            .envs(source.libpq_env())
+            .kill_on_drop(true)
+            .output_guarded()
+            .await
+            .context("run pg_dump")?
+    };
+    anyhow::ensure!(
+        out.status.success(),
+        "pg_dump of the recovered database failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    harness::pg::PostgresProvider::stop(recovered.server).await?;
+    let (params, _forward) = restore_target(args).await?;
+    let input = DbRestoreInput {
+        archive: DbArchive::Custom(dump),
+        backup_id: format!("{} at {target}", args.backup.display()),
+    };
+    let options = DbRestoreOptions {
+        force: args.force,
+        ..DbRestoreOptions::default()
+    };
+    let report = restore_database(&tools, &params, &input, &options).await?;
+    if report.restored {
+        println!(
+            "restored {} to {target} in {:.1} s",
+            report.plan.target, report.seconds
+        );
+    } else {
+        println!(
+            "nothing was changed: {} already holds this recovery (pass --force to restore it again)",
+            report.plan.target
+        );
+    }
+    Ok(exit_codes::OK)
+}
+
+/// Where a restore writes: the database directly, or through a local port-forward to the pod.
+async fn restore_target(
+    args: &crate::RestoreArgs,
+) -> anyhow::Result<(
+    harness::pg::ConnParams,
+    Option<harness::cluster::forward::PortForward>,
+)> {
+    Ok(match &args.direct.pg_host {
         Some(host) => (
             harness::pg::ConnParams {
                 host: host.clone(),
@@ -615,23 +775,7 @@ pub(crate) async fn restore(args: crate::RestoreArgs) -> anyhow::Result<i32> {
                 Some(forward),
             )
         }
-    };
-    let report = restore_database(&tools, &params, &input, &options).await?;
-    if args.dry_run {
-        print!("{}", report.plan);
-        println!("dry run: nothing was changed");
-    } else if report.restored {
-        println!(
-            "restored {} from backup {} in {:.1} s",
-            report.plan.target, report.plan.backup_id, report.seconds
-        );
-    } else {
-        println!(
-            "nothing was changed: {} already holds backup {} (pass --force to restore it again)",
-            report.plan.target, report.plan.backup_id
-        );
-    }
-    Ok(exit_codes::OK)
+    })
 }
 
 /// Where `rehearsal sim` keeps a background cluster: `<tmp>/rebuild-rehearsal-sim-<uid>/NAME`.

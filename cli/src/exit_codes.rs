@@ -5,7 +5,10 @@
 pub(crate) const OK: i32 = 0;
 
 /// The command ran, and a gate failed: the verdict is "roll back" (or, for `preflight`, NO-GO;
-/// for `runbook`, a command of the document failed or was unsafe, refused ones included).
+/// for `runbook`, a command of the document failed or was unsafe, refused ones included; for
+/// `restore`, a backup refused by its checks, and for a point-in-time recovery an archive with
+/// a missing or corrupted WAL segment or mixed timelines, or a target outside the archive,
+/// named; nothing was changed).
 pub(crate) const GATE_FAILED: i32 = 3;
 
 /// The command could not run: a setup error, bad input, an unreachable cluster or server (for
@@ -15,7 +18,9 @@ pub(crate) const COULD_NOT_RUN: i32 = 4;
 
 /// Command-line usage errors: clap's own code for a bad option, and ours for a rule across
 /// options (`validate::check`), including a runbook document that cannot run (missing, not
-/// UTF-8, no shell block, a command left open, `--from`/`--only` matching no section).
+/// UTF-8, no shell block, a command left open, `--from`/`--only` matching no section), and
+/// `restore`'s `--to-time`/`--to-lsn`/`--to-latest` (malformed, more than one, without a PITR
+/// archive, with `--from-sql`, or a PITR archive without one).
 /// Nothing has started when it is returned.
 pub(crate) const USAGE: i32 = 2;
 

@@ -51,7 +51,7 @@ enum Command {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The scenario.
-    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup"])]
+    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup", "pitr"])]
     scenario: String,
     /// Where clusters come from: sim (built in), kind (needs Docker and kind), kubeconfig (an
     /// existing cluster; destroying titanium-prod there needs --allow-destroy and the
@@ -282,6 +282,29 @@ struct RestoreArgs {
     /// Print the plan and change nothing.
     #[arg(long)]
     dry_run: bool,
+    /// Point-in-time recovery from a PITR archive (a directory holding PITR.json): every
+    /// transaction committed at or before this moment (RFC 3339, e.g. 2026-12-03T06:10:00Z).
+    #[arg(long, group = "pitr_target", value_parser = validate::rfc3339)]
+    to_time: Option<chrono::DateTime<chrono::Utc>>,
+    /// Point-in-time recovery up to this WAL position (X/Y, hexadecimal).
+    #[arg(long, group = "pitr_target", value_parser = validate::lsn)]
+    to_lsn: Option<harness::pitr::Lsn>,
+    /// Point-in-time recovery to the end of the archive.
+    #[arg(long, group = "pitr_target")]
+    to_latest: bool,
+}
+
+impl RestoreArgs {
+    /// The point-in-time recovery target, when one was given.
+    fn pitr_target(&self) -> Option<harness::pitr::Target> {
+        use harness::pitr::Target;
+        match (self.to_time, self.to_lsn, self.to_latest) {
+            (Some(t), _, _) => Some(Target::Time(t)),
+            (_, Some(l), _) => Some(Target::Lsn(l)),
+            (_, _, true) => Some(Target::Latest),
+            _ => None,
+        }
+    }
 }
 
 /// Arguments of `rehearsal preflight`.

@@ -176,6 +176,21 @@ pub(crate) fn backup_dir_or_archive(s: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// A moment for `--to-time`: RFC 3339 with a time zone (`2026-12-03T06:10:00Z`,
+/// `2026-12-03T15:10:00+09:00`).
+pub(crate) fn rfc3339(s: &str) -> Result<chrono::DateTime<chrono::Utc>, String> {
+    chrono::DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&chrono::Utc))
+        .map_err(|e| {
+            format!("{s:?} is not an RFC 3339 time with a zone (2026-12-03T06:10:00Z): {e}")
+        })
+}
+
+/// A WAL position for `--to-lsn` (`0/3000148`).
+pub(crate) fn lsn(s: &str) -> Result<harness::pitr::Lsn, String> {
+    s.parse()
+}
+
 /// A directory that is created when missing: it must not be an existing non-directory.
 pub(crate) fn dir_or_missing(s: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(s);
@@ -286,6 +301,24 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
                 );
             }
             Ok(())
+        }
+        Command::Restore(args) => {
+            let archive = args.backup.join(harness::pitr::MANIFEST);
+            match (args.pitr_target(), archive.is_file()) {
+                (Some(_), false) => Err(format!(
+                    "--to-time, --to-lsn and --to-latest need a PITR archive: {} has no {}",
+                    args.backup.display(),
+                    harness::pitr::MANIFEST
+                )),
+                (Some(_), true) if args.from_sql => {
+                    Err("--from-sql restores a dump; it does not apply with --to-time, --to-lsn or --to-latest".into())
+                }
+                (None, true) => Err(format!(
+                    "{} is a PITR archive: give --to-time, --to-lsn or --to-latest",
+                    args.backup.display()
+                )),
+                _ => Ok(()),
+            }
         }
         Command::Verify(args) => {
             let encrypted = args.backup.to_string_lossy().ends_with(".age");

@@ -87,6 +87,9 @@ fn every_command_refuses_bad_options_before_it_starts() {
     let empty = root.join("empty-passphrase");
     std::fs::write(&empty, "\n").unwrap();
     let empty = empty.display().to_string();
+    // A PITR archive (as far as validation reads it: a directory with PITR.json).
+    std::fs::create_dir(root.join("pitr")).unwrap();
+    std::fs::write(root.join("pitr/PITR.json"), "{}").unwrap();
     let kind_config = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../kind-config/single-node.yaml")
         .display()
@@ -191,6 +194,44 @@ fn every_command_refuses_bad_options_before_it_starts() {
         (&["restore", ".", "--pg-port", "0"], "--pg-port"),
         (&["restore", ".", "--database", ""], "--database"),
         (&["restore", ".", "-n", "a.b"], "--namespace"),
+        // restore: point-in-time recovery
+        (&["restore", "pitr", "--to-time", "yesterday"], "--to-time"),
+        (
+            &["restore", "pitr", "--to-time", "2026-12-03T06:10:00"],
+            "--to-time",
+        ),
+        (&["restore", "pitr", "--to-lsn", "12"], "--to-lsn"),
+        (&["restore", "pitr", "--to-lsn", "0/XYZ"], "--to-lsn"),
+        (
+            &[
+                "restore",
+                "pitr",
+                "--to-time",
+                "2026-12-03T06:10:00Z",
+                "--to-lsn",
+                "0/1",
+            ],
+            "--to-lsn",
+        ),
+        (
+            &[
+                "restore",
+                "pitr",
+                "--to-latest",
+                "--to-time",
+                "2026-12-03T06:10:00Z",
+            ],
+            "--to-latest",
+        ),
+        (&["restore", ".", "--to-latest"], "has no PITR.json"),
+        (
+            &["restore", "pitr"],
+            "give --to-time, --to-lsn or --to-latest",
+        ),
+        (
+            &["restore", "pitr", "--to-latest", "--from-sql"],
+            "--from-sql",
+        ),
         // preflight
         (&["preflight", "--kubeconfig", missing], "--kubeconfig"),
         (&["preflight", "-n", "titanium/prod"], "--namespace"),

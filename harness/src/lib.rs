@@ -12,6 +12,7 @@ pub mod keep;
 pub mod load;
 pub mod oci;
 pub mod pg;
+pub mod pitr;
 pub mod preflight;
 pub mod process;
 pub mod report;

@@ -98,6 +98,10 @@ pub enum Scenario {
     /// Cluster B's init script differs from A's (a changed column) and the data is restored
     /// into B's schema: the schema gate must report exactly that drift.
     SchemaDrift,
+    /// Point-in-time recovery (see [`crate::pitr`]): WAL streamed off cluster A, a base
+    /// backup, a marker stream; cluster B's database recovered to a moment in the stream, the
+    /// markers proved row by row, the RPO measured by a recovery to the archive's end.
+    Pitr,
 }
 
 impl Scenario {
@@ -109,16 +113,20 @@ impl Scenario {
             | "gates-after-rollback" => self == Scenario::Rollback,
             "schema-drift-reported" => self == Scenario::SchemaDrift,
             "health-and-load" | "decide" => self != Scenario::SchemaDrift,
+            "start-wal-archive" | "base-backup" | "marker-stream" | "seal-wal-archive"
+            | "plan-recovery" | "recover-to-latest" => self == Scenario::Pitr,
+            "marker" => self != Scenario::Pitr,
             _ => true,
         }
     }
 
     /// Every scenario with its name.
-    pub const ALL: [(&'static str, Scenario); 4] = [
+    pub const ALL: [(&'static str, Scenario); 5] = [
         ("full_rebuild", Scenario::FullRebuild),
         ("table_restore", Scenario::TableRestore),
         ("rollback", Scenario::Rollback),
         ("schema_drift", Scenario::SchemaDrift),
+        ("pitr", Scenario::Pitr),
     ];
 
     /// The scenario's name.
@@ -141,20 +149,26 @@ const DRIFT_FROM: &str = "title VARCHAR(200)";
 const DRIFT_TO: &str = "title VARCHAR(300)";
 
 /// The phases of `full_rebuild`, in order.
-pub const PHASES: [&str; 20] = [
+pub const PHASES: [&str; 26] = [
     "create-cluster-a",
     "deploy",
     "seed",
     "preflight",
+    "start-wal-archive",
     "start-load",
     "backup",
+    "base-backup",
     "verify-backup",
     "marker",
+    "marker-stream",
     "destroy-cluster-a",
+    "seal-wal-archive",
     "create-cluster-b",
     "deploy-infrastructure",
+    "plan-recovery",
     "restore",
     "gates",
+    "recover-to-latest",
     "inject-defect",
     "gates-reject-defect",
     "rollback-restore",
@@ -271,6 +285,17 @@ async fn steps(
     let seeded = run.phase("seed", seed(a, config)).await?;
     run.note(format!("{} users, {} posts", seeded.0, seeded.1));
     run.phase("preflight", preflight(a, config)).await?;
+    // PITR: WAL streams off cluster A from before the backup until its destruction.
+    let mut wal = None;
+    if scenario == Scenario::Pitr {
+        wal = Some(
+            run.phase(
+                "start-wal-archive",
+                crate::pitr::start_archive(a, config, &tools),
+            )
+            .await?,
+        );
+    }
     run.phase("start-load", start_load(a, config)).await?;
     let backup = run.phase("backup", take_backup(a, config)).await?;
     let manifest = backup.manifest.clone();
@@ -290,9 +315,33 @@ async fn steps(
             not_run: None,
         }),
     }
+    if let Some(wal) = &wal {
+        let base = run.phase("base-backup", wal.base_backup(&tools)).await?;
+        run.note(base);
+    }
     run.phase("verify-backup", verify(&backup, &tools)).await?;
     let marker = MarkerRow::new(format!("run-{}", uuid_like()));
-    run.phase("marker", write_marker(a, &marker)).await?;
+    let mut markers = None;
+    match &wal {
+        Some(wal) => {
+            // The quiesced Deployments resume at their recorded counts in the stream's second
+            // half, so the load generator writes until the disaster.
+            let replicas = &manifest
+                .quiesce
+                .as_ref()
+                .context("the backup recorded no quiesce (no replica counts to resume)")?
+                .replicas;
+            let stream = run
+                .phase(
+                    "marker-stream",
+                    crate::pitr::marker_stream(a, wal.params(), replicas, config.ready_timeout),
+                )
+                .await?;
+            run.note(format!("{} markers committed", stream.len()));
+            markers = Some(stream);
+        }
+        None => run.phase("marker", write_marker(a, &marker)).await?,
+    }
 
     let destroy_started = Instant::now();
     let a = clusters.a.as_mut().expect("cluster A exists");
@@ -302,6 +351,14 @@ async fn steps(
     })
     .await?;
     clusters.a = None;
+    if let Some(wal) = wal.take() {
+        let sealed = run.phase("seal-wal-archive", wal.seal()).await?;
+        run.note(format!(
+            "{} segments of {} MiB, the last sealed from .partial",
+            sealed.segments.len(),
+            sealed.segment_size / (1024 * 1024)
+        ));
+    }
     let b = clusters.b.insert(
         run.phase("create-cluster-b", config.provider.create())
             .await?,
@@ -314,8 +371,35 @@ async fn steps(
         )
         .await?;
     run.note(format!("{crds} CustomResourceDefinitions established"));
+    let mut recovery = None;
+    if let Some(markers) = &markers {
+        let (plan, t, id) = run
+            .phase("plan-recovery", async {
+                let (t, id) = markers.target()?;
+                let plan =
+                    crate::pitr::plan(&tools, config, &harness::pitr::Target::Time(t)).await?;
+                anyhow::Ok((plan, t, id))
+            })
+            .await?;
+        run.note(format!(
+            "T = {} (after marker {id}); {}",
+            t.to_rfc3339(),
+            plan.range
+        ));
+        recovery = Some((plan, t));
+    }
     let restored = run
-        .phase("restore", restore(scenario, b, &backup, &tools, config))
+        .phase(
+            "restore",
+            restore(
+                scenario,
+                b,
+                &backup,
+                &tools,
+                config,
+                recovery.as_ref().map(|(plan, _)| plan),
+            ),
+        )
         .await?;
     let seconds = |d: Option<Duration>| {
         d.map_or_else(
@@ -324,17 +408,47 @@ async fn steps(
         )
     };
     run.note(format!(
-        "database {}, of which ANALYZE {}",
+        "database {}, of which ANALYZE {}{}",
         seconds(restored.db_restore),
-        seconds(restored.analyze)
+        seconds(restored.analyze),
+        restored.recovery.map_or_else(String::new, |d| format!(
+            "; point-in-time recovery {}",
+            seconds(Some(d))
+        ))
     ));
 
-    let mut gates = run
-        .phase(
-            "gates",
-            run_gates(b, &backup, &marker, config, scenario != Scenario::Rollback),
-        )
+    let absent = (scenario != Scenario::Pitr).then_some(&marker);
+    let (mut gates, markers_gate) = run
+        .phase("gates", async {
+            // The marker stream first: its gate drops its schema, so that the existing gates
+            // compare the application's data with the backup.
+            let markers_gate = match (&markers, &recovery) {
+                (Some(markers), Some((_, t))) => {
+                    let db = titanium::database(b).await?;
+                    Some(crate::pitr::markers_gate(&db.params, markers, *t).await?)
+                }
+                _ => None,
+            };
+            let gates =
+                run_gates(b, &backup, absent, config, scenario != Scenario::Rollback).await?;
+            anyhow::Ok((gates, markers_gate))
+        })
         .await?;
+    state.gates.extend(markers_gate);
+    if let Some(markers) = &markers {
+        let (gate, rpo) = run
+            .judged_phase("recover-to-latest", async {
+                let (gate, rpo) = crate::pitr::latest(&tools, config, markers).await?;
+                let failed = (!gate.passed).then(|| (gate.name.clone(), gate.findings.join("; ")));
+                anyhow::Ok(((gate, rpo), failed))
+            })
+            .await?;
+        run.note(format!("RPO {rpo} ms"));
+        state.gates.push(gate);
+        // The PITR figure: from the last marker committed before the disaster to the last
+        // one recovered, both on cluster A's server clock.
+        state.rpo_ms = Some(rpo);
+    }
     if scenario == Scenario::SchemaDrift {
         run.phase("schema-drift-reported", async {
             expect_drift(&gates.verdicts)
@@ -368,7 +482,7 @@ async fn steps(
         let rejected = run
             .phase(
                 "gates-reject-defect",
-                run_gates(b, &backup, &marker, config, false),
+                run_gates(b, &backup, Some(&marker), config, false),
             )
             .await?;
         state.gates.extend(
@@ -404,7 +518,7 @@ async fn steps(
         gates = run
             .phase(
                 "gates-after-rollback",
-                run_gates(b, &backup, &marker, config, true),
+                run_gates(b, &backup, Some(&marker), config, true),
             )
             .await?;
     }
@@ -789,6 +903,7 @@ async fn write_marker(cluster: &impl Cluster, marker: &MarkerRow) -> anyhow::Res
 /// criterion it feeds is not assessed, never met).
 struct Restored {
     db_restore: Option<Duration>,
+    recovery: Option<Duration>,
     analyze: Option<Duration>,
     pods_ready: Option<Duration>,
 }
@@ -800,8 +915,10 @@ struct ClusterData<'a, C: Cluster> {
     cluster: &'a C,
     backup: &'a BackupReport,
     tools: &'a PgTools,
+    pitr: Option<&'a harness::pitr::RecoveryPlan>,
     db_restore: Option<Duration>,
     analyze: Option<Duration>,
+    recovery: Option<Duration>,
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -829,6 +946,18 @@ impl<C: Cluster> DataRestorer for ClusterData<'_, C> {
                 )
                 .await?;
                 harness::restore::analyze(&db.params).await?
+            }
+            Scenario::Pitr => {
+                let plan = self.pitr.ok_or("no recovery plan for the pitr scenario")?;
+                let (recovery, analyze) = crate::pitr::restore_to(
+                    self.tools,
+                    plan,
+                    &db.params,
+                    &self.backup.manifest.name,
+                )
+                .await?;
+                self.recovery = Some(recovery);
+                analyze
             }
             Scenario::FullRebuild | Scenario::Rollback => {
                 let input = DbRestoreInput {
@@ -866,6 +995,7 @@ async fn restore(
     backup: &BackupReport,
     tools: &PgTools,
     config: &Config,
+    pitr: Option<&harness::pitr::RecoveryPlan>,
 ) -> anyhow::Result<Restored> {
     let manifest = &backup.manifest;
     let kube = manifest
@@ -902,8 +1032,10 @@ async fn restore(
         cluster,
         backup,
         tools,
+        pitr,
         db_restore: None,
         analyze: None,
+        recovery: None,
     };
     let mut options = KubeRestoreOptions::default();
     options.waits.workload_ready = config.ready_timeout;
@@ -912,6 +1044,7 @@ async fn restore(
     let report = restore_kubernetes(&client, &plan, &mut data, &options).await?;
     Ok(Restored {
         db_restore: data.db_restore,
+        recovery: data.recovery,
         analyze: data.analyze,
         pods_ready: report
             .pods_ready_seconds
@@ -931,7 +1064,7 @@ struct Gates {
 async fn run_gates(
     cluster: &impl Cluster,
     backup: &BackupReport,
-    marker: &MarkerRow,
+    marker: Option<&MarkerRow>,
     config: &Config,
     resume_writer: bool,
 ) -> anyhow::Result<Gates> {
@@ -954,9 +1087,14 @@ async fn run_gates(
         verify::schema(&pg.schema, &schema_after),
         verify::sequences(&pg.sequences, &sequences),
         verify::referential_integrity(&foreign_keys, &amcheck),
-        verify::marker_absent(&marker.subject(), marker.count(&client).await?),
         verify::statistics(&pg.tables, &facts::table_statistics(&client).await?),
     ];
+    if let Some(marker) = marker {
+        verdicts.push(verify::marker_absent(
+            &marker.subject(),
+            marker.count(&client).await?,
+        ));
+    }
     if let Some(redis) = &manifest.redis {
         let forward = titanium::forward_to(cluster, "redis", 6379).await?;
         let mut conn = redis::Client::open(format!("redis://127.0.0.1:{}/", forward.port()))?

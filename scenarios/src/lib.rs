@@ -4,6 +4,7 @@
 
 pub mod cronjob_backup;
 pub mod full_rebuild;
+pub mod pitr;
 pub mod roundtrip;
 pub mod run;
 pub mod runbook;

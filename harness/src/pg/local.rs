@@ -26,6 +26,11 @@ pub struct LocalOptions {
     pub start_timeout: Duration,
     /// Extra `-c name=value` server settings.
     pub settings: Vec<(String, String)>,
+    /// Start from this prepared data directory instead of `initdb` (a base backup set up for
+    /// recovery, see `crate::pitr`): it is moved into the server's scratch directory (same
+    /// file system) and given to the server's account. Its `pg_hba.conf` decides who may
+    /// connect; the harness connects through the private socket.
+    pub data_from: Option<PathBuf>,
 }
 
 impl Default for LocalOptions {
@@ -38,6 +43,7 @@ impl Default for LocalOptions {
             durable: false,
             start_timeout: Duration::from_secs(30),
             settings: Vec::new(),
+            data_from: None,
         }
     }
 }
@@ -154,7 +160,10 @@ impl LocalPostgres {
                 owner.chown(path)?;
             }
         }
-        initdb(&tools, dir.path(), &data_dir, &options, owner.as_ref())?;
+        match &options.data_from {
+            Some(prepared) => adopt_data_dir(prepared, &data_dir, owner.as_ref())?,
+            None => initdb(&tools, dir.path(), &data_dir, &options, owner.as_ref())?,
+        }
 
         let mut server = Self {
             child: None,
@@ -338,6 +347,53 @@ impl Drop for LocalPostgres {
         }
         self.shutdown();
     }
+}
+
+/// Moves a prepared data directory into place, private (0700) and owned by the server's account.
+fn adopt_data_dir(
+    prepared: &Path,
+    data_dir: &Path,
+    owner: Option<&ServerOwner>,
+) -> Result<(), PgError> {
+    std::fs::rename(prepared, data_dir).map_err(|source| PgError::Io {
+        action: "move the prepared data directory to",
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    keep::set_private_dir(data_dir).map_err(|source| PgError::Io {
+        action: "chmod",
+        path: data_dir.to_path_buf(),
+        source,
+    })?;
+    if let Some(owner) = owner {
+        chown_tree(data_dir, owner)?;
+    }
+    Ok(())
+}
+
+fn chown_tree(path: &Path, owner: &ServerOwner) -> Result<(), PgError> {
+    owner.chown(path)?;
+    let meta = std::fs::symlink_metadata(path).map_err(|source| PgError::Io {
+        action: "stat",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if meta.is_dir() {
+        let entries = std::fs::read_dir(path).map_err(|source| PgError::Io {
+            action: "list",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| PgError::Io {
+                action: "list",
+                path: path.to_path_buf(),
+                source,
+            })?;
+            chown_tree(&entry.path(), owner)?;
+        }
+    }
+    Ok(())
 }
 
 fn initdb(

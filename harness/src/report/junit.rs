@@ -11,6 +11,16 @@ pub fn render_junit(report: &Report) -> String {
     let report = &*report.concluded();
     let suite_name = format!("rehearsal.{}.{}", report.scenario, report.provider);
     let mut suite = TestSuite::new(suite_name.as_str());
+    // The recovery figures, for CI systems that chart suite properties.
+    if let Some(rto) = report.rto_ms {
+        suite.add_property(quick_junit::Property::new("rto_ms", rto.to_string()));
+    }
+    if let Some(rpo) = report.rpo_ms {
+        suite.add_property(quick_junit::Property::new("rpo_ms", rpo.to_string()));
+        if let Some(clock) = &report.rpo_clock {
+            suite.add_property(quick_junit::Property::new("rpo_clock", clock.as_str()));
+        }
+    }
     for gate in &report.gates {
         let status = if gate.passed {
             TestCaseStatus::success()
@@ -29,6 +39,10 @@ pub fn render_junit(report: &Report) -> String {
         };
         let mut case = TestCase::new(format!("gate.{}", gate.name), status);
         case.set_classname(suite_name.as_str());
+        // A passed gate's evidence (the markers proved, the RPO measured) as its output.
+        if gate.passed && !gate.findings.is_empty() {
+            case.set_system_out(gate.findings.join("\n"));
+        }
         suite.add_test_case(case);
     }
     for phase in report
@@ -119,5 +133,28 @@ mod tests {
             "{xml}"
         );
         assert!(xml.contains("errors=\"2\""), "gate and verdict: {xml}");
+    }
+
+    #[test]
+    fn the_rpo_is_a_suite_property_and_a_passed_gates_evidence_its_output() {
+        let mut report = super::super::sample::report();
+        report.rpo_ms = Some(120);
+        report.rpo_clock = Some("postgresql server".into());
+        report.gates.push(crate::report::GateReport {
+            name: "pitr_rpo".into(),
+            passed: true,
+            findings: vec!["RPO 120 ms: last marker committed before the disaster 41".into()],
+            not_run: None,
+        });
+        let xml = render_junit(&report);
+        assert!(xml.contains("name=\"rpo_ms\" value=\"120\""), "{xml}");
+        assert!(
+            xml.contains("name=\"rpo_clock\" value=\"postgresql server\""),
+            "{xml}"
+        );
+        assert!(
+            xml.contains("RPO 120 ms: last marker committed before the disaster 41"),
+            "{xml}"
+        );
     }
 }

@@ -2,6 +2,7 @@
 
 mod data;
 mod pg;
+mod pitr;
 mod redis_restore;
 mod statistics;
 mod support;
