@@ -310,8 +310,8 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
                     args.backup.display(),
                     harness::pitr::MANIFEST
                 )),
-                (Some(_), true) if args.from_sql => {
-                    Err("--from-sql restores a dump; it does not apply with --to-time, --to-lsn or --to-latest".into())
+                (Some(_), true) if args.from_sql || args.method != crate::MethodArg::Custom => {
+                    Err("--from-sql and --method restore a dump; they do not apply with --to-time, --to-lsn or --to-latest".into())
                 }
                 (None, true) => Err(format!(
                     "{} is a PITR archive: give --to-time, --to-lsn or --to-latest",

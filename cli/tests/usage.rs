@@ -232,6 +232,10 @@ fn every_command_refuses_bad_options_before_it_starts() {
             &["restore", "pitr", "--to-latest", "--from-sql"],
             "--from-sql",
         ),
+        (
+            &["restore", "pitr", "--to-latest", "--method", "csv"],
+            "--method",
+        ),
         // preflight
         (&["preflight", "--kubeconfig", missing], "--kubeconfig"),
         (&["preflight", "-n", "titanium/prod"], "--namespace"),
