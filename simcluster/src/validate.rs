@@ -501,7 +501,57 @@ fn default_pod_spec(spec: &mut Value) {
                         set_default(p, &[], "protocol", json!("TCP"));
                     }
                 }
+                for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                    if let Some(p) = c.get_mut(probe).filter(|p| p.is_object()) {
+                        default_probe(p);
+                    }
+                }
+                if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+                    for e in env {
+                        if e.pointer("/valueFrom/fieldRef")
+                            .is_some_and(Value::is_object)
+                        {
+                            set_default(e, &["valueFrom", "fieldRef"], "apiVersion", json!("v1"));
+                        }
+                    }
+                }
             }
+        }
+    }
+    if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        for v in volumes {
+            // `SetDefaults_ConfigMapVolumeSource` and its siblings: 0644, shown as 420.
+            for source in ["configMap", "secret", "projected", "downwardAPI"] {
+                if v.get(source).is_some_and(Value::is_object) {
+                    set_default(v, &[source], "defaultMode", json!(420));
+                }
+            }
+        }
+    }
+}
+
+/// `SetDefaults_Probe` and `SetDefaults_HTTPGetAction`.
+fn default_probe(probe: &mut Value) {
+    for (f, v) in [
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ] {
+        set_default(probe, &[], f, json!(v));
+    }
+    if probe.get("httpGet").is_some_and(Value::is_object) {
+        set_default(probe, &["httpGet"], "scheme", json!("HTTP"));
+    }
+}
+
+/// An embedded template's `metadata` carries `creationTimestamp: null`, as the real server's
+/// serialization of an empty `ObjectMeta` time does; diff tools see it.
+fn default_template_metadata(obj: &mut Value, template: &str) {
+    if let Some(t) = obj.pointer_mut(template).filter(|t| t.is_object()) {
+        set_default(t, &[], "metadata", json!({}));
+        if let Some(m) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.entry("creationTimestamp").or_insert(Value::Null);
         }
     }
 }
@@ -623,6 +673,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                     }
                 }
             }
+            default_template_metadata(obj, "/spec/template");
             if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
                 default_pod_spec(spec);
             }
@@ -631,6 +682,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             set_default(obj, &["spec"], "backoffLimit", json!(6));
             set_default(obj, &["spec"], "completions", json!(1));
             set_default(obj, &["spec"], "parallelism", json!(1));
+            default_template_metadata(obj, "/spec/template");
             if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
                 default_pod_spec(spec);
             }
@@ -640,6 +692,8 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             set_default(obj, &["spec"], "suspend", json!(false));
             set_default(obj, &["spec"], "successfulJobsHistoryLimit", json!(3));
             set_default(obj, &["spec"], "failedJobsHistoryLimit", json!(1));
+            default_template_metadata(obj, "/spec/jobTemplate");
+            default_template_metadata(obj, "/spec/jobTemplate/spec/template");
             if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
                 default_pod_spec(spec);
             }
@@ -725,6 +779,42 @@ mod tests {
         assert_eq!(
             s,
             json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"password": "aHVudGVyMg=="}})
+        );
+    }
+
+    /// The defaults kube-apiserver 1.20 filled in for the Titanium manifests and the simulator
+    /// did not (measured by the `tests` crate's fidelity test).
+    #[test]
+    fn probe_volume_and_template_defaults_match_a_real_server() {
+        let mut d = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "image": "x:1",
+                "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 5}}],
+            "volumes": [{"name": "cm", "configMap": {"name": "cm"}},
+                {"name": "s", "secret": {"secretName": "s", "defaultMode": 256}}]}}}});
+        apply_defaults(&rt("apps/v1", "Deployment"), &mut d);
+        let t = &d["spec"]["template"];
+        assert_eq!(t["metadata"], json!({"creationTimestamp": null}));
+        let c = &t["spec"]["containers"][0];
+        assert_eq!(
+            c["livenessProbe"],
+            json!({"httpGet": {"path": "/health", "port": 8000, "scheme": "HTTP"},
+                "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 5);
+        assert_eq!(c["readinessProbe"]["failureThreshold"], 3);
+        assert_eq!(t["spec"]["volumes"][0]["configMap"]["defaultMode"], 420);
+        assert_eq!(t["spec"]["volumes"][1]["secret"]["defaultMode"], 256);
+
+        let mut cj = json!({"spec": {"schedule": "0 2 * * *", "jobTemplate": {"spec": {"template": {"spec": {}}}}}});
+        apply_defaults(&rt("batch/v1", "CronJob"), &mut cj);
+        assert_eq!(
+            cj["spec"]["jobTemplate"]["metadata"],
+            json!({"creationTimestamp": null})
+        );
+        assert_eq!(
+            cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"],
+            json!({"creationTimestamp": null})
         );
     }
 }

@@ -10,6 +10,8 @@ use super::{
     Ctx, create, deleting, meta, modify, now, owned_by, owner_ref, short_hash, write_status,
 };
 
+const REVISION: &str = "/metadata/annotations/deployment.kubernetes.io~1revision";
+
 fn int(v: &Value, p: &str) -> i64 {
     v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -101,6 +103,14 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                 created.map(std::sync::Arc::new)
             }
         };
+        // The controller records the revision of the current ReplicaSet on the Deployment,
+        // which `kubectl rollout history` reads.
+        let revision = new_rs.as_ref().and_then(|rs| rs.pointer(REVISION)).cloned();
+        if let Some(rev) = revision.filter(|r| d.pointer(REVISION) != Some(r)) {
+            modify(store, "apps/deployments", &d, |o| {
+                o["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = rev;
+            });
+        }
         let new_available = new_rs
             .as_ref()
             .map_or(0, |rs| int(rs, "/status/availableReplicas"));
