@@ -28,26 +28,31 @@ pub fn is_subdomain(s: &str) -> bool {
 
 /// The error for an invalid name, or `None`.
 pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
-    let bad = |what: &str, example: &str| {
+    // The real messages end with the examples and the regular expression, two spaces
+    // before "or" included (`validation.RegexError`).
+    let bad = |what: &str, examples: &str, regex: &str| {
         Some(format!(
-            "Invalid value: \"{name}\": {what} (e.g. '{example}')"
+            "Invalid value: \"{name}\": {what} (e.g. {examples}, regex used for validation is '{regex}')"
         ))
     };
     match rule {
         NameRule::Subdomain if !is_subdomain(name) => bad(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-            "example.com",
+            "'example.com'",
+            "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
         ),
         NameRule::Label if !is_label(name) => bad(
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
-            "my-name",
+            "'my-name',  or '123-abc'",
+            "[a-z0-9]([-a-z0-9]*[a-z0-9])?",
         ),
         NameRule::Label1035
             if !is_label(name) || !name.starts_with(|c: char| c.is_ascii_lowercase()) =>
         {
             bad(
                 "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
-                "my-name",
+                "'my-name',  or 'abc-123'",
+                "[a-z]([-a-z0-9]*[a-z0-9])?",
             )
         }
         NameRule::PathSegment
@@ -177,9 +182,15 @@ fn check_selector_matches_template(errs: &mut FieldErrors, obj: &Value) {
     }
     let template = json!({"metadata": {"labels": obj.pointer("/spec/template/metadata/labels").cloned().unwrap_or(Value::Null)}});
     if !selector.matches(&template) {
+        let labels = obj
+            .pointer("/spec/template/metadata/labels")
+            .unwrap_or(&Value::Null);
         errs.push((
             "spec.template.metadata.labels".into(),
-            "Invalid value: `selector` does not match template `labels`".into(),
+            format!(
+                "Invalid value: {}: `selector` does not match template `labels`",
+                go_string_map(labels)
+            ),
         ));
     }
 }
@@ -402,6 +413,68 @@ fn immutable_fields(rt: &ResourceType) -> &'static [(&'static str, &'static str)
     }
 }
 
+/// A string as Go's `%#v` prints it (`strconv.Quote`, close enough for names and labels).
+fn go_quote(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// A `map[string]string` as Go's `%#v` prints it: keys sorted, `", "` between entries.
+fn go_string_map(v: &Value) -> String {
+    let Some(m) = v.as_object().filter(|m| !m.is_empty()) else {
+        return "map[string]string(nil)".into();
+    };
+    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+    entries.sort_by_key(|(k, _)| *k);
+    let inner: Vec<String> = entries
+        .into_iter()
+        .map(|(k, v)| {
+            format!(
+                "{}:{}",
+                go_quote(k),
+                go_quote(v.as_str().unwrap_or_default())
+            )
+        })
+        .collect();
+    format!("map[string]string{{{}}}", inner.join(", "))
+}
+
+/// A `metav1.LabelSelector` as Go's `%#v` prints it, which is how the real validator shows
+/// a changed selector in "field is immutable".
+fn go_label_selector(v: &Value) -> String {
+    let labels = go_string_map(v.get("matchLabels").unwrap_or(&Value::Null));
+    let exprs = match v.get("matchExpressions").and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => {
+            let items: Vec<String> = list
+                .iter()
+                .map(|e| {
+                    let values = match e.get("values").and_then(Value::as_array) {
+                        Some(vs) if !vs.is_empty() => format!(
+                            "[]string{{{}}}",
+                            vs.iter()
+                                .map(|x| go_quote(x.as_str().unwrap_or_default()))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        _ => "[]string(nil)".into(),
+                    };
+                    format!(
+                        "v1.LabelSelectorRequirement{{Key:{}, Operator:{}, Values:{values}}}",
+                        go_quote(e.get("key").and_then(Value::as_str).unwrap_or_default()),
+                        go_quote(
+                            e.get("operator")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                        ),
+                    )
+                })
+                .collect();
+            format!("[]v1.LabelSelectorRequirement{{{}}}", items.join(", "))
+        }
+        _ => "[]v1.LabelSelectorRequirement(nil)".into(),
+    };
+    format!("v1.LabelSelector{{MatchLabels:{labels}, MatchExpressions:{exprs}}}")
+}
+
 /// Immutable-field errors between the stored object and the update.
 pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErrors {
     let mut errs = FieldErrors::new();
@@ -410,9 +483,15 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErro
         // A PersistentVolumeClaim's volumeName may be set once by binding; other fields may
         // not change at all.
         if o != n && !(o.is_none() && *ptr == "/spec/storageClassName") {
+            let value = match (n, field.ends_with("selector")) {
+                (Some(sel), true) => go_label_selector(sel),
+                (Some(Value::String(s)), false) => go_quote(s),
+                (Some(other), false) => other.to_string(),
+                (None, _) => "null".into(),
+            };
             errs.push((
                 field.to_string(),
-                "Invalid value: field is immutable".into(),
+                format!("Invalid value: {value}: field is immutable"),
             ));
         }
     }

@@ -117,3 +117,147 @@ async fn identical_server_side_reapply_is_a_no_op() {
         assert_eq!(d["metadata"]["generation"], 1, "{}", d["metadata"]["name"]);
     }
 }
+
+async fn exists(tc: &TestCluster, args: &[&str]) -> bool {
+    let out = tc.kubectl(args).await;
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() || err.contains("NotFound"),
+        "kubectl {args:?}: {err}"
+    );
+    out.status.success()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_claim_in_use_waits_for_its_pod_under_pvc_protection() {
+    if kubectl_path().is_none() {
+        return;
+    }
+    let tc = TestCluster::start().await;
+    let manifests = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: protect}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data, namespace: protect}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: user, namespace: protect}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox:1, command: [sleep, "600"]}
+  volumes:
+  - {name: d, persistentVolumeClaim: {claimName: data}}
+"#;
+    let out = tc
+        .kubectl_stdin(&["apply", "-f", "-"], Some(manifests.as_bytes().to_vec()))
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pvc = json(
+        &tc.kubectl_ok(&["get", "pvc", "data", "-n", "protect", "-o", "json"])
+            .await,
+    );
+    assert_eq!(
+        pvc["metadata"]["finalizers"],
+        serde_json::json!(["kubernetes.io/pvc-protection"])
+    );
+    let pv_name = eventually(20, "the claim bound and its pod running", || async {
+        let pvc = json(
+            &tc.kubectl_ok(&["get", "pvc", "data", "-n", "protect", "-o", "json"])
+                .await,
+        );
+        let pod = json(
+            &tc.kubectl_ok(&["get", "pod", "user", "-n", "protect", "-o", "json"])
+                .await,
+        );
+        (pvc["status"]["phase"] == "Bound" && pod["status"]["phase"] == "Running").then(|| {
+            pvc["spec"]["volumeName"]
+                .as_str()
+                .expect("volume name")
+                .to_owned()
+        })
+    })
+    .await;
+    let pv = json(&tc.kubectl_ok(&["get", "pv", &pv_name, "-o", "json"]).await);
+    assert_eq!(
+        pv["metadata"]["finalizers"],
+        serde_json::json!(["kubernetes.io/pv-protection"])
+    );
+
+    tc.kubectl_ok(&["delete", "pvc", "data", "-n", "protect", "--wait=false"])
+        .await;
+    // The pod still runs: the claim stays, terminating, with its volume. Three passes of the
+    // controllers (a second each) must not remove it.
+    for _ in 0..6 {
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        let pvc = json(
+            &tc.kubectl_ok(&["get", "pvc", "data", "-n", "protect", "-o", "json"])
+                .await,
+        );
+        assert!(pvc["metadata"]["deletionTimestamp"].is_string(), "{pvc}");
+        assert!(
+            exists(&tc, &["get", "pv", &pv_name]).await,
+            "the volume of a claim in use went"
+        );
+    }
+    tc.kubectl_ok(&["delete", "pod", "user", "-n", "protect"])
+        .await;
+    eventually(
+        30,
+        "the claim and its volume gone once the pod is",
+        || async {
+            let claim = exists(&tc, &["get", "pvc", "data", "-n", "protect"]).await;
+            let volume = exists(&tc, &["get", "pv", &pv_name]).await;
+            (!claim && !volume).then_some(())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_namespace_has_kube_root_ca_crt() {
+    if kubectl_path().is_none() {
+        return;
+    }
+    let tc = TestCluster::start().await;
+    tc.kubectl_ok(&["create", "namespace", "fresh"]).await;
+    let get = [
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "fresh",
+        "-o",
+        "json",
+    ];
+    eventually(10, "kube-root-ca.crt in a new namespace", || async {
+        exists(&tc, &get[..5]).await.then_some(())
+    })
+    .await;
+    let cm = json(&tc.kubectl_ok(&get).await);
+    let pem = cm["data"]["ca.crt"].as_str().expect("ca.crt");
+    assert!(pem.starts_with("-----BEGIN CERTIFICATE-----\n"), "{pem}");
+    for ns in ["default", "kube-system", "kube-public"] {
+        assert!(
+            exists(&tc, &["get", "configmap", "kube-root-ca.crt", "-n", ns]).await,
+            "{ns}"
+        );
+    }
+    tc.kubectl_ok(&["delete", "configmap", "kube-root-ca.crt", "-n", "fresh"])
+        .await;
+    eventually(10, "kube-root-ca.crt published again", || async {
+        exists(&tc, &get[..5]).await.then_some(())
+    })
+    .await;
+}
