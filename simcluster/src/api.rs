@@ -1118,7 +1118,10 @@ pub fn delete(
                     None => now(),
                 };
                 obj["metadata"]["deletionTimestamp"] = Value::String(at);
-                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(0));
+                // The namespace registry sets no grace period; other kinds record theirs.
+                if !is_namespace {
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(0));
+                }
             }
             if !fins.is_empty() {
                 obj["metadata"]["finalizers"] = json!(fins);

@@ -495,6 +495,16 @@ async fn error_corpus(servers: &[Server; 2], codes: &mut Tally, fields: &mut Tal
         } else {
             fields.values(&subject, &normalise(real), &normalise(sim));
         }
+        if id == "create-in-terminating-namespace" {
+            // The namespace controllers delete the held ConfigMap in their own time.
+            for s in servers {
+                wait_for(s, 30, "the held ConfigMap to be terminating", || async {
+                    let (_, cm) = s.call("GET", &format!("{cms}/held"), "", Vec::new()).await;
+                    cm["metadata"]["deletionTimestamp"].is_string()
+                })
+                .await;
+            }
+        }
         if id == "create-namespace" {
             // The namespace's ServiceAccount and root CA ConfigMap come from controllers.
             for s in servers {

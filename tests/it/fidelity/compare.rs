@@ -125,6 +125,10 @@ pub(crate) fn normalise(object: &Value) -> Value {
         ] {
             meta.remove(f);
         }
+        // When differs; whether it is set does not.
+        if let Some(t) = meta.get_mut("deletionTimestamp") {
+            *t = Value::String("<set>".into());
+        }
         if kind == "PersistentVolumeClaim" {
             if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
                 a.retain(|k, _| !k.starts_with("pv.kubernetes.io/"));
