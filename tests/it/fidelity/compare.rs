@@ -71,6 +71,13 @@ impl Tally {
         }
     }
 
+    /// A difference found without a field-by-field comparison (an object only one server
+    /// has): one field compared, not equal.
+    pub(crate) fn scalar_difference(&mut self, d: Difference) {
+        self.compared += 1;
+        self.differences.push(d);
+    }
+
     /// `equal/compared (p%)`.
     pub(crate) fn figure(&self) -> String {
         #[expect(clippy::cast_precision_loss, reason = "counts are small")]
@@ -166,6 +173,9 @@ pub(crate) struct Known {
     pub(crate) subject: String,
     pub(crate) path: String,
     pub(crate) reason: String,
+    /// A difference between API versions (the reference is 1.20, the simulator models a newer
+    /// server), as opposed to a gap in the simulator.
+    pub(crate) version: bool,
 }
 
 impl Known {
@@ -174,8 +184,8 @@ impl Known {
     }
 }
 
-/// The fenced ```` ```fidelity-known ```` block of SIMULATION.md: `SUBJECT PATH REASON...`
-/// per line (`*` matches anything, `#` starts a comment line).
+/// The fenced ```` ```fidelity-known ```` block of SIMULATION.md: `SUBJECT PATH KIND REASON...`
+/// per line, `KIND` being `version` or `gap` (`*` matches anything, `#` starts a comment).
 ///
 /// # Errors
 /// No block, or a line without a reason.
@@ -196,19 +206,27 @@ pub(crate) fn known_differences(markdown: &str) -> anyhow::Result<Vec<Known>> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let mut parts = line.splitn(3, char::is_whitespace);
-        let (Some(subject), Some(path), Some(reason)) = (parts.next(), parts.next(), parts.next())
+        let mut parts = line.split_whitespace();
+        let (Some(subject), Some(path), Some(kind)) = (parts.next(), parts.next(), parts.next())
         else {
-            anyhow::bail!("a known difference needs a subject, a path and a reason: {line}");
+            anyhow::bail!(
+                "a known difference needs a subject, a path, `version` or `gap`, and a reason: {line}"
+            );
         };
-        let reason = reason.trim();
+        let version = match kind {
+            "version" => true,
+            "gap" => false,
+            other => anyhow::bail!("`{other}` is neither `version` nor `gap`: {line}"),
+        };
+        let reason = parts.collect::<Vec<_>>().join(" ");
         if reason.is_empty() {
             anyhow::bail!("a known difference needs a reason: {line}");
         }
         out.push(Known {
             subject: subject.to_owned(),
             path: path.to_owned(),
-            reason: reason.to_owned(),
+            reason,
+            version,
         });
     }
     Ok(out)
@@ -240,11 +258,13 @@ mod tests {
         assert!(glob("Service/*", "Service/web"));
         assert!(glob(".spec.ip*", ".spec.ipFamilies[0]"));
         assert!(!glob("Service/*", "ConfigMap/web"));
-        let md = "x\n```fidelity-known\n# c\nService/* .spec.ipFamilies* newer API\n```\n";
+        let md = "x\n```fidelity-known\n# c\nService/* .spec.ipFamilies* version newer API\n```\n";
         let known = known_differences(md).unwrap();
         assert_eq!(known.len(), 1);
         assert_eq!(known[0].reason, "newer API");
-        assert!(known_differences("```fidelity-known\nA .b\n```\n").is_err());
+        assert!(known[0].version);
+        assert!(known_differences("```fidelity-known\nA .b gap\n```\n").is_err());
+        assert!(known_differences("```fidelity-known\nA .b maybe why\n```\n").is_err());
     }
 
     #[test]
