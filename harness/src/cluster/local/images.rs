@@ -1,7 +1,7 @@
 //! The node's images, packed at start ([`crate::oci`]) and imported into its containerd: the
 //! pause image (the `pause` binary), `titanium/*:rehearsal` (a Debian root file system plus the
 //! workspace's `titanium` binary), `redis:7-alpine` (Debian's redis-server on the same file
-//! system) and `postgres:15-alpine` (the project's PostgreSQL image, `docker save`d by
+//! system), `busybox:1.36` (the same file system, for helper pods) and `postgres:15-alpine` (the project's PostgreSQL image, `docker save`d by
 //! `ci/k8s/images.sh`).
 
 use std::path::Path;
@@ -56,6 +56,19 @@ pub(crate) fn images(bin_dir: &Path, rootfs: &Path, titanium: &Path) -> Vec<Imag
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
             ],
             exposed_ports: vec!["6379/tcp".to_owned()],
+            ..RunConfig::default()
+        },
+    });
+    // The scenarios' helper pods (a reader of the backup volume) name busybox; the Debian file
+    // system has the same tools (sh, sleep, ls, cat).
+    images.push(Image {
+        name: "docker.io/library/busybox:1.36".to_owned(),
+        layers: vec![Layer::Tar(rootfs.to_owned())],
+        config: RunConfig {
+            cmd: vec!["sh".to_owned()],
+            env: vec![
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+            ],
             ..RunConfig::default()
         },
     });
