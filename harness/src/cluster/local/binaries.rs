@@ -157,3 +157,35 @@ pub fn titanium(given: Option<&Path>) -> Result<PathBuf, LocalError> {
             detail: "build it with `cargo build -p titanium`".to_owned(),
         })
 }
+
+/// The minor version of the binaries in `bin_dir` (`kube-apiserver --version` says
+/// `Kubernetes v1.20.2`): the flags the provider passes depend on it.
+///
+/// # Errors
+/// [`LocalError::Command`] when the program does not run, [`LocalError::NotFound`] when its
+/// answer names no version.
+pub fn minor_version(bin_dir: &Path) -> Result<u32, LocalError> {
+    let program = bin_dir.join("kube-apiserver");
+    let out = super::daemon::run(&program.to_string_lossy(), &["--version"])?;
+    parse_minor(&out).ok_or_else(|| LocalError::NotFound {
+        what: "a Kubernetes version",
+        detail: format!("{} --version said {:?}", program.display(), out.trim()),
+    })
+}
+
+fn parse_minor(text: &str) -> Option<u32> {
+    let version = text
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("v1."))?;
+    version.split('.').next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_minor_version_is_read_from_the_version_line() {
+        assert_eq!(super::parse_minor("Kubernetes v1.20.2\n"), Some(20));
+        assert_eq!(super::parse_minor("Kubernetes v1.29.7-dirty"), Some(29));
+        assert_eq!(super::parse_minor("Kubernetes"), None);
+    }
+}

@@ -46,6 +46,7 @@ impl ControlPlaneOptions {
 /// A running control plane. Dropping it stops every process and removes its directory.
 #[derive(Debug)]
 pub struct ControlPlane {
+    minor: u32,
     // Fields drop in order: the processes first, then the directory.
     scheduler: Daemon,
     controller_manager: Daemon,
@@ -79,6 +80,8 @@ impl ControlPlane {
         })?;
         let root = dir.path().to_owned();
         let bin = |name: &str| options.bin_dir.join(name);
+        // Flags removed in later versions are passed only to the versions that have them.
+        let minor = binaries::minor_version(&options.bin_dir)?;
         let pki = Pki::create(&root.join("pki"))?;
         let serving = pki.server(
             "kube-apiserver",
@@ -133,7 +136,6 @@ impl ControlPlane {
                 "--bind-address=127.0.0.1".to_owned(),
                 "--advertise-address=127.0.0.1".to_owned(),
                 format!("--secure-port={api_port}"),
-                "--insecure-port=0".to_owned(),
                 format!("--cert-dir={}", p(&root.join("apiserver-certs"))),
                 format!("--tls-cert-file={}", p(&serving.cert)),
                 format!("--tls-private-key-file={}", p(&serving.key)),
@@ -153,7 +155,10 @@ impl ControlPlane {
                 // refuse; nothing in the rehearsal reaches the API from a pod.
                 "--endpoint-reconciler-type=none".to_owned(),
                 "--profiling=false".to_owned(),
-            ],
+            ]
+            .into_iter()
+            .chain((minor < 24).then(|| "--insecure-port=0".to_owned()))
+            .collect::<Vec<_>>(),
             &logs.join("kube-apiserver.log"),
         )?;
         let kubeconfig = root.join("admin.kubeconfig");
@@ -181,7 +186,6 @@ impl ControlPlane {
             &[
                 format!("--kubeconfig={}", p(&cm_config)),
                 "--bind-address=127.0.0.1".to_owned(),
-                "--port=0".to_owned(),
                 format!("--secure-port={}", free_port()?),
                 format!("--cert-dir={}", p(&root.join("controller-manager-certs"))),
                 format!("--service-account-private-key-file={}", p(&sa_key)),
@@ -192,7 +196,10 @@ impl ControlPlane {
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--leader-elect=false".to_owned(),
                 "--profiling=false".to_owned(),
-            ],
+            ]
+            .into_iter()
+            .chain((minor < 24).then(|| "--port=0".to_owned()))
+            .collect::<Vec<_>>(),
             &logs.join("kube-controller-manager.log"),
         )?;
         let sched_user = pki.client("kube-scheduler", "system:kube-scheduler", &[])?;
@@ -210,12 +217,14 @@ impl ControlPlane {
             &[
                 format!("--kubeconfig={}", p(&sched_config)),
                 "--bind-address=127.0.0.1".to_owned(),
-                "--port=0".to_owned(),
                 format!("--secure-port={}", free_port()?),
                 format!("--cert-dir={}", p(&root.join("scheduler-certs"))),
                 "--leader-elect=false".to_owned(),
                 "--profiling=false".to_owned(),
-            ],
+            ]
+            .into_iter()
+            .chain((minor < 24).then(|| "--port=0".to_owned()))
+            .collect::<Vec<_>>(),
             &logs.join("kube-scheduler.log"),
         )?;
         wait_for(
@@ -227,12 +236,14 @@ impl ControlPlane {
                 &mut controller_manager,
                 &mut scheduler,
             ],
-            || default_token(&client),
+            // Since 1.24 no token Secret is made: the ServiceAccount itself is the sign.
+            || default_service_account(&client, minor < 24),
         )
         .await?;
         let started_in = started.elapsed();
         tracing::info!(%url, seconds = started_in.as_secs_f64(), "local control plane ready");
         Ok(Self {
+            minor,
             scheduler,
             controller_manager,
             apiserver,
@@ -299,6 +310,11 @@ impl ControlPlane {
             key: issued.key,
         };
         write_kubeconfig(path, &self.context, &self.url, &self.pki.ca.cert, &pair)
+    }
+
+    /// The Kubernetes minor version of its binaries (20 for v1.20.2).
+    pub fn minor_version(&self) -> u32 {
+        self.minor
     }
 
     /// The CA certificate.
@@ -381,11 +397,11 @@ async fn readyz(client: &kube::Client) -> Result<bool, String> {
     }
 }
 
-async fn default_token(client: &kube::Client) -> Result<bool, String> {
+async fn default_service_account(client: &kube::Client, token: bool) -> Result<bool, String> {
     use k8s_openapi::api::core::v1::ServiceAccount;
     let api: kube::Api<ServiceAccount> = kube::Api::namespaced(client.clone(), "default");
     match api.get_opt("default").await {
-        Ok(Some(sa)) => Ok(sa.secrets.is_some_and(|s| !s.is_empty())),
+        Ok(Some(sa)) => Ok(!token || sa.secrets.is_some_and(|s| !s.is_empty())),
         Ok(None) => Ok(false),
         Err(err) => Err(crate::error_chain(&err)),
     }

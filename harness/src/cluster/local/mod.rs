@@ -30,7 +30,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 pub use binaries::{
-    K8S_BIN_ENV, K8S_IMAGES_ENV, K8S_PROGRAMS, bin_dir, cache_root, images_dir, titanium,
+    K8S_BIN_ENV, K8S_IMAGES_ENV, K8S_PROGRAMS, bin_dir, cache_root, images_dir, minor_version,
+    titanium,
 };
 pub use control_plane::{ControlPlane, ControlPlaneOptions, SERVICE_CIDR};
 pub use dns::CLUSTER_DOMAIN;

@@ -217,7 +217,6 @@ impl Node {
                 format!("--hostname-override={NODE_NAME}"),
                 format!("--root-dir={}", p(&kubelet_root)),
                 format!("--cert-dir={}", p(&self.path.join("kubelet-certs"))),
-                "--container-runtime=remote".to_owned(),
                 format!("--container-runtime-endpoint=unix://{}", p(&self.socket)),
                 "--runtime-request-timeout=15m".to_owned(),
                 "--cgroup-driver=cgroupfs".to_owned(),
@@ -244,7 +243,14 @@ impl Node {
                     p(&self.path.join("volume-plugins"))
                 ),
                 "--node-status-update-frequency=2s".to_owned(),
-            ],
+            ]
+            .into_iter()
+            // Removed in 1.27 (containerd through CRI is then the only kind).
+            .chain(
+                (control_plane.minor_version() < 27)
+                    .then(|| "--container-runtime=remote".to_owned()),
+            )
+            .collect::<Vec<_>>(),
             &self.path.join("kubelet.log"),
         )?;
         self.kubelet = Some(kubelet);
