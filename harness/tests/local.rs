@@ -163,6 +163,10 @@ async fn a_local_cluster_resolves_services_keeps_volumes_and_leaves_nothing() {
     if prerequisites(true).is_none() {
         return;
     }
+    let _ = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_test_writer()
+        .try_init();
     let mut cluster = LocalCluster::create(LocalOptions::default()).await.unwrap();
     println!(
         "cluster ready in {:.1} s",

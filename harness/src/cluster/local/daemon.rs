@@ -84,6 +84,7 @@ impl Daemon {
             return;
         };
         let pid = Pid::from_raw(child.id() as i32);
+        let started = Instant::now();
         if matches!(child.try_wait(), Ok(None)) {
             signal_group(pid, Signal::SIGTERM);
             let deadline = Instant::now() + grace;
@@ -96,6 +97,7 @@ impl Daemon {
         if let Err(err) = child.wait() {
             tracing::warn!(component = %self.name, error = %err, "cannot reap");
         }
+        tracing::info!(component = %self.name, seconds = started.elapsed().as_secs_f64(), "stopped");
     }
 }
 

@@ -320,16 +320,22 @@ impl Node {
     /// Every teardown step, in order; returns what is left.
     fn teardown(&mut self) -> Vec<String> {
         let mut left = Vec::new();
+        let started = Instant::now();
+        let step = |name: &str| {
+            tracing::info!(step = name, seconds = started.elapsed().as_secs_f64(), "node teardown");
+        };
         // The kubelet first: it would restart what is killed below.
         for daemon in [&mut self.proxy, &mut self.kubelet].into_iter().flatten() {
             daemon.stop(Duration::from_secs(5));
         }
         self.proxy = None;
         self.kubelet = None;
+        step("kubelet and kube-proxy stopped");
         let pods = teardown::kill_all(teardown::pod_processes, Duration::from_secs(10));
         if !pods.is_empty() {
             left.push(format!("pod processes {pods:?}"));
         }
+        step("pods killed");
         let marker = self.path.display().to_string();
         if !marker.is_empty() {
             let shims = teardown::kill_all(|| teardown::shims(&marker), Duration::from_secs(5));
@@ -341,12 +347,14 @@ impl Node {
             containerd.stop(Duration::from_secs(5));
         }
         self.dns = None;
+        step("shims and containerd stopped");
         if !self.path.as_os_str().is_empty() {
             let mounts = teardown::unmount_under(&self.path);
             if !mounts.is_empty() {
                 left.push(format!("mounts {mounts:?}"));
             }
         }
+        step("unmounted");
         let cgroups = teardown::remove_cgroups();
         if !cgroups.is_empty() {
             left.push(format!("cgroups {cgroups:?}"));
@@ -362,6 +370,7 @@ impl Node {
             Ok(rules) => left.push(format!("iptables rules {rules:?}")),
             Err(err) => left.push(format!("iptables ({err})")),
         }
+        step("cgroups, bridge and iptables cleaned");
         left
     }
 }
