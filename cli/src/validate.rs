@@ -204,6 +204,20 @@ pub(crate) fn output_file(s: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// `--k8s-bin` only with `--provider local`; with it, the binaries it finds (given, or by
+/// default) must all be there.
+fn k8s_bin(provider: &str, given: Option<&Path>) -> Result<(), String> {
+    match (provider, given) {
+        ("local", given) => harness::cluster::local::bin_dir(given)
+            .map(|_| ())
+            .map_err(|e| format!("--provider local: {e}")),
+        (_, Some(_)) => Err(format!(
+            "--k8s-bin applies only to --provider local (the provider is {provider})"
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
 /// Cross-option and file-system rules, checked after parsing and before any work.
 ///
 /// # Errors
@@ -214,6 +228,7 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             if let Some(dir) = &args.report {
                 report_dir_is_new(dir)?;
             }
+            k8s_bin(&args.provider, args.k8s_bin.as_deref())?;
             if args.provider != "kubeconfig" {
                 for (given, option) in [
                     (args.kubeconfig.is_some(), "--kubeconfig"),
@@ -240,6 +255,7 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             if let Some(dir) = &args.report {
                 report_dir_is_new(dir)?;
             }
+            k8s_bin(&args.provider, args.k8s_bin.as_deref())?;
             if args.provider != "kubeconfig" {
                 for (given, option) in [
                     (args.kubeconfig.is_some(), "--kubeconfig"),
