@@ -635,6 +635,35 @@ fn default_template_metadata(obj: &mut Value, template: &str) {
     }
 }
 
+/// What a real server adds to a pod (not to a template): `SetDefaults_Pod`'s
+/// `enableServiceLinks`, and the admission steps ServiceAccount (the `default` account),
+/// Priority (priority 0, `PreemptLowerPriority`) and DefaultTolerationSeconds (five minutes of
+/// tolerance for a not-ready or unreachable node).
+fn admit_pod(spec: &mut Value) {
+    set_default(spec, &[], "enableServiceLinks", json!(true));
+    set_default(spec, &[], "serviceAccountName", json!("default"));
+    if let Some(sa) = spec.get("serviceAccountName").cloned() {
+        set_default(spec, &[], "serviceAccount", sa);
+    }
+    set_default(spec, &[], "priority", json!(0));
+    set_default(spec, &[], "preemptionPolicy", json!("PreemptLowerPriority"));
+    set_default(spec, &[], "tolerations", json!([]));
+    if let Some(tolerations) = spec.get_mut("tolerations").and_then(Value::as_array_mut) {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let tolerated = tolerations.iter().any(|t| {
+                (t["key"] == key || t.get("key").is_none() && t["operator"] == "Exists")
+                    && (t["effect"] == "NoExecute" || t.get("effect").is_none())
+            });
+            if !tolerated {
+                tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
 /// Fill in the defaults a real server adds, so round trips look the same.
 pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
     if rt.custom {
@@ -684,8 +713,9 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             }
         }
         ("", "Pod") => {
-            if let Some(spec) = obj.get_mut("spec") {
+            if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
                 default_pod_spec(spec);
+                admit_pod(spec);
             }
         }
         ("", "Service") => {
@@ -717,7 +747,10 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
         }
         ("apps", kind @ ("Deployment" | "StatefulSet" | "ReplicaSet")) => {
             set_default(obj, &["spec"], "replicas", json!(1));
-            set_default(obj, &["spec"], "revisionHistoryLimit", json!(10));
+            // A ReplicaSet has no history of its own.
+            if kind != "ReplicaSet" {
+                set_default(obj, &["spec"], "revisionHistoryLimit", json!(10));
+            }
             if kind == "Deployment" {
                 set_default(obj, &["spec"], "progressDeadlineSeconds", json!(600));
                 set_default(
@@ -895,5 +928,36 @@ mod tests {
             cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"],
             json!({"creationTimestamp": null})
         );
+    }
+
+    /// Admission of a pod as kube-apiserver 1.20 does it (not of a template).
+    #[test]
+    fn pods_get_service_account_priority_and_tolerations() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "x:1"}],
+            "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10}]}});
+        apply_defaults(&rt("v1", "Pod"), &mut pod);
+        let spec = &pod["spec"];
+        assert_eq!(spec["serviceAccountName"], "default");
+        assert_eq!(spec["serviceAccount"], "default");
+        assert_eq!(spec["enableServiceLinks"], true);
+        assert_eq!(spec["priority"], 0);
+        assert_eq!(spec["preemptionPolicy"], "PreemptLowerPriority");
+        assert_eq!(
+            spec["tolerations"],
+            json!([
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10},
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            ])
+        );
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});
+        apply_defaults(&rt("apps/v1", "Deployment"), &mut d);
+        assert!(
+            d["spec"]["template"]["spec"]
+                .get("serviceAccountName")
+                .is_none()
+        );
+        let mut rs = json!({"spec": {"template": {"spec": {}}}});
+        apply_defaults(&rt("apps/v1", "ReplicaSet"), &mut rs);
+        assert!(rs["spec"].get("revisionHistoryLimit").is_none());
     }
 }

@@ -9,11 +9,12 @@
 //! (not found, already exists, invalid names, immutable fields, conflicts, apply conflicts,
 //! a namespace held in termination by a finalizer) with their `Status` bodies.
 //!
-//! Needs the real binaries (`RR_K8S_BIN`, or the build `ci/k8s/build.sh` caches), `etcd`,
-//! `openssl`, `setpriv` and `kubectl` (for `kustomize`); under `CI=true` a missing one fails.
+//! The real side is the `local` provider's `ControlPlane` (etcd, kube-apiserver,
+//! kube-controller-manager and kube-scheduler; no node). Needs the real binaries
+//! (`RR_K8S_BIN`, or the build `ci/k8s/build.sh` caches), `etcd`, `openssl` and `kubectl` (for
+//! `kustomize`); under `CI=true` a missing one fails.
 
 mod compare;
-mod control_plane;
 mod http;
 
 use std::collections::BTreeMap;
@@ -24,8 +25,8 @@ use anyhow::Context as _;
 use harness::testing::{require, unavailable};
 use serde_json::{Value, json};
 
-use compare::{Difference, Known, Tally, normalise};
-use control_plane::ControlPlane;
+use compare::{Difference, Known, Tally, normalise, normalise_workload};
+use harness::cluster::local::{ControlPlane, ControlPlaneOptions, LocalError};
 
 const NS: &str = "titanium-prod";
 
@@ -257,6 +258,226 @@ async fn objects(s: &Server) -> BTreeMap<String, Value> {
         }
     }
     out
+}
+
+/// The Deployment each ReplicaSet or Pod belongs to (by its `app` label, as the Titanium
+/// manifests label them) and, for ReplicaSets, its revision.
+fn workload_key(kind: &str, item: &Value) -> String {
+    let app = item["metadata"]["labels"]["app"]
+        .as_str()
+        .unwrap_or_default();
+    let revision = item["metadata"]["annotations"]["deployment.kubernetes.io/revision"]
+        .as_str()
+        .map(|r| format!("@{r}"))
+        .unwrap_or_default();
+    format!("{kind}/{app}{revision}")
+}
+
+/// ReplicaSets and the first pod of each Deployment, normalised, by [`workload_key`].
+async fn workloads(s: &Server) -> BTreeMap<String, Value> {
+    let mut out = BTreeMap::new();
+    let rs = s
+        .get(&format!("/apis/apps/v1/namespaces/{NS}/replicasets"))
+        .await;
+    for mut item in rs["items"].as_array().cloned().unwrap_or_default() {
+        item["kind"] = json!("ReplicaSet");
+        item["apiVersion"] = json!("apps/v1");
+        out.insert(workload_key("ReplicaSet", &item), normalise_workload(&item));
+    }
+    let pods = s.get(&format!("/api/v1/namespaces/{NS}/pods")).await;
+    for mut item in pods["items"].as_array().cloned().unwrap_or_default() {
+        if !item["metadata"]["labels"]["pod-template-hash"].is_string() {
+            continue;
+        }
+        item["kind"] = json!("Pod");
+        item["apiVersion"] = json!("v1");
+        out.entry(workload_key("Pod", &item))
+            .or_insert_with(|| normalise_workload(&item));
+    }
+    out
+}
+
+fn compare_maps(fields: &mut Tally, real: &BTreeMap<String, Value>, sim: &BTreeMap<String, Value>) {
+    let keys: std::collections::BTreeSet<&String> = real.keys().chain(sim.keys()).collect();
+    for key in keys {
+        match (real.get(key), sim.get(key)) {
+            (Some(a), Some(b)) => fields.values(key, a, b),
+            (a, b) => fields.scalar_difference(Difference {
+                subject: key.clone(),
+                path: "(object)".into(),
+                real: if a.is_some() { "present" } else { "<absent>" }.into(),
+                sim: if b.is_some() { "present" } else { "<absent>" }.into(),
+            }),
+        }
+    }
+}
+
+/// What the controllers make: the ReplicaSets and pods of the Titanium Deployments, the
+/// `scale` subresource (read, then written as `kubectl scale` does), and a rollout of a new
+/// image (a second ReplicaSet, revision 2).
+async fn controller_corpus(
+    servers: &[Server; 2],
+    docs: &[Value],
+    codes: &mut Tally,
+    fields: &mut Tally,
+) {
+    compare_maps(
+        fields,
+        &workloads(&servers[0]).await,
+        &workloads(&servers[1]).await,
+    );
+
+    let scale = format!("/apis/apps/v1/namespaces/{NS}/deployments/prod-redis-deployment/scale");
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v["metadata"].as_object_mut() {
+            for f in ["uid", "resourceVersion", "creationTimestamp"] {
+                m.remove(f);
+            }
+        }
+        v
+    };
+    for (id, method, ct, body) in [
+        ("get-scale", "GET", "", Vec::new()),
+        (
+            "patch-scale",
+            "PATCH",
+            "application/merge-patch+json",
+            json!({"spec": {"replicas": 2}}).to_string().into_bytes(),
+        ),
+    ] {
+        let real = servers[0].call(method, &scale, ct, body.clone()).await;
+        let sim = servers[1].call(method, &scale, ct, body).await;
+        let subject = format!("request:{id}");
+        codes.scalar(&subject, "code", &json!(real.0), &json!(sim.0));
+        // The Scale's status is the point of the subresource: compared, not dropped.
+        fields.values(&subject, &strip(&real.1), &strip(&sim.1));
+    }
+
+    let mut rollout = docs
+        .iter()
+        .find(|d| d["metadata"]["name"] == "load-generator")
+        .cloned()
+        .expect("the load-generator Deployment");
+    rollout["spec"]["template"]["spec"]["containers"][0]["image"] =
+        json!("titanium/load-generator:rehearsal-2");
+    apply_all(servers, &[rollout], "rollout", codes).await;
+    for s in servers {
+        wait_for(s, 30, "a second ReplicaSet for the rollout", || async {
+            let rs = s
+                .get(&format!(
+                    "/apis/apps/v1/namespaces/{NS}/replicasets?labelSelector=app%3Dload-generator"
+                ))
+                .await;
+            rs["items"].as_array().is_some_and(|i| i.len() == 2)
+        })
+        .await;
+    }
+    fields.values(
+        "Deployment/load-generator(rollout)",
+        &rolled_out(&servers[0]).await,
+        &rolled_out(&servers[1]).await,
+    );
+    compare_maps(
+        fields,
+        &rollout_sets(&servers[0]).await,
+        &rollout_sets(&servers[1]).await,
+    );
+}
+
+/// The rolled-out Deployment, normalised.
+async fn rolled_out(s: &Server) -> Value {
+    let mut d = s
+        .get(&format!(
+            "/apis/apps/v1/namespaces/{NS}/deployments/load-generator"
+        ))
+        .await;
+    d["kind"] = json!("Deployment");
+    normalise(&d)
+}
+
+/// The rolled-out Deployment's ReplicaSets, by revision.
+async fn rollout_sets(s: &Server) -> BTreeMap<String, Value> {
+    workloads(s)
+        .await
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("ReplicaSet/load-generator@"))
+        .map(|(k, v)| (format!("{k}(rollout)"), v))
+        .collect()
+}
+
+/// A watch from a list's resourceVersion sees a create, an update and a delete: the event
+/// types and the objects, normalised.
+async fn watch_corpus(servers: &[Server; 2], codes: &mut Tally, fields: &mut Tally) {
+    let ns = "fidelity-watch";
+    let cms = format!("/api/v1/namespaces/{ns}/configmaps");
+    let mut sequences = Vec::new();
+    for s in servers {
+        let (code, _) = s
+            .call(
+                "POST",
+                "/api/v1/namespaces",
+                "application/json",
+                json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})
+                    .to_string()
+                    .into_bytes(),
+            )
+            .await;
+        assert_eq!(code, 201, "{}: namespace for the watch", s.name);
+        let list = s.get(&format!("{cms}?labelSelector=watched%3Dyes")).await;
+        let rv = list["metadata"]["resourceVersion"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+        let watch = tokio::spawn(http::watch(
+            s.client.clone(),
+            format!("{cms}?watch=1&labelSelector=watched%3Dyes&resourceVersion={rv}"),
+            3,
+            Duration::from_secs(20),
+        ));
+        let cm = |v: &str| {
+            json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": "w", "namespace": ns, "labels": {"watched": "yes"}},
+                "data": {"v": v}})
+            .to_string()
+            .into_bytes()
+        };
+        let steps = [
+            ("POST", cms.clone(), cm("1")),
+            ("PUT", format!("{cms}/w"), cm("2")),
+            ("DELETE", format!("{cms}/w"), Vec::new()),
+        ];
+        for (method, path, body) in steps {
+            let (code, answer) = s.call(method, &path, "application/json", body).await;
+            assert!(code < 300, "{}: {method} {path}: {answer}", s.name);
+        }
+        let events = watch
+            .await
+            .expect("the watch task")
+            .unwrap_or_else(|e| panic!("{}: watch: {e:#}", s.name));
+        let (code, _) = s
+            .call(
+                "DELETE",
+                &format!("/api/v1/namespaces/{ns}"),
+                "",
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(code, 200, "{}: deleting the watch namespace", s.name);
+        sequences.push(events);
+    }
+    let types =
+        |events: &[Value]| json!(events.iter().map(|e| e["type"].clone()).collect::<Vec<_>>());
+    codes.scalar(
+        "watch:configmaps",
+        "types",
+        &types(&sequences[0]),
+        &types(&sequences[1]),
+    );
+    for (i, (a, b)) in sequences[0].iter().zip(&sequences[1]).enumerate() {
+        let subject = format!("watch:configmaps[{i}]");
+        fields.values(&subject, &normalise(&a["object"]), &normalise(&b["object"]));
+    }
 }
 
 /// Requests whose answers (status code and body) are compared: the hidden-field cases.
@@ -529,13 +750,13 @@ async fn simulator_answers_like_a_real_apiserver() {
     let Some(kubectl) = require("kubectl") else {
         return;
     };
-    let Some(etcd) = require("etcd") else { return };
-    if require("openssl").is_none() || require("setpriv").is_none() {
-        return;
-    }
-    let Some(bin) = control_plane::k8s_bin_dir() else {
-        unavailable("no real Kubernetes binaries (RR_K8S_BIN, or run ci/k8s/build.sh)");
-        return;
+    let options = match ControlPlaneOptions::new("fidelity") {
+        Ok(o) => o,
+        Err(e @ LocalError::NotFound { .. }) => {
+            unavailable(&format!("no real Kubernetes control plane: {e}"));
+            return;
+        }
+        Err(e) => panic!("control plane options: {e}"),
     };
     let markdown = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../simcluster/SIMULATION.md"),
@@ -543,9 +764,14 @@ async fn simulator_answers_like_a_real_apiserver() {
     .expect("SIMULATION.md");
     let known = compare::known_differences(&markdown).expect("the fidelity-known block");
 
-    let real_cp = ControlPlane::start(&bin, &etcd)
-        .await
-        .expect("real control plane");
+    let real_cp = match ControlPlane::start(options).await {
+        Ok(cp) => cp,
+        Err(e @ LocalError::ProgramMissing { .. }) => {
+            unavailable(&format!("no real Kubernetes control plane: {e}"));
+            return;
+        }
+        Err(e) => panic!("real control plane: {e}"),
+    };
     let sim_dir = tempfile::tempdir().expect("temp dir");
     let sim_cluster = simcluster::SimCluster::start(simcluster::SimConfig::new(
         "fidelity",
@@ -557,9 +783,7 @@ async fn simulator_answers_like_a_real_apiserver() {
     let servers = [
         Server {
             name: "kube-apiserver",
-            client: http::client(&real_cp.kubeconfig)
-                .await
-                .expect("real client"),
+            client: real_cp.client().await.expect("real client"),
             real: true,
         },
         Server {
@@ -656,19 +880,9 @@ async fn simulator_answers_like_a_real_apiserver() {
         .await;
     }
     let (real_objects, sim_objects) = (objects(&servers[0]).await, objects(&servers[1]).await);
-    let keys: std::collections::BTreeSet<&String> =
-        real_objects.keys().chain(sim_objects.keys()).collect();
-    for key in keys {
-        match (real_objects.get(key), sim_objects.get(key)) {
-            (Some(a), Some(b)) => fields.values(key, a, b),
-            (a, b) => fields.scalar_difference(Difference {
-                subject: key.clone(),
-                path: "(object)".into(),
-                real: if a.is_some() { "present" } else { "<absent>" }.into(),
-                sim: if b.is_some() { "present" } else { "<absent>" }.into(),
-            }),
-        }
-    }
+    compare_maps(&mut fields, &real_objects, &sim_objects);
+    controller_corpus(&servers, &compatible, &mut codes, &mut fields).await;
+    watch_corpus(&servers, &mut codes, &mut fields).await;
     error_corpus(&servers, &mut codes, &mut fields).await;
 
     let report = |what: &str, t: &Tally| {

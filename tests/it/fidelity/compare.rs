@@ -94,7 +94,8 @@ fn show(v: Option<&Value>) -> String {
     v.map_or_else(|| "<absent>".to_owned(), Value::to_string)
 }
 
-/// Leaves by path: `.spec.ports[0].port`. Empty objects and lists are leaves too.
+/// Leaves by path: `.spec.containers[name=web].ports[0].containerPort`. Empty objects and
+/// lists are leaves too.
 pub(crate) fn flatten(v: &Value, path: String, out: &mut BTreeMap<String, Value>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
@@ -103,8 +104,18 @@ pub(crate) fn flatten(v: &Value, path: String, out: &mut BTreeMap<String, Value>
             }
         }
         Value::Array(items) if !items.is_empty() => {
+            // Lists of named objects (containers, volumes, env, ports) by name, as their merge
+            // key: an element missing on one side does not shift every later one.
+            let named = items
+                .iter()
+                .all(|x| x.get("name").is_some_and(Value::is_string));
             for (i, x) in items.iter().enumerate() {
-                flatten(x, format!("{path}[{i}]"), out);
+                let key = if named {
+                    format!("name={}", x["name"].as_str().unwrap_or_default())
+                } else {
+                    i.to_string()
+                };
+                flatten(x, format!("{path}[{key}]"), out);
             }
         }
         leaf => {
@@ -163,6 +174,40 @@ pub(crate) fn normalise(object: &Value) -> Value {
             }
         }
         _ => {}
+    }
+    o
+}
+
+/// A ReplicaSet or a Pod made by a controller, without what differs by construction: names
+/// (random or hashed; the hash values differ, their format is tested elsewhere), the
+/// `pod-template-hash` label, owner uids and names, and the node a scheduler chose (the real
+/// control plane here has no node).
+pub(crate) fn normalise_workload(object: &Value) -> Value {
+    let mut o = normalise(object);
+    if let Some(meta) = o.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.remove("name");
+        meta.remove("generateName");
+        if let Some(owners) = meta
+            .get_mut("ownerReferences")
+            .and_then(Value::as_array_mut)
+        {
+            for r in owners.iter_mut().filter_map(Value::as_object_mut) {
+                r.remove("uid");
+                r.remove("name");
+            }
+        }
+    }
+    for labels in [
+        "/metadata/labels",
+        "/spec/selector/matchLabels",
+        "/spec/template/metadata/labels",
+    ] {
+        if let Some(l) = o.pointer_mut(labels).and_then(Value::as_object_mut) {
+            l.remove("pod-template-hash");
+        }
+    }
+    if let Some(spec) = o.get_mut("spec").and_then(Value::as_object_mut) {
+        spec.remove("nodeName");
     }
     o
 }
@@ -277,6 +322,16 @@ mod tests {
         );
         assert_eq!((t.equal, t.compared), (2, 4));
         assert_eq!(t.differences[0].path, ".b[1]");
+        let mut named = BTreeMap::new();
+        flatten(
+            &json!({"v": [{"name": "x", "a": 1}]}),
+            String::new(),
+            &mut named,
+        );
+        assert_eq!(
+            named.keys().collect::<Vec<_>>(),
+            [".v[name=x].a", ".v[name=x].name"]
+        );
         assert_eq!(t.differences[1].real, "<absent>");
     }
 }

@@ -51,3 +51,60 @@ pub(crate) async fn call(
         .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
     Ok((code, value))
 }
+
+/// Watch `path` until `count` events arrived or `timeout` passed; the events in order.
+///
+/// # Errors
+/// The request fails, the answer is not 200, a line is not JSON, or the deadline passes first.
+pub(crate) async fn watch(
+    client: kube::Client,
+    path: String,
+    count: usize,
+    timeout: std::time::Duration,
+) -> anyhow::Result<Vec<Value>> {
+    let req = http::Request::builder()
+        .method("GET")
+        .uri(&path)
+        .header(http::header::ACCEPT, "application/json")
+        .body(kube::client::Body::empty())
+        .context("building a watch")?;
+    let resp = client
+        .send(req)
+        .await
+        .with_context(|| format!("watch {path}"))?;
+    anyhow::ensure!(resp.status() == 200, "watch {path}: {}", resp.status());
+    let mut body = resp.into_body();
+    let mut buf = Vec::new();
+    let mut events = Vec::new();
+    let deadline = tokio::time::Instant::now() + timeout;
+    while events.len() < count {
+        let frame = tokio::time::timeout_at(deadline, body.frame())
+            .await
+            .with_context(|| {
+                format!(
+                    "watch {path}: {} of {count} events before the deadline",
+                    events.len()
+                )
+            })?;
+        let Some(frame) = frame else {
+            anyhow::bail!(
+                "watch {path} ended after {} of {count} events",
+                events.len()
+            );
+        };
+        if let Ok(data) = frame.context("reading the watch")?.into_data() {
+            buf.extend_from_slice(&data);
+        }
+        while let Some(n) = buf.iter().position(|b| *b == b'\n') {
+            let line: Vec<u8> = buf.drain(..=n).collect();
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            let event: Value = serde_json::from_slice(&line).context("a watch event")?;
+            if event["type"] != "BOOKMARK" {
+                events.push(event);
+            }
+        }
+    }
+    Ok(events)
+}

@@ -12,6 +12,22 @@ use super::{
 
 const REVISION: &str = "/metadata/annotations/deployment.kubernetes.io~1revision";
 
+/// `maxSurge` resolved against `replicas` (a percentage rounds up), 0 for `Recreate`: what the
+/// real controller adds to the replicas in a ReplicaSet's `max-replicas` annotation.
+fn max_surge(d: &Value, replicas: i64) -> i64 {
+    if d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
+        return 0;
+    }
+    match d.pointer("/spec/strategy/rollingUpdate/maxSurge") {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(p)) => p
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<i64>().ok())
+            .map_or(0, |p| (replicas * p + 99) / 100),
+        _ => (replicas * 25 + 99) / 100,
+    }
+}
+
 fn int(v: &Value, p: &str) -> i64 {
     v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
 }
@@ -49,8 +65,12 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         let new_rs = match new_rs {
             Some(rs) => {
                 if int(rs, "/spec/replicas") != want {
+                    let max = (want + max_surge(&d, want)).to_string();
                     modify(store, "apps/replicasets", rs, |o| {
-                        o["spec"]["replicas"] = json!(want)
+                        o["spec"]["replicas"] = json!(want);
+                        let a = &mut o["metadata"]["annotations"];
+                        a["deployment.kubernetes.io/desired-replicas"] = json!(want.to_string());
+                        a["deployment.kubernetes.io/max-replicas"] = json!(max);
                     });
                     record(
                         store,
@@ -84,7 +104,7 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                         "name": rs_name,
                         "namespace": ns,
                         "labels": labels,
-                        "annotations": {"deployment.kubernetes.io/desired-replicas": want.to_string(), "deployment.kubernetes.io/revision": (mine.len() + 1).to_string()},
+                        "annotations": {"deployment.kubernetes.io/desired-replicas": want.to_string(), "deployment.kubernetes.io/max-replicas": (want + max_surge(&d, want)).to_string(), "deployment.kubernetes.io/revision": (mine.len() + 1).to_string()},
                         "ownerReferences": [owner_ref(&d)],
                     },
                     "spec": {"replicas": want, "selector": selector, "template": tpl},
