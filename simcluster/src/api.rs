@@ -467,10 +467,10 @@ fn add_finalizer(obj: &mut Value, finalizer: &str) {
     if !fins.is_array() {
         *fins = json!([]);
     }
-    if let Some(list) = fins.as_array_mut() {
-        if !list.iter().any(|f| f == finalizer) {
-            list.push(json!(finalizer));
-        }
+    if let Some(list) = fins.as_array_mut()
+        && !list.iter().any(|f| f == finalizer)
+    {
+        list.push(json!(finalizer));
     }
 }
 

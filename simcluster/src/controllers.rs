@@ -144,10 +144,11 @@ fn root_ca_config_maps(store: &Store) {
             }
             Some(_) => Ok(()),
         };
-        if let Err(e) = result {
-            if e.code != 409 && e.code != 403 {
-                tracing::warn!(namespace = name, error = %e, "publishing kube-root-ca.crt failed");
-            }
+        if let Err(e) = result
+            && e.code != 409
+            && e.code != 403
+        {
+            tracing::warn!(namespace = name, error = %e, "publishing kube-root-ca.crt failed");
         }
     }
 }

@@ -123,12 +123,12 @@ fn with_protocols(docs: &[Value]) -> Vec<Value> {
     docs.iter()
         .cloned()
         .map(|mut d| {
-            if d["kind"] == "Service" {
-                if let Some(ports) = d["spec"]["ports"].as_array_mut() {
-                    for p in ports {
-                        if p.get("protocol").is_none() {
-                            p["protocol"] = json!("TCP");
-                        }
+            if d["kind"] == "Service"
+                && let Some(ports) = d["spec"]["ports"].as_array_mut()
+            {
+                for p in ports {
+                    if p.get("protocol").is_none() {
+                        p["protocol"] = json!("TCP");
                     }
                 }
             }

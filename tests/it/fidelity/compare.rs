@@ -147,12 +147,12 @@ pub(crate) fn normalise(object: &Value) -> Value {
         if let Some(t) = meta.get_mut("deletionTimestamp") {
             *t = Value::String("<set>".into());
         }
-        if kind == "PersistentVolumeClaim" {
-            if let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut) {
-                a.retain(|k, _| !k.starts_with("pv.kubernetes.io/"));
-                if a.is_empty() {
-                    meta.remove("annotations");
-                }
+        if kind == "PersistentVolumeClaim"
+            && let Some(a) = meta.get_mut("annotations").and_then(Value::as_object_mut)
+        {
+            a.retain(|k, _| !k.starts_with("pv.kubernetes.io/"));
+            if a.is_empty() {
+                meta.remove("annotations");
             }
         }
     }
