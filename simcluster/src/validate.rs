@@ -645,6 +645,7 @@ fn admit_pod(spec: &mut Value) {
     if let Some(sa) = spec.get("serviceAccountName").cloned() {
         set_default(spec, &[], "serviceAccount", sa);
     }
+    mount_service_account_token(spec);
     set_default(spec, &[], "priority", json!(0));
     set_default(spec, &[], "preemptionPolicy", json!("PreemptLowerPriority"));
     set_default(spec, &[], "tolerations", json!([]));
@@ -659,6 +660,63 @@ fn admit_pod(spec: &mut Value) {
             });
             if !tolerated {
                 tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+/// Where the ServiceAccount admission step mounts the token volume.
+const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission step of 1.21 and later: a projected `kube-api-access-XXXXX`
+/// volume (token, `kube-root-ca.crt`, namespace) mounted read-only into every container at
+/// [`TOKEN_MOUNT`], unless `automountServiceAccountToken: false`. Idempotent: a pod that has
+/// such a volume keeps it. The simulator's kubelet serves it as an empty directory (there is
+/// no token to write).
+fn mount_service_account_token(spec: &mut Value) {
+    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
+        return;
+    }
+    set_default(spec, &[], "volumes", json!([]));
+    let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let existing = volumes.iter().find_map(|v| {
+        v["name"]
+            .as_str()
+            .filter(|n| n.starts_with("kube-api-access-"))
+            .map(str::to_owned)
+    });
+    let name = match existing {
+        Some(name) => name,
+        None => {
+            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            let suffix: String = uuid::Uuid::new_v4().as_bytes()[..5]
+                .iter()
+                .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+                .collect();
+            let name = format!("kube-api-access-{suffix}");
+            volumes.push(json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ]}}));
+            name
+        }
+    };
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.is_object())
+        {
+            set_default(c, &[], "volumeMounts", json!([]));
+            if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut)
+                && !mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT)
+            {
+                mounts.push(json!({"name": name, "readOnly": true, "mountPath": TOKEN_MOUNT}));
             }
         }
     }
@@ -939,6 +997,15 @@ mod tests {
         let spec = &pod["spec"];
         assert_eq!(spec["serviceAccountName"], "default");
         assert_eq!(spec["serviceAccount"], "default");
+        let volume = spec["volumes"][0]["name"].as_str().expect("a token volume");
+        assert!(volume.starts_with("kube-api-access-"), "{volume}");
+        assert_eq!(
+            spec["containers"][0]["volumeMounts"],
+            json!([{"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT}])
+        );
+        let mut again = pod.clone();
+        apply_defaults(&rt("v1", "Pod"), &mut again);
+        assert_eq!(again, pod, "admission twice adds nothing");
         assert_eq!(spec["enableServiceLinks"], true);
         assert_eq!(spec["priority"], 0);
         assert_eq!(spec["preemptionPolicy"], "PreemptLowerPriority");
