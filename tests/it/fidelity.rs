@@ -45,6 +45,12 @@ impl Server {
             .unwrap_or_else(|e| panic!("{}: {e:#}", self.name))
     }
 
+    async fn call_accept(&self, method: &str, path: &str, accept: &str) -> (u16, Value) {
+        http::call_with(&self.client, method, path, "", accept, Vec::new())
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:#}", self.name))
+    }
+
     async fn get(&self, path: &str) -> Value {
         let (code, body) = self.call("GET", path, "", Vec::new()).await;
         assert_eq!(code, 200, "{}: GET {path}: {body}", self.name);
@@ -404,6 +410,45 @@ async fn rollout_sets(s: &Server) -> BTreeMap<String, Value> {
         .filter(|(k, _)| k.starts_with("ReplicaSet/load-generator@"))
         .map(|(k, v)| (format!("{k}(rollout)"), v))
         .collect()
+}
+
+/// What `kubectl get` (and `-o wide`) shows: the server-side Table's column definitions
+/// (name, type, priority) of the kinds the runbook lists. Cells are not compared: they show
+/// what runs, and the reference runs nothing.
+async fn table_corpus(servers: &[Server; 2], codes: &mut Tally, fields: &mut Tally) {
+    const TABLE: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json";
+    for (plural, path) in [
+        ("deployments", "/apis/apps/v1/namespaces/NS/deployments"),
+        ("replicasets", "/apis/apps/v1/namespaces/NS/replicasets"),
+        ("statefulsets", "/apis/apps/v1/namespaces/NS/statefulsets"),
+        ("pods", "/api/v1/namespaces/NS/pods"),
+        ("services", "/api/v1/namespaces/NS/services"),
+        (
+            "persistentvolumeclaims",
+            "/api/v1/namespaces/NS/persistentvolumeclaims",
+        ),
+        ("configmaps", "/api/v1/namespaces/NS/configmaps"),
+        ("secrets", "/api/v1/namespaces/NS/secrets"),
+        ("serviceaccounts", "/api/v1/namespaces/NS/serviceaccounts"),
+        ("namespaces", "/api/v1/namespaces"),
+    ] {
+        let path = path.replace("NS", NS);
+        let mut answers = Vec::new();
+        for s in servers {
+            answers.push(s.call_accept("GET", &path, TABLE).await);
+        }
+        let subject = format!("table:{plural}");
+        codes.scalar(&subject, "code", &json!(answers[0].0), &json!(answers[1].0));
+        let columns = |t: &Value| {
+            json!(t["columnDefinitions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| json!({"name": c["name"], "type": c["type"], "priority": c["priority"].as_i64().unwrap_or(0)}))
+                .collect::<Vec<_>>())
+        };
+        fields.values(&subject, &columns(&answers[0].1), &columns(&answers[1].1));
+    }
 }
 
 /// A watch from a list's resourceVersion sees a create, an update and a delete: the event
@@ -883,6 +928,7 @@ async fn simulator_answers_like_a_real_apiserver() {
     compare_maps(&mut fields, &real_objects, &sim_objects);
     controller_corpus(&servers, &compatible, &mut codes, &mut fields).await;
     watch_corpus(&servers, &mut codes, &mut fields).await;
+    table_corpus(&servers, &mut codes, &mut fields).await;
     error_corpus(&servers, &mut codes, &mut fields).await;
 
     let report = |what: &str, t: &Tally| {

@@ -26,10 +26,22 @@ pub(crate) async fn call(
     content_type: &str,
     body: Vec<u8>,
 ) -> anyhow::Result<(u16, Value)> {
+    call_with(client, method, path, content_type, "application/json", body).await
+}
+
+/// [`call`] with an `Accept` header of the caller's (a server-side Table).
+pub(crate) async fn call_with(
+    client: &kube::Client,
+    method: &str,
+    path: &str,
+    content_type: &str,
+    accept: &str,
+    body: Vec<u8>,
+) -> anyhow::Result<(u16, Value)> {
     let mut req = http::Request::builder()
         .method(method)
         .uri(path)
-        .header(http::header::ACCEPT, "application/json");
+        .header(http::header::ACCEPT, accept);
     if !content_type.is_empty() {
         req = req.header(http::header::CONTENT_TYPE, content_type);
     }
