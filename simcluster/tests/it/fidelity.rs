@@ -261,3 +261,125 @@ async fn every_namespace_has_kube_root_ca_crt() {
     })
     .await;
 }
+
+/// The `spec.replicas` of the ReplicaSets of Deployment `web`, by image.
+async fn replica_sets_by_image(tc: &TestCluster) -> Vec<(String, i64)> {
+    let list = json(
+        &tc.kubectl_ok(&["get", "rs", "-n", "roll", "-l", "app=web", "-o", "json"])
+            .await,
+    );
+    let mut v: Vec<(String, i64)> = list["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|rs| {
+            (
+                rs["spec"]["template"]["spec"]["containers"][0]["image"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_owned(),
+                rs["spec"]["replicas"].as_i64().unwrap_or(0),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rolling_update_keeps_within_max_surge() {
+    if kubectl_path().is_none() {
+        return;
+    }
+    let tc = TestCluster::start().await;
+    let deployment = |image: &str| {
+        format!(
+            "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: web, namespace: roll}}\nspec:\n  replicas: 4\n  selector: {{matchLabels: {{app: web}}}}\n  template:\n    metadata: {{labels: {{app: web}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - {{name: c, image: \"{image}\"}}\n"
+        )
+        .into_bytes()
+    };
+    tc.kubectl_ok(&["create", "namespace", "roll"]).await;
+    let apply = ["apply", "--server-side", "-f", "-"];
+    let out = tc
+        .kubectl_stdin(&apply, Some(deployment("registry.invalid/web:1")))
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(30, "the first rollout complete", || async {
+        let d = json(
+            &tc.kubectl_ok(&["get", "deploy", "web", "-n", "roll", "-o", "json"])
+                .await,
+        );
+        (d["status"]["availableReplicas"] == 4).then_some(())
+    })
+    .await;
+    let out = tc
+        .kubectl_stdin(&apply, Some(deployment("registry.invalid/web:2")))
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(60, "the second rollout complete", || async {
+        let sets = replica_sets_by_image(&tc).await;
+        (sets
+            == [
+                ("registry.invalid/web:1".to_owned(), 0),
+                ("registry.invalid/web:2".to_owned(), 4),
+            ])
+        .then_some(())
+    })
+    .await;
+    // Replay the controller's scaling events in order: with 4 replicas, 25% surge and 25%
+    // unavailable there are never more than 5 replicas in all, and the new set starts at 1
+    // while the old one is still at 4, as the real controller does.
+    let events = json(
+        &tc.kubectl_ok(&[
+            "get",
+            "events",
+            "-n",
+            "roll",
+            "--field-selector",
+            "reason=ScalingReplicaSet",
+            "-o",
+            "json",
+        ])
+        .await,
+    );
+    let mut steps: Vec<(u64, String)> = events["items"]
+        .as_array()
+        .expect("items")
+        .iter()
+        .map(|e| {
+            (
+                e["metadata"]["resourceVersion"]
+                    .as_str()
+                    .and_then(|v| v.parse().ok())
+                    .expect("a numeric resourceVersion"),
+                e["message"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    steps.sort();
+    let mut sizes = std::collections::BTreeMap::new();
+    let mut first_of_new = None;
+    for (_, message) in &steps {
+        let (_, rest) = message.split_once("replica set ").expect(message);
+        let (name, to) = rest.split_once(" to ").expect(message);
+        let to: i64 = to.parse().expect(message);
+        if sizes.len() == 1 && !sizes.contains_key(name) {
+            first_of_new = Some(to);
+        }
+        sizes.insert(name.to_owned(), to);
+        let total: i64 = sizes.values().sum();
+        assert!(
+            total <= 5,
+            "more than replicas + maxSurge after {message:?}: {steps:?}"
+        );
+    }
+    assert_eq!(first_of_new, Some(1), "{steps:?}");
+}
