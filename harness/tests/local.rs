@@ -33,11 +33,9 @@ fn prerequisites(whole_cluster: bool) -> Option<PathBuf> {
             return None;
         }
     };
-    if whole_cluster {
-        if let Err(err) = local::images_dir(None).and_then(|_| local::titanium(None)) {
-            harness::testing::unavailable(&err.to_string());
-            return None;
-        }
+    if whole_cluster && let Err(err) = local::images_dir(None).and_then(|_| local::titanium(None)) {
+        harness::testing::unavailable(&err.to_string());
+        return None;
     }
     Some(bin)
 }
