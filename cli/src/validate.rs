@@ -242,7 +242,7 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
                         ));
                     }
                 }
-                if !args.kind_config.is_file() {
+                if args.provider != "local" && !args.kind_config.is_file() {
                     return Err(format!(
                         "--kind-config {}: no such file (run from the repository root, or give its path)",
                         args.kind_config.display()
@@ -270,7 +270,9 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
                     }
                 }
             }
-            if args.provider != "kubeconfig" && !args.kind_config.is_file() {
+            if !matches!(args.provider.as_str(), "kubeconfig" | "local")
+                && !args.kind_config.is_file()
+            {
                 return Err(format!(
                     "--kind-config {}: no such file (run from the repository root, or give its path)",
                     args.kind_config.display()

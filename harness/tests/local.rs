@@ -33,11 +33,9 @@ fn prerequisites(whole_cluster: bool) -> Option<PathBuf> {
             return None;
         }
     };
-    if whole_cluster {
-        if let Err(err) = local::images_dir(None).and_then(|_| local::titanium(None)) {
-            harness::testing::unavailable(&err.to_string());
-            return None;
-        }
+    if whole_cluster && let Err(err) = local::images_dir(None).and_then(|_| local::titanium(None)) {
+        harness::testing::unavailable(&err.to_string());
+        return None;
     }
     Some(bin)
 }
@@ -109,6 +107,38 @@ async fn the_control_plane_authenticates_and_rbac_denies_an_unbound_user() {
         assert!(
             !Path::new(&format!("/proc/{pid}")).exists(),
             "pid {pid} gone"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_control_plane_stops_its_processes_and_removes_its_directory() {
+    let Some(bin_dir) = prerequisites(false) else {
+        return;
+    };
+    if harness::keep::keep_requested() {
+        harness::testing::unavailable("HARNESS_KEEP keeps what this test checks is gone");
+        return;
+    }
+    let plane = ControlPlane::start(ControlPlaneOptions {
+        bin_dir,
+        context: "drop-test".to_owned(),
+        timeout: Duration::from_secs(90),
+    })
+    .await
+    .unwrap();
+    let (dir, url, pids) = (plane.dir().to_owned(), plane.url().to_owned(), plane.pids());
+    assert!(dir.join("admin.kubeconfig").is_file());
+    drop(plane);
+    assert!(!dir.exists(), "{} removed on drop", dir.display());
+    assert!(
+        std::net::TcpStream::connect(url.trim_start_matches("https://")).is_err(),
+        "{url} refuses after drop"
+    );
+    for pid in pids {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "pid {pid} gone after drop"
         );
     }
 }

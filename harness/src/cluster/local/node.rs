@@ -322,7 +322,11 @@ impl Node {
         let mut left = Vec::new();
         let started = Instant::now();
         let step = |name: &str| {
-            tracing::info!(step = name, seconds = started.elapsed().as_secs_f64(), "node teardown");
+            tracing::info!(
+                step = name,
+                seconds = started.elapsed().as_secs_f64(),
+                "node teardown"
+            );
         };
         // The kubelet first: it would restart what is killed below.
         for daemon in [&mut self.proxy, &mut self.kubelet].into_iter().flatten() {

@@ -193,7 +193,9 @@ fn private(path: &Path) -> Result<(), LocalError> {
     })
 }
 
-/// A kubeconfig for `user` (a client certificate) reaching `server`, written 0600.
+/// A kubeconfig for `user` (a client certificate) reaching `server`, written 0600. The
+/// certificates and the key are inline (`*-data`), so the file works on its own, copied or
+/// seen from a sandbox where the cluster's directory is not (the runbook's shell).
 pub(crate) fn write_kubeconfig(
     path: &Path,
     context: &str,
@@ -201,24 +203,35 @@ pub(crate) fn write_kubeconfig(
     ca: &Path,
     user: &CertPair,
 ) -> Result<(), LocalError> {
+    use base64::Engine as _;
+    let inline = |file: &Path| -> Result<String, LocalError> {
+        let bytes = std::fs::read(file).map_err(|source| LocalError::Io {
+            action: "read",
+            path: file.to_owned(),
+            source,
+        })?;
+        Ok(base64::engine::general_purpose::STANDARD.encode(bytes))
+    };
     let doc = serde_json::json!({
         "apiVersion": "v1",
         "kind": "Config",
         "clusters": [{"name": context, "cluster": {
             "server": server,
-            "certificate-authority": ca.display().to_string(),
+            "certificate-authority-data": inline(ca)?,
         }}],
         "users": [{"name": context, "user": {
-            "client-certificate": user.cert.display().to_string(),
-            "client-key": user.key.display().to_string(),
+            "client-certificate-data": inline(&user.cert)?,
+            "client-key-data": inline(&user.key)?,
         }}],
         "contexts": [{"name": context, "context": {"cluster": context, "user": context}}],
         "current-context": context,
     });
     // JSON is YAML: every kubeconfig reader takes it.
-    crate::keep::write_private(path, doc.to_string().as_bytes()).map_err(|source| LocalError::Io {
-        action: "write",
-        path: path.to_owned(),
-        source,
+    crate::keep::write_private(path, doc.to_string().as_bytes()).map_err(|source| {
+        LocalError::Io {
+            action: "write",
+            path: path.to_owned(),
+            source,
+        }
     })
 }
