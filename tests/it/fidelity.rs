@@ -716,6 +716,32 @@ async fn error_corpus(servers: &[Server; 2], codes: &mut Tally, fields: &mut Tal
             ),
         ),
         (
+            "create-finalized",
+            "POST",
+            cms.clone(),
+            json_ct,
+            body(cm(
+                "fin",
+                json!({"metadata": {"name": "fin", "namespace": ns, "finalizers": ["example.com/hold"]}}),
+            )),
+        ),
+        (
+            "delete-finalized",
+            "DELETE",
+            format!("{cms}/fin"),
+            "",
+            Vec::new(),
+        ),
+        ("get-finalized", "GET", format!("{cms}/fin"), "", Vec::new()),
+        (
+            "release-finalized",
+            "PATCH",
+            format!("{cms}/fin"),
+            merge_ct,
+            body(json!({"metadata": {"finalizers": null}})),
+        ),
+        ("get-released", "GET", format!("{cms}/fin"), "", Vec::new()),
+        (
             "create-held",
             "POST",
             cms.clone(),
