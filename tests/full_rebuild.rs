@@ -1,8 +1,9 @@
 //! `cargo test --test full_rebuild`: one trial per scenario and provider (libtest-mimic).
 //!
-//! The simulator trials always run. kind, kubeconfig and container trials are listed and
-//! ignored, with the reason, unless `HARNESS_PROVIDERS` enables them (for example
-//! `HARNESS_PROVIDERS=kind,container`), so `--include-ignored` and name filters behave as with
+//! The simulator trials always run. kind, local (a real Kubernetes as local processes: one
+//! trial per scenario), kubeconfig and container trials are listed and ignored, with the
+//! reason, unless `HARNESS_PROVIDERS` enables them (for example
+//! `HARNESS_PROVIDERS=container,local`), so `--include-ignored` and name filters behave as with
 //! cargo test. Each trial prints its phase timings and writes its report under
 //! `target/rehearsal/test-<trial>/`.
 
@@ -295,6 +296,29 @@ fn main() {
         kind_trial.with_ignored_flag(true)
     });
 
+    // A real Kubernetes as local processes (ci/k8s/build.sh's binaries, root, ci/setup's
+    // packages): every scenario, one cluster at a time (the provider's node lock).
+    let local_scenarios = Scenario::ALL
+        .into_iter()
+        .map(|(name, scenario)| (name, Some(scenario)))
+        .chain([("cronjob_backup", None)]);
+    for (name, scenario) in local_scenarios {
+        let trial_name = format!("local::{name}");
+        let trial = Trial::test(trial_name.clone(), move || {
+            scenario_trial(
+                scenario,
+                &trial_name,
+                ProviderSpec::Local { bin_dir: None },
+                "local",
+            )
+        });
+        trials.push(if enabled("local") {
+            trial
+        } else {
+            trial.with_ignored_flag(true)
+        });
+    }
+
     let kubeconfig_trial = Trial::test("kubeconfig::full_rebuild", || {
         // The person who set HARNESS_PROVIDERS=kubeconfig and HARNESS_CONTEXT chose this
         // cluster for destruction of titanium-prod; the test is their confirmation.
@@ -318,6 +342,16 @@ fn main() {
         if trial.name().starts_with("kind::") && !enabled("kind") {
             println!(
                 "note: {} is ignored: needs Docker, kind and HARNESS_PROVIDERS=kind",
+                trial.name()
+            );
+        }
+        if trial.name().starts_with("local::")
+            && trial.name() != "local::roundtrip_proptest"
+            && !enabled("local")
+        {
+            println!(
+                "note: {} is ignored: needs root, ci/setup (packages, ci/k8s/build.sh, \
+                 ci/k8s/images.sh) and HARNESS_PROVIDERS=local",
                 trial.name()
             );
         }

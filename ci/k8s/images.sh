@@ -58,5 +58,9 @@ echo "recipe=$recipe postgres_image=$pg_image postgres_recipe=$pg_recipe" >"$tmp
 chmod 0755 "$tmp/out"
 rm -rf "$out"
 mv "$tmp/out" "$out"
+# Disk is scarce on CI: the images of older recipes go once this one is complete.
+for old in "$cache"/images-*; do
+    [ "$old" = "$out" ] || rm -rf "$old"
+done
 say "local provider images written to $out"
 echo "$out"

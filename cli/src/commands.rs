@@ -75,12 +75,14 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
     }
     let overlay = match args.provider.as_str() {
         "kind" => "kind",
+        "local" => "local",
         "kubeconfig" => "solid-cloud",
         _ => "sim",
     };
     let provider = provider_spec(
         &args.provider,
         &args.kind_config,
+        args.k8s_bin.as_deref(),
         args.kubeconfig.as_deref(),
         args.context.as_deref(),
         args.allow_destroy,
@@ -116,6 +118,7 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
 fn provider_spec(
     provider: &str,
     kind_config: &std::path::Path,
+    k8s_bin: Option<&std::path::Path>,
     kubeconfig: Option<&std::path::Path>,
     context: Option<&str>,
     allow_destroy: bool,
@@ -137,6 +140,9 @@ fn provider_spec(
             .iter()
             .map(|s| format!("titanium/{s}:rehearsal"))
             .collect(),
+        },
+        "local" => ProviderSpec::Local {
+            bin_dir: k8s_bin.map(ToOwned::to_owned),
         },
         _ => {
             let attached = KubeconfigCluster::attach(
@@ -165,12 +171,14 @@ pub(crate) async fn runbook(args: crate::RunbookArgs) -> anyhow::Result<i32> {
     let provider = provider_spec(
         &args.provider,
         &args.kind_config,
+        args.k8s_bin.as_deref(),
         args.kubeconfig.as_deref(),
         args.context.as_deref(),
         args.allow_destroy,
     )?;
     let overlay = match args.provider.as_str() {
         "kind" => "kind",
+        "local" => "local",
         "kubeconfig" => "solid-cloud",
         _ => "sim",
     };

@@ -53,14 +53,19 @@ struct RunArgs {
     /// The scenario.
     #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup", "pitr"])]
     scenario: String,
-    /// Where clusters come from: sim (built in), kind (needs Docker and kind), kubeconfig (an
-    /// existing cluster; destroying titanium-prod there needs --allow-destroy and the
-    /// cluster's name typed at the prompt).
-    #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "kubeconfig"])]
+    /// Where clusters come from: sim (built in), kind (needs Docker and kind), local (a real
+    /// Kubernetes as local processes; needs root and ci/setup's packages and binaries),
+    /// kubeconfig (an existing cluster; destroying titanium-prod there needs --allow-destroy
+    /// and the cluster's name typed at the prompt).
+    #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "local", "kubeconfig"])]
     provider: String,
     /// kind configuration for sim and kind clusters.
     #[arg(long, default_value = "kind-config/single-node.yaml")]
     kind_config: PathBuf,
+    /// Kubernetes binaries for --provider local (default: $RR_K8S_BIN, else the cache of
+    /// ci/k8s/build.sh; official release binaries work, see ci/k8s/fetch-release.sh).
+    #[arg(long, value_name = "DIR")]
+    k8s_bin: Option<PathBuf>,
     /// Kubeconfig for --provider kubeconfig (default: $KUBECONFIG, else ~/.kube/config).
     #[arg(long, value_parser = validate::existing_file)]
     kubeconfig: Option<PathBuf>,
@@ -95,11 +100,15 @@ struct RunbookArgs {
     #[arg(default_value = "fixtures/runbook/solid-cloud-rebuild-guide.ko.md", value_parser = validate::existing_file)]
     file: PathBuf,
     /// Where clusters come from (see `rehearsal run`).
-    #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "kubeconfig"])]
+    #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "local", "kubeconfig"])]
     provider: String,
     /// kind configuration for sim and kind clusters.
     #[arg(long, default_value = "kind-config/single-node.yaml")]
     kind_config: PathBuf,
+    /// Kubernetes binaries for --provider local (default: $RR_K8S_BIN, else the cache of
+    /// ci/k8s/build.sh; official release binaries work, see ci/k8s/fetch-release.sh).
+    #[arg(long, value_name = "DIR")]
+    k8s_bin: Option<PathBuf>,
     /// Kubeconfig for --provider kubeconfig.
     #[arg(long, value_parser = validate::existing_file)]
     kubeconfig: Option<PathBuf>,

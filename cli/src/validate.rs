@@ -219,6 +219,20 @@ pub(crate) fn output_file(s: &str) -> Result<PathBuf, String> {
     Ok(path)
 }
 
+/// `--k8s-bin` only with `--provider local`; with it, the binaries it finds (given, or by
+/// default) must all be there.
+fn k8s_bin(provider: &str, given: Option<&Path>) -> Result<(), String> {
+    match (provider, given) {
+        ("local", given) => harness::cluster::local::bin_dir(given)
+            .map(|_| ())
+            .map_err(|e| format!("--provider local: {e}")),
+        (_, Some(_)) => Err(format!(
+            "--k8s-bin applies only to --provider local (the provider is {provider})"
+        )),
+        (_, None) => Ok(()),
+    }
+}
+
 /// Cross-option and file-system rules, checked after parsing and before any work.
 ///
 /// # Errors
@@ -229,6 +243,7 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             if let Some(dir) = &args.report {
                 report_dir_is_new(dir)?;
             }
+            k8s_bin(&args.provider, args.k8s_bin.as_deref())?;
             if args.provider != "kubeconfig" {
                 for (given, option) in [
                     (args.kubeconfig.is_some(), "--kubeconfig"),
@@ -242,7 +257,7 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
                         ));
                     }
                 }
-                if !args.kind_config.is_file() {
+                if args.provider != "local" && !args.kind_config.is_file() {
                     return Err(format!(
                         "--kind-config {}: no such file (run from the repository root, or give its path)",
                         args.kind_config.display()
@@ -255,6 +270,7 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             if let Some(dir) = &args.report {
                 report_dir_is_new(dir)?;
             }
+            k8s_bin(&args.provider, args.k8s_bin.as_deref())?;
             if args.provider != "kubeconfig" {
                 for (given, option) in [
                     (args.kubeconfig.is_some(), "--kubeconfig"),
@@ -269,7 +285,9 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
                     }
                 }
             }
-            if args.provider != "kubeconfig" && !args.kind_config.is_file() {
+            if !matches!(args.provider.as_str(), "kubeconfig" | "local")
+                && !args.kind_config.is_file()
+            {
                 return Err(format!(
                     "--kind-config {}: no such file (run from the repository root, or give its path)",
                     args.kind_config.display()

@@ -104,6 +104,17 @@ fn every_command_refuses_bad_options_before_it_starts() {
         (&["run", "--report", file], "--report"),
         (&["run", "--kubeconfig", file], "--kubeconfig"),
         (&["run", "--context", ""], "--context"),
+        (&["run", "--k8s-bin", root.to_str().unwrap()], "--k8s-bin"),
+        (
+            &[
+                "run",
+                "--provider",
+                "local",
+                "--k8s-bin",
+                root.to_str().unwrap(),
+            ],
+            "kube-apiserver",
+        ),
         // backup
         (
             &["backup", "--out", root.to_str().unwrap(), "--name", "../x"],

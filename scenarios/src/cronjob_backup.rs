@@ -150,12 +150,20 @@ async fn run_cronjob(
         .unchecked()
         .run()
         .context("run kubectl")?;
-    ensure!(
-        out.status.success(),
-        "kubectl create job failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
     let jobs: Api<Job> = Api::namespaced(client.clone(), NAMESPACE);
+    if !out.status.success() {
+        // kubectl since 1.21 reads the CronJob as batch/v1 only; Kubernetes 1.20 (the local
+        // provider) serves batch/v1beta1. There the Job is made as kubectl makes it.
+        ensure!(
+            !serves_batch_v1_cronjobs(client).await?,
+            "kubectl create job failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        tracing::info!("the server has no batch/v1 CronJob; creating the Job from batch/v1beta1");
+        jobs.create(&PostParams::default(), &job_from_v1beta1(client).await?)
+            .await
+            .context("create the Job from the batch/v1beta1 CronJob")?;
+    }
     let deadline = Instant::now() + timeout;
     loop {
         let status = jobs.get(JOB).await?.status.unwrap_or_default();
@@ -173,6 +181,50 @@ async fn run_cronjob(
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// Whether the server serves CronJobs as batch/v1 (Kubernetes 1.21 and later).
+async fn serves_batch_v1_cronjobs(client: &kube::Client) -> anyhow::Result<bool> {
+    let resources = client
+        .list_api_group_resources("batch/v1")
+        .await
+        .context("discover batch/v1")?;
+    Ok(resources.resources.iter().any(|r| r.name == "cronjobs"))
+}
+
+/// What `kubectl create job --from=cronjob/postgresql-backup` makes, from a batch/v1beta1
+/// CronJob: its job template as a Job, annotated as a manual instantiation, owned by it.
+async fn job_from_v1beta1(client: &kube::Client) -> anyhow::Result<Job> {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("batch", "v1beta1", "CronJob"),
+        "cronjobs",
+    );
+    let cronjobs: Api<DynamicObject> = Api::namespaced_with(client.clone(), NAMESPACE, &resource);
+    let cronjob = cronjobs
+        .get("postgresql-backup")
+        .await
+        .context("read CronJob postgresql-backup (batch/v1beta1)")?;
+    let template = &cronjob.data["spec"]["jobTemplate"];
+    let job = serde_json::json!({
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": JOB,
+            "namespace": NAMESPACE,
+            "labels": template["metadata"]["labels"],
+            "annotations": {"cronjob.kubernetes.io/instantiate": "manual"},
+            "ownerReferences": [{
+                "apiVersion": "batch/v1beta1",
+                "kind": "CronJob",
+                "name": "postgresql-backup",
+                "uid": cronjob.metadata.uid,
+                "controller": true,
+            }],
+        },
+        "spec": template["spec"],
+    });
+    serde_json::from_value(job).context("the CronJob's job template is not a Job spec")
 }
 
 /// Mounts the backup PVC in a reader pod and streams the newest dump out of it through exec.

@@ -210,10 +210,20 @@ fn check_namespace(
             details: Some(json!({"name": ns, "kind": "namespaces"})),
         }),
         Some(n) if n.pointer("/metadata/deletionTimestamp").is_some() => {
-            Err(ApiError::forbidden(format!(
+            let mut e = ApiError::forbidden(format!(
                 "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
                 rt.qualified()
-            )))
+            ));
+            let mut details = json!({"name": name, "kind": rt.plural, "causes": [{
+                "reason": "NamespaceTerminating",
+                "message": format!("namespace {ns} is being terminated"),
+                "field": "metadata.namespace",
+            }]});
+            if !rt.group.is_empty() {
+                details["group"] = json!(rt.group);
+            }
+            e.details = Some(details);
+            Err(e)
         }
         Some(_) => Ok(()),
     }
@@ -436,7 +446,11 @@ fn prepare_create(
         }
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
-        ("", "PersistentVolumeClaim") => default_storage_class(view, &mut obj),
+        ("", "PersistentVolumeClaim") => {
+            default_storage_class(view, &mut obj);
+            add_finalizer(&mut obj, crate::controllers::PVC_PROTECTION);
+        }
+        ("", "PersistentVolume") => add_finalizer(&mut obj, crate::controllers::PV_PROTECTION),
         ("", "Service") => allocate_service_fields(view, &mut obj),
         ("", "Pod") => {
             obj["status"] = json!({"phase": "Pending", "qosClass": "BestEffort"});
@@ -445,6 +459,19 @@ fn prepare_create(
         _ => {}
     }
     Ok(obj)
+}
+
+/// Add a finalizer unless it is there, as an admission step does on create.
+fn add_finalizer(obj: &mut Value, finalizer: &str) {
+    let fins = &mut obj["metadata"]["finalizers"];
+    if !fins.is_array() {
+        *fins = json!([]);
+    }
+    if let Some(list) = fins.as_array_mut()
+        && !list.iter().any(|f| f == finalizer)
+    {
+        list.push(json!(finalizer));
+    }
 }
 
 fn spec_part(obj: &Value) -> Value {
@@ -835,7 +862,6 @@ fn server_side_apply(
     manager: &str,
     force: bool,
 ) -> Result<Value, ApiError> {
-    let name = name_of(cur).to_owned();
     let status_sub = rt.has_subresource("status");
     let new_set = patch::field_set(applied, status_sub);
     let mut managed: Vec<Value> = cur
@@ -875,7 +901,7 @@ fn server_side_apply(
         }
     }
     if !conflicts.is_empty() {
-        return Err(ApiError::apply_conflict(rt, &name, conflicts));
+        return Err(ApiError::apply_conflict(conflicts));
     }
     let mut obj = cur.clone();
     for path in patch::removed_paths(&old_set, &new_set) {
@@ -937,8 +963,14 @@ pub fn patch(
     let manager = opts.field_manager.clone().unwrap_or_default();
     if ptype == PatchType::Apply {
         if manager.is_empty() {
-            return Err(ApiError::bad_request(
-                "PATCH: fieldManager is required for apply requests",
+            return Err(ApiError::invalid_kind(
+                "meta.k8s.io",
+                "PatchOptions",
+                "",
+                &[(
+                    "fieldManager".into(),
+                    "Required value: is required for apply patch".into(),
+                )],
             ));
         }
         if !p.is_object() || p.get("metadata").is_some_and(|m| !m.is_object()) {
@@ -1086,7 +1118,10 @@ pub fn delete(
                     None => now(),
                 };
                 obj["metadata"]["deletionTimestamp"] = Value::String(at);
-                obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(0));
+                // The namespace registry sets no grace period; other kinds record theirs.
+                if !is_namespace {
+                    obj["metadata"]["deletionGracePeriodSeconds"] = json!(grace.unwrap_or(0));
+                }
             }
             if !fins.is_empty() {
                 obj["metadata"]["finalizers"] = json!(fins);

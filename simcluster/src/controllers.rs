@@ -1,6 +1,8 @@
 //! Built-in control loops of the API server side: namespace termination, garbage collection
-//! of dependents (background, foreground and orphan propagation) and the `default`
-//! ServiceAccount of each namespace.
+//! of dependents (background, foreground and orphan propagation), the `default`
+//! ServiceAccount and the `kube-root-ca.crt` ConfigMap of each namespace, and the storage
+//! object in-use protection (the `kubernetes.io/pvc-protection` and `kubernetes.io/pv-protection`
+//! finalizers are removed once nothing uses the claim or volume).
 //!
 //! The loop wakes on store events that can matter (deletions, owner references, pending
 //! deletions, namespaces), then reconciles everything once. It writes only through `api`.
@@ -25,7 +27,13 @@ fn meta<'a>(obj: &'a Value, f: &str) -> &'a str {
 }
 
 fn relevant(ev: &WatchEvent) -> bool {
+    let pod_done = ev.key == "/pods"
+        && matches!(
+            ev.object.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
     ev.kind == EventType::Deleted
+        || pod_done
         || ev.key == "/namespaces"
         || ev.object.pointer("/metadata/ownerReferences").is_some()
         || ev.object.pointer("/metadata/deletionTimestamp").is_some()
@@ -61,6 +69,8 @@ pub(crate) async fn run(store: Arc<Store>, stop: CancellationToken) {
 /// One pass of every loop.
 pub(crate) fn reconcile(store: &Store) {
     default_service_accounts(store);
+    root_ca_config_maps(store);
+    storage_protection(store);
     garbage_collect(store);
     terminate_namespaces(store);
 }
@@ -82,6 +92,110 @@ fn default_service_accounts(store: &Store) {
                     tracing::warn!(namespace = name, error = %e, "creating the default service account failed");
                 }
             }
+        }
+    }
+}
+
+/// The finalizer the `StorageObjectInUseProtection` admission step puts on every claim.
+pub(crate) const PVC_PROTECTION: &str = "kubernetes.io/pvc-protection";
+/// The finalizer the same admission step puts on every PersistentVolume.
+pub(crate) const PV_PROTECTION: &str = "kubernetes.io/pv-protection";
+
+/// The name of the ConfigMap kube-controller-manager's root CA publisher keeps in every
+/// namespace.
+const ROOT_CA_CONFIG_MAP: &str = "kube-root-ca.crt";
+
+/// A self-signed certificate whose key was thrown away when it was made: the simulator serves
+/// plain HTTP, so nothing verifies against it, but pods and clients that read
+/// `kube-root-ca.crt` find a well-formed PEM certificate as on a real cluster.
+const ROOT_CA_PEM: &str = "-----BEGIN CERTIFICATE-----\nMIIBlTCCATugAwIBAgIUJNH7Rga8bGfY+ieOgbhyJSmPhp8wCgYIKoZIzj0EAwIw\nHzEdMBsGA1UEAwwUc2ltY2x1c3Rlci11bnVzZWQtY2EwIBcNMjYxMjAzMDU1ODA1\nWhgPMjEyNjExMDkwNTU4MDVaMB8xHTAbBgNVBAMMFHNpbWNsdXN0ZXItdW51c2Vk\nLWNhMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEoQnGTTKxyfc/5wIb0YXJF6Hn\nMhnOUscjRNghfWT3GXEal9tLl2JNKoX6tYGYJtMMhJGxC1Thq+PFcYouMIbGAqNT\nMFEwHQYDVR0OBBYEFKIXdzUpuRQvPY2Mn7CRmkm/WPzbMB8GA1UdIwQYMBaAFKIX\ndzUpuRQvPY2Mn7CRmkm/WPzbMA8GA1UdEwEB/wQFMAMBAf8wCgYIKoZIzj0EAwID\nSAAwRQIhANKKvsIC5dLyXjlfgd5H3dr+oQ54DqcxbikEx5ALIqtyAiAEo/GgxFVW\n1EC7lCArH6/nnrO2tKM4S6kT2DXfr7CMCw==\n-----END CERTIFICATE-----";
+
+/// `kube-root-ca.crt` in every namespace that is not terminating, recreated when deleted and
+/// reset when its data is changed, as the real publisher does.
+fn root_ca_config_maps(store: &Store) {
+    let Some(rt) = store.registry().by_kind("v1", "ConfigMap").cloned() else {
+        return;
+    };
+    let data = json!({"ca.crt": ROOT_CA_PEM});
+    let (namespaces, _) = store.list("/namespaces", None);
+    for ns in namespaces {
+        if ns.pointer("/metadata/deletionTimestamp").is_some() {
+            continue;
+        }
+        let name = meta(&ns, "name");
+        let result = match store.get("/configmaps", name, ROOT_CA_CONFIG_MAP) {
+            None => {
+                let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": ROOT_CA_CONFIG_MAP, "namespace": name}, "data": data});
+                api::create(store, &rt, name, cm, &WriteOptions::default()).map(drop)
+            }
+            Some(cm) if cm.get("data") != Some(&data) => {
+                let mut fixed = cm.as_ref().clone();
+                fixed["data"] = data.clone();
+                api::update(
+                    store,
+                    &rt,
+                    name,
+                    ROOT_CA_CONFIG_MAP,
+                    fixed,
+                    None,
+                    &WriteOptions::default(),
+                )
+                .map(drop)
+            }
+            Some(_) => Ok(()),
+        };
+        if let Err(e) = result
+            && e.code != 409
+            && e.code != 403
+        {
+            tracing::warn!(namespace = name, error = %e, "publishing kube-root-ca.crt failed");
+        }
+    }
+}
+
+/// The pvc-protection and pv-protection controllers: a claim being deleted keeps its
+/// finalizer while a scheduled pod that has not finished uses it; a volume being deleted keeps
+/// its finalizer while it is `Bound`.
+fn storage_protection(store: &Store) {
+    let (claims, _) = store.list("/persistentvolumeclaims", None);
+    for pvc in claims
+        .iter()
+        .filter(|c| c.pointer("/metadata/deletionTimestamp").is_some())
+    {
+        if !api::finalizers(pvc).iter().any(|f| f == PVC_PROTECTION) {
+            continue;
+        }
+        let ns = meta(pvc, "namespace");
+        let in_use = store.list("/pods", Some(ns)).0.iter().any(|p| {
+            p.pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .is_some_and(|n| !n.is_empty())
+                && !matches!(
+                    p.pointer("/status/phase").and_then(Value::as_str),
+                    Some("Succeeded" | "Failed")
+                )
+                && p.pointer("/spec/volumes")
+                    .and_then(Value::as_array)
+                    .is_some_and(|vs| {
+                        vs.iter().any(|v| {
+                            v.pointer("/persistentVolumeClaim/claimName")
+                                .and_then(Value::as_str)
+                                == Some(meta(pvc, "name"))
+                        })
+                    })
+        });
+        if !in_use {
+            remove_finalizer(store, "/persistentvolumeclaims", pvc, PVC_PROTECTION);
+        }
+    }
+    let (volumes, _) = store.list("/persistentvolumes", None);
+    for pv in volumes
+        .iter()
+        .filter(|v| v.pointer("/metadata/deletionTimestamp").is_some())
+    {
+        let bound = pv.pointer("/status/phase").and_then(Value::as_str) == Some("Bound");
+        if !bound && api::finalizers(pv).iter().any(|f| f == PV_PROTECTION) {
+            remove_finalizer(store, "/persistentvolumes", pv, PV_PROTECTION);
         }
     }
 }

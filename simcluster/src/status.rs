@@ -27,8 +27,36 @@ impl std::fmt::Display for ApiError {
 
 impl std::error::Error for ApiError {}
 
+/// `StatusDetails` as the real server writes them: `group` is left out when empty
+/// (`omitempty`), as for the core group.
+fn details_of(group: &str, kind: &str, name: &str) -> Value {
+    let mut d = json!({"name": name, "kind": kind});
+    if !group.is_empty() {
+        d["group"] = json!(group);
+    }
+    d
+}
+
 fn details(rt: &ResourceType, name: &str) -> Value {
-    json!({"name": name, "group": rt.group, "kind": rt.plural})
+    details_of(&rt.group, &rt.plural, name)
+}
+
+/// The `reason` of a field error, from the prefix its message starts with (the real
+/// `field.Error` prints its type's string first).
+fn cause_reason(message: &str) -> &'static str {
+    [
+        ("Invalid value", "FieldValueInvalid"),
+        ("Required value", "FieldValueRequired"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Not found", "FieldValueNotFound"),
+    ]
+    .into_iter()
+    .find(|(prefix, _)| message.starts_with(prefix))
+    .map_or("FieldValueInvalid", |(_, reason)| reason)
 }
 
 impl ApiError {
@@ -57,13 +85,17 @@ impl ApiError {
         e
     }
 
-    /// 404 NotFound for a path that names no resource.
+    /// 404 NotFound for a path that names no resource: the real server's words and empty
+    /// details; the path is only logged.
     pub fn no_resource(path: &str) -> Self {
-        Self::new(
+        tracing::debug!(path, "no resource at this path");
+        let mut e = Self::new(
             404,
             "NotFound",
-            format!("the server could not find the requested resource ({path})"),
-        )
+            "the server could not find the requested resource",
+        );
+        e.details = Some(json!({}));
+        e
     }
 
     /// 409 AlreadyExists.
@@ -91,44 +123,70 @@ impl ApiError {
         e
     }
 
-    /// 409 Conflict from server-side apply: fields owned by other managers.
-    pub fn apply_conflict(rt: &ResourceType, name: &str, causes: Vec<(String, String)>) -> Self {
-        let list: Vec<String> = causes.iter().map(|(m, f)| format!("- {m}: {f}")).collect();
-        let mut e = Self::new(
-            409,
-            "Conflict",
+    /// 409 Conflict from server-side apply: fields owned by other managers, `(manager, field)`.
+    /// The message is the real field manager's (`getConflictMessage`): one conflict on one
+    /// line, several grouped by manager in name order.
+    pub fn apply_conflict(causes: Vec<(String, String)>) -> Self {
+        let message = if let [(manager, field)] = causes.as_slice() {
+            format!("Apply failed with 1 conflict: conflict with \"{manager}\": {field}")
+        } else {
+            let mut managers: Vec<&str> = causes.iter().map(|(m, _)| m.as_str()).collect();
+            managers.sort_unstable();
+            managers.dedup();
+            let mut lines = Vec::new();
+            for manager in managers {
+                lines.push(format!("conflicts with \"{manager}\""));
+                for (_, field) in causes.iter().filter(|(m, _)| m == manager) {
+                    lines.push(format!("- {field}"));
+                }
+            }
             format!(
-                "Apply failed with {} conflict(s): conflicts with other managers:\n{}",
+                "Apply failed with {} conflicts: {}",
                 causes.len(),
-                list.join("\n")
-            ),
-        );
-        let mut d = details(rt, name);
-        d["causes"] = causes
+                lines.join("\n")
+            )
+        };
+        let mut e = Self::new(409, "Conflict", message);
+        let causes: Vec<Value> = causes
             .iter()
             .map(|(m, f)| json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{m}\""), "field": f}))
             .collect();
-        e.details = Some(d);
+        e.details = Some(json!({ "causes": causes }));
         e
     }
 
-    /// 422 Invalid with one cause per field error `(field, message)`.
+    /// 422 Invalid with one cause per field error `(field, message)`, for an object of the
+    /// kind `rt`.
     pub fn invalid(rt: &ResourceType, name: &str, errors: &[(String, String)]) -> Self {
+        Self::invalid_kind(&rt.group, &rt.kind, name, errors)
+    }
+
+    /// 422 Invalid for any group and kind (`PatchOptions.meta.k8s.io` for bad options). The
+    /// message names the qualified kind (`Deployment.apps`), as `errors.NewInvalid` does.
+    pub fn invalid_kind(group: &str, kind: &str, name: &str, errors: &[(String, String)]) -> Self {
         let text: Vec<String> = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         let joined = if text.len() == 1 {
             text[0].clone()
         } else {
             format!("[{}]", text.join(", "))
         };
+        let qualified = if group.is_empty() {
+            kind.to_owned()
+        } else {
+            format!("{kind}.{group}")
+        };
         let mut e = Self::new(
             422,
             "Invalid",
-            format!("{} \"{name}\" is invalid: {joined}", rt.kind),
+            format!("{qualified} \"{name}\" is invalid: {joined}"),
         );
-        let mut d = json!({"name": name, "group": rt.group, "kind": rt.kind});
+        let mut d = details_of(group, kind, name);
+        if name.is_empty() {
+            d.as_object_mut().map(|m| m.remove("name"));
+        }
         d["causes"] = errors
             .iter()
-            .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+            .map(|(f, m)| json!({"reason": cause_reason(m), "message": m, "field": f}))
             .collect();
         e.details = Some(d);
         e
@@ -191,4 +249,73 @@ pub fn success_status(rt: &ResourceType, name: &str, uid: Option<&str>) -> Value
         d["uid"] = Value::String(uid.to_owned());
     }
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": d})
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::resources::Registry;
+
+    fn rt(api_version: &str, kind: &str) -> ResourceType {
+        Registry::default()
+            .by_kind(api_version, kind)
+            .cloned()
+            .expect("kind")
+    }
+
+    /// Bodies as kube-apiserver 1.20 answered them (the fidelity test's corpus).
+    #[test]
+    fn status_bodies_match_a_real_server() {
+        let cm = rt("v1", "ConfigMap");
+        assert_eq!(
+            ApiError::not_found(&cm, "nope").to_status()["details"],
+            json!({"name": "nope", "kind": "configmaps"})
+        );
+        let invalid = ApiError::invalid(
+            &rt("apps/v1", "Deployment"),
+            "d",
+            &[(
+                "spec.selector".into(),
+                "Invalid value: x: field is immutable".into(),
+            )],
+        );
+        assert_eq!(
+            invalid.message,
+            "Deployment.apps \"d\" is invalid: spec.selector: Invalid value: x: field is immutable"
+        );
+        assert_eq!(invalid.to_status()["details"]["group"], "apps");
+        let forbidden = ApiError::invalid(
+            &cm,
+            "imm",
+            &[(
+                "data".into(),
+                "Forbidden: field is immutable when `immutable` is set".into(),
+            )],
+        );
+        assert_eq!(
+            forbidden.to_status()["details"]["causes"][0]["reason"],
+            "FieldValueForbidden"
+        );
+        let one = ApiError::apply_conflict(vec![("a".into(), ".data.a".into())]);
+        assert_eq!(
+            one.message,
+            "Apply failed with 1 conflict: conflict with \"a\": .data.a"
+        );
+        assert_eq!(
+            one.to_status()["details"],
+            json!({"causes": [{"reason": "FieldManagerConflict", "message": "conflict with \"a\"", "field": ".data.a"}]})
+        );
+        let two = ApiError::apply_conflict(vec![
+            ("b".into(), ".data.x".into()),
+            ("a".into(), ".data.y".into()),
+        ]);
+        assert_eq!(
+            two.message,
+            "Apply failed with 2 conflicts: conflicts with \"a\"\n- .data.y\nconflicts with \"b\"\n- .data.x"
+        );
+        assert_eq!(
+            ApiError::no_resource("/api/v1/foos").to_status()["message"],
+            "the server could not find the requested resource"
+        );
+    }
 }

@@ -78,8 +78,9 @@ fn columns(rt: &ResourceType) -> Vec<Col> {
             ("External-IP", "string"),
             ("Port(s)", "string"),
         ],
-        ("", "ConfigMap") => &[("Data", "integer")],
-        ("", "Secret") => &[("Type", "string"), ("Data", "integer")],
+        // The real printers declare these counts as strings (and send numbers).
+        ("", "ConfigMap") => &[("Data", "string")],
+        ("", "Secret") => &[("Type", "string"), ("Data", "string")],
         ("", "PersistentVolumeClaim") => &[
             ("Status", "string"),
             ("Volume", "string"),
@@ -97,11 +98,11 @@ fn columns(rt: &ResourceType) -> Vec<Col> {
         ],
         ("", "Node") => &[("Status", "string"), ("Roles", "string")],
         ("", "Endpoints") => &[("Endpoints", "string")],
-        ("", "ServiceAccount") => &[("Secrets", "integer")],
+        ("", "ServiceAccount") => &[("Secrets", "string")],
         ("apps", "Deployment") => &[
             ("Ready", "string"),
-            ("Up-to-date", "integer"),
-            ("Available", "integer"),
+            ("Up-to-date", "string"),
+            ("Available", "string"),
         ],
         ("apps", "ReplicaSet") => &[
             ("Desired", "integer"),
@@ -138,6 +139,148 @@ fn columns(rt: &ResourceType) -> Vec<Col> {
         cols.push(("Version", "string"));
     }
     cols
+}
+
+/// The `-o wide` columns (priority 1), after Age, as the real printers have them.
+fn wide_columns(rt: &ResourceType) -> &'static [Col] {
+    const WORKLOAD: &[Col] = &[
+        ("Containers", "string"),
+        ("Images", "string"),
+        ("Selector", "string"),
+    ];
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        _ if rt.custom => &[],
+        ("", "Pod") => &[
+            ("IP", "string"),
+            ("Node", "string"),
+            ("Nominated Node", "string"),
+            ("Readiness Gates", "string"),
+        ],
+        ("", "Service") => &[("Selector", "string")],
+        ("", "PersistentVolumeClaim") => &[("VolumeMode", "string")],
+        ("apps", "Deployment" | "ReplicaSet") | ("batch", "Job" | "CronJob") => WORKLOAD,
+        ("apps", "StatefulSet") => &WORKLOAD[..2],
+        _ => &[],
+    }
+}
+
+/// `key=value` pairs sorted by key, comma-separated (`labels.FormatLabels`), or `<none>`.
+fn format_labels(v: Option<&Value>) -> String {
+    let mut pairs: Vec<String> = v
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+        .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
+        .collect();
+    pairs.sort();
+    or_none(pairs.join(","))
+}
+
+/// A label selector as `metav1.FormatLabelSelector` writes it.
+fn format_selector(v: Option<&Value>) -> String {
+    let Some(sel) = v.filter(|s| s.is_object()) else {
+        return "<none>".into();
+    };
+    let mut parts: Vec<String> = Vec::new();
+    let labels = format_labels(sel.get("matchLabels"));
+    if labels != "<none>" {
+        parts.push(labels);
+    }
+    for e in sel
+        .get("matchExpressions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        let key = e["key"].as_str().unwrap_or_default();
+        let values: Vec<&str> = e["values"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        parts.push(match e["operator"].as_str().unwrap_or_default() {
+            "In" => format!("{key} in ({})", values.join(",")),
+            "NotIn" => format!("{key} notin ({})", values.join(",")),
+            "Exists" => key.to_owned(),
+            "DoesNotExist" => format!("!{key}"),
+            other => format!("{key} {other}"),
+        });
+    }
+    or_none(parts.join(","))
+}
+
+fn wide_cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
+    let containers = |spec: &str| {
+        let list: Vec<&Value> = o
+            .pointer(spec)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .collect();
+        let names: Vec<&str> = list.iter().map(|c| s(c, "/name")).collect();
+        let images: Vec<&str> = list.iter().map(|c| s(c, "/image")).collect();
+        (json!(names.join(",")), json!(images.join(",")))
+    };
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        _ if rt.custom => Vec::new(),
+        ("", "Pod") => {
+            let gates = o
+                .pointer("/spec/readinessGates")
+                .and_then(Value::as_array)
+                .filter(|g| !g.is_empty());
+            let gates = match gates {
+                None => "<none>".to_owned(),
+                Some(g) => {
+                    let conditions = o.pointer("/status/conditions").and_then(Value::as_array);
+                    let ready = g
+                        .iter()
+                        .filter(|gate| {
+                            conditions.into_iter().flatten().any(|c| {
+                                c["type"] == gate["conditionType"] && c["status"] == "True"
+                            })
+                        })
+                        .count();
+                    format!("{ready}/{}", g.len())
+                }
+            };
+            vec![
+                json!(or_none(s(o, "/status/podIP").to_owned())),
+                json!(or_none(s(o, "/spec/nodeName").to_owned())),
+                json!(or_none(s(o, "/status/nominatedNodeName").to_owned())),
+                json!(gates),
+            ]
+        }
+        ("", "Service") => vec![json!(format_labels(o.pointer("/spec/selector")))],
+        ("", "PersistentVolumeClaim") => vec![json!(
+            o.pointer("/spec/volumeMode")
+                .and_then(Value::as_str)
+                .unwrap_or("<unset>")
+        )],
+        ("apps", "Deployment" | "ReplicaSet") | ("batch", "Job") => {
+            let (names, images) = containers("/spec/template/spec/containers");
+            vec![
+                names,
+                images,
+                json!(format_selector(o.pointer("/spec/selector"))),
+            ]
+        }
+        ("batch", "CronJob") => {
+            let (names, images) = containers("/spec/jobTemplate/spec/template/spec/containers");
+            vec![
+                names,
+                images,
+                json!(format_selector(
+                    o.pointer("/spec/jobTemplate/spec/selector")
+                )),
+            ]
+        }
+        ("apps", "StatefulSet") => {
+            let (names, images) = containers("/spec/template/spec/containers");
+            vec![names, images]
+        }
+        _ => Vec::new(),
+    }
 }
 
 fn pod_cells(o: &Value) -> Vec<Value> {
@@ -438,6 +581,7 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
     if rt.kind == "Node" && !rt.custom {
         c.push(json!(s(o, "/status/nodeInfo/kubeletVersion")));
     }
+    c.extend(wide_cells(rt, o));
     c
 }
 
@@ -464,6 +608,9 @@ pub fn table(
             }
             d
         })
+        .chain(wide_columns(rt).iter().map(|(name, ty)| {
+            json!({"name": name, "type": ty, "format": "", "description": name, "priority": 1})
+        }))
         .collect();
     let custom_cols: Vec<&Value> = rt.printer_columns.iter().collect();
     if rt.custom {
@@ -524,5 +671,47 @@ mod tests {
         ] {
             assert_eq!(human_duration(secs), text);
         }
+    }
+
+    /// `kubectl get -o wide` columns as kube-apiserver 1.20 defines them (the fidelity test).
+    #[test]
+    fn wide_columns_follow_age_with_priority_one() {
+        let rt = crate::resources::Registry::default()
+            .by_kind("apps/v1", "Deployment")
+            .cloned()
+            .expect("kind");
+        let d = json!({"metadata": {"name": "web"}, "spec": {
+            "selector": {"matchLabels": {"tier": "f", "app": "web"},
+                "matchExpressions": [{"key": "env", "operator": "In", "values": ["a", "b"]}]},
+            "template": {"spec": {"containers": [{"name": "a", "image": "x:1"}, {"name": "b", "image": "y:2"}]}}}});
+        let t = table(&rt, &[d], "1", "None", true);
+        let names: Vec<(&str, i64)> = t["columnDefinitions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c["name"].as_str().unwrap(), c["priority"].as_i64().unwrap()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("Name", 0),
+                ("Ready", 0),
+                ("Up-to-date", 0),
+                ("Available", 0),
+                ("Age", 0),
+                ("Containers", 1),
+                ("Images", 1),
+                ("Selector", 1)
+            ]
+        );
+        let cells = t["rows"][0]["cells"].as_array().unwrap();
+        assert_eq!(
+            cells[5..],
+            [
+                json!("a,b"),
+                json!("x:1,y:2"),
+                json!("app=web,tier=f,env in (a,b)")
+            ]
+        );
     }
 }

@@ -28,26 +28,31 @@ pub fn is_subdomain(s: &str) -> bool {
 
 /// The error for an invalid name, or `None`.
 pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
-    let bad = |what: &str, example: &str| {
+    // The real messages end with the examples and the regular expression, two spaces
+    // before "or" included (`validation.RegexError`).
+    let bad = |what: &str, examples: &str, regex: &str| {
         Some(format!(
-            "Invalid value: \"{name}\": {what} (e.g. '{example}')"
+            "Invalid value: \"{name}\": {what} (e.g. {examples}, regex used for validation is '{regex}')"
         ))
     };
     match rule {
         NameRule::Subdomain if !is_subdomain(name) => bad(
             "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-            "example.com",
+            "'example.com'",
+            "[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*",
         ),
         NameRule::Label if !is_label(name) => bad(
             "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character",
-            "my-name",
+            "'my-name',  or '123-abc'",
+            "[a-z0-9]([-a-z0-9]*[a-z0-9])?",
         ),
         NameRule::Label1035
             if !is_label(name) || !name.starts_with(|c: char| c.is_ascii_lowercase()) =>
         {
             bad(
                 "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character",
-                "my-name",
+                "'my-name',  or 'abc-123'",
+                "[a-z]([-a-z0-9]*[a-z0-9])?",
             )
         }
         NameRule::PathSegment
@@ -177,9 +182,15 @@ fn check_selector_matches_template(errs: &mut FieldErrors, obj: &Value) {
     }
     let template = json!({"metadata": {"labels": obj.pointer("/spec/template/metadata/labels").cloned().unwrap_or(Value::Null)}});
     if !selector.matches(&template) {
+        let labels = obj
+            .pointer("/spec/template/metadata/labels")
+            .unwrap_or(&Value::Null);
         errs.push((
             "spec.template.metadata.labels".into(),
-            "Invalid value: `selector` does not match template `labels`".into(),
+            format!(
+                "Invalid value: {}: `selector` does not match template `labels`",
+                go_string_map(labels)
+            ),
         ));
     }
 }
@@ -402,6 +413,68 @@ fn immutable_fields(rt: &ResourceType) -> &'static [(&'static str, &'static str)
     }
 }
 
+/// A string as Go's `%#v` prints it (`strconv.Quote`, close enough for names and labels).
+fn go_quote(s: &str) -> String {
+    Value::String(s.to_owned()).to_string()
+}
+
+/// A `map[string]string` as Go's `%#v` prints it: keys sorted, `", "` between entries.
+fn go_string_map(v: &Value) -> String {
+    let Some(m) = v.as_object().filter(|m| !m.is_empty()) else {
+        return "map[string]string(nil)".into();
+    };
+    let mut entries: Vec<(&String, &Value)> = m.iter().collect();
+    entries.sort_by_key(|(k, _)| *k);
+    let inner: Vec<String> = entries
+        .into_iter()
+        .map(|(k, v)| {
+            format!(
+                "{}:{}",
+                go_quote(k),
+                go_quote(v.as_str().unwrap_or_default())
+            )
+        })
+        .collect();
+    format!("map[string]string{{{}}}", inner.join(", "))
+}
+
+/// A `metav1.LabelSelector` as Go's `%#v` prints it, which is how the real validator shows
+/// a changed selector in "field is immutable".
+fn go_label_selector(v: &Value) -> String {
+    let labels = go_string_map(v.get("matchLabels").unwrap_or(&Value::Null));
+    let exprs = match v.get("matchExpressions").and_then(Value::as_array) {
+        Some(list) if !list.is_empty() => {
+            let items: Vec<String> = list
+                .iter()
+                .map(|e| {
+                    let values = match e.get("values").and_then(Value::as_array) {
+                        Some(vs) if !vs.is_empty() => format!(
+                            "[]string{{{}}}",
+                            vs.iter()
+                                .map(|x| go_quote(x.as_str().unwrap_or_default()))
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        _ => "[]string(nil)".into(),
+                    };
+                    format!(
+                        "v1.LabelSelectorRequirement{{Key:{}, Operator:{}, Values:{values}}}",
+                        go_quote(e.get("key").and_then(Value::as_str).unwrap_or_default()),
+                        go_quote(
+                            e.get("operator")
+                                .and_then(Value::as_str)
+                                .unwrap_or_default()
+                        ),
+                    )
+                })
+                .collect();
+            format!("[]v1.LabelSelectorRequirement{{{}}}", items.join(", "))
+        }
+        _ => "[]v1.LabelSelectorRequirement(nil)".into(),
+    };
+    format!("v1.LabelSelector{{MatchLabels:{labels}, MatchExpressions:{exprs}}}")
+}
+
 /// Immutable-field errors between the stored object and the update.
 pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErrors {
     let mut errs = FieldErrors::new();
@@ -410,9 +483,15 @@ pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErro
         // A PersistentVolumeClaim's volumeName may be set once by binding; other fields may
         // not change at all.
         if o != n && !(o.is_none() && *ptr == "/spec/storageClassName") {
+            let value = match (n, field.ends_with("selector")) {
+                (Some(sel), true) => go_label_selector(sel),
+                (Some(Value::String(s)), false) => go_quote(s),
+                (Some(other), false) => other.to_string(),
+                (None, _) => "null".into(),
+            };
             errs.push((
                 field.to_string(),
-                "Invalid value: field is immutable".into(),
+                format!("Invalid value: {value}: field is immutable"),
             ));
         }
     }
@@ -501,6 +580,143 @@ fn default_pod_spec(spec: &mut Value) {
                         set_default(p, &[], "protocol", json!("TCP"));
                     }
                 }
+                for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                    if let Some(p) = c.get_mut(probe).filter(|p| p.is_object()) {
+                        default_probe(p);
+                    }
+                }
+                if let Some(env) = c.get_mut("env").and_then(Value::as_array_mut) {
+                    for e in env {
+                        if e.pointer("/valueFrom/fieldRef")
+                            .is_some_and(Value::is_object)
+                        {
+                            set_default(e, &["valueFrom", "fieldRef"], "apiVersion", json!("v1"));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) {
+        for v in volumes {
+            // `SetDefaults_ConfigMapVolumeSource` and its siblings: 0644, shown as 420.
+            for source in ["configMap", "secret", "projected", "downwardAPI"] {
+                if v.get(source).is_some_and(Value::is_object) {
+                    set_default(v, &[source], "defaultMode", json!(420));
+                }
+            }
+        }
+    }
+}
+
+/// `SetDefaults_Probe` and `SetDefaults_HTTPGetAction`.
+fn default_probe(probe: &mut Value) {
+    for (f, v) in [
+        ("timeoutSeconds", 1),
+        ("periodSeconds", 10),
+        ("successThreshold", 1),
+        ("failureThreshold", 3),
+    ] {
+        set_default(probe, &[], f, json!(v));
+    }
+    if probe.get("httpGet").is_some_and(Value::is_object) {
+        set_default(probe, &["httpGet"], "scheme", json!("HTTP"));
+    }
+}
+
+/// An embedded template's `metadata` carries `creationTimestamp: null`, as the real server's
+/// serialization of an empty `ObjectMeta` time does; diff tools see it.
+fn default_template_metadata(obj: &mut Value, template: &str) {
+    if let Some(t) = obj.pointer_mut(template).filter(|t| t.is_object()) {
+        set_default(t, &[], "metadata", json!({}));
+        if let Some(m) = t.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.entry("creationTimestamp").or_insert(Value::Null);
+        }
+    }
+}
+
+/// What a real server adds to a pod (not to a template): `SetDefaults_Pod`'s
+/// `enableServiceLinks`, and the admission steps ServiceAccount (the `default` account),
+/// Priority (priority 0, `PreemptLowerPriority`) and DefaultTolerationSeconds (five minutes of
+/// tolerance for a not-ready or unreachable node).
+fn admit_pod(spec: &mut Value) {
+    set_default(spec, &[], "enableServiceLinks", json!(true));
+    set_default(spec, &[], "serviceAccountName", json!("default"));
+    if let Some(sa) = spec.get("serviceAccountName").cloned() {
+        set_default(spec, &[], "serviceAccount", sa);
+    }
+    mount_service_account_token(spec);
+    set_default(spec, &[], "priority", json!(0));
+    set_default(spec, &[], "preemptionPolicy", json!("PreemptLowerPriority"));
+    set_default(spec, &[], "tolerations", json!([]));
+    if let Some(tolerations) = spec.get_mut("tolerations").and_then(Value::as_array_mut) {
+        for key in [
+            "node.kubernetes.io/not-ready",
+            "node.kubernetes.io/unreachable",
+        ] {
+            let tolerated = tolerations.iter().any(|t| {
+                (t["key"] == key || t.get("key").is_none() && t["operator"] == "Exists")
+                    && (t["effect"] == "NoExecute" || t.get("effect").is_none())
+            });
+            if !tolerated {
+                tolerations.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            }
+        }
+    }
+}
+
+/// Where the ServiceAccount admission step mounts the token volume.
+const TOKEN_MOUNT: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
+
+/// The ServiceAccount admission step of 1.21 and later: a projected `kube-api-access-XXXXX`
+/// volume (token, `kube-root-ca.crt`, namespace) mounted read-only into every container at
+/// [`TOKEN_MOUNT`], unless `automountServiceAccountToken: false`. Idempotent: a pod that has
+/// such a volume keeps it. The simulator's kubelet serves it as an empty directory (there is
+/// no token to write).
+fn mount_service_account_token(spec: &mut Value) {
+    if spec.get("automountServiceAccountToken") == Some(&Value::Bool(false)) {
+        return;
+    }
+    set_default(spec, &[], "volumes", json!([]));
+    let Some(volumes) = spec.get_mut("volumes").and_then(Value::as_array_mut) else {
+        return;
+    };
+    let existing = volumes.iter().find_map(|v| {
+        v["name"]
+            .as_str()
+            .filter(|n| n.starts_with("kube-api-access-"))
+            .map(str::to_owned)
+    });
+    let name = match existing {
+        Some(name) => name,
+        None => {
+            const ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+            let suffix: String = uuid::Uuid::new_v4().as_bytes()[..5]
+                .iter()
+                .map(|b| ALPHABET[usize::from(*b) % ALPHABET.len()] as char)
+                .collect();
+            let name = format!("kube-api-access-{suffix}");
+            volumes.push(json!({"name": name, "projected": {"defaultMode": 420, "sources": [
+                {"serviceAccountToken": {"expirationSeconds": 3607, "path": "token"}},
+                {"configMap": {"name": "kube-root-ca.crt", "items": [{"key": "ca.crt", "path": "ca.crt"}]}},
+                {"downwardAPI": {"items": [{"path": "namespace", "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}},
+            ]}}));
+            name
+        }
+    };
+    for list in ["initContainers", "containers"] {
+        for c in spec
+            .get_mut(list)
+            .and_then(Value::as_array_mut)
+            .into_iter()
+            .flatten()
+            .filter(|c| c.is_object())
+        {
+            set_default(c, &[], "volumeMounts", json!([]));
+            if let Some(mounts) = c.get_mut("volumeMounts").and_then(Value::as_array_mut)
+                && !mounts.iter().any(|m| m["mountPath"] == TOKEN_MOUNT)
+            {
+                mounts.push(json!({"name": name, "readOnly": true, "mountPath": TOKEN_MOUNT}));
             }
         }
     }
@@ -555,8 +771,9 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             }
         }
         ("", "Pod") => {
-            if let Some(spec) = obj.get_mut("spec") {
+            if let Some(spec) = obj.get_mut("spec").filter(|s| s.is_object()) {
                 default_pod_spec(spec);
+                admit_pod(spec);
             }
         }
         ("", "Service") => {
@@ -588,7 +805,10 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
         }
         ("apps", kind @ ("Deployment" | "StatefulSet" | "ReplicaSet")) => {
             set_default(obj, &["spec"], "replicas", json!(1));
-            set_default(obj, &["spec"], "revisionHistoryLimit", json!(10));
+            // A ReplicaSet has no history of its own.
+            if kind != "ReplicaSet" {
+                set_default(obj, &["spec"], "revisionHistoryLimit", json!(10));
+            }
             if kind == "Deployment" {
                 set_default(obj, &["spec"], "progressDeadlineSeconds", json!(600));
                 set_default(
@@ -623,6 +843,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
                     }
                 }
             }
+            default_template_metadata(obj, "/spec/template");
             if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
                 default_pod_spec(spec);
             }
@@ -631,6 +852,7 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             set_default(obj, &["spec"], "backoffLimit", json!(6));
             set_default(obj, &["spec"], "completions", json!(1));
             set_default(obj, &["spec"], "parallelism", json!(1));
+            default_template_metadata(obj, "/spec/template");
             if let Some(spec) = obj.pointer_mut("/spec/template/spec") {
                 default_pod_spec(spec);
             }
@@ -640,6 +862,8 @@ pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
             set_default(obj, &["spec"], "suspend", json!(false));
             set_default(obj, &["spec"], "successfulJobsHistoryLimit", json!(3));
             set_default(obj, &["spec"], "failedJobsHistoryLimit", json!(1));
+            default_template_metadata(obj, "/spec/jobTemplate");
+            default_template_metadata(obj, "/spec/jobTemplate/spec/template");
             if let Some(spec) = obj.pointer_mut("/spec/jobTemplate/spec/template/spec") {
                 default_pod_spec(spec);
             }
@@ -726,5 +950,81 @@ mod tests {
             s,
             json!({"metadata": {"name": "s"}, "type": "Opaque", "data": {"password": "aHVudGVyMg=="}})
         );
+    }
+
+    /// The defaults kube-apiserver 1.20 filled in for the Titanium manifests and the simulator
+    /// did not (measured by the `tests` crate's fidelity test).
+    #[test]
+    fn probe_volume_and_template_defaults_match_a_real_server() {
+        let mut d = json!({"spec": {"template": {"spec": {
+            "containers": [{"name": "c", "image": "x:1",
+                "livenessProbe": {"httpGet": {"path": "/health", "port": 8000}},
+                "readinessProbe": {"exec": {"command": ["true"]}, "periodSeconds": 5}}],
+            "volumes": [{"name": "cm", "configMap": {"name": "cm"}},
+                {"name": "s", "secret": {"secretName": "s", "defaultMode": 256}}]}}}});
+        apply_defaults(&rt("apps/v1", "Deployment"), &mut d);
+        let t = &d["spec"]["template"];
+        assert_eq!(t["metadata"], json!({"creationTimestamp": null}));
+        let c = &t["spec"]["containers"][0];
+        assert_eq!(
+            c["livenessProbe"],
+            json!({"httpGet": {"path": "/health", "port": 8000, "scheme": "HTTP"},
+                "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3})
+        );
+        assert_eq!(c["readinessProbe"]["periodSeconds"], 5);
+        assert_eq!(c["readinessProbe"]["failureThreshold"], 3);
+        assert_eq!(t["spec"]["volumes"][0]["configMap"]["defaultMode"], 420);
+        assert_eq!(t["spec"]["volumes"][1]["secret"]["defaultMode"], 256);
+
+        let mut cj = json!({"spec": {"schedule": "0 2 * * *", "jobTemplate": {"spec": {"template": {"spec": {}}}}}});
+        apply_defaults(&rt("batch/v1", "CronJob"), &mut cj);
+        assert_eq!(
+            cj["spec"]["jobTemplate"]["metadata"],
+            json!({"creationTimestamp": null})
+        );
+        assert_eq!(
+            cj["spec"]["jobTemplate"]["spec"]["template"]["metadata"],
+            json!({"creationTimestamp": null})
+        );
+    }
+
+    /// Admission of a pod as kube-apiserver 1.20 does it (not of a template).
+    #[test]
+    fn pods_get_service_account_priority_and_tolerations() {
+        let mut pod = json!({"spec": {"containers": [{"name": "c", "image": "x:1"}],
+            "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10}]}});
+        apply_defaults(&rt("v1", "Pod"), &mut pod);
+        let spec = &pod["spec"];
+        assert_eq!(spec["serviceAccountName"], "default");
+        assert_eq!(spec["serviceAccount"], "default");
+        let volume = spec["volumes"][0]["name"].as_str().expect("a token volume");
+        assert!(volume.starts_with("kube-api-access-"), "{volume}");
+        assert_eq!(
+            spec["containers"][0]["volumeMounts"],
+            json!([{"name": volume, "readOnly": true, "mountPath": TOKEN_MOUNT}])
+        );
+        let mut again = pod.clone();
+        apply_defaults(&rt("v1", "Pod"), &mut again);
+        assert_eq!(again, pod, "admission twice adds nothing");
+        assert_eq!(spec["enableServiceLinks"], true);
+        assert_eq!(spec["priority"], 0);
+        assert_eq!(spec["preemptionPolicy"], "PreemptLowerPriority");
+        assert_eq!(
+            spec["tolerations"],
+            json!([
+                {"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 10},
+                {"key": "node.kubernetes.io/not-ready", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300},
+            ])
+        );
+        let mut d = json!({"spec": {"template": {"spec": {"containers": [{"name": "c", "image": "x:1"}]}}}});
+        apply_defaults(&rt("apps/v1", "Deployment"), &mut d);
+        assert!(
+            d["spec"]["template"]["spec"]
+                .get("serviceAccountName")
+                .is_none()
+        );
+        let mut rs = json!({"spec": {"template": {"spec": {}}}});
+        apply_defaults(&rt("apps/v1", "ReplicaSet"), &mut rs);
+        assert!(rs["spec"].get("revisionHistoryLimit").is_none());
     }
 }

@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 
 use super::kind::{KindCluster, KindOptions};
 use super::kubeconfig::KubeconfigCluster;
+use super::local::{LocalCluster, LocalOptions};
 use super::sim::{SimOptions, SimProvider};
 use super::{Cluster, ClusterError, DestroyGate, ProviderKind};
 
@@ -23,6 +24,12 @@ pub enum ProviderSpec {
         kind_config: PathBuf,
         /// Locally built images to load into it.
         images: Vec<String>,
+    },
+    /// A new real single-node Kubernetes as local processes.
+    Local {
+        /// The Kubernetes binaries (default: `$RR_K8S_BIN`, else the cache of
+        /// `ci/k8s/build.sh`).
+        bin_dir: Option<PathBuf>,
     },
     /// An existing cluster. "Creating" it attaches; "destroying" it deletes the rehearsal's
     /// namespaces, and only through a confirmed [`DestroyGate`].
@@ -44,6 +51,7 @@ impl ProviderSpec {
         match self {
             ProviderSpec::Sim { .. } => ProviderKind::Sim,
             ProviderSpec::Kind { .. } => ProviderKind::Kind,
+            ProviderSpec::Local { .. } => ProviderKind::Local,
             ProviderSpec::Kubeconfig { .. } => ProviderKind::Kubeconfig,
         }
     }
@@ -69,6 +77,13 @@ impl ProviderSpec {
                 cluster.load_images(images).await?;
                 AnyCluster::Kind(cluster)
             }
+            ProviderSpec::Local { bin_dir } => AnyCluster::Local(
+                LocalCluster::create(LocalOptions {
+                    bin_dir: bin_dir.clone(),
+                    ..LocalOptions::default()
+                })
+                .await?,
+            ),
             ProviderSpec::Kubeconfig {
                 path,
                 context,
@@ -93,6 +108,8 @@ pub enum AnyCluster {
     Kind(KindCluster),
     /// Existing.
     Kubeconfig(KubeconfigCluster),
+    /// Local processes.
+    Local(LocalCluster),
 }
 
 impl Cluster for AnyCluster {
@@ -101,6 +118,7 @@ impl Cluster for AnyCluster {
             AnyCluster::Sim(c) => c.name(),
             AnyCluster::Kind(c) => c.name(),
             AnyCluster::Kubeconfig(c) => c.name(),
+            AnyCluster::Local(c) => c.name(),
         }
     }
 
@@ -109,6 +127,7 @@ impl Cluster for AnyCluster {
             AnyCluster::Sim(c) => c.provider(),
             AnyCluster::Kind(c) => c.provider(),
             AnyCluster::Kubeconfig(c) => c.provider(),
+            AnyCluster::Local(c) => c.provider(),
         }
     }
 
@@ -117,6 +136,7 @@ impl Cluster for AnyCluster {
             AnyCluster::Sim(c) => c.kubeconfig(),
             AnyCluster::Kind(c) => c.kubeconfig(),
             AnyCluster::Kubeconfig(c) => c.kubeconfig(),
+            AnyCluster::Local(c) => c.kubeconfig(),
         }
     }
 
@@ -125,6 +145,7 @@ impl Cluster for AnyCluster {
             AnyCluster::Sim(c) => c.context(),
             AnyCluster::Kind(c) => c.context(),
             AnyCluster::Kubeconfig(c) => c.context(),
+            AnyCluster::Local(c) => c.context(),
         }
     }
 
@@ -133,6 +154,7 @@ impl Cluster for AnyCluster {
             AnyCluster::Sim(c) => c.destroy().await,
             AnyCluster::Kind(c) => c.destroy().await,
             AnyCluster::Kubeconfig(c) => c.destroy().await,
+            AnyCluster::Local(c) => c.destroy().await,
         }
     }
 }

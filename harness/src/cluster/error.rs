@@ -6,7 +6,7 @@ use std::path::PathBuf;
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// An unknown provider name.
-    #[error("unknown cluster provider `{name}`; expected sim, kind or kubeconfig")]
+    #[error("unknown cluster provider `{name}`; expected sim, kind, local or kubeconfig")]
     UnknownProvider {
         /// The name given.
         name: String,
@@ -109,6 +109,10 @@ pub enum ClusterError {
         /// What failed.
         detail: String,
     },
+
+    /// The local cluster failed.
+    #[error("local cluster")]
+    Local(#[source] super::local::LocalError),
 
     /// The cluster is still reachable after destroy.
     #[error("cluster `{cluster}` still answers after destroy: {detail}")]

@@ -1,5 +1,5 @@
-//! Cluster providers behind one small trait: the simulator (default), kind, and an existing
-//! kubeconfig context.
+//! Cluster providers behind one small trait: the simulator (default), kind, a real Kubernetes
+//! as local processes (`local`), and an existing kubeconfig context.
 //!
 //! Code above this boundary (scenarios, backup, restore) sees a [`Cluster`]: a name, a
 //! kubeconfig, a kube-rs client, and `destroy`. It never knows which provider runs.
@@ -10,6 +10,7 @@ mod error;
 pub mod forward;
 pub mod kind;
 pub mod kubeconfig;
+pub mod local;
 pub mod sim;
 
 use std::path::Path;
@@ -28,6 +29,8 @@ pub enum ProviderKind {
     Kind,
     /// An existing cluster reached through a kubeconfig context.
     Kubeconfig,
+    /// A real single-node Kubernetes running as local processes.
+    Local,
 }
 
 impl ProviderKind {
@@ -37,6 +40,7 @@ impl ProviderKind {
             ProviderKind::Sim => "sim",
             ProviderKind::Kind => "kind",
             ProviderKind::Kubeconfig => "kubeconfig",
+            ProviderKind::Local => "local",
         }
     }
 }
@@ -55,6 +59,7 @@ impl std::str::FromStr for ProviderKind {
             "sim" => Ok(ProviderKind::Sim),
             "kind" => Ok(ProviderKind::Kind),
             "kubeconfig" => Ok(ProviderKind::Kubeconfig),
+            "local" => Ok(ProviderKind::Local),
             other => Err(ClusterError::UnknownProvider {
                 name: other.to_owned(),
             }),

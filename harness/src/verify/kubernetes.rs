@@ -32,10 +32,17 @@ const VOLATILE_ANNOTATION_PREFIXES: [&str; 7] = [
     "control-plane.alpha.kubernetes.io/",
 ];
 
+/// Finalizers the API server's admission adds to every object of a kind (storage object in-use
+/// protection); a backup taken without them and a restore with them declare the same object.
+const SERVER_FINALIZERS: [&str; 2] = [
+    "kubernetes.io/pvc-protection",
+    "kubernetes.io/pv-protection",
+];
+
 /// Removes what a cluster assigns rather than what a user declared: server metadata,
 /// volatile annotations, `status`, a Service's allocated cluster IPs (a headless `None` is
-/// kept), a PVC's bound volume name, a ServiceAccount's token secrets and a Namespace's
-/// finalizers. Idempotent.
+/// kept), a PVC's bound volume name, a ServiceAccount's token secrets, a Namespace's
+/// finalizers and the storage protection finalizers. Idempotent.
 pub fn normalise_object(object: &Value) -> Value {
     let mut object = object.clone();
     let kind = object
@@ -61,6 +68,12 @@ pub fn normalise_object(object: &Value) -> Value {
             });
             if annotations.is_empty() {
                 meta.remove("annotations");
+            }
+        }
+        if let Some(finalizers) = meta.get_mut("finalizers").and_then(Value::as_array_mut) {
+            finalizers.retain(|f| !f.as_str().is_some_and(|f| SERVER_FINALIZERS.contains(&f)));
+            if finalizers.is_empty() {
+                meta.remove("finalizers");
             }
         }
         if meta
@@ -350,5 +363,25 @@ mod tests {
         assert_eq!(normalise_object(&once), once);
         assert_eq!(once["spec"]["clusterIP"], json!("None"));
         assert!(once["metadata"].get("annotations").is_none());
+    }
+
+    #[test]
+    fn storage_protection_finalizers_are_ignored_but_others_are_not() {
+        let pvc = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+            "metadata": {"name": "data", "namespace": "n"}, "spec": {"accessModes": ["ReadWriteOnce"]}});
+        let mut restored = served(pvc.clone());
+        restored["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
+        assert!(kubernetes_objects(&[pvc.clone()], &[restored.clone()]).passed);
+        restored["metadata"]["finalizers"] =
+            json!(["kubernetes.io/pvc-protection", "example.com/hold"]);
+        let verdict = kubernetes_objects(&[pvc], &[restored]);
+        assert!(
+            !verdict.passed,
+            "a finalizer nobody declared must be reported"
+        );
+        assert!(
+            verdict.findings[0].detail.contains("example.com/hold"),
+            "{verdict}"
+        );
     }
 }

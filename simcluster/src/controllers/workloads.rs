@@ -21,7 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use serde_json::Value;
-use sha2::{Digest, Sha256};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -160,14 +159,67 @@ pub(crate) fn owner_ref(owner: &Value) -> Value {
     })
 }
 
-/// A short, stable, DNS-safe hash of a value (like Kubernetes' `pod-template-hash`).
+/// The alphabet of `k8s.io/apimachinery/pkg/util/rand` (no vowels, no `0`, `1`, `3`).
+const SAFE_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+
+/// A template hash in the real `pod-template-hash` format: the controller's `ComputeHash`
+/// (FNV-32a) written as a decimal number, each digit mapped through `rand.SafeEncodeString`,
+/// so it is 1 to 10 characters from `4-9bcdf`, as a real controller's are.
+///
+/// The hash is taken over a canonical serialization (object keys sorted at every level): the
+/// store keeps keys in insertion order, which differs between a create and an apply of the
+/// same template, and a hash over that order gave an identical re-apply a new ReplicaSet. The
+/// value differs from a real controller's, which hashes Go's dump of the typed struct.
 pub(crate) fn short_hash(v: &Value) -> String {
-    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
-    let digest = Sha256::digest(v.to_string().as_bytes());
-    digest[..10]
-        .iter()
-        .map(|b| CHARS[*b as usize % CHARS.len()] as char)
+    let mut canonical = String::new();
+    write_canonical(v, &mut canonical);
+    let hash = fnv32a(canonical.as_bytes());
+    safe_encode(&hash.to_string())
+}
+
+/// FNV-1a, 32 bits, as Go's `hash/fnv.New32a`.
+fn fnv32a(bytes: &[u8]) -> u32 {
+    bytes.iter().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(*b)).wrapping_mul(0x0100_0193)
+    })
+}
+
+/// `rand.SafeEncodeString`: every byte becomes `alphabet[byte % len]`.
+pub(crate) fn safe_encode(s: &str) -> String {
+    s.bytes()
+        .map(|b| SAFE_ALPHABET[usize::from(b) % SAFE_ALPHABET.len()] as char)
         .collect()
+}
+
+/// JSON with the keys of every object sorted, whatever order the map holds them in.
+fn write_canonical(v: &Value, out: &mut String) {
+    match v {
+        Value::Object(m) => {
+            let mut keys: Vec<&String> = m.keys().collect();
+            keys.sort();
+            out.push('{');
+            for (i, k) in keys.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(k.clone()).to_string());
+                out.push(':');
+                write_canonical(&m[k], out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, x) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_canonical(x, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
 }
 
 /// Whether a pod is Ready.
@@ -327,5 +379,42 @@ impl Workers {
     pub(crate) async fn shutdown(&mut self) {
         self.workloads.shutdown().await;
         self.kubelet.shutdown(Duration::from_secs(10)).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn template_hash_ignores_key_order() {
+        let a: Value = serde_json::from_str(
+            r#"{"metadata":{"labels":{"app":"x"}},"spec":{"b":1,"a":[{"y":2,"x":1}]}}"#,
+        )
+        .unwrap();
+        let b: Value = serde_json::from_str(
+            r#"{"spec":{"a":[{"x":1,"y":2}],"b":1},"metadata":{"labels":{"app":"x"}}}"#,
+        )
+        .unwrap();
+        assert_eq!(short_hash(&a), short_hash(&b));
+        assert_ne!(short_hash(&a), short_hash(&json!({"spec": {"b": 2}})));
+    }
+
+    #[test]
+    fn template_hash_has_the_real_format() {
+        // A real controller writes the decimal FNV-32a through SafeEncodeString, so only the
+        // images of the digits appear: `76cb586dfd`, `6b9bddc7`, `fbbb66f97` (kube 1.20).
+        assert_eq!(safe_encode("0123456789"), "456789bcdf");
+        for v in [
+            json!({}),
+            json!({"spec": {"containers": [{"name": "c"}]}}),
+            json!([1, 2]),
+        ] {
+            let h = short_hash(&v);
+            assert!((1..=10).contains(&h.len()), "{h}");
+            assert!(h.chars().all(|c| "456789bcdf".contains(c)), "{h}");
+        }
     }
 }

@@ -486,7 +486,9 @@ async fn label_selectors_and_pagination() {
                 .await
                 .expect("list")
         ),
-        ["b", "d"]
+        // Objects without the label match `!=`: kube-root-ca.crt, published in every
+        // namespace as on a real server, is one.
+        ["b", "d", "kube-root-ca.crt"]
     );
     assert_eq!(
         names(
@@ -506,7 +508,8 @@ async fn label_selectors_and_pagination() {
         .list(&ListParams::default().limit(3).continue_token(&token))
         .await
         .expect("page 2");
-    assert_eq!(rest.items.len(), 1);
+    // Four config maps of the test and kube-root-ca.crt.
+    assert_eq!(rest.items.len(), 2);
     assert!(rest.metadata.continue_.as_deref().is_none_or(str::is_empty));
 }
 
@@ -960,7 +963,8 @@ async fn metadata_lists_and_delete_collection() {
         .into_iter()
         .filter_map(|c| c.metadata.name)
         .collect();
-    assert_eq!(left, ["keep"]);
+    // kube-root-ca.crt is in every namespace, as on a real server.
+    assert_eq!(left, ["keep", "kube-root-ca.crt"]);
     let got = api.get_metadata("keep").await.expect("metadata get");
     assert_eq!(got.metadata.labels.expect("labels")["x"], "keep");
 }

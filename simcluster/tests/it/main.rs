@@ -4,6 +4,7 @@
 mod bad_input;
 mod binary;
 mod common;
+mod fidelity;
 mod kube_client;
 mod kubectl;
 // The one rule for missing prerequisites, shared with every test crate. Included as a file:

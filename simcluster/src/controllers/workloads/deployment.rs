@@ -1,6 +1,7 @@
 //! The Deployment controller: one ReplicaSet per pod template (named and labelled with the
-//! template's `pod-template-hash`), scaled to `spec.replicas`; older ReplicaSets are scaled
-//! to zero once the new one is fully available. Status and conditions are the ones
+//! template's `pod-template-hash`), scaled to `spec.replicas`; a rolling update moves the
+//! replicas over in the real controller's steps (maxSurge, maxUnavailable), Recreate removes
+//! the old pods first. Status and conditions are the ones
 //! `kubectl rollout status` and kube-rs `is_deployment_completed` read.
 
 use serde_json::{Value, json};
@@ -9,6 +10,45 @@ use super::events::{EventKind, record};
 use super::{
     Ctx, create, deleting, meta, modify, now, owned_by, owner_ref, short_hash, write_status,
 };
+
+const REVISION: &str = "/metadata/annotations/deployment.kubernetes.io~1revision";
+
+/// `maxSurge` resolved against `replicas` (a percentage rounds up), 0 for `Recreate`: what the
+/// real controller adds to the replicas in a ReplicaSet's `max-replicas` annotation.
+fn max_surge(d: &Value, replicas: i64) -> i64 {
+    if d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
+        return 0;
+    }
+    match d.pointer("/spec/strategy/rollingUpdate/maxSurge") {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(p)) => p
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<i64>().ok())
+            .map_or(0, |p| (replicas * p + 99) / 100),
+        _ => (replicas * 25 + 99) / 100,
+    }
+}
+
+/// `maxUnavailable` resolved against `replicas` (a percentage rounds down); when both it and
+/// maxSurge come to 0, 1, as the real `ResolveFenceposts` does.
+fn max_unavailable(d: &Value, replicas: i64) -> i64 {
+    if d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate") {
+        return replicas;
+    }
+    let unavailable = match d.pointer("/spec/strategy/rollingUpdate/maxUnavailable") {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(0),
+        Some(Value::String(p)) => p
+            .strip_suffix('%')
+            .and_then(|p| p.parse::<i64>().ok())
+            .map_or(0, |p| replicas * p / 100),
+        _ => replicas * 25 / 100,
+    };
+    if unavailable == 0 && max_surge(d, replicas) == 0 {
+        1
+    } else {
+        unavailable.min(replicas)
+    }
+}
 
 fn int(v: &Value, p: &str) -> i64 {
     v.pointer(p).and_then(Value::as_i64).unwrap_or(0)
@@ -44,11 +84,40 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                 .and_then(Value::as_str)
                 == Some(hash.as_str())
         });
+        let recreate = d.pointer("/spec/strategy/type").and_then(Value::as_str) == Some("Recreate");
+        let old_sets: Vec<&Value> = mine
+            .iter()
+            .map(|rs| rs.as_ref())
+            .filter(|rs| new_rs.is_none_or(|n| meta(n, "uid") != meta(rs, "uid")))
+            .collect();
+        let old_total: i64 = old_sets.iter().map(|rs| int(rs, "/spec/replicas")).sum();
+        let old_pods: i64 = old_sets.iter().map(|rs| int(rs, "/status/replicas")).sum();
+        // `reconcileNewReplicaSet`: a rolling update grows the new set while the total stays
+        // within replicas + maxSurge; Recreate starts it once the old pods are gone.
+        let current_new = new_rs.map_or(0, |rs| int(rs, "/spec/replicas"));
+        let target = if current_new >= want {
+            want
+        } else if recreate {
+            if old_total == 0 && old_pods == 0 {
+                want
+            } else {
+                current_new
+            }
+        } else {
+            let room = want + max_surge(&d, want) - old_total - current_new;
+            current_new + room.min(want - current_new).max(0)
+        };
         let new_rs = match new_rs {
             Some(rs) => {
+                let want = target;
                 if int(rs, "/spec/replicas") != want {
+                    let desired = int(&d, "/spec/replicas").max(0);
+                    let max = (desired + max_surge(&d, desired)).to_string();
                     modify(store, "apps/replicasets", rs, |o| {
-                        o["spec"]["replicas"] = json!(want)
+                        o["spec"]["replicas"] = json!(want);
+                        let a = &mut o["metadata"]["annotations"];
+                        a["deployment.kubernetes.io/desired-replicas"] = json!(desired.to_string());
+                        a["deployment.kubernetes.io/max-replicas"] = json!(max);
                     });
                     record(
                         store,
@@ -75,6 +144,8 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                     .unwrap_or_else(|| json!({}));
                 labels["pod-template-hash"] = json!(hash);
                 let rs_name = format!("{name}-{hash}");
+                let desired = want;
+                let want = target;
                 let rs = json!({
                     "apiVersion": "apps/v1",
                     "kind": "ReplicaSet",
@@ -82,7 +153,7 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                         "name": rs_name,
                         "namespace": ns,
                         "labels": labels,
-                        "annotations": {"deployment.kubernetes.io/desired-replicas": want.to_string(), "deployment.kubernetes.io/revision": (mine.len() + 1).to_string()},
+                        "annotations": {"deployment.kubernetes.io/desired-replicas": desired.to_string(), "deployment.kubernetes.io/max-replicas": (desired + max_surge(&d, desired)).to_string(), "deployment.kubernetes.io/revision": (mine.len() + 1).to_string()},
                         "ownerReferences": [owner_ref(&d)],
                     },
                     "spec": {"replicas": want, "selector": selector, "template": tpl},
@@ -101,30 +172,65 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                 created.map(std::sync::Arc::new)
             }
         };
+        // The controller records the revision of the current ReplicaSet on the Deployment,
+        // which `kubectl rollout history` reads.
+        let revision = new_rs.as_ref().and_then(|rs| rs.pointer(REVISION)).cloned();
+        if let Some(rev) = revision.filter(|r| d.pointer(REVISION) != Some(r)) {
+            modify(store, "apps/deployments", &d, |o| {
+                o["metadata"]["annotations"]["deployment.kubernetes.io/revision"] = rev;
+            });
+        }
         let new_available = new_rs
             .as_ref()
             .map_or(0, |rs| int(rs, "/status/availableReplicas"));
         let new_replicas = new_rs.as_ref().map_or(0, |rs| int(rs, "/status/replicas"));
-        let new_uid = new_rs
-            .as_ref()
-            .map(|rs| meta(rs, "uid").to_owned())
-            .unwrap_or_default();
-        // Old ReplicaSets go to zero once the new one carries the load.
-        if new_available >= want {
-            for rs in mine.iter().filter(|rs| meta(rs, "uid") != new_uid) {
-                if int(rs, "/spec/replicas") != 0 {
-                    modify(store, "apps/replicasets", rs, |o| {
-                        o["spec"]["replicas"] = json!(0)
-                    });
-                    record(
-                        store,
-                        &d,
-                        EventKind::Normal,
-                        "ScalingReplicaSet",
-                        &format!("Scaled down replica set {} to 0", meta(rs, "name")),
-                        "deployment-controller",
-                    );
-                }
+        // `reconcileOldReplicaSets`: Recreate removes the old pods at once; a rolling update
+        // scales the old sets down only as far as maxUnavailable allows, unhealthy replicas
+        // first, then what the available pods above the minimum can spare.
+        let new_spec = new_rs.as_ref().map_or(0, |rs| int(rs, "/spec/replicas"));
+        let mut scale_down: Vec<(&Value, i64)> = Vec::new();
+        if recreate {
+            scale_down.extend(old_sets.iter().map(|rs| (*rs, 0)));
+        } else {
+            let min_available = want - max_unavailable(&d, want);
+            let new_unavailable = (new_spec - new_available).max(0);
+            let mut budget = old_total + new_spec - min_available - new_unavailable;
+            let mut sizes: Vec<i64> = old_sets
+                .iter()
+                .map(|rs| int(rs, "/spec/replicas"))
+                .collect();
+            for (rs, size) in old_sets.iter().zip(sizes.iter_mut()) {
+                let unhealthy = (*size - int(rs, "/status/availableReplicas")).max(0);
+                let cut = unhealthy.min(budget.max(0));
+                *size -= cut;
+                budget -= cut;
+            }
+            let available: i64 = old_sets
+                .iter()
+                .map(|rs| int(rs, "/status/availableReplicas"))
+                .sum::<i64>()
+                + new_available;
+            let mut spare = (available - min_available).max(0);
+            for size in &mut sizes {
+                let cut = (*size).min(spare);
+                *size -= cut;
+                spare -= cut;
+            }
+            scale_down.extend(old_sets.iter().copied().zip(sizes));
+        }
+        for (rs, size) in scale_down {
+            if int(rs, "/spec/replicas") != size {
+                modify(store, "apps/replicasets", rs, |o| {
+                    o["spec"]["replicas"] = json!(size);
+                });
+                record(
+                    store,
+                    &d,
+                    EventKind::Normal,
+                    "ScalingReplicaSet",
+                    &format!("Scaled down replica set {} to {size}", meta(rs, "name")),
+                    "deployment-controller",
+                );
             }
         }
         let all: Vec<_> = store

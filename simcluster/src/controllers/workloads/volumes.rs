@@ -1,7 +1,8 @@
 //! Dynamic provisioning: the default StorageClasses `local-path` (the default class, as on
 //! kind) and `standard`, each claim bound to a PersistentVolume backed by a directory under
 //! `<state_dir>/volumes/`, and that directory removed with the volume when its claim goes
-//! (reclaim policy `Delete`). A claim naming a missing class stays Pending with a Warning
+//! (reclaim policy `Delete`; the claim goes only when no running pod uses it, see the
+//! pvc-protection finalizer in `controllers`). A claim naming a missing class stays Pending with a Warning
 //! Event, as on a real cluster.
 
 use std::path::PathBuf;
@@ -235,6 +236,13 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             .and_then(Value::as_str)
             == Some(PROVISIONER);
         if policy == "Delete" && ours {
+            // Released first: the pv-protection finalizer holds a `Bound` volume.
+            write_status(
+                store,
+                "/persistentvolumes",
+                pv,
+                json!({"phase": "Released"}),
+            );
             if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
                 let path = PathBuf::from(path);
                 // Only ever remove directories this provisioner created.
