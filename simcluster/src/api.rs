@@ -440,10 +440,9 @@ fn prepare_create(
             rt.kind.as_str(),
             "Namespace" | "PersistentVolumeClaim" | "PersistentVolume" | "Node"
         )
+        && let Some(m) = obj.as_object_mut()
     {
-        if let Some(m) = obj.as_object_mut() {
-            m.remove("status");
-        }
+        m.remove("status");
     }
     match (rt.group.as_str(), rt.kind.as_str()) {
         ("", "PersistentVolumeClaim") => {
@@ -501,26 +500,26 @@ fn prepare_update(
         }
         _ => {}
     }
-    if let Some(rv) = meta(&new, "resourceVersion").filter(|v| !v.is_empty()) {
-        if Some(rv) != meta(old, "resourceVersion") {
-            return Err(ApiError::conflict(
-                rt,
-                &name,
-                "the object has been modified; please apply your changes to the latest version and try again",
-            ));
-        }
+    if let Some(rv) = meta(&new, "resourceVersion").filter(|v| !v.is_empty())
+        && Some(rv) != meta(old, "resourceVersion")
+    {
+        return Err(ApiError::conflict(
+            rt,
+            &name,
+            "the object has been modified; please apply your changes to the latest version and try again",
+        ));
     }
-    if let Some(uid) = meta(&new, "uid").filter(|v| !v.is_empty()) {
-        if Some(uid) != meta(old, "uid") {
-            return Err(ApiError::conflict(
-                rt,
-                &name,
-                &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                    meta(old, "uid").unwrap_or_default()
-                ),
-            ));
-        }
+    if let Some(uid) = meta(&new, "uid").filter(|v| !v.is_empty())
+        && Some(uid) != meta(old, "uid")
+    {
+        return Err(ApiError::conflict(
+            rt,
+            &name,
+            &format!(
+                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                meta(old, "uid").unwrap_or_default()
+            ),
+        ));
     }
     let mut obj = if sub == Some("status") {
         let mut o = old.clone();
@@ -566,20 +565,19 @@ fn prepare_update(
             }
         }
     }
-    if obj["metadata"].get("managedFields").is_none() {
-        if let Some(mf) = old["metadata"].get("managedFields") {
-            obj["metadata"]["managedFields"] = mf.clone();
-        }
+    if obj["metadata"].get("managedFields").is_none()
+        && let Some(mf) = old["metadata"].get("managedFields")
+    {
+        obj["metadata"]["managedFields"] = mf.clone();
     }
     if rt.kind == "Service" && !rt.custom && obj.get("spec").is_some_and(Value::is_object) {
         for f in ["clusterIP", "clusterIPs"] {
             if obj
                 .pointer(&format!("/spec/{f}"))
                 .is_none_or(|v| v.is_null() || v == "")
+                && let Some(v) = old.pointer(&format!("/spec/{f}"))
             {
-                if let Some(v) = old.pointer(&format!("/spec/{f}")) {
-                    obj["spec"][f] = v.clone();
-                }
+                obj["spec"][f] = v.clone();
             }
         }
     }
@@ -800,12 +798,11 @@ fn finish_if_done(store: &Store, rt: &ResourceType, ns: &str, name: &str, obj: &
             }
             _ => Ok(Mutation::Unchanged),
         });
-        if let Ok(o) = out {
-            if o.removed {
-                if let Some(last) = o.after {
-                    after_commit(store, rt, &last, true);
-                }
-            }
+        if let Ok(o) = out
+            && o.removed
+            && let Some(last) = o.after
+        {
+            after_commit(store, rt, &last, true);
         }
     }
 }
@@ -985,12 +982,12 @@ pub fn patch(
                 )));
             }
         }
-        if let Some(n) = meta(&p, "name") {
-            if n != name {
-                return Err(ApiError::bad_request(format!(
-                    "the name of the object ({n}) does not match the name on the URL ({name})"
-                )));
-            }
+        if let Some(n) = meta(&p, "name")
+            && n != name
+        {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({n}) does not match the name on the URL ({name})"
+            )));
         }
     }
     let mut created = false;
@@ -1078,22 +1075,20 @@ pub fn delete(
     let mut dry = None;
     let out = store.mutate(&rt.key(), ns, name, |_, cur| {
         let cur = cur.ok_or_else(|| ApiError::not_found(rt, name))?;
-        if let Some(uid) = &opts.uid {
-            if meta(cur, "uid") != Some(uid.as_str()) {
+        if let Some(uid) = &opts.uid
+            && meta(cur, "uid") != Some(uid.as_str()) {
                 return Err(ApiError::conflict(rt, name, &format!(
                     "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
                     meta(cur, "uid").unwrap_or_default()
                 )));
             }
-        }
-        if let Some(rv) = &opts.resource_version {
-            if meta(cur, "resourceVersion") != Some(rv.as_str()) {
+        if let Some(rv) = &opts.resource_version
+            && meta(cur, "resourceVersion") != Some(rv.as_str()) {
                 return Err(ApiError::conflict(rt, name, &format!(
                     "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
                     meta(cur, "resourceVersion").unwrap_or_default()
                 )));
             }
-        }
         let mut obj = cur.as_ref().clone();
         let mut fins = finalizers(cur);
         let policy = opts.propagation.unwrap_or_else(|| default_propagation(rt));
@@ -1102,11 +1097,10 @@ pub fn delete(
             Propagation::Orphan => Some("orphan"),
             Propagation::Background => None,
         };
-        if let Some(f) = extra {
-            if !fins.iter().any(|x| x == f) && (opts.propagation.is_some() || has_dependents_hint(rt)) {
+        if let Some(f) = extra
+            && !fins.iter().any(|x| x == f) && (opts.propagation.is_some() || has_dependents_hint(rt)) {
                 fins.push(f.to_owned());
             }
-        }
         let is_namespace = rt.kind == "Namespace" && !rt.custom;
         let grace = graceful_pod(rt, cur, opts);
         if is_namespace || !fins.is_empty() || grace.is_some() || cur.pointer("/metadata/deletionTimestamp").is_some() {

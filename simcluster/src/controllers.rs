@@ -87,10 +87,11 @@ fn default_service_accounts(store: &Store) {
         let name = meta(&ns, "name");
         if store.get("/serviceaccounts", name, "default").is_none() {
             let sa = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default", "namespace": name}});
-            if let Err(e) = api::create(store, &rt, name, sa, &WriteOptions::default()) {
-                if e.code != 409 && e.code != 403 {
-                    tracing::warn!(namespace = name, error = %e, "creating the default service account failed");
-                }
+            if let Err(e) = api::create(store, &rt, name, sa, &WriteOptions::default())
+                && e.code != 409
+                && e.code != 403
+            {
+                tracing::warn!(namespace = name, error = %e, "creating the default service account failed");
             }
         }
     }
@@ -209,10 +210,11 @@ fn delete_obj(store: &Store, key: &str, obj: &Value, propagation: Propagation) {
         uid: Some(meta(obj, "uid").to_owned()),
         ..DeleteOptions::default()
     };
-    if let Err(e) = api::delete(store, &rt, meta(obj, "namespace"), meta(obj, "name"), &opts) {
-        if e.code != 404 && e.code != 409 {
-            tracing::warn!(kind = rt.kind, name = meta(obj, "name"), error = %e, "garbage collection failed");
-        }
+    if let Err(e) = api::delete(store, &rt, meta(obj, "namespace"), meta(obj, "name"), &opts)
+        && e.code != 404
+        && e.code != 409
+    {
+        tracing::warn!(kind = rt.kind, name = meta(obj, "name"), error = %e, "garbage collection failed");
     }
 }
 
@@ -236,10 +238,10 @@ fn remove_finalizer(store: &Store, key: &str, obj: &Value, finalizer: &str) {
         body.as_bytes(),
         None,
         &WriteOptions::default(),
-    ) {
-        if e.code != 404 && e.code != 409 {
-            tracing::warn!(kind = rt.kind, name = meta(obj, "name"), error = %e, "removing finalizer failed");
-        }
+    ) && e.code != 404
+        && e.code != 409
+    {
+        tracing::warn!(kind = rt.kind, name = meta(obj, "name"), error = %e, "removing finalizer failed");
     }
 }
 

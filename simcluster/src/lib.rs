@@ -92,7 +92,7 @@ pub enum Error {
         what: String,
         /// The cause.
         #[source]
-        source: ApiError,
+        source: Box<ApiError>,
     },
 }
 
@@ -200,12 +200,15 @@ fn seed(
             .cloned()
             .ok_or_else(|| Error::Seed {
                 what: kind_name.to_owned(),
-                source: ApiError::internal("kind not registered"),
+                source: Box::new(ApiError::internal("kind not registered")),
             })?;
         let what = format!("{kind_name} {}", obj["metadata"]["name"]);
         match api::create(store, &rt, ns, obj, &api::WriteOptions::default()) {
             Ok(_) => Ok(()),
-            Err(source) => Err(Error::Seed { what, source }),
+            Err(source) => Err(Error::Seed {
+                what,
+                source: Box::new(source),
+            }),
         }
     };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {

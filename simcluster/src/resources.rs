@@ -117,6 +117,8 @@ struct Row {
     name_rule: NameRule,
 }
 
+// One row of the resource table, spelled out field by field so that the table reads as one.
+#[allow(clippy::too_many_arguments)]
 const fn row(
     group: &'static str,
     version: &'static str,

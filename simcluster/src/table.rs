@@ -132,7 +132,7 @@ fn columns(rt: &ResourceType) -> Vec<Col> {
         _ => &[],
     };
     cols.extend_from_slice(extra);
-    if !(rt.kind == "Node" && !rt.custom) {
+    if rt.kind != "Node" || rt.custom {
         cols.push(("Age", "string"));
     } else {
         cols.push(("Age", "string"));

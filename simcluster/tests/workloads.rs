@@ -224,7 +224,7 @@ spec:
         resources: {requests: {storage: 1Gi}}
 "#;
 
-fn psql<'a>(sql: &'a str) -> Vec<&'a str> {
+fn psql(sql: &str) -> Vec<&str> {
     vec![
         "exec",
         "-n",

@@ -371,7 +371,9 @@ mod tests {
             "metadata": {"name": "data", "namespace": "n"}, "spec": {"accessModes": ["ReadWriteOnce"]}});
         let mut restored = served(pvc.clone());
         restored["metadata"]["finalizers"] = json!(["kubernetes.io/pvc-protection"]);
-        assert!(kubernetes_objects(&[pvc.clone()], &[restored.clone()]).passed);
+        assert!(
+            kubernetes_objects(std::slice::from_ref(&pvc), std::slice::from_ref(&restored)).passed
+        );
         restored["metadata"]["finalizers"] =
             json!(["kubernetes.io/pvc-protection", "example.com/hold"]);
         let verdict = kubernetes_objects(&[pvc], &[restored]);

@@ -264,10 +264,10 @@ pub(crate) fn delete(store: &Store, key: &str, ns: &str, name: &str) {
         propagation: Some(api::Propagation::Background),
         ..DeleteOptions::default()
     };
-    if let Err(e) = api::delete(store, &rt, ns, name, &opts) {
-        if e.code != 404 {
-            tracing::warn!(kind = rt.kind, namespace = ns, name, error = %e, "controller delete failed");
-        }
+    if let Err(e) = api::delete(store, &rt, ns, name, &opts)
+        && e.code != 404
+    {
+        tracing::warn!(kind = rt.kind, namespace = ns, name, error = %e, "controller delete failed");
     }
 }
 
@@ -307,10 +307,10 @@ pub(crate) fn modify(store: &Store, key: &str, obj: &Value, f: impl FnOnce(&mut 
                 return Ok(Mutation::Unchanged);
             }
             let spec_changed = o.get("spec") != before.get("spec");
-            if spec_changed {
-                if let Some(g) = o.pointer("/metadata/generation").and_then(Value::as_i64) {
-                    o["metadata"]["generation"] = serde_json::json!(g + 1);
-                }
+            if spec_changed
+                && let Some(g) = o.pointer("/metadata/generation").and_then(Value::as_i64)
+            {
+                o["metadata"]["generation"] = serde_json::json!(g + 1);
             }
             Ok(Mutation::Put(o))
         }

@@ -63,10 +63,10 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
     let rewriter = Rewriter::for_pod(&shared.store, &rt.namespace, &ip, &mounts);
     let rootfs = rt.dir.join("rootfs");
     let mut path = BASE_PATH.to_owned();
-    if runtime == Runtime::Postgres {
-        if let Some(bin) = super::postgres::bin_dir(image) {
-            path = format!("{}:{path}", bin.display());
-        }
+    if runtime == Runtime::Postgres
+        && let Some(bin) = super::postgres::bin_dir(image)
+    {
+        path = format!("{}:{path}", bin.display());
     }
     let base = vec![
         ("PATH".to_owned(), path),

@@ -310,10 +310,10 @@ async fn session(
             match msg {
                 Message::Binary(b) if !b.is_empty() => match b[0] {
                     0 => {
-                        if let Some(w) = child_stdin.as_mut() {
-                            if w.write_all(&b[1..]).await.is_err() {
-                                child_stdin = None;
-                            }
+                        if let Some(w) = child_stdin.as_mut()
+                            && w.write_all(&b[1..]).await.is_err()
+                        {
+                            child_stdin = None;
                         }
                     }
                     255 if v5 && b.get(1) == Some(&0) => {

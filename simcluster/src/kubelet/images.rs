@@ -125,15 +125,15 @@ impl ImageMap {
 
     fn with_search(images: BTreeMap<String, ImageProgram>) -> ImageMap {
         let mut search = Vec::new();
-        if let Ok(exe) = std::env::current_exe() {
-            if let Some(dir) = exe.parent() {
-                search.push(dir.to_owned());
-                // Test binaries live in target/<profile>/deps.
-                if dir.ends_with("deps") {
-                    if let Some(up) = dir.parent() {
-                        search.push(up.to_owned());
-                    }
-                }
+        if let Ok(exe) = std::env::current_exe()
+            && let Some(dir) = exe.parent()
+        {
+            search.push(dir.to_owned());
+            // Test binaries live in target/<profile>/deps.
+            if dir.ends_with("deps")
+                && let Some(up) = dir.parent()
+            {
+                search.push(up.to_owned());
             }
         }
         let target = std::env::var_os("CARGO_TARGET_DIR")

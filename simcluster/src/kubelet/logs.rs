@@ -98,14 +98,14 @@ async fn logs(
             let mut last_round = false;
             loop {
                 // Send what was appended since.
-                if let Ok(mut f) = tokio::fs::File::open(&path).await {
-                    if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok() {
-                        let mut buf = Vec::new();
-                        if f.read_to_end(&mut buf).await.is_ok() && !buf.is_empty() {
-                            offset += buf.len() as u64;
-                            if tx.send(Bytes::from(buf)).await.is_err() {
-                                return;
-                            }
+                if let Ok(mut f) = tokio::fs::File::open(&path).await
+                    && f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
+                {
+                    let mut buf = Vec::new();
+                    if f.read_to_end(&mut buf).await.is_ok() && !buf.is_empty() {
+                        offset += buf.len() as u64;
+                        if tx.send(Bytes::from(buf)).await.is_err() {
+                            return;
                         }
                     }
                 }

@@ -753,7 +753,7 @@ pub(crate) async fn run_pod(
     ctx.publish();
 
     // Init containers, one after another.
-    for i in 0..inits.len() {
+    for (i, _) in inits.iter().enumerate() {
         let ok = tokio::select! {
             ok = super::container::run(ctx.clone(), i, true) => ok,
             () = deletion(&mut rx) => { rt.shutdown(grace_of(&rx)); false }
@@ -843,10 +843,10 @@ async fn finish(
         remove_pod_object(&shared.store, p);
     }
     for dir in [&rt.dir, &rt.run_dir] {
-        if let Err(e) = std::fs::remove_dir_all(dir) {
-            if e.kind() != std::io::ErrorKind::NotFound {
-                tracing::warn!(dir = %dir.display(), error = %e, "removing a pod directory failed");
-            }
+        if let Err(e) = std::fs::remove_dir_all(dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "removing a pod directory failed");
         }
     }
     shared.release_ip(rt.ip);

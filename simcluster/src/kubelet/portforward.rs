@@ -141,12 +141,11 @@ async fn session(socket: WebSocket, ip: std::net::Ipv4Addr, ports: Vec<u16>, pod
         match msg {
             Message::Binary(b) if b.len() > 1 => {
                 let ch = b[0] as usize;
-                if ch % 2 == 0 {
-                    if let Some(Some(w)) = writers.get_mut(ch / 2) {
-                        if w.write_all(&b[1..]).await.is_err() {
-                            writers[ch / 2] = None;
-                        }
-                    }
+                if ch.is_multiple_of(2)
+                    && let Some(Some(w)) = writers.get_mut(ch / 2)
+                    && w.write_all(&b[1..]).await.is_err()
+                {
+                    writers[ch / 2] = None;
                 }
             }
             Message::Close(_) => break,

@@ -158,7 +158,7 @@ pub(crate) async fn check(
         let attempt = async {
             let mut s = TcpStream::connect((host.as_str(), port)).await?;
             s.write_all(req.as_bytes()).await?;
-            let mut buf = vec![0u8; 64];
+            let mut buf = [0u8; 64];
             let mut n = 0;
             while n < 12 {
                 let k = s.read(&mut buf[n..]).await?;

@@ -189,10 +189,10 @@ async fn route(
         }
         [] => return Err(ApiError::no_resource("")),
     };
-    if let Some(sub) = &sub {
-        if !rt.has_subresource(sub) {
-            return Err(ApiError::no_resource(&format!("{}/{sub}", rt.plural)));
-        }
+    if let Some(sub) = &sub
+        && !rt.has_subresource(sub)
+    {
+        return Err(ApiError::no_resource(&format!("{}/{sub}", rt.plural)));
     }
     rest::handle(st, rt, ns, name, sub, req).await
 }

@@ -385,14 +385,14 @@ fn list(
     };
     let objects: Vec<Value> = page.iter().map(|o| api::to_version(rt, o)).collect();
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
-    if rest > 0 {
-        if let Some(last) = objects.last() {
-            let (lns, lname) = key_of(last);
-            let token = json!({"rv": list_rv, "ns": lns, "name": lname}).to_string();
-            metadata["continue"] =
-                json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
-            metadata["remainingItemCount"] = json!(rest);
-        }
+    if rest > 0
+        && let Some(last) = objects.last()
+    {
+        let (lns, lname) = key_of(last);
+        let token = json!({"rv": list_rv, "ns": lns, "name": lname}).to_string();
+        metadata["continue"] =
+            json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token));
+        metadata["remainingItemCount"] = json!(rest);
     }
     let body = match mode {
         Render::Table => {

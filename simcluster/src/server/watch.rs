@@ -144,14 +144,13 @@ pub(super) fn serve(
         let mut first = true;
         let mut last_rv = start.rv;
         for ev in &start.initial {
-            if let Some(ty) = filter.classify(ev) {
-                if tx
+            if let Some(ty) = filter.classify(ev)
+                && tx
                     .send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first))
                     .await
                     .is_err()
-                {
-                    return;
-                }
+            {
+                return;
             }
             last_rv = last_rv.max(ev.rv);
         }
@@ -184,11 +183,10 @@ pub(super) fn serve(
                             continue;
                         }
                         last_rv = last_rv.max(ev.rv);
-                        if let Some(ty) = filter.classify(&ev) {
-                            if tx.send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first)).await.is_err() {
+                        if let Some(ty) = filter.classify(&ev)
+                            && tx.send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first)).await.is_err() {
                                 return;
                             }
-                        }
                     }
                     Err(RecvError::Lagged(_)) => {
                         let _ = tx.send(error_line(&ApiError::gone("the watcher fell behind; too old resource version"))).await;

@@ -320,10 +320,10 @@ fn reconcile_cronjobs(ctx: &Ctx) {
                 .map(|j| json!({"apiVersion": "batch/v1", "kind": "Job", "name": meta(j, "name"), "namespace": ns, "uid": meta(j, "uid")}))
                 .collect(),
         );
-        if status["active"].as_array().is_some_and(Vec::is_empty) {
-            if let Some(m) = status.as_object_mut() {
-                m.remove("active");
-            }
+        if status["active"].as_array().is_some_and(Vec::is_empty)
+            && let Some(m) = status.as_object_mut()
+        {
+            m.remove("active");
         }
         if let Some(t) = jobs
             .iter()

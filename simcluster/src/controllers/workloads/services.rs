@@ -191,7 +191,9 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             .cloned()
             .unwrap_or_default();
         // Endpoints: one subset per distinct resolved port list.
-        let mut subsets: BTreeMap<String, (Vec<Value>, Vec<Value>, Vec<Value>)> = BTreeMap::new();
+        // Per port list: (ports, ready addresses, not-ready addresses).
+        type Subset = (Vec<Value>, Vec<Value>, Vec<Value>);
+        let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
         for p in &members {
             let ip = p
                 .pointer("/status/podIP")

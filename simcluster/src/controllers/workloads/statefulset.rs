@@ -103,7 +103,7 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                     break;
                 }
                 Some(p) => {
-                    if !parallel && !(pod_ready(p) && pod_phase(p) == "Running") {
+                    if !parallel && (!pod_ready(p) || pod_phase(p) != "Running") {
                         break;
                     }
                 }
@@ -158,34 +158,35 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         extra.sort_by_key(|p| {
             std::cmp::Reverse(ordinal_of(name, meta(p, "name")).unwrap_or(usize::MAX))
         });
-        if let Some(p) = extra.first() {
-            if !deleting(p) {
-                delete(store, "/pods", ns, meta(p, "name"));
-                record(
-                    store,
-                    &sts,
-                    EventKind::Normal,
-                    "SuccessfulDelete",
-                    &format!(
-                        "delete Pod {} in StatefulSet {name} successful",
-                        meta(p, "name")
-                    ),
-                    "statefulset-controller",
-                );
-            }
+        if let Some(p) = extra.first()
+            && !deleting(p)
+        {
+            delete(store, "/pods", ns, meta(p, "name"));
+            record(
+                store,
+                &sts,
+                EventKind::Normal,
+                "SuccessfulDelete",
+                &format!(
+                    "delete Pod {} in StatefulSet {name} successful",
+                    meta(p, "name")
+                ),
+                "statefulset-controller",
+            );
         }
 
         // Rolling update: replace the highest outdated pod once all others are ready.
         let all_ready =
             (0..want).all(|i| by_ordinal(i).is_some_and(|p| pod_ready(p) && !deleting(p)));
-        if all_ready && extra.is_empty() {
-            if let Some(p) = (0..want).rev().filter_map(by_ordinal).find(|p| {
+        if all_ready
+            && extra.is_empty()
+            && let Some(p) = (0..want).rev().filter_map(by_ordinal).find(|p| {
                 p.pointer("/metadata/labels/controller-revision-hash")
                     .and_then(Value::as_str)
                     != Some(revision.as_str())
-            }) {
-                delete(store, "/pods", ns, meta(p, "name"));
-            }
+            })
+        {
+            delete(store, "/pods", ns, meta(p, "name"));
         }
 
         let pods: Vec<_> = store

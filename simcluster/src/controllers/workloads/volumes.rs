@@ -246,12 +246,11 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
                 let path = PathBuf::from(path);
                 // Only ever remove directories this provisioner created.
-                if path.starts_with(ctx.cfg.state_dir.join("volumes")) {
-                    if let Err(e) = std::fs::remove_dir_all(&path) {
-                        if e.kind() != std::io::ErrorKind::NotFound {
-                            tracing::warn!(path = %path.display(), error = %e, "removing a released volume failed");
-                        }
-                    }
+                if path.starts_with(ctx.cfg.state_dir.join("volumes"))
+                    && let Err(e) = std::fs::remove_dir_all(&path)
+                    && e.kind() != std::io::ErrorKind::NotFound
+                {
+                    tracing::warn!(path = %path.display(), error = %e, "removing a released volume failed");
                 }
             }
             super::delete(store, "/persistentvolumes", "", meta(pv, "name"));
@@ -294,10 +293,10 @@ fn bind(store: &Store, pvc: &Value, pv: &Value) {
         .unwrap_or(json!([]));
     modify(store, "/persistentvolumeclaims", pvc, |o| {
         o["spec"]["volumeName"] = json!(pv_name);
-        if o.pointer("/spec/storageClassName").is_none() {
-            if let Some(c) = pv.pointer("/spec/storageClassName") {
-                o["spec"]["storageClassName"] = c.clone();
-            }
+        if o.pointer("/spec/storageClassName").is_none()
+            && let Some(c) = pv.pointer("/spec/storageClassName")
+        {
+            o["spec"]["storageClassName"] = c.clone();
         }
         o["metadata"]["annotations"]["pv.kubernetes.io/bind-completed"] = json!("yes");
         o["status"] = json!({"phase": "Bound", "accessModes": modes, "capacity": capacity});
