@@ -227,11 +227,9 @@ pub(crate) fn write_kubeconfig(
         "current-context": context,
     });
     // JSON is YAML: every kubeconfig reader takes it.
-    crate::keep::write_private(path, doc.to_string().as_bytes()).map_err(|source| {
-        LocalError::Io {
-            action: "write",
-            path: path.to_owned(),
-            source,
-        }
+    crate::keep::write_private(path, doc.to_string().as_bytes()).map_err(|source| LocalError::Io {
+        action: "write",
+        path: path.to_owned(),
+        source,
     })
 }
