@@ -1,7 +1,8 @@
 //! The `local` provider against the real thing: a control plane that authenticates and
 //! authorizes (RBAC denies an unbound user), and a whole cluster whose pods resolve Services
 //! through the cluster DNS stand-in, keep data on a provisioned volume across pods, and leave
-//! nothing behind (processes, mounts, bridge, iptables chains, directories).
+//! nothing behind (processes, mounts, bridge, iptables chains, directories), on destroy and on
+//! drop; and the sweep that removes what a SIGKILLed node left.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
