@@ -1,7 +1,8 @@
 //! The `local` provider against the real thing: a control plane that authenticates and
 //! authorizes (RBAC denies an unbound user), and a whole cluster whose pods resolve Services
 //! through the cluster DNS stand-in, keep data on a provisioned volume across pods, and leave
-//! nothing behind (processes, mounts, bridge, iptables chains, directories).
+//! nothing behind (processes, mounts, bridge, iptables chains, directories), on destroy and on
+//! drop; and the sweep that removes what a SIGKILLed node left.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -291,4 +292,77 @@ async fn a_local_cluster_resolves_services_keeps_volumes_and_leaves_nothing() {
         !nat.contains("KUBE-") && !nat.contains("CNI-"),
         "no chains left:\n{nat}"
     );
+}
+
+/// What a SIGKILLed node leaves, made by hand: a process in a `kubepods` cgroup, a mount
+/// under a node directory, the bridge, a `KUBE-*` chain with a jump to it and a rule of the
+/// provider's. The sweep must take all of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_removes_what_a_killed_node_left() {
+    if prerequisites(true).is_none() {
+        return;
+    }
+    // Held while the leftovers are made: a cluster of another test must not start meanwhile.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(local::NODE_LOCK)
+        .unwrap();
+    let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).unwrap();
+    let sh = |script: &str| {
+        let out = std::process::Command::new("sh")
+            .args(["-c", script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let cgroup = Path::new("/sys/fs/cgroup/pids/kubepods/sweep-test");
+    std::fs::create_dir_all(cgroup).unwrap();
+    let mut pod = std::process::Command::new("sleep")
+        .arg("600")
+        .spawn()
+        .unwrap();
+    std::fs::write(cgroup.join("cgroup.procs"), pod.id().to_string()).unwrap();
+    let node_dir = tempfile::Builder::new()
+        .prefix("harness-k8s-node-")
+        .tempdir()
+        .unwrap();
+    let mount = node_dir.path().join("rootfs");
+    std::fs::create_dir(&mount).unwrap();
+    sh(&format!("mount -t tmpfs sweep-test {}", mount.display()));
+    sh(&format!("ip link add {} type bridge", local::BRIDGE));
+    sh(
+        "iptables -w -t nat -N KUBE-SWEEP-TEST && iptables -w -t nat -A KUBE-SWEEP-TEST -j RETURN \
+        && iptables -w -t nat -A OUTPUT -j KUBE-SWEEP-TEST \
+        && iptables -w -I FORWARD 1 -i rrlocal0 -m comment --comment rebuild-rehearsal-local -j ACCEPT",
+    );
+    drop(lock);
+
+    local::sweep(Duration::from_secs(900)).await.unwrap();
+
+    let reaped = pod.wait().unwrap();
+    assert!(!reaped.success(), "the pod process was killed: {reaped:?}");
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(!mounts.contains(&mount.display().to_string()), "unmounted");
+    assert!(
+        !Path::new("/sys/class/net").join(local::BRIDGE).exists(),
+        "bridge gone"
+    );
+    assert!(!cgroup.exists(), "cgroup removed");
+    for table in ["nat", "filter"] {
+        let out = std::process::Command::new("iptables-save")
+            .args(["-t", table])
+            .output()
+            .unwrap();
+        let rules = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !rules.contains("KUBE-SWEEP-TEST") && !rules.contains("rebuild-rehearsal-local"),
+            "{table}: {rules}"
+        );
+    }
 }

@@ -77,13 +77,13 @@ impl ProviderSpec {
                 cluster.load_images(images).await?;
                 AnyCluster::Kind(cluster)
             }
-            ProviderSpec::Local { bin_dir } => AnyCluster::Local(
+            ProviderSpec::Local { bin_dir } => AnyCluster::Local(Box::new(
                 LocalCluster::create(LocalOptions {
                     bin_dir: bin_dir.clone(),
                     ..LocalOptions::default()
                 })
                 .await?,
-            ),
+            )),
             ProviderSpec::Kubeconfig {
                 path,
                 context,
@@ -108,8 +108,8 @@ pub enum AnyCluster {
     Kind(KindCluster),
     /// Existing.
     Kubeconfig(KubeconfigCluster),
-    /// Local processes.
-    Local(LocalCluster),
+    /// Local processes (boxed: it is the largest by far).
+    Local(Box<LocalCluster>),
 }
 
 impl Cluster for AnyCluster {

@@ -278,6 +278,24 @@ impl Cluster for LocalCluster {
     }
 }
 
+/// Sweeps what a local cluster killed without its teardown (SIGKILL) left on this machine:
+/// pod processes and containerd shims, mounts under `harness-k8s-node-*` directories, the
+/// `kubepods` cgroups, the bridge and the `KUBE-*`/`CNI-*` iptables chains. Takes the node
+/// lock first (waiting up to `wait`), so a running local cluster is never touched.
+/// [`LocalCluster::create`] does the same before it starts.
+///
+/// # Errors
+/// [`LocalError::Locked`] when another local cluster holds the node, or
+/// [`LocalError::Leftover`] naming what could not be removed.
+pub async fn sweep(wait: Duration) -> Result<(), LocalError> {
+    let _lock = lock(wait).await?;
+    tokio::task::spawn_blocking(node::sweep)
+        .await
+        .map_err(|err| LocalError::Leftover {
+            what: format!("a sweep that did not finish: {err}"),
+        })?
+}
+
 /// The node lock, held while the cluster lives.
 struct NodeLock(
     #[expect(dead_code, reason = "held for its drop")] nix::fcntl::Flock<std::fs::File>,
