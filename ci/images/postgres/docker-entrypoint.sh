@@ -14,6 +14,10 @@ as_postgres() {
     setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"
 }
 
+# As the official image: arguments that start with '-' are the server's (`args: [-c, ...]`).
+case "${1:-}" in
+    -*) set -- postgres "$@" ;;
+esac
 if [ "${1:-postgres}" != "postgres" ]; then
     exec "$@"
 fi
