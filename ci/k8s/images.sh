@@ -16,7 +16,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 pg_image=${HARNESS_PG_IMAGE:-rebuild-rehearsal/postgres:15}
 pg_recipe=$(docker image inspect -f '{{ index .Config.Labels "rebuild-rehearsal.recipe" }}' "$pg_image" 2>/dev/null || true)
 [ -n "$pg_recipe" ] || { echo "error: image $pg_image is missing; run ci/images/postgres/build.sh first" >&2; exit 1; }
-recipe=$( { sha256sum "$here/images.sh"; echo "$pg_recipe"; } | sha256sum | cut -c1-16)
+recipe=$( { sha256sum <"$here/images.sh"; echo "$pg_recipe"; } | sha256sum | cut -c1-16)
 cache=${RR_K8S_CACHE:-/var/cache/rebuild-rehearsal/k8s}
 out=$cache/images-$recipe
 
