@@ -322,16 +322,11 @@ async fn not_ready(
         .await
         .map_err(api_err("list pods"))?;
     for p in pods {
-        let status = p.status.clone().unwrap_or_default();
-        if status.phase.as_deref() == Some("Succeeded") {
+        if crate::facts::pod_succeeded(p.status.as_ref()) {
             continue;
         }
-        let ready = status
-            .conditions
-            .iter()
-            .flatten()
-            .any(|c| c.type_ == "Ready" && c.status == "True");
-        if !ready {
+        if !crate::facts::pod_ready(p.status.as_ref()) {
+            let status = p.status.clone().unwrap_or_default();
             let containers: Vec<String> = status
                 .container_statuses
                 .iter()

@@ -25,8 +25,6 @@ use harness::restore::{
 use harness::verify::{
     self, Decision, Gate, HealthSample, PodObservation, RollbackInputs, RollbackThresholds, Verdict,
 };
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
 
 use crate::run::{Observer, Run, millis};
 use crate::titanium::{self, LOAD_GENERATOR, NAMESPACE, PG_POD, REDIS};
@@ -1176,33 +1174,7 @@ async fn health_and_load(cluster: &impl Cluster, config: &Config) -> anyhow::Res
 }
 
 async fn observe_pods(cluster: &impl Cluster) -> anyhow::Result<Vec<PodObservation>> {
-    let pods = Api::<Pod>::namespaced(cluster.client().await?, NAMESPACE)
-        .list(&ListParams::default())
-        .await?;
-    Ok(pods
-        .items
-        .into_iter()
-        .filter(|p| p.status.as_ref().and_then(|s| s.phase.as_deref()) != Some("Succeeded"))
-        .map(|p| {
-            let status = p.status.unwrap_or_default();
-            let containers = status.container_statuses.unwrap_or_default();
-            PodObservation {
-                name: format!("{NAMESPACE}/{}", p.metadata.name.unwrap_or_default()),
-                restarts: containers
-                    .iter()
-                    .map(|c| u32::try_from(c.restart_count).unwrap_or(0))
-                    .sum(),
-                waiting_reason: containers
-                    .iter()
-                    .find_map(|c| c.state.as_ref()?.waiting.as_ref()?.reason.clone()),
-                ready: status
-                    .conditions
-                    .unwrap_or_default()
-                    .iter()
-                    .any(|c| c.type_ == "Ready" && c.status == "True"),
-            }
-        })
-        .collect())
+    Ok(harness::restore::observe_pods(&cluster.client().await?, NAMESPACE).await?)
 }
 
 /// The runbook's method B (5.2 "테이블별 복구"): drop the init script's empty tables (as its

@@ -93,12 +93,7 @@ pub async fn ready_pod_in(
         .with_context(|| format!("list pods app={app}"))?;
     pods.items
         .into_iter()
-        .find(|p| {
-            p.status
-                .as_ref()
-                .and_then(|s| s.conditions.as_ref())
-                .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-        })
+        .find(|p| harness::facts::pod_ready(p.status.as_ref()))
         .and_then(|p| p.metadata.name)
         .with_context(|| format!("no Ready pod with app={app} in {namespace}"))
 }

@@ -51,7 +51,9 @@ pub struct SequenceFacts {
 }
 
 pub use amcheck::{Amcheck, AmcheckReport};
-pub use observed::{EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation};
+pub use observed::{
+    EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation, pod_ready, pod_succeeded,
+};
 pub use redis::RedisFacts;
 pub use schema::{ForeignKeyCheck, SchemaError, foreign_key_checks, render_schema, run_amcheck};
 pub use statistics::{TableStatistics, table_statistics};

@@ -3,7 +3,22 @@
 
 use std::time::Duration;
 
+use k8s_openapi::api::core::v1::PodStatus;
 use serde::{Deserialize, Serialize};
+
+/// Whether a pod's `Ready` condition is `True`: the one test of a pod's readiness that every
+/// wait and observation uses. A pod without a status is not ready.
+pub fn pod_ready(status: Option<&PodStatus>) -> bool {
+    status
+        .and_then(|s| s.conditions.as_ref())
+        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+}
+
+/// Whether a pod has finished successfully (`Succeeded`, a Job's pod): it is not waited on and
+/// counts as ready.
+pub fn pod_succeeded(status: Option<&PodStatus>) -> bool {
+    status.and_then(|s| s.phase.as_deref()) == Some("Succeeded")
+}
 
 /// Health checks made after the restore (the runbook: 10 tries of `/api/users/health`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -159,11 +159,7 @@ async fn explain_pod(client: &kube::Client, pod: &Pod) -> String {
 }
 
 fn pod_ready(pod: &Pod) -> bool {
-    let status = pod.status.as_ref();
-    status.and_then(|s| s.phase.as_deref()) == Some("Succeeded")
-        || status
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
+    crate::facts::pod_succeeded(pod.status.as_ref()) || crate::facts::pod_ready(pod.status.as_ref())
 }
 
 /// Waits until the claim is Bound: `Ok(true)`. With `may_defer`, a claim whose storage class
