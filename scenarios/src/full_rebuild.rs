@@ -711,6 +711,13 @@ pub(crate) async fn deploy(cluster: &impl Cluster, config: &Config) -> anyhow::R
 pub(crate) async fn seed(cluster: &impl Cluster, config: &Config) -> anyhow::Result<(u64, u64)> {
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
+    // The load generator starts with the manifests and may write before `deploy` has scaled
+    // it to zero (on a real cluster, whose deploy takes a minute, it does): what it wrote is
+    // not the dataset. Cluster A was created by this run, so its tables are emptied first.
+    client
+        .batch_execute("TRUNCATE public.posts, public.users RESTART IDENTITY CASCADE")
+        .await
+        .context("empty what the load generator wrote before the seed")?;
     let stats = harness::data::load_dataset(
         &client,
         &DatasetSpec::new(config.seed, config.users, config.posts),
