@@ -16,7 +16,7 @@ use super::env::{Rewriter, container_env, expand};
 use super::images::Runtime;
 use super::pod::{PodCtx, mounts_of};
 use super::probe::{self, Target, Timing};
-use super::process::{Spawn, command, signal_group};
+use super::process::{Spawn, signal_group};
 use crate::controllers::workloads::events::EventKind;
 
 const BASE_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -467,7 +467,7 @@ async fn run_instance(
             }
         }
     };
-    let mut cmd = match command(&spawn) {
+    let mut cmd = match ctx.shared.reaper.command(&spawn) {
         Ok(c) => c,
         Err(e) => return (127, "StartError".into(), Some(e.to_string())),
     };

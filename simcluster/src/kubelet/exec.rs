@@ -19,7 +19,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::sync::mpsc;
 
 use super::Shared;
-use super::process::{Spawn, command, signal_group};
+use super::process::{Spawn, signal_group};
 use crate::server::{SubresourceHandler, SubresourceTarget};
 use crate::status::ApiError;
 
@@ -255,7 +255,7 @@ async fn session(
         }
         let _ = sink.close().await;
     });
-    let child = command(&spawn).and_then(|mut c| {
+    let child = shared.reaper.command(&spawn).and_then(|mut c| {
         c.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

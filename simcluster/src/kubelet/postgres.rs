@@ -19,7 +19,7 @@ use std::process::Stdio;
 
 use super::env::Rewriter;
 use super::pod::PodCtx;
-use super::process::{Spawn, command};
+use super::process::Spawn;
 
 /// How one PostgreSQL container runs.
 #[derive(Debug, Clone)]
@@ -231,7 +231,11 @@ async fn helper_inner(
     log: &std::fs::File,
     keep: bool,
 ) -> Result<(i32, Result<(), String>), String> {
-    let mut cmd = command(spawn).map_err(|e| e.to_string())?;
+    let mut cmd = ctx
+        .shared
+        .reaper
+        .command(spawn)
+        .map_err(|e| e.to_string())?;
     let out = log.try_clone().map_err(|e| e.to_string())?;
     let err = log.try_clone().map_err(|e| e.to_string())?;
     cmd.stdin(Stdio::null())

@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
 use super::Shared;
-use super::process::{Spawn, command, signal_group};
+use super::process::{Spawn, signal_group};
 
 /// What a probe runs against.
 #[derive(Debug, Clone)]
@@ -89,7 +89,7 @@ pub(crate) async fn check(
             args: args.to_vec(),
             ..t.spawn.clone()
         };
-        let mut cmd = command(&spec).map_err(|e| e.to_string())?;
+        let mut cmd = shared.reaper.command(&spec).map_err(|e| e.to_string())?;
         cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());

@@ -5,9 +5,15 @@
 //! The reaper is a tiny `sh` process started with the cluster. Its stdin is a pipe whose
 //! write end only the simulator holds (close-on-exec, so no child inherits it). When the
 //! simulator goes away in any manner, even SIGKILL, the pipe closes, `read` returns, and the
-//! reaper SIGKILLs every process group listed in its file. A clean shutdown empties the
+//! reaper SIGKILLs every process group listed in its file. A clean shutdown removes the
 //! file first. This needs no `unsafe` (no `pre_exec`/`PR_SET_PDEATHSIG`) and also catches
 //! grandchildren, which a parent-death signal would not.
+//!
+//! A process is recorded just after it is spawned, so a simulator killed between the two
+//! leaves one process the file does not name. Every process the kubelet starts therefore
+//! also carries [`MARKER_VAR`] in its environment, and the reaper of a killed simulator
+//! kills whatever still carries its marker, a few times over, so that a process that was
+//! still between fork and exec at the first look is caught at the next.
 
 use std::collections::BTreeSet;
 use std::io::Write as _;
@@ -18,17 +24,28 @@ use std::sync::Mutex;
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 
-const REAPER_SCRIPT: &str = r#"f=$1
+/// The environment variable that marks every process this kubelet starts.
+pub(crate) const MARKER_VAR: &str = "SIMCLUSTER_REAPER";
+
+const REAPER_SCRIPT: &str = r#"f=$1 m=$2
 while read -r _; do :; done
-if [ -f "$f" ]; then
-  while read -r g; do kill -9 -"$g" 2>/dev/null; done < "$f"
-  rm -f "$f"
-fi
+[ -f "$f" ] || exit 0
+while read -r g; do kill -9 -"$g" 2>/dev/null; done < "$f"
+rm -f "$f"
+for _ in 1 2 3 4 5; do
+  for e in $(grep -lzxF "$m" /proc/[0-9]*/environ 2>/dev/null); do
+    p=${e#/proc/}; p=${p%/environ}
+    kill -9 -"$p" 2>/dev/null; kill -9 "$p" 2>/dev/null
+  done
+  sleep 0.2
+done
 "#;
 
 /// The cluster's process-group reaper.
 pub(crate) struct Reaper {
     file: PathBuf,
+    /// The value of [`MARKER_VAR`] in every process this reaper answers for.
+    marker: String,
     groups: Mutex<BTreeSet<i32>>,
     /// Set once the reaper is stopped: a group tracked after that (a pod task that was still
     /// starting a container while the kubelet shut down) is killed at once, since no reaper
@@ -41,11 +58,13 @@ impl Reaper {
     /// Start the reaper, recording groups in `file`.
     pub(crate) fn start(file: &Path) -> std::io::Result<Reaper> {
         use std::os::unix::process::CommandExt as _;
+        let marker = file.display().to_string();
         let child = std::process::Command::new("/bin/sh")
             .arg("-c")
             .arg(REAPER_SCRIPT)
             .arg("simcluster-reaper")
             .arg(file)
+            .arg(format!("{MARKER_VAR}={marker}"))
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -54,6 +73,7 @@ impl Reaper {
             .spawn()?;
         let r = Reaper {
             file: file.to_owned(),
+            marker,
             groups: Mutex::new(BTreeSet::new()),
             stopped: std::sync::atomic::AtomicBool::new(false),
             child: Mutex::new(Some(child)),
@@ -78,9 +98,20 @@ impl Reaper {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         f(&mut groups);
+        // Once stopped, the file is gone for good: its absence tells the reaper all is done.
+        if self.stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
         if let Err(e) = self.write(&groups) {
             tracing::warn!(file = %self.file.display(), error = %e, "cannot record process groups for the reaper");
         }
+    }
+
+    /// The command for `spec`, marked as this reaper's (see the module's documentation).
+    pub(crate) fn command(&self, spec: &Spawn) -> std::io::Result<tokio::process::Command> {
+        let mut cmd = command(spec)?;
+        cmd.env(MARKER_VAR, &self.marker);
+        Ok(cmd)
     }
 
     /// Record a process group.
@@ -124,18 +155,22 @@ impl Reaper {
         for g in groups {
             let _ = killpg(Pid::from_raw(g), Signal::SIGKILL);
         }
-        self.update(BTreeSet::clear);
+        // No file tells the reaper that the simulator stopped cleanly: it exits at once.
+        if let Err(e) = std::fs::remove_file(&self.file)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(file = %self.file.display(), error = %e, "cannot remove the reaper's file");
+        }
         if let Some(mut child) = self
             .child
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .take()
         {
-            // Closing stdin makes the reaper read EOF, find an empty file and exit.
+            // Closing stdin makes the reaper read EOF, find no file and exit.
             drop(child.stdin.take());
             let _ = child.wait();
         }
-        let _ = std::fs::remove_file(&self.file);
     }
 }
 
@@ -181,7 +216,7 @@ pub(crate) fn resolve(program: &str, env: &[(String, String)]) -> Option<PathBuf
 }
 
 /// Build the command: own process group, the given identity, environment and directory.
-pub(crate) fn command(spec: &Spawn) -> std::io::Result<tokio::process::Command> {
+fn command(spec: &Spawn) -> std::io::Result<tokio::process::Command> {
     let program = resolve(&spec.program, &spec.env).ok_or_else(|| {
         std::io::Error::new(
             std::io::ErrorKind::NotFound,
@@ -207,4 +242,70 @@ pub(crate) fn command(spec: &Spawn) -> std::io::Result<tokio::process::Command> 
 /// Signal a whole process group, ignoring groups that are already gone.
 pub(crate) fn signal_group(pgid: i32, sig: Signal) {
     let _ = killpg(Pid::from_raw(pgid), sig);
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{Reaper, Spawn, command};
+
+    fn sleeper(dir: &std::path::Path) -> Spawn {
+        Spawn {
+            program: "sleep".into(),
+            args: vec!["300".into()],
+            env: vec![("PATH".into(), "/usr/bin:/bin".into())],
+            cwd: dir.to_owned(),
+            run_as: None,
+        }
+    }
+
+    /// The simulator killed between spawning a process and recording its group: the file
+    /// does not name it, and the marker alone lets the reaper find it. An unmarked process
+    /// started the same way survives, which is the defect the marker mends.
+    #[tokio::test]
+    async fn a_process_the_file_does_not_name_yet_dies_with_a_killed_simulator() {
+        let dir = tempfile::tempdir().unwrap();
+        let reaper = Reaper::start(&dir.path().join("process-groups")).unwrap();
+        let mut marked = reaper
+            .command(&sleeper(dir.path()))
+            .unwrap()
+            .spawn()
+            .unwrap();
+        let mut unmarked = command(&sleeper(dir.path())).unwrap().spawn().unwrap();
+
+        // What a SIGKILL of the simulator does: its end of the pipe closes, the file stays.
+        let mut child = reaper.child.lock().unwrap().take().unwrap();
+        drop(child.stdin.take());
+        let status = child.wait().unwrap();
+        assert!(status.success(), "the reaper: {status}");
+
+        let marked_end = tokio::time::timeout(Duration::from_secs(10), marked.wait())
+            .await
+            .expect("the marked process outlived the reaper")
+            .unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&marked_end),
+            Some(9)
+        );
+        assert!(
+            unmarked.try_wait().unwrap().is_none(),
+            "the unmarked process died too: the test would not see a missing marker"
+        );
+        unmarked.kill().await.unwrap();
+    }
+
+    /// A clean stop leaves no file (which tells the reaper there is nothing to search), and
+    /// a group forgotten later does not write it again.
+    #[test]
+    fn a_clean_stop_removes_the_file_for_good() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("process-groups");
+        let reaper = Reaper::start(&file).unwrap();
+        assert!(file.exists());
+        reaper.kill_all_and_stop();
+        assert!(!file.exists());
+        reaper.untrack(1);
+        assert!(!file.exists(), "a late untrack wrote the file again");
+    }
 }
