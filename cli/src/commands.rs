@@ -94,8 +94,24 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
         harness::deploy::overlay(overlay),
         report_dir.clone(),
     );
-    config.users = args.users;
-    config.posts = args.posts;
+    match args.size {
+        Some(bytes) => {
+            let spec = harness::data::DatasetSpec::sized(config.seed, bytes)
+                .context("--size was checked when parsed")?;
+            config.users = spec.users;
+            config.posts = spec.posts;
+            eprintln!(
+                "--size {:.1} MB: {} users, {} posts",
+                bytes as f64 / 1e6,
+                spec.users,
+                spec.posts
+            );
+        }
+        None => {
+            config.users = args.users;
+            config.posts = args.posts;
+        }
+    }
     config.load_time = std::time::Duration::from_secs(args.load_seconds);
     eprintln!(
         "rehearsing {} on {} (report: {})",
@@ -283,7 +299,10 @@ fn print_summary(report: &harness::report::Report) {
     println!("{:<22} {:>10}  result", "phase", "duration");
     for p in &report.phases {
         let result = match p.status {
-            PhaseStatus::Passed => "ok".to_owned(),
+            PhaseStatus::Passed => match p.volume {
+                Some(v) => format!("ok  ({v})"),
+                None => "ok".to_owned(),
+            },
             PhaseStatus::Failed if p.gate.is_some() => format!(
                 "FAILED: {}",
                 p.detail
@@ -991,6 +1010,95 @@ pub(crate) fn sim_down(name: &str) -> anyhow::Result<i32> {
     }
     println!("simulated cluster `{name}` is down");
     Ok(exit_codes::OK)
+}
+
+/// `rehearsal forecast`: the model fitted on the reports, the forecast at the size asked (or at
+/// the size of the `--check` report), and the runbook's limits.
+pub(crate) fn forecast(args: &crate::ForecastArgs) -> anyhow::Result<i32> {
+    use harness::forecast::{Model, database_bytes, relative_error};
+    let read = |path: &std::path::Path| -> anyhow::Result<harness::report::Report> {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("read {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| format!("parse {}", path.display()))
+    };
+    let mut reports = Vec::with_capacity(args.from.len());
+    for path in &args.from {
+        reports.push((path.display().to_string(), read(path)?));
+    }
+    let model = match Model::fit(&reports) {
+        Ok(m) => m,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(exit_codes::COULD_NOT_RUN);
+        }
+    };
+    let check = match &args.check {
+        Some(path) => {
+            let report = read(path)?;
+            let Some(bytes) = database_bytes(&report) else {
+                eprintln!(
+                    "error: --check {}: the report records no database size",
+                    path.display()
+                );
+                return Ok(exit_codes::COULD_NOT_RUN);
+            };
+            Some((report, bytes))
+        }
+        None => None,
+    };
+    let bytes = match (&check, args.db_size) {
+        (Some((_, bytes)), _) => *bytes,
+        (None, Some(bytes)) => bytes,
+        (None, None) => anyhow::bail!("--db-size or --check is required"),
+    };
+    let forecast = model.predict(bytes, &harness::verify::RollbackThresholds::runbook());
+    println!(
+        "model ({} report{}; see `harness::forecast` for how it is made):",
+        reports.len(),
+        if reports.len() == 1 { "" } else { "s" }
+    );
+    print!("{}", model.describe());
+    println!();
+    print!("{forecast}");
+    let mut code = if forecast.exceeds_a_limit() {
+        exit_codes::GATE_FAILED
+    } else {
+        exit_codes::OK
+    };
+    let accuracy = check.as_ref().map(|(report, _)| forecast.against(report));
+    if let Some(accuracy) = &accuracy {
+        println!();
+        print!("{accuracy}");
+        let Some((f, m)) = accuracy.rto else {
+            eprintln!("error: the --check report has no RTO phases (destroy-cluster-a to gates)");
+            return Ok(exit_codes::COULD_NOT_RUN);
+        };
+        let error = relative_error(f, m);
+        let max = f64::from(args.max_error) / 100.0;
+        println!(
+            "RTO error {:+.1} % (at most {} % tolerated): {}",
+            error * 100.0,
+            args.max_error,
+            if error.abs() <= max {
+                "within"
+            } else {
+                "TOO LARGE"
+            }
+        );
+        if error.abs() > max {
+            code = exit_codes::GATE_FAILED;
+        }
+    }
+    if let Some(path) = &args.json {
+        let json = serde_json::json!({
+            "model": model,
+            "forecast": forecast,
+            "accuracy": accuracy,
+        });
+        let text = serde_json::to_string_pretty(&json).context("render the forecast as JSON")?;
+        std::fs::write(path, text).with_context(|| format!("write {}", path.display()))?;
+    }
+    Ok(code)
 }
 
 #[cfg(test)]

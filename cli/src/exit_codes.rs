@@ -8,12 +8,13 @@ pub(crate) const OK: i32 = 0;
 /// for `runbook`, a command of the document failed or was unsafe, refused ones included; for
 /// `restore`, a backup refused by its checks, and for a point-in-time recovery an archive with
 /// a missing or corrupted WAL segment or mixed timelines, or a target outside the archive,
-/// named; nothing was changed).
+/// named; nothing was changed; for `forecast`, a runbook limit forecast to be exceeded, or with
+/// `--check` an RTO error above `--max-error`).
 pub(crate) const GATE_FAILED: i32 = 3;
 
 /// The command could not run: a setup error, bad input, an unreachable cluster or server (for
 /// `runbook`: cluster A could not be brought up, the shell could not be confined, or the run
-/// stopped before the document's end).
+/// stopped before the document's end; for `forecast`, a report that cannot be used).
 pub(crate) const COULD_NOT_RUN: i32 = 4;
 
 /// Command-line usage errors: clap's own code for a bad option, and ours for a rule across

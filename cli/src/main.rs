@@ -41,10 +41,36 @@ enum Command {
     /// a rehearsal cluster, and report each command's verdict (ok, failed, unsafe, skipped,
     /// replaced) with the tools' own words and corrected commands that ran.
     Runbook(RunbookArgs),
+    /// Forecast each phase, the RTO and the night at another database size from rehearsals'
+    /// reports, against the runbook's limits (restore 2 h, night 6 h); with --check, set the
+    /// forecast against a rehearsal made at that size.
+    Forecast(ForecastArgs),
     /// Start or stop a simulated cluster running the Titanium stack, to try the runbook's
     /// kubectl commands on.
     #[command(subcommand)]
     Sim(SimCommand),
+}
+
+/// Arguments of `rehearsal forecast`.
+#[derive(Debug, clap::Args)]
+struct ForecastArgs {
+    /// A rehearsal's report (its directory or its report.json), made with this version (the
+    /// seed phase records the database's size). Give two or more sizes for a fitted model.
+    #[arg(long = "from", required = true, value_parser = validate::report_json)]
+    from: Vec<PathBuf>,
+    /// The database size to forecast for (e.g. 10GB, as `run --size`).
+    #[arg(long, value_parser = validate::any_size, required_unless_present = "check", conflicts_with = "check")]
+    db_size: Option<u64>,
+    /// A rehearsal's report at the size to forecast: prints the forecast's error per phase and
+    /// for the RTO, and exits 3 when the RTO's error is above --max-error.
+    #[arg(long, value_parser = validate::report_json)]
+    check: Option<PathBuf>,
+    /// The largest tolerated RTO error with --check, in percent (1 to 1000).
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_error: u32,
+    /// Also write the model and the forecast as JSON here (a new file).
+    #[arg(long, value_parser = validate::new_file)]
+    json: Option<PathBuf>,
 }
 
 /// Arguments of `rehearsal run`.
@@ -81,6 +107,11 @@ struct RunArgs {
     /// Posts to seed (1 to 10,000,000).
     #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u32).range(1..=10_000_000))]
     posts: u32,
+    /// Seed a database of about this size instead (e.g. 500MB, 1GB, 2.5GiB): users and posts
+    /// follow from the generator's measured bytes per post; the seed phase reports the real
+    /// size. Not with --users or --posts.
+    #[arg(long, value_parser = validate::size, conflicts_with_all = ["users", "posts"])]
+    size: Option<u64>,
     /// Seconds the load gate runs (1 to 3600).
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=3600))]
     load_seconds: u64,
@@ -370,6 +401,7 @@ fn main() {
             Command::Verify(args) => commands::verify(args).await,
             Command::Restore(args) => commands::restore(args).await,
             Command::Runbook(args) => commands::runbook(args).await,
+            Command::Forecast(args) => commands::forecast(&args),
             Command::Sim(SimCommand::Up {
                 name,
                 kind_config,

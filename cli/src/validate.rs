@@ -7,6 +7,79 @@ use std::path::{Path, PathBuf};
 
 use crate::{Command, SimCommand};
 
+/// A database size: a number (decimals allowed) and a unit, `kB`/`MB`/`GB`/`TB` (powers of
+/// 1000) or `KiB`/`MiB`/`GiB`/`TiB` (powers of 1024), case-insensitive: `500MB`, `1GB`,
+/// `2.5GiB`. The size must make a dataset (see `harness::data::DatasetSpec::sized`).
+pub(crate) fn size(s: &str) -> Result<u64, String> {
+    let bytes = size_bytes(s)?;
+    harness::data::DatasetSpec::sized(0, bytes).map_err(|e| e.to_string())?;
+    Ok(bytes)
+}
+
+/// A database size to forecast for: as [`size`], any size from 1 MB.
+pub(crate) fn any_size(s: &str) -> Result<u64, String> {
+    let bytes = size_bytes(s)?;
+    if bytes < 1_000_000 {
+        return Err(format!("{s:?} is smaller than 1 MB"));
+    }
+    Ok(bytes)
+}
+
+fn size_bytes(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .ok_or_else(|| format!("{s:?} has no unit: write e.g. 500MB or 1GB"))?;
+    let (number, unit) = t.split_at(split);
+    let number: f64 = number
+        .parse()
+        .map_err(|_| format!("{s:?} does not start with a number: write e.g. 500MB or 1GB"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "kb" => 1e3,
+        "mb" => 1e6,
+        "gb" => 1e9,
+        "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} in {s:?}: use kB, MB, GB, TB, KiB, MiB, GiB or TiB"
+            ));
+        }
+    };
+    let bytes = number * scale;
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is not a size"));
+    }
+    Ok(bytes.round() as u64)
+}
+
+/// A rehearsal's report: its directory (holding `report.json`) or the file, which must parse.
+/// Returns the file.
+pub(crate) fn report_json(s: &str) -> Result<PathBuf, String> {
+    let given = PathBuf::from(s);
+    let file = if given.is_dir() {
+        given.join("report.json")
+    } else {
+        given
+    };
+    let text = std::fs::read_to_string(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+    serde_json::from_str::<harness::report::Report>(&text)
+        .map_err(|e| format!("{} is not a rehearsal's report.json: {e}", file.display()))?;
+    Ok(file)
+}
+
+/// A file to be created: it must not exist, and its directory must.
+pub(crate) fn new_file(s: &str) -> Result<PathBuf, String> {
+    let path = output_file(s)?;
+    if path.exists() {
+        return Err(format!("{s} exists (it is never overwritten)"));
+    }
+    Ok(path)
+}
+
 /// A Kubernetes namespace: an RFC 1123 label (lowercase letters, digits, `-`, at most 63).
 pub(crate) fn namespace(s: &str) -> Result<String, String> {
     if s.is_empty() || s.len() > 63 {
@@ -439,6 +512,20 @@ mod tests {
         assert!(label_value("redis").is_ok());
         assert!(label_value("a_b.C").is_ok());
         assert!(label_value("-x").is_err());
+    }
+
+    #[test]
+    fn sizes_parse_in_both_unit_systems_and_must_make_a_dataset() {
+        assert_eq!(size("1GB"), Ok(1_000_000_000));
+        assert_eq!(size("500mb"), Ok(500_000_000));
+        assert_eq!(size("2.5GiB"), Ok(2_684_354_560));
+        assert_eq!(size(" 64 MiB "), Ok(64 * 1024 * 1024));
+        for bad in ["", "1", "GB", "1.2.3GB", "1XB", "-1GB", "0GB", "1kB", "1TB"] {
+            assert!(size(bad).is_err(), "{bad:?} was accepted");
+        }
+        assert!(size("1XB").unwrap_err().contains("unknown unit"));
+        assert!(size("1kB").unwrap_err().contains("smaller than"));
+        assert!(size("1TB").unwrap_err().contains("more than"));
     }
 
     #[test]

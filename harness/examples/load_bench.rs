@@ -1,11 +1,14 @@
 //! Benchmark: sustained requests per second of the goose load gate against the Titanium
 //! gateway, next to `wrk` on the same endpoint for the same duration, in the same run.
 //!
-//! `cargo run --release -p harness --example load_bench -- [--seconds N] [--connections N] [--path /blog/1]`
+//! `cargo run --release -p harness --example load_bench -- [--seconds N] [--connections N] [--rounds N] [--path /blog/1]`
 //!
 //! Starts a private PostgreSQL (Titanium schema and 50 posts), a redis-server and the four
-//! services on loopback, runs wrk and then goose, prints both and the ratio (target: goose at
-//! least 0.8x of wrk), and stops everything.
+//! services on loopback. Then, for each round, runs wrk and goose one after the other,
+//! alternating which goes first: wrk with 2 threads and N connections, goose with N users on
+//! 2 worker threads. Prints each round, the median ratio goose/wrk and its spread (target: the
+//! median at least 0.8x) as a `BENCH` line (see `support/result.rs`), and stops everything;
+//! exits 1 when the target is missed.
 
 use std::process::Command;
 use std::time::Duration;
@@ -18,9 +21,14 @@ use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
 mod served;
 use served::Served;
 
+#[path = "support/result.rs"]
+mod result;
+use result::Target;
+
 struct Args {
     seconds: u64,
     connections: usize,
+    rounds: usize,
     path: String,
 }
 
@@ -28,6 +36,7 @@ fn args() -> anyhow::Result<Args> {
     let mut args = Args {
         seconds: 10,
         connections: 16,
+        rounds: 3,
         path: "/blog/1".to_owned(),
     };
     let mut it = std::env::args().skip(1);
@@ -36,12 +45,18 @@ fn args() -> anyhow::Result<Args> {
         match flag.as_str() {
             "--seconds" => args.seconds = value()?.parse().context("--seconds")?,
             "--connections" => args.connections = value()?.parse().context("--connections")?,
+            "--rounds" => args.rounds = value()?.parse().context("--rounds")?,
             "--path" => args.path = value()?,
-            other => bail!("unknown argument {other} (expected --seconds, --connections, --path)"),
+            other => bail!(
+                "unknown argument {other} (expected --seconds, --connections, --rounds, --path)"
+            ),
         }
     }
-    if !(1..=300).contains(&args.seconds) || !(1..=1000).contains(&args.connections) {
-        bail!("--seconds must be 1 to 300 and --connections 1 to 1000");
+    if !(1..=300).contains(&args.seconds)
+        || !(1..=1000).contains(&args.connections)
+        || !(1..=20).contains(&args.rounds)
+    {
+        bail!("--seconds must be 1 to 300, --connections 1 to 1000 and --rounds 1 to 20");
     }
     Ok(args)
 }
@@ -80,7 +95,7 @@ fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, Stri
     Ok((rps, text))
 }
 
-#[tokio::main(flavor = "multi_thread")]
+#[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let args = args()?;
     let pg = LocalPostgres::start(LocalOptions::titanium())
@@ -104,14 +119,67 @@ async fn main() -> anyhow::Result<()> {
     }
 
     println!(
-        "endpoint: GET {} through the api-gateway, {} s each, {} connections/users",
-        args.path, args.seconds, args.connections
+        "endpoint: GET {} through the api-gateway, {} s each, {} connections/users, {} rounds",
+        args.path, args.seconds, args.connections, args.rounds
     );
-    let (wrk_rps, wrk_out) = {
-        let url = url.clone();
-        let (seconds, connections) = (args.seconds, args.connections);
-        tokio::task::spawn_blocking(move || wrk(&url, seconds, connections)).await??
+    let mut ratios = Vec::with_capacity(args.rounds);
+    for round in 1..=args.rounds {
+        // Odd rounds run wrk first, even rounds goose first: neither always gets the warmer
+        // caches or the cooler machine.
+        let (wrk_rps, goose_rps) = if round % 2 == 1 {
+            let w = run_wrk(&url, &args).await?;
+            (w, run_goose(stack.gateway_url(), &args).await?)
+        } else {
+            let g = run_goose(stack.gateway_url(), &args).await?;
+            (run_wrk(&url, &args).await?, g)
+        };
+        let ratio = goose_rps / wrk_rps;
+        println!(
+            "round {round} ({} first): wrk {wrk_rps:>10.1} requests/s, goose {goose_rps:>10.1} requests/s, goose/wrk {ratio:.2}",
+            if round % 2 == 1 { "wrk" } else { "goose" }
+        );
+        ratios.push(ratio);
+    }
+    ratios.sort_by(f64::total_cmp);
+    let median = if ratios.len() % 2 == 1 {
+        ratios[ratios.len() / 2]
+    } else {
+        (ratios[ratios.len() / 2 - 1] + ratios[ratios.len() / 2]) / 2.0
     };
+    let met = result::report(
+        &format!(
+            "load gate, GET {} ({} connections)",
+            args.path, args.connections
+        ),
+        "wrk -t 2",
+        median,
+        Target::AtLeast(0.8),
+        &format!(
+            "median of {} alternating rounds of {} s; spread {:.2} to {:.2}",
+            args.rounds,
+            args.seconds,
+            ratios[0],
+            ratios[ratios.len() - 1]
+        ),
+    );
+    served.stop().await?;
+    pg.stop().await?;
+    if !met {
+        std::process::exit(1);
+    }
+    Ok(())
+}
+
+/// wrk's requests per second on `url`, with 2 threads.
+async fn run_wrk(url: &str, args: &Args) -> anyhow::Result<f64> {
+    let url = url.to_owned();
+    let (seconds, connections) = (args.seconds, args.connections);
+    let (rps, _) = tokio::task::spawn_blocking(move || wrk(&url, seconds, connections)).await??;
+    Ok(rps)
+}
+
+/// The goose gate's requests per second on the same endpoint; any failed request fails it.
+async fn run_goose(gateway_url: String, args: &Args) -> anyhow::Result<f64> {
     let gate = LoadGate {
         profile: LoadProfile::Get {
             path: args.path.clone(),
@@ -121,39 +189,11 @@ async fn main() -> anyhow::Result<()> {
         run_time: Duration::from_secs(args.seconds),
         think_time: Duration::ZERO,
         thresholds: Thresholds::parse(&["http_req_failed: rate<0.01"])?,
-        ..LoadGate::quick(stack.gateway_url())
+        ..LoadGate::quick(gateway_url)
     };
     let verdict = gate.run().await?;
-    let goose = &verdict.figures.overall;
     if !verdict.passed {
         bail!("goose saw failures: {:?}", verdict.findings);
     }
-    let wrk_latency: Vec<&str> = wrk_out
-        .lines()
-        .filter(|l| l.trim_start().starts_with("50%") || l.trim_start().starts_with("99%"))
-        .collect();
-    println!(
-        "wrk:   {wrk_rps:>10.1} requests/s   (latency {})",
-        wrk_latency
-            .iter()
-            .map(|l| l.trim())
-            .collect::<Vec<_>>()
-            .join(", ")
-    );
-    println!(
-        "goose: {:>10.1} requests/s   ({} requests in {:.2} s, p50 {:.2} ms, p99 {:.2} ms)",
-        goose.rps,
-        goose.requests,
-        verdict.figures.duration.as_secs_f64(),
-        goose.p50_ms,
-        goose.p99_ms
-    );
-    let ratio = goose.rps / wrk_rps;
-    println!(
-        "goose/wrk: {ratio:.2} (target >= 0.80): {}",
-        if ratio >= 0.8 { "met" } else { "NOT met" }
-    );
-    served.stop().await?;
-    pg.stop().await?;
-    Ok(())
+    Ok(verdict.figures.overall.rps)
 }

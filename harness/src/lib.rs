@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod data;
 pub mod deploy;
 pub mod facts;
+pub mod forecast;
 pub mod keep;
 pub mod load;
 pub mod oci;

@@ -281,7 +281,14 @@ async fn steps(
     );
     run.phase("deploy", deploy(a, config)).await?;
     let seeded = run.phase("seed", seed(a, config)).await?;
-    run.note(format!("{} users, {} posts", seeded.0, seeded.1));
+    run.note(format!(
+        "{} users, {} posts, database {:.1} MB",
+        seeded.0,
+        seeded.1,
+        seeded.2 as f64 / 1e6
+    ));
+    // The database's size is the scale `rehearsal forecast` reads from a report.
+    run.measure(Some(seeded.2), Some(seeded.0 + seeded.1));
     run.phase("preflight", preflight(a, config)).await?;
     // PITR: WAL streams off cluster A from before the backup until its destruction.
     let mut wal = None;
@@ -302,6 +309,17 @@ async fn steps(
         .postgres
         .clone()
         .context("the backup has no PostgreSQL part")?;
+    // Throughputs: a backup writes every file of its manifest and reads every row; its
+    // verification reads every file again; a restore loads the custom archive's rows; the
+    // gates read every row again for the counts and digests.
+    let backup_bytes: u64 = manifest.files.iter().map(|f| f.size).sum();
+    let rows: u64 = pg.tables.iter().map(|t| t.rows).sum();
+    let dump_bytes = manifest
+        .files
+        .iter()
+        .find(|f| f.path == pg.custom_dump)
+        .map(|f| f.size);
+    run.measure(Some(backup_bytes), Some(rows));
     match rpo(&manifest) {
         Ok(ms) => state.rpo_ms = Some(ms),
         // Not clamped, not dropped: an RPO that cannot be measured, or a snapshot before
@@ -318,6 +336,7 @@ async fn steps(
         run.note(base);
     }
     run.phase("verify-backup", verify(&backup, &tools)).await?;
+    run.measure(Some(backup_bytes), None);
     let marker = MarkerRow::new(format!("run-{}", uuid_like()));
     let mut markers = None;
     match &wal {
@@ -405,6 +424,7 @@ async fn steps(
             |d| format!("{:.1} s", d.as_secs_f64()),
         )
     };
+    run.measure(dump_bytes, Some(rows));
     run.note(format!(
         "database {}, of which ANALYZE {}{}",
         seconds(restored.db_restore),
@@ -432,6 +452,7 @@ async fn steps(
             anyhow::Ok((gates, markers_gate))
         })
         .await?;
+    run.measure(None, Some(rows));
     state.gates.extend(markers_gate);
     if let Some(markers) = &markers {
         let (gate, rpo) = run
@@ -708,7 +729,11 @@ pub(crate) async fn deploy(cluster: &impl Cluster, config: &Config) -> anyhow::R
     Ok(())
 }
 
-pub(crate) async fn seed(cluster: &impl Cluster, config: &Config) -> anyhow::Result<(u64, u64)> {
+/// Seeds cluster A; returns the users, the posts, and the database's size afterwards.
+pub(crate) async fn seed(
+    cluster: &impl Cluster,
+    config: &Config,
+) -> anyhow::Result<(u64, u64, u64)> {
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
     // The load generator starts with the manifests and may write before `deploy` has scaled
@@ -723,7 +748,13 @@ pub(crate) async fn seed(cluster: &impl Cluster, config: &Config) -> anyhow::Res
         &DatasetSpec::new(config.seed, config.users, config.posts),
     )
     .await?;
-    Ok((stats.users, stats.posts))
+    let bytes: i64 = client
+        .query_one("SELECT pg_database_size(current_database())", &[])
+        .await
+        .context("read the seeded database's size")?
+        .get(0);
+    let bytes = u64::try_from(bytes).context("pg_database_size is negative")?;
+    Ok((stats.users, stats.posts, bytes))
 }
 
 async fn preflight(cluster: &impl Cluster, config: &Config) -> anyhow::Result<()> {

@@ -7,7 +7,7 @@
 use std::fmt::Display;
 use std::time::{Duration, Instant};
 
-use harness::report::{PhaseReport, PhaseStatus};
+use harness::report::{PhaseReport, PhaseStatus, Volume};
 use tracing::Instrument;
 
 /// Told about phases as they start and end. The CLI draws progress from it; tests print.
@@ -125,6 +125,7 @@ impl<'a> Run<'a> {
             duration_ms: millis(duration),
             detail,
             gate,
+            volume: None,
         };
         self.observer.phase_finished(&report);
         self.phases.push(report);
@@ -150,6 +151,7 @@ impl<'a> Run<'a> {
                 duration_ms: 0,
                 detail: Some(format!("error {place}: {err:#}")),
                 gate: None,
+                volume: None,
             };
             self.observer.phase_finished(&report);
             self.phases.push(report);
@@ -162,6 +164,13 @@ impl<'a> Run<'a> {
     pub fn note(&mut self, detail: impl Display) {
         if let Some(last) = self.phases.last_mut() {
             last.detail = Some(detail.to_string());
+        }
+    }
+
+    /// Records what the last phase moved (see [`Volume`]), for its throughput.
+    pub fn measure(&mut self, bytes: Option<u64>, rows: Option<u64>) {
+        if let Some(last) = self.phases.last_mut() {
+            last.volume = Some(Volume::over(bytes, rows, last.duration_ms));
         }
     }
 
@@ -179,6 +188,7 @@ impl<'a> Run<'a> {
                 duration_ms: 0,
                 detail: None,
                 gate: None,
+                volume: None,
             });
         }
     }

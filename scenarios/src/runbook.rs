@@ -147,7 +147,7 @@ async fn run_in(
     full_rebuild::deploy(a, &fr)
         .await
         .context("deploy titanium-prod on cluster A")?;
-    let (users, posts) = full_rebuild::seed(a, &fr).await.context("seed cluster A")?;
+    let (users, posts, _) = full_rebuild::seed(a, &fr).await.context("seed cluster A")?;
     let client = a.client().await?;
     titanium::scale(&client, LOAD_GENERATOR, 2, fr.ready_timeout)
         .await

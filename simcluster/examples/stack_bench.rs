@@ -13,6 +13,10 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use simcluster::{SimCluster, SimConfig};
 
+#[path = "../../harness/examples/support/result.rs"]
+mod result;
+use result::Target;
+
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
@@ -258,10 +262,20 @@ async fn main() -> Result<()> {
         best_direct.as_secs_f64(),
         direct_size / best_direct.as_secs_f64()
     );
-    println!(
-        "exec/direct throughput: {ratio:>8.2}x   (target >= 0.8x: {})",
-        if ratio >= 0.8 { "met" } else { "MISSED" }
+    let met = result::report(
+        &format!("pg_dump -Fc through kubectl exec on the simulator ({size:.0} MB)"),
+        "pg_dump -Fc run directly",
+        ratio,
+        Target::AtLeast(0.8),
+        &format!(
+            "throughput; best of each: {:.2} s vs {:.2} s",
+            best_exec.as_secs_f64(),
+            best_direct.as_secs_f64()
+        ),
     );
     cluster.shutdown().await?;
+    if !met {
+        std::process::exit(1);
+    }
     Ok(())
 }

@@ -24,6 +24,7 @@ fn sample() -> Report {
                 duration_ms: 900,
                 detail: None,
                 gate: None,
+                volume: None,
             })
             .collect(),
         tables: vec![TableReport {

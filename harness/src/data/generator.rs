@@ -98,10 +98,68 @@ fn timestamp(secs_after_base: i64, micros: u32) -> NaiveDateTime {
         .naive_utc()
 }
 
+/// Bytes of database (`pg_database_size`: tables, TOAST and indexes) that one generated post
+/// adds, with its share of a user at [`POSTS_PER_USER`]. Measured on PostgreSQL 15; the test
+/// `a_sized_dataset_is_near_its_size` (harness/tests/it/data.rs) fails when the generator or
+/// the schema moves a sized database more than 15 % off its size.
+pub const DB_BYTES_PER_POST: u64 = 688;
+
+/// `pg_database_size` of a Titanium database with empty tables (the catalog's share).
+pub const EMPTY_DB_BYTES: u64 = 7_850_000;
+
+/// Posts per user in a dataset sized by bytes ([`DatasetSpec::sized`]), as in the default run
+/// (200 users, 2,000 posts).
+pub const POSTS_PER_USER: u32 = 10;
+
+/// The most posts a sized dataset may have (the CLI's `--posts` limit).
+pub const MAX_POSTS: u32 = 10_000_000;
+
+/// Why a size gives no dataset.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SizeError {
+    /// Fewer bytes than an empty Titanium database and one user's posts.
+    #[error("{bytes} bytes is smaller than the smallest dataset ({min} bytes)")]
+    TooSmall {
+        /// The size asked for.
+        bytes: u64,
+        /// The smallest size that makes a dataset.
+        min: u64,
+    },
+    /// More posts than [`MAX_POSTS`].
+    #[error("{bytes} bytes needs more than {MAX_POSTS} posts (at most {max} bytes)")]
+    TooLarge {
+        /// The size asked for.
+        bytes: u64,
+        /// The largest size.
+        max: u64,
+    },
+}
+
 impl DatasetSpec {
     /// A spec.
     pub fn new(seed: u64, users: u32, posts: u32) -> Self {
         Self { seed, users, posts }
+    }
+
+    /// A spec whose database is about `bytes` large: [`EMPTY_DB_BYTES`] plus
+    /// [`DB_BYTES_PER_POST`] per post, one user per [`POSTS_PER_USER`] posts. What the
+    /// database really weighs is measured after the load (the rehearsal's seed phase reports
+    /// it).
+    ///
+    /// # Errors
+    /// [`SizeError`] when `bytes` is below one user's posts or above [`MAX_POSTS`] posts.
+    pub fn sized(seed: u64, bytes: u64) -> Result<Self, SizeError> {
+        let min = EMPTY_DB_BYTES + DB_BYTES_PER_POST * u64::from(POSTS_PER_USER);
+        let max = EMPTY_DB_BYTES + DB_BYTES_PER_POST * u64::from(MAX_POSTS);
+        if bytes < min {
+            return Err(SizeError::TooSmall { bytes, min });
+        }
+        if bytes > max {
+            return Err(SizeError::TooLarge { bytes, max });
+        }
+        let posts = u32::try_from((bytes - EMPTY_DB_BYTES) / DB_BYTES_PER_POST)
+            .map_err(|_| SizeError::TooLarge { bytes, max })?;
+        Ok(Self::new(seed, posts.div_ceil(POSTS_PER_USER), posts))
     }
 
     /// The users, in id order.
@@ -193,6 +251,35 @@ fn sentence(rng: &mut ChaCha8Rng, words: usize) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_size_gives_posts_and_users_within_bounds() {
+        let gb = DatasetSpec::sized(1, 1_000_000_000).unwrap();
+        assert_eq!(
+            u64::from(gb.posts),
+            (1_000_000_000 - EMPTY_DB_BYTES) / DB_BYTES_PER_POST
+        );
+        assert_eq!(gb.users, gb.posts.div_ceil(POSTS_PER_USER));
+        let min = EMPTY_DB_BYTES + DB_BYTES_PER_POST * u64::from(POSTS_PER_USER);
+        assert_eq!(DatasetSpec::sized(1, min).unwrap().users, 1);
+        assert_eq!(
+            DatasetSpec::sized(1, min - 1),
+            Err(SizeError::TooSmall {
+                bytes: min - 1,
+                min
+            })
+        );
+        let max = EMPTY_DB_BYTES + DB_BYTES_PER_POST * u64::from(MAX_POSTS);
+        assert_eq!(DatasetSpec::sized(1, max).unwrap().posts, MAX_POSTS);
+        assert!(matches!(
+            DatasetSpec::sized(1, max + DB_BYTES_PER_POST),
+            Err(SizeError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            DatasetSpec::sized(1, u64::MAX),
+            Err(SizeError::TooLarge { .. })
+        ));
+    }
 
     #[test]
     fn usernames_are_unique_and_fit_the_column() {

@@ -8,7 +8,10 @@ pub mod strategies;
 
 use std::path::PathBuf;
 
-pub use generator::{DatasetSpec, password_for, username_for};
+pub use generator::{
+    DB_BYTES_PER_POST, DatasetSpec, EMPTY_DB_BYTES, MAX_POSTS, POSTS_PER_USER, SizeError,
+    password_for, username_for,
+};
 pub use load::{LoadError, LoadStats, load_dataset, load_rows};
 pub use seed::{LOAD_GENERATOR_PREFIX, SeedError, seed_new_database};
 

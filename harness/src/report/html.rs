@@ -137,7 +137,7 @@ fn timeline(h: &mut String, report: &Report) {
         height - 6.0,
         ms(Some(total))
     );
-    h.push_str("<table id=\"phases\"><tr><th>Phase</th><th>Duration</th><th>Result</th><th>Detail</th></tr>");
+    h.push_str("<table id=\"phases\"><tr><th>Phase</th><th>Duration</th><th>Result</th><th>Throughput</th><th>Detail</th></tr>");
     for p in &report.phases {
         let (class, label) = match p.status {
             PhaseStatus::Passed => ("ok", "passed"),
@@ -147,9 +147,10 @@ fn timeline(h: &mut String, report: &Report) {
         };
         let _ = write!(
             h,
-            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{label}</td><td>{}</td></tr>",
+            "<tr><td>{}</td><td>{}</td><td class=\"{class}\">{label}</td><td>{}</td><td>{}</td></tr>",
             esc(&p.name),
             ms(Some(p.duration_ms)),
+            esc(&p.volume.map(|v| v.to_string()).unwrap_or_default()),
             esc(p.detail.as_deref().unwrap_or(""))
         );
     }
@@ -271,6 +272,10 @@ mod tests {
         assert!(html.contains("pg_restore &lt;failed&gt; &amp; &quot;quoted&quot;"));
         assert!(!html.contains("<failed>"));
         assert_eq!(html.matches("<g class=\"phase\">").count(), 2);
+        assert!(
+            html.contains("<td>3.0 MB at 2.5 MB/s, 120,000 rows at 100,000 rows/s</td>"),
+            "the backup phase's throughput"
+        );
     }
 
     #[test]

@@ -57,6 +57,78 @@ pub struct PhaseReport {
     /// failed phase without one could not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gate: Option<String>,
+    /// What the phase moved, and so its throughput, for phases whose time grows with the data.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub volume: Option<Volume>,
+}
+
+/// What a phase moved (bytes written or read, rows), and the throughput over its duration.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Volume {
+    /// Bytes the phase wrote or read (a backup's files, a restore's archive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// Rows it wrote or read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows: Option<u64>,
+    /// Megabytes (10^6 bytes) per second over the phase's duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mb_per_s: Option<f64>,
+    /// Rows per second over the phase's duration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rows_per_s: Option<f64>,
+}
+
+impl Volume {
+    /// The volume of a phase that took `duration_ms`; no rate for a phase of 0 ms.
+    pub fn over(bytes: Option<u64>, rows: Option<u64>, duration_ms: u64) -> Volume {
+        let per_s = |n: u64, scale: f64| {
+            (duration_ms > 0).then(|| n as f64 / scale / (duration_ms as f64 / 1000.0))
+        };
+        Volume {
+            bytes,
+            rows,
+            mb_per_s: bytes.and_then(|b| per_s(b, 1e6)),
+            rows_per_s: rows.and_then(|r| per_s(r, 1.0)),
+        }
+    }
+}
+
+impl std::fmt::Display for Volume {
+    /// `312.4 MB at 41.2 MB/s, 1,100,000 rows at 145,000 rows/s`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        if let Some(b) = self.bytes {
+            parts.push(match self.mb_per_s {
+                Some(r) => format!("{:.1} MB at {r:.1} MB/s", b as f64 / 1e6),
+                None => format!("{:.1} MB", b as f64 / 1e6),
+            });
+        }
+        if let Some(n) = self.rows {
+            parts.push(match self.rows_per_s {
+                Some(r) => format!(
+                    "{} rows at {} rows/s",
+                    thousands(n),
+                    thousands(r.round() as u64)
+                ),
+                None => format!("{} rows", thousands(n)),
+            });
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+/// `1234567` as `1,234,567`.
+fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// One table before the backup and after the restore.
@@ -294,6 +366,7 @@ pub(crate) mod sample {
                     duration_ms: 1200,
                     detail: None,
                     gate: None,
+                    volume: Some(Volume::over(Some(3_000_000), Some(120_000), 1200)),
                 },
                 PhaseReport {
                     name: "restore".into(),
@@ -302,6 +375,7 @@ pub(crate) mod sample {
                     duration_ms: 800,
                     detail: Some("pg_restore <failed> & \"quoted\"".into()),
                     gate: None,
+                    volume: None,
                 },
             ],
             tables: vec![TableReport {
@@ -362,7 +436,27 @@ mod tests {
         }
         assert_eq!(json["verdict"], "could_not_run", "the restore phase erred");
         assert_eq!(json["phases"][0]["duration_ms"], 1200);
+        assert_eq!(json["phases"][0]["volume"]["bytes"], 3_000_000);
+        assert_eq!(json["phases"][0]["volume"]["mb_per_s"], 2.5);
+        assert_eq!(json["phases"][0]["volume"]["rows_per_s"], 100_000.0);
+        assert!(json["phases"][1].get("volume").is_none());
         assert_eq!(json["load"]["p95_ms"], 12.5);
+    }
+
+    #[test]
+    fn a_volume_gives_its_rates_and_none_over_no_time() {
+        let v = Volume::over(Some(312_400_000), Some(1_100_000), 8_000);
+        assert_eq!(
+            v.to_string(),
+            "312.4 MB at 39.0 MB/s, 1,100,000 rows at 137,500 rows/s"
+        );
+        let v = Volume::over(Some(1_000), None, 0);
+        assert_eq!((v.mb_per_s, v.rows_per_s), (None, None));
+        assert_eq!(v.to_string(), "0.0 MB");
+        assert_eq!(
+            Volume::over(None, Some(999), 1000).to_string(),
+            "999 rows at 999 rows/s"
+        );
     }
 
     #[test]

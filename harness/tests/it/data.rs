@@ -19,6 +19,50 @@ async fn copy_out(client: &tokio_postgres::Client, table: &str) -> Vec<u8> {
     chunks.concat()
 }
 
+/// The size model of `DatasetSpec::sized` against the database PostgreSQL really holds: a
+/// generator or schema change that moves it fails here, naming the figures to update.
+#[tokio::test]
+async fn a_sized_dataset_is_near_its_size() {
+    let pg = LocalPostgres::start(LocalOptions::titanium())
+        .await
+        .unwrap();
+    let mut measured = Vec::new();
+    for (db, bytes) in [("sized_small", 12_000_000_u64), ("sized_large", 60_000_000)] {
+        create_database(&pg.params(), db).await.unwrap();
+        let params = pg.params().with_dbname(db);
+        pg.tools()
+            .psql_file(&params, &harness::data::schema_sql_path())
+            .await
+            .unwrap();
+        let client = params.connect().await.unwrap();
+        let spec = DatasetSpec::sized(11, bytes).unwrap();
+        load_dataset(&client, &spec).await.unwrap();
+        let size: i64 = client
+            .query_one("SELECT pg_database_size(current_database())", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let size = u64::try_from(size).unwrap();
+        measured.push((spec.posts, size));
+        println!(
+            "{db}: asked {bytes} bytes, {} posts, got {size} bytes",
+            spec.posts
+        );
+    }
+    let (small, large) = (measured[0], measured[1]);
+    let per_post = (large.1 - small.1) / u64::from(large.0 - small.0);
+    let empty = small.1.saturating_sub(per_post * u64::from(small.0));
+    for ((posts, size), asked) in measured.iter().zip([12_000_000_u64, 60_000_000]) {
+        let off = *size as f64 / asked as f64 - 1.0;
+        assert!(
+            off.abs() <= 0.15,
+            "{posts} posts for {asked} bytes weigh {size} bytes ({:+.0} %): set \
+             DB_BYTES_PER_POST = {per_post} and EMPTY_DB_BYTES = {empty} (measured here)",
+            off * 100.0
+        );
+    }
+}
+
 #[tokio::test]
 async fn same_seed_loads_byte_identical_tables_and_authors_exist() {
     let pg = LocalPostgres::start(LocalOptions::titanium())
