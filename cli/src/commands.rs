@@ -73,20 +73,8 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
     if args.keep {
         harness::keep::request_keep();
     }
-    let overlay = match args.provider.as_str() {
-        "kind" => "kind",
-        "local" => "local",
-        "kubeconfig" => "solid-cloud",
-        _ => "sim",
-    };
-    let provider = provider_spec(
-        &args.provider,
-        &args.kind_config,
-        args.k8s_bin.as_deref(),
-        args.kubeconfig.as_deref(),
-        args.context.as_deref(),
-        args.allow_destroy,
-    )?;
+    let overlay = args.clusters.overlay();
+    let provider = provider_spec(&args.clusters)?;
     // A new directory, or an empty one given: an earlier run's report is never overwritten.
     let report_dir = crate::validate::create_report_dir(args.report.as_deref())?;
     let mut config = Config::modest(
@@ -116,7 +104,7 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
     eprintln!(
         "rehearsing {} on {} (report: {})",
         args.scenario,
-        args.provider,
+        args.clusters.provider,
         report_dir.display()
     );
     let progress = crate::progress::Progress::new();
@@ -131,16 +119,22 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
 }
 
 /// The cluster provider the command line names.
-fn provider_spec(
-    provider: &str,
-    kind_config: &std::path::Path,
-    k8s_bin: Option<&std::path::Path>,
-    kubeconfig: Option<&std::path::Path>,
-    context: Option<&str>,
-    allow_destroy: bool,
-) -> anyhow::Result<harness::cluster::ProviderSpec> {
+fn provider_spec(args: &crate::ProviderArgs) -> anyhow::Result<harness::cluster::ProviderSpec> {
     use harness::cluster::{DestroyGate, ProviderSpec};
-    Ok(match provider {
+    let crate::ProviderArgs {
+        provider,
+        kind_config,
+        k8s_bin,
+        kubeconfig,
+        context,
+        allow_destroy,
+    } = args;
+    let (k8s_bin, kubeconfig, context) = (
+        k8s_bin.as_deref(),
+        kubeconfig.as_deref(),
+        context.as_deref(),
+    );
+    Ok(match provider.as_str() {
         "sim" => ProviderSpec::Sim {
             kind_config: Some(kind_config.to_owned()),
         },
@@ -167,7 +161,7 @@ fn provider_spec(
                 vec![],
                 DestroyGate::Refuse,
             )?;
-            let gate = DestroyGate::ask(attached.name(), allow_destroy)?;
+            let gate = DestroyGate::ask(attached.name(), *allow_destroy)?;
             ProviderSpec::Kubeconfig {
                 path: kubeconfig.map(ToOwned::to_owned),
                 context: Some(attached.context().to_owned()),
@@ -184,20 +178,8 @@ pub(crate) async fn runbook(args: crate::RunbookArgs) -> anyhow::Result<i32> {
         harness::keep::request_keep();
     }
     let blocks = harness::runbook::parse_file(&args.file)?;
-    let provider = provider_spec(
-        &args.provider,
-        &args.kind_config,
-        args.k8s_bin.as_deref(),
-        args.kubeconfig.as_deref(),
-        args.context.as_deref(),
-        args.allow_destroy,
-    )?;
-    let overlay = match args.provider.as_str() {
-        "kind" => "kind",
-        "local" => "local",
-        "kubeconfig" => "solid-cloud",
-        _ => "sim",
-    };
+    let provider = provider_spec(&args.clusters)?;
+    let overlay = args.clusters.overlay();
     let report_dir = crate::validate::create_report_dir(args.report.as_deref())?;
     let mut config = scenarios::runbook::Config::new(
         args.file.clone(),
@@ -213,7 +195,7 @@ pub(crate) async fn runbook(args: crate::RunbookArgs) -> anyhow::Result<i32> {
     eprintln!(
         "running {} on {} (report: {})",
         args.file.display(),
-        args.provider,
+        args.clusters.provider,
         report_dir.display()
     );
     let report = scenarios::runbook::run(&config).await?;

@@ -73,12 +73,9 @@ struct ForecastArgs {
     json: Option<PathBuf>,
 }
 
-/// Arguments of `rehearsal run`.
+/// Where the clusters of `rehearsal run` and `rehearsal runbook` come from.
 #[derive(Debug, clap::Args)]
-struct RunArgs {
-    /// The scenario.
-    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup", "pitr"])]
-    scenario: String,
+struct ProviderArgs {
     /// Where clusters come from: sim (built in), kind (needs Docker and kind), local (a real
     /// Kubernetes as local processes; needs root and ci/setup's packages and binaries),
     /// kubeconfig (an existing cluster; destroying titanium-prod there needs --allow-destroy
@@ -101,6 +98,28 @@ struct RunArgs {
     /// Allow destroying the rehearsal namespace on an existing cluster (asks for its name).
     #[arg(long)]
     allow_destroy: bool,
+}
+
+impl ProviderArgs {
+    /// The kustomize overlay that fits the provider's clusters.
+    fn overlay(&self) -> &'static str {
+        match self.provider.as_str() {
+            "kind" => "kind",
+            "local" => "local",
+            "kubeconfig" => "solid-cloud",
+            _ => "sim",
+        }
+    }
+}
+
+/// Arguments of `rehearsal run`.
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// The scenario.
+    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup", "pitr"])]
+    scenario: String,
+    #[command(flatten)]
+    clusters: ProviderArgs,
     /// Users to seed (1 to 1,000,000).
     #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     users: u32,
@@ -130,25 +149,8 @@ struct RunbookArgs {
     /// The Markdown document: its fenced bash/sh blocks are run in order.
     #[arg(default_value = "fixtures/runbook/solid-cloud-rebuild-guide.ko.md", value_parser = validate::existing_file)]
     file: PathBuf,
-    /// Where clusters come from (see `rehearsal run`).
-    #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "local", "kubeconfig"])]
-    provider: String,
-    /// kind configuration for sim and kind clusters.
-    #[arg(long, default_value = "kind-config/single-node.yaml")]
-    kind_config: PathBuf,
-    /// Kubernetes binaries for --provider local (default: $RR_K8S_BIN, else the cache of
-    /// ci/k8s/build.sh; official release binaries work, see ci/k8s/fetch-release.sh).
-    #[arg(long, value_name = "DIR")]
-    k8s_bin: Option<PathBuf>,
-    /// Kubeconfig for --provider kubeconfig.
-    #[arg(long, value_parser = validate::existing_file)]
-    kubeconfig: Option<PathBuf>,
-    /// Context for --provider kubeconfig.
-    #[arg(long, value_parser = validate::context)]
-    context: Option<String>,
-    /// Allow destroying the rehearsal namespace on an existing cluster (asks for its name).
-    #[arg(long)]
-    allow_destroy: bool,
+    #[command(flatten)]
+    clusters: ProviderArgs,
     /// Report directory (default: a new target/rehearsal/<timestamp>/); new or empty.
     #[arg(long, value_parser = validate::dir_or_missing)]
     report: Option<PathBuf>,

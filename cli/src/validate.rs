@@ -306,6 +306,32 @@ fn k8s_bin(provider: &str, given: Option<&Path>) -> Result<(), String> {
     }
 }
 
+/// The rules across the provider options of `run` and `runbook`.
+fn providers(args: &crate::ProviderArgs) -> Result<(), String> {
+    k8s_bin(&args.provider, args.k8s_bin.as_deref())?;
+    if args.provider != "kubeconfig" {
+        for (given, option) in [
+            (args.kubeconfig.is_some(), "--kubeconfig"),
+            (args.context.is_some(), "--context"),
+            (args.allow_destroy, "--allow-destroy"),
+        ] {
+            if given {
+                return Err(format!(
+                    "{option} applies only to --provider kubeconfig (the provider is {})",
+                    args.provider
+                ));
+            }
+        }
+    }
+    if !matches!(args.provider.as_str(), "kubeconfig" | "local") && !args.kind_config.is_file() {
+        return Err(format!(
+            "--kind-config {}: no such file (run from the repository root, or give its path)",
+            args.kind_config.display()
+        ));
+    }
+    Ok(())
+}
+
 /// Cross-option and file-system rules, checked after parsing and before any work.
 ///
 /// # Errors
@@ -316,56 +342,13 @@ pub(crate) fn check(command: &Command) -> Result<(), String> {
             if let Some(dir) = &args.report {
                 report_dir_is_new(dir)?;
             }
-            k8s_bin(&args.provider, args.k8s_bin.as_deref())?;
-            if args.provider != "kubeconfig" {
-                for (given, option) in [
-                    (args.kubeconfig.is_some(), "--kubeconfig"),
-                    (args.context.is_some(), "--context"),
-                    (args.allow_destroy, "--allow-destroy"),
-                ] {
-                    if given {
-                        return Err(format!(
-                            "{option} applies only to --provider kubeconfig (the provider is {})",
-                            args.provider
-                        ));
-                    }
-                }
-                if args.provider != "local" && !args.kind_config.is_file() {
-                    return Err(format!(
-                        "--kind-config {}: no such file (run from the repository root, or give its path)",
-                        args.kind_config.display()
-                    ));
-                }
-            }
-            Ok(())
+            providers(&args.clusters)
         }
         Command::Runbook(args) => {
             if let Some(dir) = &args.report {
                 report_dir_is_new(dir)?;
             }
-            k8s_bin(&args.provider, args.k8s_bin.as_deref())?;
-            if args.provider != "kubeconfig" {
-                for (given, option) in [
-                    (args.kubeconfig.is_some(), "--kubeconfig"),
-                    (args.context.is_some(), "--context"),
-                    (args.allow_destroy, "--allow-destroy"),
-                ] {
-                    if given {
-                        return Err(format!(
-                            "{option} applies only to --provider kubeconfig (the provider is {})",
-                            args.provider
-                        ));
-                    }
-                }
-            }
-            if !matches!(args.provider.as_str(), "kubeconfig" | "local")
-                && !args.kind_config.is_file()
-            {
-                return Err(format!(
-                    "--kind-config {}: no such file (run from the repository root, or give its path)",
-                    args.kind_config.display()
-                ));
-            }
+            providers(&args.clusters)?;
             // The document is read and its sections matched before anything starts.
             let blocks = harness::runbook::parse_file(&args.file).map_err(|e| e.to_string())?;
             harness::runbook::select(blocks, args.from.as_deref(), args.only.as_deref())

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use harness::report::{Outcome, PhaseReport, PhaseStatus, Report, Volume};
+use harness::report::{PhaseReport, PhaseStatus, Report, Volume};
 
 /// A report at `mb` MB whose backup and restore take 1 s plus `per_mb` ms per MB.
 fn report(mb: u64, per_mb: u64) -> Report {
@@ -32,22 +32,7 @@ fn report(mb: u64, per_mb: u64) -> Report {
         phase("gates", 200 + mb, true),
         phase("decide", 10, false),
     ];
-    Report {
-        scenario: "full_rebuild".into(),
-        provider: "sim".into(),
-        verdict: Outcome::Pass,
-        started_at: "2026-12-03T09:00:00Z".into(),
-        phases,
-        tables: vec![],
-        gates: vec![],
-        load: None,
-        rto_ms: None,
-        rpo_ms: None,
-        rpo_clock: None,
-        rollback_reasons: vec![],
-        not_assessed: vec![],
-        backup: None,
-    }
+    Report::of_phases("full_rebuild", "sim", "2026-12-03T09:00:00Z", phases)
 }
 
 /// Writes `report` as `dir/name/report.json`, as a run's report directory holds it.

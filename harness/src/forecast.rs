@@ -476,7 +476,7 @@ impl std::fmt::Display for Accuracy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{Outcome, PhaseReport, Volume};
+    use crate::report::{PhaseReport, Volume};
 
     /// A report at `mb` whose `backup` and `restore` take `per_mb` ms per MB over a fixed
     /// second, and whose other phases take a fixed time.
@@ -492,12 +492,11 @@ mod tests {
         };
         let bytes = mb * 1_000_000;
         let grows = |ms| Some(Volume::over(Some(bytes), None, ms));
-        Report {
-            scenario: "full_rebuild".into(),
-            provider: "sim".into(),
-            verdict: Outcome::Pass,
-            started_at: String::new(),
-            phases: vec![
+        Report::of_phases(
+            "full_rebuild",
+            "sim",
+            "",
+            vec![
                 phase("seed", 100 + mb, grows(100 + mb)),
                 phase("preflight", 500, None),
                 phase("backup", 1000 + per_mb * mb, grows(1000 + per_mb * mb)),
@@ -506,16 +505,7 @@ mod tests {
                 phase("gates", 300, None),
                 phase("decide", 10, None),
             ],
-            tables: vec![],
-            gates: vec![],
-            load: None,
-            rto_ms: None,
-            rpo_ms: None,
-            rpo_clock: None,
-            rollback_reasons: vec![],
-            not_assessed: vec![],
-            backup: None,
-        }
+        )
     }
 
     fn labelled(reports: Vec<Report>) -> Vec<(String, Report)> {

@@ -231,24 +231,7 @@ mod tests {
     }
 
     fn report(phases: Vec<PhaseReport>) -> Report {
-        let mut report = Report {
-            scenario: "full_rebuild".into(),
-            provider: "sim".into(),
-            verdict: Outcome::Pass,
-            started_at: "2026-12-02T00:00:00Z".into(),
-            phases,
-            tables: vec![],
-            gates: vec![],
-            load: None,
-            rto_ms: None,
-            rpo_ms: None,
-            rpo_clock: None,
-            rollback_reasons: vec![],
-            not_assessed: vec![],
-            backup: None,
-        };
-        report.conclude();
-        report
+        Report::of_phases("full_rebuild", "sim", "2026-12-02T00:00:00Z", phases)
     }
 
     #[tokio::test]

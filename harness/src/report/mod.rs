@@ -254,6 +254,35 @@ pub struct Report {
 }
 
 impl Report {
+    /// A concluded report of these phases and nothing else: no tables, gates, load or recovery
+    /// figures. Its verdict follows from the phases (see [`Report::conclude`]); a scenario
+    /// adds what it observed and concludes again.
+    pub fn of_phases(
+        scenario: &str,
+        provider: &str,
+        started_at: &str,
+        phases: Vec<PhaseReport>,
+    ) -> Report {
+        let mut report = Report {
+            scenario: scenario.to_owned(),
+            provider: provider.to_owned(),
+            verdict: Outcome::Fail,
+            started_at: started_at.to_owned(),
+            phases,
+            tables: Vec::new(),
+            gates: Vec::new(),
+            load: None,
+            rto_ms: None,
+            rpo_ms: None,
+            rpo_clock: None,
+            rollback_reasons: Vec::new(),
+            not_assessed: Vec::new(),
+            backup: None,
+        };
+        report.conclude();
+        report
+    }
+
     /// Whether something could not run: a phase that failed without a gate's verdict (an
     /// error, also one between phases), or a gate that could not check.
     pub fn could_not_run(&self) -> bool {
