@@ -10,7 +10,7 @@ use harness::backup::PodRef;
 use harness::cluster::{AnyCluster, Cluster};
 use harness::facts;
 use harness::pg::{LocalOptions, LocalPostgres, PostgresProvider};
-use harness::report::{GateReport, Outcome, Report, TableReport};
+use harness::report::{GateReport, Report, TableReport};
 use harness::verify;
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Pod;
@@ -46,22 +46,13 @@ pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
         tracing::warn!(error = %format!("{err:#}"), "cronjob_backup stopped");
     }
     crate::full_rebuild::teardown_all(cluster).await;
+    // An error between phases becomes a failed phase of its own: it reaches the report.
+    let phases = run.finish(outcome, &PHASES);
+    let provider = config.provider.kind().to_string();
     let mut report = Report {
-        scenario: "cronjob_backup".into(),
-        provider: config.provider.kind().to_string(),
-        verdict: Outcome::Fail,
-        started_at,
-        // An error between phases becomes a failed phase of its own: it reaches the report.
-        phases: run.finish(outcome, &PHASES),
         tables,
         gates,
-        load: None,
-        rto_ms: None,
-        rpo_ms: None,
-        rpo_clock: None,
-        rollback_reasons: Vec::new(),
-        not_assessed: Vec::new(),
-        backup: None,
+        ..Report::of_phases("cronjob_backup", &provider, &started_at, phases)
     };
     report.conclude();
     report
