@@ -50,8 +50,11 @@ fn size_bytes(s: &str) -> Result<u64, String> {
         }
     };
     let bytes = number * scale;
-    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
-        return Err(format!("{s:?} is not a size"));
+    if !bytes.is_finite() || bytes > u64::MAX as f64 {
+        return Err(format!("{s:?} is too large"));
+    }
+    if bytes < 1.0 {
+        return Err(format!("{s:?} is no size at all: write e.g. 500MB or 1GB"));
     }
     Ok(bytes.round() as u64)
 }
@@ -509,6 +512,12 @@ mod tests {
         assert!(size("1XB").unwrap_err().contains("unknown unit"));
         assert!(size("1kB").unwrap_err().contains("smaller than"));
         assert!(size("1TB").unwrap_err().contains("more than"));
+        assert!(size("0GB").unwrap_err().contains("no size at all"));
+        assert!(
+            any_size("99999999999999999999TB")
+                .unwrap_err()
+                .contains("too large")
+        );
     }
 
     #[test]
