@@ -708,6 +708,7 @@ async fn restore_pitr(
     let input = DbRestoreInput {
         archive: DbArchive::Custom(dump),
         backup_id: format!("{} at {target}", args.backup.display()),
+        recorded_sha256: None,
     };
     let options = DbRestoreOptions {
         force: args.force,

@@ -78,6 +78,7 @@ impl Fixture {
         DbRestoreInput {
             archive: DbArchive::Custom(self.custom.clone()),
             backup_id: "backup-1".to_owned(),
+            recorded_sha256: None,
         }
     }
 
@@ -218,6 +219,7 @@ async fn restore_over_init_script_tables_twice_and_after_an_interruption() -> Re
     let cut_input = DbRestoreInput {
         archive: DbArchive::Custom(cut),
         backup_id: "backup-1".to_owned(),
+        recorded_sha256: None,
     };
     let err = fx
         .restore(&second, &cut_input, &options)
@@ -291,6 +293,7 @@ async fn plain_sql_restore_the_runbook_way_and_bad_archives_cost_nothing() -> Re
     let sql = DbRestoreInput {
         archive: DbArchive::PlainSql(fx.plain.clone()),
         backup_id: "backup-1".to_owned(),
+        recorded_sha256: None,
     };
     let report = fx
         .restore(&target, &sql, &DbRestoreOptions::default())
@@ -302,6 +305,7 @@ async fn plain_sql_restore_the_runbook_way_and_bad_archives_cost_nothing() -> Re
     let wrong = DbRestoreInput {
         archive: DbArchive::PlainSql(fx.custom.clone()),
         backup_id: "x".to_owned(),
+        recorded_sha256: None,
     };
     let err = fx
         .restore(
@@ -320,6 +324,7 @@ async fn plain_sql_restore_the_runbook_way_and_bad_archives_cost_nothing() -> Re
     let junk_input = DbRestoreInput {
         archive: DbArchive::Custom(junk),
         backup_id: "x".to_owned(),
+        recorded_sha256: None,
     };
     let err = fx
         .restore(
@@ -336,6 +341,7 @@ async fn plain_sql_restore_the_runbook_way_and_bad_archives_cost_nothing() -> Re
     let missing = DbRestoreInput {
         archive: DbArchive::Custom(fx.dir.path().join("nope.dump")),
         backup_id: "x".to_owned(),
+        recorded_sha256: None,
     };
     let err = fx
         .restore(
@@ -1093,6 +1099,7 @@ async fn a_damaged_dump_is_refused_before_the_target_is_touched() -> Result<()> 
         let input = DbRestoreInput {
             archive: DbArchive::Custom(dump.clone()),
             backup_id: "safety-1".to_owned(),
+            recorded_sha256: None,
         };
         let err = restore_database(pg.tools(), &target, &input, &forced)
             .await
@@ -1103,9 +1110,53 @@ async fn a_damaged_dump_is_refused_before_the_target_is_touched() -> Result<()> 
         );
         ensure!(err.to_string().contains("nothing was changed"), "{err}");
 
+        // With the digest its backup recorded (as the scenarios and `from_backup` hand it
+        // over, skipping the read-through): refused by the digest.
+        let recorded = report
+            .manifest
+            .sha256_of("postgres/titanium.dump")
+            .context("the manifest lists the dump")?
+            .to_owned();
+        let input = DbRestoreInput {
+            recorded_sha256: Some(recorded.clone()),
+            ..input
+        };
+        let err = restore_database(pg.tools(), &target, &input, &forced)
+            .await
+            .expect_err("a damaged dump must not be restored");
+        ensure!(
+            matches!(&err, RestoreError::BadArchive { path, detail, .. }
+                if *path == dump && detail.contains(&format!("not the {recorded} its backup recorded"))),
+            "{name}: {err}"
+        );
+        ensure!(err.to_string().contains("nothing was changed"), "{err}");
+
         let after = table_facts(&target.connect().await?).await?;
         ensure!(after == before, "{name}: the target changed: {after:?}");
     }
+
+    // The intact dump with its recorded digest: proven by the digest, not read through, and
+    // restored.
+    let intact = DbRestoreInput {
+        archive: DbArchive::Custom(report.dir.join("postgres/titanium.dump")),
+        backup_id: "safety-1".to_owned(),
+        recorded_sha256: report
+            .manifest
+            .sha256_of("postgres/titanium.dump")
+            .map(str::to_owned),
+    };
+    let done = restore_database(pg.tools(), &target, &intact, &forced).await?;
+    ensure!(done.restored, "{}", done.plan);
+    ensure!(
+        matches!(
+            &done.plan.archive_proof,
+            Some(harness::restore::ArchiveProof::RecordedSha256 { sha256 })
+                if Some(sha256.as_str()) == report.manifest.sha256_of("postgres/titanium.dump")
+        ),
+        "{:?}",
+        done.plan.archive_proof
+    );
+    ensure!(done.plan.to_string().contains("SHA-256"), "{}", done.plan);
     Ok(())
 }
 
@@ -1283,6 +1334,7 @@ async fn a_load_failing_after_the_drops_says_so_and_a_rerun_finishes() -> Result
     let input = DbRestoreInput {
         archive: DbArchive::Custom(dump.clone()),
         backup_id: "owned-1".to_owned(),
+        recorded_sha256: None,
     };
     let err = restore_database(
         pg.tools(),

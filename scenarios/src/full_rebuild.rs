@@ -999,6 +999,11 @@ impl<C: Cluster> DataRestorer for ClusterData<'_, C> {
                 let input = DbRestoreInput {
                     archive: DbArchive::Custom(self.backup.dir.join(&pg.custom_dump)),
                     backup_id: self.backup.manifest.name.clone(),
+                    recorded_sha256: self
+                        .backup
+                        .manifest
+                        .sha256_of(&pg.custom_dump)
+                        .map(str::to_owned),
                 };
                 let report =
                     restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default())
@@ -1375,6 +1380,10 @@ async fn rollback_restore(
     let input = DbRestoreInput {
         archive: DbArchive::Custom(backup.dir.join(&pg.custom_dump)),
         backup_id: backup.manifest.name.clone(),
+        recorded_sha256: backup
+            .manifest
+            .sha256_of(&pg.custom_dump)
+            .map(str::to_owned),
     };
     restore_database(tools, &db.params, &input, &DbRestoreOptions::default()).await?;
     Ok(())

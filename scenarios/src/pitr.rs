@@ -270,6 +270,7 @@ pub(crate) async fn restore_to(
     let input = DbRestoreInput {
         archive: DbArchive::Custom(dump),
         backup_id: format!("{backup_id} at {}", plan.target),
+        recorded_sha256: None,
     };
     let report = restore_database(tools, params, &input, &DbRestoreOptions::default()).await?;
     Ok((recovery, Duration::from_secs_f64(report.analyze_seconds)))

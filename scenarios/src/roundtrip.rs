@@ -72,6 +72,10 @@ pub async fn run<P: PostgresProvider>(
     let input = DbRestoreInput {
         archive: DbArchive::Custom(report.dir.join(&pg.custom_dump)),
         backup_id: report.manifest.name.clone(),
+        recorded_sha256: report
+            .manifest
+            .sha256_of(&pg.custom_dump)
+            .map(str::to_owned),
     };
     restore_database(
         &tools,

@@ -107,6 +107,15 @@ impl Manifest {
         Ok(manifest)
     }
 
+    /// The SHA-256 the manifest records for the file at `path` (relative to the backup's
+    /// directory), if it lists it.
+    pub fn sha256_of(&self, path: &str) -> Option<&str> {
+        self.files
+            .iter()
+            .find(|f| f.path == path)
+            .map(|f| f.sha256.as_str())
+    }
+
     /// The runbook's `BACKUP_MANIFEST.txt`.
     pub fn human(&self) -> String {
         let mut s = String::new();

@@ -165,6 +165,10 @@ impl RestoreInputs {
                 }),
             },
             backup_id: manifest.name.clone(),
+            recorded_sha256: match method {
+                RestoreMethod::Custom => manifest.sha256_of(&pg.custom_dump).map(str::to_owned),
+                RestoreMethod::Sql | RestoreMethod::Csv => None,
+            },
         });
         let objects = match &manifest.kubernetes {
             Some(kube) => {

@@ -26,9 +26,9 @@ mod redis;
 
 pub use analyze::{ANALYZE_TIMEOUT, analyze};
 pub use database::{
-    CsvArchive, CsvFile, DEFAULT_DEADLINE, DbArchive, DbRestoreInput, DbRestoreOptions,
-    DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState, plan_database_restore,
-    restore_database,
+    ArchiveProof, CsvArchive, CsvFile, DEFAULT_DEADLINE, DbArchive, DbRestoreInput,
+    DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState,
+    plan_database_restore, restore_database,
 };
 pub use error::RestoreError;
 pub use inputs::{RestoreInputs, RestoreMethod};

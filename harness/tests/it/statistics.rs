@@ -54,6 +54,7 @@ async fn restore_analyzes_and_a_restore_without_analyze_fails_the_statistics_gat
     let input = DbRestoreInput {
         archive: DbArchive::Custom(dump.clone()),
         backup_id: "statistics-1".to_owned(),
+        recorded_sha256: None,
     };
     let report =
         restore_database(pg.tools(), &restored, &input, &DbRestoreOptions::default()).await?;
