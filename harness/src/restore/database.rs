@@ -409,14 +409,15 @@ fn jobs_for(archive: &DbArchive, requested: Option<u32>) -> u32 {
     if !regular {
         return 1;
     }
-    requested
-        .unwrap_or_else(|| {
-            std::thread::available_parallelism()
-                .map(|n| n.get() as u32)
-                .unwrap_or(1)
-                .min(4)
-        })
-        .max(1)
+    requested.unwrap_or_else(default_jobs).max(1)
+}
+
+/// The pg_restore jobs a restore uses when none are asked for: the number of CPUs, at most 4.
+pub fn default_jobs() -> u32 {
+    std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1)
+        .min(4)
 }
 
 /// Checks the archive without changing anything, and lists a custom archive's entries; says

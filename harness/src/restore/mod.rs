@@ -28,7 +28,7 @@ pub use analyze::{ANALYZE_TIMEOUT, analyze};
 pub use database::{
     ArchiveProof, CsvArchive, CsvFile, DEFAULT_DEADLINE, DbArchive, DbRestoreInput,
     DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState,
-    plan_database_restore, restore_database,
+    default_jobs, plan_database_restore, restore_database,
 };
 pub use error::RestoreError;
 pub use inputs::{RestoreInputs, RestoreMethod};
