@@ -196,7 +196,7 @@ async fn main() -> Result<ExitCode> {
             let mut bare_time = Duration::ZERO;
             let mut bare_analyze = 0.0;
             let mut ours = None;
-            let order = if (round + j as usize) % 2 == 0 {
+            let order = if (round + j as usize).is_multiple_of(2) {
                 [true, false]
             } else {
                 [false, true]
