@@ -4,11 +4,7 @@
 //! not ready and why.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
-
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ListParams};
+use std::time::Duration;
 
 use crate::cluster::Cluster;
 
@@ -214,156 +210,27 @@ async fn run(
 }
 
 /// Waits until every Deployment and StatefulSet in `namespace` has its replicas ready and
-/// every pod is Ready.
+/// every pod is Ready (through [`crate::ready::namespace`], the one way to wait).
 ///
 /// # Errors
 /// [`DeployError::NotReady`] naming each workload and pod that is not ready, with the pod's
-/// conditions and container states.
+/// conditions, container states, last events and log lines.
 pub async fn wait_ready(
     client: &kube::Client,
     namespace: &str,
     timeout: Duration,
 ) -> Result<(), DeployError> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let pending = not_ready(client, namespace, Instant::now() >= deadline).await?;
-        if pending.is_empty() {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            return Err(DeployError::NotReady {
+    crate::ready::namespace(client, namespace, crate::ready::Deadline::new(timeout))
+        .await
+        .map_err(|err| match err {
+            crate::ready::WaitError::NotReady { seconds, parts, .. } => DeployError::NotReady {
                 namespace: namespace.to_owned(),
-                seconds: timeout.as_secs(),
-                details: pending.join("\n"),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
-/// The last events and log lines of a pod, indented, for a not-ready message. Best effort:
-/// what cannot be read is left out.
-async fn pod_evidence(client: &kube::Client, namespace: &str, pod: &str) -> Vec<String> {
-    use k8s_openapi::api::core::v1::Event;
-    let mut lines = Vec::new();
-    let events = Api::<Event>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default().fields(&format!("involvedObject.name={pod}")))
-        .await;
-    if let Ok(events) = events {
-        for e in events.items.iter().rev().take(3).rev() {
-            lines.push(format!(
-                "    event {}: {}",
-                e.reason.clone().unwrap_or_default(),
-                e.message.clone().unwrap_or_default()
-            ));
-        }
-    }
-    let params = kube::api::LogParams {
-        tail_lines: Some(5),
-        ..kube::api::LogParams::default()
-    };
-    if let Ok(log) = Api::<Pod>::namespaced(client.clone(), namespace)
-        .logs(pod, &params)
-        .await
-    {
-        lines.extend(log.lines().map(|l| format!("    log: {l}")));
-    }
-    lines
-}
-
-async fn not_ready(
-    client: &kube::Client,
-    namespace: &str,
-    with_evidence: bool,
-) -> Result<Vec<String>, DeployError> {
-    let api_err = |what: &str| {
-        let what = format!("{what} in {namespace}");
-        move |source| DeployError::Api { what, source }
-    };
-    let mut pending = Vec::new();
-    let deployments = Api::<Deployment>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("list deployments"))?;
-    for d in deployments {
-        let want = d.spec.replicas.unwrap_or(1);
-        let ready = d
-            .status
-            .as_ref()
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
-        if ready < want {
-            pending.push(format!(
-                "deployment {}: {ready}/{want} ready",
-                d.metadata.name.unwrap_or_default()
-            ));
-        }
-    }
-    let statefulsets = Api::<StatefulSet>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("list statefulsets"))?;
-    for s in statefulsets {
-        let want = s.spec.replicas.unwrap_or(1);
-        let ready = s
-            .status
-            .as_ref()
-            .and_then(|s| s.ready_replicas)
-            .unwrap_or(0);
-        if ready < want {
-            pending.push(format!(
-                "statefulset {}: {ready}/{want} ready",
-                s.metadata.name.unwrap_or_default()
-            ));
-        }
-    }
-    let pods = Api::<Pod>::namespaced(client.clone(), namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(api_err("list pods"))?;
-    for p in pods {
-        if crate::facts::pod_succeeded(p.status.as_ref()) {
-            continue;
-        }
-        if !crate::facts::pod_ready(p.status.as_ref()) {
-            let status = p.status.clone().unwrap_or_default();
-            let containers: Vec<String> = status
-                .container_statuses
-                .iter()
-                .flatten()
-                .map(|c| {
-                    let state = c.state.as_ref();
-                    let why = state
-                        .and_then(|s| {
-                            s.waiting.as_ref().map(|w| {
-                                format!("waiting: {}", w.reason.clone().unwrap_or_default())
-                            })
-                        })
-                        .or_else(|| {
-                            state.and_then(|s| {
-                                s.terminated
-                                    .as_ref()
-                                    .map(|t| format!("terminated: exit {}", t.exit_code))
-                            })
-                        })
-                        .unwrap_or_else(|| "running, not ready".into());
-                    format!("{} {why}, restarts {}", c.name, c.restart_count)
-                })
-                .collect();
-            let name = p.metadata.name.clone().unwrap_or_default();
-            pending.push(format!(
-                "pod {name}: phase {}; {}",
-                status.phase.unwrap_or_else(|| "unknown".into()),
-                if containers.is_empty() {
-                    "no container status".into()
-                } else {
-                    containers.join("; ")
-                }
-            ));
-            if with_evidence {
-                pending.extend(pod_evidence(client, namespace, &name).await);
-            }
-        }
-    }
-    Ok(pending)
+                seconds,
+                details: parts.join(
+                    "
+",
+                ),
+            },
+            crate::ready::WaitError::Api { what, source } => DeployError::Api { what, source },
+        })
 }

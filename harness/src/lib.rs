@@ -16,6 +16,7 @@ pub mod pg;
 pub mod pitr;
 pub mod preflight;
 pub mod process;
+pub mod ready;
 pub mod report;
 pub mod restore;
 pub mod runbook;

@@ -2,9 +2,9 @@
 //! and Redis over port-forwards, the gateway over a port-forward to one of its pods, replica
 //! counts through the Deployment API. Nothing here knows which provider made the cluster.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use harness::cluster::Cluster;
 use harness::cluster::forward::PortForward;
 use harness::pg::{ConnParams, Secret};
@@ -129,41 +129,9 @@ pub async fn scale(
     api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
         .await
         .with_context(|| format!("scale {name}"))?;
-    let deadline = Instant::now() + timeout;
-    let pods = Api::<Pod>::namespaced(client.clone(), NAMESPACE);
-    loop {
-        let d = api.get(name).await.with_context(|| format!("get {name}"))?;
-        let selector = kube::core::Selector::try_from(d.spec.selector.clone())
-            .with_context(|| format!("the pod selector of deployment {name}"))?;
-        let status = d.status.unwrap_or_default();
-        let settled = if replicas == 0 {
-            let left = pods
-                .list(&ListParams::default().labels_from(&selector))
-                .await
-                .with_context(|| format!("list the pods of deployment {name}"))?;
-            if !left.items.is_empty() && Instant::now() >= deadline {
-                bail!(
-                    "deployment {name} still has {} pod(s) after {} s (terminating pods count)",
-                    left.items.len(),
-                    timeout.as_secs()
-                );
-            }
-            left.items.is_empty()
-        } else {
-            status.ready_replicas.unwrap_or(0) >= replicas
-                && status.updated_replicas.unwrap_or(0) >= replicas
-        };
-        if settled {
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            bail!(
-                "deployment {name} did not reach {replicas} ready replicas in {} s (status: {:?} ready, {:?} total)",
-                timeout.as_secs(),
-                status.ready_replicas,
-                status.replicas
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let deadline = harness::ready::Deadline::new(timeout).polling(Duration::from_millis(100));
+    harness::ready::deployment_scaled(client, NAMESPACE, name, replicas, deadline)
+        .await
+        .with_context(|| format!("scale deployment {name} to {replicas}"))?;
+    Ok(())
 }

@@ -62,7 +62,7 @@ pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
 pub use postgres::{KubePostgres, PgManifest, PgSource};
 pub use redis::{MAX_NAMED_KEYS, RedisManifest, RedisSource, dataset_facts, key_label, rdb_facts};
 // The restore's RDB replay reads the keyspace exactly as the digest does.
-pub(crate) use redis::{RedisStep, databases, scan_keys};
+pub(crate) use redis::{RedisStep, ScratchRedis, ScratchRedisError, databases, scan_keys};
 pub use terraform::TerraformManifest;
 pub use verify::{
     Finding, OpenedBackup, Restored, VerifyOptions, VerifyReport, open_backup, restore_into,

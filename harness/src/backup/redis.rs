@@ -170,68 +170,98 @@ pub(crate) async fn backup_redis(
     })
 }
 
-/// Loads an RDB file into a private scratch `redis-server` (Unix socket only, no TCP) and
-/// reads its key count and digest (as [`crate::verify::RedisFacts`], for the Redis gate).
-///
-/// # Errors
-/// When redis-server is missing, refuses the file (corrupt RDB), or does not start in time.
-pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
-    let scratch = crate::keep::ScratchDir::new("harness-redis-", "scratch Redis").map_err(
-        BackupError::io("create a scratch directory in", std::env::temp_dir()),
-    )?;
-    let data = scratch.path().join("data");
-    create_private_dir(&data)?;
-    std::fs::copy(rdb, data.join("dump.rdb")).map_err(BackupError::io("copy", rdb))?;
-    let socket = scratch.path().join("redis.sock");
-    let server = which::which("redis-server").map_err(|_| BackupError::Spawn {
-        tool: "redis-server".to_owned(),
-        source: std::io::Error::new(
-            std::io::ErrorKind::NotFound,
-            "redis-server not on PATH (apt-get install redis-server)",
-        ),
-    })?;
-    let log = scratch.path().join("redis.log");
-    use crate::process::GuardedSpawn;
-    // Its own process group, killed with us even on SIGKILL (crate::process).
-    let mut child = crate::process::tokio_command(&server)
-        .args([
-            "--port",
-            "0",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dbfilename",
-            "dump.rdb",
-            "--dir",
-        ])
-        .arg(&data)
-        .arg("--unixsocket")
-        .arg(&socket)
-        .args(["--unixsocketperm", "700", "--logfile"])
-        .arg(&log)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn_guarded()
-        .map_err(|source| BackupError::Spawn {
-            tool: "redis-server".to_owned(),
-            source,
+/// A private scratch `redis-server` (Unix socket only, no TCP, no persistence) that loaded
+/// one RDB file: the one way this crate reads an RDB (the backup's facts, the restore's
+/// replay). Its directory and process go with it (killed on drop, also when this process
+/// dies: `crate::process`).
+pub(crate) struct ScratchRedis {
+    child: tokio::process::Child,
+    // Dropped after the child: the socket and the copy of the RDB live here.
+    _dir: crate::keep::ScratchDir,
+}
+
+/// Why a scratch Redis did not come up with the RDB loaded.
+#[derive(Debug)]
+pub(crate) enum ScratchRedisError {
+    /// redis-server is not installed, or could not be started.
+    Spawn(std::io::Error),
+    /// The scratch directory or the copy of the RDB failed.
+    Io(std::io::Error),
+    /// redis-server refused the file (it exited), with the last lines of its log.
+    Exited(String),
+    /// Not loaded in time, with the last lines of its log.
+    TimedOut(String),
+}
+
+impl std::fmt::Display for ScratchRedisError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Spawn(e) => write!(
+                f,
+                "redis-server could not start ({e}; apt-get install redis-server)"
+            ),
+            Self::Io(e) => write!(f, "{e}"),
+            Self::Exited(detail) => write!(f, "redis-server exited: {detail}"),
+            Self::TimedOut(log) => {
+                write!(f, "not loaded within {} s: {log}", SCRATCH_LOAD.as_secs())
+            }
+        }
+    }
+}
+
+/// How long a scratch Redis may take to load an RDB.
+const SCRATCH_LOAD: Duration = Duration::from_secs(60);
+
+impl ScratchRedis {
+    /// Starts a scratch redis-server on a copy of `rdb` and waits until it answers PING.
+    pub(crate) async fn load(
+        rdb: &Path,
+    ) -> Result<(Self, redis::aio::MultiplexedConnection), ScratchRedisError> {
+        let dir = crate::keep::ScratchDir::new("harness-redis-", "scratch Redis")
+            .map_err(ScratchRedisError::Io)?;
+        let data = dir.path().join("data");
+        create_private_dir(&data)
+            .map_err(|e| ScratchRedisError::Io(std::io::Error::other(e.to_string())))?;
+        std::fs::copy(rdb, data.join("dump.rdb")).map_err(ScratchRedisError::Io)?;
+        let socket = dir.path().join("redis.sock");
+        let log = dir.path().join("redis.log");
+        let server = which::which("redis-server").map_err(|_| {
+            ScratchRedisError::Spawn(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                "redis-server not on PATH",
+            ))
         })?;
-    let result = async {
-        let url = format!("redis+unix://{}", socket.display());
-        let client = redis::Client::open(url.as_str())
-            .map_err(BackupError::redis("open the scratch redis"))?;
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut conn = loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(BackupError::NotReady {
-                    what: format!("redis-server loading {}", rdb.display()),
-                    seconds: 0,
-                    detail: format!("exited ({status}): {}", tail(&log, 5)),
-                });
+        use crate::process::GuardedSpawn;
+        // Its own process group, killed with us even on SIGKILL (crate::process).
+        let child = crate::process::tokio_command(&server)
+            .args(["--port", "0", "--save", "", "--appendonly", "no"])
+            .args(["--dbfilename", "dump.rdb", "--dir"])
+            .arg(&data)
+            .arg("--unixsocket")
+            .arg(&socket)
+            .args(["--unixsocketperm", "700", "--logfile"])
+            .arg(&log)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn_guarded()
+            .map_err(ScratchRedisError::Spawn)?;
+        let mut scratch = Self { child, _dir: dir };
+        let log_tail = || {
+            std::fs::read_to_string(&log)
+                .map(|l| tail(&l, 5))
+                .unwrap_or_else(|e| format!("(its log could not be read: {e})"))
+        };
+        let client = redis::Client::open(format!("redis+unix://{}", socket.display()))
+            .map_err(|e| ScratchRedisError::Spawn(std::io::Error::other(e.to_string())))?;
+        let deadline = Instant::now() + SCRATCH_LOAD;
+        loop {
+            if let Ok(Some(status)) = scratch.child.try_wait() {
+                return Err(ScratchRedisError::Exited(format!(
+                    "{status}: {}",
+                    log_tail()
+                )));
             }
             if socket.exists()
                 && let Ok(mut conn) = client.get_multiplexed_async_connection().await
@@ -240,22 +270,41 @@ pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
                     .await
                     .is_ok()
             {
-                break conn;
+                return Ok((scratch, conn));
             }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(&log).unwrap_or_default();
-                return Err(BackupError::NotReady {
-                    what: "scratch redis-server".to_owned(),
-                    seconds: 60,
-                    detail: tail(&log, 5),
-                });
+                return Err(ScratchRedisError::TimedOut(log_tail()));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-        };
-        dataset_facts(&mut conn).await
+        }
     }
-    .await;
-    let _ = child.kill().await;
+
+    /// Stops the server (its directory goes with `self`).
+    pub(crate) async fn stop(mut self) {
+        // Already gone is as good as stopped; kill_on_drop and the process group cover the rest.
+        let _ = self.child.kill().await;
+    }
+}
+
+/// Loads an RDB file into a [`ScratchRedis`] and reads its key count and digest (as
+/// [`crate::verify::RedisFacts`], for the Redis gate).
+///
+/// # Errors
+/// When redis-server is missing, refuses the file (corrupt RDB), or does not start in time.
+pub async fn rdb_facts(rdb: &Path) -> Result<RedisFacts, BackupError> {
+    let (scratch, mut conn) = ScratchRedis::load(rdb).await.map_err(|err| match err {
+        ScratchRedisError::Spawn(source) => BackupError::Spawn {
+            tool: "redis-server".to_owned(),
+            source,
+        },
+        other => BackupError::NotReady {
+            what: format!("scratch redis-server loading {}", rdb.display()),
+            seconds: SCRATCH_LOAD.as_secs(),
+            detail: other.to_string(),
+        },
+    })?;
+    let result = dataset_facts(&mut conn).await;
+    scratch.stop().await;
     result
 }
 

@@ -6,11 +6,8 @@
 //! can reach (a port-forward into any cluster) without touching the pod's files.
 
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
 
 use super::RestoreError;
-use crate::keep::ScratchDir;
 
 fn redis_err(what: &str) -> impl FnOnce(redis::RedisError) -> RestoreError + '_ {
     move |source| RestoreError::Redis {
@@ -30,61 +27,16 @@ pub async fn replay_rdb(rdb: &Path, target: &str) -> Result<u64, RestoreError> {
         path: rdb.to_path_buf(),
         detail,
     };
-    let dir = ScratchDir::new("harness-redis-replay-", "scratch redis for an RDB replay").map_err(
-        |source| RestoreError::Spawn {
-            tool: "mkdir".into(),
-            source,
-        },
-    )?;
-    std::fs::copy(rdb, dir.path().join("dump.rdb")).map_err(|err| unreadable(err.to_string()))?;
-    let socket = dir.path().join("redis.sock");
-    use crate::process::GuardedSpawn;
-    // Its own process group, killed with us even on SIGKILL (crate::process).
-    let mut server = crate::process::tokio_command("redis-server")
-        .args([
-            "--port",
-            "0",
-            "--unixsocketperm",
-            "700",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dbfilename",
-            "dump.rdb",
-            "--dir",
-        ])
-        .arg(dir.path())
-        .arg("--unixsocket")
-        .arg(&socket)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn_guarded()
-        .map_err(|source| RestoreError::Spawn {
-            tool: "redis-server (apt-get install redis-server)".into(),
-            source,
-        })?;
-    let source = redis::Client::open(format!("redis+unix://{}", socket.display()))
-        .map_err(redis_err("open the scratch redis"))?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let mut from = loop {
-        if let Ok(mut conn) = source.get_multiplexed_async_connection().await
-            && redis::cmd("PING")
-                .query_async::<String>(&mut conn)
-                .await
-                .is_ok()
-        {
-            break conn;
-        }
-        if let Ok(Some(status)) = server.try_wait() {
-            return Err(unreadable(format!("redis-server exited ({status})")));
-        }
-        if Instant::now() >= deadline {
-            return Err(unreadable("not loaded within 30 s".into()));
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    let (scratch, mut from) =
+        crate::backup::ScratchRedis::load(rdb)
+            .await
+            .map_err(|err| match err {
+                crate::backup::ScratchRedisError::Spawn(source) => RestoreError::Spawn {
+                    tool: "redis-server (apt-get install redis-server)".into(),
+                    source,
+                },
+                other => unreadable(other.to_string()),
+            })?;
     let mut to = redis::Client::open(target)
         .map_err(redis_err("open the target"))?
         .get_multiplexed_async_connection()
@@ -113,7 +65,7 @@ pub async fn replay_rdb(rdb: &Path, target: &str) -> Result<u64, RestoreError> {
             }
         }
     }
-    let _ = server.kill().await;
+    scratch.stop().await;
     Ok(copied)
 }
 

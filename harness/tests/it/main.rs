@@ -3,6 +3,7 @@
 mod data;
 mod pg;
 mod pitr;
+mod ready;
 mod redis_restore;
 mod statistics;
 mod support;

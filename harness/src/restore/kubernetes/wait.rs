@@ -1,15 +1,15 @@
 //! Every wait on a restored object, each with a deadline and a readable reason when it runs
-//! out: claims bound, workloads ready, pods observed.
+//! out: claims bound here; workloads and pods through `crate::ready`, the one way to wait.
 
 use std::time::Instant;
 
-use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Event, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
 use k8s_openapi::api::storage::v1::StorageClass;
-use kube::api::{Api, ListParams, LogParams};
+use kube::api::{Api, ListParams};
 
 use super::apply::Waits;
 use super::plan::KubeRestorePlan;
+use crate::ready::{Deadline, Workload};
 use crate::restore::RestoreError;
 
 /// Observes the pods of `namespace` for the rollback decision (`verify::decide`): restarts,
@@ -50,116 +50,12 @@ pub async fn observe_pods(
                         .and_then(|s| s.waiting.as_ref())
                         .and_then(|w| w.reason.clone())
                 }),
-                ready: pod_ready(pod),
+                ready: crate::ready::pod_ready(pod),
             }
         })
         .collect();
     out.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(out)
-}
-
-/// Recent events about one object, newest last, as `reason: message`.
-async fn events_for(client: &kube::Client, namespace: &str, name: &str) -> Vec<String> {
-    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
-    let params = ListParams::default().fields(&format!("involvedObject.name={name}"));
-    let mut events = api.list(&params).await.map(|l| l.items).unwrap_or_default();
-    events.sort_by_key(|e| {
-        e.metadata
-            .resource_version
-            .clone()
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap_or(0)
-    });
-    events
-        .iter()
-        .rev()
-        .take(5)
-        .rev()
-        .map(|e| {
-            format!(
-                "{}: {}",
-                e.reason.clone().unwrap_or_default(),
-                e.message.clone().unwrap_or_default()
-            )
-        })
-        .collect()
-}
-
-/// Why a pod is not Ready: phase, conditions that are not True, container waiting reasons,
-/// last events and log lines.
-async fn explain_pod(client: &kube::Client, pod: &Pod) -> String {
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
-    let status = pod.status.clone().unwrap_or_default();
-    let mut parts = vec![format!(
-        "phase {}",
-        status.phase.clone().unwrap_or_else(|| "Unknown".to_owned())
-    )];
-    for c in status
-        .conditions
-        .iter()
-        .flatten()
-        .filter(|c| c.status != "True")
-    {
-        let why = [c.reason.clone(), c.message.clone()]
-            .into_iter()
-            .flatten()
-            .collect::<Vec<_>>()
-            .join(": ");
-        parts.push(format!(
-            "{} {}{}",
-            c.type_,
-            c.status,
-            if why.is_empty() {
-                String::new()
-            } else {
-                format!(" ({why})")
-            }
-        ));
-    }
-    for cs in status.container_statuses.iter().flatten() {
-        if let Some(waiting) = cs.state.as_ref().and_then(|s| s.waiting.as_ref()) {
-            parts.push(format!(
-                "container {} waiting: {}{} (restarts {})",
-                cs.name,
-                waiting.reason.clone().unwrap_or_default(),
-                waiting
-                    .message
-                    .clone()
-                    .map(|m| format!(": {m}"))
-                    .unwrap_or_default(),
-                cs.restart_count
-            ));
-        }
-    }
-    let events = events_for(client, &ns, &name).await;
-    if !events.is_empty() {
-        parts.push(format!("events: {}", events.join(" | ")));
-    }
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    if let Ok(logs) = pods
-        .logs(
-            &name,
-            &LogParams {
-                tail_lines: Some(5),
-                ..LogParams::default()
-            },
-        )
-        .await
-    {
-        let logs = logs.trim();
-        if !logs.is_empty() {
-            parts.push(format!(
-                "last log lines: {}",
-                logs.lines().collect::<Vec<_>>().join(" / ")
-            ));
-        }
-    }
-    format!("pod {name}: {}", parts.join("; "))
-}
-
-fn pod_ready(pod: &Pod) -> bool {
-    crate::facts::pod_succeeded(pod.status.as_ref()) || crate::facts::pod_ready(pod.status.as_ref())
 }
 
 /// Waits until the claim is Bound: `Ok(true)`. With `may_defer`, a claim whose storage class
@@ -198,7 +94,7 @@ pub(super) async fn wait_pvc_bound(
             }
         }
         if started.elapsed() >= waits.pvc_bound {
-            let events = events_for(client, namespace, name).await;
+            let events = crate::ready::events_for(client, namespace, name).await;
             let events = if events.is_empty() {
                 "no events".to_owned()
             } else {
@@ -214,6 +110,22 @@ pub(super) async fn wait_pvc_bound(
     }
 }
 
+fn from_wait(err: crate::ready::WaitError) -> RestoreError {
+    match err {
+        crate::ready::WaitError::NotReady {
+            what,
+            seconds,
+            parts,
+        } => RestoreError::NotReady {
+            what,
+            seconds,
+            detail: parts.join("; "),
+        },
+        crate::ready::WaitError::Api { what, source } => RestoreError::Kube { what, source },
+    }
+}
+
+/// Waits until a restored StatefulSet or Deployment is ready (see [`crate::ready::workload`]).
 pub(super) async fn wait_workload_ready(
     client: &kube::Client,
     namespace: &str,
@@ -221,130 +133,26 @@ pub(super) async fn wait_workload_ready(
     name: &str,
     waits: &Waits,
 ) -> Result<(), RestoreError> {
-    let started = Instant::now();
-    loop {
-        let (want, ready, selector) = match kind {
-            "StatefulSet" => {
-                let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-                let s = api.get(name).await.map_err(RestoreError::kube(format!(
-                    "get StatefulSet {namespace}/{name}"
-                )))?;
-                let want = s.spec.replicas.unwrap_or(1);
-                // A status older than the spec (the controller has not seen the apply yet) says nothing.
-                let observed = s
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.observed_generation)
-                    .unwrap_or(0);
-                let current = observed >= s.metadata.generation.unwrap_or(0);
-                let ready = if current {
-                    s.status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0)
-                } else {
-                    -1
-                };
-                (want, ready, s.spec.selector.match_labels.clone())
-            }
-            _ => {
-                let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                let d = api.get(name).await.map_err(RestoreError::kube(format!(
-                    "get Deployment {namespace}/{name}"
-                )))?;
-                let want = d.spec.replicas.unwrap_or(1);
-                // A status older than the spec (the controller has not seen the apply yet) says nothing.
-                let observed = d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.observed_generation)
-                    .unwrap_or(0);
-                let current = observed >= d.metadata.generation.unwrap_or(0);
-                let ready = if current {
-                    d.status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0)
-                } else {
-                    -1
-                };
-                (want, ready, d.spec.selector.match_labels.clone())
-            }
-        };
-        if ready >= want {
-            return Ok(());
-        }
-        if started.elapsed() >= waits.workload_ready {
-            let mut detail = vec![if ready < 0 {
-                "the controller has not observed the applied spec".to_owned()
-            } else {
-                format!("{ready}/{want} replicas ready")
-            }];
-            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-            let selector = selector
-                .unwrap_or_default()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let listed = pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            if listed.is_empty() {
-                let events = events_for(client, namespace, name).await;
-                detail.push(format!(
-                    "no pods; {}",
-                    if events.is_empty() {
-                        "no events".to_owned()
-                    } else {
-                        events.join(" | ")
-                    }
-                ));
-            }
-            for pod in listed.iter().filter(|p| !pod_ready(p)) {
-                detail.push(explain_pod(client, pod).await);
-            }
-            return Err(RestoreError::NotReady {
-                what: format!("{kind} {namespace}/{name}"),
-                seconds: waits.workload_ready.as_secs(),
-                detail: detail.join("; "),
-            });
-        }
-        tokio::time::sleep(waits.poll).await;
-    }
+    let kind = match kind {
+        "StatefulSet" => Workload::StatefulSet,
+        _ => Workload::Deployment,
+    };
+    let deadline = Deadline::new(waits.workload_ready).polling(waits.poll);
+    crate::ready::workload(client, namespace, kind, name, deadline)
+        .await
+        .map_err(from_wait)
 }
 
+/// Waits until every pod of the restored namespace is ready (see [`crate::ready::pods`]).
 pub(super) async fn wait_pods_ready(
     client: &kube::Client,
     namespace: &str,
     waits: &Waits,
 ) -> Result<(), RestoreError> {
-    let api: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let started = Instant::now();
-    loop {
-        let pods = api
-            .list(&ListParams::default())
-            .await
-            .map_err(RestoreError::kube(format!("list pods in {namespace}")))?;
-        let not_ready: Vec<&Pod> = pods.items.iter().filter(|p| !pod_ready(p)).collect();
-        if not_ready.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() >= waits.pods_ready {
-            let mut detail = Vec::new();
-            for pod in not_ready {
-                detail.push(explain_pod(client, pod).await);
-            }
-            return Err(RestoreError::NotReady {
-                what: format!("pods in namespace {namespace}"),
-                seconds: waits.pods_ready.as_secs(),
-                detail: detail.join("; "),
-            });
-        }
-        tokio::time::sleep(waits.poll).await;
-    }
+    let deadline = Deadline::new(waits.pods_ready).polling(waits.poll);
+    crate::ready::pods(client, namespace, deadline)
+        .await
+        .map_err(from_wait)
 }
 
 pub(super) fn data_timeout(what: &str, plan: &KubeRestorePlan, waits: &Waits) -> RestoreError {
