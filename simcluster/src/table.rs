@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::resources::ResourceType;
 
 /// Kubernetes' short "age" format (`5s`, `3m2s`, `4h`, `12d`).
-pub fn human_age(created: Option<&str>) -> String {
+pub(crate) fn human_age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
         return "<unknown>".into();
     };
@@ -586,12 +586,12 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
 }
 
 /// `PartialObjectMetadata` of an object.
-pub fn partial_metadata(o: &Value) -> Value {
+pub(crate) fn partial_metadata(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
 /// Render objects as a `meta.k8s.io/v1` Table.
-pub fn table(
+pub(crate) fn table(
     rt: &ResourceType,
     objects: &[Value],
     rv: &str,

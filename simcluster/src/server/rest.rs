@@ -190,8 +190,6 @@ pub(super) async fn handle(
                     resource: rt.clone(),
                     namespace: ns_str.clone(),
                     name: name.to_owned(),
-                    subresource: sub.to_owned(),
-                    store: store.clone(),
                 };
                 return Ok(handler.handle(target, req).await);
             }
