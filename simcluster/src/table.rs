@@ -398,6 +398,10 @@ fn json_path(o: &Value, path: &str) -> Value {
     cur.clone()
 }
 
+/// The row cells of `o` for its kind: the name, then the columns kubectl prints for it.
+///
+/// Long by design: one match arm per built-in kind, in the order of the column definitions,
+/// so a kind's columns read as one table, as kubectl's printers have them.
 fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
     let mut c = vec![json!(s(o, "/metadata/name"))];
     let extra: Vec<Value> = match (rt.group.as_str(), rt.kind.as_str()) {
