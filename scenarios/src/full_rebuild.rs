@@ -135,11 +135,6 @@ impl Scenario {
             .map(|(n, _)| *n)
             .expect("every scenario is listed")
     }
-
-    /// The scenario called `name`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
-    }
 }
 
 /// The column the schema_drift scenario changes in cluster B's init script.
@@ -620,15 +615,14 @@ async fn record_drift(run: &mut Run<'_>, state: &mut State, gates: &Gates) -> an
     .await?;
     for verdict in &gates.verdicts {
         let findings: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
-        let name = verdict.gate.to_string();
-        state.gates.push(match name.as_str() {
-            "schema" => GateReport {
+        state.gates.push(match verdict.gate {
+            Gate::Schema => GateReport {
                 name: "schema-drift-detected".into(),
                 passed: true,
                 findings,
                 not_run: None,
             },
-            "kubernetes_objects" if !verdict.passed => GateReport {
+            Gate::KubernetesObjects if !verdict.passed => GateReport {
                 name: "init-script-change-detected".into(),
                 passed: true,
                 findings,
@@ -1443,7 +1437,7 @@ fn drift_init_script(objects: &mut [serde_json::Value]) -> anyhow::Result<()> {
 fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
     let schema = verdicts
         .iter()
-        .find(|v| v.gate.to_string() == "schema")
+        .find(|v| v.gate == Gate::Schema)
         .context("no schema verdict")?;
     ensure!(
         !schema.passed,
@@ -1465,14 +1459,14 @@ fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
     // The Kubernetes gate rightly reports the changed init-script ConfigMap too; anything else
     // failing is a defect of the restore.
     let expected_elsewhere = |v: &&Verdict| {
-        v.gate.to_string() == "kubernetes_objects"
+        v.gate == Gate::KubernetesObjects
             && v.findings
                 .iter()
                 .all(|f| f.to_string().contains("postgresql-init-script"))
     };
     let others: Vec<String> = verdicts
         .iter()
-        .filter(|v| !v.passed && v.gate.to_string() != "schema")
+        .filter(|v| !v.passed && v.gate != Gate::Schema)
         .filter(|v| !expected_elsewhere(v))
         .map(ToString::to_string)
         .collect();
