@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -469,30 +469,15 @@ async fn run_instance(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let (spawn, stop_signal) = match prepared.launch {
-        Launch::Pause => {
-            ctx.event(
-                EventKind::Warning,
-                "ImageNotMapped",
-                &format!(
-                    "image {} has no program in the image map; running a pause container",
-                    spec["image"].as_str().unwrap_or_default()
-                ),
-            );
-            set(ctx, idx, init, |c| {
-                c.state = json!({"running": {"startedAt": started_at}});
-                c.started = true;
-                c.ready = true;
-                c.container_id = Some(format!("simcluster://pause-{}", ctx.rt.uid));
-            });
-            ctx.event(
-                EventKind::Normal,
-                "Started",
-                &format!("Started container {name}"),
-            );
-            ctx.rt.stop.cancelled().await;
-            return (0, "Completed".into(), None);
-        }
+    let Prepared {
+        launch,
+        env,
+        cwd,
+        rewriter,
+        ports,
+    } = prepared;
+    let (spawn, stop_signal) = match launch {
+        Launch::Pause => return run_pause(ctx, idx, init, spec, &name, started_at).await,
         Launch::Process { spawn, stop_signal } => (spawn, stop_signal),
         Launch::Postgres(plan) => {
             set(ctx, idx, init, |c| {
@@ -509,27 +494,9 @@ async fn run_instance(
             }
         }
     };
-    let mut cmd = match ctx.shared.reaper.command(&spawn) {
-        Ok(c) => c,
-        Err(e) => return (127, "StartError".into(), Some(e.to_string())),
-    };
-    let stderr = match log.try_clone() {
-        Ok(f) => f,
-        Err(e) => return (128, "StartError".into(), Some(e.to_string())),
-    };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(stderr));
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!(
-                "failed to create containerd task: failed to start {:?}: {e}",
-                spawn.program
-            );
-            ctx.event(EventKind::Warning, "Failed", &msg);
-            return (128, "StartError".into(), Some(msg));
-        }
+    let mut child = match start_process(ctx, &spawn, log) {
+        Ok(child) => child,
+        Err(ended) => return ended,
     };
     let pgid = child.id().map_or(0, |p| p as i32);
     ctx.shared.reaper.track(pgid);
@@ -551,21 +518,21 @@ async fn run_instance(
         "Started",
         &format!("Started container {name}"),
     );
-
     let probes_stop = CancellationToken::new();
-    let (live_tx, mut live_rx) = mpsc::channel::<String>(1);
+    let (live_tx, live_rx) = mpsc::channel::<String>(1);
     if !init {
+        // Exec probes run like the container's process, in its environment and directory.
         let target = Target {
             ip: ctx.rt.ip,
-            ports: prepared.ports.clone(),
+            ports,
             spawn: Spawn {
                 program: String::new(),
                 args: Vec::new(),
-                env: probe_env(&prepared.env, &spawn),
-                cwd: prepared.cwd.clone(),
+                env: probe_env(&env, &spawn),
+                cwd,
                 run_as: None,
             },
-            rewriter: prepared.rewriter.clone(),
+            rewriter,
         };
         tokio::spawn(probes(
             ctx.clone(),
@@ -576,13 +543,106 @@ async fn run_instance(
             live_tx,
         ));
     }
+    let (status, killed_for) =
+        wait_for_exit(ctx, &mut child, pgid, &name, stop_signal, live_rx).await;
+    probes_stop.cancel();
+    // Whatever the main process left behind in its group goes with it.
+    signal_group(pgid, Signal::SIGKILL);
+    ctx.shared.reaper.untrack(pgid);
+    let code = exit_code(status);
+    let reason = if code == 0 { "Completed" } else { "Error" };
+    (code, reason.into(), killed_for)
+}
+
+/// The exit code as the kubelet reports it: 128 + the signal for a process a signal ended,
+/// 137 (SIGKILL) when there is no status.
+fn exit_code(status: Option<std::process::ExitStatus>) -> i64 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Some(s) => s
+            .code()
+            .map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from),
+        None => 137,
+    }
+}
+
+/// A pause container (an image the image map has no program for): Running and Ready until
+/// the pod stops.
+async fn run_pause(
+    ctx: &Arc<PodCtx>,
+    idx: usize,
+    init: bool,
+    spec: &Value,
+    name: &str,
+    started_at: &str,
+) -> (i64, String, Option<String>) {
+    ctx.event(
+        EventKind::Warning,
+        "ImageNotMapped",
+        &format!(
+            "image {} has no program in the image map; running a pause container",
+            spec["image"].as_str().unwrap_or_default()
+        ),
+    );
+    set(ctx, idx, init, |c| {
+        c.state = json!({"running": {"startedAt": started_at}});
+        c.started = true;
+        c.ready = true;
+        c.container_id = Some(format!("simcluster://pause-{}", ctx.rt.uid));
+    });
+    ctx.event(
+        EventKind::Normal,
+        "Started",
+        &format!("Started container {name}"),
+    );
+    ctx.rt.stop.cancelled().await;
+    (0, "Completed".into(), None)
+}
+
+/// Spawns the container's process through the reaper, its output to `log`; `Err` is how the
+/// instance ended when it could not start.
+fn start_process(
+    ctx: &PodCtx,
+    spawn: &Spawn,
+    log: std::fs::File,
+) -> Result<tokio::process::Child, (i64, String, Option<String>)> {
+    let mut cmd = match ctx.shared.reaper.command(spawn) {
+        Ok(c) => c,
+        Err(e) => return Err((127, "StartError".into(), Some(e.to_string()))),
+    };
+    let stderr = match log.try_clone() {
+        Ok(f) => f,
+        Err(e) => return Err((128, "StartError".into(), Some(e.to_string()))),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(stderr));
+    cmd.spawn().map_err(|e| {
+        let msg = format!(
+            "failed to create containerd task: failed to start {:?}: {e}",
+            spawn.program
+        );
+        ctx.event(EventKind::Warning, "Failed", &msg);
+        (128, "StartError".into(), Some(msg))
+    })
+}
+
+/// Waits until the process exits, is killed with the pod, is stopped gracefully with the pod,
+/// or is stopped for a failed liveness probe (whose reason is returned beside the status).
+async fn wait_for_exit(
+    ctx: &PodCtx,
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    name: &str,
+    stop_signal: Signal,
+    mut live_rx: mpsc::Receiver<String>,
+) -> (Option<std::process::ExitStatus>, Option<String>) {
     let grace_spec = Duration::from_secs(
         ctx.pod
             .pointer("/spec/terminationGracePeriodSeconds")
             .and_then(Value::as_u64)
             .unwrap_or(30),
     );
-    let started = Instant::now();
     let mut killed_for = None;
     let status = tokio::select! {
         s = child.wait() => s.ok(),
@@ -592,28 +652,15 @@ async fn run_instance(
         }
         () = ctx.rt.stop.cancelled() => {
             ctx.event(EventKind::Normal, "Killing", &format!("Stopping container {name}"));
-            stop_gracefully(ctx, &mut child, pgid, stop_signal, ctx.rt.grace()).await
+            stop_gracefully(ctx, child, pgid, stop_signal, ctx.rt.grace()).await
         }
         Some(why) = live_rx.recv() => {
             ctx.event(EventKind::Normal, "Killing", &format!("Container {name} failed liveness probe, will be restarted"));
             killed_for = Some(why);
-            stop_gracefully(ctx, &mut child, pgid, stop_signal, grace_spec).await
+            stop_gracefully(ctx, child, pgid, stop_signal, grace_spec).await
         }
     };
-    probes_stop.cancel();
-    // Whatever the main process left behind in its group goes with it.
-    signal_group(pgid, Signal::SIGKILL);
-    ctx.shared.reaper.untrack(pgid);
-    let _ = started;
-    use std::os::unix::process::ExitStatusExt as _;
-    let code = match status {
-        Some(s) => s
-            .code()
-            .map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from),
-        None => 137,
-    };
-    let reason = if code == 0 { "Completed" } else { "Error" };
-    (code, reason.into(), killed_for)
+    (status, killed_for)
 }
 
 /// Exec probes get the container's environment, with the PostgreSQL socket when there is one.
