@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use harness::cluster::{DestroyGate, ProviderSpec};
 use harness::report::{Outcome, PhaseStatus, Report};
 use libtest_mimic::{Arguments, Failed, Trial};
-use scenarios::full_rebuild::{self, Config, Scenario};
+use scenarios::Rehearsal;
+use scenarios::full_rebuild::{Config, Scenario};
 
 fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -50,13 +51,17 @@ fn print_phases(report: &Report) {
 
 /// Runs full_rebuild and fails the trial unless the verdict is pass.
 fn full_rebuild_trial(name: &str, provider: ProviderSpec, overlay: &str) -> Result<(), Failed> {
-    scenario_trial(Some(Scenario::FullRebuild), name, provider, overlay)
+    scenario_trial(
+        Rehearsal::Rebuild(Scenario::FullRebuild),
+        name,
+        provider,
+        overlay,
+    )
 }
 
 /// Runs a scenario and fails the trial unless the verdict is pass.
-/// `None` is cronjob_backup, which does not rebuild a cluster.
 fn scenario_trial(
-    scenario: Option<Scenario>,
+    scenario: Rehearsal,
     name: &str,
     provider: ProviderSpec,
     overlay: &str,
@@ -71,17 +76,10 @@ fn scenario_trial(
         report_dir.clone(),
     );
     let runtime = tokio::runtime::Runtime::new().map_err(|e| Failed::from(e.to_string()))?;
-    let report = match scenario {
-        None => runtime.block_on(scenarios::cronjob_backup::run(&config, &scenarios::Quiet)),
-        Some(scenario) => runtime.block_on(full_rebuild::run_scenario(
-            scenario,
-            &config,
-            &scenarios::Quiet,
-        )),
-    };
+    let report = runtime.block_on(scenario.run(&config, &scenarios::Quiet));
     print_phases(&report);
     let _ = std::fs::write(report_dir.join("report.json"), report.to_json());
-    if report.verdict == Outcome::Pass && scenario == Some(Scenario::FullRebuild) {
+    if report.verdict == Outcome::Pass && scenario == Rehearsal::Rebuild(Scenario::FullRebuild) {
         // The rebuild record's checklist: on a passing full rebuild, every item is proved but
         // those a rehearsal cannot prove (terraform is not in this scenario; 24 hours of
         // monitoring; telling the team).
@@ -229,15 +227,15 @@ fn main() {
         }
     })];
 
-    for (name, scenario) in Scenario::ALL
+    for scenario in Rehearsal::ALL
         .into_iter()
-        .filter(|(_, s)| *s != Scenario::FullRebuild)
+        .filter(|s| *s != Rehearsal::Rebuild(Scenario::FullRebuild))
     {
         let single = single.clone();
-        let trial_name = format!("sim::{name}");
+        let trial_name = format!("sim::{scenario}");
         trials.push(Trial::test(trial_name.clone(), move || {
             scenario_trial(
-                Some(scenario),
+                scenario,
                 &trial_name,
                 ProviderSpec::Sim {
                     kind_config: Some(single),
@@ -246,19 +244,6 @@ fn main() {
             )
         }));
     }
-    trials.push(Trial::test("sim::cronjob_backup", {
-        let single = single.clone();
-        move || {
-            scenario_trial(
-                None,
-                "sim::cronjob_backup",
-                ProviderSpec::Sim {
-                    kind_config: Some(single),
-                },
-                "sim",
-            )
-        }
-    }));
     trials.push(Trial::test("local::roundtrip_proptest", roundtrip_proptest));
     let container = Trial::test("container::roundtrip", roundtrip_container);
     trials.push(if enabled("container") {
@@ -298,12 +283,8 @@ fn main() {
 
     // A real Kubernetes as local processes (ci/k8s/build.sh's binaries, root, ci/setup's
     // packages): every scenario, one cluster at a time (the provider's node lock).
-    let local_scenarios = Scenario::ALL
-        .into_iter()
-        .map(|(name, scenario)| (name, Some(scenario)))
-        .chain([("cronjob_backup", None)]);
-    for (name, scenario) in local_scenarios {
-        let trial_name = format!("local::{name}");
+    for scenario in Rehearsal::ALL {
+        let trial_name = format!("local::{scenario}");
         let trial = Trial::test(trial_name.clone(), move || {
             scenario_trial(
                 scenario,

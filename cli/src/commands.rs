@@ -68,7 +68,7 @@ fn api_server(path: &std::path::Path, context: &str) -> anyhow::Result<String> {
 
 /// `rehearsal run`: runs a scenario, prints progress and a summary, writes the reports.
 pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
-    use scenarios::full_rebuild::{self, Config};
+    use scenarios::full_rebuild::Config;
 
     if args.keep {
         harness::keep::request_keep();
@@ -108,10 +108,7 @@ pub(crate) async fn run(args: crate::RunArgs) -> anyhow::Result<i32> {
         report_dir.display()
     );
     let progress = crate::progress::Progress::new();
-    let report = match full_rebuild::Scenario::from_name(&args.scenario) {
-        Some(scenario) => full_rebuild::run_scenario(scenario, &config, &progress).await,
-        None => scenarios::cronjob_backup::run(&config, &progress).await,
-    };
+    let report = args.scenario.run(&config, &progress).await;
     write_reports(&report, &report_dir)?;
     print_summary(&report);
     println!("reports: {}", report_dir.display());

@@ -116,8 +116,8 @@ impl ProviderArgs {
 #[derive(Debug, clap::Args)]
 struct RunArgs {
     /// The scenario.
-    #[arg(long, default_value = "full_rebuild", value_parser = ["full_rebuild", "table_restore", "rollback", "schema_drift", "cronjob_backup", "pitr"])]
-    scenario: String,
+    #[arg(long, default_value = "full_rebuild", value_parser = validate::scenario())]
+    scenario: scenarios::Rehearsal,
     #[command(flatten)]
     clusters: ProviderArgs,
     /// Users to seed (1 to 1,000,000).

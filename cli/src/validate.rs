@@ -5,6 +5,9 @@
 
 use std::path::{Path, PathBuf};
 
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use scenarios::Rehearsal;
+
 use crate::{Command, SimCommand};
 
 /// A database size: a number (decimals allowed) and a unit, `kB`/`MB`/`GB`/`TB` (powers of
@@ -14,6 +17,13 @@ pub(crate) fn size(s: &str) -> Result<u64, String> {
     let bytes = size_bytes(s)?;
     harness::data::DatasetSpec::sized(0, bytes).map_err(|e| e.to_string())?;
     Ok(bytes)
+}
+
+/// `--scenario`: a rehearsal's name, one of [`Rehearsal::ALL`]'s (which `--help` and the error
+/// for any other value list).
+pub(crate) fn scenario() -> impl TypedValueParser<Value = Rehearsal> {
+    PossibleValuesParser::new(Rehearsal::ALL.map(Rehearsal::name))
+        .map(|name| Rehearsal::from_name(&name).expect("a possible value names a rehearsal"))
 }
 
 /// A database size to forecast for: as [`size`], any size from 1 MB.
@@ -483,6 +493,28 @@ pub(crate) fn create_report_dir(given: Option<&Path>) -> anyhow::Result<PathBuf>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_scenario_name_parses_to_its_rehearsal() {
+        use clap::Parser as _;
+        use scenarios::full_rebuild::Scenario;
+        for rehearsal in Rehearsal::ALL {
+            let args = ["rehearsal", "run", "--scenario", rehearsal.name()];
+            let cli = crate::Cli::try_parse_from(args).expect("a scenario's name parses");
+            let Command::Run(run) = cli.command else {
+                panic!("{args:?} is not `run`");
+            };
+            assert_eq!(run.scenario, rehearsal);
+        }
+        let cli = crate::Cli::try_parse_from(["rehearsal", "run"]).expect("no --scenario parses");
+        let Command::Run(run) = cli.command else {
+            panic!("not `run`");
+        };
+        assert_eq!(run.scenario, Rehearsal::Rebuild(Scenario::FullRebuild));
+        let err = crate::Cli::try_parse_from(["rehearsal", "run", "--scenario", "full-rebuild"])
+            .expect_err("only the listed spellings parse");
+        assert_eq!(err.kind(), clap::error::ErrorKind::InvalidValue);
+    }
 
     #[test]
     fn names_follow_kubernetes_rules() {

@@ -34,6 +34,9 @@ pub const PHASES: [&str; 7] = [
     "gates",
 ];
 
+/// The scenario's name in reports and on the command line.
+pub const NAME: &str = "cronjob_backup";
+
 /// Runs the scenario.
 pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
     let started_at = chrono::Utc::now().to_rfc3339();
@@ -52,7 +55,7 @@ pub async fn run(config: &Config, observer: &dyn Observer) -> Report {
     let mut report = Report {
         tables,
         gates,
-        ..Report::of_phases("cronjob_backup", &provider, &started_at, phases)
+        ..Report::of_phases(NAME, &provider, &started_at, phases)
     };
     report.conclude();
     report

@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail, ensure};
 use harness::backup::{
-    self, BackupOptions, BackupReport, KubePostgres, KubeSource, Manifest, OffsiteTarget, PgSource,
-    PodRef, QuiesceOptions, RedisSource, VerifyOptions,
+    self, BackupOptions, BackupReport, KubePostgres, KubeSource, Manifest, OffsiteTarget,
+    PgManifest, PgSource, PodRef, QuiesceOptions, RedisSource, VerifyOptions,
 };
 use harness::cluster::{AnyCluster, Cluster, ProviderSpec};
 use harness::data::DatasetSpec;
@@ -134,11 +134,6 @@ impl Scenario {
             .find(|(_, s)| *s == self)
             .map(|(n, _)| *n)
             .expect("every scenario is listed")
-    }
-
-    /// The scenario called `name`.
-    pub fn from_name(name: &str) -> Option<Self> {
-        Self::ALL.iter().find(|(n, _)| *n == name).map(|(_, s)| *s)
     }
 }
 
@@ -279,6 +274,114 @@ async fn steps(
         run.phase("create-cluster-a", config.provider.create())
             .await?,
     );
+    let (backed_up, wal) = back_up_cluster_a(scenario, config, run, state, a, &tools).await?;
+    let marker = MarkerRow::new(format!("run-{}", uuid_like()));
+    let markers = write_markers(run, a, config, &backed_up.backup, wal.as_ref(), &marker).await?;
+
+    let destroy_started = Instant::now();
+    destroy_cluster_a(run, clusters, wal).await?;
+    let b = clusters.b.insert(
+        run.phase("create-cluster-b", config.provider.create())
+            .await?,
+    );
+    let b = &*b;
+    let recovery = prepare_cluster_b(run, b, config, &tools, markers.as_ref()).await?;
+    let restored = run
+        .phase(
+            "restore",
+            restore(
+                scenario,
+                b,
+                &backed_up.backup,
+                &tools,
+                config,
+                recovery.as_ref().map(|(plan, _)| plan),
+            ),
+        )
+        .await?;
+    run.measure(backed_up.dump_bytes, Some(backed_up.rows));
+    run.note(restore_note(&restored));
+
+    let recovered_to = recovery.as_ref().map(|(_, t)| *t);
+    let (mut gates, markers_gate) = run
+        .phase(
+            "gates",
+            gates_on_b(
+                scenario,
+                b,
+                config,
+                &backed_up.backup,
+                &marker,
+                markers.as_ref(),
+                recovered_to,
+            ),
+        )
+        .await?;
+    run.measure(None, Some(backed_up.rows));
+    state.gates.extend(markers_gate);
+    if let Some(markers) = &markers {
+        recover_to_latest(run, state, config, &tools, markers).await?;
+    }
+    if scenario == Scenario::SchemaDrift {
+        return record_drift(run, state, &gates).await;
+    }
+    if scenario == Scenario::Rollback {
+        gates =
+            rehearse_rollback(run, state, b, config, &tools, &backed_up.backup, &marker).await?;
+    }
+    state.tables = table_reports(&backed_up.pg.tables, &gates.tables);
+    state.gates.extend(gates.verdicts.iter().map(gate_report));
+
+    // A failed health or load gate fails this phase, and the run goes on to the decision,
+    // which names it as a reason with its evidence.
+    let service = run
+        .judged_phase("health-and-load", async {
+            let service = health_and_load(b, config).await?;
+            let failed = service_failure(&service);
+            anyhow::Ok((service, failed))
+        })
+        .await?;
+    record_service(state, &service);
+    state.rto_ms = Some(millis(destroy_started.elapsed()));
+    let judged = Judged {
+        gates: &gates,
+        service: &service,
+        restored: &restored,
+        destroy_started,
+    };
+    let decision = run.phase("decide", decide(b, config, judged)).await?;
+    run.note(match decision.action {
+        verify::Action::Proceed => "proceed".to_owned(),
+        verify::Action::RollBack => format!("roll back: {}", decision.explain().join("; ")),
+        verify::Action::NotAssessed => {
+            format!("cannot proceed: {}", decision.explain().join("; "))
+        }
+    });
+    state.decision = Some(decision);
+    Ok(())
+}
+
+/// The backup of cluster A, with the figures later phases measure against.
+struct BackedUp {
+    backup: BackupReport,
+    /// The backup's PostgreSQL part.
+    pg: PgManifest,
+    /// Rows in the backup's snapshot.
+    rows: u64,
+    /// The custom archive's size: what a restore loads.
+    dump_bytes: Option<u64>,
+}
+
+/// Cluster A from its deployment to a verified backup: deploy, seed, preflight, (PITR: the WAL
+/// archive), load, backup, RPO, (PITR: base backup) and the backup's verification.
+async fn back_up_cluster_a(
+    scenario: Scenario,
+    config: &Config,
+    run: &mut Run<'_>,
+    state: &mut State,
+    a: &AnyCluster,
+    tools: &PgTools,
+) -> anyhow::Result<(BackedUp, Option<crate::pitr::WalArchive>)> {
     run.phase("deploy", deploy(a, config)).await?;
     let seeded = run.phase("seed", seed(a, config)).await?;
     run.note(format!(
@@ -296,14 +399,14 @@ async fn steps(
         wal = Some(
             run.phase(
                 "start-wal-archive",
-                crate::pitr::start_archive(a, config, &tools),
+                crate::pitr::start_archive(a, config, tools),
             )
             .await?,
         );
     }
     run.phase("start-load", start_load(a, config)).await?;
     let backup = run.phase("backup", take_backup(a, config)).await?;
-    let manifest = backup.manifest.clone();
+    let manifest = &backup.manifest;
     state.backup = Some(backup_evidence(&backup)?);
     let pg = manifest
         .postgres
@@ -320,7 +423,7 @@ async fn steps(
         .find(|f| f.path == pg.custom_dump)
         .map(|f| f.size);
     run.measure(Some(backup_bytes), Some(rows));
-    match rpo(&manifest) {
+    match rpo(manifest) {
         Ok(ms) => state.rpo_ms = Some(ms),
         // Not clamped, not dropped: an RPO that cannot be measured, or a snapshot before
         // writes stopped, is a failed gate with the figures.
@@ -332,35 +435,58 @@ async fn steps(
         }),
     }
     if let Some(wal) = &wal {
-        let base = run.phase("base-backup", wal.base_backup(&tools)).await?;
+        let base = run.phase("base-backup", wal.base_backup(tools)).await?;
         run.note(base);
     }
-    run.phase("verify-backup", verify(&backup, &tools)).await?;
+    run.phase("verify-backup", verify(&backup, tools)).await?;
     run.measure(Some(backup_bytes), None);
-    let marker = MarkerRow::new(format!("run-{}", uuid_like()));
-    let mut markers = None;
-    match &wal {
-        Some(wal) => {
-            // The quiesced Deployments resume at their recorded counts in the stream's second
-            // half, so the load generator writes until the disaster.
-            let replicas = &manifest
-                .quiesce
-                .as_ref()
-                .context("the backup recorded no quiesce (no replica counts to resume)")?
-                .replicas;
-            let stream = run
-                .phase(
-                    "marker-stream",
-                    crate::pitr::marker_stream(a, wal.params(), replicas, config.ready_timeout),
-                )
-                .await?;
-            run.note(format!("{} markers committed", stream.len()));
-            markers = Some(stream);
-        }
-        None => run.phase("marker", write_marker(a, &marker)).await?,
-    }
+    let backed_up = BackedUp {
+        backup,
+        pg,
+        rows,
+        dump_bytes,
+    };
+    Ok((backed_up, wal))
+}
 
-    let destroy_started = Instant::now();
+/// The writes after the backup that the restore must not bring back: one marker row, or with
+/// PITR a stream of them (returned) that the load generator keeps company until the disaster.
+async fn write_markers(
+    run: &mut Run<'_>,
+    a: &AnyCluster,
+    config: &Config,
+    backup: &BackupReport,
+    wal: Option<&crate::pitr::WalArchive>,
+    marker: &MarkerRow,
+) -> anyhow::Result<Option<crate::pitr::Markers>> {
+    let Some(wal) = wal else {
+        run.phase("marker", write_marker(a, marker)).await?;
+        return Ok(None);
+    };
+    // The quiesced Deployments resume at their recorded counts in the stream's second
+    // half, so the load generator writes until the disaster.
+    let replicas = &backup
+        .manifest
+        .quiesce
+        .as_ref()
+        .context("the backup recorded no quiesce (no replica counts to resume)")?
+        .replicas;
+    let stream = run
+        .phase(
+            "marker-stream",
+            crate::pitr::marker_stream(a, wal.params(), replicas, config.ready_timeout),
+        )
+        .await?;
+    run.note(format!("{} markers committed", stream.len()));
+    Ok(Some(stream))
+}
+
+/// Destroys cluster A and, with PITR, seals the WAL archive that streamed off it.
+async fn destroy_cluster_a(
+    run: &mut Run<'_>,
+    clusters: &mut Clusters,
+    wal: Option<crate::pitr::WalArchive>,
+) -> anyhow::Result<()> {
     let a = clusters.a.as_mut().expect("cluster A exists");
     run.phase("destroy-cluster-a", async {
         a.destroy().await?;
@@ -368,7 +494,7 @@ async fn steps(
     })
     .await?;
     clusters.a = None;
-    if let Some(wal) = wal.take() {
+    if let Some(wal) = wal {
         let sealed = run.phase("seal-wal-archive", wal.seal()).await?;
         run.note(format!(
             "{} segments of {} MiB, the last sealed from .partial",
@@ -376,11 +502,18 @@ async fn steps(
             sealed.segment_size / (1024 * 1024)
         ));
     }
-    let b = clusters.b.insert(
-        run.phase("create-cluster-b", config.provider.create())
-            .await?,
-    );
-    let b = &*b;
+    Ok(())
+}
+
+/// Cluster B's infrastructure (CRDs) and, with PITR, the recovery plan to a moment in the
+/// marker stream (the plan and that moment).
+async fn prepare_cluster_b(
+    run: &mut Run<'_>,
+    b: &AnyCluster,
+    config: &Config,
+    tools: &PgTools,
+    markers: Option<&crate::pitr::Markers>,
+) -> anyhow::Result<Option<(harness::pitr::RecoveryPlan, chrono::DateTime<chrono::Utc>)>> {
     let crds = run
         .phase(
             "deploy-infrastructure",
@@ -388,44 +521,33 @@ async fn steps(
         )
         .await?;
     run.note(format!("{crds} CustomResourceDefinitions established"));
-    let mut recovery = None;
-    if let Some(markers) = &markers {
-        let (plan, t, id) = run
-            .phase("plan-recovery", async {
-                let (t, id) = markers.target()?;
-                let plan =
-                    crate::pitr::plan(&tools, config, &harness::pitr::Target::Time(t)).await?;
-                anyhow::Ok((plan, t, id))
-            })
-            .await?;
-        run.note(format!(
-            "T = {} (after marker {id}); {}",
-            t.to_rfc3339(),
-            plan.range
-        ));
-        recovery = Some((plan, t));
-    }
-    let restored = run
-        .phase(
-            "restore",
-            restore(
-                scenario,
-                b,
-                &backup,
-                &tools,
-                config,
-                recovery.as_ref().map(|(plan, _)| plan),
-            ),
-        )
+    let Some(markers) = markers else {
+        return Ok(None);
+    };
+    let (plan, t, id) = run
+        .phase("plan-recovery", async {
+            let (t, id) = markers.target()?;
+            let plan = crate::pitr::plan(tools, config, &harness::pitr::Target::Time(t)).await?;
+            anyhow::Ok((plan, t, id))
+        })
         .await?;
+    run.note(format!(
+        "T = {} (after marker {id}); {}",
+        t.to_rfc3339(),
+        plan.range
+    ));
+    Ok(Some((plan, t)))
+}
+
+/// The restore's durations, for its phase's note.
+fn restore_note(restored: &Restored) -> String {
     let seconds = |d: Option<Duration>| {
         d.map_or_else(
             || "not measured".to_owned(),
             |d| format!("{:.1} s", d.as_secs_f64()),
         )
     };
-    run.measure(dump_bytes, Some(rows));
-    run.note(format!(
+    format!(
         "database {}, of which ANALYZE {}{}",
         seconds(restored.db_restore),
         seconds(restored.analyze),
@@ -433,126 +555,142 @@ async fn steps(
             "; point-in-time recovery {}",
             seconds(Some(d))
         ))
-    ));
+    )
+}
 
-    let absent = (scenario != Scenario::Pitr).then_some(&marker);
-    let (mut gates, markers_gate) = run
-        .phase("gates", async {
-            // The marker stream first: its gate drops its schema, so that the existing gates
-            // compare the application's data with the backup.
-            let markers_gate = match (&markers, &recovery) {
-                (Some(markers), Some((_, t))) => {
-                    let db = titanium::database(b).await?;
-                    Some(crate::pitr::markers_gate(&db.params, markers, *t).await?)
-                }
-                _ => None,
-            };
-            let gates =
-                run_gates(b, &backup, absent, config, scenario != Scenario::Rollback).await?;
-            anyhow::Ok((gates, markers_gate))
-        })
-        .await?;
-    run.measure(None, Some(rows));
-    state.gates.extend(markers_gate);
-    if let Some(markers) = &markers {
-        let (gate, rpo) = run
-            .judged_phase("recover-to-latest", async {
-                let (gate, rpo) = crate::pitr::latest(&tools, config, markers).await?;
-                let failed = (!gate.passed).then(|| (gate.name.clone(), gate.findings.join("; ")));
-                anyhow::Ok(((gate, rpo), failed))
-            })
-            .await?;
-        run.note(format!("RPO {rpo} ms"));
-        state.gates.push(gate);
-        // The PITR figure: from the last marker committed before the disaster to the last
-        // one recovered, both on cluster A's server clock.
-        state.rpo_ms = Some(rpo);
-    }
-    if scenario == Scenario::SchemaDrift {
-        run.phase("schema-drift-reported", async {
-            expect_drift(&gates.verdicts)
-        })
-        .await?;
-        // The drift was expected: the gates that caught it are recorded as detections.
-        for verdict in &gates.verdicts {
-            let findings: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
-            let name = verdict.gate.to_string();
-            state.gates.push(match name.as_str() {
-                "schema" => GateReport {
-                    name: "schema-drift-detected".into(),
-                    passed: true,
-                    findings,
-                    not_run: None,
-                },
-                "kubernetes_objects" if !verdict.passed => GateReport {
-                    name: "init-script-change-detected".into(),
-                    passed: true,
-                    findings,
-                    not_run: None,
-                },
-                _ => gate_report(verdict),
-            });
+/// Every gate on cluster B, and with PITR the marker stream's gate (returned beside them),
+/// which runs first: it drops its schema, so that the other gates compare the application's
+/// data with the backup.
+async fn gates_on_b(
+    scenario: Scenario,
+    b: &AnyCluster,
+    config: &Config,
+    backup: &BackupReport,
+    marker: &MarkerRow,
+    markers: Option<&crate::pitr::Markers>,
+    recovered_to: Option<chrono::DateTime<chrono::Utc>>,
+) -> anyhow::Result<(Gates, Option<GateReport>)> {
+    let markers_gate = match (markers, recovered_to) {
+        (Some(markers), Some(t)) => {
+            let db = titanium::database(b).await?;
+            Some(crate::pitr::markers_gate(&db.params, markers, t).await?)
         }
-        return Ok(());
-    }
-    if scenario == Scenario::Rollback {
-        let defect = run.phase("inject-defect", inject_defect(b)).await?;
-        run.note(&defect);
-        let rejected = run
-            .phase(
-                "gates-reject-defect",
-                run_gates(b, &backup, Some(&marker), config, false),
-            )
-            .await?;
-        state.gates.extend(
-            rejected
-                .verdicts
-                .iter()
-                .filter(|v| !v.passed)
-                .map(|v| GateReport {
-                    name: format!("{} (defect: {defect}) rejected", v.gate),
-                    passed: true,
-                    findings: v.findings.iter().map(ToString::to_string).collect(),
-                    not_run: None,
-                }),
-        );
-        // The defect is rejected when a data gate failed on it (a gate that could not run
-        // rejects nothing).
-        let rejected_by_data = rejected.verdicts.iter().any(|v| {
-            !v.passed
-                && v.not_checked().is_none()
-                && matches!(v.gate, Gate::RowCounts | Gate::Digests)
-        });
-        if !rejected_by_data {
-            state.gates.push(GateReport {
-                name: "defect-rejected".into(),
-                passed: false,
-                findings: vec![format!("the gates passed a restore with {defect}")],
+        _ => None,
+    };
+    let absent = (scenario != Scenario::Pitr).then_some(marker);
+    let gates = run_gates(b, backup, absent, config, scenario != Scenario::Rollback).await?;
+    Ok((gates, markers_gate))
+}
+
+/// PITR: a recovery to the WAL archive's end, whose gate proves the markers and whose last
+/// recovered marker gives the RPO.
+async fn recover_to_latest(
+    run: &mut Run<'_>,
+    state: &mut State,
+    config: &Config,
+    tools: &PgTools,
+    markers: &crate::pitr::Markers,
+) -> anyhow::Result<()> {
+    let (gate, rpo) = run
+        .judged_phase("recover-to-latest", async {
+            let (gate, rpo) = crate::pitr::latest(tools, config, markers).await?;
+            let failed = (!gate.passed).then(|| (gate.name.clone(), gate.findings.join("; ")));
+            anyhow::Ok(((gate, rpo), failed))
+        })
+        .await?;
+    run.note(format!("RPO {rpo} ms"));
+    state.gates.push(gate);
+    // The PITR figure: from the last marker committed before the disaster to the last
+    // one recovered, both on cluster A's server clock.
+    state.rpo_ms = Some(rpo);
+    Ok(())
+}
+
+/// schema_drift: the gates must report the drift; the gates that caught it are recorded as
+/// detections.
+async fn record_drift(run: &mut Run<'_>, state: &mut State, gates: &Gates) -> anyhow::Result<()> {
+    run.phase("schema-drift-reported", async {
+        expect_drift(&gates.verdicts)
+    })
+    .await?;
+    for verdict in &gates.verdicts {
+        let findings: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
+        state.gates.push(match verdict.gate {
+            Gate::Schema => GateReport {
+                name: "schema-drift-detected".into(),
+                passed: true,
+                findings,
                 not_run: None,
-            });
-            anyhow::bail!("the gates did not reject the injected defect ({defect})");
-        }
-        run.phase("rollback-restore", rollback_restore(b, &backup, &tools))
-            .await?;
-        gates = run
-            .phase(
-                "gates-after-rollback",
-                run_gates(b, &backup, Some(&marker), config, true),
-            )
-            .await?;
+            },
+            Gate::KubernetesObjects if !verdict.passed => GateReport {
+                name: "init-script-change-detected".into(),
+                passed: true,
+                findings,
+                not_run: None,
+            },
+            _ => gate_report(verdict),
+        });
     }
-    state.tables = table_reports(&pg.tables, &gates.tables);
-    state.gates.extend(gates.verdicts.iter().map(gate_report));
+    Ok(())
+}
 
-    // A failed health or load gate fails this phase, and the run goes on to the decision,
-    // which names it as a reason with its evidence.
-    let service = run
-        .judged_phase("health-and-load", async {
-            let service = health_and_load(b, config).await?;
-            let failed = service_failure(&service);
-            anyhow::Ok((service, failed))
-        })
+/// rollback: a defect injected after the restore must be rejected by a data gate; then the
+/// runbook's rollback (restore again) and the gates once more, whose verdicts are returned.
+async fn rehearse_rollback(
+    run: &mut Run<'_>,
+    state: &mut State,
+    b: &AnyCluster,
+    config: &Config,
+    tools: &PgTools,
+    backup: &BackupReport,
+    marker: &MarkerRow,
+) -> anyhow::Result<Gates> {
+    let defect = run.phase("inject-defect", inject_defect(b)).await?;
+    run.note(&defect);
+    let rejected = run
+        .phase(
+            "gates-reject-defect",
+            run_gates(b, backup, Some(marker), config, false),
+        )
         .await?;
+    state.gates.extend(
+        rejected
+            .verdicts
+            .iter()
+            .filter(|v| !v.passed)
+            .map(|v| GateReport {
+                name: format!("{} (defect: {defect}) rejected", v.gate),
+                passed: true,
+                findings: v.findings.iter().map(ToString::to_string).collect(),
+                not_run: None,
+            }),
+    );
+    // The defect is rejected when a data gate failed on it (a gate that could not run
+    // rejects nothing).
+    let rejected_by_data = rejected.verdicts.iter().any(|v| {
+        !v.passed && v.not_checked().is_none() && matches!(v.gate, Gate::RowCounts | Gate::Digests)
+    });
+    if !rejected_by_data {
+        state.gates.push(GateReport {
+            name: "defect-rejected".into(),
+            passed: false,
+            findings: vec![format!("the gates passed a restore with {defect}")],
+            not_run: None,
+        });
+        anyhow::bail!("the gates did not reject the injected defect ({defect})");
+    }
+    run.phase("rollback-restore", rollback_restore(b, backup, tools))
+        .await?;
+    run.phase(
+        "gates-after-rollback",
+        run_gates(b, backup, Some(marker), config, true),
+    )
+    .await
+    .map_err(Into::into)
+}
+
+/// The health and load gates' verdicts and the load figures, into the report.
+fn record_service(state: &mut State, service: &Service) {
     state.gates.push(GateReport {
         name: "health".into(),
         passed: service.health.passed,
@@ -566,36 +704,36 @@ async fn steps(
         not_run: None,
     });
     state.load = Some(load_report(&service.load));
-    state.rto_ms = Some(millis(destroy_started.elapsed()));
+}
 
-    let decision = run
-        .phase("decide", async {
-            let pods = observe_pods(b).await?;
-            let attempts: u32 = service.health.endpoints.iter().map(|e| e.probes).sum();
-            let failures: u32 = service.health.endpoints.iter().map(|e| e.failures).sum();
-            let slowest = service.health.endpoints.iter().map(|e| e.slowest).max();
-            let inputs = RollbackInputs {
-                verdicts: gates.verdicts.clone(),
-                health: Some(HealthSample { attempts, failures }),
-                max_response_time: slowest,
-                pods: Some(pods),
-                db_restore: restored.db_restore,
-                total: Some(destroy_started.elapsed()),
-                pods_ready_wait: restored.pods_ready,
-                load: Some(service.load.sample()),
-            };
-            anyhow::Ok(verify::decide(&inputs, &config.thresholds))
-        })
-        .await?;
-    run.note(match decision.action {
-        verify::Action::Proceed => "proceed".to_owned(),
-        verify::Action::RollBack => format!("roll back: {}", decision.explain().join("; ")),
-        verify::Action::NotAssessed => {
-            format!("cannot proceed: {}", decision.explain().join("; "))
-        }
-    });
-    state.decision = Some(decision);
-    Ok(())
+/// What the rollback decision judges, besides the pods it observes.
+#[derive(Clone, Copy)]
+struct Judged<'a> {
+    gates: &'a Gates,
+    service: &'a Service,
+    restored: &'a Restored,
+    destroy_started: Instant,
+}
+
+/// The rollback decision over the gates, the health and load gates, the pods and the
+/// durations.
+async fn decide(b: &AnyCluster, config: &Config, judged: Judged<'_>) -> anyhow::Result<Decision> {
+    let pods = observe_pods(b).await?;
+    let endpoints = &judged.service.health.endpoints;
+    let attempts: u32 = endpoints.iter().map(|e| e.probes).sum();
+    let failures: u32 = endpoints.iter().map(|e| e.failures).sum();
+    let slowest = endpoints.iter().map(|e| e.slowest).max();
+    let inputs = RollbackInputs {
+        verdicts: judged.gates.verdicts.clone(),
+        health: Some(HealthSample { attempts, failures }),
+        max_response_time: slowest,
+        pods: Some(pods),
+        db_restore: judged.restored.db_restore,
+        total: Some(judged.destroy_started.elapsed()),
+        pods_ready_wait: judged.restored.pods_ready,
+        load: Some(judged.service.load.sample()),
+    };
+    Ok(verify::decide(&inputs, &config.thresholds))
 }
 
 /// Which gate of the health-and-load phase failed, and why, when one did.
@@ -1304,7 +1442,7 @@ fn drift_init_script(objects: &mut [serde_json::Value]) -> anyhow::Result<()> {
 fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
     let schema = verdicts
         .iter()
-        .find(|v| v.gate.to_string() == "schema")
+        .find(|v| v.gate == Gate::Schema)
         .context("no schema verdict")?;
     ensure!(
         !schema.passed,
@@ -1326,14 +1464,14 @@ fn expect_drift(verdicts: &[Verdict]) -> anyhow::Result<()> {
     // The Kubernetes gate rightly reports the changed init-script ConfigMap too; anything else
     // failing is a defect of the restore.
     let expected_elsewhere = |v: &&Verdict| {
-        v.gate.to_string() == "kubernetes_objects"
+        v.gate == Gate::KubernetesObjects
             && v.findings
                 .iter()
                 .all(|f| f.to_string().contains("postgresql-init-script"))
     };
     let others: Vec<String> = verdicts
         .iter()
-        .filter(|v| !v.passed && v.gate.to_string() != "schema")
+        .filter(|v| !v.passed && v.gate != Gate::Schema)
         .filter(|v| !expected_elsewhere(v))
         .map(ToString::to_string)
         .collect();

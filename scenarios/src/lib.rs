@@ -5,9 +5,11 @@
 pub mod cronjob_backup;
 pub mod full_rebuild;
 pub mod pitr;
+mod rehearsal;
 pub mod roundtrip;
 pub mod run;
 pub mod runbook;
 pub mod titanium;
 
+pub use rehearsal::Rehearsal;
 pub use run::{Observer, PhaseFailed, Quiet, Run};

@@ -16,7 +16,7 @@ use crate::validate;
 
 /// Options of a create, update or patch.
 #[derive(Debug, Clone, Default)]
-pub struct WriteOptions {
+pub(crate) struct WriteOptions {
     /// `dryRun=All`: validate and answer, but store nothing.
     pub dry_run: bool,
     /// `fieldManager`.
@@ -27,7 +27,7 @@ pub struct WriteOptions {
 
 /// How dependents are treated when their owner is deleted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Propagation {
+pub(crate) enum Propagation {
     /// Delete the owner now, dependents afterwards.
     Background,
     /// Delete dependents first, then the owner.
@@ -38,7 +38,7 @@ pub enum Propagation {
 
 /// Options of a delete (`DeleteOptions`).
 #[derive(Debug, Clone, Default)]
-pub struct DeleteOptions {
+pub(crate) struct DeleteOptions {
     /// `propagationPolicy` (or `orphanDependents`).
     pub propagation: Option<Propagation>,
     /// `gracePeriodSeconds`.
@@ -56,7 +56,7 @@ impl DeleteOptions {
     ///
     /// # Errors
     /// A body that is not a valid DeleteOptions.
-    pub fn from_body(body: &Value) -> Result<Self, ApiError> {
+    pub(crate) fn from_body(body: &Value) -> Result<Self, ApiError> {
         let mut o = DeleteOptions::default();
         if body.is_null() {
             return Ok(o);
@@ -95,7 +95,7 @@ impl DeleteOptions {
 
 /// The answer to a delete.
 #[derive(Debug, Clone)]
-pub enum Deleted {
+pub(crate) enum Deleted {
     /// Deletion is pending (finalizers, graceful pod deletion, namespace termination).
     Pending(Value),
     /// The object is gone; this was its last state.
@@ -103,7 +103,7 @@ pub enum Deleted {
 }
 
 /// The current time as the API server writes it.
-pub fn now() -> String {
+pub(crate) fn now() -> String {
     chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
 }
 
@@ -116,7 +116,7 @@ fn name_of(obj: &Value) -> &str {
 }
 
 /// The finalizers of an object.
-pub fn finalizers(obj: &Value) -> Vec<String> {
+pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
         .map(|a| {
@@ -651,7 +651,7 @@ fn remove_custom_objects(store: &Store, crd: &Value) {
 }
 
 /// Convert a stored object to the served version of its resource.
-pub fn to_version(rt: &ResourceType, obj: &Arc<Value>) -> Value {
+pub(crate) fn to_version(rt: &ResourceType, obj: &Arc<Value>) -> Value {
     let mut v = obj.as_ref().clone();
     v["apiVersion"] = Value::String(rt.api_version());
     v
@@ -665,7 +665,12 @@ fn scope_ns<'a>(rt: &ResourceType, ns: &'a str) -> &'a str {
 ///
 /// # Errors
 /// 404 when it does not exist.
-pub fn get(store: &Store, rt: &ResourceType, ns: &str, name: &str) -> Result<Value, ApiError> {
+pub(crate) fn get(
+    store: &Store,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+) -> Result<Value, ApiError> {
     store
         .get(&rt.key(), scope_ns(rt, ns), name)
         .map(|o| to_version(rt, &o))
@@ -677,7 +682,7 @@ pub fn get(store: &Store, rt: &ResourceType, ns: &str, name: &str) -> Result<Val
 /// # Errors
 /// 400 for a malformed body, 404/403 for a missing or terminating namespace, 409 when it
 /// exists, 422 when invalid.
-pub fn create(
+pub(crate) fn create(
     store: &Store,
     rt: &ResourceType,
     ns: &str,
@@ -755,7 +760,7 @@ fn commit_create(
 /// # Errors
 /// 404 when missing, 409 on a stale resourceVersion, 422 when invalid or an immutable field
 /// changes.
-pub fn update(
+pub(crate) fn update(
     store: &Store,
     rt: &ResourceType,
     ns: &str,
@@ -817,7 +822,7 @@ fn namespace_spec_finalizers(obj: &Value) -> bool {
 ///
 /// # Errors
 /// 400 naming the parse error.
-pub fn decode_body(bytes: &[u8], yaml: bool) -> Result<Value, ApiError> {
+pub(crate) fn decode_body(bytes: &[u8], yaml: bool) -> Result<Value, ApiError> {
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -936,7 +941,7 @@ fn managed_entry(rt: &ResourceType, manager: &str, set: Value) -> Value {
     clippy::too_many_arguments,
     reason = "mirrors the REST call's parameters"
 )]
-pub fn patch(
+pub(crate) fn patch(
     store: &Store,
     rt: &ResourceType,
     ns: &str,
@@ -1063,7 +1068,7 @@ fn default_propagation(rt: &ResourceType) -> Propagation {
 ///
 /// # Errors
 /// 404 when missing, 409 when a precondition fails.
-pub fn delete(
+pub(crate) fn delete(
     store: &Store,
     rt: &ResourceType,
     ns: &str,
@@ -1189,7 +1194,7 @@ fn graceful_pod(rt: &ResourceType, pod: &Value, opts: &DeleteOptions) -> Option<
 
 /// The answer body of a delete: the object while deletion is pending, a Status when gone
 /// (pods answer with the object, as on a real server).
-pub fn delete_response(rt: &ResourceType, d: &Deleted) -> (u16, Value) {
+pub(crate) fn delete_response(rt: &ResourceType, d: &Deleted) -> (u16, Value) {
     match d {
         Deleted::Pending(o) => (200, o.clone()),
         Deleted::Gone(o) if rt.kind == "Pod" && !rt.custom => (200, o.clone()),
@@ -1199,7 +1204,7 @@ pub fn delete_response(rt: &ResourceType, d: &Deleted) -> (u16, Value) {
 
 /// Remove a namespace's `kubernetes` finalizer (the namespace controller's last step) and
 /// the namespace itself.
-pub fn finalize_namespace(store: &Store, name: &str) {
+pub(crate) fn finalize_namespace(store: &Store, name: &str) {
     let out = store.mutate("/namespaces", "", name, |_, cur| {
         let Some(cur) = cur else {
             return Ok(Mutation::Unchanged);

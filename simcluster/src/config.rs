@@ -50,11 +50,11 @@ impl SimConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AccessRule {
     /// Verb (`create`, `get`, `list`, ... or `*`).
-    pub verb: String,
+    pub(crate) verb: String,
     /// Resource (`statefulsets`, `statefulsets.apps`, `pods/exec` or `*`).
-    pub resource: String,
+    pub(crate) resource: String,
     /// Namespace the rule applies to; `None` for every namespace and the cluster scope.
-    pub namespace: Option<String>,
+    pub(crate) namespace: Option<String>,
 }
 
 /// A deny rule that could not be parsed.
@@ -64,7 +64,7 @@ pub struct AccessRule {
 )]
 pub struct AccessRuleError {
     /// The text given.
-    pub rule: String,
+    pub(crate) rule: String,
 }
 
 impl FromStr for AccessRule {
@@ -102,7 +102,7 @@ impl fmt::Display for AccessRule {
 impl AccessRule {
     /// Whether the rule denies `verb` on `resource` (a plural, maybe `plural/sub`) of `group`
     /// in `namespace` ("" for cluster scope).
-    pub fn matches(&self, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
+    pub(crate) fn matches(&self, verb: &str, group: &str, resource: &str, namespace: &str) -> bool {
         let verb_ok = self.verb == "*" || self.verb == verb;
         let (plural, sub) = match resource.split_once('/') {
             Some((p, s)) => (p, Some(s)),
@@ -130,7 +130,7 @@ impl AccessRule {
 /// One node of a kind cluster configuration.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct KindNode {
+pub(crate) struct KindNode {
     /// `control-plane` or `worker`.
     pub role: String,
     /// Node image, for example `kindest/node:v1.29.7@sha256:...`.
@@ -147,7 +147,7 @@ pub struct KindNode {
 /// A kind `extraPortMappings` entry.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct PortMapping {
+pub(crate) struct PortMapping {
     /// Port inside the node.
     pub container_port: u16,
     /// Port on the host.
@@ -163,7 +163,7 @@ pub struct PortMapping {
 /// A kind cluster configuration (`kind: Cluster`, `apiVersion: kind.x-k8s.io/v1alpha4`).
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
-pub struct KindConfig {
+pub(crate) struct KindConfig {
     /// Must be `Cluster`.
     pub kind: String,
     /// Must be `kind.x-k8s.io/v1alpha4`.
@@ -212,7 +212,7 @@ impl KindConfig {
     /// # Errors
     /// Unreadable file, invalid YAML, wrong `kind`/`apiVersion`, unknown node roles, no
     /// control-plane node, or duplicate host ports.
-    pub fn load(path: &Path) -> Result<Self, KindConfigError> {
+    pub(crate) fn load(path: &Path) -> Result<Self, KindConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| KindConfigError::Read {
             path: path.to_owned(),
             source,
@@ -224,7 +224,7 @@ impl KindConfig {
     ///
     /// # Errors
     /// As [`KindConfig::load`].
-    pub fn parse(text: &str, path: &Path) -> Result<Self, KindConfigError> {
+    pub(crate) fn parse(text: &str, path: &Path) -> Result<Self, KindConfigError> {
         let invalid = |message: String| KindConfigError::Invalid {
             path: path.to_owned(),
             message,
@@ -283,7 +283,7 @@ impl KindConfig {
     }
 
     /// Node names as kind gives them: `NAME-control-plane`, `NAME-worker`, `NAME-worker2`, ...
-    pub fn node_names(&self, cluster: &str) -> Vec<(String, &KindNode)> {
+    pub(crate) fn node_names(&self, cluster: &str) -> Vec<(String, &KindNode)> {
         let (mut cp, mut w) = (0, 0);
         self.nodes
             .iter()

@@ -3,24 +3,25 @@
 //!
 //! [`SimCluster::start`] binds 127.0.0.1, seeds the objects a fresh cluster has (namespaces,
 //! nodes from a kind configuration, the `kubernetes` service, a default StorageClass), starts
-//! the built-in control loops and writes a kubeconfig. The store ([`store::Store`]) is shared
-//! with controllers through [`SimCluster::store`], and subresources such as `pods/exec` are
-//! plugged in with [`SimCluster::register_subresource`]. SIMULATION.md says what is simulated
-//! and how it differs from a real cluster.
+//! the built-in control loops and writes a kubeconfig. [`SimCluster::store`] reads the object
+//! store directly (get and list), for benchmarks and tests that look past the API. Everything
+//! else (the API handlers, controllers, the kubelet) is private to the crate: outside users
+//! reach the cluster through its API. SIMULATION.md says what is simulated and how it differs
+//! from a real cluster.
 
-pub mod api;
-pub mod config;
+mod api;
+mod config;
 mod controllers;
-pub mod kubelet;
-pub mod patch;
+mod kubelet;
+mod patch;
 mod proto;
-pub mod resources;
-pub mod selector;
+mod resources;
+mod selector;
 mod server;
-pub mod status;
-pub mod store;
-pub mod table;
-pub mod validate;
+mod status;
+mod store;
+mod table;
+mod validate;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -30,10 +31,12 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use config::{AccessRule, AccessRuleError, KindConfig, KindConfigError, SimConfig};
-pub use server::{SubresourceHandler, SubresourceTarget};
+pub use config::{AccessRule, AccessRuleError, KindConfigError, SimConfig};
+pub use kubelet::{ImageMapError, KubeletError, check_state_dir_reachable};
 pub use status::ApiError;
 pub use store::Store;
+
+use config::KindConfig;
 
 /// Why a simulated cluster could not start or stop.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +107,6 @@ pub struct SimCluster {
     kubeconfig: PathBuf,
     state_dir: PathBuf,
     store: Arc<Store>,
-    subresources: Arc<server::SubresourceMap>,
     stop: CancellationToken,
     server: Option<JoinHandle<std::io::Result<()>>>,
     controllers: Option<JoinHandle<()>>,
@@ -165,7 +167,7 @@ fn write_private(path: &Path, text: &str) -> Result<(), Error> {
 }
 
 /// The kubeconfig text for a cluster at `url`.
-pub fn kubeconfig_yaml(name: &str, url: &str) -> String {
+fn kubeconfig_yaml(name: &str, url: &str) -> String {
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: {name}\n  cluster:\n    server: {url}\ncontexts:\n- name: {name}\n  context:\n    cluster: {name}\n    user: {name}\ncurrent-context: {name}\npreferences: {{}}\nusers:\n- name: {name}\n  user: {{}}\n"
     )
@@ -343,7 +345,7 @@ impl SimCluster {
         let state = Arc::new(server::ServerState {
             store: store.clone(),
             deny: cfg.deny.clone(),
-            subresources: subresources.clone(),
+            subresources,
             address: addr.to_string(),
             stop: stop.clone(),
         });
@@ -358,7 +360,6 @@ impl SimCluster {
             kubeconfig: cfg.kubeconfig.clone(),
             state_dir: cfg.state_dir.clone(),
             store,
-            subresources,
             stop,
             server: Some(server),
             controllers: Some(controllers),
@@ -397,29 +398,9 @@ impl SimCluster {
         &self.state_dir
     }
 
-    /// The object store, for in-process controllers: read, write through [`api`], and
-    /// [`Store::subscribe`] to every change.
+    /// The object store, to read objects without going through the API.
     pub fn store(&self) -> Arc<Store> {
         self.store.clone()
-    }
-
-    /// A token cancelled when the cluster stops, for tasks started alongside it.
-    pub fn stop_token(&self) -> CancellationToken {
-        self.stop.clone()
-    }
-
-    /// Serve a subresource (for example `("/pods", "exec")`, keyed by `group/plural`) with
-    /// `handler`. The subresource must be one the kind lists in discovery.
-    pub fn register_subresource(
-        &self,
-        resource_key: &str,
-        subresource: &str,
-        handler: Arc<dyn SubresourceHandler>,
-    ) {
-        self.subresources
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert((resource_key.to_owned(), subresource.to_owned()), handler);
     }
 
     /// Stop serving (open watches end) and wait for every task.

@@ -58,7 +58,7 @@ async fn main() -> anyhow::Result<()> {
         deny,
     } = Cli::parse().command;
     // Refuse now what would make every PostgreSQL pod crash-loop later, with its message.
-    if let Err(message) = simcluster::kubelet::check_state_dir_reachable(&state_dir) {
+    if let Err(message) = simcluster::check_state_dir_reachable(&state_dir) {
         anyhow::bail!("--state-dir {}: {message}", state_dir.display());
     }
     let mut cfg = SimConfig::new(name, state_dir, kubeconfig);

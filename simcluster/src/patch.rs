@@ -9,7 +9,7 @@ use serde_json::{Map, Value};
 
 /// The patch content types the server accepts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PatchType {
+pub(crate) enum PatchType {
     /// `application/merge-patch+json` (RFC 7386).
     Merge,
     /// `application/json-patch+json` (RFC 6902).
@@ -22,7 +22,7 @@ pub enum PatchType {
 
 impl PatchType {
     /// The patch type of a `Content-Type` header value.
-    pub fn from_content_type(ct: &str) -> Option<Self> {
+    pub(crate) fn from_content_type(ct: &str) -> Option<Self> {
         let base = ct.split(';').next().unwrap_or_default().trim();
         match base {
             "application/merge-patch+json" => Some(Self::Merge),
@@ -39,10 +39,10 @@ impl PatchType {
 /// A patch that could not be applied; becomes a 422 or 400.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("{0}")]
-pub struct PatchError(pub String);
+pub(crate) struct PatchError(pub String);
 
 /// Apply an RFC 7386 merge patch.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
+pub(crate) fn merge_patch(target: &mut Value, patch: &Value) {
     json_patch::merge(target, patch);
 }
 
@@ -51,7 +51,7 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 /// # Errors
 /// A body that is not a list of operations, or an operation that fails (missing path,
 /// failed test).
-pub fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
+pub(crate) fn json_patch(target: &mut Value, patch: &Value) -> Result<(), PatchError> {
     let ops: json_patch::Patch = serde_json::from_value(patch.clone())
         .map_err(|e| PatchError(format!("invalid JSON patch: {e}")))?;
     json_patch::patch(target, &ops)
@@ -91,7 +91,7 @@ fn is_set_list(field: &str) -> bool {
 
 /// Apply a strategic merge patch, honouring `$patch`, `$retainKeys`, `$setElementOrder/` and
 /// `$deleteFromPrimitiveList/` directives.
-pub fn strategic_merge(target: &mut Value, patch: &Value) {
+pub(crate) fn strategic_merge(target: &mut Value, patch: &Value) {
     match (target.as_object_mut(), patch.as_object()) {
         (Some(t), Some(p)) => {
             if p.get("$patch").and_then(Value::as_str) == Some("replace") {
@@ -252,7 +252,7 @@ fn skip_top(k: &str, status_is_subresource: bool) -> bool {
 }
 
 /// The `FieldsV1` set of the fields an applied configuration sets.
-pub fn field_set(obj: &Value, status_is_subresource: bool) -> Value {
+pub(crate) fn field_set(obj: &Value, status_is_subresource: bool) -> Value {
     let mut out = Map::new();
     if let Some(m) = obj.as_object() {
         for (k, v) in m {
@@ -314,7 +314,7 @@ fn fields_of(field: &str, v: &Value) -> Value {
 }
 
 /// Leaf paths of a field set (each a list of `f:`/`k:`/`v:` elements).
-pub fn leaf_paths(set: &Value) -> Vec<Vec<String>> {
+pub(crate) fn leaf_paths(set: &Value) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     walk_leaves(set, &mut Vec::new(), &mut out);
     out
@@ -337,7 +337,7 @@ fn walk_leaves(set: &Value, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>
 }
 
 /// Whether `set` contains the path or any path below it.
-pub fn set_contains(set: &Value, path: &[String]) -> bool {
+pub(crate) fn set_contains(set: &Value, path: &[String]) -> bool {
     let mut cur = set;
     for p in path {
         match cur.get(p) {
@@ -349,7 +349,7 @@ pub fn set_contains(set: &Value, path: &[String]) -> bool {
 }
 
 /// The topmost paths present in `old` and absent from `new`.
-pub fn removed_paths(old: &Value, new: &Value) -> Vec<Vec<String>> {
+pub(crate) fn removed_paths(old: &Value, new: &Value) -> Vec<Vec<String>> {
     let mut out = Vec::new();
     diff_sets(old, Some(new), &mut Vec::new(), &mut out);
     out
@@ -376,7 +376,7 @@ fn diff_sets(
 }
 
 /// Remove a path from an object; a missing path is not an error.
-pub fn remove_path(obj: &mut Value, path: &[String]) {
+pub(crate) fn remove_path(obj: &mut Value, path: &[String]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
@@ -421,7 +421,7 @@ fn locate<'a>(cur: &'a mut Value, elem: &str) -> Option<&'a mut Value> {
 }
 
 /// The value at a field-set path, if the object has it.
-pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
+pub(crate) fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
     let mut cur = obj;
     for elem in path {
         cur = if let Some(name) = elem.strip_prefix("f:") {
@@ -434,7 +434,7 @@ pub fn value_at<'a>(obj: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 /// Render a field-set path the way Kubernetes names fields in conflict messages.
-pub fn path_to_string(path: &[String]) -> String {
+pub(crate) fn path_to_string(path: &[String]) -> String {
     let mut s = String::new();
     for p in path {
         if let Some(n) = p.strip_prefix("f:") {

@@ -611,6 +611,10 @@ fn time_value(v: &Value) -> Value {
         .unwrap_or(Value::Null)
 }
 
+/// Decodes one protobuf message of the schema `name` (see [`SCHEMAS`]) into its JSON form.
+///
+/// Long by design: one loop over the wire's fields, with one match arm per wire type and one
+/// per field type of the schema, so the whole mapping from protobuf to JSON is in one place.
 fn decode_message(buf: &[u8], name: &str) -> Result<Value, String> {
     let fields = schema(name).ok_or_else(|| format!("no protobuf schema for {name}"))?;
     let mut out = Map::new();

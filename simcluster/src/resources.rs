@@ -10,7 +10,7 @@ use serde_json::Value;
 
 /// How an object's `metadata.name` is checked on create.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NameRule {
+pub(crate) enum NameRule {
     /// DNS-1123 subdomain: lowercase alphanumerics, `-` and `.`, at most 253 characters.
     Subdomain,
     /// DNS-1123 label: lowercase alphanumerics and `-`, at most 63 characters.
@@ -23,42 +23,42 @@ pub enum NameRule {
 
 /// One served resource: a kind under one group/version.
 #[derive(Debug, Clone)]
-pub struct ResourceType {
+pub(crate) struct ResourceType {
     /// API group; empty for the core group.
-    pub group: String,
+    pub(crate) group: String,
     /// API version, for example `v1`.
-    pub version: String,
+    pub(crate) version: String,
     /// Kind, for example `StatefulSet`.
-    pub kind: String,
+    pub(crate) kind: String,
     /// Plural resource name used in paths, for example `statefulsets`.
-    pub plural: String,
+    pub(crate) plural: String,
     /// Singular name.
-    pub singular: String,
+    pub(crate) singular: String,
     /// Whether objects live in a namespace.
-    pub namespaced: bool,
+    pub(crate) namespaced: bool,
     /// Short names kubectl accepts, for example `sts`.
-    pub short_names: Vec<String>,
+    pub(crate) short_names: Vec<String>,
     /// Categories, for example `all`.
-    pub categories: Vec<String>,
+    pub(crate) categories: Vec<String>,
     /// Subresources, for example `status`, `exec`, `log`.
-    pub subresources: Vec<String>,
+    pub(crate) subresources: Vec<String>,
     /// Whether `metadata.generation` is kept (kinds with a spec).
-    pub has_generation: bool,
+    pub(crate) has_generation: bool,
     /// The name rule applied on create.
-    pub name_rule: NameRule,
+    pub(crate) name_rule: NameRule,
     /// True for kinds that are only ever created and never stored (access reviews).
-    pub create_only: bool,
+    pub(crate) create_only: bool,
     /// True for kinds defined by a CustomResourceDefinition.
-    pub custom: bool,
+    pub(crate) custom: bool,
     /// The version objects of this group/resource are stored in (CRDs may serve several).
-    pub storage_version: String,
+    pub(crate) storage_version: String,
     /// Extra printer columns of a CRD (`additionalPrinterColumns`), used for Tables.
-    pub printer_columns: Vec<Value>,
+    pub(crate) printer_columns: Vec<Value>,
 }
 
 impl ResourceType {
     /// The `apiVersion` field value: `v1` or `apps/v1`.
-    pub fn api_version(&self) -> String {
+    pub(crate) fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.clone()
         } else {
@@ -67,12 +67,12 @@ impl ResourceType {
     }
 
     /// The storage key shared by all versions of this resource: `group/plural`.
-    pub fn key(&self) -> String {
+    pub(crate) fn key(&self) -> String {
         format!("{}/{}", self.group, self.plural)
     }
 
     /// `plural.group` (or just `plural` in the core group), as Kubernetes messages name it.
-    pub fn qualified(&self) -> String {
+    pub(crate) fn qualified(&self) -> String {
         if self.group.is_empty() {
             self.plural.clone()
         } else {
@@ -81,12 +81,12 @@ impl ResourceType {
     }
 
     /// Whether the kind has the given subresource.
-    pub fn has_subresource(&self, sub: &str) -> bool {
+    pub(crate) fn has_subresource(&self, sub: &str) -> bool {
         self.subresources.iter().any(|s| s == sub)
     }
 
     /// Verbs listed in discovery.
-    pub fn verbs(&self) -> Vec<&'static str> {
+    pub(crate) fn verbs(&self) -> Vec<&'static str> {
         if self.create_only {
             vec!["create"]
         } else {
@@ -555,7 +555,7 @@ const BUILTINS: &[Row] = &[
 ];
 
 /// The built-in kinds the server serves.
-pub fn builtin_resources() -> Vec<ResourceType> {
+pub(crate) fn builtin_resources() -> Vec<ResourceType> {
     BUILTINS
         .iter()
         .map(|r| ResourceType {
@@ -580,7 +580,7 @@ pub fn builtin_resources() -> Vec<ResourceType> {
 
 /// All served resources, built-in and custom, indexed by group/version.
 #[derive(Debug, Clone)]
-pub struct Registry {
+pub(crate) struct Registry {
     by_gv: BTreeMap<(String, String), Vec<ResourceType>>,
 }
 
@@ -608,7 +608,7 @@ impl Registry {
     }
 
     /// The resource served at `group/version/plural`.
-    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
+    pub(crate) fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<&ResourceType> {
         self.by_gv
             .get(&(group.to_owned(), version.to_owned()))?
             .iter()
@@ -616,7 +616,7 @@ impl Registry {
     }
 
     /// The resource of an `apiVersion` and `kind`, as found in an object or an owner reference.
-    pub fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
+    pub(crate) fn by_kind(&self, api_version: &str, kind: &str) -> Option<&ResourceType> {
         let (group, version) = split_api_version(api_version);
         self.by_gv
             .get(&(group.to_owned(), version.to_owned()))?
@@ -625,36 +625,37 @@ impl Registry {
     }
 
     /// The storage-version entry for a storage key (`group/plural`).
-    pub fn by_key(&self, key: &str) -> Option<&ResourceType> {
+    pub(crate) fn by_key(&self, key: &str) -> Option<&ResourceType> {
         self.all()
             .find(|r| r.key() == key && r.version == r.storage_version)
     }
 
     /// Every served resource.
-    pub fn all(&self) -> impl Iterator<Item = &ResourceType> {
+    pub(crate) fn all(&self) -> impl Iterator<Item = &ResourceType> {
         self.by_gv.values().flatten()
     }
 
     /// Served group/versions, core first, in a stable order.
-    pub fn group_versions(&self) -> Vec<(String, String)> {
+    pub(crate) fn group_versions(&self) -> Vec<(String, String)> {
         self.by_gv.keys().cloned().collect()
     }
 
     /// Resources of one group/version.
-    pub fn resources(&self, group: &str, version: &str) -> Option<&[ResourceType]> {
+    pub(crate) fn resources(&self, group: &str, version: &str) -> Option<&[ResourceType]> {
         self.by_gv
             .get(&(group.to_owned(), version.to_owned()))
             .map(Vec::as_slice)
     }
 
     /// Whether a group/version is served.
-    pub fn has_group_version(&self, group: &str, version: &str) -> bool {
+    #[cfg(test)]
+    pub(crate) fn has_group_version(&self, group: &str, version: &str) -> bool {
         self.by_gv
             .contains_key(&(group.to_owned(), version.to_owned()))
     }
 
     /// Add or replace the resources a CustomResourceDefinition defines.
-    pub fn add_crd(&mut self, crd: &Value) {
+    pub(crate) fn add_crd(&mut self, crd: &Value) {
         self.remove_crd(crd);
         for r in crd_resources(crd) {
             self.insert(r);
@@ -662,7 +663,7 @@ impl Registry {
     }
 
     /// Remove the resources a CustomResourceDefinition defined.
-    pub fn remove_crd(&mut self, crd: &Value) {
+    pub(crate) fn remove_crd(&mut self, crd: &Value) {
         let group = crd
             .pointer("/spec/group")
             .and_then(Value::as_str)
@@ -681,7 +682,7 @@ impl Registry {
 }
 
 /// Split `apps/v1` into (`apps`, `v1`) and `v1` into (``, `v1`).
-pub fn split_api_version(api_version: &str) -> (&str, &str) {
+pub(crate) fn split_api_version(api_version: &str) -> (&str, &str) {
     match api_version.split_once('/') {
         Some((g, v)) => (g, v),
         None => ("", api_version),
@@ -700,7 +701,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 }
 
 /// The served resources a CustomResourceDefinition object defines.
-pub fn crd_resources(crd: &Value) -> Vec<ResourceType> {
+pub(crate) fn crd_resources(crd: &Value) -> Vec<ResourceType> {
     let spec = crd.get("spec").cloned().unwrap_or(Value::Null);
     let group = spec
         .get("group")

@@ -15,14 +15,14 @@ enum Req {
 
 /// A parsed label selector; the empty selector matches everything.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct LabelSelector {
+pub(crate) struct LabelSelector {
     reqs: Vec<Req>,
 }
 
 /// A selector that could not be parsed.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("unable to parse requirement: {message}")]
-pub struct SelectorError {
+pub(crate) struct SelectorError {
     /// What was wrong.
     pub message: String,
 }
@@ -98,7 +98,7 @@ impl LabelSelector {
     ///
     /// # Errors
     /// A requirement that is not one of the forms above, or an invalid key or value.
-    pub fn parse(s: &str) -> Result<Self, SelectorError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, SelectorError> {
         let mut reqs = Vec::new();
         if s.trim().is_empty() {
             return Ok(LabelSelector { reqs });
@@ -131,7 +131,7 @@ impl LabelSelector {
     }
 
     /// Build a selector from a `LabelSelector` object (`matchLabels`, `matchExpressions`).
-    pub fn from_object(sel: &Value) -> Self {
+    pub(crate) fn from_object(sel: &Value) -> Self {
         let mut reqs = Vec::new();
         if let Some(m) = sel.get("matchLabels").and_then(Value::as_object) {
             for (k, v) in m {
@@ -174,12 +174,12 @@ impl LabelSelector {
     }
 
     /// Whether the selector has no requirement.
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.reqs.is_empty()
     }
 
     /// Whether an object's `metadata.labels` satisfy the selector.
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
         let labels = obj.pointer("/metadata/labels").and_then(Value::as_object);
         let get = |k: &str| labels.and_then(|l| l.get(k)).and_then(Value::as_str);
         self.reqs.iter().all(|r| match r {
@@ -195,7 +195,7 @@ impl LabelSelector {
 
 /// A parsed field selector: `metadata.name=x,status.phase!=Running`.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct FieldSelector {
+pub(crate) struct FieldSelector {
     reqs: Vec<(String, bool, String)>,
 }
 
@@ -204,7 +204,7 @@ impl FieldSelector {
     ///
     /// # Errors
     /// A requirement without `=`, `==` or `!=`.
-    pub fn parse(s: &str) -> Result<Self, SelectorError> {
+    pub(crate) fn parse(s: &str) -> Result<Self, SelectorError> {
         let mut reqs = Vec::new();
         if s.trim().is_empty() {
             return Ok(FieldSelector { reqs });
@@ -227,16 +227,8 @@ impl FieldSelector {
         Ok(FieldSelector { reqs })
     }
 
-    /// The name this selector pins with `metadata.name=`, if any.
-    pub fn pinned_name(&self) -> Option<&str> {
-        self.reqs
-            .iter()
-            .find(|(k, eq, _)| *eq && k == "metadata.name")
-            .map(|(_, _, v)| v.as_str())
-    }
-
     /// Whether the object satisfies every requirement. A missing field compares as "".
-    pub fn matches(&self, obj: &Value) -> bool {
+    pub(crate) fn matches(&self, obj: &Value) -> bool {
         self.reqs.iter().all(|(k, eq, v)| {
             let mut cur = Some(obj);
             for seg in k.split('.') {
@@ -308,7 +300,6 @@ mod tests {
             json!({"metadata": {"name": "a", "namespace": "n"}, "status": {"phase": "Running"}});
         let f = FieldSelector::parse("metadata.name=a,status.phase!=Failed").expect("parses");
         assert!(f.matches(&obj));
-        assert_eq!(f.pinned_name(), Some("a"));
         assert!(
             !FieldSelector::parse("metadata.namespace=m")
                 .expect("parses")

@@ -10,13 +10,13 @@ use crate::resources::ResourceType;
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     /// HTTP status code.
-    pub code: u16,
+    pub(crate) code: u16,
     /// Machine-readable reason: `NotFound`, `AlreadyExists`, `Conflict`, `Invalid`, ...
-    pub reason: &'static str,
+    pub(crate) reason: &'static str,
     /// Human-readable message, worded like the real API server's.
-    pub message: String,
+    pub(crate) message: String,
     /// `details` of the Status (name, group, kind, causes), if any.
-    pub details: Option<Value>,
+    pub(crate) details: Option<Value>,
 }
 
 impl std::fmt::Display for ApiError {
@@ -70,12 +70,12 @@ impl ApiError {
     }
 
     /// 400 BadRequest.
-    pub fn bad_request(message: impl Into<String>) -> Self {
+    pub(crate) fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }
 
     /// 404 NotFound for an object.
-    pub fn not_found(rt: &ResourceType, name: &str) -> Self {
+    pub(crate) fn not_found(rt: &ResourceType, name: &str) -> Self {
         let mut e = Self::new(
             404,
             "NotFound",
@@ -87,7 +87,7 @@ impl ApiError {
 
     /// 404 NotFound for a path that names no resource: the real server's words and empty
     /// details; the path is only logged.
-    pub fn no_resource(path: &str) -> Self {
+    pub(crate) fn no_resource(path: &str) -> Self {
         tracing::debug!(path, "no resource at this path");
         let mut e = Self::new(
             404,
@@ -99,7 +99,7 @@ impl ApiError {
     }
 
     /// 409 AlreadyExists.
-    pub fn already_exists(rt: &ResourceType, name: &str) -> Self {
+    pub(crate) fn already_exists(rt: &ResourceType, name: &str) -> Self {
         let mut e = Self::new(
             409,
             "AlreadyExists",
@@ -110,7 +110,7 @@ impl ApiError {
     }
 
     /// 409 Conflict for a stale resourceVersion or uid precondition.
-    pub fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
+    pub(crate) fn conflict(rt: &ResourceType, name: &str, why: &str) -> Self {
         let mut e = Self::new(
             409,
             "Conflict",
@@ -126,7 +126,7 @@ impl ApiError {
     /// 409 Conflict from server-side apply: fields owned by other managers, `(manager, field)`.
     /// The message is the real field manager's (`getConflictMessage`): one conflict on one
     /// line, several grouped by manager in name order.
-    pub fn apply_conflict(causes: Vec<(String, String)>) -> Self {
+    pub(crate) fn apply_conflict(causes: Vec<(String, String)>) -> Self {
         let message = if let [(manager, field)] = causes.as_slice() {
             format!("Apply failed with 1 conflict: conflict with \"{manager}\": {field}")
         } else {
@@ -157,13 +157,18 @@ impl ApiError {
 
     /// 422 Invalid with one cause per field error `(field, message)`, for an object of the
     /// kind `rt`.
-    pub fn invalid(rt: &ResourceType, name: &str, errors: &[(String, String)]) -> Self {
+    pub(crate) fn invalid(rt: &ResourceType, name: &str, errors: &[(String, String)]) -> Self {
         Self::invalid_kind(&rt.group, &rt.kind, name, errors)
     }
 
     /// 422 Invalid for any group and kind (`PatchOptions.meta.k8s.io` for bad options). The
     /// message names the qualified kind (`Deployment.apps`), as `errors.NewInvalid` does.
-    pub fn invalid_kind(group: &str, kind: &str, name: &str, errors: &[(String, String)]) -> Self {
+    pub(crate) fn invalid_kind(
+        group: &str,
+        kind: &str,
+        name: &str,
+        errors: &[(String, String)],
+    ) -> Self {
         let text: Vec<String> = errors.iter().map(|(f, m)| format!("{f}: {m}")).collect();
         let joined = if text.len() == 1 {
             text[0].clone()
@@ -193,32 +198,32 @@ impl ApiError {
     }
 
     /// 403 Forbidden.
-    pub fn forbidden(message: impl Into<String>) -> Self {
+    pub(crate) fn forbidden(message: impl Into<String>) -> Self {
         Self::new(403, "Forbidden", message)
     }
 
     /// 405 MethodNotAllowed.
-    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+    pub(crate) fn method_not_allowed(message: impl Into<String>) -> Self {
         Self::new(405, "MethodNotAllowed", message)
     }
 
     /// 410 Gone (an expired resourceVersion).
-    pub fn gone(message: impl Into<String>) -> Self {
+    pub(crate) fn gone(message: impl Into<String>) -> Self {
         Self::new(410, "Expired", message)
     }
 
     /// 415 UnsupportedMediaType.
-    pub fn unsupported_media_type(message: impl Into<String>) -> Self {
+    pub(crate) fn unsupported_media_type(message: impl Into<String>) -> Self {
         Self::new(415, "UnsupportedMediaType", message)
     }
 
     /// 500 InternalError.
-    pub fn internal(message: impl Into<String>) -> Self {
+    pub(crate) fn internal(message: impl Into<String>) -> Self {
         Self::new(500, "InternalError", message)
     }
 
     /// The `Status` object.
-    pub fn to_status(&self) -> Value {
+    pub(crate) fn to_status(&self) -> Value {
         let mut v = json!({
             "kind": "Status",
             "apiVersion": "v1",
@@ -243,7 +248,7 @@ impl IntoResponse for ApiError {
 }
 
 /// A `Status` of success, as answered by a finished delete.
-pub fn success_status(rt: &ResourceType, name: &str, uid: Option<&str>) -> Value {
+pub(crate) fn success_status(rt: &ResourceType, name: &str, uid: Option<&str>) -> Value {
     let mut d = details(rt, name);
     if let Some(uid) = uid {
         d["uid"] = Value::String(uid.to_owned());

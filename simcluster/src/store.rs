@@ -17,7 +17,7 @@ use crate::status::ApiError;
 
 /// The type of a watch event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EventType {
+pub(crate) enum EventType {
     /// The object was created.
     Added,
     /// The object changed.
@@ -26,37 +26,26 @@ pub enum EventType {
     Deleted,
 }
 
-impl EventType {
-    /// The wire name: `ADDED`, `MODIFIED`, `DELETED`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            EventType::Added => "ADDED",
-            EventType::Modified => "MODIFIED",
-            EventType::Deleted => "DELETED",
-        }
-    }
-}
-
 /// One change to one object.
 #[derive(Debug, Clone)]
-pub struct WatchEvent {
+pub(crate) struct WatchEvent {
     /// What happened.
-    pub kind: EventType,
+    pub(crate) kind: EventType,
     /// Storage key of the resource (`group/plural`).
-    pub key: String,
+    pub(crate) key: String,
     /// Namespace of the object ("" for cluster-scoped kinds).
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// The resourceVersion of this change.
-    pub rv: u64,
+    pub(crate) rv: u64,
     /// The object after the change (for `Deleted`, the last state).
-    pub object: Arc<Value>,
+    pub(crate) object: Arc<Value>,
     /// The object before the change, for `Modified` and `Deleted`.
-    pub old: Option<Arc<Value>>,
+    pub(crate) old: Option<Arc<Value>>,
 }
 
 /// What a [`Store::mutate`] closure decides.
 #[derive(Debug)]
-pub enum Mutation {
+pub(crate) enum Mutation {
     /// Store this object (create or replace).
     Put(Value),
     /// Remove the object.
@@ -67,32 +56,30 @@ pub enum Mutation {
 
 /// The result of a mutation.
 #[derive(Debug, Clone)]
-pub struct Outcome {
-    /// The object before.
-    pub before: Option<Arc<Value>>,
+pub(crate) struct Outcome {
     /// The object after (the removed object's final state for a removal).
-    pub after: Option<Arc<Value>>,
+    pub(crate) after: Option<Arc<Value>>,
     /// Whether the object was removed.
-    pub removed: bool,
+    pub(crate) removed: bool,
 }
 
 type Objects = HashMap<String, BTreeMap<(String, String), Arc<Value>>>;
 
 /// A read-only view of all objects, handed to mutation closures.
-pub struct View<'a> {
+pub(crate) struct View<'a> {
     objects: &'a Objects,
 }
 
 impl View<'_> {
     /// One object.
-    pub fn get(&self, key: &str, ns: &str, name: &str) -> Option<&Arc<Value>> {
+    pub(crate) fn get(&self, key: &str, ns: &str, name: &str) -> Option<&Arc<Value>> {
         self.objects
             .get(key)?
             .get(&(ns.to_owned(), name.to_owned()))
     }
 
     /// All objects of a resource, optionally in one namespace.
-    pub fn list(&self, key: &str, ns: Option<&str>) -> Vec<&Arc<Value>> {
+    pub(crate) fn list(&self, key: &str, ns: Option<&str>) -> Vec<&Arc<Value>> {
         match self.objects.get(key) {
             None => Vec::new(),
             Some(m) => match ns {
@@ -126,20 +113,14 @@ pub struct Store {
     tx: broadcast::Sender<Arc<WatchEvent>>,
 }
 
-impl Default for Store {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 /// Where a watch starts.
-pub struct WatchStart {
+pub(crate) struct WatchStart {
     /// Events to send first (synthetic ADDED events or replayed history).
-    pub initial: Vec<Arc<WatchEvent>>,
+    pub(crate) initial: Vec<Arc<WatchEvent>>,
     /// Live events after those.
-    pub rx: broadcast::Receiver<Arc<WatchEvent>>,
+    pub(crate) rx: broadcast::Receiver<Arc<WatchEvent>>,
     /// The store's resourceVersion when the watch started.
-    pub rv: u64,
+    pub(crate) rv: u64,
 }
 
 fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
@@ -151,12 +132,12 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
 
 impl Store {
     /// An empty store with the built-in kinds registered.
-    pub fn new() -> Self {
+    pub(crate) fn new() -> Self {
         Self::with_history(HISTORY)
     }
 
     /// A store that keeps only the last `history` events for watches to resume from.
-    pub fn with_history(history: usize) -> Self {
+    pub(crate) fn with_history(history: usize) -> Self {
         let (tx, _) = broadcast::channel(BROADCAST);
         Store {
             history: history.max(1),
@@ -178,14 +159,14 @@ impl Store {
     }
 
     /// The served resources.
-    pub fn registry(&self) -> RwLockReadGuard<'_, Registry> {
+    pub(crate) fn registry(&self) -> RwLockReadGuard<'_, Registry> {
         self.registry
             .read()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Change the served resources (CRDs).
-    pub fn with_registry_mut<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
+    pub(crate) fn with_registry_mut<R>(&self, f: impl FnOnce(&mut Registry) -> R) -> R {
         let mut guard = self
             .registry
             .write()
@@ -194,12 +175,13 @@ impl Store {
     }
 
     /// The current global resourceVersion.
-    pub fn resource_version(&self) -> u64 {
+    #[cfg(test)]
+    pub(crate) fn resource_version(&self) -> u64 {
         self.lock().rv
     }
 
     /// Subscribe to every change in the store, for controllers.
-    pub fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
+    pub(crate) fn subscribe(&self) -> broadcast::Receiver<Arc<WatchEvent>> {
         self.tx.subscribe()
     }
 
@@ -227,7 +209,7 @@ impl Store {
     }
 
     /// Every object of every resource, with its storage key.
-    pub fn all_objects(&self) -> Vec<(String, Arc<Value>)> {
+    pub(crate) fn all_objects(&self) -> Vec<(String, Arc<Value>)> {
         let inner = self.lock();
         inner
             .objects
@@ -237,7 +219,7 @@ impl Store {
     }
 
     /// Storage keys that hold at least one object in the namespace.
-    pub fn keys_in_namespace(&self, ns: &str) -> Vec<String> {
+    pub(crate) fn keys_in_namespace(&self, ns: &str) -> Vec<String> {
         let inner = self.lock();
         let view = View {
             objects: &inner.objects,
@@ -257,7 +239,13 @@ impl Store {
     ///
     /// # Errors
     /// Whatever `f` returns.
-    pub fn mutate<F>(&self, key: &str, ns: &str, name: &str, f: F) -> Result<Outcome, ApiError>
+    pub(crate) fn mutate<F>(
+        &self,
+        key: &str,
+        ns: &str,
+        name: &str,
+        f: F,
+    ) -> Result<Outcome, ApiError>
     where
         F: FnOnce(&View<'_>, Option<&Arc<Value>>) -> Result<Mutation, ApiError>,
     {
@@ -272,8 +260,7 @@ impl Store {
         };
         match decision {
             Mutation::Unchanged => Ok(Outcome {
-                after: before.clone(),
-                before,
+                after: before,
                 removed: false,
             }),
             Mutation::Put(mut obj) => {
@@ -287,8 +274,7 @@ impl Store {
                     }
                     if &cmp == b.as_ref() {
                         return Ok(Outcome {
-                            after: before.clone(),
-                            before,
+                            after: before,
                             removed: false,
                         });
                     }
@@ -319,7 +305,6 @@ impl Store {
                     },
                 );
                 Ok(Outcome {
-                    before,
                     after: Some(obj),
                     removed: false,
                 })
@@ -327,7 +312,6 @@ impl Store {
             Mutation::Remove => {
                 let Some(b) = before else {
                     return Ok(Outcome {
-                        before: None,
                         after: None,
                         removed: false,
                     });
@@ -352,7 +336,6 @@ impl Store {
                     },
                 );
                 Ok(Outcome {
-                    before: Some(b),
                     after: Some(last),
                     removed: true,
                 })
@@ -377,7 +360,7 @@ impl Store {
     ///
     /// # Errors
     /// 410 Gone when `rv` is older than the retained history.
-    pub fn watch(
+    pub(crate) fn watch(
         &self,
         key: &str,
         ns: Option<&str>,

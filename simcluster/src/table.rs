@@ -5,7 +5,7 @@ use serde_json::{Value, json};
 use crate::resources::ResourceType;
 
 /// Kubernetes' short "age" format (`5s`, `3m2s`, `4h`, `12d`).
-pub fn human_age(created: Option<&str>) -> String {
+pub(crate) fn human_age(created: Option<&str>) -> String {
     let Some(t) = created.and_then(|c| chrono::DateTime::parse_from_rfc3339(c).ok()) else {
         return "<unknown>".into();
     };
@@ -398,6 +398,10 @@ fn json_path(o: &Value, path: &str) -> Value {
     cur.clone()
 }
 
+/// The row cells of `o` for its kind: the name, then the columns kubectl prints for it.
+///
+/// Long by design: one match arm per built-in kind, in the order of the column definitions,
+/// so a kind's columns read as one table, as kubectl's printers have them.
 fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
     let mut c = vec![json!(s(o, "/metadata/name"))];
     let extra: Vec<Value> = match (rt.group.as_str(), rt.kind.as_str()) {
@@ -586,12 +590,12 @@ fn cells(rt: &ResourceType, o: &Value) -> Vec<Value> {
 }
 
 /// `PartialObjectMetadata` of an object.
-pub fn partial_metadata(o: &Value) -> Value {
+pub(crate) fn partial_metadata(o: &Value) -> Value {
     json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
 /// Render objects as a `meta.k8s.io/v1` Table.
-pub fn table(
+pub(crate) fn table(
     rt: &ResourceType,
     objects: &[Value],
     rv: &str,

@@ -10,7 +10,7 @@ use serde_json::{Map, Value, json};
 use crate::resources::{NameRule, ResourceType};
 
 /// Field errors: `(path, message)`.
-pub type FieldErrors = Vec<(String, String)>;
+pub(crate) type FieldErrors = Vec<(String, String)>;
 
 fn is_label(s: &str) -> bool {
     !s.is_empty()
@@ -22,12 +22,12 @@ fn is_label(s: &str) -> bool {
 }
 
 /// Whether `s` is a DNS-1123 subdomain.
-pub fn is_subdomain(s: &str) -> bool {
+pub(crate) fn is_subdomain(s: &str) -> bool {
     !s.is_empty() && s.len() <= 253 && s.split('.').all(is_label)
 }
 
 /// The error for an invalid name, or `None`.
-pub fn check_name(rule: NameRule, name: &str) -> Option<String> {
+pub(crate) fn check_name(rule: NameRule, name: &str) -> Option<String> {
     // The real messages end with the examples and the regular expression, two spaces
     // before "or" included (`validation.RegexError`).
     let bad = |what: &str, examples: &str, regex: &str| {
@@ -216,7 +216,10 @@ fn check_string_map(errs: &mut FieldErrors, obj: &Value, field: &str) {
 }
 
 /// Kind-specific validation of a whole object.
-pub fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
+///
+/// Long by design: after the checks every kind shares, one match arm per kind, so a kind's
+/// rules are found in one place, as in the real server's per-kind validation.
+pub(crate) fn validate(rt: &ResourceType, obj: &Value) -> FieldErrors {
     let mut errs = FieldErrors::new();
     check_metadata(&mut errs, obj);
     // Controllers and defaulting read these as objects; any other shape is refused here.
@@ -476,7 +479,7 @@ fn go_label_selector(v: &Value) -> String {
 }
 
 /// Immutable-field errors between the stored object and the update.
-pub fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErrors {
+pub(crate) fn validate_update(rt: &ResourceType, old: &Value, new: &Value) -> FieldErrors {
     let mut errs = FieldErrors::new();
     for (ptr, field) in immutable_fields(rt) {
         let (o, n) = (old.pointer(ptr), new.pointer(ptr));
@@ -723,7 +726,10 @@ fn mount_service_account_token(spec: &mut Value) {
 }
 
 /// Fill in the defaults a real server adds, so round trips look the same.
-pub fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
+///
+/// Long by design: one match arm per kind, holding every default the real server sets on it,
+/// so a kind's defaults are found in one place.
+pub(crate) fn apply_defaults(rt: &ResourceType, obj: &mut Value) {
     if rt.custom {
         return;
     }

@@ -9,14 +9,14 @@ use tracing::Instrument;
 
 use super::archive::{ArchiveFeed, ArchiveInfo, publish_archive};
 use super::files::{create_private_dir, write_private};
-use super::kubernetes::{backup_namespace, quiesce};
+use super::kubernetes::{KubeManifest, KubeSource, QuiesceRecord, backup_namespace, quiesce};
 use super::manifest::{
     MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming, write_manifest,
 };
 use super::offsite::{OffsiteCopy, copy_offsite};
 use super::postgres::backup_postgres;
-use super::redis::backup_redis;
-use super::terraform::backup_terraform;
+use super::redis::{RedisManifest, RedisSource, backup_redis};
+use super::terraform::{TerraformManifest, backup_terraform};
 use super::{BackupError, BackupOptions, PgSource};
 use crate::pg::PgTools;
 
@@ -184,40 +184,19 @@ async fn collect(
     origin: Instant,
     feed: Option<&ArchiveFeed>,
 ) -> Result<Manifest, BackupError> {
-    let done = |rel: &str| {
-        if let Some(feed) = feed {
-            feed.add(rel);
-        }
-    };
     let mut steps = Vec::new();
     let mut tools = BTreeMap::new();
     tools.insert(
         "rebuild-rehearsal harness".to_owned(),
         env!("CARGO_PKG_VERSION").to_owned(),
     );
-
-    let mut quiesce_record = None;
-    if let (Some(q), Some(k)) = (&options.quiesce, &options.kubernetes) {
-        let started = Instant::now();
-        let mut record = quiesce(k, q)
-            .instrument(tracing::info_span!("quiesce"))
-            .await?;
-        // The RPO runs from here to the snapshot: read this end from the server's clock too,
-        // so both ends come from one clock.
-        if let Some(source) = &options.postgres {
-            record.writes_stopped_server_at = Some(server_clock(source).await?);
+    let quiesce_record = match quiesce_writers(options, dir, origin).await? {
+        Some((record, step)) => {
+            steps.push(step);
+            Some(record)
         }
-        write_private(
-            &super::files::ensure_parent(dir, "kubernetes/quiesce.json")?,
-            &serde_json::to_vec_pretty(&record).map_err(|source| BackupError::Json {
-                what: "quiesce record".into(),
-                source,
-            })?,
-        )?;
-        steps.push(timing("quiesce writers", started, origin));
-        quiesce_record = Some(record);
-    }
-
+        None => None,
+    };
     let local_tools = match (&options.local_tools, &options.postgres) {
         (Some(t), _) => Some(t.clone()),
         (None, Some(_)) => {
@@ -236,60 +215,12 @@ async fn collect(
             _ => Ok(None),
         }
     };
-    let redis = async {
-        match &options.redis {
-            Some(source) => {
-                let started = Instant::now();
-                let m = backup_redis(source, dir)
-                    .instrument(tracing::info_span!("redis"))
-                    .await?;
-                done(&m.rdb);
-                Ok::<_, BackupError>(Some((
-                    m,
-                    timing("redis: RDB, key count and digest", started, origin),
-                )))
-            }
-            None => Ok(None),
-        }
-    };
-    let kube = async {
-        match &options.kubernetes {
-            Some(source) => {
-                let started = Instant::now();
-                let m = backup_namespace(source, dir)
-                    .instrument(tracing::info_span!("kubernetes"))
-                    .await?;
-                for rel in [&m.raw, &m.clean_json, &m.clean_yaml] {
-                    done(rel);
-                }
-                Ok::<_, BackupError>(Some((
-                    m,
-                    timing("kubernetes: namespace resources", started, origin),
-                )))
-            }
-            None => Ok(None),
-        }
-    };
-    let terraform = async {
-        match &options.terraform_dir {
-            Some(config) => {
-                let started = Instant::now();
-                let (m, version) = backup_terraform(config, dir)
-                    .instrument(tracing::info_span!("terraform"))
-                    .await?;
-                for rel in [&m.state, &m.resources, &m.outputs] {
-                    done(rel);
-                }
-                Ok::<_, BackupError>(Some((
-                    m,
-                    version,
-                    timing("terraform: state, resources, outputs", started, origin),
-                )))
-            }
-            None => Ok(None),
-        }
-    };
-    let (pg, redis, kube, terraform) = tokio::try_join!(postgres, redis, kube, terraform)?;
+    let (pg, redis, kube, terraform) = tokio::try_join!(
+        postgres,
+        redis_part(options.redis.as_ref(), dir, origin, feed),
+        kubernetes_part(options.kubernetes.as_ref(), dir, origin, feed),
+        terraform_part(options.terraform_dir.as_deref(), dir, origin, feed),
+    )?;
 
     let mut manifest = Manifest {
         format: super::manifest::FORMAT,
@@ -337,6 +268,104 @@ async fn collect(
     manifest.finished_at = chrono::Utc::now().to_rfc3339();
     write_manifest(dir, &mut manifest, feed).await?;
     Ok(manifest)
+}
+
+/// Hands a finished file to the archive, which compresses it while the rest runs.
+fn done(feed: Option<&ArchiveFeed>, rel: &str) {
+    if let Some(feed) = feed {
+        feed.add(rel);
+    }
+}
+
+/// With quiesce options and a namespace: the writers scaled to zero, the moment writes
+/// stopped read from the PostgreSQL server's clock, and the record written to
+/// `kubernetes/quiesce.json`.
+async fn quiesce_writers(
+    options: &BackupOptions,
+    dir: &Path,
+    origin: Instant,
+) -> Result<Option<(QuiesceRecord, StepTiming)>, BackupError> {
+    let (Some(q), Some(k)) = (&options.quiesce, &options.kubernetes) else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let mut record = quiesce(k, q)
+        .instrument(tracing::info_span!("quiesce"))
+        .await?;
+    // The RPO runs from here to the snapshot: read this end from the server's clock too,
+    // so both ends come from one clock.
+    if let Some(source) = &options.postgres {
+        record.writes_stopped_server_at = Some(server_clock(source).await?);
+    }
+    write_private(
+        &super::files::ensure_parent(dir, "kubernetes/quiesce.json")?,
+        &serde_json::to_vec_pretty(&record).map_err(|source| BackupError::Json {
+            what: "quiesce record".into(),
+            source,
+        })?,
+    )?;
+    Ok(Some((record, timing("quiesce writers", started, origin))))
+}
+
+/// Redis: the RDB, its key count and digest.
+async fn redis_part(
+    source: Option<&RedisSource>,
+    dir: &Path,
+    origin: Instant,
+    feed: Option<&ArchiveFeed>,
+) -> Result<Option<(RedisManifest, StepTiming)>, BackupError> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let m = backup_redis(source, dir)
+        .instrument(tracing::info_span!("redis"))
+        .await?;
+    done(feed, &m.rdb);
+    let step = timing("redis: RDB, key count and digest", started, origin);
+    Ok(Some((m, step)))
+}
+
+/// Kubernetes: the namespace's resources, raw and cleaned.
+async fn kubernetes_part(
+    source: Option<&KubeSource>,
+    dir: &Path,
+    origin: Instant,
+    feed: Option<&ArchiveFeed>,
+) -> Result<Option<(KubeManifest, StepTiming)>, BackupError> {
+    let Some(source) = source else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let m = backup_namespace(source, dir)
+        .instrument(tracing::info_span!("kubernetes"))
+        .await?;
+    for rel in [&m.raw, &m.clean_json, &m.clean_yaml] {
+        done(feed, rel);
+    }
+    let step = timing("kubernetes: namespace resources", started, origin);
+    Ok(Some((m, step)))
+}
+
+/// Terraform: state, resources and outputs, with the terraform version.
+async fn terraform_part(
+    config: Option<&Path>,
+    dir: &Path,
+    origin: Instant,
+    feed: Option<&ArchiveFeed>,
+) -> Result<Option<(TerraformManifest, String, StepTiming)>, BackupError> {
+    let Some(config) = config else {
+        return Ok(None);
+    };
+    let started = Instant::now();
+    let (m, version) = backup_terraform(config, dir)
+        .instrument(tracing::info_span!("terraform"))
+        .await?;
+    for rel in [&m.state, &m.resources, &m.outputs] {
+        done(feed, rel);
+    }
+    let step = timing("terraform: state, resources, outputs", started, origin);
+    Ok(Some((m, version, step)))
 }
 
 /// The PostgreSQL server's clock now (`clock_timestamp()`, UTC, RFC 3339 with microseconds,

@@ -2,7 +2,7 @@
 //! row counts and digests read in it too.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use futures::StreamExt;
@@ -229,6 +229,109 @@ fn step(name: &str, started: Instant, origin: Instant) -> StepTiming {
     }
 }
 
+/// Where the PostgreSQL part's files go and who hears of them: the backup directory, the
+/// archive feed (which compresses each file once it is complete, while the rest runs) and the
+/// origin of the step timings.
+#[derive(Clone, Copy)]
+struct Output<'a> {
+    dir: &'a Path,
+    feed: Option<&'a ArchiveFeed>,
+    origin: Instant,
+}
+
+impl Output<'_> {
+    /// Hands a finished file to the archive.
+    fn done(&self, rel: &str) {
+        if let Some(feed) = self.feed {
+            feed.add(rel);
+        }
+    }
+
+    /// The timing of a step that began at `started` and ends now.
+    fn step(&self, name: &str, started: Instant) -> StepTiming {
+        step(name, started, self.origin)
+    }
+}
+
+/// The server's version and the snapshot it exported, as the manifest records them.
+struct Snapshot {
+    server_version: String,
+    server_version_full: String,
+    id: String,
+    /// The server's clock when the snapshot was taken (RFC 3339, UTC).
+    at: String,
+}
+
+/// The SQL files derived from the database (as opposed to the custom dump), relative to the
+/// backup directory.
+struct SqlFiles {
+    plain: String,
+    schema: String,
+    data: String,
+    /// One file per table, keyed `schema.table`.
+    tables: BTreeMap<String, String>,
+    /// The same files with their tables, in the order the snapshot lists them.
+    per_table: Vec<(TableRef, String)>,
+}
+
+/// A file that pg_dump writes from the database, or pg_restore from the custom archive.
+struct Derived {
+    rel: String,
+    what: &'static str,
+    /// The arguments that choose what is written (`--schema-only`), the same for both tools.
+    args: Vec<String>,
+}
+
+impl SqlFiles {
+    /// The files' names for the database file name `file_name` and its tables.
+    fn new(file_name: &str, table_refs: &[TableRef]) -> SqlFiles {
+        let tables: BTreeMap<String, String> = table_refs
+            .iter()
+            .map(|t| {
+                let key = format!("{}.{}", t.schema, t.name);
+                let rel = format!("postgres/tables/{}.sql", sanitize(&key));
+                (key, rel)
+            })
+            .collect();
+        let per_table = table_refs
+            .iter()
+            .map(|t| {
+                (
+                    t.clone(),
+                    tables[&format!("{}.{}", t.schema, t.name)].clone(),
+                )
+            })
+            .collect();
+        SqlFiles {
+            plain: format!("postgres/{file_name}-full.sql"),
+            schema: format!("postgres/{file_name}-schema.sql"),
+            data: format!("postgres/{file_name}-data.sql"),
+            tables,
+            per_table,
+        }
+    }
+
+    /// Plain and schema-only SQL come from pg_dump (or pg_restore); the data-only and
+    /// per-table files are split out of the plain SQL (see `split.rs`).
+    fn derived(&self) -> Vec<Derived> {
+        vec![
+            Derived {
+                rel: self.plain.clone(),
+                what: "plain SQL",
+                args: vec![],
+            },
+            Derived {
+                rel: self.schema.clone(),
+                what: "schema only",
+                args: vec!["--schema-only".to_owned()],
+            },
+        ]
+    }
+}
+
+/// The file the roles and tablespaces are dumped to (`pg_dumpall --globals-only`).
+const GLOBALS_REL: &str = "postgres/globals.sql";
+
 /// Backs up the database into `dir/postgres/`.
 pub(crate) async fn backup_postgres(
     source: &PgSource,
@@ -238,12 +341,7 @@ pub(crate) async fn backup_postgres(
     origin: Instant,
     feed: Option<&ArchiveFeed>,
 ) -> Result<PgOutcome, BackupError> {
-    // Hands each finished file to the archive, which compresses it while the rest runs.
-    let done = |rel: &str| {
-        if let Some(feed) = feed {
-            feed.add(rel);
-        }
-    };
+    let out = Output { dir, feed, origin };
     let db = source.dbname().to_owned();
     let file_name = sanitize(&db);
     let custom_rel = format!("postgres/{file_name}.dump");
@@ -252,6 +350,220 @@ pub(crate) async fn backup_postgres(
 
     // The session that exports the snapshot, held open until every reader has imported it.
     let started = Instant::now();
+    let (session, snapshot) = export_snapshot(source).await?;
+    steps.push(out.step("postgres: export snapshot", started));
+    tracing::info!(snapshot = %snapshot.id, database = %db, "snapshot exported");
+
+    // The tables, as the snapshot sees them: the per-table files are named after them.
+    let table_refs = list_tables(&session).await?;
+    // The CSV files' tables, columns and load order (catalog only; the rows come from the split).
+    let csv = plan_csv(&session, &table_refs).await?;
+    if !csv.is_empty() {
+        ensure_parent(dir, "postgres/csv/x")?;
+    }
+    let files = SqlFiles::new(&file_name, &table_refs);
+    if !files.tables.is_empty() {
+        ensure_parent(dir, "postgres/tables/x")?;
+    }
+    // Sequences are not transactional: read them before pg_dump starts, so that what the
+    // dump records (read a moment later) is never behind what the manifest says.
+    let sequences = sequence_facts(&session).await?;
+    let indexes = list_indexes(&session).await?;
+    let dumps = Dumps {
+        source,
+        out,
+        snapshot_arg: format!("--snapshot={}", snapshot.id),
+        custom_rel,
+        custom_path,
+        files,
+        csv,
+        sequences,
+        indexes,
+    };
+
+    // Every reader of the snapshot at once: the custom dump, the facts, the globals and, when
+    // they come from the database, the plain and schema-only dumps.
+    let (dump_step, (tables, schema, facts_step), globals_step, derived_step) = tokio::try_join!(
+        dumps.custom(),
+        snapshot_facts(&session, out),
+        dumps.globals(),
+        dumps.derive_from_database(plain_from),
+    )?;
+    steps.extend([dump_step, facts_step, globals_step]);
+    // pg_dump has its own copy of the snapshot: release the server's.
+    session
+        .batch_execute("COMMIT")
+        .await
+        .map_err(|e| query_err("end the snapshot transaction", e))?;
+    drop(session);
+
+    match plain_from {
+        PlainFrom::Database => steps.extend(derived_step),
+        // The database is read once; the rest comes from the archive, here.
+        PlainFrom::Archive => steps.push(dumps.derive_from_archive(local).await?),
+    }
+    let derived_from = dumps.derived_from(plain_from);
+
+    Ok(PgOutcome {
+        manifest: PgManifest {
+            source: source.describe(),
+            database: db,
+            server_version: snapshot.server_version,
+            server_version_full: snapshot.server_version_full,
+            snapshot_id: snapshot.id,
+            snapshot_at: snapshot.at,
+            tables,
+            sequences: dumps.sequences,
+            schema,
+            custom_dump: dumps.custom_rel,
+            plain: dumps.files.plain,
+            schema_only: dumps.files.schema,
+            data_only: dumps.files.data,
+            table_files: dumps.files.tables,
+            csv: dumps.csv,
+            globals: GLOBALS_REL.to_owned(),
+            derived_from,
+        },
+        steps,
+        tools: tool_versions(source, local).await,
+    })
+}
+
+/// Row counts, digests and the schema rendering, read in the snapshot the session holds.
+async fn snapshot_facts(
+    session: &tokio_postgres::Client,
+    out: Output<'_>,
+) -> Result<(Vec<TableFacts>, String, StepTiming), BackupError> {
+    let started = Instant::now();
+    let tables = table_facts(session).await?;
+    let schema = crate::facts::render_schema(session).await?;
+    let step = out.step("postgres: row counts, digests and schema", started);
+    Ok((tables, schema, step))
+}
+
+/// Everything the dumps and the split need once the snapshot is exported.
+struct Dumps<'a> {
+    source: &'a PgSource,
+    out: Output<'a>,
+    /// `--snapshot=<id>`, for every pg_dump.
+    snapshot_arg: String,
+    custom_rel: String,
+    custom_path: PathBuf,
+    files: SqlFiles,
+    csv: Vec<CsvTable>,
+    sequences: Vec<SequenceFacts>,
+    /// Every user index as (schema, table, index).
+    indexes: Vec<(String, String, String)>,
+}
+
+impl Dumps<'_> {
+    /// The custom-format archive, by pg_dump in the snapshot.
+    async fn custom(&self) -> Result<StepTiming, BackupError> {
+        let started = Instant::now();
+        let args = vec![self.snapshot_arg.clone(), "-Fc".to_owned()];
+        self.source
+            .dump(
+                "pg_dump",
+                args,
+                "dumping (custom format)",
+                &self.custom_path,
+            )
+            .await?;
+        self.out.done(&self.custom_rel);
+        Ok(self.out.step("postgres: pg_dump -Fc", started))
+    }
+
+    /// Roles and tablespaces, by pg_dumpall.
+    async fn globals(&self) -> Result<StepTiming, BackupError> {
+        let started = Instant::now();
+        let args = vec!["--globals-only".to_owned()];
+        let path = self.out.dir.join(GLOBALS_REL);
+        self.source
+            .dump("pg_dumpall", args, "dumping roles (globals only)", &path)
+            .await?;
+        self.out.done(GLOBALS_REL);
+        Ok(self
+            .out
+            .step("postgres: pg_dumpall --globals-only", started))
+    }
+
+    /// With [`PlainFrom::Database`], the plain and schema-only SQL by pg_dumps in the snapshot,
+    /// running beside the custom dump (which is bound by its compression, not the server),
+    /// then the split; otherwise nothing.
+    async fn derive_from_database(
+        &self,
+        plain_from: PlainFrom,
+    ) -> Result<Option<StepTiming>, BackupError> {
+        if plain_from != PlainFrom::Database {
+            return Ok(None);
+        }
+        let started = Instant::now();
+        dump_derived(
+            self.source,
+            &self.snapshot_arg,
+            &self.files.derived(),
+            self.out,
+        )
+        .await?;
+        self.split().await?;
+        Ok(Some(self.out.step(
+            "postgres: plain and schema SQL (pg_dump), data and per-table (split)",
+            started,
+        )))
+    }
+
+    /// The plain and schema-only SQL by pg_restore from the custom archive, then the split.
+    async fn derive_from_archive(&self, local: &PgTools) -> Result<StepTiming, BackupError> {
+        let started = Instant::now();
+        restore_derived(
+            local,
+            &self.custom_path,
+            &self.custom_rel,
+            &self.files.derived(),
+            self.out,
+        )
+        .await?;
+        self.split().await?;
+        Ok(self.out.step(
+            "postgres: plain and schema SQL (pg_restore), data and per-table (split)",
+            started,
+        ))
+    }
+
+    /// How the plain, schema-only, data-only and per-table files were made, for the manifest.
+    fn derived_from(&self, plain_from: PlainFrom) -> String {
+        match plain_from {
+            PlainFrom::Database => format!(
+                "plain and schema-only SQL: pg_dump {} against the database, beside the custom dump; \
+                 data-only and per-table SQL: split from the plain SQL",
+                self.snapshot_arg
+            ),
+            PlainFrom::Archive => format!(
+                "plain and schema-only SQL: pg_restore of {} on this machine (the database was read once, \
+                 by pg_dump {}); data-only and per-table SQL: split from the plain SQL",
+                self.custom_rel, self.snapshot_arg
+            ),
+        }
+    }
+
+    /// The data-only, per-table and CSV files, split from the plain SQL.
+    async fn split(&self) -> Result<(), BackupError> {
+        split_derived(
+            self.out,
+            &self.files,
+            &self.csv,
+            &self.sequences,
+            &self.indexes,
+        )
+        .await
+    }
+}
+
+/// Opens the snapshot session: reads the server's version, begins a repeatable-read
+/// transaction and exports its snapshot for pg_dump and the fact readers.
+async fn export_snapshot(
+    source: &PgSource,
+) -> Result<(tokio_postgres::Client, Snapshot), BackupError> {
     let session = source.session().await?;
     let row = session
         .query_one("SELECT current_setting('server_version'), version()", &[])
@@ -270,56 +582,20 @@ pub(crate) async fn backup_postgres(
         )
         .await
         .map_err(|e| query_err("export a snapshot", e))?;
-    let (snapshot_id, snapshot_at): (String, String) = (row.get(0), row.get(1));
-    steps.push(step("postgres: export snapshot", started, origin));
-    tracing::info!(snapshot = %snapshot_id, database = %db, "snapshot exported");
+    let snapshot = Snapshot {
+        server_version,
+        server_version_full,
+        id: row.get(0),
+        at: row.get(1),
+    };
+    Ok((session, snapshot))
+}
 
-    let snapshot_arg = format!("--snapshot={snapshot_id}");
-    // The tables, as the snapshot sees them: the per-table files are named after them.
-    let table_refs = list_tables(&session).await?;
-    // The CSV files' tables, columns and load order (catalog only; the rows come from the split).
-    let csv = plan_csv(&session, &table_refs).await?;
-    if !csv.is_empty() {
-        ensure_parent(dir, "postgres/csv/x")?;
-    }
-    let plain_rel = format!("postgres/{file_name}-full.sql");
-    let schema_rel = format!("postgres/{file_name}-schema.sql");
-    let data_rel = format!("postgres/{file_name}-data.sql");
-    let table_files: BTreeMap<String, String> = table_refs
-        .iter()
-        .map(|t| {
-            let key = format!("{}.{}", t.schema, t.name);
-            let rel = format!("postgres/tables/{}.sql", sanitize(&key));
-            (key, rel)
-        })
-        .collect();
-    if !table_files.is_empty() {
-        ensure_parent(dir, "postgres/tables/x")?;
-    }
-    // Plain and schema-only SQL come from pg_dump (or pg_restore); the data-only and per-table
-    // files are split out of the plain SQL here, in one pass (see `split.rs`).
-    let derived: Vec<(String, &'static str, Vec<String>)> = vec![
-        (plain_rel.clone(), "plain SQL", vec![]),
-        (
-            schema_rel.clone(),
-            "schema only",
-            vec!["--schema-only".to_owned()],
-        ),
-    ];
-    let per_table: Vec<(TableRef, String)> = table_refs
-        .iter()
-        .map(|t| {
-            (
-                t.clone(),
-                table_files[&format!("{}.{}", t.schema, t.name)].clone(),
-            )
-        })
-        .collect();
-
-    // Sequences are not transactional: read them before pg_dump starts, so that what the
-    // dump records (read a moment later) is never behind what the manifest says.
-    let sequences = sequence_facts(&session).await?;
-    let indexes: Vec<(String, String, String)> = session
+/// Every user index as (schema, table, index), for the split to place in per-table files.
+async fn list_indexes(
+    session: &tokio_postgres::Client,
+) -> Result<Vec<(String, String, String)>, BackupError> {
+    Ok(session
         .query(
             "SELECT schemaname::text, tablename::text, indexname::text FROM pg_indexes \
              WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
@@ -329,186 +605,124 @@ pub(crate) async fn backup_postgres(
         .map_err(|e| query_err("list the indexes", e))?
         .into_iter()
         .map(|r| (r.get(0), r.get(1), r.get(2)))
-        .collect();
-    let split = || {
-        let (plain, data) = (dir.join(&plain_rel), dir.join(&data_rel));
-        let (per_table, csv, sequences, indexes, dir) = (
-            per_table.clone(),
-            csv.clone(),
-            sequences.clone(),
-            indexes.clone(),
-            dir.to_path_buf(),
-        );
-        let done = &done;
-        let (data_rel, rels): (String, Vec<String>) = (
-            data_rel.clone(),
-            per_table
-                .iter()
-                .map(|(_, r)| r.clone())
-                .chain(csv.iter().map(|c| c.file.clone()))
-                .collect(),
-        );
+        .collect())
+}
+
+/// Writes the derived files with pg_dump in the exported snapshot, two at a time.
+async fn dump_derived(
+    source: &PgSource,
+    snapshot_arg: &str,
+    derived: &[Derived],
+    out: Output<'_>,
+) -> Result<(), BackupError> {
+    let runs = derived.iter().map(|d| {
+        let mut all = vec![snapshot_arg.to_owned()];
+        all.extend(d.args.iter().cloned());
+        let path = out.dir.join(&d.rel);
         async move {
-            tokio::task::spawn_blocking(move || {
-                let outs: Vec<TableOut<'_>> = per_table
-                    .iter()
-                    .map(|(t, rel)| TableOut {
-                        table: t,
-                        path: dir.join(rel),
-                    })
-                    .collect();
-                let csv_outs: Vec<CsvOut<'_>> = csv
-                    .iter()
-                    .map(|c| CsvOut {
-                        table: c,
-                        path: dir.join(&c.file),
-                    })
-                    .collect();
-                split_plain(&plain, &data, &outs, &csv_outs, &sequences, &indexes)
-            })
-            .await
-            .expect("split task does not panic")?;
-            done(&data_rel);
-            for rel in &rels {
-                done(rel);
-            }
+            source
+                .dump("pg_dump", all, &format!("dumping {}", d.what), &path)
+                .await?;
+            out.done(&d.rel);
             Ok::<_, BackupError>(())
         }
-    };
+    });
+    let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
+        .buffer_unordered(2)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
+}
 
-    let dump = async {
-        let started = Instant::now();
-        source
-            .dump(
-                "pg_dump",
-                vec![snapshot_arg.clone(), "-Fc".to_owned()],
-                "dumping (custom format)",
-                &custom_path,
-            )
-            .await?;
-        done(&custom_rel);
-        Ok::<_, BackupError>(step("postgres: pg_dump -Fc", started, origin))
-    };
-    let facts = async {
-        let started = Instant::now();
-        let tables = table_facts(&session).await?;
-        let schema = crate::facts::render_schema(&session).await?;
-        Ok::<_, BackupError>((
-            tables,
-            schema,
-            step("postgres: row counts, digests and schema", started, origin),
-        ))
-    };
-    let globals_rel = "postgres/globals.sql".to_owned();
-    let globals_path = dir.join(&globals_rel);
-    let globals = async {
-        let started = Instant::now();
-        source
-            .dump(
-                "pg_dumpall",
-                vec!["--globals-only".to_owned()],
-                "dumping roles (globals only)",
-                &globals_path,
-            )
-            .await?;
-        done(&globals_rel);
-        Ok::<_, BackupError>(step("postgres: pg_dumpall --globals-only", started, origin))
-    };
-    // From the database: plain and schema-only are pg_dumps in the snapshot the session holds,
-    // running beside the custom dump (which is bound by its compression, not the server).
-    let from_database = async {
-        if plain_from != PlainFrom::Database {
-            return Ok::<_, BackupError>(None);
+/// Writes the derived files with pg_restore from the custom archive on this machine, two at a
+/// time.
+async fn restore_derived(
+    local: &PgTools,
+    custom_path: &Path,
+    custom_rel: &str,
+    derived: &[Derived],
+    out: Output<'_>,
+) -> Result<(), BackupError> {
+    let pg_restore = local
+        .tool("pg_restore")
+        .map_err(BackupError::pg("find pg_restore"))?;
+    let runs = derived.iter().map(|d| {
+        let mut all = d.args.clone();
+        all.extend([
+            "-f".to_owned(),
+            "-".to_owned(),
+            custom_path.display().to_string(),
+        ]);
+        let run = ToolRun::new(
+            "pg_restore",
+            pg_restore.clone(),
+            format!("writing {} from {custom_rel}", d.what),
+        )
+        .args(all);
+        let path = out.dir.join(&d.rel);
+        async move {
+            run.to_file(&path).await?;
+            out.done(&d.rel);
+            Ok::<_, BackupError>(())
         }
-        let started = Instant::now();
-        let runs = derived.iter().map(|(rel, what, args)| {
-            let mut all = vec![snapshot_arg.clone()];
-            all.extend(args.iter().cloned());
-            let out = dir.join(rel);
-            let done = &done;
-            async move {
-                source
-                    .dump("pg_dump", all, &format!("dumping {what}"), &out)
-                    .await?;
-                done(rel);
-                Ok::<_, BackupError>(())
-            }
-        });
-        let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
-            .buffer_unordered(2)
-            .collect()
-            .await;
-        results.into_iter().collect::<Result<Vec<()>, _>>()?;
-        split().await?;
-        Ok(Some(step(
-            "postgres: plain and schema SQL (pg_dump), data and per-table (split)",
-            started,
-            origin,
-        )))
-    };
-    let (dump_step, (tables, schema, facts_step), globals_step, derived_step) =
-        tokio::try_join!(dump, facts, globals, from_database)?;
-    steps.extend([dump_step, facts_step, globals_step]);
-    // pg_dump has its own copy of the snapshot: release the server's.
-    session
-        .batch_execute("COMMIT")
-        .await
-        .map_err(|e| query_err("end the snapshot transaction", e))?;
-    drop(session);
+    });
+    let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
+        .buffer_unordered(2)
+        .collect()
+        .await;
+    results.into_iter().collect::<Result<Vec<()>, _>>()?;
+    Ok(())
+}
 
-    let derived_from = match plain_from {
-        PlainFrom::Database => {
-            steps.extend(derived_step);
-            format!(
-                "plain and schema-only SQL: pg_dump {snapshot_arg} against the database, beside the custom dump; \
-                 data-only and per-table SQL: split from the plain SQL"
-            )
-        }
-        PlainFrom::Archive => {
-            let started = Instant::now();
-            // The database is read once; the rest comes from the archive, here.
-            let pg_restore = local
-                .tool("pg_restore")
-                .map_err(BackupError::pg("find pg_restore"))?;
-            let runs = derived.iter().map(|(rel, what, args)| {
-                let mut all = args.clone();
-                all.extend([
-                    "-f".to_owned(),
-                    "-".to_owned(),
-                    custom_path.display().to_string(),
-                ]);
-                let run = ToolRun::new(
-                    "pg_restore",
-                    pg_restore.clone(),
-                    format!("writing {what} from {custom_rel}"),
-                )
-                .args(all);
-                let out = dir.join(rel);
-                let done = &done;
-                async move {
-                    run.to_file(&out).await?;
-                    done(rel);
-                    Ok::<_, BackupError>(())
-                }
-            });
-            let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
-                .buffer_unordered(2)
-                .collect()
-                .await;
-            results.into_iter().collect::<Result<Vec<()>, _>>()?;
-            split().await?;
-            steps.push(step(
-                "postgres: plain and schema SQL (pg_restore), data and per-table (split)",
-                started,
-                origin,
-            ));
-            format!(
-                "plain and schema-only SQL: pg_restore of {custom_rel} on this machine (the database was read once, \
-                 by pg_dump {snapshot_arg}); data-only and per-table SQL: split from the plain SQL"
-            )
-        }
-    };
+/// Splits the plain SQL into the data-only, per-table and CSV files in one pass (on a blocking
+/// thread), then hands them to the archive.
+async fn split_derived(
+    out: Output<'_>,
+    files: &SqlFiles,
+    csv: &[CsvTable],
+    sequences: &[SequenceFacts],
+    indexes: &[(String, String, String)],
+) -> Result<(), BackupError> {
+    let (plain, data) = (out.dir.join(&files.plain), out.dir.join(&files.data));
+    let (per_table, csv_tables, sequences, indexes, dir) = (
+        files.per_table.clone(),
+        csv.to_vec(),
+        sequences.to_vec(),
+        indexes.to_vec(),
+        out.dir.to_path_buf(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let outs: Vec<TableOut<'_>> = per_table
+            .iter()
+            .map(|(t, rel)| TableOut {
+                table: t,
+                path: dir.join(rel),
+            })
+            .collect();
+        let csv_outs: Vec<CsvOut<'_>> = csv_tables
+            .iter()
+            .map(|c| CsvOut {
+                table: c,
+                path: dir.join(&c.file),
+            })
+            .collect();
+        split_plain(&plain, &data, &outs, &csv_outs, &sequences, &indexes)
+    })
+    .await
+    .expect("split task does not panic")?;
+    out.done(&files.data);
+    for (_, rel) in &files.per_table {
+        out.done(rel);
+    }
+    for c in csv {
+        out.done(&c.file);
+    }
+    Ok(())
+}
 
+/// The versions of the tools that wrote the backup, for the manifest.
+async fn tool_versions(source: &PgSource, local: &PgTools) -> BTreeMap<String, String> {
     let mut tools = BTreeMap::new();
     tools.insert("pg_dump".to_owned(), source.tool_version("pg_dump").await);
     tools.insert(
@@ -521,30 +735,7 @@ pub(crate) async fn backup_postgres(
             tool_version("pg_restore", &path, "--version").await,
         );
     }
-
-    Ok(PgOutcome {
-        manifest: PgManifest {
-            source: source.describe(),
-            database: db,
-            server_version,
-            server_version_full,
-            snapshot_id,
-            snapshot_at,
-            tables,
-            sequences,
-            schema,
-            custom_dump: custom_rel,
-            plain: plain_rel,
-            schema_only: schema_rel,
-            data_only: data_rel,
-            table_files,
-            csv,
-            globals: globals_rel,
-            derived_from,
-        },
-        steps,
-        tools,
-    })
+    tools
 }
 
 /// Whether a dump entry (its type, schema and the first word of its tag, as in pg_restore's

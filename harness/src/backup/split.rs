@@ -55,16 +55,36 @@ fn parse_header(line: &str) -> Option<Header> {
     Some(Header { kind, schema, tag })
 }
 
-enum Section {
-    Preamble,
-    Entry(Header),
-    Trailer,
-}
-
 struct Outputs {
     data: BufWriter<std::fs::File>,
     tables: Vec<BufWriter<std::fs::File>>,
     csv: Vec<BufWriter<std::fs::File>>,
+}
+
+impl Outputs {
+    /// Creates the data-only file, the table files and the CSV files (each with its header row).
+    fn create(
+        data_only: &Path,
+        tables: &[TableOut<'_>],
+        csv: &[CsvOut<'_>],
+    ) -> Result<Outputs, BackupError> {
+        Ok(Outputs {
+            data: BufWriter::with_capacity(1 << 20, create_private_file(data_only)?),
+            tables: tables
+                .iter()
+                .map(|t| create_private_file(&t.path).map(|f| BufWriter::with_capacity(1 << 20, f)))
+                .collect::<Result<_, _>>()?,
+            csv: csv
+                .iter()
+                .map(|c| {
+                    let mut w = BufWriter::with_capacity(1 << 20, create_private_file(&c.path)?);
+                    w.write_all(&csv_header(&c.table.columns))
+                        .map_err(BackupError::io("write", &c.path))?;
+                    Ok(w)
+                })
+                .collect::<Result<_, BackupError>>()?,
+        })
+    }
 }
 
 /// Splits `plain` (pg_dump plain output) into `data_only`, the table files and the CSV files.
@@ -78,211 +98,276 @@ pub(crate) fn split_plain(
 ) -> Result<(), BackupError> {
     let input = std::fs::File::open(plain).map_err(BackupError::io("open", plain))?;
     let mut input = std::io::BufReader::with_capacity(1 << 20, input);
-    let mut out = Outputs {
-        data: BufWriter::with_capacity(1 << 20, create_private_file(data_only)?),
-        tables: tables
-            .iter()
-            .map(|t| create_private_file(&t.path).map(|f| BufWriter::with_capacity(1 << 20, f)))
-            .collect::<Result<_, _>>()?,
-        csv: csv
-            .iter()
-            .map(|c| {
-                let mut w = BufWriter::with_capacity(1 << 20, create_private_file(&c.path)?);
-                w.write_all(&csv_header(&c.table.columns))
-                    .map_err(BackupError::io("write", &c.path))?;
-                Ok(w)
-            })
-            .collect::<Result<_, BackupError>>()?,
-    };
-    let owned: Vec<Vec<&str>> = tables
-        .iter()
-        .map(|t| {
-            sequences
-                .iter()
-                .filter(|s| {
-                    s.schema == t.table.schema
-                        && s.owned_by
-                            .as_deref()
-                            .is_some_and(|o| o.split('.').next() == Some(t.table.name.as_str()))
-                })
-                .map(|s| s.name.as_str())
-                .collect()
-        })
-        .collect();
-    let own_indexes: Vec<Vec<&str>> = tables
-        .iter()
-        .map(|t| {
-            indexes
-                .iter()
-                .filter(|(s, tb, _)| *s == t.table.schema && *tb == t.table.name)
-                .map(|(_, _, i)| i.as_str())
-                .collect()
-        })
-        .collect();
-
-    let err = |e: std::io::Error| BackupError::Io {
-        action: "split",
-        path: plain.to_path_buf(),
-        source: e,
-    };
-    let mut section = Section::Preamble;
-    // Which outputs the current section goes to: data-only, and each table.
-    let mut to_data = true;
-    let mut to_table: Vec<bool> = vec![true; tables.len()];
-    let mut is_table_data = false;
-    let mut copy_target: Option<String> = None;
-    let mut in_copy = false;
-    // The CSV file the current COPY's rows also go to.
-    let mut copy_csv: Option<usize> = None;
-    let mut csv_line = Vec::new();
-    let mut held_dash = false;
+    let mut splitter = Splitter::new(plain, data_only, tables, csv, sequences, indexes)?;
     let mut line = Vec::new();
-
-    let write = |out: &mut Outputs,
-                 to_data: bool,
-                 to_table: &[bool],
-                 bytes: &[u8]|
-     -> std::io::Result<()> {
-        if to_data {
-            out.data.write_all(bytes)?;
-        }
-        for (w, on) in out.tables.iter_mut().zip(to_table) {
-            if *on {
-                w.write_all(bytes)?;
-            }
-        }
-        Ok(())
-    };
-    let close_data_section =
-        |out: &mut Outputs, is_table_data: bool, target: &Option<String>| -> std::io::Result<()> {
-            if let (true, Some(q)) = (is_table_data, target) {
-                out.data
-                    .write_all(format!("ALTER TABLE {q} ENABLE TRIGGER ALL;\n\n").as_bytes())?;
-            }
-            Ok(())
-        };
-
     loop {
         line.clear();
-        let n = input.read_until(b'\n', &mut line).map_err(err)?;
+        let n = input
+            .read_until(b'\n', &mut line)
+            .map_err(|e| split_error(plain, e))?;
         if n == 0 {
             break;
         }
-        if in_copy {
-            write(&mut out, to_data, &to_table, &line).map_err(err)?;
-            if line == b"\\.\n" || line == b"\\." {
-                in_copy = false;
-                copy_csv = None;
-            } else if let Some(i) = copy_csv {
-                csv_line.clear();
-                text_to_csv(&line, &mut csv_line);
-                out.csv[i]
-                    .write_all(&csv_line)
-                    .map_err(BackupError::io("write", &csv[i].path))?;
-            }
-            continue;
+        splitter.line(&line)?;
+    }
+    splitter.finish(data_only)
+}
+
+/// A failure reading the plain SQL or writing what is split from it.
+fn split_error(plain: &Path, source: std::io::Error) -> BackupError {
+    BackupError::Io {
+        action: "split",
+        path: plain.to_path_buf(),
+        source,
+    }
+}
+
+/// The split in progress: the open outputs, which of them the current section goes to, and
+/// where in a `COPY` the pass is.
+struct Splitter<'a> {
+    plain: &'a Path,
+    tables: &'a [TableOut<'a>],
+    csv: &'a [CsvOut<'a>],
+    /// Per table: the sequences it owns and its indexes (they go to its file).
+    owned: Vec<Vec<&'a str>>,
+    own_indexes: Vec<Vec<&'a str>>,
+    out: Outputs,
+    /// Whether the current section goes to the data-only file, and to each table's file.
+    to_data: bool,
+    to_table: Vec<bool>,
+    is_table_data: bool,
+    /// The table the current section's `COPY` loads, for its closing `ENABLE TRIGGER ALL`.
+    copy_target: Option<String>,
+    in_copy: bool,
+    /// The CSV file the current COPY's rows also go to.
+    copy_csv: Option<usize>,
+    csv_line: Vec<u8>,
+    /// A `--` line held back until the next line tells whether it opens a section header.
+    held_dash: bool,
+}
+
+impl<'a> Splitter<'a> {
+    /// Opens the outputs; before the first header, everything goes to every output.
+    fn new(
+        plain: &'a Path,
+        data_only: &Path,
+        tables: &'a [TableOut<'a>],
+        csv: &'a [CsvOut<'a>],
+        sequences: &'a [SequenceFacts],
+        indexes: &'a [(String, String, String)],
+    ) -> Result<Self, BackupError> {
+        let out = Outputs::create(data_only, tables, csv)?;
+        let owned = tables
+            .iter()
+            .map(|t| {
+                sequences
+                    .iter()
+                    .filter(|s| {
+                        s.schema == t.table.schema
+                            && s.owned_by
+                                .as_deref()
+                                .is_some_and(|o| o.split('.').next() == Some(t.table.name.as_str()))
+                    })
+                    .map(|s| s.name.as_str())
+                    .collect()
+            })
+            .collect();
+        let own_indexes = tables
+            .iter()
+            .map(|t| {
+                indexes
+                    .iter()
+                    .filter(|(s, tb, _)| *s == t.table.schema && *tb == t.table.name)
+                    .map(|(_, _, i)| i.as_str())
+                    .collect()
+            })
+            .collect();
+        Ok(Splitter {
+            plain,
+            tables,
+            csv,
+            owned,
+            own_indexes,
+            out,
+            to_data: true,
+            to_table: vec![true; tables.len()],
+            is_table_data: false,
+            copy_target: None,
+            in_copy: false,
+            copy_csv: None,
+            csv_line: Vec::new(),
+            held_dash: false,
+        })
+    }
+
+    /// Routes one line of the dump.
+    fn line(&mut self, line: &[u8]) -> Result<(), BackupError> {
+        if self.in_copy {
+            return self.copy_line(line);
         }
-        let text = String::from_utf8_lossy(&line);
+        let text = String::from_utf8_lossy(line);
         let trimmed = text.trim_end_matches('\n');
-        if held_dash {
-            held_dash = false;
+        if self.held_dash {
+            self.held_dash = false;
             let header = parse_header(trimmed);
             let trailer = trimmed == "-- PostgreSQL database dump complete";
             if header.is_some() || trailer {
-                close_data_section(&mut out, is_table_data, &copy_target).map_err(err)?;
-                copy_target = None;
-                section = match header {
-                    Some(h) => Section::Entry(h),
-                    None => Section::Trailer,
-                };
-                match &section {
-                    Section::Entry(h) => {
-                        is_table_data = h.kind == "TABLE DATA";
-                        to_data = is_table_data || h.kind == "SEQUENCE SET";
-                        let first = h.tag.split(' ').next().unwrap_or("");
-                        for (i, t) in tables.iter().enumerate() {
-                            to_table[i] = entry_belongs(
-                                &h.kind,
-                                &h.schema,
-                                first,
-                                t.table,
-                                &owned[i],
-                                &own_indexes[i],
-                            );
-                        }
-                    }
-                    Section::Trailer | Section::Preamble => {
-                        is_table_data = false;
-                        to_data = true;
-                        to_table.iter_mut().for_each(|b| *b = true);
-                    }
-                }
-                write(&mut out, to_data, &to_table, b"--\n").map_err(err)?;
-                write(&mut out, to_data, &to_table, &line).map_err(err)?;
-                continue;
+                self.enter(header.as_ref())?;
+                self.write(b"--\n")?;
+                return self.write(line);
             }
-            write(&mut out, to_data, &to_table, b"--\n").map_err(err)?;
+            self.write(b"--\n")?;
         }
         if trimmed == "--" {
-            held_dash = true;
-            continue;
+            self.held_dash = true;
+            return Ok(());
         }
         if let Some(rest) = trimmed.strip_prefix("COPY ")
             && trimmed.ends_with(" FROM stdin;")
         {
-            let name = rest
-                .split(" (")
-                .next()
-                .unwrap_or(rest)
-                .trim_end_matches(" FROM stdin;")
-                .to_owned();
-            if is_table_data && to_data {
-                out.data
-                    .write_all(format!("ALTER TABLE {name} DISABLE TRIGGER ALL;\n\n").as_bytes())
-                    .map_err(err)?;
-            }
-            copy_target = Some(name);
-            in_copy = true;
-            if is_table_data && let Some((schema, table, columns)) = parse_copy(rest) {
-                copy_csv = csv
-                    .iter()
-                    .position(|c| c.table.schema == schema && c.table.name == table);
-                if let Some(i) = copy_csv
-                    && csv[i].table.columns != columns
-                {
-                    return Err(BackupError::Io {
-                        action: "split",
-                        path: plain.to_path_buf(),
-                        source: std::io::Error::new(
-                            std::io::ErrorKind::InvalidData,
-                            format!(
-                                "the dump copies {schema}.{table} as ({}), the catalog read in \
-                                 the same snapshot has ({})",
-                                columns.join(", "),
-                                csv[i].table.columns.join(", ")
-                            ),
-                        ),
-                    });
+            self.start_copy(rest)?;
+        }
+        self.write(line)
+    }
+
+    /// A new section, `None` for the closing block: ends the current one and chooses the
+    /// outputs of the next.
+    fn enter(&mut self, header: Option<&Header>) -> Result<(), BackupError> {
+        self.close_data_section()?;
+        self.copy_target = None;
+        match header {
+            Some(h) => {
+                self.is_table_data = h.kind == "TABLE DATA";
+                self.to_data = self.is_table_data || h.kind == "SEQUENCE SET";
+                let first = h.tag.split(' ').next().unwrap_or("");
+                for (i, t) in self.tables.iter().enumerate() {
+                    self.to_table[i] = entry_belongs(
+                        &h.kind,
+                        &h.schema,
+                        first,
+                        t.table,
+                        &self.owned[i],
+                        &self.own_indexes[i],
+                    );
                 }
             }
+            None => {
+                self.is_table_data = false;
+                self.to_data = true;
+                self.to_table.iter_mut().for_each(|b| *b = true);
+            }
         }
-        write(&mut out, to_data, &to_table, &line).map_err(err)?;
+        Ok(())
     }
-    if held_dash {
-        write(&mut out, to_data, &to_table, b"--\n").map_err(err)?;
+
+    /// A `COPY ... FROM stdin;` line (`rest` follows `COPY `): the data-only file disables the
+    /// table's triggers, and the rows that follow also go to the table's CSV file, whose
+    /// columns must be the dump's.
+    fn start_copy(&mut self, rest: &str) -> Result<(), BackupError> {
+        let name = rest
+            .split(" (")
+            .next()
+            .unwrap_or(rest)
+            .trim_end_matches(" FROM stdin;")
+            .to_owned();
+        if self.is_table_data && self.to_data {
+            self.out
+                .data
+                .write_all(format!("ALTER TABLE {name} DISABLE TRIGGER ALL;\n\n").as_bytes())
+                .map_err(|e| split_error(self.plain, e))?;
+        }
+        self.copy_target = Some(name);
+        self.in_copy = true;
+        if self.is_table_data
+            && let Some((schema, table, columns)) = parse_copy(rest)
+        {
+            self.copy_csv = self
+                .csv
+                .iter()
+                .position(|c| c.table.schema == schema && c.table.name == table);
+            if let Some(i) = self.copy_csv
+                && self.csv[i].table.columns != columns
+            {
+                return Err(split_error(
+                    self.plain,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the dump copies {schema}.{table} as ({}), the catalog read in \
+                             the same snapshot has ({})",
+                            columns.join(", "),
+                            self.csv[i].table.columns.join(", ")
+                        ),
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
-    close_data_section(&mut out, is_table_data, &copy_target).map_err(err)?;
-    let _ = section;
-    out.data
-        .flush()
-        .map_err(BackupError::io("write", data_only))?;
-    for (w, t) in out.tables.iter_mut().zip(tables) {
-        w.flush().map_err(BackupError::io("write", &t.path))?;
+
+    /// A line of `COPY` data: to the section's outputs and, converted, to the table's CSV file.
+    fn copy_line(&mut self, line: &[u8]) -> Result<(), BackupError> {
+        self.write(line)?;
+        if line == b"\\.\n" || line == b"\\." {
+            self.in_copy = false;
+            self.copy_csv = None;
+        } else if let Some(i) = self.copy_csv {
+            self.csv_line.clear();
+            text_to_csv(line, &mut self.csv_line);
+            self.out.csv[i]
+                .write_all(&self.csv_line)
+                .map_err(BackupError::io("write", &self.csv[i].path))?;
+        }
+        Ok(())
     }
-    for (w, c) in out.csv.iter_mut().zip(csv) {
-        w.flush().map_err(BackupError::io("write", &c.path))?;
+
+    /// Writes `bytes` to the outputs the current section goes to.
+    fn write(&mut self, bytes: &[u8]) -> Result<(), BackupError> {
+        let plain = self.plain;
+        if self.to_data {
+            self.out
+                .data
+                .write_all(bytes)
+                .map_err(|e| split_error(plain, e))?;
+        }
+        for (w, on) in self.out.tables.iter_mut().zip(&self.to_table) {
+            if *on {
+                w.write_all(bytes).map_err(|e| split_error(plain, e))?;
+            }
+        }
+        Ok(())
     }
-    Ok(())
+
+    /// After a `TABLE DATA` section with a `COPY`, the data-only file enables the table's
+    /// triggers again.
+    fn close_data_section(&mut self) -> Result<(), BackupError> {
+        if let (true, Some(q)) = (self.is_table_data, &self.copy_target) {
+            self.out
+                .data
+                .write_all(format!("ALTER TABLE {q} ENABLE TRIGGER ALL;\n\n").as_bytes())
+                .map_err(|e| split_error(self.plain, e))?;
+        }
+        Ok(())
+    }
+
+    /// Ends the last section and flushes every output.
+    fn finish(mut self, data_only: &Path) -> Result<(), BackupError> {
+        if self.held_dash {
+            self.write(b"--\n")?;
+        }
+        self.close_data_section()?;
+        self.out
+            .data
+            .flush()
+            .map_err(BackupError::io("write", data_only))?;
+        for (w, t) in self.out.tables.iter_mut().zip(self.tables) {
+            w.flush().map_err(BackupError::io("write", &t.path))?;
+        }
+        for (w, c) in self.out.csv.iter_mut().zip(self.csv) {
+            w.flush().map_err(BackupError::io("write", &c.path))?;
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -283,6 +283,25 @@ pub fn render_rebuild_record(report: &Report) -> String {
             super::Outcome::CouldNotRun => "COULD NOT RUN",
         }
     );
+    write_summary(&mut out, &report);
+    write_backup_details(&mut out, &report);
+    write_data_verification(&mut out, &report);
+    let _ = writeln!(out, "\n### Issues");
+    if report.rollback_reasons.is_empty() {
+        let _ = writeln!(out, "- None");
+    } else {
+        for reason in &report.rollback_reasons {
+            let _ = writeln!(out, "- {reason}");
+        }
+    }
+    let checklist = checklist(&report);
+    write_next_steps(&mut out, &checklist);
+    write_checklist(&mut out, &checklist);
+    out
+}
+
+/// `### Summary`: whether the cluster was rebuilt and every table restored, RTO and RPO.
+fn write_summary(out: &mut String, report: &Report) {
     let _ = writeln!(out, "### Summary");
     let rebuilt = report
         .phases
@@ -322,6 +341,10 @@ pub fn render_rebuild_record(report: &Report) -> String {
         let clock = report.rpo_clock.as_deref().unwrap_or("unknown clock");
         let _ = writeln!(out, "- RPO {rpo} ms ({clock})");
     }
+}
+
+/// `### Backup Details`: name, date, database, tables, size and the manifest's SHA-256.
+fn write_backup_details(out: &mut String, report: &Report) {
     let _ = writeln!(out, "\n### Backup Details");
     match &report.backup {
         Some(b) => {
@@ -346,36 +369,36 @@ pub fn render_rebuild_record(report: &Report) -> String {
             let _ = writeln!(out, "- no backup was recorded");
         }
     }
+}
+
+/// `### Data Verification`: each table's rows before and after and whether its digest is
+/// equal.
+fn write_data_verification(out: &mut String, report: &Report) {
     let _ = writeln!(out, "\n### Data Verification");
     if report.tables.is_empty() {
         let _ = writeln!(out, "- no table was compared");
-    } else {
-        let _ = writeln!(out, "| table | rows before | rows after | digest equal |");
-        let _ = writeln!(out, "|---|---:|---:|---|");
-        for t in &report.tables {
-            let after = t
-                .rows_after
-                .map_or_else(|| "not observed".to_owned(), |n| n.to_string());
-            let _ = writeln!(
-                out,
-                "| {} | {} | {} | {} |",
-                t.name,
-                t.rows_before,
-                after,
-                if t.digest_equal() { "yes" } else { "no" }
-            );
-        }
+        return;
     }
-    let _ = writeln!(out, "\n### Issues");
-    if report.rollback_reasons.is_empty() {
-        let _ = writeln!(out, "- None");
-    } else {
-        for reason in &report.rollback_reasons {
-            let _ = writeln!(out, "- {reason}");
-        }
+    let _ = writeln!(out, "| table | rows before | rows after | digest equal |");
+    let _ = writeln!(out, "|---|---:|---:|---|");
+    for t in &report.tables {
+        let after = t
+            .rows_after
+            .map_or_else(|| "not observed".to_owned(), |n| n.to_string());
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} | {} |",
+            t.name,
+            t.rows_before,
+            after,
+            if t.digest_equal() { "yes" } else { "no" }
+        );
     }
+}
+
+/// `### Next Steps`: every checklist item the run did not prove, with why.
+fn write_next_steps(out: &mut String, checklist: &[ChecklistItem]) {
     let _ = writeln!(out, "\n### Next Steps");
-    let checklist = checklist(&report);
     let open: Vec<&ChecklistItem> = checklist.iter().filter(|i| !i.proved).collect();
     if open.is_empty() {
         let _ = writeln!(out, "- None: every checklist item was proved");
@@ -383,9 +406,14 @@ pub fn render_rebuild_record(report: &Report) -> String {
     for item in open {
         let _ = writeln!(out, "- {} ({})", item.item, item.evidence);
     }
+}
+
+/// `## Cluster Rebuild Checklist`: the runbook's checklist by section, ticked where proved,
+/// each with its evidence.
+fn write_checklist(out: &mut String, checklist: &[ChecklistItem]) {
     let _ = writeln!(out, "\n## Cluster Rebuild Checklist");
     let mut section = "";
-    for item in &checklist {
+    for item in checklist {
         if item.section != section {
             section = item.section;
             let _ = writeln!(out, "\n### {section}");
@@ -398,7 +426,6 @@ pub fn render_rebuild_record(report: &Report) -> String {
             item.evidence
         );
     }
-    out
 }
 
 impl BackupEvidence {

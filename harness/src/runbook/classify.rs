@@ -29,6 +29,10 @@ const BUILTINS: &[&str] = &[
 /// The simple commands of `text` as words (quotes removed, variables left as written), with
 /// heredoc bodies, redirections and their targets, and comments left out. Quotes and
 /// command substitutions may span lines; a command substitution's commands are commands too.
+///
+/// Long by design: a lexer, one loop over the characters whose match arms are the shell's
+/// quoting, substitution and operator rules; split up, the state it shares would have to be
+/// passed around between the pieces.
 pub(crate) fn simple_commands(text: &str) -> Vec<Vec<String>> {
     let chars: Vec<char> = text.chars().collect();
     let mut t = Tokens::default();

@@ -167,6 +167,9 @@ impl Lexer {
     }
 
     /// Reads one line (without its newline).
+    ///
+    /// Long by design: a lexer, one loop over the line's characters with a match on the open
+    /// quote or substitution, which are the shell's rules in the order bash applies them.
     fn line(&mut self, line: &str) {
         if let Some((word, strip)) = &self.heredoc {
             let body = if *strip {

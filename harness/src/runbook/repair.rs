@@ -101,37 +101,54 @@ fn drop_option(text: &str, option: &str) -> Option<String> {
     dropped.then(|| out.join("\n"))
 }
 
-/// Candidates for a command that failed with `stderr`.
+/// Candidates for a command that failed with `stderr`, one strategy after another.
 pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Candidate> {
     let mut out = Vec::new();
-    let last_words = |s: &str| {
-        s.lines()
-            .rfind(|l| !l.trim().is_empty())
-            .unwrap_or("")
-            .trim()
-            .to_owned()
-    };
-    // 1. An option the tool names as unknown.
+    out.extend(drop_unknown_options(text, stderr));
+    out.extend(drop_missing_resource_types(text, stderr));
+    out.extend(drop_tty(text, stderr));
+    out.extend(add_namespace(text, stderr, ctx));
+    out.extend(answer_prompt(text, stderr, ctx));
+    out.extend(split_transaction(text, stderr));
+    out.extend(connect_to_postgres(text, stderr));
+    out.extend(run_in_earlier_dir(text, stderr, ctx));
+    out
+}
+
+/// The last non-empty line of `s`, trimmed: what a strategy quotes of the tool's error.
+fn last_words(s: &str) -> String {
+    s.lines()
+        .rfind(|l| !l.trim().is_empty())
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+/// Strategy 1: an option the tool names as unknown: dropped.
+fn drop_unknown_options(text: &str, stderr: &str) -> Option<Candidate> {
     let unknown = unknown_options(stderr);
-    if !unknown.is_empty() {
-        let mut fixed = text.to_owned();
-        for o in &unknown {
-            if let Some(f) = drop_option(&fixed, o) {
-                fixed = f;
-            }
-        }
-        if fixed != text {
-            out.push(Candidate {
-                command: fixed,
-                strategy: format!(
-                    "drop the option(s) the tool does not know ({}): {}",
-                    unknown.join(", "),
-                    last_words(stderr)
-                ),
-            });
+    if unknown.is_empty() {
+        return None;
+    }
+    let mut fixed = text.to_owned();
+    for o in &unknown {
+        if let Some(f) = drop_option(&fixed, o) {
+            fixed = f;
         }
     }
-    // 2. A resource type the server does not have, in a comma list of kubectl get.
+    (fixed != text).then(|| Candidate {
+        command: fixed,
+        strategy: format!(
+            "drop the option(s) the tool does not know ({}): {}",
+            unknown.join(", "),
+            last_words(stderr)
+        ),
+    })
+}
+
+/// Strategy 2: a resource type the server does not have, in a comma list of kubectl get: dropped.
+fn drop_missing_resource_types(text: &str, stderr: &str) -> Vec<Candidate> {
+    let mut out = Vec::new();
     for line in stderr.lines() {
         if let Some(kind) = quoted_after(line, "doesn't have a resource type \"", &['"']) {
             let fixed = text
@@ -146,84 +163,100 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
             }
         }
     }
-    // 3. No terminal for `-t`.
-    if stderr.contains("not a TTY") || stderr.contains("Unable to use a TTY") {
-        let fixed = text
-            .replace(" -it ", " -i ")
-            .replace(" -ti ", " -i ")
-            .replace(" -t ", " ");
-        if fixed != text {
-            out.push(Candidate {
-                command: fixed,
-                strategy: format!("drop -t: there is no terminal ({})", last_words(stderr)),
-            });
-        }
+    out
+}
+
+/// Strategy 3: no terminal for `-t`: dropped.
+fn drop_tty(text: &str, stderr: &str) -> Option<Candidate> {
+    if !(stderr.contains("not a TTY") || stderr.contains("Unable to use a TTY")) {
+        return None;
     }
-    // 4. kubectl found nothing and named no namespace.
-    if let Some(ns) = ctx.namespace
-        && text.starts_with("kubectl ")
+    let fixed = text
+        .replace(" -it ", " -i ")
+        .replace(" -ti ", " -i ")
+        .replace(" -t ", " ");
+    (fixed != text).then(|| Candidate {
+        command: fixed,
+        strategy: format!("drop -t: there is no terminal ({})", last_words(stderr)),
+    })
+}
+
+/// Strategy 4: kubectl found nothing and named no namespace: the document's namespace added.
+fn add_namespace(text: &str, stderr: &str, ctx: &Context<'_>) -> Option<Candidate> {
+    let ns = ctx.namespace?;
+    let applies = text.starts_with("kubectl ")
         && !text.contains(" -n ")
         && !text.contains("--namespace")
         && !text.contains(" -A")
-        && (stderr.contains("NotFound") || stderr.contains("not found"))
-    {
-        out.push(Candidate {
-            command: text.replacen("kubectl ", "kubectl -n $NAMESPACE ", 1),
-            strategy: format!(
-                "add the document's namespace ($NAMESPACE is {ns}): kubectl looked in the \
-                 default one ({})",
-                last_words(stderr)
-            ),
-        });
+        && (stderr.contains("NotFound") || stderr.contains("not found"));
+    applies.then(|| Candidate {
+        command: text.replacen("kubectl ", "kubectl -n $NAMESPACE ", 1),
+        strategy: format!(
+            "add the document's namespace ($NAMESPACE is {ns}): kubectl looked in the \
+             default one ({})",
+            last_words(stderr)
+        ),
+    })
+}
+
+/// Strategy 5: the tool asked for an answer at a terminal: its own option for answering yes, from
+/// its help.
+fn answer_prompt(text: &str, stderr: &str, ctx: &Context<'_>) -> Option<Candidate> {
+    if !asked_for_answer(stderr) {
+        return None;
     }
-    // 5. The tool asked for an answer at a terminal: its own option for answering yes.
-    if asked_for_answer(stderr)
-        && let Some(help) = ctx.help
-        && let Some(option) = help
-            .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
-            .find(|w| {
-                w.starts_with('-')
-                    && (w.contains("approve") || *w == "--yes" || *w == "--assume-yes")
-            })
-    {
-        out.push(Candidate {
-            command: format!("{} {option}", text.trim_end()),
-            strategy: format!(
-                "answer the tool's prompt with its own option `{option}` (from its help): {}",
-                last_words(stderr)
-            ),
-        });
+    let option = ctx
+        .help?
+        .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == ']')
+        .find(|w| {
+            w.starts_with('-') && (w.contains("approve") || *w == "--yes" || *w == "--assume-yes")
+        })?;
+    Some(Candidate {
+        command: format!("{} {option}", text.trim_end()),
+        strategy: format!(
+            "answer the tool's prompt with its own option `{option}` (from its help): {}",
+            last_words(stderr)
+        ),
+    })
+}
+
+/// Strategy 6: PostgreSQL: statements that cannot share a transaction, given as one `-c` string
+/// (psql runs a multi-statement `-c` as one transaction), each get their own `-c`.
+fn split_transaction(text: &str, stderr: &str) -> Option<Candidate> {
+    if !stderr.contains("cannot run inside a transaction block") {
+        return None;
     }
-    // 6. PostgreSQL: statements that cannot share a transaction, given as one `-c` string
-    // (psql runs a multi-statement `-c` as one transaction), each get their own `-c`.
-    if stderr.contains("cannot run inside a transaction block")
-        && let Some(fixed) = split_psql_c(text)
-    {
-        out.push(Candidate {
-            command: fixed,
-            strategy: format!(
-                "give each statement its own -c (psql runs one -c string as one transaction): {}",
-                last_words(stderr)
-            ),
-        });
+    Some(Candidate {
+        command: split_psql_c(text)?,
+        strategy: format!(
+            "give each statement its own -c (psql runs one -c string as one transaction): {}",
+            last_words(stderr)
+        ),
+    })
+}
+
+/// Strategy 7: PostgreSQL: the database to drop is the one connected to; connect to `postgres`.
+fn connect_to_postgres(text: &str, stderr: &str) -> Option<Candidate> {
+    if !stderr.contains("cannot drop the currently open database") {
+        return None;
     }
-    // 7. PostgreSQL: the database to drop is the one connected to; connect to `postgres`.
-    if stderr.contains("cannot drop the currently open database")
-        && let Some(db) = text
-            .split_whitespace()
-            .skip_while(|w| *w != "-d")
-            .nth(1)
-            .filter(|db| *db != "postgres")
-    {
-        out.push(Candidate {
-            command: text.replacen(&format!("-d {db}"), "-d postgres", 1),
-            strategy: format!(
-                "connect to the maintenance database `postgres` instead: {}",
-                last_words(stderr)
-            ),
-        });
-    }
-    // 8. A relative path that does not exist here but did in an earlier directory.
+    let db = text
+        .split_whitespace()
+        .skip_while(|w| *w != "-d")
+        .nth(1)
+        .filter(|db| *db != "postgres")?;
+    Some(Candidate {
+        command: text.replacen(&format!("-d {db}"), "-d postgres", 1),
+        strategy: format!(
+            "connect to the maintenance database `postgres` instead: {}",
+            last_words(stderr)
+        ),
+    })
+}
+
+/// Strategy 8: a relative path that does not exist here but did in an earlier directory: the
+/// command run there (for the first such path).
+fn run_in_earlier_dir(text: &str, stderr: &str, ctx: &Context<'_>) -> Option<Candidate> {
     for line in stderr.lines() {
         // bash's and most tools' "PATH: No such file or directory"; kubectl's "the path
         // "PATH" does not exist".
@@ -258,17 +291,16 @@ pub(crate) fn candidates(text: &str, stderr: &str, ctx: &Context<'_>) -> Vec<Can
                 Ok(rest) => format!("~/{}", super::shell::quote(&rest.display().to_string())),
                 Err(_) => super::shell::quote(&dir.display().to_string()),
             };
-            out.push(Candidate {
+            return Some(Candidate {
                 command: format!("cd {target} && {text}"),
                 strategy: format!(
                     "run it where `{}` exists (an earlier section's working directory): {line}",
                     parent.display()
                 ),
             });
-            break;
         }
     }
-    out
+    None
 }
 
 /// `text` with its `-c "S1; S2;"` split into `-c "S1;" -c "S2;"`, when it holds two or more

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{FindingKind, Gate, Verdict};
+use super::{Finding, FindingKind, Gate, Verdict};
 pub use crate::facts::{EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation};
 
 /// The limits beyond which a restore is rolled back. [`Default`] is the runbook's limits with
@@ -223,266 +223,17 @@ fn fmt_duration(d: Duration) -> String {
 
 /// Applies the rollback criteria. Pure: the caller observes, this only judges.
 pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decision {
-    let mut reasons: Vec<RollbackReason> = Vec::new();
-    let mut not_assessed = Vec::new();
-
-    // Data criteria from the gates.
-    let data_gates = [Gate::RowCounts, Gate::Digests];
-    if !inputs.verdicts.iter().any(|v| data_gates.contains(&v.gate)) {
-        not_assessed.push(Criterion::DataMismatch);
-    }
-    if !inputs
-        .verdicts
-        .iter()
-        .any(|v| v.gate == Gate::ReferentialIntegrity)
-    {
-        not_assessed.push(Criterion::BrokenForeignKeys);
-    }
-    for verdict in inputs.verdicts.iter().filter(|v| !v.passed) {
-        let before = reasons.len();
-        let mut reason = |criterion, observed: String, limit: String| {
-            reasons.push(RollbackReason {
-                criterion,
-                gate: Some(verdict.gate),
-                observed,
-                limit,
-            })
-        };
-        for finding in &verdict.findings {
-            let shown = finding.to_string();
-            match verdict.gate {
-                Gate::RowCounts if finding.kind == FindingKind::Missing => {
-                    reason(
-                        Criterion::MissingTable,
-                        shown,
-                        "every backed-up table exists".into(),
-                    );
-                }
-                Gate::RowCounts if finding.kind == FindingKind::Mismatch => {
-                    let parse =
-                        |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<f64>().ok());
-                    let relative = match (parse(&finding.expected), parse(&finding.actual)) {
-                        (Some(want), Some(got)) if want > 0.0 => (got - want).abs() / want,
-                        (Some(want), Some(got)) if want == got => 0.0,
-                        _ => f64::INFINITY,
-                    };
-                    if relative > thresholds.max_count_difference {
-                        reason(
-                            Criterion::DataMismatch,
-                            format!("{shown}; {:.2} % difference", relative * 100.0),
-                            format!(
-                                "at most {:.2} % difference",
-                                thresholds.max_count_difference * 100.0
-                            ),
-                        );
-                    }
-                }
-                Gate::RowCounts | Gate::Digests => {
-                    reason(
-                        Criterion::DataMismatch,
-                        format!("{}: {shown}", verdict.gate),
-                        "equal to the backup".into(),
-                    );
-                }
-                Gate::ReferentialIntegrity => {
-                    reason(
-                        Criterion::BrokenForeignKeys,
-                        shown,
-                        "no orphan rows, no corruption".into(),
-                    );
-                }
-                gate => reason(
-                    Criterion::GateFailed,
-                    format!("{gate}: {shown}"),
-                    format!("gate {gate} passes"),
-                ),
-            }
-        }
-        // A failed gate always yields a reason, also when it has no finding or when every
-        // finding is within a tolerance: a failed gate never leaves the decision silent.
-        if reasons.len() == before {
-            let observed = if verdict.findings.is_empty() {
-                format!("gate {} failed without a finding", verdict.gate)
-            } else {
-                let shown: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
-                format!(
-                    "gate {} failed (within the tolerance of the rollback criteria): {}",
-                    verdict.gate,
-                    shown.join("; ")
-                )
-            };
-            reasons.push(RollbackReason {
-                criterion: Criterion::GateFailed,
-                gate: Some(verdict.gate),
-                observed,
-                limit: format!("gate {} passes", verdict.gate),
-            });
-        }
-    }
-    let mut reason = |criterion, observed: String, limit: String| {
-        reasons.push(RollbackReason {
-            criterion,
-            gate: None,
-            observed,
-            limit,
-        })
-    };
-
-    match inputs.health {
-        Some(h) if h.attempts > 0 => {
-            let rate = f64::from(h.failures) / f64::from(h.attempts);
-            if rate > thresholds.max_health_failure_rate {
-                reason(
-                    Criterion::HealthCheckFailures,
-                    format!(
-                        "{} of {} health checks failed ({:.1} %)",
-                        h.failures,
-                        h.attempts,
-                        rate * 100.0
-                    ),
-                    format!(
-                        "at most {:.1} %",
-                        thresholds.max_health_failure_rate * 100.0
-                    ),
-                );
-            }
-        }
-        _ => not_assessed.push(Criterion::HealthCheckFailures),
-    }
-
-    // The response time is the slowest of the health probes and the load gate's requests:
-    // the load gate is where a slow endpoint shows.
-    let load_max = inputs
-        .load
-        .as_ref()
-        .filter(|l| l.requests > 0)
-        .map(|l| (l.max_response_time, l.slowest.as_ref()));
-    let slowest = match (inputs.max_response_time, load_max) {
-        (Some(h), Some((l, endpoint))) if l > h => Some((l, "load gate", endpoint)),
-        (Some(h), _) => Some((h, "health probes", None)),
-        (None, Some((l, endpoint))) => Some((l, "load gate", endpoint)),
-        (None, None) => None,
-    };
-    match slowest {
-        Some((t, source, endpoint)) if t > thresholds.max_response_time => reason(
-            Criterion::ResponseTime,
-            format!(
-                "slowest response ({source}) took {}{}",
-                fmt_duration(t),
-                endpoint
-                    .map(|e| format!("; slowest endpoint {e}"))
-                    .unwrap_or_default()
-            ),
-            format!("at most {}", fmt_duration(thresholds.max_response_time)),
-        ),
-        Some(_) => {}
-        None => not_assessed.push(Criterion::ResponseTime),
-    }
-
-    match &inputs.load {
-        Some(load) if load.requests == 0 => reason(
-            Criterion::LoadThresholds,
-            "the load gate made no request".into(),
-            "every load threshold holds".into(),
-        ),
-        Some(load) => {
-            for breach in &load.breaches {
-                let observed = breach
-                    .observed
-                    .map_or("no request of its scope".to_owned(), |v| format!("{v:.3}"));
-                let slowest = load
-                    .slowest
-                    .as_ref()
-                    .map(|e| format!("; slowest endpoint {e}"))
-                    .unwrap_or_default();
-                reason(
-                    Criterion::LoadThresholds,
-                    format!("threshold {} observed {observed}{slowest}", breach.rule),
-                    breach.rule.clone(),
-                );
-            }
-        }
-        None => not_assessed.push(Criterion::LoadThresholds),
-    }
-
-    match &inputs.pods {
-        Some(pods) => {
-            for pod in pods
-                .iter()
-                .filter(|p| p.restarts >= thresholds.max_pod_restarts)
-            {
-                let state = pod
-                    .waiting_reason
-                    .as_deref()
-                    .map(|r| format!(", {r}"))
-                    .unwrap_or_default();
-                reason(
-                    Criterion::PodRestarts,
-                    format!("pod {} restarted {} times{state}", pod.name, pod.restarts),
-                    format!("fewer than {} restarts", thresholds.max_pod_restarts),
-                );
-            }
-            let not_ready: Vec<&str> = pods
-                .iter()
-                .filter(|p| !p.ready)
-                .map(|p| p.name.as_str())
-                .collect();
-            if !not_ready.is_empty() {
-                let waited = inputs
-                    .pods_ready_wait
-                    .map(|d| format!(" after {}", fmt_duration(d)))
-                    .unwrap_or_default();
-                reason(
-                    Criterion::PodsNotReady,
-                    format!("pods not Ready{waited}: {}", not_ready.join(", ")),
-                    format!(
-                        "every pod Ready within {}",
-                        fmt_duration(thresholds.max_pods_ready)
-                    ),
-                );
-            }
-        }
-        None => not_assessed.push(Criterion::PodRestarts),
-    }
-
-    let mut timed =
-        |criterion, observed: Option<Duration>, limit: Duration, what: &str| match observed {
-            Some(d) if d > limit => reason(
-                criterion,
-                format!("{what} took {}", fmt_duration(d)),
-                format!("at most {}", fmt_duration(limit)),
-            ),
-            Some(_) => {}
-            None => not_assessed.push(criterion),
-        };
-    timed(
-        Criterion::DbRestoreDuration,
-        inputs.db_restore,
-        thresholds.max_db_restore,
-        "database restore",
-    );
-    timed(
-        Criterion::TotalDuration,
-        inputs.total,
-        thresholds.max_total,
-        "whole procedure",
-    );
-    let already_not_ready = reasons
-        .iter()
-        .any(|r| r.criterion == Criterion::PodsNotReady);
-    match inputs.pods_ready_wait {
-        Some(d) if d > thresholds.max_pods_ready && !already_not_ready => {
-            reasons.push(RollbackReason {
-                criterion: Criterion::PodsNotReady,
-                gate: None,
-                observed: format!("pods became Ready only after {}", fmt_duration(d)),
-                limit: format!("at most {}", fmt_duration(thresholds.max_pods_ready)),
-            })
-        }
-        Some(_) => {}
-        None => not_assessed.push(Criterion::PodsNotReady),
-    }
-
+    let mut judgement = Judgement::default();
+    judgement.gates(&inputs.verdicts, thresholds);
+    judgement.health(inputs, thresholds);
+    judgement.response_time(inputs, thresholds);
+    judgement.load(inputs);
+    judgement.pods(inputs, thresholds);
+    judgement.durations(inputs, thresholds);
+    let Judgement {
+        reasons,
+        not_assessed,
+    } = judgement;
     let action = if !reasons.is_empty() {
         Action::RollBack
     } else if !not_assessed.is_empty() {
@@ -494,6 +245,309 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
         action,
         reasons,
         not_assessed,
+    }
+}
+
+/// What [`decide`] has found so far: the reasons to roll back, in the order the criteria are
+/// judged, and the criteria nothing observed.
+#[derive(Default)]
+struct Judgement {
+    reasons: Vec<RollbackReason>,
+    not_assessed: Vec<Criterion>,
+}
+
+impl Judgement {
+    /// Records a breached criterion that no gate stands for.
+    fn reason(&mut self, criterion: Criterion, observed: String, limit: String) {
+        self.reasons.push(RollbackReason {
+            criterion,
+            gate: None,
+            observed,
+            limit,
+        });
+    }
+
+    /// The data criteria, from the gates' verdicts: a reason for every failed gate.
+    fn gates(&mut self, verdicts: &[Verdict], thresholds: &RollbackThresholds) {
+        let data_gates = [Gate::RowCounts, Gate::Digests];
+        if !verdicts.iter().any(|v| data_gates.contains(&v.gate)) {
+            self.not_assessed.push(Criterion::DataMismatch);
+        }
+        if !verdicts
+            .iter()
+            .any(|v| v.gate == Gate::ReferentialIntegrity)
+        {
+            self.not_assessed.push(Criterion::BrokenForeignKeys);
+        }
+        for verdict in verdicts.iter().filter(|v| !v.passed) {
+            self.reasons.extend(gate_reasons(verdict, thresholds));
+        }
+    }
+
+    /// The share of failed health checks.
+    fn health(&mut self, inputs: &RollbackInputs, thresholds: &RollbackThresholds) {
+        match inputs.health {
+            Some(h) if h.attempts > 0 => {
+                let rate = f64::from(h.failures) / f64::from(h.attempts);
+                if rate > thresholds.max_health_failure_rate {
+                    self.reason(
+                        Criterion::HealthCheckFailures,
+                        format!(
+                            "{} of {} health checks failed ({:.1} %)",
+                            h.failures,
+                            h.attempts,
+                            rate * 100.0
+                        ),
+                        format!(
+                            "at most {:.1} %",
+                            thresholds.max_health_failure_rate * 100.0
+                        ),
+                    );
+                }
+            }
+            _ => self.not_assessed.push(Criterion::HealthCheckFailures),
+        }
+    }
+
+    /// The slowest response, of the health probes and the load gate's requests: the load gate
+    /// is where a slow endpoint shows.
+    fn response_time(&mut self, inputs: &RollbackInputs, thresholds: &RollbackThresholds) {
+        let load_max = inputs
+            .load
+            .as_ref()
+            .filter(|l| l.requests > 0)
+            .map(|l| (l.max_response_time, l.slowest.as_ref()));
+        let slowest = match (inputs.max_response_time, load_max) {
+            (Some(h), Some((l, endpoint))) if l > h => Some((l, "load gate", endpoint)),
+            (Some(h), _) => Some((h, "health probes", None)),
+            (None, Some((l, endpoint))) => Some((l, "load gate", endpoint)),
+            (None, None) => None,
+        };
+        match slowest {
+            Some((t, source, endpoint)) if t > thresholds.max_response_time => self.reason(
+                Criterion::ResponseTime,
+                format!(
+                    "slowest response ({source}) took {}{}",
+                    fmt_duration(t),
+                    endpoint
+                        .map(|e| format!("; slowest endpoint {e}"))
+                        .unwrap_or_default()
+                ),
+                format!("at most {}", fmt_duration(thresholds.max_response_time)),
+            ),
+            Some(_) => {}
+            None => self.not_assessed.push(Criterion::ResponseTime),
+        }
+    }
+
+    /// The load gate's thresholds: a reason per breach, or one for a gate that made no
+    /// request.
+    fn load(&mut self, inputs: &RollbackInputs) {
+        match &inputs.load {
+            Some(load) if load.requests == 0 => self.reason(
+                Criterion::LoadThresholds,
+                "the load gate made no request".into(),
+                "every load threshold holds".into(),
+            ),
+            Some(load) => {
+                for breach in &load.breaches {
+                    let observed = breach
+                        .observed
+                        .map_or("no request of its scope".to_owned(), |v| format!("{v:.3}"));
+                    let slowest = load
+                        .slowest
+                        .as_ref()
+                        .map(|e| format!("; slowest endpoint {e}"))
+                        .unwrap_or_default();
+                    self.reason(
+                        Criterion::LoadThresholds,
+                        format!("threshold {} observed {observed}{slowest}", breach.rule),
+                        breach.rule.clone(),
+                    );
+                }
+            }
+            None => self.not_assessed.push(Criterion::LoadThresholds),
+        }
+    }
+
+    /// Pod restarts, and pods not Ready when observed.
+    fn pods(&mut self, inputs: &RollbackInputs, thresholds: &RollbackThresholds) {
+        let Some(pods) = &inputs.pods else {
+            self.not_assessed.push(Criterion::PodRestarts);
+            return;
+        };
+        for pod in pods
+            .iter()
+            .filter(|p| p.restarts >= thresholds.max_pod_restarts)
+        {
+            let state = pod
+                .waiting_reason
+                .as_deref()
+                .map(|r| format!(", {r}"))
+                .unwrap_or_default();
+            self.reason(
+                Criterion::PodRestarts,
+                format!("pod {} restarted {} times{state}", pod.name, pod.restarts),
+                format!("fewer than {} restarts", thresholds.max_pod_restarts),
+            );
+        }
+        let not_ready: Vec<&str> = pods
+            .iter()
+            .filter(|p| !p.ready)
+            .map(|p| p.name.as_str())
+            .collect();
+        if !not_ready.is_empty() {
+            let waited = inputs
+                .pods_ready_wait
+                .map(|d| format!(" after {}", fmt_duration(d)))
+                .unwrap_or_default();
+            self.reason(
+                Criterion::PodsNotReady,
+                format!("pods not Ready{waited}: {}", not_ready.join(", ")),
+                format!(
+                    "every pod Ready within {}",
+                    fmt_duration(thresholds.max_pods_ready)
+                ),
+            );
+        }
+    }
+
+    /// The database restore, the whole procedure and the wait for Ready pods against their
+    /// limits (the last only when no pod was seen not Ready).
+    fn durations(&mut self, inputs: &RollbackInputs, thresholds: &RollbackThresholds) {
+        self.timed(
+            Criterion::DbRestoreDuration,
+            inputs.db_restore,
+            thresholds.max_db_restore,
+            "database restore",
+        );
+        self.timed(
+            Criterion::TotalDuration,
+            inputs.total,
+            thresholds.max_total,
+            "whole procedure",
+        );
+        let already_not_ready = self
+            .reasons
+            .iter()
+            .any(|r| r.criterion == Criterion::PodsNotReady);
+        match inputs.pods_ready_wait {
+            Some(d) if d > thresholds.max_pods_ready && !already_not_ready => self.reason(
+                Criterion::PodsNotReady,
+                format!("pods became Ready only after {}", fmt_duration(d)),
+                format!("at most {}", fmt_duration(thresholds.max_pods_ready)),
+            ),
+            Some(_) => {}
+            None => self.not_assessed.push(Criterion::PodsNotReady),
+        }
+    }
+
+    /// A duration against its limit.
+    fn timed(
+        &mut self,
+        criterion: Criterion,
+        observed: Option<Duration>,
+        limit: Duration,
+        what: &str,
+    ) {
+        match observed {
+            Some(d) if d > limit => self.reason(
+                criterion,
+                format!("{what} took {}", fmt_duration(d)),
+                format!("at most {}", fmt_duration(limit)),
+            ),
+            Some(_) => {}
+            None => self.not_assessed.push(criterion),
+        }
+    }
+}
+
+/// The reasons one failed gate gives: one per finding that breaches a criterion, and always at
+/// least one (also when it has no finding or every finding is within a tolerance), so a failed
+/// gate never leaves the decision silent.
+fn gate_reasons(verdict: &Verdict, thresholds: &RollbackThresholds) -> Vec<RollbackReason> {
+    let mut reasons = Vec::new();
+    let mut reason = |criterion, observed: String, limit: String| {
+        reasons.push(RollbackReason {
+            criterion,
+            gate: Some(verdict.gate),
+            observed,
+            limit,
+        })
+    };
+    for finding in &verdict.findings {
+        let shown = finding.to_string();
+        match verdict.gate {
+            Gate::RowCounts if finding.kind == FindingKind::Missing => {
+                reason(
+                    Criterion::MissingTable,
+                    shown,
+                    "every backed-up table exists".into(),
+                );
+            }
+            Gate::RowCounts if finding.kind == FindingKind::Mismatch => {
+                let relative = count_difference(finding);
+                if relative > thresholds.max_count_difference {
+                    reason(
+                        Criterion::DataMismatch,
+                        format!("{shown}; {:.2} % difference", relative * 100.0),
+                        format!(
+                            "at most {:.2} % difference",
+                            thresholds.max_count_difference * 100.0
+                        ),
+                    );
+                }
+            }
+            Gate::RowCounts | Gate::Digests => {
+                reason(
+                    Criterion::DataMismatch,
+                    format!("{}: {shown}", verdict.gate),
+                    "equal to the backup".into(),
+                );
+            }
+            Gate::ReferentialIntegrity => {
+                reason(
+                    Criterion::BrokenForeignKeys,
+                    shown,
+                    "no orphan rows, no corruption".into(),
+                );
+            }
+            gate => reason(
+                Criterion::GateFailed,
+                format!("{gate}: {shown}"),
+                format!("gate {gate} passes"),
+            ),
+        }
+    }
+    if reasons.is_empty() {
+        let observed = if verdict.findings.is_empty() {
+            format!("gate {} failed without a finding", verdict.gate)
+        } else {
+            let shown: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
+            format!(
+                "gate {} failed (within the tolerance of the rollback criteria): {}",
+                verdict.gate,
+                shown.join("; ")
+            )
+        };
+        reasons.push(RollbackReason {
+            criterion: Criterion::GateFailed,
+            gate: Some(verdict.gate),
+            observed,
+            limit: format!("gate {} passes", verdict.gate),
+        });
+    }
+    reasons
+}
+
+/// A row-count mismatch's relative difference from the expected count (infinite when either
+/// side is not a number, or the expected count is zero and the actual is not).
+fn count_difference(finding: &Finding) -> f64 {
+    let parse = |v: &Option<String>| v.as_deref().and_then(|s| s.parse::<f64>().ok());
+    match (parse(&finding.expected), parse(&finding.actual)) {
+        (Some(want), Some(got)) if want > 0.0 => (got - want).abs() / want,
+        (Some(want), Some(got)) if want == got => 0.0,
+        _ => f64::INFINITY,
     }
 }
 

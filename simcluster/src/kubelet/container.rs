@@ -2,10 +2,10 @@
 //! probes, stop it gracefully, and restart it per `restartPolicy` with CrashLoopBackOff.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use serde_json::{Value, json};
@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::env::{Rewriter, container_env, expand};
-use super::images::Runtime;
+use super::images::{ImageProgram, Runtime};
 use super::pod::{PodCtx, mounts_of};
 use super::probe::{self, Target, Timing};
 use super::process::{Spawn, signal_group};
@@ -62,62 +62,9 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
     let ip = rt.ip.to_string();
     let rewriter = Rewriter::for_pod(&shared.store, &rt.namespace, &ip, &mounts);
     let rootfs = rt.dir.join("rootfs");
-    let mut path = BASE_PATH.to_owned();
-    if runtime == Runtime::Postgres
-        && let Some(bin) = super::postgres::bin_dir(image)
-    {
-        path = format!("{}:{path}", bin.display());
-    }
-    let base = vec![
-        ("PATH".to_owned(), path),
-        ("HOSTNAME".to_owned(), rt.name.clone()),
-        (
-            "HOME".to_owned(),
-            rootfs.join("root").to_string_lossy().into_owned(),
-        ),
-    ];
-    // Downward API fields the pod object did not have yet when it started.
-    let mut pod = ctx.pod.clone();
-    pod["status"]["podIP"] = json!(ip);
-    pod["status"]["hostIP"] = json!("127.0.0.1");
-    let env = container_env(&shared.store, &pod, spec, base)
-        .map_err(|m| ("CreateContainerConfigError".to_owned(), m))?;
-    let mut vars: BTreeMap<String, String> = env.iter().cloned().collect();
-    vars.insert("POD_IP".into(), ip.clone());
-    vars.insert("POD_NAME".into(), rt.name.clone());
-    vars.insert("POD_NAMESPACE".into(), rt.namespace.clone());
-    // A mapped program's own variables come first; the container's override them.
-    let mut env_all: Vec<(String, String)> = Vec::new();
-    if let Runtime::Program(p) = &runtime {
-        for (k, v) in &p.env {
-            if !env.iter().any(|(n, _)| n == k) {
-                env_all.push((k.clone(), expand(v, &vars)));
-            }
-        }
-    }
-    env_all.extend(env);
-    let env: Vec<(String, String)> = env_all
-        .into_iter()
-        .map(|(k, v)| {
-            let v = if k == "PATH" || k == "HOME" {
-                v
-            } else {
-                rewriter.apply(&v)
-            };
-            (k, v)
-        })
-        .collect();
+    let env = environment(ctx, spec, image, &runtime, &rewriter, &ip)?;
     let vars: BTreeMap<String, String> = env.iter().cloned().collect();
-    let cwd = match spec
-        .get("workingDir")
-        .and_then(Value::as_str)
-        .filter(|w| !w.is_empty())
-    {
-        Some(w) => rewriter
-            .host_path(w)
-            .unwrap_or_else(|| rootfs.join(w.trim_start_matches('/'))),
-        None => rootfs.clone(),
-    };
+    let cwd = working_dir(spec, &rewriter, &rootfs);
     let _ = std::fs::create_dir_all(&cwd);
     let _ = std::fs::create_dir_all(rootfs.join("root"));
     let argv = |v: Option<&Value>| {
@@ -128,21 +75,7 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
     };
     let command_v = argv(spec.get("command"));
     let args_v = argv(spec.get("args"));
-    let ports: Vec<(String, u16)> = spec
-        .get("ports")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|p| {
-            Some((
-                p.get("name")
-                    .and_then(Value::as_str)
-                    .unwrap_or_default()
-                    .to_owned(),
-                u16::try_from(p.get("containerPort")?.as_u64()?).ok()?,
-            ))
-        })
-        .collect();
+    let ports = container_ports(spec);
     let base_spawn = Spawn {
         program: String::new(),
         args: Vec::new(),
@@ -177,56 +110,9 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
                 let data = rewriter
                     .host_path("/data")
                     .unwrap_or_else(|| rootfs.join("data"));
-                let _ = std::fs::create_dir_all(&data);
-                let mut args = vec![
-                    "--bind".to_owned(),
-                    ip.clone(),
-                    "--port".to_owned(),
-                    port.to_string(),
-                    "--dir".to_owned(),
-                    data.to_string_lossy().into_owned(),
-                    "--protected-mode".to_owned(),
-                    "no".to_owned(),
-                    "--daemonize".to_owned(),
-                    "no".to_owned(),
-                ];
-                let extra: Vec<String> = if args_v.first().is_some_and(|a| a == "redis-server") {
-                    args_v[1..].to_vec()
-                } else {
-                    args_v
-                };
-                args.extend(extra);
-                Launch::Process {
-                    spawn: Spawn {
-                        program: "redis-server".into(),
-                        args,
-                        cwd: data,
-                        ..base_spawn
-                    },
-                    stop_signal: Signal::SIGTERM,
-                }
+                redis_launch(&ip, port, data, args_v, base_spawn)
             }
-            Runtime::Program(p) => {
-                let Some(program) = shared.cfg.images.locate(&p.program) else {
-                    return Err((
-                        "ErrImagePull".to_owned(),
-                        format!(
-                            "image {image} maps to program {:?}, which was not found (build it, for example `cargo build -p {}`)",
-                            p.program, p.program
-                        ),
-                    ));
-                };
-                let mut args = p.args.clone();
-                args.extend(args_v);
-                Launch::Process {
-                    spawn: Spawn {
-                        program: program.to_string_lossy().into_owned(),
-                        args,
-                        ..base_spawn
-                    },
-                    stop_signal: Signal::SIGTERM,
-                }
-            }
+            Runtime::Program(p) => program_launch(ctx, image, p, args_v, base_spawn)?,
             Runtime::Pause => Launch::Pause,
         }
     };
@@ -236,6 +122,162 @@ fn prepare(ctx: &PodCtx, spec: &Value) -> Result<Prepared, (String, String)> {
         cwd,
         rewriter,
         ports,
+    })
+}
+
+/// The container's environment: PATH (with the PostgreSQL binaries for its image), HOSTNAME
+/// and HOME, then a mapped program's own variables and the container's `env`/`envFrom` (which
+/// override them), paths in values rewritten to the host's (PATH and HOME aside).
+fn environment(
+    ctx: &PodCtx,
+    spec: &Value,
+    image: &str,
+    runtime: &Runtime,
+    rewriter: &Rewriter,
+    ip: &str,
+) -> Result<Vec<(String, String)>, (String, String)> {
+    let rt = &ctx.rt;
+    let rootfs = rt.dir.join("rootfs");
+    let mut path = BASE_PATH.to_owned();
+    if *runtime == Runtime::Postgres
+        && let Some(bin) = super::postgres::bin_dir(image)
+    {
+        path = format!("{}:{path}", bin.display());
+    }
+    let base = vec![
+        ("PATH".to_owned(), path),
+        ("HOSTNAME".to_owned(), rt.name.clone()),
+        (
+            "HOME".to_owned(),
+            rootfs.join("root").to_string_lossy().into_owned(),
+        ),
+    ];
+    // Downward API fields the pod object did not have yet when it started.
+    let mut pod = ctx.pod.clone();
+    pod["status"]["podIP"] = json!(ip);
+    pod["status"]["hostIP"] = json!("127.0.0.1");
+    let env = container_env(&ctx.shared.store, &pod, spec, base)
+        .map_err(|m| ("CreateContainerConfigError".to_owned(), m))?;
+    let mut vars: BTreeMap<String, String> = env.iter().cloned().collect();
+    vars.insert("POD_IP".into(), ip.to_owned());
+    vars.insert("POD_NAME".into(), rt.name.clone());
+    vars.insert("POD_NAMESPACE".into(), rt.namespace.clone());
+    // A mapped program's own variables come first; the container's override them.
+    let mut env_all: Vec<(String, String)> = Vec::new();
+    if let Runtime::Program(p) = runtime {
+        for (k, v) in &p.env {
+            if !env.iter().any(|(n, _)| n == k) {
+                env_all.push((k.clone(), expand(v, &vars)));
+            }
+        }
+    }
+    env_all.extend(env);
+    Ok(env_all
+        .into_iter()
+        .map(|(k, v)| {
+            let v = if k == "PATH" || k == "HOME" {
+                v
+            } else {
+                rewriter.apply(&v)
+            };
+            (k, v)
+        })
+        .collect())
+}
+
+/// `workingDir` on the host (its mount, else under the root file system), or the root file
+/// system itself.
+fn working_dir(spec: &Value, rewriter: &Rewriter, rootfs: &Path) -> PathBuf {
+    match spec
+        .get("workingDir")
+        .and_then(Value::as_str)
+        .filter(|w| !w.is_empty())
+    {
+        Some(w) => rewriter
+            .host_path(w)
+            .unwrap_or_else(|| rootfs.join(w.trim_start_matches('/'))),
+        None => rootfs.to_owned(),
+    }
+}
+
+/// The container's named ports.
+fn container_ports(spec: &Value) -> Vec<(String, u16)> {
+    spec.get("ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter_map(|p| {
+            Some((
+                p.get("name")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_owned(),
+                u16::try_from(p.get("containerPort")?.as_u64()?).ok()?,
+            ))
+        })
+        .collect()
+}
+
+/// The machine's redis-server on the pod's IP and `port`, its data in `data` (created), with
+/// the container's arguments after the image's own.
+fn redis_launch(ip: &str, port: u16, data: PathBuf, args_v: Vec<String>, base: Spawn) -> Launch {
+    let _ = std::fs::create_dir_all(&data);
+    let mut args = vec![
+        "--bind".to_owned(),
+        ip.to_owned(),
+        "--port".to_owned(),
+        port.to_string(),
+        "--dir".to_owned(),
+        data.to_string_lossy().into_owned(),
+        "--protected-mode".to_owned(),
+        "no".to_owned(),
+        "--daemonize".to_owned(),
+        "no".to_owned(),
+    ];
+    let extra: Vec<String> = if args_v.first().is_some_and(|a| a == "redis-server") {
+        args_v[1..].to_vec()
+    } else {
+        args_v
+    };
+    args.extend(extra);
+    Launch::Process {
+        spawn: Spawn {
+            program: "redis-server".into(),
+            args,
+            cwd: data,
+            ..base
+        },
+        stop_signal: Signal::SIGTERM,
+    }
+}
+
+/// The program an image maps to, with its own arguments, then the container's.
+/// `Err((reason, message))` when the program is not built.
+fn program_launch(
+    ctx: &PodCtx,
+    image: &str,
+    p: &ImageProgram,
+    args_v: Vec<String>,
+    base: Spawn,
+) -> Result<Launch, (String, String)> {
+    let Some(program) = ctx.shared.cfg.images.locate(&p.program) else {
+        return Err((
+            "ErrImagePull".to_owned(),
+            format!(
+                "image {image} maps to program {:?}, which was not found (build it, for example `cargo build -p {}`)",
+                p.program, p.program
+            ),
+        ));
+    };
+    let mut args = p.args.clone();
+    args.extend(args_v);
+    Ok(Launch::Process {
+        spawn: Spawn {
+            program: program.to_string_lossy().into_owned(),
+            args,
+            ..base
+        },
+        stop_signal: Signal::SIGTERM,
     })
 }
 
@@ -427,30 +469,15 @@ async fn run_instance(
         .and_then(Value::as_str)
         .unwrap_or_default()
         .to_owned();
-    let (spawn, stop_signal) = match prepared.launch {
-        Launch::Pause => {
-            ctx.event(
-                EventKind::Warning,
-                "ImageNotMapped",
-                &format!(
-                    "image {} has no program in the image map; running a pause container",
-                    spec["image"].as_str().unwrap_or_default()
-                ),
-            );
-            set(ctx, idx, init, |c| {
-                c.state = json!({"running": {"startedAt": started_at}});
-                c.started = true;
-                c.ready = true;
-                c.container_id = Some(format!("simcluster://pause-{}", ctx.rt.uid));
-            });
-            ctx.event(
-                EventKind::Normal,
-                "Started",
-                &format!("Started container {name}"),
-            );
-            ctx.rt.stop.cancelled().await;
-            return (0, "Completed".into(), None);
-        }
+    let Prepared {
+        launch,
+        env,
+        cwd,
+        rewriter,
+        ports,
+    } = prepared;
+    let (spawn, stop_signal) = match launch {
+        Launch::Pause => return run_pause(ctx, idx, init, spec, &name, started_at).await,
         Launch::Process { spawn, stop_signal } => (spawn, stop_signal),
         Launch::Postgres(plan) => {
             set(ctx, idx, init, |c| {
@@ -467,27 +494,9 @@ async fn run_instance(
             }
         }
     };
-    let mut cmd = match ctx.shared.reaper.command(&spawn) {
-        Ok(c) => c,
-        Err(e) => return (127, "StartError".into(), Some(e.to_string())),
-    };
-    let stderr = match log.try_clone() {
-        Ok(f) => f,
-        Err(e) => return (128, "StartError".into(), Some(e.to_string())),
-    };
-    cmd.stdin(Stdio::null())
-        .stdout(Stdio::from(log))
-        .stderr(Stdio::from(stderr));
-    let mut child = match cmd.spawn() {
-        Ok(c) => c,
-        Err(e) => {
-            let msg = format!(
-                "failed to create containerd task: failed to start {:?}: {e}",
-                spawn.program
-            );
-            ctx.event(EventKind::Warning, "Failed", &msg);
-            return (128, "StartError".into(), Some(msg));
-        }
+    let mut child = match start_process(ctx, &spawn, log) {
+        Ok(child) => child,
+        Err(ended) => return ended,
     };
     let pgid = child.id().map_or(0, |p| p as i32);
     ctx.shared.reaper.track(pgid);
@@ -509,21 +518,21 @@ async fn run_instance(
         "Started",
         &format!("Started container {name}"),
     );
-
     let probes_stop = CancellationToken::new();
-    let (live_tx, mut live_rx) = mpsc::channel::<String>(1);
+    let (live_tx, live_rx) = mpsc::channel::<String>(1);
     if !init {
+        // Exec probes run like the container's process, in its environment and directory.
         let target = Target {
             ip: ctx.rt.ip,
-            ports: prepared.ports.clone(),
+            ports,
             spawn: Spawn {
                 program: String::new(),
                 args: Vec::new(),
-                env: probe_env(&prepared.env, &spawn),
-                cwd: prepared.cwd.clone(),
+                env: probe_env(&env, &spawn),
+                cwd,
                 run_as: None,
             },
-            rewriter: prepared.rewriter.clone(),
+            rewriter,
         };
         tokio::spawn(probes(
             ctx.clone(),
@@ -534,13 +543,106 @@ async fn run_instance(
             live_tx,
         ));
     }
+    let (status, killed_for) =
+        wait_for_exit(ctx, &mut child, pgid, &name, stop_signal, live_rx).await;
+    probes_stop.cancel();
+    // Whatever the main process left behind in its group goes with it.
+    signal_group(pgid, Signal::SIGKILL);
+    ctx.shared.reaper.untrack(pgid);
+    let code = exit_code(status);
+    let reason = if code == 0 { "Completed" } else { "Error" };
+    (code, reason.into(), killed_for)
+}
+
+/// The exit code as the kubelet reports it: 128 + the signal for a process a signal ended,
+/// 137 (SIGKILL) when there is no status.
+fn exit_code(status: Option<std::process::ExitStatus>) -> i64 {
+    use std::os::unix::process::ExitStatusExt as _;
+    match status {
+        Some(s) => s
+            .code()
+            .map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from),
+        None => 137,
+    }
+}
+
+/// A pause container (an image the image map has no program for): Running and Ready until
+/// the pod stops.
+async fn run_pause(
+    ctx: &Arc<PodCtx>,
+    idx: usize,
+    init: bool,
+    spec: &Value,
+    name: &str,
+    started_at: &str,
+) -> (i64, String, Option<String>) {
+    ctx.event(
+        EventKind::Warning,
+        "ImageNotMapped",
+        &format!(
+            "image {} has no program in the image map; running a pause container",
+            spec["image"].as_str().unwrap_or_default()
+        ),
+    );
+    set(ctx, idx, init, |c| {
+        c.state = json!({"running": {"startedAt": started_at}});
+        c.started = true;
+        c.ready = true;
+        c.container_id = Some(format!("simcluster://pause-{}", ctx.rt.uid));
+    });
+    ctx.event(
+        EventKind::Normal,
+        "Started",
+        &format!("Started container {name}"),
+    );
+    ctx.rt.stop.cancelled().await;
+    (0, "Completed".into(), None)
+}
+
+/// Spawns the container's process through the reaper, its output to `log`; `Err` is how the
+/// instance ended when it could not start.
+fn start_process(
+    ctx: &PodCtx,
+    spawn: &Spawn,
+    log: std::fs::File,
+) -> Result<tokio::process::Child, (i64, String, Option<String>)> {
+    let mut cmd = match ctx.shared.reaper.command(spawn) {
+        Ok(c) => c,
+        Err(e) => return Err((127, "StartError".into(), Some(e.to_string()))),
+    };
+    let stderr = match log.try_clone() {
+        Ok(f) => f,
+        Err(e) => return Err((128, "StartError".into(), Some(e.to_string()))),
+    };
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::from(log))
+        .stderr(Stdio::from(stderr));
+    cmd.spawn().map_err(|e| {
+        let msg = format!(
+            "failed to create containerd task: failed to start {:?}: {e}",
+            spawn.program
+        );
+        ctx.event(EventKind::Warning, "Failed", &msg);
+        (128, "StartError".into(), Some(msg))
+    })
+}
+
+/// Waits until the process exits, is killed with the pod, is stopped gracefully with the pod,
+/// or is stopped for a failed liveness probe (whose reason is returned beside the status).
+async fn wait_for_exit(
+    ctx: &PodCtx,
+    child: &mut tokio::process::Child,
+    pgid: i32,
+    name: &str,
+    stop_signal: Signal,
+    mut live_rx: mpsc::Receiver<String>,
+) -> (Option<std::process::ExitStatus>, Option<String>) {
     let grace_spec = Duration::from_secs(
         ctx.pod
             .pointer("/spec/terminationGracePeriodSeconds")
             .and_then(Value::as_u64)
             .unwrap_or(30),
     );
-    let started = Instant::now();
     let mut killed_for = None;
     let status = tokio::select! {
         s = child.wait() => s.ok(),
@@ -550,28 +652,15 @@ async fn run_instance(
         }
         () = ctx.rt.stop.cancelled() => {
             ctx.event(EventKind::Normal, "Killing", &format!("Stopping container {name}"));
-            stop_gracefully(ctx, &mut child, pgid, stop_signal, ctx.rt.grace()).await
+            stop_gracefully(ctx, child, pgid, stop_signal, ctx.rt.grace()).await
         }
         Some(why) = live_rx.recv() => {
             ctx.event(EventKind::Normal, "Killing", &format!("Container {name} failed liveness probe, will be restarted"));
             killed_for = Some(why);
-            stop_gracefully(ctx, &mut child, pgid, stop_signal, grace_spec).await
+            stop_gracefully(ctx, child, pgid, stop_signal, grace_spec).await
         }
     };
-    probes_stop.cancel();
-    // Whatever the main process left behind in its group goes with it.
-    signal_group(pgid, Signal::SIGKILL);
-    ctx.shared.reaper.untrack(pgid);
-    let _ = started;
-    use std::os::unix::process::ExitStatusExt as _;
-    let code = match status {
-        Some(s) => s
-            .code()
-            .map_or_else(|| 128 + i64::from(s.signal().unwrap_or(9)), i64::from),
-        None => 137,
-    };
-    let reason = if code == 0 { "Completed" } else { "Error" };
-    (code, reason.into(), killed_for)
+    (status, killed_for)
 }
 
 /// Exec probes get the container's environment, with the PostgreSQL socket when there is one.

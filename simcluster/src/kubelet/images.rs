@@ -15,7 +15,7 @@ use serde::Deserialize;
 /// One mapped image.
 #[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
 #[serde(deny_unknown_fields)]
-pub struct ImageProgram {
+pub(crate) struct ImageProgram {
     /// The program to run.
     pub program: String,
     /// Arguments before the container's `args`.
@@ -71,7 +71,7 @@ pub(crate) enum Runtime {
 
 /// Image names to programs.
 #[derive(Debug, Clone, Default)]
-pub struct ImageMap {
+pub(crate) struct ImageMap {
     images: BTreeMap<String, ImageProgram>,
     search: Vec<PathBuf>,
 }
@@ -96,7 +96,7 @@ impl ImageMap {
     ///
     /// # Errors
     /// A file that exists but cannot be read or parsed.
-    pub fn default_map() -> Result<ImageMap, ImageMapError> {
+    pub(crate) fn default_map() -> Result<ImageMap, ImageMapError> {
         let path = match std::env::var_os("SIMCLUSTER_IMAGES") {
             Some(p) => PathBuf::from(p),
             None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/images.toml"),
@@ -111,7 +111,7 @@ impl ImageMap {
     ///
     /// # Errors
     /// The file cannot be read or is not a valid map.
-    pub fn load(path: &Path) -> Result<ImageMap, ImageMapError> {
+    pub(crate) fn load(path: &Path) -> Result<ImageMap, ImageMapError> {
         let text = std::fs::read_to_string(path).map_err(|source| ImageMapError::Read {
             path: path.to_owned(),
             source,
@@ -142,11 +142,6 @@ impl ImageMap {
         search.push(target.join("release"));
         search.push(target.join("debug"));
         ImageMap { images, search }
-    }
-
-    /// Add or replace one mapping.
-    pub fn insert(&mut self, image: &str, program: ImageProgram) {
-        self.images.insert(image.to_owned(), program);
     }
 
     /// How to run `image`.

@@ -35,14 +35,15 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-pub use images::{ImageMap, ImageMapError, ImageProgram};
+pub(crate) use images::ImageMap;
+pub use images::ImageMapError;
 
 use crate::server::SubresourceHandler;
 use crate::store::{EventType, Store};
 
 /// How the kubelet runs.
 #[derive(Debug, Clone)]
-pub struct KubeletConfig {
+pub(crate) struct KubeletConfig {
     /// The cluster's state directory; pods live under `pods/`.
     pub state_dir: PathBuf,
     /// Which program runs for which image.
@@ -58,7 +59,7 @@ impl KubeletConfig {
     ///
     /// # Errors
     /// An image map that exists but is invalid.
-    pub fn new(state_dir: impl Into<PathBuf>) -> Result<Self, ImageMapError> {
+    pub(crate) fn new(state_dir: impl Into<PathBuf>) -> Result<Self, ImageMapError> {
         let time_scale = std::env::var("SIMCLUSTER_TIME_SCALE")
             .ok()
             .and_then(|s| s.parse::<f64>().ok())
@@ -122,7 +123,7 @@ pub(crate) struct Shared {
 /// (the `kubernetes` Service is 127.N.128.1). The lease is an abstract Unix socket name: only
 /// one process can bind it, and it goes away with the process, leaving no file behind.
 #[derive(Debug)]
-pub struct NetworkLease {
+pub(crate) struct NetworkLease {
     octet: u8,
     _name: std::os::unix::net::UnixListener,
 }
@@ -132,7 +133,7 @@ impl NetworkLease {
     ///
     /// # Errors
     /// Every block is leased, or the socket cannot be created.
-    pub fn acquire() -> std::io::Result<NetworkLease> {
+    pub(crate) fn acquire() -> std::io::Result<NetworkLease> {
         use std::os::linux::net::SocketAddrExt as _;
         let start = std::process::id() % 250;
         for i in 0..250u32 {
@@ -151,7 +152,7 @@ impl NetworkLease {
     }
 
     /// The `kubernetes` Service's clusterIP, where the Service range starts.
-    pub fn kubernetes_service_ip(&self) -> String {
+    pub(crate) fn kubernetes_service_ip(&self) -> String {
         format!("127.{}.128.1", self.octet)
     }
 }
@@ -197,7 +198,7 @@ impl Shared {
 }
 
 /// The running kubelet.
-pub struct Kubelet {
+pub(crate) struct Kubelet {
     shared: Arc<Shared>,
     stop: CancellationToken,
     task: Option<JoinHandle<()>>,
@@ -225,7 +226,7 @@ impl Kubelet {
     ///
     /// # Errors
     /// The state directory cannot be prepared or the reaper cannot start.
-    pub fn start(
+    pub(crate) fn start(
         store: Arc<Store>,
         cfg: KubeletConfig,
         network: NetworkLease,
@@ -272,7 +273,9 @@ impl Kubelet {
 
     /// The subresource handlers to register: (`group/plural`, subresource, handler) for
     /// `pods/exec`, `pods/log` and `pods/portforward`.
-    pub fn handlers(&self) -> Vec<(&'static str, &'static str, Arc<dyn SubresourceHandler>)> {
+    pub(crate) fn handlers(
+        &self,
+    ) -> Vec<(&'static str, &'static str, Arc<dyn SubresourceHandler>)> {
         vec![
             (
                 "/pods",
@@ -294,7 +297,7 @@ impl Kubelet {
 
     /// Stop every pod (SIGTERM, then SIGKILL after at most `grace`) and every process the
     /// kubelet started, then stop watching.
-    pub async fn shutdown(&mut self, grace: Duration) {
+    pub(crate) async fn shutdown(&mut self, grace: Duration) {
         self.stop.cancel();
         self.shared.stopping.cancel();
         if let Some(t) = self.task.take() {

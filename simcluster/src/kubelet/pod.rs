@@ -686,16 +686,57 @@ pub(crate) async fn run_pod(
         volumes: HashMap::new(),
     };
 
-    // Wait for claims, config maps and secrets.
+    if let Err(last) = wait_for_prerequisites(&store, &ctx, &mut rx).await {
+        return finish(&shared, &rt, &ctx, last).await;
+    }
+    if !set_up_sandbox(&store, &rt, &mut ctx) {
+        return park(&shared, &rt, &ctx, rx).await;
+    }
+    ctx.state
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .start_time = Some(crate::api::now());
+    let ctx = Arc::new(ctx);
+    ctx.publish();
+
+    if !run_init_containers(&ctx, &rt, &inits, &mut rx).await {
+        return park(&shared, &rt, &ctx, rx).await;
+    }
+    ctx.with_state(|s| s.initialized = true);
+
+    let tasks: Vec<_> = (0..containers.len())
+        .map(|i| tokio::spawn(super::container::run(ctx.clone(), i, false)))
+        .collect();
+    let mut all = futures::future::join_all(tasks);
+    tokio::select! {
+        _ = &mut all => {}
+        () = deletion(&mut rx) => {
+            rt.shutdown(grace_of(&rx));
+            if rx.borrow().is_none() {
+                rt.kill.cancel();
+            }
+            all.await;
+        }
+    }
+    park(&shared, &rt, &ctx, rx).await;
+}
+
+/// Waits until the claims, ConfigMaps and Secrets the pod needs exist, with an event each
+/// time what is missing changes; `Err` with the pod's last state when it is deleted first.
+async fn wait_for_prerequisites(
+    store: &Store,
+    ctx: &PodCtx,
+    rx: &mut watch::Receiver<Option<Arc<Value>>>,
+) -> Result<(), Option<Arc<Value>>> {
     let mut told = String::new();
     loop {
         let cur = rx.borrow().clone();
         match cur {
             Some(p) if p.pointer("/metadata/deletionTimestamp").is_none() => {}
-            other => return finish(&shared, &rt, &ctx, other).await,
+            other => return Err(other),
         }
-        match missing_prerequisite(&store, &ctx.pod) {
-            None => break,
+        match missing_prerequisite(store, &ctx.pod) {
+            None => return Ok(()),
             Some(why) => {
                 if why != told {
                     let reason = if why.contains("PersistentVolumeClaim")
@@ -716,6 +757,11 @@ pub(crate) async fn run_pod(
             }
         }
     }
+}
+
+/// The pod's directories and volumes; `false` (the pod Failed, published) when the volumes
+/// cannot be set up.
+fn set_up_sandbox(store: &Store, rt: &PodRuntime, ctx: &mut PodCtx) -> bool {
     if let Err(e) = std::fs::create_dir_all(rt.dir.join("rootfs"))
         .and_then(|()| std::fs::create_dir_all(rt.dir.join("logs")))
     {
@@ -725,8 +771,11 @@ pub(crate) async fn run_pod(
             &format!("cannot create {}: {e}", rt.dir.display()),
         );
     }
-    match setup_volumes(&store, &rt, &ctx.pod) {
-        Ok(v) => ctx.volumes = v,
+    match setup_volumes(store, rt, &ctx.pod) {
+        Ok(v) => {
+            ctx.volumes = v;
+            true
+        }
         Err(e) => {
             ctx.event(
                 EventKind::Warning,
@@ -742,21 +791,23 @@ pub(crate) async fn run_pod(
                 format!("setting up volumes: {e}"),
             ));
             ctx.publish();
-            return park(&shared, &rt, &ctx, rx).await;
+            false
         }
     }
-    ctx.state
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .start_time = Some(crate::api::now());
-    let ctx = Arc::new(ctx);
-    ctx.publish();
+}
 
-    // Init containers, one after another.
+/// The init containers, one after another; `false` when one failed (the pod then Failed,
+/// unless it is stopping) or the pod was deleted.
+async fn run_init_containers(
+    ctx: &Arc<PodCtx>,
+    rt: &PodRuntime,
+    inits: &[Value],
+    rx: &mut watch::Receiver<Option<Arc<Value>>>,
+) -> bool {
     for (i, _) in inits.iter().enumerate() {
         let ok = tokio::select! {
             ok = super::container::run(ctx.clone(), i, true) => ok,
-            () = deletion(&mut rx) => { rt.shutdown(grace_of(&rx)); false }
+            () = deletion(rx) => { rt.shutdown(grace_of(rx)); false }
         };
         if !ok {
             if !rt.stop.is_cancelled() {
@@ -768,26 +819,10 @@ pub(crate) async fn run_pod(
                     ))
                 });
             }
-            return park(&shared, &rt, &ctx, rx).await;
+            return false;
         }
     }
-    ctx.with_state(|s| s.initialized = true);
-
-    let tasks: Vec<_> = (0..containers.len())
-        .map(|i| tokio::spawn(super::container::run(ctx.clone(), i, false)))
-        .collect();
-    let mut all = futures::future::join_all(tasks);
-    tokio::select! {
-        _ = &mut all => {}
-        () = deletion(&mut rx) => {
-            rt.shutdown(grace_of(&rx));
-            if rx.borrow().is_none() {
-                rt.kill.cancel();
-            }
-            all.await;
-        }
-    }
-    park(&shared, &rt, &ctx, rx).await;
+    true
 }
 
 fn grace_of(rx: &watch::Receiver<Option<Arc<Value>>>) -> Duration {

@@ -28,23 +28,19 @@ use crate::store::Store;
 
 /// The object a subresource request is about.
 #[derive(Clone)]
-pub struct SubresourceTarget {
+pub(crate) struct SubresourceTarget {
     /// The resource (for example pods).
-    pub resource: ResourceType,
+    pub(crate) resource: ResourceType,
     /// Namespace of the object ("" for cluster-scoped kinds).
-    pub namespace: String,
+    pub(crate) namespace: String,
     /// Name of the object.
-    pub name: String,
-    /// The subresource (for example `exec`).
-    pub subresource: String,
-    /// The store, to read the object.
-    pub store: Arc<Store>,
+    pub(crate) name: String,
 }
 
 /// Serves one subresource, for example `pods/exec` or `pods/log`.
 ///
 /// The request is handed over whole, so a handler can upgrade it to a WebSocket.
-pub trait SubresourceHandler: Send + Sync + 'static {
+pub(crate) trait SubresourceHandler: Send + Sync + 'static {
     /// Answer one request.
     fn handle(&self, target: SubresourceTarget, req: Request) -> BoxFuture<'static, Response>;
 }

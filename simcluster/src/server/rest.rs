@@ -163,127 +163,34 @@ pub(super) async fn handle(
     check_access(st, &rt, &ns_str, verb, sub.as_deref())?;
     let mode = render_mode(&header_str(&req, header::ACCEPT));
     let ct = header_str(&req, header::CONTENT_TYPE);
-    let store = &st.store;
 
     if let (Some(sub), Some(name)) = (sub.as_deref(), name.as_deref()) {
-        match sub {
-            "status" => {
-                return status_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await;
-            }
-            "scale" => {
-                return scale_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await;
-            }
-            _ => {
-                let handler = st
-                    .subresources
-                    .read()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner)
-                    .get(&(rt.key(), sub.to_owned()))
-                    .cloned();
-                let Some(handler) = handler else {
-                    return Err(ApiError::no_resource(&format!(
-                        "{}/{sub}: not served by this simulated cluster",
-                        rt.plural
-                    )));
-                };
-                let target = SubresourceTarget {
-                    resource: rt.clone(),
-                    namespace: ns_str.clone(),
-                    name: name.to_owned(),
-                    subresource: sub.to_owned(),
-                    store: store.clone(),
-                };
-                return Ok(handler.handle(target, req).await);
-            }
-        }
+        return match sub {
+            "status" => status_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await,
+            "scale" => scale_subresource(st, &rt, &ns_str, name, method, &q, &ct, req).await,
+            _ => plugged_subresource(st, &rt, &ns_str, name, sub, req).await,
+        };
     }
 
+    let call = Call {
+        st,
+        rt: &rt,
+        ns: &ns_str,
+        q: &q,
+        ct: &ct,
+        mode,
+    };
     match (method.as_str(), name) {
         ("GET", _) if q.flag("watch") => watch::serve(st.clone(), rt, ns, &q, mode),
-        ("GET", Some(name)) => {
-            if rt.create_only {
-                return Err(ApiError::method_not_allowed(format!(
-                    "{} only supports create",
-                    rt.plural
-                )));
-            }
-            let obj = api::get(store, &rt, &ns_str, &name)?;
-            Ok(json_response(
-                StatusCode::OK,
-                &render_one(&rt, obj, mode, &q),
-            ))
-        }
+        ("GET", Some(name)) => call.get(&name),
         ("GET", None) => {
-            if rt.create_only {
-                return Err(ApiError::method_not_allowed(format!(
-                    "{} only supports create",
-                    rt.plural
-                )));
-            }
+            call.served()?;
             list(st, &rt, ns.as_deref(), &q, mode)
         }
-        ("POST", None) => {
-            let Some(ns) = ns.clone().or_else(|| (!rt.namespaced).then(String::new)) else {
-                return Err(ApiError::method_not_allowed(format!(
-                    "create of {} needs a namespace in the path",
-                    rt.plural
-                )));
-            };
-            let body = decode_object(&ct, &read_body(req).await?)?;
-            if rt.create_only {
-                return access_review(st, &rt, body);
-            }
-            let obj = api::create(store, &rt, &ns, body, &write_options(&q))?;
-            Ok(json_response(
-                StatusCode::CREATED,
-                &render_one(&rt, obj, mode, &q),
-            ))
-        }
-        ("PUT", Some(name)) => {
-            let body = decode_object(&ct, &read_body(req).await?)?;
-            let obj = api::update(store, &rt, &ns_str, &name, body, None, &write_options(&q))?;
-            Ok(json_response(
-                StatusCode::OK,
-                &render_one(&rt, obj, mode, &q),
-            ))
-        }
-        ("PATCH", Some(name)) => {
-            let ptype = PatchType::from_content_type(&ct).ok_or_else(|| {
-                ApiError::unsupported_media_type(format!(
-                    "the body of the request was in an unknown format ({ct}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
-                ))
-            })?;
-            if ptype == PatchType::Apply && store.get(&rt.key(), &ns_str, &name).is_none() {
-                // An apply that creates the object also needs the create permission.
-                check_access(st, &rt, &ns_str, "create", None)?;
-            }
-            let body = read_body(req).await?;
-            let (obj, created) = api::patch(
-                store,
-                &rt,
-                &ns_str,
-                &name,
-                ptype,
-                &body,
-                None,
-                &write_options(&q),
-            )?;
-            let code = if created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            Ok(json_response(code, &render_one(&rt, obj, mode, &q)))
-        }
-        ("DELETE", Some(name)) => {
-            let opts = delete_options(&q, &read_body(req).await?)?;
-            let d = api::delete(store, &rt, &ns_str, &name, &opts)?;
-            let (code, body) = api::delete_response(&rt, &d);
-            Ok(json_response(
-                StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
-                &body,
-            ))
-        }
+        ("POST", None) => call.create(ns.clone(), req).await,
+        ("PUT", Some(name)) => call.replace(&name, req).await,
+        ("PATCH", Some(name)) => call.patch(&name, req).await,
+        ("DELETE", Some(name)) => call.delete(&name, req).await,
         ("DELETE", None) => {
             let opts = delete_options(&q, &read_body(req).await?)?;
             delete_collection(st, &rt, ns.as_deref(), &q, &opts)
@@ -292,6 +199,148 @@ pub(super) async fn handle(
             "the server does not allow method {m} on {}",
             rt.plural
         ))),
+    }
+}
+
+/// A subresource a handler was registered for (`pods/exec`, `pods/log`, ...), which gets the
+/// whole request.
+async fn plugged_subresource(
+    st: &ServerState,
+    rt: &ResourceType,
+    ns: &str,
+    name: &str,
+    sub: &str,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let handler = st
+        .subresources
+        .read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .get(&(rt.key(), sub.to_owned()))
+        .cloned();
+    let Some(handler) = handler else {
+        return Err(ApiError::no_resource(&format!(
+            "{}/{sub}: not served by this simulated cluster",
+            rt.plural
+        )));
+    };
+    let target = SubresourceTarget {
+        resource: rt.clone(),
+        namespace: ns.to_owned(),
+        name: name.to_owned(),
+    };
+    Ok(handler.handle(target, req).await)
+}
+
+/// What the verbs on a resource or an object read of their request, besides its body.
+struct Call<'a> {
+    st: &'a Arc<ServerState>,
+    rt: &'a ResourceType,
+    /// The namespace ("" for cluster-scoped kinds).
+    ns: &'a str,
+    q: &'a Query,
+    /// The request's Content-Type.
+    ct: &'a str,
+    mode: Render,
+}
+
+impl Call<'_> {
+    /// `obj` rendered as the client asked, with `code`.
+    fn reply(&self, code: StatusCode, obj: Value) -> Response {
+        json_response(code, &render_one(self.rt, obj, self.mode, self.q))
+    }
+
+    /// Refuses reads of a kind that only supports create (the access reviews).
+    fn served(&self) -> Result<(), ApiError> {
+        if self.rt.create_only {
+            return Err(ApiError::method_not_allowed(format!(
+                "{} only supports create",
+                self.rt.plural
+            )));
+        }
+        Ok(())
+    }
+
+    /// GET of one object.
+    fn get(&self, name: &str) -> Result<Response, ApiError> {
+        self.served()?;
+        let obj = api::get(&self.st.store, self.rt, self.ns, name)?;
+        Ok(self.reply(StatusCode::OK, obj))
+    }
+
+    /// POST to the collection of namespace `ns` (none for a cluster-scoped kind); an access
+    /// review is answered, not stored.
+    async fn create(&self, ns: Option<String>, req: Request) -> Result<Response, ApiError> {
+        let rt = self.rt;
+        let Some(ns) = ns.or_else(|| (!rt.namespaced).then(String::new)) else {
+            return Err(ApiError::method_not_allowed(format!(
+                "create of {} needs a namespace in the path",
+                rt.plural
+            )));
+        };
+        let body = decode_object(self.ct, &read_body(req).await?)?;
+        if rt.create_only {
+            return access_review(self.st, rt, body);
+        }
+        let obj = api::create(&self.st.store, rt, &ns, body, &write_options(self.q))?;
+        Ok(self.reply(StatusCode::CREATED, obj))
+    }
+
+    /// PUT of one object.
+    async fn replace(&self, name: &str, req: Request) -> Result<Response, ApiError> {
+        let body = decode_object(self.ct, &read_body(req).await?)?;
+        let obj = api::update(
+            &self.st.store,
+            self.rt,
+            self.ns,
+            name,
+            body,
+            None,
+            &write_options(self.q),
+        )?;
+        Ok(self.reply(StatusCode::OK, obj))
+    }
+
+    /// PATCH of one object, in any of the four patch types; an apply may create it.
+    async fn patch(&self, name: &str, req: Request) -> Result<Response, ApiError> {
+        let (store, rt, ns, ct) = (&self.st.store, self.rt, self.ns, self.ct);
+        let ptype = PatchType::from_content_type(ct).ok_or_else(|| {
+            ApiError::unsupported_media_type(format!(
+                "the body of the request was in an unknown format ({ct}) - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml, application/strategic-merge-patch+json"
+            ))
+        })?;
+        if ptype == PatchType::Apply && store.get(&rt.key(), ns, name).is_none() {
+            // An apply that creates the object also needs the create permission.
+            check_access(self.st, rt, ns, "create", None)?;
+        }
+        let body = read_body(req).await?;
+        let (obj, created) = api::patch(
+            store,
+            rt,
+            ns,
+            name,
+            ptype,
+            &body,
+            None,
+            &write_options(self.q),
+        )?;
+        let code = if created {
+            StatusCode::CREATED
+        } else {
+            StatusCode::OK
+        };
+        Ok(self.reply(code, obj))
+    }
+
+    /// DELETE of one object, answered with the object or a Status as the real server does.
+    async fn delete(&self, name: &str, req: Request) -> Result<Response, ApiError> {
+        let opts = delete_options(self.q, &read_body(req).await?)?;
+        let d = api::delete(&self.st.store, self.rt, self.ns, name, &opts)?;
+        let (code, body) = api::delete_response(self.rt, &d);
+        Ok(json_response(
+            StatusCode::from_u16(code).unwrap_or(StatusCode::OK),
+            &body,
+        ))
     }
 }
 

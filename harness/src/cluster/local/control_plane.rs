@@ -60,29 +60,22 @@ pub struct ControlPlane {
     dir: Option<ScratchDir>,
 }
 
-impl ControlPlane {
-    /// Starts etcd, the API server, the controller manager and the scheduler, and waits until
-    /// the API serves the `default` namespace and the controller manager has made the `default` service
-    /// account's token (pods can be admitted).
-    ///
-    /// # Errors
-    /// [`LocalError::ProgramMissing`] without etcd or openssl, [`LocalError::Exited`] with the
-    /// end of a component's log when it dies, [`LocalError::NotReady`] after the deadline.
-    pub async fn start(options: ControlPlaneOptions) -> Result<Self, LocalError> {
-        let started = Instant::now();
-        super::require_programs(&[("etcd", "etcd-server"), ("openssl", "openssl")])?;
-        let dir = ScratchDir::new("harness-k8s-cp-", "local control plane").map_err(|source| {
-            LocalError::Io {
-                action: "create",
-                path: std::env::temp_dir(),
-                source,
-            }
-        })?;
-        let root = dir.path().to_owned();
-        let bin = |name: &str| options.bin_dir.join(name);
-        // Flags removed in later versions are passed only to the versions that have them.
-        let minor = binaries::minor_version(&options.bin_dir)?;
-        let pki = Pki::create(&root.join("pki"))?;
+/// The certificates and keys issued before any component starts.
+struct Certs {
+    /// The API server's serving certificate.
+    serving: CertPair,
+    /// The API server's client certificate towards kubelets.
+    kubelet_client: CertPair,
+    /// `kubernetes-admin` in `system:masters`, for the admin kubeconfig.
+    admin: CertPair,
+    /// The service-account token signing key and its public half.
+    sa_key: PathBuf,
+    sa_pub: PathBuf,
+}
+
+impl Certs {
+    /// Issues them from the cluster's CA.
+    fn issue(pki: &Pki) -> Result<Certs, LocalError> {
         let serving = pki.server(
             "kube-apiserver",
             &[
@@ -102,16 +95,39 @@ impl ControlPlane {
         )?;
         let admin = pki.client("admin", "kubernetes-admin", &["system:masters"])?;
         let (sa_key, sa_pub) = pki.service_account_keys()?;
+        Ok(Certs {
+            serving,
+            kubelet_client,
+            admin,
+            sa_key,
+            sa_pub,
+        })
+    }
+}
 
-        let etcd_port = free_port()?;
-        let peer_port = free_port()?;
-        let api_port = free_port()?;
-        let logs = root.join("logs");
-        mkdir(&logs)?;
-        let etcd_data = root.join("etcd");
-        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+/// What the components' command lines share: the state directory and its `logs/`, the
+/// binaries, the kubeconfig context, the API server's URL, the CA and the minor version.
+struct Components<'a> {
+    root: &'a Path,
+    logs: PathBuf,
+    bin_dir: &'a Path,
+    context: &'a str,
+    url: &'a str,
+    pki: &'a Pki,
+    minor: u32,
+}
+
+/// A path as a flag's value.
+fn p(path: &Path) -> String {
+    path.display().to_string()
+}
+
+impl Components<'_> {
+    /// etcd serving clients at `etcd_url`, its data under the state directory.
+    fn start_etcd(&self, etcd_url: &str, peer_port: u16) -> Result<Daemon, LocalError> {
+        let etcd_data = self.root.join("etcd");
         let peer_url = format!("http://127.0.0.1:{peer_port}");
-        let mut etcd = Daemon::start(
+        Daemon::start(
             "etcd",
             Path::new("etcd"),
             &[
@@ -124,31 +140,41 @@ impl ControlPlane {
                 format!("--initial-cluster=local={peer_url}"),
                 "--log-level=warn".to_owned(),
             ],
-            &logs.join("etcd.log"),
-        )?;
-        let url = format!("https://127.0.0.1:{api_port}");
-        let p = |path: &Path| path.display().to_string();
-        let mut apiserver = Daemon::start(
+            &self.logs.join("etcd.log"),
+        )
+    }
+
+    /// kube-apiserver on `api_port` over etcd, with client-certificate TLS and `Node,RBAC`.
+    fn start_apiserver(
+        &self,
+        etcd_url: &str,
+        api_port: u16,
+        certs: &Certs,
+    ) -> Result<Daemon, LocalError> {
+        Daemon::start(
             "kube-apiserver",
-            &bin("kube-apiserver"),
+            &self.bin_dir.join("kube-apiserver"),
             &[
                 format!("--etcd-servers={etcd_url}"),
                 "--bind-address=127.0.0.1".to_owned(),
                 "--advertise-address=127.0.0.1".to_owned(),
                 format!("--secure-port={api_port}"),
-                format!("--cert-dir={}", p(&root.join("apiserver-certs"))),
-                format!("--tls-cert-file={}", p(&serving.cert)),
-                format!("--tls-private-key-file={}", p(&serving.key)),
-                format!("--client-ca-file={}", p(&pki.ca.cert)),
-                format!("--service-account-key-file={}", p(&sa_pub)),
-                format!("--service-account-signing-key-file={}", p(&sa_key)),
+                format!("--cert-dir={}", p(&self.root.join("apiserver-certs"))),
+                format!("--tls-cert-file={}", p(&certs.serving.cert)),
+                format!("--tls-private-key-file={}", p(&certs.serving.key)),
+                format!("--client-ca-file={}", p(&self.pki.ca.cert)),
+                format!("--service-account-key-file={}", p(&certs.sa_pub)),
+                format!("--service-account-signing-key-file={}", p(&certs.sa_key)),
                 "--service-account-issuer=https://kubernetes.default.svc.cluster.local".to_owned(),
                 format!("--service-cluster-ip-range={SERVICE_CIDR}"),
                 "--authorization-mode=Node,RBAC".to_owned(),
                 "--enable-admission-plugins=NodeRestriction".to_owned(),
                 "--allow-privileged=true".to_owned(),
-                format!("--kubelet-client-certificate={}", p(&kubelet_client.cert)),
-                format!("--kubelet-client-key={}", p(&kubelet_client.key)),
+                format!(
+                    "--kubelet-client-certificate={}",
+                    p(&certs.kubelet_client.cert)
+                ),
+                format!("--kubelet-client-key={}", p(&certs.kubelet_client.key)),
                 // The node is `localhost` and its kubelet listens on 127.0.0.1 only.
                 "--kubelet-preferred-address-types=Hostname,InternalIP".to_owned(),
                 // The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
@@ -157,12 +183,130 @@ impl ControlPlane {
                 "--profiling=false".to_owned(),
             ]
             .into_iter()
-            .chain((minor < 24).then(|| "--insecure-port=0".to_owned()))
+            .chain((self.minor < 24).then(|| "--insecure-port=0".to_owned()))
             .collect::<Vec<_>>(),
-            &logs.join("kube-apiserver.log"),
+            &self.logs.join("kube-apiserver.log"),
+        )
+    }
+
+    /// kube-controller-manager as `system:kube-controller-manager`, signing service-account
+    /// tokens with `sa_key`.
+    fn start_controller_manager(&self, sa_key: &Path) -> Result<Daemon, LocalError> {
+        let pki = self.pki;
+        let cm_user = pki.client(
+            "kube-controller-manager",
+            "system:kube-controller-manager",
+            &[],
         )?;
+        let cm_config = self.root.join("kube-controller-manager.kubeconfig");
+        write_kubeconfig(&cm_config, self.context, self.url, &pki.ca.cert, &cm_user)?;
+        Daemon::start(
+            "kube-controller-manager",
+            &self.bin_dir.join("kube-controller-manager"),
+            &[
+                format!("--kubeconfig={}", p(&cm_config)),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--secure-port={}", free_port()?),
+                format!(
+                    "--cert-dir={}",
+                    p(&self.root.join("controller-manager-certs"))
+                ),
+                format!("--service-account-private-key-file={}", p(sa_key)),
+                format!("--root-ca-file={}", p(&pki.ca.cert)),
+                format!("--cluster-signing-cert-file={}", p(&pki.ca.cert)),
+                format!("--cluster-signing-key-file={}", p(&pki.ca.key)),
+                "--use-service-account-credentials=true".to_owned(),
+                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
+                "--leader-elect=false".to_owned(),
+                "--profiling=false".to_owned(),
+            ]
+            .into_iter()
+            .chain((self.minor < 24).then(|| "--port=0".to_owned()))
+            .collect::<Vec<_>>(),
+            &self.logs.join("kube-controller-manager.log"),
+        )
+    }
+
+    /// kube-scheduler as `system:kube-scheduler`.
+    fn start_scheduler(&self) -> Result<Daemon, LocalError> {
+        let pki = self.pki;
+        let sched_user = pki.client("kube-scheduler", "system:kube-scheduler", &[])?;
+        let sched_config = self.root.join("kube-scheduler.kubeconfig");
+        write_kubeconfig(
+            &sched_config,
+            self.context,
+            self.url,
+            &pki.ca.cert,
+            &sched_user,
+        )?;
+        Daemon::start(
+            "kube-scheduler",
+            &self.bin_dir.join("kube-scheduler"),
+            &[
+                format!("--kubeconfig={}", p(&sched_config)),
+                "--bind-address=127.0.0.1".to_owned(),
+                format!("--secure-port={}", free_port()?),
+                format!("--cert-dir={}", p(&self.root.join("scheduler-certs"))),
+                "--leader-elect=false".to_owned(),
+                "--profiling=false".to_owned(),
+            ]
+            .into_iter()
+            .chain((self.minor < 24).then(|| "--port=0".to_owned()))
+            .collect::<Vec<_>>(),
+            &self.logs.join("kube-scheduler.log"),
+        )
+    }
+}
+
+impl ControlPlane {
+    /// Starts etcd, the API server, the controller manager and the scheduler, and waits until
+    /// the API serves the `default` namespace and the controller manager has made the `default` service
+    /// account's token (pods can be admitted).
+    ///
+    /// # Errors
+    /// [`LocalError::ProgramMissing`] without etcd or openssl, [`LocalError::Exited`] with the
+    /// end of a component's log when it dies, [`LocalError::NotReady`] after the deadline.
+    pub async fn start(options: ControlPlaneOptions) -> Result<Self, LocalError> {
+        let started = Instant::now();
+        super::require_programs(&[("etcd", "etcd-server"), ("openssl", "openssl")])?;
+        let dir = ScratchDir::new("harness-k8s-cp-", "local control plane").map_err(|source| {
+            LocalError::Io {
+                action: "create",
+                path: std::env::temp_dir(),
+                source,
+            }
+        })?;
+        let root = dir.path().to_owned();
+        // Flags removed in later versions are passed only to the versions that have them.
+        let minor = binaries::minor_version(&options.bin_dir)?;
+        let pki = Pki::create(&root.join("pki"))?;
+        let certs = Certs::issue(&pki)?;
+
+        let etcd_port = free_port()?;
+        let peer_port = free_port()?;
+        let api_port = free_port()?;
+        let url = format!("https://127.0.0.1:{api_port}");
+        let components = Components {
+            root: &root,
+            logs: root.join("logs"),
+            bin_dir: &options.bin_dir,
+            context: &options.context,
+            url: &url,
+            pki: &pki,
+            minor,
+        };
+        mkdir(&components.logs)?;
+        let etcd_url = format!("http://127.0.0.1:{etcd_port}");
+        let mut etcd = components.start_etcd(&etcd_url, peer_port)?;
+        let mut apiserver = components.start_apiserver(&etcd_url, api_port, &certs)?;
         let kubeconfig = root.join("admin.kubeconfig");
-        write_kubeconfig(&kubeconfig, &options.context, &url, &pki.ca.cert, &admin)?;
+        write_kubeconfig(
+            &kubeconfig,
+            &options.context,
+            &url,
+            &pki.ca.cert,
+            &certs.admin,
+        )?;
         let client = client(&kubeconfig, &options.context).await?;
         let remaining = |started: Instant| options.timeout.saturating_sub(started.elapsed());
         wait_for(
@@ -173,60 +317,8 @@ impl ControlPlane {
         )
         .await?;
 
-        let cm_user = pki.client(
-            "kube-controller-manager",
-            "system:kube-controller-manager",
-            &[],
-        )?;
-        let cm_config = root.join("kube-controller-manager.kubeconfig");
-        write_kubeconfig(&cm_config, &options.context, &url, &pki.ca.cert, &cm_user)?;
-        let mut controller_manager = Daemon::start(
-            "kube-controller-manager",
-            &bin("kube-controller-manager"),
-            &[
-                format!("--kubeconfig={}", p(&cm_config)),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!("--secure-port={}", free_port()?),
-                format!("--cert-dir={}", p(&root.join("controller-manager-certs"))),
-                format!("--service-account-private-key-file={}", p(&sa_key)),
-                format!("--root-ca-file={}", p(&pki.ca.cert)),
-                format!("--cluster-signing-cert-file={}", p(&pki.ca.cert)),
-                format!("--cluster-signing-key-file={}", p(&pki.ca.key)),
-                "--use-service-account-credentials=true".to_owned(),
-                format!("--service-cluster-ip-range={SERVICE_CIDR}"),
-                "--leader-elect=false".to_owned(),
-                "--profiling=false".to_owned(),
-            ]
-            .into_iter()
-            .chain((minor < 24).then(|| "--port=0".to_owned()))
-            .collect::<Vec<_>>(),
-            &logs.join("kube-controller-manager.log"),
-        )?;
-        let sched_user = pki.client("kube-scheduler", "system:kube-scheduler", &[])?;
-        let sched_config = root.join("kube-scheduler.kubeconfig");
-        write_kubeconfig(
-            &sched_config,
-            &options.context,
-            &url,
-            &pki.ca.cert,
-            &sched_user,
-        )?;
-        let mut scheduler = Daemon::start(
-            "kube-scheduler",
-            &bin("kube-scheduler"),
-            &[
-                format!("--kubeconfig={}", p(&sched_config)),
-                "--bind-address=127.0.0.1".to_owned(),
-                format!("--secure-port={}", free_port()?),
-                format!("--cert-dir={}", p(&root.join("scheduler-certs"))),
-                "--leader-elect=false".to_owned(),
-                "--profiling=false".to_owned(),
-            ]
-            .into_iter()
-            .chain((minor < 24).then(|| "--port=0".to_owned()))
-            .collect::<Vec<_>>(),
-            &logs.join("kube-scheduler.log"),
-        )?;
+        let mut controller_manager = components.start_controller_manager(&certs.sa_key)?;
+        let mut scheduler = components.start_scheduler()?;
         wait_for(
             "kube-controller-manager (the default service account's token)",
             remaining(started),

@@ -327,7 +327,6 @@ pub async fn restore_kubernetes(
         cache: HashMap::new(),
     };
     let waits = &options.waits;
-    let params = PatchParams::apply(&options.field_manager).force();
     // Claims whose storage class binds on first consumer (kind's local-path does): they cannot
     // be Bound before their pod exists, so they are checked once the pods are Ready.
     let mut deferred: Vec<String> = Vec::new();
@@ -337,43 +336,13 @@ pub async fn restore_kubernetes(
         let _guard = span.enter();
         match step.kind {
             StepKind::Apply => {
-                for object in &step.manifests {
-                    let (resource, caps) = resolver
-                        .resolve(object, waits.crd_established, waits.poll)
-                        .await?;
-                    let api = dynamic_api(client, &resource, &caps, object);
-                    let name = name_of(object);
-                    let shown = label(object);
-                    let exists = api
-                        .get_opt(name)
-                        .await
-                        .map_err(RestoreError::kube(format!("get {shown}")))?
-                        .is_some();
-                    if exists {
-                        report.replaced.push(shown.clone())
-                    } else {
-                        report.created.push(shown.clone())
-                    }
-                    if options.dry_run {
-                        continue;
-                    }
-                    api.patch(name, &params, &Patch::Apply(object))
-                        .await
-                        .map_err(RestoreError::kube(format!("apply {shown}")))?;
-                }
+                apply_objects(client, &mut resolver, &step.manifests, options, &mut report).await?;
             }
             _ if options.dry_run => {}
             StepKind::WaitBound => {
-                for object in &step.objects {
-                    let name = object.rsplit('/').next().unwrap_or_default();
-                    if !wait_pvc_bound(client, &plan.namespace, name, waits, true).await? {
-                        tracing::info!(
-                            pvc = name,
-                            "storage class binds on first consumer; checking Bound after the pods"
-                        );
-                        deferred.push(name.to_owned());
-                    }
-                }
+                deferred.extend(
+                    wait_claims_bound(client, &plan.namespace, &step.objects, waits).await?,
+                );
             }
             StepKind::WaitReady => {
                 for object in &step.objects {
@@ -404,30 +373,9 @@ pub async fn restore_kubernetes(
                     })?;
             }
             StepKind::WaitAllPodsReady => {
-                // Every workload at its replica count first (a Deployment that has not created
-                // its pods yet has no pod to be un-Ready), then every pod, within one deadline.
-                let deadline = Instant::now() + waits.pods_ready;
-                for (kind, name) in workloads_in(client, &plan.namespace).await? {
-                    let remaining = Waits {
-                        workload_ready: deadline.saturating_duration_since(Instant::now()),
-                        ..waits.clone()
-                    };
-                    wait_workload_ready(client, &plan.namespace, kind, &name, &remaining).await?;
-                }
-                let remaining = Waits {
-                    pods_ready: deadline.saturating_duration_since(Instant::now()),
-                    ..waits.clone()
-                };
-                wait_pods_ready(client, &plan.namespace, &remaining).await?;
-                let consumed = claims_in_use(client, &plan.namespace).await?;
-                for name in &deferred {
-                    if consumed.contains(name) {
-                        wait_pvc_bound(client, &plan.namespace, name, waits, false).await?;
-                    } else {
-                        tracing::warn!(pvc = %name, "no pod uses this claim, so its storage class has not bound it");
-                        report.unconsumed_claims.push(name.clone());
-                    }
-                }
+                let ns = &plan.namespace;
+                let unconsumed = wait_all_pods_ready(client, ns, waits, &deferred).await?;
+                report.unconsumed_claims.extend(unconsumed);
                 report.pods_ready_seconds = Some(step_started.elapsed().as_secs_f64());
             }
         }
@@ -438,4 +386,99 @@ pub async fn restore_kubernetes(
     }
     report.seconds = started.elapsed().as_secs_f64();
     Ok(report)
+}
+
+/// Server-side applies each object of an Apply step (with `options.dry_run`, only looks
+/// whether it exists), recording it as created or replaced.
+async fn apply_objects(
+    client: &kube::Client,
+    resolver: &mut Resolver,
+    manifests: &[Value],
+    options: &KubeRestoreOptions,
+    report: &mut KubeRestoreReport,
+) -> Result<(), RestoreError> {
+    let waits = &options.waits;
+    let params = PatchParams::apply(&options.field_manager).force();
+    for object in manifests {
+        let (resource, caps) = resolver
+            .resolve(object, waits.crd_established, waits.poll)
+            .await?;
+        let api = dynamic_api(client, &resource, &caps, object);
+        let name = name_of(object);
+        let shown = label(object);
+        let exists = api
+            .get_opt(name)
+            .await
+            .map_err(RestoreError::kube(format!("get {shown}")))?
+            .is_some();
+        if exists {
+            report.replaced.push(shown.clone())
+        } else {
+            report.created.push(shown.clone())
+        }
+        if options.dry_run {
+            continue;
+        }
+        api.patch(name, &params, &Patch::Apply(object))
+            .await
+            .map_err(RestoreError::kube(format!("apply {shown}")))?;
+    }
+    Ok(())
+}
+
+/// Waits for each claim of a WaitBound step to be Bound; returns those whose storage class
+/// binds on first consumer (kind's local-path does), to check once the pods are Ready.
+async fn wait_claims_bound(
+    client: &kube::Client,
+    namespace: &str,
+    objects: &[String],
+    waits: &Waits,
+) -> Result<Vec<String>, RestoreError> {
+    let mut deferred = Vec::new();
+    for object in objects {
+        let name = object.rsplit('/').next().unwrap_or_default();
+        if !wait_pvc_bound(client, namespace, name, waits, true).await? {
+            tracing::info!(
+                pvc = name,
+                "storage class binds on first consumer; checking Bound after the pods"
+            );
+            deferred.push(name.to_owned());
+        }
+    }
+    Ok(deferred)
+}
+
+/// Every workload at its replica count first (a Deployment that has not created its pods yet
+/// has no pod to be un-Ready), then every pod, within one deadline; then the `deferred`
+/// claims Bound. Returns the deferred claims no pod uses (their class has not bound them).
+async fn wait_all_pods_ready(
+    client: &kube::Client,
+    namespace: &str,
+    waits: &Waits,
+    deferred: &[String],
+) -> Result<Vec<String>, RestoreError> {
+    let deadline = Instant::now() + waits.pods_ready;
+    for (kind, name) in workloads_in(client, namespace).await? {
+        let remaining = Waits {
+            workload_ready: deadline.saturating_duration_since(Instant::now()),
+            ..waits.clone()
+        };
+        wait_workload_ready(client, namespace, kind, &name, &remaining).await?;
+    }
+    let remaining = Waits {
+        pods_ready: deadline.saturating_duration_since(Instant::now()),
+        ..waits.clone()
+    };
+    wait_pods_ready(client, namespace, &remaining).await?;
+    let consumed = claims_in_use(client, namespace).await?;
+    let mut unconsumed = Vec::new();
+    for name in deferred {
+        if consumed.contains(name) {
+            wait_pvc_bound(client, namespace, name, waits, false).await?;
+        } else {
+            tracing::warn!(pvc = %name, "no pod uses this claim, so its storage class has not bound it");
+            unconsumed.push(name.clone());
+        }
+    }
+    Ok(unconsumed)
 }

@@ -156,70 +156,21 @@ impl KubeRestorePlan {
         let postgres = objects
             .iter()
             .find(|o| kind_of(o) == "StatefulSet" && name_of(o) == roles.postgres_statefulset)
-            .cloned();
+            .map(|p| with_ns(p, namespace));
         let redis = objects
             .iter()
             .find(|o| kind_of(o) == "Deployment" && name_of(o) == roles.redis_deployment)
             .cloned();
         for object in objects {
-            let valid = object
-                .get("apiVersion")
-                .and_then(Value::as_str)
-                .is_some_and(|v| !v.is_empty())
-                && !kind_of(object).is_empty()
-                && !name_of(object).is_empty();
-            if !valid {
-                let shown: String = object.to_string().chars().take(120).collect();
-                return Err(RestoreError::InvalidObject {
-                    object: shown,
-                    detail: "needs apiVersion, kind and metadata.name".to_owned(),
-                });
-            }
-            let mut object = object.clone();
-            let kind = kind_of(&object).to_owned();
-            if kind == "Namespace" {
+            check_object(object)?;
+            if kind_of(object) == "Namespace" {
                 // Keep the backed-up labels and annotations; the name is the target's.
-                namespace_object = object;
+                namespace_object = object.clone();
                 namespace_object["metadata"]["name"] = json!(namespace);
                 continue;
             }
-            let cluster_scoped = matches!(
-                kind.as_str(),
-                "CustomResourceDefinition"
-                    | "ClusterRole"
-                    | "ClusterRoleBinding"
-                    | "PersistentVolume"
-                    | "StorageClass"
-            );
-            if !cluster_scoped {
-                object["metadata"]["namespace"] = json!(namespace);
-            }
-            if kind == "Deployment"
-                && let Some(count) = replicas.get(name_of(&object))
-            {
-                object["spec"]["replicas"] = json!(count);
-            }
-            let is_custom = !BUILTIN_GROUPS.contains(&group_of(&object));
-            let bucket = match kind.as_str() {
-                "CustomResourceDefinition" => 1,
-                "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole"
-                | "ClusterRoleBinding" => 2,
-                "Secret" => 3,
-                "ConfigMap" => 4,
-                "PersistentVolumeClaim" => 5,
-                "StatefulSet"
-                    if Some(&object)
-                        == postgres.as_ref().map(|p| with_ns(p, namespace)).as_ref() =>
-                {
-                    6
-                }
-                "Service" if postgres.as_ref().is_some_and(|p| selects(&object, p)) => 6,
-                "Deployment" if name_of(&object) == roles.redis_deployment => 8,
-                "Service" if redis.as_ref().is_some_and(|r| selects(&object, r)) => 8,
-                "CronJob" => 11,
-                _ if is_custom => 11,
-                _ => 10,
-            };
+            let object = retarget(object, namespace, replicas);
+            let bucket = bucket_of(&object, roles, postgres.as_ref(), redis.as_ref());
             buckets.entry(bucket).or_default().push(object);
         }
         let annotations = namespace_object["metadata"]
@@ -229,64 +180,137 @@ impl KubeRestorePlan {
         if let Some(annotations) = annotations {
             annotations.insert(RESTORE_ANNOTATION.to_owned(), json!(backup_id));
         }
-
-        let mut steps = Vec::new();
-        let apply = |phase: &str, objects: Vec<Value>| PlanStep {
-            phase: phase.to_owned(),
-            kind: StepKind::Apply,
-            objects: objects.iter().map(label).collect(),
-            manifests: objects,
-        };
-        let wait = |phase: &str, kind, objects: &[Value]| PlanStep {
-            phase: phase.to_owned(),
-            kind,
-            objects: objects.iter().map(label).collect(),
-            manifests: Vec::new(),
-        };
-        steps.push(apply("namespace", vec![namespace_object]));
-        for (bucket, phase) in [(1, "crds"), (2, "rbac"), (3, "secrets"), (4, "configmaps")] {
-            if let Some(objects) = buckets.remove(&bucket) {
-                steps.push(apply(phase, objects));
-            }
-        }
-        if let Some(pvcs) = buckets.remove(&5) {
-            steps.push(apply("pvcs", pvcs.clone()));
-            steps.push(wait("pvcs", StepKind::WaitBound, &pvcs));
-        }
-        if let Some(objects) = buckets.remove(&6) {
-            let workloads: Vec<Value> = objects
-                .iter()
-                .filter(|o| kind_of(o) == "StatefulSet")
-                .cloned()
-                .collect();
-            steps.push(apply("postgresql", objects));
-            steps.push(wait("postgresql", StepKind::WaitReady, &workloads));
-        }
-        steps.push(wait("database", StepKind::RestoreDatabase, &[]));
-        if let Some(objects) = buckets.remove(&8) {
-            let workloads: Vec<Value> = objects
-                .iter()
-                .filter(|o| kind_of(o) == "Deployment")
-                .cloned()
-                .collect();
-            steps.push(apply("redis", objects));
-            steps.push(wait("redis", StepKind::WaitReady, &workloads));
-            steps.push(wait("redis", StepKind::RestoreRedis, &[]));
-        }
-        if let Some(objects) = buckets.remove(&10) {
-            steps.push(apply("workloads", objects));
-        }
-        if let Some(objects) = buckets.remove(&11) {
-            steps.push(apply("custom-resources", objects));
-        }
-        steps.push(wait("pods", StepKind::WaitAllPodsReady, &[]));
         Ok(Self {
             namespace: namespace.to_owned(),
             backup_id: backup_id.to_owned(),
-            steps,
+            steps: steps_of(namespace_object, buckets),
             replicas: replicas.clone(),
         })
     }
+}
+
+/// Refuses an object without `apiVersion`, `kind` or a name.
+fn check_object(object: &Value) -> Result<(), RestoreError> {
+    let valid = object
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .is_some_and(|v| !v.is_empty())
+        && !kind_of(object).is_empty()
+        && !name_of(object).is_empty();
+    if valid {
+        return Ok(());
+    }
+    let shown: String = object.to_string().chars().take(120).collect();
+    Err(RestoreError::InvalidObject {
+        object: shown,
+        detail: "needs apiVersion, kind and metadata.name".to_owned(),
+    })
+}
+
+/// The object as it is restored: moved into `namespace` unless cluster-scoped, and a
+/// Deployment listed in `replicas` at that count.
+fn retarget(object: &Value, namespace: &str, replicas: &BTreeMap<String, i32>) -> Value {
+    let mut object = object.clone();
+    let kind = kind_of(&object).to_owned();
+    let cluster_scoped = matches!(
+        kind.as_str(),
+        "CustomResourceDefinition"
+            | "ClusterRole"
+            | "ClusterRoleBinding"
+            | "PersistentVolume"
+            | "StorageClass"
+    );
+    if !cluster_scoped {
+        object["metadata"]["namespace"] = json!(namespace);
+    }
+    if kind == "Deployment"
+        && let Some(count) = replicas.get(name_of(&object))
+    {
+        object["spec"]["replicas"] = json!(count);
+    }
+    object
+}
+
+/// The bucket that orders a retargeted object: 1 CRDs, 2 RBAC, 3 Secrets, 4 ConfigMaps,
+/// 5 PVCs, 6 the PostgreSQL StatefulSet (`postgres`, retargeted) and its Services, 8 the Redis
+/// Deployment (`redis`) and its Services, 10 other workloads and Services, 11 CronJobs and
+/// custom resources.
+fn bucket_of(
+    object: &Value,
+    roles: &PlanRoles,
+    postgres: Option<&Value>,
+    redis: Option<&Value>,
+) -> u8 {
+    let is_custom = !BUILTIN_GROUPS.contains(&group_of(object));
+    match kind_of(object) {
+        "CustomResourceDefinition" => 1,
+        "ServiceAccount" | "Role" | "RoleBinding" | "ClusterRole" | "ClusterRoleBinding" => 2,
+        "Secret" => 3,
+        "ConfigMap" => 4,
+        "PersistentVolumeClaim" => 5,
+        "StatefulSet" if Some(object) == postgres => 6,
+        "Service" if postgres.is_some_and(|p| selects(object, p)) => 6,
+        "Deployment" if name_of(object) == roles.redis_deployment => 8,
+        "Service" if redis.is_some_and(|r| selects(object, r)) => 8,
+        "CronJob" => 11,
+        _ if is_custom => 11,
+        _ => 10,
+    }
+}
+
+/// The plan's steps from the buckets, in order, with the waits and data restores between them.
+fn steps_of(namespace_object: Value, mut buckets: BTreeMap<u8, Vec<Value>>) -> Vec<PlanStep> {
+    let mut steps = Vec::new();
+    let apply = |phase: &str, objects: Vec<Value>| PlanStep {
+        phase: phase.to_owned(),
+        kind: StepKind::Apply,
+        objects: objects.iter().map(label).collect(),
+        manifests: objects,
+    };
+    let wait = |phase: &str, kind, objects: &[Value]| PlanStep {
+        phase: phase.to_owned(),
+        kind,
+        objects: objects.iter().map(label).collect(),
+        manifests: Vec::new(),
+    };
+    steps.push(apply("namespace", vec![namespace_object]));
+    for (bucket, phase) in [(1, "crds"), (2, "rbac"), (3, "secrets"), (4, "configmaps")] {
+        if let Some(objects) = buckets.remove(&bucket) {
+            steps.push(apply(phase, objects));
+        }
+    }
+    if let Some(pvcs) = buckets.remove(&5) {
+        steps.push(apply("pvcs", pvcs.clone()));
+        steps.push(wait("pvcs", StepKind::WaitBound, &pvcs));
+    }
+    if let Some(objects) = buckets.remove(&6) {
+        let workloads: Vec<Value> = objects
+            .iter()
+            .filter(|o| kind_of(o) == "StatefulSet")
+            .cloned()
+            .collect();
+        steps.push(apply("postgresql", objects));
+        steps.push(wait("postgresql", StepKind::WaitReady, &workloads));
+    }
+    steps.push(wait("database", StepKind::RestoreDatabase, &[]));
+    if let Some(objects) = buckets.remove(&8) {
+        let workloads: Vec<Value> = objects
+            .iter()
+            .filter(|o| kind_of(o) == "Deployment")
+            .cloned()
+            .collect();
+        steps.push(apply("redis", objects));
+        steps.push(wait("redis", StepKind::WaitReady, &workloads));
+        steps.push(wait("redis", StepKind::RestoreRedis, &[]));
+    }
+    if let Some(objects) = buckets.remove(&10) {
+        steps.push(apply("workloads", objects));
+    }
+    if let Some(objects) = buckets.remove(&11) {
+        steps.push(apply("custom-resources", objects));
+    }
+    steps.push(wait("pods", StepKind::WaitAllPodsReady, &[]));
+    steps
 }
 
 fn with_ns(object: &Value, namespace: &str) -> Value {

@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use super::events::{EventKind, record};
 use super::{Ctx, create, deleting, meta, modify, pod_ready, write_status};
 use crate::selector::LabelSelector;
+use crate::store::Store;
 
 type Backends = Arc<RwLock<Vec<SocketAddr>>>;
 
@@ -162,19 +163,18 @@ pub(crate) fn reconcile(ctx: &Ctx) {
     let store = &ctx.store;
     let (services, _) = store.list("/services", None);
     let (pods, _) = store.list("/pods", None);
-    let mut want: BTreeMap<SocketAddr, Vec<SocketAddr>> = BTreeMap::new();
-    let mut owners: HashMap<SocketAddr, Arc<Value>> = HashMap::new();
+    let mut listeners = Listeners::default();
     for svc in &services {
         if deleting(svc) {
             continue;
         }
-        let ns = meta(svc, "namespace");
         let Some(sel) = svc
             .pointer("/spec/selector")
             .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
         else {
             continue;
         };
+        let ns = meta(svc, "namespace");
         let selector = LabelSelector::from_object(&json!({"matchLabels": sel}));
         let members: Vec<_> = pods
             .iter()
@@ -190,92 +190,136 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             .and_then(Value::as_array)
             .cloned()
             .unwrap_or_default();
-        // Endpoints: one subset per distinct resolved port list.
-        // Per port list: (ports, ready addresses, not-ready addresses).
-        type Subset = (Vec<Value>, Vec<Value>, Vec<Value>);
-        let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
-        for p in &members {
-            let ip = p
-                .pointer("/status/podIP")
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let eports: Vec<Value> = ports
-                .iter()
-                .filter_map(|sp| {
-                    let n = target_port(sp, p)?;
-                    let mut e = json!({"port": n, "protocol": sp.get("protocol").cloned().unwrap_or(json!("TCP"))});
-                    if let Some(name) = sp.get("name") {
-                        e["name"] = name.clone();
-                    }
-                    Some(e)
-                })
-                .collect();
-            let key = serde_json::to_string(&eports).unwrap_or_default();
-            let addr = json!({
-                "ip": ip,
-                "nodeName": p.pointer("/spec/nodeName").cloned().unwrap_or(Value::Null),
-                "targetRef": {"kind": "Pod", "namespace": ns, "name": meta(p, "name"), "uid": meta(p, "uid")},
-            });
-            let entry = subsets
-                .entry(key)
-                .or_insert_with(|| (Vec::new(), Vec::new(), eports));
-            if pod_ready(p) {
-                entry.0.push(addr)
-            } else {
-                entry.1.push(addr)
-            }
+        write_endpoints(store, svc, endpoint_subsets(ns, &ports, &members));
+        listeners.add_service(ctx, store, svc, &ports, &members);
+    }
+    for (addr, why) in ctx.proxies.sync(listeners.want) {
+        if let Some(svc) = listeners.owners.get(&addr) {
+            record(
+                store,
+                svc,
+                EventKind::Warning,
+                "ProxyFailed",
+                &format!("cannot listen on {addr}: {why}"),
+                "kube-proxy",
+            );
         }
-        let subsets: Vec<Value> = subsets
-            .into_values()
-            .map(|(ready, not_ready, ports)| {
-                let mut s = json!({"ports": ports});
-                if !ready.is_empty() {
-                    s["addresses"] = Value::Array(ready);
+    }
+}
+
+/// The Endpoints subsets of a Service's member pods: one subset per distinct resolved port
+/// list, with the ready and the not-ready addresses.
+fn endpoint_subsets(ns: &str, ports: &[Value], members: &[&Arc<Value>]) -> Vec<Value> {
+    // Per port list: (ready addresses, not-ready addresses, ports).
+    type Subset = (Vec<Value>, Vec<Value>, Vec<Value>);
+    let mut subsets: BTreeMap<String, Subset> = BTreeMap::new();
+    for p in members {
+        let ip = p
+            .pointer("/status/podIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let eports: Vec<Value> = ports
+            .iter()
+            .filter_map(|sp| {
+                let n = target_port(sp, p)?;
+                let mut e = json!({"port": n, "protocol": sp.get("protocol").cloned().unwrap_or(json!("TCP"))});
+                if let Some(name) = sp.get("name") {
+                    e["name"] = name.clone();
                 }
-                if !not_ready.is_empty() {
-                    s["notReadyAddresses"] = Value::Array(not_ready);
-                }
-                s
+                Some(e)
             })
             .collect();
-        let name = meta(svc, "name");
-        match store.get("/endpoints", ns, name) {
-            None => {
-                let mut ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": svc.pointer("/metadata/labels").cloned().unwrap_or(json!({}))}});
-                if !subsets.is_empty() {
-                    ep["subsets"] = Value::Array(subsets);
-                }
-                create(store, "/endpoints", ns, ep);
+        let key = serde_json::to_string(&eports).unwrap_or_default();
+        let addr = json!({
+            "ip": ip,
+            "nodeName": p.pointer("/spec/nodeName").cloned().unwrap_or(Value::Null),
+            "targetRef": {"kind": "Pod", "namespace": ns, "name": meta(p, "name"), "uid": meta(p, "uid")},
+        });
+        let entry = subsets
+            .entry(key)
+            .or_insert_with(|| (Vec::new(), Vec::new(), eports));
+        if pod_ready(p) {
+            entry.0.push(addr)
+        } else {
+            entry.1.push(addr)
+        }
+    }
+    subsets
+        .into_values()
+        .map(|(ready, not_ready, ports)| {
+            let mut s = json!({"ports": ports});
+            if !ready.is_empty() {
+                s["addresses"] = Value::Array(ready);
             }
-            Some(ep) => {
-                let cur = ep.get("subsets").cloned().unwrap_or(json!([]));
-                if cur != Value::Array(subsets.clone()) {
-                    modify(store, "/endpoints", &ep, |o| {
-                        if subsets.is_empty() {
-                            if let Some(m) = o.as_object_mut() {
-                                m.remove("subsets");
-                            }
-                        } else {
-                            o["subsets"] = Value::Array(subsets);
+            if !not_ready.is_empty() {
+                s["notReadyAddresses"] = Value::Array(not_ready);
+            }
+            s
+        })
+        .collect()
+}
+
+/// Creates the Service's Endpoints, or updates their subsets when they changed.
+fn write_endpoints(store: &Store, svc: &Value, subsets: Vec<Value>) {
+    let ns = meta(svc, "namespace");
+    let name = meta(svc, "name");
+    match store.get("/endpoints", ns, name) {
+        None => {
+            let mut ep = json!({"apiVersion": "v1", "kind": "Endpoints", "metadata": {"name": name, "namespace": ns, "labels": svc.pointer("/metadata/labels").cloned().unwrap_or(json!({}))}});
+            if !subsets.is_empty() {
+                ep["subsets"] = Value::Array(subsets);
+            }
+            create(store, "/endpoints", ns, ep);
+        }
+        Some(ep) => {
+            let cur = ep.get("subsets").cloned().unwrap_or(json!([]));
+            if cur != Value::Array(subsets.clone()) {
+                modify(store, "/endpoints", &ep, |o| {
+                    if subsets.is_empty() {
+                        if let Some(m) = o.as_object_mut() {
+                            m.remove("subsets");
                         }
-                    });
-                }
+                    } else {
+                        o["subsets"] = Value::Array(subsets);
+                    }
+                });
             }
         }
+    }
+}
 
-        // Proxy listeners.
+/// The proxy listeners every Service wants (address to ready backends), and which Service
+/// each belongs to, for the event when one cannot listen.
+#[derive(Default)]
+struct Listeners {
+    want: BTreeMap<SocketAddr, Vec<SocketAddr>>,
+    owners: HashMap<SocketAddr, Arc<Value>>,
+}
+
+impl Listeners {
+    /// A Service's listeners: each TCP port on its cluster IP and, for NodePort and
+    /// LoadBalancer, on the host ports kind maps to its node port; a LoadBalancer's status
+    /// names the cluster IP.
+    fn add_service(
+        &mut self,
+        ctx: &Ctx,
+        store: &Store,
+        svc: &Arc<Value>,
+        ports: &[Value],
+        members: &[&Arc<Value>],
+    ) {
         let Some(cluster_ip) = svc
             .pointer("/spec/clusterIP")
             .and_then(Value::as_str)
             .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
         else {
-            continue;
+            return;
         };
         let ty = svc
             .pointer("/spec/type")
             .and_then(Value::as_str)
             .unwrap_or("ClusterIP");
-        for sp in &ports {
+        for sp in ports {
             if sp
                 .get("protocol")
                 .and_then(Value::as_str)
@@ -298,9 +342,7 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                     Some(SocketAddr::new(ip, target_port(sp, p)?))
                 })
                 .collect();
-            let addr = SocketAddr::new(cluster_ip, port);
-            want.insert(addr, backends.clone());
-            owners.insert(addr, svc.clone());
+            self.insert(SocketAddr::new(cluster_ip, port), &backends, svc);
             if ty == "NodePort" || ty == "LoadBalancer" {
                 let node_port = sp.get("nodePort").and_then(Value::as_u64).unwrap_or(0);
                 for m in ctx.proxies.mappings.iter().filter(|m| {
@@ -317,9 +359,7 @@ pub(crate) fn reconcile(ctx: &Ctx) {
                         .unwrap_or("127.0.0.1")
                         .parse()
                         .unwrap_or(std::net::IpAddr::from([127, 0, 0, 1]));
-                    let host = SocketAddr::new(ip, m.host_port);
-                    want.insert(host, backends.clone());
-                    owners.insert(host, svc.clone());
+                    self.insert(SocketAddr::new(ip, m.host_port), &backends, svc);
                 }
             }
         }
@@ -330,16 +370,10 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             }
         }
     }
-    for (addr, why) in ctx.proxies.sync(want) {
-        if let Some(svc) = owners.get(&addr) {
-            record(
-                store,
-                svc,
-                EventKind::Warning,
-                "ProxyFailed",
-                &format!("cannot listen on {addr}: {why}"),
-                "kube-proxy",
-            );
-        }
+
+    /// One listener of `svc`.
+    fn insert(&mut self, addr: SocketAddr, backends: &[SocketAddr], svc: &Arc<Value>) {
+        self.want.insert(addr, backends.to_vec());
+        self.owners.insert(addr, svc.clone());
     }
 }

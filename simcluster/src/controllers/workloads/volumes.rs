@@ -6,6 +6,7 @@
 //! Event, as on a real cluster.
 
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use serde_json::{Value, json};
 
@@ -79,8 +80,6 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         if deleting(pvc) || pvc.pointer("/status/phase").and_then(Value::as_str) == Some("Bound") {
             continue;
         }
-        let ns = meta(pvc, "namespace");
-        let name = meta(pvc, "name");
         // A claim naming an existing volume binds to it when that volume is free.
         if let Some(vol) = pvc
             .pointer("/spec/volumeName")
@@ -92,176 +91,202 @@ pub(crate) fn reconcile(ctx: &Ctx) {
             }
             continue;
         }
-        let class = match pvc
-            .pointer("/spec/storageClassName")
-            .and_then(Value::as_str)
-        {
-            Some(c) => Some(c.to_owned()),
-            None => default_class(store),
-        };
-        let Some(class) = class.filter(|c| !c.is_empty()) else {
-            record(
-                store,
-                pvc,
-                EventKind::Normal,
-                "FailedBinding",
-                "no persistent volumes available for this claim and no storage class is set",
-                "persistentvolume-controller",
-            );
-            continue;
-        };
-        let Some(sc) = store.get("storage.k8s.io/storageclasses", "", &class) else {
-            record(
-                store,
-                pvc,
-                EventKind::Warning,
-                "ProvisioningFailed",
-                &format!("storageclass.storage.k8s.io \"{class}\" not found"),
-                "persistentvolume-controller",
-            );
-            continue;
-        };
-        if sc.get("provisioner").and_then(Value::as_str) != Some(PROVISIONER) {
-            record(
-                store,
-                pvc,
-                EventKind::Normal,
-                "ExternalProvisioning",
-                &format!(
-                    "Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator",
-                    sc.get("provisioner")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default()
-                ),
-                "persistentvolume-controller",
-            );
-            continue;
-        }
-        if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
-            && !has_consumer(store, ns, name)
-        {
-            record(
-                store,
-                pvc,
-                EventKind::Normal,
-                "WaitForFirstConsumer",
-                "waiting for first consumer to be created before binding",
-                "persistentvolume-controller",
-            );
-            continue;
-        }
-        let pv_name = format!("pvc-{}", meta(pvc, "uid"));
-        let dir = ctx
-            .cfg
-            .state_dir
-            .join("volumes")
-            .join(format!("{ns}_{name}_{pv_name}"));
-        if let Err(e) = std::fs::create_dir_all(&dir) {
-            record(
-                store,
-                pvc,
-                EventKind::Warning,
-                "ProvisioningFailed",
-                &format!("cannot create {}: {e}", dir.display()),
-                "persistentvolume-controller",
-            );
-            continue;
-        }
-        let pv = json!({
-            "apiVersion": "v1",
-            "kind": "PersistentVolume",
-            "metadata": {
-                "name": pv_name,
-                "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
-            },
-            "spec": {
-                "capacity": {"storage": pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
-                "accessModes": pvc.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
-                "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy").cloned().unwrap_or(json!("Delete")),
-                "storageClassName": class,
-                "volumeMode": "Filesystem",
-                "hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"},
-                "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": meta(pvc, "uid")},
-            },
-        });
-        let pv = match store.get("/persistentvolumes", "", &pv_name) {
-            Some(pv) => Some(pv),
-            None => create(store, "/persistentvolumes", "", pv).map(std::sync::Arc::new),
-        };
-        if let Some(pv) = pv {
-            record(
-                store,
-                pvc,
-                EventKind::Normal,
-                "ProvisioningSucceeded",
-                &format!("Successfully provisioned volume {pv_name}"),
-                PROVISIONER,
-            );
-            bind(store, pvc, &pv);
-        }
+        provision(ctx, pvc);
     }
     // Volumes whose claim is gone: delete them (and their directory) or mark them Released.
     for pv in &volumes {
-        if deleting(pv) {
-            continue;
+        if !deleting(pv) && claim_gone(pv, &claims) {
+            release(ctx, pv);
         }
-        let Some(claim_ns) = pv
-            .pointer("/spec/claimRef/namespace")
-            .and_then(Value::as_str)
-        else {
-            continue;
-        };
-        let claim_name = pv
-            .pointer("/spec/claimRef/name")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let claim_uid = pv
-            .pointer("/spec/claimRef/uid")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        let alive = claims.iter().any(|c| {
-            meta(c, "namespace") == claim_ns
-                && meta(c, "name") == claim_name
-                && (claim_uid.is_empty() || meta(c, "uid") == claim_uid)
-        });
-        if alive {
-            continue;
-        }
-        let policy = pv
-            .pointer("/spec/persistentVolumeReclaimPolicy")
-            .and_then(Value::as_str)
-            .unwrap_or("Retain");
-        let ours = pv
-            .pointer("/metadata/annotations/pv.kubernetes.io~1provisioned-by")
-            .and_then(Value::as_str)
-            == Some(PROVISIONER);
-        if policy == "Delete" && ours {
-            // Released first: the pv-protection finalizer holds a `Bound` volume.
-            write_status(
-                store,
-                "/persistentvolumes",
-                pv,
-                json!({"phase": "Released"}),
-            );
-            if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
-                let path = PathBuf::from(path);
-                // Only ever remove directories this provisioner created.
-                if path.starts_with(ctx.cfg.state_dir.join("volumes"))
-                    && let Err(e) = std::fs::remove_dir_all(&path)
-                    && e.kind() != std::io::ErrorKind::NotFound
-                {
-                    tracing::warn!(path = %path.display(), error = %e, "removing a released volume failed");
-                }
+    }
+}
+
+/// Provisions a volume for `pvc` from its storage class (or the default one) and binds it,
+/// or records why not yet.
+fn provision(ctx: &Ctx, pvc: &Value) {
+    let store = &ctx.store;
+    let ns = meta(pvc, "namespace");
+    let name = meta(pvc, "name");
+    let Some((class, sc)) = provisioning_class(store, pvc) else {
+        return;
+    };
+    if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+        && !has_consumer(store, ns, name)
+    {
+        record(
+            store,
+            pvc,
+            EventKind::Normal,
+            "WaitForFirstConsumer",
+            "waiting for first consumer to be created before binding",
+            "persistentvolume-controller",
+        );
+        return;
+    }
+    let pv_name = format!("pvc-{}", meta(pvc, "uid"));
+    let dir = ctx
+        .cfg
+        .state_dir
+        .join("volumes")
+        .join(format!("{ns}_{name}_{pv_name}"));
+    if let Err(e) = std::fs::create_dir_all(&dir) {
+        record(
+            store,
+            pvc,
+            EventKind::Warning,
+            "ProvisioningFailed",
+            &format!("cannot create {}: {e}", dir.display()),
+            "persistentvolume-controller",
+        );
+        return;
+    }
+    let pv = json!({
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {
+            "name": pv_name,
+            "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+        },
+        "spec": {
+            "capacity": {"storage": pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
+            "accessModes": pvc.pointer("/spec/accessModes").cloned().unwrap_or(json!(["ReadWriteOnce"])),
+            "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy").cloned().unwrap_or(json!("Delete")),
+            "storageClassName": class,
+            "volumeMode": "Filesystem",
+            "hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"},
+            "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": meta(pvc, "uid")},
+        },
+    });
+    let pv = match store.get("/persistentvolumes", "", &pv_name) {
+        Some(pv) => Some(pv),
+        None => create(store, "/persistentvolumes", "", pv).map(std::sync::Arc::new),
+    };
+    if let Some(pv) = pv {
+        record(
+            store,
+            pvc,
+            EventKind::Normal,
+            "ProvisioningSucceeded",
+            &format!("Successfully provisioned volume {pv_name}"),
+            PROVISIONER,
+        );
+        bind(store, pvc, &pv);
+    }
+}
+
+/// The claim's storage class (its own or the default) when this provisioner serves it; else
+/// `None`, with the event that says why.
+fn provisioning_class(store: &Store, pvc: &Value) -> Option<(String, Arc<Value>)> {
+    let class = match pvc
+        .pointer("/spec/storageClassName")
+        .and_then(Value::as_str)
+    {
+        Some(c) => Some(c.to_owned()),
+        None => default_class(store),
+    };
+    let Some(class) = class.filter(|c| !c.is_empty()) else {
+        record(
+            store,
+            pvc,
+            EventKind::Normal,
+            "FailedBinding",
+            "no persistent volumes available for this claim and no storage class is set",
+            "persistentvolume-controller",
+        );
+        return None;
+    };
+    let Some(sc) = store.get("storage.k8s.io/storageclasses", "", &class) else {
+        record(
+            store,
+            pvc,
+            EventKind::Warning,
+            "ProvisioningFailed",
+            &format!("storageclass.storage.k8s.io \"{class}\" not found"),
+            "persistentvolume-controller",
+        );
+        return None;
+    };
+    if sc.get("provisioner").and_then(Value::as_str) != Some(PROVISIONER) {
+        record(
+            store,
+            pvc,
+            EventKind::Normal,
+            "ExternalProvisioning",
+            &format!(
+                "Waiting for a volume to be created either by the external provisioner '{}' or manually by the system administrator",
+                sc.get("provisioner")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+            ),
+            "persistentvolume-controller",
+        );
+        return None;
+    }
+    Some((class, sc))
+}
+
+/// Whether the volume was bound to a claim that no longer exists (a volume without a claim
+/// reference is not).
+fn claim_gone(pv: &Value, claims: &[Arc<Value>]) -> bool {
+    let Some(claim_ns) = pv
+        .pointer("/spec/claimRef/namespace")
+        .and_then(Value::as_str)
+    else {
+        return false;
+    };
+    let claim_name = pv
+        .pointer("/spec/claimRef/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let claim_uid = pv
+        .pointer("/spec/claimRef/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    !claims.iter().any(|c| {
+        meta(c, "namespace") == claim_ns
+            && meta(c, "name") == claim_name
+            && (claim_uid.is_empty() || meta(c, "uid") == claim_uid)
+    })
+}
+
+/// A volume whose claim is gone: deleted with its directory when this provisioner made it and
+/// its policy is Delete, else marked Released.
+fn release(ctx: &Ctx, pv: &Value) {
+    let store = &ctx.store;
+    let policy = pv
+        .pointer("/spec/persistentVolumeReclaimPolicy")
+        .and_then(Value::as_str)
+        .unwrap_or("Retain");
+    let ours = pv
+        .pointer("/metadata/annotations/pv.kubernetes.io~1provisioned-by")
+        .and_then(Value::as_str)
+        == Some(PROVISIONER);
+    if policy == "Delete" && ours {
+        // Released first: the pv-protection finalizer holds a `Bound` volume.
+        write_status(
+            store,
+            "/persistentvolumes",
+            pv,
+            json!({"phase": "Released"}),
+        );
+        if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
+            let path = PathBuf::from(path);
+            // Only ever remove directories this provisioner created.
+            if path.starts_with(ctx.cfg.state_dir.join("volumes"))
+                && let Err(e) = std::fs::remove_dir_all(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(path = %path.display(), error = %e, "removing a released volume failed");
             }
-            super::delete(store, "/persistentvolumes", "", meta(pv, "name"));
-        } else if pv.pointer("/status/phase").and_then(Value::as_str) != Some("Released") {
-            write_status(
-                store,
-                "/persistentvolumes",
-                pv,
-                json!({"phase": "Released"}),
-            );
         }
+        super::delete(store, "/persistentvolumes", "", meta(pv, "name"));
+    } else if pv.pointer("/status/phase").and_then(Value::as_str) != Some("Released") {
+        write_status(
+            store,
+            "/persistentvolumes",
+            pv,
+            json!({"phase": "Released"}),
+        );
     }
 }
 
