@@ -101,6 +101,34 @@ fn tree_rss_kib(exclude: Option<u32>) -> u64 {
     total
 }
 
+/// CPU seconds (user + system) of process `pid` and of its children it has waited for, from
+/// `/proc/<pid>/stat` (fields 14 to 17, in clock ticks).
+fn cpu_seconds(pid: &str) -> anyhow::Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let (_, rest) = stat
+        .rsplit_once(") ")
+        .context("no command name in /proc stat")?;
+    let fields: Vec<&str> = rest.split(' ').collect();
+    // `rest` starts at field 3 (state): utime is field 14, so index 11.
+    let ticks: u64 = fields
+        .get(11..15)
+        .context("short /proc stat")?
+        .iter()
+        .map(|f| f.parse::<u64>())
+        .sum::<Result<u64, _>>()?;
+    let per_second =
+        nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.context("no CLK_TCK")? as f64;
+    Ok(ticks as f64 / per_second)
+}
+
+/// CPU seconds so far of this process with the children it reaped (pg_dump, pg_restore) and
+/// of the PostgreSQL server with the backends it reaped (each dump's connection ends before
+/// the figure is read).
+fn cpu_total(server: Option<u32>) -> anyhow::Result<f64> {
+    let server = server.context("the PostgreSQL server's pid is unknown")?;
+    Ok(cpu_seconds("self")? + cpu_seconds(&server.to_string())?)
+}
+
 /// Resets this process's peak RSS (Linux: `echo 5 > /proc/self/clear_refs`).
 fn reset_hwm() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
@@ -142,7 +170,9 @@ async fn main() -> anyhow::Result<()> {
     );
 
     let scratch = ScratchDir::new("backup-bench-", "benchmark output")?;
+    let cpu_before = cpu_total(pg.pid())?;
     let bare1 = bare_pg_dump(&pg, &scratch.path().join("bare1.dump")).await?;
+    let bare_cpu = cpu_total(pg.pid())? - cpu_before;
     let bare_size = std::fs::metadata(scratch.path().join("bare1.dump"))?.len();
     println!(
         "bare pg_dump -Fc:        {bare1:>7.2} s ({:.0} MB)",
@@ -172,10 +202,14 @@ async fn main() -> anyhow::Result<()> {
         })
     };
     let started = Instant::now();
+    let cpu_before = cpu_total(pg.pid())?;
     let report = backup(&options).await?;
     let full = started.elapsed().as_secs_f64();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let tree_peak = sampler.join().unwrap_or(0);
+    // Includes the RSS sampler's own reads of /proc.
+    let ours_cpu = cpu_total(pg.pid())? - cpu_before;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let self_peak = vm_hwm_kib();
     let archive = report.archive.as_ref().map(|a| a.size).unwrap_or(0);
     println!(
@@ -191,6 +225,15 @@ async fn main() -> anyhow::Result<()> {
 
     let bare2 = bare_pg_dump(&pg, &scratch.path().join("bare2.dump")).await?;
     println!("bare pg_dump -Fc again:  {bare2:>7.2} s");
+    // On this many cores no schedule of that much work ends sooner than CPU / cores; the
+    // bare pg_dump is bound by one core (its compression), not by the sum.
+    println!(
+        "CPU (user + system; this process, pg_dump/pg_restore, the server): ours {ours_cpu:.1} s, \
+         bare pg_dump -Fc {bare_cpu:.1} s; on {cores} cores ours cannot end before {:.1} s \
+         ({:.2}x the bare run)",
+        ours_cpu / cores,
+        ours_cpu / cores / ((bare1 + bare2) / 2.0)
+    );
     let bare = (bare1 + bare2) / 2.0;
     let ratio = full / bare;
     let met = result::report(
@@ -201,7 +244,11 @@ async fn main() -> anyhow::Result<()> {
         "pg_dump -Fc",
         ratio,
         Target::AtMost(1.15),
-        &format!("{full:.2} s vs {bare:.2} s (mean of a bare run before and after)"),
+        &format!(
+            "{full:.2} s vs {bare:.2} s (mean of a bare run before and after); CPU {ours_cpu:.0} s \
+             vs {bare_cpu:.0} s, so on {cores} cores at least {:.2}x",
+            ours_cpu / cores / bare
+        ),
     );
     match (self_peak, hwm_reset) {
         (Some(kib), true) => println!(
