@@ -385,18 +385,7 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
                 continue;
             }
         };
-        let pg = match &prepared.launch {
-            Launch::Postgres(p) => Some((p.socket_dir.clone(), p.port)),
-            _ => None,
-        };
-        ctx.rt.update_container(&name, |ci| {
-            ci.env = prepared.env.clone();
-            ci.cwd = prepared.cwd.clone();
-            ci.rewriter = prepared.rewriter.clone();
-            ci.logs.push(log_path.clone());
-            ci.running = true;
-            ci.pg = pg;
-        });
+        record_instance(&ctx, &name, &prepared, log_path);
         let started_at = crate::api::now();
         let (code, reason, message) =
             run_instance(&ctx, idx, init, &spec, prepared, log, &started_at).await;
@@ -407,13 +396,7 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
             terminated["message"] = json!(m);
         }
         let stopping = ctx.rt.stop.is_cancelled();
-        let restart = !stopping
-            && match (init, policy.as_str()) {
-                (_, "Never") => false,
-                (true, _) | (false, "OnFailure") => code != 0,
-                _ => true,
-            };
-        if !restart {
+        if stopping || !restarts_after(init, &policy, code) {
             set(&ctx, idx, init, |c| {
                 c.state = json!({"terminated": terminated});
                 c.ready = false;
@@ -421,37 +404,77 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
             });
             return code == 0 && !stopping;
         }
-        let count = restarts + 1;
-        let backoff = ctx
-            .shared
-            .cfg
-            .scaled((10.0 * 2f64.powi((count - 1).min(5) as i32)).min(300.0));
-        let msg = format!(
-            "back-off {}s restarting failed container={name} pod={}_{}({})",
-            (10u64 << (count - 1).min(5)).min(300),
-            ctx.rt.name,
-            ctx.rt.namespace,
-            ctx.rt.uid
-        );
-        ctx.event(
-            EventKind::Warning,
-            "BackOff",
-            &format!(
-                "Back-off restarting failed container {name} in pod {}_{}({})",
-                ctx.rt.name, ctx.rt.namespace, ctx.rt.uid
-            ),
-        );
-        set(&ctx, idx, init, |c| {
-            c.last_state = json!({"terminated": terminated});
-            c.state = json!({"waiting": {"reason": "CrashLoopBackOff", "message": msg}});
-            c.ready = false;
-            c.restart_count = count;
-        });
-        if !pause(&ctx, backoff).await {
+        if !back_off(&ctx, idx, init, &name, terminated, restarts + 1).await {
             set(&ctx, idx, init, |c| c.done = true);
             return false;
         }
     }
+}
+
+/// Records the instance about to run (environment, directory, log file, PostgreSQL socket)
+/// for exec, logs and port-forward.
+fn record_instance(ctx: &PodCtx, name: &str, prepared: &Prepared, log_path: PathBuf) {
+    let pg = match &prepared.launch {
+        Launch::Postgres(p) => Some((p.socket_dir.clone(), p.port)),
+        _ => None,
+    };
+    ctx.rt.update_container(name, |ci| {
+        ci.env = prepared.env.clone();
+        ci.cwd = prepared.cwd.clone();
+        ci.rewriter = prepared.rewriter.clone();
+        ci.logs.push(log_path);
+        ci.running = true;
+        ci.pg = pg;
+    });
+}
+
+/// Whether a container that exited with `code` is started again under the pod's restart
+/// policy (an init container only after a failure, and never with `Never`).
+fn restarts_after(init: bool, policy: &str, code: i64) -> bool {
+    match (init, policy) {
+        (_, "Never") => false,
+        (true, _) | (false, "OnFailure") => code != 0,
+        _ => true,
+    }
+}
+
+/// CrashLoopBackOff before restart number `count`: 10 s doubling up to 300 s (scaled), the
+/// BackOff event and the waiting state with the last termination; false when the pod stopped
+/// during the wait.
+async fn back_off(
+    ctx: &PodCtx,
+    idx: usize,
+    init: bool,
+    name: &str,
+    terminated: Value,
+    count: i64,
+) -> bool {
+    let backoff = ctx
+        .shared
+        .cfg
+        .scaled((10.0 * 2f64.powi((count - 1).min(5) as i32)).min(300.0));
+    let msg = format!(
+        "back-off {}s restarting failed container={name} pod={}_{}({})",
+        (10u64 << (count - 1).min(5)).min(300),
+        ctx.rt.name,
+        ctx.rt.namespace,
+        ctx.rt.uid
+    );
+    ctx.event(
+        EventKind::Warning,
+        "BackOff",
+        &format!(
+            "Back-off restarting failed container {name} in pod {}_{}({})",
+            ctx.rt.name, ctx.rt.namespace, ctx.rt.uid
+        ),
+    );
+    set(ctx, idx, init, |c| {
+        c.last_state = json!({"terminated": terminated});
+        c.state = json!({"waiting": {"reason": "CrashLoopBackOff", "message": msg}});
+        c.ready = false;
+        c.restart_count = count;
+    });
+    pause(ctx, backoff).await
 }
 
 /// Run one instance; returns (exit code, reason, message).
@@ -698,46 +721,17 @@ async fn probes(
     stop: CancellationToken,
     live: mpsc::Sender<String>,
 ) {
+    let run = ProbeRun {
+        ctx,
+        idx,
+        target,
+        stop: stop.clone(),
+        live,
+    };
     let (started_tx, mut started_rx) = watch::channel(spec.get("startupProbe").is_none());
     if let Some(p) = spec.get("startupProbe").cloned() {
-        let spec_has_no_readiness = spec.get("readinessProbe").is_none();
-        let ctx2 = ctx.clone();
-        let target2 = target.clone();
-        let stop2 = stop.clone();
-        let live2 = live.clone();
-        tokio::spawn(async move {
-            let t = Timing::of(&ctx2.shared, &p);
-            tokio::select! { () = tokio::time::sleep(t.initial_delay) => {}, () = stop2.cancelled() => return }
-            let mut fails = 0;
-            loop {
-                match probe::check(&ctx2.shared, &p, &target2, t.timeout).await {
-                    Ok(()) => {
-                        let no_readiness = spec_has_no_readiness;
-                        set(&ctx2, idx, false, |c| {
-                            c.started = true;
-                            if no_readiness {
-                                c.ready = true;
-                            }
-                        });
-                        let _ = started_tx.send(true);
-                        return;
-                    }
-                    Err(why) => {
-                        fails += 1;
-                        if fails >= t.failure_threshold {
-                            ctx2.event(
-                                EventKind::Warning,
-                                "Unhealthy",
-                                &format!("Startup probe failed: {why}"),
-                            );
-                            let _ = live2.send(why).await;
-                            return;
-                        }
-                    }
-                }
-                tokio::select! { () = tokio::time::sleep(t.period) => {}, () = stop2.cancelled() => return }
-            }
-        });
+        let no_readiness = spec.get("readinessProbe").is_none();
+        tokio::spawn(run.clone().startup(p, no_readiness, started_tx));
     }
     // Readiness and liveness start once the startup probe has passed.
     loop {
@@ -757,54 +751,123 @@ async fn probes(
         let Some(p) = spec.get(field).cloned() else {
             continue;
         };
-        let ctx = ctx.clone();
-        let target = target.clone();
-        let stop = stop.clone();
-        let live = live.clone();
-        tasks.push(tokio::spawn(async move {
-            let t = Timing::of(&ctx.shared, &p);
-            tokio::select! { () = tokio::time::sleep(t.initial_delay) => {}, () = stop.cancelled() => return }
-            let (mut ok_run, mut fail_run) = (0u32, 0u32);
-            loop {
-                let r = tokio::select! {
-                    r = probe::check(&ctx.shared, &p, &target, t.timeout) => r,
-                    () = stop.cancelled() => return,
-                };
-                match r {
-                    Ok(()) => {
-                        ok_run += 1;
-                        fail_run = 0;
-                        if kind == "Readiness" && ok_run >= t.success_threshold {
-                            let changed = get(&ctx, idx, false).is_some_and(|c| !c.ready);
-                            if changed {
-                                set(&ctx, idx, false, |c| c.ready = true);
-                            }
-                        }
-                    }
-                    Err(why) => {
-                        ok_run = 0;
-                        fail_run += 1;
-                        ctx.event(EventKind::Warning, "Unhealthy", &format!("{kind} probe failed: {why}"));
-                        if fail_run >= t.failure_threshold {
-                            if kind == "Readiness" {
-                                if get(&ctx, idx, false).is_some_and(|c| c.ready) {
-                                    set(&ctx, idx, false, |c| c.ready = false);
-                                }
-                            } else {
-                                let _ = live.send(why).await;
-                                return;
-                            }
-                        }
-                    }
-                }
-                tokio::select! { () = tokio::time::sleep(t.period) => {}, () = stop.cancelled() => return }
-            }
-        }));
+        tasks.push(tokio::spawn(run.clone().periodic(kind, p)));
     }
     stop.cancelled().await;
     for t in tasks {
         t.abort();
     }
-    // A container without readiness probe becomes ready once started.
-    let _ = spec;
+}
+
+/// What every probe loop of a container instance needs: where the container is, its probe
+/// target, the instance's stop token and where a failed liveness (or startup) probe is told.
+#[derive(Clone)]
+struct ProbeRun {
+    ctx: Arc<PodCtx>,
+    idx: usize,
+    target: Target,
+    stop: CancellationToken,
+    live: mpsc::Sender<String>,
+}
+
+impl ProbeRun {
+    /// Sleeps `d`; false when the instance stopped first.
+    async fn sleep(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = tokio::time::sleep(d) => true,
+            () = self.stop.cancelled() => false,
+        }
+    }
+
+    /// The startup probe until it passes (the container Started, and Ready when it has no
+    /// readiness probe; `started` told) or fails its threshold (the container killed).
+    async fn startup(self, p: Value, no_readiness: bool, started: watch::Sender<bool>) {
+        let (ctx, idx) = (&self.ctx, self.idx);
+        let t = Timing::of(&ctx.shared, &p);
+        if !self.sleep(t.initial_delay).await {
+            return;
+        }
+        let mut fails = 0;
+        loop {
+            match probe::check(&ctx.shared, &p, &self.target, t.timeout).await {
+                Ok(()) => {
+                    set(ctx, idx, false, |c| {
+                        c.started = true;
+                        if no_readiness {
+                            c.ready = true;
+                        }
+                    });
+                    let _ = started.send(true);
+                    return;
+                }
+                Err(why) => {
+                    fails += 1;
+                    if fails >= t.failure_threshold {
+                        ctx.event(
+                            EventKind::Warning,
+                            "Unhealthy",
+                            &format!("Startup probe failed: {why}"),
+                        );
+                        let _ = self.live.send(why).await;
+                        return;
+                    }
+                }
+            }
+            if !self.sleep(t.period).await {
+                return;
+            }
+        }
+    }
+
+    /// A readiness or liveness probe (`kind`) every period: readiness sets Ready after its
+    /// success threshold and clears it after its failure threshold; liveness past its failure
+    /// threshold has the container killed.
+    async fn periodic(self, kind: &'static str, p: Value) {
+        let (ctx, idx) = (&self.ctx, self.idx);
+        let t = Timing::of(&ctx.shared, &p);
+        if !self.sleep(t.initial_delay).await {
+            return;
+        }
+        let (mut ok_run, mut fail_run) = (0u32, 0u32);
+        loop {
+            let r = tokio::select! {
+                r = probe::check(&ctx.shared, &p, &self.target, t.timeout) => r,
+                () = self.stop.cancelled() => return,
+            };
+            match r {
+                Ok(()) => {
+                    ok_run += 1;
+                    fail_run = 0;
+                    if kind == "Readiness" && ok_run >= t.success_threshold {
+                        let changed = get(ctx, idx, false).is_some_and(|c| !c.ready);
+                        if changed {
+                            set(ctx, idx, false, |c| c.ready = true);
+                        }
+                    }
+                }
+                Err(why) => {
+                    ok_run = 0;
+                    fail_run += 1;
+                    ctx.event(
+                        EventKind::Warning,
+                        "Unhealthy",
+                        &format!("{kind} probe failed: {why}"),
+                    );
+                    if fail_run >= t.failure_threshold {
+                        if kind == "Readiness" {
+                            if get(ctx, idx, false).is_some_and(|c| c.ready) {
+                                set(ctx, idx, false, |c| c.ready = false);
+                            }
+                        } else {
+                            let _ = self.live.send(why).await;
+                            return;
+                        }
+                    }
+                }
+            }
+            if !self.sleep(t.period).await {
+                return;
+            }
+        }
+    }
 }
