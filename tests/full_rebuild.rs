@@ -115,7 +115,7 @@ fn scenario_trial(
                 .gates
                 .iter()
                 .filter(|g| !g.passed)
-                .map(|g| format!("gate {}: {}", g.name, g.findings.join("; "))),
+                .map(|g| format!("gate {}: {}", g.name, g.findings_text("; "))),
         )
         .chain(
             report

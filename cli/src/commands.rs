@@ -327,7 +327,7 @@ fn print_summary(report: &harness::report::Report) {
         }
     }
     for g in report.gates.iter().filter(|g| !g.passed) {
-        println!("gate {} FAILED: {}", g.name, g.findings.join("; "));
+        println!("gate {} FAILED: {}", g.name, g.findings_text("; "));
     }
     for r in &report.rollback_reasons {
         println!("not a pass: {r}");

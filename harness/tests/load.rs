@@ -121,9 +121,9 @@ fn show(verdict: &LoadVerdict) -> String {
     out
 }
 
-fn assert_finding(findings: &[String], needle: &str) {
+fn assert_finding(findings: &[harness::verify::Finding], needle: &str) {
     assert!(
-        findings.iter().any(|f| f.contains(needle)),
+        findings.iter().any(|f| f.to_string().contains(needle)),
         "no finding mentions {needle:?}: {findings:#?}"
     );
 }
@@ -249,6 +249,17 @@ async fn gates_fail_when_a_service_returns_errors() {
         "only the blog service fails: {:?}",
         health.findings
     );
+    // Structured, not flattened: the endpoint, the kind, the limit and what was measured.
+    let f = &health.findings[0];
+    assert_eq!(f.subject, "/blog/health");
+    assert_eq!(f.kind, harness::verify::FindingKind::OverLimit);
+    assert_eq!(f.actual.as_deref(), Some("20 % failed"), "{f:?}");
+    assert!(
+        f.expected
+            .as_deref()
+            .is_some_and(|e| e.starts_with("at most")),
+        "{f:?}"
+    );
 
     let verdict = titanium.quick_gate().run().await.unwrap();
     assert!(!verdict.passed, "{}", show(&verdict));
@@ -306,7 +317,7 @@ async fn gates_fail_when_a_service_is_slow() {
     );
     // The evidence names the slow endpoint, and the rollback decision gives the failed gate as
     // a reason with its threshold, observed value and slowest endpoint.
-    assert_finding(&verdict.findings, "slowest endpoint GET list users (p50 ");
+    assert_finding(&verdict.findings, "slowest endpoint GET list users: p50 ");
     let decision = harness::verify::decide(
         &harness::verify::RollbackInputs {
             load: Some(verdict.sample()),

@@ -23,7 +23,8 @@ use harness::restore::{
     MarkerRow, PlanRoles, restore_database, restore_kubernetes,
 };
 use harness::verify::{
-    self, Decision, Gate, HealthSample, PodObservation, RollbackInputs, RollbackThresholds, Verdict,
+    self, Decision, Finding, FindingKind, Gate, HealthSample, PodObservation, RollbackInputs,
+    RollbackThresholds, Verdict, findings_text,
 };
 
 use crate::run::{Observer, Run, millis};
@@ -430,7 +431,7 @@ async fn back_up_cluster_a(
         Err(why) => state.gates.push(GateReport {
             name: "rpo".into(),
             passed: false,
-            findings: vec![why],
+            findings: vec![Finding::new("rpo", FindingKind::Broken, why)],
             not_run: None,
         }),
     }
@@ -594,7 +595,7 @@ async fn recover_to_latest(
     let (gate, rpo) = run
         .judged_phase("recover-to-latest", async {
             let (gate, rpo) = crate::pitr::latest(tools, config, markers).await?;
-            let failed = (!gate.passed).then(|| (gate.name.clone(), gate.findings.join("; ")));
+            let failed = (!gate.passed).then(|| (gate.name.clone(), gate.findings_text("; ")));
             anyhow::Ok(((gate, rpo), failed))
         })
         .await?;
@@ -614,7 +615,7 @@ async fn record_drift(run: &mut Run<'_>, state: &mut State, gates: &Gates) -> an
     })
     .await?;
     for verdict in &gates.verdicts {
-        let findings: Vec<String> = verdict.findings.iter().map(ToString::to_string).collect();
+        let findings = verdict.findings.clone();
         state.gates.push(match verdict.gate {
             Gate::Schema => GateReport {
                 name: "schema-drift-detected".into(),
@@ -661,7 +662,7 @@ async fn rehearse_rollback(
             .map(|v| GateReport {
                 name: format!("{} (defect: {defect}) rejected", v.gate),
                 passed: true,
-                findings: v.findings.iter().map(ToString::to_string).collect(),
+                findings: v.findings.clone(),
                 not_run: None,
             }),
     );
@@ -674,7 +675,11 @@ async fn rehearse_rollback(
         state.gates.push(GateReport {
             name: "defect-rejected".into(),
             passed: false,
-            findings: vec![format!("the gates passed a restore with {defect}")],
+            findings: vec![Finding::new(
+                "defect",
+                FindingKind::Missing,
+                format!("the gates passed a restore with {defect}"),
+            )],
             not_run: None,
         });
         anyhow::bail!("the gates did not reject the injected defect ({defect})");
@@ -739,10 +744,13 @@ async fn decide(b: &AnyCluster, config: &Config, judged: Judged<'_>) -> anyhow::
 /// Which gate of the health-and-load phase failed, and why, when one did.
 fn service_failure(service: &Service) -> Option<(String, String)> {
     if !service.load.passed {
-        return Some(("load".into(), service.load.findings.join("; ")));
+        return Some(("load".into(), findings_text(&service.load.findings, "; ")));
     }
     if !service.health.passed {
-        return Some(("health".into(), service.health.findings.join("; ")));
+        return Some((
+            "health".into(),
+            findings_text(&service.health.findings, "; "),
+        ));
     }
     None
 }
@@ -809,7 +817,7 @@ pub(crate) fn gate_report(verdict: &Verdict) -> GateReport {
     GateReport {
         name: verdict.gate.to_string(),
         passed: verdict.passed,
-        findings: verdict.findings.iter().map(ToString::to_string).collect(),
+        findings: verdict.findings.clone(),
         not_run: verdict.not_checked(),
     }
 }

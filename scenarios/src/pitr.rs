@@ -25,6 +25,7 @@ use harness::pg::{ConnParams, PgTools};
 use harness::pitr::{self, RecoveryPlan, SegmentManifest, Target, WalReceiver};
 use harness::report::GateReport;
 use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_database};
+use harness::verify::{Finding, FindingKind};
 
 use crate::full_rebuild::Config;
 use crate::titanium::{self, Db};
@@ -319,11 +320,15 @@ pub(crate) async fn markers_gate(
         .context("drop the marker stream's schema after its gate")?;
     let passed = findings.is_empty();
     if passed {
-        findings.push(format!(
-            "T = {}: markers 1 to {} of {} present, none after",
-            t.to_rfc3339(),
-            expected.len(),
-            markers.rows.len()
+        findings.push(Finding::new(
+            "pitr markers",
+            FindingKind::Note,
+            format!(
+                "T = {}: markers 1 to {} of {} present, none after",
+                t.to_rfc3339(),
+                expected.len(),
+                markers.rows.len()
+            ),
         ));
     }
     Ok(GateReport {
@@ -339,35 +344,47 @@ fn marker_findings(
     markers: &Markers,
     rows: &[(i32, DateTime<Utc>)],
     t: DateTime<Utc>,
-) -> Vec<String> {
+) -> Vec<Finding> {
     let expected = markers.ids_until(t);
     let mut findings = Vec::new();
     for m in &markers.rows {
         let found = rows.iter().find(|(id, _)| *id == m.id);
         let wanted = expected.contains(&m.id);
         match (wanted, found) {
-            (true, None) => findings.push(format!(
-                "marker {} committed by {} (at or before T) is missing",
-                m.id,
-                m.committed_by.to_rfc3339()
+            (true, None) => findings.push(Finding::new(
+                format!("marker {}", m.id),
+                FindingKind::Missing,
+                format!(
+                    "committed by {} (at or before T), missing",
+                    m.committed_by.to_rfc3339()
+                ),
             )),
-            (false, Some(_)) => findings.push(format!(
-                "marker {} written at {} (after T) is present",
-                m.id,
-                m.written_at.to_rfc3339()
+            (false, Some(_)) => findings.push(Finding::new(
+                format!("marker {}", m.id),
+                FindingKind::Unexpected,
+                format!(
+                    "written at {} (after T), present",
+                    m.written_at.to_rfc3339()
+                ),
             )),
-            (true, Some((_, at))) if *at != m.written_at => findings.push(format!(
-                "marker {} has time {} instead of {}",
-                m.id,
-                at.to_rfc3339(),
-                m.written_at.to_rfc3339()
-            )),
+            (true, Some((_, at))) if *at != m.written_at => findings.push(
+                Finding::new(
+                    format!("marker {}", m.id),
+                    FindingKind::Mismatch,
+                    "time differs",
+                )
+                .values(m.written_at.to_rfc3339(), at.to_rfc3339()),
+            ),
             _ => {}
         }
     }
     for (id, _) in rows {
         if !markers.rows.iter().any(|m| m.id == *id) {
-            findings.push(format!("marker {id} was never written"));
+            findings.push(Finding::new(
+                format!("marker {id}"),
+                FindingKind::Unexpected,
+                "was never written",
+            ));
         }
     }
     findings
@@ -410,19 +427,28 @@ pub(crate) async fn latest(
     };
     let rpo =
         u64::try_from(rpo).context("the last recovered marker is after the last committed")?;
-    let mut findings = vec![format!(
-        "RPO {rpo} ms: last marker committed before the disaster {} at {}, last recovered {}",
-        last_committed.id,
-        last_committed.written_at.to_rfc3339(),
-        last_recovered.map_or_else(
-            || "none".to_owned(),
-            |m| format!("{} at {}", m.id, m.written_at.to_rfc3339())
-        )
+    let mut findings = vec![Finding::new(
+        "pitr rpo",
+        FindingKind::Note,
+        format!(
+            "RPO {rpo} ms: last marker committed before the disaster {} at {}, last recovered {}",
+            last_committed.id,
+            last_committed.written_at.to_rfc3339(),
+            last_recovered.map_or_else(
+                || "none".to_owned(),
+                |m| format!("{} at {}", m.id, m.written_at.to_rfc3339())
+            )
+        ),
     )];
     if !prefix {
-        findings.push(format!(
-            "the recovered markers {ids:?} are not the first of those committed {all:?}"
-        ));
+        findings.push(
+            Finding::new(
+                "recovered markers",
+                FindingKind::Broken,
+                "not the first of those committed",
+            )
+            .values(format!("{all:?}"), format!("{ids:?}")),
+        );
     }
     Ok((
         GateReport {
@@ -483,19 +509,36 @@ mod tests {
         let (markers, t) = stream();
         let lost = marker_findings(&markers, &read_back(&markers, &[1, 3]), t);
         assert_eq!(lost.len(), 1, "{lost:?}");
-        assert!(lost[0].starts_with("marker 2 committed by") && lost[0].ends_with("is missing"));
+        assert_eq!(
+            (lost[0].subject.as_str(), lost[0].kind),
+            ("marker 2", FindingKind::Missing)
+        );
+        assert!(
+            lost[0].to_string().starts_with("marker 2: committed by"),
+            "{lost:?}"
+        );
         let late = marker_findings(&markers, &read_back(&markers, &[1, 2, 3, 4]), t);
         assert_eq!(late.len(), 1, "{late:?}");
-        assert!(late[0].starts_with("marker 4 written at") && late[0].ends_with("is present"));
+        assert_eq!(
+            (late[0].subject.as_str(), late[0].kind),
+            ("marker 4", FindingKind::Unexpected)
+        );
+        assert!(late[0].detail.ends_with("(after T), present"), "{late:?}");
         let mut moved = read_back(&markers, &[1, 2, 3]);
         moved[0].1 += chrono::Duration::milliseconds(1);
         let moved = marker_findings(&markers, &moved, t);
-        assert!(moved[0].starts_with("marker 1 has time"), "{moved:?}");
+        assert_eq!(
+            (moved[0].subject.as_str(), moved[0].kind),
+            ("marker 1", FindingKind::Mismatch),
+            "{moved:?}"
+        );
+        assert_ne!(moved[0].expected, moved[0].actual, "{moved:?}");
         let mut foreign = read_back(&markers, &[1, 2, 3]);
         foreign.push((99, t));
+        let foreign = marker_findings(&markers, &foreign, t);
         assert_eq!(
-            marker_findings(&markers, &foreign, t),
-            ["marker 99 was never written"]
+            foreign.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            ["marker 99: was never written"]
         );
     }
 }

@@ -334,7 +334,11 @@ mod tests {
         report.gates.push(harness::report::GateReport {
             name: "load".into(),
             passed: false,
-            findings: vec![why.into()],
+            findings: vec![verify::Finding::new(
+                "threshold http_req_duration: p(95)<500",
+                verify::FindingKind::OverLimit,
+                why,
+            )],
             not_run: None,
         });
         report.rollback_reasons = decision.explain();

@@ -314,7 +314,7 @@ impl Titanium {
             )),
             Ok(v) => Err(format!(
                 "the load gate failed ({script}): {}",
-                v.findings.join("; ")
+                harness::verify::findings_text(&v.findings, "; ")
             )),
             Err(e) => Err(format!("the load gate could not run: {e:#}")),
         };

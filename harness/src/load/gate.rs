@@ -11,6 +11,7 @@ use goose::prelude::*;
 
 use super::thresholds::{ThresholdOutcome, Thresholds};
 use super::{LoadError, check_target, scenarios};
+use crate::verify::{Finding, FindingKind};
 
 /// Which of the runbook's k6 scripts the gate stands for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +117,7 @@ pub struct LoadVerdict {
     /// True when every threshold held and requests were made.
     pub passed: bool,
     /// One line per breach.
-    pub findings: Vec<String>,
+    pub findings: Vec<Finding>,
     /// Each threshold with the value it saw.
     pub thresholds: Vec<ThresholdOutcome>,
     /// The figures.
@@ -274,12 +275,20 @@ impl LoadGate {
         let figures = figures(&metrics, duration);
 
         let outcomes = self.thresholds.judge(&figures);
-        let mut findings: Vec<String> = outcomes
+        let mut findings: Vec<Finding> = outcomes
             .iter()
             .filter(|o| !o.passed)
             .map(|o| match o.observed {
-                Some(v) => format!("threshold {} failed: observed {v:.3}", o.rule),
-                None => format!("threshold {} failed: no such request was made", o.rule),
+                Some(v) => Finding::new(
+                    format!("threshold {}", o.rule),
+                    FindingKind::OverLimit,
+                    format!("failed: observed {v:.3}"),
+                ),
+                None => Finding::new(
+                    format!("threshold {}", o.rule),
+                    FindingKind::NotChecked,
+                    "failed: no such request was made",
+                ),
             })
             .collect();
         // The slowest request kind is the evidence a reader needs first: it names the
@@ -287,13 +296,18 @@ impl LoadGate {
         if !findings.is_empty()
             && let Some(r) = slowest_request(&figures)
         {
-            findings.push(format!(
-                "slowest endpoint {} (p50 {:.1} ms, p95 {:.1} ms)",
-                r.name, r.p50_ms, r.p95_ms
+            findings.push(Finding::new(
+                format!("slowest endpoint {}", r.name),
+                FindingKind::Note,
+                format!("p50 {:.1} ms, p95 {:.1} ms", r.p50_ms, r.p95_ms),
             ));
         }
         if figures.overall.requests == 0 {
-            findings.push("no request was made".to_owned());
+            findings.push(Finding::new(
+                "load",
+                FindingKind::NotChecked,
+                "no request was made",
+            ));
         }
         let report = report.filter(|p| p.is_file());
         let verdict = LoadVerdict {

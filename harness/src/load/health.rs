@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use super::{LoadError, check_target};
+use crate::verify::{Finding, FindingKind};
 
 /// The health endpoints the runbook curls through the ingress (section 6.1).
 pub const RUNBOOK_HEALTH_PATHS: [&str; 3] =
@@ -65,7 +66,7 @@ pub struct HealthVerdict {
     /// True when every path passed.
     pub passed: bool,
     /// One line per breach, naming the path and the figure.
-    pub findings: Vec<String>,
+    pub findings: Vec<Finding>,
     /// The figures per path.
     pub endpoints: Vec<EndpointHealth>,
 }
@@ -131,29 +132,48 @@ impl HealthGate {
             if e.failure_rate() > self.max_failure_rate {
                 let statuses: Vec<String> =
                     e.statuses.iter().map(|(s, n)| format!("{s}×{n}")).collect();
-                findings.push(format!(
-                    "{}: {} of {} probes failed ({:.0} % > {:.0} %); answers {}{}",
-                    e.path,
-                    e.failures,
-                    e.probes,
-                    e.failure_rate() * 100.0,
-                    self.max_failure_rate * 100.0,
-                    if statuses.is_empty() {
-                        "none".to_owned()
-                    } else {
-                        statuses.join(", ")
-                    },
-                    e.last_error
-                        .as_ref()
-                        .map(|m| format!("; last error: {m}"))
-                        .unwrap_or_default(),
-                ));
+                findings.push(
+                    Finding::new(
+                        e.path.clone(),
+                        FindingKind::OverLimit,
+                        format!(
+                            "{} of {} probes failed ({:.0} % > {:.0} %); answers {}{}",
+                            e.failures,
+                            e.probes,
+                            e.failure_rate() * 100.0,
+                            self.max_failure_rate * 100.0,
+                            if statuses.is_empty() {
+                                "none".to_owned()
+                            } else {
+                                statuses.join(", ")
+                            },
+                            e.last_error
+                                .as_ref()
+                                .map(|m| format!("; last error: {m}"))
+                                .unwrap_or_default(),
+                        ),
+                    )
+                    .values(
+                        format!("at most {:.0} % failed", self.max_failure_rate * 100.0),
+                        format!("{:.0} % failed", e.failure_rate() * 100.0),
+                    ),
+                );
             }
             if e.slow > 0 {
-                findings.push(format!(
-                    "{}: {} of {} probes slower than {:?} (slowest {:?})",
-                    e.path, e.slow, e.probes, self.slow_after, e.slowest
-                ));
+                findings.push(
+                    Finding::new(
+                        e.path.clone(),
+                        FindingKind::OverLimit,
+                        format!(
+                            "{} of {} probes slower than {:?} (slowest {:?})",
+                            e.slow, e.probes, self.slow_after, e.slowest
+                        ),
+                    )
+                    .values(
+                        format!("under {:?}", self.slow_after),
+                        format!("{:?}", e.slowest),
+                    ),
+                );
             }
         }
         let verdict = HealthVerdict {

@@ -194,7 +194,11 @@ fn gates(h: &mut String, report: &Report) {
                 "<ul>{}</ul>",
                 g.findings
                     .iter()
-                    .map(|f| format!("<li>{}</li>", esc(f)))
+                    .map(|f| format!(
+                        "<li><span class=\"kind\">{}</span> {}</li>",
+                        f.kind.name(),
+                        esc(&f.to_string())
+                    ))
                     .collect::<String>()
             )
         };

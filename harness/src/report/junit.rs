@@ -28,20 +28,20 @@ pub fn render_junit(report: &Report) -> String {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Error);
             status
                 .set_message(format!("could not run: {why}"))
-                .set_description(gate.findings.join("\n"));
+                .set_description(gate.findings_text("\n"));
             status
         } else {
             let mut status = TestCaseStatus::non_success(NonSuccessKind::Failure);
             status
                 .set_message(format!("{} finding(s)", gate.findings.len()))
-                .set_description(gate.findings.join("\n"));
+                .set_description(gate.findings_text("\n"));
             status
         };
         let mut case = TestCase::new(format!("gate.{}", gate.name), status);
         case.set_classname(suite_name.as_str());
         // A passed gate's evidence (the markers proved, the RPO measured) as its output.
         if gate.passed && !gate.findings.is_empty() {
-            case.set_system_out(gate.findings.join("\n"));
+            case.set_system_out(gate.findings_text("\n"));
         }
         suite.add_test_case(case);
     }
@@ -110,7 +110,10 @@ mod tests {
         let xml = render_junit(&super::super::sample::report());
         assert!(xml.contains("name=\"gate.row-counts\""), "{xml}");
         assert!(xml.contains("name=\"gate.schema\""), "{xml}");
-        assert!(xml.contains("users: 10 before, 9 after"), "{xml}");
+        assert!(
+            xml.contains("public.users: row count differs (expected 10, got 9)"),
+            "{xml}"
+        );
         assert!(xml.contains("name=\"phase.restore\""), "{xml}");
         assert!(xml.contains("&lt;failed&gt;"), "XML must be escaped: {xml}");
         assert!(xml.contains("name=\"verdict\""), "{xml}");
@@ -143,7 +146,11 @@ mod tests {
         report.gates.push(crate::report::GateReport {
             name: "pitr_rpo".into(),
             passed: true,
-            findings: vec!["RPO 120 ms: last marker committed before the disaster 41".into()],
+            findings: vec![crate::verify::Finding::new(
+                "pitr_rpo",
+                crate::verify::FindingKind::Note,
+                "RPO 120 ms: last marker committed before the disaster 41",
+            )],
             not_run: None,
         });
         let xml = render_junit(&report);

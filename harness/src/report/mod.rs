@@ -160,12 +160,20 @@ pub struct GateReport {
     pub name: String,
     /// Whether it passed.
     pub passed: bool,
-    /// What it found, one line each.
-    pub findings: Vec<String>,
+    /// What it found: the gate's own findings, structured (subject, kind, expected and
+    /// actual values, detail), not flattened to text.
+    pub findings: Vec<crate::verify::Finding>,
     /// Why it could not check (part of) what it checks, when it could not: such a gate is
     /// failed, and the run could not run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub not_run: Option<String>,
+}
+
+impl GateReport {
+    /// The findings as text, one each, joined by `sep`.
+    pub fn findings_text(&self, sep: &str) -> String {
+        crate::verify::findings_text(&self.findings, sep)
+    }
 }
 
 /// The load gate's figures.
@@ -318,7 +326,7 @@ impl Report {
             added.push(match &gate.not_run {
                 Some(why) => format!("gate {} could not run: {why}", gate.name),
                 None if gate.findings.is_empty() => format!("gate {} failed", gate.name),
-                None => format!("gate {} failed: {}", gate.name, gate.findings.join("; ")),
+                None => format!("gate {} failed: {}", gate.name, gate.findings_text("; ")),
             });
         }
         for criterion in &self.not_assessed {
@@ -418,7 +426,14 @@ pub(crate) mod sample {
                 GateReport {
                     name: "row-counts".into(),
                     passed: false,
-                    findings: vec!["users: 10 before, 9 after".into()],
+                    findings: vec![
+                        crate::verify::Finding::new(
+                            "public.users",
+                            crate::verify::FindingKind::Mismatch,
+                            "row count differs",
+                        )
+                        .values(10, 9),
+                    ],
                     not_run: None,
                 },
                 GateReport {

@@ -59,7 +59,7 @@ pub fn checklist(report: &Report) -> Vec<ChecklistItem> {
         match report.gates.iter().find(|g| g.name == name) {
             Some(g) if g.passed => (true, format!("gate `{name}` passed; {evidence}")),
             Some(g) => {
-                let why = g.not_run.clone().unwrap_or_else(|| g.findings.join("; "));
+                let why = g.not_run.clone().unwrap_or_else(|| g.findings_text("; "));
                 (false, format!("gate `{name}` failed: {why}"))
             }
             None => (false, format!("gate `{name}` did not run")),
@@ -516,12 +516,26 @@ mod tests {
         let gate = red.gates.iter_mut().find(|g| g.name == "row_counts");
         if let Some(gate) = gate {
             gate.passed = false;
-            gate.findings = vec!["users: 200 before, 199 after".into()];
+            gate.findings = vec![
+                crate::verify::Finding::new(
+                    "public.users",
+                    crate::verify::FindingKind::Mismatch,
+                    "row count differs",
+                )
+                .values(200, 199),
+            ];
         } else {
             red.gates.push(crate::report::GateReport {
                 name: "row_counts".into(),
                 passed: false,
-                findings: vec!["users: 200 before, 199 after".into()],
+                findings: vec![
+                    crate::verify::Finding::new(
+                        "public.users",
+                        crate::verify::FindingKind::Mismatch,
+                        "row count differs",
+                    )
+                    .values(200, 199),
+                ],
                 not_run: None,
             });
         }
@@ -532,7 +546,7 @@ mod tests {
             .find(|i| i.item == "데이터 카운트 일치 확인")
             .unwrap();
         assert!(!item.proved);
-        assert!(item.evidence.contains("199 after"), "{}", item.evidence);
+        assert!(item.evidence.contains("got 199"), "{}", item.evidence);
         let text = render_rebuild_record(&red);
         assert!(text.contains("- [ ] 데이터 카운트 일치 확인"), "{text}");
         assert!(

@@ -97,6 +97,28 @@ pub enum FindingKind {
     /// A check the gate needs could not run (a tool that did not start, say): the gate fails,
     /// and the run is reported as one that could not run, never as a pass.
     NotChecked,
+    /// Evidence a gate records beside its verdict (what it saw when it passed, the slowest
+    /// endpoint when it failed): not a defect by itself.
+    Note,
+    /// A measured figure over its limit (a threshold, a failure rate, a latency).
+    OverLimit,
+}
+
+impl FindingKind {
+    /// The kind's name, as in JSON (`missing`, `over_limit`, ...).
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::Missing => "missing",
+            FindingKind::Unexpected => "unexpected",
+            FindingKind::Mismatch => "mismatch",
+            FindingKind::Drift => "drift",
+            FindingKind::Broken => "broken",
+            FindingKind::Incomparable => "incomparable",
+            FindingKind::NotChecked => "not_checked",
+            FindingKind::Note => "note",
+            FindingKind::OverLimit => "over_limit",
+        }
+    }
 }
 
 /// One defect, with the subject it concerns and both values where there are two.
@@ -117,11 +139,8 @@ pub struct Finding {
 }
 
 impl Finding {
-    pub(crate) fn new(
-        subject: impl Into<String>,
-        kind: FindingKind,
-        detail: impl Into<String>,
-    ) -> Self {
+    /// A finding about `subject`.
+    pub fn new(subject: impl Into<String>, kind: FindingKind, detail: impl Into<String>) -> Self {
         Self {
             subject: subject.into(),
             kind,
@@ -131,7 +150,8 @@ impl Finding {
         }
     }
 
-    pub(crate) fn values(mut self, expected: impl ToString, actual: impl ToString) -> Self {
+    /// With the value expected (or the limit) and the value observed.
+    pub fn values(mut self, expected: impl ToString, actual: impl ToString) -> Self {
         self.expected = Some(expected.to_string());
         self.actual = Some(actual.to_string());
         self
@@ -146,6 +166,15 @@ impl std::fmt::Display for Finding {
         }
         Ok(())
     }
+}
+
+/// Findings as text, one each (`subject: detail (expected …, got …)`), joined by `sep`.
+pub fn findings_text(findings: &[Finding], sep: &str) -> String {
+    findings
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join(sep)
 }
 
 /// The outcome of one gate.
