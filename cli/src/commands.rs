@@ -683,23 +683,7 @@ async fn restore_pitr(
     let work = harness::keep::ScratchDir::new("harness-pitr-dump-", "recovered database dump")?;
     let dump = work.path().join("recovered.dump");
     let source = recovered.server.socket_params().with_dbname(&args.database);
-    let pg_dump = tools.tool("pg_dump")?;
-    let out = {
-        use harness::process::GuardedSpawn as _;
-        harness::process::tokio_command(&pg_dump)
-            .args(["-Fc", "--no-owner", "-f"])
-            .arg(&dump)
-            .envs(source.libpq_env())
-            .kill_on_drop(true)
-            .output_guarded()
-            .await
-            .context("run pg_dump")?
-    };
-    anyhow::ensure!(
-        out.status.success(),
-        "pg_dump of the recovered database failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    scenarios::pitr::dump_database(&tools, &source, &dump).await?;
     harness::pg::PostgresProvider::stop(recovered.server).await?;
     let (params, _forward) = restore_target(args).await?;
     let input = DbRestoreInput {

@@ -1401,9 +1401,7 @@ async fn restore_data_only(
     archive: &Path,
 ) -> anyhow::Result<()> {
     let pg_restore = tools.tool("pg_restore")?;
-    use harness::process::GuardedSpawn;
-    // Its own process group, killed with us even on SIGKILL (harness::process).
-    let out = harness::process::tokio_command(&pg_restore)
+    harness::process::ToolRun::new("pg_restore", pg_restore, "restoring the data only")
         .args([
             "--data-only",
             "--disable-triggers",
@@ -1411,18 +1409,10 @@ async fn restore_data_only(
             "--no-owner",
             "-d",
         ])
-        .arg(&params.dbname)
-        .arg(archive)
+        .args([params.dbname.clone(), archive.display().to_string()])
         .envs(params.libpq_env())
-        .kill_on_drop(true)
-        .output_guarded()
-        .await
-        .context("run pg_restore")?;
-    ensure!(
-        out.status.success(),
-        "pg_restore --data-only failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+        .run()
+        .await?;
     Ok(())
 }
 

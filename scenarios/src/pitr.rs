@@ -277,22 +277,19 @@ pub(crate) async fn restore_to(
     Ok((recovery, Duration::from_secs_f64(report.analyze_seconds)))
 }
 
-async fn dump_database(tools: &PgTools, params: &ConnParams, out: &Path) -> anyhow::Result<()> {
-    use harness::process::GuardedSpawn as _;
+/// `pg_dump -Fc --no-owner` of the database behind `params` into `out` (a recovered
+/// database, before it is restored into the cluster).
+///
+/// # Errors
+/// pg_dump's cause when it fails.
+pub async fn dump_database(tools: &PgTools, params: &ConnParams, out: &Path) -> anyhow::Result<()> {
     let pg_dump = tools.tool("pg_dump")?;
-    let output = harness::process::tokio_command(&pg_dump)
+    harness::process::ToolRun::new("pg_dump", pg_dump, "dumping the recovered database")
         .args(["-Fc", "--no-owner", "-f"])
-        .arg(out)
+        .args([out.display().to_string()])
         .envs(params.libpq_env())
-        .kill_on_drop(true)
-        .output_guarded()
-        .await
-        .context("run pg_dump")?;
-    ensure!(
-        output.status.success(),
-        "pg_dump of the recovered database failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+        .run()
+        .await?;
     Ok(())
 }
 

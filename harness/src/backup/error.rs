@@ -258,3 +258,33 @@ impl BackupError {
         move |source| Self::Redis { what, source }
     }
 }
+
+impl From<crate::process::ToolError> for BackupError {
+    fn from(err: crate::process::ToolError) -> Self {
+        use crate::process::ToolError;
+        match err {
+            ToolError::Spawn { tool, source } => BackupError::Spawn { tool, source },
+            ToolError::Failed {
+                tool,
+                what,
+                status,
+                stderr,
+            } => BackupError::Tool {
+                tool,
+                what,
+                status,
+                stderr,
+            },
+            ToolError::TimedOut {
+                tool,
+                what,
+                seconds,
+            } => BackupError::Tool {
+                tool,
+                what,
+                status: format!("stopped after {seconds} s"),
+                stderr: String::new(),
+            },
+        }
+    }
+}

@@ -51,7 +51,7 @@ pub use csv::CsvTable;
 pub use engine::{BackupReport, backup};
 pub use error::BackupError;
 pub use exec::PodRef;
-pub(crate) use files::{cause_lines, sha256_file};
+pub(crate) use files::sha256_file;
 pub use kubernetes::{
     KubeManifest, KubeSource, NamespaceObjects, QuiesceOptions, QuiesceRecord, list_namespace,
     quiesce, resume,

@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use super::archive::ArchiveFeed;
 use super::csv::{CsvTable, plan_csv};
 use super::exec::PodRef;
-use super::files::{ToolRun, ensure_parent, tool_version};
+use super::files::{ToolRun, ensure_parent, to_private_file, tool_version};
 use super::manifest::StepTiming;
 use super::split::{CsvOut, TableOut, split_plain};
 use super::{BackupError, PlainFrom};
@@ -107,11 +107,10 @@ impl PgSource {
                 let path = tools
                     .tool(program)
                     .map_err(BackupError::pg(format!("find {program}")))?;
-                ToolRun::new(program, path, what)
+                let run = ToolRun::new(program, path, what)
                     .args(args)
-                    .envs(params.libpq_env())
-                    .to_file(out)
-                    .await
+                    .envs(params.libpq_env());
+                to_private_file(&run, out).await
             }
             PgSource::Kube(k) => {
                 let mut command = in_pod_with_password(k.password_env.as_deref(), "PGPASSWORD")?;
@@ -662,7 +661,7 @@ async fn restore_derived(
         .args(all);
         let path = out.dir.join(&d.rel);
         async move {
-            run.to_file(&path).await?;
+            to_private_file(&run, &path).await?;
             out.done(&d.rel);
             Ok::<_, BackupError>(())
         }

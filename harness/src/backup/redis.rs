@@ -147,7 +147,7 @@ pub(crate) async fn backup_redis(
             if let Some(password) = password {
                 run = run.envs([("REDISCLI_AUTH", password.expose())]);
             }
-            run.to_file(&out).await?;
+            super::files::to_private_file(&run, &out).await?;
         }
         RedisSource::Kube {
             pod,

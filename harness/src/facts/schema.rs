@@ -19,7 +19,6 @@
 
 use std::fmt::Write as _;
 use std::path::Path;
-use std::process::Stdio;
 
 use serde::{Deserialize, Serialize};
 use tokio_postgres::Client;
@@ -665,22 +664,19 @@ pub async fn run_amcheck(
         })?
         .get(0);
     let program = tools.tool("pg_amcheck").map_err(amcheck_err)?;
-    use crate::process::GuardedSpawn;
-    // Its own process group, killed with us even on SIGKILL (crate::process).
-    let mut cmd = crate::process::tokio_command(&program);
-    cmd.args(["--heapallindexed", "--parent-check", "-d"])
-        .arg(&params.dbname)
-        .envs(params.libpq_env())
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
+    let mut run =
+        crate::process::ToolRun::new("pg_amcheck", &program, "checking heaps and indexes")
+            .args(["--heapallindexed", "--parent-check", "-d", &params.dbname])
+            .envs(params.libpq_env());
     if !installed {
-        cmd.arg("--install-missing");
+        run = run.args(["--install-missing"]);
     }
-    let out = cmd.output_guarded().await.map_err(|source| {
+    // Its findings are its output, whatever its exit status.
+    let out = run.capture().await.map_err(|err| {
         amcheck_err(PgError::Io {
             action: "run",
             path: Path::new(&program).to_path_buf(),
-            source,
+            source: std::io::Error::other(err.to_string()),
         })
     })?;
     if !installed {

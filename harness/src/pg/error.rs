@@ -164,8 +164,4 @@ impl PgError {
     }
 }
 
-/// The last `n` lines of `text`.
-pub(crate) fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
+pub(crate) use crate::process::tail;

@@ -1,9 +1,7 @@
 //! Finding the PostgreSQL binaries, and running psql the way the runbook does.
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 
-use super::error::tail;
 use super::{ConnParams, PgError};
 
 /// Overrides where the server binaries are looked for.
@@ -132,33 +130,34 @@ impl PgTools {
     /// [`PgError::Tool`] with psql's error output when any statement fails.
     pub async fn psql_file(&self, params: &ConnParams, file: &Path) -> Result<(), PgError> {
         let psql = self.tool("psql")?;
-        let failed = |source| PgError::Io {
-            action: "run",
-            path: psql.clone(),
-            source,
-        };
-        let mut cmd = crate::process::tokio_command(&psql);
-        cmd.args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
-            .arg(file)
-            .envs(params.libpq_env())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let out = crate::process::spawn_tokio(cmd)
-            .map_err(failed)?
-            .wait_with_output()
-            .await
-            .map_err(failed)?;
-        if out.status.success() {
-            Ok(())
-        } else {
-            Err(PgError::Tool {
+        let run = crate::process::ToolRun::new("psql", &psql, file.display().to_string())
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-f"])
+            .args([file.display().to_string()])
+            .envs(params.libpq_env());
+        run.run().await.map_err(|err| match err {
+            crate::process::ToolError::Spawn { source, .. } => PgError::Io {
+                action: "run",
+                path: psql.clone(),
+                source,
+            },
+            crate::process::ToolError::Failed {
+                tool,
+                what,
+                status,
+                stderr,
+            } => PgError::Tool {
+                tool,
+                what,
+                status,
+                stderr,
+            },
+            crate::process::ToolError::TimedOut { what, .. } => PgError::Tool {
                 tool: "psql".to_owned(),
-                what: file.display().to_string(),
-                status: out.status.to_string(),
-                stderr: tail(&String::from_utf8_lossy(&out.stderr), 20),
-            })
-        }
+                what,
+                status: "stopped".to_owned(),
+                stderr: String::new(),
+            },
+        })
     }
 }
 

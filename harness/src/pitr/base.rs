@@ -8,7 +8,6 @@ use super::{
     server_now, sha256_file, write_json,
 };
 use crate::pg::{ConnParams, PgTools};
-use crate::process::GuardedSpawn as _;
 
 /// Takes a base backup of the server behind `params` into `<archive>/base` (tar, WAL streamed
 /// alongside, fast checkpoint) and writes `PITR.json`.
@@ -55,17 +54,15 @@ pub async fn base_backup(
     let segment_size = u64::try_from(segment_size).unwrap_or(16 * 1024 * 1024);
     let started_at = server_now(&client).await?;
     let tool = tools.tool("pg_basebackup")?;
-    let out = crate::process::tokio_command(&tool)
-        .arg("-D")
-        .arg(&dir)
+    let out = crate::process::ToolRun::new("pg_basebackup", &tool, "taking a base backup")
+        .args(["-D".to_owned(), dir.display().to_string()])
         .args(["-Ft", "-X", "stream", "-c", "fast", "-v", "-w"])
         .args(["-h", &params.host, "-p", &params.port.to_string()])
         .args(["-U", &params.user])
         .envs(params.libpq_env())
-        .kill_on_drop(true)
-        .output_guarded()
+        .capture()
         .await
-        .map_err(io("run", &tool))?;
+        .map_err(|e| io("run", &tool)(std::io::Error::other(e.to_string())))?;
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     if !out.status.success() {
         return Err(PitrError::Tool {

@@ -11,7 +11,6 @@ use super::{
     SegmentName, SegmentRecord, Target, WAL_DIR, io, read_json, sha256_file,
 };
 use crate::pg::PgTools;
-use crate::process::GuardedSpawn as _;
 
 /// One defect of an archive, naming its segment or file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -401,17 +400,16 @@ async fn waldump(
 ) -> Result<WalScan, PitrError> {
     let tool = tools.tool("pg_waldump")?;
     let wal = archive.join(WAL_DIR);
-    let out = crate::process::tokio_command(&tool)
-        .arg("-p")
-        .arg(&wal)
+    // Its end of WAL is an error it prints: read its output whatever its status.
+    let out = crate::process::ToolRun::new("pg_waldump", &tool, "reading the archived WAL")
+        .args(["-p".to_owned(), wal.display().to_string()])
         .args(["-s", &base.start_lsn, "-t", &base.timeline.to_string()])
         .args(["-r", "Transaction"])
         // Commit times in UTC, whatever this machine's zone.
-        .env("TZ", "UTC")
-        .kill_on_drop(true)
-        .output_guarded()
+        .envs([("TZ", "UTC")])
+        .capture()
         .await
-        .map_err(io("run", &tool))?;
+        .map_err(|e| io("run", &tool)(std::io::Error::other(e.to_string())))?;
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let mut last_commit = None;

@@ -285,8 +285,4 @@ pub(crate) async fn server_now(client: &tokio_postgres::Client) -> Result<String
     Ok(row.get(0))
 }
 
-/// The last `lines` lines of a tool's output.
-pub(crate) fn tail(text: &str, lines: usize) -> String {
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
+pub(crate) use crate::process::tail;

@@ -21,7 +21,6 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -510,7 +509,7 @@ async fn check_archive(
     }
 }
 
-/// Runs `pg_restore ARGS PATH` (reading only), its standard output captured, within `deadline`.
+/// Runs `pg_restore ARGS PATH` (reading only), its output captured, within `deadline`.
 async fn run_checked(
     program: &Path,
     args: &[&str],
@@ -518,22 +517,41 @@ async fn run_checked(
     deadline: Duration,
     what: String,
 ) -> Result<std::process::Output, RestoreError> {
-    let mut command = tokio::process::Command::new(program);
-    command
-        .args(args)
-        .arg(path)
-        .stdin(Stdio::null())
-        .kill_on_drop(true);
-    within(deadline, "pg_restore", what, async {
-        command
-            .output()
-            .await
-            .map_err(|source| RestoreError::Spawn {
-                tool: "pg_restore".to_owned(),
-                source,
-            })
-    })
-    .await
+    crate::process::ToolRun::new("pg_restore", program, what)
+        .args(args.iter().copied())
+        .args([path.display().to_string()])
+        .deadline(deadline)
+        .capture()
+        .await
+        .map_err(|err| from_tool(err, path))
+}
+
+/// A tool's failure as the restore's error about `archive`.
+fn from_tool(err: crate::process::ToolError, archive: &Path) -> RestoreError {
+    use crate::process::ToolError;
+    match err {
+        ToolError::Spawn { tool, source } => RestoreError::Spawn { tool, source },
+        ToolError::Failed {
+            tool,
+            status,
+            stderr,
+            ..
+        } => RestoreError::Tool {
+            tool,
+            path: archive.to_path_buf(),
+            status,
+            stderr,
+        },
+        ToolError::TimedOut {
+            tool,
+            what,
+            seconds,
+        } => RestoreError::TimedOut {
+            tool,
+            what,
+            seconds,
+        },
+    }
 }
 
 /// The first line of `path` (at most 64 KiB), without its line end.
@@ -1090,22 +1108,8 @@ pub async fn restore_database(
     }
 }
 
-/// Kills a tool's whole process group when dropped before the tool finished: pg_restore `-j`
-/// forks workers, and an interrupted restore (a cancelled future, a timeout) must not leave
-/// them loading data behind our back.
-struct GroupGuard(Option<i32>);
-
-impl Drop for GroupGuard {
-    fn drop(&mut self) {
-        if let Some(pgid) = self.0.take() {
-            let _ = nix::sys::signal::killpg(
-                nix::unistd::Pid::from_raw(pgid),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-}
-
+/// Runs the load `command` (pg_restore or psql, its program first) against `params` within
+/// `deadline`; the whole process group (pg_restore's `-j` workers) is stopped with it.
 async fn run_tool(
     command: &[String],
     params: &ConnParams,
@@ -1117,45 +1121,13 @@ async fn run_tool(
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| program.clone());
-    use crate::process::GuardedSpawn;
-    // Own process group, killed on drop and when this process dies (crate::process).
-    let child = crate::process::tokio_command(program)
-        .args(args)
+    crate::process::ToolRun::new(&tool, program, format!("restoring {}", archive.display()))
+        .args(args.iter().cloned())
         .envs(params.libpq_env())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true)
-        .spawn_guarded()
-        .map_err(|source| RestoreError::Spawn {
-            tool: tool.clone(),
-            source,
-        })?;
-    let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
-    // Past the deadline the future is dropped and the guard kills the whole group.
-    let what = format!("restoring {}", archive.display());
-    let out = within(deadline, &tool, what, async {
-        child
-            .wait_with_output()
-            .await
-            .map_err(|source| RestoreError::Spawn {
-                tool: tool.clone(),
-                source,
-            })
-    })
-    .await?;
-    guard.0 = None;
-    if out.status.success() {
-        return Ok(());
-    }
-    // The cause, not the statement that was running (`Command was: ...`).
-    Err(RestoreError::Tool {
-        tool,
-        path: archive.to_path_buf(),
-        status: out.status.to_string(),
-        stderr: crate::backup::cause_lines(&String::from_utf8_lossy(&out.stderr)),
-    })
+        .deadline(deadline)
+        .run()
+        .await
+        .map_err(|err| from_tool(err, archive))
 }
 
 /// The marker row of the negative control: a `users` row written into the source database

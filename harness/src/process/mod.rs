@@ -19,6 +19,10 @@
 //! by the next run (see [`crate::keep`]), which also stops a PostgreSQL server that escaped
 //! (the harness killed in the instant between the fork and setpriv's `prctl`).
 
+mod tool;
+
+pub use tool::{ToolError, ToolRun, cause_lines, file_tail, tail, tool_version};
+
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::mpsc;
