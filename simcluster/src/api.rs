@@ -986,36 +986,7 @@ pub(crate) fn patch(
     }
     let manager = opts.field_manager.clone().unwrap_or_default();
     if ptype == PatchType::Apply {
-        if manager.is_empty() {
-            return Err(ApiError::invalid_kind(
-                "meta.k8s.io",
-                "PatchOptions",
-                "",
-                &[(
-                    "fieldManager".into(),
-                    "Required value: is required for apply patch".into(),
-                )],
-            ));
-        }
-        if !p.is_object() || p.get("metadata").is_some_and(|m| !m.is_object()) {
-            return Err(ApiError::bad_request(
-                "the apply configuration must be an object with an object metadata",
-            ));
-        }
-        for f in ["apiVersion", "kind"] {
-            if p.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(ApiError::bad_request(format!(
-                    "invalid object type: {f} must be set in an apply configuration"
-                )));
-            }
-        }
-        if let Some(n) = meta(&p, "name")
-            && n != name
-        {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({n}) does not match the name on the URL ({name})"
-            )));
-        }
+        check_apply(&p, name, &manager)?;
     }
     let mut created = false;
     let mut dry = None;
@@ -1032,33 +1003,7 @@ pub(crate) fn patch(
             }
             None => return Err(ApiError::not_found(rt, name)),
             Some(cur) => {
-                let mut target = cur.as_ref().clone();
-                target["apiVersion"] = Value::String(rt.api_version());
-                let patched = match ptype {
-                    PatchType::Merge => {
-                        patch::merge_patch(&mut target, &p);
-                        target
-                    }
-                    PatchType::Json => {
-                        patch::json_patch(&mut target, &p).map_err(|e| ApiError {
-                            code: 422,
-                            reason: "Invalid",
-                            message: e.0,
-                            details: None,
-                        })?;
-                        target
-                    }
-                    PatchType::Strategic => {
-                        if !p.is_object() {
-                            return Err(ApiError::bad_request(
-                                "a strategic merge patch must be a JSON object",
-                            ));
-                        }
-                        patch::strategic_merge(&mut target, &p);
-                        target
-                    }
-                    PatchType::Apply => server_side_apply(rt, &target, &p, &manager, opts.force)?,
-                };
+                let patched = apply_patch(rt, cur, ptype, &p, &manager, opts.force)?;
                 prepare_update(rt, cur, patched, sub)?
             }
         };
@@ -1077,6 +1022,81 @@ pub(crate) fn patch(
     finish_if_done(store, rt, ns, name, &obj);
     after_commit(store, rt, &obj, false);
     Ok((to_version(rt, &obj), created))
+}
+
+/// An apply configuration must name a field manager, be an object with an object metadata,
+/// set apiVersion and kind, and (if it names one) the URL's name.
+fn check_apply(p: &Value, name: &str, manager: &str) -> Result<(), ApiError> {
+    if manager.is_empty() {
+        return Err(ApiError::invalid_kind(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            &[(
+                "fieldManager".into(),
+                "Required value: is required for apply patch".into(),
+            )],
+        ));
+    }
+    if !p.is_object() || p.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::bad_request(
+            "the apply configuration must be an object with an object metadata",
+        ));
+    }
+    for f in ["apiVersion", "kind"] {
+        if p.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request(format!(
+                "invalid object type: {f} must be set in an apply configuration"
+            )));
+        }
+    }
+    if let Some(n) = meta(p, "name")
+        && n != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
+    }
+    Ok(())
+}
+
+/// The stored object `cur` with the patch `p` of type `ptype` applied (before the update's
+/// checks and defaults).
+fn apply_patch(
+    rt: &ResourceType,
+    cur: &Value,
+    ptype: PatchType,
+    p: &Value,
+    manager: &str,
+    force: bool,
+) -> Result<Value, ApiError> {
+    let mut target = cur.clone();
+    target["apiVersion"] = Value::String(rt.api_version());
+    match ptype {
+        PatchType::Merge => {
+            patch::merge_patch(&mut target, p);
+            Ok(target)
+        }
+        PatchType::Json => {
+            patch::json_patch(&mut target, p).map_err(|e| ApiError {
+                code: 422,
+                reason: "Invalid",
+                message: e.0,
+                details: None,
+            })?;
+            Ok(target)
+        }
+        PatchType::Strategic => {
+            if !p.is_object() {
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
+            }
+            patch::strategic_merge(&mut target, p);
+            Ok(target)
+        }
+        PatchType::Apply => server_side_apply(rt, &target, p, manager, force),
+    }
 }
 
 fn default_propagation(rt: &ResourceType) -> Propagation {
