@@ -1,6 +1,7 @@
 //! Every wait on a restored object, each with a deadline and a readable reason when it runs
 //! out: claims bound, workloads ready, pods observed.
 
+use std::collections::BTreeMap;
 use std::time::Instant;
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
@@ -223,97 +224,121 @@ pub(super) async fn wait_workload_ready(
 ) -> Result<(), RestoreError> {
     let started = Instant::now();
     loop {
-        let (want, ready, selector) = match kind {
-            "StatefulSet" => {
-                let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-                let s = api.get(name).await.map_err(RestoreError::kube(format!(
-                    "get StatefulSet {namespace}/{name}"
-                )))?;
-                let want = s.spec.replicas.unwrap_or(1);
-                // A status older than the spec (the controller has not seen the apply yet) says nothing.
-                let observed = s
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.observed_generation)
-                    .unwrap_or(0);
-                let current = observed >= s.metadata.generation.unwrap_or(0);
-                let ready = if current {
-                    s.status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0)
-                } else {
-                    -1
-                };
-                (want, ready, s.spec.selector.match_labels.clone())
-            }
-            _ => {
-                let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
-                let d = api.get(name).await.map_err(RestoreError::kube(format!(
-                    "get Deployment {namespace}/{name}"
-                )))?;
-                let want = d.spec.replicas.unwrap_or(1);
-                // A status older than the spec (the controller has not seen the apply yet) says nothing.
-                let observed = d
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.observed_generation)
-                    .unwrap_or(0);
-                let current = observed >= d.metadata.generation.unwrap_or(0);
-                let ready = if current {
-                    d.status
-                        .as_ref()
-                        .and_then(|s| s.ready_replicas)
-                        .unwrap_or(0)
-                } else {
-                    -1
-                };
-                (want, ready, d.spec.selector.match_labels.clone())
-            }
-        };
+        let (want, ready, selector) = readiness(client, namespace, kind, name).await?;
         if ready >= want {
             return Ok(());
         }
         if started.elapsed() >= waits.workload_ready {
-            let mut detail = vec![if ready < 0 {
-                "the controller has not observed the applied spec".to_owned()
-            } else {
-                format!("{ready}/{want} replicas ready")
-            }];
-            let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-            let selector = selector
-                .unwrap_or_default()
-                .iter()
-                .map(|(k, v)| format!("{k}={v}"))
-                .collect::<Vec<_>>()
-                .join(",");
-            let listed = pods
-                .list(&ListParams::default().labels(&selector))
-                .await
-                .map(|l| l.items)
-                .unwrap_or_default();
-            if listed.is_empty() {
-                let events = events_for(client, namespace, name).await;
-                detail.push(format!(
-                    "no pods; {}",
-                    if events.is_empty() {
-                        "no events".to_owned()
-                    } else {
-                        events.join(" | ")
-                    }
-                ));
-            }
-            for pod in listed.iter().filter(|p| !pod_ready(p)) {
-                detail.push(explain_pod(client, pod).await);
-            }
+            let detail = not_ready_detail(client, namespace, name, want, ready, selector).await;
             return Err(RestoreError::NotReady {
                 what: format!("{kind} {namespace}/{name}"),
                 seconds: waits.workload_ready.as_secs(),
-                detail: detail.join("; "),
+                detail,
             });
         }
         tokio::time::sleep(waits.poll).await;
     }
+}
+
+/// A StatefulSet's (for `kind` "StatefulSet") or else a Deployment's wanted and ready
+/// replicas, and its selector's labels. Ready is -1 while the status is older than the spec
+/// (the controller has not seen the apply yet): such a status says nothing.
+async fn readiness(
+    client: &kube::Client,
+    namespace: &str,
+    kind: &str,
+    name: &str,
+) -> Result<(i32, i32, Option<BTreeMap<String, String>>), RestoreError> {
+    Ok(match kind {
+        "StatefulSet" => {
+            let api: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+            let s = api.get(name).await.map_err(RestoreError::kube(format!(
+                "get StatefulSet {namespace}/{name}"
+            )))?;
+            let want = s.spec.replicas.unwrap_or(1);
+            let observed = s
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .unwrap_or(0);
+            let current = observed >= s.metadata.generation.unwrap_or(0);
+            let ready = if current {
+                s.status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0)
+            } else {
+                -1
+            };
+            (want, ready, s.spec.selector.match_labels.clone())
+        }
+        _ => {
+            let api: Api<Deployment> = Api::namespaced(client.clone(), namespace);
+            let d = api.get(name).await.map_err(RestoreError::kube(format!(
+                "get Deployment {namespace}/{name}"
+            )))?;
+            let want = d.spec.replicas.unwrap_or(1);
+            let observed = d
+                .status
+                .as_ref()
+                .and_then(|s| s.observed_generation)
+                .unwrap_or(0);
+            let current = observed >= d.metadata.generation.unwrap_or(0);
+            let ready = if current {
+                d.status
+                    .as_ref()
+                    .and_then(|s| s.ready_replicas)
+                    .unwrap_or(0)
+            } else {
+                -1
+            };
+            (want, ready, d.spec.selector.match_labels.clone())
+        }
+    })
+}
+
+/// Why a workload is not ready: its replica counts, then its events when it has no pods, or
+/// what each of its un-Ready pods waits for.
+async fn not_ready_detail(
+    client: &kube::Client,
+    namespace: &str,
+    name: &str,
+    want: i32,
+    ready: i32,
+    selector: Option<BTreeMap<String, String>>,
+) -> String {
+    let mut detail = vec![if ready < 0 {
+        "the controller has not observed the applied spec".to_owned()
+    } else {
+        format!("{ready}/{want} replicas ready")
+    }];
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let selector = selector
+        .unwrap_or_default()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let listed = pods
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map(|l| l.items)
+        .unwrap_or_default();
+    if listed.is_empty() {
+        let events = events_for(client, namespace, name).await;
+        detail.push(format!(
+            "no pods; {}",
+            if events.is_empty() {
+                "no events".to_owned()
+            } else {
+                events.join(" | ")
+            }
+        ));
+    }
+    for pod in listed.iter().filter(|p| !pod_ready(p)) {
+        detail.push(explain_pod(client, pod).await);
+    }
+    detail.join("; ")
 }
 
 pub(super) async fn wait_pods_ready(
