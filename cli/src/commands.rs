@@ -451,6 +451,13 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
         }
     }
     let report = backup::backup(&options).await?;
+    print_backup(&report);
+    Ok(exit_codes::OK)
+}
+
+/// Where the backup went (directory, archive, off-site copies), each table's rows and digest,
+/// and how long it took.
+fn print_backup(report: &harness::backup::BackupReport) {
     println!("backup written to {}", report.dir.display());
     if let Some(archive) = &report.archive {
         println!(
@@ -469,7 +476,6 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
         }
     }
     println!("took {:.1} s", report.seconds);
-    Ok(exit_codes::OK)
 }
 
 /// `rehearsal verify`.

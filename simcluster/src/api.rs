@@ -492,7 +492,49 @@ fn prepare_update(
     let name = name_of(old).to_owned();
     let ns = meta(old, "namespace").unwrap_or_default().to_owned();
     check_envelope(rt, &mut new, &ns)?;
-    match meta(&new, "name") {
+    check_preconditions(rt, old, &new, &name)?;
+    let mut obj = with_status(rt, old, new, sub);
+    keep_server_fields(rt, old, &mut obj, sub);
+    validate::apply_defaults(rt, &mut obj);
+    invalid_if(rt, &name, validate::validate(rt, &obj))?;
+    invalid_if(rt, &name, validate::validate_update(rt, old, &obj))?;
+    if old.pointer("/metadata/deletionTimestamp").is_some() {
+        let before = finalizers(old);
+        if let Some(added) = finalizers(&obj).into_iter().find(|f| !before.contains(f)) {
+            return Err(ApiError::invalid(
+                rt,
+                &name,
+                &[(
+                    "metadata.finalizers".into(),
+                    format!(
+                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"
+                    ),
+                )],
+            ));
+        }
+    }
+    if rt.has_generation && spec_part(old) != spec_part(&obj) {
+        let g = old
+            .pointer("/metadata/generation")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        obj["metadata"]["generation"] = json!(g + 1);
+    }
+    if rt.kind == "CustomResourceDefinition" && !rt.custom && sub.is_none() {
+        crd_status(&mut obj);
+    }
+    Ok(obj)
+}
+
+/// The update's name must be the URL's, and its resourceVersion and uid, when given, the
+/// stored object's.
+fn check_preconditions(
+    rt: &ResourceType,
+    old: &Value,
+    new: &Value,
+    name: &str,
+) -> Result<(), ApiError> {
+    match meta(new, "name") {
         Some(n) if n != name => {
             return Err(ApiError::bad_request(format!(
                 "the name of the object ({n}) does not match the name on the URL ({name})"
@@ -500,52 +542,61 @@ fn prepare_update(
         }
         _ => {}
     }
-    if let Some(rv) = meta(&new, "resourceVersion").filter(|v| !v.is_empty())
+    if let Some(rv) = meta(new, "resourceVersion").filter(|v| !v.is_empty())
         && Some(rv) != meta(old, "resourceVersion")
     {
         return Err(ApiError::conflict(
             rt,
-            &name,
+            name,
             "the object has been modified; please apply your changes to the latest version and try again",
         ));
     }
-    if let Some(uid) = meta(&new, "uid").filter(|v| !v.is_empty())
+    if let Some(uid) = meta(new, "uid").filter(|v| !v.is_empty())
         && Some(uid) != meta(old, "uid")
     {
         return Err(ApiError::conflict(
             rt,
-            &name,
+            name,
             &format!(
                 "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
                 meta(old, "uid").unwrap_or_default()
             ),
         ));
     }
-    let mut obj = if sub == Some("status") {
+    Ok(())
+}
+
+/// The status subresource writes only the status (onto the stored object); the main resource
+/// of a kind with a status subresource keeps the stored status.
+fn with_status(rt: &ResourceType, old: &Value, mut new: Value, sub: Option<&str>) -> Value {
+    if sub == Some("status") {
         let mut o = old.clone();
-        match new.get("status") {
-            Some(s) => o["status"] = s.clone(),
-            None => {
-                if let Some(m) = o.as_object_mut() {
-                    m.remove("status");
-                }
-            }
-        }
+        set_status(&mut o, new.get("status"));
         o
     } else {
         if rt.has_subresource("status") {
-            match old.get("status") {
-                Some(s) => new["status"] = s.clone(),
-                None => {
-                    if let Some(m) = new.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
+            set_status(&mut new, old.get("status"));
         }
         new
-    };
-    // Fields the server owns come from the stored object.
+    }
+}
+
+/// Sets `obj`'s status to `status`, or removes it for `None`.
+fn set_status(obj: &mut Value, status: Option<&Value>) {
+    match status {
+        Some(s) => obj["status"] = s.clone(),
+        None => {
+            if let Some(m) = obj.as_object_mut() {
+                m.remove("status");
+            }
+        }
+    }
+}
+
+/// Fields the server owns come from the stored object: identity, timestamps, generation and
+/// resourceVersion, managedFields when the update has none, a Service's cluster IPs when the
+/// update leaves them empty, and a Namespace's spec.
+fn keep_server_fields(rt: &ResourceType, old: &Value, obj: &mut Value, sub: Option<&str>) {
     for f in [
         "name",
         "namespace",
@@ -584,35 +635,6 @@ fn prepare_update(
     if rt.kind == "Namespace" && !rt.custom && sub.is_none() {
         obj["spec"] = old.get("spec").cloned().unwrap_or(json!({}));
     }
-    validate::apply_defaults(rt, &mut obj);
-    invalid_if(rt, &name, validate::validate(rt, &obj))?;
-    invalid_if(rt, &name, validate::validate_update(rt, old, &obj))?;
-    if old.pointer("/metadata/deletionTimestamp").is_some() {
-        let before = finalizers(old);
-        if let Some(added) = finalizers(&obj).into_iter().find(|f| !before.contains(f)) {
-            return Err(ApiError::invalid(
-                rt,
-                &name,
-                &[(
-                    "metadata.finalizers".into(),
-                    format!(
-                        "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers [\"{added}\"]"
-                    ),
-                )],
-            ));
-        }
-    }
-    if rt.has_generation && spec_part(old) != spec_part(&obj) {
-        let g = old
-            .pointer("/metadata/generation")
-            .and_then(Value::as_i64)
-            .unwrap_or(0);
-        obj["metadata"]["generation"] = json!(g + 1);
-    }
-    if rt.kind == "CustomResourceDefinition" && !rt.custom && sub.is_none() {
-        crd_status(&mut obj);
-    }
-    Ok(obj)
 }
 
 /// Whether an update leaves a terminating object without finalizers, which deletes it.
@@ -964,36 +986,7 @@ pub(crate) fn patch(
     }
     let manager = opts.field_manager.clone().unwrap_or_default();
     if ptype == PatchType::Apply {
-        if manager.is_empty() {
-            return Err(ApiError::invalid_kind(
-                "meta.k8s.io",
-                "PatchOptions",
-                "",
-                &[(
-                    "fieldManager".into(),
-                    "Required value: is required for apply patch".into(),
-                )],
-            ));
-        }
-        if !p.is_object() || p.get("metadata").is_some_and(|m| !m.is_object()) {
-            return Err(ApiError::bad_request(
-                "the apply configuration must be an object with an object metadata",
-            ));
-        }
-        for f in ["apiVersion", "kind"] {
-            if p.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
-                return Err(ApiError::bad_request(format!(
-                    "invalid object type: {f} must be set in an apply configuration"
-                )));
-            }
-        }
-        if let Some(n) = meta(&p, "name")
-            && n != name
-        {
-            return Err(ApiError::bad_request(format!(
-                "the name of the object ({n}) does not match the name on the URL ({name})"
-            )));
-        }
+        check_apply(&p, name, &manager)?;
     }
     let mut created = false;
     let mut dry = None;
@@ -1010,33 +1003,7 @@ pub(crate) fn patch(
             }
             None => return Err(ApiError::not_found(rt, name)),
             Some(cur) => {
-                let mut target = cur.as_ref().clone();
-                target["apiVersion"] = Value::String(rt.api_version());
-                let patched = match ptype {
-                    PatchType::Merge => {
-                        patch::merge_patch(&mut target, &p);
-                        target
-                    }
-                    PatchType::Json => {
-                        patch::json_patch(&mut target, &p).map_err(|e| ApiError {
-                            code: 422,
-                            reason: "Invalid",
-                            message: e.0,
-                            details: None,
-                        })?;
-                        target
-                    }
-                    PatchType::Strategic => {
-                        if !p.is_object() {
-                            return Err(ApiError::bad_request(
-                                "a strategic merge patch must be a JSON object",
-                            ));
-                        }
-                        patch::strategic_merge(&mut target, &p);
-                        target
-                    }
-                    PatchType::Apply => server_side_apply(rt, &target, &p, &manager, opts.force)?,
-                };
+                let patched = apply_patch(rt, cur, ptype, &p, &manager, opts.force)?;
                 prepare_update(rt, cur, patched, sub)?
             }
         };
@@ -1055,6 +1022,81 @@ pub(crate) fn patch(
     finish_if_done(store, rt, ns, name, &obj);
     after_commit(store, rt, &obj, false);
     Ok((to_version(rt, &obj), created))
+}
+
+/// An apply configuration must name a field manager, be an object with an object metadata,
+/// set apiVersion and kind, and (if it names one) the URL's name.
+fn check_apply(p: &Value, name: &str, manager: &str) -> Result<(), ApiError> {
+    if manager.is_empty() {
+        return Err(ApiError::invalid_kind(
+            "meta.k8s.io",
+            "PatchOptions",
+            "",
+            &[(
+                "fieldManager".into(),
+                "Required value: is required for apply patch".into(),
+            )],
+        ));
+    }
+    if !p.is_object() || p.get("metadata").is_some_and(|m| !m.is_object()) {
+        return Err(ApiError::bad_request(
+            "the apply configuration must be an object with an object metadata",
+        ));
+    }
+    for f in ["apiVersion", "kind"] {
+        if p.get(f).and_then(Value::as_str).is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request(format!(
+                "invalid object type: {f} must be set in an apply configuration"
+            )));
+        }
+    }
+    if let Some(n) = meta(p, "name")
+        && n != name
+    {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({n}) does not match the name on the URL ({name})"
+        )));
+    }
+    Ok(())
+}
+
+/// The stored object `cur` with the patch `p` of type `ptype` applied (before the update's
+/// checks and defaults).
+fn apply_patch(
+    rt: &ResourceType,
+    cur: &Value,
+    ptype: PatchType,
+    p: &Value,
+    manager: &str,
+    force: bool,
+) -> Result<Value, ApiError> {
+    let mut target = cur.clone();
+    target["apiVersion"] = Value::String(rt.api_version());
+    match ptype {
+        PatchType::Merge => {
+            patch::merge_patch(&mut target, p);
+            Ok(target)
+        }
+        PatchType::Json => {
+            patch::json_patch(&mut target, p).map_err(|e| ApiError {
+                code: 422,
+                reason: "Invalid",
+                message: e.0,
+                details: None,
+            })?;
+            Ok(target)
+        }
+        PatchType::Strategic => {
+            if !p.is_object() {
+                return Err(ApiError::bad_request(
+                    "a strategic merge patch must be a JSON object",
+                ));
+            }
+            patch::strategic_merge(&mut target, p);
+            Ok(target)
+        }
+        PatchType::Apply => server_side_apply(rt, &target, p, manager, force),
+    }
 }
 
 fn default_propagation(rt: &ResourceType) -> Propagation {

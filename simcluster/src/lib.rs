@@ -188,6 +188,9 @@ async fn answers(addr: std::net::SocketAddr) -> std::io::Result<()> {
     }
 }
 
+/// Creates the objects a fresh cluster has: the four system namespaces, a Node per node of the
+/// kind configuration (one control plane without one), the `kubernetes` Service and the
+/// default StorageClass.
 fn seed(
     store: &Store,
     name: &str,
@@ -195,26 +198,14 @@ fn seed(
     port: u16,
     service_ip: &str,
 ) -> Result<(), Error> {
-    let create = |api_version: &str, kind_name: &str, ns: &str, obj: Value| -> Result<(), Error> {
-        let rt = store
-            .registry()
-            .by_kind(api_version, kind_name)
-            .cloned()
-            .ok_or_else(|| Error::Seed {
-                what: kind_name.to_owned(),
-                source: Box::new(ApiError::internal("kind not registered")),
-            })?;
-        let what = format!("{kind_name} {}", obj["metadata"]["name"]);
-        match api::create(store, &rt, ns, obj, &api::WriteOptions::default()) {
-            Ok(_) => Ok(()),
-            Err(source) => Err(Error::Seed {
-                what,
-                source: Box::new(source),
-            }),
-        }
-    };
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
-        create("v1", "Namespace", "", json!({"metadata": {"name": ns}}))?;
+        seed_object(
+            store,
+            "v1",
+            "Namespace",
+            "",
+            json!({"metadata": {"name": ns}}),
+        )?;
     }
     let default_nodes;
     let nodes = match kind {
@@ -236,45 +227,16 @@ fn seed(
     };
     let has_workers = nodes.iter().any(|(_, n)| n.role == "worker");
     for (node_name, node) in &nodes {
-        let version = node
-            .image
-            .as_deref()
-            .and_then(|i| i.split('@').next())
-            .and_then(|i| i.rsplit_once(':'))
-            .map(|(_, tag)| tag.to_owned())
-            .filter(|t| t.starts_with('v'))
-            .unwrap_or_else(|| server::GIT_VERSION.to_owned());
-        let mut labels = json!({"kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"});
-        for (k, v) in &node.labels {
-            labels[k] = json!(v);
-        }
-        let mut spec =
-            json!({"podCIDR": "10.244.0.0/24", "providerID": format!("simcluster://{node_name}")});
-        if node.role == "control-plane" {
-            labels["node-role.kubernetes.io/control-plane"] = json!("");
-            if has_workers {
-                spec["taints"] = json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
-            }
-        }
-        let now = api::now();
-        create(
+        seed_object(
+            store,
             "v1",
             "Node",
             "",
-            json!({
-                "metadata": {"name": node_name, "labels": labels},
-                "spec": spec,
-                "status": {
-                    "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node_name}],
-                    "capacity": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
-                    "allocatable": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
-                    "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
-                    "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version, "containerRuntimeVersion": "simcluster://1", "operatingSystem": "linux", "architecture": "amd64", "osImage": "simcluster", "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
-                },
-            }),
+            node_object(node_name, node, has_workers),
         )?;
     }
-    create(
+    seed_object(
+        store,
         "v1",
         "Service",
         "default",
@@ -283,7 +245,8 @@ fn seed(
             "spec": {"clusterIP": service_ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
         }),
     )?;
-    create(
+    seed_object(
+        store,
         "storage.k8s.io/v1",
         "StorageClass",
         "",
@@ -295,6 +258,70 @@ fn seed(
         }),
     )?;
     Ok(())
+}
+
+/// Creates one initial object through the API.
+fn seed_object(
+    store: &Store,
+    api_version: &str,
+    kind_name: &str,
+    ns: &str,
+    obj: Value,
+) -> Result<(), Error> {
+    let rt = store
+        .registry()
+        .by_kind(api_version, kind_name)
+        .cloned()
+        .ok_or_else(|| Error::Seed {
+            what: kind_name.to_owned(),
+            source: Box::new(ApiError::internal("kind not registered")),
+        })?;
+    let what = format!("{kind_name} {}", obj["metadata"]["name"]);
+    match api::create(store, &rt, ns, obj, &api::WriteOptions::default()) {
+        Ok(_) => Ok(()),
+        Err(source) => Err(Error::Seed {
+            what,
+            source: Box::new(source),
+        }),
+    }
+}
+
+/// A Ready Node as kind's would be: its version from the node image's tag, its labels, and a
+/// control plane tainted when there are workers.
+fn node_object(node_name: &str, node: &config::KindNode, has_workers: bool) -> Value {
+    let version = node
+        .image
+        .as_deref()
+        .and_then(|i| i.split('@').next())
+        .and_then(|i| i.rsplit_once(':'))
+        .map(|(_, tag)| tag.to_owned())
+        .filter(|t| t.starts_with('v'))
+        .unwrap_or_else(|| server::GIT_VERSION.to_owned());
+    let mut labels = json!({"kubernetes.io/hostname": node_name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "amd64"});
+    for (k, v) in &node.labels {
+        labels[k] = json!(v);
+    }
+    let mut spec =
+        json!({"podCIDR": "10.244.0.0/24", "providerID": format!("simcluster://{node_name}")});
+    if node.role == "control-plane" {
+        labels["node-role.kubernetes.io/control-plane"] = json!("");
+        if has_workers {
+            spec["taints"] =
+                json!([{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}]);
+        }
+    }
+    let now = api::now();
+    json!({
+        "metadata": {"name": node_name, "labels": labels},
+        "spec": spec,
+        "status": {
+            "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node_name}],
+            "capacity": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
+            "allocatable": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
+            "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
+            "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version, "containerRuntimeVersion": "simcluster://1", "operatingSystem": "linux", "architecture": "amd64", "osImage": "simcluster", "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
+        },
+    })
 }
 
 impl SimCluster {

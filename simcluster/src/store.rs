@@ -130,6 +130,19 @@ fn meta_str<'a>(obj: &'a Value, field: &str) -> &'a str {
         .unwrap_or_default()
 }
 
+/// Whether `obj` equals the stored `before` apart from its resourceVersion: a `Put` of it
+/// changes nothing, as on a real server.
+fn unchanged(obj: &Value, before: &Value) -> bool {
+    let mut cmp = obj.clone();
+    if let Some(m) = cmp.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert(
+            "resourceVersion".into(),
+            before["metadata"]["resourceVersion"].clone(),
+        );
+    }
+    &cmp == before
+}
+
 impl Store {
     /// An empty store with the built-in kinds registered.
     pub(crate) fn new() -> Self {
@@ -263,83 +276,100 @@ impl Store {
                 after: before,
                 removed: false,
             }),
-            Mutation::Put(mut obj) => {
-                if let Some(b) = &before {
-                    let mut cmp = obj.clone();
-                    if let Some(m) = cmp.get_mut("metadata").and_then(Value::as_object_mut) {
-                        m.insert(
-                            "resourceVersion".into(),
-                            b["metadata"]["resourceVersion"].clone(),
-                        );
-                    }
-                    if &cmp == b.as_ref() {
-                        return Ok(Outcome {
-                            after: before,
-                            removed: false,
-                        });
-                    }
-                }
-                inner.rv += 1;
-                let rv = inner.rv;
-                obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-                let obj = Arc::new(obj);
-                inner
-                    .objects
-                    .entry(key.to_owned())
-                    .or_default()
-                    .insert(id, obj.clone());
-                let kind = if before.is_some() {
-                    EventType::Modified
-                } else {
-                    EventType::Added
-                };
-                self.emit(
-                    &mut inner,
-                    WatchEvent {
-                        kind,
-                        key: key.to_owned(),
-                        namespace: ns.to_owned(),
-                        rv,
-                        object: obj.clone(),
-                        old: before.clone(),
-                    },
-                );
-                Ok(Outcome {
-                    after: Some(obj),
-                    removed: false,
-                })
-            }
-            Mutation::Remove => {
-                let Some(b) = before else {
+            Mutation::Put(obj) => {
+                if let Some(b) = &before
+                    && unchanged(&obj, b)
+                {
                     return Ok(Outcome {
-                        after: None,
+                        after: before,
                         removed: false,
                     });
-                };
-                inner.rv += 1;
-                let rv = inner.rv;
-                if let Some(m) = inner.objects.get_mut(key) {
-                    m.remove(&id);
                 }
-                let mut last = b.as_ref().clone();
-                last["metadata"]["resourceVersion"] = Value::String(rv.to_string());
-                let last = Arc::new(last);
-                self.emit(
-                    &mut inner,
-                    WatchEvent {
-                        kind: EventType::Deleted,
-                        key: key.to_owned(),
-                        namespace: ns.to_owned(),
-                        rv,
-                        object: last.clone(),
-                        old: Some(b.clone()),
-                    },
-                );
-                Ok(Outcome {
-                    after: Some(last),
-                    removed: true,
-                })
+                Ok(self.put(&mut inner, key, ns, id, before, obj))
             }
+            Mutation::Remove => Ok(self.remove(&mut inner, key, ns, &id, before)),
+        }
+    }
+
+    /// Stores `obj` at the next resourceVersion and emits ADDED or MODIFIED.
+    fn put(
+        &self,
+        inner: &mut Inner,
+        key: &str,
+        ns: &str,
+        id: (String, String),
+        before: Option<Arc<Value>>,
+        mut obj: Value,
+    ) -> Outcome {
+        inner.rv += 1;
+        let rv = inner.rv;
+        obj["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let obj = Arc::new(obj);
+        inner
+            .objects
+            .entry(key.to_owned())
+            .or_default()
+            .insert(id, obj.clone());
+        let kind = if before.is_some() {
+            EventType::Modified
+        } else {
+            EventType::Added
+        };
+        self.emit(
+            inner,
+            WatchEvent {
+                kind,
+                key: key.to_owned(),
+                namespace: ns.to_owned(),
+                rv,
+                object: obj.clone(),
+                old: before,
+            },
+        );
+        Outcome {
+            after: Some(obj),
+            removed: false,
+        }
+    }
+
+    /// Removes the object (if there is one) at the next resourceVersion and emits DELETED
+    /// with its final state.
+    fn remove(
+        &self,
+        inner: &mut Inner,
+        key: &str,
+        ns: &str,
+        id: &(String, String),
+        before: Option<Arc<Value>>,
+    ) -> Outcome {
+        let Some(b) = before else {
+            return Outcome {
+                after: None,
+                removed: false,
+            };
+        };
+        inner.rv += 1;
+        let rv = inner.rv;
+        if let Some(m) = inner.objects.get_mut(key) {
+            m.remove(id);
+        }
+        let mut last = b.as_ref().clone();
+        last["metadata"]["resourceVersion"] = Value::String(rv.to_string());
+        let last = Arc::new(last);
+        self.emit(
+            inner,
+            WatchEvent {
+                kind: EventType::Deleted,
+                key: key.to_owned(),
+                namespace: ns.to_owned(),
+                rv,
+                object: last.clone(),
+                old: Some(b),
+            },
+        );
+        Outcome {
+            after: Some(last),
+            removed: true,
         }
     }
 

@@ -293,6 +293,8 @@ impl ArchiveFeed {
     }
 }
 
+/// The archive thread: appends each file the feed names, answers for the hashes so far, and
+/// on `Finish` appends the last files and completes the archive.
 fn run_feed(
     rx: std::sync::mpsc::Receiver<Msg>,
     dir: &Path,
@@ -302,73 +304,24 @@ fn run_feed(
     partial: PathBuf,
     encrypted: bool,
 ) -> Result<ArchiveInfo, BackupError> {
-    let mut tar = tar::Builder::new(ParallelGz::new(sink, level));
-    let mut hashes = Hashes::new();
-    let mut dirs = std::collections::BTreeSet::new();
-    let mut append = |tar: &mut tar::Builder<ParallelGz<Sink>>,
-                      rel: &str,
-                      hashes: &mut Hashes|
-     -> Result<(), BackupError> {
-        // Directory entries first (mode 0700 kept), once each.
-        let mut prefix = PathBuf::from(name);
-        let mut parents = vec![prefix.clone()];
-        if let Some(parent) = Path::new(rel).parent() {
-            for part in parent.components() {
-                prefix.push(part);
-                parents.push(prefix.clone());
-            }
-        }
-        for d in parents {
-            if dirs.insert(d.clone()) {
-                let mut header = tar::Header::new_gnu();
-                header.set_entry_type(tar::EntryType::Directory);
-                header.set_mode(0o700);
-                header.set_size(0);
-                header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
-                tar.append_data(&mut header, &d, std::io::empty())
-                    .map_err(BackupError::io("write", &partial))?;
-            }
-        }
-        let path = dir.join(rel);
-        let file = std::fs::File::open(&path).map_err(BackupError::io("open", &path))?;
-        let meta = file.metadata().map_err(BackupError::io("stat", &path))?;
-        let mut header = tar::Header::new_gnu();
-        header.set_metadata(&meta);
-        header.set_mode(0o600);
-        let mut reader = HashingReader {
-            inner: std::io::BufReader::with_capacity(1 << 20, file),
-            hasher: Sha256::new(),
-            bytes: 0,
-        };
-        tar.append_data(&mut header, Path::new(name).join(rel), &mut reader)
-            .map_err(BackupError::io("archive", &path))?;
-        if reader.bytes != meta.len() {
-            return Err(BackupError::Io {
-                action: "archive (it changed while being read)",
-                path,
-                source: std::io::Error::other(format!(
-                    "{} bytes read, {} expected",
-                    reader.bytes,
-                    meta.len()
-                )),
-            });
-        }
-        hashes.insert(
-            rel.to_owned(),
-            (reader.bytes, hex::encode(reader.hasher.finalize())),
-        );
-        Ok(())
+    let mut archive = TarFeed {
+        tar: tar::Builder::new(ParallelGz::new(sink, level)),
+        hashes: Hashes::new(),
+        dirs: std::collections::BTreeSet::new(),
+        dir,
+        name,
+        partial: &partial,
     };
     let mut finished = false;
     while let Ok(msg) = rx.recv() {
         match msg {
-            Msg::File(rel) => append(&mut tar, &rel, &mut hashes)?,
+            Msg::File(rel) => archive.append(&rel)?,
             Msg::Hashes(reply) => {
-                let _ = reply.send(hashes.clone());
+                let _ = reply.send(archive.hashes.clone());
             }
             Msg::Finish(last) => {
                 for rel in last {
-                    append(&mut tar, &rel, &mut hashes)?;
+                    archive.append(&rel)?;
                 }
                 finished = true;
                 break;
@@ -383,6 +336,7 @@ fn run_feed(
             source: std::io::Error::other("aborted"),
         });
     }
+    let tar = archive.tar;
     let gz = tar
         .into_inner()
         .map_err(BackupError::io("write", &partial))?;
@@ -408,6 +362,82 @@ fn run_feed(
         sha256: hex::encode(hasher.finalize()),
         encrypted,
     })
+}
+
+/// The archive being written: the tar stream, each member's size and SHA-256, and the
+/// directory entries written so far.
+struct TarFeed<'a> {
+    tar: tar::Builder<ParallelGz<Sink>>,
+    hashes: Hashes,
+    dirs: std::collections::BTreeSet<PathBuf>,
+    /// The backup directory the files are read from.
+    dir: &'a Path,
+    /// The archive's top directory.
+    name: &'a str,
+    partial: &'a Path,
+}
+
+impl TarFeed<'_> {
+    /// Appends the file `rel` (0600) after its directories, hashing what it reads; a file that
+    /// changes size while read is an error.
+    fn append(&mut self, rel: &str) -> Result<(), BackupError> {
+        self.append_dirs(rel)?;
+        let path = self.dir.join(rel);
+        let file = std::fs::File::open(&path).map_err(BackupError::io("open", &path))?;
+        let meta = file.metadata().map_err(BackupError::io("stat", &path))?;
+        let mut header = tar::Header::new_gnu();
+        header.set_metadata(&meta);
+        header.set_mode(0o600);
+        let mut reader = HashingReader {
+            inner: std::io::BufReader::with_capacity(1 << 20, file),
+            hasher: Sha256::new(),
+            bytes: 0,
+        };
+        self.tar
+            .append_data(&mut header, Path::new(self.name).join(rel), &mut reader)
+            .map_err(BackupError::io("archive", &path))?;
+        if reader.bytes != meta.len() {
+            return Err(BackupError::Io {
+                action: "archive (it changed while being read)",
+                path,
+                source: std::io::Error::other(format!(
+                    "{} bytes read, {} expected",
+                    reader.bytes,
+                    meta.len()
+                )),
+            });
+        }
+        self.hashes.insert(
+            rel.to_owned(),
+            (reader.bytes, hex::encode(reader.hasher.finalize())),
+        );
+        Ok(())
+    }
+
+    /// The directory entries above `rel` (mode 0700), each once.
+    fn append_dirs(&mut self, rel: &str) -> Result<(), BackupError> {
+        let mut prefix = PathBuf::from(self.name);
+        let mut parents = vec![prefix.clone()];
+        if let Some(parent) = Path::new(rel).parent() {
+            for part in parent.components() {
+                prefix.push(part);
+                parents.push(prefix.clone());
+            }
+        }
+        for d in parents {
+            if self.dirs.insert(d.clone()) {
+                let mut header = tar::Header::new_gnu();
+                header.set_entry_type(tar::EntryType::Directory);
+                header.set_mode(0o700);
+                header.set_size(0);
+                header.set_mtime(chrono::Utc::now().timestamp().max(0) as u64);
+                self.tar
+                    .append_data(&mut header, &d, std::io::empty())
+                    .map_err(BackupError::io("write", self.partial))?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Renames a finished archive from `<out>.partial` to `out` and writes `<out>.sha256`.

@@ -75,15 +75,7 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
         .name
         .clone()
         .unwrap_or_else(|| default_name(options, started_at));
-    // Before anything is written: a name with `/` or `..` would write outside the destination.
-    super::name::check_name(&name)?;
-    super::name::prepare_destination(&options.destination)?;
-    let final_dir = options.destination.join(&name);
-    if final_dir.exists() {
-        return Err(BackupError::Exists { path: final_dir });
-    }
-    let partial = options.destination.join(format!("{name}.partial"));
-    create_private_dir(&partial)?;
+    let (final_dir, partial) = prepare_directories(options, &name)?;
     let span = tracing::info_span!("backup", name = %name, dir = %partial.display());
     let archive_out = options.archive.then(|| {
         let suffix = if options.encryption.is_some() {
@@ -132,18 +124,7 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
     let (manifest, archive) = match result {
         Ok(done) => done,
         Err(err) => {
-            let mut text = format!("backup {name} failed: {err}\n");
-            let mut source = std::error::Error::source(&err);
-            while let Some(cause) = source {
-                text.push_str(&format!("  caused by: {cause}\n"));
-                source = cause.source();
-            }
-            let _ = write_private(&partial.join("FAILED.txt"), text.as_bytes());
-            // An incomplete archive is worth nothing: only the `.partial` directory stays, and
-            // it says why.
-            if let Some(out) = &archive_out {
-                let _ = std::fs::remove_file(format!("{}.partial", out.display()));
-            }
+            leave_partial(&name, &partial, archive_out.as_deref(), &err);
             tracing::error!(parent: &span, error = %err, "backup failed; left as .partial");
             return Err(err);
         }
@@ -174,6 +155,39 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
         after_manifest,
         seconds: origin.elapsed().as_secs_f64(),
     })
+}
+
+/// Checks the name and the destination before anything is written (a name with `/` or `..`
+/// would write outside it), refuses an existing backup of that name, and creates the private
+/// `<name>.partial` directory. Returns the final and the partial directory.
+fn prepare_directories(
+    options: &BackupOptions,
+    name: &str,
+) -> Result<(PathBuf, PathBuf), BackupError> {
+    super::name::check_name(name)?;
+    super::name::prepare_destination(&options.destination)?;
+    let final_dir = options.destination.join(name);
+    if final_dir.exists() {
+        return Err(BackupError::Exists { path: final_dir });
+    }
+    let partial = options.destination.join(format!("{name}.partial"));
+    create_private_dir(&partial)?;
+    Ok((final_dir, partial))
+}
+
+/// After a failure: `FAILED.txt` in the partial directory with the error and its causes, and
+/// the incomplete archive removed (it is worth nothing; the `.partial` directory stays).
+fn leave_partial(name: &str, partial: &Path, archive_out: Option<&Path>, err: &BackupError) {
+    let mut text = format!("backup {name} failed: {err}\n");
+    let mut source = std::error::Error::source(err);
+    while let Some(cause) = source {
+        text.push_str(&format!("  caused by: {cause}\n"));
+        source = cause.source();
+    }
+    let _ = write_private(&partial.join("FAILED.txt"), text.as_bytes());
+    if let Some(out) = archive_out {
+        let _ = std::fs::remove_file(format!("{}.partial", out.display()));
+    }
 }
 
 async fn collect(

@@ -2,7 +2,7 @@
 //! thresholds from goose's metrics.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use goose::config::GooseConfiguration;
@@ -199,76 +199,11 @@ impl LoadGate {
     pub async fn run(&self) -> Result<LoadVerdict, LoadError> {
         let base = check_target(&self.base_url, self.allow_remote)?;
         self.validate()?;
-        let report = match &self.report_dir {
-            Some(dir) => {
-                std::fs::create_dir_all(dir).map_err(|source| LoadError::ReportDir {
-                    path: dir.clone(),
-                    source,
-                })?;
-                crate::keep::set_private_dir(dir).map_err(|source| LoadError::ReportDir {
-                    path: dir.clone(),
-                    source,
-                })?;
-                let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
-                let profile = match self.profile {
-                    LoadProfile::Quick => "quick",
-                    LoadProfile::Full => "full",
-                    LoadProfile::Get { .. } => "get",
-                };
-                Some(dir.join(format!("goose-{profile}-{stamp}.html")))
-            }
-            None => None,
-        };
-
-        let mut config = GooseConfiguration::default();
-        config.host = Some(base.as_str().trim_end_matches('/').to_owned());
-        config.users = Some(self.users);
-        config.increase_rate = Some(self.hatch_rate.to_string());
-        config.run_time = Some(self.run_time.as_secs().to_string());
-        config.timeout = Some(format!("{:.3}", self.request_timeout.as_secs_f64()));
-        config.quiet = 1;
-        config.no_print_metrics = true;
-        // No controller ports: telnet is on by default; the WebSocket controller is off by
-        // default in goose 0.19 (its `no_websocket` only prints a deprecation warning).
-        config.no_telnet = true;
-        // Count every request, ramp-up and on-start ones (sign up) included, as k6 does;
-        // goose otherwise resets its metrics once all users are running.
-        config.no_reset_metrics = true;
-        // The verdict reads request metrics only; the rest costs time on every request, which
-        // a load generator sharing the machine with the services cannot spare.
-        config.no_transaction_metrics = true;
-        config.no_scenario_metrics = true;
-        config.no_percentiles_over_time = true;
-        // The services do not compress; skip the decompression layer.
-        config.no_gzip = true;
-        if let Some(path) = &report {
-            config.report_file = vec![path.to_string_lossy().into_owned()];
-        }
-
+        let report = self.report_path()?;
+        let config = self.goose_config(&base, report.as_deref());
         let goose_err = |e: GooseError| LoadError::Goose(Box::new(e));
-        let with_wait = |s: Scenario| -> Result<Scenario, GooseError> {
-            if self.think_time.is_zero() {
-                Ok(s)
-            } else {
-                s.set_wait_time(self.think_time, self.think_time)
-            }
-        };
-        let mut attack = GooseAttack::initialize_with_config(config).map_err(goose_err)?;
-        attack = match &self.profile {
-            LoadProfile::Quick => attack.register_scenario(
-                with_wait(scenarios::browse(1).map_err(goose_err)?).map_err(goose_err)?,
-            ),
-            LoadProfile::Full => attack
-                .register_scenario(
-                    with_wait(scenarios::browse(3).map_err(goose_err)?).map_err(goose_err)?,
-                )
-                .register_scenario(
-                    with_wait(scenarios::author(1).map_err(goose_err)?).map_err(goose_err)?,
-                ),
-            LoadProfile::Get { path } => attack.register_scenario(
-                with_wait(scenarios::get_endpoint(path).map_err(goose_err)?).map_err(goose_err)?,
-            ),
-        };
+        let attack = GooseAttack::initialize_with_config(config).map_err(goose_err)?;
+        let attack = self.register_scenarios(attack).map_err(goose_err)?;
         let started = Instant::now();
         let metrics = attack.execute().await.map_err(goose_err)?;
         let duration = started.elapsed();
@@ -326,6 +261,79 @@ impl LoadGate {
             "load gate judged"
         );
         Ok(verdict)
+    }
+
+    /// Where goose's HTML report goes (a new file in the private report directory), if
+    /// anywhere.
+    fn report_path(&self) -> Result<Option<PathBuf>, LoadError> {
+        let Some(dir) = &self.report_dir else {
+            return Ok(None);
+        };
+        std::fs::create_dir_all(dir).map_err(|source| LoadError::ReportDir {
+            path: dir.clone(),
+            source,
+        })?;
+        crate::keep::set_private_dir(dir).map_err(|source| LoadError::ReportDir {
+            path: dir.clone(),
+            source,
+        })?;
+        let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.3fZ");
+        let profile = match self.profile {
+            LoadProfile::Quick => "quick",
+            LoadProfile::Full => "full",
+            LoadProfile::Get { .. } => "get",
+        };
+        Ok(Some(dir.join(format!("goose-{profile}-{stamp}.html"))))
+    }
+
+    /// goose's settings for this gate against `base`: users, ramp, run time, timeout, the
+    /// report, and no metrics or controllers the verdict does not read.
+    fn goose_config(&self, base: &reqwest::Url, report: Option<&Path>) -> GooseConfiguration {
+        let mut config = GooseConfiguration::default();
+        config.host = Some(base.as_str().trim_end_matches('/').to_owned());
+        config.users = Some(self.users);
+        config.increase_rate = Some(self.hatch_rate.to_string());
+        config.run_time = Some(self.run_time.as_secs().to_string());
+        config.timeout = Some(format!("{:.3}", self.request_timeout.as_secs_f64()));
+        config.quiet = 1;
+        config.no_print_metrics = true;
+        // No controller ports: telnet is on by default; the WebSocket controller is off by
+        // default in goose 0.19 (its `no_websocket` only prints a deprecation warning).
+        config.no_telnet = true;
+        // Count every request, ramp-up and on-start ones (sign up) included, as k6 does;
+        // goose otherwise resets its metrics once all users are running.
+        config.no_reset_metrics = true;
+        // The verdict reads request metrics only; the rest costs time on every request, which
+        // a load generator sharing the machine with the services cannot spare.
+        config.no_transaction_metrics = true;
+        config.no_scenario_metrics = true;
+        config.no_percentiles_over_time = true;
+        // The services do not compress; skip the decompression layer.
+        config.no_gzip = true;
+        if let Some(path) = report {
+            config.report_file = vec![path.to_string_lossy().into_owned()];
+        }
+        config
+    }
+
+    /// The profile's scenarios, each with the think time between requests.
+    fn register_scenarios(&self, attack: GooseAttack) -> Result<GooseAttack, GooseError> {
+        let with_wait = |s: Scenario| -> Result<Scenario, GooseError> {
+            if self.think_time.is_zero() {
+                Ok(s)
+            } else {
+                s.set_wait_time(self.think_time, self.think_time)
+            }
+        };
+        Ok(match &self.profile {
+            LoadProfile::Quick => attack.register_scenario(with_wait(scenarios::browse(1)?)?),
+            LoadProfile::Full => attack
+                .register_scenario(with_wait(scenarios::browse(3)?)?)
+                .register_scenario(with_wait(scenarios::author(1)?)?),
+            LoadProfile::Get { path } => {
+                attack.register_scenario(with_wait(scenarios::get_endpoint(path)?)?)
+            }
+        })
     }
 }
 

@@ -42,42 +42,8 @@ pub async fn recover(plan: &RecoveryPlan, timeout: Duration) -> Result<Recovered
         extract(&base.join("pg_wal.tar"), &pg_wal)?;
     }
     // The segments go inside the data directory, so they belong to the server's account.
-    let staged = data.join("pitr_wal");
-    super::private_dir(&staged)?;
-    for segment in &plan.segments {
-        let from = plan.archive.join(WAL_DIR).join(&segment.name);
-        let to = staged.join(&segment.name);
-        std::fs::copy(&from, &to).map_err(io("copy", &from))?;
-        let (size, sha256) = sha256_file(&to)?;
-        if size != segment.size || sha256 != segment.sha256 {
-            return Err(PitrError::Defective {
-                archive: plan.archive.clone(),
-                findings: vec![format!(
-                    "corrupted WAL segment {}: it changed after the check (sha256 {sha256})",
-                    segment.name
-                )],
-            });
-        }
-    }
-    // Only the private socket; the source's rules name addresses of another cluster.
-    let hba = data.join("pg_hba.conf");
-    crate::keep::write_private(&hba, b"local all all trust\n").map_err(io("write", &hba))?;
-    let auto = data.join("postgresql.auto.conf");
-    let mut conf = if auto.exists() {
-        std::fs::read_to_string(&auto).map_err(io("read", &auto))?
-    } else {
-        String::new()
-    };
-    conf.push_str(&recovery_settings(&plan.target));
-    crate::keep::write_private(&auto, conf.as_bytes()).map_err(io("write", &auto))?;
-    let signal = data.join("recovery.signal");
-    crate::keep::write_private(&signal, b"").map_err(io("write", &signal))?;
-    for stale in ["postmaster.pid", "standby.signal"] {
-        let path = data.join(stale);
-        if path.exists() {
-            std::fs::remove_file(&path).map_err(io("remove", &path))?;
-        }
-    }
+    stage_segments(plan, &data.join("pitr_wal"))?;
+    configure_recovery(&data, &plan.target)?;
     let target = plan.target.to_string();
     let server = LocalPostgres::start(LocalOptions {
         user: plan.base.user.clone(),
@@ -93,8 +59,75 @@ pub async fn recover(plan: &RecoveryPlan, timeout: Duration) -> Result<Recovered
         message: crate::error_chain(&err),
     })?;
     drop(staging);
+    wait_promoted(&server, target, started + timeout, timeout).await?;
+    let stopped = server
+        .log()
+        .lines()
+        .find(|l| l.contains("recovery stopping") || l.contains("last completed transaction"))
+        .map(str::to_owned);
+    Ok(Recovered {
+        server,
+        duration: started.elapsed(),
+        stopped,
+    })
+}
+
+/// The plan's segments copied into `staged` (created, inside the data directory so they
+/// belong to the server's account), each checked against its recorded size and SHA-256.
+fn stage_segments(plan: &RecoveryPlan, staged: &Path) -> Result<(), PitrError> {
+    super::private_dir(staged)?;
+    for segment in &plan.segments {
+        let from = plan.archive.join(WAL_DIR).join(&segment.name);
+        let to = staged.join(&segment.name);
+        std::fs::copy(&from, &to).map_err(io("copy", &from))?;
+        let (size, sha256) = sha256_file(&to)?;
+        if size != segment.size || sha256 != segment.sha256 {
+            return Err(PitrError::Defective {
+                archive: plan.archive.clone(),
+                findings: vec![format!(
+                    "corrupted WAL segment {}: it changed after the check (sha256 {sha256})",
+                    segment.name
+                )],
+            });
+        }
+    }
+    Ok(())
+}
+
+/// The data directory set up for recovery to `target`: only the private socket in
+/// pg_hba.conf (the source's rules name addresses of another cluster), the recovery settings,
+/// `recovery.signal`, and no stale `postmaster.pid` or `standby.signal`.
+fn configure_recovery(data: &Path, target: &Target) -> Result<(), PitrError> {
+    let hba = data.join("pg_hba.conf");
+    crate::keep::write_private(&hba, b"local all all trust\n").map_err(io("write", &hba))?;
+    let auto = data.join("postgresql.auto.conf");
+    let mut conf = if auto.exists() {
+        std::fs::read_to_string(&auto).map_err(io("read", &auto))?
+    } else {
+        String::new()
+    };
+    conf.push_str(&recovery_settings(target));
+    crate::keep::write_private(&auto, conf.as_bytes()).map_err(io("write", &auto))?;
+    let signal = data.join("recovery.signal");
+    crate::keep::write_private(&signal, b"").map_err(io("write", &signal))?;
+    for stale in ["postmaster.pid", "standby.signal"] {
+        let path = data.join(stale);
+        if path.exists() {
+            std::fs::remove_file(&path).map_err(io("remove", &path))?;
+        }
+    }
+    Ok(())
+}
+
+/// Waits until the server has left recovery (promoted), or fails at `deadline` with the end
+/// of its log.
+async fn wait_promoted(
+    server: &LocalPostgres,
+    target: String,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(), PitrError> {
     let client = server.socket_params().connect().await?;
-    let deadline = started + timeout;
     loop {
         let in_recovery: bool = client
             .query_one("SELECT pg_is_in_recovery()", &[])
@@ -105,7 +138,7 @@ pub async fn recover(plan: &RecoveryPlan, timeout: Duration) -> Result<Recovered
             })?
             .get(0);
         if !in_recovery {
-            break;
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(PitrError::Recovery {
@@ -119,16 +152,6 @@ pub async fn recover(plan: &RecoveryPlan, timeout: Duration) -> Result<Recovered
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let stopped = server
-        .log()
-        .lines()
-        .find(|l| l.contains("recovery stopping") || l.contains("last completed transaction"))
-        .map(str::to_owned);
-    Ok(Recovered {
-        server,
-        duration: started.elapsed(),
-        stopped,
-    })
 }
 
 /// The `postgresql.auto.conf` lines for `target`.

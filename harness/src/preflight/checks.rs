@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, ListParams, PostParams};
 
 use super::{Check, CheckStatus, Estimate, Permission, PreflightOptions, PreflightReport};
-use crate::backup::PodRef;
+use crate::backup::{BackupError, PodRef};
 
 fn check(name: impl Into<String>, status: CheckStatus, detail: impl Into<String>) -> Check {
     Check {
@@ -204,33 +204,19 @@ async fn database(
     local_pg_major: Option<u32>,
     checks: &mut Vec<Check>,
 ) -> Option<u64> {
-    let pod = PodRef {
-        client: client.clone(),
-        namespace: options.namespace.clone(),
-        pod: options.pg_pod.clone(),
-        container: options.pg_container.clone(),
-    };
-    let psql = |sql: &str| {
-        vec![
-            "psql".to_owned(),
-            "-X".into(),
-            "-v".into(),
-            "ON_ERROR_STOP=1".into(),
-            "-U".into(),
-            options.pg_user.clone(),
-            "-d".into(),
-            options.pg_database.clone(),
-            "-At".into(),
-            "-F".into(),
-            "\t".into(),
-            "-c".into(),
-            sql.to_owned(),
-        ]
+    let psql = Psql {
+        pod: PodRef {
+            client: client.clone(),
+            namespace: options.namespace.clone(),
+            pod: options.pg_pod.clone(),
+            container: options.pg_container.clone(),
+        },
+        options,
     };
     let name = format!("postgres in pod {}/{}", options.namespace, options.pg_pod);
-    let facts = match pod
-        .exec_output(
-            psql("SELECT current_setting('server_version_num'), pg_database_size(current_database()), current_setting('server_version')"),
+    let facts = match psql
+        .run(
+            "SELECT current_setting('server_version_num'), pg_database_size(current_database()), current_setting('server_version')",
             "read the server version",
         )
         .await
@@ -254,7 +240,6 @@ async fn database(
         ));
         return None;
     };
-    let server_major = num / 10_000;
     checks.push(check(
         name,
         CheckStatus::Pass,
@@ -263,65 +248,111 @@ async fn database(
             options.pg_database
         ),
     ));
-    checks.push(match local_pg_major {
-        Some(local) if local == server_major => check("pg_dump matches server", CheckStatus::Pass, format!("both major {local}")),
+    checks.push(tools_match(local_pg_major, num / 10_000));
+    checks.push(table_counts(&psql).await);
+    Some(size)
+}
+
+/// psql in the database's pod, as the preflight's user on its database, tab-separated and
+/// unaligned.
+struct Psql<'a> {
+    pod: PodRef,
+    options: &'a PreflightOptions,
+}
+
+impl Psql<'_> {
+    /// Runs `sql` and returns what psql printed; `what` names it in an error.
+    async fn run(&self, sql: &str, what: &str) -> Result<String, BackupError> {
+        let command = vec![
+            "psql".to_owned(),
+            "-X".into(),
+            "-v".into(),
+            "ON_ERROR_STOP=1".into(),
+            "-U".into(),
+            self.options.pg_user.clone(),
+            "-d".into(),
+            self.options.pg_database.clone(),
+            "-At".into(),
+            "-F".into(),
+            "\t".into(),
+            "-c".into(),
+            sql.to_owned(),
+        ];
+        self.pod.exec_output(command, what).await
+    }
+}
+
+/// Whether the local pg_dump (major `local`) can dump the server (major `server_major`).
+fn tools_match(local_pg_major: Option<u32>, server_major: u32) -> Check {
+    match local_pg_major {
+        Some(local) if local == server_major => check(
+            "pg_dump matches server",
+            CheckStatus::Pass,
+            format!("both major {local}"),
+        ),
         Some(local) if local > server_major => check(
             "pg_dump matches server",
             CheckStatus::Warn,
-            format!("local tools are major {local}, the server {server_major}: dumps restore, but test with the server's version"),
+            format!(
+                "local tools are major {local}, the server {server_major}: dumps restore, but test with the server's version"
+            ),
         ),
         Some(local) => check(
             "pg_dump matches server",
             CheckStatus::Fail,
-            format!("local pg_dump is major {local}, older than the server's {server_major}: it cannot dump it"),
+            format!(
+                "local pg_dump is major {local}, older than the server's {server_major}: it cannot dump it"
+            ),
         ),
-        None => check("pg_dump matches server", CheckStatus::Fail, "no local pg_dump"),
-    });
+        None => check(
+            "pg_dump matches server",
+            CheckStatus::Fail,
+            "no local pg_dump",
+        ),
+    }
+}
 
-    let tables = pod
-        .exec_output(
-            psql("SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1"),
+/// Exact row counts of every table in schema `public`.
+async fn table_counts(psql: &Psql<'_>) -> Check {
+    let list = match psql
+        .run(
+            "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY 1",
             "list tables",
         )
-        .await;
-    match tables {
-        Ok(list) => {
-            let names: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
-            if names.is_empty() {
-                checks.push(check(
-                    "table counts",
-                    CheckStatus::Fail,
-                    "the database has no tables in schema public",
-                ));
-            } else {
-                let sql = names
-                    .iter()
-                    .map(|t| {
-                        format!(
-                            "SELECT '{t}', count(*) FROM public.{}",
-                            crate::pg::quote_ident(t)
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join(" UNION ALL ");
-                match pod.exec_output(psql(&sql), "count rows").await {
-                    Ok(counts) => {
-                        let detail = counts
-                            .lines()
-                            .map(|l| l.replace('\t', "="))
-                            .collect::<Vec<_>>()
-                            .join(", ");
-                        checks.push(check("table counts", CheckStatus::Pass, detail));
-                    }
-                    Err(err) => {
-                        checks.push(check("table counts", CheckStatus::Fail, err.to_string()))
-                    }
-                }
-            }
-        }
-        Err(err) => checks.push(check("table counts", CheckStatus::Fail, err.to_string())),
+        .await
+    {
+        Ok(list) => list,
+        Err(err) => return check("table counts", CheckStatus::Fail, err.to_string()),
+    };
+    let names: Vec<&str> = list.lines().filter(|l| !l.is_empty()).collect();
+    if names.is_empty() {
+        return check(
+            "table counts",
+            CheckStatus::Fail,
+            "the database has no tables in schema public",
+        );
     }
-    Some(size)
+    let sql = names
+        .iter()
+        .map(|t| {
+            format!(
+                "SELECT '{t}', count(*) FROM public.{}",
+                crate::pg::quote_ident(t)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" UNION ALL ");
+    match psql.run(&sql, "count rows").await {
+        Ok(counts) => {
+            let detail = counts
+                .lines()
+                .map(|l| l.replace('\t', "="))
+                .collect::<Vec<_>>()
+                .join(", ");
+            check("table counts", CheckStatus::Pass, detail)
+        }
+        Err(err) => check("table counts", CheckStatus::Fail, err.to_string()),
+    }
 }
 
 fn estimate(database_bytes: u64, throughput: u64) -> Estimate {

@@ -113,86 +113,15 @@ pub(crate) fn judge(
     deadline: Duration,
     written: &[(&Path, u64)],
 ) -> Judgement {
-    let words = |s: &str| -> Option<String> {
-        let t = tail(s, 3);
-        (!t.is_empty()).then_some(t)
-    };
-    // The tool's error lines when it printed some, else the end of what it printed.
-    let stderr = plain(&outcome.stderr);
-    let errors_said: Vec<&str> = error_lines(&stderr)
-        .into_iter()
-        .map(str::trim)
-        .take(3)
-        .collect();
-    let tool_words = if errors_said.is_empty() {
-        words(&outcome.stderr).or_else(|| words(&outcome.stdout))
-    } else {
-        Some(errors_said.join(" | "))
-    };
     let mut findings: Vec<String> = stdin_not_passed(text).into_iter().collect();
-    if outcome.stderr.contains("file changed as we read it") {
-        // GNU tar exits 1 here and still writes the archive: an archive of live data.
+    if let Some((verdict, reason)) = failure(outcome, deadline) {
         return Judgement {
-            verdict: Verdict::Unsafe,
-            reason: Some(format!(
-                "tar archived files that changed while it read them: the archive is not a \
-                 consistent copy ({})",
-                tail(&outcome.stderr, 2)
-            )),
+            verdict,
+            reason: Some(reason),
             findings,
         };
     }
-    if outcome.timed_out {
-        return Judgement {
-            verdict: Verdict::Failed,
-            reason: Some(format!(
-                "did not finish within its deadline of {} s and was killed{}",
-                deadline.as_secs(),
-                tool_words
-                    .map(|w| format!("; last output: {w}"))
-                    .unwrap_or_default()
-            )),
-            findings,
-        };
-    }
-    match outcome.status {
-        Some(0) => {}
-        status => {
-            let status = status.map_or("unknown".to_owned(), |s| s.to_string());
-            let ended = if outcome.ended_shell {
-                " (it ended the shell session, which was started again)"
-            } else {
-                ""
-            };
-            return Judgement {
-                verdict: Verdict::Failed,
-                reason: Some(format!(
-                    "exit status {status}{ended}: {}",
-                    tool_words.unwrap_or_else(|| "(no output)".into())
-                )),
-                findings,
-            };
-        }
-    }
-    if outcome.pipeline.len() > 1
-        && let Some((i, status)) = outcome
-            .pipeline
-            .iter()
-            .enumerate()
-            .find(|(i, s)| **s != 0 && !(**s == 141 && *i + 1 < outcome.pipeline.len()))
-    {
-        return Judgement {
-            verdict: Verdict::Failed,
-            reason: Some(format!(
-                "command {} of the pipeline exited {status} (PIPESTATUS {:?}), hidden by the \
-                 pipe's exit status 0: {}",
-                i + 1,
-                outcome.pipeline,
-                tool_words.unwrap_or_else(|| "(no output)".into())
-            )),
-            findings,
-        };
-    }
+    let stderr = plain(&outcome.stderr);
     let errors = error_lines(&stderr);
     if !errors.is_empty() {
         findings.push(format!(
@@ -225,6 +154,92 @@ pub(crate) fn judge(
         reason: None,
         findings,
     }
+}
+
+/// What the tool said, for a reason: its error lines when it printed some, else the end of
+/// what it printed.
+fn tool_words(outcome: &Outcome) -> Option<String> {
+    let words = |s: &str| -> Option<String> {
+        let t = tail(s, 3);
+        (!t.is_empty()).then_some(t)
+    };
+    let stderr = plain(&outcome.stderr);
+    let errors_said: Vec<&str> = error_lines(&stderr)
+        .into_iter()
+        .map(str::trim)
+        .take(3)
+        .collect();
+    if errors_said.is_empty() {
+        words(&outcome.stderr).or_else(|| words(&outcome.stdout))
+    } else {
+        Some(errors_said.join(" | "))
+    }
+}
+
+/// The verdict and reason of a command that did not succeed: tar archiving changing files
+/// (unsafe), a deadline passed, a non-zero exit status, or a pipeline stage that failed behind
+/// the pipe's status 0; `None` when it succeeded.
+fn failure(outcome: &Outcome, deadline: Duration) -> Option<(Verdict, String)> {
+    if outcome.stderr.contains("file changed as we read it") {
+        // GNU tar exits 1 here and still writes the archive: an archive of live data.
+        return Some((
+            Verdict::Unsafe,
+            format!(
+                "tar archived files that changed while it read them: the archive is not a \
+                 consistent copy ({})",
+                tail(&outcome.stderr, 2)
+            ),
+        ));
+    }
+    let tool_words = tool_words(outcome);
+    if outcome.timed_out {
+        return Some((
+            Verdict::Failed,
+            format!(
+                "did not finish within its deadline of {} s and was killed{}",
+                deadline.as_secs(),
+                tool_words
+                    .map(|w| format!("; last output: {w}"))
+                    .unwrap_or_default()
+            ),
+        ));
+    }
+    if outcome.status != Some(0) {
+        let status = outcome
+            .status
+            .map_or("unknown".to_owned(), |s| s.to_string());
+        let ended = if outcome.ended_shell {
+            " (it ended the shell session, which was started again)"
+        } else {
+            ""
+        };
+        return Some((
+            Verdict::Failed,
+            format!(
+                "exit status {status}{ended}: {}",
+                tool_words.unwrap_or_else(|| "(no output)".into())
+            ),
+        ));
+    }
+    if outcome.pipeline.len() > 1
+        && let Some((i, status)) = outcome
+            .pipeline
+            .iter()
+            .enumerate()
+            .find(|(i, s)| **s != 0 && !(**s == 141 && *i + 1 < outcome.pipeline.len()))
+    {
+        return Some((
+            Verdict::Failed,
+            format!(
+                "command {} of the pipeline exited {status} (PIPESTATUS {:?}), hidden by the \
+                 pipe's exit status 0: {}",
+                i + 1,
+                outcome.pipeline,
+                tool_words.unwrap_or_else(|| "(no output)".into())
+            ),
+        ));
+    }
+    None
 }
 
 /// A `kubectl exec` fed from a pipe or a `<` redirection without `-i`: kubectl does not pass

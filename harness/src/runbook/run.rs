@@ -10,7 +10,7 @@ use super::checks::{self, Files};
 use super::classify::{self, Classification};
 use super::repair;
 use super::shell::{Outcome, Session};
-use super::{Block, RunbookError};
+use super::{Block, Command, RunbookError};
 use crate::report::runbook::{CommandReport, RunbookReport, Suggestion, Verdict};
 
 /// How to run a document.
@@ -129,74 +129,18 @@ pub async fn run(
                 break 'blocks;
             }
         }
-        let entry = |line: usize, command: &str, verdict: Verdict, reason: String| CommandReport {
-            section: section.clone(),
-            line,
-            command: command.to_owned(),
-            verdict,
-            reason: Some(reason),
-            findings: Vec::new(),
-            replaced_by: None,
-            exit_status: None,
-            pipeline: Vec::new(),
-            duration_ms: 0,
-            stdout_tail: String::new(),
-            stderr_tail: String::new(),
-            suggestion: None,
-        };
         let first_of_block = report.commands.len();
         for c in &block.commented {
-            // Said too: whether it could run here if uncommented (the cloud's own CLI, an
-            // uninstalled tool).
-            let also = match classify::classify(&c.text, &prompted, session.scratch()) {
-                Classification::Run => String::new(),
-                Classification::Skip(why) | Classification::Refuse(why) => format!("; {why}"),
-            };
-            let r = entry(
-                c.line,
-                &c.text,
-                Verdict::Skipped,
-                format!("commented out in the document: an option it leaves to the reader{also}"),
-            );
-            report.commands.push(r);
+            report
+                .commands
+                .push(commented_out(&section, c, &prompted, session));
         }
         for c in &block.commands {
-            if block.quoted {
-                let r = entry(
-                    c.line,
-                    &c.text,
-                    Verdict::Skipped,
-                    "in a block quote: an alternative to the steps that follow, not one of them"
-                        .into(),
-                );
+            let settled =
+                settle_without_running(&section, block, c, session, stand_ins, &mut prompted);
+            if let Some(r) = settled.await {
                 report.commands.push(r);
                 continue;
-            }
-            let programs = classify::simple_commands(&c.text);
-            if let Some(stand_in) = stand_ins.replace(&programs, &c.text, session).await {
-                let mut r = match stand_in.result {
-                    Ok(summary) => entry(c.line, &c.text, Verdict::Replaced, summary),
-                    Err(why) => entry(c.line, &c.text, Verdict::Failed, why),
-                };
-                r.replaced_by = Some(stand_in.by);
-                report.commands.push(r);
-                continue;
-            }
-            match classify::classify(&c.text, &prompted, session.scratch()) {
-                Classification::Skip(why) => {
-                    prompted.extend(classify::read_targets(&c.text));
-                    report
-                        .commands
-                        .push(entry(c.line, &c.text, Verdict::Skipped, why));
-                    continue;
-                }
-                Classification::Refuse(why) => {
-                    report
-                        .commands
-                        .push(entry(c.line, &c.text, Verdict::Unsafe, why));
-                    continue;
-                }
-                Classification::Run => {}
             }
             let r = run_one(
                 c.line, &c.text, &section, session, stand_ins, options, &dirs,
@@ -216,8 +160,102 @@ pub async fn run(
         }
         report.commands[first_of_block..].sort_by_key(|c| c.line);
     }
-    for c in &mut report.commands {
-        for secret in options.secrets.iter().filter(|s| !s.is_empty()) {
+    redact(&mut report.commands, &options.secrets);
+    report.summarise();
+    report
+}
+
+/// The report of a command that did not run, with why.
+fn not_run(
+    section: &str,
+    line: usize,
+    command: &str,
+    verdict: Verdict,
+    reason: String,
+) -> CommandReport {
+    CommandReport {
+        section: section.to_owned(),
+        line,
+        command: command.to_owned(),
+        verdict,
+        reason: Some(reason),
+        findings: Vec::new(),
+        replaced_by: None,
+        exit_status: None,
+        pipeline: Vec::new(),
+        duration_ms: 0,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        suggestion: None,
+    }
+}
+
+/// A commented-out command: skipped, saying too whether it could run here if uncommented (the
+/// cloud's own CLI, an uninstalled tool).
+fn commented_out(
+    section: &str,
+    c: &Command,
+    prompted: &BTreeSet<String>,
+    session: &Session,
+) -> CommandReport {
+    let also = match classify::classify(&c.text, prompted, session.scratch()) {
+        Classification::Run => String::new(),
+        Classification::Skip(why) | Classification::Refuse(why) => format!("; {why}"),
+    };
+    not_run(
+        section,
+        c.line,
+        &c.text,
+        Verdict::Skipped,
+        format!("commented out in the document: an option it leaves to the reader{also}"),
+    )
+}
+
+/// The report of a command settled without running it: in a block quote, replaced by a
+/// stand-in, or skipped or refused by its classification (a skipped prompt's variables are
+/// remembered in `prompted`); `None` when it is to run.
+async fn settle_without_running(
+    section: &str,
+    block: &Block,
+    c: &Command,
+    session: &mut Session,
+    stand_ins: &mut impl StandIns,
+    prompted: &mut BTreeSet<String>,
+) -> Option<CommandReport> {
+    if block.quoted {
+        return Some(not_run(
+            section,
+            c.line,
+            &c.text,
+            Verdict::Skipped,
+            "in a block quote: an alternative to the steps that follow, not one of them".into(),
+        ));
+    }
+    let programs = classify::simple_commands(&c.text);
+    if let Some(stand_in) = stand_ins.replace(&programs, &c.text, session).await {
+        let mut r = match stand_in.result {
+            Ok(summary) => not_run(section, c.line, &c.text, Verdict::Replaced, summary),
+            Err(why) => not_run(section, c.line, &c.text, Verdict::Failed, why),
+        };
+        r.replaced_by = Some(stand_in.by);
+        return Some(r);
+    }
+    match classify::classify(&c.text, prompted, session.scratch()) {
+        Classification::Skip(why) => {
+            prompted.extend(classify::read_targets(&c.text));
+            Some(not_run(section, c.line, &c.text, Verdict::Skipped, why))
+        }
+        Classification::Refuse(why) => {
+            Some(not_run(section, c.line, &c.text, Verdict::Unsafe, why))
+        }
+        Classification::Run => None,
+    }
+}
+
+/// Every secret replaced by `***` in the commands, their output and their reasons.
+fn redact(commands: &mut [CommandReport], secrets: &[String]) {
+    for c in commands {
+        for secret in secrets.iter().filter(|s| !s.is_empty()) {
             for text in [&mut c.stdout_tail, &mut c.stderr_tail, &mut c.command] {
                 *text = text.replace(secret.as_str(), "***");
             }
@@ -226,8 +264,6 @@ pub async fn run(
             }
         }
     }
-    report.summarise();
-    report
 }
 
 fn blocking<T>(f: impl FnOnce() -> T) -> T {

@@ -357,20 +357,9 @@ pub(crate) fn container_env(
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    let mut order: Vec<String> = Vec::new();
-    let mut vars: BTreeMap<String, String> = BTreeMap::new();
-    let set =
-        |order: &mut Vec<String>, vars: &mut BTreeMap<String, String>, k: String, v: String| {
-            if !vars.contains_key(&k) {
-                order.push(k.clone());
-            }
-            vars.insert(k, v);
-        };
-    for (k, v) in base {
-        set(&mut order, &mut vars, k, v);
-    }
-    for (k, v) in service_vars(store, ns) {
-        set(&mut order, &mut vars, k, v);
+    let mut env = Env::default();
+    for (k, v) in base.into_iter().chain(service_vars(store, ns)) {
+        env.set(k, v);
     }
     for from in container
         .get("envFrom")
@@ -378,44 +367,7 @@ pub(crate) fn container_env(
         .into_iter()
         .flatten()
     {
-        let prefix = from
-            .get("prefix")
-            .and_then(Value::as_str)
-            .unwrap_or_default();
-        for (field, res, secret) in [
-            ("configMapRef", "/configmaps", false),
-            ("secretRef", "/secrets", true),
-        ] {
-            let Some(r) = from.get(field) else { continue };
-            let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
-            let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
-            let Some(obj) = store.get(res, ns, name) else {
-                if optional {
-                    continue;
-                }
-                return Err(format!(
-                    "{} \"{name}\" not found",
-                    if secret { "secret" } else { "configmap" }
-                ));
-            };
-            for (k, v) in obj
-                .get("data")
-                .and_then(Value::as_object)
-                .into_iter()
-                .flatten()
-            {
-                let v = v.as_str().unwrap_or_default();
-                let v = if secret {
-                    base64::engine::general_purpose::STANDARD
-                        .decode(v)
-                        .map(|b| String::from_utf8_lossy(&b).into_owned())
-                        .unwrap_or_default()
-                } else {
-                    v.to_owned()
-                };
-                set(&mut order, &mut vars, format!("{prefix}{k}"), v);
-            }
-        }
+        env_from(store, ns, from, &mut env)?;
     }
     for e in container
         .get("env")
@@ -426,33 +378,11 @@ pub(crate) fn container_env(
         let Some(name) = e.get("name").and_then(Value::as_str) else {
             continue;
         };
-        let value = if let Some(v) = e.get("value").and_then(Value::as_str) {
-            Some(expand(v, &vars))
-        } else if let Some(from) = e.get("valueFrom") {
-            if let Some(r) = from.get("secretKeyRef") {
-                key_of(store, ns, r, true)?
-            } else if let Some(r) = from.get("configMapKeyRef") {
-                key_of(store, ns, r, false)?
-            } else if let Some(r) = from.get("fieldRef") {
-                Some(field_ref(
-                    pod,
-                    r.get("fieldPath")
-                        .and_then(Value::as_str)
-                        .unwrap_or_default(),
-                ))
-            } else if from.get("resourceFieldRef").is_some() {
-                // No limits are enforced; report the node's capacity, as for an unset limit.
-                Some("0".to_owned())
-            } else {
-                None
-            }
-        } else {
-            Some(String::new())
-        };
-        if let Some(v) = value {
-            set(&mut order, &mut vars, name.to_owned(), v);
+        if let Some(v) = env_value(store, pod, e, &env.vars)? {
+            env.set(name.to_owned(), v);
         }
     }
+    let Env { order, vars } = env;
     Ok(order
         .into_iter()
         .map(|k| {
@@ -460,6 +390,103 @@ pub(crate) fn container_env(
             (k, v)
         })
         .collect())
+}
+
+/// Variables in the order first set, each with its last value.
+#[derive(Default)]
+struct Env {
+    order: Vec<String>,
+    vars: BTreeMap<String, String>,
+}
+
+impl Env {
+    /// Sets `k` (keeping its first position when set before).
+    fn set(&mut self, k: String, v: String) {
+        if !self.vars.contains_key(&k) {
+            self.order.push(k.clone());
+        }
+        self.vars.insert(k, v);
+    }
+}
+
+/// One `envFrom` entry: every key of its ConfigMap or Secret (decoded), with the prefix.
+fn env_from(store: &Store, ns: &str, from: &Value, env: &mut Env) -> Result<(), String> {
+    let prefix = from
+        .get("prefix")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    for (field, res, secret) in [
+        ("configMapRef", "/configmaps", false),
+        ("secretRef", "/secrets", true),
+    ] {
+        let Some(r) = from.get(field) else { continue };
+        let name = r.get("name").and_then(Value::as_str).unwrap_or_default();
+        let optional = r.get("optional").and_then(Value::as_bool).unwrap_or(false);
+        let Some(obj) = store.get(res, ns, name) else {
+            if optional {
+                continue;
+            }
+            return Err(format!(
+                "{} \"{name}\" not found",
+                if secret { "secret" } else { "configmap" }
+            ));
+        };
+        for (k, v) in obj
+            .get("data")
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            let v = v.as_str().unwrap_or_default();
+            let v = if secret {
+                base64::engine::general_purpose::STANDARD
+                    .decode(v)
+                    .map(|b| String::from_utf8_lossy(&b).into_owned())
+                    .unwrap_or_default()
+            } else {
+                v.to_owned()
+            };
+            env.set(format!("{prefix}{k}"), v);
+        }
+    }
+    Ok(())
+}
+
+/// One `env` entry's value: `value` with `$(VAR)` expanded from `vars`, or from a Secret or
+/// ConfigMap key, a pod field, or a resource field; `None` when it names no known source.
+fn env_value(
+    store: &Store,
+    pod: &Value,
+    e: &Value,
+    vars: &BTreeMap<String, String>,
+) -> Result<Option<String>, String> {
+    let ns = pod
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if let Some(v) = e.get("value").and_then(Value::as_str) {
+        return Ok(Some(expand(v, vars)));
+    }
+    let Some(from) = e.get("valueFrom") else {
+        return Ok(Some(String::new()));
+    };
+    Ok(if let Some(r) = from.get("secretKeyRef") {
+        key_of(store, ns, r, true)?
+    } else if let Some(r) = from.get("configMapKeyRef") {
+        key_of(store, ns, r, false)?
+    } else if let Some(r) = from.get("fieldRef") {
+        Some(field_ref(
+            pod,
+            r.get("fieldPath")
+                .and_then(Value::as_str)
+                .unwrap_or_default(),
+        ))
+    } else if from.get("resourceFieldRef").is_some() {
+        // No limits are enforced; report the node's capacity, as for an unset limit.
+        Some("0".to_owned())
+    } else {
+        None
+    })
 }
 
 #[cfg(test)]

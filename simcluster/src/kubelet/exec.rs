@@ -269,23 +269,12 @@ async fn session(
                 "OCI runtime exec failed: exec failed: unable to start container process: {e}: unknown\r\n"
             );
             let _ = tx.send(frame(2, msg.as_bytes())).await;
-            let status = exit_status(
-                &argv,
-                Some(if e.kind() == std::io::ErrorKind::NotFound {
-                    127
-                } else {
-                    126
-                }),
-                None,
-            );
-            let _ = tx.send(frame(3, status.to_string().as_bytes())).await;
-            let _ = tx
-                .send(Message::Close(Some(CloseFrame {
-                    code: 1000,
-                    reason: "".into(),
-                })))
-                .await;
-            drop(tx);
+            let code = if e.kind() == std::io::ErrorKind::NotFound {
+                127
+            } else {
+                126
+            };
+            close_with_status(tx, &argv, Some(code)).await;
             let _ = sender.await;
             return;
         }
@@ -302,32 +291,11 @@ async fn session(
         2,
         tx.clone(),
     ));
-    let mut child_stdin = child.stdin.take();
+    let child_stdin = child.stdin.take();
     let client_gone = tokio_util::sync::CancellationToken::new();
     let gone = client_gone.clone();
     let reader = tokio::spawn(async move {
-        while let Some(Ok(msg)) = stream.next().await {
-            match msg {
-                Message::Binary(b) if !b.is_empty() => match b[0] {
-                    0 => {
-                        if let Some(w) = child_stdin.as_mut()
-                            && w.write_all(&b[1..]).await.is_err()
-                        {
-                            child_stdin = None;
-                        }
-                    }
-                    255 if v5 && b.get(1) == Some(&0) => {
-                        if let Some(mut w) = child_stdin.take() {
-                            let _ = w.shutdown().await;
-                        }
-                    }
-                    _ => {}
-                },
-                Message::Close(_) => break,
-                _ => {}
-            }
-        }
-        drop(child_stdin);
+        forward_stdin(&mut stream, child_stdin, v5).await;
         gone.cancel();
     });
     let status = tokio::select! {
@@ -350,15 +318,49 @@ async fn session(
     shared.reaper.untrack(pgid);
     use std::os::unix::process::ExitStatusExt as _;
     let code = status.and_then(|s| s.code().or_else(|| s.signal().map(|sig| 128 + sig)));
-    let st = exit_status(&argv, code, None);
-    let _ = tx.send(frame(3, st.to_string().as_bytes())).await;
+    close_with_status(tx, &argv, code).await;
+    let _ = sender.await;
+    reader.abort();
+}
+
+/// Channel 0 of the client's messages into the command's stdin until the client closes; with
+/// protocol v5, a close of channel 0 closes stdin.
+async fn forward_stdin(
+    stream: &mut futures::stream::SplitStream<WebSocket>,
+    mut child_stdin: Option<tokio::process::ChildStdin>,
+    v5: bool,
+) {
+    while let Some(Ok(msg)) = stream.next().await {
+        match msg {
+            Message::Binary(b) if !b.is_empty() => match b[0] {
+                0 => {
+                    if let Some(w) = child_stdin.as_mut()
+                        && w.write_all(&b[1..]).await.is_err()
+                    {
+                        child_stdin = None;
+                    }
+                }
+                255 if v5 && b.get(1) == Some(&0) => {
+                    if let Some(mut w) = child_stdin.take() {
+                        let _ = w.shutdown().await;
+                    }
+                }
+                _ => {}
+            },
+            Message::Close(_) => break,
+            _ => {}
+        }
+    }
+}
+
+/// Sends the exit status on channel 3 and closes the session.
+async fn close_with_status(tx: mpsc::Sender<Message>, argv: &[String], code: Option<i32>) {
+    let status = exit_status(argv, code, None);
+    let _ = tx.send(frame(3, status.to_string().as_bytes())).await;
     let _ = tx
         .send(Message::Close(Some(CloseFrame {
             code: 1000,
             reason: "".into(),
         })))
         .await;
-    drop(tx);
-    let _ = sender.await;
-    reader.abort();
 }

@@ -536,76 +536,11 @@ fn setup_volumes(
                 .ok_or_else(|| std::io::Error::other(format!("claim {claim} is not bound")))?
         } else if let Some(p) = v.pointer("/hostPath/path").and_then(Value::as_str) {
             PathBuf::from(p)
-        } else if v.get("configMap").is_some() || v.get("secret").is_some() {
-            let secret = v.get("secret").is_some();
-            let src = if secret {
-                &v["secret"]
-            } else {
-                &v["configMap"]
-            };
-            let name = src
-                .get(if secret { "secretName" } else { "name" })
-                .and_then(Value::as_str)
-                .unwrap_or_default();
-            let obj = store.get(if secret { "/secrets" } else { "/configmaps" }, ns, name);
-            let mode = src
-                .get("defaultMode")
-                .and_then(Value::as_u64)
-                .map_or(0o644, |m| m as u32);
-            std::fs::create_dir_all(&local)?;
-            std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o755))?;
-            let mut entries: BTreeMap<String, Vec<u8>> = BTreeMap::new();
-            if let Some(obj) = &obj {
-                for (k, val) in obj
-                    .get("data")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                {
-                    let s = val.as_str().unwrap_or_default();
-                    let bytes = if secret {
-                        base64::engine::general_purpose::STANDARD
-                            .decode(s)
-                            .unwrap_or_default()
-                    } else {
-                        s.as_bytes().to_vec()
-                    };
-                    entries.insert(k.clone(), bytes);
-                }
-                for (k, val) in obj
-                    .get("binaryData")
-                    .and_then(Value::as_object)
-                    .into_iter()
-                    .flatten()
-                {
-                    entries.insert(
-                        k.clone(),
-                        base64::engine::general_purpose::STANDARD
-                            .decode(val.as_str().unwrap_or_default())
-                            .unwrap_or_default(),
-                    );
-                }
-            }
-            match src.get("items").and_then(Value::as_array) {
-                Some(items) => {
-                    for it in items {
-                        let key = it.get("key").and_then(Value::as_str).unwrap_or_default();
-                        let path = it.get("path").and_then(Value::as_str).unwrap_or(key);
-                        if let Some(data) = entries.get(key) {
-                            let m = it
-                                .get("mode")
-                                .and_then(Value::as_u64)
-                                .map_or(mode, |m| m as u32);
-                            write_file(&local.join(path.trim_start_matches('/')), data, m)?;
-                        }
-                    }
-                }
-                None => {
-                    for (k, data) in &entries {
-                        write_file(&local.join(k), data, mode)?;
-                    }
-                }
-            }
+        } else if let Some(src) = v.get("secret") {
+            project(store, ns, src, true, &local)?;
+            local
+        } else if let Some(src) = v.get("configMap") {
+            project(store, ns, src, false, &local)?;
             local
         } else {
             // emptyDir and kinds without a source of their own: an empty directory.
@@ -616,6 +551,87 @@ fn setup_volumes(
         out.insert(vname.to_owned(), dir);
     }
     Ok(out)
+}
+
+/// A ConfigMap or Secret volume (`src`) written into `local`: every key, or the listed
+/// `items` at their paths, with the default or the item's mode.
+fn project(
+    store: &Store,
+    ns: &str,
+    src: &Value,
+    secret: bool,
+    local: &Path,
+) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let name = src
+        .get(if secret { "secretName" } else { "name" })
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let obj = store.get(if secret { "/secrets" } else { "/configmaps" }, ns, name);
+    let mode = src
+        .get("defaultMode")
+        .and_then(Value::as_u64)
+        .map_or(0o644, |m| m as u32);
+    std::fs::create_dir_all(local)?;
+    std::fs::set_permissions(local, std::fs::Permissions::from_mode(0o755))?;
+    let entries = obj.map(|o| entries_of(&o, secret)).unwrap_or_default();
+    match src.get("items").and_then(Value::as_array) {
+        Some(items) => {
+            for it in items {
+                let key = it.get("key").and_then(Value::as_str).unwrap_or_default();
+                let path = it.get("path").and_then(Value::as_str).unwrap_or(key);
+                if let Some(data) = entries.get(key) {
+                    let m = it
+                        .get("mode")
+                        .and_then(Value::as_u64)
+                        .map_or(mode, |m| m as u32);
+                    write_file(&local.join(path.trim_start_matches('/')), data, m)?;
+                }
+            }
+        }
+        None => {
+            for (k, data) in &entries {
+                write_file(&local.join(k), data, mode)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A ConfigMap's or Secret's keys with their bytes: `data` (base64 for a Secret) and
+/// `binaryData`.
+fn entries_of(obj: &Value, secret: bool) -> BTreeMap<String, Vec<u8>> {
+    let mut entries: BTreeMap<String, Vec<u8>> = BTreeMap::new();
+    for (k, val) in obj
+        .get("data")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        let s = val.as_str().unwrap_or_default();
+        let bytes = if secret {
+            base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .unwrap_or_default()
+        } else {
+            s.as_bytes().to_vec()
+        };
+        entries.insert(k.clone(), bytes);
+    }
+    for (k, val) in obj
+        .get("binaryData")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        entries.insert(
+            k.clone(),
+            base64::engine::general_purpose::STANDARD
+                .decode(val.as_str().unwrap_or_default())
+                .unwrap_or_default(),
+        );
+    }
+    entries
 }
 
 /// The mounts of one container: container path to host path.

@@ -284,19 +284,8 @@ pub(crate) async fn initialize(
     plan: &Plan,
     log: &std::fs::File,
 ) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt as _;
     let mut log_w = log;
-    std::fs::create_dir_all(&plan.data)
-        .map_err(|e| format!("mkdir {}: {e}", plan.data.display()))?;
-    check_reachable(&plan.data, plan.owner)?;
-    chown(&plan.data, plan.owner)?;
-    std::fs::set_permissions(&plan.data, std::fs::Permissions::from_mode(0o700))
-        .map_err(|e| format!("chmod {}: {e}", plan.data.display()))?;
-    std::fs::create_dir_all(&plan.socket_dir)
-        .map_err(|e| format!("mkdir {}: {e}", plan.socket_dir.display()))?;
-    chown(&plan.socket_dir, plan.owner)?;
-    std::fs::set_permissions(&plan.socket_dir, std::fs::Permissions::from_mode(0o775))
-        .map_err(|e| e.to_string())?;
+    prepare_dirs(plan)?;
     if plan.data.join("PG_VERSION").exists() {
         let _ = writeln!(
             log_w,
@@ -311,13 +300,58 @@ pub(crate) async fn initialize(
             return Err("Error: Database is uninitialized and superuser password is not specified.\n       You must specify POSTGRES_PASSWORD to a non-empty value for the\n       superuser. For example, \"-e POSTGRES_PASSWORD=password\" on \"docker run\".".into());
         }
     };
-    let as_pg = |program: &str, args: Vec<String>| Spawn {
+    initdb(ctx, plan, password.as_deref(), log).await?;
+    let hba = plan.data.join("pg_hba.conf");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&hba)
+        .map_err(|e| format!("{}: {e}", hba.display()))?;
+    writeln!(f, "\nhost all all all {}", plan.host_auth).map_err(|e| e.to_string())?;
+    init_scripts_on_private_server(ctx, plan, log).await?;
+    let _ = writeln!(
+        log_w,
+        "\nPostgreSQL init process complete; ready for start up.\n"
+    );
+    Ok(())
+}
+
+/// The data directory (0700) and the socket directory (0775), owned by the server's account,
+/// which must be able to reach the data directory.
+fn prepare_dirs(plan: &Plan) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::create_dir_all(&plan.data)
+        .map_err(|e| format!("mkdir {}: {e}", plan.data.display()))?;
+    check_reachable(&plan.data, plan.owner)?;
+    chown(&plan.data, plan.owner)?;
+    std::fs::set_permissions(&plan.data, std::fs::Permissions::from_mode(0o700))
+        .map_err(|e| format!("chmod {}: {e}", plan.data.display()))?;
+    std::fs::create_dir_all(&plan.socket_dir)
+        .map_err(|e| format!("mkdir {}: {e}", plan.socket_dir.display()))?;
+    chown(&plan.socket_dir, plan.owner)?;
+    std::fs::set_permissions(&plan.socket_dir, std::fs::Permissions::from_mode(0o775))
+        .map_err(|e| e.to_string())
+}
+
+/// `program` from the image's PostgreSQL binaries with `args`, as the server's account, in
+/// the data directory.
+fn as_postgres(plan: &Plan, program: &str, args: Vec<String>) -> Spawn {
+    Spawn {
         program: plan.bin.join(program).to_string_lossy().into_owned(),
         args,
         env: plan.env.clone(),
         cwd: plan.data.clone(),
         run_as: plan.owner,
-    };
+    }
+}
+
+/// initdb as the entrypoint runs it, the superuser's password (if any) through a 0600 file
+/// that is removed afterwards.
+async fn initdb(
+    ctx: &PodCtx,
+    plan: &Plan,
+    password: Option<&str>,
+    log: &std::fs::File,
+) -> Result<(), String> {
     let mut initdb_args = vec![
         "-D".to_owned(),
         plan.data.to_string_lossy().into_owned(),
@@ -329,7 +363,7 @@ pub(crate) async fn initialize(
         "--no-sync".into(),
     ];
     let pwfile = ctx.rt.dir.join("rootfs").join(".pwfile");
-    if let Some(pw) = &password {
+    if let Some(pw) = password {
         use std::os::unix::fs::OpenOptionsExt as _;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
@@ -343,23 +377,27 @@ pub(crate) async fn initialize(
         initdb_args.push(format!("--pwfile={}", pwfile.display()));
     }
     initdb_args.extend(plan.initdb_args.iter().cloned());
-    let r = helper(ctx, &as_pg("initdb", initdb_args), log).await;
+    let r = helper(ctx, &as_postgres(plan, "initdb", initdb_args), log).await;
     let _ = std::fs::remove_file(&pwfile);
-    r?;
-    let hba = plan.data.join("pg_hba.conf");
-    let mut f = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&hba)
-        .map_err(|e| format!("{}: {e}", hba.display()))?;
-    writeln!(f, "\nhost all all all {}", plan.host_auth).map_err(|e| e.to_string())?;
+    r
+}
 
+/// The init scripts, run against a server started on the socket only (as the entrypoint's
+/// temporary server), which is stopped afterwards whatever happened.
+async fn init_scripts_on_private_server(
+    ctx: &PodCtx,
+    plan: &Plan,
+    log: &std::fs::File,
+) -> Result<(), String> {
+    let mut log_w = log;
     let opts = format!(
         "-c listen_addresses='' -c unix_socket_directories='{}' -p {}",
         plan.socket_dir.display(),
         plan.port
     );
     let _ = writeln!(log_w, "waiting for server to start....");
-    let start = as_pg(
+    let start = as_postgres(
+        plan,
         "pg_ctl",
         vec![
             "-D".into(),
@@ -377,7 +415,8 @@ pub(crate) async fn initialize(
         Ok(()) => run_init_scripts(ctx, plan, log).await,
         Err(e) => Err(e),
     };
-    let stop = as_pg(
+    let stop = as_postgres(
+        plan,
         "pg_ctl",
         vec![
             "-D".into(),
@@ -394,52 +433,18 @@ pub(crate) async fn initialize(
         ctx.shared.reaper.untrack(server_group);
     }
     result?;
-    stopped?;
-    let _ = writeln!(
-        log_w,
-        "\nPostgreSQL init process complete; ready for start up.\n"
-    );
-    Ok(())
+    stopped
 }
 
+/// The entrypoint's database creation (for a `POSTGRES_DB` other than `postgres`), then every
+/// file of `/docker-entrypoint-initdb.d` in name order.
 async fn run_init_scripts(ctx: &PodCtx, plan: &Plan, log: &std::fs::File) -> Result<(), String> {
-    let psql = |db: &str, extra: Vec<String>| {
-        let mut args = vec![
-            "-v".to_owned(),
-            "ON_ERROR_STOP=1".into(),
-            "--username".into(),
-            plan.user.clone(),
-            "--no-password".into(),
-            "--no-psqlrc".into(),
-            "--dbname".into(),
-            db.to_owned(),
-            "-h".into(),
-            plan.socket_dir.to_string_lossy().into_owned(),
-            "-p".into(),
-            plan.port.to_string(),
-        ];
-        args.extend(extra);
-        Spawn {
-            program: plan.bin.join("psql").to_string_lossy().into_owned(),
-            args,
-            env: plan.env.clone(),
-            cwd: plan.cwd.clone(),
-            run_as: None,
-        }
-    };
     if plan.db != "postgres" {
-        helper(
-            ctx,
-            &psql(
-                "postgres",
-                vec![
-                    "-c".into(),
-                    format!("CREATE DATABASE {}", quote_ident(&plan.db)),
-                ],
-            ),
-            log,
-        )
-        .await?;
+        let create = vec![
+            "-c".into(),
+            format!("CREATE DATABASE {}", quote_ident(&plan.db)),
+        ];
+        helper(ctx, &psql(plan, "postgres", create), log).await?;
     }
     let Some(dir) = &plan.init_dir else {
         return Ok(());
@@ -454,65 +459,88 @@ async fn run_init_scripts(ctx: &PodCtx, plan: &Plan, log: &std::fs::File) -> Res
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let path = f.to_string_lossy().into_owned();
-        let mut env = plan.env.clone();
-        env.push((
-            "PGHOST".into(),
-            plan.socket_dir.to_string_lossy().into_owned(),
-        ));
-        env.push(("PGPORT".into(), plan.port.to_string()));
-        if name.ends_with(".sql") {
-            let _ = writeln!(
-                log_w,
-                "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}"
-            );
-            helper(ctx, &psql(&plan.db, vec!["-f".into(), path]), log).await?;
-        } else if name.ends_with(".sql.gz")
-            || name.ends_with(".sql.xz")
-            || name.ends_with(".sql.zst")
-        {
-            let _ = writeln!(
-                log_w,
-                "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}"
-            );
-            let decompress = if name.ends_with(".gz") {
-                "gunzip -c"
-            } else if name.ends_with(".xz") {
-                "xzcat"
-            } else {
-                "zstd -dc"
-            };
-            let p = psql(&plan.db, Vec::new());
-            // $0 is psql, $1 the file, the rest psql's arguments.
-            let script = format!("f=$1; shift; {decompress} \"$f\" | \"$0\" \"$@\"");
-            let args = vec!["-c".to_owned(), script, p.program.clone(), path];
-            let sh = Spawn {
-                program: "/bin/sh".into(),
-                args: [args, p.args].concat(),
-                env,
-                cwd: plan.cwd.clone(),
-                run_as: None,
-            };
-            helper(ctx, &sh, log).await?;
-        } else if name.ends_with(".sh") {
-            let _ = writeln!(
-                log_w,
-                "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}"
-            );
-            let sh = Spawn {
-                program: "/bin/sh".into(),
-                args: vec![path],
-                env,
-                cwd: plan.cwd.clone(),
-                run_as: None,
-            };
-            helper(ctx, &sh, log).await?;
-        } else {
+        let Some(command) = init_script(plan, &name, f.to_string_lossy().into_owned()) else {
             let _ = writeln!(
                 log_w,
                 "/usr/local/bin/docker-entrypoint.sh: ignoring /docker-entrypoint-initdb.d/{name}"
             );
-        }
+            continue;
+        };
+        let _ = writeln!(
+            log_w,
+            "/usr/local/bin/docker-entrypoint.sh: running /docker-entrypoint-initdb.d/{name}"
+        );
+        helper(ctx, &command, log).await?;
     }
     Ok(())
+}
+
+/// psql on the private server's socket as the superuser, on database `db`, with `extra`.
+fn psql(plan: &Plan, db: &str, extra: Vec<String>) -> Spawn {
+    let mut args = vec![
+        "-v".to_owned(),
+        "ON_ERROR_STOP=1".into(),
+        "--username".into(),
+        plan.user.clone(),
+        "--no-password".into(),
+        "--no-psqlrc".into(),
+        "--dbname".into(),
+        db.to_owned(),
+        "-h".into(),
+        plan.socket_dir.to_string_lossy().into_owned(),
+        "-p".into(),
+        plan.port.to_string(),
+    ];
+    args.extend(extra);
+    Spawn {
+        program: plan.bin.join("psql").to_string_lossy().into_owned(),
+        args,
+        env: plan.env.clone(),
+        cwd: plan.cwd.clone(),
+        run_as: None,
+    }
+}
+
+/// How the entrypoint runs the init file `name` (at `path`): `.sql` by psql, compressed SQL
+/// through its decompressor into psql, `.sh` by sh (with PGHOST and PGPORT set); `None` for
+/// any other file, which it ignores.
+fn init_script(plan: &Plan, name: &str, path: String) -> Option<Spawn> {
+    let mut env = plan.env.clone();
+    env.push((
+        "PGHOST".into(),
+        plan.socket_dir.to_string_lossy().into_owned(),
+    ));
+    env.push(("PGPORT".into(), plan.port.to_string()));
+    if name.ends_with(".sql") {
+        Some(psql(plan, &plan.db, vec!["-f".into(), path]))
+    } else if name.ends_with(".sql.gz") || name.ends_with(".sql.xz") || name.ends_with(".sql.zst") {
+        let decompress = if name.ends_with(".gz") {
+            "gunzip -c"
+        } else if name.ends_with(".xz") {
+            "xzcat"
+        } else {
+            "zstd -dc"
+        };
+        let p = psql(plan, &plan.db, Vec::new());
+        // $0 is psql, $1 the file, the rest psql's arguments.
+        let script = format!("f=$1; shift; {decompress} \"$f\" | \"$0\" \"$@\"");
+        let args = vec!["-c".to_owned(), script, p.program.clone(), path];
+        Some(Spawn {
+            program: "/bin/sh".into(),
+            args: [args, p.args].concat(),
+            env,
+            cwd: plan.cwd.clone(),
+            run_as: None,
+        })
+    } else if name.ends_with(".sh") {
+        Some(Spawn {
+            program: "/bin/sh".into(),
+            args: vec![path],
+            env,
+            cwd: plan.cwd.clone(),
+            run_as: None,
+        })
+    } else {
+        None
+    }
 }

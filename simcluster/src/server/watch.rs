@@ -9,6 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::{Value, json};
 use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::rest::{Render, selectors};
 use super::{Query, ServerState, stream_body};
@@ -16,7 +17,7 @@ use crate::api;
 use crate::resources::ResourceType;
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::status::ApiError;
-use crate::store::{EventType, WatchEvent};
+use crate::store::{EventType, WatchEvent, WatchStart};
 use crate::table;
 
 const BOOKMARK_EVERY: Duration = Duration::from_secs(10);
@@ -139,65 +140,90 @@ pub(super) fn serve(
             return Ok(respond(rx));
         }
     };
-    let stop = st.stop.clone();
-    tokio::spawn(async move {
-        let mut first = true;
-        let mut last_rv = start.rv;
-        for ev in &start.initial {
-            if let Some(ty) = filter.classify(ev)
-                && tx
-                    .send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first))
-                    .await
-                    .is_err()
-            {
-                return;
-            }
-            last_rv = last_rv.max(ev.rv);
-        }
-        if send_initial {
-            let done = json!({"k8s.io/initial-events-end": "true"});
-            if tx.send(filter.bookmark(last_rv, Some(done))).await.is_err() {
-                return;
-            }
-        }
-        let mut rx = start.rx;
-        let deadline = tokio::time::sleep(Duration::from_secs(timeout));
-        tokio::pin!(deadline);
-        let mut tick = tokio::time::interval(BOOKMARK_EVERY);
-        tick.tick().await;
-        loop {
-            tokio::select! {
-                () = &mut deadline => return,
-                () = stop.cancelled() => return,
-                () = tx.closed() => return,
-                _ = tick.tick() => {
-                    if bookmarks && tx.send(filter.bookmark(last_rv, None)).await.is_err() {
-                        return;
-                    }
-                }
-                r = rx.recv() => match r {
-                    Ok(ev) => {
-                        // Events up to the start were replayed from history or are in the
-                        // initial state already.
-                        if ev.rv <= start.rv {
-                            continue;
-                        }
-                        last_rv = last_rv.max(ev.rv);
-                        if let Some(ty) = filter.classify(&ev)
-                            && tx.send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first)).await.is_err() {
-                                return;
-                            }
-                    }
-                    Err(RecvError::Lagged(_)) => {
-                        let _ = tx.send(error_line(&ApiError::gone("the watcher fell behind; too old resource version"))).await;
-                        return;
-                    }
-                    Err(RecvError::Closed) => return,
-                }
-            }
-        }
-    });
+    let options = StreamOptions {
+        send_initial,
+        bookmarks,
+        timeout,
+    };
+    tokio::spawn(stream(filter, start, tx, st.stop.clone(), options));
     Ok(respond(rx))
+}
+
+/// What a watch request asks of its stream besides the objects.
+struct StreamOptions {
+    /// `sendInitialEvents`: the initial state, then a bookmark marking its end.
+    send_initial: bool,
+    /// `allowWatchBookmarks`: a bookmark every [`BOOKMARK_EVERY`].
+    bookmarks: bool,
+    /// `timeoutSeconds`.
+    timeout: u64,
+}
+
+/// The watch's lines into `tx`: the initial events, then each change after `start` that the
+/// filter passes, with bookmarks, until the timeout, the server's stop, the client's leaving
+/// or a watcher that fell behind (told with a 410 in the stream).
+async fn stream(
+    filter: Filter,
+    start: WatchStart,
+    tx: mpsc::Sender<bytes::Bytes>,
+    stop: CancellationToken,
+    options: StreamOptions,
+) {
+    let mut first = true;
+    let mut last_rv = start.rv;
+    for ev in &start.initial {
+        if let Some(ty) = filter.classify(ev)
+            && tx
+                .send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first))
+                .await
+                .is_err()
+        {
+            return;
+        }
+        last_rv = last_rv.max(ev.rv);
+    }
+    if options.send_initial {
+        let done = json!({"k8s.io/initial-events-end": "true"});
+        if tx.send(filter.bookmark(last_rv, Some(done))).await.is_err() {
+            return;
+        }
+    }
+    let mut rx = start.rx;
+    let deadline = tokio::time::sleep(Duration::from_secs(options.timeout));
+    tokio::pin!(deadline);
+    let mut tick = tokio::time::interval(BOOKMARK_EVERY);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            () = &mut deadline => return,
+            () = stop.cancelled() => return,
+            () = tx.closed() => return,
+            _ = tick.tick() => {
+                if options.bookmarks && tx.send(filter.bookmark(last_rv, None)).await.is_err() {
+                    return;
+                }
+            }
+            r = rx.recv() => match r {
+                Ok(ev) => {
+                    // Events up to the start were replayed from history or are in the
+                    // initial state already.
+                    if ev.rv <= start.rv {
+                        continue;
+                    }
+                    last_rv = last_rv.max(ev.rv);
+                    if let Some(ty) = filter.classify(&ev)
+                        && tx.send(filter.line(ty, api::to_version(&filter.rt, &ev.object), &mut first)).await.is_err() {
+                            return;
+                        }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    let _ = tx.send(error_line(&ApiError::gone("the watcher fell behind; too old resource version"))).await;
+                    return;
+                }
+                Err(RecvError::Closed) => return,
+            }
+        }
+    }
 }
 
 fn respond(rx: mpsc::Receiver<bytes::Bytes>) -> Response {
