@@ -10,6 +10,7 @@
 
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Event, Pod};
 use kube::api::{Api, ListParams, LogParams};
@@ -195,6 +196,32 @@ async fn pods_of(
         .items)
 }
 
+/// Looks with `look` every `deadline.poll` until it finds nothing pending (`None`); past the
+/// deadline, `explain` turns what is still pending into the parts of [`WaitError::NotReady`].
+///
+/// The closures return boxed futures (`Send` spelled out), so a wait can run in a spawned task.
+async fn poll<'a, S: 'a>(
+    deadline: Deadline,
+    what: String,
+    mut look: impl FnMut() -> BoxFuture<'a, Result<Option<S>, WaitError>>,
+    explain: impl FnOnce(S) -> BoxFuture<'a, Result<Vec<String>, WaitError>>,
+) -> Result<(), WaitError> {
+    let started = Instant::now();
+    loop {
+        match look().await? {
+            None => return Ok(()),
+            Some(pending) if started.elapsed() >= deadline.timeout => {
+                return Err(WaitError::NotReady {
+                    what,
+                    seconds: deadline.timeout.as_secs(),
+                    parts: explain(pending).await?,
+                });
+            }
+            Some(_) => tokio::time::sleep(deadline.poll).await,
+        }
+    }
+}
+
 /// Waits until `kind` `namespace/name` has every replica ready (as observed by its controller
 /// for the current spec).
 ///
@@ -208,24 +235,26 @@ pub async fn workload(
     name: &str,
     deadline: Deadline,
 ) -> Result<(), WaitError> {
-    let started = Instant::now();
-    loop {
-        let r = replicas(client, namespace, kind, name).await?;
-        if r.is_ready() {
-            return Ok(());
-        }
-        if started.elapsed() >= deadline.timeout {
-            let mut detail = vec![r.describe()];
-            detail
-                .extend(explain_workload_pods(client, namespace, name, r.selector.as_ref()).await?);
-            return Err(WaitError::NotReady {
-                what: format!("{} {namespace}/{name}", kind.kind()),
-                seconds: deadline.timeout.as_secs(),
-                parts: detail,
-            });
-        }
-        tokio::time::sleep(deadline.poll).await;
-    }
+    poll(
+        deadline,
+        format!("{} {namespace}/{name}", kind.kind()),
+        || {
+            Box::pin(async move {
+                let r = replicas(client, namespace, kind, name).await?;
+                Ok((!r.is_ready()).then_some(r))
+            })
+        },
+        |r: Replicas| {
+            Box::pin(async move {
+                let mut parts = vec![r.describe()];
+                parts.extend(
+                    explain_workload_pods(client, namespace, name, r.selector.as_ref()).await?,
+                );
+                Ok(parts)
+            })
+        },
+    )
+    .await
 }
 
 /// Why each of a workload's pods is not ready; with no pod at all, the workload's events.
@@ -263,26 +292,31 @@ pub async fn pods(
     namespace: &str,
     deadline: Deadline,
 ) -> Result<(), WaitError> {
-    let started = Instant::now();
-    loop {
-        let pods = pods_of(client, namespace, None).await?;
-        let not_ready: Vec<&Pod> = pods.iter().filter(|p| !pod_ready(p)).collect();
-        if not_ready.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() >= deadline.timeout {
-            let mut detail = Vec::new();
-            for pod in not_ready {
-                detail.push(explain_pod(client, pod).await);
-            }
-            return Err(WaitError::NotReady {
-                what: format!("pods in namespace {namespace}"),
-                seconds: deadline.timeout.as_secs(),
-                parts: detail,
-            });
-        }
-        tokio::time::sleep(deadline.poll).await;
+    poll(
+        deadline,
+        format!("pods in namespace {namespace}"),
+        || {
+            Box::pin(async move {
+                let not_ready: Vec<Pod> = pods_of(client, namespace, None)
+                    .await?
+                    .into_iter()
+                    .filter(|p| !pod_ready(p))
+                    .collect();
+                Ok((!not_ready.is_empty()).then_some(not_ready))
+            })
+        },
+        |not_ready: Vec<Pod>| Box::pin(async move { Ok(explain_pods(client, &not_ready).await) }),
+    )
+    .await
+}
+
+/// [`explain_pod`] of each of `pods`.
+async fn explain_pods(client: &kube::Client, pods: &[Pod]) -> Vec<String> {
+    let mut parts = Vec::new();
+    for pod in pods {
+        parts.push(explain_pod(client, pod).await);
     }
+    parts
 }
 
 /// Waits until every Deployment and StatefulSet of `namespace` has its replicas ready and
@@ -296,34 +330,36 @@ pub async fn namespace(
     namespace: &str,
     deadline: Deadline,
 ) -> Result<(), WaitError> {
-    let started = Instant::now();
-    loop {
-        let mut pending = Vec::new();
-        for kind in [Workload::Deployment, Workload::StatefulSet] {
-            for name in workload_names(client, namespace, kind).await? {
-                let r = replicas(client, namespace, kind, &name).await?;
-                if !r.is_ready() {
-                    pending.push(format!("{} {name}: {}", kind.kind(), r.describe()));
+    poll(
+        deadline,
+        format!("namespace {namespace}"),
+        || {
+            Box::pin(async move {
+                let mut workloads = Vec::new();
+                for kind in [Workload::Deployment, Workload::StatefulSet] {
+                    for name in workload_names(client, namespace, kind).await? {
+                        let r = replicas(client, namespace, kind, &name).await?;
+                        if !r.is_ready() {
+                            workloads.push(format!("{} {name}: {}", kind.kind(), r.describe()));
+                        }
+                    }
                 }
-            }
-        }
-        let pods = pods_of(client, namespace, None).await?;
-        let not_ready: Vec<&Pod> = pods.iter().filter(|p| !pod_ready(p)).collect();
-        if pending.is_empty() && not_ready.is_empty() {
-            return Ok(());
-        }
-        if started.elapsed() >= deadline.timeout {
-            for pod in not_ready {
-                pending.push(explain_pod(client, pod).await);
-            }
-            return Err(WaitError::NotReady {
-                what: format!("namespace {namespace}"),
-                seconds: deadline.timeout.as_secs(),
-                parts: pending,
-            });
-        }
-        tokio::time::sleep(deadline.poll).await;
-    }
+                let pods: Vec<Pod> = pods_of(client, namespace, None)
+                    .await?
+                    .into_iter()
+                    .filter(|p| !pod_ready(p))
+                    .collect();
+                Ok((!workloads.is_empty() || !pods.is_empty()).then_some((workloads, pods)))
+            })
+        },
+        |(mut workloads, pods): (Vec<String>, Vec<Pod>)| {
+            Box::pin(async move {
+                workloads.extend(explain_pods(client, &pods).await);
+                Ok(workloads)
+            })
+        },
+    )
+    .await
 }
 
 async fn workload_names(
@@ -365,46 +401,43 @@ pub async fn deployment_scaled(
     replicas: i32,
     deadline: Deadline,
 ) -> Result<(), WaitError> {
-    let started = Instant::now();
-    loop {
-        let r = self::replicas(client, namespace, Workload::Deployment, name).await?;
-        let (settled, left) = if replicas == 0 {
-            let left = pods_of(client, namespace, r.selector.as_ref()).await?;
-            (left.is_empty(), left)
-        } else {
-            let settled =
-                r.ready.is_some_and(|n| n >= replicas) && r.updated.is_some_and(|n| n >= replicas);
-            (settled, Vec::new())
-        };
-        if settled {
-            return Ok(());
-        }
-        if started.elapsed() >= deadline.timeout {
-            let detail = if replicas == 0 {
-                let names: Vec<String> = left
-                    .iter()
-                    .filter_map(|p| p.metadata.name.clone())
-                    .collect();
-                vec![format!(
-                    "{} pod(s) left (terminating pods count): {}",
-                    names.len(),
-                    names.join(", ")
-                )]
-            } else {
-                let mut detail = vec![r.describe()];
-                detail.extend(
+    poll(
+        deadline,
+        format!("Deployment {namespace}/{name} at {replicas} replicas"),
+        || {
+            Box::pin(async move {
+                let r = self::replicas(client, namespace, Workload::Deployment, name).await?;
+                if replicas == 0 {
+                    let left = pods_of(client, namespace, r.selector.as_ref()).await?;
+                    return Ok((!left.is_empty()).then_some((r, left)));
+                }
+                let settled = r.ready.is_some_and(|n| n >= replicas)
+                    && r.updated.is_some_and(|n| n >= replicas);
+                Ok((!settled).then_some((r, Vec::new())))
+            })
+        },
+        |(r, left): (Replicas, Vec<Pod>)| {
+            Box::pin(async move {
+                if replicas == 0 {
+                    let names: Vec<String> = left
+                        .iter()
+                        .filter_map(|p| p.metadata.name.clone())
+                        .collect();
+                    return Ok(vec![format!(
+                        "{} pod(s) left (terminating pods count): {}",
+                        names.len(),
+                        names.join(", ")
+                    )]);
+                }
+                let mut parts = vec![r.describe()];
+                parts.extend(
                     explain_workload_pods(client, namespace, name, r.selector.as_ref()).await?,
                 );
-                detail
-            };
-            return Err(WaitError::NotReady {
-                what: format!("Deployment {namespace}/{name} at {replicas} replicas"),
-                seconds: deadline.timeout.as_secs(),
-                parts: detail,
-            });
-        }
-        tokio::time::sleep(deadline.poll).await;
-    }
+                Ok(parts)
+            })
+        },
+    )
+    .await
 }
 
 /// Recent events about one object, newest last, as `reason: message`. Best effort: events

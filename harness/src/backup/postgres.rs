@@ -626,12 +626,18 @@ async fn dump_derived(
             Ok::<_, BackupError>(())
         }
     });
+    two_at_a_time(runs).await
+}
+
+/// Runs `runs` two at a time; the first error, after all have ended.
+async fn two_at_a_time(
+    runs: impl Iterator<Item = impl Future<Output = Result<(), BackupError>>>,
+) -> Result<(), BackupError> {
     let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
         .buffer_unordered(2)
         .collect()
         .await;
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(())
+    results.into_iter().collect()
 }
 
 /// Writes the derived files with pg_restore from the custom archive on this machine, two at a
@@ -666,12 +672,7 @@ async fn restore_derived(
             Ok::<_, BackupError>(())
         }
     });
-    let results: Vec<Result<(), BackupError>> = futures::stream::iter(runs)
-        .buffer_unordered(2)
-        .collect()
-        .await;
-    results.into_iter().collect::<Result<Vec<()>, _>>()?;
-    Ok(())
+    two_at_a_time(runs).await
 }
 
 /// Splits the plain SQL into the data-only, per-table and CSV files in one pass (on a blocking

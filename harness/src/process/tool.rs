@@ -171,6 +171,25 @@ impl ToolRun {
         }
     }
 
+    /// `run`, stopped at the deadline if there is one.
+    async fn within_deadline<T>(
+        &self,
+        run: impl Future<Output = Result<T, ToolError>>,
+    ) -> Result<T, ToolError> {
+        match self.deadline {
+            Some(deadline) => {
+                tokio::time::timeout(deadline, run)
+                    .await
+                    .map_err(|_| ToolError::TimedOut {
+                        tool: self.tool.clone(),
+                        what: self.what.clone(),
+                        seconds: deadline.as_secs(),
+                    })?
+            }
+            None => run.await,
+        }
+    }
+
     /// Runs it with standard output going to `stdout` (a file, `Stdio::null()`, a pipe the
     /// caller reads is not supported here) and returns its status and kept standard error,
     /// within the deadline.
@@ -200,16 +219,7 @@ impl ToolRun {
             let status = child.wait().await.map_err(self.spawn_error())?;
             Ok::<_, ToolError>((status, stderr))
         };
-        let result = match self.deadline {
-            Some(deadline) => tokio::time::timeout(deadline, finished)
-                .await
-                .map_err(|_| ToolError::TimedOut {
-                    tool: self.tool.clone(),
-                    what: self.what.clone(),
-                    seconds: deadline.as_secs(),
-                })?,
-            None => finished.await,
-        }?;
+        let result = self.within_deadline(finished).await?;
         guard.0 = None;
         Ok(result)
     }
@@ -258,16 +268,7 @@ impl ToolRun {
             .map_err(self.spawn_error())?;
         let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
         let finished = async { child.wait_with_output().await.map_err(self.spawn_error()) };
-        let output = match self.deadline {
-            Some(deadline) => tokio::time::timeout(deadline, finished)
-                .await
-                .map_err(|_| ToolError::TimedOut {
-                    tool: self.tool.clone(),
-                    what: self.what.clone(),
-                    seconds: deadline.as_secs(),
-                })?,
-            None => finished.await,
-        }?;
+        let output = self.within_deadline(finished).await?;
         guard.0 = None;
         Ok(output)
     }
