@@ -266,6 +266,70 @@ impl fmt::Display for TargetState {
     }
 }
 
+impl DbRestorePlan {
+    /// Step 1: how the archive was checked before anything changes.
+    fn check_step(&self) -> String {
+        match &self.archive {
+            DbArchive::Custom(_) => match &self.archive_proof {
+                Some(ArchiveProof::RecordedSha256 { sha256 }) => format!(
+                    "check the archive's SHA-256 against its backup's manifest and list it \
+                 (checked: {} entries, SHA-256 {sha256} equal)",
+                    self.archive_entries.len()
+                ),
+                _ => format!(
+                    "read the archive through with pg_restore (checked: {} entries, every data \
+                 block)",
+                    self.archive_entries.len()
+                ),
+            },
+            DbArchive::PlainSql(_) => {
+                "check that the file starts like pg_dump's plain output (checked)".to_owned()
+            }
+            DbArchive::Csv(csv) => format!(
+                "check that the schema file starts like pg_dump's plain output and that each of \
+             the {} CSV files starts with its header row (checked)",
+                csv.tables.len()
+            ),
+        }
+    }
+
+    /// Steps 2 to 4: the drops, the load and the mark, as this archive's format does them.
+    fn change_steps(&self) -> (String, String, String) {
+        let drops = if self.replaces.is_empty() {
+            "drop nothing (the target has no user objects)".to_owned()
+        } else {
+            format!("drop {} objects:", self.replaces.len())
+        };
+        match &self.archive {
+            DbArchive::Custom(_) => (
+                format!("mark the database `restoring {}`, {drops}", self.backup_id),
+                "load the archive".to_owned(),
+                format!(
+                    "mark the database `restored {}` (a failed load leaves the target marked \
+                     `restoring`: rerun the same command to finish)",
+                    self.backup_id
+                ),
+            ),
+            DbArchive::PlainSql(_) | DbArchive::Csv(_) => (
+                format!("in one transaction with steps 3 and 4, {drops}"),
+                match &self.archive {
+                    DbArchive::Csv(csv) => format!(
+                        "load the schema, then {} tables from CSV (parents first), then set {} \
+                         sequences",
+                        csv.tables.len(),
+                        csv.sequences.len()
+                    ),
+                    _ => "load the SQL file".to_owned(),
+                },
+                format!(
+                    "mark the database `restored {}`; commit (a failure rolls back everything)",
+                    self.backup_id
+                ),
+            ),
+        }
+    }
+}
+
 /// A plan a person reads: what is there, then what would be done, in order.
 impl fmt::Display for DbRestorePlan {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -297,61 +361,9 @@ impl fmt::Display for DbRestorePlan {
             }
         }
         writeln!(f, "  would, in order:")?;
-        let checked = match &self.archive {
-            DbArchive::Custom(_) => match &self.archive_proof {
-                Some(ArchiveProof::RecordedSha256 { sha256 }) => format!(
-                    "check the archive's SHA-256 against its backup's manifest and list it \
-                     (checked: {} entries, SHA-256 {sha256} equal)",
-                    self.archive_entries.len()
-                ),
-                _ => format!(
-                    "read the archive through with pg_restore (checked: {} entries, every data \
-                     block)",
-                    self.archive_entries.len()
-                ),
-            },
-            DbArchive::PlainSql(_) => {
-                "check that the file starts like pg_dump's plain output (checked)".to_owned()
-            }
-            DbArchive::Csv(csv) => format!(
-                "check that the schema file starts like pg_dump's plain output and that each of \
-                 the {} CSV files starts with its header row (checked)",
-                csv.tables.len()
-            ),
-        };
+        let checked = self.check_step();
         writeln!(f, "    1. {checked}")?;
-        let drops = if self.replaces.is_empty() {
-            "drop nothing (the target has no user objects)".to_owned()
-        } else {
-            format!("drop {} objects:", self.replaces.len())
-        };
-        let (drop_step, load_step, mark_step) = match &self.archive {
-            DbArchive::Custom(_) => (
-                format!("mark the database `restoring {}`, {drops}", self.backup_id),
-                "load the archive".to_owned(),
-                format!(
-                    "mark the database `restored {}` (a failed load leaves the target marked \
-                     `restoring`: rerun the same command to finish)",
-                    self.backup_id
-                ),
-            ),
-            DbArchive::PlainSql(_) | DbArchive::Csv(_) => (
-                format!("in one transaction with steps 3 and 4, {drops}"),
-                match &self.archive {
-                    DbArchive::Csv(csv) => format!(
-                        "load the schema, then {} tables from CSV (parents first), then set {} \
-                         sequences",
-                        csv.tables.len(),
-                        csv.sequences.len()
-                    ),
-                    _ => "load the SQL file".to_owned(),
-                },
-                format!(
-                    "mark the database `restored {}`; commit (a failure rolls back everything)",
-                    self.backup_id
-                ),
-            ),
-        };
+        let (drop_step, load_step, mark_step) = self.change_steps();
         writeln!(f, "    2. {drop_step}")?;
         for object in &self.replaces {
             writeln!(f, "         - {object}")?;
@@ -954,51 +966,79 @@ pub async fn restore_database(
     input: &DbRestoreInput,
     options: &DbRestoreOptions,
 ) -> Result<DbRestoreReport, RestoreError> {
+    use tracing::Instrument as _;
     let started = Instant::now();
     let span = tracing::info_span!("restore_database", target = %params.target(), backup = %input.backup_id);
-    let _guard = span.enter();
-    let plan = plan_database_restore(tools, params, input, options).await?;
-    let report = |plan, restored, drop: f64, load: f64, analyze: f64| DbRestoreReport {
-        plan,
-        restored,
-        drop_seconds: drop,
-        load_seconds: load,
-        analyze_seconds: analyze,
-        seconds: started.elapsed().as_secs_f64(),
-    };
-    if options.dry_run {
-        return Ok(report(plan, false, 0.0, 0.0, 0.0));
-    }
-    match plan.action {
-        PlannedAction::Refuse => {
-            let detail = match &plan.state {
-                TargetState::HasData { tables_with_rows } => {
-                    format!("tables with rows: {}", tables_with_rows.join(", "))
-                }
-                TargetState::Restored {
-                    backup_id,
-                    tables_with_rows,
-                } => {
-                    format!(
-                        "restored earlier from backup {backup_id}; tables with rows: {}",
-                        tables_with_rows.join(", ")
-                    )
-                }
-                other => other.to_string(),
-            };
-            return Err(RestoreError::NotEmpty {
-                target: plan.target,
-                detail,
-            });
+    async {
+        let plan = plan_database_restore(tools, params, input, options).await?;
+        let unchanged = |plan| DbRestoreReport {
+            plan,
+            restored: false,
+            drop_seconds: 0.0,
+            load_seconds: 0.0,
+            analyze_seconds: 0.0,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        if options.dry_run {
+            return Ok(unchanged(plan));
         }
-        PlannedAction::AlreadyRestored => {
-            tracing::info!("already restored from this backup; nothing to do");
-            return Ok(report(plan, false, 0.0, 0.0, 0.0));
+        match plan.action {
+            PlannedAction::Refuse => return Err(refusal(plan)),
+            PlannedAction::AlreadyRestored => {
+                tracing::info!("already restored from this backup; nothing to do");
+                return Ok(unchanged(plan));
+            }
+            PlannedAction::Restore => {}
         }
-        PlannedAction::Restore => {}
+        let timings = load(params, input, &plan, options.deadline()).await?;
+        Ok(DbRestoreReport {
+            plan,
+            restored: true,
+            drop_seconds: timings.drop,
+            load_seconds: timings.load,
+            analyze_seconds: timings.analyze,
+            seconds: started.elapsed().as_secs_f64(),
+        })
     }
+    .instrument(span)
+    .await
+}
 
-    let deadline = options.deadline();
+/// The refusal of a plan that found data in the target: what it found.
+fn refusal(plan: DbRestorePlan) -> RestoreError {
+    let detail = match &plan.state {
+        TargetState::HasData { tables_with_rows } => {
+            format!("tables with rows: {}", tables_with_rows.join(", "))
+        }
+        TargetState::Restored {
+            backup_id,
+            tables_with_rows,
+        } => format!(
+            "restored earlier from backup {backup_id}; tables with rows: {}",
+            tables_with_rows.join(", ")
+        ),
+        other => other.to_string(),
+    };
+    RestoreError::NotEmpty {
+        target: plan.target,
+        detail,
+    }
+}
+
+/// Seconds each part of a load took.
+struct LoadTimings {
+    drop: f64,
+    load: f64,
+    analyze: f64,
+}
+
+/// Drops the target's objects and loads the archive as `plan` says, then ANALYZE.
+async fn load(
+    params: &ConnParams,
+    input: &DbRestoreInput,
+    plan: &DbRestorePlan,
+    deadline: Duration,
+) -> Result<LoadTimings, RestoreError> {
     let target = params.target();
     let client = within(
         deadline,
@@ -1019,93 +1059,121 @@ pub async fn restore_database(
         target_objects(&client),
     )
     .await?;
-    let mut drops: Vec<String> = objects.iter().map(|o| o.drop.clone()).collect();
-    let dbname = &params.dbname;
+    let drops: Vec<String> = objects.into_iter().map(|o| o.drop).collect();
     match &input.archive {
         DbArchive::Custom(path) => {
-            // Everything before this point only read: the archive was read through and the
-            // target looked at. From here the target changes.
-            let drop_started = Instant::now();
-            drops.insert(0, mark_sql(dbname, RESTORING, &input.backup_id));
-            within(
-                deadline,
-                "postgres",
-                format!("dropping the objects of {target}"),
-                async {
-                    client
-                        .batch_execute(&format!("BEGIN; {}; COMMIT", drops.join("; ")))
-                        .await
-                        .map_err(RestoreError::query("drop the target's objects"))
-                },
-            )
-            .await?;
-            let drop_seconds = drop_started.elapsed().as_secs_f64();
-            let load_started = Instant::now();
-            let loaded = async {
-                run_tool(&plan.command, params, path, deadline).await?;
-                let load_seconds = load_started.elapsed().as_secs_f64();
-                // Before the mark: a database marked restored has its statistics.
-                let analyze = super::analyze(params).await?;
-                within(
-                    deadline,
-                    "postgres",
-                    format!("marking {target} restored"),
-                    async {
-                        client
-                            .batch_execute(&mark_sql(dbname, RESTORED, &input.backup_id))
-                            .await
-                            .map_err(RestoreError::query("mark the database restored"))
-                    },
-                )
-                .await?;
-                Ok::<_, RestoreError>((load_seconds, analyze))
-            };
-            // The drops are committed: a failed load leaves a half-restored target, marked
-            // `restoring`. Say so, and how to finish.
-            let (load_seconds, analyze) =
-                loaded.await.map_err(|source| RestoreError::HalfRestored {
-                    target: target.clone(),
-                    backup_id: input.backup_id.clone(),
-                    source: Box::new(source),
-                })?;
-            Ok(report(
-                plan,
-                true,
-                drop_seconds,
-                load_seconds,
-                analyze.as_secs_f64(),
-            ))
+            load_custom(&client, params, input, plan, path, drops, deadline).await
         }
         DbArchive::PlainSql(_) | DbArchive::Csv(_) => {
-            // One transaction: the drops, the dump (or the schema and the CSV files), the
-            // mark. An interruption changes nothing.
-            let path = input.archive.path();
-            let load_started = Instant::now();
-            let mut command = plan.command.clone();
-            let drop_sql = if drops.is_empty() {
-                "SELECT 1".to_owned()
-            } else {
-                drops.join("; ")
-            };
-            for (slot, sql) in [
-                (DROP_SLOT, drop_sql),
-                (MARK_SLOT, mark_sql(dbname, RESTORED, &input.backup_id)),
-            ] {
-                if let Some(arg) = command.iter_mut().find(|a| *a == slot) {
-                    *arg = sql;
-                }
-            }
-            run_tool(&command, params, path, deadline)
-                .await
-                .map_err(|source| RestoreError::RolledBack {
-                    target: target.clone(),
-                    source: Box::new(source),
-                })?;
-            let load_seconds = load_started.elapsed().as_secs_f64();
-            let analyze = super::analyze(params).await?;
-            Ok(report(plan, true, 0.0, load_seconds, analyze.as_secs_f64()))
+            load_in_one_transaction(params, input, plan, drops, deadline).await
         }
     }
+}
+
+/// A custom archive: the drops committed (the target marked `restoring`), then pg_restore,
+/// ANALYZE and the `restored` mark. A failed load leaves a half-restored target and says so.
+async fn load_custom(
+    client: &tokio_postgres::Client,
+    params: &ConnParams,
+    input: &DbRestoreInput,
+    plan: &DbRestorePlan,
+    path: &Path,
+    mut drops: Vec<String>,
+    deadline: Duration,
+) -> Result<LoadTimings, RestoreError> {
+    let (target, dbname) = (params.target(), &params.dbname);
+    // Everything before this point only read: the archive was proven intact and the target
+    // looked at. From here the target changes.
+    let drop_started = Instant::now();
+    drops.insert(0, mark_sql(dbname, RESTORING, &input.backup_id));
+    within(
+        deadline,
+        "postgres",
+        format!("dropping the objects of {target}"),
+        async {
+            client
+                .batch_execute(&format!("BEGIN; {}; COMMIT", drops.join("; ")))
+                .await
+                .map_err(RestoreError::query("drop the target's objects"))
+        },
+    )
+    .await?;
+    let drop = drop_started.elapsed().as_secs_f64();
+    let load_started = Instant::now();
+    let loaded = async {
+        run_tool(&plan.command, params, path, deadline).await?;
+        let load = load_started.elapsed().as_secs_f64();
+        // Before the mark: a database marked restored has its statistics.
+        let analyze = super::analyze(params).await?;
+        within(
+            deadline,
+            "postgres",
+            format!("marking {target} restored"),
+            async {
+                client
+                    .batch_execute(&mark_sql(dbname, RESTORED, &input.backup_id))
+                    .await
+                    .map_err(RestoreError::query("mark the database restored"))
+            },
+        )
+        .await?;
+        Ok::<_, RestoreError>((load, analyze))
+    };
+    // The drops are committed: a failed load leaves a half-restored target, marked
+    // `restoring`. Say so, and how to finish.
+    let (load, analyze) = loaded.await.map_err(|source| RestoreError::HalfRestored {
+        target: target.clone(),
+        backup_id: input.backup_id.clone(),
+        source: Box::new(source),
+    })?;
+    Ok(LoadTimings {
+        drop,
+        load,
+        analyze: analyze.as_secs_f64(),
+    })
+}
+
+/// Plain SQL or CSV: one transaction holds the drops, the dump (or the schema and the CSV
+/// files) and the mark, so an interruption changes nothing. Then ANALYZE.
+async fn load_in_one_transaction(
+    params: &ConnParams,
+    input: &DbRestoreInput,
+    plan: &DbRestorePlan,
+    drops: Vec<String>,
+    deadline: Duration,
+) -> Result<LoadTimings, RestoreError> {
+    let path = input.archive.path();
+    let load_started = Instant::now();
+    let mut command = plan.command.clone();
+    let drop_sql = if drops.is_empty() {
+        "SELECT 1".to_owned()
+    } else {
+        drops.join("; ")
+    };
+    for (slot, sql) in [
+        (DROP_SLOT, drop_sql),
+        (
+            MARK_SLOT,
+            mark_sql(&params.dbname, RESTORED, &input.backup_id),
+        ),
+    ] {
+        if let Some(arg) = command.iter_mut().find(|a| *a == slot) {
+            *arg = sql;
+        }
+    }
+    run_tool(&command, params, path, deadline)
+        .await
+        .map_err(|source| RestoreError::RolledBack {
+            target: params.target(),
+            source: Box::new(source),
+        })?;
+    let load = load_started.elapsed().as_secs_f64();
+    let analyze = super::analyze(params).await?;
+    Ok(LoadTimings {
+        drop: 0.0,
+        load,
+        analyze: analyze.as_secs_f64(),
+    })
 }
 
 /// Runs the load `command` (pg_restore or psql, its program first) against `params` within
