@@ -255,7 +255,11 @@ impl ArchiveFeed {
         let (tx, rx) = std::sync::mpsc::channel::<Msg>();
         let thread = std::thread::Builder::new()
             .name("backup-archive".to_owned())
-            .spawn(move || run_feed(rx, &dir, &name, sink, level, partial, encrypted))
+            .spawn(move || {
+                // Beside the custom dump (crate::process); its own thread.
+                let _ = crate::process::pin_to_background();
+                run_feed(rx, &dir, &name, sink, level, partial, encrypted)
+            })
             .map_err(BackupError::io("start the archive thread for", out))?;
         Ok(Self { tx, thread })
     }
@@ -382,6 +386,29 @@ impl TarFeed<'_> {
     /// changes size while read is an error.
     fn append(&mut self, rel: &str) -> Result<(), BackupError> {
         self.append_dirs(rel)?;
+        // A custom-format dump is compressed already (pg_dump -Fc): stored, not compressed
+        // again, it costs no CPU and the archive barely grows. It comes last on the backup's
+        // critical path, so its second compression would be waited for.
+        let stored = rel.ends_with(".dump");
+        let level = self.tar.get_ref().level;
+        if stored {
+            self.tar
+                .get_mut()
+                .set_level(flate2::Compression::none())
+                .map_err(BackupError::io("write", self.partial))?;
+        }
+        let appended = self.append_file(rel);
+        if stored {
+            self.tar
+                .get_mut()
+                .set_level(level)
+                .map_err(BackupError::io("write", self.partial))?;
+        }
+        appended
+    }
+
+    /// Appends the file `rel` itself (see [`TarFeed::append`]).
+    fn append_file(&mut self, rel: &str) -> Result<(), BackupError> {
         let path = self.dir.join(rel);
         let file = std::fs::File::open(&path).map_err(BackupError::io("open", &path))?;
         let meta = file.metadata().map_err(BackupError::io("stat", &path))?;
@@ -497,10 +524,23 @@ impl<W: Write> ParallelGz<W> {
         let piece = std::mem::replace(&mut self.buf, Vec::with_capacity(MEMBER));
         let level = self.level;
         self.in_flight.push_back(std::thread::spawn(move || {
+            // Beside the custom dump, which keeps a CPU of its own (crate::process); a thread
+            // of its own, so nothing to give back.
+            let _ = crate::process::pin_to_background();
             let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(piece.len() / 2), level);
             gz.write_all(&piece)?;
             gz.finish()
         }));
+        Ok(())
+    }
+
+    /// Compresses what comes next at `level`: what is buffered goes out first as a member of
+    /// its own at the level it was written with.
+    fn set_level(&mut self, level: flate2::Compression) -> std::io::Result<()> {
+        if level != self.level {
+            self.ship()?;
+            self.level = level;
+        }
         Ok(())
     }
 

@@ -101,15 +101,19 @@ impl PgSource {
         args: Vec<String>,
         what: &str,
         out: &Path,
+        background: bool,
     ) -> Result<(), BackupError> {
         match self {
             PgSource::Direct { params, tools } => {
                 let path = tools
                     .tool(program)
                     .map_err(BackupError::pg(format!("find {program}")))?;
-                let run = ToolRun::new(program, path, what)
+                let mut run = ToolRun::new(program, path, what)
                     .args(args)
                     .envs(params.libpq_env());
+                if background {
+                    run = run.background();
+                }
                 to_private_file(&run, out).await
             }
             PgSource::Kube(k) => {
@@ -466,6 +470,8 @@ impl Dumps<'_> {
                 args,
                 "dumping (custom format)",
                 &self.custom_path,
+                // The critical path: bound by its compression, it keeps the first CPU.
+                false,
             )
             .await?;
         self.out.done(&self.custom_rel);
@@ -478,7 +484,13 @@ impl Dumps<'_> {
         let args = vec!["--globals-only".to_owned()];
         let path = self.out.dir.join(GLOBALS_REL);
         self.source
-            .dump("pg_dumpall", args, "dumping roles (globals only)", &path)
+            .dump(
+                "pg_dumpall",
+                args,
+                "dumping roles (globals only)",
+                &path,
+                true,
+            )
             .await?;
         self.out.done(GLOBALS_REL);
         Ok(self
@@ -620,7 +632,7 @@ async fn dump_derived(
         let path = out.dir.join(&d.rel);
         async move {
             source
-                .dump("pg_dump", all, &format!("dumping {}", d.what), &path)
+                .dump("pg_dump", all, &format!("dumping {}", d.what), &path, true)
                 .await?;
             out.done(&d.rel);
             Ok::<_, BackupError>(())
@@ -693,6 +705,8 @@ async fn split_derived(
         out.dir.to_path_buf(),
     );
     tokio::task::spawn_blocking(move || {
+        // Beside the custom dump, which keeps a CPU of its own (crate::process).
+        let pinned = crate::process::pin_to_background();
         let outs: Vec<TableOut<'_>> = per_table
             .iter()
             .map(|(t, rel)| TableOut {
@@ -707,7 +721,9 @@ async fn split_derived(
                 path: dir.join(&c.file),
             })
             .collect();
-        split_plain(&plain, &data, &outs, &csv_outs, &sequences, &indexes)
+        let split = split_plain(&plain, &data, &outs, &csv_outs, &sequences, &indexes);
+        crate::process::restore_affinity(pinned);
+        split
     })
     .await
     .expect("split task does not panic")?;

@@ -19,8 +19,11 @@
 //! by the next run (see [`crate::keep`]), which also stops a PostgreSQL server that escaped
 //! (the harness killed in the instant between the fork and setpriv's `prctl`).
 
+mod affinity;
 mod tool;
 
+use affinity::pin_process_to_background;
+pub use affinity::{pin_to_background, restore_affinity};
 pub use tool::{ToolError, ToolRun, cause_lines, file_tail, tail, tool_version};
 
 use std::ffi::OsStr;

@@ -70,6 +70,8 @@ pub struct ToolRun {
     pub what: String,
     /// How long it may run.
     pub deadline: Option<Duration>,
+    /// Kept off the first CPU ([`super::pin_to_background`]): work beside a critical path.
+    pub background: bool,
 }
 
 /// Kills a run's whole process group when dropped before the run finished.
@@ -101,7 +103,15 @@ impl ToolRun {
             dir: None,
             what: what.into(),
             deadline: None,
+            background: false,
         }
+    }
+
+    /// Kept off the first CPU this process may use, beside a critical path that has it.
+    #[must_use]
+    pub fn background(mut self) -> Self {
+        self.background = true;
+        self
     }
 
     /// With these arguments too.
@@ -200,6 +210,11 @@ impl ToolRun {
             .stderr(Stdio::piped())
             .spawn_guarded()
             .map_err(self.spawn_error())?;
+        if self.background
+            && let Some(pid) = child.id()
+        {
+            super::pin_process_to_background(pid);
+        }
         let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
         let stderr_pipe = child.stderr.take();
         let finished = async {

@@ -10,7 +10,7 @@ pub(super) async fn back_up_cluster_a(
     config: &Config,
     run: &mut Run<'_>,
     state: &mut State,
-    a: &AnyCluster,
+    a: &impl Cluster,
     tools: &PgTools,
 ) -> anyhow::Result<(BackedUp, Option<crate::pitr::WalArchive>)> {
     run.phase("deploy", deploy(a, config)).await?;
@@ -84,7 +84,7 @@ pub(super) async fn back_up_cluster_a(
 /// PITR a stream of them (returned) that the load generator keeps company until the disaster.
 pub(super) async fn write_markers(
     run: &mut Run<'_>,
-    a: &AnyCluster,
+    a: &impl Cluster,
     config: &Config,
     backup: &BackupReport,
     wal: Option<&crate::pitr::WalArchive>,

@@ -7,7 +7,7 @@ use super::*;
 /// marker stream (the plan and that moment).
 pub(super) async fn prepare_cluster_b(
     run: &mut Run<'_>,
-    b: &AnyCluster,
+    b: &impl Cluster,
     config: &Config,
     tools: &PgTools,
     markers: Option<&crate::pitr::Markers>,

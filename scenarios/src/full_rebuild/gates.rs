@@ -8,7 +8,7 @@ use super::*;
 /// data with the backup.
 pub(super) async fn gates_on_b(
     scenario: Scenario,
-    b: &AnyCluster,
+    b: &impl Cluster,
     config: &Config,
     backup: &BackupReport,
     marker: &MarkerRow,
@@ -47,7 +47,7 @@ pub(super) fn record_service(state: &mut State, service: &Service) {
 /// The rollback decision over the gates, the health and load gates, the pods and the
 /// durations.
 pub(super) async fn decide(
-    b: &AnyCluster,
+    b: &impl Cluster,
     config: &Config,
     judged: Judged<'_>,
 ) -> anyhow::Result<Decision> {

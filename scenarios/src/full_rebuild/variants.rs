@@ -64,7 +64,7 @@ pub(super) async fn record_drift(
 pub(super) async fn rehearse_rollback(
     run: &mut Run<'_>,
     state: &mut State,
-    b: &AnyCluster,
+    b: &impl Cluster,
     config: &Config,
     tools: &PgTools,
     backup: &BackupReport,
