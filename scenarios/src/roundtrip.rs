@@ -10,7 +10,7 @@ use harness::backup::{self, BackupOptions, PgSource};
 use harness::data::{Post, User, load_rows};
 use harness::facts;
 use harness::pg::PostgresProvider;
-use harness::restore::{DbArchive, DbRestoreInput, DbRestoreOptions, restore_database};
+use harness::restore::{DbRestoreInput, DbRestoreOptions, restore_database};
 use harness::verify::{self, Verdict};
 
 /// The verdicts of one round trip.
@@ -66,17 +66,11 @@ pub async fn run<P: PostgresProvider>(
         .postgres
         .as_ref()
         .context("the backup has no PostgreSQL part")?;
+    let input = DbRestoreInput::custom_of(&report.dir, &report.manifest)
+        .context("the backup has no PostgreSQL part")?;
     let target = P::start(options())
         .await
         .context("start the target server")?;
-    let input = DbRestoreInput {
-        archive: DbArchive::Custom(report.dir.join(&pg.custom_dump)),
-        backup_id: report.manifest.name.clone(),
-        recorded_sha256: report
-            .manifest
-            .sha256_of(&pg.custom_dump)
-            .map(str::to_owned),
-    };
     restore_database(
         &tools,
         &target.params(),

@@ -98,6 +98,19 @@ fn not_a_backup(dir: &Path, detail: impl Into<String>) -> RestoreError {
     }
 }
 
+impl DbRestoreInput {
+    /// The custom archive of the backup in `dir` that `manifest` describes, with the digest
+    /// the manifest recorded for it; `None` when the backup has no PostgreSQL part.
+    pub fn custom_of(dir: &Path, manifest: &Manifest) -> Option<Self> {
+        let pg = manifest.postgres.as_ref()?;
+        Some(Self {
+            archive: DbArchive::Custom(dir.join(&pg.custom_dump)),
+            backup_id: manifest.name.clone(),
+            recorded_sha256: manifest.sha256_of(&pg.custom_dump).map(str::to_owned),
+        })
+    }
+}
+
 impl RestoreInputs {
     /// Reads the backup in `dir`, after the checks `rehearsal verify` makes before it restores
     /// anything (shared code): a completed backup (not `.partial`, no `FAILED.txt`), the

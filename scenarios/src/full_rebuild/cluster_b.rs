@@ -93,15 +93,8 @@ impl<C: Cluster> DataRestorer for ClusterData<'_, C> {
                 analyze
             }
             Scenario::FullRebuild | Scenario::Rollback => {
-                let input = DbRestoreInput {
-                    archive: DbArchive::Custom(self.backup.dir.join(&pg.custom_dump)),
-                    backup_id: self.backup.manifest.name.clone(),
-                    recorded_sha256: self
-                        .backup
-                        .manifest
-                        .sha256_of(&pg.custom_dump)
-                        .map(str::to_owned),
-                };
+                let input = DbRestoreInput::custom_of(&self.backup.dir, &self.backup.manifest)
+                    .context("no PostgreSQL part")?;
                 let report =
                     restore_database(self.tools, &db.params, &input, &DbRestoreOptions::default())
                         .await?;

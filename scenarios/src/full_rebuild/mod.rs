@@ -19,8 +19,8 @@ use harness::load::{HealthGate, LoadGate};
 use harness::pg::{LocalOptions, LocalPostgres, PgTools, PostgresProvider};
 use harness::report::{BackupEvidence, GateReport, LoadReport, Outcome, Report, TableReport};
 use harness::restore::{
-    DataRestorer, DbArchive, DbRestoreInput, DbRestoreOptions, KubeRestoreOptions, KubeRestorePlan,
-    MarkerRow, PlanRoles, restore_database, restore_kubernetes,
+    DataRestorer, DbRestoreInput, DbRestoreOptions, KubeRestoreOptions, KubeRestorePlan, MarkerRow,
+    PlanRoles, restore_database, restore_kubernetes,
 };
 use harness::verify::{
     self, Decision, Finding, FindingKind, Gate, HealthSample, PodObservation, RollbackInputs,

@@ -210,19 +210,8 @@ pub(super) async fn rollback_restore(
         .batch_execute("DROP DATABASE titanium WITH (FORCE)")
         .await?;
     admin.batch_execute("CREATE DATABASE titanium").await?;
-    let pg = backup
-        .manifest
-        .postgres
-        .as_ref()
-        .context("no PostgreSQL part")?;
-    let input = DbRestoreInput {
-        archive: DbArchive::Custom(backup.dir.join(&pg.custom_dump)),
-        backup_id: backup.manifest.name.clone(),
-        recorded_sha256: backup
-            .manifest
-            .sha256_of(&pg.custom_dump)
-            .map(str::to_owned),
-    };
+    let input =
+        DbRestoreInput::custom_of(&backup.dir, &backup.manifest).context("no PostgreSQL part")?;
     restore_database(tools, &db.params, &input, &DbRestoreOptions::default()).await?;
     Ok(())
 }
