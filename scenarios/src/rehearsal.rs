@@ -44,12 +44,16 @@ impl Rehearsal {
 
     /// Runs it and returns its report; a failed step is recorded in the report, never
     /// returned as an error.
+    ///
+    /// The scenario's future is large (every phase's state): it lives on the heap, so that a
+    /// caller polling it on a thread's default stack (the CLI's main thread, a debug build)
+    /// does not overflow it.
     pub async fn run(self, config: &Config, observer: &dyn Observer) -> Report {
         match self {
             Rehearsal::Rebuild(scenario) => {
-                full_rebuild::run_scenario(scenario, config, observer).await
+                Box::pin(full_rebuild::run_scenario(scenario, config, observer)).await
             }
-            Rehearsal::CronjobBackup => cronjob_backup::run(config, observer).await,
+            Rehearsal::CronjobBackup => Box::pin(cronjob_backup::run(config, observer)).await,
         }
     }
 }
