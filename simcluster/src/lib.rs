@@ -252,9 +252,36 @@ fn seed(
         "",
         json!({
             "metadata": {"name": "standard", "annotations": {"storageclass.kubernetes.io/is-default-class": "true"}},
-            "provisioner": "rancher.io/local-path",
+            "provisioner": controllers::workloads::snapshots::CSI_DRIVER,
             "reclaimPolicy": "Delete",
             "volumeBindingMode": "WaitForFirstConsumer",
+        }),
+    )?;
+    // The CSI snapshot API and a snapshot class for the CSI driver, as a managed cluster
+    // ships them.
+    let crds: Vec<Value> = serde_saphyr::from_multiple(include_str!("seed/snapshot-crds.yaml"))
+        .map_err(|e| Error::Seed {
+            what: "the snapshot CustomResourceDefinitions".into(),
+            source: Box::new(ApiError::internal(&e.to_string())),
+        })?;
+    for crd in crds.into_iter().filter(|d| !d.is_null()) {
+        seed_object(
+            store,
+            "apiextensions.k8s.io/v1",
+            "CustomResourceDefinition",
+            "",
+            crd,
+        )?;
+    }
+    seed_object(
+        store,
+        "snapshot.storage.k8s.io/v1",
+        "VolumeSnapshotClass",
+        "",
+        json!({
+            "metadata": {"name": controllers::workloads::snapshots::SNAPSHOT_CLASS},
+            "driver": controllers::workloads::snapshots::CSI_DRIVER,
+            "deletionPolicy": "Delete",
         }),
     )?;
     Ok(())

@@ -617,8 +617,11 @@ pub(crate) fn table(
         }))
         .collect();
     let custom_cols: Vec<&Value> = rt.printer_columns.iter().collect();
+    // A CRD with printer columns gets the name and exactly its columns (its own `Age` among
+    // them, usually); one without keeps the default name and age.
+    let own_columns = rt.custom && !custom_cols.is_empty();
     if rt.custom {
-        let age = defs.pop();
+        let age = defs.pop().filter(|_| !own_columns);
         for pc in &custom_cols {
             defs.push(json!({"name": pc.get("name").cloned().unwrap_or(json!("")), "type": pc.get("type").cloned().unwrap_or(json!("string")),
                 "format": "", "description": pc.get("description").cloned().unwrap_or(json!("")), "priority": pc.get("priority").cloned().unwrap_or(json!(0))}));
@@ -630,13 +633,19 @@ pub(crate) fn table(
         .map(|o| {
             let mut cs = cells(rt, o);
             if rt.custom {
-                let age = cs.pop();
+                let age = cs.pop().filter(|_| !own_columns);
                 for pc in &custom_cols {
                     let path = pc
                         .get("jsonPath")
                         .and_then(Value::as_str)
                         .unwrap_or_default();
-                    cs.push(json_path(o, path));
+                    let value = json_path(o, path);
+                    // Date columns print as ages, as the CRD table convertor prints them.
+                    let cell = match (pc.get("type").and_then(Value::as_str), value.as_str()) {
+                        (Some("date"), Some(t)) => json!(human_age(Some(t))),
+                        _ => value,
+                    };
+                    cs.push(cell);
                 }
                 cs.extend(age);
             }

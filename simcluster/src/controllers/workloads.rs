@@ -13,6 +13,7 @@ pub(crate) mod events;
 pub(crate) mod jobs;
 pub(crate) mod replicaset;
 pub(crate) mod services;
+pub(crate) mod snapshots;
 pub(crate) mod statefulset;
 pub(crate) mod volumes;
 
@@ -115,6 +116,7 @@ async fn run(ctx: Ctx, stop: CancellationToken) {
 
 /// One pass of every workload controller.
 pub(crate) fn reconcile(ctx: &Ctx) {
+    snapshots::reconcile(ctx);
     volumes::reconcile(ctx);
     deployment::reconcile(ctx);
     replicaset::reconcile(ctx);

@@ -1,9 +1,12 @@
-//! Dynamic provisioning: the default StorageClasses `local-path` (the default class, as on
-//! kind) and `standard`, each claim bound to a PersistentVolume backed by a directory under
-//! `<state_dir>/volumes/`, and that directory removed with the volume when its claim goes
-//! (reclaim policy `Delete`; the claim goes only when no running pod uses it, see the
-//! pvc-protection finalizer in `controllers`). A claim naming a missing class stays Pending with a Warning
-//! Event, as on a real cluster.
+//! Dynamic provisioning: the StorageClasses `standard` (the default class, served by the
+//! simulated CSI driver `hostpath.csi.k8s.io`, which also takes snapshots, see `snapshots`)
+//! and `local-path` (`rancher.io/local-path`, as on kind), each claim bound to a
+//! PersistentVolume backed by a directory under `<state_dir>/volumes/`, and that directory
+//! removed with the volume when its claim goes (reclaim policy `Delete`; the claim goes only
+//! when no running pod uses it, see the pvc-protection finalizer in `controllers`). A claim
+//! naming a missing class stays Pending with a Warning Event, as on a real cluster. The CSI
+//! driver provisions a claim whose `dataSource` is a VolumeSnapshot from the snapshot's copy;
+//! `local-path` has no notion of data sources and provisions an empty directory.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -11,11 +14,15 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::events::{EventKind, record};
+use super::snapshots::{self, CSI_DRIVER};
 use super::{Ctx, create, deleting, meta, modify, write_status};
 use crate::store::Store;
 
 /// The provisioner name written on the default classes.
 pub(crate) const PROVISIONER: &str = "rancher.io/local-path";
+
+/// The attribute of a CSI volume that names its host directory (the simulated driver's own).
+pub(crate) const CSI_PATH_ATTRIBUTE: &str = "simcluster.io/host-path";
 
 /// Create `local-path` and `standard` unless they exist; `local-path` is the default class
 /// unless another class already is.
@@ -54,8 +61,22 @@ pub(crate) fn claim_dir(store: &Store, ns: &str, claim: &str) -> Option<PathBuf>
         "",
         pvc.pointer("/spec/volumeName")?.as_str()?,
     )?;
+    volume_dir(&pv)
+}
+
+/// The host directory behind a PersistentVolume: a `hostPath` or `local` volume's path, or
+/// the directory of a volume of the simulated CSI driver.
+pub(crate) fn volume_dir(pv: &Value) -> Option<PathBuf> {
     pv.pointer("/spec/hostPath/path")
         .or_else(|| pv.pointer("/spec/local/path"))
+        .or_else(|| {
+            pv.pointer("/spec/csi")
+                .filter(|c| c.get("driver").and_then(Value::as_str) == Some(CSI_DRIVER))
+                .and_then(|c| {
+                    c.pointer("/volumeAttributes")
+                        .and_then(|a| a.get(CSI_PATH_ATTRIBUTE))
+                })
+        })
         .and_then(Value::as_str)
         .map(PathBuf::from)
 }
@@ -110,6 +131,31 @@ fn provision(ctx: &Ctx, pvc: &Value) {
     let Some((class, sc)) = provisioning_class(store, pvc) else {
         return;
     };
+    let provisioner = sc
+        .get("provisioner")
+        .and_then(Value::as_str)
+        .unwrap_or(PROVISIONER)
+        .to_owned();
+    // The CSI driver restores a snapshot named as the claim's data source; it must be ready
+    // before anything is provisioned (the claim stays Pending and is retried).
+    let source = if provisioner == CSI_DRIVER {
+        match snapshots::restore_source(store, &ctx.cfg.state_dir, pvc) {
+            Ok(source) => source,
+            Err(why) => {
+                record(
+                    store,
+                    pvc,
+                    EventKind::Warning,
+                    "ProvisioningFailed",
+                    &format!("failed to provision volume with StorageClass \"{class}\": {why}"),
+                    &provisioner,
+                );
+                return;
+            }
+        }
+    } else {
+        None
+    };
     if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
         && !has_consumer(store, ns, name)
     {
@@ -129,23 +175,41 @@ fn provision(ctx: &Ctx, pvc: &Value) {
         .state_dir
         .join("volumes")
         .join(format!("{ns}_{name}_{pv_name}"));
-    if let Err(e) = std::fs::create_dir_all(&dir) {
+    let made = std::fs::create_dir_all(&dir).and_then(|()| match &source {
+        Some(from) => snapshots::copy_tree(from, &dir),
+        None => Ok(()),
+    });
+    if let Err(e) = made {
         record(
             store,
             pvc,
             EventKind::Warning,
             "ProvisioningFailed",
             &format!("cannot create {}: {e}", dir.display()),
-            "persistentvolume-controller",
+            &provisioner,
         );
+        // A half-made copy must not be taken for a volume on the next attempt.
+        if let Err(e) = std::fs::remove_dir_all(&dir) {
+            tracing::warn!(path = %dir.display(), error = %e, "removing a failed volume failed");
+        }
         return;
     }
-    let pv = json!({
+    let source_spec = if provisioner == CSI_DRIVER {
+        json!({"csi": {
+            "driver": CSI_DRIVER,
+            "volumeHandle": meta(pvc, "uid"),
+            "fsType": "ext4",
+            "volumeAttributes": {CSI_PATH_ATTRIBUTE: dir.to_string_lossy()},
+        }})
+    } else {
+        json!({"hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"}})
+    };
+    let mut pv = json!({
         "apiVersion": "v1",
         "kind": "PersistentVolume",
         "metadata": {
             "name": pv_name,
-            "annotations": {"pv.kubernetes.io/provisioned-by": PROVISIONER},
+            "annotations": {"pv.kubernetes.io/provisioned-by": provisioner},
         },
         "spec": {
             "capacity": {"storage": pvc.pointer("/spec/resources/requests/storage").cloned().unwrap_or(json!("1Gi"))},
@@ -153,10 +217,12 @@ fn provision(ctx: &Ctx, pvc: &Value) {
             "persistentVolumeReclaimPolicy": sc.get("reclaimPolicy").cloned().unwrap_or(json!("Delete")),
             "storageClassName": class,
             "volumeMode": "Filesystem",
-            "hostPath": {"path": dir.to_string_lossy(), "type": "DirectoryOrCreate"},
             "claimRef": {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "namespace": ns, "name": name, "uid": meta(pvc, "uid")},
         },
     });
+    if let (Some(spec), Some(extra)) = (pv["spec"].as_object_mut(), source_spec.as_object()) {
+        spec.extend(extra.clone());
+    }
     let pv = match store.get("/persistentvolumes", "", &pv_name) {
         Some(pv) => Some(pv),
         None => create(store, "/persistentvolumes", "", pv).map(std::sync::Arc::new),
@@ -168,7 +234,7 @@ fn provision(ctx: &Ctx, pvc: &Value) {
             EventKind::Normal,
             "ProvisioningSucceeded",
             &format!("Successfully provisioned volume {pv_name}"),
-            PROVISIONER,
+            &provisioner,
         );
         bind(store, pvc, &pv);
     }
@@ -206,7 +272,10 @@ fn provisioning_class(store: &Store, pvc: &Value) -> Option<(String, Arc<Value>)
         );
         return None;
     };
-    if sc.get("provisioner").and_then(Value::as_str) != Some(PROVISIONER) {
+    if !matches!(
+        sc.get("provisioner").and_then(Value::as_str),
+        Some(PROVISIONER | CSI_DRIVER)
+    ) {
         record(
             store,
             pvc,
@@ -260,7 +329,7 @@ fn release(ctx: &Ctx, pv: &Value) {
     let ours = pv
         .pointer("/metadata/annotations/pv.kubernetes.io~1provisioned-by")
         .and_then(Value::as_str)
-        == Some(PROVISIONER);
+        .is_some_and(|p| p == PROVISIONER || p == CSI_DRIVER);
     if policy == "Delete" && ours {
         // Released first: the pv-protection finalizer holds a `Bound` volume.
         write_status(
@@ -269,8 +338,7 @@ fn release(ctx: &Ctx, pv: &Value) {
             pv,
             json!({"phase": "Released"}),
         );
-        if let Some(path) = pv.pointer("/spec/hostPath/path").and_then(Value::as_str) {
-            let path = PathBuf::from(path);
+        if let Some(path) = volume_dir(pv) {
             // Only ever remove directories this provisioner created.
             if path.starts_with(ctx.cfg.state_dir.join("volumes"))
                 && let Err(e) = std::fs::remove_dir_all(&path)
