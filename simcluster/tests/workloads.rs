@@ -96,6 +96,12 @@ impl Env {
         })
     }
 
+    /// [`Env::kubectl`] with owned arguments.
+    async fn kubectl_v(&self, args: &[String]) -> Result<String> {
+        self.kubectl(&args.iter().map(String::as_str).collect::<Vec<_>>())
+            .await
+    }
+
     /// kubectl that must succeed; its stdout.
     async fn kubectl(&self, args: &[&str]) -> Result<String> {
         let out = self.kubectl_in(args, None).await?;
@@ -1048,6 +1054,132 @@ spec:
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         Ok(())
+    })
+    .await
+}
+
+/// A VolumeSnapshot of `claim` in namespace `db` (class `csi-snapclass` unless `class` says).
+fn snapshot(name: &str, claim: &str, class: &str) -> String {
+    format!(
+        "apiVersion: snapshot.storage.k8s.io/v1\nkind: VolumeSnapshot\nmetadata: {{name: {name}, namespace: db}}\n\
+         spec: {{volumeSnapshotClassName: {class}, source: {{persistentVolumeClaimName: {claim}}}}}\n"
+    )
+}
+
+/// A claim in `db` provisioned from the snapshot `from`, and a PostgreSQL pod on it.
+fn restored(name: &str, from: &str, size: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: {name}, namespace: db}}
+spec:
+  dataSource: {{name: {from}, kind: VolumeSnapshot, apiGroup: snapshot.storage.k8s.io}}
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: {size}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: db, labels: {{app: {name}}}}}
+spec:
+  containers:
+    - name: postgresql
+      image: postgres:15-alpine
+      env:
+        - {{name: POSTGRES_PASSWORD, value: unused}}
+        - {{name: PGDATA, value: /var/lib/postgresql/data/pgdata}}
+      volumeMounts: [{{name: data, mountPath: /var/lib/postgresql/data}}]
+      readinessProbe:
+        exec: {{command: ["pg_isready", "-U", "postgres", "-h", "127.0.0.1"]}}
+        periodSeconds: 2
+  volumes: [{{name: data, persistentVolumeClaim: {{claimName: {name}}}}}]
+"#
+    )
+}
+
+fn jsonpath(kind: &str, name: &str, path: &str) -> Vec<String> {
+    [
+        "get",
+        kind,
+        name,
+        "-n",
+        "db",
+        "-o",
+        &format!("jsonpath={path}"),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volume_snapshots_are_crash_consistent_and_fail_as_on_a_real_cluster() -> Result<()> {
+    bounded(async move {
+    let env = Env::start().await?;
+    // The claim on the CSI driver's class, which takes snapshots.
+    env.apply(&POSTGRES.replace("storageClassName: local-path", "storageClassName: standard")).await?;
+    wait_postgres_ready(&env).await?;
+
+    // Errors, as the real snapshot controller writes them.
+    env.apply("apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {name: plain, namespace: db}\nspec: {storageClassName: local-path, accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Mi}}}\n").await?;
+    env.until(&["get", "pvc", "plain", "-n", "db", "-o", "jsonpath={.status.phase}"], Duration::from_secs(20), |s| s == "Bound").await?;
+    env.apply(&snapshot("no-class", "data-postgresql-0", "nope")).await?;
+    env.apply(&snapshot("no-claim", "missing", "csi-snapclass")).await?;
+    env.apply(&snapshot("not-csi", "plain", "csi-snapclass")).await?;
+    for (name, want) in [
+        ("no-class", r#"volumesnapshotclass.snapshot.storage.k8s.io "nope" not found"#),
+        ("no-claim", "failed to retrieve PVC missing"),
+        ("not-csi", "snapshotting non-CSI volumes is not supported, snapshot:db/not-csi"),
+    ] {
+        let path = jsonpath("volumesnapshot", name, "{.status.readyToUse} {.status.error.message}");
+        env.until(&path.iter().map(String::as_str).collect::<Vec<_>>(), Duration::from_secs(20), |s| s.starts_with("false ") && s.contains(want)).await?;
+    }
+
+    // A claim from a snapshot that does not exist yet waits, and says why.
+    env.apply(&restored("early", "later", "1Gi")).await?;
+    env.until(&["get", "events", "-n", "db", "--field-selector", "involvedObject.name=early,reason=ProvisioningFailed", "-o", "jsonpath={.items[*].message}"],
+        Duration::from_secs(20), |s| s.contains(r#"volumesnapshots.snapshot.storage.k8s.io "later" not found"#)).await?;
+
+    // Under write load: a writer commits one row per transaction while the snapshot is taken.
+    env.kubectl(&psql("CREATE TABLE ticks (n int PRIMARY KEY)")).await?;
+    let writer = env.kubectl_in(&["exec", "-n", "db", "postgresql-0", "--", "psql", "-U", "postgres", "-d", "titanium", "-c",
+        "DO $$ BEGIN FOR i IN 1..4000 LOOP INSERT INTO ticks VALUES (i); COMMIT; END LOOP; END $$"], None);
+    let snap = async {
+        env.until(&psql("SELECT count(*) > 200 FROM ticks"), Duration::from_secs(60), |s| s.trim() == "t").await?;
+        env.apply(&snapshot("later", "data-postgresql-0", "csi-snapclass")).await?;
+        env.until(&jsonpath("volumesnapshot", "later", "{.status.readyToUse}").iter().map(String::as_str).collect::<Vec<_>>(),
+            Duration::from_secs(30), |s| s == "true").await
+    };
+    let (written, snapped) = tokio::join!(writer, snap);
+    snapped?;
+    ensure!(written?.ok, "the writer failed");
+    let size = env.kubectl_v(&jsonpath("volumesnapshot", "later", "{.status.restoreSize}")).await?;
+    ensure!(size == "1Gi", "restoreSize {size}");
+
+    // The waiting claim is provisioned once the snapshot is ready; the server recovers.
+    env.eventually(&["wait", "-n", "db", "--for=condition=ready", "pod/early", "--timeout=60s"], Duration::from_secs(90)).await?;
+    let logs = env.kubectl(&["logs", "-n", "db", "early"]).await?;
+    ensure!(logs.contains("automatic recovery in progress"), "no crash recovery: {logs}");
+    let q = |sql: &str| ["exec", "-n", "db", "early", "--", "psql", "-U", "postgres", "-d", "titanium", "-tAc", sql].map(str::to_owned).to_vec();
+    // Every committed row up to some point, none after: one instant of the volume.
+    let got = env.kubectl_v(&q("SELECT count(*), coalesce(max(n), 0), count(*) = coalesce(max(n), 0) FROM ticks")).await?;
+    let fields: Vec<&str> = got.trim().split('|').collect();
+    ensure!(fields.get(2) == Some(&"t"), "rows missing before the last committed one: {got}");
+    let n: u32 = fields[0].parse()?;
+    ensure!(n > 200 && n <= 4000, "the snapshot holds {n} ticks");
+    let digest = "SELECT md5(string_agg(id::text || ':' || md5(body), ',' ORDER BY id)) FROM posts";
+    ensure!(env.kubectl_v(&q(digest)).await? == env.kubectl(&psql(digest)).await?, "posts differ from the source");
+
+    // A claim smaller than the snapshot is refused.
+    env.apply(&restored("small", "later", "1Mi")).await?;
+    env.until(&["get", "events", "-n", "db", "--field-selector", "involvedObject.name=small,reason=ProvisioningFailed", "-o", "jsonpath={.items[*].message}"],
+        Duration::from_secs(20), |s| s.contains("is less than the size 1073741824 for the source snapshot later")).await?;
+
+    // Deleting the snapshot removes its content and its copy.
+    env.kubectl(&["delete", "volumesnapshot", "-n", "db", "later"]).await?;
+    env.until(&["get", "volumesnapshotcontents", "-o", "name"], Duration::from_secs(20), |s| s.trim().is_empty()).await?;
+    let left: Vec<_> = std::fs::read_dir(env.dir.path().join("state/snapshots"))?.collect();
+    ensure!(left.is_empty(), "snapshot copies left: {left:?}");
+    env.stop().await
     })
     .await
 }

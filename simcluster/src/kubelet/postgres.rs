@@ -287,6 +287,7 @@ pub(crate) async fn initialize(
     let mut log_w = log;
     prepare_dirs(plan)?;
     if plan.data.join("PG_VERSION").exists() {
+        clear_foreign_lock(&plan.data, log)?;
         let _ = writeln!(
             log_w,
             "\nPostgreSQL Database directory appears to contain a database; Skipping initialization\n"
@@ -311,6 +312,40 @@ pub(crate) async fn initialize(
     let _ = writeln!(
         log_w,
         "\nPostgreSQL init process complete; ready for start up.\n"
+    );
+    Ok(())
+}
+
+/// Removes a `postmaster.pid` left by a server of another data directory: a volume restored
+/// from a snapshot of a running server carries its lock file, whose process is, in the
+/// container's own PID namespace on a real node, not there. Pods here share the host's PID
+/// namespace, so the recorded process may be alive, serving the snapshot's source; PostgreSQL
+/// would then refuse to start. A lock held by a live server of this very directory stays,
+/// and PostgreSQL refuses to start, as it must.
+fn clear_foreign_lock(data: &Path, log: &std::fs::File) -> Result<(), String> {
+    let lock = data.join("postmaster.pid");
+    let Ok(text) = std::fs::read_to_string(&lock) else {
+        return Ok(());
+    };
+    let pid = text
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse::<u32>().ok());
+    let holder_dir = pid.and_then(|p| std::fs::read_link(format!("/proc/{p}/cwd")).ok());
+    let ours = match (&holder_dir, data.canonicalize()) {
+        (Some(cwd), Ok(dir)) => *cwd == dir,
+        _ => false,
+    };
+    if ours {
+        return Ok(());
+    }
+    std::fs::remove_file(&lock).map_err(|e| format!("remove {}: {e}", lock.display()))?;
+    let mut log_w = log;
+    let _ = writeln!(
+        log_w,
+        "removed the stale lock file postmaster.pid (process {} is not this data directory's \
+         server)",
+        pid.map_or_else(|| "?".to_owned(), |p| p.to_string())
     );
     Ok(())
 }
