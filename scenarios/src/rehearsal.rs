@@ -20,13 +20,15 @@ pub enum Rehearsal {
 
 impl Rehearsal {
     /// Every rehearsal, in the order `rehearsal run --help` lists them.
-    pub const ALL: [Rehearsal; 6] = [
+    pub const ALL: [Rehearsal; 8] = [
         Rehearsal::Rebuild(Scenario::FullRebuild),
         Rehearsal::Rebuild(Scenario::TableRestore),
         Rehearsal::Rebuild(Scenario::Rollback),
         Rehearsal::Rebuild(Scenario::SchemaDrift),
         Rehearsal::CronjobBackup,
         Rehearsal::Rebuild(Scenario::Pitr),
+        Rehearsal::Rebuild(Scenario::SnapshotRestore),
+        Rehearsal::Rebuild(Scenario::SnapshotUnderLoad),
     ];
 
     /// The name the command line and the reports use (`full_rebuild`, `cronjob_backup`, ...).
@@ -79,7 +81,9 @@ mod tests {
                 "rollback",
                 "schema_drift",
                 "cronjob_backup",
-                "pitr"
+                "pitr",
+                "snapshot_restore",
+                "snapshot_under_load"
             ]
         );
         for r in Rehearsal::ALL {

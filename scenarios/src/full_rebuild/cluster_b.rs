@@ -92,6 +92,11 @@ impl<C: Cluster> DataRestorer for ClusterData<'_, C> {
                 self.recovery = Some(recovery);
                 analyze
             }
+            Scenario::SnapshotRestore | Scenario::SnapshotUnderLoad => {
+                return Err(
+                    "the snapshot scenarios restore on cluster A by rollback option 3".into(),
+                );
+            }
             Scenario::FullRebuild | Scenario::Rollback => {
                 let input = DbRestoreInput::custom_of(&self.backup.dir, &self.backup.manifest)
                     .context("no PostgreSQL part")?;

@@ -149,6 +149,23 @@ pub(super) async fn run_gates(
     config: &Config,
     resume_writer: bool,
 ) -> anyhow::Result<Gates> {
+    run_gates_expecting(cluster, backup, marker, config, resume_writer, &|_, _| {}).await
+}
+
+/// The Kubernetes objects a scenario changes on purpose: `(backed up, restored)` adjusted
+/// before the objects gate compares them.
+pub(super) type ExpectedChanges =
+    dyn Fn(&mut Vec<serde_json::Value>, &mut Vec<serde_json::Value>) + Sync;
+
+/// [`run_gates`] with the objects gate comparing after `expected` adjusted both sides.
+pub(super) async fn run_gates_expecting(
+    cluster: &impl Cluster,
+    backup: &BackupReport,
+    marker: Option<&MarkerRow>,
+    config: &Config,
+    resume_writer: bool,
+    expected: &ExpectedChanges,
+) -> anyhow::Result<Gates> {
     let manifest = &backup.manifest;
     let pg = manifest.postgres.as_ref().context("no PostgreSQL part")?;
     let db = titanium::database(cluster).await?;
@@ -228,8 +245,9 @@ pub(super) async fn run_gates(
             client: cluster.client().await?,
             namespace: NAMESPACE.into(),
         };
-        let (restored, _) =
+        let (mut restored, _) =
             backup::clean::clean_objects(&backup::list_namespace(&source).await?.objects);
+        expected(&mut backed_up, &mut restored);
         verdicts.push(verify::kubernetes_objects(&backed_up, &restored));
     }
     Ok(Gates { verdicts, tables })

@@ -33,6 +33,7 @@ use crate::titanium::{self, LOAD_GENERATOR, NAMESPACE, PG_POD, REDIS};
 mod cluster_a;
 mod cluster_b;
 mod gates;
+mod snapshot;
 mod variants;
 
 use cluster_a::*;
@@ -113,11 +114,36 @@ pub enum Scenario {
     /// backup, a marker stream; cluster B's database recovered to a moment in the stream, the
     /// markers proved row by row, the RPO measured by a recovery to the archive's end.
     Pitr,
+    /// The runbook's physical path on one cluster (see `snapshot.rs`): a VolumeSnapshot
+    /// (1.2A), the database destroyed, rollback option 3 (a claim from the snapshot, the
+    /// StatefulSet patched onto it), every data gate.
+    SnapshotRestore,
+    /// `SnapshotRestore` with the snapshot taken under write load: crash recovery must bring
+    /// back exactly the rows committed up to one instant.
+    SnapshotUnderLoad,
 }
 
 impl Scenario {
     fn has_phase(self, phase: &str) -> bool {
+        if self.is_snapshot() {
+            return match phase {
+                "start-writer" | "stop-writer" | "snapshot-consistency" => {
+                    self == Scenario::SnapshotUnderLoad
+                }
+                "create-cluster-a" | "deploy" | "seed" | "preflight" | "start-load" | "backup"
+                | "verify-backup" | "volume-snapshot" | "marker" | "destroy-database"
+                | "restore" | "resume-writers" | "gates" | "resume-load" | "health-and-load"
+                | "decide" => true,
+                _ => false,
+            };
+        }
         match phase {
+            "start-writer"
+            | "stop-writer"
+            | "snapshot-consistency"
+            | "volume-snapshot"
+            | "destroy-database"
+            | "resume-writers" => false,
             "inject-defect"
             | "gates-reject-defect"
             | "rollback-restore"
@@ -132,13 +158,24 @@ impl Scenario {
     }
 
     /// Every scenario with its name.
-    pub const ALL: [(&'static str, Scenario); 5] = [
+    pub const ALL: [(&'static str, Scenario); 7] = [
         ("full_rebuild", Scenario::FullRebuild),
         ("table_restore", Scenario::TableRestore),
         ("rollback", Scenario::Rollback),
         ("schema_drift", Scenario::SchemaDrift),
         ("pitr", Scenario::Pitr),
+        ("snapshot_restore", Scenario::SnapshotRestore),
+        ("snapshot_under_load", Scenario::SnapshotUnderLoad),
     ];
+
+    /// Whether the scenario restores from a VolumeSnapshot (one cluster; it needs the CSI
+    /// snapshot API and a driver that takes snapshots of the database's claim).
+    pub fn is_snapshot(self) -> bool {
+        matches!(
+            self,
+            Scenario::SnapshotRestore | Scenario::SnapshotUnderLoad
+        )
+    }
 
     /// The scenario's name.
     pub fn name(self) -> &'static str {
@@ -156,7 +193,7 @@ const DRIFT_FROM: &str = "title VARCHAR(200)";
 const DRIFT_TO: &str = "title VARCHAR(300)";
 
 /// The phases of `full_rebuild`, in order.
-pub const PHASES: [&str; 26] = [
+pub const PHASES: [&str; 33] = [
     "create-cluster-a",
     "deploy",
     "seed",
@@ -166,15 +203,22 @@ pub const PHASES: [&str; 26] = [
     "backup",
     "base-backup",
     "verify-backup",
+    "start-writer",
+    "volume-snapshot",
     "marker",
     "marker-stream",
+    "stop-writer",
+    "destroy-database",
     "destroy-cluster-a",
     "seal-wal-archive",
     "create-cluster-b",
     "deploy-infrastructure",
     "plan-recovery",
     "restore",
+    "resume-writers",
     "gates",
+    "snapshot-consistency",
+    "resume-load",
     "recover-to-latest",
     "inject-defect",
     "gates-reject-defect",
@@ -284,6 +328,13 @@ async fn steps(
     clusters: &mut Clusters,
 ) -> anyhow::Result<()> {
     let tools = PgTools::discover()?;
+    if scenario.is_snapshot() {
+        // Its own future on the heap: the spine's is already large.
+        return Box::pin(snapshot::steps(
+            scenario, config, run, state, clusters, &tools,
+        ))
+        .await;
+    }
     let a = clusters.a.insert(
         run.phase("create-cluster-a", config.provider.create())
             .await?,
