@@ -450,6 +450,7 @@ pub(crate) async fn backup(args: crate::BackupArgs) -> anyhow::Result<i32> {
             });
         }
     }
+    options.physical = args.physical;
     let report = backup::backup(&options).await?;
     print_backup(&report);
     Ok(exit_codes::OK)
@@ -502,12 +503,17 @@ pub(crate) async fn verify(args: crate::VerifyArgs) -> anyhow::Result<i32> {
     let report = harness::backup::verify_backup(&args.backup, &options).await?;
     scratch.stop().await?;
     println!(
-        "{}: {} files, {} tables checked{}",
+        "{}: {} files, {} tables checked{}{}",
         report.backup.display(),
         report.files_checked,
         report.tables_checked,
         if report.redis_checked {
             ", redis checked"
+        } else {
+            ""
+        },
+        if report.physical_checked {
+            ", physical copy started and compared"
         } else {
             ""
         }

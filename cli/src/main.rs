@@ -257,6 +257,10 @@ struct BackupArgs {
     /// Scale the namespace's Deployments (except --keep-running) to zero before the snapshot.
     #[arg(long)]
     quiesce: bool,
+    /// Also take a physical copy of the server (pg_basebackup in the pod: the runbook's 1.2B,
+    /// consistent); `verify` starts a server on it. Needs --quiesce.
+    #[arg(long, requires = "quiesce")]
+    physical: bool,
     /// Deployments left running by --quiesce.
     #[arg(long, default_value = "prod-redis-deployment", value_parser = validate::object_name, requires = "quiesce")]
     keep_running: Vec<String>,

@@ -1613,6 +1613,64 @@ async fn through_kubernetes_exec_and_port_forward_on_the_simulated_cluster() -> 
     let v = verify_backup(&report.dir, &verify_options(&scratch)).await?;
     assert!(v.passed, "verify: {}", first(&v));
     assert_eq!((v.tables_checked, v.redis_checked), (2, true));
+    assert!(!v.physical_checked, "no physical copy was asked for");
+
+    // The physical copy (runbook 1.2B done consistently) needs quiesced writers, checked
+    // before anything is written.
+    opts.redis = None;
+    opts.physical = true;
+    opts.name = Some("physical-unquiesced".to_owned());
+    let err = backup(&opts)
+        .await
+        .expect_err("a physical backup without quiesce");
+    assert!(
+        err.to_string()
+            .contains("needs a PostgreSQL source and quiesced writers"),
+        "{err}"
+    );
+    assert!(
+        std::fs::read_dir(dest.path())?.flatten().all(|e| !e
+            .file_name()
+            .to_string_lossy()
+            .starts_with("physical-unquiesced")),
+        "the refused backup wrote something"
+    );
+    opts.quiesce = Some(harness::backup::QuiesceOptions::default());
+    opts.name = Some("physical".to_owned());
+    let report = backup(&opts).await.context("backup with a physical copy")?;
+    let physical = report
+        .manifest
+        .postgres
+        .as_ref()
+        .and_then(|pg| pg.physical.clone())
+        .context("the manifest records the physical copy")?;
+    assert_eq!(physical.file, harness::backup::PHYSICAL_TAR);
+    assert_private(&report.dir.join(&physical.file));
+    let v = verify_backup(&report.dir, &verify_options(&scratch)).await?;
+    assert!(v.passed, "verify: {}", first(&v));
+    assert!(
+        v.physical_checked,
+        "a server was started on the physical copy"
+    );
+
+    // A damaged copy is a finding of its own.
+    let damaged = dest.path().join("physical-damaged");
+    copy_dir(&report.dir, &damaged)?;
+    let tar = damaged.join(&physical.file);
+    let len = std::fs::metadata(&tar)?.len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&tar)?
+        .set_len(len / 2)?;
+    let v = verify_backup(&damaged, &verify_options(&scratch)).await?;
+    assert!(!v.passed && !v.physical_checked);
+    assert!(
+        v.findings
+            .iter()
+            .any(|f| f.check == format!("physical copy {}", physical.file)),
+        "{:?}",
+        v.findings
+    );
     sim.shutdown().await?;
     Ok(())
 }

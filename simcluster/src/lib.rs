@@ -262,7 +262,7 @@ fn seed(
     let crds: Vec<Value> = serde_saphyr::from_multiple(include_str!("seed/snapshot-crds.yaml"))
         .map_err(|e| Error::Seed {
             what: "the snapshot CustomResourceDefinitions".into(),
-            source: Box::new(ApiError::internal(&e.to_string())),
+            source: Box::new(ApiError::internal(e.to_string())),
         })?;
     for crd in crds.into_iter().filter(|d| !d.is_null()) {
         seed_object(

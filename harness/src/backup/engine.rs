@@ -69,6 +69,17 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
     {
         return Err(BackupError::NothingToBackUp);
     }
+    if options.physical && options.postgres.is_none() {
+        return Err(BackupError::PhysicalNeeds {
+            why: "no PostgreSQL source",
+        });
+    }
+    if options.physical && options.quiesce.is_none() {
+        return Err(BackupError::PhysicalNeeds {
+            why: "writers not quiesced: the copy could hold other data than the snapshot the \
+                  manifest's counts and digests describe",
+        });
+    }
     let origin = Instant::now();
     let started_at = chrono::Utc::now();
     let name = options
@@ -220,12 +231,18 @@ async fn collect(
     };
     let postgres = async {
         match (&options.postgres, &local_tools) {
-            (Some(source), Some(local)) => {
-                backup_postgres(source, local, options.plain_from, dir, origin, feed)
-                    .instrument(tracing::info_span!("postgres", source = %source.describe()))
-                    .await
-                    .map(Some)
-            }
+            (Some(source), Some(local)) => backup_postgres(
+                source,
+                local,
+                options.plain_from,
+                options.physical,
+                dir,
+                origin,
+                feed,
+            )
+            .instrument(tracing::info_span!("postgres", source = %source.describe()))
+            .await
+            .map(Some),
             _ => Ok(None),
         }
     };

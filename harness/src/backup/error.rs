@@ -44,6 +44,13 @@ pub enum BackupError {
     )]
     NothingToBackUp,
 
+    /// A physical backup was asked for without what it needs.
+    #[error("a physical backup needs a PostgreSQL source and quiesced writers (--quiesce): {why}")]
+    PhysicalNeeds {
+        /// What is missing.
+        why: &'static str,
+    },
+
     /// A PostgreSQL connection or query failed (unreachable, authentication failed, ...).
     #[error("postgres: {what}")]
     Postgres {

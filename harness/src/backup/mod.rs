@@ -38,6 +38,7 @@ mod kubernetes;
 mod manifest;
 mod name;
 mod offsite;
+mod physical;
 mod postgres;
 mod redis;
 mod split;
@@ -59,6 +60,7 @@ pub use kubernetes::{
 pub use manifest::{FileEntry, MANIFEST_JSON, MANIFEST_SHA256, MANIFEST_TXT, Manifest, StepTiming};
 pub use name::check_name;
 pub use offsite::{OffsiteCopy, OffsiteTarget, S3Target, copy_offsite};
+pub use physical::{PHYSICAL_TAR, PhysicalBackup};
 pub use postgres::{KubePostgres, PgManifest, PgSource};
 pub use redis::{MAX_NAMED_KEYS, RedisManifest, RedisSource, dataset_facts, key_label, rdb_facts};
 // The restore's RDB replay reads the keyspace exactly as the digest does.
@@ -117,6 +119,10 @@ pub struct BackupOptions {
     pub encryption: Option<EncryptionKey>,
     /// Copy the archive to these targets.
     pub offsite: Vec<OffsiteTarget>,
+    /// Also take a physical copy of the PostgreSQL server (`pg_basebackup`, runbook 1.2B done
+    /// consistently); needs `postgres` and `quiesce`, so that the copy holds the data the
+    /// logical snapshot recorded.
+    pub physical: bool,
 }
 
 impl BackupOptions {
@@ -137,6 +143,7 @@ impl BackupOptions {
             compression_level: 1,
             encryption: None,
             offsite: Vec::new(),
+            physical: false,
         }
     }
 }

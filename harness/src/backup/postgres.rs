@@ -62,6 +62,14 @@ impl PgSource {
         }
     }
 
+    /// The user the session and the tools connect as.
+    pub fn user(&self) -> &str {
+        match self {
+            PgSource::Direct { params, .. } => &params.user,
+            PgSource::Kube(k) => &k.user,
+        }
+    }
+
     /// Where it is, for messages and the manifest (never a password).
     pub fn describe(&self) -> String {
         match self {
@@ -95,7 +103,7 @@ impl PgSource {
 
     /// Runs `program` (pg_dump, pg_dumpall) against the source with `args` (no connection
     /// options: they are added here) and streams its output into `out`.
-    async fn dump(
+    pub(super) async fn dump(
         &self,
         program: &str,
         args: Vec<String>,
@@ -216,6 +224,9 @@ pub struct PgManifest {
     pub globals: String,
     /// How the plain, schema, data and per-table files were made.
     pub derived_from: String,
+    /// The physical copy (`pg_basebackup`), when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub physical: Option<super::physical::PhysicalBackup>,
 }
 
 pub(crate) struct PgOutcome {
@@ -340,6 +351,7 @@ pub(crate) async fn backup_postgres(
     source: &PgSource,
     local: &PgTools,
     plain_from: PlainFrom,
+    physical: bool,
     dir: &Path,
     origin: Instant,
     feed: Option<&ArchiveFeed>,
@@ -406,6 +418,16 @@ pub(crate) async fn backup_postgres(
         PlainFrom::Archive => steps.push(dumps.derive_from_archive(local).await?),
     }
     let derived_from = dumps.derived_from(plain_from);
+    // The physical copy after the logical one, with the writers still quiesced.
+    let physical = if physical {
+        let started = Instant::now();
+        let taken = Box::pin(super::physical::take(source, dir)).await?;
+        out.done(&taken.file);
+        steps.push(out.step("postgres: physical backup (pg_basebackup)", started));
+        Some(taken)
+    } else {
+        None
+    };
 
     Ok(PgOutcome {
         manifest: PgManifest {
@@ -426,6 +448,7 @@ pub(crate) async fn backup_postgres(
             csv: dumps.csv,
             globals: GLOBALS_REL.to_owned(),
             derived_from,
+            physical,
         },
         steps,
         tools: tool_versions(source, local).await,

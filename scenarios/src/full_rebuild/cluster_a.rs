@@ -36,7 +36,9 @@ pub(super) async fn back_up_cluster_a(
         );
     }
     run.phase("start-load", start_load(a, config)).await?;
-    let backup = run.phase("backup", take_backup(a, config)).await?;
+    let backup = run
+        .phase("backup", take_backup(a, config, scenario.is_snapshot()))
+        .await?;
     let manifest = &backup.manifest;
     state.backup = Some(backup_evidence(&backup)?);
     let pg = manifest
@@ -69,7 +71,8 @@ pub(super) async fn back_up_cluster_a(
         let base = run.phase("base-backup", wal.base_backup(tools)).await?;
         run.note(base);
     }
-    run.phase("verify-backup", verify(&backup, tools)).await?;
+    let verified = run.phase("verify-backup", verify(&backup, tools)).await?;
+    run.note(verified);
     run.measure(Some(backup_bytes), None);
     let backed_up = BackedUp {
         backup,
@@ -275,6 +278,7 @@ pub(super) async fn start_load(cluster: &impl Cluster, config: &Config) -> anyho
 pub(super) async fn take_backup(
     cluster: &impl Cluster,
     config: &Config,
+    physical: bool,
 ) -> anyhow::Result<BackupReport> {
     let client = cluster.client().await?;
     let password = titanium::db_password(&client).await?;
@@ -314,6 +318,9 @@ pub(super) async fn take_backup(
         timeout: config.ready_timeout,
     });
     options.offsite = vec![OffsiteTarget::Directory(offsite)];
+    // The snapshot scenarios rehearse the physical path: the backup has its physical copy
+    // too, which verify-backup starts a server on.
+    options.physical = physical;
     Ok(backup::backup(&options).await?)
 }
 
@@ -377,7 +384,7 @@ pub(super) fn ensure_dir(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(path.to_path_buf())
 }
 
-pub(super) async fn verify(backup: &BackupReport, tools: &PgTools) -> anyhow::Result<()> {
+pub(super) async fn verify(backup: &BackupReport, tools: &PgTools) -> anyhow::Result<String> {
     let scratch = LocalPostgres::start(LocalOptions::default()).await?;
     let target = backup
         .archive
@@ -398,8 +405,24 @@ pub(super) async fn verify(backup: &BackupReport, tools: &PgTools) -> anyhow::Re
         "the backup does not verify: {:?}",
         report.findings
     );
+    let physical = backup
+        .manifest
+        .postgres
+        .as_ref()
+        .is_some_and(|pg| pg.physical.is_some());
+    ensure!(
+        report.physical_checked == physical,
+        "the backup's physical copy was not checked"
+    );
     scratch.stop().await?;
-    Ok(())
+    Ok(if physical {
+        format!(
+            "{} tables compared after pg_restore, and again on a server started on the physical copy",
+            report.tables_checked
+        )
+    } else {
+        format!("{} tables compared after pg_restore", report.tables_checked)
+    })
 }
 
 pub(super) async fn write_marker(cluster: &impl Cluster, marker: &MarkerRow) -> anyhow::Result<()> {

@@ -46,7 +46,8 @@ pub(super) async fn steps(
             .await?,
     );
     let a = &*a;
-    let (backed_up, _) = back_up_cluster_a(scenario, config, run, state, a, tools).await?;
+    let (backed_up, _) =
+        Box::pin(back_up_cluster_a(scenario, config, run, state, a, tools)).await?;
     let destroy_started = Instant::now();
     let mut writer = if scenario == Scenario::SnapshotUnderLoad {
         Some(run.phase("start-writer", Writer::start(a)).await?)
