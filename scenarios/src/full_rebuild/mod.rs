@@ -143,7 +143,8 @@ impl Scenario {
             | "snapshot-consistency"
             | "volume-snapshot"
             | "destroy-database"
-            | "resume-writers" => false,
+            | "resume-writers"
+            | "resume-load" => false,
             "inject-defect"
             | "gates-reject-defect"
             | "rollback-restore"
@@ -397,11 +398,24 @@ async fn steps(
     state.tables = table_reports(&backed_up.pg.tables, &gates.tables);
     state.gates.extend(gates.verdicts.iter().map(gate_report));
 
-    // A failed health or load gate fails this phase, and the run goes on to the decision,
-    // which names it as a reason with its evidence.
+    serve_and_decide(run, state, b, config, &gates, &restored, destroy_started).await
+}
+
+/// The runbook's Phase 6 and the rollback decision on the restored cluster: the health and
+/// load gates (a failed one fails its phase, and the run goes on to the decision, which names
+/// it as a reason with its evidence), the RTO, then `decide`.
+async fn serve_and_decide(
+    run: &mut Run<'_>,
+    state: &mut State,
+    cluster: &impl Cluster,
+    config: &Config,
+    gates: &Gates,
+    restored: &Restored,
+    destroy_started: Instant,
+) -> anyhow::Result<()> {
     let service = run
         .judged_phase("health-and-load", async {
-            let service = health_and_load(b, config).await?;
+            let service = health_and_load(cluster, config).await?;
             let failed = service_failure(&service);
             anyhow::Ok((service, failed))
         })
@@ -409,12 +423,12 @@ async fn steps(
     record_service(state, &service);
     state.rto_ms = Some(millis(destroy_started.elapsed()));
     let judged = Judged {
-        gates: &gates,
+        gates,
         service: &service,
-        restored: &restored,
+        restored,
         destroy_started,
     };
-    let decision = run.phase("decide", decide(b, config, judged)).await?;
+    let decision = run.phase("decide", decide(cluster, config, judged)).await?;
     run.note(match decision.action {
         verify::Action::Proceed => "proceed".to_owned(),
         verify::Action::RollBack => format!("roll back: {}", decision.explain().join("; ")),

@@ -123,31 +123,7 @@ pub(super) async fn steps(
     // The data is compared: the load generator writes again, at its recorded count.
     run.phase("resume-load", resume(a, &backed_up.backup, config, true))
         .await?;
-    let service = run
-        .judged_phase("health-and-load", async {
-            let service = health_and_load(a, config).await?;
-            let failed = service_failure(&service);
-            anyhow::Ok((service, failed))
-        })
-        .await?;
-    record_service(state, &service);
-    state.rto_ms = Some(millis(destroy_started.elapsed()));
-    let judged = Judged {
-        gates: &gates,
-        service: &service,
-        restored: &restored,
-        destroy_started,
-    };
-    let decision = run.phase("decide", decide(a, config, judged)).await?;
-    run.note(match decision.action {
-        verify::Action::Proceed => "proceed".to_owned(),
-        verify::Action::RollBack => format!("roll back: {}", decision.explain().join("; ")),
-        verify::Action::NotAssessed => {
-            format!("cannot proceed: {}", decision.explain().join("; "))
-        }
-    });
-    state.decision = Some(decision);
-    Ok(())
+    serve_and_decide(run, state, a, config, &gates, &restored, destroy_started).await
 }
 
 /// The VolumeSnapshot API (`snapshot.storage.k8s.io/v1`).
