@@ -109,7 +109,15 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
             )?),
             None => None,
         };
-        let manifest = collect(options, &name, &partial, started_at, origin, feed.as_ref()).await?;
+        let manifest = Box::pin(collect(
+            options,
+            &name,
+            &partial,
+            started_at,
+            origin,
+            feed.as_ref(),
+        ))
+        .await?;
         let archive = match feed {
             Some(feed) => {
                 let started = Instant::now();
@@ -246,11 +254,23 @@ async fn collect(
             _ => Ok(None),
         }
     };
+    // Each part on the heap: side by side their futures are too large for a 2 MiB stack in a
+    // debug build (the test threads' default).
     let (pg, redis, kube, terraform) = tokio::try_join!(
-        postgres,
-        redis_part(options.redis.as_ref(), dir, origin, feed),
-        kubernetes_part(options.kubernetes.as_ref(), dir, origin, feed),
-        terraform_part(options.terraform_dir.as_deref(), dir, origin, feed),
+        Box::pin(postgres),
+        Box::pin(redis_part(options.redis.as_ref(), dir, origin, feed)),
+        Box::pin(kubernetes_part(
+            options.kubernetes.as_ref(),
+            dir,
+            origin,
+            feed
+        )),
+        Box::pin(terraform_part(
+            options.terraform_dir.as_deref(),
+            dir,
+            origin,
+            feed
+        )),
     )?;
 
     let mut manifest = Manifest {
