@@ -14,6 +14,7 @@ mod data;
 mod integrity;
 mod kubernetes;
 mod redis;
+mod resources;
 mod rollback;
 mod schema;
 mod statistics;
@@ -26,8 +27,10 @@ pub use kubernetes::{kubernetes_objects, normalise_object};
 pub use redis::{RedisFacts, redis};
 pub use rollback::{
     Action, Criterion, Decision, EndpointLatency, HealthSample, LoadBreach, LoadSample,
-    PodObservation, RollbackInputs, RollbackReason, RollbackThresholds, decide,
+    PodObservation, RESOURCES_GATE, ResourceObservation, RollbackInputs, RollbackReason,
+    RollbackThresholds, decide,
 };
+pub use resources::{ResourceJudgement, judge_resources};
 pub use schema::{schema, unified_diff};
 pub use statistics::statistics;
 
