@@ -93,7 +93,8 @@ impl std::fmt::Display for NodeResourceSample {
             f,
             "{} at {} (window {:.1} s): CPU {:.0}m of {:.0}m ({:.1} %), memory {:.0} MiB of {:.0} MiB ({:.1} %)",
             self.node,
-            self.timestamp.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+            self.timestamp
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             self.window.as_secs_f64(),
             self.cpu_millicores,
             self.cpu_allocatable_millicores,
@@ -281,10 +282,8 @@ async fn node_samples(client: &kube::Client) -> Result<Vec<NodeResourceSample>, 
         out.push(NodeResourceSample {
             timestamp,
             window,
-            cpu_millicores: quantity(
-                format!("NodeMetrics {name} usage.cpu"),
-                field("/usage/cpu"),
-            )? * 1000.0,
+            cpu_millicores: quantity(format!("NodeMetrics {name} usage.cpu"), field("/usage/cpu"))?
+                * 1000.0,
             cpu_allocatable_millicores: quantity(
                 format!("Node {name} allocatable cpu"),
                 alloc("cpu"),

@@ -25,12 +25,12 @@ pub use data::{digests, marker_absent, row_counts, sequences};
 pub use integrity::{Amcheck, AmcheckReport, referential_integrity};
 pub use kubernetes::{kubernetes_objects, normalise_object};
 pub use redis::{RedisFacts, redis};
+pub use resources::{ResourceJudgement, judge_resources};
 pub use rollback::{
     Action, Criterion, Decision, EndpointLatency, HealthSample, LoadBreach, LoadSample,
     PodObservation, RESOURCES_GATE, ResourceObservation, RollbackInputs, RollbackReason,
     RollbackThresholds, decide,
 };
-pub use resources::{ResourceJudgement, judge_resources};
 pub use schema::{schema, unified_diff};
 pub use statistics::statistics;
 

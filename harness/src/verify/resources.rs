@@ -266,7 +266,10 @@ pub(super) mod tests {
         let mut r = quiet();
         r.nodes = Ok((0..6).map(|i| sample(i * 2, 0.2, 0.96)).collect());
         let text = check(r, &[Criterion::NodeMemory]).join("\n");
-        assert!(text.contains("memory over the limit in all 6 samples"), "{text}");
+        assert!(
+            text.contains("memory over the limit in all 6 samples"),
+            "{text}"
+        );
         // The limit is exclusive, as the runbook writes it ("> 95%").
         let mut r = quiet();
         r.nodes = Ok((0..6).map(|i| sample(i * 2, 0.2, 0.95)).collect());
@@ -316,7 +319,10 @@ pub(super) mod tests {
     #[test]
     fn missing_metrics_are_not_assessed_never_a_pass() {
         let mut r = quiet();
-        r.nodes = Err("list nodes.metrics.k8s.io: 404 the server could not find the requested resource".into());
+        r.nodes = Err(
+            "list nodes.metrics.k8s.io: 404 the server could not find the requested resource"
+                .into(),
+        );
         not_assessed(
             Some(r),
             &[Criterion::NodeCpu, Criterion::NodeMemory],
@@ -334,7 +340,11 @@ pub(super) mod tests {
         not_assessed(Some(r), &[Criterion::PvcUsage], "claim usage: du -sk");
         not_assessed(
             None,
-            &[Criterion::NodeCpu, Criterion::NodeMemory, Criterion::PvcUsage],
+            &[
+                Criterion::NodeCpu,
+                Criterion::NodeMemory,
+                Criterion::PvcUsage,
+            ],
             "not observed",
         );
     }

@@ -363,7 +363,8 @@ async fn steps(
         restored: &restored,
         destroy_started,
     };
-    let decision = run.phase("decide", decide(b, config, judged)).await?;
+    let (decision, resources) = run.phase("decide", decide(b, config, judged)).await?;
+    state.gates.push(resources);
     run.note(match decision.action {
         verify::Action::Proceed => "proceed".to_owned(),
         verify::Action::RollBack => format!("roll back: {}", decision.explain().join("; ")),
