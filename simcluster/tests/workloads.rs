@@ -1112,7 +1112,10 @@ spec:
             ])
             .await?;
         let capacity: serde_json::Value = serde_json::from_str(&capacity)?;
-        ensure!(capacity["cpu"] == cpus.to_string(), "{capacity}");
+        ensure!(
+            capacity["cpu"].as_str() == Some(cpus.to_string().as_str()),
+            "{capacity}"
+        );
         ensure!(capacity["memory"] == format!("{mem_kib}Ki"), "{capacity}");
 
         // Discovery lists the group as metrics-server's APIService does.
