@@ -87,12 +87,11 @@ impl NodeResourceSample {
     }
 }
 
-impl std::fmt::Display for NodeResourceSample {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "{} at {} (window {:.1} s): CPU {:.0}m of {:.0}m ({:.1} %), memory {:.0} MiB of {:.0} MiB ({:.1} %)",
-            self.node,
+impl NodeResourceSample {
+    /// The sample's figures, without the node's name.
+    pub fn figures(&self) -> String {
+        format!(
+            "at {} (window {:.1} s): CPU {:.0}m of {:.0}m ({:.1} %), memory {:.0} MiB of {:.0} MiB ({:.1} %)",
             self.timestamp
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             self.window.as_secs_f64(),
@@ -103,6 +102,12 @@ impl std::fmt::Display for NodeResourceSample {
             self.memory_allocatable_bytes / 1048576.0,
             self.memory_share() * 100.0,
         )
+    }
+}
+
+impl std::fmt::Display for NodeResourceSample {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.node, self.figures())
     }
 }
 
@@ -129,23 +134,27 @@ impl PvcUsage {
     }
 }
 
-impl std::fmt::Display for PvcUsage {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+impl PvcUsage {
+    /// What was measured, without the claim's name.
+    pub fn measurement(&self) -> String {
         match (self.used_bytes, self.share(), &self.measured_in) {
-            (Some(used), Some(share), Some(pod)) => write!(
-                f,
-                "{}: {used} of {} bytes requested ({:.1} %), du -sk {} in {pod}",
-                self.claim,
+            (Some(used), Some(share), Some(pod)) => format!(
+                "{used} of {} bytes requested ({:.1} %), du -sk {} in {pod}",
                 self.requested_bytes,
                 share * 100.0,
                 self.mount_path.as_deref().unwrap_or("?"),
             ),
-            _ => write!(
-                f,
-                "{}: {} bytes requested, not in use (no running pod mounts it): not measured",
-                self.claim, self.requested_bytes
+            _ => format!(
+                "{} bytes requested, not in use (no running pod mounts it): not measured",
+                self.requested_bytes
             ),
         }
+    }
+}
+
+impl std::fmt::Display for PvcUsage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.claim, self.measurement())
     }
 }
 

@@ -68,7 +68,7 @@ pub fn judge_resources(
                 j.evidence.push(Finding::new(
                     format!("PersistentVolumeClaim {}", claim.claim),
                     FindingKind::Note,
-                    claim.to_string(),
+                    claim.measurement(),
                 ));
                 if let Some(share) = claim.share()
                     && share > thresholds.max_pvc_usage
@@ -102,6 +102,7 @@ pub fn judge_resources(
 /// Node CPU and memory, per node, against their limits sustained.
 fn nodes(j: &mut ResourceJudgement, samples: &[NodeResourceSample], t: &RollbackThresholds) {
     let mut names: Vec<&str> = samples.iter().map(|s| s.node.as_str()).collect();
+    names.sort_unstable();
     names.dedup();
     if names.is_empty() {
         j.not_assessed
@@ -124,7 +125,7 @@ fn nodes(j: &mut ResourceJudgement, samples: &[NodeResourceSample], t: &Rollback
             j.evidence.push(Finding::new(
                 format!("node {name}"),
                 FindingKind::Note,
-                s.to_string(),
+                s.figures(),
             ));
         }
         let span = samples_span(&of_node);
