@@ -740,6 +740,19 @@ mod resources_on_the_simulator {
             shown.contains("du -sk /data in resources/writer"),
             "{shown}"
         );
+        // The decision rolls back for it, with the same reason.
+        let decision = verify::decide(
+            &verify::RollbackInputs {
+                resources: Some(full),
+                ..verify::RollbackInputs::default()
+            },
+            &RollbackThresholds::default(),
+        );
+        assert_eq!(decision.action, verify::Action::RollBack, "{decision:#?}");
+        assert!(
+            decision.explain().iter().any(|l| l == &shown),
+            "{decision:#?}"
+        );
         cluster.destroy().await.unwrap();
     }
 }
