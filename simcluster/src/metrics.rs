@@ -85,14 +85,7 @@ pub(crate) struct Capacity {
 /// # Errors
 /// `/proc/stat` or `/proc/meminfo` cannot be read or parsed.
 pub(crate) fn capacity() -> std::io::Result<Capacity> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let cpus = stat
-        .lines()
-        .filter(|l| {
-            l.strip_prefix("cpu")
-                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
-        })
-        .count() as u64;
+    let cpus = online_cpus(&std::fs::read_to_string("/proc/stat")?);
     let meminfo = std::fs::read_to_string("/proc/meminfo")?;
     let memory_bytes = meminfo_kib(&meminfo, "MemTotal")
         .map(|k| k * 1024)
@@ -101,6 +94,16 @@ pub(crate) fn capacity() -> std::io::Result<Capacity> {
         return Err(invalid("/proc/stat lists no cpuN line"));
     }
     Ok(Capacity { cpus, memory_bytes })
+}
+
+/// The `cpuN` lines of `/proc/stat`: the CPUs its aggregate `cpu` line sums.
+fn online_cpus(stat: &str) -> u64 {
+    stat.lines()
+        .filter(|l| {
+            l.strip_prefix("cpu")
+                .is_some_and(|r| r.starts_with(|c: char| c.is_ascii_digit()))
+        })
+        .count() as u64
 }
 
 fn invalid(what: &str) -> std::io::Error {
@@ -250,6 +253,7 @@ impl Metrics {
         let stat = std::fs::read_to_string("/proc/stat").ok();
         let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
         let node_cpu = stat.as_deref().and_then(cpu_jiffies);
+        let cpus = stat.as_deref().map_or(0, online_cpus);
         let node_memory = meminfo.as_deref().and_then(|m| {
             Some((meminfo_kib(m, "MemTotal")? - meminfo_kib(m, "MemAvailable")?) * 1024)
         });
@@ -261,11 +265,13 @@ impl Metrics {
 
         let mut inner = self.lock();
         match (node_cpu, node_memory, inner.node_cpu) {
-            (Some((busy, total)), Some(memory), Some((at, busy0, total0))) if total > total0 => {
+            (Some((busy, total)), Some(memory), Some((at, busy0, total0)))
+                if total > total0 && cpus > 0 =>
+            {
                 let window = now.duration_since(at);
                 // The share of all CPUs' time that was busy, times the CPUs: cores in use.
-                let cpus = capacity().map_or(1, |c| c.cpus) as f64;
-                let cores = (busy.saturating_sub(busy0)) as f64 / (total - total0) as f64 * cpus;
+                let cores =
+                    busy.saturating_sub(busy0) as f64 / (total - total0) as f64 * cpus as f64;
                 inner.node = Some(NodeUsage {
                     timestamp: wall,
                     window,
