@@ -755,4 +755,53 @@ mod resources_on_the_simulator {
         );
         cluster.destroy().await.unwrap();
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn metrics_that_cannot_be_read_leave_the_criterion_not_assessed() {
+        let mut cluster = SimProvider::create(SimOptions {
+            deny: vec!["list:nodes.metrics.k8s.io".parse().unwrap()],
+            ..SimOptions::default()
+        })
+        .await
+        .unwrap();
+        let client = cluster.client().await.unwrap();
+        let window = SampleWindow {
+            samples: 3,
+            span: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+        };
+        let err = observe_nodes(&client, window)
+            .await
+            .expect_err("the metrics API refuses the list");
+        let why = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            why.contains("list nodes.metrics.k8s.io") && why.contains("forbidden"),
+            "{why}"
+        );
+        let observed = harness::facts::ResourceObservation {
+            nodes: Err(why),
+            pvcs: Ok(observe_pvcs(&client, "default").await.unwrap()),
+        };
+        let decision = verify::decide(
+            &verify::RollbackInputs {
+                resources: Some(observed.clone()),
+                ..verify::RollbackInputs::default()
+            },
+            &RollbackThresholds::default(),
+        );
+        assert!(!decision.proceed());
+        assert!(
+            decision.not_assessed.contains(&Criterion::NodeCpu)
+                && decision.not_assessed.contains(&Criterion::NodeMemory)
+                && !decision.not_assessed.contains(&Criterion::PvcUsage),
+            "{decision:#?}"
+        );
+        let j = judge(&observed);
+        assert!(!j.passed());
+        assert!(
+            j.not_run.iter().any(|n| n.contains("forbidden")),
+            "the report says why: {j:#?}"
+        );
+        cluster.destroy().await.unwrap();
+    }
 }

@@ -37,6 +37,7 @@ fn resource_list() -> Value {
 }
 
 /// Which collection or object a request names.
+#[derive(Clone, Copy)]
 enum Target<'a> {
     Nodes(Option<&'a str>),
     Pods(Option<&'a str>, Option<&'a str>),
@@ -76,6 +77,23 @@ pub(super) fn serve(
         };
         return Err(ApiError::method_not_allowed(format!(
             "the server does not allow this method on the requested resource ({verb} {resource}.{GROUP})"
+        )));
+    }
+    let (verb, ns) = match target {
+        Target::Nodes(name) => (if name.is_some() { "get" } else { "list" }, ""),
+        Target::Pods(ns, name) => (
+            if name.is_some() { "get" } else { "list" },
+            ns.unwrap_or(""),
+        ),
+    };
+    if st.deny.iter().any(|r| r.matches(verb, GROUP, resource, ns)) {
+        let scope = if ns.is_empty() {
+            "at the cluster scope".to_owned()
+        } else {
+            format!("in the namespace \"{ns}\"")
+        };
+        return Err(ApiError::forbidden(format!(
+            "{resource}.{GROUP} is forbidden: User \"kubernetes-admin\" cannot {verb} resource \"{resource}\" in API group \"{GROUP}\" {scope}"
         )));
     }
     let (labels, fields) = super::rest::selectors(&q)?;
