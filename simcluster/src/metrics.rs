@@ -6,15 +6,18 @@
 //! between the last two samples, stamped with the later one's time and the window between them,
 //! as metrics-server does with the kubelet's cumulative CPU counters:
 //!
-//! - node CPU: the busy jiffies of `/proc/stat`'s `cpu` line (everything but `idle` and
-//!   `iowait`) over the window, in cores;
-//! - node memory: `MemTotal - MemAvailable` of `/proc/meminfo` (the machine's working set);
 //! - container CPU: `utime + stime + cutime + cstime` of every process in the container's
 //!   process group (`/proc/PID/stat`), over the window: the group's own time and that of the
 //!   children it has waited for;
 //! - container memory: the proportional set size (`Pss` of `/proc/PID/smaps_rollup`, or the
 //!   resident set of `statm` where that file is missing) summed over the group, so pages the
-//!   processes share (PostgreSQL's shared buffers) count once, as a cgroup would count them.
+//!   processes share (PostgreSQL's shared buffers) count once, as a cgroup would count them;
+//! - node CPU and memory: the sum of its pods' (the node runs only them). Not the whole
+//!   machine's (`/proc/stat`): the machine also runs the harness, other simulated clusters and
+//!   whatever else shares it, none of which is this node's; charged to the node, they turned
+//!   a rehearsal's rollback criterion 4 red while its cluster was idle (`pitr` rolled back
+//!   on 98.8-100 % node CPU while another trial ran beside it). The node's capacity is the
+//!   machine's ([`capacity`]).
 //!
 //! A container, pod or node with fewer than two samples has no usage yet: it is left out of
 //! lists and a get of it is answered 404, as metrics-server answers.
@@ -118,22 +121,6 @@ fn meminfo_kib(text: &str, key: &str) -> Option<u64> {
     })
 }
 
-/// `(busy, total)` jiffies of `/proc/stat`'s aggregate `cpu` line.
-fn cpu_jiffies(stat: &str) -> Option<(u64, u64)> {
-    let line = stat.lines().find(|l| l.starts_with("cpu "))?;
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .map(str::parse)
-        .collect::<Result<_, _>>()
-        .ok()?;
-    // user nice system idle iowait irq softirq steal [guest guest_nice]: guest time is
-    // already counted in user and nice.
-    let total: u64 = v.iter().take(8).sum();
-    let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
-    Some((total - idle, total))
-}
-
 /// `(pgrp, utime + stime + cutime + cstime)` of a `/proc/PID/stat` line.
 fn process_stat(stat: &str) -> Option<(i32, u64)> {
     // The command name is in parentheses and may hold spaces or parentheses: the fields
@@ -224,7 +211,7 @@ struct Counter {
 
 #[derive(Default)]
 struct Inner {
-    node_cpu: Option<(Instant, u64, u64)>,
+    last_sample: Option<Instant>,
     node: Option<NodeUsage>,
     /// By (pod uid, container): the process group and its last CPU counter.
     containers: HashMap<(String, String), (i32, Counter)>,
@@ -245,18 +232,11 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Take one sample of the machine and of `pods`' processes. Blocking (reads `/proc`).
+    /// Take one sample of `pods`' processes. Blocking (reads `/proc`).
     pub(crate) fn sample(&self, pods: &[PodProcesses]) {
         let hz = clock_ticks() as f64;
         let now = Instant::now();
         let wall = SystemTime::now();
-        let stat = std::fs::read_to_string("/proc/stat").ok();
-        let meminfo = std::fs::read_to_string("/proc/meminfo").ok();
-        let node_cpu = stat.as_deref().and_then(cpu_jiffies);
-        let cpus = stat.as_deref().map_or(0, online_cpus);
-        let node_memory = meminfo.as_deref().and_then(|m| {
-            Some((meminfo_kib(m, "MemTotal")? - meminfo_kib(m, "MemAvailable")?) * 1024)
-        });
         let wanted: Vec<i32> = pods
             .iter()
             .flat_map(|p| p.containers.iter().map(|c| c.pgid))
@@ -264,29 +244,6 @@ impl Metrics {
         let groups = group_counters(&wanted);
 
         let mut inner = self.lock();
-        match (node_cpu, node_memory, inner.node_cpu) {
-            (Some((busy, total)), Some(memory), Some((at, busy0, total0)))
-                if total > total0 && cpus > 0 =>
-            {
-                let window = now.duration_since(at);
-                // The share of all CPUs' time that was busy, times the CPUs: cores in use.
-                let cores =
-                    busy.saturating_sub(busy0) as f64 / (total - total0) as f64 * cpus as f64;
-                inner.node = Some(NodeUsage {
-                    timestamp: wall,
-                    window,
-                    usage: Usage {
-                        cpu_nanocores: (cores * 1e9) as u64,
-                        memory_bytes: memory,
-                    },
-                });
-            }
-            _ => {}
-        }
-        if let Some((busy, total)) = node_cpu {
-            inner.node_cpu = Some((now, busy, total));
-        }
-
         let mut containers = HashMap::new();
         let mut usages = HashMap::new();
         for pod in pods {
@@ -326,6 +283,22 @@ impl Metrics {
                 );
             }
         }
+        // The node runs exactly the pods: its usage is theirs, over the same window.
+        if let Some(last) = inner.last_sample {
+            let node = usages
+                .values()
+                .flat_map(|p| p.containers.iter().map(|(_, u)| u.cpu_nanocores))
+                .sum();
+            inner.node = Some(NodeUsage {
+                timestamp: wall,
+                window: now.duration_since(last),
+                usage: Usage {
+                    cpu_nanocores: node,
+                    memory_bytes: groups.values().map(|(_, memory)| memory).sum(),
+                },
+            });
+        }
+        inner.last_sample = Some(now);
         inner.containers = containers;
         inner.pods = usages;
     }
@@ -351,9 +324,8 @@ mod tests {
 
     #[test]
     fn parses_proc_stat_lines() {
-        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\n";
-        // busy = user + nice + system + irq + softirq + steal.
-        assert_eq!(cpu_jiffies(stat), Some((161, 1181)));
+        let stat = "cpu  100 5 50 1000 20 3 2 1 0 0\ncpu0 50 2 25 500 10 1 1 0 0 0\ncpu1 50 3 25 500 10 2 1 1 0 0\n";
+        assert_eq!(online_cpus(stat), 2);
         let pid = "4242 (post gres: (x)) S 1 4242 4242 0 -1 4194560 100 0 0 0 30 12 4 2 20 0 1 0";
         assert_eq!(process_stat(pid), Some((4242, 48)));
         assert_eq!(
@@ -394,7 +366,8 @@ mod tests {
         assert!(u.cpu_nanocores > 100_000_000, "{u:?}");
         assert!(u.memory_bytes > 0, "{u:?}");
         let node = metrics.node().expect("node usage after two samples");
-        assert!(node.usage.cpu_nanocores > 0 && node.usage.memory_bytes > 0);
+        // The node's usage is its pods'.
+        assert_eq!(node.usage, *u);
         let cap = capacity().unwrap();
         assert!(cap.cpus >= 1 && cap.memory_bytes > node.usage.memory_bytes);
     }

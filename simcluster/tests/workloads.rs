@@ -1068,7 +1068,7 @@ fn row<'a>(text: &'a str, name: &str) -> Option<Vec<&'a str>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn kubectl_top_reads_the_machine_and_the_pods_processes() -> Result<()> {
+async fn kubectl_top_shows_the_pods_processes_on_a_node_the_size_of_the_machine() -> Result<()> {
     bounded(async move {
         let env = Env::start().await?;
         env.apply(
