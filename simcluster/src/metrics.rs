@@ -167,15 +167,16 @@ fn process_memory(dir: &Path, page: u64) -> Option<u64> {
 }
 
 /// Cumulative CPU ticks and current memory of every process group in `wanted`.
-fn group_counters(wanted: &[i32]) -> HashMap<i32, (u64, u64)> {
+///
+/// # Errors
+/// `/proc` cannot be listed.
+fn group_counters(wanted: &[i32]) -> std::io::Result<HashMap<i32, (u64, u64)>> {
     let mut out: HashMap<i32, (u64, u64)> = HashMap::new();
     if wanted.is_empty() {
-        return out;
+        return Ok(out);
     }
     let page = page_size();
-    let Ok(entries) = std::fs::read_dir("/proc") else {
-        return out;
-    };
+    let entries = std::fs::read_dir("/proc")?;
     for entry in entries.flatten() {
         let name = entry.file_name();
         if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
@@ -199,7 +200,7 @@ fn group_counters(wanted: &[i32]) -> HashMap<i32, (u64, u64)> {
         e.0 += ticks;
         e.1 += memory;
     }
-    out
+    Ok(out)
 }
 
 /// A cumulative counter as last read.
@@ -232,7 +233,9 @@ impl Metrics {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Take one sample of `pods`' processes. Blocking (reads `/proc`).
+    /// Take one sample of `pods`' processes. Blocking (reads `/proc`). A sample that cannot
+    /// list `/proc` changes nothing: the figures served keep their old timestamp rather than
+    /// show an empty node.
     pub(crate) fn sample(&self, pods: &[PodProcesses]) {
         let hz = clock_ticks() as f64;
         let now = Instant::now();
@@ -241,7 +244,13 @@ impl Metrics {
             .iter()
             .flat_map(|p| p.containers.iter().map(|c| c.pgid))
             .collect();
-        let groups = group_counters(&wanted);
+        let groups = match group_counters(&wanted) {
+            Ok(groups) => groups,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list /proc: no resource metrics sample");
+                return;
+            }
+        };
 
         let mut inner = self.lock();
         let mut containers = HashMap::new();
