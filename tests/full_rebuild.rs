@@ -99,6 +99,28 @@ fn scenario_trial(
                 format!("checklist items not proved: {open:?}, expected {expected:?}").into(),
             );
         }
+        // Rollback criterion 4 was measured, with its evidence: node samples and every claim.
+        let resources = report
+            .gates
+            .iter()
+            .find(|g| g.name == harness::verify::RESOURCES_GATE)
+            .ok_or_else(|| Failed::from("no resources gate in a passing report"))?;
+        let nodes = resources
+            .findings
+            .iter()
+            .filter(|f| f.subject.starts_with("node "))
+            .count();
+        let claims = resources
+            .findings
+            .iter()
+            .filter(|f| {
+                f.subject
+                    .starts_with("PersistentVolumeClaim titanium-prod/")
+            })
+            .count();
+        if nodes < 3 || claims != 3 {
+            return Err(format!("resources evidence: {resources:?}").into());
+        }
     }
     if report.verdict == Outcome::Pass {
         // The backup held production-like data: it is removed once the trial passed.

@@ -584,3 +584,224 @@ mod deploy_on_the_simulator {
         cluster.destroy().await.unwrap();
     }
 }
+
+/// Rollback criterion 4 against the simulator: node usage through its metrics API, and a
+/// claim driven over 90 % of its request by a file written into its volume.
+mod resources_on_the_simulator {
+    use std::time::{Duration, Instant};
+
+    use harness::cluster::sim::{SimOptions, SimProvider};
+    use harness::facts::resources::{SampleWindow, observe_nodes, observe_pvcs};
+    use harness::verify::{self, Criterion, RollbackThresholds};
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Pod};
+    use kube::api::{Api, AttachParams, PostParams};
+
+    use super::*;
+
+    const NS: &str = "resources";
+
+    async fn create<K>(api: &Api<K>, object: serde_json::Value)
+    where
+        K: kube::Resource
+            + Clone
+            + serde::de::DeserializeOwned
+            + serde::Serialize
+            + std::fmt::Debug,
+    {
+        api.create(
+            &PostParams::default(),
+            &serde_json::from_value(object).unwrap(),
+        )
+        .await
+        .unwrap();
+    }
+
+    async fn wait_running(pods: &Api<Pod>, name: &str) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let pod = pods.get(name).await.unwrap();
+            if harness::facts::pod_ready(pod.status.as_ref()) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "pod {name} not Ready: {pod:?}");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    fn judge(observed: &harness::facts::ResourceObservation) -> verify::ResourceJudgement {
+        verify::judge_resources(Some(observed), &RollbackThresholds::default())
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn node_usage_and_a_claim_filled_over_90_percent() {
+        let mut cluster = SimProvider::create(SimOptions::default()).await.unwrap();
+        let client = cluster.client().await.unwrap();
+        create(
+            &Api::<Namespace>::all(client.clone()),
+            serde_json::json!({"metadata": {"name": NS}}),
+        )
+        .await;
+        let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), NS);
+        create(&claims, serde_json::json!({
+            "metadata": {"name": "small"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Mi"}}},
+        }))
+        .await;
+        // A claim no pod mounts: listed, not measured.
+        create(&claims, serde_json::json!({
+            "metadata": {"name": "idle"},
+            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}},
+        }))
+        .await;
+        let pods: Api<Pod> = Api::namespaced(client.clone(), NS);
+        create(&pods, serde_json::json!({
+            "metadata": {"name": "writer"},
+            "spec": {
+                "containers": [{"name": "main", "image": "busybox", "command": ["sleep", "3600"],
+                    "volumeMounts": [{"name": "data", "mountPath": "/data"}]}],
+                "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "small"}}],
+            },
+        }))
+        .await;
+        wait_running(&pods, "writer").await;
+
+        // Empty: assessed and within the limit.
+        let window = SampleWindow {
+            samples: 3,
+            span: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+        };
+        let nodes = observe_nodes(&client, window).await.unwrap();
+        assert!(nodes.len() >= 3, "{nodes:#?}");
+        for s in &nodes {
+            // The machine's real figures: some memory in use, never more than it has.
+            assert!(s.memory_share() > 0.0 && s.memory_share() < 1.0, "{s}");
+            assert!(s.cpu_share() >= 0.0 && s.cpu_share() <= 1.05, "{s}");
+        }
+        let pvcs = observe_pvcs(&client, NS).await.unwrap();
+        let small = pvcs.iter().find(|p| p.claim == "resources/small").unwrap();
+        assert_eq!(small.requested_bytes, 1024 * 1024);
+        assert!(small.share().unwrap() < 0.9, "{small}");
+        let idle = pvcs.iter().find(|p| p.claim == "resources/idle").unwrap();
+        assert_eq!(idle.used_bytes, None, "{idle}");
+        let observed = harness::facts::ResourceObservation {
+            nodes: Ok(nodes.clone()),
+            pvcs: Ok(pvcs),
+        };
+        let calm = judge(&observed);
+        assert!(
+            !calm
+                .reasons
+                .iter()
+                .any(|r| r.criterion == Criterion::PvcUsage),
+            "{calm:#?}"
+        );
+
+        // 950 KiB into the 1 MiB claim: over 90 %, the criterion goes red with the bytes.
+        let params = AttachParams::default()
+            .stdout(true)
+            .stderr(true)
+            .stdin(false);
+        let mut dd = pods
+            .exec(
+                "writer",
+                [
+                    "dd",
+                    "if=/dev/zero",
+                    "of=/data/fill",
+                    "bs=1024",
+                    "count=950",
+                ],
+                &params,
+            )
+            .await
+            .unwrap();
+        let status = dd.take_status().unwrap().await.unwrap();
+        assert_eq!(status.status.as_deref(), Some("Success"), "{status:?}");
+        dd.join().await.unwrap();
+        let pvcs = observe_pvcs(&client, NS).await.unwrap();
+        let full = harness::facts::ResourceObservation {
+            nodes: Ok(nodes),
+            pvcs: Ok(pvcs),
+        };
+        let red = judge(&full);
+        let reason = red
+            .reasons
+            .iter()
+            .find(|r| r.criterion == Criterion::PvcUsage)
+            .unwrap_or_else(|| panic!("no pvc_usage reason: {red:#?}"));
+        let shown = reason.to_string();
+        assert!(
+            shown.contains("claim resources/small: ")
+                && shown.contains("of 1048576 bytes requested"),
+            "{shown}"
+        );
+        assert!(
+            shown.contains("du -sk /data in resources/writer"),
+            "{shown}"
+        );
+        // The decision rolls back for it, with the same reason.
+        let decision = verify::decide(
+            &verify::RollbackInputs {
+                resources: Some(full),
+                ..verify::RollbackInputs::default()
+            },
+            &RollbackThresholds::default(),
+        );
+        assert_eq!(decision.action, verify::Action::RollBack, "{decision:#?}");
+        assert!(
+            decision.explain().iter().any(|l| l == &shown),
+            "{decision:#?}"
+        );
+        cluster.destroy().await.unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn metrics_that_cannot_be_read_leave_the_criterion_not_assessed() {
+        let mut cluster = SimProvider::create(SimOptions {
+            deny: vec!["list:nodes.metrics.k8s.io".parse().unwrap()],
+            ..SimOptions::default()
+        })
+        .await
+        .unwrap();
+        let client = cluster.client().await.unwrap();
+        let window = SampleWindow {
+            samples: 3,
+            span: Duration::from_secs(5),
+            deadline: Duration::from_secs(30),
+        };
+        let err = observe_nodes(&client, window)
+            .await
+            .expect_err("the metrics API refuses the list");
+        let why = format!("{:#}", anyhow::Error::from(err));
+        assert!(
+            why.contains("list nodes.metrics.k8s.io") && why.contains("forbidden"),
+            "{why}"
+        );
+        let observed = harness::facts::ResourceObservation {
+            nodes: Err(why),
+            pvcs: Ok(observe_pvcs(&client, "default").await.unwrap()),
+        };
+        let decision = verify::decide(
+            &verify::RollbackInputs {
+                resources: Some(observed.clone()),
+                ..verify::RollbackInputs::default()
+            },
+            &RollbackThresholds::default(),
+        );
+        assert!(!decision.proceed());
+        assert!(
+            decision.not_assessed.contains(&Criterion::NodeCpu)
+                && decision.not_assessed.contains(&Criterion::NodeMemory)
+                && !decision.not_assessed.contains(&Criterion::PvcUsage),
+            "{decision:#?}"
+        );
+        let j = judge(&observed);
+        assert!(!j.passed());
+        assert!(
+            j.not_run.iter().any(|n| n.contains("forbidden")),
+            "the report says why: {j:#?}"
+        );
+        cluster.destroy().await.unwrap();
+    }
+}

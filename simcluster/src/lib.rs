@@ -13,6 +13,7 @@ mod api;
 mod config;
 mod controllers;
 mod kubelet;
+mod metrics;
 mod patch;
 mod proto;
 mod resources;
@@ -88,6 +89,13 @@ pub enum Error {
     /// A background task panicked.
     #[error("a simulated cluster task ended abnormally")]
     Task(#[source] tokio::task::JoinError),
+    /// The machine's CPUs and memory (the node's capacity) could not be read from `/proc`.
+    #[error("reading the machine's capacity from /proc")]
+    Machine {
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// Seeding the cluster's initial objects failed.
     #[error("creating initial object {what}")]
     Seed {
@@ -226,13 +234,14 @@ fn seed(
         }
     };
     let has_workers = nodes.iter().any(|(_, n)| n.role == "worker");
+    let capacity = metrics::capacity().map_err(|source| Error::Machine { source })?;
     for (node_name, node) in &nodes {
         seed_object(
             store,
             "v1",
             "Node",
             "",
-            node_object(node_name, node, has_workers),
+            node_object(node_name, node, has_workers, capacity),
         )?;
     }
     seed_object(
@@ -313,9 +322,15 @@ fn seed_object(
     }
 }
 
-/// A Ready Node as kind's would be: its version from the node image's tag, its labels, and a
-/// control plane tainted when there are workers.
-fn node_object(node_name: &str, node: &config::KindNode, has_workers: bool) -> Value {
+/// A Ready Node as kind's would be: its version from the node image's tag, its labels, a
+/// control plane tainted when there are workers, and the machine's CPUs and memory as its
+/// capacity and allocatable (every simulated node is this one machine).
+fn node_object(
+    node_name: &str,
+    node: &config::KindNode,
+    has_workers: bool,
+    capacity: metrics::Capacity,
+) -> Value {
     let version = node
         .image
         .as_deref()
@@ -338,13 +353,19 @@ fn node_object(node_name: &str, node: &config::KindNode, has_workers: bool) -> V
         }
     }
     let now = api::now();
+    let resources = json!({
+        "cpu": capacity.cpus.to_string(),
+        "memory": format!("{}Ki", capacity.memory_bytes / 1024),
+        "pods": "110",
+        "ephemeral-storage": "100Gi",
+    });
     json!({
         "metadata": {"name": node_name, "labels": labels},
         "spec": spec,
         "status": {
             "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}, {"type": "Hostname", "address": node_name}],
-            "capacity": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
-            "allocatable": {"cpu": "2", "memory": "24Gi", "pods": "110", "ephemeral-storage": "100Gi"},
+            "capacity": resources,
+            "allocatable": resources,
             "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "simulated kubelet is posting ready status", "lastHeartbeatTime": now, "lastTransitionTime": now}],
             "nodeInfo": {"kubeletVersion": version, "kubeProxyVersion": version, "containerRuntimeVersion": "simcluster://1", "operatingSystem": "linux", "architecture": "amd64", "osImage": "simcluster", "kernelVersion": "", "machineID": "", "systemUUID": "", "bootID": ""},
         },
@@ -388,11 +409,13 @@ impl SimCluster {
         controllers::reconcile(&store);
         let stop = CancellationToken::new();
         let subresources: Arc<server::SubresourceMap> = Arc::default();
+        let metrics = Arc::new(metrics::Metrics::default());
         let workers = controllers::workloads::Workers::start(
             store.clone(),
             &cfg.state_dir,
             kind.as_ref(),
             network,
+            metrics.clone(),
         )
         .map_err(Error::Node)?;
         workers.register(&subresources);
@@ -400,6 +423,7 @@ impl SimCluster {
             store: store.clone(),
             deny: cfg.deny.clone(),
             subresources,
+            metrics,
             address: addr.to_string(),
             stop: stop.clone(),
         });

@@ -1183,3 +1183,150 @@ async fn volume_snapshots_are_crash_consistent_and_fail_as_on_a_real_cluster() -
     })
     .await
 }
+
+/// The millicores of a `kubectl top` CPU column (`245m`, `1`, `0m`).
+fn millicores(cell: &str) -> Option<f64> {
+    match cell.strip_suffix('m') {
+        Some(m) => m.parse().ok(),
+        None => cell.parse::<f64>().ok().map(|c| c * 1000.0),
+    }
+}
+
+/// The row of `name` in `kubectl top` output, split into columns.
+fn row<'a>(text: &'a str, name: &str) -> Option<Vec<&'a str>> {
+    text.lines()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|cols| cols.contains(&name))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn kubectl_top_shows_the_pods_processes_on_a_node_the_size_of_the_machine() -> Result<()> {
+    bounded(async move {
+        let env = Env::start().await?;
+        env.apply(
+            r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: burner, namespace: default, labels: {app: burner}}
+spec:
+  containers:
+    - name: main
+      image: busybox
+      command: ["sh", "-c", "while :; do :; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: idler, namespace: default}
+spec:
+  containers:
+    - name: main
+      image: busybox
+      command: ["sleep", "3600"]
+"#,
+        )
+        .await?;
+        // The Node's capacity is the machine's.
+        let cpus = std::fs::read_to_string("/proc/stat")?
+            .lines()
+            .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
+            .count();
+        let mem_kib: u64 = std::fs::read_to_string("/proc/meminfo")?
+            .lines()
+            .find_map(|l| l.strip_prefix("MemTotal:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("MemTotal")?;
+        let capacity = env
+            .kubectl(&[
+                "get",
+                "nodes",
+                "-o",
+                "jsonpath={.items[0].status.allocatable}",
+            ])
+            .await?;
+        let capacity: serde_json::Value = serde_json::from_str(&capacity)?;
+        ensure!(
+            capacity["cpu"].as_str() == Some(cpus.to_string().as_str()),
+            "{capacity}"
+        );
+        ensure!(capacity["memory"] == format!("{mem_kib}Ki"), "{capacity}");
+
+        // Discovery lists the group as metrics-server's APIService does.
+        let resources = env
+            .kubectl(&["api-resources", "--api-group=metrics.k8s.io", "-o", "wide"])
+            .await?;
+        ensure!(
+            resources.contains("NodeMetrics") && resources.contains("PodMetrics"),
+            "{resources}"
+        );
+        ensure!(resources.contains("get,list"), "{resources}");
+
+        // A pod is in the metrics once two samples of it were taken.
+        let pods = env
+            .until(&["top", "pods"], Duration::from_secs(30), |t| {
+                row(t, "burner").is_some() && row(t, "idler").is_some()
+            })
+            .await?;
+        ensure!(pods.starts_with("NAME"), "{pods}");
+        let burner = row(&pods, "burner").context("burner")?;
+        let cpu = millicores(burner[1]).context("burner's CPU")?;
+        // A shell spinning on a shared machine: well above zero.
+        ensure!(cpu >= 100.0, "a busy pod shows CPU: {pods}");
+        ensure!(burner[2].ends_with("Mi"), "{pods}");
+        let idler = row(&pods, "idler").context("idler")?;
+        ensure!(
+            millicores(idler[1]).is_some_and(|c| c < cpu),
+            "the sleeping pod uses less CPU than the busy one: {pods}"
+        );
+
+        let containers = env
+            .kubectl(&["top", "pod", "burner", "--containers"])
+            .await?;
+        ensure!(row(&containers, "main").is_some(), "{containers}");
+        let selected = env.kubectl(&["top", "pods", "-l", "app=burner"]).await?;
+        ensure!(
+            row(&selected, "burner").is_some() && row(&selected, "idler").is_none(),
+            "{selected}"
+        );
+
+        let nodes = env.kubectl(&["top", "nodes"]).await?;
+        let node = row(&nodes, "workloads-control-plane").context("the node's row")?;
+        ensure!(
+            nodes.contains("CPU(%)") && nodes.contains("MEMORY(%)"),
+            "{nodes}"
+        );
+        // The busy pod is on this machine: the node's CPU is at least the pod's.
+        ensure!(
+            millicores(node[1]).is_some_and(|n| n + 50.0 >= cpu),
+            "node {nodes} vs pod {pods}"
+        );
+        ensure!(node[2].ends_with('%') && node[4].ends_with('%'), "{nodes}");
+
+        // Read-only, and a pod without metrics is not found, as on metrics-server.
+        let missing = env.kubectl_in(&["top", "pod", "nobody"], None).await?;
+        ensure!(!missing.ok, "top of a missing pod succeeded");
+        ensure!(
+            missing
+                .stderr
+                .contains("podmetrics.metrics.k8s.io \"default/nobody\" not found"),
+            "{}",
+            missing.stderr
+        );
+        let delete = env
+            .kubectl_in(
+                &[
+                    "delete",
+                    "--raw",
+                    "/apis/metrics.k8s.io/v1beta1/namespaces/default/pods/burner",
+                ],
+                None,
+            )
+            .await?;
+        ensure!(
+            !delete.ok && delete.stderr.contains("MethodNotAllowed"),
+            "{}",
+            delete.stderr
+        );
+        env.stop().await
+    })
+    .await
+}

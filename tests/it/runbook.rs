@@ -239,4 +239,11 @@ async fn the_shipped_runbook_runs_end_to_end_with_its_defects_named() {
     check(&report, 397, Verdict::Skipped, "interactive prompt");
     check(&report, 527, Verdict::Skipped, "not installed here: `helm`");
     check(&report, 440, Verdict::Skipped, "commented out");
+    // Rollback criterion 4 ("4. 리소스 부족"), verbatim, against the simulator's metrics API.
+    for (line, header) in [(886, "CPU(%)"), (887, "MEMORY(bytes)")] {
+        let c = at(&report, line);
+        assert!(c.command.starts_with("kubectl top "), "{c:#?}");
+        assert_eq!(c.verdict, Verdict::Ok, "line {line}: {c:#?}");
+        assert!(c.stdout_tail.contains(header), "line {line}: {c:#?}");
+    }
 }

@@ -67,7 +67,8 @@ pub struct NamespaceObjects {
     pub unlisted: Vec<String>,
 }
 
-/// Lists everything in `source`'s namespace through discovery. Read-only.
+/// Lists everything in `source`'s namespace through discovery that can be listed and created
+/// (what a restore can apply). Read-only.
 ///
 /// # Errors
 /// [`BackupError::Kube`] when discovery fails (a resource that cannot be listed is recorded in
@@ -83,7 +84,13 @@ pub async fn list_namespace(source: &KubeSource) -> Result<NamespaceObjects, Bac
     let mut unlisted = Vec::new();
     for group in discovery.groups() {
         for (resource, caps) in group.recommended_resources() {
-            if caps.scope != Scope::Namespaced || !caps.supports_operation(verbs::LIST) {
+            // What cannot be created cannot be restored: read-only views such as
+            // metrics-server's PodMetrics (`metrics.k8s.io`, get and list only) are not
+            // objects of the namespace.
+            if caps.scope != Scope::Namespaced
+                || !caps.supports_operation(verbs::LIST)
+                || !caps.supports_operation(verbs::CREATE)
+            {
                 continue;
             }
             let api: Api<DynamicObject> =

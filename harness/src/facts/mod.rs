@@ -1,7 +1,7 @@
 //! Facts: everything observed, and nothing judged. Of a database: per-table row counts and
 //! content digests, sequences, a normalised schema rendering, foreign-key checks, pg_amcheck,
 //! and planner statistics; of Redis: its keyspace digest; of a cluster after a restore: pods,
-//! health checks and the load gate's figures. The backup records them inside its
+//! health checks, the load gate's figures and resource usage (`resources`). The backup records them inside its
 //! snapshot; the restore observes them again; `verify` compares the two without doing any I/O
 //! itself.
 
@@ -9,6 +9,7 @@ mod amcheck;
 mod durations;
 mod observed;
 mod redis;
+pub mod resources;
 pub mod schema;
 pub mod statistics;
 pub mod tables;
@@ -55,6 +56,7 @@ pub use observed::{
     EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation, pod_ready, pod_succeeded,
 };
 pub use redis::RedisFacts;
+pub use resources::{NodeResourceSample, PvcUsage, ResourceObservation};
 pub use schema::{ForeignKeyCheck, SchemaError, foreign_key_checks, render_schema, run_amcheck};
 pub use statistics::{TableStatistics, table_statistics};
 pub use tables::{

@@ -286,6 +286,7 @@ pub fn render_rebuild_record(report: &Report) -> String {
     write_summary(&mut out, &report);
     write_backup_details(&mut out, &report);
     write_data_verification(&mut out, &report);
+    write_resources(&mut out, &report);
     let _ = writeln!(out, "\n### Issues");
     if report.rollback_reasons.is_empty() {
         let _ = writeln!(out, "- None");
@@ -393,6 +394,27 @@ fn write_data_verification(out: &mut String, report: &Report) {
             after,
             if t.digest_equal() { "yes" } else { "no" }
         );
+    }
+}
+
+/// `### Resources`: the runbook's rollback criterion 4 (`kubectl top`, PVC usage) with its
+/// evidence, when the run judged it.
+fn write_resources(out: &mut String, report: &Report) {
+    let Some(gate) = report
+        .gates
+        .iter()
+        .find(|g| g.name == crate::verify::RESOURCES_GATE)
+    else {
+        return;
+    };
+    let _ = writeln!(out, "\n### Resources (롤백 결정 기준 4. 리소스 부족)");
+    let _ = match (&gate.not_run, gate.passed) {
+        (_, true) => writeln!(out, "- within every limit"),
+        (Some(why), false) => writeln!(out, "- could not be assessed: {why}"),
+        (None, false) => writeln!(out, "- over a limit: roll back"),
+    };
+    for finding in &gate.findings {
+        let _ = writeln!(out, "- {finding}");
     }
 }
 
@@ -578,6 +600,37 @@ mod tests {
         );
         assert!(
             text.contains("- [x] PostgreSQL pg_dump 백업 완료"),
+            "{text}"
+        );
+        assert!(
+            !text.contains("### Resources"),
+            "not judged, not shown:\n{text}"
+        );
+    }
+
+    #[test]
+    fn the_resources_criterion_shows_with_its_evidence() {
+        use crate::verify::{Finding, FindingKind};
+        let mut report = passing();
+        report.gates.push(crate::report::GateReport {
+            name: crate::verify::RESOURCES_GATE.into(),
+            passed: false,
+            findings: vec![Finding::new(
+                "PersistentVolumeClaim titanium-prod/small",
+                FindingKind::OverLimit,
+                "92.8 % used",
+            )],
+            not_run: None,
+        });
+        let text = render_rebuild_record(&report);
+        assert!(
+            text.contains("### Resources (롤백 결정 기준 4. 리소스 부족)\n- over a limit: roll back\n- PersistentVolumeClaim titanium-prod/small: 92.8 % used"),
+            "{text}"
+        );
+        report.gates.last_mut().unwrap().not_run = Some("the metrics API is missing".into());
+        let text = render_rebuild_record(&report);
+        assert!(
+            text.contains("- could not be assessed: the metrics API is missing"),
             "{text}"
         );
     }

@@ -14,6 +14,7 @@ mod data;
 mod integrity;
 mod kubernetes;
 mod redis;
+mod resources;
 mod rollback;
 mod schema;
 mod statistics;
@@ -24,9 +25,11 @@ pub use data::{digests, marker_absent, row_counts, sequences};
 pub use integrity::{Amcheck, AmcheckReport, referential_integrity};
 pub use kubernetes::{kubernetes_objects, normalise_object};
 pub use redis::{RedisFacts, redis};
+pub use resources::{ResourceJudgement, judge_resources};
 pub use rollback::{
     Action, Criterion, Decision, EndpointLatency, HealthSample, LoadBreach, LoadSample,
-    PodObservation, RollbackInputs, RollbackReason, RollbackThresholds, decide,
+    PodObservation, RESOURCES_GATE, ResourceObservation, RollbackInputs, RollbackReason,
+    RollbackThresholds, decide,
 };
 pub use schema::{schema, unified_diff};
 pub use statistics::statistics;

@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::{Finding, FindingKind, Gate, Verdict};
-pub use crate::facts::{EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation};
+pub use crate::facts::{
+    EndpointLatency, HealthSample, LoadBreach, LoadSample, PodObservation, ResourceObservation,
+};
 
 /// The limits beyond which a restore is rolled back. [`Default`] is the runbook's limits with
 /// exact data equality; [`RollbackThresholds::runbook`] also takes the runbook's 10 % row-count
@@ -32,6 +34,18 @@ pub struct RollbackThresholds {
     /// Longest tolerated wait for every pod to become Ready (runbook: 30 min).
     #[serde(with = "crate::facts::secs")]
     pub max_pods_ready: Duration,
+    /// Largest tolerated node CPU usage over allocatable, sustained (runbook: 90 %).
+    pub max_node_cpu: f64,
+    /// Largest tolerated node memory usage over allocatable, sustained (runbook: 95 %).
+    pub max_node_memory: f64,
+    /// Largest tolerated claim usage over its requested size (runbook: 90 %).
+    pub max_pvc_usage: f64,
+    /// "Sustained" needs at least this many samples of a node, every one over the limit
+    /// (see `verify::resources`).
+    pub sustained_samples: u32,
+    /// ... spanning at least this long.
+    #[serde(with = "crate::facts::secs")]
+    pub sustained_span: Duration,
 }
 
 impl Default for RollbackThresholds {
@@ -44,6 +58,11 @@ impl Default for RollbackThresholds {
             max_db_restore: Duration::from_secs(2 * 3600),
             max_total: Duration::from_secs(6 * 3600),
             max_pods_ready: Duration::from_secs(30 * 60),
+            max_node_cpu: 0.90,
+            max_node_memory: 0.95,
+            max_pvc_usage: 0.90,
+            sustained_samples: 3,
+            sustained_span: Duration::from_secs(10),
         }
     }
 }
@@ -82,6 +101,8 @@ pub struct RollbackInputs {
     pub pods_ready_wait: Option<Duration>,
     /// The load gate's outcome, if it ran.
     pub load: Option<LoadSample>,
+    /// Node and claim usage (criterion 4), if observed.
+    pub resources: Option<ResourceObservation>,
 }
 
 /// One rollback criterion of the runbook (plus failed gates it does not name).
@@ -110,6 +131,12 @@ pub enum Criterion {
     PodsNotReady,
     /// A threshold of the load gate (the runbook's k6 limits) did not hold.
     LoadThresholds,
+    /// Node CPU over its limit, sustained.
+    NodeCpu,
+    /// Node memory over its limit, sustained.
+    NodeMemory,
+    /// A PersistentVolumeClaim over its limit of its requested size.
+    PvcUsage,
 }
 
 impl Criterion {
@@ -127,6 +154,9 @@ impl Criterion {
             Criterion::TotalDuration => "total_duration",
             Criterion::PodsNotReady => "pods_not_ready",
             Criterion::LoadThresholds => "load_thresholds",
+            Criterion::NodeCpu => "node_cpu",
+            Criterion::NodeMemory => "node_memory",
+            Criterion::PvcUsage => "pvc_usage",
         }
     }
 }
@@ -204,11 +234,18 @@ impl std::fmt::Display for RollbackReason {
         match (self.gate, self.criterion) {
             (Some(gate), criterion) => write!(f, "gate {gate} ({criterion}): ")?,
             (None, Criterion::LoadThresholds) => write!(f, "gate load (load_thresholds): ")?,
+            // Criterion 4's evidence is the report's `resources` gate.
+            (None, c @ (Criterion::NodeCpu | Criterion::NodeMemory | Criterion::PvcUsage)) => {
+                write!(f, "gate {RESOURCES_GATE} ({c}): ")?
+            }
             (None, criterion) => write!(f, "{criterion}: ")?,
         }
         write!(f, "{} (limit: {})", self.observed, self.limit)
     }
 }
+
+/// The name criterion 4's evidence goes under in a report's gates.
+pub const RESOURCES_GATE: &str = "resources";
 
 fn fmt_duration(d: Duration) -> String {
     let secs = d.as_secs_f64();
@@ -230,6 +267,9 @@ pub fn decide(inputs: &RollbackInputs, thresholds: &RollbackThresholds) -> Decis
     judgement.load(inputs);
     judgement.pods(inputs, thresholds);
     judgement.durations(inputs, thresholds);
+    let resources = super::resources::judge_resources(inputs.resources.as_ref(), thresholds);
+    judgement.reasons.extend(resources.reasons);
+    judgement.not_assessed.extend(resources.not_assessed);
     let Judgement {
         reasons,
         not_assessed,
@@ -552,7 +592,7 @@ fn count_difference(finding: &Finding) -> f64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::super::{Finding, FindingKind};
     use super::*;
 
@@ -560,7 +600,7 @@ mod tests {
         Duration::from_secs(secs * 3600)
     }
 
-    fn clean() -> RollbackInputs {
+    pub(crate) fn clean() -> RollbackInputs {
         RollbackInputs {
             verdicts: vec![
                 Verdict::from_findings(Gate::RowCounts, vec![]),
@@ -591,6 +631,7 @@ mod tests {
                     p95_ms: 40.0,
                 }),
             }),
+            resources: Some(super::super::resources::tests::quiet()),
         }
     }
 
@@ -732,7 +773,7 @@ mod tests {
         assert_eq!(decision.action, Action::NotAssessed);
         assert_eq!(
             decision.not_assessed.len(),
-            9,
+            12,
             "{:?}",
             decision.not_assessed
         );

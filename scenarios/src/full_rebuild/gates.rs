@@ -44,14 +44,15 @@ pub(super) fn record_service(state: &mut State, service: &Service) {
     state.load = Some(load_report(&service.load));
 }
 
-/// The rollback decision over the gates, the health and load gates, the pods and the
-/// durations.
+/// The rollback decision over the gates, the health and load gates, the pods, the durations
+/// and the resources (criterion 4), with the resources' evidence as a gate for the report.
 pub(super) async fn decide(
     b: &impl Cluster,
     config: &Config,
     judged: Judged<'_>,
-) -> anyhow::Result<Decision> {
+) -> anyhow::Result<(Decision, GateReport)> {
     let pods = observe_pods(b).await?;
+    let resources = observe_resources(b, &config.thresholds).await?;
     let endpoints = &judged.service.health.endpoints;
     let attempts: u32 = endpoints.iter().map(|e| e.probes).sum();
     let failures: u32 = endpoints.iter().map(|e| e.failures).sum();
@@ -65,8 +66,38 @@ pub(super) async fn decide(
         total: Some(judged.destroy_started.elapsed()),
         pods_ready_wait: judged.restored.pods_ready,
         load: Some(judged.service.load.sample()),
+        resources: Some(resources),
     };
-    Ok(verify::decide(&inputs, &config.thresholds))
+    let evidence = verify::judge_resources(inputs.resources.as_ref(), &config.thresholds);
+    let gate = GateReport {
+        name: verify::RESOURCES_GATE.into(),
+        passed: evidence.passed(),
+        findings: evidence.evidence,
+        not_run: (!evidence.not_run.is_empty()).then(|| evidence.not_run.join("; ")),
+    };
+    Ok((verify::decide(&inputs, &config.thresholds), gate))
+}
+
+/// Node usage through the metrics API over the window "sustained" needs, and every claim's
+/// usage in the pod that mounts it. What could not be observed is kept with why: the
+/// criterion is then not assessed, never met.
+pub(super) async fn observe_resources(
+    cluster: &impl Cluster,
+    thresholds: &verify::RollbackThresholds,
+) -> anyhow::Result<facts::ResourceObservation> {
+    use harness::facts::resources::{SampleWindow, observe_nodes, observe_pvcs};
+    let client = cluster.client().await?;
+    let window = SampleWindow {
+        samples: thresholds.sustained_samples,
+        span: thresholds.sustained_span,
+        // metrics-server's default resolution is 15 s: time for a few of its samples.
+        deadline: thresholds.sustained_span + Duration::from_secs(60),
+    };
+    let why = |e: facts::resources::ResourceError| format!("{:#}", anyhow::Error::from(e));
+    Ok(facts::ResourceObservation {
+        nodes: observe_nodes(&client, window).await.map_err(why),
+        pvcs: observe_pvcs(&client, NAMESPACE).await.map_err(why),
+    })
 }
 
 /// Which gate of the health-and-load phase failed, and why, when one did.

@@ -428,7 +428,8 @@ async fn serve_and_decide(
         restored,
         destroy_started,
     };
-    let decision = run.phase("decide", decide(cluster, config, judged)).await?;
+    let (decision, resources) = run.phase("decide", decide(cluster, config, judged)).await?;
+    state.gates.push(resources);
     run.note(match decision.action {
         verify::Action::Proceed => "proceed".to_owned(),
         verify::Action::RollBack => format!("roll back: {}", decision.explain().join("; ")),

@@ -346,9 +346,10 @@ impl Workers {
         state_dir: &std::path::Path,
         kind: Option<&crate::config::KindConfig>,
         network: crate::kubelet::NetworkLease,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Workers, crate::kubelet::KubeletError> {
         let cfg = crate::kubelet::KubeletConfig::new(state_dir)?;
-        let kubelet = crate::kubelet::Kubelet::start(store.clone(), cfg, network)?;
+        let kubelet = crate::kubelet::Kubelet::start(store.clone(), cfg, network, metrics)?;
         let port_mappings = kind
             .map(|k| {
                 k.nodes

@@ -389,7 +389,10 @@ pub(crate) async fn run(ctx: Arc<PodCtx>, idx: usize, init: bool) -> bool {
         let started_at = crate::api::now();
         let (code, reason, message) =
             run_instance(&ctx, idx, init, &spec, prepared, log, &started_at).await;
-        ctx.rt.update_container(&name, |ci| ci.running = false);
+        ctx.rt.update_container(&name, |ci| {
+            ci.running = false;
+            ci.pgid = None;
+        });
         let finished_at = crate::api::now();
         let mut terminated = json!({"exitCode": code, "reason": reason, "startedAt": started_at, "finishedAt": finished_at});
         if let Some(m) = message {
@@ -523,6 +526,8 @@ async fn run_instance(
     };
     let pgid = child.id().map_or(0, |p| p as i32);
     ctx.shared.reaper.track(pgid);
+    ctx.rt
+        .update_container(&name, |ci| ci.pgid = (pgid > 0).then_some(pgid));
     let has_startup = spec.get("startupProbe").is_some();
     let has_readiness = spec.get("readinessProbe").is_some();
     set(ctx, idx, init, |c| {

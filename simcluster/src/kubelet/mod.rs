@@ -116,6 +116,8 @@ pub(crate) struct Shared {
     network: NetworkLease,
     /// Cancelled when the kubelet stops: exec, log and port-forward sessions end with it.
     pub(crate) stopping: CancellationToken,
+    /// Where the resource metrics sampler puts what it measures.
+    metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// A cluster's loopback block 127.N.0.0/16, leased machine-wide so that clusters running at
@@ -230,6 +232,7 @@ impl Kubelet {
         store: Arc<Store>,
         cfg: KubeletConfig,
         network: NetworkLease,
+        metrics: Arc<crate::metrics::Metrics>,
     ) -> Result<Kubelet, KubeletError> {
         use std::os::unix::fs::PermissionsExt as _;
         let dir = cfg.state_dir.join("kubelet");
@@ -261,8 +264,10 @@ impl Kubelet {
             ips: Mutex::new(BTreeSet::new()),
             network,
             stopping: CancellationToken::new(),
+            metrics,
         });
         let stop = CancellationToken::new();
+        tokio::spawn(sample_metrics(shared.clone(), stop.clone()));
         let task = tokio::spawn(run(shared.clone(), stop.clone()));
         Ok(Kubelet {
             shared,
@@ -378,6 +383,56 @@ fn handle_pod(shared: &Arc<Shared>, kind: EventType, pod: &Arc<Value>) {
     let runtime = Arc::new(pod::PodRuntime::new(&shared.cfg.state_dir, pod, ip));
     let task = tokio::spawn(pod::run_pod(shared.clone(), runtime.clone(), rx));
     pods.insert(uid, PodEntry { tx, runtime, task });
+}
+
+/// The running containers' process groups, for the metrics sampler.
+fn running_processes(shared: &Shared) -> Vec<crate::metrics::PodProcesses> {
+    let pods = shared
+        .pods
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    pods.values()
+        .map(|e| {
+            let rt = &e.runtime;
+            let containers = rt
+                .containers
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .iter()
+                .filter_map(|(name, ci)| {
+                    ci.pgid.map(|pgid| crate::metrics::ContainerProcesses {
+                        name: name.clone(),
+                        pgid,
+                    })
+                })
+                .collect();
+            crate::metrics::PodProcesses {
+                uid: rt.uid.clone(),
+                namespace: rt.namespace.clone(),
+                name: rt.name.clone(),
+                containers,
+            }
+        })
+        .collect()
+}
+
+/// Samples the machine and every running container each [`crate::metrics::RESOLUTION`], as
+/// the kubelet's resource metrics endpoint would be scraped.
+async fn sample_metrics(shared: Arc<Shared>, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(crate::metrics::RESOLUTION);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let pods = running_processes(&shared);
+        let s = shared.clone();
+        // Reading /proc blocks; a failed task only costs this sample.
+        if let Err(e) = tokio::task::spawn_blocking(move || s.metrics.sample(&pods)).await {
+            tracing::warn!(error = %e, "resource metrics sample failed");
+        }
+    }
 }
 
 async fn run(shared: Arc<Shared>, stop: CancellationToken) {

@@ -40,6 +40,8 @@ pub(crate) struct ContainerInfo {
     pub(crate) running: bool,
     /// For PostgreSQL containers: the socket directory and port (`PGHOST`/`PGPORT` of exec).
     pub(crate) pg: Option<(PathBuf, u16)>,
+    /// The running instance's process group (its main process's pid), for resource metrics.
+    pub(crate) pgid: Option<i32>,
 }
 
 /// A pod the kubelet runs.

@@ -75,6 +75,8 @@ fn groups(st: &Arc<ServerState>) -> Vec<Value> {
             };
             group_json(g, &vs, &pref)
         })
+        // metrics-server's aggregated group, served by `super::metrics`.
+        .chain(std::iter::once(super::metrics::group()))
         .collect()
 }
 

@@ -7,6 +7,7 @@
 
 mod discovery;
 pub(crate) use discovery::GIT_VERSION;
+mod metrics;
 mod rest;
 mod watch;
 
@@ -53,6 +54,8 @@ pub(crate) struct ServerState {
     pub(crate) store: Arc<Store>,
     pub(crate) deny: Vec<AccessRule>,
     pub(crate) subresources: Arc<SubresourceMap>,
+    /// What `metrics.k8s.io` serves.
+    pub(crate) metrics: Arc<crate::metrics::Metrics>,
     pub(crate) address: String,
     pub(crate) stop: tokio_util::sync::CancellationToken,
 }
@@ -128,6 +131,7 @@ async fn dispatch_inner(st: Arc<ServerState>, req: Request) -> Response {
         ["openapi", "v2"] => Ok(discovery::openapi_v2(&req)),
         ["openapi", "v3"] => Ok(discovery::openapi_v3_root(&st)),
         ["openapi", "v3", rest @ ..] => discovery::openapi_v3_doc(&st, &rest.join("/")),
+        ["apis", metrics::GROUP, metrics::VERSION, rest @ ..] => metrics::serve(&st, rest, &req),
         ["api", "v1"] => discovery::resource_list(&st, "", "v1"),
         ["apis", group, version] => discovery::resource_list(&st, group, version),
         ["api", "v1", rest @ ..] => route(&st, "", "v1", rest, req).await,
