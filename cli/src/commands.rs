@@ -868,10 +868,15 @@ async fn sim_deploy(
     }
     let cluster =
         KubeconfigCluster::attach(Some(kubeconfig.clone()), None, vec![], Default::default())?;
+    let timeout = std::time::Duration::from_secs(180);
+    eprintln!("installing the infrastructure (CRDs, istio-system/istio-ingressgateway) ...");
+    let infrastructure =
+        harness::deploy::apply_infrastructure(&cluster, &harness::deploy::overlay("sim"), timeout)
+            .await?;
+    eprintln!("{infrastructure}");
     eprintln!("deploying titanium-prod ...");
     harness::deploy::apply_kustomize(&cluster, &harness::deploy::overlay("sim")).await?;
     let client = cluster.client().await?;
-    let timeout = std::time::Duration::from_secs(180);
     use scenarios::titanium::{LOAD_GENERATOR, NAMESPACE};
     if users > 0 {
         // Seed before the writers start: the load generator is held at zero (no pod left)

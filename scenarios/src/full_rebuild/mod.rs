@@ -355,6 +355,9 @@ async fn steps(
             anyhow::Ok((service, failed))
         })
         .await?;
+    if service_failure(&service).is_none() {
+        run.note(format!("through {}", service.ingress));
+    }
     record_service(state, &service);
     state.rto_ms = Some(millis(destroy_started.elapsed()));
     let judged = Judged {
@@ -427,4 +430,6 @@ struct Gates {
 struct Service {
     health: harness::load::HealthVerdict,
     load: harness::load::LoadVerdict,
+    /// The way the probes went in ([`titanium::Ingress::path`]).
+    ingress: String,
 }
