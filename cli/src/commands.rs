@@ -916,6 +916,10 @@ async fn sim_deploy(
     println!(
         "  kubectl exec -n titanium-prod postgresql-0 -- psql -U postgres -d titanium -c '\\dt'"
     );
+    println!(
+        "  export INGRESS_IP=$(kubectl get svc -n istio-system istio-ingressgateway -o jsonpath='{{.status.loadBalancer.ingress[0].ip}}')"
+    );
+    println!("  curl http://$INGRESS_IP/api/users/health");
     println!("Stop it with: rehearsal sim down --name {name}");
     Ok(exit_codes::OK)
 }
