@@ -261,6 +261,7 @@ fn main() {
                 "auth-service",
                 "blog-service",
                 "load-generator",
+                "ingress-gateway",
             ]
             .iter()
             .map(|s| format!("titanium/{s}:rehearsal"))
