@@ -192,7 +192,7 @@ pub async fn ingress(cluster: &impl Cluster) -> anyhow::Result<Ingress> {
             (
                 format!("http://127.0.0.1:{}", forward.port()),
                 format!(
-                    "{ns}/{INGRESS_SERVICE} through a port-forward to pod {pod}:{target} (the \
+                    "{ns}/{INGRESS_SERVICE} by a port-forward to pod {pod}:{target} (the \
                      Service has no LoadBalancer IP on this cluster)"
                 ),
                 Some(forward),
