@@ -4,7 +4,9 @@
 //! A; before the document's rebuild phase, A is destroyed for real and cluster B created, and
 //! the session switched to B. Stand-ins do what a rehearsal cannot have, and say so: the
 //! goose load gate for `k6 run` (through the ingress gateway, as k6 targets `$INGRESS_IP`),
-//! the overlay's CRDs and the rehearsal's ingress gateway for `istioctl install`, a scratch copy of
+//! the overlay's CRDs and the rehearsal's ingress gateway for `istioctl install`, a GET through
+//! that gateway by a port-forward for `curl http://$INGRESS_IP/...` where the cluster gives it
+//! no LoadBalancer IP (on the simulator it has one, and the curls run as written), a scratch copy of
 //! `fixtures/terraform` (initialised and applied) for the author's terraform directory, the
 //! project's overlay for the author's kustomize directory, cluster B's kubeconfig for the one
 //! the document downloads from the cloud console.
@@ -248,6 +250,49 @@ impl Titanium {
         Ok(events)
     }
 
+    /// A GET of `path` through the ingress gateway by a port-forward: where the cluster
+    /// gives the gateway's Service no LoadBalancer IP (kind without MetalLB, the `local`
+    /// provider), `$INGRESS_IP` is empty and the runbook's curl has no host. The request still
+    /// goes through the gateway's routing (the restored VirtualService); only the address
+    /// differs.
+    async fn ingress_get(&self, path: &str) -> StandIn {
+        let by = "a GET of the same path through istio-system/istio-ingressgateway by a \
+                  port-forward: its Service has no LoadBalancer IP on this cluster, so \
+                  INGRESS_IP is empty"
+            .to_owned();
+        let Some(cluster) = self.current() else {
+            return StandIn {
+                by,
+                result: Err("no cluster is up".into()),
+            };
+        };
+        let result = async {
+            let ingress = titanium::ingress(cluster).await?;
+            let response = reqwest::Client::new()
+                .get(format!("{}{path}", ingress.base_url))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await?;
+            let status = response.status();
+            let body = response.text().await?;
+            let head: String = body.chars().take(200).collect();
+            anyhow::Ok((status, head, body.len(), ingress.path.clone()))
+        }
+        .await;
+        let result = match result {
+            Ok((status, head, len, via)) if status.is_success() => Ok(format!(
+                "GET {path} through {via}: HTTP {status}, {len} bytes: {head}"
+            )),
+            Ok((status, head, _, via)) => {
+                Err(format!("GET {path} through {via}: HTTP {status}: {head}"))
+            }
+            Err(e) => Err(format!(
+                "GET {path} through the ingress gateway failed: {e:#}"
+            )),
+        };
+        StandIn { by, result }
+    }
+
     async fn load_gate(&self, script: &str) -> StandIn {
         let by = "the goose load gate (harness::load) with k6's thresholds: p95 < 500 ms, \
                   failures < 1 %, a minimum request rate"
@@ -325,8 +370,8 @@ impl StandIns for Titanium {
     async fn replace(
         &mut self,
         programs: &[Vec<String>],
-        _text: &str,
-        _session: &mut Session,
+        text: &str,
+        session: &mut Session,
     ) -> Option<StandIn> {
         let first = programs.first()?;
         let word = |i: usize| first.get(i).map(String::as_str);
@@ -361,6 +406,18 @@ impl StandIns for Titanium {
                 .map_err(|e| harness::error_chain(&e));
                 self.infrastructure = result.is_ok();
                 Some(StandIn { by, result })
+            }
+            (Some("curl"), _) if text.contains("$INGRESS_IP") => {
+                let empty = tokio::task::block_in_place(|| {
+                    session.run("printf '%s' \"${INGRESS_IP:-}\"", Duration::from_secs(10))
+                })
+                .is_ok_and(|o| o.status == Some(0) && o.stdout.is_empty());
+                if !empty {
+                    return None;
+                }
+                let url = first.iter().find(|w| w.contains("$INGRESS_IP"))?;
+                let path = url.split("$INGRESS_IP").nth(1).unwrap_or("/").to_owned();
+                Some(self.ingress_get(&path).await)
             }
             _ => None,
         }
