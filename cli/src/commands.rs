@@ -143,6 +143,7 @@ fn provider_spec(args: &crate::ProviderArgs) -> anyhow::Result<harness::cluster:
                 "auth-service",
                 "blog-service",
                 "load-generator",
+                "ingress-gateway",
             ]
             .iter()
             .map(|s| format!("titanium/{s}:rehearsal"))
