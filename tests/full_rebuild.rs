@@ -283,6 +283,7 @@ fn main() {
                 "auth-service",
                 "blog-service",
                 "load-generator",
+                "ingress-gateway",
             ]
             .iter()
             .map(|s| format!("titanium/{s}:rehearsal"))

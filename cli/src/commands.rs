@@ -143,6 +143,7 @@ fn provider_spec(args: &crate::ProviderArgs) -> anyhow::Result<harness::cluster:
                 "auth-service",
                 "blog-service",
                 "load-generator",
+                "ingress-gateway",
             ]
             .iter()
             .map(|s| format!("titanium/{s}:rehearsal"))
@@ -874,10 +875,15 @@ async fn sim_deploy(
     }
     let cluster =
         KubeconfigCluster::attach(Some(kubeconfig.clone()), None, vec![], Default::default())?;
+    let timeout = std::time::Duration::from_secs(180);
+    eprintln!("installing the infrastructure (CRDs, istio-system/istio-ingressgateway) ...");
+    let infrastructure =
+        harness::deploy::apply_infrastructure(&cluster, &harness::deploy::overlay("sim"), timeout)
+            .await?;
+    eprintln!("{infrastructure}");
     eprintln!("deploying titanium-prod ...");
     harness::deploy::apply_kustomize(&cluster, &harness::deploy::overlay("sim")).await?;
     let client = cluster.client().await?;
-    let timeout = std::time::Duration::from_secs(180);
     use scenarios::titanium::{LOAD_GENERATOR, NAMESPACE};
     if users > 0 {
         // Seed before the writers start: the load generator is held at zero (no pod left)
@@ -917,6 +923,10 @@ async fn sim_deploy(
     println!(
         "  kubectl exec -n titanium-prod postgresql-0 -- psql -U postgres -d titanium -c '\\dt'"
     );
+    println!(
+        "  export INGRESS_IP=$(kubectl get svc -n istio-system istio-ingressgateway -o jsonpath='{{.status.loadBalancer.ingress[0].ip}}')"
+    );
+    println!("  curl http://$INGRESS_IP/api/users/health");
     println!("Stop it with: rehearsal sim down --name {name}");
     Ok(exit_codes::OK)
 }

@@ -94,20 +94,67 @@ pub async fn apply_kustomize(cluster: &impl Cluster, overlay: &Path) -> Result<(
     Ok(())
 }
 
-/// Applies only the CustomResourceDefinitions of `overlay` and waits until they are
-/// Established: the cluster-wide infrastructure (Istio, the monitoring stack's CRDs) that the
-/// runbook installs on a rebuilt cluster (Phase 4.3) before the application is restored.
+/// The cluster infrastructure the runbook installs before the application (Phase 4.3):
+/// `fixtures/k8s/infrastructure`, Istio's ingress gateway in `istio-system`.
+pub fn infrastructure() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../fixtures/k8s/infrastructure")
+}
+
+/// The namespace of the ingress gateway.
+pub const INGRESS_NAMESPACE: &str = "istio-system";
+
+/// What [`apply_infrastructure`] installed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Infrastructure {
+    /// CustomResourceDefinitions applied and Established.
+    pub crds: usize,
+    /// Objects of [`infrastructure`] applied (the ingress gateway and its access).
+    pub objects: usize,
+}
+
+impl std::fmt::Display for Infrastructure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} CustomResourceDefinitions established; the ingress gateway ({} objects) ready \
+             in {INGRESS_NAMESPACE}",
+            self.crds, self.objects
+        )
+    }
+}
+
+/// Applies the CustomResourceDefinitions of `overlay` and waits until they are Established,
+/// then the ingress gateway of [`infrastructure`] and waits until it is ready: the
+/// cluster-wide infrastructure (Istio, the monitoring stack's CRDs) that the runbook installs
+/// on a rebuilt cluster (Phase 4.3) before the application is restored. The gateway routes by
+/// the application's Gateway and VirtualService once they exist.
 ///
 /// # Errors
-/// [`DeployError::Kubectl`] with kubectl's output.
+/// [`DeployError::Kubectl`] with kubectl's output; [`DeployError::NotReady`] when the gateway
+/// is not ready within `timeout`.
 pub async fn apply_infrastructure(
     cluster: &impl Cluster,
     overlay: &Path,
-) -> Result<usize, DeployError> {
+    timeout: Duration,
+) -> Result<Infrastructure, DeployError> {
     let (crds, _) = render(cluster, overlay).await?;
     let count = crds.len();
     apply_crds(cluster, crds).await?;
-    Ok(count)
+    let (more_crds, objects) = render(cluster, &infrastructure()).await?;
+    apply_crds(cluster, more_crds).await?;
+    let applied = objects.len();
+    run(
+        kubectl(cluster, &APPLY),
+        Some(list(objects)),
+        "kubectl apply --server-side (infrastructure)",
+    )
+    .await?;
+    let client = cluster.client().await?;
+    wait_ready(&client, INGRESS_NAMESPACE, timeout).await?;
+    Ok(Infrastructure {
+        crds: count,
+        objects: applied,
+    })
 }
 
 const APPLY: [&str; 6] = [

@@ -254,10 +254,14 @@ async fn a_local_cluster_resolves_services_keeps_volumes_and_leaves_nothing() {
     let log = run_pod(
         &pods,
         "reader",
-        "cat /data/marker; getent hosts nope || echo no-such-service",
+        // And the API server through the `kubernetes` Service, as in-cluster clients (the
+        // ingress gateway) find it: the node's relay and the Endpoints naming it.
+        "cat /data/marker; getent hosts nope || echo no-such-service; \
+         bash -c 'exec 3<>/dev/tcp/$KUBERNETES_SERVICE_HOST/$KUBERNETES_SERVICE_PORT' \
+         && echo api-reachable",
     )
     .await;
-    assert_eq!(log, "kept-across-pods\nno-such-service\n");
+    assert_eq!(log, "kept-across-pods\nno-such-service\napi-reachable\n");
 
     let dirs = cluster.dirs().to_vec();
     let pids = cluster.pids().to_vec();

@@ -3,7 +3,10 @@
 //! it); the document's blocks run in one confined shell session with `KUBECONFIG` pointing at
 //! A; before the document's rebuild phase, A is destroyed for real and cluster B created, and
 //! the session switched to B. Stand-ins do what a rehearsal cannot have, and say so: the
-//! goose load gate for `k6 run`, the overlay's CRDs for `istioctl install`, a scratch copy of
+//! goose load gate for `k6 run` (through the ingress gateway, as k6 targets `$INGRESS_IP`),
+//! the overlay's CRDs and the rehearsal's ingress gateway for `istioctl install`, a GET through
+//! that gateway by a port-forward for `curl http://$INGRESS_IP/...` where the cluster gives it
+//! no LoadBalancer IP (on the simulator it has one, and the curls run as written), a scratch copy of
 //! `fixtures/terraform` (initialised and applied) for the author's terraform directory, the
 //! project's overlay for the author's kustomize directory, cluster B's kubeconfig for the one
 //! the document downloads from the cloud console.
@@ -247,11 +250,15 @@ impl Titanium {
         Ok(events)
     }
 
-    /// A GET of `path` from the api-gateway through a port-forward: the ingress gateway's
-    /// stand-in where the cluster has none.
-    async fn gateway_get(&self, path: &str) -> StandIn {
-        let by = "a GET of the same path from the api-gateway through a port-forward: the \
-                  cluster has no Istio ingress gateway, so INGRESS_IP is empty"
+    /// A GET of `path` through the ingress gateway by a port-forward: where the cluster
+    /// gives the gateway's Service no LoadBalancer IP (kind without MetalLB, the `local`
+    /// provider), `$INGRESS_IP` is empty and the runbook's curl has no host. The request still
+    /// goes through the gateway's routing (the restored VirtualService); only the address
+    /// differs.
+    async fn ingress_get(&self, path: &str) -> StandIn {
+        let by = "a GET of the same path through istio-system/istio-ingressgateway by a \
+                  port-forward: its Service has no LoadBalancer IP on this cluster, so \
+                  INGRESS_IP is empty"
             .to_owned();
         let Some(cluster) = self.current() else {
             return StandIn {
@@ -260,25 +267,28 @@ impl Titanium {
             };
         };
         let result = async {
-            let forward = titanium::forward_to(cluster, "api-gateway", 8000).await?;
-            let url = format!("http://127.0.0.1:{}{path}", forward.port());
+            let ingress = titanium::ingress(cluster).await?;
             let response = reqwest::Client::new()
-                .get(&url)
+                .get(format!("{}{path}", ingress.base_url))
                 .timeout(Duration::from_secs(10))
                 .send()
                 .await?;
             let status = response.status();
             let body = response.text().await?;
             let head: String = body.chars().take(200).collect();
-            anyhow::Ok((status, head, body.len()))
+            anyhow::Ok((status, head, body.len(), ingress.path.clone()))
         }
         .await;
         let result = match result {
-            Ok((status, head, len)) if status.is_success() => {
-                Ok(format!("GET {path}: HTTP {status}, {len} bytes: {head}"))
+            Ok((status, head, len, via)) if status.is_success() => Ok(format!(
+                "GET {path} through {via}: HTTP {status}, {len} bytes: {head}"
+            )),
+            Ok((status, head, _, via)) => {
+                Err(format!("GET {path} through {via}: HTTP {status}: {head}"))
             }
-            Ok((status, head, _)) => Err(format!("GET {path}: HTTP {status}: {head}")),
-            Err(e) => Err(format!("GET {path} through the api-gateway failed: {e:#}")),
+            Err(e) => Err(format!(
+                "GET {path} through the ingress gateway failed: {e:#}"
+            )),
         };
         StandIn { by, result }
     }
@@ -294,8 +304,9 @@ impl Titanium {
             };
         };
         let result = async {
-            let forward = titanium::forward_to(cluster, "api-gateway", 8000).await?;
-            let base = format!("http://127.0.0.1:{}", forward.port());
+            // k6's scripts target $INGRESS_IP: the gate goes through the ingress too.
+            let ingress = titanium::ingress(cluster).await?;
+            let base = ingress.base_url.clone();
             let mut gate = if script.contains("load") {
                 LoadGate::full(&base)
             } else {
@@ -303,17 +314,17 @@ impl Titanium {
             };
             gate.run_time = self.config.load_time;
             gate.report_dir = Some(self.config.report_dir.clone());
-            anyhow::Ok(gate.run().await?)
+            anyhow::Ok((gate.run().await?, ingress.path))
         }
         .await;
         let result = match result {
-            Ok(v) if v.passed => Ok(format!(
-                "{} ({script}): {}",
+            Ok((v, path)) if v.passed => Ok(format!(
+                "{} ({script}, through {path}): {}",
                 "load gate passed",
                 v.to_string().lines().next().unwrap_or("")
             )),
-            Ok(v) => Err(format!(
-                "the load gate failed ({script}): {}",
+            Ok((v, path)) => Err(format!(
+                "the load gate failed ({script}, through {path}): {}",
                 harness::verify::findings_text(&v.findings, "; ")
             )),
             Err(e) => Err(format!("the load gate could not run: {e:#}")),
@@ -359,8 +370,8 @@ impl StandIns for Titanium {
     async fn replace(
         &mut self,
         programs: &[Vec<String>],
-        _text: &str,
-        _session: &mut Session,
+        text: &str,
+        session: &mut Session,
     ) -> Option<StandIn> {
         let first = programs.first()?;
         let word = |i: usize| first.get(i).map(String::as_str);
@@ -369,7 +380,8 @@ impl StandIns for Titanium {
                 Some(self.load_gate(word(2).unwrap_or("")).await)
             }
             (Some("istioctl"), Some("install")) if which::which("istioctl").is_err() => {
-                let by = "the Istio and monitoring CRDs of the project's overlay \
+                let by = "the Istio and monitoring CRDs of the project's overlay and the \
+                          rehearsal's ingress gateway in istio-system \
                           (harness::deploy::apply_infrastructure)"
                     .to_owned();
                 if self.infrastructure {
@@ -384,16 +396,20 @@ impl StandIns for Titanium {
                         result: Err("no cluster is up".into()),
                     });
                 };
-                let result = harness::deploy::apply_infrastructure(cluster, &self.config.overlay)
-                    .await
-                    .map(|n| format!("{n} CustomResourceDefinitions established"))
-                    .map_err(|e| harness::error_chain(&e));
+                let result = harness::deploy::apply_infrastructure(
+                    cluster,
+                    &self.config.overlay,
+                    self.config.deadline,
+                )
+                .await
+                .map(|done| done.to_string())
+                .map_err(|e| harness::error_chain(&e));
                 self.infrastructure = result.is_ok();
                 Some(StandIn { by, result })
             }
-            (Some("curl"), _) if _text.contains("$INGRESS_IP") => {
+            (Some("curl"), _) if text.contains("$INGRESS_IP") => {
                 let empty = tokio::task::block_in_place(|| {
-                    _session.run("printf '%s' \"${INGRESS_IP:-}\"", Duration::from_secs(10))
+                    session.run("printf '%s' \"${INGRESS_IP:-}\"", Duration::from_secs(10))
                 })
                 .is_ok_and(|o| o.status == Some(0) && o.stdout.is_empty());
                 if !empty {
@@ -401,7 +417,7 @@ impl StandIns for Titanium {
                 }
                 let url = first.iter().find(|w| w.contains("$INGRESS_IP"))?;
                 let path = url.split("$INGRESS_IP").nth(1).unwrap_or("/").to_owned();
-                Some(self.gateway_get(&path).await)
+                Some(self.ingress_get(&path).await)
             }
             _ => None,
         }

@@ -1,6 +1,8 @@
 //! Reaching the Titanium stack in any cluster, through the Kubernetes API only: the database
-//! and Redis over port-forwards, the gateway over a port-forward to one of its pods, replica
-//! counts through the Deployment API. Nothing here knows which provider made the cluster.
+//! and Redis over port-forwards, the services through Istio's ingress gateway as production
+//! traffic reaches them (its LoadBalancer IP, or a port-forward to it where the cluster has no
+//! load balancer), replica counts through the Deployment API. Nothing here knows which
+//! provider made the cluster.
 
 use std::time::Duration;
 
@@ -9,7 +11,7 @@ use harness::cluster::Cluster;
 use harness::cluster::forward::PortForward;
 use harness::pg::{ConnParams, Secret};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Pod, Secret as KubeSecret};
+use k8s_openapi::api::core::v1::{Pod, Secret as KubeSecret, Service};
 use kube::api::{Api, ListParams, Patch, PatchParams};
 
 /// The namespace the runbook rebuilds.
@@ -110,6 +112,140 @@ pub async fn forward_to(
     let client = cluster.client().await?;
     let pod = ready_pod(&client, app).await?;
     Ok(PortForward::start(client, NAMESPACE, &pod, port).await?)
+}
+
+/// The ingress gateway's Service (runbook 6.1: `kubectl get svc -n istio-system
+/// istio-ingressgateway`).
+pub const INGRESS_SERVICE: &str = "istio-ingressgateway";
+
+/// The way in that production traffic takes: Istio's ingress gateway, routing by the
+/// namespace's VirtualServices. A port-forward, when one is needed, lives as long as this.
+#[derive(Debug)]
+pub struct Ingress {
+    /// `http://IP:PORT`.
+    pub base_url: String,
+    /// The path taken, for the report: the gateway, its address and the VirtualServices of
+    /// [`NAMESPACE`] that it routes by.
+    pub path: String,
+    _forward: Option<PortForward>,
+}
+
+/// The ingress gateway of `cluster`: the `http2` port (80) of Service
+/// `istio-system/istio-ingressgateway` on its LoadBalancer IP, as the runbook's
+/// `$INGRESS_IP`; where the cluster gives it none (kind without MetalLB), a port-forward to a
+/// Ready gateway pod, and the path says so.
+///
+/// # Errors
+/// When the Service is missing (the infrastructure phase did not install the gateway), has no
+/// HTTP port, or no gateway pod is Ready for the port-forward; when the VirtualServices
+/// cannot be listed.
+pub async fn ingress(cluster: &impl Cluster) -> anyhow::Result<Ingress> {
+    let ns = harness::deploy::INGRESS_NAMESPACE;
+    let client = cluster.client().await?;
+    let service = Api::<Service>::namespaced(client.clone(), ns)
+        .get(INGRESS_SERVICE)
+        .await
+        .with_context(|| {
+            format!(
+                "read service {ns}/{INGRESS_SERVICE} (the ingress gateway the infrastructure \
+                 phase installs)"
+            )
+        })?;
+    let ports = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.ports.clone())
+        .unwrap_or_default();
+    let port = ports
+        .iter()
+        .find(|p| p.name.as_deref() == Some("http2"))
+        .or_else(|| ports.iter().find(|p| p.port == 80))
+        .with_context(|| format!("service {ns}/{INGRESS_SERVICE} has no http2 port or port 80"))?;
+    let lb_ip = service
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref())
+        .and_then(|i| i.first())
+        .and_then(|i| i.ip.clone().or_else(|| i.hostname.clone()));
+    let (base_url, via, forward) = match lb_ip {
+        Some(ip) => (
+            format!("http://{ip}:{}", port.port),
+            format!(
+                "{ns}/{INGRESS_SERVICE} {ip}:{} (its LoadBalancer IP)",
+                port.port
+            ),
+            None,
+        ),
+        None => {
+            let pod = ready_pod_in(&client, ns, INGRESS_SERVICE).await?;
+            let target = match &port.target_port {
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::Int(n)) => {
+                    u16::try_from(*n).context("targetPort out of range")?
+                }
+                Some(k8s_openapi::apimachinery::pkg::util::intstr::IntOrString::String(name)) => {
+                    named_port(&client, ns, &pod, name).await?
+                }
+                None => u16::try_from(port.port).context("port out of range")?,
+            };
+            let forward = PortForward::start(client.clone(), ns, &pod, target).await?;
+            (
+                format!("http://127.0.0.1:{}", forward.port()),
+                format!(
+                    "{ns}/{INGRESS_SERVICE} by a port-forward to pod {pod}:{target} (the \
+                     Service has no LoadBalancer IP on this cluster)"
+                ),
+                Some(forward),
+            )
+        }
+    };
+    let routes = virtual_services(&client).await?;
+    Ok(Ingress {
+        base_url,
+        path: format!("{via} → {routes}"),
+        _forward: forward,
+    })
+}
+
+/// A container port of `pod` by name.
+async fn named_port(client: &kube::Client, ns: &str, pod: &str, name: &str) -> anyhow::Result<u16> {
+    let pod_object = Api::<Pod>::namespaced(client.clone(), ns)
+        .get(pod)
+        .await
+        .with_context(|| format!("read pod {ns}/{pod}"))?;
+    pod_object
+        .spec
+        .iter()
+        .flat_map(|s| &s.containers)
+        .flat_map(|c| c.ports.iter().flatten())
+        .find(|p| p.name.as_deref() == Some(name))
+        .and_then(|p| u16::try_from(p.container_port).ok())
+        .with_context(|| format!("pod {ns}/{pod} has no container port named {name}"))
+}
+
+/// The VirtualServices of [`NAMESPACE`], named for the report ("no VirtualService" when there
+/// are none: then the gateway has no route and answers 404).
+async fn virtual_services(client: &kube::Client) -> anyhow::Result<String> {
+    use kube::core::{ApiResource, DynamicObject, GroupVersionKind};
+    let resource = ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("networking.istio.io", "v1beta1", "VirtualService"),
+        "virtualservices",
+    );
+    let list = Api::<DynamicObject>::namespaced_with(client.clone(), NAMESPACE, &resource)
+        .list(&ListParams::default())
+        .await
+        .with_context(|| format!("list virtualservices in {NAMESPACE}"))?;
+    let names: Vec<String> = list
+        .items
+        .iter()
+        .filter_map(|v| v.metadata.name.clone())
+        .map(|n| format!("{NAMESPACE}/{n}"))
+        .collect();
+    Ok(match names.as_slice() {
+        [] => format!("no VirtualService in {NAMESPACE}"),
+        [one] => format!("VirtualService {one}"),
+        more => format!("VirtualServices {}", more.join(", ")),
+    })
 }
 
 /// Sets a Deployment's replica count and waits until that many are ready, or, for zero, until

@@ -197,8 +197,8 @@ async fn answers(addr: std::net::SocketAddr) -> std::io::Result<()> {
 }
 
 /// Creates the objects a fresh cluster has: the four system namespaces, a Node per node of the
-/// kind configuration (one control plane without one), the `kubernetes` Service and the
-/// default StorageClass.
+/// kind configuration (one control plane without one), the `kubernetes` Service and its
+/// Endpoints (the API server's address), and the default StorageClass.
 fn seed(
     store: &Store,
     name: &str,
@@ -252,6 +252,18 @@ fn seed(
         json!({
             "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": service_ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": port}]},
+        }),
+    )?;
+    // The API server's own Endpoints, as its endpoint reconciler writes them: the proxy
+    // forwards the `kubernetes` Service (443) to the API server's port on 127.0.0.1.
+    seed_object(
+        store,
+        "v1",
+        "Endpoints",
+        "default",
+        json!({
+            "metadata": {"name": "kubernetes", "labels": {"endpointslice.kubernetes.io/skip-mirror": "true"}},
+            "subsets": [{"addresses": [{"ip": "127.0.0.1"}], "ports": [{"name": "https", "port": port, "protocol": "TCP"}]}],
         }),
     )?;
     seed_object(

@@ -2,6 +2,7 @@
 
 mod architecture;
 mod fidelity;
+mod ingress;
 mod preflight;
 mod report_html;
 mod runbook;

@@ -192,9 +192,10 @@ pub(super) fn rpo_between(stopped: Option<&str>, snapshot: &str) -> Result<u64, 
     })
 }
 
-/// Applies the manifests, holds the load generator at zero until the data is seeded, and waits
-/// until everything is ready.
+/// Installs the infrastructure (CRDs, the ingress gateway), applies the manifests, holds the
+/// load generator at zero until the data is seeded, and waits until everything is ready.
 pub(crate) async fn deploy(cluster: &impl Cluster, config: &Config) -> anyhow::Result<()> {
+    harness::deploy::apply_infrastructure(cluster, &config.overlay, config.ready_timeout).await?;
     harness::deploy::apply_kustomize(cluster, &config.overlay).await?;
     let client = cluster.client().await?;
     titanium::scale(&client, LOAD_GENERATOR, 0, config.ready_timeout).await?;

@@ -3,7 +3,7 @@
 
 use super::*;
 
-/// Cluster B's infrastructure (CRDs) and, with PITR, the recovery plan to a moment in the
+/// Cluster B's infrastructure (CRDs and the ingress gateway) and, with PITR, the recovery plan to a moment in the
 /// marker stream (the plan and that moment).
 pub(super) async fn prepare_cluster_b(
     run: &mut Run<'_>,
@@ -12,13 +12,13 @@ pub(super) async fn prepare_cluster_b(
     tools: &PgTools,
     markers: Option<&crate::pitr::Markers>,
 ) -> anyhow::Result<Option<(harness::pitr::RecoveryPlan, chrono::DateTime<chrono::Utc>)>> {
-    let crds = run
+    let infrastructure = run
         .phase(
             "deploy-infrastructure",
-            harness::deploy::apply_infrastructure(b, &config.overlay),
+            harness::deploy::apply_infrastructure(b, &config.overlay, config.ready_timeout),
         )
         .await?;
-    run.note(format!("{crds} CustomResourceDefinitions established"));
+    run.note(infrastructure);
     let Some(markers) = markers else {
         return Ok(None);
     };

@@ -102,13 +102,23 @@ pub(super) async fn observe_resources(
 
 /// Which gate of the health-and-load phase failed, and why, when one did.
 pub(super) fn service_failure(service: &Service) -> Option<(String, String)> {
+    let through = &service.ingress;
     if !service.load.passed {
-        return Some(("load".into(), findings_text(&service.load.findings, "; ")));
+        return Some((
+            "load".into(),
+            format!(
+                "{} (through {through})",
+                findings_text(&service.load.findings, "; ")
+            ),
+        ));
     }
     if !service.health.passed {
         return Some((
             "health".into(),
-            findings_text(&service.health.findings, "; "),
+            format!(
+                "{} (through {through})",
+                findings_text(&service.health.findings, "; ")
+            ),
         ));
     }
     None
@@ -288,8 +298,10 @@ pub(super) async fn health_and_load(
     cluster: &impl Cluster,
     config: &Config,
 ) -> anyhow::Result<Service> {
-    let forward = titanium::forward_to(cluster, "api-gateway", 8000).await?;
-    let base = format!("http://127.0.0.1:{}", forward.port());
+    // Through the ingress, as production traffic: a VirtualService lost in the restore
+    // leaves the gateway without routes, and the health gate sees its 404s.
+    let ingress = titanium::ingress(cluster).await?;
+    let base = ingress.base_url.clone();
     let mut health = HealthGate::new(&base);
     health.probes = config.health_probes;
     health.interval = Duration::from_millis(100);
@@ -300,7 +312,11 @@ pub(super) async fn health_and_load(
     load.run_time = config.load_time;
     load.report_dir = Some(config.report_dir.clone());
     let load = load.run().await?;
-    Ok(Service { health, load })
+    Ok(Service {
+        health,
+        load,
+        ingress: ingress.path.clone(),
+    })
 }
 
 pub(super) async fn observe_pods(cluster: &impl Cluster) -> anyhow::Result<Vec<PodObservation>> {

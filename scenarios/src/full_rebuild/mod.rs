@@ -420,6 +420,9 @@ async fn serve_and_decide(
             anyhow::Ok((service, failed))
         })
         .await?;
+    if service_failure(&service).is_none() {
+        run.note(format!("through {}", service.ingress));
+    }
     record_service(state, &service);
     state.rto_ms = Some(millis(destroy_started.elapsed()));
     let judged = Judged {
@@ -493,4 +496,6 @@ struct Gates {
 struct Service {
     health: harness::load::HealthVerdict,
     load: harness::load::LoadVerdict,
+    /// The way the probes went in ([`titanium::Ingress::path`]).
+    ingress: String,
 }

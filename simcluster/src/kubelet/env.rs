@@ -208,10 +208,20 @@ fn svc_var_name(name: &str) -> String {
     name.to_uppercase().replace('-', "_")
 }
 
-/// The `*_SERVICE_HOST`/`*_PORT` variables of the Services in `ns`.
+/// The `*_SERVICE_HOST`/`*_PORT` variables of the Services in `ns`, and those of the API
+/// server's `default/kubernetes` Service, which a kubelet gives every pod (a Service named
+/// `kubernetes` in the pod's own namespace takes its place, as in the kubelet's
+/// `getServiceEnvVarMap`). In-cluster clients find the API server through
+/// `KUBERNETES_SERVICE_HOST` and `KUBERNETES_SERVICE_PORT`.
 pub(crate) fn service_vars(store: &Store, ns: &str) -> Vec<(String, String)> {
     let mut vars = Vec::new();
-    let (services, _) = store.list("/services", Some(ns));
+    let (mut services, _) = store.list("/services", Some(ns));
+    let own_kubernetes = services
+        .iter()
+        .any(|s| s.pointer("/metadata/name").and_then(Value::as_str) == Some("kubernetes"));
+    if !own_kubernetes && let Some(api) = store.get("/services", "default", "kubernetes") {
+        services.push(api);
+    }
     for s in &services {
         let Some(ip) = s
             .pointer("/spec/clusterIP")

@@ -383,3 +383,92 @@ async fn a_rolling_update_keeps_within_max_surge() {
     }
     assert_eq!(first_of_new, Some(1), "{steps:?}");
 }
+
+/// A real pod finds the API server as in-cluster clients do: `KUBERNETES_SERVICE_HOST` and
+/// `KUBERNETES_SERVICE_PORT` from the kubelet (for every namespace, not only `default`), and
+/// the `kubernetes` Service forwarded to the API server by its Endpoints. Before: no such
+/// variables outside `default`, and Services without a selector were not proxied.
+#[tokio::test(flavor = "multi_thread")]
+async fn pods_reach_the_api_server_through_the_kubernetes_service() {
+    if kubectl_path().is_none() {
+        return;
+    }
+    let tc = TestCluster::start().await;
+    let endpoints = json(
+        &tc.kubectl_ok(&[
+            "get",
+            "endpoints",
+            "kubernetes",
+            "-n",
+            "default",
+            "-o",
+            "json",
+        ])
+        .await,
+    );
+    assert_eq!(
+        endpoints["subsets"][0]["addresses"][0]["ip"], "127.0.0.1",
+        "{endpoints}"
+    );
+    let manifests = r#"
+apiVersion: v1
+kind: Namespace
+metadata: {name: incluster}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: client, namespace: incluster}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: busybox:1, command: [sleep, "600"]}
+"#;
+    let out = tc
+        .kubectl_stdin(&["apply", "-f", "-"], Some(manifests.as_bytes().to_vec()))
+        .await;
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eventually(20, "the pod running", || async {
+        let pod = json(
+            &tc.kubectl_ok(&["get", "pod", "client", "-n", "incluster", "-o", "json"])
+                .await,
+        );
+        (pod["status"]["phase"] == "Running").then_some(())
+    })
+    .await;
+    let service = json(
+        &tc.kubectl_ok(&["get", "svc", "kubernetes", "-n", "default", "-o", "json"])
+            .await,
+    );
+    let ip = service["spec"]["clusterIP"].as_str().expect("clusterIP");
+    let seen = tc
+        .kubectl_ok(&[
+            "exec",
+            "client",
+            "-n",
+            "incluster",
+            "--",
+            "sh",
+            "-c",
+            "echo $KUBERNETES_SERVICE_HOST:$KUBERNETES_SERVICE_PORT",
+        ])
+        .await;
+    assert_eq!(seen.trim(), format!("{ip}:443"));
+    // Plain HTTP on the simulator (a real API server speaks TLS there).
+    let version = eventually(20, "the kubernetes Service proxied", || async {
+        let mut stream = tokio::net::TcpStream::connect((ip, 443)).await.ok()?;
+        use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+        stream
+            .write_all(b"GET /version HTTP/1.1\r\nHost: kubernetes\r\nConnection: close\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = String::new();
+        stream.read_to_string(&mut answer).await.ok()?;
+        answer.starts_with("HTTP/1.1 200").then_some(answer)
+    })
+    .await;
+    assert!(version.contains("gitVersion"), "{version}");
+}

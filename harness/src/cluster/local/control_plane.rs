@@ -178,7 +178,8 @@ impl Components<'_> {
                 // The node is `localhost` and its kubelet listens on 127.0.0.1 only.
                 "--kubelet-preferred-address-types=Hostname,InternalIP".to_owned(),
                 // The `kubernetes` Service's endpoint would be 127.0.0.1, which Endpoints
-                // refuse; nothing in the rehearsal reaches the API from a pod.
+                // refuse: the node writes them, naming its relay on the pod bridge
+                // (`api_relay.rs`).
                 "--endpoint-reconciler-type=none".to_owned(),
                 "--profiling=false".to_owned(),
             ]

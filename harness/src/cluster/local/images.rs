@@ -13,13 +13,15 @@ use crate::oci::{FileSource, Image, Layer, LayerFile, RunConfig, write_archive};
 /// The sandbox image containerd runs for every pod.
 pub const PAUSE_IMAGE: &str = "docker.io/rebuild-rehearsal/pause:local";
 
-/// The Titanium roles, one image each (`titanium/<role>:rehearsal`).
-pub const TITANIUM_ROLES: [&str; 5] = [
+/// The Titanium roles and the ingress gateway's stand-in, one image each
+/// (`titanium/<role>:rehearsal`).
+pub const TITANIUM_ROLES: [&str; 6] = [
     "api-gateway",
     "user-service",
     "auth-service",
     "blog-service",
     "load-generator",
+    "ingress-gateway",
 ];
 
 const POSTGRES_SAVED: &str = "docker.io/rebuild-rehearsal/postgres:15";

@@ -15,6 +15,7 @@
 //! Needs root and the Debian packages containerd, runc, containernetworking-plugins,
 //! etcd-server, iptables, iproute2 and openssl (`ci/setup` installs them).
 
+mod api_relay;
 mod binaries;
 mod control_plane;
 mod daemon;

@@ -1,7 +1,8 @@
 //! The node: containerd (its own configuration, root, state and socket under the node's
 //! directory), a CNI bridge network, the kubelet (node name `localhost`, so the API server's
 //! logs, exec and port-forward reach it on 127.0.0.1), kube-proxy in iptables mode, the
-//! cluster DNS stand-in on the bridge's gateway, and the images imported into containerd.
+//! cluster DNS stand-in and the API server's relay for pods on the bridge's gateway, and the
+//! images imported into containerd.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -9,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Node as NodeObject;
 
+use super::api_relay::{API_RELAY_PORT, ApiRelay};
 use super::control_plane::ControlPlane;
 use super::daemon::{Daemon, free_port, mkdir, run, wait_for, write};
 use super::dns::{CLUSTER_DOMAIN, DnsServer};
@@ -42,6 +44,7 @@ pub(crate) struct Node {
     kubelet: Option<Daemon>,
     containerd: Option<Daemon>,
     dns: Option<DnsServer>,
+    api_relay: Option<ApiRelay>,
     bridge: bool,
     dir: Option<ScratchDir>,
     path: PathBuf,
@@ -154,6 +157,29 @@ impl Node {
                 source,
             })?;
         self.dns = Some(dns);
+        // Pods reach the API server through the `kubernetes` Service (the ingress gateway
+        // reads its routes so): a relay on the gateway and the Endpoints naming it.
+        let api: SocketAddr = control_plane
+            .url()
+            .trim_start_matches("https://")
+            .parse()
+            .map_err(|_| LocalError::Io {
+                action: "parse the API server's address",
+                path: PathBuf::from(control_plane.url()),
+                source: std::io::Error::other("not host:port"),
+            })?;
+        let relay = ApiRelay::start(
+            control_plane.client().await?,
+            SocketAddr::from((GATEWAY, API_RELAY_PORT)),
+            api,
+        )
+        .await
+        .map_err(|source| LocalError::Io {
+            action: "relay the API server for pods on",
+            path: PathBuf::from(format!("{GATEWAY}:{API_RELAY_PORT}")),
+            source,
+        })?;
+        self.api_relay = Some(relay);
         Ok(())
     }
 
@@ -351,6 +377,7 @@ impl Node {
             containerd.stop(Duration::from_secs(5));
         }
         self.dns = None;
+        self.api_relay = None;
         step("shims and containerd stopped");
         if !self.path.as_os_str().is_empty() {
             let mounts = teardown::unmount_under(&self.path);

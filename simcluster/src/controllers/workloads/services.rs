@@ -3,7 +3,9 @@
 //! clusterIPs are loopback addresses, 127.1.x.y, and Linux routes all of 127/8 to `lo`) and
 //! forwards each connection to a ready endpoint, round robin. A LoadBalancer Service reports
 //! its clusterIP as `status.loadBalancer.ingress[0].ip`; a node port listed in the kind
-//! config's `extraPortMappings` also listens on that mapping's host port.
+//! config's `extraPortMappings` also listens on that mapping's host port. A Service without a
+//! selector (the API server's `kubernetes`) forwards to the addresses of its Endpoints, which
+//! this controller leaves alone.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -168,13 +170,17 @@ pub(crate) fn reconcile(ctx: &Ctx) {
         if deleting(svc) {
             continue;
         }
+        let ns = meta(svc, "namespace");
         let Some(sel) = svc
             .pointer("/spec/selector")
             .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
         else {
+            // Without a selector, the Endpoints are someone else's (the API server's own
+            // for `default/kubernetes`): the proxy forwards to their ready addresses.
+            let endpoints = store.get("/endpoints", ns, meta(svc, "name"));
+            listeners.add_manual(svc, endpoints.as_deref());
             continue;
         };
-        let ns = meta(svc, "namespace");
         let selector = LabelSelector::from_object(&json!({"matchLabels": sel}));
         let members: Vec<_> = pods
             .iter()
@@ -368,6 +374,68 @@ impl Listeners {
             if svc.get("status") != Some(&status) {
                 write_status(store, "/services", svc, status);
             }
+        }
+    }
+
+    /// The listeners of a Service without a selector: each TCP port on its cluster IP,
+    /// forwarding to the ready addresses of its Endpoints' port of the same name (kube-proxy's
+    /// rule), none when there are no Endpoints.
+    fn add_manual(&mut self, svc: &Arc<Value>, endpoints: Option<&Value>) {
+        let Some(cluster_ip) = svc
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .and_then(|ip| ip.parse::<std::net::IpAddr>().ok())
+        else {
+            return;
+        };
+        let subsets: &[Value] = endpoints
+            .and_then(|e| e.get("subsets"))
+            .and_then(Value::as_array)
+            .map_or(&[], Vec::as_slice);
+        for sp in svc
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
+            if sp
+                .get("protocol")
+                .and_then(Value::as_str)
+                .is_some_and(|p| p != "TCP")
+            {
+                continue;
+            }
+            let Some(port) = sp
+                .get("port")
+                .and_then(Value::as_u64)
+                .and_then(|n| u16::try_from(n).ok())
+            else {
+                continue;
+            };
+            let name = sp.get("name").and_then(Value::as_str).unwrap_or_default();
+            let backends: Vec<SocketAddr> = subsets
+                .iter()
+                .flat_map(|subset| {
+                    let target = subset
+                        .get("ports")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .find(|p| p.get("name").and_then(Value::as_str).unwrap_or_default() == name)
+                        .and_then(|p| p.get("port").and_then(Value::as_u64))
+                        .and_then(|n| u16::try_from(n).ok());
+                    subset
+                        .get("addresses")
+                        .and_then(Value::as_array)
+                        .into_iter()
+                        .flatten()
+                        .filter_map(move |a| {
+                            let ip = a.get("ip")?.as_str()?.parse().ok()?;
+                            Some(SocketAddr::new(ip, target?))
+                        })
+                })
+                .collect();
+            self.insert(SocketAddr::new(cluster_ip, port), &backends, svc);
         }
     }
 
