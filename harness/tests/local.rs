@@ -263,6 +263,34 @@ async fn a_local_cluster_resolves_services_keeps_volumes_and_leaves_nothing() {
     .await;
     assert_eq!(log, "kept-across-pods\nno-such-service\napi-reachable\n");
 
+    // Rollback criterion 4 without a metrics-server: node usage from the kubelet's Summary
+    // API, the pods' cgroup only. A pod that spins for 25 s shows in it.
+    let window = harness::facts::resources::SampleWindow {
+        samples: 3,
+        span: Duration::from_secs(15),
+        deadline: Duration::from_secs(90),
+    };
+    let spin = "end=$(($(date +%s) + 25)); while [ $(date +%s) -lt $end ]; do :; done; echo spun";
+    let (log, samples) = tokio::join!(
+        run_pod(&pods, "spinner", spin),
+        harness::facts::resources::observe_nodes(&client, window)
+    );
+    assert_eq!(log, "spun\n");
+    let samples = samples.unwrap();
+    assert!(samples.len() >= 3, "{samples:?}");
+    for s in &samples {
+        assert_eq!(s.source, harness::facts::resources::KUBELET_SUMMARY, "{s}");
+        assert!(
+            s.memory_bytes > 0.0 && s.memory_allocatable_bytes > s.memory_bytes,
+            "{s}"
+        );
+    }
+    let busiest = samples.iter().map(|s| s.cpu_millicores).fold(0.0, f64::max);
+    assert!(
+        busiest > 500.0,
+        "the spinning pod is not in the pods cgroup: {samples:?}"
+    );
+
     let dirs = cluster.dirs().to_vec();
     let pids = cluster.pids().to_vec();
     let started = Instant::now();

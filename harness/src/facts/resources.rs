@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use k8s_openapi::api::core::v1::{Node, PersistentVolumeClaim, Pod};
-use kube::api::{Api, ApiResource, AttachParams, DynamicObject, ListParams};
+use kube::api::{Api, ApiResource, AttachParams, DynamicObject, ListParams, ObjectList};
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt as _;
 
@@ -73,7 +73,16 @@ pub struct NodeResourceSample {
     pub memory_bytes: f64,
     /// The node's allocatable memory, in bytes.
     pub memory_allocatable_bytes: f64,
+    /// Where the usage was read: [`METRICS_API`] or [`KUBELET_SUMMARY`].
+    #[serde(default)]
+    pub source: String,
 }
+
+/// A sample's source: the metrics API (metrics-server, or the simulator's).
+pub const METRICS_API: &str = "metrics.k8s.io";
+/// A sample's source where the metrics API is not served: the kubelet's Summary API, the
+/// `pods` system container (the cgroup every pod's cgroup is under).
+pub const KUBELET_SUMMARY: &str = "kubelet /stats/summary, pods cgroup";
 
 impl NodeResourceSample {
     /// CPU usage as a share of allocatable (`kubectl top nodes`' `CPU(%)` / 100).
@@ -91,10 +100,11 @@ impl NodeResourceSample {
     /// The sample's figures, without the node's name.
     pub fn figures(&self) -> String {
         format!(
-            "at {} (window {:.1} s): CPU {:.0}m of {:.0}m ({:.1} %), memory {:.0} MiB of {:.0} MiB ({:.1} %)",
+            "at {} (window {:.1} s, {}): CPU {:.0}m of {:.0}m ({:.1} %), memory {:.0} MiB of {:.0} MiB ({:.1} %)",
             self.timestamp
                 .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
             self.window.as_secs_f64(),
+            self.source,
             self.cpu_millicores,
             self.cpu_allocatable_millicores,
             self.cpu_share() * 100.0,
@@ -241,24 +251,11 @@ fn node_metrics_resource() -> ApiResource {
 
 /// One answer of the metrics API joined with the Nodes' allocatable, as `kubectl top nodes`
 /// joins them.
-async fn node_samples(client: &kube::Client) -> Result<Vec<NodeResourceSample>, ResourceError> {
-    let metrics: Api<DynamicObject> = Api::all_with(client.clone(), &node_metrics_resource());
-    let metrics = metrics
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| ResourceError::Kube {
-            what: "list nodes.metrics.k8s.io (the metrics API: is metrics-server installed?)"
-                .into(),
-            source,
-        })?;
-    let nodes: Api<Node> = Api::all(client.clone());
-    let nodes = nodes
-        .list(&ListParams::default())
-        .await
-        .map_err(|source| ResourceError::Kube {
-            what: "list nodes".into(),
-            source,
-        })?;
+async fn node_samples(
+    client: &kube::Client,
+    metrics: ObjectList<DynamicObject>,
+) -> Result<Vec<NodeResourceSample>, ResourceError> {
+    let nodes = list_nodes(client).await?;
     let mut out = Vec::new();
     for m in metrics.items {
         let name = m.metadata.name.clone().unwrap_or_default();
@@ -305,8 +302,146 @@ async fn node_samples(client: &kube::Client) -> Result<Vec<NodeResourceSample>, 
                 format!("Node {name} allocatable memory"),
                 alloc("memory"),
             )?,
+            source: METRICS_API.to_owned(),
             node: name,
         });
+    }
+    Ok(out)
+}
+
+async fn list_nodes(client: &kube::Client) -> Result<ObjectList<Node>, ResourceError> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    nodes
+        .list(&ListParams::default())
+        .await
+        .map_err(|source| ResourceError::Kube {
+            what: "list nodes".into(),
+            source,
+        })
+}
+
+/// The metrics API's NodeMetrics, or `None` when the API server does not serve the group
+/// (404: no metrics-server behind an APIService).
+async fn list_node_metrics(
+    client: &kube::Client,
+) -> Result<Option<ObjectList<DynamicObject>>, ResourceError> {
+    let metrics: Api<DynamicObject> = Api::all_with(client.clone(), &node_metrics_resource());
+    match metrics.list(&ListParams::default()).await {
+        Ok(list) => Ok(Some(list)),
+        Err(kube::Error::Api(status)) if status.code == 404 => Ok(None),
+        Err(source) => Err(ResourceError::Kube {
+            what: "list nodes.metrics.k8s.io (the metrics API)".into(),
+            source,
+        }),
+    }
+}
+
+/// The cumulative CPU time and the memory working set of one node's `pods` system container,
+/// as the kubelet's Summary API reports them.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct PodsCgroup {
+    time: DateTime<Utc>,
+    cpu_core_nanoseconds: f64,
+    memory_working_set_bytes: f64,
+}
+
+/// The `pods` system container of a Summary API answer (`/stats/summary`).
+fn pods_cgroup(node: &str, summary: &serde_json::Value) -> Result<PodsCgroup, ResourceError> {
+    let unreadable = |what: &str, value: Option<&serde_json::Value>| ResourceError::Unreadable {
+        what: format!("node {node} /stats/summary {what}"),
+        value: value.map(ToString::to_string).unwrap_or_default(),
+    };
+    let pods = summary
+        .pointer("/node/systemContainers")
+        .and_then(|c| c.as_array())
+        .and_then(|c| c.iter().find(|c| c["name"] == "pods"))
+        .ok_or_else(|| unreadable("systemContainers[name=pods]", summary.pointer("/node")))?;
+    let time = pods
+        .pointer("/cpu/time")
+        .and_then(|t| t.as_str())
+        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
+        .ok_or_else(|| unreadable("pods cpu.time", pods.pointer("/cpu/time")))?
+        .with_timezone(&Utc);
+    let number = |p: &str| {
+        pods.pointer(p)
+            .and_then(serde_json::Value::as_f64)
+            .ok_or_else(|| unreadable(p, pods.pointer(p)))
+    };
+    Ok(PodsCgroup {
+        time,
+        cpu_core_nanoseconds: number("/cpu/usageCoreNanoSeconds")?,
+        memory_working_set_bytes: number("/memory/workingSetBytes")?,
+    })
+}
+
+/// The sample between two readings of a node's pods cgroup: the CPU rate over the time
+/// between them, as metrics-server computes it from two scrapes. `None` when `now` is not
+/// later than `before` (the kubelet's stats had not been refreshed).
+fn summary_sample(
+    node: &Node,
+    before: &PodsCgroup,
+    now: &PodsCgroup,
+) -> Result<Option<NodeResourceSample>, ResourceError> {
+    let name = node.metadata.name.clone().unwrap_or_default();
+    let Ok(window) = (now.time - before.time).to_std() else {
+        return Ok(None);
+    };
+    if window.is_zero() {
+        return Ok(None);
+    }
+    let allocatable = node.status.as_ref().and_then(|s| s.allocatable.as_ref());
+    let alloc = |k: &str| allocatable.and_then(|a| a.get(k)).map(|q| q.0.as_str());
+    let cpu_seconds = (now.cpu_core_nanoseconds - before.cpu_core_nanoseconds).max(0.0) / 1e9;
+    Ok(Some(NodeResourceSample {
+        timestamp: now.time,
+        window,
+        cpu_millicores: cpu_seconds / window.as_secs_f64() * 1000.0,
+        cpu_allocatable_millicores: quantity(format!("Node {name} allocatable cpu"), alloc("cpu"))?
+            * 1000.0,
+        memory_bytes: now.memory_working_set_bytes,
+        memory_allocatable_bytes: quantity(
+            format!("Node {name} allocatable memory"),
+            alloc("memory"),
+        )?,
+        source: KUBELET_SUMMARY.to_owned(),
+        node: name,
+    }))
+}
+
+/// Samples from the kubelets' Summary API through the API server's node proxy, for clusters
+/// without the metrics API: each node's reading is compared with its previous one in `last`.
+async fn summary_samples(
+    client: &kube::Client,
+    last: &mut BTreeMap<String, PodsCgroup>,
+) -> Result<Vec<NodeResourceSample>, ResourceError> {
+    let mut out = Vec::new();
+    for node in list_nodes(client).await?.items {
+        let name = node.metadata.name.clone().unwrap_or_default();
+        let path = format!("/api/v1/nodes/{name}/proxy/stats/summary?only_cpu_and_memory=true");
+        let request =
+            http::Request::get(&path)
+                .body(Vec::new())
+                .map_err(|e| ResourceError::Unreadable {
+                    what: "request".into(),
+                    value: format!("{path}: {e}"),
+                })?;
+        let summary: serde_json::Value =
+            client
+                .request(request)
+                .await
+                .map_err(|source| ResourceError::Kube {
+                    what: format!("GET {path} (the kubelet's Summary API, through the API server)"),
+                    source,
+                })?;
+        let now = pods_cgroup(&name, &summary)?;
+        if let Some(before) = last.get(&name)
+            && let Some(sample) = summary_sample(&node, before, &now)?
+        {
+            out.push(sample);
+        }
+        if last.get(&name).is_none_or(|b| b.time < now.time) {
+            last.insert(name, now);
+        }
     }
     Ok(out)
 }
@@ -324,8 +459,26 @@ pub async fn observe_nodes(
 ) -> Result<Vec<NodeResourceSample>, ResourceError> {
     let started = Instant::now();
     let mut by_node: BTreeMap<String, Vec<NodeResourceSample>> = BTreeMap::new();
+    // Without the metrics API (no metrics-server: kind, the local provider), the kubelets'
+    // Summary API, which is what metrics-server reads.
+    let mut summaries: Option<BTreeMap<String, PodsCgroup>> = None;
     loop {
-        for s in node_samples(client).await? {
+        let samples = match &mut summaries {
+            Some(last) => summary_samples(client, last).await?,
+            None => match list_node_metrics(client).await? {
+                Some(metrics) => node_samples(client, metrics).await?,
+                None => {
+                    tracing::info!(
+                        "metrics.k8s.io is not served; reading the kubelets' /stats/summary"
+                    );
+                    let mut last = BTreeMap::new();
+                    let first = summary_samples(client, &mut last).await?;
+                    summaries = Some(last);
+                    first
+                }
+            },
+        };
+        for s in samples {
             let samples = by_node.entry(s.node.clone()).or_default();
             if samples.last().is_none_or(|l| l.timestamp < s.timestamp) {
                 samples.push(s);
@@ -499,5 +652,53 @@ mod tests {
         }
         assert_eq!(parse_quantity("ten"), None);
         assert_eq!(parse_quantity(""), None);
+    }
+
+    /// A Summary API answer as a kubelet 1.2x gives it (trimmed), the pods cgroup at `time`.
+    fn summary(time: &str, cpu_ns: u64, working_set: u64) -> serde_json::Value {
+        serde_json::json!({"node": {"nodeName": "localhost",
+            "systemContainers": [{"name": "pods",
+                "cpu": {"time": time, "usageNanoCores": 0, "usageCoreNanoSeconds": cpu_ns},
+                "memory": {"time": time, "workingSetBytes": working_set}}],
+            "cpu": {"time": time, "usageCoreNanoSeconds": 99_000_000_000_000u64},
+            "memory": {"time": time, "workingSetBytes": 4_000_000_000u64}}})
+    }
+
+    #[test]
+    fn summary_samples_are_the_pods_cgroups_rate_between_two_readings() {
+        let node: Node = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "localhost"},
+            "status": {"allocatable": {"cpu": "2", "memory": "24581264Ki"}}}))
+        .unwrap();
+        let a = pods_cgroup(
+            "localhost",
+            &summary("2026-12-04T12:23:32Z", 5_000_000_000, 1 << 30),
+        )
+        .unwrap();
+        let b = pods_cgroup(
+            "localhost",
+            &summary("2026-12-04T12:23:42Z", 23_000_000_000, 1 << 29),
+        )
+        .unwrap();
+        let s = summary_sample(&node, &a, &b).unwrap().unwrap();
+        // 18 s of CPU in 10 s: 1800m of 2000m, the node's own 99 000 s not counted.
+        assert_eq!(s.window, Duration::from_secs(10));
+        assert!((s.cpu_millicores - 1800.0).abs() < 1e-6, "{s}");
+        assert!((s.cpu_share() - 0.9).abs() < 1e-9);
+        assert_eq!(s.memory_bytes, (1u64 << 29) as f64);
+        assert_eq!(s.memory_allocatable_bytes, 24581264.0 * 1024.0);
+        assert_eq!(s.source, KUBELET_SUMMARY);
+        // The same reading again is no new sample; an answer without the pods cgroup is an
+        // error naming it.
+        assert_eq!(summary_sample(&node, &b, &b).unwrap(), None);
+        let err = pods_cgroup(
+            "localhost",
+            &serde_json::json!({"node": {"systemContainers": []}}),
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("systemContainers[name=pods]"),
+            "{err}"
+        );
     }
 }

@@ -201,6 +201,7 @@ pub(super) mod tests {
             cpu_allocatable_millicores: 2000.0,
             memory_bytes: memory * 16.0 * 1024.0 * 1024.0 * 1024.0,
             memory_allocatable_bytes: 16.0 * 1024.0 * 1024.0 * 1024.0,
+            source: crate::facts::resources::METRICS_API.into(),
         }
     }
 
