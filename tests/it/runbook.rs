@@ -147,7 +147,12 @@ async fn the_shipped_runbook_runs_end_to_end_with_its_defects_named() {
     assert_eq!(s.ok + s.failed + s.unsafe_ + s.replaced, 133, "{s:?}");
     // A few commands may flip with timing (tar racing the load generator); the defects below
     // do not.
-    assert!(s.failed >= 15 && s.unsafe_ >= 4, "{s:?}");
+    assert!(s.failed >= 13 && s.unsafe_ >= 4, "{s:?}");
+    // What works since the cluster has an ingress gateway and the metrics API: the gateway's
+    // namespace exists to be deleted (3), its IP is found (6.1), `kubectl top` answers.
+    for line in [432, 664, 886, 887] {
+        check(&report, line, Verdict::Ok, "");
+    }
     assert!(
         report
             .events
