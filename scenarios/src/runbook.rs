@@ -349,6 +349,83 @@ fn shell_quote(s: &str) -> String {
     format!("'{}'", s.replace('\'', r"'\''"))
 }
 
+/// Claims of titanium-prod, new since `since` or named by the command `text`, that wait for a
+/// VolumeSnapshot which does not exist or failed: no provisioner can ever bind them, so a pod
+/// that uses one never starts. Each with the cluster's own words about the snapshot.
+async fn unprovisionable_claims(
+    cluster: &AnyCluster,
+    text: &str,
+    since: std::time::SystemTime,
+) -> anyhow::Result<Vec<String>> {
+    use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+    use kube::api::{Api, ApiResource, DynamicObject, ListParams};
+    let client = cluster.client().await?;
+    let claims = Api::<PersistentVolumeClaim>::namespaced(client.clone(), titanium::NAMESPACE);
+    let snapshots = Api::<DynamicObject>::namespaced_with(
+        client,
+        titanium::NAMESPACE,
+        &ApiResource {
+            group: "snapshot.storage.k8s.io".into(),
+            version: "v1".into(),
+            api_version: "snapshot.storage.k8s.io/v1".into(),
+            kind: "VolumeSnapshot".into(),
+            plural: "volumesnapshots".into(),
+        },
+    );
+    // Creation times have whole seconds.
+    let since = chrono::DateTime::<chrono::Utc>::from(since).timestamp() - 1;
+    let mut found = Vec::new();
+    for claim in claims.list(&ListParams::default()).await?.items {
+        let name = claim.metadata.name.clone().unwrap_or_default();
+        let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
+        let Some(source) = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.data_source.as_ref())
+            .filter(|d| d.kind == "VolumeSnapshot")
+        else {
+            continue;
+        };
+        let new = claim
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .is_some_and(|t| t.0.as_second() >= since);
+        if bound || !(new || text.contains(&name)) {
+            continue;
+        }
+        let problem = match snapshots.get(&source.name).await {
+            Ok(snapshot) => {
+                let status = snapshot.data.get("status");
+                let ready = status.and_then(|s| s.get("readyToUse")) == Some(&true.into());
+                match status.and_then(|s| s.pointer("/error/message")) {
+                    Some(message) if !ready => Some(format!(
+                        "VolumeSnapshot {} failed: {}",
+                        source.name,
+                        message.as_str().unwrap_or_default()
+                    )),
+                    _ => None,
+                }
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => Some(format!(
+                "{} (VolumeSnapshot {} is not in {}: a snapshot stays in the cluster that took \
+                 it)",
+                status.message,
+                source.name,
+                titanium::NAMESPACE
+            )),
+            Err(e) => return Err(e).context(format!("get VolumeSnapshot {}", source.name)),
+        };
+        if let Some(problem) = problem {
+            found.push(format!(
+                "claim {name} can never be provisioned, so a pod that uses it cannot start: \
+                 {problem}"
+            ));
+        }
+    }
+    Ok(found)
+}
+
 impl StandIns for Titanium {
     async fn before_block(
         &mut self,
@@ -420,6 +497,21 @@ impl StandIns for Titanium {
                 Some(self.ingress_get(&path).await)
             }
             _ => None,
+        }
+    }
+
+    async fn inspect(&mut self, text: &str, since: std::time::SystemTime) -> Vec<String> {
+        if !text.contains("kubectl") {
+            return Vec::new();
+        }
+        let Some(cluster) = self.current() else {
+            return Vec::new();
+        };
+        match unprovisionable_claims(cluster, text, since).await {
+            Ok(found) => found,
+            Err(e) => vec![format!(
+                "could not check the namespace's claims after the command: {e:#}"
+            )],
         }
     }
 

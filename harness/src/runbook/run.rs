@@ -60,6 +60,18 @@ pub trait StandIns: Send {
         created_dirs: &[PathBuf],
         session: &mut Session,
     ) -> impl Future<Output = Result<Option<String>, String>> + Send;
+
+    /// Looks at what a command that succeeded left in the cluster (a claim that will never be
+    /// provisioned, say). Each finding makes the command `unsafe`, in the cluster's words.
+    /// `since` is when the command started: what the cluster reported before is not its doing.
+    fn inspect(
+        &mut self,
+        text: &str,
+        since: std::time::SystemTime,
+    ) -> impl Future<Output = Vec<String>> + Send {
+        let _ = (text, since);
+        async { Vec::new() }
+    }
 }
 
 /// Keeps the blocks from the first one whose section path contains `from`, and only those
@@ -300,6 +312,7 @@ async fn run_one(
     let control = session.scratch().join(".runbook");
     let before = Files::snapshot(session.scratch(), &control);
     let started = Instant::now();
+    let started_at = std::time::SystemTime::now();
     let outcome = blocking(|| session.run(text, options.deadline))?;
     let duration = started.elapsed();
     let after = Files::snapshot(session.scratch(), &control);
@@ -345,6 +358,13 @@ async fn run_one(
                     }
                 ));
             }
+        }
+    }
+    if report.verdict == Verdict::Ok {
+        let found = stand_ins.inspect(text, started_at).await;
+        if !found.is_empty() {
+            report.verdict = Verdict::Unsafe;
+            report.findings.extend(found);
         }
     }
     if report.verdict == Verdict::Unsafe && report.reason.is_none() {

@@ -136,8 +136,22 @@ fn provision(ctx: &Ctx, pvc: &Value) {
         .and_then(Value::as_str)
         .unwrap_or(PROVISIONER)
         .to_owned();
+    if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
+        && !has_consumer(store, ns, name)
+    {
+        record(
+            store,
+            pvc,
+            EventKind::Normal,
+            "WaitForFirstConsumer",
+            "waiting for first consumer to be created before binding",
+            "persistentvolume-controller",
+        );
+        return;
+    }
     // The CSI driver restores a snapshot named as the claim's data source; it must be ready
-    // before anything is provisioned (the claim stays Pending and is retried).
+    // before anything is provisioned (the claim stays Pending and is retried). With
+    // WaitForFirstConsumer the provisioner is not asked before a pod uses the claim.
     let source = if provisioner == CSI_DRIVER {
         match snapshots::restore_source(store, &ctx.cfg.state_dir, pvc) {
             Ok(source) => source,
@@ -156,19 +170,6 @@ fn provision(ctx: &Ctx, pvc: &Value) {
     } else {
         None
     };
-    if sc.get("volumeBindingMode").and_then(Value::as_str) == Some("WaitForFirstConsumer")
-        && !has_consumer(store, ns, name)
-    {
-        record(
-            store,
-            pvc,
-            EventKind::Normal,
-            "WaitForFirstConsumer",
-            "waiting for first consumer to be created before binding",
-            "persistentvolume-controller",
-        );
-        return;
-    }
     let pv_name = format!("pvc-{}", meta(pvc, "uid"));
     let dir = ctx
         .cfg
