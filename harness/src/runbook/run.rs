@@ -66,10 +66,9 @@ pub trait StandIns: Send {
     /// `since` is when the command started: what the cluster reported before is not its doing.
     fn inspect(
         &mut self,
-        text: &str,
-        since: std::time::SystemTime,
+        _text: &str,
+        _since: std::time::SystemTime,
     ) -> impl Future<Output = Vec<String>> + Send {
-        let _ = (text, since);
         async { Vec::new() }
     }
 }
