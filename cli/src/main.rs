@@ -82,8 +82,9 @@ struct ProviderArgs {
     /// and the cluster's name typed at the prompt).
     #[arg(long, default_value = "sim", value_parser = ["sim", "kind", "local", "kubeconfig"])]
     provider: String,
-    /// kind configuration for sim and kind clusters.
-    #[arg(long, default_value = "kind-config/single-node.yaml")]
+    /// kind configuration for sim and kind clusters (default: the repository's
+    /// kind-config/single-node.yaml, wherever the command runs from).
+    #[arg(long, default_value_os_t = default_kind_config(), hide_default_value = true)]
     kind_config: PathBuf,
     /// Kubernetes binaries for --provider local (default: $RR_K8S_BIN, else the cache of
     /// ci/k8s/build.sh; official release binaries work, see ci/k8s/fetch-release.sh).
@@ -182,8 +183,10 @@ enum SimCommand {
         /// Cluster name.
         #[arg(long, default_value = "titanium-sim", value_parser = validate::sim_name)]
         name: String,
-        /// kind configuration describing the nodes.
-        #[arg(long, default_value = "kind-config/single-node.yaml", value_parser = validate::existing_file)]
+        /// kind configuration describing the nodes (default: the repository's
+        /// kind-config/single-node.yaml).
+        #[arg(long, default_value_os_t = default_kind_config(), hide_default_value = true,
+              value_parser = validate::existing_file)]
         kind_config: PathBuf,
         /// Users to seed (0: none; at most 1,000,000).
         #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=1_000_000))]
@@ -425,4 +428,13 @@ fn main() {
         }
     });
     std::process::exit(code);
+}
+
+/// The repository's single-node kind configuration, found from the source tree the binary was
+/// built from (as the fixtures are), so the commands work from any directory.
+fn default_kind_config() -> PathBuf {
+    let cli = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    cli.parent()
+        .unwrap_or(cli)
+        .join("kind-config/single-node.yaml")
 }
