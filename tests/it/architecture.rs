@@ -3,12 +3,9 @@
 //! allow fails, and so does one the table lists that the code no longer has, so the document
 //! and the code cannot drift apart.
 
+use crate::support::repo;
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
+use std::path::Path;
 
 type Graph = BTreeMap<String, BTreeSet<String>>;
 

@@ -3,27 +3,13 @@
 //! the VirtualService gone (lost in a restore), the gateway has no route, answers 404, and the
 //! gate fails naming it; with the VirtualService back, it passes again.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use crate::support::ensure_titanium_built;
 use harness::cluster::Cluster;
 use harness::cluster::sim::{SimOptions, SimProvider};
 use harness::load::HealthGate;
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The simulated pods run the `titanium` binary; build it when this test runs on its own.
-fn ensure_titanium_built() {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "titanium", "--bin", "titanium"])
-        .current_dir(repo())
-        .status()
-        .unwrap();
-    assert!(status.success(), "could not build the titanium binary");
-}
 
 /// `kubectl` against `cluster`, asserting success.
 fn kubectl(cluster: &SimProvider, args: &[&str]) -> String {

@@ -6,4 +6,5 @@ mod ingress;
 mod preflight;
 mod report_html;
 mod runbook;
+mod support;
 mod workflows;

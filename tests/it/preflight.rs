@@ -3,27 +3,12 @@
 //! nothing changed either way.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
+use crate::support::ensure_titanium_built;
 use harness::cluster::Cluster;
 use harness::cluster::sim::{SimOptions, SimProvider};
 use harness::preflight::{CheckStatus, PreflightOptions};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The simulated pods run the `titanium` binary; build it when this test runs on its own.
-fn ensure_titanium_built() {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "titanium", "--bin", "titanium"])
-        .current_dir(repo())
-        .status()
-        .unwrap();
-    assert!(status.success(), "could not build the titanium binary");
-}
 
 /// Every object of the namespace with its resourceVersion, except the kinds the kubelet and
 /// controllers rewrite on their own (pods' status, events, endpoints, leases).

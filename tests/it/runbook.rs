@@ -3,25 +3,9 @@
 //! shipped Titanium runbook end to end (cluster A destroyed, B built, later phases on B), its
 //! summary and a cause for every failed or unsafe command.
 
-use std::path::PathBuf;
-use std::process::Command;
-
+use crate::support::{ensure_titanium_built, repo};
 use harness::cluster::ProviderSpec;
 use harness::report::runbook::{CommandReport, RunbookReport, Verdict};
-
-fn repo() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// The simulated pods run the `titanium` binary; build it when this test runs on its own.
-fn ensure_titanium_built() {
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "-q", "-p", "titanium", "--bin", "titanium"])
-        .current_dir(repo())
-        .status()
-        .unwrap();
-    assert!(status.success(), "could not build the titanium binary");
-}
 
 fn prerequisites() -> bool {
     for tool in ["unshare", "kubectl", "terraform", "psql"] {

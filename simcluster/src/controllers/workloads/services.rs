@@ -326,18 +326,7 @@ impl Listeners {
             .and_then(Value::as_str)
             .unwrap_or("ClusterIP");
         for sp in ports {
-            if sp
-                .get("protocol")
-                .and_then(Value::as_str)
-                .is_some_and(|p| p != "TCP")
-            {
-                continue;
-            }
-            let Some(port) = sp
-                .get("port")
-                .and_then(Value::as_u64)
-                .and_then(|n| u16::try_from(n).ok())
-            else {
+            let Some(port) = tcp_port(sp) else {
                 continue;
             };
             let backends: Vec<SocketAddr> = members
@@ -398,18 +387,7 @@ impl Listeners {
             .into_iter()
             .flatten()
         {
-            if sp
-                .get("protocol")
-                .and_then(Value::as_str)
-                .is_some_and(|p| p != "TCP")
-            {
-                continue;
-            }
-            let Some(port) = sp
-                .get("port")
-                .and_then(Value::as_u64)
-                .and_then(|n| u16::try_from(n).ok())
-            else {
+            let Some(port) = tcp_port(sp) else {
                 continue;
             };
             let name = sp.get("name").and_then(Value::as_str).unwrap_or_default();
@@ -444,4 +422,16 @@ impl Listeners {
         self.want.insert(addr, backends.to_vec());
         self.owners.insert(addr, svc.clone());
     }
+}
+
+/// The port number of a Service port entry the proxy serves: TCP (the default protocol) and
+/// a valid number. UDP and SCTP ports are not proxied.
+fn tcp_port(sp: &Value) -> Option<u16> {
+    let protocol = sp.get("protocol").and_then(Value::as_str).unwrap_or("TCP");
+    if protocol != "TCP" {
+        return None;
+    }
+    sp.get("port")
+        .and_then(Value::as_u64)
+        .and_then(|n| u16::try_from(n).ok())
 }
