@@ -234,8 +234,9 @@ pub struct QuiesceRecord {
 }
 
 /// Scales every Deployment of the namespace except `options.keep` to zero and waits until no
-/// pod of theirs is left: terminating pods count, since a pod still shutting down can still
-/// write (`status.replicas` drops to zero as soon as deletion starts).
+/// pod of theirs can write: terminating pods count until each of their containers has
+/// terminated, since a pod still shutting down can still write (`status.replicas` drops to
+/// zero as soon as deletion starts).
 ///
 /// # Errors
 /// When the API refuses, or a deployment's pods are not gone in time.
@@ -284,14 +285,15 @@ pub async fn quiesce(
             let left = pods.list(&params).await.map_err(BackupError::kube(format!(
                 "list the pods of deployment {ns}/{name}"
             )))?;
-            if left.items.is_empty() {
+            let writers: Vec<&Pod> = left.items.iter().filter(|p| can_still_write(p)).collect();
+            if writers.is_empty() {
                 break;
             }
             if Instant::now() > deadline {
                 return Err(BackupError::QuiesceTimeout {
                     namespace: ns.clone(),
                     name: name.clone(),
-                    replicas: i32::try_from(left.items.len()).unwrap_or(i32::MAX),
+                    replicas: i32::try_from(writers.len()).unwrap_or(i32::MAX),
                     seconds: options.timeout.as_secs(),
                 });
             }
@@ -304,6 +306,40 @@ pub async fn quiesce(
         writes_stopped_at: chrono::Utc::now().to_rfc3339(),
         writes_stopped_server_at: None,
     })
+}
+
+/// Whether a pod of a scaled-down workload may still write: anything but a finished pod, or a
+/// deleted one whose every container (init and regular) has terminated. A deleted pod's
+/// containers are never restarted, and a real kubelet reports them terminated within a
+/// second or two while the pod object itself can stay for tens of seconds more (its sandbox
+/// and volumes torn down). A container not reported yet counts as running.
+fn can_still_write(pod: &Pod) -> bool {
+    let Some(status) = &pod.status else {
+        return true;
+    };
+    if matches!(status.phase.as_deref(), Some("Succeeded" | "Failed")) {
+        return false;
+    }
+    if pod.metadata.deletion_timestamp.is_none() {
+        return true;
+    }
+    let spec = pod.spec.as_ref();
+    let declared = spec.map_or(0, |s| {
+        s.containers.len() + s.init_containers.as_ref().map_or(0, Vec::len)
+    });
+    let statuses: Vec<_> = status
+        .container_statuses
+        .iter()
+        .chain(status.init_container_statuses.iter())
+        .flatten()
+        .collect();
+    let all_terminated = statuses.len() >= declared
+        && statuses.iter().all(|c| {
+            c.state
+                .as_ref()
+                .is_some_and(|s| s.terminated.is_some() && s.running.is_none())
+        });
+    !all_terminated
 }
 
 /// Scales the Deployments of a [`QuiesceRecord`] back to their recorded replicas.
@@ -331,4 +367,66 @@ async fn scale(
             "scale deployment {ns}/{name} to {replicas}"
         )))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A pod with containers `a` and `b`, deleted or not, and the given container states.
+    fn pod(deleted: bool, phase: &str, states: &[serde_json::Value]) -> Pod {
+        let statuses: Vec<serde_json::Value> = states
+            .iter()
+            .zip(["a", "b"])
+            .map(|(state, name)| {
+                serde_json::json!({"name": name, "ready": false,
+                "restartCount": 0, "image": "i", "imageID": "", "state": state})
+            })
+            .collect();
+        let mut metadata = serde_json::json!({"name": "p"});
+        if deleted {
+            metadata["deletionTimestamp"] = "2026-12-04T13:28:52Z".into();
+        }
+        serde_json::from_value(serde_json::json!({
+            "metadata": metadata,
+            "spec": {"containers": [{"name": "a"}, {"name": "b"}]},
+            "status": {"phase": phase, "containerStatuses": statuses},
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn only_finished_pods_and_deleted_ones_with_every_container_terminated_cannot_write() {
+        let running = serde_json::json!({"running": {"startedAt": "2026-12-04T13:28:49Z"}});
+        let done = serde_json::json!({"terminated": {"exitCode": 0}});
+        // Stopped: every container of a deleted pod terminated, or the pod finished.
+        assert!(!can_still_write(&pod(
+            true,
+            "Running",
+            &[done.clone(), done.clone()]
+        )));
+        assert!(!can_still_write(&pod(
+            false,
+            "Succeeded",
+            &[done.clone(), done.clone()]
+        )));
+        // May write: one container still running, one not reported yet, or not deleted (its
+        // containers would be restarted).
+        assert!(can_still_write(&pod(
+            true,
+            "Running",
+            &[done.clone(), running.clone()]
+        )));
+        assert!(can_still_write(&pod(true, "Running", &[done.clone()])));
+        assert!(can_still_write(&pod(
+            false,
+            "Running",
+            &[done.clone(), done]
+        )));
+        assert!(can_still_write(&pod(
+            false,
+            "Running",
+            &[running.clone(), running]
+        )));
+    }
 }
