@@ -417,7 +417,11 @@ mod tests {
             "Running",
             &[done.clone(), running.clone()]
         )));
-        assert!(can_still_write(&pod(true, "Running", &[done.clone()])));
+        assert!(can_still_write(&pod(
+            true,
+            "Running",
+            std::slice::from_ref(&done)
+        )));
         assert!(can_still_write(&pod(
             false,
             "Running",
