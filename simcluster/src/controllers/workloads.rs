@@ -138,6 +138,28 @@ pub(crate) fn deleting(obj: &Value) -> bool {
     obj.pointer("/metadata/deletionTimestamp").is_some()
 }
 
+/// Whether the object `obj` refers to at `reference` (a JSON pointer to an object reference
+/// with `namespace`, `name` and optionally `uid`, such as a volume's `/spec/claimRef`) is no
+/// longer among `candidates`; `None` when the reference names no namespace (it is unbound).
+pub(crate) fn referent_gone(
+    obj: &Value,
+    reference: &str,
+    candidates: &[Arc<Value>],
+) -> Option<bool> {
+    let field = |f: &str| {
+        obj.pointer(&format!("{reference}/{f}"))
+            .and_then(Value::as_str)
+    };
+    let ns = field("namespace")?;
+    let name = field("name").unwrap_or_default();
+    let uid = field("uid").unwrap_or_default();
+    Some(!candidates.iter().any(|c| {
+        meta(c, "namespace") == ns
+            && meta(c, "name") == name
+            && (uid.is_empty() || meta(c, "uid") == uid)
+    }))
+}
+
 /// Whether `obj` has a controller owner reference to `owner`.
 pub(crate) fn owned_by(obj: &Value, owner: &Value) -> bool {
     let uid = meta(owner, "uid");

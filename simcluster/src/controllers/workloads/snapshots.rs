@@ -25,7 +25,7 @@ use nix::unistd::Pid;
 use serde_json::{Value, json};
 
 use super::events::{EventKind, record};
-use super::{Ctx, create, deleting, meta, write_status};
+use super::{Ctx, create, deleting, meta, referent_gone, write_status};
 use crate::store::Store;
 
 /// The simulated CSI driver: it provisions the default class `standard` and takes snapshots.
@@ -103,23 +103,7 @@ pub(crate) fn reconcile(ctx: &Ctx) {
 
 /// Whether the snapshot a content was bound to no longer exists.
 fn snapshot_gone(content: &Value, snapshots: &[Arc<Value>]) -> bool {
-    let ns = content
-        .pointer("/spec/volumeSnapshotRef/namespace")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let name = content
-        .pointer("/spec/volumeSnapshotRef/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let uid = content
-        .pointer("/spec/volumeSnapshotRef/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    !snapshots.iter().any(|s| {
-        meta(s, "namespace") == ns
-            && meta(s, "name") == name
-            && (uid.is_empty() || meta(s, "uid") == uid)
-    })
+    referent_gone(content, "/spec/volumeSnapshotRef", snapshots).unwrap_or(true)
 }
 
 /// Takes one snapshot, or says why it cannot be taken (yet).

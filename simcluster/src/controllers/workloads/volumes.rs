@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use super::events::{EventKind, record};
 use super::snapshots::{self, CSI_DRIVER};
-use super::{Ctx, create, deleting, meta, modify, write_status};
+use super::{Ctx, create, deleting, meta, modify, referent_gone, write_status};
 use crate::store::Store;
 
 /// The provisioner name written on the default classes.
@@ -298,25 +298,7 @@ fn provisioning_class(store: &Store, pvc: &Value) -> Option<(String, Arc<Value>)
 /// Whether the volume was bound to a claim that no longer exists (a volume without a claim
 /// reference is not).
 fn claim_gone(pv: &Value, claims: &[Arc<Value>]) -> bool {
-    let Some(claim_ns) = pv
-        .pointer("/spec/claimRef/namespace")
-        .and_then(Value::as_str)
-    else {
-        return false;
-    };
-    let claim_name = pv
-        .pointer("/spec/claimRef/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let claim_uid = pv
-        .pointer("/spec/claimRef/uid")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    !claims.iter().any(|c| {
-        meta(c, "namespace") == claim_ns
-            && meta(c, "name") == claim_name
-            && (claim_uid.is_empty() || meta(c, "uid") == claim_uid)
-    })
+    referent_gone(pv, "/spec/claimRef", claims).unwrap_or(false)
 }
 
 /// A volume whose claim is gone: deleted with its directory when this provisioner made it and
