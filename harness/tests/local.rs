@@ -251,17 +251,30 @@ async fn a_local_cluster_resolves_services_keeps_volumes_and_leaves_nothing() {
     pods.delete("writer", &DeleteParams::default())
         .await
         .unwrap();
+    let unserved = if ip == "10.96.255.254" {
+        "10.96.255.253"
+    } else {
+        "10.96.255.254"
+    };
     let log = run_pod(
         &pods,
         "reader",
         // And the API server through the `kubernetes` Service, as in-cluster clients (the
         // ingress gateway) find it: the node's relay and the Endpoints naming it.
-        "cat /data/marker; getent hosts nope || echo no-such-service; \
+        &"cat /data/marker; getent hosts nope || echo no-such-service; \
          bash -c 'exec 3<>/dev/tcp/$KUBERNETES_SERVICE_HOST/$KUBERNETES_SERVICE_PORT' \
-         && echo api-reachable",
+         && echo api-reachable; \
+         timeout 10 bash -c 'exec 3<>/dev/tcp/$0/8001' $UNSERVED 2>/dev/null; \
+         case $? in 0) echo reached-something;; 124) echo timed-out;; *) echo refused;; esac"
+            .replace("$UNSERVED", unserved),
     )
     .await;
-    assert_eq!(log, "kept-across-pods\nno-such-service\napi-reachable\n");
+    // The last line: a cluster IP no Service holds is refused on the node, not routed off
+    // it to whatever answers there (this machine's network answers every port).
+    assert_eq!(
+        log,
+        "kept-across-pods\nno-such-service\napi-reachable\nrefused\n"
+    );
 
     // Rollback criterion 4 without a metrics-server: node usage from the kubelet's Summary
     // API, the pods' cgroup only. A pod that spins for 25 s shows in it.

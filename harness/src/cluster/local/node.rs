@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Node as NodeObject;
 
 use super::api_relay::{API_RELAY_PORT, ApiRelay};
-use super::control_plane::ControlPlane;
+use super::control_plane::{ControlPlane, SERVICE_CIDR};
 use super::daemon::{Daemon, free_port, mkdir, run, wait_for, write};
 use super::dns::{CLUSTER_DOMAIN, DnsServer};
 use super::teardown::{self, RULE_COMMENT};
@@ -145,6 +145,31 @@ impl Node {
                     RULE_COMMENT,
                     "-j",
                     "ACCEPT",
+                ],
+            )?;
+        }
+        // A cluster IP kube-proxy has no rule for (yet: a Service it has not synced) must not
+        // leave the host by its default route. Inserted ahead of the accepts; kube-proxy's DNAT
+        // (PREROUTING, OUTPUT) comes before the filter table, so translated packets no longer
+        // match. Without it, such a connection reached whatever answers on the host's network
+        // (here: a proxy that answers every request with 404), and a kept-alive client stayed
+        // on it: an api-gateway replica saw user-service 404 for two minutes.
+        for chain in ["FORWARD", "OUTPUT"] {
+            run(
+                "iptables",
+                &[
+                    "-w",
+                    "-I",
+                    chain,
+                    "1",
+                    "-d",
+                    SERVICE_CIDR,
+                    "-m",
+                    "comment",
+                    "--comment",
+                    RULE_COMMENT,
+                    "-j",
+                    "REJECT",
                 ],
             )?;
         }
