@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-use goose::goose::TransactionFunction;
+use goose::goose::{GooseResponse, TransactionFunction};
 use goose::prelude::*;
 use serde_json::{Value, json};
 
@@ -79,7 +79,24 @@ pub(crate) fn get_endpoint(path: &str) -> Result<Scenario, GooseError> {
                 .path(&*path)
                 .name(&*path)
                 .build();
-            user.request(request).await?;
+            let goose = user.request(request).await?;
+            // The body read to its end, as wrk and every real client do: hyper returns a
+            // connection to the pool only then, and drops it otherwise, so an unread body
+            // costs a new connection per request. A body that breaks off is a failure.
+            let GooseResponse {
+                mut request,
+                response,
+            } = goose;
+            if let Ok(response) = response
+                && let Err(error) = response.bytes().await
+            {
+                return user.set_failure(
+                    &format!("reading the body: {error}"),
+                    &mut request,
+                    None,
+                    None,
+                );
+            }
             Ok(())
         })
     });
