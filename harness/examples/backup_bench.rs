@@ -147,7 +147,7 @@ async fn bare_pg_dump(pg: &LocalPostgres, out: &std::path::Path) -> anyhow::Resu
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let args = parse()?;
     let pg = LocalPostgres::start(LocalOptions::titanium()).await?;
     let client = pg.params().connect().await?;
@@ -268,8 +268,10 @@ async fn main() -> anyhow::Result<()> {
     );
     drop(client);
     pg.stop().await?;
-    if !met {
-        std::process::exit(1);
-    }
-    Ok(())
+    // Returned, not `process::exit`: the scratch directory's destructor must still run.
+    Ok(if met {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }

@@ -96,7 +96,7 @@ fn wrk(url: &str, seconds: u64, connections: usize) -> anyhow::Result<(f64, Stri
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let args = args()?;
     let pg = LocalPostgres::start(LocalOptions::titanium())
         .await
@@ -164,10 +164,12 @@ async fn main() -> anyhow::Result<()> {
     );
     served.stop().await?;
     pg.stop().await?;
-    if !met {
-        std::process::exit(1);
-    }
-    Ok(())
+    // Returned, not `process::exit`, so that every destructor still runs.
+    Ok(if met {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
 
 /// wrk's requests per second on `url`, with 2 threads.

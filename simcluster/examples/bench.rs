@@ -36,7 +36,7 @@ fn verdict(name: &str, took: Duration, target: Duration) -> bool {
 }
 
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn main() -> anyhow::Result<std::process::ExitCode> {
     let dir = tempfile::tempdir().context("temp dir")?;
     let cfg = SimConfig::new(
         "bench",
@@ -149,8 +149,10 @@ async fn main() -> anyhow::Result<()> {
     all_ok &= complete == WATCHERS;
 
     cluster.shutdown().await?;
-    if !all_ok {
-        std::process::exit(1);
-    }
-    Ok(())
+    // Returned, not `process::exit`: the temporary directory's destructor must still run.
+    Ok(if all_ok {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }

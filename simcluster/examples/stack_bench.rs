@@ -91,7 +91,7 @@ fn not_ready(cluster: &SimCluster, ns: &str) -> Vec<String> {
 }
 
 #[tokio::main(flavor = "multi_thread")]
-async fn main() -> Result<()> {
+async fn main() -> Result<std::process::ExitCode> {
     use std::os::unix::fs::PermissionsExt as _;
     let rows: u64 = match std::env::args().skip_while(|a| a != "--rows").nth(1) {
         Some(n) => n.parse().context("--rows takes a number")?,
@@ -274,8 +274,10 @@ async fn main() -> Result<()> {
         ),
     );
     cluster.shutdown().await?;
-    if !met {
-        std::process::exit(1);
-    }
-    Ok(())
+    // Returned, not `process::exit`: the temporary directory's destructor must still run.
+    Ok(if met {
+        std::process::ExitCode::SUCCESS
+    } else {
+        std::process::ExitCode::FAILURE
+    })
 }
