@@ -309,8 +309,8 @@ pub async fn quiesce(
 }
 
 /// Whether a pod of a scaled-down workload may still write: anything but a finished pod, or a
-/// deleted one whose every container (init and regular) has terminated. A deleted pod's
-/// containers are never restarted, and a real kubelet reports them terminated within a
+/// deleted one whose every container (init and regular) has stopped ([`stopped`]). A deleted
+/// pod's containers are never restarted, and a real kubelet reports them stopped within a
 /// second or two while the pod object itself can stay for tens of seconds more (its sandbox
 /// and volumes torn down). A container not reported yet counts as running.
 fn can_still_write(pod: &Pod) -> bool {
@@ -333,13 +333,34 @@ fn can_still_write(pod: &Pod) -> bool {
         .chain(status.init_container_statuses.iter())
         .flatten()
         .collect();
-    let all_terminated = statuses.len() >= declared
-        && statuses.iter().all(|c| {
-            c.state
-                .as_ref()
-                .is_some_and(|s| s.terminated.is_some() && s.running.is_none())
-        });
-    !all_terminated
+    let all_stopped = statuses.len() >= declared && statuses.iter().all(|c| stopped(c));
+    !all_stopped
+}
+
+/// Whether a container of a deleted pod has stopped: it is reported terminated, or the kubelet
+/// killed and removed it and says so. Kubelet 1.20 reports such a container as `waiting`
+/// (ContainerCreating) with a last state terminated, reason `ContainerStatusUnknown` ("The
+/// container could not be located when the pod was deleted. The container used to be
+/// Running"), until the pod object goes: on the local provider the quiesce waited 25 s and
+/// 54 s for such pods, most of its 30-60 s backup phase. Any other `waiting` (a restart after
+/// a crash, not yet stopped by the deletion) still counts as running.
+fn stopped(c: &k8s_openapi::api::core::v1::ContainerStatus) -> bool {
+    let Some(state) = &c.state else {
+        return false;
+    };
+    if state.running.is_some() {
+        return false;
+    }
+    if state.terminated.is_some() {
+        return true;
+    }
+    let removed_by_the_deletion = c
+        .last_state
+        .as_ref()
+        .and_then(|last| last.terminated.as_ref())
+        .and_then(|t| t.reason.as_deref())
+        == Some("ContainerStatusUnknown");
+    state.waiting.is_some() && removed_by_the_deletion
 }
 
 /// Scales the Deployments of a [`QuiesceRecord`] back to their recorded replicas.
@@ -393,6 +414,52 @@ mod tests {
             "status": {"phase": phase, "containerStatuses": statuses},
         }))
         .unwrap()
+    }
+
+    /// `pod` with each container's last state set.
+    fn with_last_states(pod: Pod, lasts: &[serde_json::Value]) -> Pod {
+        let mut value = serde_json::to_value(pod).unwrap();
+        for (status, last) in value["status"]["containerStatuses"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .zip(lasts)
+        {
+            status["lastState"] = last.clone();
+        }
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn a_deleted_pods_container_the_kubelet_removed_has_stopped_and_a_pending_restart_has_not() {
+        let creating = serde_json::json!({"waiting": {"reason": "ContainerCreating"}});
+        // What kubelet 1.20 reported for every container of a deleted pod once it had killed
+        // and removed it, until the pod object went (local provider, 25-54 s).
+        let removed = serde_json::json!({"terminated": {"exitCode": 137,
+            "reason": "ContainerStatusUnknown",
+            "message": "The container could not be located when the pod was deleted.  The container used to be Running"}});
+        let crashed = serde_json::json!({"terminated": {"exitCode": 1, "reason": "Error"}});
+        let both_removed = || {
+            with_last_states(
+                pod(true, "Running", &[creating.clone(), creating.clone()]),
+                &[removed.clone(), removed.clone()],
+            )
+        };
+        assert!(!can_still_write(&both_removed()));
+        // Not deleted: the same statuses are a restart on its way.
+        let mut live = both_removed();
+        live.metadata.deletion_timestamp = None;
+        assert!(can_still_write(&live));
+        // A crashed container waiting for its restart, or one never started, may still run.
+        assert!(can_still_write(&with_last_states(
+            pod(true, "Running", &[creating.clone(), creating.clone()]),
+            &[removed.clone(), crashed],
+        )));
+        assert!(can_still_write(&pod(
+            true,
+            "Pending",
+            &[creating.clone(), creating]
+        )));
     }
 
     #[test]
