@@ -235,8 +235,8 @@ pub struct QuiesceRecord {
 
 /// Scales every Deployment of the namespace except `options.keep` to zero and waits until no
 /// pod of theirs can write: terminating pods count until each of their containers has
-/// terminated, since a pod still shutting down can still write (`status.replicas` drops to
-/// zero as soon as deletion starts).
+/// stopped (see `can_still_write`), since a pod still shutting down can still write
+/// (`status.replicas` drops to zero as soon as deletion starts).
 ///
 /// # Errors
 /// When the API refuses, or a deployment's pods are not gone in time.
