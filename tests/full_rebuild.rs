@@ -234,12 +234,11 @@ fn main() {
     // The harness's log as the CLI writes it. Without a subscriber, tracing's events reach the
     // `log` logger goose installs, and kube's request layer printed `[ERROR] failed with error
     // client error (Connect)` each time a trial polled an API server that was not listening
-    // yet: noise that read like a failure. The error is returned to the harness, which waits
-    // or reports it with what was being done.
+    // yet: noise that read like a failure.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("REHEARSAL_LOG").unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,kube_client::client::builder=off")
+                tracing_subscriber::EnvFilter::new(harness::DEFAULT_LOG_FILTER)
             }),
         )
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

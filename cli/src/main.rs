@@ -385,12 +385,9 @@ fn main() {
     }
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("REHEARSAL_LOG")
-                // kube's request layer logs every failed request at ERROR; the error is
-                // returned to us and reported once, with what was being done.
-                .unwrap_or_else(|_| {
-                    tracing_subscriber::EnvFilter::new("warn,kube_client::client::builder=off")
-                }),
+            tracing_subscriber::EnvFilter::try_from_env("REHEARSAL_LOG").unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new(harness::DEFAULT_LOG_FILTER)
+            }),
         )
         .with_writer(std::io::stderr)
         .init();

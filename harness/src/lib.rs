@@ -23,6 +23,12 @@ pub mod runbook;
 pub mod testing;
 pub mod verify;
 
+/// The log filter of the `rehearsal` binary and the `full_rebuild` test binary when
+/// `REHEARSAL_LOG` is not set: warnings, without kube's request layer, which logs every failed
+/// request at ERROR (the error is returned to the harness, which waits or reports it once,
+/// with what was being done).
+pub const DEFAULT_LOG_FILTER: &str = "warn,kube_client::client::builder=off";
+
 /// An error and every cause in its chain on one line (`could not copy to X: No space left on
 /// device`), each cause once: a cause whose text the line already holds is not repeated. Used
 /// wherever an error becomes a string (a finding, a report line), so the cause is never lost.
