@@ -937,6 +937,22 @@ fn only_partial(dest: &Path, name: &str) -> Result<String> {
 async fn clear_errors_leave_only_a_partial_backup() -> Result<()> {
     let pg = source_db(DatasetSpec::new(1, 5, 5)).await?;
 
+    // A gzip level gzip does not have: refused before anything is written.
+    let dest = ScratchDir::new("backup-test-err-", "backup destination")?;
+    let mut opts = options(dest.path(), "level", &pg);
+    opts.archive = true;
+    opts.compression_level = 10;
+    let err = backup(&opts).await.expect_err("level 10");
+    assert!(
+        matches!(err, BackupError::CompressionLevel { level: 10 }),
+        "{err:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(dest.path())?.count(),
+        0,
+        "nothing written"
+    );
+
     // Unreachable server.
     let dest = ScratchDir::new("backup-test-err-", "backup destination")?;
     let mut opts = options(dest.path(), "unreachable", &pg);

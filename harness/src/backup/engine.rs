@@ -80,6 +80,11 @@ pub async fn backup(options: &BackupOptions) -> Result<BackupReport, BackupError
                   manifest's counts and digests describe",
         });
     }
+    if options.archive && options.compression_level > 9 {
+        return Err(BackupError::CompressionLevel {
+            level: options.compression_level,
+        });
+    }
     let origin = Instant::now();
     let started_at = chrono::Utc::now();
     let name = options

@@ -44,6 +44,13 @@ pub enum BackupError {
     )]
     NothingToBackUp,
 
+    /// The archive's gzip level is not one gzip has.
+    #[error("the archive's gzip level is {level}; gzip's levels are 0 (stored) to 9")]
+    CompressionLevel {
+        /// The level asked for.
+        level: u32,
+    },
+
     /// A physical backup was asked for without what it needs.
     #[error("a physical backup needs a PostgreSQL source and quiesced writers (--quiesce): {why}")]
     PhysicalNeeds {
