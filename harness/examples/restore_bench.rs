@@ -138,6 +138,13 @@ async fn main() -> Result<ExitCode> {
         .map(|a| a.parse())
         .collect::<Result<_, _>>()
         .context("arguments: USERS POSTS [ROUNDS]")?;
+    // The restore's own account of its phases, on standard error with REHEARSAL_LOG=info.
+    if let Ok(filter) = std::env::var("REHEARSAL_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
     let rounds = *args.get(2).unwrap_or(&3) as usize;
     ensure!(rounds > 0, "ROUNDS must be at least 1");
     let spec = DatasetSpec::new(
