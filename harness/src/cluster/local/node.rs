@@ -130,23 +130,7 @@ impl Node {
         // Docker sets the FORWARD policy to DROP; pod traffic through the bridge (bridged
         // frames pass iptables with br_netfilter) and to Services must pass.
         for direction in ["-i", "-o"] {
-            run(
-                "iptables",
-                &[
-                    "-w",
-                    "-I",
-                    "FORWARD",
-                    "1",
-                    direction,
-                    BRIDGE,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    RULE_COMMENT,
-                    "-j",
-                    "ACCEPT",
-                ],
-            )?;
+            insert_rule("FORWARD", &[direction, BRIDGE], "ACCEPT")?;
         }
         // A cluster IP kube-proxy has no rule for (yet: a Service it has not synced) must not
         // leave the host by its default route. Inserted ahead of the accepts; kube-proxy's DNAT
@@ -155,23 +139,7 @@ impl Node {
         // (here: a proxy that answers every request with 404), and a kept-alive client stayed
         // on it: an api-gateway replica saw user-service 404 for two minutes.
         for chain in ["FORWARD", "OUTPUT"] {
-            run(
-                "iptables",
-                &[
-                    "-w",
-                    "-I",
-                    chain,
-                    "1",
-                    "-d",
-                    SERVICE_CIDR,
-                    "-m",
-                    "comment",
-                    "--comment",
-                    RULE_COMMENT,
-                    "-j",
-                    "REJECT",
-                ],
-            )?;
+            insert_rule(chain, &["-d", SERVICE_CIDR], "REJECT")?;
         }
         let client = control_plane.client().await?;
         let dns = DnsServer::start(client, SocketAddr::from((GATEWAY, 53)))
@@ -565,4 +533,13 @@ fn cni_config(ipam_dir: &Path) -> String {
         ]
     })
     .to_string()
+}
+
+/// Inserts an iptables rule at the head of `chain`: `matches`, tagged with [`RULE_COMMENT`]
+/// (the teardown removes every rule so tagged), jumping to `target`.
+fn insert_rule(chain: &str, matches: &[&str], target: &str) -> Result<String, LocalError> {
+    let mut args = vec!["-w", "-I", chain, "1"];
+    args.extend_from_slice(matches);
+    args.extend(["-m", "comment", "--comment", RULE_COMMENT, "-j", target]);
+    run("iptables", &args)
 }
