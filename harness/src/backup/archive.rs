@@ -486,13 +486,13 @@ pub(crate) fn publish_archive(
 }
 
 /// `piece` as one complete gzip member at `level`, by libdeflate: a whole buffer at a time,
-/// which is how the archive cuts its stream anyway, and at level 1 it takes about half the CPU
-/// of zlib's (or miniz_oxide's) level 1 for an output no larger.
+/// which is how the archive cuts its stream anyway. Against flate2's miniz_oxide at the same
+/// level 1, measured by `backup_bench` (100k users, 1M posts): the whole backup's CPU 47.6 s
+/// -> 45.5 s, the archive 798 MB -> 715 MB. (The backup refuses levels above 9 up front.)
 fn gzip_member(piece: &[u8], level: u32) -> std::io::Result<Vec<u8>> {
-    let lvl = i32::try_from(level)
-        .ok()
-        .and_then(|l| libdeflater::CompressionLvl::new(l).ok())
-        .ok_or_else(|| std::io::Error::other(format!("gzip level {level} is not 0-9")))?;
+    let not_a_level = || std::io::Error::other(format!("gzip level {level} is not 0-9"));
+    let lvl = i32::try_from(level).map_err(|_| not_a_level())?;
+    let lvl = libdeflater::CompressionLvl::new(lvl).map_err(|_| not_a_level())?;
     let mut compressor = libdeflater::Compressor::new(lvl);
     let mut out = vec![0; compressor.gzip_compress_bound(piece.len())];
     let n = compressor
