@@ -1429,7 +1429,7 @@ async fn the_plan_reads_as_steps_in_order() -> Result<()> {
         "1. read the archive through",
         "2. mark the database `restoring backup-1`, drop",
         "- table public.users",
-        "3. load the archive:",
+        "3. load the archive in its sections: the schema (--section=pre-data), each table's rows converted here to binary COPY",
         "4. mark the database `restored backup-1`",
     ];
     let mut at = 0;

@@ -256,6 +256,56 @@ impl ToolRun {
         }
     }
 
+    /// Starts it with `stdin` as its standard input and its standard output a pipe the caller
+    /// reads ([`ToolStream::stdout`]) as the tool writes; [`ToolStream::finish`] then waits for
+    /// it. Dropping the stream before `finish` kills the tool's process group. No deadline
+    /// applies here: the caller bounds the whole read.
+    ///
+    /// # Errors
+    /// When it cannot start.
+    pub fn stream(&self, stdin: Vec<u8>) -> Result<ToolStream, ToolError> {
+        let mut child = self
+            .command()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn_guarded()
+            .map_err(self.spawn_error())?;
+        let guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
+        let input = child.stdin.take();
+        // The input is small (a pg_restore list): written and closed beside the read.
+        let writer = tokio::spawn(async move {
+            use tokio::io::AsyncWriteExt as _;
+            match input {
+                Some(mut pipe) => pipe.write_all(&stdin).await,
+                None => Ok(()),
+            }
+        });
+        let stderr = child.stderr.take().map(|mut pipe| {
+            tokio::spawn(async move {
+                let mut kept = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match pipe.read(&mut chunk).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) if kept.len() < STDERR_KEPT => kept.extend_from_slice(&chunk[..n]),
+                        Ok(_) => {}
+                    }
+                }
+                kept
+            })
+        });
+        let stdout = child.stdout.take();
+        Ok(ToolStream {
+            run: self.clone(),
+            child,
+            guard,
+            writer,
+            stderr,
+            stdout,
+        })
+    }
+
     /// Runs it, its standard output discarded.
     ///
     /// # Errors
@@ -446,5 +496,49 @@ pg_dump: detail: Command was: COPY public.posts (id, user_id, title, body, creat
         }
         assert!(gone, "the grandchild {pid} outlived its group's deadline");
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
+    }
+}
+
+/// A running tool whose standard output is read as it comes (see [`ToolRun::stream`]).
+pub struct ToolStream {
+    run: ToolRun,
+    child: tokio::process::Child,
+    guard: GroupGuard,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    stderr: Option<tokio::task::JoinHandle<Vec<u8>>>,
+    /// Its standard output; taken by the reader.
+    pub stdout: Option<tokio::process::ChildStdout>,
+}
+
+impl ToolStream {
+    /// Waits for the tool to exit (its standard output should have been read to the end).
+    ///
+    /// # Errors
+    /// [`ToolError::Failed`] when it exited unsuccessfully or its standard input could not be
+    /// written, [`ToolError::Spawn`] when it could not be waited for.
+    pub async fn finish(mut self) -> Result<(), ToolError> {
+        drop(self.stdout.take());
+        let status = self.child.wait().await.map_err(self.run.spawn_error())?;
+        self.guard.0 = None;
+        let stderr = match self.stderr.take() {
+            Some(task) => task.await.map_err(|e| ToolError::Spawn {
+                tool: self.run.tool.clone(),
+                source: std::io::Error::other(e),
+            })?,
+            None => Vec::new(),
+        };
+        if !status.success() {
+            return Err(self.run.failed(status, &stderr));
+        }
+        let written = (&mut self.writer).await.map_err(|e| ToolError::Spawn {
+            tool: self.run.tool.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        written.map_err(|source| ToolError::Failed {
+            tool: self.run.tool.clone(),
+            what: format!("{} (writing its standard input)", self.run.what),
+            status: status.to_string(),
+            stderr: source.to_string(),
+        })
     }
 }

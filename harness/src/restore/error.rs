@@ -120,6 +120,15 @@ pub enum RestoreError {
         source: std::io::Error,
     },
 
+    /// A table's rows could not be loaded from the archive as they were read.
+    #[error("loading {entry}: {detail}")]
+    DataLoad {
+        /// The archive entry (`TABLE DATA public posts postgres`).
+        entry: String,
+        /// What went wrong.
+        detail: String,
+    },
+
     /// A restore tool (pg_restore, psql) ran and failed.
     #[error("{tool} failed ({status}) restoring {}: {stderr}", path.display())]
     Tool {

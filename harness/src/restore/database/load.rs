@@ -179,7 +179,12 @@ pub(super) async fn load_custom(
     let drop = drop_started.elapsed().as_secs_f64();
     let load_started = Instant::now();
     let loaded = async {
-        run_tool(&plan.command, params, path, deadline).await?;
+        match sectioned::PgRestore::from_command(&plan.command).filter(|_| plan.sectioned) {
+            Some(pg_restore) => {
+                sectioned::restore_sectioned(&pg_restore, params, path, deadline).await?;
+            }
+            None => run_tool(&plan.command, params, path, deadline).await?,
+        }
         let load = load_started.elapsed().as_secs_f64();
         // Before the mark: a database marked restored has its statistics.
         let analyze = crate::restore::analyze(params).await?;

@@ -30,10 +30,12 @@ use super::RestoreError;
 use crate::facts::SequenceFacts;
 use crate::pg::{ConnParams, PgTools, quote_ident};
 
+mod binary_copy;
 mod check;
 mod load;
 mod marker;
 mod plan;
+mod sectioned;
 
 use check::*;
 pub use load::restore_database;
@@ -225,8 +227,14 @@ pub struct DbRestorePlan {
     pub action: PlannedAction,
     /// Objects that would be dropped and replaced (`table public.users`, ...).
     pub replaces: Vec<String>,
-    /// The command that loads the backup (no secrets: they travel in the environment).
+    /// The command that loads the backup (no secrets: they travel in the environment). For
+    /// a custom archive that is a regular file it is run in its sections, with the table rows
+    /// loaded by this process (see `sectioned`).
     pub command: Vec<String>,
+    /// Whether the custom archive is restored in sections, its table rows converted to binary
+    /// `COPY` here (a regular file); otherwise the command runs as it is (a pipe: one pass).
+    #[serde(default)]
+    pub sectioned: bool,
     /// The archive's table of contents (custom archives), without OIDs.
     pub archive_entries: Vec<String>,
     /// How a custom archive's data blocks were proven intact before anything was dropped.
@@ -317,7 +325,15 @@ impl DbRestorePlan {
         match &self.archive {
             DbArchive::Custom(_) => (
                 format!("mark the database `restoring {}`, {drops}", self.backup_id),
-                "load the archive".to_owned(),
+                if self.sectioned {
+                    "load the archive in its sections: the schema (--section=pre-data), each \
+                     table's rows converted here to binary COPY (as many tables at once as -j), \
+                     the other data entries, then indexes and constraints (--section=post-data \
+                     -j)"
+                    .to_owned()
+                } else {
+                    "load the archive".to_owned()
+                },
                 format!(
                     "mark the database `restored {}` (a failed load leaves the target marked \
                      `restoring`: rerun the same command to finish)",

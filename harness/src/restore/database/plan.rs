@@ -5,13 +5,17 @@ use super::*;
 
 /// The number of pg_restore jobs to use.
 pub(super) fn jobs_for(archive: &DbArchive, requested: Option<u32>) -> u32 {
-    let regular = std::fs::metadata(archive.path())
-        .map(|m| m.is_file())
-        .unwrap_or(false);
-    if !regular {
+    if !regular_file(archive) {
         return 1;
     }
     requested.unwrap_or_else(default_jobs).max(1)
+}
+
+/// Whether the archive is a regular file (read more than once: in parallel, in sections),
+/// not a pipe. One that cannot be looked at is treated as a pipe: read once, by pg_restore,
+/// whose error then names the problem.
+pub(super) fn regular_file(archive: &DbArchive) -> bool {
+    std::fs::metadata(archive.path()).is_ok_and(|m| m.is_file())
 }
 
 /// The pg_restore jobs a restore uses when none are asked for: the number of CPUs, at most 4.
@@ -310,6 +314,7 @@ pub async fn plan_database_restore(
         action,
         replaces: objects.into_iter().map(|o| o.label).collect(),
         command: load_command(tools, params, input, options)?,
+        sectioned: matches!(input.archive, DbArchive::Custom(_)) && regular_file(&input.archive),
         archive_entries,
         archive_proof,
     })
