@@ -430,6 +430,50 @@ pub async fn tool_version(tool: &str, program: &Path, flag: &str) -> String {
     }
 }
 
+/// A running tool whose standard output is read as it comes (see [`ToolRun::stream`]).
+pub struct ToolStream {
+    run: ToolRun,
+    child: tokio::process::Child,
+    guard: GroupGuard,
+    writer: tokio::task::JoinHandle<std::io::Result<()>>,
+    stderr: Option<tokio::task::JoinHandle<Vec<u8>>>,
+    /// Its standard output; taken by the reader.
+    pub stdout: Option<tokio::process::ChildStdout>,
+}
+
+impl ToolStream {
+    /// Waits for the tool to exit (its standard output should have been read to the end).
+    ///
+    /// # Errors
+    /// [`ToolError::Failed`] when it exited unsuccessfully or its standard input could not be
+    /// written, [`ToolError::Spawn`] when it could not be waited for.
+    pub async fn finish(mut self) -> Result<(), ToolError> {
+        drop(self.stdout.take());
+        let status = self.child.wait().await.map_err(self.run.spawn_error())?;
+        self.guard.0 = None;
+        let stderr = match self.stderr.take() {
+            Some(task) => task.await.map_err(|e| ToolError::Spawn {
+                tool: self.run.tool.clone(),
+                source: std::io::Error::other(e),
+            })?,
+            None => Vec::new(),
+        };
+        if !status.success() {
+            return Err(self.run.failed(status, &stderr));
+        }
+        let written = (&mut self.writer).await.map_err(|e| ToolError::Spawn {
+            tool: self.run.tool.clone(),
+            source: std::io::Error::other(e),
+        })?;
+        written.map_err(|source| ToolError::Failed {
+            tool: self.run.tool.clone(),
+            what: format!("{} (writing its standard input)", self.run.what),
+            status: status.to_string(),
+            stderr: source.to_string(),
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -496,49 +540,5 @@ pg_dump: detail: Command was: COPY public.posts (id, user_id, title, body, creat
         }
         assert!(gone, "the grandchild {pid} outlived its group's deadline");
         assert_eq!(tail("a\nb\nc\n", 2), "b\nc");
-    }
-}
-
-/// A running tool whose standard output is read as it comes (see [`ToolRun::stream`]).
-pub struct ToolStream {
-    run: ToolRun,
-    child: tokio::process::Child,
-    guard: GroupGuard,
-    writer: tokio::task::JoinHandle<std::io::Result<()>>,
-    stderr: Option<tokio::task::JoinHandle<Vec<u8>>>,
-    /// Its standard output; taken by the reader.
-    pub stdout: Option<tokio::process::ChildStdout>,
-}
-
-impl ToolStream {
-    /// Waits for the tool to exit (its standard output should have been read to the end).
-    ///
-    /// # Errors
-    /// [`ToolError::Failed`] when it exited unsuccessfully or its standard input could not be
-    /// written, [`ToolError::Spawn`] when it could not be waited for.
-    pub async fn finish(mut self) -> Result<(), ToolError> {
-        drop(self.stdout.take());
-        let status = self.child.wait().await.map_err(self.run.spawn_error())?;
-        self.guard.0 = None;
-        let stderr = match self.stderr.take() {
-            Some(task) => task.await.map_err(|e| ToolError::Spawn {
-                tool: self.run.tool.clone(),
-                source: std::io::Error::other(e),
-            })?,
-            None => Vec::new(),
-        };
-        if !status.success() {
-            return Err(self.run.failed(status, &stderr));
-        }
-        let written = (&mut self.writer).await.map_err(|e| ToolError::Spawn {
-            tool: self.run.tool.clone(),
-            source: std::io::Error::other(e),
-        })?;
-        written.map_err(|source| ToolError::Failed {
-            tool: self.run.tool.clone(),
-            what: format!("{} (writing its standard input)", self.run.what),
-            status: status.to_string(),
-            stderr: source.to_string(),
-        })
     }
 }

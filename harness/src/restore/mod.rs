@@ -27,8 +27,8 @@ mod redis;
 pub use analyze::{ANALYZE_TIMEOUT, analyze};
 pub use database::{
     ArchiveProof, CsvArchive, CsvFile, DEFAULT_DEADLINE, DbArchive, DbRestoreInput,
-    DbRestoreOptions, DbRestorePlan, DbRestoreReport, MarkerRow, PlannedAction, TargetState,
-    default_jobs, plan_database_restore, restore_database,
+    DbRestoreOptions, DbRestorePlan, DbRestoreReport, LoadedAs, MarkerRow, PlannedAction,
+    TableLoad, TargetState, default_jobs, plan_database_restore, restore_database,
 };
 pub use error::RestoreError;
 pub use inputs::{RestoreInputs, RestoreMethod};

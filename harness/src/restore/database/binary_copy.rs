@@ -453,7 +453,7 @@ mod tests {
         .unwrap();
         let mut expected = vec![0, 3, 0, 0, 0, 4];
         expected.extend((-7i32).to_be_bytes());
-        expected.extend(11i32.to_be_bytes());
+        expected.extend(10i32.to_be_bytes());
         expected.extend(b"a\tb\\c\ndAAq");
         expected.extend((-1i32).to_be_bytes());
         assert_eq!(out, expected);

@@ -55,6 +55,7 @@ pub async fn restore_database(
             drop_seconds: 0.0,
             load_seconds: 0.0,
             analyze_seconds: 0.0,
+            tables: Vec::new(),
             seconds: started.elapsed().as_secs_f64(),
         };
         if options.dry_run {
@@ -75,6 +76,7 @@ pub async fn restore_database(
             drop_seconds: timings.drop,
             load_seconds: timings.load,
             analyze_seconds: timings.analyze,
+            tables: timings.tables,
             seconds: started.elapsed().as_secs_f64(),
         })
     }
@@ -108,6 +110,7 @@ pub(super) struct LoadTimings {
     drop: f64,
     load: f64,
     analyze: f64,
+    tables: Vec<TableLoad>,
 }
 
 /// Drops the target's objects and loads the archive as `plan` says, then ANALYZE.
@@ -179,12 +182,16 @@ pub(super) async fn load_custom(
     let drop = drop_started.elapsed().as_secs_f64();
     let load_started = Instant::now();
     let loaded = async {
-        match sectioned::PgRestore::from_command(&plan.command).filter(|_| plan.sectioned) {
-            Some(pg_restore) => {
-                sectioned::restore_sectioned(&pg_restore, params, path, deadline).await?;
-            }
-            None => run_tool(&plan.command, params, path, deadline).await?,
-        }
+        let tables =
+            match sectioned::PgRestore::from_command(&plan.command).filter(|_| plan.sectioned) {
+                Some(pg_restore) => {
+                    sectioned::restore_sectioned(&pg_restore, params, path, deadline).await?
+                }
+                None => {
+                    run_tool(&plan.command, params, path, deadline).await?;
+                    Vec::new()
+                }
+            };
         let load = load_started.elapsed().as_secs_f64();
         // Before the mark: a database marked restored has its statistics.
         let analyze = crate::restore::analyze(params).await?;
@@ -200,11 +207,11 @@ pub(super) async fn load_custom(
             },
         )
         .await?;
-        Ok::<_, RestoreError>((load, analyze))
+        Ok::<_, RestoreError>((load, analyze, tables))
     };
     // The drops are committed: a failed load leaves a half-restored target, marked
     // `restoring`. Say so, and how to finish.
-    let (load, analyze) = loaded.await.map_err(|source| RestoreError::HalfRestored {
+    let (load, analyze, tables) = loaded.await.map_err(|source| RestoreError::HalfRestored {
         target: target.clone(),
         backup_id: input.backup_id.clone(),
         source: Box::new(source),
@@ -213,6 +220,7 @@ pub(super) async fn load_custom(
         drop,
         load,
         analyze: analyze.as_secs_f64(),
+        tables,
     })
 }
 
@@ -256,6 +264,7 @@ pub(super) async fn load_in_one_transaction(
         drop: 0.0,
         load,
         analyze: analyze.as_secs_f64(),
+        tables: Vec::new(),
     })
 }
 

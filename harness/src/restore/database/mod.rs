@@ -427,8 +427,35 @@ pub struct DbRestoreReport {
     /// Time spent in `ANALYZE` after the load (see [`super::analyze`]).
     #[serde(default)]
     pub analyze_seconds: f64,
+    /// How each table's rows were loaded (a custom archive restored in sections; empty
+    /// otherwise).
+    #[serde(default)]
+    pub tables: Vec<TableLoad>,
     /// Total time.
     pub seconds: f64,
+}
+
+/// How one table's rows were loaded from a custom archive.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableLoad {
+    /// The archive entry (`TABLE DATA public posts postgres`).
+    pub entry: String,
+    /// Rows the server stored (0 when pg_restore loaded them).
+    pub rows: u64,
+    /// The way they went.
+    pub loaded_as: LoadedAs,
+}
+
+/// The way a table's rows were loaded.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadedAs {
+    /// Converted to binary `COPY` by this process.
+    Binary,
+    /// Sent as the archive's text `COPY` (a type or a value the converter does not read).
+    Text,
+    /// Left to pg_restore (the entry is not a `COPY`: an `--inserts` archive).
+    PgRestore,
 }
 
 impl DbRestoreReport {

@@ -181,7 +181,7 @@ pub(super) async fn restore_sectioned(
     params: &ConnParams,
     archive: &Path,
     deadline: Duration,
-) -> Result<(), RestoreError> {
+) -> Result<Vec<TableLoad>, RestoreError> {
     let env = params.libpq_env();
     let shown = archive.display();
     pg_restore
@@ -218,7 +218,10 @@ pub(super) async fn restore_sectioned(
     tracing::info!(
         tables = loaded.len(),
         rows = loaded.iter().map(|t| t.rows).sum::<u64>(),
-        binary = loaded.iter().filter(|t| t.binary).count(),
+        binary = loaded
+            .iter()
+            .filter(|t| t.loaded_as == LoadedAs::Binary)
+            .count(),
         seconds = started.elapsed().as_secs_f64(),
         "table rows loaded"
     );
@@ -236,7 +239,8 @@ pub(super) async fn restore_sectioned(
         .deadline(deadline)
         .run()
         .await
-        .map_err(|e| from_tool(e, archive))
+        .map_err(|e| from_tool(e, archive))?;
+    Ok(loaded)
 }
 
 /// `entries` restored by pg_restore itself (`-L` with just them).
@@ -286,12 +290,6 @@ fn io_error(run: &ToolRun, err: std::io::Error, archive: &Path) -> RestoreError 
     )
 }
 
-/// What loading one table did.
-struct TableLoad {
-    rows: u64,
-    binary: bool,
-}
-
 /// Why one attempt at a table's rows stopped.
 enum Attempt {
     /// A value the converter cannot read exactly: load the table as text.
@@ -326,7 +324,7 @@ async fn load_table(
                     tracing::info!(
                         entry = entry.label(),
                         rows = load.rows,
-                        binary = load.binary,
+                        loaded_as = ?load.loaded_as,
                         seconds = started.elapsed().as_secs_f64(),
                         "table rows loaded"
                     );
@@ -356,8 +354,9 @@ async fn load_table(
                     )
                     .await?;
                     return Ok(TableLoad {
+                        entry: entry.label().to_owned(),
                         rows: 0,
-                        binary: false,
+                        loaded_as: LoadedAs::PgRestore,
                     });
                 }
                 Err(Attempt::Failed(err)) => return Err(err),
@@ -543,6 +542,11 @@ async fn copy_table(
             ""
         }
     );
+    let loaded_as = if converter.is_some() {
+        LoadedAs::Binary
+    } else {
+        LoadedAs::Text
+    };
     let sink = client
         .copy_in::<_, Bytes>(&copy)
         .await
@@ -597,7 +601,11 @@ async fn copy_table(
         .batch_execute("COMMIT")
         .await
         .map_err(query("commit the load"))?;
-    Ok(TableLoad { rows, binary })
+    Ok(TableLoad {
+        entry: label.to_owned(),
+        rows,
+        loaded_as,
+    })
 }
 
 #[cfg(test)]
