@@ -495,18 +495,29 @@ async fn copy_table(
         .batch_execute(&settings.join("\n"))
         .await
         .map_err(query("apply pg_dump's session settings"))?;
+    // The table as the catalog names it (the archive's text is only looked up, never run):
+    // its schema-qualified, quoted name and kind.
+    let found = client
+        .query_one(
+            "SELECT pg_catalog.format('%I.%I', n.nspname, c.relname), c.relkind \
+               FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace \
+              WHERE c.oid = $1::text::regclass",
+            &[&table],
+        )
+        .await
+        .map_err(query("look up the table"))?;
+    let (table, relkind): (String, i8) = (found.get(0), found.get(1));
+    // The columns (and their types) as the server reads the archive's list, quoted again.
     let probe = client
         .prepare(&format!("SELECT {columns} FROM {table} LIMIT 0"))
         .await
         .map_err(query("look up the column types"))?;
-    let relkind: i8 = client
-        .query_one(
-            "SELECT relkind FROM pg_catalog.pg_class WHERE oid = $1::text::regclass",
-            &[&table],
-        )
-        .await
-        .map_err(query("look up the table"))?
-        .get(0);
+    let columns = probe
+        .columns()
+        .iter()
+        .map(|c| quote_ident(c.name()))
+        .collect::<Vec<_>>()
+        .join(", ");
     let encoding: String = client
         .query_one("SHOW client_encoding", &[])
         .await
