@@ -15,9 +15,10 @@
 //!   final mark in one psql `--single-transaction`: an interrupted run changes nothing. The
 //!   CSV path (`--method csv`, the runbook's "방법 C") does the same with the schema-only SQL,
 //!   a `\copy ... CSV HEADER` per table (parents first) and the sequences' `setval`s.
-//! - The custom archive is restored with `pg_restore -j` (parallel data load and index builds)
-//!   when it is a regular file; from a pipe, with one job. Sequences come back at the values
-//!   the archive recorded (`setval` entries).
+//! - The custom archive, when it is a regular file, is restored in its sections, with each
+//!   table's rows converted here to binary `COPY` (see `sectioned`): `-j` tables at a time, then
+//!   the indexes and constraints with `pg_restore -j`. From a pipe it is one `pg_restore` with
+//!   one job. Sequences come back at the values the archive recorded (`setval` entries).
 
 use std::fmt;
 use std::path::{Path, PathBuf};
