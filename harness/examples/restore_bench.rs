@@ -11,7 +11,10 @@
 //! - ours -j N and -j 1: `restore::restore_database` into a database the init script already
 //!   filled with empty tables (the rebuilt StatefulSet's state), handed the archive's SHA-256
 //!   as a backup's manifest records it (so it hashes the archive instead of reading it
-//!   through); it also drops the init script's tables and runs ANALYZE;
+//!   through); it also drops the init script's tables and runs ANALYZE. It restores in
+//!   sections, N tables' rows at a time over N connections, as bare -j N loads N tables at a
+//!   time; each table's rows are converted to binary COPY in this process (bare pg_restore's
+//!   workers send text), so ours uses more client CPU for the same number of connections;
 //! - once, ours -j N without a recorded digest (an archive of unknown origin, read through
 //!   first);
 //! - gates: table facts (counts and digests), sequence facts and the schema rendering of the
