@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::AttachParams;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 use super::BackupError;
 use super::files::{cause_lines, create_private_file};
@@ -157,18 +157,7 @@ impl PodRef {
         let mut stderr = process.stderr().expect("stderr was requested");
         let status = process.take_status().expect("status is taken once");
 
-        let read_stderr = async move {
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 8192];
-            loop {
-                match stderr.read(&mut chunk).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) if buf.len() < STDERR_LIMIT => buf.extend_from_slice(&chunk[..n]),
-                    Ok(_) => {}
-                }
-            }
-            buf
-        };
+        let read_stderr = crate::process::read_kept(&mut stderr, STDERR_LIMIT);
         let (copied, stderr_bytes) = tokio::join!(tokio::io::copy(&mut stdout, sink), read_stderr);
         let bytes = copied.map_err(|source| BackupError::Io {
             action: "stream exec output of",

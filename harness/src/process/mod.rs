@@ -24,6 +24,7 @@ mod tool;
 
 use affinity::pin_process_to_background;
 pub use affinity::{pin_to_background, restore_affinity};
+pub(crate) use tool::read_kept;
 pub use tool::{ToolError, ToolRun, ToolStream, cause_lines, file_tail, tail, tool_version};
 
 use std::ffi::OsStr;

@@ -218,19 +218,10 @@ impl ToolRun {
         let mut guard = GroupGuard(child.id().and_then(|id| i32::try_from(id).ok()));
         let stderr_pipe = child.stderr.take();
         let finished = async {
-            let mut stderr = Vec::new();
-            if let Some(mut pipe) = stderr_pipe {
-                let mut chunk = [0u8; 8192];
-                loop {
-                    match pipe.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) if stderr.len() < STDERR_KEPT => {
-                            stderr.extend_from_slice(&chunk[..n]);
-                        }
-                        Ok(_) => {}
-                    }
-                }
-            }
+            let stderr = match stderr_pipe {
+                Some(pipe) => read_kept(pipe, STDERR_KEPT).await,
+                None => Vec::new(),
+            };
             let status = child.wait().await.map_err(self.spawn_error())?;
             Ok::<_, ToolError>((status, stderr))
         };
@@ -281,20 +272,10 @@ impl ToolRun {
                 None => Ok(()),
             }
         });
-        let stderr = child.stderr.take().map(|mut pipe| {
-            tokio::spawn(async move {
-                let mut kept = Vec::new();
-                let mut chunk = [0u8; 8192];
-                loop {
-                    match pipe.read(&mut chunk).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) if kept.len() < STDERR_KEPT => kept.extend_from_slice(&chunk[..n]),
-                        Ok(_) => {}
-                    }
-                }
-                kept
-            })
-        });
+        let stderr = child
+            .stderr
+            .take()
+            .map(|pipe| tokio::spawn(read_kept(pipe, STDERR_KEPT)));
         let stdout = child.stdout.take();
         Ok(ToolStream {
             run: self.clone(),
@@ -428,6 +409,24 @@ pub async fn tool_version(tool: &str, program: &Path, flag: &str) -> String {
         Ok(out) => out.lines().next().unwrap_or("").trim().to_owned(),
         Err(err) => format!("unknown ({err})"),
     }
+}
+
+/// Reads `pipe` to its end (or its first read error: a tool's diagnostics, not a verdict)
+/// and keeps the first `limit` bytes; the rest is drained so that the writer never blocks.
+pub(crate) async fn read_kept(
+    mut pipe: impl tokio::io::AsyncRead + Unpin,
+    limit: usize,
+) -> Vec<u8> {
+    let mut kept = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match pipe.read(&mut chunk).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) if kept.len() < limit => kept.extend_from_slice(&chunk[..n]),
+            Ok(_) => {}
+        }
+    }
+    kept
 }
 
 /// A running tool whose standard output is read as it comes (see [`ToolRun::stream`]).

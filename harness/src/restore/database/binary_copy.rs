@@ -252,17 +252,32 @@ fn integer(value: &[u8]) -> Result<i64, &'static str> {
     }
 }
 
+/// A date or timestamp's text: one of the infinities, or a finite value without its ` BC`.
+enum Era<'a> {
+    Infinity,
+    MinusInfinity,
+    /// The text before ` BC`, and whether it was there.
+    Finite(&'a [u8], bool),
+}
+
+fn era(value: &[u8]) -> Era<'_> {
+    match value {
+        b"infinity" => Era::Infinity,
+        b"-infinity" => Era::MinusInfinity,
+        _ => match value.strip_suffix(b" BC") {
+            Some(v) => Era::Finite(v, true),
+            None => Era::Finite(value, false),
+        },
+    }
+}
+
 /// Days from 2000-01-01 of a `date` as PostgreSQL prints it with `DateStyle = ISO`
 /// (`YYYY-MM-DD`, `... BC`, `infinity`, `-infinity`).
 fn date(value: &[u8]) -> Result<i32, &'static str> {
-    match value {
-        b"infinity" => return Ok(i32::MAX),
-        b"-infinity" => return Ok(i32::MIN),
-        _ => {}
-    }
-    let (value, bc) = match value.strip_suffix(b" BC") {
-        Some(v) => (v, true),
-        None => (value, false),
+    let (value, bc) = match era(value) {
+        Era::Infinity => return Ok(i32::MAX),
+        Era::MinusInfinity => return Ok(i32::MIN),
+        Era::Finite(value, bc) => (value, bc),
     };
     let (days, rest) = ymd(value, bc)?;
     if !rest.is_empty() {
@@ -276,14 +291,10 @@ fn date(value: &[u8]) -> Result<i32, &'static str> {
 /// for `timestamptz` the offset `+HH[:MM[:SS]]`, then ` BC` for years before 1.
 fn timestamp(value: &[u8], with_zone: bool) -> Result<i64, &'static str> {
     const BAD: &str = "not a timestamp as PostgreSQL prints one";
-    match value {
-        b"infinity" => return Ok(i64::MAX),
-        b"-infinity" => return Ok(i64::MIN),
-        _ => {}
-    }
-    let (value, bc) = match value.strip_suffix(b" BC") {
-        Some(v) => (v, true),
-        None => (value, false),
+    let (value, bc) = match era(value) {
+        Era::Infinity => return Ok(i64::MAX),
+        Era::MinusInfinity => return Ok(i64::MIN),
+        Era::Finite(value, bc) => (value, bc),
     };
     let (days, rest) = ymd(value, bc)?;
     let rest = rest.strip_prefix(b" ").ok_or(BAD)?;
