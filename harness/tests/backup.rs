@@ -16,7 +16,7 @@ use harness::backup::{
     RedisSource, S3Target, VerifyOptions, VerifyReport, backup, restore_into, verify_backup,
 };
 use harness::data::{DatasetSpec, load_dataset};
-use harness::facts::table_facts;
+use harness::facts::{DigestVersion, TableFacts, table_facts, table_facts_as};
 use harness::keep::ScratchDir;
 use harness::pg::{
     LocalOptions, LocalPostgres, PgError, PostgresProvider, Secret, create_database,
@@ -509,6 +509,7 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
         &report.dir.join(&pgm.custom_dump),
         &admin.with_dbname("from_custom"),
         target.tools(),
+        pgm.digest_version,
     )
     .await?
     .map_err(anyhow::Error::msg)?;
@@ -1854,6 +1855,8 @@ async fn a_missing_namespace_is_named() -> Result<()> {
 async fn csv_files_are_what_copy_to_csv_writes() -> Result<()> {
     let pg = source_db(DatasetSpec::new(3, 10, 30)).await?;
     let client = pg.socket_params().connect().await?;
+    // The backup's pg_dumps write times in UTC (harness::facts::DUMP_ENV).
+    client.batch_execute("SET TimeZone = 'UTC'").await?;
     client
         .batch_execute(
             r#"CREATE TABLE public."Odd Table" (
@@ -1918,6 +1921,115 @@ async fn csv_files_are_what_copy_to_csv_writes() -> Result<()> {
             .find(|t| t.name == "Odd Table")
             .context("the odd table")?;
         ensure!(!odd.columns.contains(&"twice".to_owned()), "{odd:?}");
+    }
+    Ok(())
+}
+
+/// The backup's row counts and digests come from its pg_dump's rows, not from reading the
+/// tables again; they must equal a read of the database by the same definition, whatever the
+/// database's own settings make of dates, intervals, floats, byte strings and names, for
+/// columns that are generated or dropped, tables without a key or without columns, another
+/// schema and partitions; both ways of making the plain SQL. The manifest says which
+/// definition it follows, and a manifest written before there were two reads as the first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digests_from_the_dump_equal_a_read_of_the_database() -> Result<()> {
+    let pg = source_db(DatasetSpec::new(4, 20, 60)).await?;
+    let admin = pg.socket_params();
+    let client = admin.connect().await?;
+    client
+        .batch_execute(
+            r#"ALTER DATABASE titanium SET TimeZone = 'Asia/Seoul';
+               ALTER DATABASE titanium SET DateStyle = 'SQL, DMY';
+               ALTER DATABASE titanium SET IntervalStyle = 'sql_standard';
+               ALTER DATABASE titanium SET extra_float_digits = 0;
+               ALTER DATABASE titanium SET bytea_output = 'escape';
+               CREATE SCHEMA other;
+               ALTER DATABASE titanium SET search_path = other, public;
+               CREATE TABLE other.kinds (
+                 id bigint PRIMARY KEY,
+                 gone text,
+                 at timestamptz, day date, span interval, ratio float8, small float4,
+                 data bytea, rel regclass, amount numeric(12, 3), doc jsonb, note text,
+                 twice bigint GENERATED ALWAYS AS (id * 2) STORED);
+               ALTER TABLE other.kinds DROP COLUMN gone;
+               INSERT INTO other.kinds (id, at, day, span, ratio, small, data, rel, amount, doc, note)
+                 SELECT g, timestamptz '2025-03-01 23:30:00+00' + g * interval '7 hours 3 seconds',
+                        date '2024-12-30' + g, make_interval(0, g, 0, g, g, g, g * 1.5),
+                        1.0 / (g + 3), (g / 7.0)::float4, decode(repeat(to_hex(g), 3), 'escape'),
+                        'other.kinds'::regclass, g * 1.125, jsonb_build_object('g', g),
+                        E'tab\there \\ back ' || g
+                 FROM generate_series(1, 300) g;
+               INSERT INTO other.kinds (id, ratio, small) VALUES (1000, 'NaN', '-Infinity');
+               CREATE TABLE public.nokey (who text, n int);
+               INSERT INTO public.nokey SELECT 'u' || (g % 5), g % 3 FROM generate_series(1, 50) g;
+               CREATE TABLE public.nothing ();
+               INSERT INTO public.nothing DEFAULT VALUES;
+               INSERT INTO public.nothing DEFAULT VALUES;
+               CREATE TABLE public.parted (id int, at date) PARTITION BY RANGE (at);
+               CREATE TABLE public.parted_2024 PARTITION OF public.parted
+                 FOR VALUES FROM ('2024-01-01') TO ('2025-01-01');
+               CREATE TABLE public.parted_2025 PARTITION OF public.parted
+                 FOR VALUES FROM ('2025-01-01') TO ('2026-01-01');
+               INSERT INTO public.parted SELECT g, date '2024-06-01' + g FROM generate_series(1, 400) g;"#,
+        )
+        .await?;
+    drop(client);
+    // A session as the database's settings leave it, then the read by each definition.
+    let client = admin.connect().await?;
+    let v2 = table_facts_as(&client, DigestVersion::RowsV2).await?;
+    let v1 = table_facts_as(&client, DigestVersion::KeyOrderedV1).await?;
+    let path: String = client.query_one("SHOW search_path", &[]).await?.get(0);
+    ensure!(path == "other, public", "search_path put back: {path}");
+    ensure!(v2.len() == 7, "{v2:?}");
+    ensure!(v2.iter().all(|t| t.ordered_by.is_empty()), "{v2:?}");
+    let kinds = |facts: &[TableFacts]| {
+        facts
+            .iter()
+            .find(|t| t.name == "kinds")
+            .cloned()
+            .context("kinds")
+    };
+    ensure!(kinds(&v1)?.ordered_by == ["id"], "{v1:?}");
+    ensure!(kinds(&v1)?.digest != kinds(&v2)?.digest);
+
+    let dest = ScratchDir::new("backup-test-digests-", "backup digest test")?;
+    for (name, plain_from) in [
+        ("from-database", PlainFrom::Database),
+        ("from-archive", PlainFrom::Archive),
+    ] {
+        let mut opts = options(dest.path(), name, &pg);
+        opts.plain_from = plain_from;
+        let report = backup(&opts).await?;
+        let pgm = report.manifest.postgres.as_ref().context("postgres part")?;
+        ensure!(pgm.digest_version == DigestVersion::RowsV2);
+        ensure!(
+            pgm.tables == v2,
+            "{name}: the digests taken from the dump differ from a read of the database:\n\
+             --- dump\n{:#?}\n--- database\n{v2:#?}",
+            pgm.tables
+        );
+        // Restored elsewhere, under the server's own settings: the same facts.
+        let target = scratch_pg().await?;
+        let restored = restore_into(
+            &report.dir.join(&pgm.custom_dump),
+            &target.socket_params().with_dbname("postgres"),
+            target.tools(),
+            pgm.digest_version,
+        )
+        .await?
+        .map_err(anyhow::Error::msg)?;
+        ensure!(restored.tables == v2, "{name}: {:#?}", restored.tables);
+
+        // What a manifest from before the versions says: its digests are key-ordered-v1.
+        let mut json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(report.dir.join("MANIFEST.json"))?)?;
+        let postgres = json
+            .get_mut("postgres")
+            .and_then(|p| p.as_object_mut())
+            .context("postgres in MANIFEST.json")?;
+        ensure!(postgres.remove("digest_version") == Some("rows-v2".into()));
+        let old: harness::backup::Manifest = serde_json::from_value(json)?;
+        ensure!(old.postgres.context("postgres")?.digest_version == DigestVersion::KeyOrderedV1);
     }
     Ok(())
 }

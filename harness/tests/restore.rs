@@ -7,7 +7,7 @@ use anyhow::{Context, Result, ensure};
 use harness::data::{DatasetSpec, load_dataset, schema_sql_path};
 use harness::facts::{
     SequenceFacts, TableFacts, foreign_key_checks, render_schema, run_amcheck, sequence_facts,
-    table_facts,
+    table_facts, table_facts_as,
 };
 use harness::keep::ScratchDir;
 use harness::pg::{ConnParams, LocalOptions, LocalPostgres, PostgresProvider, create_database};
@@ -951,7 +951,7 @@ async fn restores_what_the_backup_engine_wrote() -> Result<()> {
         pg.tools().psql_file(&target, &schema_sql_path()).await?;
         restore_database(pg.tools(), &target, &input, &DbRestoreOptions::default()).await?;
         let client = target.connect().await?;
-        let tables = table_facts(&client).await?;
+        let tables = table_facts_as(&client, inputs.digest_version).await?;
         let sequences = sequence_facts(&client).await?;
         for verdict in [
             verify::row_counts(&inputs.tables, &tables),
@@ -1235,7 +1235,7 @@ async fn a_damaged_csv_restore_costs_nothing() -> Result<()> {
     // The same inputs, repaired, restore (so the failures above were the damage).
     std::fs::write(&posts_path, &original)?;
     restore_database(pg.tools(), &target, &good, &forced).await?;
-    let after = table_facts(&target.connect().await?).await?;
+    let after = table_facts_as(&target.connect().await?, inputs.digest_version).await?;
     for verdict in [
         verify::row_counts(&inputs.tables, &after),
         verify::digests(&inputs.tables, &after),

@@ -80,7 +80,7 @@ pub async fn run<P: PostgresProvider>(
     .await
     .context("restore")?;
     let client = target.params().connect().await?;
-    let tables = facts::table_facts(&client).await?;
+    let tables = facts::table_facts_as(&client, pg.digest_version).await?;
     let sequences = facts::sequence_facts(&client).await?;
     let schema = facts::render_schema(&client).await?;
     let verdicts = vec![

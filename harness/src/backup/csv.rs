@@ -248,6 +248,10 @@ pub(crate) fn parse_copy(rest: &str) -> Option<(String, String, Vec<String>)> {
             _ => return None,
         }
     }
+    // A table without columns: pg_dump writes `COPY s.t  FROM stdin;`.
+    if chars.peek().is_none() {
+        return Some((idents[0].clone(), idents[1].clone(), vec![]));
+    }
     if chars.next() != Some('(') {
         return None;
     }
@@ -352,6 +356,10 @@ mod tests {
         assert_eq!(
             parse_copy("\"My Schema\".\"T\" FROM stdin;"),
             Some(("My Schema".into(), "T".into(), vec![]))
+        );
+        assert_eq!(
+            parse_copy("public.nothing  FROM stdin;"),
+            Some(("public".into(), "nothing".into(), vec![]))
         );
         assert_eq!(parse_copy("public.posts (id FROM stdin;"), None);
         assert_eq!(parse_copy("public.posts (id)"), None);

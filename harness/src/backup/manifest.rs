@@ -133,6 +133,7 @@ impl Manifest {
             let _ = writeln!(s, "Snapshot: {} at {}", pg.snapshot_id, pg.snapshot_at);
             let _ = writeln!(s, "Plain SQL: {}", pg.derived_from);
             let _ = writeln!(s, "\n=== Data Statistics (exact, in the snapshot) ===");
+            let _ = writeln!(s, "Digest definition: {}", pg.digest_version.name());
             for t in &pg.tables {
                 let order = if t.ordered_by.is_empty() {
                     "unordered".to_owned()

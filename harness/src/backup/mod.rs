@@ -3,13 +3,13 @@
 //! This is the runbook's Phase 1 and 2 (`backup-solid-cloud.sh`) as a library. [`backup`]
 //! takes, as [`BackupOptions`] say:
 //! - PostgreSQL ([`PgSource`]: direct, or through a pod with exec and port-forward): a session
-//!   exports a snapshot and holds it; `pg_dump -Fc --snapshot` dumps in it; the row counts and
-//!   digests of every table ([`crate::facts::tables`]), the sequences and the schema rendering
-//!   are read in it by the same session; plain and schema-only SQL are dumped in the same
-//!   snapshot beside it (or, with [`PlainFrom::Archive`], derived from the custom archive
-//!   here), and the data-only and per-table files are split out of the plain SQL in one pass;
-//!   roles come from `pg_dumpall --globals-only`; every table is also written as CSV with a
-//!   header row by the snapshot's session, parents first ([`CsvTable`]).
+//!   exports a snapshot and holds it; `pg_dump -Fc --snapshot` dumps in it; the sequences and
+//!   the schema rendering are read in it by the same session; plain and schema-only SQL are
+//!   dumped in the same snapshot beside it (or, with [`PlainFrom::Archive`], derived from the
+//!   custom archive here), and the data-only, per-table and CSV files (a header row, parents
+//!   first, [`CsvTable`]) are split out of the plain SQL in one pass, which also counts and
+//!   digests every table's rows ([`crate::facts::tables`], `rows-v2`): no table is read beyond
+//!   what the pg_dumps read. Roles come from `pg_dumpall --globals-only`.
 //! - Redis ([`RedisSource`]): an RDB, and the key count and digest of exactly that RDB.
 //! - Kubernetes ([`KubeSource`]): every namespaced resource found through discovery, raw and
 //!   cleaned ([`clean`]); optionally the namespace's Deployments quiesced first.

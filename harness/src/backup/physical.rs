@@ -84,6 +84,7 @@ pub(crate) async fn observe(
     dir: &Path,
     physical: &PhysicalBackup,
     dbname: &str,
+    version: crate::facts::DigestVersion,
     timeout: Duration,
 ) -> Result<Result<Restored, String>, BackupError> {
     let staging = ScratchDir::new("harness-physical-", "physical backup staging directory")
@@ -118,7 +119,7 @@ pub(crate) async fn observe(
     params.dbname = dbname.to_owned();
     let observed = async {
         let client = params.connect().await.map_err(|e| e.to_string())?;
-        let tables = crate::facts::table_facts(&client)
+        let tables = crate::facts::table_facts_as(&client, version)
             .await
             .map_err(|e| e.to_string())?;
         let sequences = crate::facts::sequence_facts(&client)

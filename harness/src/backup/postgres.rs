@@ -1,5 +1,5 @@
 //! The PostgreSQL part of a backup: one exported snapshot, every dump taken in it, and the
-//! row counts and digests read in it too.
+//! row counts and digests of the rows the plain dump holds.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -15,7 +15,9 @@ use super::files::{ToolRun, ensure_parent, to_private_file, tool_version};
 use super::manifest::StepTiming;
 use super::split::{CsvOut, TableOut, split_plain};
 use super::{BackupError, PlainFrom};
-use crate::facts::{SequenceFacts, TableFacts, TableRef, list_tables, sequence_facts, table_facts};
+use crate::facts::{
+    DUMP_ENV, DigestVersion, SequenceFacts, TableFacts, TableRef, list_tables, sequence_facts,
+};
 use crate::pg::{ConnParams, PgTools, Secret};
 
 /// Where the PostgreSQL to back up is, and how it is reached.
@@ -118,14 +120,16 @@ impl PgSource {
                     .map_err(BackupError::pg(format!("find {program}")))?;
                 let mut run = ToolRun::new(program, path, what)
                     .args(args)
-                    .envs(params.libpq_env());
+                    .envs(params.libpq_env())
+                    .envs(DUMP_ENV);
                 if background {
                     run = run.background();
                 }
                 to_private_file(&run, out).await
             }
             PgSource::Kube(k) => {
-                let mut command = in_pod_with_password(k.password_env.as_deref(), "PGPASSWORD")?;
+                let mut command =
+                    in_pod_with_env(k.password_env.as_deref(), "PGPASSWORD", &DUMP_ENV)?;
                 command.push(program.to_owned());
                 command.extend(["-U".to_owned(), k.user.clone()]);
                 if program == "pg_dump" {
@@ -161,21 +165,41 @@ pub(crate) fn in_pod_with_password(
     source_var: Option<&str>,
     target_var: &str,
 ) -> Result<Vec<String>, BackupError> {
-    let Some(var) = source_var else {
-        return Ok(Vec::new());
+    in_pod_with_env(source_var, target_var, &[])
+}
+
+/// [`in_pod_with_password`], with `env` (names and values that are not secret) exported too.
+pub(crate) fn in_pod_with_env(
+    source_var: Option<&str>,
+    target_var: &str,
+    env: &[(&str, &str)],
+) -> Result<Vec<String>, BackupError> {
+    let is_name = |var: &str| {
+        !var.is_empty()
+            && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            && !var.starts_with(|c: char| c.is_ascii_digit())
     };
-    let valid = !var.is_empty()
-        && var.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
-        && !var.starts_with(|c: char| c.is_ascii_digit());
-    if !valid {
-        return Err(BackupError::SecretMissing {
-            name: var.to_owned(),
-            detail: "not a valid environment variable name".to_owned(),
-        });
+    let mut script = String::new();
+    for (name, value) in env {
+        assert!(is_name(name), "{name} is a constant variable name");
+        let quoted = value.replace('\'', r"'\''");
+        script.push_str(&format!("{name}='{quoted}'; export {name}; "));
     }
-    let script = format!(
-        "if [ -n \"${{{var}:-}}\" ]; then {target_var}=\"${var}\"; export {target_var}; fi; exec \"$@\""
-    );
+    if let Some(var) = source_var {
+        if !is_name(var) {
+            return Err(BackupError::SecretMissing {
+                name: var.to_owned(),
+                detail: "not a valid environment variable name".to_owned(),
+            });
+        }
+        script.push_str(&format!(
+            "if [ -n \"${{{var}:-}}\" ]; then {target_var}=\"${var}\"; export {target_var}; fi; "
+        ));
+    }
+    if script.is_empty() {
+        return Ok(Vec::new());
+    }
+    script.push_str("exec \"$@\"");
     Ok(vec![
         "sh".to_owned(),
         "-c".to_owned(),
@@ -199,8 +223,11 @@ pub struct PgManifest {
     pub snapshot_id: String,
     /// The server's clock when the snapshot was taken (RFC 3339, UTC): the backup's RPO point.
     pub snapshot_at: String,
-    /// Row counts and digests per table, read in the snapshot.
+    /// Row counts and digests per table, of the rows the snapshot's dumps hold.
     pub tables: Vec<TableFacts>,
+    /// The definition the digests follow; absent in manifests written before there were two.
+    #[serde(default = "DigestVersion::unversioned")]
+    pub digest_version: DigestVersion,
     /// Sequences (read just before the dumps start: sequences are not transactional).
     pub sequences: Vec<SequenceFacts>,
     /// The normalised schema rendering ([`crate::facts::schema`]), read in the snapshot.
@@ -398,9 +425,11 @@ pub(crate) async fn backup_postgres(
 
     // Every reader of the snapshot at once: the custom dump, the facts, the globals and, when
     // they come from the database, the plain and schema-only dumps.
-    let (dump_step, (tables, schema, facts_step), globals_step, derived_step) = tokio::try_join!(
+    // The row counts and digests come from the plain SQL's rows (see `split.rs`): no table is
+    // read beyond what the pg_dumps read.
+    let (dump_step, (schema, facts_step), globals_step, derived) = tokio::try_join!(
         dumps.custom(),
-        snapshot_facts(&session, out),
+        snapshot_schema(&session, out),
         dumps.globals(),
         dumps.derive_from_database(plain_from),
     )?;
@@ -412,11 +441,12 @@ pub(crate) async fn backup_postgres(
         .map_err(|e| query_err("end the snapshot transaction", e))?;
     drop(session);
 
-    match plain_from {
-        PlainFrom::Database => steps.extend(derived_step),
+    let (derived_step, tables) = match derived {
+        Some(derived) => derived,
         // The database is read once; the rest comes from the archive, here.
-        PlainFrom::Archive => steps.push(dumps.derive_from_archive(local).await?),
-    }
+        None => dumps.derive_from_archive(local).await?,
+    };
+    steps.push(derived_step);
     let derived_from = dumps.derived_from(plain_from);
     // The physical copy after the logical one, with the writers still quiesced.
     let physical = if physical {
@@ -438,6 +468,7 @@ pub(crate) async fn backup_postgres(
             snapshot_id: snapshot.id,
             snapshot_at: snapshot.at,
             tables,
+            digest_version: DigestVersion::RowsV2,
             sequences: dumps.sequences,
             schema,
             custom_dump: dumps.custom_rel,
@@ -455,16 +486,15 @@ pub(crate) async fn backup_postgres(
     })
 }
 
-/// Row counts, digests and the schema rendering, read in the snapshot the session holds.
-async fn snapshot_facts(
+/// The schema rendering, read in the snapshot the session holds.
+async fn snapshot_schema(
     session: &tokio_postgres::Client,
     out: Output<'_>,
-) -> Result<(Vec<TableFacts>, String, StepTiming), BackupError> {
+) -> Result<(String, StepTiming), BackupError> {
     let started = Instant::now();
-    let tables = table_facts(session).await?;
     let schema = crate::facts::render_schema(session).await?;
-    let step = out.step("postgres: row counts, digests and schema", started);
-    Ok((tables, schema, step))
+    let step = out.step("postgres: schema rendering", started);
+    Ok((schema, step))
 }
 
 /// Everything the dumps and the split need once the snapshot is exported.
@@ -523,11 +553,11 @@ impl Dumps<'_> {
 
     /// With [`PlainFrom::Database`], the plain and schema-only SQL by pg_dumps in the snapshot,
     /// running beside the custom dump (which is bound by its compression, not the server),
-    /// then the split; otherwise nothing.
+    /// then the split and the tables' facts from it; otherwise nothing.
     async fn derive_from_database(
         &self,
         plain_from: PlainFrom,
-    ) -> Result<Option<StepTiming>, BackupError> {
+    ) -> Result<Option<(StepTiming, Vec<TableFacts>)>, BackupError> {
         if plain_from != PlainFrom::Database {
             return Ok(None);
         }
@@ -539,15 +569,20 @@ impl Dumps<'_> {
             self.out,
         )
         .await?;
-        self.split().await?;
-        Ok(Some(self.out.step(
-            "postgres: plain and schema SQL (pg_dump), data and per-table (split)",
+        let tables = self.split().await?;
+        let step = self.out.step(
+            "postgres: plain and schema SQL (pg_dump); data, per-table, row counts and digests (split)",
             started,
-        )))
+        );
+        Ok(Some((step, tables)))
     }
 
-    /// The plain and schema-only SQL by pg_restore from the custom archive, then the split.
-    async fn derive_from_archive(&self, local: &PgTools) -> Result<StepTiming, BackupError> {
+    /// The plain and schema-only SQL by pg_restore from the custom archive, then the split and
+    /// the tables' facts from it.
+    async fn derive_from_archive(
+        &self,
+        local: &PgTools,
+    ) -> Result<(StepTiming, Vec<TableFacts>), BackupError> {
         let started = Instant::now();
         restore_derived(
             local,
@@ -557,11 +592,12 @@ impl Dumps<'_> {
             self.out,
         )
         .await?;
-        self.split().await?;
-        Ok(self.out.step(
-            "postgres: plain and schema SQL (pg_restore), data and per-table (split)",
+        let tables = self.split().await?;
+        let step = self.out.step(
+            "postgres: plain and schema SQL (pg_restore); data, per-table, row counts and digests (split)",
             started,
-        ))
+        );
+        Ok((step, tables))
     }
 
     /// How the plain, schema-only, data-only and per-table files were made, for the manifest.
@@ -580,8 +616,9 @@ impl Dumps<'_> {
         }
     }
 
-    /// The data-only, per-table and CSV files, split from the plain SQL.
-    async fn split(&self) -> Result<(), BackupError> {
+    /// The data-only, per-table and CSV files, split from the plain SQL, and each table's row
+    /// count and digest.
+    async fn split(&self) -> Result<Vec<TableFacts>, BackupError> {
         split_derived(
             self.out,
             &self.files,
@@ -711,14 +748,14 @@ async fn restore_derived(
 }
 
 /// Splits the plain SQL into the data-only, per-table and CSV files in one pass (on a blocking
-/// thread), then hands them to the archive.
+/// thread), then hands them to the archive; returns each table's row count and digest.
 async fn split_derived(
     out: Output<'_>,
     files: &SqlFiles,
     csv: &[CsvTable],
     sequences: &[SequenceFacts],
     indexes: &[(String, String, String)],
-) -> Result<(), BackupError> {
+) -> Result<Vec<TableFacts>, BackupError> {
     let (plain, data) = (out.dir.join(&files.plain), out.dir.join(&files.data));
     let (per_table, csv_tables, sequences, indexes, dir) = (
         files.per_table.clone(),
@@ -727,7 +764,7 @@ async fn split_derived(
         indexes.to_vec(),
         out.dir.to_path_buf(),
     );
-    tokio::task::spawn_blocking(move || {
+    let tables = tokio::task::spawn_blocking(move || {
         // Beside the custom dump, which keeps a CPU of its own (crate::process).
         let pinned = crate::process::pin_to_background();
         let outs: Vec<TableOut<'_>> = per_table
@@ -757,7 +794,7 @@ async fn split_derived(
     for c in csv {
         out.done(&c.file);
     }
-    Ok(())
+    Ok(tables)
 }
 
 /// The versions of the tools that wrote the backup, for the manifest.
@@ -878,6 +915,12 @@ mod tests {
             in_pod_with_password(None, "PGPASSWORD")
                 .expect("none")
                 .is_empty()
+        );
+        let cmd =
+            in_pod_with_env(None, "PGPASSWORD", &[("PGOPTIONS", "-c a='b c'")]).expect("env only");
+        assert_eq!(
+            cmd[2],
+            r#"PGOPTIONS='-c a='\''b c'\'''; export PGOPTIONS; exec "$@""#
         );
     }
 }

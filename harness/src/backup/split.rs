@@ -12,6 +12,9 @@
 //!   every `TABLE DATA` section wrapped in `ALTER TABLE ... DISABLE/ENABLE TRIGGER ALL`, every
 //!   `SEQUENCE SET` section, and the closing block.
 //! - A table's CSV file ([`super::csv`]) is its `COPY` data converted to CSV, after a header row.
+//! - Each table's row count and digest ([`DigestVersion::RowsV2`]) come from its `COPY` data,
+//!   so the backup reads no table beyond what its pg_dumps read. A table of the snapshot with
+//!   no `COPY` block, or with two, fails the split.
 //! - A table's file is what `pg_dump -t` writes: the preamble, the sections of the table, its
 //!   owned sequences, defaults, data, constraints, indexes, foreign keys and triggers (the
 //!   selection of [`super::postgres::table_toc`]), and the closing block.
@@ -23,7 +26,7 @@ use super::BackupError;
 use super::csv::{CsvTable, csv_header, parse_copy, text_to_csv};
 use super::files::create_private_file;
 use super::postgres::entry_belongs;
-use crate::facts::{SequenceFacts, TableRef};
+use crate::facts::{DigestVersion, RowDigest, SequenceFacts, TableFacts, TableRef};
 
 /// One table's CSV file (rows converted from its `COPY` data).
 pub(crate) struct CsvOut<'a> {
@@ -87,7 +90,8 @@ impl Outputs {
     }
 }
 
-/// Splits `plain` (pg_dump plain output) into `data_only`, the table files and the CSV files.
+/// Splits `plain` (pg_dump plain output) into `data_only`, the table files and the CSV files,
+/// and returns each of `tables`' row count and digest, in their order.
 pub(crate) fn split_plain(
     plain: &Path,
     data_only: &Path,
@@ -95,7 +99,7 @@ pub(crate) fn split_plain(
     csv: &[CsvOut<'_>],
     sequences: &[SequenceFacts],
     indexes: &[(String, String, String)],
-) -> Result<(), BackupError> {
+) -> Result<Vec<TableFacts>, BackupError> {
     let input = std::fs::File::open(plain).map_err(BackupError::io("open", plain))?;
     let mut input = std::io::BufReader::with_capacity(1 << 20, input);
     let mut splitter = Splitter::new(plain, data_only, tables, csv, sequences, indexes)?;
@@ -141,6 +145,10 @@ struct Splitter<'a> {
     in_copy: bool,
     /// The CSV file the current COPY's rows also go to.
     copy_csv: Option<usize>,
+    /// Per table, the digest of its `COPY` rows once its block has begun.
+    digests: Vec<Option<RowDigest>>,
+    /// The table the current COPY's rows are digested for.
+    copy_digest: Option<usize>,
     csv_line: Vec<u8>,
     /// A `--` line held back until the next line tells whether it opens a section header.
     held_dash: bool,
@@ -195,6 +203,8 @@ impl<'a> Splitter<'a> {
             copy_target: None,
             in_copy: false,
             copy_csv: None,
+            digests: vec![None; tables.len()],
+            copy_digest: None,
             csv_line: Vec::new(),
             held_dash: false,
         })
@@ -281,6 +291,21 @@ impl<'a> Splitter<'a> {
         if self.is_table_data
             && let Some((schema, table, columns)) = parse_copy(rest)
         {
+            self.copy_digest = self
+                .tables
+                .iter()
+                .position(|t| t.table.schema == schema && t.table.name == table);
+            if let Some(i) = self.copy_digest
+                && self.digests[i].replace(RowDigest::unordered()).is_some()
+            {
+                return Err(split_error(
+                    self.plain,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("the dump copies {schema}.{table} twice"),
+                    ),
+                ));
+            }
             self.copy_csv = self
                 .csv
                 .iter()
@@ -311,7 +336,13 @@ impl<'a> Splitter<'a> {
         if line == b"\\.\n" || line == b"\\." {
             self.in_copy = false;
             self.copy_csv = None;
-        } else if let Some(i) = self.copy_csv {
+            self.copy_digest = None;
+            return Ok(());
+        }
+        if let Some(digest) = self.copy_digest.and_then(|i| self.digests[i].as_mut()) {
+            digest.update(line);
+        }
+        if let Some(i) = self.copy_csv {
             self.csv_line.clear();
             text_to_csv(line, &mut self.csv_line);
             self.out.csv[i]
@@ -350,8 +381,8 @@ impl<'a> Splitter<'a> {
         Ok(())
     }
 
-    /// Ends the last section and flushes every output.
-    fn finish(mut self, data_only: &Path) -> Result<(), BackupError> {
+    /// Ends the last section, flushes every output and returns each table's facts.
+    fn finish(mut self, data_only: &Path) -> Result<Vec<TableFacts>, BackupError> {
         if self.held_dash {
             self.write(b"--\n")?;
         }
@@ -366,7 +397,34 @@ impl<'a> Splitter<'a> {
         for (w, c) in self.out.csv.iter_mut().zip(self.csv) {
             w.flush().map_err(BackupError::io("write", &c.path))?;
         }
-        Ok(())
+        if self.in_copy {
+            return Err(split_error(
+                self.plain,
+                std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "the dump ends inside a COPY block",
+                ),
+            ));
+        }
+        let plain = self.plain;
+        self.tables
+            .iter()
+            .zip(self.digests)
+            .map(|(t, digest)| match digest {
+                Some(digest) => Ok(digest.into_facts(t.table, DigestVersion::RowsV2)),
+                None => Err(split_error(
+                    plain,
+                    std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!(
+                            "the dump has no rows for {}.{}, a table of the snapshot: its row \
+                             count and digest cannot be taken",
+                            t.table.schema, t.table.name
+                        ),
+                    ),
+                )),
+            })
+            .collect()
     }
 }
 
@@ -431,7 +489,7 @@ ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
             table: &posts_csv,
             path: dir.path().join("posts.csv"),
         }];
-        split_plain(
+        let facts = split_plain(
             &plain,
             &dir.path().join("data.sql"),
             &outs,
@@ -440,6 +498,26 @@ ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
             &[],
         )
         .expect("split");
+        let digest = |rows: &[u8]| {
+            let mut d = RowDigest::unordered();
+            d.update(rows);
+            d.finish()
+        };
+        let got: Vec<(&str, u64, String)> = facts
+            .iter()
+            .map(|f| (f.name.as_str(), f.rows, f.digest.clone()))
+            .collect();
+        let (users_rows, users_digest) = digest(b"7\n");
+        let (posts_rows, posts_digest) =
+            digest(b"1\t--\n2\t-- Name: users; Type: TABLE; Schema: public; Owner: x\n");
+        assert_eq!(
+            got,
+            [
+                ("users", users_rows, users_digest),
+                ("posts", posts_rows, posts_digest)
+            ]
+        );
+        assert_eq!((users_rows, posts_rows), (1, 2));
         assert_eq!(
             std::fs::read_to_string(dir.path().join("posts.csv")).expect("csv"),
             "id,content\n1,--\n2,-- Name: users; Type: TABLE; Schema: public; Owner: x\n"
@@ -476,5 +554,40 @@ ALTER TABLE ONLY public.users ADD CONSTRAINT users_pkey PRIMARY KEY (id);\n\n\n\
             !posts_sql.contains("CREATE TABLE public.users")
                 && !posts_sql.contains("DISABLE TRIGGER")
         );
+    }
+
+    /// The facts come from the dump or not at all: a table of the snapshot that the dump does
+    /// not copy, a table copied twice, and a dump cut inside a COPY are errors.
+    #[test]
+    fn a_table_without_exactly_one_copy_block_fails_the_split() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let table = |name: &str| TableRef {
+            schema: "public".into(),
+            name: name.into(),
+            key: vec![],
+        };
+        let (users, audit) = (table("users"), table("audit"));
+        let outs = |t: &'static str| TableOut {
+            table: if t == "users" { &users } else { &audit },
+            path: dir.path().join(format!("{t}.sql")),
+        };
+        let run = |text: &str, tables: &[TableOut<'_>]| {
+            let plain = dir.path().join("full.sql");
+            std::fs::write(&plain, text).expect("write");
+            split_plain(&plain, &dir.path().join("data.sql"), tables, &[], &[], &[])
+                .map_err(|e| format!("{e:#}: {:?}", std::error::Error::source(&e)))
+        };
+        let err = run(PLAIN, &[outs("users"), outs("audit")]).expect_err("audit has no rows");
+        assert!(err.contains("no rows for public.audit"), "{err}");
+        let twice = PLAIN.replace(
+            "COPY public.posts (id, content)",
+            "COPY public.users (id, content)",
+        );
+        let err = run(&twice, &[outs("users")]).expect_err("users copied twice");
+        assert!(err.contains("copies public.users twice"), "{err}");
+        let cut = &PLAIN[..PLAIN.find("7\n\\.").expect("users rows") + 2];
+        let err = run(cut, &[outs("users")]).expect_err("cut inside COPY");
+        assert!(err.contains("ends inside a COPY block"), "{err}");
+        assert!(run(PLAIN, &[outs("users")]).is_ok());
     }
 }

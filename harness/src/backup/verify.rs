@@ -10,7 +10,7 @@ use super::archive::{DecryptionKey, unpack_archive};
 use super::files::{ToolRun, sha256_file, tail};
 use super::manifest::{MANIFEST_JSON, MANIFEST_SHA256, Manifest, list_files};
 use super::redis::{rdb_facts, rdb_path};
-use crate::facts::{TableFacts, table_facts};
+use crate::facts::{DigestVersion, TableFacts, table_facts_as};
 use crate::keep::ScratchDir;
 use crate::pg::{ConnParams, PgTools, quote_ident};
 
@@ -121,7 +121,8 @@ pub async fn verify_backup(
 
     // The restore.
     if let Some(pg) = &manifest.postgres {
-        let restored = restore_and_observe(&dir.join(&pg.custom_dump), options).await?;
+        let restored =
+            restore_and_observe(&dir.join(&pg.custom_dump), pg.digest_version, options).await?;
         match restored {
             Err(detail) => report.findings.push(finding(
                 format!("restore of {}", pg.custom_dump),
@@ -157,6 +158,7 @@ pub async fn verify_backup(
             &dir,
             physical,
             &pg.database,
+            pg.digest_version,
             PHYSICAL_START,
         ))
         .await?;
@@ -480,6 +482,7 @@ static SCRATCH_COUNTER: std::sync::atomic::AtomicU32 = std::sync::atomic::Atomic
 /// facts; the database is dropped afterwards. `Ok(Err(..))` is a failed restore (a finding).
 async fn restore_and_observe(
     dump: &Path,
+    version: DigestVersion,
     options: &VerifyOptions,
 ) -> Result<Result<Restored, String>, BackupError> {
     let n = SCRATCH_COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -487,7 +490,13 @@ async fn restore_and_observe(
     crate::pg::create_database(&options.scratch, &db)
         .await
         .map_err(BackupError::pg("create the scratch database"))?;
-    let result = restore_into(dump, &options.scratch.with_dbname(&db), &options.tools).await;
+    let result = restore_into(
+        dump,
+        &options.scratch.with_dbname(&db),
+        &options.tools,
+        version,
+    )
+    .await;
     let admin = options
         .scratch
         .connect()
@@ -514,7 +523,7 @@ pub struct Restored {
 }
 
 /// Restores `dump` into the (empty) database of `target` with pg_restore and observes its
-/// tables, sequences and schema.
+/// tables (digests by the definition `version`, the backup's), sequences and schema.
 ///
 /// # Errors
 /// `Err` when the server cannot be reached; `Ok(Err(..))` when pg_restore fails.
@@ -522,6 +531,7 @@ pub async fn restore_into(
     dump: &Path,
     target: &ConnParams,
     tools: &PgTools,
+    version: DigestVersion,
 ) -> Result<Result<Restored, String>, BackupError> {
     let pg_restore = tools
         .tool("pg_restore")
@@ -548,7 +558,7 @@ pub async fn restore_into(
         .connect()
         .await
         .map_err(BackupError::pg("connect to the restored database"))?;
-    let tables = table_facts(&client).await?;
+    let tables = table_facts_as(&client, version).await?;
     let sequences = crate::facts::sequence_facts(&client).await?;
     let schema = crate::facts::render_schema(&client).await?;
     Ok(Ok(Restored {

@@ -29,8 +29,8 @@ pub struct TableFacts {
     pub rows: u64,
     /// Hex SHA-256 over the table's rows (see [`tables`] for the exact definition).
     pub digest: String,
-    /// The primary-key columns the digest ordered rows by; empty when the table has no
-    /// primary key and the digest is order-independent.
+    /// The primary-key columns the digest ordered rows by; empty when the digest is
+    /// order-independent (every table in [`tables::DigestVersion::RowsV2`]).
     pub ordered_by: Vec<String>,
 }
 
@@ -60,5 +60,6 @@ pub use resources::{NodeResourceSample, PvcUsage, ResourceObservation};
 pub use schema::{ForeignKeyCheck, SchemaError, foreign_key_checks, render_schema, run_amcheck};
 pub use statistics::{TableStatistics, table_statistics};
 pub use tables::{
-    RowDigest, TableRef, TablesError, digest_table, list_tables, sequence_facts, table_facts,
+    DUMP_ENV, DigestVersion, RowDigest, TableRef, TablesError, digest_table, list_tables,
+    sequence_facts, table_facts, table_facts_as,
 };

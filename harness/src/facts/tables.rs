@@ -3,46 +3,113 @@
 //! # The digest, exactly
 //!
 //! Both functions here run on the caller's connection and therefore inside whatever
-//! transaction (and snapshot) the caller holds: the backup calls them in the transaction that
-//! exported the snapshot every dump uses, and `verify` calls them on a restored database. The
-//! same definition gives the same hex string on both sides when, and only when, the rows are
-//! the same.
+//! transaction (and snapshot) the caller holds. The same definition gives the same hex string
+//! on both sides when, and only when, the rows are the same. There are two definitions; a
+//! backup's manifest says which one its digests follow ([`DigestVersion`]), and whatever
+//! compares a database with that backup reads the database the same way.
 //!
-//! First the session's output settings are pinned with plain `SET`, because the COPY text of
-//! dates, times, floats and byte strings depends on them: `client_encoding = 'UTF8'`,
-//! `DateStyle = 'ISO, YMD'`, `IntervalStyle = 'postgres'`, `TimeZone = 'UTC'`,
-//! `extra_float_digits = 1`, `bytea_output = 'hex'`. (They stay set on the caller's session.)
+//! Both read every ordinary table (`relkind = 'r'`, leaf partitions included) outside
+//! `pg_catalog`, `information_schema`, `pg_toast*` and `pg_temp*`, and not owned by an
+//! extension, as the text of one streaming `COPY ... TO STDOUT`. The row count is the number of
+//! rows in that same stream (text COPY escapes newlines inside values, so every raw `\n` ends a
+//! row): count and digest can never disagree with each other. Nothing is held in memory beyond
+//! one network chunk and one row.
 //!
-//! Every ordinary table (`relkind = 'r'`, leaf partitions included) outside `pg_catalog`,
-//! `information_schema`, `pg_toast*` and `pg_temp*`, and not owned by an extension, is read
-//! with one streaming
-//! `COPY (SELECT * FROM "schema"."table" ORDER BY <order>) TO STDOUT` in text format.
+//! **The unordered sum**, used by both: each row's line (its bytes without the ending `\n`) is
+//! hashed on its own with SHA-256; the 32-byte hashes, read as big-endian 256-bit integers, are
+//! summed modulo 2^256, which is order-independent and, unlike XOR, does not cancel duplicate
+//! rows. The digest is
+//! `hex(SHA-256("rr-unordered-v1\n" || count as 8 big-endian bytes || sum as 32 bytes))`. It
+//! detects any accidental change of a row; it is not meant to resist a forger who can choose
+//! rows (the archive's own SHA-256 covers tampering with the backup's files).
 //!
+//! ## `rows-v2` (every backup since 2026-12-05)
+//!
+//! The rows pg_dump writes, digested without reading the database again: the backup computes
+//! it from the `COPY` blocks of its plain SQL dump, and a restored database is read with the
+//! same text.
+//!
+//! - The session settings are pg_dump's own (`DateStyle = ISO`, `IntervalStyle = postgres`,
+//!   `extra_float_digits = 3`, `search_path = ''`) and the ones the backup hands every pg_dump
+//!   ([`DUMP_ENV`]: `client_encoding = 'UTF8'`, `TimeZone = 'UTC'`, `bytea_output = 'hex'`).
+//!   All but `search_path` stay set on the caller's session; `search_path` is put back.
+//! - Each table is `COPY "schema"."table" TO STDOUT`: its columns in table order, generated
+//!   and dropped ones left out, which is pg_dump's column list. Rows in any order.
+//! - The digest is the unordered sum for every table; `ordered_by` is empty.
+//!
+//! ## `key-ordered-v1` (backups before 2026-12-05; their manifests carry no version)
+//!
+//! - Settings: `client_encoding = 'UTF8'`, `DateStyle = 'ISO, YMD'`, `IntervalStyle =
+//!   'postgres'`, `TimeZone = 'UTC'`, `extra_float_digits = 1`, `bytea_output = 'hex'` (they
+//!   stay set on the caller's session).
+//! - Each table is `COPY (SELECT * FROM "schema"."table" ORDER BY <order>) TO STDOUT`.
 //! - **Tables with a primary key**: `<order>` is the primary-key columns in index order, each
 //!   collatable one with `COLLATE "C"` so the order does not depend on the database's locale.
 //!   The digest is `hex(SHA-256(the COPY stream, byte for byte))`: rows in key order, columns
 //!   in table order, tab-separated, each row ended by `\n`.
-//! - **Tables without a primary key** (no `ORDER BY`): each row's line (its bytes without the
-//!   ending `\n`) is hashed on its own with SHA-256; the 32-byte hashes, read as big-endian
-//!   256-bit integers, are summed modulo 2^256, which is order-independent and, unlike XOR,
-//!   does not cancel duplicate rows. The digest is
-//!   `hex(SHA-256("rr-unordered-v1\n" || count as 8 big-endian bytes || sum as 32 bytes))`.
-//!
-//! The row count is the number of rows in that same stream (text COPY escapes newlines inside
-//! values, so every raw `\n` ends a row): count and digest can never disagree with each other.
-//! Nothing is held in memory beyond one network chunk and, for unordered tables, one row.
+//! - **Tables without a primary key** (no `ORDER BY`): the unordered sum.
 
 use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use super::{SequenceFacts, TableFacts};
 use crate::pg::quote_ident;
 
-/// The session settings the digest's text depends on.
-pub const DIGEST_SETTINGS: &str = "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, YMD'; \
-     SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 1; \
-     SET bytea_output = 'hex'";
+/// Which definition a table digest follows (see the module documentation).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DigestVersion {
+    /// Primary-key tables hashed as one stream in key order, read by `SELECT * ... ORDER BY`.
+    #[serde(rename = "key-ordered-v1")]
+    KeyOrderedV1,
+    /// Every table as the unordered sum of its rows, in pg_dump's settings and column list.
+    #[serde(rename = "rows-v2")]
+    RowsV2,
+}
+
+impl DigestVersion {
+    /// The definition new backups record.
+    pub const CURRENT: DigestVersion = DigestVersion::RowsV2;
+
+    /// What a manifest without a version means: it was written before versions existed.
+    pub fn unversioned() -> DigestVersion {
+        DigestVersion::KeyOrderedV1
+    }
+
+    /// The name the manifest stores.
+    pub fn name(self) -> &'static str {
+        match self {
+            DigestVersion::KeyOrderedV1 => "key-ordered-v1",
+            DigestVersion::RowsV2 => "rows-v2",
+        }
+    }
+
+    /// The session settings the digest's text depends on.
+    pub fn settings(self) -> &'static str {
+        match self {
+            DigestVersion::KeyOrderedV1 => {
+                "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO, YMD'; \
+                 SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 1; \
+                 SET bytea_output = 'hex'"
+            }
+            DigestVersion::RowsV2 => {
+                "SET client_encoding = 'UTF8'; SET DateStyle = 'ISO'; \
+                 SET IntervalStyle = 'postgres'; SET TimeZone = 'UTC'; SET extra_float_digits = 3; \
+                 SET bytea_output = 'hex'"
+            }
+        }
+    }
+}
+
+/// The environment the backup gives every pg_dump, so that the rows it writes are the text a
+/// [`DigestVersion::RowsV2`] reader sees (pg_dump sets the rest itself). Restoring does not
+/// depend on them: timestamps with time zone carry their offset, and the encoding is declared
+/// at the top of every dump.
+pub const DUMP_ENV: [(&str, &str); 2] = [
+    ("PGCLIENTENCODING", "UTF8"),
+    ("PGOPTIONS", "-c TimeZone=UTC -c bytea_output=hex"),
+];
 
 /// What went wrong while observing tables.
 #[derive(Debug, thiserror::Error)]
@@ -75,8 +142,11 @@ impl TableRef {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
 
-    /// The COPY statement the digest reads.
-    pub fn copy_sql(&self) -> String {
+    /// The COPY statement the digest of `version` reads.
+    pub fn copy_sql(&self, version: DigestVersion) -> String {
+        if version == DigestVersion::RowsV2 {
+            return format!("COPY {} TO STDOUT", self.qualified());
+        }
         let mut sql = format!("COPY (SELECT * FROM {}", self.qualified());
         if !self.key.is_empty() {
             let order: Vec<String> = self
@@ -146,57 +216,104 @@ pub async fn list_tables(client: &Client) -> Result<Vec<TableRef>, TablesError> 
         .collect())
 }
 
-/// Pins the session settings the digest depends on ([`DIGEST_SETTINGS`]).
+/// Pins the session settings the digest of `version` depends on.
 ///
 /// # Errors
 /// [`TablesError::Query`] when a setting is refused.
-pub async fn pin_settings(client: &Client) -> Result<(), TablesError> {
+pub async fn pin_settings(client: &Client, version: DigestVersion) -> Result<(), TablesError> {
     client
-        .batch_execute(DIGEST_SETTINGS)
+        .batch_execute(version.settings())
         .await
         .map_err(query_err("pin the digest session settings"))
 }
 
-/// Counts and digests every user table ([`list_tables`]), in the caller's transaction.
+/// Counts and digests every user table ([`list_tables`]) by the current definition
+/// ([`DigestVersion::CURRENT`]), in the caller's transaction.
 ///
 /// # Errors
 /// [`TablesError::Query`] naming the table that could not be read.
 pub async fn table_facts(client: &Client) -> Result<Vec<TableFacts>, TablesError> {
-    pin_settings(client).await?;
-    let mut out = Vec::new();
-    for table in list_tables(client).await? {
-        out.push(digest_table(client, &table).await?);
-    }
-    Ok(out)
+    table_facts_as(client, DigestVersion::CURRENT).await
 }
 
-/// Counts and digests one table. The session settings must be pinned ([`pin_settings`]).
+/// Counts and digests every user table ([`list_tables`]) by the definition `version`, in the
+/// caller's transaction: what compares a database with a backup uses the backup's version.
+///
+/// # Errors
+/// [`TablesError::Query`] naming the table that could not be read.
+pub async fn table_facts_as(
+    client: &Client,
+    version: DigestVersion,
+) -> Result<Vec<TableFacts>, TablesError> {
+    pin_settings(client, version).await?;
+    let tables = list_tables(client).await?;
+    if version == DigestVersion::KeyOrderedV1 {
+        let mut out = Vec::new();
+        for table in &tables {
+            out.push(digest_table(client, table, version).await?);
+        }
+        return Ok(out);
+    }
+    // pg_dump's empty search_path: the text of regclass and similar values depends on it.
+    let search_path: String = client
+        .query_one("SELECT current_setting('search_path')", &[])
+        .await
+        .map_err(query_err("read search_path"))?
+        .get(0);
+    client
+        .batch_execute("SET search_path = ''")
+        .await
+        .map_err(query_err("clear search_path"))?;
+    let mut out = Vec::new();
+    let mut failed = None;
+    for table in &tables {
+        match digest_table(client, table, version).await {
+            Ok(facts) => out.push(facts),
+            Err(err) => {
+                failed = Some(err);
+                break;
+            }
+        }
+    }
+    client
+        .query_one(
+            "SELECT set_config('search_path', $1, false)",
+            &[&search_path],
+        )
+        .await
+        .map_err(query_err("put search_path back"))?;
+    match failed {
+        Some(err) => Err(err),
+        None => Ok(out),
+    }
+}
+
+/// Counts and digests one table by the definition `version`. The session settings must be
+/// pinned ([`pin_settings`]) and, for [`DigestVersion::RowsV2`], `search_path` empty.
 ///
 /// # Errors
 /// [`TablesError::Query`] when the COPY fails.
-pub async fn digest_table(client: &Client, table: &TableRef) -> Result<TableFacts, TablesError> {
+pub async fn digest_table(
+    client: &Client,
+    table: &TableRef,
+    version: DigestVersion,
+) -> Result<TableFacts, TablesError> {
     let what = format!("read table {}.{}", table.schema, table.name);
     let stream = client
-        .copy_out(&table.copy_sql())
+        .copy_out(&table.copy_sql(version))
         .await
         .map_err(query_err(what.clone()))?;
     futures::pin_mut!(stream);
-    let mut digest = if table.key.is_empty() {
-        RowDigest::unordered()
-    } else {
+    let ordered = version == DigestVersion::KeyOrderedV1 && !table.key.is_empty();
+    let mut digest = if ordered {
         RowDigest::ordered()
+    } else {
+        RowDigest::unordered()
     };
     while let Some(chunk) = stream.try_next().await.map_err(query_err(what.clone()))? {
         digest.update(&chunk);
     }
-    let (rows, digest) = digest.finish();
-    Ok(TableFacts {
-        schema: table.schema.clone(),
-        name: table.name.clone(),
-        rows,
-        digest,
-        ordered_by: table.key.iter().map(|(c, _)| c.clone()).collect(),
-    })
+    Ok(digest.into_facts(table, version))
 }
 
 /// The digest state over a COPY text stream fed in arbitrary chunks.
@@ -271,6 +388,22 @@ impl RowDigest {
             }
         };
         (self.rows, digest)
+    }
+
+    /// The facts of `table` by the definition `version`, from this digest of its rows.
+    pub fn into_facts(self, table: &TableRef, version: DigestVersion) -> TableFacts {
+        let ordered_by = match version {
+            DigestVersion::KeyOrderedV1 => table.key.iter().map(|(c, _)| c.clone()).collect(),
+            DigestVersion::RowsV2 => Vec::new(),
+        };
+        let (rows, digest) = self.finish();
+        TableFacts {
+            schema: table.schema.clone(),
+            name: table.name.clone(),
+            rows,
+            digest,
+            ordered_by,
+        }
     }
 }
 
@@ -402,14 +535,21 @@ mod tests {
             key: vec![("id".into(), false), ("name".into(), true)],
         };
         assert_eq!(
-            t.copy_sql(),
+            t.copy_sql(DigestVersion::KeyOrderedV1),
             "COPY (SELECT * FROM \"public\".\"we\"\"ird\" ORDER BY \"id\", \"name\" COLLATE \"C\") TO STDOUT"
+        );
+        assert_eq!(
+            t.copy_sql(DigestVersion::RowsV2),
+            "COPY \"public\".\"we\"\"ird\" TO STDOUT"
         );
         let t = TableRef {
             schema: "s".into(),
             name: "log".into(),
             key: vec![],
         };
-        assert_eq!(t.copy_sql(), "COPY (SELECT * FROM \"s\".\"log\") TO STDOUT");
+        assert_eq!(
+            t.copy_sql(DigestVersion::KeyOrderedV1),
+            "COPY (SELECT * FROM \"s\".\"log\") TO STDOUT"
+        );
     }
 }

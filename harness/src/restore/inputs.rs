@@ -12,7 +12,7 @@ use serde_json::Value;
 use super::database::{CsvArchive, CsvFile};
 use super::{DbArchive, DbRestoreInput, RestoreError};
 use crate::backup::Manifest;
-use crate::facts::{SequenceFacts, TableFacts};
+use crate::facts::{DigestVersion, SequenceFacts, TableFacts};
 
 /// What a backup directory gives a restore.
 #[derive(Clone, Debug, PartialEq)]
@@ -25,6 +25,9 @@ pub struct RestoreInputs {
     pub database: Option<DbRestoreInput>,
     /// Row counts and digests recorded in the backup's snapshot.
     pub tables: Vec<TableFacts>,
+    /// The definition those digests follow: read the restored database with
+    /// [`crate::facts::table_facts_as`] and this to compare.
+    pub digest_version: DigestVersion,
     /// Sequences recorded with the dump.
     pub sequences: Vec<SequenceFacts>,
     /// The backed-up namespace.
@@ -211,6 +214,10 @@ impl RestoreInputs {
                 .as_ref()
                 .map(|pg| pg.tables.clone())
                 .unwrap_or_default(),
+            digest_version: manifest
+                .postgres
+                .as_ref()
+                .map_or(DigestVersion::CURRENT, |pg| pg.digest_version),
             sequences: manifest
                 .postgres
                 .as_ref()

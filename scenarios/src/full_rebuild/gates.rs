@@ -211,7 +211,7 @@ pub(super) async fn run_gates_expecting(
     let pg = manifest.postgres.as_ref().context("no PostgreSQL part")?;
     let db = titanium::database(cluster).await?;
     let client = db.params.connect().await?;
-    let tables = facts::table_facts(&client).await?;
+    let tables = facts::table_facts_as(&client, pg.digest_version).await?;
     let sequences = facts::sequence_facts(&client).await?;
     let schema_after = facts::render_schema(&client).await?;
     let foreign_keys = facts::foreign_key_checks(&client).await?;
