@@ -605,6 +605,24 @@ async fn consistent_under_concurrent_writes_and_every_artifact_restores() -> Res
     Ok(())
 }
 
+/// Two backups of `pg` into `dest`, one with the plain SQL dumped from the database and one
+/// with it derived from the custom archive, each named after its way.
+async fn backup_both_ways(
+    dest: &Path,
+    pg: &LocalPostgres,
+) -> Result<Vec<(&'static str, harness::backup::BackupReport)>> {
+    let mut reports = Vec::new();
+    for (name, plain_from) in [
+        ("from-database", PlainFrom::Database),
+        ("from-archive", PlainFrom::Archive),
+    ] {
+        let mut opts = options(dest, name, pg);
+        opts.plain_from = plain_from;
+        reports.push((name, backup(&opts).await?));
+    }
+    Ok(reports)
+}
+
 /// A small backup (PostgreSQL only) for the corruption and error tests.
 async fn small_backup(
     dest: &Path,
@@ -1878,13 +1896,7 @@ async fn csv_files_are_what_copy_to_csv_writes() -> Result<()> {
         )
         .await?;
     let dest = ScratchDir::new("backup-test-csv-", "backup csv test")?;
-    for (name, plain_from) in [
-        ("from-database", PlainFrom::Database),
-        ("from-archive", PlainFrom::Archive),
-    ] {
-        let mut opts = options(dest.path(), name, &pg);
-        opts.plain_from = plain_from;
-        let report = backup(&opts).await?;
+    for (name, report) in backup_both_ways(dest.path(), &pg).await? {
         let pgm = report.manifest.postgres.as_ref().context("postgres part")?;
         ensure!(pgm.csv.len() == 3, "{:?}", pgm.csv);
         for table in &pgm.csv {
@@ -1993,13 +2005,7 @@ async fn digests_from_the_dump_equal_a_read_of_the_database() -> Result<()> {
     ensure!(kinds(&v1)?.digest != kinds(&v2)?.digest);
 
     let dest = ScratchDir::new("backup-test-digests-", "backup digest test")?;
-    for (name, plain_from) in [
-        ("from-database", PlainFrom::Database),
-        ("from-archive", PlainFrom::Archive),
-    ] {
-        let mut opts = options(dest.path(), name, &pg);
-        opts.plain_from = plain_from;
-        let report = backup(&opts).await?;
+    for (name, report) in backup_both_ways(dest.path(), &pg).await? {
         let pgm = report.manifest.postgres.as_ref().context("postgres part")?;
         ensure!(pgm.digest_version == DigestVersion::RowsV2);
         ensure!(
