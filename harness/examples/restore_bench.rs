@@ -17,12 +17,17 @@
 //!   workers send text), so ours uses more client CPU for the same number of connections;
 //! - once, ours -j N without a recorded digest (an archive of unknown origin, read through
 //!   first);
+//! - the plain SQL dump (`pg_dump -Fp` of the same data), ROUNDS times, alternating: bare
+//!   `psql -v ON_ERROR_STOP=1 < dump.sql` into an empty database (the runbook's 방법 A), then
+//!   ANALYZE timed apart; ours `restore --method sql` (psql in one transaction over the init
+//!   script's tables, then ANALYZE). One connection on both sides. What ours loaded in the
+//!   first round is checked against the backup's counts and digests;
 //! - gates: table facts (counts and digests), sequence facts and the schema rendering of the
 //!   restored database, and the gates comparing them with the backup's.
 //!
-//! Targets: the median over the rounds of ours / bare with the same jobs <= 1.0 (the detail
-//! gives the spread, the ratio without our ANALYZE and against bare + ANALYZE); gates <= 0.5 x
-//! ours. Prints a `BENCH` line per ratio (see `support/result.rs`); exits 1 when one is missed.
+//! Targets: the median over the rounds of ours / bare with the same jobs (for the plain SQL,
+//! ours / bare psql) <= 1.0 (the detail gives the spread, the ratio without our ANALYZE and
+//! against bare + ANALYZE); gates <= 0.5 x ours. Prints a `BENCH` line per ratio (see `support/result.rs`); exits 1 when one is missed.
 
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -72,7 +77,7 @@ async fn bare_restore(
 async fn our_restore(
     pg: &LocalPostgres,
     params: &harness::pg::ConnParams,
-    archive: &std::path::Path,
+    archive: DbArchive,
     name: &str,
     jobs: Option<u32>,
     recorded_sha256: Option<String>,
@@ -81,7 +86,7 @@ async fn our_restore(
     let target = params.with_dbname(name);
     pg.tools().psql_file(&target, &schema_sql_path()).await?;
     let input = DbRestoreInput {
-        archive: DbArchive::Custom(archive.to_owned()),
+        archive,
         backup_id: "bench".to_owned(),
         recorded_sha256,
     };
@@ -94,6 +99,27 @@ async fn our_restore(
     let time = t.elapsed();
     ensure!(report.restored, "restore did not run: {}", report.plan);
     Ok((time, report))
+}
+
+/// The runbook's 방법 A, bare: `psql -v ON_ERROR_STOP=1 -d <empty database> < dump.sql`.
+async fn bare_psql(
+    pg: &LocalPostgres,
+    params: &harness::pg::ConnParams,
+    sql: &std::path::Path,
+    name: &str,
+) -> Result<Duration> {
+    create_database(params, name).await?;
+    let target = params.with_dbname(name);
+    let t = Instant::now();
+    let status = tokio::process::Command::new(pg.tools().tool("psql")?)
+        .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-d", name])
+        .stdin(std::fs::File::open(sql)?)
+        .stdout(std::process::Stdio::null())
+        .envs(target.libpq_env())
+        .status()
+        .await?;
+    ensure!(status.success(), "bare psql < dump.sql failed: {status}");
+    Ok(t.elapsed())
 }
 
 /// One round's pair: ours and the bare pg_restore with the same jobs.
@@ -184,6 +210,21 @@ async fn main() -> Result<ExitCode> {
         secs(t.elapsed()),
         std::fs::metadata(&archive)?.len() / (1 << 20)
     );
+    // The plain SQL dump of the same data, for the runbook's 방법 A (`psql < dump.sql`).
+    let plain = dir.path().join("titanium.sql");
+    let t = Instant::now();
+    let status = tokio::process::Command::new(pg.tools().tool("pg_dump")?)
+        .args(["-Fp", "-f"])
+        .arg(&plain)
+        .envs(params.libpq_env())
+        .status()
+        .await?;
+    ensure!(status.success(), "pg_dump -Fp failed: {status}");
+    println!(
+        "pg_dump -Fp: {:.2} s, {} MiB",
+        secs(t.elapsed()),
+        std::fs::metadata(&plain)?.len() / (1 << 20)
+    );
     // The digest a backup records in its manifest; ours is handed it, as a restore from a
     // backup is, and hashes the archive again (timed) instead of reading it through.
     let recorded = {
@@ -224,7 +265,7 @@ async fn main() -> Result<ExitCode> {
                         our_restore(
                             &pg,
                             &params,
-                            &archive,
+                            DbArchive::Custom(archive.clone()),
                             &ours_name,
                             Some(j),
                             Some(recorded.clone()),
@@ -261,13 +302,80 @@ async fn main() -> Result<ExitCode> {
     let (read_through_time, _) = our_restore(
         &pg,
         &params,
-        &archive,
+        DbArchive::Custom(archive.clone()),
         "ours_read_through",
         Some(jobs),
         None,
     )
     .await?;
     drop_database(&params, "ours_read_through").await?;
+
+    // The plain SQL dump: ours (`restore --method sql`: psql in one transaction over the init
+    // script's tables, then ANALYZE) next to a bare `psql < dump.sql` into an empty database,
+    // ROUNDS times, alternating which goes first. psql is one connection on both sides.
+    let mut sql_pairs: Vec<Pair> = Vec::new();
+    for round in 0..rounds {
+        let bare_name = format!("bare_sql_r{round}");
+        let ours_name = format!("ours_sql_r{round}");
+        let order = if round.is_multiple_of(2) {
+            [true, false]
+        } else {
+            [false, true]
+        };
+        let mut bare_time = Duration::ZERO;
+        let mut bare_analyze = 0.0;
+        let mut ours = None;
+        for bare_first in order {
+            checkpoint(&params).await?;
+            if bare_first {
+                bare_time = bare_psql(&pg, &params, &plain, &bare_name).await?;
+                bare_analyze = harness::restore::analyze(&params.with_dbname(&bare_name))
+                    .await?
+                    .as_secs_f64();
+            } else {
+                ours = Some(
+                    our_restore(
+                        &pg,
+                        &params,
+                        DbArchive::PlainSql(plain.clone()),
+                        &ours_name,
+                        None,
+                        None,
+                    )
+                    .await?,
+                );
+            }
+        }
+        let (ours_time, report) = ours.context("our plain SQL restore ran")?;
+        println!(
+            "round {round}, plain SQL: bare {:.2} s, ours {:.2} s (load {:.2} s, ANALYZE {:.2} s), {}",
+            secs(bare_time),
+            secs(ours_time),
+            report.load_seconds,
+            report.analyze_seconds,
+            if order[0] { "bare first" } else { "ours first" },
+        );
+        if round == 0 {
+            // What ours loaded is the backup's data: a fast restore of nothing is no result.
+            let restored = params.with_dbname(&ours_name).connect().await?;
+            let tables = table_facts(&restored).await?;
+            for v in [
+                verify::row_counts(&backup_tables, &tables),
+                verify::digests(&backup_tables, &tables),
+            ] {
+                ensure!(v.passed, "gate failed after the plain SQL restore: {v}");
+            }
+        }
+        drop_database(&params, &bare_name).await?;
+        drop_database(&params, &ours_name).await?;
+        sql_pairs.push(Pair {
+            jobs: 1,
+            bare: bare_time,
+            ours: ours_time,
+            analyze: report.analyze_seconds,
+            bare_analyze,
+        });
+    }
     let ours_name = format!("ours_j{jobs}_r0");
 
     // Gates on the restored database.
@@ -332,6 +440,36 @@ async fn main() -> Result<ExitCode> {
             ratios.0,
             Target::AtMost(1.0),
             &detail,
+        );
+    }
+    {
+        let ratios = median_and_spread(sql_pairs.iter().map(|p| secs(p.ours) / secs(p.bare)));
+        let without = median_and_spread(
+            sql_pairs
+                .iter()
+                .map(|p| (secs(p.ours) - p.analyze) / secs(p.bare)),
+        );
+        let with_analyze = median_and_spread(
+            sql_pairs
+                .iter()
+                .map(|p| secs(p.ours) / (secs(p.bare) + p.bare_analyze)),
+        );
+        let (bare_median, _, _) = median_and_spread(sql_pairs.iter().map(|p| secs(p.bare)));
+        let (ours_median, _, _) = median_and_spread(sql_pairs.iter().map(|p| secs(p.ours)));
+        met &= result::report(
+            &format!(
+                "restore --method sql, one transaction ({} users, {} posts)",
+                spec.users, spec.posts
+            ),
+            "psql < dump.sql",
+            ratios.0,
+            Target::AtMost(1.0),
+            &format!(
+                "median of {rounds} alternating rounds: {ours_median:.2} s vs {bare_median:.2} s, \
+                 ratio spread {:.2} to {:.2}; without our ANALYZE {:.2}x; against psql then \
+                 ANALYZE {:.2}x",
+                ratios.1, ratios.2, without.0, with_analyze.0
+            ),
         );
     }
     let gate_met = result::report(

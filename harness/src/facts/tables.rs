@@ -351,24 +351,29 @@ impl RowDigest {
 
     /// Feeds the next bytes of the stream.
     pub fn update(&mut self, chunk: &[u8]) {
-        self.rows += chunk.iter().filter(|&&b| b == b'\n').count() as u64;
         match &mut self.kind {
-            Kind::Ordered(hasher) => hasher.update(chunk),
+            Kind::Ordered(hasher) => {
+                self.rows += memchr::memchr_iter(b'\n', chunk).count() as u64;
+                hasher.update(chunk);
+            }
             Kind::Unordered { sum, line } => {
-                let mut rest = chunk;
-                while let Some(pos) = rest.iter().position(|&b| b == b'\n') {
+                // One pass: each line end found once (memchr), each row hashed where it lies
+                // unless it began in an earlier chunk.
+                let mut start = 0;
+                for end in memchr::memchr_iter(b'\n', chunk) {
                     let row_hash = if line.is_empty() {
-                        Sha256::digest(&rest[..pos])
+                        Sha256::digest(&chunk[start..end])
                     } else {
-                        line.extend_from_slice(&rest[..pos]);
+                        line.extend_from_slice(&chunk[start..end]);
                         let h = Sha256::digest(&line[..]);
                         line.clear();
                         h
                     };
                     add_256(sum, row_hash.as_slice());
-                    rest = &rest[pos + 1..];
+                    self.rows += 1;
+                    start = end + 1;
                 }
-                line.extend_from_slice(rest);
+                line.extend_from_slice(&chunk[start..]);
             }
         }
     }
@@ -513,6 +518,40 @@ mod tests {
         assert_ne!(dup.1, none.1);
         let changed = digest_of(RowDigest::unordered, &[b"x\t1\ny\t2\nz\t4\n"]);
         assert_ne!(a.1, changed.1);
+    }
+
+    #[test]
+    fn both_digests_are_the_same_wherever_the_stream_is_cut() {
+        let stream: &[u8] = b"1\tal\\tice\n\n22\t\\N\n333\tbob\n";
+        for kind in [
+            RowDigest::ordered as fn() -> RowDigest,
+            RowDigest::unordered,
+        ] {
+            let whole = digest_of(kind, &[stream]);
+            assert_eq!(whole.0, 4);
+            for i in 0..=stream.len() {
+                for j in i..=stream.len() {
+                    let (a, rest) = stream.split_at(i);
+                    let (b, c) = rest.split_at(j - i);
+                    assert_eq!(digest_of(kind, &[a, b, c]), whole, "cut at {i} and {j}");
+                }
+            }
+        }
+        // Unordered: the sum of each row's SHA-256, rows hashed without their line end.
+        let mut sum = [0u64; 4];
+        for row in [&b"1\tal\\tice"[..], b"", b"22\t\\N", b"333\tbob"] {
+            add_256(&mut sum, Sha256::digest(row).as_slice());
+        }
+        let mut expected = Sha256::new();
+        expected.update(b"rr-unordered-v1\n");
+        expected.update(4u64.to_be_bytes());
+        for limb in sum {
+            expected.update(limb.to_be_bytes());
+        }
+        assert_eq!(
+            digest_of(RowDigest::unordered, &[stream]).1,
+            hex::encode(expected.finalize())
+        );
     }
 
     #[test]
