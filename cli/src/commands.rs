@@ -1046,8 +1046,16 @@ pub(crate) fn forecast(args: &crate::ForecastArgs) -> anyhow::Result<i32> {
     print!("{}", model.describe());
     println!();
     print!("{forecast}");
+    // A limit exceeded is a verdict; a limit the reports give nothing to forecast is not a
+    // pass either.
     let mut code = if forecast.exceeds_a_limit() {
         exit_codes::GATE_FAILED
+    } else if forecast.left_a_limit_unchecked() {
+        eprintln!(
+            "error: not every runbook limit could be forecast: {}",
+            forecast.not_checked.join("; ")
+        );
+        exit_codes::COULD_NOT_RUN
     } else {
         exit_codes::OK
     };

@@ -14,7 +14,8 @@ pub(crate) const GATE_FAILED: i32 = 3;
 
 /// The command could not run: a setup error, bad input, an unreachable cluster or server (for
 /// `runbook`: cluster A could not be brought up, the shell could not be confined, or the run
-/// stopped before the document's end; for `forecast`, a report that cannot be used).
+/// stopped before the document's end; for `forecast`, a report that cannot be used, or a
+/// runbook limit the reports give nothing to forecast and none exceeded).
 pub(crate) const COULD_NOT_RUN: i32 = 4;
 
 /// Command-line usage errors: clap's own code for a bad option, and ours for a rule across

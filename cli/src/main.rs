@@ -42,8 +42,8 @@ enum Command {
     /// replaced) with the tools' own words and corrected commands that ran.
     Runbook(RunbookArgs),
     /// Forecast each phase, the RTO and the night at another database size from rehearsals'
-    /// reports, against the runbook's limits (restore 2 h, night 6 h); with --check, set the
-    /// forecast against a rehearsal made at that size.
+    /// reports, against the runbook's limits (restore 2 h, night 6 h, every pod Ready 30 min);
+    /// with --check, set the forecast against a rehearsal made at that size.
     Forecast(ForecastArgs),
     /// Start or stop a simulated cluster running the Titanium stack, to try the runbook's
     /// kubectl commands on.

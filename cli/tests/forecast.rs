@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use harness::report::{PhaseReport, PhaseStatus, Report, Volume};
 
-/// A report at `mb` MB whose backup and restore take 1 s plus `per_mb` ms per MB.
+/// A report at `mb` MB whose backup and restore take 1 s plus `per_mb` ms per MB; every pod
+/// is Ready 0.5 s after the restore ends.
 fn report(mb: u64, per_mb: u64) -> Report {
     let bytes = mb * 1_000_000;
     let mut start = 0;
@@ -32,7 +33,9 @@ fn report(mb: u64, per_mb: u64) -> Report {
         phase("gates", 200 + mb, true),
         phase("decide", 10, false),
     ];
-    Report::of_phases("full_rebuild", "sim", "2026-12-03T09:00:00Z", phases)
+    let mut report = Report::of_phases("full_rebuild", "sim", "2026-12-03T09:00:00Z", phases);
+    report.pods_ready_ms = Some(1000 + per_mb * mb + 500);
+    report
 }
 
 /// Writes `report` as `dir/name/report.json`, as a run's report directory holds it.
@@ -106,8 +109,51 @@ fn a_restore_forecast_past_two_hours_exits_3() {
         text(&out)
     );
     assert!(text(&out).contains("EXCEEDED"), "{}", text(&out));
-    let out = forecast(&[&r1, &r2], &["--db-size", "1GB"]);
+    let out = forecast(&[&r1, &r2], &["--db-size", "500MB"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    // At 1 GB the restore (2,001 s) is within 2 h, but the pods are Ready only after 2,001.5
+    // s, past 30 min.
+    let out = forecast(&[&r1, &r2], &["--db-size", "1GB"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let t = text(&out);
+    assert!(
+        t.contains(
+            "database restore (the whole restore phase): 33.4 min forecast, limit 120 min: within"
+        ) && t.contains(
+            "every pod Ready (the restore's last wait): 33.4 min forecast, limit 30 min: EXCEEDED"
+        ),
+        "{t}"
+    );
+}
+
+#[test]
+fn a_limit_the_reports_cannot_forecast_exits_4_and_providers_do_not_mix() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut without = [report(100, 20), report(200, 20)];
+    for r in &mut without {
+        r.pods_ready_ms = None;
+    }
+    let r1 = write(dir.path(), "r1", &without[0]);
+    let r2 = write(dir.path(), "r2", &without[1]);
+    let out = forecast(&[&r1, &r2], &["--db-size", "1GB"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("NOT CHECKED: every pod Ready (the restore's last wait)"),
+        "{}",
+        text(&out)
+    );
+
+    let sim = write(dir.path(), "sim", &report(100, 20));
+    let mut on_local = report(200, 20);
+    on_local.provider = "local".into();
+    let local = write(dir.path(), "local", &on_local);
+    let out = forecast(&[&sim, &local], &["--db-size", "1GB"]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("was rehearsed on provider local"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

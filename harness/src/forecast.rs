@@ -15,8 +15,16 @@
 //!   without a load gate), as the reports' `rto_ms` measures it. The night
 //!   is every phase from `preflight` on (seed, the load generator and the cluster A this
 //!   rehearsal creates do not happen on the real night).
+//! - Every pod Ready: the reports' `pods_ready_ms` (the restore's last wait, until every pod
+//!   of the namespace is Ready), fitted like a phase that grows with the size (fixed when it
+//!   does not grow).
 //! - The runbook's limits (rollback criteria): the database restore over 2 h (the whole
-//!   `restore` phase is taken, which holds more than the database), the night over 6 h.
+//!   `restore` phase is taken, which holds more than the database), the night over 6 h, every
+//!   pod Ready after more than 30 min. A limit the reports give nothing to forecast is listed
+//!   as not checked, never as within.
+//! - Reports of one scenario and one provider only. The simulator's cluster phases (create,
+//!   deploy, pods Ready) are the simulator's, not a real cluster's: a forecast from `sim`
+//!   reports says so.
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -48,6 +56,28 @@ pub enum ForecastError {
     PhaseDidNotRun {
         /// The phase.
         phase: String,
+        /// The report.
+        report: String,
+    },
+    /// Reports from different cluster providers.
+    #[error(
+        "report {report} was rehearsed on provider {provider}, {first} on {first_provider} (forecast from one provider's reports)"
+    )]
+    OtherProvider {
+        /// The report that differs.
+        report: String,
+        /// Its provider.
+        provider: String,
+        /// The first report.
+        first: String,
+        /// The first report's provider.
+        first_provider: String,
+    },
+    /// Some reports record the time until every pod was Ready and this one does not.
+    #[error(
+        "report {report} records no pods-Ready time (`pods_ready_ms`) and others do: rehearse again with this version"
+    )]
+    NoPodsReady {
         /// The report.
         report: String,
     },
@@ -123,8 +153,12 @@ pub struct PhaseModel {
 pub struct Model {
     /// The scenario of the reports.
     pub scenario: String,
+    /// The cluster provider the reports were rehearsed on.
+    pub provider: String,
     /// The phases in the reports' order.
     pub phases: Vec<PhaseModel>,
+    /// The time until every pod was Ready (named `pods Ready`), when the reports record it.
+    pub pods_ready: Option<PhaseModel>,
 }
 
 /// The database size a report was rehearsed at, in bytes.
@@ -156,6 +190,24 @@ impl Model {
                 return Err(ForecastError::OtherPhases {
                     report: label.clone(),
                     first: first_label.clone(),
+                });
+            }
+            if report.provider != first.provider {
+                return Err(ForecastError::OtherProvider {
+                    report: label.clone(),
+                    provider: report.provider.clone(),
+                    first: first_label.clone(),
+                    first_provider: first.provider.clone(),
+                });
+            }
+            if report.pods_ready_ms.is_some() != first.pods_ready_ms.is_some() {
+                let without = if report.pods_ready_ms.is_none() {
+                    label
+                } else {
+                    first_label
+                };
+                return Err(ForecastError::NoPodsReady {
+                    report: without.clone(),
                 });
             }
             if let Some(p) = report.phases.iter().find(|p| {
@@ -192,9 +244,23 @@ impl Model {
                 }
             })
             .collect();
+        let pods_ready = first.pods_ready_ms.is_some().then(|| {
+            let samples: Vec<(f64, u64)> = reports
+                .iter()
+                .zip(&sizes)
+                .filter_map(|((_, r), mb)| Some((*mb, r.pods_ready_ms?)))
+                .collect();
+            PhaseModel {
+                name: "pods Ready".to_owned(),
+                scaling: linear(&samples),
+                samples,
+            }
+        });
         Ok(Model {
             scenario: first.scenario.clone(),
+            provider: first.provider.clone(),
             phases,
+            pods_ready,
         })
     }
 
@@ -212,35 +278,62 @@ impl Model {
             .iter()
             .find(|(n, _)| n == "restore")
             .map(|(_, ms)| *ms);
+        let pods_ready_ms = self.pods_ready.as_ref().map(|p| p.scaling.at(mb).max(0.0));
         let mut checks = Vec::new();
-        if let Some(ms) = restore_ms {
-            checks.push(LimitCheck::new(
+        let mut not_checked = Vec::new();
+        for (what, ms, limit, why) in [
+            (
                 "database restore (the whole restore phase)",
-                ms,
+                restore_ms,
                 limits.max_db_restore,
-            ));
-        }
-        if let Some(ms) = night_ms {
-            checks.push(LimitCheck::new(
+                "the reports have no `restore` phase",
+            ),
+            (
                 "the night (preflight to decision)",
-                ms,
+                night_ms,
                 limits.max_total,
-            ));
+                "the reports have no `preflight` phase",
+            ),
+            (
+                "every pod Ready (the restore's last wait)",
+                pods_ready_ms,
+                limits.max_pods_ready,
+                "the reports record no pods-Ready time (`pods_ready_ms`): rehearse again with \
+                 this version",
+            ),
+        ] {
+            match ms {
+                Some(ms) => checks.push(LimitCheck::new(what, ms, limit)),
+                None => not_checked.push(format!("{what}: {why}")),
+            }
+        }
+        let mut caveats = Vec::new();
+        if self.provider == "sim" {
+            caveats.push(
+                "rehearsed on the simulator: its cluster create, deploy and pods-Ready times \
+                 are the simulator's, not a real cluster's (rehearse with --provider local or \
+                 kubeconfig for those)"
+                    .to_owned(),
+            );
         }
         Forecast {
             scenario: self.scenario.clone(),
+            provider: self.provider.clone(),
             database_bytes: bytes,
             phases,
             rto_ms,
             night_ms,
+            pods_ready_ms,
             checks,
+            not_checked,
+            caveats,
         }
     }
 
     /// The model, one line per phase.
     pub fn describe(&self) -> String {
         let mut out = String::new();
-        for p in &self.phases {
+        for p in self.phases.iter().chain(&self.pods_ready) {
             let samples = p
                 .samples
                 .iter()
@@ -360,6 +453,8 @@ impl LimitCheck {
 pub struct Forecast {
     /// The scenario forecast.
     pub scenario: String,
+    /// The provider the reports were rehearsed on.
+    pub provider: String,
     /// The database size forecast for.
     pub database_bytes: u64,
     /// Each phase's forecast duration in milliseconds.
@@ -368,14 +463,26 @@ pub struct Forecast {
     pub rto_ms: Option<f64>,
     /// The night: `preflight` to the end.
     pub night_ms: Option<f64>,
+    /// The restore's last wait, until every pod was Ready.
+    pub pods_ready_ms: Option<f64>,
     /// The runbook's limits.
     pub checks: Vec<LimitCheck>,
+    /// The runbook's limits the reports give nothing to forecast, each with why: not checked,
+    /// so not within.
+    pub not_checked: Vec<String>,
+    /// What the reader must know about where the timings come from.
+    pub caveats: Vec<String>,
 }
 
 impl Forecast {
     /// Whether a limit is forecast to be exceeded.
     pub fn exceeds_a_limit(&self) -> bool {
         self.checks.iter().any(|c| c.exceeded)
+    }
+
+    /// Whether a limit could not be forecast (see [`Forecast::not_checked`]).
+    pub fn left_a_limit_unchecked(&self) -> bool {
+        !self.not_checked.is_empty()
     }
 
     /// This forecast against what a rehearsal at that size measured.
@@ -397,6 +504,9 @@ impl Forecast {
             phases,
             rto: self.rto_ms.zip(rto(&measured)),
             night: self.night_ms.zip(span(&measured, "preflight", "")),
+            pods_ready: self
+                .pods_ready_ms
+                .zip(actual.pods_ready_ms.map(|ms| ms as f64)),
         }
     }
 }
@@ -410,6 +520,8 @@ pub struct Accuracy {
     pub rto: Option<(f64, f64)>,
     /// (forecast, measured) night, in milliseconds.
     pub night: Option<(f64, f64)>,
+    /// (forecast, measured) time until every pod was Ready, in milliseconds.
+    pub pods_ready: Option<(f64, f64)>,
 }
 
 /// The relative error of `forecast` against `measured` (`+0.10`: 10 % too long).
@@ -438,6 +550,9 @@ impl std::fmt::Display for Forecast {
         if let Some(ms) = self.night_ms {
             writeln!(f, "  {:<24} {:>10.1} s", "night", ms / 1000.0)?;
         }
+        if let Some(ms) = self.pods_ready_ms {
+            writeln!(f, "  {:<24} {:>10.1} s", "pods Ready", ms / 1000.0)?;
+        }
         for c in &self.checks {
             writeln!(
                 f,
@@ -447,6 +562,12 @@ impl std::fmt::Display for Forecast {
                 c.limit_ms / 60_000.0,
                 if c.exceeded { "EXCEEDED" } else { "within" }
             )?;
+        }
+        for what in &self.not_checked {
+            writeln!(f, "  NOT CHECKED: {what}")?;
+        }
+        for caveat in &self.caveats {
+            writeln!(f, "  note: {caveat}")?;
         }
         Ok(())
     }
@@ -464,7 +585,11 @@ impl std::fmt::Display for Accuracy {
                 relative_error(*forecast, *measured as f64) * 100.0
             )?;
         }
-        for (label, pair) in [("RTO", self.rto), ("night", self.night)] {
+        for (label, pair) in [
+            ("RTO", self.rto),
+            ("night", self.night),
+            ("pods Ready", self.pods_ready),
+        ] {
             if let Some((forecast, measured)) = pair {
                 writeln!(
                     f,
@@ -485,7 +610,8 @@ mod tests {
     use crate::report::{PhaseReport, Volume};
 
     /// A report at `mb` whose `backup` and `restore` take `per_mb` ms per MB over a fixed
-    /// second, and whose other phases take a fixed time.
+    /// second, and whose other phases take a fixed time; every pod is Ready 500 ms after the
+    /// restore ends.
     fn report(mb: u64, per_mb: u64) -> Report {
         let phase = |name: &str, ms: u64, volume: Option<Volume>| PhaseReport {
             name: name.into(),
@@ -498,7 +624,7 @@ mod tests {
         };
         let bytes = mb * 1_000_000;
         let grows = |ms| Some(Volume::over(Some(bytes), None, ms));
-        Report::of_phases(
+        let mut report = Report::of_phases(
             "full_rebuild",
             "sim",
             "",
@@ -512,7 +638,9 @@ mod tests {
                 phase("health-and-load", 4000, None),
                 phase("decide", 10, None),
             ],
-        )
+        );
+        report.pods_ready_ms = Some(1000 + per_mb * mb + 500);
+        report
     }
 
     fn labelled(reports: Vec<Report>) -> Vec<(String, Report)> {
@@ -535,7 +663,54 @@ mod tests {
         assert!((f - m).abs() < 1e-6);
         // As the report's rto_ms: the destroy to the end of the health and load gates.
         assert_eq!(m, 2000.0 + 9000.0 + 300.0 + 4000.0);
+        let (f, m) = accuracy.pods_ready.unwrap();
+        assert!((f - m).abs() < 1e-6, "{f} vs {m}");
         assert!(!forecast.exceeds_a_limit());
+        assert!(!forecast.left_a_limit_unchecked());
+        assert_eq!(forecast.checks.len(), 3);
+        // Rehearsed on the simulator: said with the forecast.
+        assert!(
+            forecast
+                .to_string()
+                .contains("note: rehearsed on the simulator")
+        );
+    }
+
+    #[test]
+    fn pods_ready_past_thirty_minutes_exceeds_the_runbook_limit() {
+        // 0.2 s per MB: at 10 GB the restore takes 2,001 s (under 2 h), but every pod is Ready
+        // only after 2,001.5 s, over 30 min.
+        let model = Model::fit(&labelled(vec![report(100, 200), report(200, 200)])).unwrap();
+        let forecast = model.predict(10_000_000_000, &RollbackThresholds::runbook());
+        let exceeded: Vec<&str> = forecast
+            .checks
+            .iter()
+            .filter(|c| c.exceeded)
+            .map(|c| c.what.as_str())
+            .collect();
+        assert_eq!(exceeded, ["every pod Ready (the restore's last wait)"]);
+        assert!((forecast.pods_ready_ms.unwrap() - 2_001_500.0).abs() < 1e-3);
+        let at_1gb = model.predict(1_000_000_000, &RollbackThresholds::runbook());
+        assert!(!at_1gb.exceeds_a_limit());
+    }
+
+    #[test]
+    fn a_limit_without_a_figure_is_not_checked_rather_than_within() {
+        let mut old = vec![report(100, 20), report(200, 20)];
+        for r in &mut old {
+            r.pods_ready_ms = None;
+        }
+        let forecast = Model::fit(&labelled(old))
+            .unwrap()
+            .predict(400_000_000, &RollbackThresholds::runbook());
+        assert!(forecast.left_a_limit_unchecked());
+        assert!(!forecast.exceeds_a_limit());
+        assert!(forecast.not_checked[0].starts_with("every pod Ready"));
+        assert!(
+            forecast
+                .to_string()
+                .contains("NOT CHECKED: every pod Ready")
+        );
     }
 
     #[test]
@@ -588,6 +763,27 @@ mod tests {
             ForecastError::PhaseDidNotRun {
                 phase: "restore".into(),
                 report: "r1".into()
+            }
+        );
+        let mut elsewhere = report(200, 20);
+        elsewhere.provider = "local".into();
+        assert!(matches!(
+            Model::fit(&labelled(vec![report(100, 20), elsewhere])).unwrap_err(),
+            ForecastError::OtherProvider { provider, first_provider, .. }
+                if provider == "local" && first_provider == "sim"
+        ));
+        let mut older = report(200, 20);
+        older.pods_ready_ms = None;
+        assert_eq!(
+            Model::fit(&labelled(vec![report(100, 20), older.clone()])).unwrap_err(),
+            ForecastError::NoPodsReady {
+                report: "r1".into()
+            }
+        );
+        assert_eq!(
+            Model::fit(&labelled(vec![older, report(100, 20)])).unwrap_err(),
+            ForecastError::NoPodsReady {
+                report: "r0".into()
             }
         );
         let mut other = report(200, 20);

@@ -51,6 +51,7 @@ fn sample() -> Report {
         rto_ms: Some(4200),
         rpo_ms: Some(12),
         rpo_clock: Some("postgresql server".into()),
+        pods_ready_ms: Some(1500),
         rollback_reasons: vec![],
         not_assessed: vec![],
         backup: None,

@@ -52,7 +52,7 @@ pub fn render_html(report: &Report) -> String {
          <style>{STYLE}</style></head><body>\
          <h1>Rebuild rehearsal: {scenario}</h1><p class=\"muted\">provider {provider}, started {started}</p>\
          <p><span id=\"verdict\" class=\"verdict {class}\">{label}</span></p>\
-         <p class=\"figures\" id=\"recovery\"><span>RTO <strong>{rto}</strong></span><span>RPO <strong>{rpo}</strong>{clock}</span></p>",
+         <p class=\"figures\" id=\"recovery\"><span>RTO <strong>{rto}</strong></span><span>RPO <strong>{rpo}</strong>{clock}</span><span>pods Ready <strong>{ready}</strong></span></p>",
         scenario = esc(&report.scenario),
         provider = esc(&report.provider),
         started = esc(&report.started_at),
@@ -60,6 +60,7 @@ pub fn render_html(report: &Report) -> String {
         label = verdict.1,
         rto = ms(report.rto_ms),
         rpo = ms(report.rpo_ms),
+        ready = ms(report.pods_ready_ms),
         clock = report
             .rpo_clock
             .as_deref()

@@ -15,6 +15,12 @@ pub fn render_junit(report: &Report) -> String {
     if let Some(rto) = report.rto_ms {
         suite.add_property(quick_junit::Property::new("rto_ms", rto.to_string()));
     }
+    if let Some(ready) = report.pods_ready_ms {
+        suite.add_property(quick_junit::Property::new(
+            "pods_ready_ms",
+            ready.to_string(),
+        ));
+    }
     if let Some(rpo) = report.rpo_ms {
         suite.add_property(quick_junit::Property::new("rpo_ms", rpo.to_string()));
         if let Some(clock) = &report.rpo_clock {

@@ -248,6 +248,12 @@ pub struct Report {
     /// Which clock both ends of the RPO were read from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rpo_clock: Option<String>,
+    /// The restore's last wait, until every pod of the namespace was Ready (after the data and
+    /// the workloads; for the snapshot rollback, from the restore's start): what the runbook's
+    /// rollback criterion limits to 30 minutes. `None` when the run did not get that far (or
+    /// the report is older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pods_ready_ms: Option<u64>,
     /// Why the verdict is not a pass, one line each: the rollback decision's reasons, every
     /// failed gate and phase, every criterion that could not be assessed. Empty exactly when
     /// the verdict is `pass` (see [`Report::conclude`]).
@@ -283,6 +289,7 @@ impl Report {
             rto_ms: None,
             rpo_ms: None,
             rpo_clock: None,
+            pods_ready_ms: None,
             rollback_reasons: Vec::new(),
             not_assessed: Vec::new(),
             backup: None,
@@ -458,6 +465,7 @@ pub(crate) mod sample {
             rto_ms: Some(2000),
             rpo_ms: Some(15),
             rpo_clock: Some("postgresql server".into()),
+            pods_ready_ms: Some(1500),
             rollback_reasons: vec!["data mismatch in users".into()],
             not_assessed: vec![],
             backup: None,
@@ -473,8 +481,16 @@ mod tests {
     fn json_has_the_documented_fields() {
         let json: serde_json::Value = serde_json::from_str(&sample::report().to_json()).unwrap();
         for key in [
-            "scenario", "provider", "verdict", "phases", "tables", "gates", "load", "rto_ms",
+            "scenario",
+            "provider",
+            "verdict",
+            "phases",
+            "tables",
+            "gates",
+            "load",
+            "rto_ms",
             "rpo_ms",
+            "pods_ready_ms",
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }

@@ -338,6 +338,13 @@ fn write_summary(out: &mut String, report: &Report) {
             rto as f64 / 1000.0
         );
     }
+    if let Some(ready) = report.pods_ready_ms {
+        let _ = writeln!(
+            out,
+            "- Every pod Ready after a wait of {:.1} s (runbook limit: 30 min)",
+            ready as f64 / 1000.0
+        );
+    }
     if let Some(rpo) = report.rpo_ms {
         let clock = report.rpo_clock.as_deref().unwrap_or("unknown clock");
         let _ = writeln!(out, "- RPO {rpo} ms ({clock})");

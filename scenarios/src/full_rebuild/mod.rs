@@ -274,6 +274,7 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
         rto_ms: state.rto_ms,
         rpo_ms: state.rpo_ms,
         rpo_clock: state.rpo_ms.map(|_| RPO_CLOCK.to_owned()),
+        pods_ready_ms: state.pods_ready_ms,
         rollback_reasons,
         not_assessed,
         backup: state.backup,
@@ -290,6 +291,7 @@ struct State {
     load: Option<LoadReport>,
     rto_ms: Option<u64>,
     rpo_ms: Option<u64>,
+    pods_ready_ms: Option<u64>,
     decision: Option<Decision>,
     backup: Option<BackupEvidence>,
 }
@@ -425,6 +427,7 @@ async fn serve_and_decide(
     }
     record_service(state, &service);
     state.rto_ms = Some(millis(destroy_started.elapsed()));
+    state.pods_ready_ms = restored.pods_ready.map(millis);
     let judged = Judged {
         gates,
         service: &service,
