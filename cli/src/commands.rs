@@ -1082,6 +1082,31 @@ pub(crate) fn forecast(args: &crate::ForecastArgs) -> anyhow::Result<i32> {
         if error.abs() > max {
             code = exit_codes::GATE_FAILED;
         }
+        // Memory stays flat as the data grows: the rehearsal process's peak RSS at this size
+        // against the smallest size forecast from.
+        match accuracy.peak_rss_growth() {
+            Some(growth) => {
+                let max = f64::from(args.max_rss_growth) / 100.0;
+                println!(
+                    "peak RSS growth {:+.1} % over the smallest report (at most {} % tolerated): {}",
+                    growth * 100.0,
+                    args.max_rss_growth,
+                    if growth <= max { "within" } else { "TOO LARGE" }
+                );
+                if growth > max {
+                    code = exit_codes::GATE_FAILED;
+                }
+            }
+            None => {
+                println!("peak RSS growth: NOT CHECKED");
+                eprintln!(
+                    "error: a report records no peak RSS (`peak_rss_bytes`): rehearse again with this version"
+                );
+                if code == exit_codes::OK {
+                    code = exit_codes::COULD_NOT_RUN;
+                }
+            }
+        }
     }
     if let Some(path) = &args.json {
         let json = serde_json::json!({

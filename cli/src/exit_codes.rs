@@ -9,13 +9,14 @@ pub(crate) const OK: i32 = 0;
 /// `restore`, a backup refused by its checks, and for a point-in-time recovery an archive with
 /// a missing or corrupted WAL segment or mixed timelines, or a target outside the archive,
 /// named; nothing was changed; for `forecast`, a runbook limit forecast to be exceeded, or with
-/// `--check` an RTO error above `--max-error`).
+/// `--check` an RTO error above `--max-error` or a peak RSS growth above `--max-rss-growth`).
 pub(crate) const GATE_FAILED: i32 = 3;
 
 /// The command could not run: a setup error, bad input, an unreachable cluster or server (for
 /// `runbook`: cluster A could not be brought up, the shell could not be confined, or the run
-/// stopped before the document's end; for `forecast`, a report that cannot be used, or a
-/// runbook limit the reports give nothing to forecast and none exceeded).
+/// stopped before the document's end; for `forecast`, a report that cannot be used, or, none
+/// exceeded, a runbook limit the reports give nothing to forecast or, with `--check`, a report
+/// without a peak RSS).
 pub(crate) const COULD_NOT_RUN: i32 = 4;
 
 /// Command-line usage errors: clap's own code for a bad option, and ours for a rule across

@@ -68,6 +68,10 @@ struct ForecastArgs {
     /// The largest tolerated RTO error with --check, in percent (1 to 1000).
     #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=1000))]
     max_error: u32,
+    /// The largest tolerated growth of the rehearsal process's peak RSS with --check, over
+    /// the smallest --from report, in percent (1 to 1000).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    max_rss_growth: u32,
     /// Also write the model and the forecast as JSON here (a new file).
     #[arg(long, value_parser = validate::new_file)]
     json: Option<PathBuf>,

@@ -35,6 +35,7 @@ fn report(mb: u64, per_mb: u64) -> Report {
     ];
     let mut report = Report::of_phases("full_rebuild", "sim", "2026-12-03T09:00:00Z", phases);
     report.pods_ready_ms = Some(1000 + per_mb * mb + 500);
+    report.peak_rss_bytes = Some(100_000_000 + mb * 10_000);
     report
 }
 
@@ -83,6 +84,13 @@ fn two_sizes_forecast_a_third_and_the_check_measures_the_error() {
     let t = text(&out);
     assert!(t.contains("(least squares)"), "{t}");
     assert!(t.contains("RTO error +0.0 %"), "{t}");
+    // 104 MB at 400 MB against 101 MB at 100 MB.
+    assert!(
+        t.contains(
+            "peak RSS growth +3.0 % over the smallest report (at most 10 % tolerated): within"
+        ),
+        "{t}"
+    );
     let written: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
     // destroy 0.4 s + restore 9 s + gates 0.6 s.
@@ -94,6 +102,33 @@ fn two_sizes_forecast_a_third_and_the_check_measures_the_error() {
     let out = forecast(&[&r1, &r2], &["--check", slow.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     assert!(text(&out).contains("TOO LARGE"), "{}", text(&out));
+
+    // Memory that grows with the data fails the check; a report without it cannot check.
+    let mut grown = report(400, 20);
+    grown.peak_rss_bytes = Some(112_000_000);
+    let grown = write(dir.path(), "grown", &grown);
+    let out = forecast(&[&r1, &r2], &["--check", grown.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains("peak RSS growth +10.9 %") && text(&out).contains("TOO LARGE"),
+        "{}",
+        text(&out)
+    );
+    let out = forecast(
+        &[&r1, &r2],
+        &["--check", grown.to_str().unwrap(), "--max-rss-growth", "15"],
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let mut unmeasured = report(400, 20);
+    unmeasured.peak_rss_bytes = None;
+    let unmeasured = write(dir.path(), "unmeasured", &unmeasured);
+    let out = forecast(&[&r1, &r2], &["--check", unmeasured.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(4), "{}", text(&out));
+    assert!(
+        text(&out).contains("peak RSS growth: NOT CHECKED"),
+        "{}",
+        text(&out)
+    );
 }
 
 #[test]

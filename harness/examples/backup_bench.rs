@@ -50,15 +50,9 @@ fn parse() -> anyhow::Result<Args> {
 
 /// Peak resident set of this process, in KiB.
 fn vm_hwm_kib() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    status.lines().find_map(|l| {
-        l.strip_prefix("VmHWM:")?
-            .trim()
-            .strip_suffix("kB")?
-            .trim()
-            .parse()
-            .ok()
-    })
+    harness::process::own_peak_rss()
+        .ok()
+        .map(|bytes| bytes / 1024)
 }
 
 /// Resident set of one process, in KiB.

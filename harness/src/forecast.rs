@@ -22,6 +22,8 @@
 //!   `restore` phase is taken, which holds more than the database), the night over 6 h, every
 //!   pod Ready after more than 30 min. A limit the reports give nothing to forecast is listed
 //!   as not checked, never as within.
+//! - Memory is flat: the peak RSS of the rehearsal's own process (`peak_rss_bytes`) at any
+//!   size is forecast as that of the smallest report; `--check` measures the growth.
 //! - Reports of one scenario and one provider only. The simulator's cluster phases (create,
 //!   deploy, pods Ready) are the simulator's, not a real cluster's: a forecast from `sim`
 //!   reports says so.
@@ -159,6 +161,9 @@ pub struct Model {
     pub phases: Vec<PhaseModel>,
     /// The time until every pod was Ready (named `pods Ready`), when the reports record it.
     pub pods_ready: Option<PhaseModel>,
+    /// (database MB, bytes): the peak RSS of the smallest report, when every report records
+    /// one.
+    pub peak_rss: Option<(f64, u64)>,
 }
 
 /// The database size a report was rehearsed at, in bytes.
@@ -256,11 +261,18 @@ impl Model {
                 samples,
             }
         });
+        let peak_rss = reports
+            .iter()
+            .zip(&sizes)
+            .map(|((_, r), mb)| r.peak_rss_bytes.map(|bytes| (*mb, bytes)))
+            .collect::<Option<Vec<_>>>()
+            .and_then(|all| all.into_iter().min_by(|a, b| a.0.total_cmp(&b.0)));
         Ok(Model {
             scenario: first.scenario.clone(),
             provider: first.provider.clone(),
             phases,
             pods_ready,
+            peak_rss,
         })
     }
 
@@ -324,6 +336,7 @@ impl Model {
             rto_ms,
             night_ms,
             pods_ready_ms,
+            peak_rss: self.peak_rss,
             checks,
             not_checked,
             caveats,
@@ -465,6 +478,9 @@ pub struct Forecast {
     pub night_ms: Option<f64>,
     /// The restore's last wait, until every pod was Ready.
     pub pods_ready_ms: Option<f64>,
+    /// (database MB, bytes): the peak RSS of the rehearsal's process, forecast flat, so that
+    /// of the smallest report it was made from.
+    pub peak_rss: Option<(f64, u64)>,
     /// The runbook's limits.
     pub checks: Vec<LimitCheck>,
     /// The runbook's limits the reports give nothing to forecast, each with why: not checked,
@@ -507,6 +523,10 @@ impl Forecast {
             pods_ready: self
                 .pods_ready_ms
                 .zip(actual.pods_ready_ms.map(|ms| ms as f64)),
+            peak_rss: self
+                .peak_rss
+                .map(|(_, bytes)| bytes as f64)
+                .zip(actual.peak_rss_bytes.map(|bytes| bytes as f64)),
         }
     }
 }
@@ -522,6 +542,18 @@ pub struct Accuracy {
     pub night: Option<(f64, f64)>,
     /// (forecast, measured) time until every pod was Ready, in milliseconds.
     pub pods_ready: Option<(f64, f64)>,
+    /// (forecast, measured) peak RSS of the rehearsal's process, in bytes: see
+    /// [`Accuracy::peak_rss_growth`].
+    pub peak_rss: Option<(f64, f64)>,
+}
+
+impl Accuracy {
+    /// How much more memory the rehearsal's process needed at the checked size than at the
+    /// smallest size forecast from (`+0.05`: 5 % more).
+    pub fn peak_rss_growth(&self) -> Option<f64> {
+        self.peak_rss
+            .map(|(forecast, measured)| relative_error(measured, forecast))
+    }
 }
 
 /// The relative error of `forecast` against `measured` (`+0.10`: 10 % too long).
@@ -552,6 +584,14 @@ impl std::fmt::Display for Forecast {
         }
         if let Some(ms) = self.pods_ready_ms {
             writeln!(f, "  {:<24} {:>10.1} s", "pods Ready", ms / 1000.0)?;
+        }
+        if let Some((mb, bytes)) = self.peak_rss {
+            writeln!(
+                f,
+                "  {:<24} {:>10.1} MB (flat: the rehearsal process's at {mb:.0} MB)",
+                "peak RSS",
+                bytes as f64 / 1e6
+            )?;
         }
         for c in &self.checks {
             writeln!(
@@ -600,6 +640,16 @@ impl std::fmt::Display for Accuracy {
                 )?;
             }
         }
+        if let Some((forecast, measured)) = self.peak_rss {
+            writeln!(
+                f,
+                "  {:<24} smallest report {:>7.1} MB, measured {:>8.1} MB, growth {:+6.1} %",
+                "peak RSS",
+                forecast / 1e6,
+                measured / 1e6,
+                relative_error(measured, forecast) * 100.0
+            )?;
+        }
         Ok(())
     }
 }
@@ -640,6 +690,7 @@ mod tests {
             ],
         );
         report.pods_ready_ms = Some(1000 + per_mb * mb + 500);
+        report.peak_rss_bytes = Some(100_000_000 + mb * 10_000);
         report
     }
 
@@ -665,6 +716,10 @@ mod tests {
         assert_eq!(m, 2000.0 + 9000.0 + 300.0 + 4000.0);
         let (f, m) = accuracy.pods_ready.unwrap();
         assert!((f - m).abs() < 1e-6, "{f} vs {m}");
+        // Memory is forecast flat: the 100 MB report's 101 MB, against 104 MB at 400 MB.
+        assert_eq!(forecast.peak_rss, Some((100.0, 101_000_000)));
+        let growth = accuracy.peak_rss_growth().unwrap();
+        assert!((growth - 3.0 / 101.0).abs() < 1e-9, "{growth}");
         assert!(!forecast.exceeds_a_limit());
         assert!(!forecast.left_a_limit_unchecked());
         assert_eq!(forecast.checks.len(), 3);
@@ -700,11 +755,15 @@ mod tests {
         for r in &mut old {
             r.pods_ready_ms = None;
         }
+        // One report without a peak RSS: no memory forecast (the check then cannot check).
+        old[1].peak_rss_bytes = None;
         let forecast = Model::fit(&labelled(old))
             .unwrap()
             .predict(400_000_000, &RollbackThresholds::runbook());
         assert!(forecast.left_a_limit_unchecked());
         assert!(!forecast.exceeds_a_limit());
+        assert_eq!(forecast.peak_rss, None);
+        assert_eq!(forecast.against(&report(400, 20)).peak_rss_growth(), None);
         assert!(forecast.not_checked[0].starts_with("every pod Ready"));
         assert!(
             forecast

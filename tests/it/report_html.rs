@@ -52,6 +52,7 @@ fn sample() -> Report {
         rpo_ms: Some(12),
         rpo_clock: Some("postgresql server".into()),
         pods_ready_ms: Some(1500),
+        peak_rss_bytes: Some(100 << 20),
         rollback_reasons: vec![],
         not_assessed: vec![],
         backup: None,

@@ -54,6 +54,33 @@ fn setpriv() -> Option<&'static PathBuf> {
         .as_ref()
 }
 
+/// The peak resident set of this process since it started (Linux `VmHWM`), in bytes: the
+/// memory a rehearsal's own process needed, its children (servers, tools, simulated pods) not
+/// included.
+///
+/// # Errors
+/// When `/proc/self/status` cannot be read or holds no `VmHWM` line in kB.
+pub fn own_peak_rss() -> std::io::Result<u64> {
+    let status = std::fs::read_to_string("/proc/self/status")?;
+    status
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "/proc/self/status has no VmHWM line in kB",
+            )
+        })
+}
+
 /// A command for `program` that leads its own process group and dies with the harness. Spawn
 /// it with [`spawn`] (not `Command::spawn`/`output`/`status`), so that the long-lived spawner
 /// thread is its parent.

@@ -254,6 +254,11 @@ pub struct Report {
     /// the report is older than this field).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pods_ready_ms: Option<u64>,
+    /// The peak resident set of the process that ran the rehearsal, in bytes
+    /// ([`crate::process::own_peak_rss`]): what `rehearsal forecast --check` holds flat across
+    /// sizes. `None` when it could not be read (or the report is older than this field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_rss_bytes: Option<u64>,
     /// Why the verdict is not a pass, one line each: the rollback decision's reasons, every
     /// failed gate and phase, every criterion that could not be assessed. Empty exactly when
     /// the verdict is `pass` (see [`Report::conclude`]).
@@ -290,6 +295,7 @@ impl Report {
             rpo_ms: None,
             rpo_clock: None,
             pods_ready_ms: None,
+            peak_rss_bytes: None,
             rollback_reasons: Vec::new(),
             not_assessed: Vec::new(),
             backup: None,
@@ -466,6 +472,7 @@ pub(crate) mod sample {
             rpo_ms: Some(15),
             rpo_clock: Some("postgresql server".into()),
             pods_ready_ms: Some(1500),
+            peak_rss_bytes: Some(100 << 20),
             rollback_reasons: vec!["data mismatch in users".into()],
             not_assessed: vec![],
             backup: None,
@@ -491,6 +498,7 @@ mod tests {
             "rto_ms",
             "rpo_ms",
             "pods_ready_ms",
+            "peak_rss_bytes",
         ] {
             assert!(json.get(key).is_some(), "missing {key}");
         }

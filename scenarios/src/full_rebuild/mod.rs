@@ -262,6 +262,15 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
         ),
         None => (Vec::new(), Vec::new()),
     };
+    // Read last, so it covers the whole run; unreadable, the report has none and the forecast's
+    // memory check says it could not check.
+    let peak_rss_bytes = match harness::process::own_peak_rss() {
+        Ok(bytes) => Some(bytes),
+        Err(err) => {
+            tracing::warn!("peak RSS of this process: {err}");
+            None
+        }
+    };
     let mut report = Report {
         scenario: scenario.name().into(),
         provider: config.provider.kind().to_string(),
@@ -275,6 +284,7 @@ pub async fn run_scenario(scenario: Scenario, config: &Config, observer: &dyn Ob
         rpo_ms: state.rpo_ms,
         rpo_clock: state.rpo_ms.map(|_| RPO_CLOCK.to_owned()),
         pods_ready_ms: state.pods_ready_ms,
+        peak_rss_bytes,
         rollback_reasons,
         not_assessed,
         backup: state.backup,
