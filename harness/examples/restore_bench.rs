@@ -122,6 +122,93 @@ async fn bare_psql(
     Ok(t.elapsed())
 }
 
+/// The bare side of a pair.
+enum Bare<'a> {
+    /// `pg_restore -j JOBS` of the custom archive.
+    PgRestore {
+        archive: &'a std::path::Path,
+        jobs: u32,
+    },
+    /// `psql < dump.sql`.
+    Psql { sql: &'a std::path::Path },
+}
+
+/// One round of a pair, in the order given, a CHECKPOINT before each timed run (so no run
+/// pays for the dirty buffers of the one before): `bare` into a new empty database
+/// `bare_name`, then its ANALYZE timed apart (what the PostgreSQL docs advise after a
+/// restore); ours of `(archive, recorded digest)` into `ours_name`, with `jobs` (none: one
+/// connection, recorded as 1). Prints the pair's line, headed `label`.
+#[allow(clippy::too_many_arguments)]
+async fn run_pair(
+    label: &str,
+    pg: &LocalPostgres,
+    params: &harness::pg::ConnParams,
+    bare: Bare<'_>,
+    bare_name: &str,
+    (archive, recorded): (DbArchive, Option<String>),
+    ours_name: &str,
+    jobs: Option<u32>,
+    bare_first: bool,
+) -> Result<(Pair, harness::restore::DbRestoreReport)> {
+    let mut bare_run = None;
+    let mut ours = None;
+    let order = if bare_first {
+        [true, false]
+    } else {
+        [false, true]
+    };
+    for bare_now in order {
+        checkpoint(params).await?;
+        if bare_now {
+            let time = match bare {
+                Bare::PgRestore { archive, jobs } => {
+                    bare_restore(pg, params, archive, bare_name, jobs).await?
+                }
+                Bare::Psql { sql } => bare_psql(pg, params, sql, bare_name).await?,
+            };
+            let analyze = harness::restore::analyze(&params.with_dbname(bare_name))
+                .await?
+                .as_secs_f64();
+            bare_run = Some((time, analyze));
+        } else {
+            ours = Some(
+                our_restore(
+                    pg,
+                    params,
+                    archive.clone(),
+                    ours_name,
+                    jobs,
+                    recorded.clone(),
+                )
+                .await?,
+            );
+        }
+    }
+    let (bare, bare_analyze) = bare_run.context("the bare run ran")?;
+    let (ours, report) = ours.context("our restore ran")?;
+    println!(
+        "{label}: bare {:.2} s, ours {:.2} s (drop {:.2} s, load {:.2} s, ANALYZE {:.2} s), {}",
+        secs(bare),
+        secs(ours),
+        report.drop_seconds,
+        report.load_seconds,
+        report.analyze_seconds,
+        if bare_first {
+            "bare first"
+        } else {
+            "ours first"
+        },
+    );
+    let pair = Pair {
+        jobs: jobs.unwrap_or(1),
+        bare,
+        ours,
+        analyze: report.analyze_seconds,
+        bare_analyze,
+    };
+    Ok((pair, report))
+}
+
 /// One round's pair: ours and the bare pg_restore with the same jobs.
 struct Pair {
     jobs: u32,
@@ -143,6 +230,58 @@ fn median_and_spread(values: impl Iterator<Item = f64>) -> (f64, f64, f64) {
         (v[n / 2 - 1] + v[n / 2]) / 2.0
     };
     (median, v[0], v[n - 1])
+}
+
+/// The rounds of one pairing: the median ratio ours / bare, the bare median, and the detail
+/// (medians, the ratio's spread, the ratio without our ANALYZE, and against bare followed by
+/// ANALYZE, which `then_analyze` names).
+fn summarise(pairs: &[&Pair], then_analyze: &str) -> (f64, f64, String) {
+    let ratios = median_and_spread(pairs.iter().map(|p| secs(p.ours) / secs(p.bare)));
+    let without = median_and_spread(
+        pairs
+            .iter()
+            .map(|p| (secs(p.ours) - p.analyze) / secs(p.bare)),
+    );
+    let with_analyze = median_and_spread(
+        pairs
+            .iter()
+            .map(|p| secs(p.ours) / (secs(p.bare) + p.bare_analyze)),
+    );
+    let (bare_median, _, _) = median_and_spread(pairs.iter().map(|p| secs(p.bare)));
+    let (ours_median, _, _) = median_and_spread(pairs.iter().map(|p| secs(p.ours)));
+    let detail = format!(
+        "median of {} alternating rounds: {ours_median:.2} s vs {bare_median:.2} s, ratio \
+         spread {:.2} to {:.2}; without our ANALYZE {:.2}x; against {then_analyze} {:.2}x",
+        pairs.len(),
+        ratios.1,
+        ratios.2,
+        without.0,
+        with_analyze.0
+    );
+    (ratios.0, bare_median, detail)
+}
+
+/// `pg_dump -F<format> -f path` of the server's database, its time and size printed.
+async fn dump(
+    pg: &LocalPostgres,
+    params: &harness::pg::ConnParams,
+    format: &str,
+    path: &std::path::Path,
+) -> Result<()> {
+    let t = Instant::now();
+    let status = tokio::process::Command::new(pg.tools().tool("pg_dump")?)
+        .args([format!("-F{format}").as_str(), "-f"])
+        .arg(path)
+        .envs(params.libpq_env())
+        .status()
+        .await?;
+    ensure!(status.success(), "pg_dump -F{format} failed: {status}");
+    println!(
+        "pg_dump -F{format}: {:.2} s, {} MiB",
+        secs(t.elapsed()),
+        std::fs::metadata(path)?.len() / (1 << 20)
+    );
+    Ok(())
 }
 
 /// A checkpoint, so that the next timed run does not pay for the last one's dirty buffers.
@@ -197,34 +336,10 @@ async fn main() -> Result<ExitCode> {
 
     let dir = ScratchDir::new("restore-bench-", "restore benchmark archive")?;
     let archive = dir.path().join("titanium.dump");
-    let t = Instant::now();
-    let status = tokio::process::Command::new(pg.tools().tool("pg_dump")?)
-        .args(["-Fc", "-f"])
-        .arg(&archive)
-        .envs(params.libpq_env())
-        .status()
-        .await?;
-    ensure!(status.success(), "pg_dump failed: {status}");
-    println!(
-        "pg_dump -Fc: {:.2} s, {} MiB",
-        secs(t.elapsed()),
-        std::fs::metadata(&archive)?.len() / (1 << 20)
-    );
+    dump(&pg, &params, "c", &archive).await?;
     // The plain SQL dump of the same data, for the runbook's 방법 A (`psql < dump.sql`).
     let plain = dir.path().join("titanium.sql");
-    let t = Instant::now();
-    let status = tokio::process::Command::new(pg.tools().tool("pg_dump")?)
-        .args(["-Fp", "-f"])
-        .arg(&plain)
-        .envs(params.libpq_env())
-        .status()
-        .await?;
-    ensure!(status.success(), "pg_dump -Fp failed: {status}");
-    println!(
-        "pg_dump -Fp: {:.2} s, {} MiB",
-        secs(t.elapsed()),
-        std::fs::metadata(&plain)?.len() / (1 << 20)
-    );
+    dump(&pg, &params, "p", &plain).await?;
     // The digest a backup records in its manifest; ours is handed it, as a restore from a
     // backup is, and hashes the archive again (timed) instead of reading it through.
     let recorded = {
@@ -244,57 +359,27 @@ async fn main() -> Result<ExitCode> {
         for j in [jobs, 1] {
             let bare_name = format!("bare_j{j}_r{round}");
             let ours_name = format!("ours_j{j}_r{round}");
-            let mut bare_time = Duration::ZERO;
-            let mut bare_analyze = 0.0;
-            let mut ours = None;
-            let order = if (round + j as usize).is_multiple_of(2) {
-                [true, false]
-            } else {
-                [false, true]
-            };
-            for bare_first in order {
-                checkpoint(&params).await?;
-                if bare_first {
-                    bare_time = bare_restore(&pg, &params, &archive, &bare_name, j).await?;
-                    // What the PostgreSQL docs advise after a pg_restore, timed apart.
-                    bare_analyze = harness::restore::analyze(&params.with_dbname(&bare_name))
-                        .await?
-                        .as_secs_f64();
-                } else {
-                    ours = Some(
-                        our_restore(
-                            &pg,
-                            &params,
-                            DbArchive::Custom(archive.clone()),
-                            &ours_name,
-                            Some(j),
-                            Some(recorded.clone()),
-                        )
-                        .await?,
-                    );
-                }
-            }
-            let (ours_time, report) = ours.context("our restore ran")?;
-            println!(
-                "round {round}, -j {j}: bare {:.2} s, ours {:.2} s (drop {:.2} s, load {:.2} s, ANALYZE {:.2} s), {}",
-                secs(bare_time),
-                secs(ours_time),
-                report.drop_seconds,
-                report.load_seconds,
-                report.analyze_seconds,
-                if order[0] { "bare first" } else { "ours first" },
-            );
+            let bare_first = (round + j as usize).is_multiple_of(2);
+            let (pair, _) = run_pair(
+                &format!("round {round}, -j {j}"),
+                &pg,
+                &params,
+                Bare::PgRestore {
+                    archive: &archive,
+                    jobs: j,
+                },
+                &bare_name,
+                (DbArchive::Custom(archive.clone()), Some(recorded.clone())),
+                &ours_name,
+                Some(j),
+                bare_first,
+            )
+            .await?;
             drop_database(&params, &bare_name).await?;
             if !(round == 0 && j == jobs) {
                 drop_database(&params, &ours_name).await?;
             }
-            pairs.push(Pair {
-                jobs: j,
-                bare: bare_time,
-                ours: ours_time,
-                analyze: report.analyze_seconds,
-                bare_analyze,
-            });
+            pairs.push(pair);
         }
     }
     // Before the recorded digest: an archive of unknown origin is read through first.
@@ -317,44 +402,19 @@ async fn main() -> Result<ExitCode> {
     for round in 0..rounds {
         let bare_name = format!("bare_sql_r{round}");
         let ours_name = format!("ours_sql_r{round}");
-        let order = if round.is_multiple_of(2) {
-            [true, false]
-        } else {
-            [false, true]
-        };
-        let mut bare_time = Duration::ZERO;
-        let mut bare_analyze = 0.0;
-        let mut ours = None;
-        for bare_first in order {
-            checkpoint(&params).await?;
-            if bare_first {
-                bare_time = bare_psql(&pg, &params, &plain, &bare_name).await?;
-                bare_analyze = harness::restore::analyze(&params.with_dbname(&bare_name))
-                    .await?
-                    .as_secs_f64();
-            } else {
-                ours = Some(
-                    our_restore(
-                        &pg,
-                        &params,
-                        DbArchive::PlainSql(plain.clone()),
-                        &ours_name,
-                        None,
-                        None,
-                    )
-                    .await?,
-                );
-            }
-        }
-        let (ours_time, report) = ours.context("our plain SQL restore ran")?;
-        println!(
-            "round {round}, plain SQL: bare {:.2} s, ours {:.2} s (load {:.2} s, ANALYZE {:.2} s), {}",
-            secs(bare_time),
-            secs(ours_time),
-            report.load_seconds,
-            report.analyze_seconds,
-            if order[0] { "bare first" } else { "ours first" },
-        );
+        let bare_first = round.is_multiple_of(2);
+        let (pair, _) = run_pair(
+            &format!("round {round}, plain SQL (the drop inside the load)"),
+            &pg,
+            &params,
+            Bare::Psql { sql: &plain },
+            &bare_name,
+            (DbArchive::PlainSql(plain.clone()), None),
+            &ours_name,
+            None,
+            bare_first,
+        )
+        .await?;
         if round == 0 {
             // What ours loaded is the backup's data: a fast restore of nothing is no result.
             let restored = params.with_dbname(&ours_name).connect().await?;
@@ -368,13 +428,7 @@ async fn main() -> Result<ExitCode> {
         }
         drop_database(&params, &bare_name).await?;
         drop_database(&params, &ours_name).await?;
-        sql_pairs.push(Pair {
-            jobs: 1,
-            bare: bare_time,
-            ours: ours_time,
-            analyze: report.analyze_seconds,
-            bare_analyze,
-        });
+        sql_pairs.push(pair);
     }
     let ours_name = format!("ours_j{jobs}_r0");
 
@@ -408,22 +462,9 @@ async fn main() -> Result<ExitCode> {
     let mut met = true;
     for j in [jobs, 1] {
         let of_j: Vec<&Pair> = pairs.iter().filter(|p| p.jobs == j).collect();
-        let ratios = median_and_spread(of_j.iter().map(|p| secs(p.ours) / secs(p.bare)));
-        let without = median_and_spread(
-            of_j.iter()
-                .map(|p| (secs(p.ours) - p.analyze) / secs(p.bare)),
-        );
-        let with_analyze = median_and_spread(
-            of_j.iter()
-                .map(|p| secs(p.ours) / (secs(p.bare) + p.bare_analyze)),
-        );
-        let (bare_median, _, _) = median_and_spread(of_j.iter().map(|p| secs(p.bare)));
-        let (ours_median, _, _) = median_and_spread(of_j.iter().map(|p| secs(p.ours)));
-        let mut detail = format!(
-            "median of {rounds} alternating rounds: {ours_median:.2} s vs {bare_median:.2} s, \
-             ratio spread {:.2} to {:.2}; without our ANALYZE {:.2}x; against pg_restore then \
-             ANALYZE (the PostgreSQL docs' advice) {:.2}x",
-            ratios.1, ratios.2, without.0, with_analyze.0
+        let (ratio, bare_median, mut detail) = summarise(
+            &of_j,
+            "pg_restore then ANALYZE (the PostgreSQL docs' advice)",
         );
         if j == jobs {
             detail.push_str(&format!(
@@ -437,41 +478,23 @@ async fn main() -> Result<ExitCode> {
                 spec.users, spec.posts
             ),
             &format!("pg_restore -j {j}"),
-            ratios.0,
+            ratio,
             Target::AtMost(1.0),
             &detail,
         );
     }
-    {
-        let ratios = median_and_spread(sql_pairs.iter().map(|p| secs(p.ours) / secs(p.bare)));
-        let without = median_and_spread(
-            sql_pairs
-                .iter()
-                .map(|p| (secs(p.ours) - p.analyze) / secs(p.bare)),
-        );
-        let with_analyze = median_and_spread(
-            sql_pairs
-                .iter()
-                .map(|p| secs(p.ours) / (secs(p.bare) + p.bare_analyze)),
-        );
-        let (bare_median, _, _) = median_and_spread(sql_pairs.iter().map(|p| secs(p.bare)));
-        let (ours_median, _, _) = median_and_spread(sql_pairs.iter().map(|p| secs(p.ours)));
-        met &= result::report(
-            &format!(
-                "restore --method sql, one transaction ({} users, {} posts)",
-                spec.users, spec.posts
-            ),
-            "psql < dump.sql",
-            ratios.0,
-            Target::AtMost(1.0),
-            &format!(
-                "median of {rounds} alternating rounds: {ours_median:.2} s vs {bare_median:.2} s, \
-                 ratio spread {:.2} to {:.2}; without our ANALYZE {:.2}x; against psql then \
-                 ANALYZE {:.2}x",
-                ratios.1, ratios.2, without.0, with_analyze.0
-            ),
-        );
-    }
+    let sql_pairs: Vec<&Pair> = sql_pairs.iter().collect();
+    let (ratio, _, detail) = summarise(&sql_pairs, "psql then ANALYZE");
+    met &= result::report(
+        &format!(
+            "restore --method sql, one transaction ({} users, {} posts)",
+            spec.users, spec.posts
+        ),
+        "psql < dump.sql",
+        ratio,
+        Target::AtMost(1.0),
+        &detail,
+    );
     let gate_met = result::report(
         "gates after the restore (counts, digests, sequences, schema)",
         "our restore",
